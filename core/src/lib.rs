@@ -1,0 +1,19 @@
+//! Pure domain types shared by every harvest component.
+//!
+//! This crate has no OS access and no async runtime, so that the SPANK plugin (inside slurmstepd),
+//! the node agent, the scheduler, the placement policies and the simulator all agree on the same
+//! arithmetic without dragging each other's dependencies along.
+//!
+//! - [`cpuset`]: sets of OS CPU ids, in the Linux list format (`0-3,8`).
+//! - [`units`]: memory sizes in Slurm's notation (`512M`, `4G`) and durations (`500ms`, `2s`).
+//! - [`node`]: a node's resources broken down by state (batch, function, idle).
+//! - [`step`]: what the SPANK plugin tells the node agent about each job step, and the wire framing.
+
+pub mod cpuset;
+pub mod node;
+pub mod step;
+pub mod units;
+
+pub use cpuset::{CpuSet, CpuSetParseError};
+pub use node::{CpuBreakdown, GpuBreakdown, MemoryBreakdown, NodeView};
+pub use units::{UnitParseError, parse_duration, parse_memory_mib};

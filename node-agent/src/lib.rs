@@ -1,0 +1,2 @@
+//! `harvestd`, the node agent. Hardware discovery, the ledger and idle slots land with the plugin
+//! and agent issue.

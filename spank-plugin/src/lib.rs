@@ -1,0 +1,1 @@
+//! `libharvest_spank.so`: a SPANK plugin loaded by slurmstepd. It lands with the plugin issue.
