@@ -98,7 +98,12 @@ impl LocalCluster {
 
     /// Submits a batch job (`sbatch --parsable ARGS`); the job is cancelled when the guard drops.
     pub fn sbatch(&self, args: &[&str]) -> Result<Job<'_>> {
-        let mut full = vec!["--parsable"];
+        // Job output goes to the cluster's log directory, not into the test's working directory.
+        let output = match self.var("HARVEST_CLUSTER_DIR") {
+            Some(dir) => format!("--output={dir}/log/slurm-%j.out"),
+            None => "--output=/dev/null".to_owned(),
+        };
+        let mut full = vec!["--parsable", output.as_str()];
         full.extend_from_slice(args);
         let out = self.run("sbatch", &full)?;
         let id = out
