@@ -7,9 +7,11 @@
 //! - [`cpuset`]: sets of OS CPU ids, in the Linux list format (`0-3,8`).
 //! - [`units`]: memory sizes in Slurm's notation (`512M`, `4G`) and durations (`500ms`, `2s`).
 //! - [`node`]: a node's resources broken down by state (batch, function, idle).
+//! - [`invoke`]: the client-executor invocation frames.
 //! - [`step`]: what the SPANK plugin tells the node agent about each job step, and the wire framing.
 
 pub mod cpuset;
+pub mod invoke;
 pub mod node;
 pub mod step;
 pub mod units;

@@ -1,0 +1,289 @@
+//! The invocation wire format: client <-> executor, no scheduler hop.
+//!
+//! Length-prefixed binary frames over a byte stream (TCP today, RDMA later behind a transport
+//! trait). Every frame is `u32 LE length` of what follows, then a one-byte kind and a `u64 LE`
+//! invocation id that pairs a request with its answer, so several invocations can be in flight on
+//! one connection:
+//!
+//! ```text
+//! INVOKE (client -> executor): kind=1 | id | u32 timeout_ms (0: executor default)
+//!                              | u16 function-name length | name (UTF-8) | input bytes
+//! RESULT (executor -> client): kind=2 | id | output bytes
+//! ERROR  (executor -> client): kind=3 | id | u8 ErrorCode | message (UTF-8)
+//! ```
+//!
+//! An ERROR with id 0 concerns the whole connection (for example the executor is shutting down).
+//! This module only encodes and decodes byte slices; reading and writing streams is the caller's.
+
+use std::fmt;
+
+/// Bytes in the length prefix.
+pub const LEN_BYTES: usize = 4;
+/// Bytes of kind + id that start every frame body.
+pub const HEADER_BYTES: usize = 1 + 8;
+/// The invocation id reserved for errors about the whole connection.
+pub const CONNECTION_ID: u64 = 0;
+
+const KIND_INVOKE: u8 = 1;
+const KIND_RESULT: u8 = 2;
+const KIND_ERROR: u8 = 3;
+
+/// Why an invocation failed, as the executor reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ErrorCode {
+    /// The library has no function of that name.
+    NoSuchFunction = 1,
+    /// The function crashed (a signal killed the worker running it).
+    Crashed = 2,
+    /// The function ran past its timeout and was killed.
+    Timeout = 3,
+    /// The function exceeded the lease's memory and the kernel killed it.
+    OutOfMemory = 4,
+    /// The function returned more bytes than its output buffer holds.
+    OutputTooLarge = 5,
+    /// The request was malformed.
+    BadRequest = 6,
+    /// The lease was revoked (reclaimed by a batch job, expired, ...); the message says why.
+    LeaseRevoked = 7,
+    /// The executor failed for a reason of its own.
+    Internal = 8,
+}
+
+impl ErrorCode {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        use ErrorCode::*;
+        Some(match v {
+            1 => NoSuchFunction,
+            2 => Crashed,
+            3 => Timeout,
+            4 => OutOfMemory,
+            5 => OutputTooLarge,
+            6 => BadRequest,
+            7 => LeaseRevoked,
+            8 => Internal,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NoSuchFunction => "no such function",
+            Self::Crashed => "function crashed",
+            Self::Timeout => "function timed out",
+            Self::OutOfMemory => "function ran out of memory",
+            Self::OutputTooLarge => "function output too large",
+            Self::BadRequest => "bad request",
+            Self::LeaseRevoked => "lease revoked",
+            Self::Internal => "executor error",
+        })
+    }
+}
+
+/// A decoded frame body (without the length prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame<'a> {
+    Invoke {
+        id: u64,
+        timeout_ms: u32,
+        function: &'a str,
+        input: &'a [u8],
+    },
+    Result {
+        id: u64,
+        output: &'a [u8],
+    },
+    Error {
+        id: u64,
+        code: ErrorCode,
+        message: &'a str,
+    },
+}
+
+/// A frame body that could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("frame of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("unknown frame kind {0}")]
+    Kind(u8),
+    #[error("unknown error code {0}")]
+    Code(u8),
+    #[error("function name or message is not valid UTF-8")]
+    Utf8,
+}
+
+fn header(out: &mut Vec<u8>, body_len: usize, kind: u8, id: u64) {
+    out.reserve(LEN_BYTES + body_len);
+    out.extend_from_slice(&(body_len as u32).to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(&id.to_le_bytes());
+}
+
+/// Appends an INVOKE frame (with its length prefix) to `out`.
+///
+/// # Panics
+/// If the function name is longer than `u16::MAX` bytes or the frame longer than `u32::MAX`; the
+/// client library checks both before calling.
+pub fn encode_invoke(out: &mut Vec<u8>, id: u64, timeout_ms: u32, function: &str, input: &[u8]) {
+    let name_len = u16::try_from(function.len()).expect("function name fits in u16");
+    let body = HEADER_BYTES + 4 + 2 + function.len() + input.len();
+    assert!(u32::try_from(body).is_ok(), "frame fits in u32");
+    header(out, body, KIND_INVOKE, id);
+    out.extend_from_slice(&timeout_ms.to_le_bytes());
+    out.extend_from_slice(&name_len.to_le_bytes());
+    out.extend_from_slice(function.as_bytes());
+    out.extend_from_slice(input);
+}
+
+/// Writes the header of a RESULT frame whose `output_len` output bytes follow, into `out[..13]`.
+/// The executor uses this to answer without copying the function's output buffer.
+pub fn result_header(id: u64, output_len: usize) -> [u8; LEN_BYTES + HEADER_BYTES] {
+    let mut h = [0u8; LEN_BYTES + HEADER_BYTES];
+    h[..4].copy_from_slice(&((HEADER_BYTES + output_len) as u32).to_le_bytes());
+    h[4] = KIND_RESULT;
+    h[5..].copy_from_slice(&id.to_le_bytes());
+    h
+}
+
+/// Appends a RESULT frame to `out`.
+pub fn encode_result(out: &mut Vec<u8>, id: u64, output: &[u8]) {
+    out.extend_from_slice(&result_header(id, output.len()));
+    out.extend_from_slice(output);
+}
+
+/// Appends an ERROR frame to `out`.
+pub fn encode_error(out: &mut Vec<u8>, id: u64, code: ErrorCode, message: &str) {
+    header(out, HEADER_BYTES + 1 + message.len(), KIND_ERROR, id);
+    out.push(code as u8);
+    out.extend_from_slice(message.as_bytes());
+}
+
+/// Reads the body length from a 4-byte prefix.
+pub fn body_len(prefix: [u8; LEN_BYTES]) -> usize {
+    u32::from_le_bytes(prefix) as usize
+}
+
+/// Decodes a frame body (what follows the length prefix).
+pub fn decode(body: &[u8]) -> Result<Frame<'_>, DecodeError> {
+    if body.len() < HEADER_BYTES {
+        return Err(DecodeError::Short(body.len()));
+    }
+    let kind = body[0];
+    let id = u64::from_le_bytes(body[1..9].try_into().expect("8 bytes"));
+    let rest = &body[HEADER_BYTES..];
+    match kind {
+        KIND_INVOKE => {
+            if rest.len() < 6 {
+                return Err(DecodeError::Short(body.len()));
+            }
+            let timeout_ms = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes"));
+            let name_len = u16::from_le_bytes(rest[4..6].try_into().expect("2 bytes")) as usize;
+            let rest = &rest[6..];
+            if rest.len() < name_len {
+                return Err(DecodeError::Short(body.len()));
+            }
+            let function = std::str::from_utf8(&rest[..name_len]).map_err(|_| DecodeError::Utf8)?;
+            Ok(Frame::Invoke {
+                id,
+                timeout_ms,
+                function,
+                input: &rest[name_len..],
+            })
+        }
+        KIND_RESULT => Ok(Frame::Result { id, output: rest }),
+        KIND_ERROR => {
+            let (&code, msg) = rest.split_first().ok_or(DecodeError::Short(body.len()))?;
+            let code = ErrorCode::from_u8(code).ok_or(DecodeError::Code(code))?;
+            let message = std::str::from_utf8(msg).map_err(|_| DecodeError::Utf8)?;
+            Ok(Frame::Error { id, code, message })
+        }
+        k => Err(DecodeError::Kind(k)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(buf: &[u8]) -> &[u8] {
+        let len = body_len(buf[..4].try_into().unwrap());
+        assert_eq!(buf.len(), 4 + len, "length prefix covers the rest exactly");
+        &buf[4..]
+    }
+
+    #[test]
+    fn invoke_round_trip() {
+        let mut buf = Vec::new();
+        encode_invoke(&mut buf, 7, 500, "echo", b"hello");
+        assert_eq!(
+            decode(body(&buf)).unwrap(),
+            Frame::Invoke {
+                id: 7,
+                timeout_ms: 500,
+                function: "echo",
+                input: b"hello"
+            }
+        );
+        let mut empty = Vec::new();
+        encode_invoke(&mut empty, 1, 0, "f", b"");
+        assert_eq!(
+            decode(body(&empty)).unwrap(),
+            Frame::Invoke {
+                id: 1,
+                timeout_ms: 0,
+                function: "f",
+                input: b""
+            }
+        );
+    }
+
+    #[test]
+    fn result_and_error_round_trip() {
+        let mut buf = Vec::new();
+        encode_result(&mut buf, u64::MAX, &[1, 2, 3]);
+        assert_eq!(
+            decode(body(&buf)).unwrap(),
+            Frame::Result {
+                id: u64::MAX,
+                output: &[1, 2, 3]
+            }
+        );
+        let mut e = Vec::new();
+        encode_error(&mut e, 3, ErrorCode::Timeout, "ran past 500ms");
+        assert_eq!(
+            decode(body(&e)).unwrap(),
+            Frame::Error {
+                id: 3,
+                code: ErrorCode::Timeout,
+                message: "ran past 500ms"
+            }
+        );
+        for c in 1..=8 {
+            assert_eq!(ErrorCode::from_u8(c).unwrap() as u8, c);
+        }
+        assert!(ErrorCode::from_u8(0).is_none());
+    }
+
+    #[test]
+    fn rejects_malformed_bodies() {
+        assert_eq!(decode(&[1, 0, 0]), Err(DecodeError::Short(3)));
+        assert_eq!(
+            decode(&[9, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Err(DecodeError::Kind(9))
+        );
+        let mut buf = Vec::new();
+        encode_invoke(&mut buf, 1, 0, "echo", b"");
+        // Claim a longer name than the body holds.
+        let mut b = body(&buf).to_vec();
+        b[13] = 200;
+        assert!(matches!(decode(&b), Err(DecodeError::Short(_))));
+        let mut e = Vec::new();
+        encode_error(&mut e, 1, ErrorCode::Crashed, "x");
+        let mut b = body(&e).to_vec();
+        b[9] = 99;
+        assert_eq!(decode(&b), Err(DecodeError::Code(99)));
+    }
+}
