@@ -1,2 +1,5 @@
-//! `harvestd`, the node agent. Hardware discovery, the ledger and idle slots land with the plugin
-//! and agent issue.
+//! `harvestd`, harvest's node agent.
+pub mod cgroup;
+pub mod discover;
+pub mod ledger;
+pub mod slurm;

@@ -1,0 +1,321 @@
+//! cgroup access behind one trait, in the shape of youki's `libcgroups`.
+//!
+//! [`Cgroups`] is the only way the agent touches cgroups. [`V1`] drives the per-controller v1
+//! hierarchies (the hybrid layout included), [`V2`] the unified hierarchy; [`open`] picks one
+//! once from mountinfo. Groups are named by a path relative to the hierarchy root
+//! (`slurm_n1/uid_0/job_7`), the same for every controller, so callers never build filesystem
+//! paths themselves. Every root is a parameter, so tests run against a temp directory.
+//!
+//! - [`mountinfo`]: parses mountinfo and decides v1 or v2.
+//! - [`v1`], [`v2`]: the two backends.
+
+pub mod mountinfo;
+pub mod v1;
+pub mod v2;
+
+use std::io;
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use harvest_core::CpuSet;
+
+pub use mountinfo::Layout;
+pub use v1::V1;
+pub use v2::V2;
+
+/// The default cgroup root.
+pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// The default mountinfo file read to detect the cgroup version.
+pub const DEFAULT_MOUNTINFO: &str = "/proc/self/mountinfo";
+/// How long [`Cgroups::freeze`] waits for a group to reach the frozen state.
+pub const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which cgroup version a backend drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum CgroupVersion {
+    V1,
+    V2,
+}
+
+/// What a new group gets. `None` leaves the setting at the kernel's default (for cpuset: the
+/// parent's CPUs and memory nodes, which v1 needs written explicitly).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupSpec {
+    pub cpus: Option<CpuSet>,
+    /// NUMA memory nodes, in the same list format as CPUs.
+    pub mems: Option<CpuSet>,
+    pub memory_limit_bytes: Option<u64>,
+    /// CPU weight in v2 units, 1..=10000 (100 is the default share).
+    pub cpu_weight: Option<u64>,
+}
+
+/// A cgroup operation that failed, with the path and value involved.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("writing {value:?} to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        value: String,
+        source: io::Error,
+    },
+    #[error("creating cgroup directory {path}: {source}")]
+    Create { path: PathBuf, source: io::Error },
+    #[error("removing cgroup directory {path}: {source}")]
+    Remove { path: PathBuf, source: io::Error },
+    #[error("{path} holds {content:?}: {reason}")]
+    Parse {
+        path: PathBuf,
+        content: String,
+        reason: String,
+    },
+    #[error("malformed line in {path}: {line:?} (expected mountinfo's '... - fstype source opts')")]
+    Mountinfo { path: PathBuf, line: String },
+    #[error(
+        "no cgroup filesystem is mounted under {root} according to {mountinfo}: pass the right --cgroup-root"
+    )]
+    NotMounted { root: PathBuf, mountinfo: PathBuf },
+    #[error("the cgroup v1 controller {controller:?} is not mounted (see {mountinfo})")]
+    NoController {
+        controller: String,
+        mountinfo: PathBuf,
+    },
+    #[error("group name {0:?} must be a relative path without '..' (e.g. slurm_n1/uid_0/job_7)")]
+    BadGroup(PathBuf),
+    #[error("CPU weight {0} is out of range: use 1..=10000 (100 is the default)")]
+    BadWeight(u64),
+    #[error("{path} did not reach the frozen state within {timeout:?} (last state {state:?})")]
+    FreezeTimeout {
+        path: PathBuf,
+        timeout: Duration,
+        state: String,
+    },
+    #[error("sending SIGKILL to pid {pid} of {path}: {source}")]
+    Kill {
+        path: PathBuf,
+        pid: u32,
+        source: io::Error,
+    },
+}
+
+/// Everything the agent does with cgroups. Implemented by [`V1`] and [`V2`].
+pub trait Cgroups: std::fmt::Debug + Send + Sync {
+    fn version(&self) -> CgroupVersion;
+    /// Whether the group exists (in v1: in the cpuset hierarchy, the one Slurm always uses).
+    fn exists(&self, group: &Path) -> bool;
+    /// The CPUs the group may run on (v1 `cpuset.cpus`, v2 `cpuset.cpus.effective`).
+    fn cpus(&self, group: &Path) -> Result<CpuSet, CgroupError>;
+    /// The memory limit in bytes, `None` when unlimited (v1 `memory.limit_in_bytes`, v2
+    /// `memory.max`).
+    fn memory_limit(&self, group: &Path) -> Result<Option<u64>, CgroupError>;
+    /// The names of the group's child groups, sorted.
+    fn children(&self, group: &Path) -> Result<Vec<String>, CgroupError>;
+    /// Creates the group and any missing parents, and applies `spec`.
+    fn create(&self, group: &Path, spec: &GroupSpec) -> Result<(), CgroupError>;
+    /// Moves a process into the group.
+    fn attach(&self, group: &Path, pid: u32) -> Result<(), CgroupError>;
+    /// The pids in the group itself (not its children).
+    fn pids(&self, group: &Path) -> Result<Vec<u32>, CgroupError>;
+    /// Freezes the group and waits until it is frozen.
+    fn freeze(&self, group: &Path) -> Result<(), CgroupError>;
+    fn thaw(&self, group: &Path) -> Result<(), CgroupError>;
+    /// Kills every process in the group.
+    fn kill(&self, group: &Path) -> Result<(), CgroupError>;
+    /// Removes the group and its child groups, bottom-up. A group that does not exist is fine.
+    fn remove(&self, group: &Path) -> Result<(), CgroupError>;
+}
+
+/// Detects the cgroup version from `mountinfo` (mounts under `root` only) and opens a backend.
+pub fn open(root: &Path, mountinfo: &Path) -> Result<Box<dyn Cgroups>, CgroupError> {
+    let text = std::fs::read_to_string(mountinfo).map_err(|source| CgroupError::Read {
+        path: mountinfo.to_path_buf(),
+        source,
+    })?;
+    let mounts = mountinfo::parse(&text, mountinfo)?;
+    let backend: Box<dyn Cgroups> = match mountinfo::layout(&mounts, root, mountinfo)? {
+        Layout::V1 { controllers } => Box::new(V1::new(controllers, mountinfo.to_path_buf())?),
+        Layout::V2 { root } => Box::new(V2::new(root)),
+    };
+    tracing::info!(version = ?backend.version(), root = %root.display(), "cgroups detected");
+    Ok(backend)
+}
+
+/// v2's `cpu.weight` to v1's `cpu.shares`: the inverse of the conversion runc and crun use.
+pub fn weight_to_shares(weight: u64) -> Result<u64, CgroupError> {
+    if !(1..=10_000).contains(&weight) {
+        return Err(CgroupError::BadWeight(weight));
+    }
+    Ok(2 + ((weight - 1) * 262_142) / 9_999)
+}
+
+/// Checks that a group name stays inside the hierarchy.
+pub(crate) fn check_group(group: &Path) -> Result<(), CgroupError> {
+    let ok = group
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    if ok {
+        Ok(())
+    } else {
+        Err(CgroupError::BadGroup(group.to_path_buf()))
+    }
+}
+
+pub(crate) fn read(path: &Path) -> Result<String, CgroupError> {
+    std::fs::read_to_string(path).map_err(|source| CgroupError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+pub(crate) fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    std::fs::write(path, value).map_err(|source| CgroupError::Write {
+        path: path.to_path_buf(),
+        value: value.to_owned(),
+        source,
+    })
+}
+
+pub(crate) fn parse_cpus(path: &Path, text: &str) -> Result<CpuSet, CgroupError> {
+    CpuSet::parse_list(text).map_err(|e| CgroupError::Parse {
+        path: path.to_path_buf(),
+        content: text.trim().to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+pub(crate) fn parse_u64(path: &Path, text: &str) -> Result<u64, CgroupError> {
+    text.trim().parse().map_err(|_| CgroupError::Parse {
+        path: path.to_path_buf(),
+        content: text.trim().to_owned(),
+        reason: "expected a whole number".into(),
+    })
+}
+
+pub(crate) fn parse_pids(path: &Path, text: &str) -> Result<Vec<u32>, CgroupError> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            l.trim().parse().map_err(|_| CgroupError::Parse {
+                path: path.to_path_buf(),
+                content: l.to_owned(),
+                reason: "expected one pid per line".into(),
+            })
+        })
+        .collect()
+}
+
+/// Child directory names of `dir`, sorted; a missing `dir` has none.
+pub(crate) fn child_dirs(dir: &Path) -> Result<Vec<String>, CgroupError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(CgroupError::Read {
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| CgroupError::Read {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Removes `dir` and its subdirectories bottom-up with `rmdir` (cgroup directories hold only
+/// kernel files, which go with the directory). A missing `dir` is fine.
+pub(crate) fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
+    for child in child_dirs(dir)? {
+        remove_tree(&dir.join(child))?;
+    }
+    match std::fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(CgroupError::Remove {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Sends SIGKILL to every pid of a group; a pid that already exited is fine.
+pub(crate) fn kill_pids(path: &Path, pids: &[u32]) -> Result<(), CgroupError> {
+    for &pid in pids {
+        let Some(raw) = i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        else {
+            continue;
+        };
+        match rustix::process::kill_process(raw, rustix::process::Signal::KILL) {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+            Err(e) => {
+                return Err(CgroupError::Kill {
+                    path: path.to_path_buf(),
+                    pid,
+                    source: e.into(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Polls `state` until it returns `want` or [`FREEZE_TIMEOUT`] passes.
+pub(crate) fn wait_frozen(
+    path: &Path,
+    want: &str,
+    mut state: impl FnMut() -> Result<String, CgroupError>,
+) -> Result<(), CgroupError> {
+    let deadline = Instant::now() + FREEZE_TIMEOUT;
+    loop {
+        let now = state()?;
+        if now.trim() == want {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(CgroupError::FreezeTimeout {
+                path: path.to_path_buf(),
+                timeout: FREEZE_TIMEOUT,
+                state: now.trim().to_owned(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weight_conversion_matches_runc_at_the_ends() {
+        assert_eq!(weight_to_shares(1).unwrap(), 2);
+        assert_eq!(weight_to_shares(10_000).unwrap(), 262_144);
+        // The default weight lands near the default 1024 shares.
+        let d = weight_to_shares(100).unwrap();
+        assert!((2_500..=2_700).contains(&d), "{d}");
+        assert!(matches!(
+            weight_to_shares(0),
+            Err(CgroupError::BadWeight(0))
+        ));
+        assert!(weight_to_shares(10_001).is_err());
+    }
+
+    #[test]
+    fn group_names_stay_inside_the_hierarchy() {
+        assert!(check_group(Path::new("a/b")).is_ok());
+        assert!(check_group(Path::new("../a")).is_err());
+        assert!(check_group(Path::new("/abs")).is_err());
+        assert!(check_group(Path::new("a/../../b")).is_err());
+    }
+}

@@ -1,0 +1,234 @@
+//! The cgroup v1 backend: one hierarchy per controller.
+//!
+//! A group is the same relative path in each managed hierarchy (cpuset, memory, cpu, freezer).
+//! v1 cpuset refuses a task until `cpuset.cpus` and `cpuset.mems` are set, so every level this
+//! backend creates gets both (the parent's for intermediate levels, the spec's for the leaf).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use harvest_core::CpuSet;
+
+use super::{
+    CgroupError, CgroupVersion, Cgroups, GroupSpec, check_group, child_dirs, kill_pids, parse_cpus,
+    parse_pids, parse_u64, read, remove_tree, wait_frozen, weight_to_shares, write,
+};
+
+/// The hierarchies this backend creates groups in, in creation order.
+const MANAGED: &[&str] = &["cpuset", "memory", "cpu", "freezer"];
+/// v1 reports "no limit" as a huge page-aligned number; anything at or above this is unlimited.
+const UNLIMITED_FLOOR: u64 = 1 << 62;
+
+/// cgroup v1, with each controller's mount point.
+#[derive(Debug, Clone)]
+pub struct V1 {
+    controllers: BTreeMap<String, PathBuf>,
+    mountinfo: PathBuf,
+}
+
+impl V1 {
+    /// A backend over the given controller mount points. cpuset and memory are required.
+    pub fn new(
+        controllers: BTreeMap<String, PathBuf>,
+        mountinfo: PathBuf,
+    ) -> Result<Self, CgroupError> {
+        let v1 = Self {
+            controllers,
+            mountinfo,
+        };
+        v1.hierarchy("cpuset")?;
+        v1.hierarchy("memory")?;
+        Ok(v1)
+    }
+
+    /// The mount point of `controller`.
+    pub fn hierarchy(&self, controller: &str) -> Result<&Path, CgroupError> {
+        self.controllers
+            .get(controller)
+            .map(PathBuf::as_path)
+            .ok_or_else(|| CgroupError::NoController {
+                controller: controller.to_owned(),
+                mountinfo: self.mountinfo.clone(),
+            })
+    }
+
+    fn dir(&self, controller: &str, group: &Path) -> Result<PathBuf, CgroupError> {
+        check_group(group)?;
+        Ok(self.hierarchy(controller)?.join(group))
+    }
+
+    /// The managed hierarchies that are mounted.
+    fn managed(&self) -> impl Iterator<Item = (&'static str, &Path)> {
+        MANAGED
+            .iter()
+            .filter_map(|c| self.controllers.get(*c).map(|p| (*c, p.as_path())))
+    }
+
+    /// Creates each missing level of `group` in the cpuset hierarchy, writing cpus and mems.
+    fn create_cpuset(&self, group: &Path, spec: &GroupSpec) -> Result<(), CgroupError> {
+        let root = self.hierarchy("cpuset")?;
+        let mut dir = root.to_path_buf();
+        let levels: Vec<_> = group.components().collect();
+        for (i, level) in levels.iter().enumerate() {
+            let parent = dir.clone();
+            dir.push(level);
+            let leaf = i + 1 == levels.len();
+            let created = mkdir(&dir)?;
+            let inherit = |file: &str| -> Result<CpuSet, CgroupError> {
+                let p = parent.join(file);
+                parse_cpus(&p, &read(&p)?)
+            };
+            let wanted = |value: &Option<CpuSet>| if leaf { value.clone() } else { None };
+            let (mems, cpus) = if created {
+                (
+                    wanted(&spec.mems).map_or_else(|| inherit("cpuset.mems"), Ok)?,
+                    wanted(&spec.cpus).map_or_else(|| inherit("cpuset.cpus"), Ok)?,
+                )
+            } else {
+                match (wanted(&spec.mems), wanted(&spec.cpus)) {
+                    (None, None) => continue,
+                    (m, c) => (
+                        m.map_or_else(|| inherit_own(&dir, "cpuset.mems"), Ok)?,
+                        c.map_or_else(|| inherit_own(&dir, "cpuset.cpus"), Ok)?,
+                    ),
+                }
+            };
+            write(&dir.join("cpuset.mems"), &mems.to_list())?;
+            write(&dir.join("cpuset.cpus"), &cpus.to_list())?;
+        }
+        Ok(())
+    }
+}
+
+/// The group's own current value of a cpuset file.
+fn inherit_own(dir: &Path, file: &str) -> Result<CpuSet, CgroupError> {
+    let p = dir.join(file);
+    parse_cpus(&p, &read(&p)?)
+}
+
+/// `mkdir`, reporting whether the directory is new.
+fn mkdir(dir: &Path) -> Result<bool, CgroupError> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(source) => Err(CgroupError::Create {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+impl Cgroups for V1 {
+    fn version(&self) -> CgroupVersion {
+        CgroupVersion::V1
+    }
+
+    fn exists(&self, group: &Path) -> bool {
+        self.dir("cpuset", group).is_ok_and(|d| d.is_dir())
+    }
+
+    fn cpus(&self, group: &Path) -> Result<CpuSet, CgroupError> {
+        let path = self.dir("cpuset", group)?.join("cpuset.cpus");
+        parse_cpus(&path, &read(&path)?)
+    }
+
+    fn memory_limit(&self, group: &Path) -> Result<Option<u64>, CgroupError> {
+        let path = self.dir("memory", group)?.join("memory.limit_in_bytes");
+        let bytes = parse_u64(&path, &read(&path)?)?;
+        Ok((bytes < UNLIMITED_FLOOR).then_some(bytes))
+    }
+
+    fn children(&self, group: &Path) -> Result<Vec<String>, CgroupError> {
+        child_dirs(&self.dir("cpuset", group)?)
+    }
+
+    fn create(&self, group: &Path, spec: &GroupSpec) -> Result<(), CgroupError> {
+        check_group(group)?;
+        let shares = spec.cpu_weight.map(weight_to_shares).transpose()?;
+        self.create_cpuset(group, spec)?;
+        for (controller, root) in self.managed().filter(|(c, _)| *c != "cpuset") {
+            let mut dir = root.to_path_buf();
+            for level in group.components() {
+                dir.push(level);
+                mkdir(&dir)?;
+            }
+            match controller {
+                "memory" => {
+                    if let Some(limit) = spec.memory_limit_bytes {
+                        write(&dir.join("memory.limit_in_bytes"), &limit.to_string())?;
+                    }
+                }
+                "cpu" => {
+                    if let Some(shares) = shares {
+                        write(&dir.join("cpu.shares"), &shares.to_string())?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if shares.is_some() && !self.controllers.contains_key("cpu") {
+            return Err(CgroupError::NoController {
+                controller: "cpu".into(),
+                mountinfo: self.mountinfo.clone(),
+            });
+        }
+        tracing::debug!(group = %group.display(), ?spec, "created v1 cgroup");
+        Ok(())
+    }
+
+    fn attach(&self, group: &Path, pid: u32) -> Result<(), CgroupError> {
+        check_group(group)?;
+        for (_, root) in self.managed() {
+            let dir = root.join(group);
+            if dir.is_dir() {
+                write(&dir.join("cgroup.procs"), &pid.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn pids(&self, group: &Path) -> Result<Vec<u32>, CgroupError> {
+        let path = self.dir("cpuset", group)?.join("cgroup.procs");
+        parse_pids(&path, &read(&path)?)
+    }
+
+    fn freeze(&self, group: &Path) -> Result<(), CgroupError> {
+        let state = self.dir("freezer", group)?.join("freezer.state");
+        write(&state, "FROZEN")?;
+        wait_frozen(&state, "FROZEN", || read(&state))
+    }
+
+    fn thaw(&self, group: &Path) -> Result<(), CgroupError> {
+        write(&self.dir("freezer", group)?.join("freezer.state"), "THAWED")
+    }
+
+    fn kill(&self, group: &Path) -> Result<(), CgroupError> {
+        // Freeze first so that nothing forks between reading the pids and killing them.
+        let frozen = self.controllers.contains_key("freezer");
+        if frozen {
+            self.freeze(group)?;
+        }
+        let root = self.dir("cpuset", group)?;
+        let mut stack = vec![root];
+        let result = (|| {
+            while let Some(dir) = stack.pop() {
+                let procs = dir.join("cgroup.procs");
+                kill_pids(&dir, &parse_pids(&procs, &read(&procs)?)?)?;
+                stack.extend(child_dirs(&dir)?.into_iter().map(|c| dir.join(c)));
+            }
+            Ok(())
+        })();
+        if frozen {
+            self.thaw(group)?;
+        }
+        result
+    }
+
+    fn remove(&self, group: &Path) -> Result<(), CgroupError> {
+        check_group(group)?;
+        for (_, root) in self.managed() {
+            remove_tree(&root.join(group))?;
+        }
+        Ok(())
+    }
+}

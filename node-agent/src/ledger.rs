@@ -1,0 +1,307 @@
+//! The ledger of batch allocations on one node, and the idle slots it leaves.
+//!
+//! Each job is held from its first `StepStart` (or from the moment the cgroup tree shows it)
+//! until its last step ends, `JobEnd` arrives, or its cgroup disappears. A job holds the union
+//! of its steps' CPUs and GPUs and of its cgroup's CPUs; its memory is its cgroup's limit (or the
+//! largest step limit). All resource arithmetic of the agent is here, in [`Ledger::view`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use harvest_core::step::{StepAllocation, StepId};
+use harvest_core::{CpuBreakdown, CpuSet, GpuBreakdown, MemoryBreakdown, NodeView};
+use serde::{Deserialize, Serialize};
+
+use crate::discover::Hardware;
+use crate::slurm::JobCgroup;
+
+/// What the OS and daemons keep: never lent to functions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reserve {
+    /// Whole cores, taken from the lowest-numbered ones.
+    pub cores: u32,
+    pub memory_mib: u64,
+}
+
+/// One step's allocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepRecord {
+    pub step_id: StepId,
+    pub cpus: CpuSet,
+    pub memory_mib: Option<u64>,
+    pub gpus: Vec<u32>,
+}
+
+/// A job's allocation as read from its cgroup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CgroupAlloc {
+    pub cpus: CpuSet,
+    pub memory_mib: Option<u64>,
+}
+
+/// One job on the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRecord {
+    pub uid: Option<u32>,
+    /// `false` once any step said `--harvest=off`: then nothing on the node is idle.
+    pub harvest: bool,
+    pub steps: Vec<StepRecord>,
+    /// The job's cgroup allocation, once the tree has shown it.
+    pub cgroup: Option<CgroupAlloc>,
+    /// Found in the cgroup tree without a `StepStart`: it ends only with `JobEnd` or its cgroup.
+    pub recovered: bool,
+    /// When the job entered the ledger, in ms since the Unix epoch.
+    pub added_ms: u64,
+}
+
+impl JobRecord {
+    fn cpus(&self) -> CpuSet {
+        let steps = self
+            .steps
+            .iter()
+            .fold(CpuSet::new(), |a, s| a.union(&s.cpus));
+        match &self.cgroup {
+            Some(c) => steps.union(&c.cpus),
+            None => steps,
+        }
+    }
+
+    /// The job's memory in MiB; `None` when unconstrained.
+    fn memory_mib(&self) -> Option<u64> {
+        let steps_max = self
+            .steps
+            .iter()
+            .map(|s| s.memory_mib)
+            .try_fold(0, |a, m| m.map(|m| a.max(m)));
+        match &self.cgroup {
+            // The job cgroup bounds every step of the job.
+            Some(CgroupAlloc {
+                memory_mib: Some(job),
+                ..
+            }) => Some((*job).max(steps_max.unwrap_or(0))),
+            Some(CgroupAlloc {
+                memory_mib: None, ..
+            }) if self.steps.is_empty() => None,
+            _ => steps_max,
+        }
+    }
+}
+
+/// What a reconcile pass changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub added: Vec<u32>,
+    pub dropped: Vec<u32>,
+    pub updated: Vec<u32>,
+}
+
+impl ReconcileReport {
+    pub fn changed(&self) -> bool {
+        !(self.added.is_empty() && self.dropped.is_empty() && self.updated.is_empty())
+    }
+}
+
+/// The batch allocations of one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ledger {
+    pub node: String,
+    pub jobs: BTreeMap<u32, JobRecord>,
+    /// Jobs that ended by message while their cgroup may linger: not re-added from the tree.
+    pub ended: BTreeSet<u32>,
+}
+
+impl Ledger {
+    pub fn new(node: &str) -> Self {
+        Self {
+            node: node.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// Records a step; returns whether the ledger changed.
+    pub fn step_start(&mut self, step: &StepAllocation, now_ms: u64) -> bool {
+        self.ended.remove(&step.job_id);
+        let job = self.jobs.entry(step.job_id).or_insert_with(|| JobRecord {
+            uid: Some(step.uid),
+            harvest: step.harvest,
+            steps: Vec::new(),
+            cgroup: None,
+            recovered: false,
+            added_ms: now_ms,
+        });
+        let before = job.clone();
+        job.harvest &= step.harvest;
+        job.uid = Some(step.uid);
+        let record = StepRecord {
+            step_id: step.step_id,
+            cpus: step.cpus.clone(),
+            memory_mib: step.memory_mib,
+            gpus: step.gpus.clone(),
+        };
+        match job.steps.iter_mut().find(|s| s.step_id == step.step_id) {
+            Some(s) => *s = record,
+            None => {
+                job.steps.push(record);
+                job.steps.sort_by_key(|s| s.step_id);
+            }
+        }
+        *job != before
+    }
+
+    /// Forgets a step; the job goes with its last step (unless it was recovered from the tree,
+    /// whose other steps the ledger never saw).
+    pub fn step_end(&mut self, job_id: u32, step_id: StepId) -> bool {
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return false;
+        };
+        let before = job.steps.len();
+        job.steps.retain(|s| s.step_id != step_id);
+        let changed = job.steps.len() != before;
+        if job.steps.is_empty() && !job.recovered {
+            self.jobs.remove(&job_id);
+            self.ended.insert(job_id);
+            return true;
+        }
+        changed
+    }
+
+    pub fn job_end(&mut self, job_id: u32) -> bool {
+        let inserted = self.ended.insert(job_id);
+        self.jobs.remove(&job_id).is_some() || inserted
+    }
+
+    /// Brings the ledger in line with the cgroup tree: jobs the tree shows are held (added when
+    /// missing), jobs whose cgroup is gone are dropped. A job the tree has never shown is kept for
+    /// `grace` after it was added, so a `StepStart` that beats its cgroup is not lost.
+    pub fn reconcile(
+        &mut self,
+        tree: &[JobCgroup],
+        now_ms: u64,
+        grace: Duration,
+    ) -> ReconcileReport {
+        let mut report = ReconcileReport::default();
+        let in_tree: BTreeMap<u32, &JobCgroup> = tree.iter().map(|j| (j.job_id, j)).collect();
+        let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        self.jobs.retain(|id, job| {
+            let keep = in_tree.contains_key(id)
+                || (job.cgroup.is_none() && now_ms.saturating_sub(job.added_ms) < grace_ms);
+            if !keep {
+                report.dropped.push(*id);
+            }
+            keep
+        });
+        self.ended.retain(|id| in_tree.contains_key(id));
+        for (id, cg) in in_tree {
+            if self.ended.contains(&id) {
+                continue;
+            }
+            let alloc = CgroupAlloc {
+                cpus: cg.cpus.clone(),
+                memory_mib: cg.memory_mib,
+            };
+            match self.jobs.get_mut(&id) {
+                Some(job) if job.cgroup.as_ref() != Some(&alloc) => {
+                    job.cgroup = Some(alloc);
+                    report.updated.push(id);
+                }
+                Some(_) => {}
+                None => {
+                    self.jobs.insert(
+                        id,
+                        JobRecord {
+                            uid: cg.uid,
+                            harvest: true,
+                            steps: Vec::new(),
+                            cgroup: Some(alloc),
+                            recovered: true,
+                            added_ms: now_ms,
+                        },
+                    );
+                    report.added.push(id);
+                }
+            }
+        }
+        report
+    }
+
+    /// The node's view: hardware minus the reserve minus batch jobs (minus everything while a
+    /// job said harvest=off). Functions hold nothing until executors exist.
+    pub fn view(&self, hw: &Hardware, reserve: Reserve) -> NodeView {
+        let total_cpus = hw.topology.cpus.clone();
+        let batch_cpus = self
+            .jobs
+            .values()
+            .fold(CpuSet::new(), |a, j| a.union(&j.cpus()))
+            .intersection(&total_cpus);
+        let reserved_cpus = hw.lowest_cores(reserve.cores);
+        let harvest_off = self.jobs.values().any(|j| !j.harvest);
+
+        let total_mem = hw.memory_mib;
+        let batch_mem = self
+            .jobs
+            .values()
+            .map(JobRecord::memory_mib)
+            .try_fold(0u64, |a, m| m.map(|m| a.saturating_add(m)))
+            .unwrap_or(total_mem)
+            .min(total_mem);
+
+        let total_gpus = hw.gpu_indices();
+        let held_gpus: BTreeSet<u32> = self
+            .jobs
+            .values()
+            .flat_map(|j| j.steps.iter().flat_map(|s| s.gpus.iter().copied()))
+            .collect();
+        let batch_gpus: Vec<u32> = total_gpus
+            .iter()
+            .copied()
+            .filter(|g| held_gpus.contains(g))
+            .collect();
+
+        let (idle_cpus, idle_mem, idle_gpus) = if harvest_off {
+            (CpuSet::new(), 0, Vec::new())
+        } else {
+            (
+                total_cpus
+                    .difference(&batch_cpus)
+                    .difference(&reserved_cpus),
+                total_mem
+                    .saturating_sub(batch_mem)
+                    .saturating_sub(reserve.memory_mib),
+                total_gpus
+                    .iter()
+                    .copied()
+                    .filter(|g| !held_gpus.contains(g))
+                    .collect(),
+            )
+        };
+        NodeView {
+            name: self.node.clone(),
+            cpus: CpuBreakdown {
+                total: total_cpus,
+                batch: batch_cpus,
+                function: CpuSet::new(),
+                idle: idle_cpus,
+            },
+            memory_mib: MemoryBreakdown {
+                total: total_mem,
+                batch: batch_mem,
+                function: 0,
+                idle: idle_mem,
+            },
+            gpus: GpuBreakdown {
+                total: total_gpus,
+                batch: batch_gpus,
+                function: Vec::new(),
+                idle: idle_gpus,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "ledger_tests.rs"]
+mod tests;
