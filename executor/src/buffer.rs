@@ -1,0 +1,95 @@
+//! Output buffers that end at a guard page.
+//!
+//! A function is told nothing about its output buffer's size (the rFaaS ABI has no `out_len`), so
+//! one that writes too much must fail loudly, not corrupt the worker: the buffer ends exactly at a
+//! `PROT_NONE` page, and an overflow is a SIGSEGV that the supervisor reports as a crash.
+
+use std::io;
+use std::ptr::NonNull;
+
+/// A page-aligned, writable buffer followed by an inaccessible guard page.
+#[derive(Debug)]
+pub struct GuardedBuffer {
+    base: NonNull<u8>,
+    mapped: usize,
+    capacity: usize,
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(p).unwrap_or(4096).max(4096)
+}
+
+impl GuardedBuffer {
+    /// A buffer of at least `capacity` bytes (rounded up to whole pages).
+    pub fn new(capacity: usize) -> io::Result<Self> {
+        let page = page_size();
+        let capacity = capacity.max(1).div_ceil(page) * page;
+        let mapped = capacity + page;
+        // SAFETY: an anonymous private mapping with no address hint; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                mapped,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
+        let buf = Self {
+            base,
+            mapped,
+            capacity,
+        };
+        // SAFETY: the guard page lies inside the mapping made above.
+        let rc =
+            unsafe { libc::mprotect(base.as_ptr().add(capacity).cast(), page, libc::PROT_NONE) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(buf)
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+
+    /// The first `len` bytes (clamped to the capacity).
+    pub fn as_slice(&self, len: usize) -> &[u8] {
+        // SAFETY: the first `capacity` bytes are mapped readable for the life of `self`.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr(), len.min(self.capacity)) }
+    }
+}
+
+impl Drop for GuardedBuffer {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping this value owns.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.mapped) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_to_pages_and_is_writable() {
+        let mut b = GuardedBuffer::new(10).unwrap();
+        assert!(b.capacity() >= 4096 && b.capacity().is_multiple_of(4096));
+        let cap = b.capacity();
+        // SAFETY: writes stay within the capacity.
+        unsafe { std::ptr::write_bytes(b.as_mut_ptr(), 7, cap) };
+        assert!(b.as_slice(cap).iter().all(|&x| x == 7));
+        assert_eq!(b.as_slice(cap + 100).len(), cap);
+    }
+}

@@ -1,0 +1,92 @@
+//! The executor's configuration, as `harvestd` passes it on the command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default time a function may run before it is killed.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default size of each worker's output buffer.
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1 << 20;
+/// Default largest accepted input.
+pub const DEFAULT_MAX_INPUT_BYTES: usize = 64 << 20;
+/// Default number of concurrent connections (each one a worker process).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+
+/// How long a worker busy-polls for the next request after finishing one (rFaaS's hot mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HotWindow {
+    /// Never block: lowest latency, burns the leased core.
+    Always,
+    /// Busy-poll this long, then block. Zero is warm mode.
+    For(Duration),
+}
+
+impl HotWindow {
+    /// Warm mode: always block.
+    pub const WARM: HotWindow = HotWindow::For(Duration::ZERO);
+
+    /// Parses `always`, `warm`/`0`, or a duration (`100us`, `5ms`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "always" | "-1" => Ok(Self::Always),
+            "warm" | "0" => Ok(Self::WARM),
+            d => harvest_core::parse_duration(d)
+                .map(Self::For)
+                .map_err(|e| format!("{e}; or 'always' (hot) or 'warm'")),
+        }
+    }
+}
+
+/// Everything an executor needs to run.
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// Where to accept clients (`127.0.0.1:0` picks a free port).
+    pub listen: SocketAddr,
+    /// The function library (a shared object with C-ABI functions).
+    pub library: PathBuf,
+    pub hot_window: HotWindow,
+    /// Used when an invocation asks for no timeout of its own.
+    pub default_timeout: Duration,
+    pub max_output_bytes: usize,
+    pub max_input_bytes: usize,
+    pub max_connections: usize,
+    /// A cgroup file with an `oom_kill N` line (v1 `memory.oom_control`, v2 `memory.events`), read
+    /// to tell an OOM kill from another SIGKILL. Without it such a kill is reported as a crash
+    /// that may have been an OOM kill.
+    pub oom_events: Option<PathBuf>,
+}
+
+impl ExecutorConfig {
+    /// A configuration with the defaults for everything but the library.
+    pub fn new(library: PathBuf) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            library,
+            hot_window: HotWindow::For(Duration::from_millis(1)),
+            default_timeout: DEFAULT_TIMEOUT,
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            max_input_bytes: DEFAULT_MAX_INPUT_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            oom_events: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hot_windows() {
+        assert_eq!(HotWindow::parse("always").unwrap(), HotWindow::Always);
+        assert_eq!(HotWindow::parse("-1").unwrap(), HotWindow::Always);
+        assert_eq!(HotWindow::parse("warm").unwrap(), HotWindow::WARM);
+        assert_eq!(
+            HotWindow::parse("100us").unwrap(),
+            HotWindow::For(Duration::from_micros(100))
+        );
+        let err = HotWindow::parse("soon").unwrap_err();
+        assert!(err.contains("always"), "{err}");
+    }
+}

@@ -1,0 +1,29 @@
+//! `harvest-executor`: the process that runs a lease's functions.
+//!
+//! `harvestd` starts one executor per lease, in the lease's cgroup, as the lease's user. The
+//! executor loads the function library (C ABI, as in rFaaS:
+//! `uint32_t fn(void *in, uint32_t in_len, void *out)` returns the number of output bytes) and
+//! serves invocations straight from clients over TCP ([`harvest_core::invoke`] frames): the
+//! scheduler is never on this path.
+//!
+//! Layout:
+//! - [`config`]: what the agent passes on the command line, validated.
+//! - [`library`]: the loaded function library and symbol lookup.
+//! - [`buffer`]: output buffers with a guard page, so an overflowing function crashes cleanly.
+//! - [`slot`]: a shared-memory slot per worker saying which invocation runs and until when.
+//! - [`worker`]: serves one connection: read, run, answer; busy-polls in the hot window.
+//! - [`supervisor`]: accepts connections, forks a worker per connection, and turns a worker's
+//!   crash, OOM kill or timeout into an explicit error frame for the caller.
+//!
+//! Isolation model: a function runs in a forked worker, never in the supervisor, so a crash takes
+//! down one connection's worker; the supervisor keeps the connection's socket, tells the caller
+//! what happened, and closes it. The client reconnects for its next invocation.
+
+pub mod buffer;
+pub mod config;
+pub mod library;
+pub mod slot;
+pub mod supervisor;
+pub mod worker;
+
+pub use config::{ExecutorConfig, HotWindow};

@@ -1,0 +1,376 @@
+//! The supervisor: accepts clients, forks one worker per connection, and makes every failure of
+//! a function an explicit error for its caller.
+//!
+//! The supervisor is single-threaded (so `fork` is sound) and never runs user code. It watches its
+//! workers through pidfds, in one `poll` loop with the listener and a signalfd for SIGTERM/SIGINT.
+//! It keeps each connection's socket: when a worker dies, it writes an ERROR frame naming the
+//! invocation that was running (from the worker's shared [`Slot`]) and why (crash and signal,
+//! timeout, or OOM kill from the cgroup's `oom_kill` counter), then closes the connection.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::time::Duration;
+
+use harvest_core::invoke::{self, CONNECTION_ID, ErrorCode};
+
+use crate::config::ExecutorConfig;
+use crate::library::FunctionLibrary;
+use crate::slot::{Slot, monotonic_ns};
+use crate::worker::{Worker, write_all_vectored};
+
+/// How often running invocations are checked against their deadlines.
+pub const DEADLINE_TICK: Duration = Duration::from_millis(2);
+
+/// The executor could not start or keep running.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error(transparent)]
+    Library(#[from] crate::library::LibraryError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
+    #[error("{what}: {source}")]
+    Os {
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+fn os(what: &'static str) -> impl FnOnce(io::Error) -> SupervisorError {
+    move |source| SupervisorError::Os { what, source }
+}
+
+#[derive(Debug)]
+struct Child {
+    pid: libc::pid_t,
+    pidfd: OwnedFd,
+    conn: TcpStream,
+    slot: Slot,
+    /// The invocation this supervisor killed for running past its deadline.
+    timed_out: Option<(u64, u64)>,
+    oom_kills_before: Option<u64>,
+}
+
+/// Runs the executor until SIGTERM or SIGINT. `ready` is called once with the bound address.
+pub fn run(config: &ExecutorConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), SupervisorError> {
+    let mut library = FunctionLibrary::load(&config.library)?;
+    let listener = TcpListener::bind(config.listen).map_err(|source| SupervisorError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(os("making the listener non-blocking"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(os("reading the bound address"))?;
+    let signals = block_signals_fd().map_err(os("creating a signalfd"))?;
+    tracing::info!(%addr, library = %config.library.display(), "executor listening");
+    ready(addr);
+
+    let mut children: Vec<Child> = Vec::new();
+    loop {
+        let mut fds = vec![
+            libc::pollfd {
+                fd: listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: signals.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        fds.extend(children.iter().map(|c| libc::pollfd {
+            fd: c.pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }));
+        let timeout = if children.is_empty() {
+            -1
+        } else {
+            DEADLINE_TICK.as_millis() as i32
+        };
+        // SAFETY: `fds` is a valid array of pollfds for its length.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(os("poll")(e));
+        }
+        if fds[1].revents != 0 {
+            tracing::info!(workers = children.len(), "executor shutting down");
+            for c in &children {
+                // SAFETY: signals a child this supervisor forked and has not yet reaped.
+                unsafe { libc::kill(c.pid, libc::SIGKILL) };
+            }
+            for c in children.drain(..) {
+                reap(c.pid);
+                tell(
+                    &c.conn,
+                    CONNECTION_ID,
+                    ErrorCode::LeaseRevoked,
+                    "executor shut down",
+                );
+            }
+            return Ok(());
+        }
+        // Reap dead workers (iterate from the back so indices stay valid).
+        for i in (0..children.len()).rev() {
+            if fds[2 + i].revents != 0 {
+                let child = children.swap_remove(i);
+                finish(child, config);
+            }
+        }
+        enforce_deadlines(&mut children);
+        if fds[0].revents != 0 {
+            accept_all(&listener, &signals, &mut children, &mut library, config);
+        }
+    }
+}
+
+fn enforce_deadlines(children: &mut [Child]) {
+    let now = monotonic_ns();
+    for c in children.iter_mut() {
+        if let Some((id, deadline)) = c.slot.running()
+            && now > deadline
+            && c.timed_out.is_none()
+        {
+            // SAFETY: signals a child this supervisor forked and has not yet reaped.
+            unsafe { libc::kill(c.pid, libc::SIGKILL) };
+            c.timed_out = Some((id, deadline));
+        }
+    }
+}
+
+fn accept_all(
+    listener: &TcpListener,
+    signals: &OwnedFd,
+    children: &mut Vec<Child>,
+    library: &mut FunctionLibrary,
+    config: &ExecutorConfig,
+) {
+    loop {
+        let conn = match listener.accept() {
+            Ok((conn, _)) => conn,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                return;
+            }
+        };
+        if children.len() >= config.max_connections {
+            let msg = format!("executor busy: {} connections open", children.len());
+            tell(&conn, CONNECTION_ID, ErrorCode::Internal, &msg);
+            continue;
+        }
+        match spawn_worker(conn, listener, signals, children, library, config) {
+            Ok(child) => children.push(child),
+            Err(e) => tracing::error!(error = %e, "cannot start a worker"),
+        }
+    }
+}
+
+fn spawn_worker(
+    conn: TcpStream,
+    listener: &TcpListener,
+    signals: &OwnedFd,
+    children: &[Child],
+    library: &mut FunctionLibrary,
+    config: &ExecutorConfig,
+) -> io::Result<Child> {
+    let slot = Slot::new()?;
+    let oom_kills_before = config.oom_events.as_deref().and_then(read_oom_kills);
+    // SAFETY: the supervisor is single-threaded, so the child may run arbitrary code after fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // The worker: drop what belongs to the supervisor, then serve this one connection.
+        let mut inherited: Vec<RawFd> = vec![listener.as_raw_fd(), signals.as_raw_fd()];
+        for c in children {
+            inherited.push(c.conn.as_raw_fd());
+            inherited.push(c.pidfd.as_raw_fd());
+        }
+        let code = worker_main(conn, &inherited, library, &slot, config);
+        // SAFETY: leave without running the supervisor's destructors or atexit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    // SAFETY: pidfd_open on a child we just forked; the result is checked.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        // SAFETY: kill and reap the child we cannot watch.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        reap(pid);
+        return Err(e);
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(Child {
+        pid,
+        pidfd,
+        conn,
+        slot,
+        timed_out: None,
+        oom_kills_before,
+    })
+}
+
+fn worker_main(
+    conn: TcpStream,
+    inherited: &[RawFd],
+    library: &mut FunctionLibrary,
+    slot: &Slot,
+    config: &ExecutorConfig,
+) -> i32 {
+    for &fd in inherited {
+        // SAFETY: these descriptors belong to the supervisor; the worker never uses them.
+        unsafe { libc::close(fd) };
+    }
+    // SAFETY: plain prctl/sigprocmask calls on this process.
+    unsafe {
+        // Die with the supervisor; take default signal dispositions back.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+    // Under memory pressure the kernel should pick a worker, never the supervisor.
+    let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
+    match Worker::new(conn, library, slot, config).and_then(|mut w| w.serve()) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::debug!(error = %e, "worker connection ended");
+            1
+        }
+    }
+}
+
+/// Reports a dead worker's last invocation to its caller, then closes the connection.
+fn finish(child: Child, config: &ExecutorConfig) {
+    let status = reap(child.pid);
+    let running = child.slot.running().map(|(id, _)| id);
+    let Some(sig) = status.and_then(|s| libc::WIFSIGNALED(s).then(|| libc::WTERMSIG(s))) else {
+        return; // A clean exit: the client closed its connection.
+    };
+    let id = running.unwrap_or(CONNECTION_ID);
+    let (code, message) = if let Some((tid, _)) = child.timed_out {
+        (
+            ErrorCode::Timeout,
+            format!("invocation {tid} ran past its timeout and was killed"),
+        )
+    } else if sig == libc::SIGKILL {
+        let after = config.oom_events.as_deref().and_then(read_oom_kills);
+        match (child.oom_kills_before, after) {
+            (Some(b), Some(a)) if a > b => (
+                ErrorCode::OutOfMemory,
+                "function exceeded the lease's memory and was killed by the OOM killer".to_owned(),
+            ),
+            (Some(_), Some(_)) => (
+                ErrorCode::Crashed,
+                "function's worker was killed (SIGKILL)".to_owned(),
+            ),
+            _ => (
+                ErrorCode::Crashed,
+                "function's worker was killed (SIGKILL; possibly out of memory)".to_owned(),
+            ),
+        }
+    } else {
+        (
+            ErrorCode::Crashed,
+            format!("function crashed with {} (signal {sig})", signal_name(sig)),
+        )
+    };
+    tracing::warn!(invocation = id, ?code, %message, "worker died");
+    tell(&child.conn, id, code, &message);
+}
+
+/// Writes one ERROR frame (best effort: the client may be gone) and shuts the connection down.
+fn tell(conn: &TcpStream, id: u64, code: ErrorCode, message: &str) {
+    let mut frame = Vec::new();
+    invoke::encode_error(&mut frame, id, code, message);
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = write_all_vectored(conn, &frame, &[]);
+    let _ = conn.shutdown(std::net::Shutdown::Both);
+}
+
+/// Waits for `pid` and returns its wait status.
+fn reap(pid: libc::pid_t) -> Option<i32> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waits for our own child; `status` is a valid out-pointer.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if rc == pid {
+            return Some(status);
+        }
+        if rc < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        return None;
+    }
+}
+
+/// Reads the `oom_kill N` counter from a v1 `memory.oom_control` or v2 `memory.events` file.
+pub fn read_oom_kills(path: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGILL => "SIGILL",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        _ => "a signal",
+    }
+}
+
+/// Blocks SIGTERM and SIGINT and returns a signalfd that becomes readable when one arrives.
+fn block_signals_fd() -> io::Result<OwnedFd> {
+    // SAFETY: standard sigset manipulation and signalfd creation; results are checked.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_oom_counters_from_v1_and_v2_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = dir.path().join("memory.oom_control");
+        std::fs::write(&v1, "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n").unwrap();
+        assert_eq!(read_oom_kills(&v1), Some(3));
+        let v2 = dir.path().join("memory.events");
+        std::fs::write(&v2, "low 0\nhigh 0\nmax 5\noom 2\noom_kill 2\n").unwrap();
+        assert_eq!(read_oom_kills(&v2), Some(2));
+        assert_eq!(read_oom_kills(&dir.path().join("missing")), None);
+    }
+}

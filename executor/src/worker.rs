@@ -1,0 +1,217 @@
+//! Serves one client connection in a worker process: read a request, run the function, answer.
+//!
+//! The socket is non-blocking. While the hot window lasts after an answer, the worker spins on it
+//! (rFaaS's hot mode: no wake-up latency, one core burnt); afterwards it blocks in `poll` (warm
+//! mode). Requests on one connection are served in order; a client keeps several in flight by
+//! pipelining, and uses several connections for parallelism.
+
+use std::ffi::c_void;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use harvest_core::invoke::{self, CONNECTION_ID, ErrorCode, Frame};
+
+use crate::buffer::GuardedBuffer;
+use crate::config::{ExecutorConfig, HotWindow};
+use crate::library::{FunctionLibrary, LibraryError};
+use crate::slot::{Slot, monotonic_ns};
+
+/// Bytes a request may carry beyond its input (header, timeout, name).
+const REQUEST_OVERHEAD: usize = invoke::HEADER_BYTES + 4 + 2 + 256;
+
+/// One connection's worker state.
+#[derive(Debug)]
+pub struct Worker<'a> {
+    stream: TcpStream,
+    library: &'a mut FunctionLibrary,
+    slot: &'a Slot,
+    config: &'a ExecutorConfig,
+    output: GuardedBuffer,
+    input: Vec<u8>,
+    out_frame: Vec<u8>,
+}
+
+impl<'a> Worker<'a> {
+    pub fn new(
+        stream: TcpStream,
+        library: &'a mut FunctionLibrary,
+        slot: &'a Slot,
+        config: &'a ExecutorConfig,
+    ) -> io::Result<Self> {
+        stream.set_nonblocking(true)?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            library,
+            slot,
+            config,
+            output: GuardedBuffer::new(config.max_output_bytes)?,
+            input: Vec::new(),
+            out_frame: Vec::new(),
+        })
+    }
+
+    /// Serves requests until the client closes the connection.
+    pub fn serve(&mut self) -> io::Result<()> {
+        let mut idle_since = Instant::now();
+        loop {
+            let mut prefix = [0u8; invoke::LEN_BYTES];
+            if !self.read_full(&mut prefix, idle_since)? {
+                return Ok(());
+            }
+            let len = invoke::body_len(prefix);
+            if len > self.config.max_input_bytes + REQUEST_OVERHEAD {
+                let msg = format!(
+                    "request of {len} bytes exceeds this executor's input limit of {} bytes",
+                    self.config.max_input_bytes
+                );
+                self.send_error(CONNECTION_ID, ErrorCode::BadRequest, &msg)?;
+                return Ok(());
+            }
+            let mut input = std::mem::take(&mut self.input);
+            input.resize(len, 0);
+            if !self.read_full(&mut input, idle_since)? {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let result = self.handle(&mut input);
+            self.input = input;
+            result?;
+            idle_since = Instant::now();
+        }
+    }
+
+    fn handle(&mut self, body: &mut [u8]) -> io::Result<()> {
+        // Decode borrows the body; copy out what is needed so the input can be passed mutably (the
+        // ABI's `void *in` lets a function scribble on its input).
+        let (id, timeout_ms, input_at, name) = match invoke::decode(body) {
+            Ok(Frame::Invoke {
+                id,
+                timeout_ms,
+                function,
+                input,
+            }) => (
+                id,
+                timeout_ms,
+                body.len() - input.len(),
+                function.to_owned(),
+            ),
+            Ok(_) => {
+                return self.send_error(CONNECTION_ID, ErrorCode::BadRequest, "expected INVOKE");
+            }
+            Err(e) => return self.send_error(CONNECTION_ID, ErrorCode::BadRequest, &e.to_string()),
+        };
+        let function = match self.library.get(&name) {
+            Ok(f) => f,
+            Err(e @ (LibraryError::NotFound(_) | LibraryError::BadName(_))) => {
+                return self.send_error(id, ErrorCode::NoSuchFunction, &e.to_string());
+            }
+            Err(e) => return self.send_error(id, ErrorCode::Internal, &e.to_string()),
+        };
+        let input = &mut body[input_at..];
+        let timeout = match timeout_ms {
+            0 => self.config.default_timeout,
+            ms => Duration::from_millis(ms.into()),
+        };
+        let deadline = monotonic_ns().saturating_add(timeout.as_nanos() as u64);
+        self.slot.begin(id, deadline);
+        // SAFETY: this is the rFaaS function ABI. `input` is valid for `len` bytes and writable;
+        // the output buffer is valid for its capacity and ends at a guard page, so an overflow is
+        // a SIGSEGV (reported by the supervisor as a crash), not silent corruption. The input
+        // length fits in u32 because the frame length does.
+        let written = unsafe {
+            function(
+                input.as_mut_ptr().cast::<c_void>(),
+                input.len() as u32,
+                self.output.as_mut_ptr().cast::<c_void>(),
+            )
+        } as usize;
+        self.slot.end();
+        if written > self.output.capacity() {
+            let msg = format!(
+                "function {name} returned {written} bytes but its output buffer holds {}",
+                self.output.capacity()
+            );
+            return self.send_error(id, ErrorCode::OutputTooLarge, &msg);
+        }
+        let header = invoke::result_header(id, written);
+        let output = self.output.as_slice(written);
+        write_all_vectored(&self.stream, &header, output)
+    }
+
+    fn send_error(&mut self, id: u64, code: ErrorCode, message: &str) -> io::Result<()> {
+        self.out_frame.clear();
+        invoke::encode_error(&mut self.out_frame, id, code, message);
+        write_all_vectored(&self.stream, &self.out_frame, &[])
+    }
+
+    /// Fills `buf`, spinning while the hot window lasts and blocking after. Returns false on a
+    /// clean end of stream before the first byte.
+    fn read_full(&mut self, buf: &mut [u8], idle_since: Instant) -> io::Result<bool> {
+        let mut got = 0;
+        while got < buf.len() {
+            match self.stream.read(&mut buf[got..]) {
+                Ok(0) if got == 0 => return Ok(false),
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let hot = match self.config.hot_window {
+                        HotWindow::Always => true,
+                        HotWindow::For(w) => got > 0 || idle_since.elapsed() < w,
+                    };
+                    if hot {
+                        std::hint::spin_loop();
+                    } else {
+                        wait_fd(self.stream.as_raw_fd(), libc::POLLIN)?;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Writes `a` then `b` to a non-blocking socket, in one `writev` when the kernel takes it all.
+pub fn write_all_vectored(mut stream: &TcpStream, a: &[u8], b: &[u8]) -> io::Result<()> {
+    let (mut a, mut b) = (a, b);
+    while !a.is_empty() || !b.is_empty() {
+        match stream.write_vectored(&[IoSlice::new(a), IoSlice::new(b)]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(mut n) => {
+                let from_a = n.min(a.len());
+                a = &a[from_a..];
+                n -= from_a;
+                b = &b[n..];
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                wait_fd(stream.as_raw_fd(), libc::POLLOUT)?
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Blocks until `fd` is ready for `events`.
+fn wait_fd(fd: i32, events: i16) -> io::Result<()> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&mut pfd, 1, -1) };
+        if rc >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Black-box tests of the `harvest-executor` binary: a real process, a real C function library
+//! built here with the system C compiler, real TCP on 127.0.0.1.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harvest_core::invoke::{self, ErrorCode, Frame};
+
+/// The test function library, compiled once per test binary.
+fn library() -> PathBuf {
+    static LIB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    LIB.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("executor-tests");
+        std::fs::create_dir_all(&dir).unwrap();
+        let so = dir.join("libtestfns.so");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/functions.c");
+        let status = Command::new("cc")
+            .args(["-shared", "-fPIC", "-O1", "-o"])
+            .arg(&so)
+            .arg(&src)
+            .status()
+            .expect("a C compiler (cc) is installed");
+        assert!(status.success(), "compiling {}", src.display());
+        so
+    })
+    .clone()
+}
+
+struct Executor {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Executor {
+    fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ready = dir.path().join("ready");
+        let child = Command::new(env!("CARGO_BIN_EXE_harvest-executor"))
+            .arg("--lib")
+            .arg(library())
+            .arg("--ready-file")
+            .arg(&ready)
+            .args(extra)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let addr = loop {
+            if let Ok(a) = std::fs::read_to_string(&ready) {
+                break a.trim().to_owned();
+            }
+            assert!(Instant::now() < deadline, "executor did not become ready");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Self {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        // Stop our own child by pid (SIGTERM: the supervisor stops its workers), then reap it.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Reply {
+    Ok(u64, Vec<u8>),
+    Err(u64, ErrorCode, String),
+}
+
+fn send(s: &mut TcpStream, id: u64, timeout_ms: u32, f: &str, input: &[u8]) {
+    let mut buf = Vec::new();
+    invoke::encode_invoke(&mut buf, id, timeout_ms, f, input);
+    s.write_all(&buf).unwrap();
+}
+
+fn recv(s: &mut TcpStream) -> Option<Reply> {
+    let mut prefix = [0u8; 4];
+    if s.read_exact(&mut prefix).is_err() {
+        return None;
+    }
+    let mut body = vec![0u8; invoke::body_len(prefix)];
+    s.read_exact(&mut body).unwrap();
+    Some(match invoke::decode(&body).unwrap() {
+        Frame::Result { id, output } => Reply::Ok(id, output.to_vec()),
+        Frame::Error { id, code, message } => Reply::Err(id, code, message.to_owned()),
+        f => panic!("unexpected frame {f:?}"),
+    })
+}
+
+fn call(e: &Executor, f: &str, input: &[u8], timeout_ms: u32) -> Reply {
+    let mut s = e.connect();
+    send(&mut s, 1, timeout_ms, f, input);
+    recv(&mut s).expect("a reply, never silence")
+}
+
+#[test]
+fn echoes_small_and_large_inputs_with_pipelining() {
+    let e = Executor::start(&["--hot", "1ms"]);
+    let mut s = e.connect();
+    let sizes = [0usize, 1, 1024, 64 * 1024, 1 << 20];
+    for (i, &n) in sizes.iter().enumerate() {
+        let input: Vec<u8> = (0..n).map(|b| (b * 7 + i) as u8).collect();
+        send(&mut s, i as u64 + 1, 0, "echo", &input);
+    }
+    // All requests were in flight before the first answer was read.
+    for (i, &n) in sizes.iter().enumerate() {
+        let input: Vec<u8> = (0..n).map(|b| (b * 7 + i) as u8).collect();
+        assert_eq!(recv(&mut s), Some(Reply::Ok(i as u64 + 1, input)));
+    }
+}
+
+#[test]
+fn unknown_and_invalid_function_names_are_errors() {
+    let e = Executor::start(&[]);
+    let mut s = e.connect();
+    send(&mut s, 5, 0, "nope", b"");
+    assert!(
+        matches!(recv(&mut s), Some(Reply::Err(5, ErrorCode::NoSuchFunction, m)) if m.contains("nope"))
+    );
+    send(&mut s, 6, 0, "a-b", b"");
+    assert!(matches!(
+        recv(&mut s),
+        Some(Reply::Err(6, ErrorCode::NoSuchFunction, _))
+    ));
+    // The connection still works.
+    send(&mut s, 7, 0, "echo", b"ok");
+    assert_eq!(recv(&mut s), Some(Reply::Ok(7, b"ok".to_vec())));
+}
+
+#[test]
+fn a_crash_is_an_explicit_error_and_the_next_invocation_works() {
+    let e = Executor::start(&[]);
+    match call(&e, "crash", b"", 0) {
+        Reply::Err(1, ErrorCode::Crashed, m) => assert!(m.contains("SIGSEGV"), "{m}"),
+        r => panic!("expected a crash error, got {r:?}"),
+    }
+    assert_eq!(
+        call(&e, "echo", b"again", 0),
+        Reply::Ok(1, b"again".to_vec())
+    );
+}
+
+#[test]
+fn an_output_overflow_hits_the_guard_page_and_a_lie_is_caught() {
+    let e = Executor::start(&["--max-output", "64K"]);
+    assert!(matches!(
+        call(&e, "overflow", b"", 0),
+        Reply::Err(1, ErrorCode::Crashed, _)
+    ));
+    assert!(matches!(
+        call(&e, "liar", b"", 0),
+        Reply::Err(1, ErrorCode::OutputTooLarge, _)
+    ));
+    assert_eq!(call(&e, "echo", b"fine", 0), Reply::Ok(1, b"fine".to_vec()));
+}
+
+#[test]
+fn a_function_past_its_timeout_is_killed_and_reported() {
+    let e = Executor::start(&[]);
+    let started = Instant::now();
+    match call(&e, "spin", b"", 200) {
+        Reply::Err(1, ErrorCode::Timeout, m) => assert!(m.contains("timeout"), "{m}"),
+        r => panic!("expected a timeout, got {r:?}"),
+    }
+    // Killed near its deadline, not at the executor's 10 s default.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(call(&e, "echo", b"next", 0), Reply::Ok(1, b"next".to_vec()));
+}
+
+#[test]
+fn functions_run_in_a_process_named_harvest_executor() {
+    let e = Executor::start(&["--hot", "warm"]);
+    let Reply::Ok(_, out) = call(&e, "whereami", b"", 0) else {
+        panic!("whereami failed")
+    };
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("/harvest-executor "), "{text}");
+    // A worker process, not the supervisor.
+    assert!(!text.contains(&format!("pid={} ", e.child.id())), "{text}");
+}
+
+#[test]
+fn a_missing_library_fails_at_start_with_its_path() {
+    let out = Command::new(env!("CARGO_BIN_EXE_harvest-executor"))
+        .args(["--lib", "/nonexistent/libnothing.so"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/libnothing.so"), "{err}");
+}
