@@ -1,0 +1,345 @@
+//! Invoking functions on an executor: client to executor directly, no scheduler hop.
+//!
+//! An [`ExecutorConnection`] is one TCP connection to a lease's executor. [`invoke`] sends a
+//! request and waits for its answer; [`submit`] and [`wait`] keep several in flight (the executor
+//! answers them in order on one connection; use one connection per leased core for parallelism).
+//! [`Polling::Spin`] busy-polls for the answer (pairs with the executor's hot mode, lowest latency);
+//! [`Polling::Block`] sleeps in the kernel.
+//!
+//! [`invoke`]: ExecutorConnection::invoke
+//! [`submit`]: ExecutorConnection::submit
+//! [`wait`]: ExecutorConnection::wait
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use harvest_core::invoke::{self, ErrorCode, Frame};
+
+/// How the client waits for an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Polling {
+    /// Busy-poll the socket: lowest latency, one core spent waiting.
+    Spin,
+    /// Block in the kernel.
+    Block,
+}
+
+/// An invocation that did not produce output.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("cannot connect to the executor at {addr}: {source}")]
+    Connect { addr: SocketAddr, source: io::Error },
+    #[error("connection to the executor at {addr} failed: {source}")]
+    Io { addr: SocketAddr, source: io::Error },
+    #[error(
+        "the executor at {addr} closed the connection with {in_flight} invocation(s) unanswered"
+    )]
+    Closed { addr: SocketAddr, in_flight: usize },
+    #[error("no answer from the executor at {addr} within {waited:?}")]
+    NoAnswer { addr: SocketAddr, waited: Duration },
+    #[error("the executor at {addr} sent a malformed frame: {source}")]
+    Protocol {
+        addr: SocketAddr,
+        source: invoke::DecodeError,
+    },
+    /// The executor answered with an error (crash, timeout, OOM, no such function, revoked...).
+    #[error("{code}: {message}")]
+    Remote {
+        id: u64,
+        code: ErrorCode,
+        message: String,
+    },
+    #[error("invalid request: {0}")]
+    Request(String),
+}
+
+impl InvokeError {
+    /// The executor's error code, when it answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Remote { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// One connection to an executor.
+#[derive(Debug)]
+pub struct ExecutorConnection {
+    addr: SocketAddr,
+    stream: TcpStream,
+    polling: Polling,
+    next_id: u64,
+    in_flight: usize,
+    /// How long to wait for an answer beyond the invocation's own timeout before giving up on a
+    /// silent executor (its node may be gone).
+    pub grace: Duration,
+    frame: Vec<u8>,
+}
+
+impl ExecutorConnection {
+    pub fn connect(addr: SocketAddr, polling: Polling) -> Result<Self, InvokeError> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .map_err(|source| InvokeError::Connect { addr, source })?;
+        let io_err = |source| InvokeError::Io { addr, source };
+        stream.set_nodelay(true).map_err(io_err)?;
+        stream
+            .set_nonblocking(polling == Polling::Spin)
+            .map_err(io_err)?;
+        Ok(Self {
+            addr,
+            stream,
+            polling,
+            next_id: 1,
+            in_flight: 0,
+            grace: Duration::from_secs(5),
+            frame: Vec::new(),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sends an invocation without waiting; returns its id. `timeout` 0/None: the executor's default.
+    pub fn submit(
+        &mut self,
+        function: &str,
+        input: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<u64, InvokeError> {
+        if function.is_empty() || function.len() > 255 {
+            return Err(InvokeError::Request(format!(
+                "function name {function:?} must be 1 to 255 bytes"
+            )));
+        }
+        if input.len() > u32::MAX as usize - 1024 {
+            return Err(InvokeError::Request(format!(
+                "input of {} bytes is too large",
+                input.len()
+            )));
+        }
+        let timeout_ms = timeout.map_or(0, |t| t.as_millis().clamp(1, u32::MAX as u128) as u32);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.frame.clear();
+        invoke::encode_invoke(&mut self.frame, id, timeout_ms, function, input);
+        let addr = self.addr;
+        write_all(&mut self.stream, &self.frame)
+            .map_err(|source| InvokeError::Io { addr, source })?;
+        self.in_flight += 1;
+        Ok(id)
+    }
+
+    /// Waits for the next answer: `(id, output)` or the executor's error for that id. The output
+    /// is written into `output` (cleared first), so a caller can reuse one buffer.
+    pub fn wait_into(
+        &mut self,
+        output: &mut Vec<u8>,
+        max_wait: Option<Duration>,
+    ) -> Result<u64, InvokeError> {
+        let deadline = max_wait.map(|w| Instant::now() + w);
+        let mut prefix = [0u8; invoke::LEN_BYTES];
+        self.read_full(&mut prefix, deadline)?;
+        output.clear();
+        output.resize(invoke::body_len(prefix), 0);
+        self.read_full(output, deadline)?;
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let addr = self.addr;
+        match invoke::decode(output).map_err(|source| InvokeError::Protocol { addr, source })? {
+            Frame::Result { id, .. } => {
+                output.drain(..invoke::HEADER_BYTES);
+                Ok(id)
+            }
+            Frame::Error { id, code, message } => Err(InvokeError::Remote {
+                id,
+                code,
+                message: message.to_owned(),
+            }),
+            Frame::Invoke { .. } => Err(InvokeError::Protocol {
+                addr,
+                source: invoke::DecodeError::Kind(1),
+            }),
+        }
+    }
+
+    /// Invokes `function` on `input` and waits for its output.
+    pub fn invoke(
+        &mut self,
+        function: &str,
+        input: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<Vec<u8>, InvokeError> {
+        let mut out = Vec::new();
+        self.invoke_into(function, input, timeout, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`invoke`](Self::invoke), reusing `output`.
+    pub fn invoke_into(
+        &mut self,
+        function: &str,
+        input: &[u8],
+        timeout: Option<Duration>,
+        output: &mut Vec<u8>,
+    ) -> Result<(), InvokeError> {
+        let id = self.submit(function, input, timeout)?;
+        let max_wait = timeout.map(|t| t + self.grace);
+        let got = self.wait_into(output, max_wait)?;
+        if got != id {
+            return Err(InvokeError::Request(format!(
+                "answer for invocation {got} while waiting for {id}: use submit/wait to pipeline"
+            )));
+        }
+        Ok(())
+    }
+
+    fn read_full(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> Result<(), InvokeError> {
+        let addr = self.addr;
+        if self.polling == Polling::Block {
+            let left = deadline.map(|d| {
+                d.saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1))
+            });
+            self.stream
+                .set_read_timeout(left)
+                .map_err(|source| InvokeError::Io { addr, source })?;
+        }
+        let mut got = 0;
+        let mut spins = 0u32;
+        while got < buf.len() {
+            match self.stream.read(&mut buf[got..]) {
+                Ok(0) => {
+                    return Err(InvokeError::Closed {
+                        addr,
+                        in_flight: self.in_flight,
+                    });
+                }
+                Ok(n) => got += n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if self.polling == Polling::Block {
+                        let waited = deadline.map_or(Duration::ZERO, |d| d.elapsed());
+                        return Err(InvokeError::NoAnswer { addr, waited });
+                    }
+                    spins = spins.wrapping_add(1);
+                    // Check the clock only now and then: it is the hot loop.
+                    if spins.is_multiple_of(1024) && deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(InvokeError::NoAnswer {
+                            addr,
+                            waited: Duration::ZERO,
+                        });
+                    }
+                    std::hint::spin_loop();
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                    return Err(InvokeError::Closed {
+                        addr,
+                        in_flight: self.in_flight,
+                    });
+                }
+                Err(source) => return Err(InvokeError::Io { addr, source }),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write_all(stream: &mut TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match stream.write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A fake executor that answers each INVOKE of "echo" with its input and anything else with
+    /// NoSuchFunction, then closes after `n` requests.
+    fn fake_executor(n: usize) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            for _ in 0..n {
+                let mut p = [0u8; 4];
+                s.read_exact(&mut p).unwrap();
+                let mut body = vec![0u8; invoke::body_len(p)];
+                s.read_exact(&mut body).unwrap();
+                let mut out = Vec::new();
+                match invoke::decode(&body).unwrap() {
+                    Frame::Invoke {
+                        id,
+                        function: "echo",
+                        input,
+                        ..
+                    } => invoke::encode_result(&mut out, id, input),
+                    Frame::Invoke { id, function, .. } => {
+                        invoke::encode_error(&mut out, id, ErrorCode::NoSuchFunction, function)
+                    }
+                    f => panic!("{f:?}"),
+                }
+                s.write_all(&out).unwrap();
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn invokes_in_both_polling_modes() {
+        for polling in [Polling::Spin, Polling::Block] {
+            let mut c = ExecutorConnection::connect(fake_executor(2), polling).unwrap();
+            assert_eq!(c.invoke("echo", b"hi", None).unwrap(), b"hi");
+            let err = c
+                .invoke("nope", b"", Some(Duration::from_secs(1)))
+                .unwrap_err();
+            assert_eq!(err.code(), Some(ErrorCode::NoSuchFunction));
+        }
+    }
+
+    #[test]
+    fn pipelines_and_reports_a_closed_connection() {
+        let mut c = ExecutorConnection::connect(fake_executor(2), Polling::Block).unwrap();
+        let a = c.submit("echo", b"a", None).unwrap();
+        let b = c.submit("echo", b"b", None).unwrap();
+        let third = c.submit("echo", b"c", None).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(c.wait_into(&mut out, None).unwrap(), a);
+        assert_eq!(out, b"a");
+        assert_eq!(c.wait_into(&mut out, None).unwrap(), b);
+        assert_eq!(out, b"b");
+        // The fake closes after two: the third must be an error, never silence.
+        assert!(third > b);
+        let err = c
+            .wait_into(&mut out, Some(Duration::from_secs(5)))
+            .unwrap_err();
+        assert!(
+            matches!(err, InvokeError::Closed { in_flight: 1, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_requests_before_sending() {
+        let mut c = ExecutorConnection::connect(fake_executor(0), Polling::Block).unwrap();
+        assert!(matches!(
+            c.submit("", b"", None),
+            Err(InvokeError::Request(_))
+        ));
+    }
+}
