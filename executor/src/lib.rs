@@ -7,6 +7,7 @@
 //! scheduler is never on this path.
 //!
 //! Layout:
+//! - [`cli`]: the command line, shared by the binary and the benchmarks.
 //! - [`config`]: what the agent passes on the command line, validated.
 //! - [`library`]: the loaded function library and symbol lookup.
 //! - [`buffer`]: output buffers with a guard page, so an overflowing function crashes cleanly.
@@ -20,6 +21,7 @@
 //! what happened, and closes it. The client reconnects for its next invocation.
 
 pub mod buffer;
+pub mod cli;
 pub mod config;
 pub mod library;
 pub mod slot;
