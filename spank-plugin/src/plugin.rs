@@ -1,0 +1,233 @@
+//! What each SPANK callback does, written against [`Host`] so it runs in unit tests.
+//!
+//! | callback (context)           | sends                     |
+//! |------------------------------|---------------------------|
+//! | `user_init` (remote)         | `StepStart`, waits for the agent's answer (bounded) |
+//! | `exit` (remote)              | `StepEnd`; `JobEnd` for the batch and extern steps |
+//! | `job_epilog` (job script)    | `JobEnd`, on every node of the job |
+//!
+//! `JobEnd` can thus arrive twice for a node (batch step, then epilog): it is idempotent, and it
+//! ends every step of the job on that node. The epilog is the authoritative one (every node,
+//! every kind of job); it runs only if the plugin was in `plugstack.conf` when slurmd started.
+//!
+//! Nothing here fails a job: every problem becomes at most one warning per process (through
+//! Slurm's logger) and the callback reports success. The one exception is a bad `--harvest`
+//! value at submit time, which the user must hear about.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use harvest_core::step::{PluginMessage, StepAllocation, StepId};
+
+use crate::cgroup::{CgroupFs, JobCgroups, JobKey};
+use crate::client::AgentClient;
+use crate::config::{self, Config};
+use crate::gpus;
+use crate::host::{Context, Host, Item, Level};
+
+/// The environment variable slurmd sets to its node name (in its own environment, which
+/// slurmstepd inherits, and in the prolog/epilog environment).
+pub const NODE_NAME_VAR: &str = "SLURMD_NODENAME";
+
+/// Logs the first problem of a process as an error and later ones at debug level, so that an
+/// absent agent costs one line per step, not one per callback.
+#[derive(Debug)]
+pub struct Warner<'a> {
+    warned: &'a AtomicBool,
+}
+
+impl<'a> Warner<'a> {
+    pub fn new(warned: &'a AtomicBool) -> Self {
+        Self { warned }
+    }
+
+    pub fn warn(&self, host: &dyn Host, msg: &str) {
+        let first = !self.warned.swap(true, Ordering::Relaxed);
+        let level = if first { Level::Error } else { Level::Debug };
+        host.log(level, &format!("harvest: {msg}; the job runs unaffected"));
+    }
+}
+
+/// `slurm_spank_user_init`: tells the agent what the step got, before its tasks start.
+pub fn user_init(host: &dyn Host, args: &[&str], warner: &Warner<'_>) {
+    if host.context() != Context::Remote {
+        return;
+    }
+    let Some(config) = config_or_warn(host, args, warner) else {
+        return;
+    };
+    let cgroups = CgroupFs::new(&config.cgroup_root, &config.proc_self_cgroup);
+    if let Some(alloc) = step_start(host, &config, &cgroups, warner) {
+        let node = alloc.node.clone();
+        send(
+            host,
+            &config,
+            &node,
+            &PluginMessage::StepStart(alloc),
+            warner,
+        );
+    }
+}
+
+/// `slurm_spank_exit`: the step is over.
+pub fn exit(host: &dyn Host, args: &[&str], warner: &Warner<'_>) {
+    if host.context() != Context::Remote {
+        return;
+    }
+    let Some(config) = config_or_warn(host, args, warner) else {
+        return;
+    };
+    let (Some(job_id), Some(step_id), Some(node)) = (
+        host.item(Item::JobId),
+        host.item(Item::StepId),
+        node_name(host),
+    ) else {
+        warner.warn(
+            host,
+            "cannot tell the agent a step ended: no job id, step id or node name",
+        );
+        return;
+    };
+    let step_id = StepId(step_id);
+    // The batch script's end is the job's end (Slurm then kills every step), and the extern step
+    // lives exactly as long as the job on its node: both end the job here, before the epilog.
+    let msg = if step_id == StepId::BATCH || step_id == StepId::EXTERN {
+        PluginMessage::JobEnd {
+            job_id,
+            node: node.clone(),
+        }
+    } else {
+        PluginMessage::StepEnd {
+            job_id,
+            step_id,
+            node: node.clone(),
+        }
+    };
+    send(host, &config, &node, &msg, warner);
+}
+
+/// `slurm_spank_job_epilog`: the whole job is over on this node.
+pub fn job_epilog(host: &dyn Host, args: &[&str], warner: &Warner<'_>) {
+    if host.context() != Context::JobScript {
+        return;
+    }
+    let Some(config) = config_or_warn(host, args, warner) else {
+        return;
+    };
+    let job_id = host.item(Item::JobId).or_else(|| {
+        host.process_env("SLURM_JOB_ID")
+            .and_then(|v| v.trim().parse().ok())
+    });
+    let (Some(job_id), Some(node)) = (job_id, node_name(host)) else {
+        warner.warn(
+            host,
+            "cannot tell the agent a job ended: no job id or node name",
+        );
+        return;
+    };
+    let msg = PluginMessage::JobEnd {
+        job_id,
+        node: node.clone(),
+    };
+    send(host, &config, &node, &msg, warner);
+}
+
+/// The `--harvest` option's callback. `Err` carries what to tell the user.
+pub fn check_option(value: Option<&str>, remote: bool) -> Result<(), String> {
+    let value = value.unwrap_or("");
+    match config::parse_on_off(value) {
+        Some(_) => Ok(()),
+        // slurmstepd receives only values sbatch/srun already accepted; never fail a step here.
+        None if remote => Ok(()),
+        None => Err(config::bad_option_message(value)),
+    }
+}
+
+/// What the step got, for a `StepStart`; `None` (after a warning) when it cannot be told.
+pub fn step_start(
+    host: &dyn Host,
+    config: &Config,
+    cgroups: &dyn JobCgroups,
+    warner: &Warner<'_>,
+) -> Option<StepAllocation> {
+    let (Some(job_id), Some(step_id), Some(uid), Some(node)) = (
+        host.item(Item::JobId),
+        host.item(Item::StepId),
+        host.item(Item::Uid),
+        node_name(host),
+    ) else {
+        warner.warn(
+            host,
+            "cannot report the step: Slurm gave no job id, step id, uid or node name",
+        );
+        return None;
+    };
+    let harvest = match host.harvest_option() {
+        None => config.default_harvest,
+        Some(v) => config::parse_on_off(&v).unwrap_or_else(|| {
+            warner.warn(host, &config::bad_option_message(&v));
+            config.default_harvest
+        }),
+    };
+    let resources = match cgroups.job_resources(JobKey {
+        node: &node,
+        uid,
+        job_id,
+    }) {
+        Ok(r) => r,
+        Err(e) => {
+            warner.warn(
+                host,
+                &format!("cannot report job {job_id} step {}: {e}", StepId(step_id)),
+            );
+            return None;
+        }
+    };
+    let gpus = gpus::from_env(|name| host.job_env(name)).unwrap_or_else(|e| {
+        warner.warn(host, &e.to_string());
+        Vec::new()
+    });
+    Some(StepAllocation {
+        job_id,
+        step_id: StepId(step_id),
+        uid,
+        node,
+        cpus: resources.cpus,
+        memory_mib: resources.memory_mib,
+        gpus,
+        harvest,
+    })
+}
+
+fn config_or_warn(host: &dyn Host, args: &[&str], warner: &Warner<'_>) -> Option<Config> {
+    Config::parse(args.iter().copied())
+        .map_err(|e| warner.warn(host, &format!("bad arguments in plugstack.conf: {e}")))
+        .ok()
+}
+
+/// The Slurm node name: slurmd puts it in its own environment, which slurmstepd inherits; the
+/// job's environment has it from the first task on.
+fn node_name(host: &dyn Host) -> Option<String> {
+    host.process_env(NODE_NAME_VAR)
+        .or_else(|| host.job_env(NODE_NAME_VAR))
+        .filter(|n| !n.is_empty())
+}
+
+fn send(host: &dyn Host, config: &Config, node: &str, msg: &PluginMessage, warner: &Warner<'_>) {
+    let client = AgentClient::new(config.socket.for_node(node), config.timeout);
+    match client.send(msg) {
+        Ok(reply) if reply.ok => {}
+        Ok(reply) => warner.warn(
+            host,
+            &format!(
+                "the agent at {} refused the report: {}",
+                client.path().display(),
+                reply.error.as_deref().unwrap_or("no reason given")
+            ),
+        ),
+        Err(e) => warner.warn(host, &e.to_string()),
+    }
+}
+
+#[cfg(test)]
+#[path = "plugin_tests.rs"]
+mod tests;

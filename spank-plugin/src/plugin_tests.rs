@@ -1,0 +1,297 @@
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use harvest_core::CpuSet;
+use harvest_core::step::{self, AgentReply};
+
+use super::*;
+use crate::host::testing::FakeHost;
+
+/// A temp dir with a fake v1 cgroup tree for job 42 on n1 (CPUs 1-2, 300 MiB).
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let job = "slurm_n1/uid_1000/job_42";
+        let cg = dir.path().join("cg");
+        fs::create_dir_all(cg.join("cpuset").join(job)).unwrap();
+        fs::create_dir_all(cg.join("memory").join(job)).unwrap();
+        fs::write(cg.join("cpuset").join(job).join("cpuset.cpus"), "1-2\n").unwrap();
+        fs::write(
+            cg.join("memory").join(job).join("memory.limit_in_bytes"),
+            "314572800\n",
+        )
+        .unwrap();
+        fs::write(
+            dir.path().join("self-cgroup"),
+            format!("4:memory:/{job}/step_0\n3:cpuset:/{job}/step_0\n"),
+        )
+        .unwrap();
+        Self { dir }
+    }
+
+    fn socket(&self, node: &str) -> PathBuf {
+        self.dir.path().join(format!("harvestd-{node}.sock"))
+    }
+
+    fn args(&self, extra: &[&str]) -> Vec<String> {
+        let mut args = vec![
+            format!(
+                "socket={}",
+                self.dir.path().join("harvestd-%n.sock").display()
+            ),
+            format!("cgroup_root={}", self.dir.path().join("cg").display()),
+            format!(
+                "proc_self_cgroup={}",
+                self.dir.path().join("self-cgroup").display()
+            ),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        args
+    }
+}
+
+fn refs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// A fake agent answering `ok` to every message; what it received comes out of the channel.
+fn agent(path: &Path) -> mpsc::Receiver<PluginMessage> {
+    let listener = UnixListener::bind(path).unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let mut line = Vec::new();
+            BufReader::new(&stream)
+                .read_until(b'\n', &mut line)
+                .unwrap();
+            let msg: PluginMessage = step::decode(&line).unwrap();
+            (&stream)
+                .write_all(&step::encode(&AgentReply::ok()).unwrap())
+                .unwrap();
+            if tx.send(msg).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn recv(rx: &mpsc::Receiver<PluginMessage>) -> PluginMessage {
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("the agent received a message")
+}
+
+#[test]
+fn user_init_reports_the_cgroups_cpus_and_memory_to_the_nodes_agent() {
+    let fx = Fixture::new();
+    let rx = agent(&fx.socket("n1"));
+    let host = FakeHost::remote(0);
+    let warned = AtomicBool::new(false);
+    user_init(&host, &refs(&fx.args(&[])), &Warner::new(&warned));
+    let PluginMessage::StepStart(got) = recv(&rx) else {
+        panic!("not a step start");
+    };
+    assert_eq!(
+        got,
+        StepAllocation {
+            job_id: 42,
+            step_id: StepId(0),
+            uid: 1000,
+            node: "n1".into(),
+            cpus: CpuSet::parse_list("1-2").unwrap(),
+            memory_mib: Some(300),
+            gpus: vec![],
+            harvest: true,
+        }
+    );
+    assert!(host.logged.borrow().is_empty(), "{:?}", host.logged);
+}
+
+#[test]
+fn the_job_option_and_the_admin_default_decide_harvest() {
+    let fx = Fixture::new();
+    let rx = agent(&fx.socket("n1"));
+    let warned = AtomicBool::new(false);
+    let cases = [
+        (Some("off"), &[][..], false),
+        (Some("on"), &["default=off"][..], true),
+        (None, &["default=off"][..], false),
+        (None, &[][..], true),
+    ];
+    for (option, extra, want) in cases {
+        let mut host = FakeHost::remote(3);
+        host.harvest = option.map(str::to_owned);
+        host.job_env.insert("SLURM_STEP_GPUS".into(), "0,2".into());
+        user_init(&host, &refs(&fx.args(extra)), &Warner::new(&warned));
+        let PluginMessage::StepStart(got) = recv(&rx) else {
+            panic!("not a step start");
+        };
+        assert_eq!(got.harvest, want, "option {option:?} with {extra:?}");
+        assert_eq!(got.gpus, vec![0, 2]);
+    }
+}
+
+#[test]
+fn step_and_job_end_reach_the_agent() {
+    let fx = Fixture::new();
+    let rx = agent(&fx.socket("n1"));
+    let warned = AtomicBool::new(false);
+    exit(
+        &FakeHost::remote(2),
+        &refs(&fx.args(&[])),
+        &Warner::new(&warned),
+    );
+    assert_eq!(
+        recv(&rx),
+        PluginMessage::StepEnd {
+            job_id: 42,
+            step_id: StepId(2),
+            node: "n1".into()
+        }
+    );
+    for whole_job in [StepId::BATCH, StepId::EXTERN] {
+        exit(
+            &FakeHost::remote(whole_job.0),
+            &refs(&fx.args(&[])),
+            &Warner::new(&warned),
+        );
+        assert_eq!(
+            recv(&rx),
+            PluginMessage::JobEnd {
+                job_id: 42,
+                node: "n1".into()
+            },
+            "{whole_job}"
+        );
+    }
+
+    let mut epilog = FakeHost {
+        context: Some(Context::JobScript),
+        ..FakeHost::default()
+    };
+    epilog
+        .process_env
+        .insert("SLURM_JOB_ID".into(), "42".into());
+    epilog
+        .process_env
+        .insert("SLURMD_NODENAME".into(), "n1".into());
+    job_epilog(&epilog, &refs(&fx.args(&[])), &Warner::new(&warned));
+    assert_eq!(
+        recv(&rx),
+        PluginMessage::JobEnd {
+            job_id: 42,
+            node: "n1".into()
+        }
+    );
+    assert!(!warned.load(Ordering::Relaxed));
+}
+
+#[test]
+fn each_node_talks_to_its_own_agent() {
+    let fx = Fixture::new();
+    let rx1 = agent(&fx.socket("n1"));
+    let rx2 = agent(&fx.socket("n2"));
+    let mut host = FakeHost::remote(1);
+    host.process_env
+        .insert("SLURMD_NODENAME".into(), "n2".into());
+    let warned = AtomicBool::new(false);
+    exit(&host, &refs(&fx.args(&[])), &Warner::new(&warned));
+    assert!(matches!(recv(&rx2), PluginMessage::StepEnd { node, .. } if node == "n2"));
+    assert!(rx1.try_recv().is_err(), "n1's agent heard about n2's step");
+}
+
+#[test]
+fn no_agent_means_one_warning_and_a_prompt_return() {
+    let fx = Fixture::new();
+    let host = FakeHost::remote(0);
+    let warned = AtomicBool::new(false);
+    let warner = Warner::new(&warned);
+    let args = fx.args(&["timeout_ms=50"]);
+    let start = Instant::now();
+    user_init(&host, &refs(&args), &warner);
+    exit(&host, &refs(&args), &warner);
+    assert!(
+        start.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        start.elapsed()
+    );
+    let errors = host.lines(Level::Error);
+    assert_eq!(errors.len(), 1, "{:?}", host.logged);
+    assert!(errors[0].contains("harvestd-n1.sock"), "{}", errors[0]);
+    assert_eq!(host.lines(Level::Debug).len(), 1, "{:?}", host.logged);
+}
+
+#[test]
+fn other_contexts_send_nothing() {
+    let fx = Fixture::new();
+    let rx = agent(&fx.socket("n1"));
+    let warned = AtomicBool::new(false);
+    for context in [Context::Local, Context::Allocator, Context::Slurmd] {
+        let mut host = FakeHost::remote(0);
+        host.context = Some(context);
+        user_init(&host, &refs(&fx.args(&[])), &Warner::new(&warned));
+        exit(&host, &refs(&fx.args(&[])), &Warner::new(&warned));
+        job_epilog(&host, &refs(&fx.args(&[])), &Warner::new(&warned));
+    }
+    // A remote exit afterwards is the first thing the agent hears.
+    exit(
+        &FakeHost::remote(9),
+        &refs(&fx.args(&[])),
+        &Warner::new(&warned),
+    );
+    assert!(matches!(
+        recv(&rx),
+        PluginMessage::StepEnd {
+            step_id: StepId(9),
+            ..
+        }
+    ));
+}
+
+#[test]
+fn bad_configuration_and_missing_cgroups_warn_without_sending() {
+    let fx = Fixture::new();
+    let rx = agent(&fx.socket("n1"));
+    let warned = AtomicBool::new(false);
+    let host = FakeHost::remote(0);
+    user_init(
+        &host,
+        &refs(&fx.args(&["default=perhaps"])),
+        &Warner::new(&warned),
+    );
+    let errors = host.lines(Level::Error);
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].contains("default=\"perhaps\""), "{}", errors[0]);
+
+    let warned = AtomicBool::new(false);
+    let mut host = FakeHost::remote(0);
+    host.items.insert("job", 43);
+    user_init(&host, &refs(&fx.args(&[])), &Warner::new(&warned));
+    let errors = host.lines(Level::Error);
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].contains("job_43"), "{}", errors[0]);
+    assert!(rx.try_recv().is_err(), "sent a report it could not fill");
+}
+
+#[test]
+fn the_option_callback_rejects_bad_values_only_at_submit() {
+    assert_eq!(check_option(Some("off"), false), Ok(()));
+    assert_eq!(check_option(Some("on"), false), Ok(()));
+    let err = check_option(Some("maybe"), false).unwrap_err();
+    assert!(
+        err.contains("\"maybe\"") && err.contains("--harvest=off"),
+        "{err}"
+    );
+    assert!(check_option(None, false).is_err());
+    assert_eq!(check_option(Some("maybe"), true), Ok(()));
+}
