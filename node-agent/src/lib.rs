@@ -1,5 +1,10 @@
 //! `harvestd`, harvest's node agent.
+pub mod agent;
 pub mod cgroup;
+pub mod config;
 pub mod discover;
 pub mod ledger;
+pub mod query;
+pub mod server;
 pub mod slurm;
+pub mod state;

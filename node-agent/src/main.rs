@@ -1,16 +1,164 @@
-//! The `harvestd` binary.
+//! The `harvestd` binary: parses arguments, installs logging, and calls the library.
 
-use clap::Parser;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use harvest_agent::config::{Config, DEFAULT_RUN_DIR};
+use harvest_agent::{discover, query, server};
 
 /// harvestd: harvest's node agent.
+///
+/// One harvestd runs per Slurm node. It learns every job step's CPUs, memory and GPUs from the
+/// harvest SPANK plugin (and from Slurm's cgroup tree, so a restart forgets nothing) and keeps
+/// the node's idle resources, which the rest of harvest lends to serverless functions.
+///
+/// Start with `harvestd discover` to see what the node has, run the agent with
+/// `harvestd run --node n1`, and ask it with `harvestd status --node n1`.
+/// Logging: RUST_LOG=harvest_agent=debug (default info, on stderr).
 #[derive(Debug, Parser)]
-#[command(version, about)]
-struct Args {}
+#[command(version, about, long_about)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _args = Args::parse();
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print this node's CPUs (hwloc), memory and GPUs (NVML).
+    ///
+    /// Without a GPU driver the GPUs are reported as unavailable, with the reason.
+    Discover {
+        /// Print JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the agent for one Slurm node until SIGTERM or SIGINT.
+    ///
+    /// Serves the plugin on <run-dir>/harvestd-<node>.sock (mode 0600) and status on
+    /// <run-dir>/harvestd-<node>.query.sock, keeps its ledger in
+    /// <state-dir>/ledger-<node>.json, and reconciles it with Slurm's cgroup tree every second.
+    /// Example: harvestd run --node n1 --config /etc/harvest/agent.toml
+    Run {
+        /// The Slurm node name (as in slurm.conf's NodeName).
+        #[arg(long)]
+        node: String,
+        /// A TOML configuration file (keys in docs/node-agent.md); defaults apply without one.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where the sockets go [default: $HARVEST_RUN_DIR, else the file's run_dir, else /run/harvest].
+        #[arg(long, env = "HARVEST_RUN_DIR")]
+        run_dir: Option<PathBuf>,
+        /// Where the ledger is kept [default: the file's state_dir, else /var/lib/harvest].
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// The cgroup filesystem root [default: the file's cgroup_root, else /sys/fs/cgroup].
+        #[arg(long)]
+        cgroup_root: Option<PathBuf>,
+    },
+    /// Print the running agent's view of its node: CPUs, memory and GPUs by state.
+    ///
+    /// With --json, exactly harvest_core::NodeView: name, cpus.{total,batch,function,idle}
+    /// (OS CPU ids), memory_mib.{...}, gpus.{...} (GPU indices).
+    Status {
+        /// The Slurm node name the agent serves.
+        #[arg(long)]
+        node: String,
+        /// The agent's run directory.
+        #[arg(long, env = "HARVEST_RUN_DIR", default_value = DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// How long to wait for the agent's answer, in seconds.
+        #[arg(long, default_value_t = 5)]
+        timeout_s: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
         .init();
-    anyhow::bail!("harvestd has no services yet: they land with the plugin and agent issue")
+    match run(args.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("harvestd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Discover { json } => {
+            let hw = discover::discover_real().context("hardware discovery failed")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&hw)?);
+            } else {
+                print!("{}", discover::summary(&hw));
+            }
+        }
+        Command::Run {
+            node,
+            config,
+            run_dir,
+            state_dir,
+            cgroup_root,
+        } => {
+            let mut cfg = match &config {
+                Some(path) => Config::load(path)?,
+                None => Config::default(),
+            };
+            cfg.node = node;
+            cfg.run_dir = run_dir.unwrap_or(cfg.run_dir);
+            cfg.state_dir = state_dir.unwrap_or(cfg.state_dir);
+            cfg.cgroup_root = cgroup_root.unwrap_or(cfg.cgroup_root);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(server::run(cfg, shutdown_signal()))?;
+        }
+        Command::Status {
+            node,
+            run_dir,
+            json,
+            timeout_s,
+        } => {
+            let view = query::status(&run_dir, &node, Duration::from_secs(timeout_s))?;
+            if json {
+                println!("{}", serde_json::to_string(&view)?);
+            } else {
+                print!("{}", query::table(&view));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("could not install signal handlers; stop harvestd with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
 }

@@ -173,6 +173,47 @@ pub fn discover_real() -> Result<Hardware, DiscoverError> {
     discover(&HwlocTopology, &SysinfoMemory, &NvmlGpus)
 }
 
+/// A few lines for people: what `harvestd discover` prints without `--json`.
+pub fn summary(hw: &Hardware) -> String {
+    let t = &hw.topology;
+    let mut out = format!(
+        "cpus        {} ({} PUs, {} cores, {} sockets, {} NUMA nodes)\nmemory      {} MiB\n",
+        t.cpus,
+        t.cpus.len(),
+        t.cores.len(),
+        t.sockets.len(),
+        t.numa_nodes.len(),
+        hw.memory_mib
+    );
+    match &hw.gpus {
+        GpuReport::Unavailable { reason } => {
+            out.push_str(&format!("gpus        none ({reason})\n"))
+        }
+        GpuReport::Available {
+            driver_version,
+            devices,
+        } => {
+            out.push_str(&format!(
+                "gpus        {} (driver {})\n",
+                devices.len(),
+                driver_version.as_deref().unwrap_or("unknown")
+            ));
+            for g in devices {
+                let mig = match g.mig {
+                    Some(m) if m.enabled => "MIG on",
+                    Some(_) => "MIG off",
+                    None => "no MIG",
+                };
+                out.push_str(&format!(
+                    "  gpu {}    {} {} MiB {} {}\n",
+                    g.index, g.name, g.memory_total_mib, g.uuid, mig
+                ));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +255,30 @@ mod tests {
             topo.cpus.len() >= usable,
             "{topo:?} vs {usable} usable CPUs"
         );
+    }
+
+    #[test]
+    fn summary_names_counts_and_each_gpu() {
+        let hw = discover(
+            &FakeTopology::uniform(2, 2, 1),
+            &FakeMemory(4096),
+            &FakeGpus::count(2),
+        )
+        .unwrap();
+        let s = summary(&hw);
+        assert!(
+            s.contains("0-3 (4 PUs, 4 cores, 2 sockets, 2 NUMA nodes)"),
+            "{s}"
+        );
+        assert!(s.contains("4096 MiB"), "{s}");
+        assert!(s.contains("gpu 1") && s.contains("GPU-fake-1"), "{s}");
+        let none = discover(
+            &FakeTopology::uniform(1, 1, 1),
+            &FakeMemory(1),
+            &FakeGpus::none(),
+        )
+        .unwrap();
+        assert!(summary(&none).contains("none (fake: no GPUs)"));
     }
 
     #[test]

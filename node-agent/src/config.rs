@@ -1,0 +1,218 @@
+//! `harvestd run`'s configuration: a TOML file, every key optional with a named default.
+//!
+//! Every key is documented in docs/node-agent.md. Command-line options (`--run-dir`,
+//! `--state-dir`, `--cgroup-root`) override the file; the node name comes from `--node`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::ledger::Reserve;
+
+/// Where the sockets go when neither the file, `--run-dir` nor `HARVEST_RUN_DIR` says.
+pub const DEFAULT_RUN_DIR: &str = "/run/harvest";
+/// Where the ledger is kept.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/harvest";
+/// Cores kept for the OS and daemons.
+pub const DEFAULT_RESERVE_CORES: u32 = 0;
+/// Memory kept for the OS and daemons (slurmd, slurmstepd, munged, harvestd itself, page cache
+/// headroom): 1 GiB.
+pub const DEFAULT_RESERVE_MEMORY_MIB: u64 = 1024;
+/// How often the ledger is reconciled with the cgroup tree.
+pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a job reported by the plugin is held without its cgroup ever showing up.
+pub const DEFAULT_UNSEEN_JOB_GRACE: Duration = Duration::from_secs(10);
+/// How long a client has to send its message.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections served at once, per socket.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+
+/// The agent's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The Slurm node name this agent serves (from `--node`, not the file).
+    #[serde(skip)]
+    pub node: String,
+    pub run_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub cgroup_root: PathBuf,
+    pub mountinfo: PathBuf,
+    pub reserve_cores: u32,
+    pub reserve_memory_mib: u64,
+    #[serde(deserialize_with = "duration")]
+    pub reconcile_interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub unseen_job_grace: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub read_timeout: Duration,
+    pub max_connections: usize,
+    /// A group (name or gid) that may also write to the plugin socket (mode 0660 instead of 0600).
+    pub plugin_socket_group: Option<String>,
+    /// The group database used to resolve `plugin_socket_group`.
+    pub group_file: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node: String::new(),
+            run_dir: PathBuf::from(DEFAULT_RUN_DIR),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            cgroup_root: PathBuf::from(crate::cgroup::DEFAULT_CGROUP_ROOT),
+            mountinfo: PathBuf::from(crate::cgroup::DEFAULT_MOUNTINFO),
+            reserve_cores: DEFAULT_RESERVE_CORES,
+            reserve_memory_mib: DEFAULT_RESERVE_MEMORY_MIB,
+            reconcile_interval: DEFAULT_RECONCILE_INTERVAL,
+            unseen_job_grace: DEFAULT_UNSEEN_JOB_GRACE,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            plugin_socket_group: None,
+            group_file: PathBuf::from("/etc/group"),
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading the configuration {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the configuration {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("`{key}` = {value}: {hint}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        hint: &'static str,
+    },
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    harvest_core::parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+impl Config {
+    /// Reads a TOML file; every key not in it keeps its default.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks the settings once, naming the key that is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ok_name = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        if !ok_name(&self.node) {
+            return Err(ConfigError::Invalid {
+                key: "--node",
+                value: format!("{:?}", self.node),
+                hint: "give the Slurm node name, e.g. --node n1 (letters, digits, '-', '_', '.')",
+            });
+        }
+        for (key, d) in [
+            ("reconcile_interval", self.reconcile_interval),
+            ("read_timeout", self.read_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    value: format!("{d:?}"),
+                    hint: "must be above zero, e.g. \"1s\"",
+                });
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                key: "max_connections",
+                value: "0".into(),
+                hint: "must be at least 1",
+            });
+        }
+        Ok(())
+    }
+
+    pub fn reserve(&self) -> Reserve {
+        Reserve {
+            cores: self.reserve_cores,
+            memory_mib: self.reserve_memory_mib,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        let c = Config::parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.reserve_memory_mib, DEFAULT_RESERVE_MEMORY_MIB);
+        assert_eq!(c.run_dir, Path::new(DEFAULT_RUN_DIR));
+    }
+
+    #[test]
+    fn keys_and_durations_are_read() {
+        let c = Config::parse(
+            "reserve_cores = 2\nreserve_memory_mib = 4096\nreconcile_interval = \"500ms\"\n\
+             plugin_socket_group = \"slurm\"\nstate_dir = \"/tmp/s\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.reserve().cores, 2);
+        assert_eq!(c.reserve().memory_mib, 4096);
+        assert_eq!(c.reconcile_interval, Duration::from_millis(500));
+        assert_eq!(c.plugin_socket_group.as_deref(), Some("slurm"));
+        assert_eq!(c.state_dir, Path::new("/tmp/s"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_file_and_key() {
+        let err = Config::parse("reserve_core = 1\n", Path::new("agent.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("agent.toml") && msg.contains("reserve_core"),
+            "{msg}"
+        );
+        let err = Config::parse("read_timeout = \"5\"\n", Path::new("a.toml")).unwrap_err();
+        assert!(err.to_string().contains("invalid duration"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let mut c = Config::default();
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("--node"), "{err}");
+        c.node = "n1".into();
+        c.validate().unwrap();
+        c.node = "../etc".into();
+        assert!(c.validate().is_err());
+        c.node = "n1".into();
+        c.reconcile_interval = Duration::ZERO;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("reconcile_interval")
+        );
+    }
+}

@@ -1,0 +1,317 @@
+//! `harvestd run`: the agent behind two Unix sockets, with a reconcile loop.
+//!
+//! - `<run-dir>/harvestd-<node>.sock`: the SPANK plugin's socket, mode 0600 (root only), or 0660
+//!   with `plugin_socket_group`. One [`PluginMessage`] line in, one [`AgentReply`] line out.
+//! - `<run-dir>/harvestd-<node>.query.sock`: status for anyone, mode 0666, read-only by design.
+//!
+//! Each connection must deliver its line within `read_timeout` and at most
+//! [`MAX_MESSAGE_BYTES`]; at most `max_connections` are served at once per socket (more are
+//! answered "busy"). The ledger is reconciled with the cgroup tree every `reconcile_interval`.
+//! The loop ends when `shutdown` resolves (SIGTERM/SIGINT in the binary), removes its sockets
+//! and saves the ledger.
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use harvest_core::step::{AgentReply, MAX_MESSAGE_BYTES, PluginMessage, decode, encode};
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+
+use crate::agent::{AgentError, NodeAgent};
+use crate::cgroup::{self, CgroupError, Cgroups};
+use crate::config::{Config, ConfigError};
+use crate::discover::{DiscoverError, Hardware, discover_real};
+use crate::query::{QueryReply, QueryRequest, plugin_socket, query_socket};
+use crate::state::{LedgerStore, StateError};
+
+/// Why `harvestd run` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("hardware discovery failed: {0}")]
+    Discover(#[from] DiscoverError),
+    #[error("cgroups: {0}")]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error("creating the run directory {path}: {source}")]
+    RunDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("another harvestd already serves {path}: stop it first (or use another --run-dir)")]
+    AlreadyRunning { path: PathBuf },
+    #[error("binding {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "group {group:?} for plugin_socket_group is not in {file}: name an existing group or a gid"
+    )]
+    NoGroup { group: String, file: PathBuf },
+    #[error("reading {file}: {source}")]
+    GroupFile {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Discovers the real hardware and cgroups, then serves until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    config.validate()?;
+    let hardware = discover_real()?;
+    tracing::info!(cpus = %hardware.topology.cpus, memory_mib = hardware.memory_mib,
+        gpus = hardware.gpus.devices().len(), "hardware discovered");
+    let cgroups = cgroup::open(&config.cgroup_root, &config.mountinfo)?;
+    serve(config, hardware, cgroups, shutdown).await
+}
+
+/// A socket file that is removed when the server stops.
+#[derive(Debug)]
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Serves `hardware` and `cgroups` as configured until `shutdown` resolves.
+pub async fn serve(
+    config: Config,
+    hardware: Hardware,
+    cgroups: Box<dyn Cgroups>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    config.validate()?;
+    let store = LedgerStore::open(&config.state_dir, &config.node)?;
+    let agent = NodeAgent::start(
+        &config.node,
+        hardware,
+        config.reserve(),
+        store,
+        cgroups,
+        config.unseen_job_grace,
+        SystemTime::now(),
+    )?;
+    let agent = Arc::new(Mutex::new(agent));
+
+    std::fs::create_dir_all(&config.run_dir).map_err(|source| ServerError::RunDir {
+        path: config.run_dir.clone(),
+        source,
+    })?;
+    let gid = config
+        .plugin_socket_group
+        .as_deref()
+        .map(|g| resolve_gid(g, &config.group_file))
+        .transpose()?;
+    let plugin_path = plugin_socket(&config.run_dir, &config.node);
+    let query_path = query_socket(&config.run_dir, &config.node);
+    let plugin_mode = if gid.is_some() { 0o660 } else { 0o600 };
+    let (plugin, _plugin_file) = bind(&plugin_path, plugin_mode, gid)?;
+    let (query, _query_file) = bind(&query_path, 0o666, None)?;
+    tracing::info!(node = %config.node, plugin = %plugin_path.display(),
+        query = %query_path.display(), "harvestd ready");
+
+    let plugin_slots = Arc::new(Semaphore::new(config.max_connections));
+    let query_slots = Arc::new(Semaphore::new(config.max_connections));
+    let mut tick = tokio::time::interval(config.reconcile_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let read_timeout = config.read_timeout;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = plugin.accept() => match accepted {
+                Ok((stream, _)) => spawn_conn(stream, &plugin_slots, {
+                    let agent = agent.clone();
+                    move |s| serve_plugin(s, agent, read_timeout)
+                }),
+                Err(e) => tracing::warn!(error = %e, "accept on the plugin socket failed"),
+            },
+            accepted = query.accept() => match accepted {
+                Ok((stream, _)) => spawn_conn(stream, &query_slots, {
+                    let agent = agent.clone();
+                    move |s| serve_query(s, agent, read_timeout)
+                }),
+                Err(e) => tracing::warn!(error = %e, "accept on the query socket failed"),
+            },
+            _ = tick.tick() => {
+                if let Err(e) = lock(&agent).reconcile(SystemTime::now()) {
+                    tracing::warn!(error = %e, "reconcile failed; the ledger is unchanged");
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    lock(&agent).save();
+    Ok(())
+}
+
+fn lock(agent: &Mutex<NodeAgent>) -> MutexGuard<'_, NodeAgent> {
+    // A panic while holding the lock leaves a ledger that is still consistent (every change is
+    // a single map operation), so keep serving rather than poisoning the agent for good.
+    agent.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs `serve` for the connection if a slot is free, else answers "busy".
+fn spawn_conn<F, Fut>(mut stream: UnixStream, slots: &Arc<Semaphore>, serve: F)
+where
+    F: FnOnce(UnixStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    match slots.clone().try_acquire_owned() {
+        Ok(permit) => {
+            let fut = serve(stream);
+            tokio::spawn(async move {
+                fut.await;
+                drop(permit);
+            });
+        }
+        Err(_) => {
+            tracing::warn!("all connection slots busy; refusing a connection");
+            tokio::spawn(async move {
+                let reply = AgentReply::error("harvestd is busy: too many connections, retry");
+                if let Ok(bytes) = encode(&reply) {
+                    let _ = stream.write_all(&bytes).await;
+                }
+            });
+        }
+    }
+}
+
+/// Reads one line of at most [`MAX_MESSAGE_BYTES`] within `timeout`.
+async fn read_line(stream: &mut UnixStream, timeout: Duration) -> Result<Vec<u8>, String> {
+    let mut line = Vec::new();
+    let limited = (&mut *stream).take(MAX_MESSAGE_BYTES as u64 + 1);
+    let mut reader = BufReader::new(limited);
+    let read = reader.read_until(b'\n', &mut line);
+    match tokio::time::timeout(timeout, read).await {
+        Err(_) => Err(format!("no complete message within {timeout:?}")),
+        Ok(Err(e)) => Err(format!("reading the message: {e}")),
+        Ok(Ok(_)) if line.len() > MAX_MESSAGE_BYTES => Err(format!(
+            "message exceeds the limit of {MAX_MESSAGE_BYTES} bytes"
+        )),
+        Ok(Ok(0)) => Err("connection closed before a message arrived".into()),
+        Ok(Ok(_)) => Ok(line),
+    }
+}
+
+async fn reply<T: Serialize>(stream: &mut UnixStream, body: &T, timeout: Duration) {
+    let bytes = match encode(body) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "could not encode a reply");
+            return;
+        }
+    };
+    match tokio::time::timeout(timeout, stream.write_all(&bytes)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "client left before the reply"),
+        Err(_) => tracing::warn!("client did not take the reply within {timeout:?}"),
+    }
+}
+
+async fn serve_plugin(mut stream: UnixStream, agent: Arc<Mutex<NodeAgent>>, timeout: Duration) {
+    let answer = match read_line(&mut stream, timeout).await {
+        Err(e) => AgentReply::error(e),
+        Ok(line) => match decode::<PluginMessage>(&line) {
+            Ok(msg) => lock(&agent).handle(&msg, SystemTime::now()),
+            Err(e) => AgentReply::error(e.to_string()),
+        },
+    };
+    if let Some(e) = &answer.error {
+        tracing::warn!(error = %e, "plugin message refused");
+    }
+    reply(&mut stream, &answer, timeout).await;
+}
+
+async fn serve_query(mut stream: UnixStream, agent: Arc<Mutex<NodeAgent>>, timeout: Duration) {
+    let answer = match read_line(&mut stream, timeout).await {
+        Err(e) => QueryReply {
+            view: None,
+            error: Some(e),
+        },
+        Ok(line) => match decode::<QueryRequest>(&line) {
+            Ok(QueryRequest::Status) => QueryReply {
+                view: Some(lock(&agent).view()),
+                error: None,
+            },
+            Err(e) => QueryReply {
+                view: None,
+                error: Some(e.to_string()),
+            },
+        },
+    };
+    reply(&mut stream, &answer, timeout).await;
+}
+
+/// Binds a socket with `mode` (and group `gid`) already set when it appears at `path`: it is
+/// bound under a temp name, given its mode, then renamed into place. A stale socket from a
+/// killed agent is replaced; a live one is an error.
+fn bind(
+    path: &Path,
+    mode: u32,
+    gid: Option<u32>,
+) -> Result<(UnixListener, SocketFile), ServerError> {
+    let bind_err = |source| ServerError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ServerError::AlreadyRunning {
+                path: path.to_path_buf(),
+            });
+        }
+        tracing::info!(path = %path.display(), "removing a stale socket");
+        std::fs::remove_file(path).map_err(bind_err)?;
+    }
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp).map_err(bind_err)?;
+    let tmp_file = SocketFile(tmp.clone());
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(bind_err)?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(&tmp, None, Some(gid)).map_err(bind_err)?;
+    }
+    std::fs::rename(&tmp, path).map_err(bind_err)?;
+    std::mem::forget(tmp_file);
+    Ok((listener, SocketFile(path.to_path_buf())))
+}
+
+/// A group name (looked up in `group_file`) or a numeric gid.
+pub fn resolve_gid(group: &str, group_file: &Path) -> Result<u32, ServerError> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    let text = std::fs::read_to_string(group_file).map_err(|source| ServerError::GroupFile {
+        file: group_file.to_path_buf(),
+        source,
+    })?;
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let gid = f.nth(1)?.parse().ok()?;
+            Some((name, gid))
+        })
+        .find_map(|(name, gid)| (name == group).then_some(gid))
+        .ok_or_else(|| ServerError::NoGroup {
+            group: group.to_owned(),
+            file: group_file.to_path_buf(),
+        })
+}
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;

@@ -1,0 +1,276 @@
+//! The server over real Unix sockets in a temp dir, with a fake cgroup tree and fake hardware.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use harvest_core::step::{AgentReply, PluginMessage, StepAllocation, StepId, decode, encode};
+use harvest_core::{CpuSet, NodeView};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::*;
+use crate::discover::{FakeGpus, FakeMemory, FakeTopology, discover};
+use crate::query;
+use crate::slurm::testing::FakeTree;
+
+struct Harness {
+    tree: FakeTree,
+    dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ServerError>>>,
+}
+
+impl Harness {
+    fn config(dir: &Path) -> Config {
+        Config {
+            node: "n1".into(),
+            run_dir: dir.join("run"),
+            state_dir: dir.join("state"),
+            reserve_memory_mib: 1000,
+            reconcile_interval: Duration::from_millis(50),
+            read_timeout: Duration::from_millis(300),
+            ..Config::default()
+        }
+    }
+
+    async fn start() -> Self {
+        let tree = FakeTree::new();
+        let dir = tempfile::tempdir().unwrap();
+        let mut h = Self {
+            tree,
+            dir,
+            stop: None,
+            task: None,
+        };
+        h.launch(Self::config(h.dir.path())).await;
+        h
+    }
+
+    async fn launch(&mut self, config: Config) {
+        let (tx, rx) = oneshot::channel();
+        let hw = discover(
+            &FakeTopology::uniform(1, 4, 1),
+            &FakeMemory(8000),
+            &FakeGpus::none(),
+        )
+        .unwrap();
+        let cgroups = Box::new(self.tree.v1.clone());
+        self.task = Some(tokio::spawn(serve(config, hw, cgroups, async {
+            let _ = rx.await;
+        })));
+        self.stop = Some(tx);
+        let q = self.query_path();
+        wait_for(|| q.exists()).await;
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    fn plugin_path(&self) -> PathBuf {
+        query::plugin_socket(&self.run_dir(), "n1")
+    }
+
+    fn query_path(&self) -> PathBuf {
+        query::query_socket(&self.run_dir(), "n1")
+    }
+
+    async fn send_raw(&self, bytes: &[u8]) -> AgentReply {
+        let mut s = UnixStream::connect(self.plugin_path()).await.unwrap();
+        // The agent stops reading an oversized message and answers at once, so the rest of the
+        // write may meet a closed socket; the answer is still there to read.
+        let _ = s.write_all(bytes).await;
+        read_reply(&mut s).await
+    }
+
+    async fn send(&self, msg: &PluginMessage) -> AgentReply {
+        self.send_raw(&encode(msg).unwrap()).await
+    }
+
+    async fn status(&self) -> NodeView {
+        let run_dir = self.run_dir();
+        tokio::task::spawn_blocking(move || {
+            query::status(&run_dir, "n1", Duration::from_secs(2)).unwrap()
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn stop(&mut self) -> Result<(), ServerError> {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap()
+    }
+}
+
+/// Reads the one reply line, as the plugin does (a reset after it does not matter).
+async fn read_reply(s: &mut UnixStream) -> AgentReply {
+    let mut out = Vec::new();
+    tokio::io::BufReader::new(s)
+        .read_until(b'\n', &mut out)
+        .await
+        .unwrap();
+    decode(&out).unwrap()
+}
+
+/// Polls `cond` every 10 ms for up to 5 s.
+async fn wait_for(mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "condition not met within 5 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn start_msg(job: u32, cpus: &str, harvest: bool) -> PluginMessage {
+    PluginMessage::StepStart(StepAllocation {
+        job_id: job,
+        step_id: StepId::BATCH,
+        uid: 1000,
+        node: "n1".into(),
+        cpus: CpuSet::parse_list(cpus).unwrap(),
+        memory_mib: Some(500),
+        gpus: vec![],
+        harvest,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_start_and_end_over_the_socket_show_in_status() {
+    let mut h = Harness::start().await;
+    h.tree.add_job("n1", 1000, 7, "1", Some(500));
+    assert_eq!(h.send(&start_msg(7, "1", true)).await, AgentReply::ok());
+    let v = h.status().await;
+    assert_eq!(v.cpus.batch.to_list(), "1");
+    assert_eq!(v.cpus.idle.to_list(), "0,2-3");
+    assert_eq!(v.memory_mib.batch, 500);
+    assert_eq!(v.memory_mib.idle, 8000 - 500 - 1000);
+
+    let end = PluginMessage::StepEnd {
+        job_id: 7,
+        step_id: StepId::BATCH,
+        node: "n1".into(),
+    };
+    assert!(h.send(&end).await.ok);
+    let v = h.status().await;
+    assert!(v.cpus.batch.is_empty(), "{v:?}");
+    h.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_have_the_documented_modes_and_go_away_at_shutdown() {
+    let mut h = Harness::start().await;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&h.plugin_path()), 0o600);
+    assert_eq!(mode(&h.query_path()), 0o666);
+    h.send(&start_msg(7, "2", true)).await;
+    h.stop().await.unwrap();
+    assert!(!h.plugin_path().exists() && !h.query_path().exists());
+    // The ledger was saved.
+    let saved = crate::state::LedgerStore::open(&h.dir.path().join("state"), "n1")
+        .unwrap()
+        .load()
+        .unwrap()
+        .unwrap();
+    assert!(saved.jobs.contains_key(&7));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_messages_get_an_error_reply_and_the_agent_keeps_serving() {
+    let mut h = Harness::start().await;
+    let r = h.send_raw(b"not json\n").await;
+    assert!(!r.ok && r.error.unwrap().contains("malformed"));
+    let r = h
+        .send_raw(b"{\"v\":9,\"type\":\"job_end\",\"job_id\":1,\"node\":\"n1\"}\n")
+        .await;
+    assert!(r.error.unwrap().contains("version 9"));
+    let mut big = vec![b'x'; harvest_core::step::MAX_MESSAGE_BYTES + 10];
+    big.push(b'\n');
+    let r = h.send_raw(&big).await;
+    assert!(r.error.unwrap().contains("exceeds"));
+    assert!(h.send(&start_msg(3, "0", true)).await.ok);
+    h.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_cut_off_at_the_read_deadline() {
+    let mut h = Harness::start().await;
+    let started = Instant::now();
+    let mut s = UnixStream::connect(h.plugin_path()).await.unwrap();
+    s.write_all(b"{\"v\":1,").await.unwrap();
+    let r = read_reply(&mut s).await;
+    assert!(r.error.unwrap().contains("no complete message within"));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    h.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconcile_loop_frees_a_job_whose_cgroup_vanished() {
+    let mut h = Harness::start().await;
+    h.tree.add_job("n1", 1000, 7, "0-1", Some(500));
+    h.send(&start_msg(7, "0-1", true)).await;
+    // The loop sees the cgroup (job marked seen), then its removal.
+    let run_dir = h.run_dir();
+    let seen = || {
+        let run_dir = run_dir.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                query::status(&run_dir, "n1", Duration::from_secs(1)).unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(seen().await.cpus.batch.to_list(), "0-1");
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    h.tree.remove_job("n1", 1000, 7);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = seen().await;
+        if v.cpus.batch.is_empty() {
+            assert_eq!(v.cpus.idle.to_list(), "0-3");
+            break;
+        }
+        assert!(Instant::now() < deadline, "job 7 still held: {v:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_agent_for_the_node_is_refused_and_a_stale_socket_is_replaced() {
+    let mut h = Harness::start().await;
+    let mut second = Harness::config(h.dir.path());
+    second.state_dir = h.dir.path().join("state2");
+    let hw = discover(
+        &FakeTopology::uniform(1, 1, 1),
+        &FakeMemory(1),
+        &FakeGpus::none(),
+    )
+    .unwrap();
+    let err = serve(second.clone(), hw, Box::new(h.tree.v1.clone()), async {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ServerError::AlreadyRunning { .. }), "{err}");
+    h.stop().await.unwrap();
+
+    // A killed agent leaves its socket file behind: a plain file stands in for it here.
+    std::fs::create_dir_all(h.run_dir()).unwrap();
+    std::fs::write(h.plugin_path(), "").unwrap();
+    h.launch(Harness::config(h.dir.path())).await;
+    assert!(h.send(&start_msg(1, "0", true)).await.ok);
+    h.stop().await.unwrap();
+}
+
+#[test]
+fn groups_resolve_by_name_or_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("group");
+    std::fs::write(&file, "root:x:0:\nslurm:x:64030:\n").unwrap();
+    assert_eq!(resolve_gid("slurm", &file).unwrap(), 64030);
+    assert_eq!(resolve_gid("12", &file).unwrap(), 12);
+    let err = resolve_gid("nobody-here", &file).unwrap_err();
+    assert!(err.to_string().contains("nobody-here"), "{err}");
+}

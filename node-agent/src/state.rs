@@ -1,0 +1,157 @@
+//! The ledger on disk: one JSON file per node in the state directory, replaced atomically.
+//!
+//! Every change is written to a temp file in the same directory, synced, and renamed over the
+//! old file, then the directory is synced: after a crash (SIGKILL, power loss) the file holds
+//! either the old or the new ledger, never a torn one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::ledger::Ledger;
+
+/// A ledger file that could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("creating the state directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("reading the ledger {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing the ledger {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the ledger {path} is not valid: {error}")]
+    Corrupt { path: PathBuf, error: String },
+}
+
+/// Where one node's ledger lives.
+#[derive(Debug, Clone)]
+pub struct LedgerStore {
+    path: PathBuf,
+}
+
+impl LedgerStore {
+    /// The store for `node` in `state_dir` (created if missing).
+    pub fn open(state_dir: &Path, node: &str) -> Result<Self, StateError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| StateError::CreateDir {
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            path: state_dir.join(format!("ledger-{node}.json")),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The saved ledger, `None` when there is none yet.
+    pub fn load(&self) -> Result<Option<Ledger>, StateError> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| StateError::Corrupt {
+                path: self.path.clone(),
+                error: e.to_string(),
+            })
+    }
+
+    /// Moves an unreadable ledger aside (`<file>.corrupt`) so the agent can rebuild from the
+    /// cgroup tree; returns where it went.
+    pub fn quarantine(&self) -> Result<PathBuf, StateError> {
+        let to = self.path.with_extension("json.corrupt");
+        std::fs::rename(&self.path, &to).map_err(|source| StateError::Write {
+            path: to.clone(),
+            source,
+        })?;
+        Ok(to)
+    }
+
+    /// Replaces the saved ledger atomically.
+    pub fn save(&self, ledger: &Ledger) -> Result<(), StateError> {
+        let err = |source| StateError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let tmp = self
+            .path
+            .with_extension(format!("json.tmp-{}", std::process::id()));
+        let mut bytes = serde_json::to_vec_pretty(ledger).map_err(|e| err(e.into()))?;
+        bytes.push(b'\n');
+        let mut file = std::fs::File::create(&tmp).map_err(err)?;
+        file.write_all(&bytes).map_err(err)?;
+        file.sync_all().map_err(err)?;
+        drop(file);
+        std::fs::rename(&tmp, &self.path).map_err(err)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use harvest_core::step::{StepAllocation, StepId};
+
+    use super::*;
+
+    #[test]
+    fn saves_and_loads_and_leaves_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LedgerStore::open(&dir.path().join("state"), "n1").unwrap();
+        assert_eq!(store.load().unwrap(), None);
+        let mut l = Ledger::new("n1");
+        l.step_start(
+            &StepAllocation {
+                job_id: 3,
+                step_id: StepId::BATCH,
+                uid: 0,
+                node: "n1".into(),
+                cpus: [1].into_iter().collect(),
+                memory_mib: Some(500),
+                gpus: vec![],
+                harvest: false,
+            },
+            0,
+        );
+        store.save(&l).unwrap();
+        store.save(&l).unwrap();
+        assert_eq!(store.load().unwrap(), Some(l));
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("state"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, ["ledger-n1.json"]);
+    }
+
+    #[test]
+    fn a_corrupt_ledger_is_reported_with_its_path_and_can_be_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LedgerStore::open(dir.path(), "n1").unwrap();
+        std::fs::write(store.path(), "{ half a ledger").unwrap();
+        let err = store.load().unwrap_err();
+        assert!(err.to_string().contains("ledger-n1.json"), "{err}");
+        let moved = store.quarantine().unwrap();
+        assert!(moved.exists());
+        assert_eq!(store.load().unwrap(), None);
+    }
+}
