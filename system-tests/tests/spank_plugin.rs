@@ -1,0 +1,420 @@
+//! The SPANK plugin inside real slurmstepd processes: what it reports, when, and that a missing
+//! or silent agent never hurts a job.
+//!
+//! Needs `deploy/local-cluster up --nodes 2`. Each test points the plugin at its own fake agent:
+//! it rewrites `plugstack.conf.d/harvest.conf` when `up` registered the plugin (restoring it
+//! afterwards), or otherwise builds and installs the plugin and registers it under its own file
+//! (removed afterwards). slurmstepd re-reads `plugstack.conf` at every step, so no restart.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use harvest_core::CpuSet;
+use harvest_core::step::{self, AgentReply, PluginMessage, StepAllocation, StepId};
+use harvest_system_tests::{LocalCluster, poll, repo_root};
+
+const NEEDS: &str = "needs the local cluster: deploy/local-cluster up --nodes 2";
+const WAIT: Duration = Duration::from_secs(30);
+/// What the test's registration is called when `up` did not register the plugin.
+const TEST_CONF: &str = "harvest-system-test.conf";
+
+/// A scratch directory under /tmp, removed on drop (sockets need short paths).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("harvest-spank-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The plugin registered with a socket of this test's choosing, undone on drop.
+struct Registration<'a> {
+    cluster: &'a LocalCluster,
+    conf: PathBuf,
+    /// The file's content before the test, when `up` had registered the plugin.
+    original: Option<String>,
+}
+
+impl<'a> Registration<'a> {
+    fn new(cluster: &'a LocalCluster, socket_template: &Path) -> Result<Self> {
+        let dir = PathBuf::from(
+            cluster
+                .var("HARVEST_CLUSTER_DIR")
+                .context("no HARVEST_CLUSTER_DIR")?,
+        );
+        let confd = dir.join("etc/plugstack.conf.d");
+        let registered = confd.join("harvest.conf");
+        let (conf, original, so) = if registered.is_file() {
+            let text = fs::read_to_string(&registered)?;
+            let so = text
+                .split_whitespace()
+                .nth(1)
+                .with_context(|| format!("no plugin path in {}: {text:?}", registered.display()))?
+                .to_owned();
+            (registered, Some(text), PathBuf::from(so))
+        } else {
+            (confd.join(TEST_CONF), None, install_plugin(&dir)?)
+        };
+        let line = format!(
+            "optional {} socket={} default=on timeout_ms=100\n",
+            so.display(),
+            socket_template.display()
+        );
+        let tmp = conf.with_extension("tmp");
+        fs::write(&tmp, line)?;
+        fs::rename(&tmp, &conf)?;
+        let reg = Self {
+            cluster,
+            conf,
+            original,
+        };
+        if reg.original.is_none() {
+            reg.regenerate()?;
+        }
+        Ok(reg)
+    }
+
+    /// `up` rewrites plugstack.conf from plugstack.conf.d (and changes nothing that runs).
+    fn regenerate(&self) -> Result<()> {
+        let out = self
+            .cluster
+            .command(&repo_root().join("deploy/local-cluster").to_string_lossy())
+            .arg("up")
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "deploy/local-cluster up: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        match &self.original {
+            Some(text) => {
+                let tmp = self.conf.with_extension("tmp");
+                if fs::write(&tmp, text).is_ok() {
+                    let _ = fs::rename(&tmp, &self.conf);
+                }
+            }
+            None => {
+                let _ = fs::remove_file(&self.conf);
+                let _ = self.regenerate();
+            }
+        }
+    }
+}
+
+/// Builds the plugin and installs it by content hash (never over a file slurmstepd maps).
+fn install_plugin(cluster_dir: &Path) -> Result<PathBuf> {
+    let root = repo_root();
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "-p", "harvest-spank"])
+        .current_dir(&root)
+        .status()?;
+    ensure!(status.success(), "building harvest-spank failed");
+    let built = root.join("target/release/libharvest_spank.so");
+    let sum = Command::new("sha256sum").arg(&built).output()?;
+    let sum = String::from_utf8(sum.stdout)?;
+    let dest = cluster_dir
+        .join("lib")
+        .join(format!("libharvest_spank-{}.so", &sum[..16]));
+    if !dest.exists() {
+        fs::create_dir_all(dest.parent().unwrap())?;
+        let tmp = dest.with_extension("tmp");
+        fs::copy(&built, &tmp)?;
+        fs::rename(&tmp, &dest)?;
+    }
+    Ok(dest)
+}
+
+/// What a fake agent does with a connection.
+#[derive(Clone, Copy)]
+enum Mode {
+    Answer,
+    /// Accepts and never answers.
+    Silent,
+}
+
+/// A message the fake agent received, and whether the marker file existed at that moment.
+#[derive(Debug, Clone)]
+struct Heard {
+    msg: PluginMessage,
+    marker_existed: bool,
+}
+
+/// Fake agents for n1 and n2, recording every message (the threads end with the process).
+struct Agents {
+    heard: Arc<Mutex<Vec<Heard>>>,
+}
+
+impl Agents {
+    fn start(dir: &Path, mode: Mode, marker: &Path) -> Self {
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        for node in ["n1", "n2"] {
+            let listener = UnixListener::bind(dir.join(format!("harvestd-{node}.sock"))).unwrap();
+            let (heard, marker) = (heard.clone(), marker.to_owned());
+            thread::spawn(move || {
+                let mut held = Vec::new();
+                for stream in listener.incoming() {
+                    let Ok(stream) = stream else { return };
+                    if let Mode::Silent = mode {
+                        held.push(stream);
+                        continue;
+                    }
+                    let mut line = Vec::new();
+                    if BufReader::new(&stream)
+                        .read_until(b'\n', &mut line)
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    // Checked before answering: the step's tasks wait for this answer.
+                    let marker_existed = marker.exists();
+                    if let Ok(msg) = step::decode::<PluginMessage>(&line) {
+                        heard.lock().unwrap().push(Heard {
+                            msg,
+                            marker_existed,
+                        });
+                    }
+                    let _ = (&stream).write_all(&step::encode(&AgentReply::ok()).unwrap());
+                }
+            });
+        }
+        Self { heard }
+    }
+
+    /// Waits for the first message about `job_id` that `want` accepts.
+    fn wait_for(&self, job_id: u32, want: impl Fn(&PluginMessage) -> bool) -> Result<Heard> {
+        let found = poll(WAIT, || {
+            let heard = self.heard.lock().unwrap();
+            Ok(heard
+                .iter()
+                .find(|h| job_of(&h.msg) == job_id && want(&h.msg))
+                .cloned())
+        })?;
+        found.with_context(|| {
+            format!(
+                "no such message for job {job_id} within {WAIT:?}; heard {:?}",
+                self.heard.lock().unwrap()
+            )
+        })
+    }
+}
+
+fn job_of(msg: &PluginMessage) -> u32 {
+    match msg {
+        PluginMessage::StepStart(a) => a.job_id,
+        PluginMessage::StepEnd { job_id, .. } | PluginMessage::JobEnd { job_id, .. } => *job_id,
+    }
+}
+
+fn start_of(msg: &PluginMessage, step: StepId) -> Option<&StepAllocation> {
+    match msg {
+        PluginMessage::StepStart(a) if a.step_id == step => Some(a),
+        _ => None,
+    }
+}
+
+/// The job id srun printed with `--verbose`-free `echo $SLURM_JOB_ID`.
+fn srun_job_id(out: &str) -> Result<u32> {
+    out.lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .with_context(|| format!("no job id in srun's output {out:?}"))
+}
+
+#[test]
+#[ignore = "needs the local cluster: deploy/local-cluster up --nodes 2"]
+fn a_batch_step_reports_its_cgroups_cpus_and_memory_before_its_tasks_run() {
+    let c = LocalCluster::from_env().expect(NEEDS);
+    let scratch = Scratch::new("cpus");
+    let marker = scratch.0.join("script-started");
+    let agents = Agents::start(&scratch.0, Mode::Answer, &marker);
+    let _reg = Registration::new(&c, &scratch.0.join("harvestd-%n.sock")).unwrap();
+
+    let script = format!("touch {}; sleep 60", marker.display());
+    let job = c
+        .sbatch(&["-w", "n1", "-c1", "--mem=300M", "--wrap", &script])
+        .unwrap();
+    let heard = agents
+        .wait_for(job.id, |m| start_of(m, StepId::BATCH).is_some())
+        .unwrap();
+    assert!(
+        !heard.marker_existed,
+        "the batch script ran before the agent heard of its step"
+    );
+    let alloc = start_of(&heard.msg, StepId::BATCH).unwrap().clone();
+    assert_eq!(alloc.node, "n1");
+    assert_eq!(alloc.memory_mib, Some(300));
+    assert!(alloc.harvest, "default=on");
+    assert!(alloc.gpus.is_empty(), "no GRES here: {:?}", alloc.gpus);
+    let cg = c.job_cgroup("cpuset", "n1", job.id).unwrap();
+    let cpus = CpuSet::parse_list(&fs::read_to_string(cg.join("cpuset.cpus")).unwrap()).unwrap();
+    assert_eq!(
+        alloc.cpus,
+        cpus,
+        "reported CPUs differ from {}",
+        cg.display()
+    );
+    assert_eq!(cpus.len(), 1);
+
+    // The batch step's end is the job's end on its node.
+    job.cancel().unwrap();
+    agents
+        .wait_for(
+            job.id,
+            |m| matches!(m, PluginMessage::JobEnd { node, .. } if node == "n1"),
+        )
+        .unwrap();
+}
+
+#[test]
+#[ignore = "needs the local cluster: deploy/local-cluster up --nodes 2"]
+fn harvest_off_is_reported_by_every_node_and_bad_values_are_refused_at_submit() {
+    let c = LocalCluster::from_env().expect(NEEDS);
+    let scratch = Scratch::new("off");
+    let agents = Agents::start(&scratch.0, Mode::Answer, &scratch.0.join("unused"));
+    let _reg = Registration::new(&c, &scratch.0.join("harvestd-%n.sock")).unwrap();
+
+    let out = c
+        .run(
+            "srun",
+            &[
+                "-N2",
+                "-n2",
+                "--harvest=off",
+                "sh",
+                "-c",
+                "echo $SLURM_JOB_ID",
+            ],
+        )
+        .unwrap();
+    let job = srun_job_id(&out).unwrap();
+    for node in ["n1", "n2"] {
+        let heard = agents
+            .wait_for(job, |m| {
+                start_of(m, StepId(0)).is_some_and(|a| a.node == node)
+            })
+            .unwrap();
+        assert!(
+            !start_of(&heard.msg, StepId(0)).unwrap().harvest,
+            "{node}: {heard:?}"
+        );
+        agents
+            .wait_for(job, |m| {
+                matches!(m, PluginMessage::StepEnd { node: n, step_id: StepId(0), .. } if n == node)
+            })
+            .unwrap();
+    }
+
+    let out = c
+        .run("srun", &["--harvest=on", "sh", "-c", "echo $SLURM_JOB_ID"])
+        .unwrap();
+    let job = srun_job_id(&out).unwrap();
+    let heard = agents
+        .wait_for(job, |m| start_of(m, StepId(0)).is_some())
+        .unwrap();
+    assert!(start_of(&heard.msg, StepId(0)).unwrap().harvest);
+
+    let err = c
+        .run("sbatch", &["--harvest=maybe", "--wrap", "true"])
+        .unwrap_err();
+    let err = err.to_string();
+    assert!(
+        err.contains("--harvest=\"maybe\"") && err.contains("--harvest=off"),
+        "{err}"
+    );
+}
+
+/// Runs `srun -N2 true` `n` times; returns the slowest run.
+fn slowest_srun(c: &LocalCluster, n: usize) -> Result<Duration> {
+    let mut slowest = Duration::ZERO;
+    for _ in 0..n {
+        let start = Instant::now();
+        let out = c.command("srun").args(["-N2", "-n2", "true"]).output()?;
+        if !out.status.success() {
+            bail!("srun failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        slowest = slowest.max(start.elapsed());
+    }
+    Ok(slowest)
+}
+
+#[test]
+#[ignore = "needs the local cluster: deploy/local-cluster up --nodes 2"]
+fn jobs_run_normally_and_promptly_without_an_agent_or_with_a_silent_one() {
+    let c = LocalCluster::from_env().expect(NEEDS);
+    // Nobody listens: each callback fails at connect.
+    let scratch = Scratch::new("absent");
+    let reg = Registration::new(&c, &scratch.0.join("harvestd-%n.sock")).unwrap();
+    let absent = slowest_srun(&c, 5).unwrap();
+    let job = c.sbatch(&["-w", "n1", "--wrap", "exit 0"]).unwrap();
+    let done = poll(WAIT, || Ok(c.job_state(job.id)?.is_none().then_some(()))).unwrap();
+    assert!(
+        done.is_some(),
+        "batch job {} did not finish without an agent",
+        job.id
+    );
+    let state = c
+        .run("scontrol", &["show", "job", &job.id.to_string()])
+        .unwrap();
+    assert!(
+        state.contains("JobState=COMPLETED") && state.contains("ExitCode=0:0"),
+        "{state}"
+    );
+    drop(reg);
+
+    // An agent that accepts and never answers: each callback waits out timeout_ms (100 ms).
+    let silent = Scratch::new("silent");
+    let _agents = Agents::start(&silent.0, Mode::Silent, &silent.0.join("unused"));
+    let _reg = Registration::new(&c, &silent.0.join("harvestd-%n.sock")).unwrap();
+    let stalled = slowest_srun(&c, 5).unwrap();
+
+    // The plugin was really there: it logged the absent agent's socket (once per slurmstepd)...
+    let dir = PathBuf::from(c.var("HARVEST_CLUSTER_DIR").unwrap());
+    let logs: String = ["n1", "n2"]
+        .iter()
+        .map(|n| fs::read_to_string(dir.join(format!("log/slurmd-{n}.log"))).unwrap_or_default())
+        .collect();
+    let socket = scratch.0.join("harvestd-n1.sock");
+    assert!(
+        logs.contains(&format!("harvest agent at {}", socket.display())),
+        "no warning about {} in the slurmd logs",
+        socket.display()
+    );
+    // ...and it waited for the silent agent (a deadline cannot expire early).
+    assert!(
+        stalled >= Duration::from_millis(100),
+        "srun took only {stalled:?}: plugin not loaded?"
+    );
+    eprintln!("slowest srun -N2 true: {absent:?} without an agent, {stalled:?} with a silent one");
+    // user_init and exit each wait at most 100 ms; 2 s leaves room for a loaded machine and is
+    // still far below anything a user would call a hang.
+    assert!(
+        absent < Duration::from_secs(2),
+        "srun took {absent:?} without an agent"
+    );
+    assert!(
+        stalled < Duration::from_secs(2),
+        "srun took {stalled:?} with a silent agent"
+    );
+}
