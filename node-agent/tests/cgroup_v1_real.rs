@@ -1,0 +1,191 @@
+//! The cgroup v1 backend against this machine's real v1 hierarchies (needs root).
+//!
+//! Test groups live under `harvest_test_<pid>` at the top of each hierarchy: beside, never
+//! inside, the memory cgroup the machine's supervisor runs in. A Drop guard kills what is left
+//! in them and removes them even when an assertion fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use harvest_agent::cgroup::{
+    self, CgroupVersion, Cgroups, DEFAULT_CGROUP_ROOT, DEFAULT_MOUNTINFO, GroupSpec,
+    weight_to_shares,
+};
+use harvest_core::CpuSet;
+
+/// The test's own base group, removed (with everything in it) on drop.
+struct TestBase {
+    cg: Box<dyn Cgroups>,
+    base: PathBuf,
+    children: Vec<Child>,
+}
+
+impl TestBase {
+    fn new(name: &str) -> Self {
+        assert!(
+            rustix_is_root(),
+            "these tests drive real cgroups and need root (CI runs as root)"
+        );
+        let cg = cgroup::open(Path::new(DEFAULT_CGROUP_ROOT), Path::new(DEFAULT_MOUNTINFO))
+            .expect("this machine's cgroups");
+        assert_eq!(
+            cg.version(),
+            CgroupVersion::V1,
+            "the project's machines are cgroup v1 hybrid"
+        );
+        let base = PathBuf::from(format!("harvest_test_{}_{name}", std::process::id()));
+        Self {
+            cg,
+            base,
+            children: Vec::new(),
+        }
+    }
+
+    fn group(&self, leaf: &str) -> PathBuf {
+        self.base.join(leaf)
+    }
+
+    fn spawn_sleep(&mut self) -> u32 {
+        let child = Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+}
+
+impl Drop for TestBase {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if self.cg.exists(&self.base) {
+            let _ = self.cg.kill(&self.base);
+        }
+        // Killed tasks leave their cgroup asynchronously: retry rmdir for a moment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.cg.remove(&self.base).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn rustix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .is_some_and(|u| u.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn hierarchy(controller: &str) -> PathBuf {
+    Path::new(DEFAULT_CGROUP_ROOT).join(controller)
+}
+
+fn poll(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what} not within 5 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn create_reads_back_cpus_memory_and_weight_on_every_level() {
+    let t = TestBase::new("create");
+    let all = t.cg.cpus(Path::new("")).unwrap();
+    let last: CpuSet = [all.iter().last().unwrap()].into_iter().collect();
+    let g = t.group("lease_a");
+    let spec = GroupSpec {
+        cpus: Some(last.clone()),
+        mems: Some([0].into_iter().collect()),
+        memory_limit_bytes: Some(64 << 20),
+        cpu_weight: Some(100),
+    };
+    t.cg.create(&g, &spec).unwrap();
+    assert!(t.cg.exists(&g));
+    assert_eq!(t.cg.cpus(&g).unwrap(), last);
+    assert_eq!(t.cg.memory_limit(&g).unwrap(), Some(64 << 20));
+    // The intermediate level got the root's CPUs and memory nodes.
+    assert_eq!(t.cg.cpus(&t.base).unwrap(), all);
+    let mems = std::fs::read_to_string(hierarchy("cpuset").join(&t.base).join("cpuset.mems"));
+    assert!(!mems.unwrap().trim().is_empty());
+    assert_eq!(t.cg.memory_limit(&t.base).unwrap(), None, "unlimited");
+    let shares = std::fs::read_to_string(hierarchy("cpu").join(&g).join("cpu.shares")).unwrap();
+    assert_eq!(shares.trim(), weight_to_shares(100).unwrap().to_string());
+
+    t.cg.create(&t.group("lease_b"), &GroupSpec::default())
+        .unwrap();
+    assert_eq!(t.cg.children(&t.base).unwrap(), ["lease_a", "lease_b"]);
+    assert_eq!(t.cg.cpus(&t.group("lease_b")).unwrap(), all, "inherits");
+}
+
+#[test]
+fn attach_freeze_thaw_kill_and_remove_a_real_process() {
+    let mut t = TestBase::new("life");
+    let g = t.group("lease");
+    t.cg.create(
+        &g,
+        &GroupSpec {
+            cpus: Some([0].into_iter().collect()),
+            mems: Some([0].into_iter().collect()),
+            memory_limit_bytes: Some(32 << 20),
+            cpu_weight: None,
+        },
+    )
+    .unwrap();
+    let pid = t.spawn_sleep();
+    t.cg.attach(&g, pid).unwrap();
+    assert_eq!(t.cg.pids(&g).unwrap(), [pid]);
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let want = format!(":cpuset:/{}", g.display());
+    assert!(own.lines().any(|l| l.ends_with(&want)), "{own}");
+    assert!(
+        own.lines()
+            .any(|l| l.ends_with(&format!(":memory:/{}", g.display()))),
+        "{own}"
+    );
+    let affinity = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        affinity
+            .lines()
+            .any(|l| l.starts_with("Cpus_allowed_list:") && l.trim_end().ends_with('0')),
+        "{affinity}"
+    );
+
+    t.cg.freeze(&g).unwrap();
+    let state =
+        || std::fs::read_to_string(hierarchy("freezer").join(&g).join("freezer.state")).unwrap();
+    assert_eq!(state().trim(), "FROZEN");
+    t.cg.thaw(&g).unwrap();
+    assert_eq!(state().trim(), "THAWED");
+
+    t.cg.kill(&g).unwrap();
+    let mut child = t.children.pop().unwrap();
+    let mut status = None;
+    poll("the killed sleep to exit", || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.unwrap().signal(), Some(9));
+    poll("the group to empty", || t.cg.pids(&g).unwrap().is_empty());
+
+    t.cg.remove(&t.base).unwrap();
+    for ctl in ["cpuset", "memory", "cpu", "freezer"] {
+        assert!(!hierarchy(ctl).join(&t.base).exists(), "{ctl} left behind");
+    }
+}
+
+#[test]
+fn group_names_outside_the_hierarchy_are_refused() {
+    let t = TestBase::new("names");
+    let err =
+        t.cg.create(Path::new("../escape"), &GroupSpec::default())
+            .unwrap_err();
+    assert!(err.to_string().contains("../escape"), "{err}");
+    assert!(!t.cg.exists(Path::new("../escape")));
+}
