@@ -12,6 +12,7 @@ use harvest_core::step::{AgentReply, PluginMessage};
 use crate::cgroup::{CgroupError, Cgroups};
 use crate::discover::Hardware;
 use crate::ledger::{Ledger, ReconcileReport, Reserve};
+use crate::scontrol::JobDetails;
 use crate::slurm::SlurmView;
 use crate::state::{LedgerStore, StateError};
 
@@ -47,7 +48,15 @@ pub struct NodeAgent {
     ledger: Ledger,
     store: LedgerStore,
     cgroups: Box<dyn Cgroups>,
+    details: Box<dyn JobDetails>,
     unseen_grace: Duration,
+}
+
+/// What the agent reads the node's jobs from.
+#[derive(Debug)]
+pub struct Sources {
+    pub cgroups: Box<dyn Cgroups>,
+    pub details: Box<dyn JobDetails>,
 }
 
 impl NodeAgent {
@@ -58,7 +67,7 @@ impl NodeAgent {
         hardware: Hardware,
         reserve: Reserve,
         store: LedgerStore,
-        cgroups: Box<dyn Cgroups>,
+        sources: Sources,
         unseen_grace: Duration,
         now: SystemTime,
     ) -> Result<Self, AgentError> {
@@ -89,7 +98,8 @@ impl NodeAgent {
             reserve,
             ledger,
             store,
-            cgroups,
+            cgroups: sources.cgroups,
+            details: sources.details,
             unseen_grace,
         };
         agent.reconcile(now)?;
@@ -147,6 +157,17 @@ impl NodeAgent {
     pub fn reconcile(&mut self, now: SystemTime) -> Result<ReconcileReport, AgentError> {
         let tree = SlurmView::new(self.cgroups.as_ref(), &self.node).jobs()?;
         let report = self.ledger.reconcile(&tree, now_ms(now), self.unseen_grace);
+        for &job in &report.added {
+            // Only Slurm knows a recovered job's GPUs, and its memory when RAM is unconstrained.
+            match self.details.job_on_node(job, &self.node) {
+                Ok(Some(alloc)) => {
+                    self.ledger.set_slurm(job, alloc);
+                }
+                Ok(None) => tracing::debug!(job, "scontrol does not know the job on this node"),
+                Err(e) => tracing::warn!(job, error = %e,
+                    "no Slurm details for a recovered job; holding what its cgroup shows"),
+            }
+        }
         if report.changed() {
             tracing::info!(added = ?report.added, dropped = ?report.dropped,
                 updated = ?report.updated, "reconciled the ledger with the cgroup tree");

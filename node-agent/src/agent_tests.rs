@@ -5,6 +5,7 @@ use harvest_core::step::{PluginMessage, StepAllocation, StepId};
 
 use super::*;
 use crate::discover::{FakeGpus, FakeMemory, FakeTopology, discover};
+use crate::scontrol::FakeJobDetails;
 use crate::slurm::testing::FakeTree;
 
 const GRACE: Duration = Duration::from_secs(10);
@@ -31,7 +32,7 @@ fn start(tree: &FakeTree, state: &std::path::Path, t: SystemTime) -> NodeAgent {
         hw(),
         reserve(),
         LedgerStore::open(state, "n1").unwrap(),
-        Box::new(tree.v1.clone()),
+        tree.sources(FakeJobDetails::default()),
         GRACE,
         t,
     )
@@ -150,10 +151,58 @@ fn a_ledger_of_another_node_stops_the_start() {
         hw(),
         reserve(),
         store,
-        Box::new(tree.v1.clone()),
+        tree.sources(FakeJobDetails::default()),
         GRACE,
         SystemTime::now(),
     )
     .unwrap_err();
     assert!(matches!(err, AgentError::WrongNode { .. }), "{err}");
+}
+
+#[test]
+fn a_recovered_job_gets_its_gpus_and_unconstrained_memory_from_slurm() {
+    let tree = FakeTree::new();
+    let state = tempfile::tempdir().unwrap();
+    // No memory limit in the cgroup (ConstrainRAMSpace=no): only scontrol knows it.
+    tree.add_job("n1", 1000, 11, "2", None);
+    let details = FakeJobDetails(
+        [(
+            11,
+            crate::scontrol::SlurmAlloc {
+                memory_mib: Some(700),
+                gpus: vec![1],
+            },
+        )]
+        .into(),
+    );
+    let hw = discover(
+        &FakeTopology::uniform(1, 4, 1),
+        &FakeMemory(8000),
+        &FakeGpus::count(2),
+    )
+    .unwrap();
+    let a = NodeAgent::start(
+        "n1",
+        hw,
+        reserve(),
+        LedgerStore::open(state.path(), "n1").unwrap(),
+        tree.sources(details),
+        GRACE,
+        SystemTime::now(),
+    )
+    .unwrap();
+    let v = a.view();
+    assert_eq!(v.cpus.batch.to_list(), "2");
+    assert_eq!(v.memory_mib.batch, 700);
+    assert_eq!(v.gpus.batch, [1]);
+    assert_eq!(v.gpus.idle, [0]);
+}
+
+#[test]
+fn without_slurm_details_a_recovered_job_without_memory_limit_holds_all_memory() {
+    let tree = FakeTree::new();
+    let state = tempfile::tempdir().unwrap();
+    tree.add_job("n1", 1000, 11, "2", None);
+    let a = start(&tree, state.path(), SystemTime::now());
+    assert_eq!(a.view().memory_mib.idle, 0);
 }

@@ -25,6 +25,8 @@ pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_UNSEEN_JOB_GRACE: Duration = Duration::from_secs(10);
 /// How long a client has to send its message.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `scontrol show job` may take before the agent gives up on it.
+pub const DEFAULT_SCONTROL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections served at once, per socket.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 
@@ -52,6 +54,10 @@ pub struct Config {
     pub plugin_socket_group: Option<String>,
     /// The group database used to resolve `plugin_socket_group`.
     pub group_file: PathBuf,
+    /// The `scontrol` program asked about jobs recovered from the cgroup tree.
+    pub scontrol: PathBuf,
+    #[serde(deserialize_with = "duration")]
+    pub scontrol_timeout: Duration,
 }
 
 impl Default for Config {
@@ -70,6 +76,8 @@ impl Default for Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             plugin_socket_group: None,
             group_file: PathBuf::from("/etc/group"),
+            scontrol: PathBuf::from("scontrol"),
+            scontrol_timeout: DEFAULT_SCONTROL_TIMEOUT,
         }
     }
 }
@@ -131,6 +139,7 @@ impl Config {
         for (key, d) in [
             ("reconcile_interval", self.reconcile_interval),
             ("read_timeout", self.read_timeout),
+            ("scontrol_timeout", self.scontrol_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Invalid {

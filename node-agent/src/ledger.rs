@@ -13,6 +13,7 @@ use harvest_core::{CpuBreakdown, CpuSet, GpuBreakdown, MemoryBreakdown, NodeView
 use serde::{Deserialize, Serialize};
 
 use crate::discover::Hardware;
+use crate::scontrol::SlurmAlloc;
 use crate::slurm::JobCgroup;
 
 /// What the OS and daemons keep: never lent to functions.
@@ -55,6 +56,9 @@ pub struct JobRecord {
     pub recovered: bool,
     /// When the job entered the ledger, in ms since the Unix epoch.
     pub added_ms: u64,
+    /// What `scontrol` said about a recovered job (memory when its cgroup has no limit, GPUs).
+    #[serde(default)]
+    pub slurm: Option<SlurmAlloc>,
 }
 
 impl JobRecord {
@@ -76,17 +80,25 @@ impl JobRecord {
             .iter()
             .map(|s| s.memory_mib)
             .try_fold(0, |a, m| m.map(|m| a.max(m)));
-        match &self.cgroup {
-            // The job cgroup bounds every step of the job.
-            Some(CgroupAlloc {
-                memory_mib: Some(job),
-                ..
-            }) => Some((*job).max(steps_max.unwrap_or(0))),
-            Some(CgroupAlloc {
-                memory_mib: None, ..
-            }) if self.steps.is_empty() => None,
-            _ => steps_max,
+        // The job's own limit (its cgroup's, else Slurm's word) bounds every step of the job.
+        let job_limit = self
+            .cgroup
+            .as_ref()
+            .and_then(|c| c.memory_mib)
+            .or_else(|| self.slurm.as_ref().and_then(|s| s.memory_mib));
+        match job_limit {
+            Some(job) => Some(job.max(steps_max.unwrap_or(0))),
+            None if self.steps.is_empty() => None,
+            None => steps_max,
         }
+    }
+
+    fn gpus(&self) -> impl Iterator<Item = u32> + '_ {
+        let slurm = self.slurm.iter().flat_map(|s| s.gpus.iter().copied());
+        self.steps
+            .iter()
+            .flat_map(|s| s.gpus.iter().copied())
+            .chain(slurm)
     }
 }
 
@@ -132,6 +144,7 @@ impl Ledger {
             cgroup: None,
             recovered: false,
             added_ms: now_ms,
+            slurm: None,
         });
         let before = job.clone();
         job.harvest &= step.harvest;
@@ -172,6 +185,17 @@ impl Ledger {
     pub fn job_end(&mut self, job_id: u32) -> bool {
         let inserted = self.ended.insert(job_id);
         self.jobs.remove(&job_id).is_some() || inserted
+    }
+
+    /// Records what Slurm says about a job; returns whether the ledger changed.
+    pub fn set_slurm(&mut self, job_id: u32, alloc: SlurmAlloc) -> bool {
+        match self.jobs.get_mut(&job_id) {
+            Some(job) if job.slurm.as_ref() != Some(&alloc) => {
+                job.slurm = Some(alloc);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Brings the ledger in line with the cgroup tree: jobs the tree shows are held (added when
@@ -219,6 +243,7 @@ impl Ledger {
                             cgroup: Some(alloc),
                             recovered: true,
                             added_ms: now_ms,
+                            slurm: None,
                         },
                     );
                     report.added.push(id);
@@ -250,11 +275,7 @@ impl Ledger {
             .min(total_mem);
 
         let total_gpus = hw.gpu_indices();
-        let held_gpus: BTreeSet<u32> = self
-            .jobs
-            .values()
-            .flat_map(|j| j.steps.iter().flat_map(|s| s.gpus.iter().copied()))
-            .collect();
+        let held_gpus: BTreeSet<u32> = self.jobs.values().flat_map(JobRecord::gpus).collect();
         let batch_gpus: Vec<u32> = total_gpus
             .iter()
             .copied()

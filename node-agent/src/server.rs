@@ -22,11 +22,12 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
-use crate::agent::{AgentError, NodeAgent};
-use crate::cgroup::{self, CgroupError, Cgroups};
+use crate::agent::{AgentError, NodeAgent, Sources};
+use crate::cgroup::{self, CgroupError};
 use crate::config::{Config, ConfigError};
 use crate::discover::{DiscoverError, Hardware, discover_real};
 use crate::query::{QueryReply, QueryRequest, plugin_socket, query_socket};
+use crate::scontrol::Scontrol;
 use crate::state::{LedgerStore, StateError};
 
 /// Why `harvestd run` stopped with an error.
@@ -71,8 +72,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let hardware = discover_real()?;
     tracing::info!(cpus = %hardware.topology.cpus, memory_mib = hardware.memory_mib,
         gpus = hardware.gpus.devices().len(), "hardware discovered");
-    let cgroups = cgroup::open(&config.cgroup_root, &config.mountinfo)?;
-    serve(config, hardware, cgroups, shutdown).await
+    let sources = Sources {
+        cgroups: cgroup::open(&config.cgroup_root, &config.mountinfo)?,
+        details: Box::new(Scontrol {
+            program: config.scontrol.clone(),
+            timeout: config.scontrol_timeout,
+        }),
+    };
+    serve(config, hardware, sources, shutdown).await
 }
 
 /// A socket file that is removed when the server stops.
@@ -85,11 +92,11 @@ impl Drop for SocketFile {
     }
 }
 
-/// Serves `hardware` and `cgroups` as configured until `shutdown` resolves.
+/// Serves `hardware` and the jobs `sources` show, as configured, until `shutdown` resolves.
 pub async fn serve(
     config: Config,
     hardware: Hardware,
-    cgroups: Box<dyn Cgroups>,
+    sources: Sources,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     config.validate()?;
@@ -99,7 +106,7 @@ pub async fn serve(
         hardware,
         config.reserve(),
         store,
-        cgroups,
+        sources,
         config.unseen_job_grace,
         SystemTime::now(),
     )?;

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use super::*;
 use crate::discover::{FakeGpus, FakeMemory, FakeTopology, discover};
 use crate::query;
+use crate::scontrol::FakeJobDetails;
 use crate::slurm::testing::FakeTree;
 
 struct Harness {
@@ -57,8 +58,8 @@ impl Harness {
             &FakeGpus::none(),
         )
         .unwrap();
-        let cgroups = Box::new(self.tree.v1.clone());
-        self.task = Some(tokio::spawn(serve(config, hw, cgroups, async {
+        let sources = self.tree.sources(FakeJobDetails::default());
+        self.task = Some(tokio::spawn(serve(config, hw, sources, async {
             let _ = rx.await;
         })));
         self.stop = Some(tx);
@@ -250,7 +251,8 @@ async fn a_second_agent_for_the_node_is_refused_and_a_stale_socket_is_replaced()
         &FakeGpus::none(),
     )
     .unwrap();
-    let err = serve(second.clone(), hw, Box::new(h.tree.v1.clone()), async {})
+    let sources = h.tree.sources(FakeJobDetails::default());
+    let err = serve(second.clone(), hw, sources, async {})
         .await
         .unwrap_err();
     assert!(matches!(err, ServerError::AlreadyRunning { .. }), "{err}");

@@ -135,7 +135,9 @@ pub(crate) mod testing {
     use std::collections::BTreeMap;
     use std::path::{Path, PathBuf};
 
+    use crate::agent::Sources;
     use crate::cgroup::V1;
+    use crate::scontrol::FakeJobDetails;
 
     /// A temp dir with `cpuset/` and `memory/` v1 hierarchies and a backend over them.
     #[derive(Debug)]
@@ -175,6 +177,14 @@ pub(crate) mod testing {
             std::fs::create_dir_all(&m).unwrap();
             let bytes = mem_mib.map_or(9_223_372_036_854_771_712, |m| m << 20);
             std::fs::write(m.join("memory.limit_in_bytes"), bytes.to_string()).unwrap();
+        }
+
+        /// The agent's sources over this tree, with `details` standing in for scontrol.
+        pub fn sources(&self, details: FakeJobDetails) -> Sources {
+            Sources {
+                cgroups: Box::new(self.v1.clone()),
+                details: Box::new(details),
+            }
         }
 
         pub fn remove_job(&self, node: &str, uid: u32, job: u32) {

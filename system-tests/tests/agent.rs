@@ -189,6 +189,18 @@ fn wait_view(
     }
 }
 
+/// The job of both tests (its output discarded, so no slurm-<id>.out is left behind).
+const JOB: [&str; 8] = [
+    "-w",
+    "n1",
+    "-c1",
+    "--mem=500M",
+    "-o",
+    "/dev/null",
+    "--wrap",
+    "sleep 60",
+];
+
 #[test]
 #[ignore = "needs the local cluster: deploy/local-cluster up --nodes 2"]
 fn harvestd_tracks_a_real_job_and_survives_sigkill() -> Result<()> {
@@ -203,7 +215,7 @@ fn harvestd_tracks_a_real_job_and_survives_sigkill() -> Result<()> {
     );
     let total = empty.cpus.total.clone();
 
-    let job = c.sbatch(&["-w", "n1", "-c1", "--mem=500M", "--wrap", "sleep 60"])?;
+    let job = c.sbatch(&JOB)?;
     job.wait_state("RUNNING", Duration::from_secs(30))?;
     let (uid, cpus, mem_mib) = job_allocation(&c, job.id)?;
     assert_eq!((cpus.len(), mem_mib), (1, 500));
@@ -249,5 +261,31 @@ fn harvestd_tracks_a_real_job_and_survives_sigkill() -> Result<()> {
         |v| v.cpus.batch.is_empty() && v.cpus.idle == total && v.memory_mib.batch == 0,
     )?;
     eprintln!("all idle {:?} after scancel", cancelled.elapsed());
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs the local cluster: deploy/local-cluster up --nodes 2"]
+fn a_job_that_started_while_harvestd_was_down_is_held_at_start_up() -> Result<()> {
+    let c = LocalCluster::from_env()?;
+    let job = c.sbatch(&JOB)?;
+    job.wait_state("RUNNING", Duration::from_secs(30))?;
+    let (_, cpus, _) = job_allocation(&c, job.id)?;
+
+    // No plugin message and no saved ledger: only Slurm's cgroup tree (and scontrol) tell.
+    let mut agent = Agent::new(&c)?;
+    agent.start()?;
+    let (view, _) = wait_view(&agent, Duration::from_secs(5), "the running job", |v| {
+        v.cpus.batch == cpus && v.memory_mib.batch == 500
+    })?;
+    assert!(view.cpus.idle.is_disjoint(&cpus), "{view:?}");
+
+    job.cancel()?;
+    wait_view(
+        &agent,
+        Duration::from_secs(5),
+        "every CPU idle after scancel",
+        |v| v.cpus.batch.is_empty() && v.cpus.idle == v.cpus.total,
+    )?;
     Ok(())
 }
