@@ -22,6 +22,7 @@ pub enum Context {
 pub enum Level {
     /// Shown to users of srun/sbatch and in slurmd's log (`slurm_error`).
     Error,
+    /// Only in the log of the process (slurmd's for slurmstepd) (`slurm_info`).
     Info,
     Debug,
 }

@@ -28,8 +28,9 @@ use crate::host::{Context, Host, Item, Level};
 /// slurmstepd inherits, and in the prolog/epilog environment).
 pub const NODE_NAME_VAR: &str = "SLURMD_NODENAME";
 
-/// Logs the first problem of a process as an error and later ones at debug level, so that an
-/// absent agent costs one line per step, not one per callback.
+/// Logs the first problem of a process at info level and later ones at debug level, so that an
+/// absent agent costs one line per step in slurmd's log, not one per callback. Info, not error:
+/// slurmstepd forwards errors to the user's srun, and an absent agent is the admin's business.
 #[derive(Debug)]
 pub struct Warner<'a> {
     warned: &'a AtomicBool,
@@ -42,7 +43,7 @@ impl<'a> Warner<'a> {
 
     pub fn warn(&self, host: &dyn Host, msg: &str) {
         let first = !self.warned.swap(true, Ordering::Relaxed);
-        let level = if first { Level::Error } else { Level::Debug };
+        let level = if first { Level::Info } else { Level::Debug };
         host.log(level, &format!("harvest: {msg}; the job runs unaffected"));
     }
 }
