@@ -16,6 +16,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use harvest_core::CpuSet;
 use harvest_core::step::{PluginMessage, StepAllocation, StepId};
 
 use crate::cgroup::{CgroupFs, JobCgroups, JobKey};
@@ -143,7 +144,7 @@ pub fn check_option(value: Option<&str>, remote: bool) -> Result<(), String> {
     }
 }
 
-/// What the step got, for a `StepStart`; `None` (after a warning) when it cannot be told.
+/// What the step got, for a `StepStart`; `None` (after a warning) when Slurm gave no ids.
 pub fn step_start(
     host: &dyn Host,
     config: &Config,
@@ -175,12 +176,27 @@ pub fn step_start(
         job_id,
     }) {
         Ok(r) => r,
+        // Not knowing what the job holds, the safe report is "keep this node clear of
+        // functions while it runs": the batch job always wins.
         Err(e) => {
             warner.warn(
                 host,
-                &format!("cannot report job {job_id} step {}: {e}", StepId(step_id)),
+                &format!(
+                    "cannot read what job {job_id} step {} got ({e}); asking the agent to keep \
+                     this node clear of functions while it runs",
+                    StepId(step_id)
+                ),
             );
-            return None;
+            return Some(StepAllocation {
+                job_id,
+                step_id: StepId(step_id),
+                uid,
+                node,
+                cpus: CpuSet::new(),
+                memory_mib: None,
+                gpus: Vec::new(),
+                harvest: false,
+            });
         }
     };
     let gpus = gpus::from_env(|name| host.job_env(name)).unwrap_or_else(|e| {

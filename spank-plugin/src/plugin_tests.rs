@@ -259,7 +259,7 @@ fn other_contexts_send_nothing() {
 }
 
 #[test]
-fn bad_configuration_and_missing_cgroups_warn_without_sending() {
+fn a_bad_configuration_warns_without_sending() {
     let fx = Fixture::new();
     let rx = agent(&fx.socket("n1"));
     let warned = AtomicBool::new(false);
@@ -273,6 +273,16 @@ fn bad_configuration_and_missing_cgroups_warn_without_sending() {
     assert_eq!(errors.len(), 1);
     assert!(errors[0].contains("default=\"perhaps\""), "{}", errors[0]);
 
+    assert!(
+        rx.try_recv().is_err(),
+        "sent a report without a configuration"
+    );
+}
+
+#[test]
+fn an_unreadable_cgroup_asks_the_agent_to_keep_the_node_clear() {
+    let fx = Fixture::new();
+    let rx = agent(&fx.socket("n1"));
     let warned = AtomicBool::new(false);
     let mut host = FakeHost::remote(0);
     host.items.insert("job", 43);
@@ -280,7 +290,11 @@ fn bad_configuration_and_missing_cgroups_warn_without_sending() {
     let errors = host.lines(Level::Info);
     assert_eq!(errors.len(), 1);
     assert!(errors[0].contains("job_43"), "{}", errors[0]);
-    assert!(rx.try_recv().is_err(), "sent a report it could not fill");
+    let PluginMessage::StepStart(got) = recv(&rx) else {
+        panic!("not a step start");
+    };
+    assert_eq!((got.job_id, got.harvest), (43, false));
+    assert!(got.cpus.is_empty() && got.memory_mib.is_none());
 }
 
 #[test]
