@@ -1,0 +1,145 @@
+//! How long the plugin waits for harvestd: `StepStart` and `StepEnd` round trips over the real
+//! Unix socket (decode, ledger update, atomic fsync'd save, reply), against a baseline from the
+//! same run: a bare echo server speaking the same one-line framing without any agent work.
+//!
+//! `cargo bench -p harvest-agent --bench step_start` prints both and their ratio. The plugin's
+//! default deadline is 100 ms; this shows how far below it the agent answers.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use harvest_agent::agent::Sources;
+use harvest_agent::cgroup::V1;
+use harvest_agent::config::Config;
+use harvest_agent::discover::{FakeGpus, FakeMemory, FakeTopology, discover};
+use harvest_agent::query::plugin_socket;
+use harvest_agent::scontrol::FakeJobDetails;
+use harvest_agent::server::serve;
+use harvest_core::step::{PluginMessage, StepAllocation, StepId, encode};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+const ROUNDS: u32 = 2000;
+
+fn round_trip(path: &Path, msg: &[u8]) -> Duration {
+    let t0 = Instant::now();
+    let mut s = UnixStream::connect(path).unwrap();
+    s.write_all(msg).unwrap();
+    let mut line = Vec::new();
+    BufReader::new(s).read_until(b'\n', &mut line).unwrap();
+    assert!(
+        line.starts_with(b"{\"v\":1,\"ok\":true"),
+        "{}",
+        String::from_utf8_lossy(&line)
+    );
+    t0.elapsed()
+}
+
+fn summary(mut d: Vec<Duration>) -> (Duration, Duration) {
+    d.sort();
+    (d[d.len() / 2], d[d.len() * 99 / 100])
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // Baseline: the same framing, answered without any work.
+    let echo_path = dir.path().join("echo.sock");
+    let listener = rt
+        .block_on(async { tokio::net::UnixListener::bind(&echo_path) })
+        .unwrap();
+    rt.spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut line = Vec::new();
+                let (r, mut w) = s.split();
+                tokio::io::BufReader::new(r)
+                    .read_until(b'\n', &mut line)
+                    .await
+                    .unwrap();
+                w.write_all(b"{\"v\":1,\"ok\":true}\n").await.unwrap();
+            });
+        }
+    });
+
+    // The agent over a fake (empty) v1 cgroup tree.
+    let mut controllers = BTreeMap::new();
+    for c in ["cpuset", "memory"] {
+        std::fs::create_dir_all(dir.path().join(c)).unwrap();
+        controllers.insert(c.to_owned(), dir.path().join(c));
+    }
+    let sources = Sources {
+        cgroups: Box::new(V1::new(controllers, PathBuf::from("bench")).unwrap()),
+        details: Box::new(FakeJobDetails::default()),
+    };
+    let hw = discover(
+        &FakeTopology::uniform(2, 32, 2),
+        &FakeMemory(512 * 1024),
+        &FakeGpus::count(8),
+    )
+    .unwrap();
+    let config = Config {
+        node: "n1".into(),
+        run_dir: dir.path().join("run"),
+        state_dir: dir.path().join("state"),
+        ..Config::default()
+    };
+    let run_dir = config.run_dir.clone();
+    rt.spawn(serve(config, hw, sources, std::future::pending()));
+    let agent_path = plugin_socket(&run_dir, "n1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent_path.exists() {
+        assert!(Instant::now() < deadline, "harvestd did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    let echo_msg = encode(&PluginMessage::JobEnd {
+        job_id: 1,
+        node: "n1".into(),
+    })
+    .unwrap();
+    let mut base = Vec::new();
+    let mut agent = Vec::new();
+    for i in 0..ROUNDS {
+        base.push(round_trip(&echo_path, &echo_msg));
+        // Alternate start and end so every message changes (and saves) the ledger.
+        let msg = if i % 2 == 0 {
+            PluginMessage::StepStart(StepAllocation {
+                job_id: 1000 + i,
+                step_id: StepId::BATCH,
+                uid: 1000,
+                node: "n1".into(),
+                cpus: [i % 128].into_iter().collect(),
+                memory_mib: Some(4096),
+                gpus: vec![i % 8],
+                harvest: true,
+            })
+        } else {
+            PluginMessage::StepEnd {
+                job_id: 1000 + i - 1,
+                step_id: StepId::BATCH,
+                node: "n1".into(),
+            }
+        };
+        agent.push(round_trip(&agent_path, &encode(&msg).unwrap()));
+    }
+    let (b50, b99) = summary(base);
+    let (a50, a99) = summary(agent);
+    println!("plugin round trip over {ROUNDS} messages each (same run, same socket framing):");
+    println!("  baseline echo server        p50 {b50:>10.1?}  p99 {b99:>10.1?}");
+    println!("  harvestd (ledger + fsync)   p50 {a50:>10.1?}  p99 {a99:>10.1?}");
+    println!(
+        "  ratio p50 {:.1}x, p99 {:.1}x; p99 is {:.1}% of the plugin's 100 ms deadline",
+        a50.as_secs_f64() / b50.as_secs_f64(),
+        a99.as_secs_f64() / b99.as_secs_f64(),
+        a99.as_secs_f64() / 0.1 * 100.0
+    );
+}
