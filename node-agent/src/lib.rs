@@ -1,4 +1,21 @@
-//! `harvestd`, harvest's node agent.
+//! `harvestd`, harvest's node agent: one per Slurm node, it knows what the node has, what batch
+//! jobs hold, and so what is idle and may be lent to functions. The batch job always wins: when
+//! in doubt the agent holds more for batch, never less.
+//!
+//! Layout, from the OS up (every OS resource sits behind a trait with a real impl and a fake):
+//! - [`discover`]: CPUs (hwloc), memory (sysinfo), GPUs (NVML, loaded at run time).
+//! - [`cgroup`]: the one cgroup trait, with v1 and v2 backends detected from mountinfo.
+//! - [`slurm`]: which jobs Slurm's cgroup tree shows on a node (paths decided in one place);
+//!   [`scontrol`]: what only Slurm knows about them (GPUs, unconstrained memory).
+//! - [`ledger`]: batch allocations per job and step, and all the idle-slot arithmetic.
+//! - [`state`]: the ledger on disk, replaced atomically.
+//! - [`agent`]: plugin messages and reconcile passes applied to the ledger (synchronous).
+//! - [`server`]: `harvestd run`: the plugin and query sockets and the reconcile loop (tokio).
+//! - [`query`]: `harvestd status`: the query client and the table.
+//! - [`config`]: the TOML configuration and its defaults.
+//!
+//! The binary (`src/main.rs`) parses arguments, installs logging and calls [`server::run`].
+
 pub mod agent;
 pub mod cgroup;
 pub mod config;

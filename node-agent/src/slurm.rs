@@ -2,7 +2,7 @@
 //!
 //! Slurm's task/cgroup plugin makes one directory per job. Where those directories live, and how
 //! they are named, changes between Slurm releases and cgroup versions, so it is decided in ONE
-//! place, [`job_parents`] and [`job_id_of`]; everything else asks [`SlurmView::jobs`].
+//! place, `job_parents` and [`job_id_of`]; everything else asks [`SlurmView::jobs`].
 //!
 //! - v1 (Slurm 22.05 here): `<ctl>/slurm_<node>/uid_<uid>/job_<id>/step_<step>/...`
 //! - v2 (Slurm 22.05+): `system.slice/<node>_slurmstepd.scope/job_<id>/...` with several slurmds
