@@ -418,3 +418,34 @@ fn jobs_run_normally_and_promptly_without_an_agent_or_with_a_silent_one() {
         "srun took {stalled:?} with a silent agent"
     );
 }
+
+/// `JobEnd` from `slurm_spank_job_epilog` on the node without the batch step. slurmd runs SPANK
+/// epilogs only for plugins that were in plugstack.conf when slurmd started, so this needs the
+/// cluster brought up with the plugin registered (`harvest.conf`), unlike the tests above.
+#[test]
+#[ignore = "needs the local cluster started with the plugin registered: HARVEST_WITH_AGENT=1 deploy/local-cluster up --nodes 2"]
+fn the_epilog_reports_job_end_on_every_node() {
+    let c = LocalCluster::from_env().expect(NEEDS);
+    let dir = PathBuf::from(c.var("HARVEST_CLUSTER_DIR").unwrap());
+    assert!(
+        dir.join("etc/plugstack.conf.d/harvest.conf").is_file(),
+        "the plugin was not registered when slurmd started, so slurmd runs no SPANK epilog: \
+         bring the cluster up with HARVEST_WITH_AGENT=1 deploy/local-cluster up --nodes 2"
+    );
+    let scratch = Scratch::new("epilog");
+    let agents = Agents::start(&scratch.0, Mode::Answer, &scratch.0.join("unused"));
+    let _reg = Registration::new(&c, &scratch.0.join("harvestd-%n.sock")).unwrap();
+
+    // Two nodes, the batch step on the first: only the epilog ends the job on the second.
+    let job = c
+        .sbatch(&["-N2", "-w", "n1,n2", "--wrap", "srun true"])
+        .unwrap();
+    for node in ["n1", "n2"] {
+        agents
+            .wait_for(
+                job.id,
+                |m| matches!(m, PluginMessage::JobEnd { node: n, .. } if n == node),
+            )
+            .unwrap();
+    }
+}
