@@ -100,6 +100,18 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     config.validate()?;
+    std::fs::create_dir_all(&config.run_dir).map_err(|source| ServerError::RunDir {
+        path: config.run_dir.clone(),
+        source,
+    })?;
+    let plugin_path = plugin_socket(&config.run_dir, &config.node);
+    let query_path = query_socket(&config.run_dir, &config.node);
+    // Before the ledger is touched: a live agent owns it.
+    for path in [&plugin_path, &query_path] {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ServerError::AlreadyRunning { path: path.clone() });
+        }
+    }
     let store = LedgerStore::open(&config.state_dir, &config.node)?;
     let agent = NodeAgent::start(
         &config.node,
@@ -112,17 +124,11 @@ pub async fn serve(
     )?;
     let agent = Arc::new(Mutex::new(agent));
 
-    std::fs::create_dir_all(&config.run_dir).map_err(|source| ServerError::RunDir {
-        path: config.run_dir.clone(),
-        source,
-    })?;
     let gid = config
         .plugin_socket_group
         .as_deref()
         .map(|g| resolve_gid(g, &config.group_file))
         .transpose()?;
-    let plugin_path = plugin_socket(&config.run_dir, &config.node);
-    let query_path = query_socket(&config.run_dir, &config.node);
     let plugin_mode = if gid.is_some() { 0o660 } else { 0o600 };
     let (plugin, _plugin_file) = bind(&plugin_path, plugin_mode, gid)?;
     let (query, _query_file) = bind(&query_path, 0o666, None)?;

@@ -243,8 +243,10 @@ async fn the_reconcile_loop_frees_a_job_whose_cgroup_vanished() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_agent_for_the_node_is_refused_and_a_stale_socket_is_replaced() {
     let mut h = Harness::start().await;
-    let mut second = Harness::config(h.dir.path());
-    second.state_dir = h.dir.path().join("state2");
+    let ledger = h.dir.path().join("state/ledger-n1.json");
+    let inode = || std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&ledger).unwrap());
+    let before = inode();
+    let second = Harness::config(h.dir.path());
     let hw = discover(
         &FakeTopology::uniform(1, 1, 1),
         &FakeMemory(1),
@@ -252,10 +254,13 @@ async fn a_second_agent_for_the_node_is_refused_and_a_stale_socket_is_replaced()
     )
     .unwrap();
     let sources = h.tree.sources(FakeJobDetails::default());
-    let err = serve(second.clone(), hw, sources, async {})
-        .await
-        .unwrap_err();
+    let err = serve(second, hw, sources, async {}).await.unwrap_err();
     assert!(matches!(err, ServerError::AlreadyRunning { .. }), "{err}");
+    assert_eq!(
+        inode(),
+        before,
+        "the refused agent rewrote the live agent's ledger"
+    );
     h.stop().await.unwrap();
 
     // A killed agent leaves its socket file behind: a plain file stands in for it here.
