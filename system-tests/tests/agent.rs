@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use harvest_core::step::{AgentReply, PluginMessage, StepAllocation, StepId, decode, encode};
 use harvest_core::{CpuSet, NodeView};
 use harvest_system_tests::{LocalCluster, poll, repo_root};
@@ -84,6 +84,25 @@ impl<'a> Agent<'a> {
             );
         }
         Ok(())
+    }
+
+    /// SIGTERM, as an init system stops it; returns once it exited (within 5 s) and whether it
+    /// exited with status 0.
+    fn terminate(&mut self) -> Result<bool> {
+        let mut child = self.child.take().context("harvestd is not running")?;
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        ensure!(status.success(), "kill -TERM failed");
+        let exited = poll(Duration::from_secs(5), || Ok(child.try_wait()?))?;
+        match exited {
+            Some(s) => Ok(s.success()),
+            None => {
+                child.kill()?;
+                child.wait()?;
+                bail!("harvestd ignored SIGTERM for 5 s; log:\n{}", self.log())
+            }
+        }
     }
 
     /// SIGKILL, as a crash would.
@@ -261,6 +280,15 @@ fn harvestd_tracks_a_real_job_and_survives_sigkill() -> Result<()> {
         |v| v.cpus.batch.is_empty() && v.cpus.idle == total && v.memory_mib.batch == 0,
     )?;
     eprintln!("all idle {:?} after scancel", cancelled.elapsed());
+
+    assert!(
+        agent.terminate()?,
+        "harvestd exits 0 on SIGTERM; log:\n{}",
+        agent.log()
+    );
+    for sock in ["harvestd-n1.sock", "harvestd-n1.query.sock"] {
+        assert!(!agent.run_dir().join(sock).exists(), "{sock} left behind");
+    }
     Ok(())
 }
 
