@@ -1,14 +1,39 @@
-//! `harvest-experiments`: benchmarks, real-cluster experiments and the trace-driven simulator,
-//! one subcommand each.
+//! `harvest-experiments`: the trace-driven simulator and benchmarks, one subcommand each.
+//!
+//! Each subcommand is a module in `harvest_experiments::cmd` with an `Args` and a `run_cmd`; add
+//! one with a variant here.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use harvest_experiments::cmd;
 
 /// harvest's benchmarks and experiments.
 #[derive(Debug, Parser)]
 #[command(version, about)]
-struct Args {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Simulate a batch trace with functions harvesting idle resources under one policy.
+    Simulate(cmd::simulate::Args),
+    /// Run the same workload under each placement policy and tabulate the results.
+    ComparePolicies(cmd::compare::Args),
+    /// Placement decision latency at scale for every policy, beside a scan baseline.
+    BenchPlacement(cmd::bench::Args),
+}
 
 fn main() -> anyhow::Result<()> {
-    let _args = Args::parse();
-    anyhow::bail!("no experiments yet: they land with the issues that need them")
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Simulate(a) => cmd::simulate::run_cmd(a),
+        Command::ComparePolicies(a) => cmd::compare::run_cmd(a),
+        Command::BenchPlacement(a) => cmd::bench::run_cmd(a),
+    }
 }

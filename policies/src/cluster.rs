@@ -6,11 +6,12 @@
 //! one that is not held does nothing, so a scheduler that retries after a lost reply cannot
 //! double-count.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
 use serde::{Deserialize, Serialize};
 
+use crate::hash::IdMap;
 use crate::index::{Buckets, IndexedSet, MaxTree};
 use crate::resources::{ClientId, LeaseId, NodeId, NodeState, Resources};
 
@@ -67,9 +68,17 @@ pub struct Cluster {
     buckets: Buckets,
     tree: MaxTree,
     gpu_free: IndexedSet,
-    leases: HashMap<LeaseId, Lease>,
+    leases: IdMap<LeaseId, Lease>,
     node_leases: Vec<Vec<LeaseId>>,
-    client_nodes: HashMap<ClientId, Vec<(NodeId, u32)>>,
+    clients: IdMap<ClientId, ClientPlacement>,
+}
+
+/// Where one client's leases are: lease counts per node and per topology group. Ordered maps, so
+/// iteration (hints) is the same on every run.
+#[derive(Debug, Clone, Default)]
+pub struct ClientPlacement {
+    pub nodes: BTreeMap<NodeId, u32>,
+    pub groups: BTreeMap<u32, u32>,
 }
 
 impl Cluster {
@@ -129,9 +138,9 @@ impl Cluster {
         change(node);
         let after = node.free();
         if before != after {
-            self.buckets.remove(id, before.cores);
-            self.buckets.insert(id, after.cores);
-            self.tree.set(id, after.cores);
+            self.buckets.remove(id, before.cores, before.mem_mib);
+            self.buckets.insert(id, after.cores, after.mem_mib);
+            self.tree.set(id, after.cores, after.mem_mib);
             if after.gpus > 0 {
                 self.gpu_free.insert(id);
             } else {
@@ -143,8 +152,8 @@ impl Cluster {
 
     fn index_insert(&mut self, node: &NodeState) {
         let free = node.free();
-        self.buckets.insert(node.id, free.cores);
-        self.tree.set(node.id, free.cores);
+        self.buckets.insert(node.id, free.cores, free.mem_mib);
+        self.tree.set(node.id, free.cores, free.mem_mib);
         if free.gpus > 0 {
             self.gpu_free.insert(node.id);
         }
@@ -206,11 +215,10 @@ impl Cluster {
         self.update(lease.node, |n| n.function = n.function.add(&lease.res))?;
         self.leases.insert(lease.id, lease);
         self.node_leases[lease.node as usize].push(lease.id);
-        let nodes = self.client_nodes.entry(lease.client).or_default();
-        match nodes.iter_mut().find(|(n, _)| *n == lease.node) {
-            Some((_, count)) => *count += 1,
-            None => nodes.push((lease.node, 1)),
-        }
+        let group = self.nodes[lease.node as usize].group;
+        let placement = self.clients.entry(lease.client).or_default();
+        *placement.nodes.entry(lease.node).or_default() += 1;
+        *placement.groups.entry(group).or_default() += 1;
         Ok(())
     }
 
@@ -225,15 +233,12 @@ impl Cluster {
         if let Some(p) = on_node.iter().position(|l| *l == id) {
             on_node.remove(p);
         }
-        if let Some(nodes) = self.client_nodes.get_mut(&lease.client) {
-            if let Some(p) = nodes.iter().position(|(n, _)| *n == lease.node) {
-                nodes[p].1 -= 1;
-                if nodes[p].1 == 0 {
-                    nodes.swap_remove(p);
-                }
-            }
-            if nodes.is_empty() {
-                self.client_nodes.remove(&lease.client);
+        let group = self.nodes[lease.node as usize].group;
+        if let Some(placement) = self.clients.get_mut(&lease.client) {
+            decrement(&mut placement.nodes, lease.node);
+            decrement(&mut placement.groups, group);
+            if placement.nodes.is_empty() {
+                self.clients.remove(&lease.client);
             }
         }
         Some(lease)
@@ -252,9 +257,16 @@ impl Cluster {
         self.node_leases.get(id as usize).map_or(&[], Vec::as_slice)
     }
 
-    /// The nodes where `client` holds leases, with how many.
-    pub fn client_nodes(&self, client: ClientId) -> &[(NodeId, u32)] {
-        self.client_nodes.get(&client).map_or(&[], Vec::as_slice)
+    /// Where `client` holds leases (`None` when it holds none).
+    pub fn client(&self, client: ClientId) -> Option<&ClientPlacement> {
+        self.clients.get(&client)
+    }
+
+    /// The nodes where `client` holds leases, with how many, in node order.
+    pub fn client_nodes(&self, client: ClientId) -> Vec<(NodeId, u32)> {
+        self.client(client)
+            .map(|p| p.nodes.iter().map(|(n, c)| (*n, *c)).collect())
+            .unwrap_or_default()
     }
 
     /// Visits nodes with at least `need.cores` free cores (and a free GPU when `need.gpus > 0`)
@@ -276,7 +288,7 @@ impl Cluster {
         match order {
             CandidateOrder::NodeOrder => {
                 let mut from = 0;
-                while let Some(id) = self.tree.first_at_least(from, need.cores) {
+                while let Some(id) = self.tree.first_fit(from, need.cores, need.mem_mib) {
                     if visit(id).is_break() {
                         return;
                     }
@@ -285,22 +297,35 @@ impl Cluster {
             }
             CandidateOrder::FewestFree => {
                 for f in need.cores..=self.buckets.max_free() {
-                    for &id in self.buckets.bucket(f) {
-                        if visit(id).is_break() {
-                            return;
+                    for set in self.buckets.sets(f, need.mem_mib, false) {
+                        for &id in set {
+                            if visit(id).is_break() {
+                                return;
+                            }
                         }
                     }
                 }
             }
             CandidateOrder::MostFree => {
                 for f in (need.cores..=self.buckets.max_free()).rev() {
-                    for &id in self.buckets.bucket(f) {
-                        if visit(id).is_break() {
-                            return;
+                    for set in self.buckets.sets(f, need.mem_mib, true) {
+                        for &id in set {
+                            if visit(id).is_break() {
+                                return;
+                            }
                         }
                     }
                 }
             }
+        }
+    }
+}
+
+fn decrement<K: Ord>(map: &mut BTreeMap<K, u32>, key: K) {
+    if let Some(count) = map.get_mut(&key) {
+        *count -= 1;
+        if *count == 0 {
+            map.remove(&key);
         }
     }
 }
@@ -333,7 +358,7 @@ mod tests {
         c.reserve(lease(1, 9, 0, 2)).unwrap();
         c.reserve(lease(1, 9, 0, 2)).unwrap();
         assert_eq!(c.node(0).unwrap().function, Resources::new(2, 100, 0));
-        assert_eq!(c.client_nodes(9), &[(0, 1)]);
+        assert_eq!(c.client_nodes(9), [(0, 1)]);
         assert!(matches!(
             c.reserve(lease(1, 9, 1, 2)),
             Err(ClusterError::LeaseConflict { lease: 1, .. })
@@ -341,7 +366,8 @@ mod tests {
         assert!(c.unreserve(1).is_some());
         assert!(c.unreserve(1).is_none());
         assert_eq!(c.node(0).unwrap().function, Resources::ZERO);
-        assert_eq!(c.client_nodes(9), &[]);
+        assert!(c.client_nodes(9).is_empty());
+        assert!(c.client(9).is_none());
         assert_eq!(c.lease_count(), 0);
     }
 

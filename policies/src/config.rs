@@ -19,7 +19,7 @@ use crate::framework::Framework;
 use crate::registry::Registry;
 
 /// Feasible nodes scored per decision unless configured (Kubernetes scores a bounded share too).
-pub const DEFAULT_SAMPLE: usize = 16;
+pub const DEFAULT_SAMPLE: usize = 8;
 /// A plugin's score weight unless configured.
 pub const DEFAULT_WEIGHT: u32 = 1;
 /// The largest weight accepted (keeps weighted sums far from overflow).

@@ -10,6 +10,7 @@
 //!   10,000 nodes in microseconds.
 //! - [`cluster`]: node states, leases (idempotent reserve/unreserve), reclaim plans, candidates.
 //! - [`framework`]: the pipeline (hint, filter, score + normalize, reserve).
+//! - [`hash`]: a fast hasher for the id-keyed maps on the hot path.
 //! - [`plugins`]: fit, first-fit, best-fit, spread, interference, gpu, lease-affinity.
 //! - [`registry`], [`config`]: names to plugins, policies to pipelines; the built-in policies.
 //! - [`testing`]: fake plugins that record what they were asked.
@@ -17,6 +18,7 @@
 pub mod cluster;
 pub mod config;
 pub mod framework;
+pub mod hash;
 pub mod index;
 pub mod plugins;
 pub mod registry;

@@ -14,18 +14,21 @@ pub const MAX_AFFINITY_HINTS: usize = 16;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LeaseAffinity;
 
-fn near(req: &Request<'_>, cluster: &Cluster) -> impl Iterator<Item = NodeId> {
-    let leases = cluster.client_nodes(req.client).iter().map(|(n, _)| *n);
-    leases.chain(req.data_nodes.iter().copied())
-}
-
 impl HintPlugin for LeaseAffinity {
     fn name(&self) -> &'static str {
         "lease-affinity"
     }
 
     fn hints(&self, req: &Request<'_>, cluster: &Cluster, out: &mut Vec<NodeId>) {
-        out.extend(near(req, cluster).take(MAX_AFFINITY_HINTS));
+        let leases = cluster
+            .client(req.client)
+            .into_iter()
+            .flat_map(|p| p.nodes.keys().copied());
+        out.extend(
+            leases
+                .chain(req.data_nodes.iter().copied())
+                .take(MAX_AFFINITY_HINTS),
+        );
     }
 }
 
@@ -35,18 +38,20 @@ impl ScorePlugin for LeaseAffinity {
     }
 
     fn score(&self, req: &Request<'_>, node: &NodeState, cluster: &Cluster) -> Result<i64, Status> {
-        let mut best = 0;
-        for id in near(req, cluster) {
-            if id == node.id {
-                return Ok(MAX_SCORE);
-            }
-            if let Ok(other) = cluster.node(id)
-                && other.group == node.group
-            {
-                best = MAX_SCORE / 2;
-            }
+        let placement = cluster.client(req.client);
+        if req.data_nodes.contains(&node.id)
+            || placement.is_some_and(|p| p.nodes.contains_key(&node.id))
+        {
+            return Ok(MAX_SCORE);
         }
-        Ok(best)
+        let data_group = req
+            .data_nodes
+            .iter()
+            .any(|&d| cluster.node(d).is_ok_and(|n| n.group == node.group));
+        if data_group || placement.is_some_and(|p| p.groups.contains_key(&node.group)) {
+            return Ok(MAX_SCORE / 2);
+        }
+        Ok(0)
     }
 }
 

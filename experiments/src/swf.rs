@@ -1,0 +1,280 @@
+//! A streaming reader for the Standard Workload Format (Parallel Workloads Archive).
+//!
+//! One job per line, 18 whitespace-separated fields, `-1` for unknown; header comments start with
+//! `;` and describe the machine (`MaxNodes`, `MaxProcs`). Alea's extended SWF (MetaCentrum) adds
+//! fields after the 18th, which are ignored. Gzip is detected by the file's magic bytes. Jobs are
+//! yielded one at a time, so a trace of any length is read in constant memory.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use flate2::read::MultiGzDecoder;
+
+/// An SWF file that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SwfError {
+    #[error("cannot read SWF trace {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}:{line}: field {field} ({name}) is {value:?}, not a number; is this an SWF file?"
+    )]
+    Field {
+        path: PathBuf,
+        line: u64,
+        field: usize,
+        name: &'static str,
+        value: String,
+    },
+    #[error("{path}:{line}: {found} fields, SWF needs at least 18; is this an SWF file?")]
+    Short {
+        path: PathBuf,
+        line: u64,
+        found: usize,
+    },
+}
+
+/// The header's machine description (what it gives; `None` when absent).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SwfHeader {
+    pub max_nodes: Option<u64>,
+    pub max_procs: Option<u64>,
+    pub computer: Option<String>,
+    pub acknowledge: Option<String>,
+}
+
+/// One job record; times in seconds, memory in KiB per processor, `None` for SWF's `-1`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SwfJob {
+    pub id: u64,
+    pub submit: i64,
+    pub wait: Option<i64>,
+    pub run: Option<i64>,
+    pub procs: Option<u64>,
+    pub used_mem_kib: Option<u64>,
+    pub req_procs: Option<u64>,
+    pub req_time: Option<i64>,
+    pub req_mem_kib: Option<u64>,
+}
+
+impl SwfJob {
+    /// Processors the job held: allocated, else requested.
+    pub fn procs(&self) -> Option<u64> {
+        self.procs.or(self.req_procs).filter(|&p| p > 0)
+    }
+
+    /// Memory per processor in KiB: used, else requested.
+    pub fn mem_per_proc_kib(&self) -> Option<u64> {
+        self.used_mem_kib.or(self.req_mem_kib).filter(|&m| m > 0)
+    }
+}
+
+/// Streams the jobs of an SWF file.
+pub struct SwfReader {
+    path: PathBuf,
+    lines: std::io::Lines<BufReader<Box<dyn Read + Send>>>,
+    line_no: u64,
+    header: SwfHeader,
+    /// The first job line, read while parsing the header.
+    pending: Option<String>,
+}
+
+impl std::fmt::Debug for SwfReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SwfReader")
+            .field("path", &self.path)
+            .field("line", &self.line_no)
+            .finish()
+    }
+}
+
+/// Opens a file, decompressing it when it starts with the gzip magic bytes.
+pub fn open_maybe_gz(path: &Path) -> std::io::Result<Box<dyn Read + Send>> {
+    let mut file = BufReader::new(File::open(path)?);
+    let gz = file.fill_buf()?.starts_with(&[0x1f, 0x8b]);
+    Ok(if gz {
+        Box::new(MultiGzDecoder::new(file))
+    } else {
+        Box::new(file)
+    })
+}
+
+impl SwfReader {
+    /// Opens a trace and reads its header.
+    pub fn open(path: &Path) -> Result<Self, SwfError> {
+        let io = |source| SwfError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let reader = open_maybe_gz(path).map_err(io)?;
+        Self::from_reader(path, reader)
+    }
+
+    /// Reads from any source (tests); `path` only names it in errors.
+    pub fn from_reader(path: &Path, reader: Box<dyn Read + Send>) -> Result<Self, SwfError> {
+        let mut r = Self {
+            path: path.to_owned(),
+            lines: BufReader::with_capacity(1 << 16, reader).lines(),
+            line_no: 0,
+            header: SwfHeader::default(),
+            pending: None,
+        };
+        while let Some(line) = r.next_line()? {
+            let t = line.trim();
+            if t.is_empty() {
+                continue;
+            }
+            let Some(comment) = t.strip_prefix(';') else {
+                r.pending = Some(line);
+                break;
+            };
+            if let Some((key, value)) = comment.split_once(':') {
+                let value = value.trim();
+                match key.trim() {
+                    "MaxNodes" => r.header.max_nodes = value.parse().ok(),
+                    "MaxProcs" => r.header.max_procs = value.parse().ok(),
+                    "Computer" => r.header.computer = Some(value.to_owned()),
+                    "Acknowledge" => r.header.acknowledge = Some(value.to_owned()),
+                    _ => {}
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    pub fn header(&self) -> &SwfHeader {
+        &self.header
+    }
+
+    fn next_line(&mut self) -> Result<Option<String>, SwfError> {
+        match self.lines.next() {
+            None => Ok(None),
+            Some(Ok(l)) => {
+                self.line_no += 1;
+                Ok(Some(l))
+            }
+            Some(Err(source)) => Err(SwfError::Io {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+
+    fn parse(&self, line: &str) -> Result<SwfJob, SwfError> {
+        const NAMES: [&str; 10] = [
+            "job id",
+            "submit time",
+            "wait time",
+            "run time",
+            "allocated processors",
+            "average CPU time",
+            "used memory",
+            "requested processors",
+            "requested time",
+            "requested memory",
+        ];
+        let mut f = [0i64; 10];
+        let mut count = 0;
+        for (i, tok) in line.split_ascii_whitespace().enumerate() {
+            count = i + 1;
+            if i < 10 {
+                f[i] = tok
+                    .parse::<i64>()
+                    .or_else(|_| tok.parse::<f64>().map(|v| v as i64))
+                    .map_err(|_| SwfError::Field {
+                        path: self.path.clone(),
+                        line: self.line_no,
+                        field: i + 1,
+                        name: NAMES[i],
+                        value: tok.to_owned(),
+                    })?;
+            }
+        }
+        if count < 18 {
+            return Err(SwfError::Short {
+                path: self.path.clone(),
+                line: self.line_no,
+                found: count,
+            });
+        }
+        let known = |v: i64| (v >= 0).then_some(v);
+        let known_u = |v: i64| (v >= 0).then_some(v as u64);
+        Ok(SwfJob {
+            id: f[0].max(0) as u64,
+            submit: f[1],
+            wait: known(f[2]),
+            run: known(f[3]),
+            procs: known_u(f[4]),
+            used_mem_kib: known_u(f[6]),
+            req_procs: known_u(f[7]),
+            req_time: known(f[8]),
+            req_mem_kib: known_u(f[9]),
+        })
+    }
+}
+
+impl Iterator for SwfReader {
+    type Item = Result<SwfJob, SwfError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let line = match self.pending.take() {
+                Some(l) => l,
+                None => match self.next_line() {
+                    Ok(Some(l)) => l,
+                    Ok(None) => return None,
+                    Err(e) => return Some(Err(e)),
+                },
+            };
+            let t = line.trim();
+            if t.is_empty() || t.starts_with(';') {
+                continue;
+            }
+            return Some(self.parse(t));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reader(text: &'static str) -> SwfReader {
+        SwfReader::from_reader(Path::new("t.swf"), Box::new(text.as_bytes())).unwrap()
+    }
+
+    #[test]
+    fn header_and_jobs_stream() {
+        let mut r = reader(
+            "; Computer: Test box\n; MaxNodes: 10\n; MaxProcs: 40\n;\n\
+             1 0 5 100 8 -1 -1 8 200 -1 1 1 1 -1 1 -1 -1 -1\n\
+             2 10 -1 50 -1 -1 2048 4 -1 4096 1 1 1 -1 1 -1 -1 -1 extra {1,2} fields\n",
+        );
+        assert_eq!(r.header().max_nodes, Some(10));
+        assert_eq!(r.header().max_procs, Some(40));
+        assert_eq!(r.header().computer.as_deref(), Some("Test box"));
+        let a = r.next().unwrap().unwrap();
+        assert_eq!(
+            (a.id, a.submit, a.wait, a.run, a.procs()),
+            (1, 0, Some(5), Some(100), Some(8))
+        );
+        assert_eq!(a.mem_per_proc_kib(), None);
+        let b = r.next().unwrap().unwrap();
+        assert_eq!(b.procs(), Some(4), "requested when allocated is unknown");
+        assert_eq!(b.mem_per_proc_kib(), Some(2048), "used before requested");
+        assert_eq!(b.req_time, None);
+        assert!(r.next().is_none());
+    }
+
+    #[test]
+    fn bad_lines_name_the_line_and_field() {
+        let mut r = reader("1 0 x 100 8 -1 -1 8 200 -1 1 1 1 -1 1 -1 -1 -1\n1 2 3\n");
+        let e = r.next().unwrap().unwrap_err().to_string();
+        assert!(e.contains("t.swf:1: field 3 (wait time) is \"x\""), "{e}");
+        let e = r.next().unwrap().unwrap_err().to_string();
+        assert!(e.contains("t.swf:2: 3 fields"), "{e}");
+    }
+}
