@@ -6,7 +6,6 @@
 //! one that is not held does nothing, so a scheduler that retries after a lost reply cannot
 //! double-count.
 
-use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
 use serde::{Deserialize, Serialize};
@@ -73,12 +72,12 @@ pub struct Cluster {
     clients: IdMap<ClientId, ClientPlacement>,
 }
 
-/// Where one client's leases are: lease counts per node and per topology group. Ordered maps, so
-/// iteration (hints) is the same on every run.
+/// Where one client's leases are: lease counts per node and per topology group. The hasher has
+/// no random seed, so iteration (hints) is the same on every run.
 #[derive(Debug, Clone, Default)]
 pub struct ClientPlacement {
-    pub nodes: BTreeMap<NodeId, u32>,
-    pub groups: BTreeMap<u32, u32>,
+    pub nodes: IdMap<NodeId, u32>,
+    pub groups: IdMap<u32, u32>,
 }
 
 impl Cluster {
@@ -264,9 +263,12 @@ impl Cluster {
 
     /// The nodes where `client` holds leases, with how many, in node order.
     pub fn client_nodes(&self, client: ClientId) -> Vec<(NodeId, u32)> {
-        self.client(client)
+        let mut v: Vec<(NodeId, u32)> = self
+            .client(client)
             .map(|p| p.nodes.iter().map(|(n, c)| (*n, *c)).collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        v.sort_unstable();
+        v
     }
 
     /// Visits nodes with at least `need.cores` free cores (and a free GPU when `need.gpus > 0`)
@@ -321,7 +323,7 @@ impl Cluster {
     }
 }
 
-fn decrement<K: Ord>(map: &mut BTreeMap<K, u32>, key: K) {
+fn decrement(map: &mut IdMap<u32, u32>, key: u32) {
     if let Some(count) = map.get_mut(&key) {
         *count -= 1;
         if *count == 0 {

@@ -2,8 +2,8 @@
 //!
 //! The standard SipHash resists hash flooding from untrusted keys; lease and client ids are
 //! assigned by harvest itself, and the maps are on the placement hot path (SipHash was ~10% of a
-//! simulated decision), so a multiplicative hash is the better trade. Iteration order of these
-//! maps is never used for decisions.
+//! simulated decision), so a multiplicative hash is the better trade. It has no random seed, so
+//! iterating these maps gives the same order on every run, and simulations are reproducible.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};

@@ -6,7 +6,7 @@ use crate::resources::{NodeId, NodeState};
 
 /// How many of a client's nodes are offered as hints (a client with leases on hundreds of nodes
 /// must not turn each decision into a scan).
-pub const MAX_AFFINITY_HINTS: usize = 16;
+pub const MAX_AFFINITY_HINTS: usize = 8;
 
 /// Scores 100 on a node that holds one of the client's leases or its data, 50 in the same
 /// topology group as one, 0 elsewhere; hints those nodes so they are evaluated even when the
@@ -20,15 +20,16 @@ impl HintPlugin for LeaseAffinity {
     }
 
     fn hints(&self, req: &Request<'_>, cluster: &Cluster, out: &mut Vec<NodeId>) {
-        let leases = cluster
-            .client(req.client)
-            .into_iter()
-            .flat_map(|p| p.nodes.keys().copied());
-        out.extend(
-            leases
-                .chain(req.data_nodes.iter().copied())
-                .take(MAX_AFFINITY_HINTS),
-        );
+        let start = out.len();
+        out.extend(req.data_nodes.iter().take(MAX_AFFINITY_HINTS));
+        if let Some(p) = cluster.client(req.client) {
+            for &n in p.nodes.keys() {
+                if out.len() - start >= MAX_AFFINITY_HINTS {
+                    break;
+                }
+                out.push(n);
+            }
+        }
     }
 }
 
@@ -89,7 +90,7 @@ mod tests {
         assert_eq!(score(0), 0);
         let mut hints = Vec::new();
         LeaseAffinity.hints(&req, &c, &mut hints);
-        assert_eq!(hints, [2, 5]);
+        assert_eq!(hints, [5, 2], "data nodes first, then the client's nodes");
         let stranger = Request {
             client: 8,
             data_nodes: &[],
