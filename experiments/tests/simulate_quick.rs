@@ -119,6 +119,43 @@ fn quick_simulation_keeps_its_invariants() {
 }
 
 #[test]
+fn replay_with_gpu_leases_keeps_its_invariants() {
+    let tmp = tempfile::tempdir().unwrap();
+    let trace = tmp.path().join("synthetic.swf");
+    std::fs::write(&trace, synthetic_swf()).unwrap();
+    let out = tmp.path().join("run");
+    let status = Command::new(env!("CARGO_BIN_EXE_harvest-experiments"))
+        .args(["simulate", "--quick", "--batch", "replay", "--node-gpus", "4"])
+        .arg("--trace")
+        .arg(&trace)
+        .arg("--data")
+        .arg(data_dir())
+        .args(["--functions", "poisson:rate=1,cores=1,mem=1G,duration=1m,gpus=1+poisson:rate=3,cores=1,mem=512M,duration=30s"])
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success(), "simulate failed: {status}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let f = |k: &str| {
+        summary[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("summary has no number {k}"))
+    };
+    assert_eq!(summary["batch_mode"], "replay");
+    assert_eq!(f("gpus_per_node"), 4.0);
+    assert!(f("jobs_started") > 0.0);
+    assert!(f("util_cores_with_harvest") > f("util_cores_batch_only"));
+    assert_eq!(f("overcommit_violations"), 0.0);
+    assert_eq!(
+        f("functions_placed") + f("functions_refused"),
+        f("functions_submitted")
+    );
+    assert!(f("functions_placed") > 0.0);
+}
+
+#[test]
 fn bad_input_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     let trace = tmp.path().join("t.swf");

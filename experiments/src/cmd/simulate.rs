@@ -82,6 +82,10 @@ pub struct Workload {
     /// Override the trace machine's memory per node (Slurm notation, e.g. 64G).
     #[arg(long)]
     pub node_mem: Option<String>,
+    /// GPUs per node (traces have none; a batch job holds GPUs in proportion to its cores on
+    /// the node, so GPU leases harvest the rest).
+    #[arg(long, default_value_t = 0)]
+    pub node_gpus: u32,
     /// Override the trace machine's node count (what replication divides by).
     #[arg(long)]
     pub trace_nodes: Option<u32>,
@@ -160,6 +164,7 @@ impl Workload {
             unknown_mem_fraction: self.unknown_mem_fraction,
             node_cores: self.node_cores,
             node_mem_mib,
+            node_gpus: self.node_gpus,
             trace_nodes: self.trace_nodes,
             group_size: DEFAULT_GROUP_SIZE,
             samples: DEFAULT_SAMPLES,

@@ -247,10 +247,15 @@ impl Sim {
                 }
             }
             .min(self.machine.mem_mib);
+            let gpus = (u64::from(self.cfg.node_gpus) * u64::from(cores))
+                .div_ceil(u64::from(self.machine.cores)) as u32;
             self.node_job[node as usize] = slot;
             let plan = self
                 .cluster
-                .set_batch(node, Resources::new(cores, mem, 0))
+                .set_batch(
+                    node,
+                    Resources::new(cores, mem, gpus.min(self.cfg.node_gpus)),
+                )
                 .expect("node exists");
             self.cluster
                 .update(node, |n| n.batch_sensitive = job.sensitive)
@@ -485,7 +490,7 @@ pub fn run(cfg: &SimConfig, mut progress: impl FnMut(Progress)) -> Result<Outcom
         cfg.seed,
     )?
     .peekable();
-    let shape = Resources::new(machine.cores, machine.mem_mib, 0);
+    let shape = Resources::new(machine.cores, machine.mem_mib, cfg.node_gpus);
     let cluster = Cluster::uniform(nodes, shape, cfg.group_size);
     let mut idle_clean = IndexedSet::default();
     for n in 0..nodes {
@@ -646,6 +651,7 @@ fn finish(
         nodes,
         cores_per_node: machine.cores,
         mem_per_node_mib: machine.mem_mib,
+        gpus_per_node: cfg.node_gpus,
         trace_nodes: machine.nodes,
         replication: copies,
         window_start_h: sim.rec.start_ms as f64 / 3.6e6,

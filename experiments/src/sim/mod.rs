@@ -63,6 +63,8 @@ pub struct SimConfig {
     pub unknown_mem_fraction: f64,
     pub node_cores: Option<u32>,
     pub node_mem_mib: Option<u64>,
+    /// GPUs per node (SWF traces have none; batch jobs hold GPUs in proportion to their cores).
+    pub node_gpus: u32,
     pub trace_nodes: Option<u32>,
     pub group_size: u32,
     pub samples: usize,
@@ -81,6 +83,7 @@ pub struct Summary {
     pub nodes: u32,
     pub cores_per_node: u32,
     pub mem_per_node_mib: u64,
+    pub gpus_per_node: u32,
     pub trace_nodes: u32,
     /// How many times the trace's job stream was replicated to fill the cluster.
     pub replication: u32,
