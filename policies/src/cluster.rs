@@ -34,6 +34,8 @@ pub enum CandidateOrder {
     FewestFree,
     /// Most free cores first (spread).
     MostFree,
+    /// Every node in id order, without the index: the baseline benchmarks compare against.
+    Scan,
 }
 
 /// A cluster operation that was refused.
@@ -279,6 +281,14 @@ impl Cluster {
         need: &Resources,
         mut visit: impl FnMut(NodeId) -> ControlFlow<()>,
     ) {
+        if order == CandidateOrder::Scan {
+            for id in 0..self.nodes.len() as NodeId {
+                if visit(id).is_break() {
+                    return;
+                }
+            }
+            return;
+        }
         if need.gpus > 0 {
             for &id in self.gpu_free.as_slice() {
                 if self.nodes[id as usize].free().cores >= need.cores && visit(id).is_break() {
@@ -308,6 +318,7 @@ impl Cluster {
                     }
                 }
             }
+            CandidateOrder::Scan => unreachable!("handled above"),
             CandidateOrder::MostFree => {
                 for f in (need.cores..=self.buckets.max_free()).rev() {
                     for set in self.buckets.sets(f, need.mem_mib, true) {
@@ -396,6 +407,11 @@ mod tests {
         assert_eq!(visit_all(&c, CandidateOrder::NodeOrder, need), [0, 1, 2]);
         assert_eq!(visit_all(&c, CandidateOrder::FewestFree, need), [0, 1, 2]);
         assert_eq!(visit_all(&c, CandidateOrder::MostFree, need), [2, 1, 0]);
+        assert_eq!(
+            visit_all(&c, CandidateOrder::Scan, need),
+            [0, 1, 2, 3],
+            "no index"
+        );
         c.reserve(lease(5, 1, 2, 7)).unwrap(); // node 2: 1 free
         assert_eq!(visit_all(&c, CandidateOrder::FewestFree, need), [0, 1]);
     }
