@@ -2,7 +2,8 @@
 //!
 //! ```toml
 //! order = "fewest-free"   # node-order | fewest-free | most-free
-//! sample = 16             # stop filtering after this many feasible nodes
+//! sample = 8              # stop filtering after this many feasible nodes
+//! max_examined = 512      # and after this many nodes filtered
 //! [[plugins]]
 //! name = "fit"
 //! [[plugins]]
@@ -20,6 +21,9 @@ use crate::registry::Registry;
 
 /// Feasible nodes scored per decision unless configured (Kubernetes scores a bounded share too).
 pub const DEFAULT_SAMPLE: usize = 8;
+/// Nodes filtered per decision at most unless configured: a decision whose first 512 candidates
+/// all fail a filter reports the lease unschedulable (it waits and is retried) rather than scan on.
+pub const DEFAULT_MAX_EXAMINED: usize = 512;
 /// A plugin's score weight unless configured.
 pub const DEFAULT_WEIGHT: u32 = 1;
 /// The largest weight accepted (keeps weighted sums far from overflow).
@@ -59,6 +63,10 @@ pub enum ConfigError {
     },
     #[error("sample = {0} is out of range; use 1..={MAX_SAMPLE}")]
     Sample(usize),
+    #[error(
+        "max_examined = {max_examined} is below sample = {sample}; examine at least as many nodes as are scored"
+    )]
+    MaxExamined { max_examined: usize, sample: usize },
     #[error("plugins: a policy needs the \"fit\" filter, or leases would be placed on full nodes")]
     NoFit,
     #[error("invalid policy TOML: {0}")]
@@ -90,7 +98,13 @@ pub struct PolicyConfig {
     pub order: CandidateOrder,
     #[serde(default = "default_sample")]
     pub sample: usize,
+    #[serde(default = "default_max_examined")]
+    pub max_examined: usize,
     pub plugins: Vec<PluginRef>,
+}
+
+fn default_max_examined() -> usize {
+    DEFAULT_MAX_EXAMINED
 }
 
 fn plugins(list: &[(&str, u32)]) -> Vec<PluginRef> {
@@ -142,6 +156,7 @@ impl PolicyConfig {
         Ok(Self {
             order,
             sample,
+            max_examined: DEFAULT_MAX_EXAMINED,
             plugins: plugins(list),
         })
     }
@@ -155,6 +170,12 @@ impl PolicyConfig {
     pub fn validate(&self, registry: &Registry) -> Result<(), ConfigError> {
         if self.sample == 0 || self.sample > MAX_SAMPLE {
             return Err(ConfigError::Sample(self.sample));
+        }
+        if self.max_examined < self.sample {
+            return Err(ConfigError::MaxExamined {
+                max_examined: self.max_examined,
+                sample: self.sample,
+            });
         }
         for (index, p) in self.plugins.iter().enumerate() {
             if registry.build(&p.name).is_none() {
@@ -187,7 +208,8 @@ impl PolicyConfig {
     /// Validates and builds the pipeline.
     pub fn build(&self, name: &str, registry: &Registry) -> Result<Framework, ConfigError> {
         self.validate(registry)?;
-        let mut fw = Framework::new(name, self.order, self.sample);
+        let mut fw =
+            Framework::new(name, self.order, self.sample).examine_at_most(self.max_examined);
         for p in &self.plugins {
             let set = registry.build(&p.name).expect("validated");
             fw = fw.with(set, p.weight);
@@ -223,6 +245,7 @@ mod tests {
         assert_eq!(cfg.sample, DEFAULT_SAMPLE);
         assert_eq!(cfg.order, CandidateOrder::FewestFree);
         assert_eq!(cfg.plugins[0].weight, DEFAULT_WEIGHT);
+        assert_eq!(cfg.max_examined, DEFAULT_MAX_EXAMINED);
         let err = PolicyConfig::from_toml("samples = 3\nplugins = []\n").unwrap_err();
         assert!(err.to_string().contains("samples"), "{err}");
         let cfg = PolicyConfig::from_toml("order = \"most-free\"\nplugins = []").unwrap();
@@ -259,6 +282,12 @@ mod tests {
         cfg.sample = 0;
         assert_eq!(cfg.validate(&r), Err(ConfigError::Sample(0)));
         cfg.sample = 4;
+        cfg.max_examined = 3;
+        assert!(matches!(
+            cfg.validate(&r),
+            Err(ConfigError::MaxExamined { .. })
+        ));
+        cfg.max_examined = 4;
         cfg.plugins.remove(0);
         assert_eq!(cfg.validate(&r), Err(ConfigError::NoFit));
     }

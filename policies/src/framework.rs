@@ -182,6 +182,7 @@ pub struct Framework {
     name: String,
     order: CandidateOrder,
     sample: usize,
+    max_examined: usize,
     filters: Vec<Arc<dyn FilterPlugin>>,
     scores: Vec<(Arc<dyn ScorePlugin>, i64)>,
     reserves: Vec<Arc<dyn ReservePlugin>>,
@@ -196,12 +197,21 @@ impl Framework {
             name: name.into(),
             order,
             sample: sample.max(1),
+            max_examined: usize::MAX,
             filters: Vec::new(),
             scores: Vec::new(),
             reserves: Vec::new(),
             hints: Vec::new(),
             scratch: Scratch::default(),
         }
+    }
+
+    /// Stops filtering after `n` nodes (at least 1) even when fewer than `sample` were feasible,
+    /// bounding a decision's cost when many candidates fail a filter; without it a decision may
+    /// examine every node.
+    pub fn examine_at_most(mut self, n: usize) -> Self {
+        self.max_examined = n.max(1);
+        self
     }
 
     /// Adds a plugin's extension points; `weight` multiplies its normalized score.
@@ -248,9 +258,13 @@ impl Framework {
         let mut examined = 0u32;
         let mut failure: Option<FrameworkError> = None;
         let sample = self.sample;
+        let max_examined = self.max_examined;
         let filters = &self.filters;
         let mut consider =
             |id: NodeId, feasible: &mut Vec<NodeId>, rejected: &mut [(u32, Status)]| {
+                if examined as usize >= max_examined {
+                    return ControlFlow::Break(());
+                }
                 examined += 1;
                 let node = &cluster.nodes()[id as usize];
                 for (i, f) in filters.iter().enumerate() {

@@ -228,3 +228,26 @@ fn status_codes_are_distinct_from_success() {
     assert_eq!(Status::unschedulable("x").code, Code::Unschedulable);
     assert!(!Status::unresolvable("x").is_success());
 }
+
+#[test]
+fn examine_at_most_bounds_a_decision() {
+    let c = cluster(10);
+    let f = Arc::new(FakeFilter::rejecting(
+        "f",
+        0..6,
+        Status::unresolvable("hot"),
+    ));
+    let mut fw = Framework::new("t", CandidateOrder::NodeOrder, 2)
+        .with(filter(f.clone()), 1)
+        .examine_at_most(4);
+    match fw.schedule(&c, &req(1)).unwrap() {
+        Decision::Unschedulable { examined, .. } => assert_eq!(examined, 4),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(f.calls(), [0, 1, 2, 3]);
+    let mut unbounded = Framework::new("t", CandidateOrder::NodeOrder, 2).with(filter(f), 1);
+    assert_eq!(
+        unbounded.schedule(&c, &req(1)).unwrap(),
+        Decision::Placed(6)
+    );
+}
