@@ -69,6 +69,8 @@ pub struct Cluster {
     buckets: Buckets,
     tree: MaxTree,
     gpu_free: IndexedSet,
+    /// Nodes in an interference state: kept out of `buckets` and `tree`, visited after them.
+    interfering: IndexedSet,
     leases: IdMap<LeaseId, Lease>,
     node_leases: Vec<Vec<LeaseId>>,
     clients: IdMap<ClientId, ClientPlacement>,
@@ -136,12 +138,23 @@ impl Cluster {
             .get_mut(id as usize)
             .ok_or(ClusterError::UnknownNode(id, len))?;
         let before = node.free();
+        let was_interfering = node.interference;
         change(node);
         let after = node.free();
-        if before != after {
-            self.buckets.remove(id, before.cores, before.mem_mib);
-            self.buckets.insert(id, after.cores, after.mem_mib);
-            self.tree.set(id, after.cores, after.mem_mib);
+        let interfering = node.interference;
+        if before != after || was_interfering != interfering {
+            if was_interfering {
+                self.interfering.remove(id);
+            } else {
+                self.buckets.remove(id, before.cores, before.mem_mib);
+            }
+            if interfering {
+                self.interfering.insert(id);
+                self.tree.set(id, 0, 0);
+            } else {
+                self.buckets.insert(id, after.cores, after.mem_mib);
+                self.tree.set(id, after.cores, after.mem_mib);
+            }
             if after.gpus > 0 {
                 self.gpu_free.insert(id);
             } else {
@@ -274,36 +287,62 @@ impl Cluster {
     }
 
     /// Visits nodes with at least `need.cores` free cores (and a free GPU when `need.gpus > 0`)
-    /// in `order`, until `visit` breaks. Nodes are visited at most once.
+    /// in `order`, until `visit` breaks. Nodes are visited at most once. Nodes in an interference
+    /// state come after all others (in no particular order), or not at all with
+    /// `skip_interfering`.
     pub fn candidates(
         &self,
         order: CandidateOrder,
         need: &Resources,
+        skip_interfering: bool,
         mut visit: impl FnMut(NodeId) -> ControlFlow<()>,
     ) {
+        if self
+            .candidates_indexed(order, need, skip_interfering, &mut visit)
+            .is_break()
+            || skip_interfering
+            || order == CandidateOrder::Scan
+            || need.gpus > 0
+        {
+            return;
+        }
+        for &id in self.interfering.as_slice() {
+            let free = self.nodes[id as usize].free();
+            if free.cores >= need.cores && free.mem_mib >= need.mem_mib && visit(id).is_break() {
+                return;
+            }
+        }
+    }
+
+    fn candidates_indexed(
+        &self,
+        order: CandidateOrder,
+        need: &Resources,
+        skip_interfering: bool,
+        visit: &mut impl FnMut(NodeId) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
         if order == CandidateOrder::Scan {
             for id in 0..self.nodes.len() as NodeId {
-                if visit(id).is_break() {
-                    return;
+                if !(skip_interfering && self.nodes[id as usize].interference) {
+                    visit(id)?;
                 }
             }
-            return;
+            return ControlFlow::Continue(());
         }
         if need.gpus > 0 {
             for &id in self.gpu_free.as_slice() {
-                if self.nodes[id as usize].free().cores >= need.cores && visit(id).is_break() {
-                    return;
+                let node = &self.nodes[id as usize];
+                if node.free().cores >= need.cores && !(skip_interfering && node.interference) {
+                    visit(id)?;
                 }
             }
-            return;
+            return ControlFlow::Continue(());
         }
         match order {
             CandidateOrder::NodeOrder => {
                 let mut from = 0;
                 while let Some(id) = self.tree.first_fit(from, need.cores, need.mem_mib) {
-                    if visit(id).is_break() {
-                        return;
-                    }
+                    visit(id)?;
                     from = id + 1;
                 }
             }
@@ -311,26 +350,23 @@ impl Cluster {
                 for f in need.cores..=self.buckets.max_free() {
                     for set in self.buckets.sets(f, need.mem_mib, false) {
                         for &id in set {
-                            if visit(id).is_break() {
-                                return;
-                            }
+                            visit(id)?;
+                        }
+                    }
+                }
+            }
+            CandidateOrder::MostFree => {
+                for f in (need.cores..=self.buckets.max_free()).rev() {
+                    for set in self.buckets.sets(f, need.mem_mib, true) {
+                        for &id in set {
+                            visit(id)?;
                         }
                     }
                 }
             }
             CandidateOrder::Scan => unreachable!("handled above"),
-            CandidateOrder::MostFree => {
-                for f in (need.cores..=self.buckets.max_free()).rev() {
-                    for set in self.buckets.sets(f, need.mem_mib, true) {
-                        for &id in set {
-                            if visit(id).is_break() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            }
         }
+        ControlFlow::Continue(())
     }
 }
 
@@ -358,7 +394,7 @@ mod tests {
 
     fn visit_all(c: &Cluster, order: CandidateOrder, need: Resources) -> Vec<NodeId> {
         let mut seen = Vec::new();
-        c.candidates(order, &need, |id| {
+        c.candidates(order, &need, false, |id| {
             seen.push(id);
             ControlFlow::Continue(())
         });
@@ -414,6 +450,32 @@ mod tests {
         );
         c.reserve(lease(5, 1, 2, 7)).unwrap(); // node 2: 1 free
         assert_eq!(visit_all(&c, CandidateOrder::FewestFree, need), [0, 1]);
+    }
+
+    #[test]
+    fn interfering_nodes_come_last_or_not_at_all() {
+        let mut c = Cluster::uniform(4, Resources::new(8, 1000, 0), 1);
+        c.set_batch(1, Resources::new(6, 0, 0)).unwrap();
+        c.update(1, |n| n.interference = true).unwrap();
+        let need = Resources::new(1, 0, 0);
+        let fewest = visit_all(&c, CandidateOrder::FewestFree, need);
+        assert_eq!(
+            fewest[3], 1,
+            "the interfering node (2 free) comes last: {fewest:?}"
+        );
+        assert_eq!(visit_all(&c, CandidateOrder::NodeOrder, need), [0, 2, 3, 1]);
+        let mut skipped = Vec::new();
+        c.candidates(CandidateOrder::FewestFree, &need, true, |id| {
+            skipped.push(id);
+            ControlFlow::Continue(())
+        });
+        assert_eq!(skipped, fewest[..3]);
+        c.update(1, |n| n.interference = false).unwrap();
+        let back = visit_all(&c, CandidateOrder::FewestFree, need);
+        assert_eq!(
+            back[0], 1,
+            "back in its bucket, first for best-fit: {back:?}"
+        );
     }
 
     #[test]

@@ -89,6 +89,11 @@ impl Status {
 pub trait FilterPlugin: fmt::Debug + Send + Sync {
     fn name(&self) -> &'static str;
     fn filter(&self, req: &Request<'_>, node: &NodeState, cluster: &Cluster) -> Status;
+    /// Whether this filter rejects every node in an interference state; the framework then
+    /// asks the index not to visit those nodes at all.
+    fn rejects_interfering(&self) -> bool {
+        false
+    }
 }
 
 /// Ranks feasible nodes. Raw scores may be any `i64`; after [`ScorePlugin::normalize`] every
@@ -183,6 +188,7 @@ pub struct Framework {
     order: CandidateOrder,
     sample: usize,
     max_examined: usize,
+    skip_interfering: bool,
     filters: Vec<Arc<dyn FilterPlugin>>,
     scores: Vec<(Arc<dyn ScorePlugin>, i64)>,
     reserves: Vec<Arc<dyn ReservePlugin>>,
@@ -198,6 +204,7 @@ impl Framework {
             order,
             sample: sample.max(1),
             max_examined: usize::MAX,
+            skip_interfering: false,
             filters: Vec::new(),
             scores: Vec::new(),
             reserves: Vec::new(),
@@ -217,6 +224,7 @@ impl Framework {
     /// Adds a plugin's extension points; `weight` multiplies its normalized score.
     pub fn with(mut self, set: PluginSet, weight: u32) -> Self {
         if let Some(f) = set.filter {
+            self.skip_interfering |= f.rejects_interfering();
             self.filters.push(f);
             self.scratch.rejected.push((0, Status::success()));
         }
@@ -306,7 +314,7 @@ impl Framework {
             let hinted = &s.hinted;
             let feasible = &mut s.feasible;
             let rejected = &mut s.rejected;
-            cluster.candidates(self.order, &req.res, |id| {
+            cluster.candidates(self.order, &req.res, self.skip_interfering, |id| {
                 if hinted.contains(&id) {
                     return ControlFlow::Continue(());
                 }

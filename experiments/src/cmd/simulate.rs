@@ -24,7 +24,7 @@ pub const QUICK_WARMUP: &str = "2h";
 pub const QUICK_DURATION: &str = "6h";
 pub const QUICK_MAX_RECORDS: u64 = 20_000;
 /// Nodes per default Poisson arrival per second (the default workload grows with the cluster).
-pub const NODES_PER_ARRIVAL_PER_S: u32 = 250;
+pub const NODES_PER_ARRIVAL_PER_S: u32 = 1000;
 
 /// The workload flags shared by `simulate` and `compare-policies`.
 #[derive(Debug, Clone, clap::Args)]
@@ -37,7 +37,7 @@ pub struct Workload {
     #[arg(long)]
     pub nodes: Option<u32>,
     /// Function streams, e.g. `azure:scale=2+poisson:rate=40,cores=2,mem=4G,duration=5m`, or
-    /// `none`. Default: the Azure sample plus a Poisson stream of 1 arrival/s per 250 nodes of
+    /// `none`. Default: the Azure sample plus a Poisson stream of 1 arrival/s per 1,000 nodes of
     /// 2-core, 4 GiB, 5-minute leases.
     #[arg(long)]
     pub functions: Option<String>,

@@ -21,6 +21,10 @@ impl FilterPlugin for Interference {
             Status::success()
         }
     }
+
+    fn rejects_interfering(&self) -> bool {
+        true
+    }
 }
 
 impl ScorePlugin for Interference {
