@@ -124,9 +124,9 @@ impl ExecutorConnection {
         let id = self.next_id;
         self.next_id += 1;
         self.frame.clear();
-        invoke::encode_invoke(&mut self.frame, id, timeout_ms, function, input);
+        invoke::encode_invoke_header(&mut self.frame, id, timeout_ms, function, input.len());
         let addr = self.addr;
-        write_all(&mut self.stream, &self.frame)
+        write_all(&mut self.stream, &self.frame, input)
             .map_err(|source| InvokeError::Io { addr, source })?;
         self.in_flight += 1;
         Ok(id)
@@ -140,28 +140,44 @@ impl ExecutorConnection {
         max_wait: Option<Duration>,
     ) -> Result<u64, InvokeError> {
         let deadline = max_wait.map(|w| Instant::now() + w);
-        let mut prefix = [0u8; invoke::LEN_BYTES];
-        self.read_full(&mut prefix, deadline)?;
-        output.clear();
-        output.resize(invoke::body_len(prefix), 0);
-        self.read_full(output, deadline)?;
-        self.in_flight = self.in_flight.saturating_sub(1);
         let addr = self.addr;
-        match invoke::decode(output).map_err(|source| InvokeError::Protocol { addr, source })? {
-            Frame::Result { id, .. } => {
-                output.drain(..invoke::HEADER_BYTES);
-                Ok(id)
-            }
-            Frame::Error { id, code, message } => Err(InvokeError::Remote {
+        // Prefix and header first, so a result's output lands in `output` without a copy.
+        let mut head = [0u8; invoke::LEN_BYTES + invoke::HEADER_BYTES];
+        self.read_full(&mut head, deadline)?;
+        let len = invoke::body_len(head[..invoke::LEN_BYTES].try_into().expect("4 bytes"));
+        let Some(rest) = len.checked_sub(invoke::HEADER_BYTES) else {
+            return Err(InvokeError::Protocol {
+                addr,
+                source: invoke::DecodeError::Short(len),
+            });
+        };
+        output.clear();
+        if head[invoke::LEN_BYTES] == invoke::RESULT_KIND {
+            output.resize(rest, 0);
+            self.read_full(output, deadline)?;
+            self.in_flight = self.in_flight.saturating_sub(1);
+            let id = u64::from_le_bytes(head[invoke::LEN_BYTES + 1..].try_into().expect("8 bytes"));
+            return Ok(id);
+        }
+        // Anything else is small: decode it whole.
+        output.extend_from_slice(&head[invoke::LEN_BYTES..]);
+        output.resize(len, 0);
+        self.read_full(&mut output[invoke::HEADER_BYTES..], deadline)?;
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let result = match invoke::decode(output) {
+            Ok(Frame::Error { id, code, message }) => Err(InvokeError::Remote {
                 id,
                 code,
                 message: message.to_owned(),
             }),
-            Frame::Invoke { .. } => Err(InvokeError::Protocol {
+            Ok(_) => Err(InvokeError::Protocol {
                 addr,
                 source: invoke::DecodeError::Kind(1),
             }),
-        }
+            Err(source) => Err(InvokeError::Protocol { addr, source }),
+        };
+        output.clear();
+        result
     }
 
     /// Invokes `function` on `input` and waits for its output.
@@ -251,11 +267,18 @@ impl ExecutorConnection {
     }
 }
 
-fn write_all(stream: &mut TcpStream, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        match stream.write(buf) {
+/// Writes `a` then `b` (one `writev` when the kernel takes both), spinning on a full socket.
+fn write_all(stream: &mut TcpStream, a: &[u8], b: &[u8]) -> io::Result<()> {
+    let (mut a, mut b) = (a, b);
+    while !a.is_empty() || !b.is_empty() {
+        match stream.write_vectored(&[io::IoSlice::new(a), io::IoSlice::new(b)]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
+            Ok(mut n) => {
+                let from_a = n.min(a.len());
+                a = &a[from_a..];
+                n -= from_a;
+                b = &b[n..];
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::hint::spin_loop(),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),

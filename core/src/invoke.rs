@@ -128,15 +128,33 @@ fn header(out: &mut Vec<u8>, body_len: usize, kind: u8, id: u64) {
 /// If the function name is longer than `u16::MAX` bytes or the frame longer than `u32::MAX`; the
 /// client library checks both before calling.
 pub fn encode_invoke(out: &mut Vec<u8>, id: u64, timeout_ms: u32, function: &str, input: &[u8]) {
+    encode_invoke_header(out, id, timeout_ms, function, input.len());
+    out.extend_from_slice(input);
+}
+
+/// Appends everything of an INVOKE frame but its `input_len` input bytes, which the caller sends
+/// right after (with `writev`, say, to avoid copying a large input).
+///
+/// # Panics
+/// As [`encode_invoke`].
+pub fn encode_invoke_header(
+    out: &mut Vec<u8>,
+    id: u64,
+    timeout_ms: u32,
+    function: &str,
+    input_len: usize,
+) {
     let name_len = u16::try_from(function.len()).expect("function name fits in u16");
-    let body = HEADER_BYTES + 4 + 2 + function.len() + input.len();
+    let body = HEADER_BYTES + 4 + 2 + function.len() + input_len;
     assert!(u32::try_from(body).is_ok(), "frame fits in u32");
     header(out, body, KIND_INVOKE, id);
     out.extend_from_slice(&timeout_ms.to_le_bytes());
     out.extend_from_slice(&name_len.to_le_bytes());
     out.extend_from_slice(function.as_bytes());
-    out.extend_from_slice(input);
 }
+
+/// The kind byte of a RESULT frame, for readers that split the header from the output.
+pub const RESULT_KIND: u8 = KIND_RESULT;
 
 /// Writes the header of a RESULT frame whose `output_len` output bytes follow, into `out[..13]`.
 /// The executor uses this to answer without copying the function's output buffer.

@@ -156,8 +156,11 @@ impl<'a> Worker<'a> {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Hot: spin through the window (and through the rest of a frame that has
+                    // begun to arrive). Warm: always sleep in the kernel.
                     let hot = match self.config.hot_window {
                         HotWindow::Always => true,
+                        HotWindow::For(w) if w.is_zero() => false,
                         HotWindow::For(w) => got > 0 || idle_since.elapsed() < w,
                     };
                     if hot {

@@ -22,6 +22,14 @@ enum Command {
     ComparePolicies(cmd::compare::Args),
     /// Placement decision latency at scale for every policy, beside a scan baseline.
     BenchPlacement(cmd::bench::Args),
+    /// Invocation round trip, hot and warm, beside raw TCP ping-pong and srun, in one run.
+    Latency(cmd::latency::Args),
+    /// (internal) A harvest-executor, for the latency benchmark.
+    #[command(hide = true)]
+    ServeExecutor(harvest_executor::cli::Args),
+    /// (internal) A raw TCP echo server, the latency benchmark's floor.
+    #[command(hide = true)]
+    RawEchoServer(cmd::latency::RawEchoArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,5 +43,8 @@ fn main() -> anyhow::Result<()> {
         Command::Simulate(a) => cmd::simulate::run_cmd(a),
         Command::ComparePolicies(a) => cmd::compare::run_cmd(a),
         Command::BenchPlacement(a) => cmd::bench::run_cmd(a),
+        Command::Latency(a) => cmd::latency::run_cmd(a),
+        Command::ServeExecutor(a) => harvest_executor::cli::run(a),
+        Command::RawEchoServer(a) => cmd::latency::raw_echo_server(a),
     }
 }

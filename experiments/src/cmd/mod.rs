@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod compare;
+pub mod latency;
 pub mod simulate;
 
 use std::io::IsTerminal;
