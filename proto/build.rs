@@ -2,7 +2,10 @@
 //! Needs `protoc` (Debian's `protobuf-compiler`, installed by `.ci/run`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/harvest/v1/node.proto"];
+    let protos = [
+        "proto/harvest/v1/node.proto",
+        "proto/harvest/v1/scheduler.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

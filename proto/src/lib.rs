@@ -1,9 +1,13 @@
-//! harvest's wire API: the code generated from `proto/harvest/v1/*.proto`.
+//! harvest's wire API: the code generated from `proto/harvest/v1/*.proto`, and its conversions
+//! to `harvest-core`'s domain types.
 //!
-//! The control plane only: agent <-> scheduler and client <-> scheduler. The invocation path
-//! (client <-> executor) is a separate framed TCP protocol and never goes through gRPC.
+//! The control plane only: agent <-> scheduler (`AgentGateway.Session`, one bidirectional stream
+//! per agent) and client <-> scheduler (`Scheduler`). The invocation path (client <-> executor) is
+//! a separate framed TCP protocol (`harvest_core::invoke`) and never goes through gRPC.
 
 #![allow(missing_debug_implementations)]
+
+pub mod convert;
 
 /// Version 1 of the API (`package harvest.v1`).
 pub mod v1 {
