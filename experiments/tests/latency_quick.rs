@@ -16,7 +16,10 @@ fn latency_quick_writes_a_complete_summary() {
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let sizes = v["sizes"].as_array().unwrap();
     assert_eq!(
-        sizes.iter().map(|s| s["size"].as_u64().unwrap()).collect::<Vec<_>>(),
+        sizes
+            .iter()
+            .map(|s| s["size"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
         vec![1, 1024, 65536]
     );
     for s in sizes {
