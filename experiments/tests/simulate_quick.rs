@@ -14,7 +14,8 @@ fn data_dir() -> PathBuf {
 }
 
 /// 400 jobs on a 32-node, 16-core machine: a mix of sizes that leaves idle cores on allocated
-/// nodes and idle nodes, submitted every 60 s, running 10-60 minutes.
+/// nodes and idle nodes, submitted every 60 s, running 10-60 minutes. The tests shorten the
+/// warm-up to 2 h so the window falls inside the 6.7 h of submissions.
 fn synthetic_swf() -> String {
     let mut s =
         String::from("; Computer: synthetic test machine\n; MaxNodes: 32\n; MaxProcs: 512\n;\n");
@@ -40,7 +41,7 @@ fn quick_simulation_keeps_its_invariants() {
     std::fs::write(&trace, synthetic_swf()).unwrap();
     let out = tmp.path().join("run");
     let status = Command::new(env!("CARGO_BIN_EXE_harvest-experiments"))
-        .args(["simulate", "--quick", "--policy", "best-fit", "--nodes", "64", "--max-wait", "5s"])
+        .args(["simulate", "--quick", "--warmup", "2h", "--policy", "best-fit", "--nodes", "64", "--max-wait", "5s"])
         .arg("--trace")
         .arg(&trace)
         .arg("--data")
@@ -125,7 +126,7 @@ fn replay_with_gpu_leases_keeps_its_invariants() {
     std::fs::write(&trace, synthetic_swf()).unwrap();
     let out = tmp.path().join("run");
     let status = Command::new(env!("CARGO_BIN_EXE_harvest-experiments"))
-        .args(["simulate", "--quick", "--batch", "replay", "--node-gpus", "4"])
+        .args(["simulate", "--quick", "--warmup", "2h", "--batch", "replay", "--node-gpus", "4"])
         .arg("--trace")
         .arg(&trace)
         .arg("--data")

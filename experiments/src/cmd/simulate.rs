@@ -20,7 +20,7 @@ use crate::swf::SwfReader;
 pub const DEFAULT_WARMUP: &str = "24h";
 pub const DEFAULT_DURATION: &str = "48h";
 /// Warm-up, window and trace records of `--quick`.
-pub const QUICK_WARMUP: &str = "2h";
+pub const QUICK_WARMUP: &str = "24h";
 pub const QUICK_DURATION: &str = "6h";
 pub const QUICK_MAX_RECORDS: u64 = 20_000;
 /// Nodes per default Poisson arrival per second (the default workload grows with the cluster).
@@ -38,13 +38,14 @@ pub struct Workload {
     pub nodes: Option<u32>,
     /// Function streams, e.g. `azure:scale=2+poisson:rate=40,cores=2,mem=4G,duration=5m`, or
     /// `none`. Default: the Azure sample plus a Poisson stream of 1 arrival/s per 1,000 nodes of
-    /// 2-core, 4 GiB, 5-minute leases.
+    /// 5-minute leases of 2 cores and 4 GiB (at most a quarter of a node).
     #[arg(long)]
     pub functions: Option<String>,
     /// Batch placement in time: FCFS with EASY backfill, or the trace's own start times.
     #[arg(long, value_enum, default_value = "easy")]
     pub batch: BatchMode,
-    /// Short run for tests and smoke checks: 2 h warm-up, 6 h window, first 20,000 records.
+    /// Short run for tests and smoke checks: 24 h warm-up (batch only, cheap), 6 h window, at
+    /// most 20,000 trace records.
     #[arg(long)]
     pub quick: bool,
     /// The shared data directory (traces/, reference/).
@@ -59,7 +60,7 @@ pub struct Workload {
     /// Measured window (e.g. 48h).
     #[arg(long)]
     pub duration: Option<String>,
-    /// Read at most this many trace records.
+    /// Simulate at most this many trace records (from --start on).
     #[arg(long)]
     pub max_records: Option<u64>,
     /// How long a function may wait for room before it is refused (0s: refuse at once).
@@ -129,7 +130,10 @@ impl Workload {
         let nodes = self.nodes.unwrap_or(machine.nodes);
         let functions_text = self.functions.clone().unwrap_or_else(|| {
             let rate = f64::from(nodes) / f64::from(NODES_PER_ARRIVAL_PER_S);
-            format!("azure+poisson:rate={rate},cores=2,mem=4G,duration=5m")
+            // 2 cores and 4 GiB, or what a small node has room for (a quarter of a node).
+            let cores = machine.cores.div_ceil(4).clamp(1, 2);
+            let mem = (machine.mem_mib / 4).clamp(1, 4096);
+            format!("azure+poisson:rate={rate},cores={cores},mem={mem}M,duration=5m")
         });
         let functions = FunctionSpec::parse(&functions_text).context("--functions")?;
         let max_wait_ms = parse_duration(&self.max_wait)

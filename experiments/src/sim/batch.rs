@@ -164,7 +164,8 @@ impl JobSource {
     /// The submit time of the next job, reading the trace as needed.
     pub fn peek_ms(&mut self) -> Result<Option<u64>, SwfError> {
         while self.buf.is_empty() {
-            if self.max_records.is_some_and(|m| self.stats.records >= m) {
+            let counted = self.stats.records - self.stats.skipped_before_start;
+            if self.max_records.is_some_and(|m| counted >= m) {
                 return Ok(None);
             }
             let Some(rec) = self.reader.next().transpose()? else {
