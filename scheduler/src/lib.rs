@@ -2,4 +2,135 @@
 //!
 //! The scheduler keeps soft state built from the node agents' reports, places leases through
 //! `harvest-policies`, and never sits on the invocation path (clients talk to executors directly).
-//! Its gRPC services land with the scheduler issue.
+//! After a restart the agents re-register with their running executors and the leases are
+//! adopted, so nothing a client holds is lost.
+//!
+//! - [`config`]: the TOML configuration and its named defaults.
+//! - [`identity`]: munge credentials (`unmunge`) behind the [`identity::Authenticator`] trait.
+//! - [`book`]: the pure lease and node logic (placement, states, expiry, heartbeats, adoption).
+//! - [`state`]: what the services share (the book, the agents' order channels, waiters).
+//! - [`gateway`]: `AgentGateway.Session`, one stream per agent.
+//! - [`service`]: the `Scheduler` service for clients.
+//! - [`error`]: request errors and their one conversion to `tonic::Status`.
+
+pub mod book;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod identity;
+pub mod service;
+pub mod state;
+
+#[cfg(test)]
+mod book_tests;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use harvest_proto::v1::{
+    agent_gateway_server::AgentGatewayServer, scheduler_server::SchedulerServer,
+};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::book::{LeaseBook, Limits, Now};
+use crate::config::Config;
+use crate::identity::{Authenticator, Unmunge};
+use crate::state::Shared;
+
+/// The scheduler could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The lease book a configuration describes.
+pub fn book_for(config: &Config) -> Result<LeaseBook, ServeError> {
+    let framework =
+        harvest_policies::builtin_framework(&config.policy).map_err(config::ConfigError::Policy)?;
+    let limits = Limits {
+        default_lifetime: Duration::from_millis(config.default_lifetime_ms),
+        max_lifetime: Duration::from_millis(config.max_lifetime_ms),
+        default_memory_per_core_mib: config.default_memory_per_core_mib,
+        heartbeat_miss_limit: config.heartbeat_miss_limit,
+        default_agent_heartbeat: Duration::from_millis(config.default_agent_heartbeat_ms),
+        ended_leases_kept: config.ended_leases_kept,
+    };
+    // Lease ids start with the scheduler's start time, so ids stay unique across restarts.
+    let prefix = format!("{:x}", Now::current().unix_ms);
+    Ok(LeaseBook::new(limits, framework, prefix))
+}
+
+/// Binds `config.listen` and serves with munge authentication until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    config.validate()?;
+    let addr = config.listen_addr()?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let auth = Arc::new(Unmunge {
+        program: config.unmunge.clone(),
+        socket: config.munge_socket.clone(),
+        timeout: config.auth_timeout(),
+    });
+    serve(config, auth, listener, shutdown).await
+}
+
+/// Serves both services on `listener` until `shutdown` completes.
+pub async fn serve(
+    config: Config,
+    auth: Arc<dyn Authenticator>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let book = book_for(&config)?;
+    tracing::info!(addr = ?listener.local_addr().ok(), policy = book.policy(), "harvest-scheduler serving");
+    let max = config.max_message_bytes;
+    let tick = config.tick();
+    let shared = Arc::new(Shared::new(config, auth, book));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let reaper = tokio::spawn(reap(shared.clone(), tick, stop_rx.clone()));
+    let scheduler = SchedulerServer::new(service::SchedulerService::new(shared.clone()))
+        .max_decoding_message_size(max);
+    let gateway = AgentGatewayServer::new(gateway::Gateway::new(shared.clone(), stop_rx))
+        .max_encoding_message_size(max);
+    let stop = async {
+        shutdown.await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+        shared.lock().detach_all();
+    };
+    let result = tonic::transport::Server::builder()
+        .add_service(scheduler)
+        .add_service(gateway)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+        .await;
+    let _ = reaper.await;
+    Ok(result?)
+}
+
+/// Expires leases and takes down silent nodes every `tick` until shutdown.
+async fn reap(shared: Arc<Shared>, tick: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                let mut inner = shared.lock();
+                let orders = inner.book.tick(Now::current());
+                inner.dispatch(orders);
+            }
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}

@@ -1,0 +1,656 @@
+//! The lease book: nodes as the agents report them, leases and their states, placement.
+//!
+//! Pure logic, no network and no clock of its own: every method that depends on time takes a
+//! [`Now`], so tests drive expiry and heartbeats by hand. The service layer turns the [`Order`]s
+//! it returns into messages on the agents' sessions.
+//!
+//! Idle arithmetic: placement sees a node's free resources as `total - batch - function` (the
+//! `harvest_policies` node state), where `function` is what the scheduler's own leases hold and
+//! `batch` is everything else the agent does not report idle (`total - idle - the agent's
+//! function`). So a lease that is placed but not yet in the agent's report still counts, once.
+//! A node that is down, or has not reported yet, has nothing free.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use harvest_core::NodeView;
+use harvest_policies::{Cluster, Decision, Framework, NodeId, Request, Resources};
+use harvest_proto::v1::{self, LeaseState};
+
+use crate::identity::Identity;
+
+/// The current time, both monotonic (deadlines) and wall-clock (what the wire shows).
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub instant: Instant,
+    pub unix_ms: i64,
+}
+
+impl Now {
+    /// `instant` is taken from tokio's clock so that paused-time tests move it.
+    pub fn current() -> Self {
+        Self {
+            instant: tokio::time::Instant::now().into_std(),
+            unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+        }
+    }
+
+    pub fn after(&self, d: Duration) -> Self {
+        Self {
+            instant: self.instant + d,
+            unix_ms: self.unix_ms + d.as_millis() as i64,
+        }
+    }
+}
+
+/// Limits the book enforces on requests.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub default_lifetime: Duration,
+    pub max_lifetime: Duration,
+    pub default_memory_per_core_mib: u64,
+    pub heartbeat_miss_limit: u32,
+    pub default_agent_heartbeat: Duration,
+    pub ended_leases_kept: usize,
+}
+
+/// A lease operation the book refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BookError {
+    #[error("invalid lease request: {0}")]
+    BadRequest(String),
+    #[error("no node can take {cores} cores, {memory_mib} MiB and {gpus} GPUs now: {reason}")]
+    Unschedulable {
+        cores: u32,
+        memory_mib: u64,
+        gpus: u32,
+        reason: String,
+    },
+    #[error("no lease {0}: `harvest leases` lists the leases")]
+    UnknownLease(String),
+    #[error("lease {lease} belongs to uid {owner}; uid {uid} may not release it")]
+    NotOwner { lease: String, owner: u32, uid: u32 },
+    #[error("node {0} has not registered")]
+    UnknownNode(String),
+    #[error("lease {lease} is {state} ({reason}), no longer starting")]
+    NotPending {
+        lease: String,
+        state: &'static str,
+        reason: String,
+    },
+    #[error("placement failed: {0}")]
+    Placement(String),
+}
+
+/// What an agent must do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Order {
+    pub node: String,
+    pub msg: v1::scheduler_message::Msg,
+}
+
+impl Order {
+    fn destroy(node: &str, lease: &str, reason: &str) -> Self {
+        Self {
+            node: node.to_owned(),
+            msg: v1::scheduler_message::Msg::Destroy(v1::DestroyExecutor {
+                lease_id: lease.to_owned(),
+                reason: reason.to_owned(),
+            }),
+        }
+    }
+}
+
+/// What a report did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportOutcome {
+    Applied,
+    /// Its version was not newer than the stored one: ignored.
+    Stale,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Up,
+    Down,
+}
+
+#[derive(Debug, Clone)]
+struct NodeEntry {
+    name: String,
+    view: NodeView,
+    version: Option<v1::ReportVersion>,
+    last_seen: Instant,
+    last_report_unix_ms: i64,
+    heartbeat: Duration,
+    health: Health,
+}
+
+#[derive(Debug, Clone)]
+struct LeaseRecord {
+    wire: v1::Lease,
+    key: u64,
+    gid: u32,
+    expires_at: Instant,
+}
+
+/// Nodes, leases and the placement pipeline.
+#[derive(Debug)]
+pub struct LeaseBook {
+    limits: Limits,
+    cluster: Cluster,
+    framework: Framework,
+    nodes: Vec<NodeEntry>,
+    by_name: HashMap<String, NodeId>,
+    leases: BTreeMap<String, LeaseRecord>,
+    ended: VecDeque<String>,
+    id_prefix: String,
+    next_key: u64,
+}
+
+fn is_live(state: i32) -> bool {
+    state == LeaseState::Pending as i32 || state == LeaseState::Active as i32
+}
+
+fn state_name(state: i32) -> &'static str {
+    LeaseState::try_from(state).map_or("unknown", |s| match s {
+        LeaseState::Unspecified => "unspecified",
+        LeaseState::Pending => "pending",
+        LeaseState::Active => "active",
+        LeaseState::Released => "released",
+        LeaseState::Expired => "expired",
+        LeaseState::Revoked => "revoked",
+        LeaseState::Failed => "failed",
+    })
+}
+
+fn counts(view: &NodeView) -> (Resources, Resources, Resources) {
+    let n = |len: usize| u32::try_from(len).unwrap_or(u32::MAX);
+    let total = Resources::new(
+        n(view.cpus.total.len()),
+        view.memory_mib.total,
+        n(view.gpus.total.len()),
+    );
+    let idle = Resources::new(
+        n(view.cpus.idle.len()),
+        view.memory_mib.idle,
+        n(view.gpus.idle.len()),
+    );
+    let function = Resources::new(
+        n(view.cpus.function.len()),
+        view.memory_mib.function,
+        n(view.gpus.function.len()),
+    );
+    (total, idle, function)
+}
+
+impl LeaseBook {
+    /// `id_prefix` keeps lease ids unique across scheduler restarts (the start time, say).
+    pub fn new(limits: Limits, framework: Framework, id_prefix: impl Into<String>) -> Self {
+        Self {
+            limits,
+            cluster: Cluster::new(),
+            framework,
+            nodes: Vec::new(),
+            by_name: HashMap::new(),
+            leases: BTreeMap::new(),
+            ended: VecDeque::new(),
+            id_prefix: id_prefix.into(),
+            next_key: 1,
+        }
+    }
+
+    pub fn policy(&self) -> &str {
+        self.framework.name()
+    }
+
+    /// An agent (re)registers. Its running executors become ACTIVE leases when the scheduler
+    /// does not know them (it restarted); executors of leases that have ended are ordered away.
+    pub fn register(
+        &mut self,
+        node: &str,
+        heartbeat: Duration,
+        executors: &[v1::ExecutorInfo],
+        passwd_name: impl Fn(u32) -> String,
+        now: Now,
+    ) -> Vec<Order> {
+        let heartbeat = if heartbeat.is_zero() {
+            self.limits.default_agent_heartbeat
+        } else {
+            heartbeat
+        };
+        let id = match self.by_name.get(node) {
+            Some(&id) => {
+                let e = &mut self.nodes[id as usize];
+                e.heartbeat = heartbeat;
+                e.last_seen = now.instant;
+                id
+            }
+            None => {
+                let id = self.cluster.add_node(0, Resources::ZERO);
+                self.nodes.push(NodeEntry {
+                    name: node.to_owned(),
+                    view: NodeView {
+                        name: node.to_owned(),
+                        ..NodeView::default()
+                    },
+                    version: None,
+                    last_seen: now.instant,
+                    last_report_unix_ms: 0,
+                    heartbeat,
+                    health: Health::Up,
+                });
+                self.by_name.insert(node.to_owned(), id);
+                id
+            }
+        };
+        let mut orders = Vec::new();
+        for info in executors {
+            match self.leases.get_mut(&info.lease_id) {
+                Some(rec) if is_live(rec.wire.state) && rec.wire.node == node => {
+                    rec.wire.state = LeaseState::Active as i32;
+                    rec.wire.cpus.clone_from(&info.cpus);
+                    rec.wire.executor_address.clone_from(&info.address);
+                }
+                Some(rec) => {
+                    let reason = format!("lease is {}", state_name(rec.wire.state));
+                    orders.push(Order::destroy(node, &info.lease_id, &reason));
+                }
+                None => self.adopt(id, node, info, &passwd_name, now),
+            }
+        }
+        orders
+    }
+
+    fn adopt(
+        &mut self,
+        id: NodeId,
+        node: &str,
+        info: &v1::ExecutorInfo,
+        passwd_name: &impl Fn(u32) -> String,
+        now: Now,
+    ) {
+        let res = Resources::new(
+            u32::try_from(info.cpus.len()).unwrap_or(u32::MAX),
+            info.memory_mib,
+            u32::try_from(info.gpus.len()).unwrap_or(u32::MAX),
+        );
+        let key = self.next_key;
+        self.next_key += 1;
+        // Until the node's first report the adopted leases are all the scheduler knows of it:
+        // grow its total so they fit, with nothing left free.
+        if self.nodes[id as usize].version.is_none() {
+            self.cluster
+                .update(id, |n| n.total = n.total.add(&res))
+                .expect("registered node exists");
+        }
+        let placed = self.cluster.reserve(harvest_policies::Lease {
+            id: key,
+            client: u64::from(info.uid),
+            node: id,
+            res,
+        });
+        if let Err(e) = placed {
+            tracing::warn!(lease = %info.lease_id, node, error = %e, "adopted lease does not fit the node's last report");
+        }
+        let left_ms = (info.expires_unix_ms - now.unix_ms).max(0) as u64;
+        tracing::info!(lease = %info.lease_id, node, uid = info.uid, "adopted a running executor");
+        self.leases.insert(
+            info.lease_id.clone(),
+            LeaseRecord {
+                wire: v1::Lease {
+                    id: info.lease_id.clone(),
+                    node: node.to_owned(),
+                    uid: info.uid,
+                    user: passwd_name(info.uid),
+                    cpus: info.cpus.clone(),
+                    memory_mib: info.memory_mib,
+                    gpus: info.gpus.clone(),
+                    state: LeaseState::Active as i32,
+                    executor_address: info.address.clone(),
+                    created_unix_ms: now.unix_ms,
+                    expires_unix_ms: info.expires_unix_ms,
+                    end_reason: String::new(),
+                },
+                key,
+                gid: info.uid,
+                expires_at: now.instant + Duration::from_millis(left_ms),
+            },
+        );
+    }
+
+    /// A slot report: replaces the node's view when its version is newer than the stored one.
+    /// Any newer report is a heartbeat and brings a down node back up.
+    pub fn report(
+        &mut self,
+        node: &str,
+        version: v1::ReportVersion,
+        view: &NodeView,
+        now: Now,
+    ) -> Result<ReportOutcome, BookError> {
+        let id = *self
+            .by_name
+            .get(node)
+            .ok_or_else(|| BookError::UnknownNode(node.to_owned()))?;
+        let entry = &mut self.nodes[id as usize];
+        if let Some(stored) = &entry.version
+            && !version.is_newer_than(stored)
+        {
+            tracing::debug!(node, ?version, ?stored, "stale slot report ignored");
+            return Ok(ReportOutcome::Stale);
+        }
+        if entry.health == Health::Down {
+            tracing::info!(node, "node reports again: up");
+        }
+        entry.version = Some(version);
+        entry.view = view.clone();
+        entry.view.name = node.to_owned();
+        entry.last_seen = now.instant;
+        entry.last_report_unix_ms = now.unix_ms;
+        entry.health = Health::Up;
+        let (total, idle, function) = counts(view);
+        let batch = total.saturating_sub(&idle).saturating_sub(&function);
+        self.cluster
+            .update(id, |n| {
+                n.total = total;
+                n.batch = batch;
+            })
+            .expect("registered node exists");
+        Ok(ReportOutcome::Applied)
+    }
+
+    /// Places a lease for `who` and returns the order that starts its executor. The lease is
+    /// PENDING until [`executor_ready`](Self::executor_ready) or [`end`](Self::end).
+    pub fn place(
+        &mut self,
+        req: &v1::AcquireLeaseRequest,
+        who: &Identity,
+        now: Now,
+    ) -> Result<(v1::Lease, Order), BookError> {
+        if req.cores == 0 {
+            return Err(BookError::BadRequest(
+                "cores must be at least 1 (the executor needs a core)".into(),
+            ));
+        }
+        let lifetime = match req.lifetime_ms {
+            0 => self.limits.default_lifetime,
+            ms => Duration::from_millis(ms),
+        };
+        if lifetime > self.limits.max_lifetime {
+            return Err(BookError::BadRequest(format!(
+                "lifetime {lifetime:?} is longer than the scheduler's maximum {:?}",
+                self.limits.max_lifetime
+            )));
+        }
+        let library = req
+            .library
+            .as_ref()
+            .and_then(|l| l.source.as_ref())
+            .ok_or_else(|| {
+                BookError::BadRequest("no function library: send its content or a path".into())
+            })?;
+        let memory_mib = match req.memory_mib {
+            0 => u64::from(req.cores) * self.limits.default_memory_per_core_mib,
+            m => m,
+        };
+        let res = Resources::new(req.cores, memory_mib, req.gpus);
+        let key = self.next_key;
+        self.next_key += 1;
+        let decision = self
+            .framework
+            .place(
+                &mut self.cluster,
+                &Request {
+                    lease: key,
+                    client: u64::from(who.uid),
+                    res,
+                    data_nodes: &[],
+                },
+            )
+            .map_err(|e| BookError::Placement(e.to_string()))?;
+        let node = match decision {
+            Decision::Placed(node) => node,
+            Decision::Unschedulable {
+                examined,
+                rejections,
+            } => {
+                let up = self.nodes.iter().filter(|n| n.health == Health::Up).count();
+                let reason = if rejections.is_empty() {
+                    format!(
+                        "{} node(s) known, {up} up; none has {} idle core(s) and {} MiB idle \
+                         memory ({examined} examined)",
+                        self.nodes.len(),
+                        res.cores,
+                        res.mem_mib
+                    )
+                } else {
+                    rejections
+                        .iter()
+                        .map(|r| format!("{} rejected {} node(s): {}", r.plugin, r.nodes, r.reason))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                };
+                return Err(BookError::Unschedulable {
+                    cores: res.cores,
+                    memory_mib: res.mem_mib,
+                    gpus: res.gpus,
+                    reason,
+                });
+            }
+        };
+        let node_name = self.nodes[node as usize].name.clone();
+        let id = format!("{}-{key}", self.id_prefix);
+        let expires_unix_ms = now.unix_ms + lifetime.as_millis() as i64;
+        let wire = v1::Lease {
+            id: id.clone(),
+            node: node_name.clone(),
+            uid: who.uid,
+            user: who.name.clone(),
+            cpus: Vec::new(),
+            memory_mib,
+            gpus: Vec::new(),
+            state: LeaseState::Pending as i32,
+            executor_address: String::new(),
+            created_unix_ms: now.unix_ms,
+            expires_unix_ms,
+            end_reason: String::new(),
+        };
+        self.leases.insert(
+            id.clone(),
+            LeaseRecord {
+                wire: wire.clone(),
+                key,
+                gid: who.gid,
+                expires_at: now.instant + lifetime,
+            },
+        );
+        tracing::info!(lease = %id, node = %node_name, uid = who.uid, ?res, "lease placed");
+        let create = v1::CreateExecutor {
+            lease_id: id,
+            uid: who.uid,
+            gid: who.gid,
+            cores: res.cores,
+            memory_mib,
+            gpus: res.gpus,
+            library: Some(v1::FunctionLibrary {
+                source: Some(library.clone()),
+            }),
+            options: req.executor,
+            expires_unix_ms,
+        };
+        let order = Order {
+            node: node_name,
+            msg: v1::scheduler_message::Msg::Create(create),
+        };
+        Ok((wire, order))
+    }
+
+    /// The agent reports the lease's executor listening: the lease becomes ACTIVE.
+    pub fn executor_ready(
+        &mut self,
+        lease: &str,
+        info: &v1::ExecutorInfo,
+    ) -> Result<v1::Lease, BookError> {
+        let rec = self
+            .leases
+            .get_mut(lease)
+            .ok_or_else(|| BookError::UnknownLease(lease.to_owned()))?;
+        if rec.wire.state != LeaseState::Pending as i32 {
+            return Err(BookError::NotPending {
+                lease: lease.to_owned(),
+                state: state_name(rec.wire.state),
+                reason: rec.wire.end_reason.clone(),
+            });
+        }
+        rec.wire.state = LeaseState::Active as i32;
+        rec.wire.cpus.clone_from(&info.cpus);
+        rec.wire.gpus.clone_from(&info.gpus);
+        rec.wire.executor_address.clone_from(&info.address);
+        Ok(rec.wire.clone())
+    }
+
+    /// Ends a live lease in `state` with `reason` and frees its reservation. Returns the lease
+    /// as it ended, or `None` when it was not live (ending is idempotent).
+    pub fn end(&mut self, lease: &str, state: LeaseState, reason: &str) -> Option<v1::Lease> {
+        let rec = self.leases.get_mut(lease)?;
+        if !is_live(rec.wire.state) {
+            return None;
+        }
+        rec.wire.state = state as i32;
+        rec.wire.end_reason = reason.to_owned();
+        let ended = rec.wire.clone();
+        let key = rec.key;
+        self.framework.release(&mut self.cluster, key);
+        tracing::info!(
+            lease,
+            state = state_name(state as i32),
+            reason,
+            "lease ended"
+        );
+        self.ended.push_back(lease.to_owned());
+        while self.ended.len() > self.limits.ended_leases_kept {
+            if let Some(old) = self.ended.pop_front() {
+                self.leases.remove(&old);
+            }
+        }
+        Some(ended)
+    }
+
+    /// `who` releases a lease: only its user or root may. Returns the order that stops its
+    /// executor (none when the lease had already ended).
+    pub fn release(&mut self, lease: &str, who: &Identity) -> Result<Option<Order>, BookError> {
+        let rec = self
+            .leases
+            .get(lease)
+            .ok_or_else(|| BookError::UnknownLease(lease.to_owned()))?;
+        if rec.wire.uid != who.uid && !who.is_root() {
+            return Err(BookError::NotOwner {
+                lease: lease.to_owned(),
+                owner: rec.wire.uid,
+                uid: who.uid,
+            });
+        }
+        let node = rec.wire.node.clone();
+        let reason = format!("released by uid {}", who.uid);
+        Ok(self
+            .end(lease, LeaseState::Released, &reason)
+            .map(|_| Order::destroy(&node, lease, &reason)))
+    }
+
+    /// Expires leases past their lifetime and takes down nodes that missed their heartbeats
+    /// (revoking their leases). Returns the orders for the agents.
+    pub fn tick(&mut self, now: Now) -> Vec<Order> {
+        let mut orders = Vec::new();
+        let expired: Vec<(String, String)> = self
+            .leases
+            .values()
+            .filter(|r| is_live(r.wire.state) && r.expires_at <= now.instant)
+            .map(|r| (r.wire.id.clone(), r.wire.node.clone()))
+            .collect();
+        for (lease, node) in expired {
+            self.end(&lease, LeaseState::Expired, "lifetime over");
+            orders.push(Order::destroy(&node, &lease, "lease expired"));
+        }
+        let miss = self.limits.heartbeat_miss_limit;
+        let late: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| {
+                n.health == Health::Up && now.instant >= n.last_seen + n.heartbeat * miss
+            })
+            .map(|(id, _)| id as NodeId)
+            .collect();
+        for id in late {
+            orders.extend(self.take_down(id));
+        }
+        orders
+    }
+
+    fn take_down(&mut self, id: NodeId) -> Vec<Order> {
+        let name = self.nodes[id as usize].name.clone();
+        tracing::warn!(node = %name, "node missed its heartbeats: down, its leases revoked");
+        self.nodes[id as usize].health = Health::Down;
+        self.cluster
+            .update(id, |n| n.batch = n.total)
+            .expect("registered node exists");
+        let on_node: Vec<String> = self
+            .leases
+            .values()
+            .filter(|r| r.wire.node == name && is_live(r.wire.state))
+            .map(|r| r.wire.id.clone())
+            .collect();
+        on_node
+            .into_iter()
+            .filter_map(|lease| {
+                self.end(&lease, LeaseState::Revoked, "node down")
+                    .map(|_| Order::destroy(&name, &lease, "node down"))
+            })
+            .collect()
+    }
+
+    pub fn lease(&self, id: &str) -> Option<&v1::Lease> {
+        self.leases.get(id).map(|r| &r.wire)
+    }
+
+    /// The gid the lease's executor runs as.
+    pub fn lease_gid(&self, id: &str) -> Option<u32> {
+        self.leases.get(id).map(|r| r.gid)
+    }
+
+    /// Every lease the book still holds (live ones and the most recent ended ones), by id.
+    pub fn leases(&self) -> Vec<v1::Lease> {
+        self.leases.values().map(|r| r.wire.clone()).collect()
+    }
+
+    pub fn health(&self, node: &str) -> Option<Health> {
+        self.by_name
+            .get(node)
+            .map(|&id| self.nodes[id as usize].health)
+    }
+
+    /// Free resources placement sees on a node.
+    pub fn free(&self, node: &str) -> Option<Resources> {
+        let id = *self.by_name.get(node)?;
+        self.cluster.node(id).ok().map(|n| n.free())
+    }
+
+    /// Every node, in registration order.
+    pub fn nodes(&self) -> Vec<v1::NodeStatus> {
+        self.nodes
+            .iter()
+            .map(|n| v1::NodeStatus {
+                view: Some(v1::NodeView::from(&n.view)),
+                state: match n.health {
+                    Health::Up => "up",
+                    Health::Down => "down",
+                }
+                .to_owned(),
+                version: n.version,
+                last_report_unix_ms: n.last_report_unix_ms,
+            })
+            .collect()
+    }
+}

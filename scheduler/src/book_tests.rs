@@ -1,0 +1,392 @@
+//! Unit tests of the lease book: no network, time driven by hand.
+
+use std::time::Duration;
+
+use harvest_core::{CpuSet, NodeView};
+use harvest_policies::Resources;
+use harvest_proto::v1::{self, LeaseState, scheduler_message::Msg};
+
+use crate::book::{BookError, Health, LeaseBook, Limits, Now, ReportOutcome};
+use crate::identity::Identity;
+
+fn limits() -> Limits {
+    Limits {
+        default_lifetime: Duration::from_secs(60),
+        max_lifetime: Duration::from_secs(3600),
+        default_memory_per_core_mib: 256,
+        heartbeat_miss_limit: 5,
+        default_agent_heartbeat: Duration::from_secs(1),
+        ended_leases_kept: 3,
+    }
+}
+
+fn book(policy: &str) -> LeaseBook {
+    LeaseBook::new(
+        limits(),
+        harvest_policies::builtin_framework(policy).unwrap(),
+        "t",
+    )
+}
+
+fn user(uid: u32) -> Identity {
+    Identity {
+        uid,
+        gid: uid,
+        name: format!("u{uid}"),
+    }
+}
+
+/// A node of `total` CPUs with the first `batch` held by a batch job; memory likewise.
+fn view(name: &str, total: u32, batch: u32, mem_total: u64, mem_batch: u64) -> NodeView {
+    let mut v = NodeView {
+        name: name.into(),
+        ..NodeView::default()
+    };
+    v.cpus.total = CpuSet::first_n(total);
+    v.cpus.batch = (0..batch).collect();
+    v.cpus.idle = (batch..total).collect();
+    v.memory_mib.total = mem_total;
+    v.memory_mib.batch = mem_batch;
+    v.memory_mib.idle = mem_total - mem_batch;
+    v
+}
+
+fn ver(incarnation: u64, sequence: u64) -> v1::ReportVersion {
+    v1::ReportVersion {
+        incarnation,
+        sequence,
+    }
+}
+
+fn request(cores: u32, memory_mib: u64) -> v1::AcquireLeaseRequest {
+    v1::AcquireLeaseRequest {
+        cores,
+        memory_mib,
+        library: Some(v1::FunctionLibrary {
+            source: Some(v1::function_library::Source::Path("/lib.so".into())),
+        }),
+        ..Default::default()
+    }
+}
+
+fn ready(cpus: &[u32]) -> v1::ExecutorInfo {
+    v1::ExecutorInfo {
+        cpus: cpus.to_vec(),
+        address: "127.0.0.1:9".into(),
+        ..Default::default()
+    }
+}
+
+fn up(book: &mut LeaseBook, name: &str, v: &NodeView, now: Now) {
+    book.register(name, Duration::from_secs(1), &[], |_| String::new(), now);
+    assert_eq!(
+        book.report(name, ver(1, 1), v, now),
+        Ok(ReportOutcome::Applied)
+    );
+}
+
+#[test]
+fn a_lease_goes_to_a_node_with_idle_cores_and_is_ordered_there() {
+    let now = Now::current();
+    let mut b = book("first-fit");
+    up(&mut b, "n1", &view("n1", 4, 4, 1000, 1000), now);
+    up(&mut b, "n2", &view("n2", 4, 1, 1000, 100), now);
+    let (lease, order) = b.place(&request(2, 0), &user(1000), now).unwrap();
+    assert_eq!(lease.node, "n2");
+    assert_eq!(lease.state, LeaseState::Pending as i32);
+    assert_eq!(lease.memory_mib, 512, "default memory per core");
+    let Msg::Create(create) = order.msg else {
+        panic!("expected CreateExecutor")
+    };
+    assert_eq!(
+        (order.node.as_str(), create.uid, create.cores),
+        ("n2", 1000, 2)
+    );
+    assert_eq!(create.lease_id, lease.id);
+    // The pending lease already counts: one of n2's three idle cores is left.
+    assert_eq!(b.free("n2").unwrap().cores, 1);
+    let active = b.executor_ready(&lease.id, &ready(&[2, 3])).unwrap();
+    assert_eq!(active.state, LeaseState::Active as i32);
+    assert_eq!(active.cpus, [2, 3]);
+}
+
+#[test]
+fn the_agents_own_report_of_a_lease_is_not_counted_twice() {
+    let now = Now::current();
+    let mut b = book("best-fit");
+    up(&mut b, "n1", &view("n1", 4, 1, 1000, 0), now);
+    let (lease, _) = b.place(&request(2, 100), &user(1), now).unwrap();
+    b.executor_ready(&lease.id, &ready(&[1, 2])).unwrap();
+    let mut v = view("n1", 4, 1, 1000, 0);
+    v.cpus.function = [1, 2].into_iter().collect();
+    v.cpus.idle = [3].into_iter().collect();
+    v.memory_mib.function = 100;
+    v.memory_mib.idle = 900;
+    b.report("n1", ver(1, 2), &v, now).unwrap();
+    assert_eq!(b.free("n1").unwrap(), Resources::new(1, 900, 0));
+}
+
+#[test]
+fn nothing_fits_gives_the_policys_reason_and_reserves_nothing() {
+    let now = Now::current();
+    let mut b = book("best-fit");
+    up(&mut b, "n1", &view("n1", 2, 1, 1000, 900), now);
+    let e = b.place(&request(1, 500), &user(1), now).unwrap_err();
+    let BookError::Unschedulable { reason, .. } = &e else {
+        panic!("{e}")
+    };
+    assert!(reason.contains("500 MiB idle memory"), "{reason}");
+    let e = b.place(&request(2, 10), &user(1), now).unwrap_err();
+    assert!(e.to_string().contains("2 idle core(s)"), "{e}");
+    assert_eq!(b.free("n1").unwrap(), Resources::new(1, 100, 0));
+    assert!(b.leases().is_empty());
+}
+
+#[test]
+fn bad_requests_say_what_is_wrong() {
+    let now = Now::current();
+    let mut b = book("best-fit");
+    let e = b.place(&request(0, 10), &user(1), now).unwrap_err();
+    assert!(
+        matches!(e, BookError::BadRequest(ref m) if m.contains("cores")),
+        "{e}"
+    );
+    let mut r = request(1, 10);
+    r.library = None;
+    let e = b.place(&r, &user(1), now).unwrap_err();
+    assert!(e.to_string().contains("library"), "{e}");
+    let mut r = request(1, 10);
+    r.lifetime_ms = 7200 * 1000;
+    let e = b.place(&r, &user(1), now).unwrap_err();
+    assert!(e.to_string().contains("lifetime"), "{e}");
+}
+
+#[test]
+fn a_node_that_has_not_reported_gets_nothing() {
+    let now = Now::current();
+    let mut b = book("first-fit");
+    b.register("n1", Duration::from_secs(1), &[], |_| String::new(), now);
+    assert!(matches!(
+        b.place(&request(1, 1), &user(1), now),
+        Err(BookError::Unschedulable { .. })
+    ));
+}
+
+#[test]
+fn stale_reports_are_ignored() {
+    let now = Now::current();
+    let mut b = book("first-fit");
+    up(&mut b, "n1", &view("n1", 4, 0, 1000, 0), now);
+    assert_eq!(
+        b.report("n1", ver(1, 5), &view("n1", 4, 2, 1000, 0), now),
+        Ok(ReportOutcome::Applied)
+    );
+    assert_eq!(
+        b.report("n1", ver(1, 4), &view("n1", 4, 0, 1000, 0), now),
+        Ok(ReportOutcome::Stale)
+    );
+    assert_eq!(
+        b.report("n1", ver(1, 5), &view("n1", 4, 0, 1000, 0), now),
+        Ok(ReportOutcome::Stale)
+    );
+    assert_eq!(b.free("n1").unwrap().cores, 2, "the newer report stands");
+    assert_eq!(
+        b.report("n1", ver(2, 0), &view("n1", 4, 0, 1000, 0), now),
+        Ok(ReportOutcome::Applied),
+        "a new incarnation is newer whatever its sequence"
+    );
+    assert_eq!(b.free("n1").unwrap().cores, 4);
+    assert!(matches!(
+        b.report("n9", ver(9, 9), &view("n9", 1, 0, 1, 0), now),
+        Err(BookError::UnknownNode(_))
+    ));
+}
+
+#[test]
+fn only_the_owner_or_root_releases() {
+    let now = Now::current();
+    let mut b = book("first-fit");
+    up(&mut b, "n1", &view("n1", 4, 0, 1000, 0), now);
+    let (a, _) = b.place(&request(1, 10), &user(1000), now).unwrap();
+    let (c, _) = b.place(&request(1, 10), &user(1000), now).unwrap();
+    assert!(matches!(
+        b.release(&a.id, &user(1001)),
+        Err(BookError::NotOwner {
+            owner: 1000,
+            uid: 1001,
+            ..
+        })
+    ));
+    let order = b.release(&a.id, &user(1000)).unwrap().unwrap();
+    assert!(matches!(order.msg, Msg::Destroy(ref d) if d.lease_id == a.id));
+    assert_eq!(b.lease(&a.id).unwrap().state, LeaseState::Released as i32);
+    assert_eq!(b.release(&a.id, &user(1000)), Ok(None), "idempotent");
+    assert!(b.release(&c.id, &user(0)).unwrap().is_some(), "root may");
+    assert_eq!(b.free("n1").unwrap().cores, 4, "both reservations freed");
+    assert!(matches!(
+        b.release("nope", &user(0)),
+        Err(BookError::UnknownLease(_))
+    ));
+}
+
+#[test]
+fn leases_expire_after_their_lifetime() {
+    let now = Now::current();
+    let mut b = book("first-fit");
+    up(&mut b, "n1", &view("n1", 4, 0, 1000, 0), now);
+    let mut r = request(2, 10);
+    r.lifetime_ms = 2000;
+    let (lease, _) = b.place(&r, &user(1), now).unwrap();
+    b.executor_ready(&lease.id, &ready(&[0, 1])).unwrap();
+    // Keep the node alive with reports so only expiry acts.
+    b.report(
+        "n1",
+        ver(1, 2),
+        &view("n1", 4, 0, 1000, 0),
+        now.after(Duration::from_millis(1500)),
+    )
+    .unwrap();
+    assert!(b.tick(now.after(Duration::from_millis(1999))).is_empty());
+    let orders = b.tick(now.after(Duration::from_millis(2000)));
+    assert_eq!(orders.len(), 1);
+    assert!(matches!(&orders[0].msg, Msg::Destroy(d) if d.lease_id == lease.id));
+    assert_eq!(
+        b.lease(&lease.id).unwrap().state,
+        LeaseState::Expired as i32
+    );
+    assert_eq!(b.free("n1").unwrap().cores, 4);
+}
+
+#[test]
+fn a_silent_node_goes_down_its_leases_revoked_and_comes_back_with_a_report() {
+    let now = Now::current();
+    let mut b = book("first-fit");
+    up(&mut b, "n1", &view("n1", 4, 0, 1000, 0), now);
+    let (lease, _) = b.place(&request(1, 10), &user(1), now).unwrap();
+    b.executor_ready(&lease.id, &ready(&[0])).unwrap();
+    // Heartbeat 1 s, miss limit 5: down at 5 s without a report.
+    assert!(b.tick(now.after(Duration::from_millis(4999))).is_empty());
+    let orders = b.tick(now.after(Duration::from_secs(5)));
+    assert_eq!(b.health("n1"), Some(Health::Down));
+    let l = b.lease(&lease.id).unwrap();
+    assert_eq!(
+        (l.state, l.end_reason.as_str()),
+        (LeaseState::Revoked as i32, "node down")
+    );
+    assert!(matches!(&orders[0].msg, Msg::Destroy(d) if d.reason == "node down"));
+    assert_eq!(b.free("n1").unwrap(), Resources::ZERO);
+    assert!(b.place(&request(1, 10), &user(1), now).is_err());
+    let later = now.after(Duration::from_secs(6));
+    b.report("n1", ver(1, 2), &view("n1", 4, 0, 1000, 0), later)
+        .unwrap();
+    assert_eq!(b.health("n1"), Some(Health::Up));
+    assert_eq!(b.free("n1").unwrap().cores, 4);
+}
+
+#[test]
+fn running_executors_are_adopted_after_a_restart() {
+    let now = Now::current();
+    let mut b = book("first-fit");
+    let running = v1::ExecutorInfo {
+        lease_id: "old-7".into(),
+        uid: 1000,
+        cpus: vec![2, 3],
+        memory_mib: 300,
+        gpus: vec![],
+        address: "127.0.0.1:4000".into(),
+        expires_unix_ms: now.unix_ms + 10_000,
+    };
+    let orders = b.register(
+        "n1",
+        Duration::from_secs(1),
+        std::slice::from_ref(&running),
+        |uid| format!("name{uid}"),
+        now,
+    );
+    assert!(orders.is_empty());
+    let l = b.lease("old-7").unwrap().clone();
+    assert_eq!(l.state, LeaseState::Active as i32);
+    assert_eq!(
+        (l.uid, l.user.as_str(), l.cpus.as_slice()),
+        (1000, "name1000", &[2, 3][..])
+    );
+    assert_eq!(
+        b.free("n1").unwrap(),
+        Resources::ZERO,
+        "nothing free before a report"
+    );
+    // The agent's report includes the executor in `function`: two cores idle, counted once.
+    let mut v = view("n1", 4, 0, 1000, 0);
+    v.cpus.function = [2, 3].into_iter().collect();
+    v.cpus.idle = [0, 1].into_iter().collect();
+    v.memory_mib.function = 300;
+    v.memory_mib.idle = 700;
+    b.report("n1", ver(1, 1), &v, now).unwrap();
+    assert_eq!(b.free("n1").unwrap(), Resources::new(2, 700, 0));
+    // The adopted lease keeps its expiry and its owner's rights.
+    assert!(matches!(
+        b.release("old-7", &user(1001)),
+        Err(BookError::NotOwner { .. })
+    ));
+    b.report("n1", ver(1, 2), &v, now.after(Duration::from_secs(9)))
+        .unwrap();
+    b.tick(now.after(Duration::from_secs(10)));
+    assert_eq!(b.lease("old-7").unwrap().state, LeaseState::Expired as i32);
+}
+
+#[test]
+fn a_reregistering_agent_is_told_to_stop_executors_of_ended_leases() {
+    let now = Now::current();
+    let mut b = book("first-fit");
+    up(&mut b, "n1", &view("n1", 4, 0, 1000, 0), now);
+    let (lease, _) = b.place(&request(1, 10), &user(1), now).unwrap();
+    b.executor_ready(&lease.id, &ready(&[0])).unwrap();
+    b.release(&lease.id, &user(1)).unwrap();
+    let info = v1::ExecutorInfo {
+        lease_id: lease.id.clone(),
+        uid: 1,
+        cpus: vec![0],
+        ..Default::default()
+    };
+    let orders = b.register(
+        "n1",
+        Duration::from_secs(1),
+        &[info],
+        |_| String::new(),
+        now,
+    );
+    assert!(
+        matches!(&orders[..], [o] if matches!(&o.msg, Msg::Destroy(d) if d.lease_id == lease.id))
+    );
+}
+
+#[test]
+fn a_late_ready_for_a_failed_lease_is_refused() {
+    let now = Now::current();
+    let mut b = book("first-fit");
+    up(&mut b, "n1", &view("n1", 4, 0, 1000, 0), now);
+    let (lease, _) = b.place(&request(1, 10), &user(1), now).unwrap();
+    assert!(b.end(&lease.id, LeaseState::Failed, "timed out").is_some());
+    assert!(b.end(&lease.id, LeaseState::Failed, "again").is_none());
+    assert!(matches!(
+        b.executor_ready(&lease.id, &ready(&[0])),
+        Err(BookError::NotPending { .. })
+    ));
+    assert_eq!(b.free("n1").unwrap().cores, 4);
+}
+
+#[test]
+fn only_the_most_recent_ended_leases_are_kept() {
+    let now = Now::current();
+    let mut b = book("first-fit");
+    up(&mut b, "n1", &view("n1", 8, 0, 1000, 0), now);
+    let ids: Vec<String> = (0..5)
+        .map(|_| b.place(&request(1, 1), &user(1), now).unwrap().0.id)
+        .collect();
+    for id in &ids {
+        b.release(id, &user(1)).unwrap();
+    }
+    let kept: Vec<String> = b.leases().into_iter().map(|l| l.id).collect();
+    assert_eq!(kept.len(), 3);
+    assert!(!kept.contains(&ids[0]) && kept.contains(&ids[4]));
+}

@@ -1,0 +1,211 @@
+//! The scheduler's configuration: TOML on disk, every key with a named default, validated once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where the scheduler listens for clients and agents (one address, both services).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:6820";
+/// Lifetime of a lease that asks for none.
+pub const DEFAULT_LIFETIME_MS: u64 = 10 * 60 * 1000;
+/// The longest lifetime a lease may ask for.
+pub const DEFAULT_MAX_LIFETIME_MS: u64 = 24 * 60 * 60 * 1000;
+/// Memory per core of a lease that asks for no memory (like Slurm's DefMemPerCPU).
+pub const DEFAULT_MEMORY_PER_CORE_MIB: u64 = 256;
+/// A node is down after this many heartbeat intervals without a report.
+pub const DEFAULT_HEARTBEAT_MISS_LIMIT: u32 = 5;
+/// The heartbeat interval assumed for an agent that registers without one.
+pub const DEFAULT_AGENT_HEARTBEAT_MS: u64 = 1000;
+/// How long AcquireLease waits for the agent to report the executor ready.
+pub const DEFAULT_EXECUTOR_START_TIMEOUT_MS: u64 = 10_000;
+/// How often expiry and heartbeats are checked.
+pub const DEFAULT_TICK_MS: u64 = 200;
+/// The placement policy (one of `harvest_policies::BUILTIN_POLICIES`).
+pub const DEFAULT_POLICY: &str = "best-fit";
+/// The `unmunge` program that decodes credentials.
+pub const DEFAULT_UNMUNGE: &str = "unmunge";
+/// How long decoding one credential may take.
+pub const DEFAULT_AUTH_TIMEOUT_MS: u64 = 5000;
+/// Largest request accepted (a shipped function library travels inside AcquireLease).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// How many ended leases `ListLeases` still shows.
+pub const DEFAULT_ENDED_LEASES_KEPT: usize = 1000;
+/// The password database used to name the uid of an adopted lease.
+pub const DEFAULT_PASSWD: &str = "/etc/passwd";
+
+/// A configuration that cannot be used; each variant names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("listen = {0:?} is not an address such as 127.0.0.1:6820")]
+    Listen(String),
+    #[error("{key} = {value} must be greater than 0")]
+    Zero { key: &'static str, value: u64 },
+    #[error("default_lifetime_ms = {default} is longer than max_lifetime_ms = {max}")]
+    Lifetime { default: u64, max: u64 },
+    #[error("policy: {0}")]
+    Policy(#[from] harvest_policies::ConfigError),
+}
+
+/// The scheduler's configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: String,
+    pub policy: String,
+    pub default_lifetime_ms: u64,
+    pub max_lifetime_ms: u64,
+    pub default_memory_per_core_mib: u64,
+    pub heartbeat_miss_limit: u32,
+    pub default_agent_heartbeat_ms: u64,
+    pub executor_start_timeout_ms: u64,
+    pub tick_ms: u64,
+    pub unmunge: PathBuf,
+    /// munged's socket (`unmunge --socket`); `None` uses munge's default.
+    pub munge_socket: Option<PathBuf>,
+    pub auth_timeout_ms: u64,
+    pub max_message_bytes: usize,
+    pub ended_leases_kept: usize,
+    pub passwd: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.to_owned(),
+            policy: DEFAULT_POLICY.to_owned(),
+            default_lifetime_ms: DEFAULT_LIFETIME_MS,
+            max_lifetime_ms: DEFAULT_MAX_LIFETIME_MS,
+            default_memory_per_core_mib: DEFAULT_MEMORY_PER_CORE_MIB,
+            heartbeat_miss_limit: DEFAULT_HEARTBEAT_MISS_LIMIT,
+            default_agent_heartbeat_ms: DEFAULT_AGENT_HEARTBEAT_MS,
+            executor_start_timeout_ms: DEFAULT_EXECUTOR_START_TIMEOUT_MS,
+            tick_ms: DEFAULT_TICK_MS,
+            unmunge: PathBuf::from(DEFAULT_UNMUNGE),
+            munge_socket: None,
+            auth_timeout_ms: DEFAULT_AUTH_TIMEOUT_MS,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            ended_leases_kept: DEFAULT_ENDED_LEASES_KEPT,
+            passwd: PathBuf::from(DEFAULT_PASSWD),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every key; the error names the key that is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        harvest_policies::PolicyConfig::builtin(&self.policy)?;
+        let positive = [
+            ("default_lifetime_ms", self.default_lifetime_ms),
+            ("max_lifetime_ms", self.max_lifetime_ms),
+            ("heartbeat_miss_limit", u64::from(self.heartbeat_miss_limit)),
+            (
+                "default_agent_heartbeat_ms",
+                self.default_agent_heartbeat_ms,
+            ),
+            ("executor_start_timeout_ms", self.executor_start_timeout_ms),
+            ("tick_ms", self.tick_ms),
+            ("auth_timeout_ms", self.auth_timeout_ms),
+            ("max_message_bytes", self.max_message_bytes as u64),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Zero { key, value });
+            }
+        }
+        if self.default_lifetime_ms > self.max_lifetime_ms {
+            return Err(ConfigError::Lifetime {
+                default: self.default_lifetime_ms,
+                max: self.max_lifetime_ms,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen
+            .parse()
+            .map_err(|_| ConfigError::Listen(self.listen.clone()))
+    }
+
+    pub fn executor_start_timeout(&self) -> Duration {
+        Duration::from_millis(self.executor_start_timeout_ms)
+    }
+
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.tick_ms)
+    }
+
+    pub fn auth_timeout(&self) -> Duration {
+        Duration::from_millis(self.auth_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_used_for_missing_keys() {
+        Config::default().validate().unwrap();
+        let c: Config = toml::from_str("policy = \"first-fit\"").unwrap();
+        assert_eq!(c.policy, "first-fit");
+        assert_eq!(c.listen, DEFAULT_LISTEN);
+        assert_eq!(
+            c.executor_start_timeout_ms,
+            DEFAULT_EXECUTOR_START_TIMEOUT_MS
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, "polcy = \"best-fit\"").unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("polcy"), "{e}");
+
+        std::fs::write(&path, "policy = \"fastest\"").unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("fastest") && e.contains("first-fit"), "{e}");
+
+        std::fs::write(&path, "tick_ms = 0").unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("tick_ms"), "{e}");
+
+        std::fs::write(&path, "default_lifetime_ms = 10\nmax_lifetime_ms = 5").unwrap();
+        assert!(matches!(
+            Config::load(&path).unwrap_err(),
+            ConfigError::Lifetime { .. }
+        ));
+
+        std::fs::write(&path, "listen = \"nowhere\"").unwrap();
+        assert!(matches!(
+            Config::load(&path).unwrap_err(),
+            ConfigError::Listen(_)
+        ));
+    }
+}

@@ -1,0 +1,152 @@
+//! `AgentGateway.Session`: one bidirectional stream per node agent.
+//!
+//! The first message must be Register; then slot reports (the heartbeat) and executor events
+//! flow in, orders flow out through the session's channel. A broken stream only detaches the
+//! session: the node stays up until it misses its heartbeats, so an agent that reconnects at
+//! once loses nothing.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use harvest_core::NodeView;
+use harvest_proto::v1::{self, agent_message, executor_event};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::book::{Now, Order};
+use crate::identity::passwd_name;
+use crate::state::{ORDER_QUEUE, Shared};
+
+/// The gRPC service the agents connect to.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Gateway {
+    pub fn new(shared: Arc<Shared>, shutdown: watch::Receiver<bool>) -> Self {
+        Self { shared, shutdown }
+    }
+}
+
+type OrderStream = Pin<Box<dyn Stream<Item = Result<v1::SchedulerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl v1::agent_gateway_server::AgentGateway for Gateway {
+    type SessionStream = OrderStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<v1::AgentMessage>>,
+    ) -> Result<Response<OrderStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("the session closed before Register"))?;
+        let Some(agent_message::Msg::Register(reg)) = first.msg else {
+            return Err(Status::invalid_argument(
+                "the first message of a session must be Register",
+            ));
+        };
+        if reg.node.is_empty() {
+            return Err(Status::invalid_argument("Register.node is empty"));
+        }
+        let (tx, rx) = mpsc::channel(ORDER_QUEUE);
+        let node = reg.node.clone();
+        let session = {
+            let passwd = self.shared.config.passwd.clone();
+            let mut inner = self.shared.lock();
+            let orders = inner.book.register(
+                &node,
+                Duration::from_millis(reg.heartbeat_ms),
+                &reg.executors,
+                |uid| passwd_name(&passwd, uid),
+                Now::current(),
+            );
+            let session = inner.attach(&node, tx);
+            inner.dispatch(orders);
+            session
+        };
+        tracing::info!(node = %node, version = %reg.agent_version, executors = reg.executors.len(), "agent registered");
+        let shared = self.shared.clone();
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    msg = inbound.message() => match msg {
+                        Ok(Some(msg)) => handle(&shared, &node, msg),
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::info!(node = %node, error = %e, "agent session broken");
+                            break;
+                        }
+                    },
+                    _ = shutdown.wait_for(|stop| *stop) => break,
+                }
+            }
+            shared.lock().detach(&node, session);
+            tracing::info!(node = %node, "agent session ended");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn handle(shared: &Shared, node: &str, msg: v1::AgentMessage) {
+    let mut inner = shared.lock();
+    match msg.msg {
+        Some(agent_message::Msg::Slots(report)) => {
+            let (Some(version), Some(view)) = (report.version, report.view.as_ref()) else {
+                tracing::warn!(node, "slot report without a version or view ignored");
+                return;
+            };
+            if let Err(e) = inner
+                .book
+                .report(node, version, &NodeView::from(view), Now::current())
+            {
+                tracing::warn!(node, error = %e, "slot report refused");
+            }
+        }
+        Some(agent_message::Msg::Executor(event)) => {
+            let lease = event.lease_id;
+            match event.event {
+                Some(executor_event::Event::Ready(info)) => {
+                    match inner.book.executor_ready(&lease, &info) {
+                        Ok(wire) => inner.notify(&lease, Ok(wire)),
+                        Err(e) => {
+                            // Too late (timed out, released, node down): stop the executor.
+                            tracing::warn!(node, lease = %lease, error = %e, "executor ready for a lease that is not starting");
+                            inner.dispatch(vec![Order {
+                                node: node.to_owned(),
+                                msg: v1::scheduler_message::Msg::Destroy(v1::DestroyExecutor {
+                                    lease_id: lease,
+                                    reason: e.to_string(),
+                                }),
+                            }]);
+                        }
+                    }
+                }
+                Some(executor_event::Event::Failed(reason)) => {
+                    inner.book.end(&lease, v1::LeaseState::Failed, &reason);
+                    inner.notify(&lease, Err(reason));
+                }
+                Some(executor_event::Event::Exited(reason)) => {
+                    inner.book.end(&lease, v1::LeaseState::Revoked, &reason);
+                    inner.notify(&lease, Err(format!("the executor exited: {reason}")));
+                }
+                None => tracing::warn!(node, lease = %lease, "executor event without an event"),
+            }
+        }
+        Some(agent_message::Msg::Register(_)) => {
+            tracing::warn!(
+                node,
+                "second Register on one session ignored; reconnect to re-register"
+            );
+        }
+        None => tracing::warn!(node, "empty agent message ignored"),
+    }
+}
