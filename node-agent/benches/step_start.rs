@@ -77,7 +77,7 @@ fn main() {
         controllers.insert(c.to_owned(), dir.path().join(c));
     }
     let sources = Sources {
-        cgroups: Box::new(V1::new(controllers, PathBuf::from("bench")).unwrap()),
+        cgroups: std::sync::Arc::new(V1::new(controllers, PathBuf::from("bench")).unwrap()),
         details: Box::new(FakeJobDetails::default()),
     };
     let hw = discover(

@@ -4,6 +4,7 @@
 //! it is tested with a fake cgroup tree in a temp dir; [`crate::server`] puts it behind sockets.
 //! Every change to the ledger is saved before the plugin gets its answer.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use harvest_core::NodeView;
@@ -11,6 +12,7 @@ use harvest_core::step::{AgentReply, PluginMessage};
 
 use crate::cgroup::{CgroupError, Cgroups};
 use crate::discover::Hardware;
+use crate::lease::{ExecutorProcess, LeaseError, LeaseRecord, LeaseRequest, check_id, place};
 use crate::ledger::{Ledger, ReconcileReport, Reserve};
 use crate::scontrol::JobDetails;
 use crate::slurm::SlurmView;
@@ -47,7 +49,7 @@ pub struct NodeAgent {
     reserve: Reserve,
     ledger: Ledger,
     store: LedgerStore,
-    cgroups: Box<dyn Cgroups>,
+    cgroups: Arc<dyn Cgroups>,
     details: Box<dyn JobDetails>,
     unseen_grace: Duration,
 }
@@ -55,8 +57,10 @@ pub struct NodeAgent {
 /// What the agent reads the node's jobs from.
 #[derive(Debug)]
 pub struct Sources {
-    pub cgroups: Box<dyn Cgroups>,
+    pub cgroups: Arc<dyn Cgroups>,
     pub details: Box<dyn JobDetails>,
+    /// Starts and watches executor processes (used by [`crate::executor`], not by the agent).
+    pub processes: Arc<dyn crate::executor::process::Processes>,
 }
 
 impl NodeAgent {
@@ -117,6 +121,61 @@ impl NodeAgent {
 
     pub fn view(&self) -> NodeView {
         self.ledger.view(&self.hardware, self.reserve)
+    }
+
+    pub fn hardware(&self) -> &Hardware {
+        &self.hardware
+    }
+
+    /// The cgroup backend (shared with the executors, which make the lease groups).
+    pub fn cgroups(&self) -> Arc<dyn Cgroups> {
+        self.cgroups.clone()
+    }
+
+    /// Places a lease on the idle resources and records it (saved before this returns), so the
+    /// view's `function` columns hold it from now on.
+    pub fn reserve_lease(
+        &mut self,
+        req: &LeaseRequest,
+        now: SystemTime,
+    ) -> Result<LeaseRecord, LeaseError> {
+        check_id(&req.id)?;
+        if self.ledger.leases.contains_key(&req.id) {
+            return Err(LeaseError::Exists(req.id.clone()));
+        }
+        let placement = place(&self.hardware.topology, &self.view(), req)?;
+        let record = LeaseRecord {
+            uid: req.uid,
+            gid: req.gid,
+            cpus: placement.cpus,
+            memory_mib: placement.memory_mib,
+            gpus: placement.gpus,
+            expires_unix_ms: req.expires_unix_ms,
+            created_ms: now_ms(now),
+            executor: None,
+        };
+        self.ledger.leases.insert(req.id.clone(), record.clone());
+        self.save();
+        Ok(record)
+    }
+
+    /// Records a lease's executor process (and, once ready, its address).
+    pub fn set_executor(&mut self, id: &str, executor: ExecutorProcess) -> Result<(), LeaseError> {
+        let lease = self
+            .ledger
+            .leases
+            .get_mut(id)
+            .ok_or_else(|| LeaseError::Unknown(id.to_owned()))?;
+        lease.executor = Some(executor);
+        self.save();
+        Ok(())
+    }
+
+    /// Forgets a lease (its executor and cgroup must be gone by now): its resources are idle again.
+    pub fn remove_lease(&mut self, id: &str) -> Option<LeaseRecord> {
+        let lease = self.ledger.leases.remove(id)?;
+        self.save();
+        Some(lease)
     }
 
     /// Applies one plugin message and answers it. The plugin runs inside slurmstepd and must

@@ -29,6 +29,21 @@ pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_SCONTROL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections served at once, per socket.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+/// How often the agent reports its slots to the scheduler when nothing changes (its heartbeat).
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// The first wait before reconnecting to the scheduler; it doubles up to the maximum.
+pub const DEFAULT_RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest wait between reconnection attempts.
+pub const DEFAULT_RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long an executor has to write its ready file.
+pub const DEFAULT_EXECUTOR_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an executor has to exit after SIGTERM before SIGKILL.
+pub const DEFAULT_EXECUTOR_STOP_GRACE: Duration = Duration::from_secs(2);
+/// The CPU weight of a lease's cgroup in v2 units (v1: 2 cpu.shares): batch work always wins
+/// a contended CPU.
+pub const DEFAULT_LEASE_CPU_WEIGHT: u64 = 1;
+/// The proc filesystem, read to tell whether an executor still runs.
+pub const DEFAULT_PROC_ROOT: &str = "/proc";
 
 /// The agent's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -58,6 +73,22 @@ pub struct Config {
     pub scontrol: PathBuf,
     #[serde(deserialize_with = "duration")]
     pub scontrol_timeout: Duration,
+    /// The scheduler's URL (`http://host:port`); without one the agent runs standalone.
+    pub scheduler: Option<String>,
+    #[serde(deserialize_with = "duration")]
+    pub heartbeat_interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub reconnect_backoff_max: Duration,
+    /// The harvest-executor binary [default: beside harvestd, else on PATH].
+    pub executor_path: Option<PathBuf>,
+    /// Whether a lease of uid 0 may run its executor (as root). Off: such leases fail.
+    pub allow_root_executors: bool,
+    #[serde(deserialize_with = "duration")]
+    pub executor_start_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub executor_stop_grace: Duration,
+    pub lease_cpu_weight: u64,
+    pub proc_root: PathBuf,
 }
 
 impl Default for Config {
@@ -78,6 +109,15 @@ impl Default for Config {
             group_file: PathBuf::from("/etc/group"),
             scontrol: PathBuf::from("scontrol"),
             scontrol_timeout: DEFAULT_SCONTROL_TIMEOUT,
+            scheduler: None,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            reconnect_backoff_max: DEFAULT_RECONNECT_BACKOFF_MAX,
+            executor_path: None,
+            allow_root_executors: false,
+            executor_start_timeout: DEFAULT_EXECUTOR_START_TIMEOUT,
+            executor_stop_grace: DEFAULT_EXECUTOR_STOP_GRACE,
+            lease_cpu_weight: DEFAULT_LEASE_CPU_WEIGHT,
+            proc_root: PathBuf::from(DEFAULT_PROC_ROOT),
         }
     }
 }
@@ -140,6 +180,9 @@ impl Config {
             ("reconcile_interval", self.reconcile_interval),
             ("read_timeout", self.read_timeout),
             ("scontrol_timeout", self.scontrol_timeout),
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("reconnect_backoff_max", self.reconnect_backoff_max),
+            ("executor_start_timeout", self.executor_start_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Invalid {
@@ -148,6 +191,22 @@ impl Config {
                     hint: "must be above zero, e.g. \"1s\"",
                 });
             }
+        }
+        if !(1..=10_000).contains(&self.lease_cpu_weight) {
+            return Err(ConfigError::Invalid {
+                key: "lease_cpu_weight",
+                value: self.lease_cpu_weight.to_string(),
+                hint: "use 1..=10000 (v2 cpu.weight units; 1 is the lowest)",
+            });
+        }
+        if let Some(url) = &self.scheduler
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "scheduler",
+                value: format!("{url:?}"),
+                hint: "give the scheduler's URL, e.g. http://127.0.0.1:7070",
+            });
         }
         if self.max_connections == 0 {
             return Err(ConfigError::Invalid {
@@ -192,6 +251,19 @@ mod tests {
         assert_eq!(c.reconcile_interval, Duration::from_millis(500));
         assert_eq!(c.plugin_socket_group.as_deref(), Some("slurm"));
         assert_eq!(c.state_dir, Path::new("/tmp/s"));
+        let c = Config::parse(
+            "scheduler = \"http://127.0.0.1:7070\"\nheartbeat_interval = \"250ms\"\n\
+             allow_root_executors = true\nexecutor_path = \"/opt/h/harvest-executor\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.scheduler.as_deref(), Some("http://127.0.0.1:7070"));
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(250));
+        assert!(c.allow_root_executors);
+        assert_eq!(
+            c.executor_path.as_deref(),
+            Some(Path::new("/opt/h/harvest-executor"))
+        );
     }
 
     #[test]
@@ -216,6 +288,22 @@ mod tests {
         c.node = "../etc".into();
         assert!(c.validate().is_err());
         c.node = "n1".into();
+        c.scheduler = Some("127.0.0.1:7070".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("scheduler") && err.contains("http://"),
+            "{err}"
+        );
+        c.scheduler = Some("http://127.0.0.1:7070".into());
+        c.validate().unwrap();
+        c.lease_cpu_weight = 0;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("lease_cpu_weight")
+        );
+        c.lease_cpu_weight = DEFAULT_LEASE_CPU_WEIGHT;
         c.reconcile_interval = Duration::ZERO;
         assert!(
             c.validate()

@@ -13,6 +13,7 @@ use harvest_core::{CpuBreakdown, CpuSet, GpuBreakdown, MemoryBreakdown, NodeView
 use serde::{Deserialize, Serialize};
 
 use crate::discover::Hardware;
+use crate::lease::LeaseRecord;
 use crate::scontrol::SlurmAlloc;
 use crate::slurm::JobCgroup;
 
@@ -124,6 +125,9 @@ pub struct Ledger {
     pub jobs: BTreeMap<u32, JobRecord>,
     /// Jobs that ended by message while their cgroup may linger: not re-added from the tree.
     pub ended: BTreeSet<u32>,
+    /// Function leases by id, with their executors (absent in ledgers from before executors).
+    #[serde(default)]
+    pub leases: BTreeMap<String, LeaseRecord>,
 }
 
 impl Ledger {
@@ -254,7 +258,7 @@ impl Ledger {
     }
 
     /// The node's view: hardware minus the reserve minus batch jobs (minus everything while a
-    /// job said harvest=off). Functions hold nothing until executors exist.
+    /// job said harvest=off) minus what function leases hold.
     pub fn view(&self, hw: &Hardware, reserve: Reserve) -> NodeView {
         let total_cpus = hw.topology.cpus.clone();
         let batch_cpus = self
@@ -282,20 +286,39 @@ impl Ledger {
             .filter(|g| held_gpus.contains(g))
             .collect();
 
+        let function_cpus = self
+            .leases
+            .values()
+            .fold(CpuSet::new(), |a, l| a.union(&l.cpus))
+            .intersection(&total_cpus);
+        let function_mem = self
+            .leases
+            .values()
+            .fold(0u64, |a, l| a.saturating_add(l.memory_mib))
+            .min(total_mem);
+        let function_gpus: BTreeSet<u32> = self
+            .leases
+            .values()
+            .flat_map(|l| l.gpus.iter().copied())
+            .filter(|g| total_gpus.contains(g))
+            .collect();
+
         let (idle_cpus, idle_mem, idle_gpus) = if harvest_off {
             (CpuSet::new(), 0, Vec::new())
         } else {
             (
                 total_cpus
                     .difference(&batch_cpus)
-                    .difference(&reserved_cpus),
+                    .difference(&reserved_cpus)
+                    .difference(&function_cpus),
                 total_mem
                     .saturating_sub(batch_mem)
-                    .saturating_sub(reserve.memory_mib),
+                    .saturating_sub(reserve.memory_mib)
+                    .saturating_sub(function_mem),
                 total_gpus
                     .iter()
                     .copied()
-                    .filter(|g| !held_gpus.contains(g))
+                    .filter(|g| !held_gpus.contains(g) && !function_gpus.contains(g))
                     .collect(),
             )
         };
@@ -304,19 +327,19 @@ impl Ledger {
             cpus: CpuBreakdown {
                 total: total_cpus,
                 batch: batch_cpus,
-                function: CpuSet::new(),
+                function: function_cpus,
                 idle: idle_cpus,
             },
             memory_mib: MemoryBreakdown {
                 total: total_mem,
                 batch: batch_mem,
-                function: 0,
+                function: function_mem,
                 idle: idle_mem,
             },
             gpus: GpuBreakdown {
                 total: total_gpus,
                 batch: batch_gpus,
-                function: Vec::new(),
+                function: function_gpus.into_iter().collect(),
                 idle: idle_gpus,
             },
         }

@@ -9,7 +9,11 @@
 //!   [`scontrol`]: what only Slurm knows about them (GPUs, unconstrained memory).
 //! - [`ledger`]: batch allocations per job and step, and all the idle-slot arithmetic.
 //! - [`state`]: the ledger on disk, replaced atomically.
-//! - [`agent`]: plugin messages and reconcile passes applied to the ledger (synchronous).
+//! - [`lease`]: function leases in the ledger, and which idle CPUs a new one gets.
+//! - [`agent`]: plugin messages, reconcile passes and leases applied to the ledger (synchronous).
+//! - [`executor`]: one harvest-executor per lease, in its cgroup, as its user (start, watch,
+//!   stop, expire, re-adopt after a restart).
+//! - [`session`]: the scheduler session (register, slot reports as heartbeat, orders, events).
 //! - [`server`]: `harvestd run`: the plugin and query sockets and the reconcile loop (tokio).
 //! - [`query`]: `harvestd status`: the query client and the table.
 //! - [`config`]: the TOML configuration and its defaults.
@@ -20,9 +24,12 @@ pub mod agent;
 pub mod cgroup;
 pub mod config;
 pub mod discover;
+pub mod executor;
+pub mod lease;
 pub mod ledger;
 pub mod query;
 pub mod scontrol;
 pub mod server;
+pub mod session;
 pub mod slurm;
 pub mod state;

@@ -58,6 +58,27 @@ enum Command {
         /// The cgroup filesystem root [default: the file's cgroup_root, else /sys/fs/cgroup].
         #[arg(long)]
         cgroup_root: Option<PathBuf>,
+        /// The scheduler's URL, e.g. http://127.0.0.1:7070 [default: the file's scheduler; none:
+        /// standalone, no executors].
+        #[arg(long, env = "HARVEST_SCHEDULER")]
+        scheduler: Option<String>,
+    },
+    /// Internal: joins a lease cgroup and becomes the executor (harvestd runs this itself).
+    ///
+    /// Writes its own pid to each --procs file, then execs PROGRAM as --uid/--gid with no
+    /// supplementary groups.
+    #[command(hide = true)]
+    ExecLease {
+        #[arg(long)]
+        uid: u32,
+        #[arg(long)]
+        gid: u32,
+        /// A cgroup.procs file to join (repeat for each hierarchy).
+        #[arg(long)]
+        procs: Vec<PathBuf>,
+        /// The program and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
     },
     /// Print the running agent's view of its node: CPUs, memory and GPUs by state.
     ///
@@ -81,6 +102,24 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Command::ExecLease {
+        uid,
+        gid,
+        procs,
+        command,
+    } = &args.command
+    {
+        let (program, rest) = command.split_first().expect("clap requires the command");
+        let err = harvest_agent::executor::launch::exec_lease(
+            *uid,
+            *gid,
+            procs,
+            std::path::Path::new(program),
+            rest,
+        );
+        eprintln!("harvestd exec-lease: {err}");
+        return ExitCode::from(127);
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -114,6 +153,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             run_dir,
             state_dir,
             cgroup_root,
+            scheduler,
         } => {
             let mut cfg = match &config {
                 Some(path) => Config::load(path)?,
@@ -123,6 +163,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             cfg.run_dir = run_dir.unwrap_or(cfg.run_dir);
             cfg.state_dir = state_dir.unwrap_or(cfg.state_dir);
             cfg.cgroup_root = cgroup_root.unwrap_or(cfg.cgroup_root);
+            cfg.scheduler = scheduler.or(cfg.scheduler);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -143,6 +184,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 print!("{}", query::table(&view));
             }
         }
+        Command::ExecLease { .. } => unreachable!("handled before logging starts"),
     }
     Ok(())
 }

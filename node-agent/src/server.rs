@@ -22,12 +22,18 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
-use crate::agent::{AgentError, NodeAgent, Sources};
+use harvest_core::NodeView;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::agent::{AgentError, NodeAgent, Sources, now_ms};
 use crate::cgroup::{self, CgroupError};
 use crate::config::{Config, ConfigError};
 use crate::discover::{DiscoverError, Hardware, discover_real};
+use crate::executor::process::{OsProcesses, find_executor};
+use crate::executor::{ExecutorSettings, Executors};
 use crate::query::{QueryReply, QueryRequest, plugin_socket, query_socket};
 use crate::scontrol::Scontrol;
+use crate::session::{self, SessionSettings};
 use crate::state::{LedgerStore, StateError};
 
 /// Why `harvestd run` stopped with an error.
@@ -64,6 +70,10 @@ pub enum ServerError {
         file: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "no harvest-executor beside harvestd ({beside}) or on PATH: install it there or set executor_path"
+    )]
+    NoExecutor { beside: String },
 }
 
 /// Discovers the real hardware and cgroups, then serves until `shutdown` resolves.
@@ -72,13 +82,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let hardware = discover_real()?;
     tracing::info!(cpus = %hardware.topology.cpus, memory_mib = hardware.memory_mib,
         gpus = hardware.gpus.devices().len(), "hardware discovered");
+    let own_exe = std::env::current_exe().ok();
     let sources = Sources {
-        cgroups: cgroup::open(&config.cgroup_root, &config.mountinfo)?,
+        cgroups: cgroup::open(&config.cgroup_root, &config.mountinfo)?.into(),
         details: Box::new(Scontrol {
             program: config.scontrol.clone(),
             timeout: config.scontrol_timeout,
         }),
+        processes: Arc::new(OsProcesses {
+            helper: own_exe.clone().unwrap_or_else(|| PathBuf::from("harvestd")),
+            proc_root: config.proc_root.clone(),
+        }),
     };
+    let mut config = config;
+    if config.executor_path.is_none() {
+        let path = std::env::var("PATH").ok();
+        config.executor_path = find_executor(None, own_exe.as_deref(), path.as_deref());
+        if config.executor_path.is_none() && config.scheduler.is_some() {
+            return Err(ServerError::NoExecutor {
+                beside: own_exe.map_or_else(|| "?".into(), |p| p.display().to_string()),
+            });
+        }
+    }
     serve(config, hardware, sources, shutdown).await
 }
 
@@ -113,6 +138,8 @@ pub async fn serve(
         }
     }
     let store = LedgerStore::open(&config.state_dir, &config.node)?;
+    let processes = sources.processes.clone();
+    let incarnation = now_ms(SystemTime::now());
     let agent = NodeAgent::start(
         &config.node,
         hardware,
@@ -122,7 +149,28 @@ pub async fn serve(
         config.unseen_job_grace,
         SystemTime::now(),
     )?;
+    let (views, views_rx) = watch::channel(agent.view());
     let agent = Arc::new(Mutex::new(agent));
+    let (events, events_rx) = mpsc::unbounded_channel();
+    let executors = Executors::new(
+        agent.clone(),
+        processes,
+        ExecutorSettings {
+            node: config.node.clone(),
+            state_dir: config.state_dir.clone(),
+            executor_path: config
+                .executor_path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("harvest-executor")),
+            allow_root: config.allow_root_executors,
+            start_timeout: config.executor_start_timeout,
+            stop_grace: config.executor_stop_grace,
+            cpu_weight: config.lease_cpu_weight,
+        },
+        events,
+        views.clone(),
+    );
+    executors.adopt().await;
 
     let gid = config
         .plugin_socket_group
@@ -134,6 +182,25 @@ pub async fn serve(
     let (query, _query_file) = bind(&query_path, 0o666, None)?;
     tracing::info!(node = %config.node, plugin = %plugin_path.display(),
         query = %query_path.display(), "harvestd ready");
+    let (stop_session, session_stopped) = oneshot::channel::<()>();
+    let session = config.scheduler.clone().map(|url| {
+        let settings = SessionSettings {
+            url,
+            node: config.node.clone(),
+            heartbeat: config.heartbeat_interval,
+            backoff_max: config.reconnect_backoff_max,
+            incarnation,
+        };
+        tokio::spawn(session::run(
+            settings,
+            executors.clone(),
+            views_rx,
+            events_rx,
+            async move {
+                let _ = session_stopped.await;
+            },
+        ))
+    });
 
     let plugin_slots = Arc::new(Semaphore::new(config.max_connections));
     let query_slots = Arc::new(Semaphore::new(config.max_connections));
@@ -147,7 +214,8 @@ pub async fn serve(
             accepted = plugin.accept() => match accepted {
                 Ok((stream, _)) => spawn_conn(stream, &plugin_slots, {
                     let agent = agent.clone();
-                    move |s| serve_plugin(s, agent, read_timeout)
+                    let views = views.clone();
+                    move |s| serve_plugin(s, agent, views, read_timeout)
                 }),
                 Err(e) => tracing::warn!(error = %e, "accept on the plugin socket failed"),
             },
@@ -162,15 +230,34 @@ pub async fn serve(
                 if let Err(e) = lock(&agent).reconcile(SystemTime::now()) {
                     tracing::warn!(error = %e, "reconcile failed; the ledger is unchanged");
                 }
+                publish(&agent, &views);
+                let executors = executors.clone();
+                tokio::spawn(async move { executors.tick(SystemTime::now()).await });
             }
         }
     }
-    tracing::info!("shutting down");
+    tracing::info!("shutting down; executors keep running and are re-adopted at the next start");
+    let _ = stop_session.send(());
+    if let Some(task) = session {
+        let _ = task.await;
+    }
     lock(&agent).save();
     Ok(())
 }
 
-fn lock(agent: &Mutex<NodeAgent>) -> MutexGuard<'_, NodeAgent> {
+/// Publishes the agent's view to the scheduler session when it changed.
+pub(crate) fn publish(agent: &Mutex<NodeAgent>, views: &watch::Sender<NodeView>) {
+    let view = lock(agent).view();
+    views.send_if_modified(|old| {
+        if *old == view {
+            return false;
+        }
+        *old = view;
+        true
+    });
+}
+
+pub(crate) fn lock(agent: &Mutex<NodeAgent>) -> MutexGuard<'_, NodeAgent> {
     // A panic while holding the lock leaves a ledger that is still consistent (every change is
     // a single map operation), so keep serving rather than poisoning the agent for good.
     agent.lock().unwrap_or_else(|p| p.into_inner())
@@ -234,11 +321,20 @@ async fn reply<T: Serialize>(stream: &mut UnixStream, body: &T, timeout: Duratio
     }
 }
 
-async fn serve_plugin(mut stream: UnixStream, agent: Arc<Mutex<NodeAgent>>, timeout: Duration) {
+async fn serve_plugin(
+    mut stream: UnixStream,
+    agent: Arc<Mutex<NodeAgent>>,
+    views: watch::Sender<NodeView>,
+    timeout: Duration,
+) {
     let answer = match read_line(&mut stream, timeout).await {
         Err(e) => AgentReply::error(e),
         Ok(line) => match decode::<PluginMessage>(&line) {
-            Ok(msg) => lock(&agent).handle(&msg, SystemTime::now()),
+            Ok(msg) => {
+                let reply = lock(&agent).handle(&msg, SystemTime::now());
+                publish(&agent, &views);
+                reply
+            }
             Err(e) => AgentReply::error(e.to_string()),
         },
     };

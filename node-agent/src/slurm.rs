@@ -182,8 +182,9 @@ pub(crate) mod testing {
         /// The agent's sources over this tree, with `details` standing in for scontrol.
         pub fn sources(&self, details: FakeJobDetails) -> Sources {
             Sources {
-                cgroups: Box::new(self.v1.clone()),
+                cgroups: std::sync::Arc::new(self.v1.clone()),
                 details: Box::new(details),
+                processes: std::sync::Arc::new(crate::executor::testing::FakeProcesses::default()),
             }
         }
 

@@ -124,6 +124,12 @@ pub trait Cgroups: std::fmt::Debug + Send + Sync {
     fn kill(&self, group: &Path) -> Result<(), CgroupError>;
     /// Removes the group and its child groups, bottom-up. A group that does not exist is fine.
     fn remove(&self, group: &Path) -> Result<(), CgroupError>;
+    /// The `cgroup.procs` files a process writes its own pid to, to join the group in every
+    /// hierarchy it exists in (v1: one per managed controller; v2: one).
+    fn procs_files(&self, group: &Path) -> Result<Vec<PathBuf>, CgroupError>;
+    /// The file with the group's `oom_kill N` counter (v1 `memory.oom_control`, v2
+    /// `memory.events`).
+    fn oom_events_file(&self, group: &Path) -> Result<PathBuf, CgroupError>;
 }
 
 /// Detects the cgroup version from `mountinfo` (mounts under `root` only) and opens a backend.

@@ -231,4 +231,18 @@ impl Cgroups for V1 {
         }
         Ok(())
     }
+
+    fn procs_files(&self, group: &Path) -> Result<Vec<PathBuf>, CgroupError> {
+        check_group(group)?;
+        Ok(self
+            .managed()
+            .map(|(_, root)| root.join(group))
+            .filter(|dir| dir.is_dir())
+            .map(|dir| dir.join("cgroup.procs"))
+            .collect())
+    }
+
+    fn oom_events_file(&self, group: &Path) -> Result<PathBuf, CgroupError> {
+        Ok(self.dir("memory", group)?.join("memory.oom_control"))
+    }
 }

@@ -159,6 +159,14 @@ impl Cgroups for V2 {
     fn remove(&self, group: &Path) -> Result<(), CgroupError> {
         remove_tree(&self.dir(group)?)
     }
+
+    fn procs_files(&self, group: &Path) -> Result<Vec<PathBuf>, CgroupError> {
+        Ok(vec![self.dir(group)?.join("cgroup.procs")])
+    }
+
+    fn oom_events_file(&self, group: &Path) -> Result<PathBuf, CgroupError> {
+        Ok(self.dir(group)?.join("memory.events"))
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,479 @@
+//! Executors: one harvest-executor process per lease, in its own cgroup, as its user, for the
+//! life of the lease.
+//!
+//! [`Executors`] turns the scheduler's orders into processes and reports back [`LeaseEvent`]s:
+//! [`create`](Executors::create) reserves the lease in the ledger, prepares its directory and
+//! library, makes its cgroup (cpuset = the chosen idle CPUs, memory limit = the leased memory,
+//! low CPU weight) under `harvest_<node>/lease_<id>`, starts the executor inside it and waits for
+//! its ready file. [`finish`](Executors::finish) is the one way a lease ends (destroyed, expired,
+//! executor exited, failed start): SIGTERM, SIGKILL after a grace, every process of the cgroup
+//! killed, the cgroup and the directory removed, the ledger updated, one event sent.
+//! [`tick`](Executors::tick) enforces expiry and notices executors that died while nobody waited
+//! on them (re-adopted after a harvestd restart by [`adopt`](Executors::adopt)).
+//!
+//! - [`process`]: the process trait (real: `harvestd exec-lease`; fake in tests).
+//! - [`launch`]: the lease directory, the executor's command line, `exec-lease` itself.
+
+pub mod launch;
+pub mod process;
+#[cfg(test)]
+pub mod testing;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use harvest_core::NodeView;
+use tokio::sync::{mpsc, watch};
+
+use crate::agent::{NodeAgent, now_ms};
+use crate::cgroup::{Cgroups, GroupSpec};
+use crate::lease::{ExecutorInfo, ExecutorProcess, LeaseError, LeaseRecord, LeaseRequest};
+use crate::server::{lock, publish};
+use launch::{LOG_FILE, LibrarySource, READY_FILE, ServeOptions};
+use process::{Launch, Processes, Signal};
+
+/// How often a starting executor's ready file and a stopping one's pid are checked.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// How much of the executor's log a failure message quotes.
+pub const LOG_TAIL_BYTES: usize = 600;
+
+/// What the executors are run with.
+#[derive(Debug, Clone)]
+pub struct ExecutorSettings {
+    pub node: String,
+    /// Lease directories go in `<state_dir>/leases/<id>`.
+    pub state_dir: PathBuf,
+    pub executor_path: PathBuf,
+    pub allow_root: bool,
+    pub start_timeout: Duration,
+    pub stop_grace: Duration,
+    /// v2 CPU weight of a lease group (v1: converted to cpu.shares).
+    pub cpu_weight: u64,
+}
+
+/// What the agent tells the scheduler about a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEvent {
+    Ready(ExecutorInfo),
+    Failed { lease_id: String, reason: String },
+    Exited { lease_id: String, reason: String },
+}
+
+/// The scheduler's order to start an executor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateOrder {
+    pub request: LeaseRequest,
+    pub library: LibrarySource,
+    pub options: ServeOptions,
+}
+
+/// The lease group `harvest_<node>/lease_<id>` (the same relative path in every hierarchy).
+pub fn lease_group(node: &str, lease_id: &str) -> PathBuf {
+    harvest_group(node).join(format!("lease_{lease_id}"))
+}
+
+/// The group all of a node's lease groups live under, beside Slurm's `slurm_<node>`.
+pub fn harvest_group(node: &str) -> PathBuf {
+    PathBuf::from(format!("harvest_{node}"))
+}
+
+/// The node's executors. Cheap to clone; every clone drives the same executors.
+#[derive(Debug, Clone)]
+pub struct Executors {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    agent: Arc<Mutex<NodeAgent>>,
+    cgroups: Arc<dyn Cgroups>,
+    processes: Arc<dyn Processes>,
+    settings: ExecutorSettings,
+    events: mpsc::UnboundedSender<LeaseEvent>,
+    views: watch::Sender<NodeView>,
+    /// Leases being ended: a second `finish` of the same lease returns at once.
+    stopping: Mutex<HashSet<String>>,
+}
+
+impl Executors {
+    pub fn new(
+        agent: Arc<Mutex<NodeAgent>>,
+        processes: Arc<dyn Processes>,
+        settings: ExecutorSettings,
+        events: mpsc::UnboundedSender<LeaseEvent>,
+        views: watch::Sender<NodeView>,
+    ) -> Self {
+        let cgroups = lock(&agent).cgroups();
+        Self {
+            inner: Arc::new(Inner {
+                agent,
+                cgroups,
+                processes,
+                settings,
+                events,
+                views,
+                stopping: Mutex::new(HashSet::new()),
+            }),
+        }
+    }
+
+    /// The executors that are ready now (for `Register`).
+    pub fn running(&self) -> Vec<ExecutorInfo> {
+        let agent = lock(&self.inner.agent);
+        agent
+            .ledger()
+            .leases
+            .iter()
+            .filter_map(|(id, l)| l.info(id))
+            .collect()
+    }
+
+    fn emit(&self, event: LeaseEvent) {
+        tracing::info!(?event, "lease event");
+        // Without a scheduler session nobody listens; the scheduler learns the state from
+        // Register when it connects.
+        let _ = self.inner.events.send(event);
+    }
+
+    fn lease(&self, id: &str) -> Option<LeaseRecord> {
+        lock(&self.inner.agent).ledger().leases.get(id).cloned()
+    }
+
+    fn is_stopping(&self, id: &str) -> bool {
+        self.inner
+            .stopping
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+    }
+
+    /// Starts an executor for `order`; sends `Ready` or `Failed`.
+    pub async fn create(&self, order: CreateOrder) {
+        let id = order.request.id.clone();
+        if order.request.uid == 0 && !self.inner.settings.allow_root {
+            let reason = LeaseError::Root { id: id.clone() }.to_string();
+            self.emit(LeaseEvent::Failed {
+                lease_id: id,
+                reason,
+            });
+            return;
+        }
+        let record = match lock(&self.inner.agent).reserve_lease(&order.request, SystemTime::now())
+        {
+            Ok(r) => r,
+            Err(e) => {
+                self.emit(LeaseEvent::Failed {
+                    lease_id: id,
+                    reason: e.to_string(),
+                });
+                return;
+            }
+        };
+        publish(&self.inner.agent, &self.inner.views);
+        match self.start(&id, &record, &order).await {
+            Ok(Some(info)) => self.emit(LeaseEvent::Ready(info)),
+            // Ended while it started (destroyed, or its executor died): `finish` reported it.
+            Ok(None) => {}
+            Err(reason) => {
+                tracing::warn!(lease = %id, %reason, "executor did not start");
+                self.finish(&id, reason).await;
+            }
+        }
+    }
+
+    /// Prepares, spawns and waits for the executor. `Err` says why it failed to start.
+    async fn start(
+        &self,
+        id: &str,
+        lease: &LeaseRecord,
+        order: &CreateOrder,
+    ) -> Result<Option<ExecutorInfo>, String> {
+        let s = &self.inner.settings;
+        let dir = launch::lease_dir(&s.state_dir, id);
+        let library = launch::prepare(&dir, lease.uid, lease.gid, &order.library)
+            .map_err(|e| e.to_string())?;
+        let group = lease_group(&s.node, id);
+        let spec = GroupSpec {
+            cpus: Some(lease.cpus.clone()),
+            mems: None,
+            memory_limit_bytes: Some(lease.memory_mib << 20),
+            cpu_weight: Some(s.cpu_weight),
+        };
+        let cg = &self.inner.cgroups;
+        cg.create(&group, &spec)
+            .map_err(|e| format!("creating the lease cgroup: {e}"))?;
+        let procs_files = cg.procs_files(&group).map_err(|e| e.to_string())?;
+        let oom = cg.oom_events_file(&group).map_err(|e| e.to_string())?;
+        let mut env = vec![("RUST_LOG".to_owned(), "info".to_owned())];
+        if !lease.gpus.is_empty() {
+            let list: Vec<String> = lease.gpus.iter().map(u32::to_string).collect();
+            env.push(("CUDA_VISIBLE_DEVICES".to_owned(), list.join(",")));
+        }
+        let launch = Launch {
+            program: s.executor_path.clone(),
+            args: launch::executor_args(&library, &dir, &order.options, &oom),
+            uid: lease.uid,
+            gid: lease.gid,
+            procs_files,
+            dir: dir.clone(),
+            log: dir.join(LOG_FILE),
+            env,
+        };
+        if self.is_stopping(id) {
+            return Ok(None);
+        }
+        let spawned = self
+            .inner
+            .processes
+            .spawn(&launch)
+            .map_err(|e| e.to_string())?;
+        let (pid, start_time) = (spawned.pid, spawned.start_time);
+        tracing::info!(lease = %id, pid, cpus = %lease.cpus, memory_mib = lease.memory_mib,
+            uid = lease.uid, "executor started");
+        let watcher = self.clone();
+        let watched = id.to_owned();
+        tokio::spawn(async move {
+            let how = spawned.exit.await;
+            watcher
+                .finish(&watched, format!("executor exited ({how})"))
+                .await;
+        });
+        let mut process = ExecutorProcess {
+            pid,
+            start_time,
+            address: None,
+        };
+        if lock(&self.inner.agent)
+            .set_executor(id, process.clone())
+            .is_err()
+        {
+            return Ok(None);
+        }
+        let deadline = Instant::now() + s.start_timeout;
+        let address = loop {
+            if self.is_stopping(id) || self.lease(id).is_none() {
+                return Ok(None);
+            }
+            match std::fs::read_to_string(dir.join(READY_FILE)) {
+                Ok(text) if !text.trim().is_empty() => break text.trim().to_owned(),
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the executor did not become ready within {:?}; its log: {}",
+                    s.start_timeout,
+                    log_tail(&dir.join(LOG_FILE))
+                ));
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        };
+        process.address = Some(address);
+        if lock(&self.inner.agent).set_executor(id, process).is_err() {
+            return Ok(None);
+        }
+        publish(&self.inner.agent, &self.inner.views);
+        Ok(self.lease(id).and_then(|l| l.info(id)))
+    }
+
+    /// Ends a lease for `reason`: stops its executor, kills whatever is left in its cgroup,
+    /// removes the cgroup and the lease directory, frees its resources in the ledger, and sends
+    /// `Exited` (or `Failed` when the executor never became ready). Returns whether this call
+    /// ended it (false: unknown, or already being ended).
+    pub async fn finish(&self, id: &str, reason: String) -> bool {
+        {
+            let mut stopping = self
+                .inner
+                .stopping
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if !stopping.insert(id.to_owned()) {
+                return false;
+            }
+        }
+        let ended = match self.lease(id) {
+            Some(lease) => {
+                self.stop(id, &lease).await;
+                lock(&self.inner.agent).remove_lease(id);
+                publish(&self.inner.agent, &self.inner.views);
+                let ready = lease.executor.as_ref().is_some_and(|e| e.address.is_some());
+                let lease_id = id.to_owned();
+                self.emit(if ready {
+                    LeaseEvent::Exited { lease_id, reason }
+                } else {
+                    LeaseEvent::Failed { lease_id, reason }
+                });
+                true
+            }
+            None => false,
+        };
+        self.inner
+            .stopping
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        ended
+    }
+
+    /// The scheduler's `DestroyExecutor`.
+    pub async fn destroy(&self, id: &str, reason: &str) {
+        let reason = if reason.is_empty() {
+            "destroyed by the scheduler"
+        } else {
+            reason
+        };
+        if !self.finish(id, reason.to_owned()).await && !self.is_stopping(id) {
+            self.emit(LeaseEvent::Exited {
+                lease_id: id.to_owned(),
+                reason: format!("no lease {id} runs on node {}", self.inner.settings.node),
+            });
+        }
+    }
+
+    /// SIGTERM, SIGKILL after the grace, then every process left in the cgroup; then the cgroup
+    /// and the directory go. Failures are logged: the ledger entry goes regardless, so a broken
+    /// cgroup never holds resources for ever (the next start's [`adopt`](Self::adopt) retries).
+    async fn stop(&self, id: &str, lease: &LeaseRecord) {
+        let s = &self.inner.settings;
+        let procs = &self.inner.processes;
+        if let Some(e) = &lease.executor
+            && procs.start_time(e.pid) == Some(e.start_time)
+        {
+            if let Err(err) = procs.signal(e.pid, Signal::Term) {
+                tracing::warn!(lease = %id, error = %err, "SIGTERM failed");
+            }
+            let gone = wait_until(s.stop_grace, || {
+                procs.start_time(e.pid) != Some(e.start_time)
+            })
+            .await;
+            if !gone {
+                tracing::warn!(lease = %id, pid = e.pid, grace = ?s.stop_grace, "executor ignored SIGTERM; killing it");
+                let _ = procs.signal(e.pid, Signal::Kill);
+            }
+        }
+        self.remove_group(&lease_group(&s.node, id)).await;
+        let dir = launch::lease_dir(&s.state_dir, id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove the lease directory")
+            }
+        }
+    }
+
+    /// Kills what is left in a lease group, waits until it is empty, and removes it.
+    async fn remove_group(&self, group: &Path) {
+        let cg = &self.inner.cgroups;
+        if !cg.exists(group) {
+            return;
+        }
+        if let Err(e) = cg.kill(group) {
+            tracing::warn!(group = %group.display(), error = %e, "killing the lease group failed");
+        }
+        let grace = self.inner.settings.stop_grace;
+        wait_until(grace, || cg.pids(group).map_or(true, |p| p.is_empty())).await;
+        let mut last = None;
+        let removed = wait_until(grace, || match cg.remove(group) {
+            Ok(()) => true,
+            Err(e) => {
+                last = Some(e);
+                false
+            }
+        })
+        .await;
+        if !removed && let Some(e) = last {
+            tracing::warn!(group = %group.display(), error = %e, "could not remove the lease group");
+        }
+    }
+
+    /// Ends expired leases and those whose executor is gone (one that nobody waits on: re-adopted
+    /// after a restart).
+    pub async fn tick(&self, now: SystemTime) {
+        let now_ms = i64::try_from(now_ms(now)).unwrap_or(i64::MAX);
+        let leases = lock(&self.inner.agent).ledger().leases.clone();
+        for (id, lease) in leases {
+            if lease.expires_unix_ms > 0 && now_ms >= lease.expires_unix_ms {
+                self.finish(&id, "the lease expired".to_owned()).await;
+            } else if let Some(e) = &lease.executor
+                && self.inner.processes.start_time(e.pid) != Some(e.start_time)
+            {
+                self.finish(&id, format!("the executor (pid {}) is gone", e.pid))
+                    .await;
+            }
+        }
+    }
+
+    /// After a harvestd start: keeps the leases whose executor still runs in its cgroup, ends the
+    /// rest, and removes lease groups and directories that no lease owns.
+    pub async fn adopt(&self) {
+        let s = &self.inner.settings;
+        let leases = lock(&self.inner.agent).ledger().leases.clone();
+        for (id, lease) in &leases {
+            let alive = lease.executor.as_ref().is_some_and(|e| {
+                e.address.is_some() && self.inner.processes.start_time(e.pid) == Some(e.start_time)
+            });
+            if alive && self.inner.cgroups.exists(&lease_group(&s.node, id)) {
+                tracing::info!(lease = %id, pid = lease.executor.as_ref().map(|e| e.pid), "executor re-adopted");
+            } else {
+                self.finish(
+                    id,
+                    "harvestd restarted and the executor was gone".to_owned(),
+                )
+                .await;
+            }
+        }
+        let parent = harvest_group(&s.node);
+        let groups = self.inner.cgroups.children(&parent).unwrap_or_default();
+        for name in groups {
+            let owned = name
+                .strip_prefix("lease_")
+                .is_some_and(|id| leases.contains_key(id));
+            if !owned {
+                tracing::info!(group = %name, "removing a lease group no lease owns");
+                self.remove_group(&parent.join(&name)).await;
+            }
+        }
+        let dirs = std::fs::read_dir(s.state_dir.join("leases"))
+            .into_iter()
+            .flatten()
+            .flatten();
+        for entry in dirs {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !leases.contains_key(&name) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+/// Polls `done` every [`POLL_INTERVAL`] until it holds or `timeout` passes; returns whether it held.
+async fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// The end of a log file, for an error message.
+fn log_tail(path: &Path) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) if bytes.is_empty() => "(empty)".to_owned(),
+        Ok(bytes) => {
+            let from = bytes.len().saturating_sub(LOG_TAIL_BYTES);
+            String::from_utf8_lossy(&bytes[from..]).trim().to_owned()
+        }
+        Err(e) => format!("(unreadable: {e})"),
+    }
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

@@ -1,0 +1,414 @@
+//! The executor lifecycle against recording fakes (cgroups in memory, processes in a table) and a
+//! real ledger in a temp dir.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use harvest_core::CpuSet;
+use harvest_core::step::{PluginMessage, StepAllocation, StepId};
+use tokio::sync::{mpsc, watch};
+
+use super::testing::{Behaviour, FakeCgroups, FakeProcesses};
+use super::*;
+use crate::agent::{NodeAgent, Sources};
+use crate::discover::{FakeGpus, FakeMemory, FakeTopology, discover};
+use crate::ledger::Reserve;
+use crate::scontrol::FakeJobDetails;
+use crate::state::LedgerStore;
+
+struct Rig {
+    state: tempfile::TempDir,
+    cgroups: Arc<FakeCgroups>,
+    procs: Arc<FakeProcesses>,
+    agent: Arc<Mutex<NodeAgent>>,
+    exec: Executors,
+    events: mpsc::UnboundedReceiver<LeaseEvent>,
+    views: watch::Receiver<NodeView>,
+}
+
+/// The lease's user: a non-root uid (4242) when the tests run as root (which may chown to it),
+/// else the tests' own.
+fn me() -> (u32, u32) {
+    match rustix::process::getuid().as_raw() {
+        0 => (4242, 4242),
+        uid => (uid, rustix::process::getgid().as_raw()),
+    }
+}
+
+impl Rig {
+    fn new() -> Self {
+        let state = tempfile::tempdir().unwrap();
+        Self::on(
+            state,
+            Arc::new(FakeCgroups::default()),
+            Arc::new(FakeProcesses::default()),
+        )
+    }
+
+    /// An agent (as if just started) over `state`, `cgroups` and `procs`.
+    fn on(state: tempfile::TempDir, cgroups: Arc<FakeCgroups>, procs: Arc<FakeProcesses>) -> Self {
+        let hw = discover(
+            &FakeTopology::uniform(1, 4, 1),
+            &FakeMemory(8000),
+            &FakeGpus::none(),
+        )
+        .unwrap();
+        let agent = NodeAgent::start(
+            "n1",
+            hw,
+            Reserve {
+                cores: 0,
+                memory_mib: 1000,
+            },
+            LedgerStore::open(state.path(), "n1").unwrap(),
+            Sources {
+                cgroups: cgroups.clone(),
+                details: Box::new(FakeJobDetails::default()),
+                processes: procs.clone(),
+            },
+            Duration::from_secs(60),
+            SystemTime::now(),
+        )
+        .unwrap();
+        let (views_tx, views) = watch::channel(agent.view());
+        let agent = Arc::new(Mutex::new(agent));
+        let (tx, events) = mpsc::unbounded_channel();
+        let exec = Executors::new(
+            agent.clone(),
+            procs.clone(),
+            ExecutorSettings {
+                node: "n1".into(),
+                state_dir: state.path().to_path_buf(),
+                executor_path: "/opt/harvest/bin/harvest-executor".into(),
+                allow_root: false,
+                start_timeout: Duration::from_millis(300),
+                stop_grace: Duration::from_millis(100),
+                cpu_weight: 1,
+            },
+            tx,
+            views_tx,
+        );
+        Self {
+            state,
+            cgroups,
+            procs,
+            agent,
+            exec,
+            events,
+            views,
+        }
+    }
+
+    fn order(&self, id: &str, cores: u32, memory_mib: u64) -> CreateOrder {
+        let (uid, gid) = me();
+        CreateOrder {
+            request: LeaseRequest {
+                id: id.into(),
+                uid,
+                gid,
+                cores,
+                memory_mib,
+                gpus: 0,
+                expires_unix_ms: 0,
+            },
+            library: LibrarySource::Content(b"\x7fELF fake".to_vec()),
+            options: ServeOptions {
+                hot_window_us: -1,
+                ..ServeOptions::default()
+            },
+        }
+    }
+
+    fn batch_job(&self, cpus: &str) {
+        let msg = PluginMessage::StepStart(StepAllocation {
+            job_id: 7,
+            step_id: StepId::BATCH,
+            uid: 1000,
+            node: "n1".into(),
+            cpus: CpuSet::parse_list(cpus).unwrap(),
+            memory_mib: Some(500),
+            gpus: vec![],
+            harvest: true,
+        });
+        assert!(
+            lock(&self.agent)
+                .handle(&msg, SystemTime::now())
+                .error
+                .is_none()
+        );
+    }
+
+    fn view(&self) -> NodeView {
+        lock(&self.agent).view()
+    }
+
+    fn event(&mut self) -> LeaseEvent {
+        self.events.try_recv().expect("an event was sent")
+    }
+}
+
+fn set(list: &str) -> CpuSet {
+    CpuSet::parse_list(list).unwrap()
+}
+
+#[tokio::test]
+async fn a_lease_gets_idle_cpus_its_own_cgroup_and_an_executor_as_its_user() {
+    let mut rig = Rig::new();
+    rig.batch_job("1");
+    rig.exec.create(rig.order("L1", 2, 500)).await;
+    let LeaseEvent::Ready(info) = rig.event() else {
+        panic!("not ready")
+    };
+    assert_eq!(info.lease_id, "L1");
+    assert_eq!(
+        info.cpus,
+        set("0,2"),
+        "idle CPUs only, never the batch job's CPU 1"
+    );
+    assert_eq!(info.address, "127.0.0.1:41000");
+    // The view shows the lease as function resources and idle shrinks.
+    let v = rig.view();
+    assert_eq!(v.cpus.function, set("0,2"));
+    assert_eq!(v.cpus.idle, set("3"));
+    assert_eq!(v.memory_mib.function, 500);
+    assert_eq!(v.memory_mib.idle, 8000 - 500 - 1000 - 500);
+    assert_eq!(*rig.views.borrow(), v, "the session sees the new view");
+    // The cgroup: cpuset = the chosen CPUs, memory limit = the lease, lowest weight.
+    let group = lease_group("n1", "L1");
+    assert_eq!(group, Path::new("harvest_n1/lease_L1"));
+    let spec = rig.cgroups.spec(&group).unwrap();
+    assert_eq!(spec.cpus, Some(set("0,2")));
+    assert_eq!(spec.memory_limit_bytes, Some(500 << 20));
+    assert_eq!(spec.cpu_weight, Some(1));
+    // The process: the configured executor, as the lease's user, joining the group's procs.
+    let launch = &rig.procs.launches()[0];
+    let (uid, gid) = me();
+    assert_eq!((launch.uid, launch.gid), (uid, gid));
+    assert_eq!(
+        launch.program,
+        Path::new("/opt/harvest/bin/harvest-executor")
+    );
+    assert_eq!(
+        launch.procs_files,
+        [Path::new("/fake/cpuset/harvest_n1/lease_L1/cgroup.procs")]
+    );
+    let args: Vec<String> = launch
+        .args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let dir = rig.state.path().join("leases/L1");
+    let after = |flag: &str| args[args.iter().position(|a| a == flag).unwrap() + 1].clone();
+    assert_eq!(
+        after("--lib"),
+        dir.join("functions.so").display().to_string()
+    );
+    assert_eq!(
+        after("--oom-events"),
+        "/fake/memory/harvest_n1/lease_L1/memory.oom_control"
+    );
+    assert_eq!(after("--hot"), "always");
+    assert_eq!(
+        std::fs::read(dir.join("functions.so")).unwrap(),
+        b"\x7fELF fake"
+    );
+    // Persisted with the ledger, and reported for Register.
+    let saved = LedgerStore::open(rig.state.path(), "n1")
+        .unwrap()
+        .load()
+        .unwrap()
+        .unwrap();
+    assert_eq!(saved.leases["L1"].cpus, set("0,2"));
+    assert_eq!(rig.exec.running(), [info]);
+}
+
+#[tokio::test]
+async fn refused_leases_say_why_and_hold_nothing() {
+    let mut rig = Rig::new();
+    let mut root = rig.order("R", 1, 100);
+    root.request.uid = 0;
+    rig.exec.create(root).await;
+    let LeaseEvent::Failed { lease_id, reason } = rig.event() else {
+        panic!()
+    };
+    assert_eq!(lease_id, "R");
+    assert!(
+        reason.contains("uid 0") && reason.contains("allow_root_executors"),
+        "{reason}"
+    );
+    rig.exec.create(rig.order("Big", 5, 100)).await;
+    let LeaseEvent::Failed { reason, .. } = rig.event() else {
+        panic!()
+    };
+    assert_eq!(reason, "lease Big: 5 CPUs wanted, only 4 idle (0-3)");
+    rig.exec.create(rig.order("../x", 1, 100)).await;
+    assert!(matches!(rig.event(), LeaseEvent::Failed { .. }));
+    assert!(rig.procs.launches().is_empty());
+    assert!(rig.view().cpus.function.is_empty());
+    assert!(lock(&rig.agent).ledger().leases.is_empty());
+}
+
+#[tokio::test]
+async fn destroy_stops_the_executor_and_frees_everything() {
+    let mut rig = Rig::new();
+    rig.exec.create(rig.order("L1", 1, 100)).await;
+    assert!(matches!(rig.event(), LeaseEvent::Ready(_)));
+    rig.exec.destroy("L1", "released by its user").await;
+    assert_eq!(
+        rig.event(),
+        LeaseEvent::Exited {
+            lease_id: "L1".into(),
+            reason: "released by its user".into()
+        }
+    );
+    assert_eq!(rig.procs.signals(), [(1000, Signal::Term)]);
+    assert!(rig.procs.running().is_empty());
+    let group = lease_group("n1", "L1");
+    assert_eq!(*rig.cgroups.killed.lock().unwrap(), [group.clone()]);
+    assert!(!rig.cgroups.exists(&group));
+    assert!(!rig.state.path().join("leases/L1").exists());
+    assert_eq!(rig.view().cpus.idle, set("0-3"));
+    assert_eq!(rig.view().memory_mib.function, 0);
+    // The watcher saw the exit too, but the lease was already ended: one event only.
+    tokio::task::yield_now().await;
+    assert!(rig.events.try_recv().is_err());
+    // An unknown lease is answered, so the scheduler can forget it.
+    rig.exec.destroy("nope", "").await;
+    let LeaseEvent::Exited { reason, .. } = rig.event() else {
+        panic!()
+    };
+    assert!(reason.contains("no lease nope"), "{reason}");
+}
+
+#[tokio::test]
+async fn an_executor_that_ignores_sigterm_is_killed_after_the_grace() {
+    let mut rig = Rig::new();
+    rig.procs.set_behaviour(Behaviour::IgnoresTerm);
+    rig.exec.create(rig.order("L1", 1, 100)).await;
+    assert!(matches!(rig.event(), LeaseEvent::Ready(_)));
+    rig.exec.destroy("L1", "bye").await;
+    assert_eq!(
+        rig.procs.signals(),
+        [(1000, Signal::Term), (1000, Signal::Kill)]
+    );
+    assert!(rig.procs.running().is_empty());
+}
+
+#[tokio::test]
+async fn a_crashed_executor_is_reported_and_its_lease_freed() {
+    let mut rig = Rig::new();
+    rig.exec.create(rig.order("L1", 1, 100)).await;
+    assert!(matches!(rig.event(), LeaseEvent::Ready(_)));
+    rig.procs.exit(1000, "killed by signal 11");
+    let event = tokio::time::timeout(Duration::from_secs(5), rig.events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        event,
+        LeaseEvent::Exited {
+            lease_id: "L1".into(),
+            reason: "executor exited (killed by signal 11)".into()
+        }
+    );
+    assert!(lock(&rig.agent).ledger().leases.is_empty());
+    assert!(!rig.cgroups.exists(&lease_group("n1", "L1")));
+}
+
+#[tokio::test]
+async fn an_executor_that_never_gets_ready_fails_the_lease_with_its_log() {
+    let mut rig = Rig::new();
+    rig.procs.set_behaviour(Behaviour::NeverReady);
+    let dir = rig.state.path().join("leases/L1");
+    rig.exec.create(rig.order("L1", 1, 100)).await;
+    let LeaseEvent::Failed { reason, .. } = rig.event() else {
+        panic!()
+    };
+    assert!(
+        reason.contains("did not become ready within 300ms"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("its log: (unreadable"),
+        "the fake writes no log: {reason}"
+    );
+    assert!(rig.procs.running().is_empty());
+    assert!(!dir.exists());
+    assert!(lock(&rig.agent).ledger().leases.is_empty());
+}
+
+#[tokio::test]
+async fn expired_leases_and_vanished_executors_end_at_the_next_tick() {
+    let mut rig = Rig::new();
+    let mut order = rig.order("old", 1, 100);
+    order.request.expires_unix_ms = i64::try_from(now_ms(SystemTime::now())).unwrap() + 60_000;
+    rig.exec.create(order).await;
+    rig.exec.create(rig.order("gone", 1, 100)).await;
+    assert!(matches!(rig.event(), LeaseEvent::Ready(_)));
+    assert!(matches!(rig.event(), LeaseEvent::Ready(_)));
+    rig.exec.tick(SystemTime::now()).await;
+    assert!(rig.events.try_recv().is_err(), "nothing is due yet");
+    rig.procs.vanish(1001);
+    rig.exec
+        .tick(SystemTime::now() + Duration::from_secs(61))
+        .await;
+    let mut got = vec![rig.event(), rig.event()];
+    got.sort_by_key(|e| format!("{e:?}"));
+    assert_eq!(
+        got,
+        [
+            LeaseEvent::Exited {
+                lease_id: "gone".into(),
+                reason: "the executor (pid 1001) is gone".into()
+            },
+            LeaseEvent::Exited {
+                lease_id: "old".into(),
+                reason: "the lease expired".into()
+            },
+        ]
+    );
+    assert!(lock(&rig.agent).ledger().leases.is_empty());
+}
+
+#[tokio::test]
+async fn after_a_restart_live_executors_are_re_adopted_and_the_rest_cleaned_up() {
+    let mut rig = Rig::new();
+    rig.exec.create(rig.order("alive", 1, 100)).await;
+    rig.exec.create(rig.order("dead", 1, 100)).await;
+    assert!(matches!(rig.event(), LeaseEvent::Ready(_)));
+    assert!(matches!(rig.event(), LeaseEvent::Ready(_)));
+    // A group no lease owns, e.g. left by a crash between mkdir and the ledger save.
+    rig.cgroups
+        .create(&lease_group("n1", "stray"), &GroupSpec::default())
+        .unwrap();
+    let Rig {
+        state,
+        cgroups,
+        agent,
+        exec,
+        ..
+    } = rig;
+    drop((exec, agent));
+    // The new agent's process table: "alive" (pid 1000) still runs, "dead" (1001) does not.
+    let procs = Arc::new(FakeProcesses::default());
+    procs.adopt_running(1000, 10_000);
+    let mut rig = Rig::on(state, cgroups, procs);
+    rig.exec.adopt().await;
+    let running = rig.exec.running();
+    assert_eq!(running.len(), 1);
+    assert_eq!(running[0].lease_id, "alive");
+    // It had been ready (the ledger kept its address), so it exited rather than failed.
+    let LeaseEvent::Exited { lease_id, reason } = rig.event() else {
+        panic!()
+    };
+    assert_eq!(lease_id, "dead");
+    assert!(reason.contains("harvestd restarted"), "{reason}");
+    assert!(!rig.cgroups.exists(&lease_group("n1", "stray")));
+    assert!(!rig.cgroups.exists(&lease_group("n1", "dead")));
+    assert!(rig.cgroups.exists(&lease_group("n1", "alive")));
+    assert_eq!(rig.view().cpus.function.len(), 1);
+    // The adopted executor is watched by the tick: when it dies its lease ends.
+    rig.procs.vanish(1000);
+    rig.exec.tick(SystemTime::now()).await;
+    assert!(matches!(rig.event(), LeaseEvent::Exited { ref lease_id, .. } if lease_id == "alive"));
+}

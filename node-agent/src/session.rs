@@ -1,0 +1,252 @@
+//! The agent's session with the scheduler (`AgentGateway.Session`, one bidirectional gRPC stream).
+//!
+//! The agent opens the stream and sends `Register` (its node and the executors it runs now),
+//! then a `SlotReport` whenever its view changes and at least every `heartbeat_interval` (the
+//! reports are the heartbeat), and the executors' events. The scheduler's `CreateExecutor` and
+//! `DestroyExecutor` orders go to [`Executors`]. When the stream breaks (the scheduler restarted,
+//! the network failed) the agent reconnects with exponential backoff (from
+//! [`DEFAULT_RECONNECT_BACKOFF`] up to `reconnect_backoff_max`) and registers again with its
+//! running executors, so their leases survive. Reports carry a version: `incarnation` is the
+//! agent's start time in ms, `sequence` grows with every report of that incarnation.
+
+use std::future::Future;
+use std::time::Duration;
+
+use harvest_core::NodeView;
+use harvest_proto::v1;
+use harvest_proto::v1::agent_gateway_client::AgentGatewayClient;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::config::DEFAULT_RECONNECT_BACKOFF;
+use crate::executor::launch::{LibrarySource, ServeOptions};
+use crate::executor::{CreateOrder, Executors, LeaseEvent};
+use crate::lease::{ExecutorInfo, LeaseRequest};
+
+/// Messages queued towards the scheduler per session.
+pub const OUTBOUND_QUEUE: usize = 64;
+
+/// How the session runs.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    pub url: String,
+    pub node: String,
+    pub heartbeat: Duration,
+    pub backoff_max: Duration,
+    /// The agent's start time in ms: the reports' incarnation.
+    pub incarnation: u64,
+}
+
+/// Why one session ended (the loop reconnects after any of them).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("connecting to the scheduler at {url}: {source}")]
+    Connect {
+        url: String,
+        source: tonic::transport::Error,
+    },
+    #[error("the scheduler refused the session: {0}")]
+    Refused(tonic::Status),
+    #[error("the session stream broke: {0}")]
+    Broken(tonic::Status),
+    #[error("the scheduler closed the session")]
+    Closed,
+}
+
+/// Runs sessions until `shutdown` resolves, reconnecting whenever one ends.
+pub async fn run(
+    settings: SessionSettings,
+    executors: Executors,
+    mut views: watch::Receiver<NodeView>,
+    mut events: mpsc::UnboundedReceiver<LeaseEvent>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut sequence = 0u64;
+    let mut backoff = DEFAULT_RECONNECT_BACKOFF;
+    loop {
+        let session = one_session(
+            &settings,
+            &executors,
+            &mut views,
+            &mut events,
+            &mut sequence,
+        );
+        tokio::select! {
+            () = &mut shutdown => return,
+            ended = session => {
+                let (err, registered) = ended;
+                if registered {
+                    backoff = DEFAULT_RECONNECT_BACKOFF;
+                }
+                tracing::warn!(error = %err, retry_in = ?backoff, "scheduler session ended; reconnecting");
+            }
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(settings.backoff_max);
+    }
+}
+
+/// One session: connect, register, then serve until the stream breaks. Returns why it ended and
+/// whether it got as far as registering.
+async fn one_session(
+    s: &SessionSettings,
+    executors: &Executors,
+    views: &mut watch::Receiver<NodeView>,
+    events: &mut mpsc::UnboundedReceiver<LeaseEvent>,
+    sequence: &mut u64,
+) -> (SessionError, bool) {
+    let mut client = match AgentGatewayClient::connect(s.url.clone()).await {
+        Ok(c) => c,
+        Err(source) => {
+            return (
+                SessionError::Connect {
+                    url: s.url.clone(),
+                    source,
+                },
+                false,
+            );
+        }
+    };
+    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let register = v1::Register {
+        node: s.node.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        executors: executors.running().iter().map(info_to_wire).collect(),
+        heartbeat_ms: u64::try_from(s.heartbeat.as_millis()).unwrap_or(u64::MAX),
+    };
+    let first = [
+        msg(v1::agent_message::Msg::Register(register)),
+        report(s, sequence, &views.borrow_and_update()),
+    ];
+    for m in first {
+        // The queue is empty and far larger than two messages.
+        let _ = tx.try_send(m);
+    }
+    let mut inbound = match client.session(ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return (SessionError::Refused(status), false),
+    };
+    tracing::info!(url = %s.url, node = %s.node, executors = executors.running().len(), "registered with the scheduler");
+    let mut heartbeat = tokio::time::interval(s.heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    heartbeat.tick().await;
+    loop {
+        let out = tokio::select! {
+            received = inbound.message() => match received {
+                Ok(Some(order)) => {
+                    dispatch(executors, order);
+                    continue;
+                }
+                Ok(None) => return (SessionError::Closed, true),
+                Err(status) => return (SessionError::Broken(status), true),
+            },
+            _ = heartbeat.tick() => report(s, sequence, &views.borrow_and_update()),
+            changed = views.changed() => match changed {
+                Ok(()) => report(s, sequence, &views.borrow_and_update()),
+                // The agent is shutting down.
+                Err(_) => return (SessionError::Closed, true),
+            },
+            Some(event) = events.recv() => msg(v1::agent_message::Msg::Executor(event_to_wire(event))),
+        };
+        if tx.send(out).await.is_err() {
+            return (SessionError::Closed, true);
+        }
+    }
+}
+
+fn msg(m: v1::agent_message::Msg) -> v1::AgentMessage {
+    v1::AgentMessage { msg: Some(m) }
+}
+
+fn report(s: &SessionSettings, sequence: &mut u64, view: &NodeView) -> v1::AgentMessage {
+    *sequence += 1;
+    msg(v1::agent_message::Msg::Slots(v1::SlotReport {
+        version: Some(v1::ReportVersion {
+            incarnation: s.incarnation,
+            sequence: *sequence,
+        }),
+        view: Some(view.into()),
+    }))
+}
+
+/// Starts the work an order asks for; its outcome comes back as an event.
+fn dispatch(executors: &Executors, order: v1::SchedulerMessage) {
+    match order.msg {
+        Some(v1::scheduler_message::Msg::Create(c)) => {
+            let order = create_from_wire(c);
+            tracing::info!(lease = %order.request.id, cores = order.request.cores,
+                memory_mib = order.request.memory_mib, uid = order.request.uid, "CreateExecutor");
+            let executors = executors.clone();
+            tokio::spawn(async move { executors.create(order).await });
+        }
+        Some(v1::scheduler_message::Msg::Destroy(d)) => {
+            tracing::info!(lease = %d.lease_id, reason = %d.reason, "DestroyExecutor");
+            let executors = executors.clone();
+            tokio::spawn(async move { executors.destroy(&d.lease_id, &d.reason).await });
+        }
+        None => tracing::warn!("empty message from the scheduler; ignored"),
+    }
+}
+
+/// `CreateExecutor` in the agent's terms.
+pub fn create_from_wire(c: v1::CreateExecutor) -> CreateOrder {
+    let library = match c.library.and_then(|l| l.source) {
+        Some(v1::function_library::Source::Content(bytes)) => LibrarySource::Content(bytes),
+        Some(v1::function_library::Source::Path(p)) => LibrarySource::Path(p.into()),
+        None => LibrarySource::Content(Vec::new()),
+    };
+    let options = c
+        .options
+        .map_or_else(ServeOptions::default, |o| ServeOptions {
+            hot_window_us: o.hot_window_us,
+            default_timeout_ms: o.default_timeout_ms,
+            max_output_bytes: o.max_output_bytes,
+        });
+    CreateOrder {
+        request: LeaseRequest {
+            id: c.lease_id,
+            uid: c.uid,
+            gid: c.gid,
+            cores: c.cores,
+            memory_mib: c.memory_mib,
+            gpus: c.gpus,
+            expires_unix_ms: c.expires_unix_ms,
+        },
+        library,
+        options,
+    }
+}
+
+pub fn info_to_wire(i: &ExecutorInfo) -> v1::ExecutorInfo {
+    v1::ExecutorInfo {
+        lease_id: i.lease_id.clone(),
+        uid: i.uid,
+        cpus: i.cpus.iter().collect(),
+        memory_mib: i.memory_mib,
+        gpus: i.gpus.clone(),
+        address: i.address.clone(),
+        expires_unix_ms: i.expires_unix_ms,
+    }
+}
+
+pub fn event_to_wire(e: LeaseEvent) -> v1::ExecutorEvent {
+    use v1::executor_event::Event;
+    match e {
+        LeaseEvent::Ready(info) => v1::ExecutorEvent {
+            lease_id: info.lease_id.clone(),
+            event: Some(Event::Ready(info_to_wire(&info))),
+        },
+        LeaseEvent::Failed { lease_id, reason } => v1::ExecutorEvent {
+            lease_id,
+            event: Some(Event::Failed(reason)),
+        },
+        LeaseEvent::Exited { lease_id, reason } => v1::ExecutorEvent {
+            lease_id,
+            event: Some(Event::Exited(reason)),
+        },
+    }
+}
