@@ -1,10 +1,17 @@
-//! The harvest client library.
+//! The harvest client library and the `harvest` CLI.
 //!
-//! - [`invoke`]: invoking functions on a lease's executor, client to executor directly.
-//!
-//! Leases (acquire, release, failover) and the `harvest` CLI's cluster views land with the
-//! scheduler issue.
+//! - [`lease`]: acquiring and releasing leases, listing nodes and leases ([`SchedulerClient`]).
+//! - [`invoke`]: invoking functions on a lease's executor, client to executor directly
+//!   (synchronously with `invoke`, asynchronously with `submit` then `wait_into`).
+//! - [`identity`]: munge credentials (`munge -n`), one per request.
+//! - [`locate`]: where the scheduler is (`--scheduler`, `HARVEST_SCHEDULER`, config file).
+//! - [`cli`]: the `harvest` command line over all of the above.
 
+pub mod cli;
+pub mod identity;
 pub mod invoke;
+pub mod lease;
+pub mod locate;
 
 pub use invoke::{ExecutorConnection, InvokeError, Polling};
+pub use lease::{Lease, LeaseError, LeaseRequest, Library, Node, SchedulerClient};

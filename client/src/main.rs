@@ -1,13 +1,18 @@
-//! The `harvest` command line.
+//! The `harvest` command line: parses arguments, runs the command, maps failures to exit codes
+//! (docs/cli.md lists them).
+
+use std::process::ExitCode;
 
 use clap::Parser;
+use harvest_client::cli::{self, Args};
 
-/// harvest: run short functions in the idle cores, memory and GPUs of an HPC cluster's batch nodes.
-#[derive(Debug, Parser)]
-#[command(version, about)]
-struct Args {}
-
-fn main() -> anyhow::Result<()> {
-    let _args = Args::parse();
-    anyhow::bail!("the harvest CLI has no commands yet: they land with the scheduler issue")
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match cli::run(args, &|name| std::env::var(name).ok()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("harvest: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }

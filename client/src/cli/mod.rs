@@ -1,0 +1,334 @@
+//! The `harvest` command line: argument definitions and the commands, over the client library.
+//!
+//! - [`exit`]: failures and their exit codes.
+//! - [`show`]: the tables printed without `--json`.
+
+pub mod exit;
+pub mod show;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args as ClapArgs, Parser, Subcommand};
+
+use crate::identity::Munge;
+use crate::invoke::Polling;
+use crate::lease::{Lease, LeaseRequest, Library, SchedulerClient};
+use crate::locate::ClientConfig;
+use exit::CliError;
+
+/// harvest: run short functions in the idle cores, memory and GPUs of an HPC cluster's batch
+/// nodes.
+///
+/// A lease holds cores and memory on one node for a while; its executor runs your functions
+/// (C ABI: `uint32_t fn(void *in, uint32_t in_len, void *out)`, in a shared library) under the
+/// lease's cgroup, as you. Batch jobs always win: a lease on a node a job needs is revoked.
+///
+/// Examples:
+///   harvest nodes
+///   harvest invoke --lib ./libf.so --fn square --cores 1 --mem 256M --input in.bin > out.bin
+///   harvest lease acquire --lib ./libf.so --cores 2 --lifetime 10m --json
+///   harvest invoke --lease ID --fn square --input -
+///   harvest lease release ID
+///
+/// The scheduler's address comes from --scheduler, else $HARVEST_SCHEDULER
+/// (`eval "$(deploy/local-cluster env)"` sets it), else `scheduler = "host:port"` in the client
+/// configuration ($HARVEST_CONFIG, ~/.config/harvest/client.toml, /etc/harvest/client.toml).
+/// You are who munge says you are (`munge -n`): munged must run on this host.
+/// Exit codes are listed in docs/cli.md (0 success, 3 scheduler unreachable, 5 no idle
+/// resources, 10 crashed, 11 timed out, 12 out of memory, ...).
+#[derive(Debug, Parser)]
+#[command(version, about, verbatim_doc_comment)]
+pub struct Args {
+    /// The scheduler, `host:port` or `http://host:port` (overrides $HARVEST_SCHEDULER).
+    #[arg(long, global = true)]
+    pub scheduler: Option<String>,
+    /// The client configuration file (TOML: scheduler, munge, munge_socket).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Every node: its state (up, down) and CPUs, memory and GPUs by owner (batch, function,
+    /// idle), as its agent reports them.
+    Nodes {
+        /// JSON: an array of harvestd's NodeView (name, cpus, memory_mib, gpus) plus state.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every lease: live ones and recently ended ones (with why they ended).
+    Leases {
+        /// JSON: an array of leases (id, node, uid, user, cpus, memory_mib, state, ...).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Acquire or release a lease.
+    #[command(subcommand)]
+    Lease(LeaseCommand),
+    /// Invoke a function once and print its output bytes to stdout. Without --lease, acquires
+    /// a lease for the call and releases it afterwards (also when the call fails).
+    Invoke(InvokeArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LeaseCommand {
+    /// Acquire a lease; prints it once its executor listens.
+    Acquire {
+        #[command(flatten)]
+        res: ResourceArgs,
+        /// JSON: the lease (id, node, cpus, executor_address, ...).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release a lease (yours; root may release any).
+    Release {
+        /// The lease's id, as `harvest leases` shows it.
+        id: String,
+    },
+}
+
+/// What a lease holds and runs.
+#[derive(Debug, ClapArgs)]
+pub struct ResourceArgs {
+    /// The function library (a .so); its bytes are shipped to the node.
+    #[arg(long, required_unless_present = "lib_on_node")]
+    pub lib: Option<PathBuf>,
+    /// Instead of --lib: a library path the node can read itself (a shared file system).
+    #[arg(long, conflicts_with = "lib")]
+    pub lib_on_node: Option<String>,
+    /// Cores.
+    #[arg(long, default_value_t = 1)]
+    pub cores: u32,
+    /// Memory in Slurm's notation (512M, 4G); default: the scheduler's per-core default.
+    #[arg(long, value_parser = parse_mem)]
+    pub mem: Option<u64>,
+    /// GPUs.
+    #[arg(long, default_value_t = 0)]
+    pub gpus: u32,
+    /// How long the lease lives (e.g. 30s, 10m); default: the scheduler's.
+    #[arg(long, value_parser = parse_duration)]
+    pub lifetime: Option<Duration>,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct InvokeArgs {
+    /// The function's name in the library.
+    #[arg(long = "fn")]
+    pub function: String,
+    /// Use this existing lease instead of acquiring one.
+    #[arg(long, conflicts_with_all = ["lib", "lib_on_node"])]
+    pub lease: Option<String>,
+    #[command(flatten)]
+    pub res: InvokeResources,
+    /// The input bytes: a file, or - for stdin (default: empty input).
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// The invocation's timeout (e.g. 500ms, 2s); default: the executor's (10 s).
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+}
+
+/// [`ResourceArgs`] without the requirement of a library (for `invoke --lease`).
+#[derive(Debug, ClapArgs)]
+pub struct InvokeResources {
+    /// The function library (a .so); its bytes are shipped to the node.
+    #[arg(long)]
+    pub lib: Option<PathBuf>,
+    /// Instead of --lib: a library path the node can read itself.
+    #[arg(long, conflicts_with = "lib")]
+    pub lib_on_node: Option<String>,
+    /// Cores.
+    #[arg(long, default_value_t = 1)]
+    pub cores: u32,
+    /// Memory in Slurm's notation (512M, 4G).
+    #[arg(long, value_parser = parse_mem)]
+    pub mem: Option<u64>,
+    /// GPUs.
+    #[arg(long, default_value_t = 0)]
+    pub gpus: u32,
+    /// How long the lease lives; default: the scheduler's.
+    #[arg(long, value_parser = parse_duration)]
+    pub lifetime: Option<Duration>,
+}
+
+fn parse_mem(s: &str) -> Result<u64, String> {
+    harvest_core::parse_memory_mib(s).map_err(|e| e.to_string())
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    harvest_core::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CliError {
+    let what = what.into();
+    move |source| CliError::Io { what, source }
+}
+
+fn request(
+    lib: Option<&PathBuf>,
+    lib_on_node: Option<&String>,
+    cores: u32,
+    mem: Option<u64>,
+    gpus: u32,
+    lifetime: Option<Duration>,
+) -> Result<LeaseRequest, CliError> {
+    let library = match (lib, lib_on_node) {
+        (Some(path), _) => Library::read(path)?,
+        (None, Some(p)) => Library::Path(p.clone()),
+        (None, None) => {
+            return Err(CliError::Io {
+                what: "no function library".into(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "pass --lib PATH (or --lib-on-node PATH, or --lease ID)",
+                ),
+            });
+        }
+    };
+    let mut req = LeaseRequest::new(cores, library);
+    req.memory_mib = mem.unwrap_or(0);
+    req.gpus = gpus;
+    req.lifetime = lifetime;
+    Ok(req)
+}
+
+/// Runs a parsed command; `env` reads environment variables (a parameter for tests).
+pub fn run(args: Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliError> {
+    let config = ClientConfig::find(args.config.as_deref(), env)?;
+    let url = config.scheduler(args.scheduler.as_deref(), env)?;
+    let munge = Munge {
+        program: config
+            .munge
+            .clone()
+            .unwrap_or_else(|| Munge::default().program),
+        socket: config.munge_socket.clone(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io("cannot start the async runtime"))?;
+    let mut client = rt.block_on(SchedulerClient::connect(&url, Arc::new(munge)))?;
+    let mut stdout = std::io::stdout().lock();
+    match args.command {
+        Command::Nodes { json: as_json } => {
+            let nodes = rt.block_on(client.nodes())?;
+            let text = if as_json {
+                to_json(&nodes)
+            } else {
+                show::nodes(&nodes)
+            };
+            stdout
+                .write_all(text.as_bytes())
+                .map_err(io("cannot write to stdout"))?;
+        }
+        Command::Leases { json: as_json } => {
+            let leases = rt.block_on(client.leases())?;
+            let text = if as_json {
+                to_json(&leases)
+            } else {
+                show::leases(&leases)
+            };
+            stdout
+                .write_all(text.as_bytes())
+                .map_err(io("cannot write to stdout"))?;
+        }
+        Command::Lease(LeaseCommand::Acquire { res, json: as_json }) => {
+            let req = request(
+                res.lib.as_ref(),
+                res.lib_on_node.as_ref(),
+                res.cores,
+                res.mem,
+                res.gpus,
+                res.lifetime,
+            )?;
+            let lease = rt.block_on(client.acquire(&req))?;
+            let text = if as_json {
+                to_json(&lease)
+            } else {
+                show::lease(&lease)
+            };
+            stdout
+                .write_all(text.as_bytes())
+                .map_err(io("cannot write to stdout"))?;
+        }
+        Command::Lease(LeaseCommand::Release { id }) => {
+            rt.block_on(client.release(&id))?;
+        }
+        Command::Invoke(a) => {
+            let input = read_input(a.input.as_ref())?;
+            let output = if let Some(id) = &a.lease {
+                let leases = rt.block_on(client.leases())?;
+                let lease = leases.into_iter().find(|l| &l.id == id).ok_or_else(|| {
+                    crate::lease::LeaseError::Refused {
+                        op: "invoke",
+                        code: tonic::Code::NotFound,
+                        message: format!("no lease {id}: `harvest leases` lists the leases"),
+                    }
+                })?;
+                invoke_once(&lease, &a.function, &input, a.timeout)?
+            } else {
+                let r = &a.res;
+                let req = request(
+                    r.lib.as_ref(),
+                    r.lib_on_node.as_ref(),
+                    r.cores,
+                    r.mem,
+                    r.gpus,
+                    r.lifetime,
+                )?;
+                let lease = rt.block_on(client.acquire(&req))?;
+                let result = invoke_once(&lease, &a.function, &input, a.timeout);
+                // Release even when the invocation failed; its error is the one to report.
+                let released = rt.block_on(client.release(&lease.id));
+                let output = result?;
+                released?;
+                output
+            };
+            stdout
+                .write_all(&output)
+                .map_err(io("cannot write the output to stdout"))?;
+            stdout
+                .flush()
+                .map_err(io("cannot write the output to stdout"))?;
+        }
+    }
+    Ok(())
+}
+
+fn read_input(input: Option<&PathBuf>) -> Result<Vec<u8>, CliError> {
+    let mut buf = Vec::new();
+    match input {
+        None => {}
+        Some(p) if p.as_os_str() == "-" => {
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map_err(io("cannot read the input from stdin"))?;
+        }
+        Some(p) => {
+            buf = std::fs::read(p).map_err(io(format!("cannot read the input {}", p.display())))?;
+        }
+    }
+    Ok(buf)
+}
+
+fn invoke_once(
+    lease: &Lease,
+    function: &str,
+    input: &[u8],
+    timeout: Option<Duration>,
+) -> Result<Vec<u8>, CliError> {
+    let mut conn = lease.connect(Polling::Block)?;
+    Ok(conn.invoke(function, input, timeout)?)
+}
+
+/// Pretty JSON with a final newline.
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    let mut s = serde_json::to_string_pretty(value).expect("plain data serializes");
+    s.push('\n');
+    s
+}

@@ -1,0 +1,393 @@
+//! Leases: asking the scheduler for cores, memory and GPUs, and giving them back.
+//!
+//! [`SchedulerClient`] talks to `harvest-scheduler` over gRPC (control plane only). A [`Lease`]
+//! names its executor's address; [`Lease::connect`] opens the direct connection invocations
+//! use ([`crate::invoke`]), so the scheduler is never on the invocation path.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use harvest_proto::v1::{self, scheduler_client};
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::identity::{CredentialError, CredentialSource};
+use crate::invoke::{ExecutorConnection, InvokeError, Polling};
+
+/// How long connecting to the scheduler may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest message sent (a shipped library travels inside AcquireLease).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// A lease operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("invalid scheduler address {url:?}: {message}")]
+    Address { url: String, message: String },
+    #[error(
+        "cannot reach the scheduler at {url}: is it running? deploy/local-cluster up starts one ({source})"
+    )]
+    Unreachable {
+        url: String,
+        source: tonic::transport::Error,
+    },
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
+    #[error("cannot read the function library {path}: {source}")]
+    Library {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The scheduler answered with an error.
+    #[error("{op}: {message} ({code:?})")]
+    Refused {
+        op: &'static str,
+        code: tonic::Code,
+        message: String,
+    },
+    #[error("lease {id} has no usable executor address {address:?}")]
+    NoExecutor { id: String, address: String },
+}
+
+impl LeaseError {
+    fn from_status(op: &'static str, url: &str, s: tonic::Status) -> Self {
+        // A dead connection shows up as UNAVAILABLE with a transport message.
+        if s.code() == tonic::Code::Unavailable && s.message().contains("transport") {
+            return Self::Refused {
+                op,
+                code: s.code(),
+                message: format!(
+                    "cannot reach the scheduler at {url}: is it running? deploy/local-cluster up starts one ({})",
+                    s.message()
+                ),
+            };
+        }
+        Self::Refused {
+            op,
+            code: s.code(),
+            message: s.message().to_owned(),
+        }
+    }
+
+    /// The gRPC code when the scheduler refused.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            Self::Refused { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// Where the executor finds the function library.
+#[derive(Debug, Clone)]
+pub enum Library {
+    /// The shared object's bytes, shipped in the request.
+    Content(Vec<u8>),
+    /// A path readable by the lease's user on the node.
+    Path(String),
+}
+
+impl Library {
+    /// Reads a local file to ship it.
+    pub fn read(path: &Path) -> Result<Self, LeaseError> {
+        std::fs::read(path)
+            .map(Self::Content)
+            .map_err(|source| LeaseError::Library {
+                path: path.display().to_string(),
+                source,
+            })
+    }
+}
+
+/// What a lease asks for.
+#[derive(Debug, Clone)]
+pub struct LeaseRequest {
+    pub cores: u32,
+    /// 0: the scheduler's default per core.
+    pub memory_mib: u64,
+    pub gpus: u32,
+    /// `None`: the scheduler's default lifetime.
+    pub lifetime: Option<Duration>,
+    pub library: Library,
+    /// Busy-poll window after each invocation: `None` the executor's default, `Some(None)`
+    /// always hot, `Some(Some(d))` that long.
+    pub hot_window: Option<Option<Duration>>,
+    /// Timeout of invocations that ask for none (`None`: the executor's default).
+    pub default_timeout: Option<Duration>,
+}
+
+impl LeaseRequest {
+    pub fn new(cores: u32, library: Library) -> Self {
+        Self {
+            cores,
+            memory_mib: 0,
+            gpus: 0,
+            lifetime: None,
+            library,
+            hot_window: None,
+            default_timeout: None,
+        }
+    }
+}
+
+/// A lease as the scheduler describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lease {
+    pub id: String,
+    pub node: String,
+    pub uid: u32,
+    pub user: String,
+    pub cpus: Vec<u32>,
+    pub memory_mib: u64,
+    pub gpus: Vec<u32>,
+    /// pending, active, released, expired, revoked or failed.
+    pub state: String,
+    pub executor_address: String,
+    pub created_unix_ms: i64,
+    pub expires_unix_ms: i64,
+    pub end_reason: String,
+}
+
+impl From<v1::Lease> for Lease {
+    fn from(l: v1::Lease) -> Self {
+        let state = v1::LeaseState::try_from(l.state)
+            .map_or("unknown", |s| {
+                s.as_str_name()
+                    .strip_prefix("LEASE_STATE_")
+                    .unwrap_or("unknown")
+            })
+            .to_ascii_lowercase();
+        Self {
+            id: l.id,
+            node: l.node,
+            uid: l.uid,
+            user: l.user,
+            cpus: l.cpus,
+            memory_mib: l.memory_mib,
+            gpus: l.gpus,
+            state,
+            executor_address: l.executor_address,
+            created_unix_ms: l.created_unix_ms,
+            expires_unix_ms: l.expires_unix_ms,
+            end_reason: l.end_reason,
+        }
+    }
+}
+
+impl Lease {
+    pub fn executor_addr(&self) -> Result<SocketAddr, LeaseError> {
+        self.executor_address
+            .parse()
+            .map_err(|_| LeaseError::NoExecutor {
+                id: self.id.clone(),
+                address: self.executor_address.clone(),
+            })
+    }
+
+    /// Opens a direct connection to the lease's executor. Open one per core for parallelism;
+    /// `submit`/`wait_into` on a connection invoke asynchronously.
+    pub fn connect(&self, polling: Polling) -> Result<ExecutorConnection, InvokeError> {
+        let addr = self
+            .executor_addr()
+            .map_err(|e| InvokeError::Request(e.to_string()))?;
+        ExecutorConnection::connect(addr, polling)
+    }
+}
+
+/// A node as the scheduler sees it: the agent's view plus `state` (up, down).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Node {
+    #[serde(flatten)]
+    pub view: harvest_core::NodeView,
+    pub state: String,
+    pub last_report_unix_ms: i64,
+}
+
+/// A connection to the scheduler.
+#[derive(Debug, Clone)]
+pub struct SchedulerClient {
+    url: String,
+    rpc: scheduler_client::SchedulerClient<Channel>,
+    credentials: Arc<dyn CredentialSource>,
+}
+
+/// `host:port` becomes `http://host:port`.
+pub fn normalize_url(url: &str) -> String {
+    if url.contains("://") {
+        url.to_owned()
+    } else {
+        format!("http://{url}")
+    }
+}
+
+impl SchedulerClient {
+    /// Connects to the scheduler at `url` (`http://host:port` or `host:port`).
+    pub async fn connect(
+        url: &str,
+        credentials: Arc<dyn CredentialSource>,
+    ) -> Result<Self, LeaseError> {
+        let url = normalize_url(url);
+        let endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| LeaseError::Address {
+                url: url.clone(),
+                message: e.to_string(),
+            })?
+            .connect_timeout(CONNECT_TIMEOUT);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|source| LeaseError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        let rpc = scheduler_client::SchedulerClient::new(channel)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(Self {
+            url,
+            rpc,
+            credentials,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn credential(&self) -> Result<Option<v1::Credential>, LeaseError> {
+        Ok(Some(v1::Credential {
+            munge: self.credentials.credential()?,
+        }))
+    }
+
+    /// Acquires a lease; returns once its executor listens.
+    pub async fn acquire(&mut self, req: &LeaseRequest) -> Result<Lease, LeaseError> {
+        let library = match &req.library {
+            Library::Content(b) => v1::function_library::Source::Content(b.clone()),
+            Library::Path(p) => v1::function_library::Source::Path(p.clone()),
+        };
+        let executor = (req.hot_window.is_some() || req.default_timeout.is_some()).then(|| {
+            v1::ExecutorOptions {
+                hot_window_us: match req.hot_window {
+                    None => 0,
+                    Some(None) => -1,
+                    Some(Some(d)) => d.as_micros().min(i64::MAX as u128) as i64,
+                },
+                default_timeout_ms: req
+                    .default_timeout
+                    .map_or(0, |d| d.as_millis().clamp(1, u32::MAX as u128) as u32),
+                max_output_bytes: 0,
+            }
+        });
+        let msg = v1::AcquireLeaseRequest {
+            credential: self.credential()?,
+            cores: req.cores,
+            memory_mib: req.memory_mib,
+            gpus: req.gpus,
+            lifetime_ms: req.lifetime.map_or(0, |d| d.as_millis() as u64),
+            idle_timeout_ms: 0,
+            library: Some(v1::FunctionLibrary {
+                source: Some(library),
+            }),
+            executor,
+        };
+        let url = self.url.clone();
+        self.rpc
+            .acquire_lease(msg)
+            .await
+            .map(|r| r.into_inner().into())
+            .map_err(|s| LeaseError::from_status("acquire lease", &url, s))
+    }
+
+    /// Releases a lease (its executor stops).
+    pub async fn release(&mut self, id: &str) -> Result<(), LeaseError> {
+        let msg = v1::ReleaseLeaseRequest {
+            credential: self.credential()?,
+            lease_id: id.to_owned(),
+        };
+        let url = self.url.clone();
+        self.rpc
+            .release_lease(msg)
+            .await
+            .map(|_| ())
+            .map_err(|s| LeaseError::from_status("release lease", &url, s))
+    }
+
+    /// Every node the scheduler knows.
+    pub async fn nodes(&mut self) -> Result<Vec<Node>, LeaseError> {
+        let url = self.url.clone();
+        let resp = self
+            .rpc
+            .list_nodes(v1::ListNodesRequest {})
+            .await
+            .map_err(|s| LeaseError::from_status("list nodes", &url, s))?;
+        Ok(resp
+            .into_inner()
+            .nodes
+            .into_iter()
+            .map(|n| Node {
+                view: n.view.as_ref().map(Into::into).unwrap_or_default(),
+                state: n.state,
+                last_report_unix_ms: n.last_report_unix_ms,
+            })
+            .collect())
+    }
+
+    /// Every lease the scheduler holds (live ones and recently ended ones).
+    pub async fn leases(&mut self) -> Result<Vec<Lease>, LeaseError> {
+        let url = self.url.clone();
+        let resp = self
+            .rpc
+            .list_leases(v1::ListLeasesRequest {})
+            .await
+            .map_err(|s| LeaseError::from_status("list leases", &url, s))?;
+        Ok(resp
+            .into_inner()
+            .leases
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_leases_get_readable_states() {
+        let l = Lease::from(v1::Lease {
+            id: "a".into(),
+            state: v1::LeaseState::Revoked as i32,
+            ..Default::default()
+        });
+        assert_eq!(l.state, "revoked");
+        assert!(l.executor_addr().is_err());
+    }
+
+    #[test]
+    fn bare_addresses_get_a_scheme() {
+        assert_eq!(normalize_url("127.0.0.1:6820"), "http://127.0.0.1:6820");
+        assert_eq!(normalize_url("http://h:1"), "http://h:1");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_scheduler_says_how_to_start_one() {
+        // A port nobody listens on: bind one, note it, close it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let creds = Arc::new(crate::identity::Fixed("x".into()));
+        let e = SchedulerClient::connect(&format!("127.0.0.1:{port}"), creds)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot reach the scheduler") && e.contains("local-cluster up"),
+            "{e}"
+        );
+    }
+}
