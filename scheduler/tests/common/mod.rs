@@ -1,0 +1,302 @@
+//! Test harness: the real scheduler on 127.0.0.1:0 with the fake authenticator, fake agents
+//! speaking the real AgentGateway protocol, and a fake executor that answers invocations.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use harvest_client::identity::Fixed;
+use harvest_client::{LeaseRequest, Library, SchedulerClient};
+use harvest_core::invoke::{self, ErrorCode, Frame};
+use harvest_core::{CpuSet, NodeView};
+use harvest_proto::v1::{
+    self, agent_gateway_client::AgentGatewayClient, agent_message, executor_event,
+};
+use harvest_scheduler::config::Config;
+use harvest_scheduler::identity::FakeAuthenticator;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// A running scheduler.
+pub struct Scheduler {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Scheduler {
+    /// Starts one on `addr` (port 0: any free port).
+    pub async fn start(config: Config, addr: &str) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            harvest_scheduler::serve(config, Arc::new(FakeAuthenticator), listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self {
+            addr,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Shuts it down and waits until it has stopped serving.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+    }
+
+    pub async fn client(&self, uid: u32) -> SchedulerClient {
+        SchedulerClient::connect(
+            &self.addr.to_string(),
+            Arc::new(Fixed(format!("uid:{uid}"))),
+        )
+        .await
+        .unwrap()
+    }
+}
+
+/// A configuration for fast tests.
+pub fn config() -> Config {
+    Config {
+        listen: "127.0.0.1:0".into(),
+        policy: "first-fit".into(),
+        tick_ms: 20,
+        executor_start_timeout_ms: 2000,
+        ..Config::default()
+    }
+}
+
+pub fn request(cores: u32, memory_mib: u64) -> LeaseRequest {
+    let mut r = LeaseRequest::new(cores, Library::Path("/opt/lib.so".into()));
+    r.memory_mib = memory_mib;
+    r
+}
+
+/// A node of `total` CPUs, the first `batch` held by a batch job, 1000 MiB, 100 held by it.
+pub fn view(name: &str, total: u32, batch: u32) -> NodeView {
+    let mut v = NodeView {
+        name: name.into(),
+        ..NodeView::default()
+    };
+    v.cpus.total = CpuSet::first_n(total);
+    v.cpus.batch = (0..batch).collect();
+    v.cpus.idle = (batch..total).collect();
+    v.memory_mib.total = 1000;
+    v.memory_mib.batch = 100;
+    v.memory_mib.idle = 900;
+    v
+}
+
+/// How a fake agent answers CreateExecutor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Start a fake executor and report it ready.
+    Ready,
+    /// Report the start failed.
+    Fail,
+    /// Say nothing.
+    Silent,
+}
+
+/// An agent that speaks the real session protocol.
+pub struct FakeAgent {
+    pub node: String,
+    tx: mpsc::Sender<v1::AgentMessage>,
+    /// Every order received.
+    pub orders: Arc<Mutex<Vec<v1::scheduler_message::Msg>>>,
+    /// The executors it runs, by lease.
+    pub executors: Arc<Mutex<HashMap<String, v1::ExecutorInfo>>>,
+    incarnation: u64,
+    task: JoinHandle<()>,
+}
+
+impl FakeAgent {
+    /// Opens a session and registers, re-reporting `executors`.
+    pub async fn connect(
+        addr: SocketAddr,
+        node: &str,
+        heartbeat_ms: u64,
+        executors: Vec<v1::ExecutorInfo>,
+        answer: Answer,
+    ) -> Self {
+        let mut client = AgentGatewayClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(64);
+        tx.send(v1::AgentMessage {
+            msg: Some(agent_message::Msg::Register(v1::Register {
+                node: node.into(),
+                agent_version: "fake".into(),
+                executors: executors.clone(),
+                heartbeat_ms,
+            })),
+        })
+        .await
+        .unwrap();
+        let mut inbound = client
+            .session(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let orders = Arc::new(Mutex::new(Vec::new()));
+        let running: Arc<Mutex<HashMap<String, v1::ExecutorInfo>>> = Arc::new(Mutex::new(
+            executors
+                .into_iter()
+                .map(|e| (e.lease_id.clone(), e))
+                .collect(),
+        ));
+        let (o, r, out) = (orders.clone(), running.clone(), tx.clone());
+        let task = tokio::spawn(async move {
+            while let Ok(Some(msg)) = inbound.message().await {
+                let Some(msg) = msg.msg else { continue };
+                o.lock().unwrap().push(msg.clone());
+                match msg {
+                    v1::scheduler_message::Msg::Create(c) => {
+                        let event = match answer {
+                            Answer::Silent => continue,
+                            Answer::Fail => executor_event::Event::Failed(
+                                "cannot create the lease cgroup: permission denied".into(),
+                            ),
+                            Answer::Ready => {
+                                let info = v1::ExecutorInfo {
+                                    lease_id: c.lease_id.clone(),
+                                    uid: c.uid,
+                                    cpus: (0..c.cores).collect(),
+                                    memory_mib: c.memory_mib,
+                                    gpus: vec![],
+                                    address: fake_executor().to_string(),
+                                    expires_unix_ms: c.expires_unix_ms,
+                                };
+                                r.lock().unwrap().insert(c.lease_id.clone(), info.clone());
+                                executor_event::Event::Ready(info)
+                            }
+                        };
+                        let _ = out
+                            .send(v1::AgentMessage {
+                                msg: Some(agent_message::Msg::Executor(v1::ExecutorEvent {
+                                    lease_id: c.lease_id,
+                                    event: Some(event),
+                                })),
+                            })
+                            .await;
+                    }
+                    v1::scheduler_message::Msg::Destroy(d) => {
+                        r.lock().unwrap().remove(&d.lease_id);
+                    }
+                }
+            }
+        });
+        Self {
+            node: node.into(),
+            tx,
+            orders,
+            executors: running,
+            incarnation: 1,
+            task,
+        }
+    }
+
+    pub async fn report(&self, sequence: u64, view: &NodeView) {
+        self.tx
+            .send(v1::AgentMessage {
+                msg: Some(agent_message::Msg::Slots(v1::SlotReport {
+                    version: Some(v1::ReportVersion {
+                        incarnation: self.incarnation,
+                        sequence,
+                    }),
+                    view: Some(view.into()),
+                })),
+            })
+            .await
+            .unwrap();
+    }
+
+    pub fn running(&self) -> Vec<v1::ExecutorInfo> {
+        self.executors.lock().unwrap().values().cloned().collect()
+    }
+
+    pub fn destroyed(&self, lease: &str) -> Option<String> {
+        self.orders.lock().unwrap().iter().find_map(|o| match o {
+            v1::scheduler_message::Msg::Destroy(d) if d.lease_id == lease => Some(d.reason.clone()),
+            _ => None,
+        })
+    }
+
+    /// Ends the session (the agent is gone).
+    pub fn disconnect(self) {
+        self.task.abort();
+    }
+}
+
+/// A fake executor: `reverse` answers its input reversed, anything else "no such function".
+pub fn fake_executor() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                loop {
+                    let mut prefix = [0u8; invoke::LEN_BYTES];
+                    if conn.read_exact(&mut prefix).is_err() {
+                        return;
+                    }
+                    let mut body = vec![0u8; invoke::body_len(prefix)];
+                    if conn.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let mut out = Vec::new();
+                    match invoke::decode(&body) {
+                        Ok(Frame::Invoke {
+                            id,
+                            function: "reverse",
+                            input,
+                            ..
+                        }) => {
+                            let rev: Vec<u8> = input.iter().rev().copied().collect();
+                            invoke::encode_result(&mut out, id, &rev);
+                        }
+                        Ok(Frame::Invoke { id, function, .. }) => invoke::encode_error(
+                            &mut out,
+                            id,
+                            ErrorCode::NoSuchFunction,
+                            &format!("no function {function}"),
+                        ),
+                        _ => return,
+                    }
+                    if conn.write_all(&out).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Polls `check` until it returns `Some` or `deadline` passes.
+pub async fn eventually<T>(
+    what: &str,
+    deadline: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
