@@ -17,6 +17,7 @@
 //! - [`server`]: `harvestd run`: the plugin and query sockets and the reconcile loop (tokio).
 //! - [`query`]: `harvestd status`: the query client and the table.
 //! - [`config`]: the TOML configuration and its defaults.
+//! - [`fake_scheduler`]: a recording `AgentGateway` server for tests (never run by harvestd).
 //!
 //! The binary (`src/main.rs`) parses arguments, installs logging and calls [`server::run`].
 
@@ -25,6 +26,7 @@ pub mod cgroup;
 pub mod config;
 pub mod discover;
 pub mod executor;
+pub mod fake_scheduler;
 pub mod lease;
 pub mod ledger;
 pub mod query;

@@ -1,0 +1,165 @@
+//! A fake scheduler for tests: a real `AgentGateway` gRPC server on 127.0.0.1 that records
+//! everything agents send and lets the test send orders down the latest session.
+//!
+//! Used by this crate's black-box tests and by the system tests (`system-tests/tests/executors.rs`);
+//! harvestd itself never runs it.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use harvest_proto::v1;
+use harvest_proto::v1::agent_gateway_server::{AgentGateway, AgentGatewayServer};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+type Orders = mpsc::Sender<Result<v1::SchedulerMessage, Status>>;
+
+#[derive(Debug, Clone)]
+struct Gateway {
+    received: mpsc::UnboundedSender<v1::AgentMessage>,
+    orders: Arc<Mutex<Option<Orders>>>,
+}
+
+#[tonic::async_trait]
+impl AgentGateway for Gateway {
+    type SessionStream = Pin<Box<dyn Stream<Item = Result<v1::SchedulerMessage, Status>> + Send>>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<v1::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let received = self.received.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = inbound.next().await {
+                if received.send(m).is_err() {
+                    break;
+                }
+            }
+        });
+        let (tx, rx) = mpsc::channel(16);
+        *self.orders.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// A running fake scheduler.
+#[derive(Debug)]
+pub struct FakeScheduler {
+    pub addr: SocketAddr,
+    received: mpsc::UnboundedReceiver<v1::AgentMessage>,
+    orders: Arc<Mutex<Option<Orders>>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl FakeScheduler {
+    /// Serves on `addr` (port 0: a free one).
+    pub async fn start(addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (received_tx, received) = mpsc::unbounded_channel();
+        let orders = Arc::new(Mutex::new(None));
+        let gateway = Gateway {
+            received: received_tx,
+            orders: orders.clone(),
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(AgentGatewayServer::new(gateway))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Ok(Self {
+            addr,
+            received,
+            orders,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Waits up to `timeout` for a message for which `pick` returns `Some`; earlier messages
+    /// are dropped.
+    pub async fn wait_for<T>(
+        &mut self,
+        timeout: Duration,
+        mut pick: impl FnMut(&v1::AgentMessage) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.received.recv()).await {
+                Ok(Some(m)) => {
+                    if let Some(v) = pick(&m) {
+                        return Some(v);
+                    }
+                }
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Sends an order down the latest session; false when no agent is connected.
+    pub async fn send(&self, msg: v1::scheduler_message::Msg) -> bool {
+        let tx = self
+            .orders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match tx {
+            Some(tx) => tx
+                .send(Ok(v1::SchedulerMessage { msg: Some(msg) }))
+                .await
+                .is_ok(),
+            None => false,
+        }
+    }
+
+    /// Stops serving and drops every session (as a scheduler restart would).
+    pub async fn stop(mut self) {
+        self.orders.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+/// The `Register` in a message.
+pub fn register(m: &v1::AgentMessage) -> Option<v1::Register> {
+    match &m.msg {
+        Some(v1::agent_message::Msg::Register(r)) => Some(r.clone()),
+        _ => None,
+    }
+}
+
+/// The `SlotReport` in a message.
+pub fn slots(m: &v1::AgentMessage) -> Option<v1::SlotReport> {
+    match &m.msg {
+        Some(v1::agent_message::Msg::Slots(r)) => Some(r.clone()),
+        _ => None,
+    }
+}
+
+/// The `ExecutorEvent` of `lease` in a message.
+pub fn event_of(m: &v1::AgentMessage, lease: &str) -> Option<v1::executor_event::Event> {
+    match &m.msg {
+        Some(v1::agent_message::Msg::Executor(e)) if e.lease_id == lease => e.event.clone(),
+        _ => None,
+    }
+}

@@ -1,0 +1,119 @@
+//! harvestd against a fake scheduler (a real AgentGateway server on 127.0.0.1): register,
+//! heartbeat slot reports, reconnection after a scheduler restart, and refused orders. Needs no
+//! root: no lease here gets as far as a cgroup.
+
+mod support;
+
+use std::time::Duration;
+
+use harvest_agent::fake_scheduler::{FakeScheduler, event_of, register, slots};
+use harvest_proto::v1;
+use support::Harvestd;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_heartbeats_and_re_registers_after_a_scheduler_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sched = FakeScheduler::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let node = format!("sess{}", std::process::id());
+    let mut agent = Harvestd::start(
+        dir.path(),
+        &node,
+        &sched.url(),
+        "heartbeat_interval = \"200ms\"\nreconnect_backoff_max = \"300ms\"\n",
+    );
+    let reg = sched
+        .wait_for(WAIT, register)
+        .await
+        .unwrap_or_else(|| panic!("no Register; log:\n{}", agent.log()));
+    assert_eq!(reg.node, node);
+    assert_eq!(reg.heartbeat_ms, 200);
+    assert!(reg.executors.is_empty());
+    // Slot reports keep coming with nothing changing: they are the heartbeat.
+    let first = sched.wait_for(WAIT, slots).await.unwrap();
+    let version = first.version.unwrap();
+    let view = first.view.unwrap();
+    assert_eq!(view.name, node);
+    let started = std::time::Instant::now();
+    let mut last = version;
+    for _ in 0..3 {
+        let r = sched.wait_for(WAIT, slots).await.unwrap();
+        let v = r.version.unwrap();
+        assert!(v.is_newer_than(&last), "{v:?} after {last:?}");
+        assert_eq!(v.incarnation, version.incarnation);
+        last = v;
+    }
+    // Three more reports at a 200 ms heartbeat: well under 3 s even on a loaded machine.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The scheduler restarts on the same address: the agent registers again, same incarnation,
+    // later sequence.
+    let addr = sched.addr;
+    sched.stop().await;
+    let mut sched = FakeScheduler::start(addr).await.unwrap();
+    let again = sched
+        .wait_for(WAIT, register)
+        .await
+        .unwrap_or_else(|| panic!("no re-Register; log:\n{}", agent.log()));
+    assert_eq!(again.node, node);
+    let r = sched.wait_for(WAIT, slots).await.unwrap().version.unwrap();
+    assert_eq!(r.incarnation, version.incarnation);
+    assert!(r.is_newer_than(&last));
+    assert!(agent.alive());
+
+    // Orders the agent refuses come back as `failed` with the reason.
+    let create = |id: &str, uid: u32, cores: u32| {
+        v1::scheduler_message::Msg::Create(v1::CreateExecutor {
+            lease_id: id.into(),
+            uid,
+            gid: uid,
+            cores,
+            memory_mib: 64,
+            library: Some(v1::FunctionLibrary {
+                source: Some(v1::function_library::Source::Path("/nonexistent.so".into())),
+            }),
+            ..Default::default()
+        })
+    };
+    assert!(sched.send(create("root", 0, 1)).await);
+    let failed = sched.wait_for(WAIT, |m| event_of(m, "root")).await.unwrap();
+    let v1::executor_event::Event::Failed(reason) = failed else {
+        panic!("{failed:?}")
+    };
+    assert!(reason.contains("allow_root_executors"), "{reason}");
+    assert!(sched.send(create("huge", 4242, 4096)).await);
+    let failed = sched.wait_for(WAIT, |m| event_of(m, "huge")).await.unwrap();
+    let v1::executor_event::Event::Failed(reason) = failed else {
+        panic!("{failed:?}")
+    };
+    assert!(reason.contains("4096 CPUs wanted"), "{reason}");
+    let v1::executor_event::Event::Exited(reason) = ({
+        sched
+            .send(v1::scheduler_message::Msg::Destroy(v1::DestroyExecutor {
+                lease_id: "nothing".into(),
+                reason: "test".into(),
+            }))
+            .await;
+        sched
+            .wait_for(WAIT, |m| event_of(m, "nothing"))
+            .await
+            .unwrap()
+    }) else {
+        panic!()
+    };
+    assert!(reason.contains("no lease nothing"), "{reason}");
+
+    // SIGTERM ends the agent cleanly even with a session open.
+    let status = agent
+        .terminate(Duration::from_secs(10))
+        .expect("harvestd exits on SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", agent.log());
+    sched.stop().await;
+}
