@@ -1,0 +1,364 @@
+//! The acceptance test of leases: with a batch job on n1, `harvest invoke` of a function in a
+//! library built here from C runs in a harvest-executor on CPUs the job does not hold, in its
+//! own cgroup, as the user who invoked it; a crash, a memory hog and a spinning function each give
+//! a clear error and their own exit code, and the next invocation works.
+//!
+//! Needs `deploy/local-cluster up --nodes 2` with harvestd and harvest-scheduler running
+//! (`deploy/local-cluster env` exports HARVEST_SCHEDULER), a built `harvest` CLI (`cargo build
+//! -p harvest-client`; scripts/test-all builds the workspace first), `cc`, root, and munged. It
+//! creates the system user `harvest-test` when it is missing and runs the CLI as that user with
+//! `runuser`; munge says who the user is.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use harvest_core::CpuSet;
+use harvest_system_tests::{LocalCluster, poll, repo_root};
+
+const USER: &str = "harvest-test";
+
+const LIBRARY_C: &str = r#"
+#define _GNU_SOURCE
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Where am I: the executable, the CPUs allowed, the uid and /proc/self/cgroup. */
+uint32_t whereami(void *in, uint32_t in_len, void *out) {
+    (void)in; (void)in_len;
+    char *o = out, exe[4096];
+    size_t n = 0;
+    ssize_t k = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    exe[k < 0 ? 0 : k] = 0;
+    n += sprintf(o + n, "exe=%s\ncpus=", exe);
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    sched_getaffinity(0, sizeof set, &set);
+    const char *sep = "";
+    for (int i = 0; i < CPU_SETSIZE; i++)
+        if (CPU_ISSET(i, &set)) { n += sprintf(o + n, "%s%d", sep, i); sep = ","; }
+    n += sprintf(o + n, "\nuid=%u\n", (unsigned)getuid());
+    FILE *f = fopen("/proc/self/cgroup", "r");
+    if (f) { n += fread(o + n, 1, 16384, f); fclose(f); }
+    return (uint32_t)n;
+}
+
+uint32_t crash(void *in, uint32_t in_len, void *out) {
+    (void)in; (void)in_len; (void)out;
+    raise(SIGSEGV);
+    return 0;
+}
+
+/* Allocates and touches the MiB given as decimal input. */
+uint32_t hog(void *in, uint32_t in_len, void *out) {
+    char num[32] = {0};
+    memcpy(num, in, in_len < 31 ? in_len : 31);
+    size_t mib = strtoul(num, NULL, 10);
+    for (size_t i = 0; i < mib; i++) {
+        char *p = malloc(1 << 20);
+        if (!p) break;
+        memset(p, 1, 1 << 20);
+    }
+    return (uint32_t)sprintf(out, "survived %zu MiB", mib);
+}
+
+uint32_t spin(void *in, uint32_t in_len, void *out) {
+    (void)in; (void)in_len; (void)out;
+    for (volatile unsigned long i = 0;; i++) {}
+    return 0;
+}
+"#;
+
+/// A temporary directory every user can read, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("harvest-leases-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The harvest CLI, copied where the test user can run it.
+fn harvest_cli(dir: &Path) -> Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let built = target.join("debug/harvest");
+    ensure!(
+        built.exists(),
+        "{} is missing: run `cargo build -p harvest-client` first",
+        built.display()
+    );
+    let bin = dir.join("harvest");
+    std::fs::copy(&built, &bin)?;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+    Ok(bin)
+}
+
+fn build_library(dir: &Path) -> Result<PathBuf> {
+    let src = dir.join("whereami.c");
+    std::fs::write(&src, LIBRARY_C)?;
+    let lib = dir.join("libwhereami.so");
+    let out = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .output()
+        .context("running cc (Debian: apt-get install gcc)")?;
+    ensure!(
+        out.status.success(),
+        "cc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o644))?;
+    Ok(lib)
+}
+
+/// The test user's uid, creating the user when missing.
+fn test_user() -> Result<u32> {
+    let id = || Command::new("id").args(["-u", USER]).output();
+    if !id()?.status.success() {
+        let out = Command::new("useradd")
+            .args(["-r", "-M", "-s", "/usr/sbin/nologin", USER])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "useradd {USER}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = id()?;
+    Ok(String::from_utf8(out.stdout)?.trim().parse()?)
+}
+
+struct Cli {
+    bin: PathBuf,
+    scheduler: String,
+}
+
+impl Cli {
+    /// Runs `harvest ARGS` as root (`user` None) or as `user`.
+    fn run(&self, user: Option<&str>, args: &[&str]) -> Result<Output> {
+        let mut cmd = match user {
+            None => Command::new(&self.bin),
+            Some(u) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", u, "--"]).arg(&self.bin);
+                c
+            }
+        };
+        cmd.arg("--scheduler").arg(&self.scheduler).args(args);
+        Ok(cmd.stdin(Stdio::null()).output()?)
+    }
+
+    fn ok(&self, user: Option<&str>, args: &[&str]) -> Result<String> {
+        let out = self.run(user, args)?;
+        ensure!(
+            out.status.success(),
+            "`harvest {}` as {user:?} exited with {}: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// `harvest nodes` rows: (name, state, idle CPUs, batch CPUs).
+    fn nodes(&self) -> Result<Vec<(String, String, CpuSet, CpuSet)>> {
+        let set = |s: &str| -> Result<CpuSet> {
+            if s == "-" {
+                Ok(CpuSet::default())
+            } else {
+                Ok(s.parse()?)
+            }
+        };
+        self.ok(None, &["nodes"])?
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                ensure!(f.len() >= 5, "short row {l:?}");
+                Ok((f[0].to_owned(), f[1].to_owned(), set(f[2])?, set(f[3])?))
+            })
+            .collect()
+    }
+
+    /// `harvest leases` rows of `user`: (id, node, cpus, state).
+    fn leases_of(&self, user: &str) -> Result<Vec<(String, String, String, String)>> {
+        Ok(self
+            .ok(None, &["leases"])?
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 6 && f[2] == user)
+                    .then(|| (f[0].into(), f[1].into(), f[3].into(), f[5].into()))
+            })
+            .collect())
+    }
+}
+
+/// The `key=value` line of whereami's output.
+fn field<'a>(out: &'a str, key: &str) -> Result<&'a str> {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .with_context(|| format!("no {key}= in {out:?}"))
+}
+
+/// The cpuset hierarchy's path in /proc/self/cgroup lines (`N:cpuset:/path`).
+fn cpuset_path(cgroups: &str) -> Option<&str> {
+    cgroups.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
+        ctrl.split(',').any(|c| c == "cpuset").then_some(path)
+    })
+}
+
+#[test]
+#[ignore = "needs the local cluster: deploy/local-cluster up --nodes 2 (with harvest-scheduler), root, cc"]
+fn invoke_runs_in_the_idle_slot_as_the_user_and_failures_are_clear() -> Result<()> {
+    let cluster = LocalCluster::from_env()?;
+    let scheduler = cluster
+        .var("HARVEST_SCHEDULER")
+        .context("`deploy/local-cluster env` exports no HARVEST_SCHEDULER: is harvest-scheduler part of the cluster?")?
+        .to_owned();
+    let scratch = Scratch::new()?;
+    let cli = Cli {
+        bin: harvest_cli(&scratch.0)?,
+        scheduler,
+    };
+    let lib = build_library(&scratch.0)?;
+    let lib = lib.to_str().context("utf-8 path")?;
+    let uid = test_user()?;
+
+    // A job on n1 holding one CPU, and one filling n2, so the lease can only go to n1's idle CPU.
+    let job = cluster.sbatch(&["-w", "n1", "-c1", "--wrap", "sleep 120"])?;
+    let filler = cluster.sbatch(&["-w", "n2", "--exclusive", "--wrap", "sleep 120"])?;
+    job.wait_state("RUNNING", Duration::from_secs(30))?;
+    filler.wait_state("RUNNING", Duration::from_secs(30))?;
+    let job_cpus: CpuSet = std::fs::read_to_string(
+        cluster
+            .job_cgroup("cpuset", "n1", job.id)?
+            .join("cpuset.cpus"),
+    )?
+    .trim()
+    .parse()?;
+    let seen = poll(Duration::from_secs(20), || {
+        let nodes = cli.nodes()?;
+        let n1 = nodes.iter().find(|n| n.0 == "n1");
+        let n2 = nodes.iter().find(|n| n.0 == "n2");
+        Ok(match (n1, n2) {
+            (Some(n1), Some(n2))
+                if n1.1 == "up" && n1.3 == job_cpus && !n1.2.is_empty() && n2.2.is_empty() =>
+            {
+                Some(())
+            }
+            _ => None,
+        })
+    })?;
+    ensure!(
+        seen.is_some(),
+        "the scheduler never showed n1 with job {}'s CPUs {job_cpus} as batch and n2 full: {:?}",
+        job.id,
+        cli.nodes()?
+    );
+
+    for (user, want_uid) in [(None, 0), (Some(USER), uid)] {
+        let out = cli.ok(
+            user,
+            &[
+                "invoke", "--lib", lib, "--fn", "whereami", "--cores", "1", "--mem", "128M",
+            ],
+        )?;
+        let exe = field(&out, "exe")?;
+        ensure!(
+            Path::new(exe)
+                .file_name()
+                .is_some_and(|n| n == "harvest-executor"),
+            "the function runs in {exe}, not a harvest-executor"
+        );
+        let cpus: CpuSet = field(&out, "cpus")?.parse()?;
+        ensure!(
+            !cpus.is_empty() && cpus.iter().all(|c| !job_cpus.contains(c)),
+            "the function may run on CPUs {cpus}, which meet job {}'s {job_cpus}",
+            job.id
+        );
+        ensure!(
+            field(&out, "uid")? == want_uid.to_string(),
+            "the function runs as uid {}, not {want_uid}",
+            field(&out, "uid")?
+        );
+        let cg = cpuset_path(&out).with_context(|| format!("no cpuset cgroup in {out:?}"))?;
+        ensure!(
+            !cg.contains(&format!("job_{}", job.id)) && cg != "/",
+            "the function's cpuset cgroup {cg} is not a lease cgroup of its own"
+        );
+        // The lease was released after the call.
+        let name = user.unwrap_or("root");
+        let leases = cli.leases_of(name)?;
+        ensure!(
+            !leases.is_empty() && leases.iter().all(|l| l.3 != "active" && l.3 != "pending"),
+            "{name}'s leases after invoke: {leases:?}"
+        );
+        ensure!(
+            leases.iter().all(|l| l.1 == "n1"),
+            "leases not on n1: {leases:?}"
+        );
+    }
+
+    // Failures: each its own exit code and a message naming it; the next call works.
+    let hog_input = scratch.0.join("hog.in");
+    std::fs::write(&hog_input, "1024")?;
+    std::fs::set_permissions(&hog_input, std::fs::Permissions::from_mode(0o644))?;
+    let hog_input = hog_input.to_str().context("utf-8 path")?;
+    let failures: [(&[&str], i32, &str); 3] = [
+        (&["--fn", "crash"], 10, "crash"),
+        (
+            &["--fn", "hog", "--mem", "64M", "--input", hog_input],
+            12,
+            "memory",
+        ),
+        (&["--fn", "spin", "--timeout", "500ms"], 11, "timeout"),
+    ];
+    for (args, code, word) in failures {
+        let mut full = vec!["invoke", "--lib", lib, "--cores", "1"];
+        full.extend_from_slice(args);
+        let out = cli.run(Some(USER), &full)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() != Some(code) || !stderr.to_lowercase().contains(word) {
+            bail!(
+                "`harvest {}` exited with {:?} (want {code}) and said {stderr:?} (want {word:?})",
+                full.join(" "),
+                out.status.code()
+            );
+        }
+        let after = cli.ok(
+            Some(USER),
+            &["invoke", "--lib", lib, "--fn", "whereami", "--mem", "128M"],
+        )?;
+        ensure!(
+            field(&after, "uid")? == uid.to_string(),
+            "whereami after {word}: {after}"
+        );
+    }
+    job.cancel()?;
+    filler.cancel()?;
+    Ok(())
+}
