@@ -79,6 +79,11 @@ fn main() {
     let sources = Sources {
         cgroups: std::sync::Arc::new(V1::new(controllers, PathBuf::from("bench")).unwrap()),
         details: Box::new(FakeJobDetails::default()),
+        // No scheduler in the benchmark: no executor is ever started.
+        processes: std::sync::Arc::new(harvest_agent::executor::process::OsProcesses {
+            helper: PathBuf::from("harvestd"),
+            proc_root: PathBuf::from("/proc"),
+        }),
     };
     let hw = discover(
         &FakeTopology::uniform(2, 32, 2),

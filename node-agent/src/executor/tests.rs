@@ -264,7 +264,10 @@ async fn destroy_stops_the_executor_and_frees_everything() {
     assert_eq!(rig.procs.signals(), [(1000, Signal::Term)]);
     assert!(rig.procs.running().is_empty());
     let group = lease_group("n1", "L1");
-    assert_eq!(*rig.cgroups.killed.lock().unwrap(), [group.clone()]);
+    assert_eq!(
+        *rig.cgroups.killed.lock().unwrap(),
+        std::slice::from_ref(&group)
+    );
     assert!(!rig.cgroups.exists(&group));
     assert!(!rig.state.path().join("leases/L1").exists());
     assert_eq!(rig.view().cpus.idle, set("0-3"));
