@@ -88,6 +88,9 @@ pub struct Config {
     #[serde(deserialize_with = "duration")]
     pub executor_stop_grace: Duration,
     pub lease_cpu_weight: u64,
+    /// The cgroup (relative to each hierarchy's root) that lease groups go under
+    /// [default: harvest_<node>].
+    pub lease_cgroup_parent: Option<PathBuf>,
     pub proc_root: PathBuf,
 }
 
@@ -117,6 +120,7 @@ impl Default for Config {
             executor_start_timeout: DEFAULT_EXECUTOR_START_TIMEOUT,
             executor_stop_grace: DEFAULT_EXECUTOR_STOP_GRACE,
             lease_cpu_weight: DEFAULT_LEASE_CPU_WEIGHT,
+            lease_cgroup_parent: None,
             proc_root: PathBuf::from(DEFAULT_PROC_ROOT),
         }
     }
@@ -197,6 +201,18 @@ impl Config {
                 key: "lease_cpu_weight",
                 value: self.lease_cpu_weight.to_string(),
                 hint: "use 1..=10000 (v2 cpu.weight units; 1 is the lowest)",
+            });
+        }
+        if let Some(parent) = &self.lease_cgroup_parent
+            && (parent.as_os_str().is_empty()
+                || !parent
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_))))
+        {
+            return Err(ConfigError::Invalid {
+                key: "lease_cgroup_parent",
+                value: format!("{}", parent.display()),
+                hint: "give a relative cgroup path without '..', e.g. \"harvest_n1\"",
             });
         }
         if let Some(url) = &self.scheduler
@@ -304,6 +320,15 @@ mod tests {
                 .contains("lease_cpu_weight")
         );
         c.lease_cpu_weight = DEFAULT_LEASE_CPU_WEIGHT;
+        c.lease_cgroup_parent = Some("/sys/fs/cgroup/x".into());
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("lease_cgroup_parent")
+        );
+        c.lease_cgroup_parent = Some("harvest_test/n1".into());
+        c.validate().unwrap();
         c.reconcile_interval = Duration::ZERO;
         assert!(
             c.validate()

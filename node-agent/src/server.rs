@@ -30,7 +30,7 @@ use crate::cgroup::{self, CgroupError};
 use crate::config::{Config, ConfigError};
 use crate::discover::{DiscoverError, Hardware, discover_real};
 use crate::executor::process::{OsProcesses, find_executor};
-use crate::executor::{ExecutorSettings, Executors};
+use crate::executor::{ExecutorSettings, Executors, harvest_group};
 use crate::query::{QueryReply, QueryRequest, plugin_socket, query_socket};
 use crate::scontrol::Scontrol;
 use crate::session::{self, SessionSettings};
@@ -166,6 +166,10 @@ pub async fn serve(
             start_timeout: config.executor_start_timeout,
             stop_grace: config.executor_stop_grace,
             cpu_weight: config.lease_cpu_weight,
+            cgroup_parent: config
+                .lease_cgroup_parent
+                .clone()
+                .unwrap_or_else(|| harvest_group(&config.node)),
         },
         events,
         views.clone(),

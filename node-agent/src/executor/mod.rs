@@ -51,6 +51,15 @@ pub struct ExecutorSettings {
     pub stop_grace: Duration,
     /// v2 CPU weight of a lease group (v1: converted to cpu.shares).
     pub cpu_weight: u64,
+    /// The group lease groups go under (normally [`harvest_group`]).
+    pub cgroup_parent: PathBuf,
+}
+
+impl ExecutorSettings {
+    /// The lease's group: `<cgroup_parent>/lease_<id>`.
+    pub fn group(&self, lease_id: &str) -> PathBuf {
+        self.cgroup_parent.join(format!("lease_{lease_id}"))
+    }
 }
 
 /// What the agent tells the scheduler about a lease.
@@ -69,7 +78,8 @@ pub struct CreateOrder {
     pub options: ServeOptions,
 }
 
-/// The lease group `harvest_<node>/lease_<id>` (the same relative path in every hierarchy).
+/// The default lease group `harvest_<node>/lease_<id>` (the same relative path in every
+/// hierarchy).
 pub fn lease_group(node: &str, lease_id: &str) -> PathBuf {
     harvest_group(node).join(format!("lease_{lease_id}"))
 }
@@ -194,7 +204,7 @@ impl Executors {
         let dir = launch::lease_dir(&s.state_dir, id);
         let library = launch::prepare(&dir, lease.uid, lease.gid, &order.library)
             .map_err(|e| e.to_string())?;
-        let group = lease_group(&s.node, id);
+        let group = s.group(id);
         let spec = GroupSpec {
             cpus: Some(lease.cpus.clone()),
             mems: None,
@@ -352,7 +362,7 @@ impl Executors {
                 let _ = procs.signal(e.pid, Signal::Kill);
             }
         }
-        self.remove_group(&lease_group(&s.node, id)).await;
+        self.remove_group(&s.group(id)).await;
         let dir = launch::lease_dir(&s.state_dir, id);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
@@ -414,7 +424,7 @@ impl Executors {
             let alive = lease.executor.as_ref().is_some_and(|e| {
                 e.address.is_some() && self.inner.processes.start_time(e.pid) == Some(e.start_time)
             });
-            if alive && self.inner.cgroups.exists(&lease_group(&s.node, id)) {
+            if alive && self.inner.cgroups.exists(&s.group(id)) {
                 tracing::info!(lease = %id, pid = lease.executor.as_ref().map(|e| e.pid), "executor re-adopted");
             } else {
                 self.finish(
@@ -424,7 +434,7 @@ impl Executors {
                 .await;
             }
         }
-        let parent = harvest_group(&s.node);
+        let parent = s.cgroup_parent.clone();
         let groups = self.inner.cgroups.children(&parent).unwrap_or_default();
         for name in groups {
             let owned = name

@@ -84,6 +84,7 @@ impl Rig {
                 start_timeout: Duration::from_millis(300),
                 stop_grace: Duration::from_millis(100),
                 cpu_weight: 1,
+                cgroup_parent: harvest_group("n1"),
             },
             tx,
             views_tx,
