@@ -23,7 +23,6 @@ const USER: &str = "harvest-test";
 const LIBRARY_C: &str = r#"
 #define _GNU_SOURCE
 #include <sched.h>
-#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,7 +51,8 @@ uint32_t whereami(void *in, uint32_t in_len, void *out) {
 
 uint32_t crash(void *in, uint32_t in_len, void *out) {
     (void)in; (void)in_len; (void)out;
-    raise(SIGSEGV);
+    volatile int *p = (volatile int *)0;
+    *p = 1; /* a real fault: raise() could be blocked */
     return 0;
 }
 
@@ -215,6 +215,56 @@ impl Cli {
     }
 }
 
+/// Slurm commands with the cluster's SLURM_CONF and this process's PATH (the cluster's `PATH`
+/// export is a shell expression, not a value to pass on).
+struct Slurm {
+    conf: String,
+}
+
+impl Slurm {
+    fn run(&self, program: &str, args: &[&str]) -> Result<String> {
+        let out = Command::new(program)
+            .env("SLURM_CONF", &self.conf)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {program}"))?;
+        ensure!(
+            out.status.success(),
+            "`{program} {}` exited with {}: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Submits a job and waits until it runs; it is cancelled when the guard drops.
+    fn running_job(&self, args: &[&str]) -> Result<SlurmJob<'_>> {
+        let mut full = vec!["--parsable", "--output=/dev/null"];
+        full.extend_from_slice(args);
+        let out = self.run("sbatch", &full)?;
+        let id: u32 = out.trim().split(';').next().unwrap_or_default().parse()?;
+        let job = SlurmJob { slurm: self, id };
+        let running = poll(Duration::from_secs(30), || {
+            let state = self.run("squeue", &["-h", "-j", &id.to_string(), "-o", "%T"])?;
+            Ok((state.trim() == "RUNNING").then_some(()))
+        })?;
+        ensure!(running.is_some(), "job {id} did not start within 30 s");
+        Ok(job)
+    }
+}
+
+struct SlurmJob<'a> {
+    slurm: &'a Slurm,
+    id: u32,
+}
+
+impl Drop for SlurmJob<'_> {
+    fn drop(&mut self) {
+        let _ = self.slurm.run("scancel", &[&self.id.to_string()]);
+    }
+}
+
 /// The `key=value` line of whereami's output.
 fn field<'a>(out: &'a str, key: &str) -> Result<&'a str> {
     out.lines()
@@ -235,10 +285,14 @@ fn cpuset_path(cgroups: &str) -> Option<&str> {
 #[ignore = "needs the local cluster: deploy/local-cluster up --nodes 2 (with harvest-scheduler), root, cc"]
 fn invoke_runs_in_the_idle_slot_as_the_user_and_failures_are_clear() -> Result<()> {
     let cluster = LocalCluster::from_env()?;
-    let scheduler = cluster
-        .var("HARVEST_SCHEDULER")
-        .context("`deploy/local-cluster env` exports no HARVEST_SCHEDULER: is harvest-scheduler part of the cluster?")?
-        .to_owned();
+    // HARVEST_SCHEDULER in the test's environment wins (a scheduler of one's own), as for the CLI.
+    let scheduler = match std::env::var("HARVEST_SCHEDULER") {
+        Ok(url) if !url.is_empty() => url,
+        _ => cluster
+            .var("HARVEST_SCHEDULER")
+            .context("`deploy/local-cluster env` exports no HARVEST_SCHEDULER: is harvest-scheduler part of the cluster?")?
+            .to_owned(),
+    };
     let scratch = Scratch::new()?;
     let cli = Cli {
         bin: harvest_cli(&scratch.0)?,
@@ -249,10 +303,14 @@ fn invoke_runs_in_the_idle_slot_as_the_user_and_failures_are_clear() -> Result<(
     let uid = test_user()?;
 
     // A job on n1 holding one CPU, and one filling n2, so the lease can only go to n1's idle CPU.
-    let job = cluster.sbatch(&["-w", "n1", "-c1", "--wrap", "sleep 120"])?;
-    let filler = cluster.sbatch(&["-w", "n2", "--exclusive", "--wrap", "sleep 120"])?;
-    job.wait_state("RUNNING", Duration::from_secs(30))?;
-    filler.wait_state("RUNNING", Duration::from_secs(30))?;
+    let slurm = Slurm {
+        conf: cluster
+            .var("SLURM_CONF")
+            .context("no SLURM_CONF")?
+            .to_owned(),
+    };
+    let job = slurm.running_job(&["-w", "n1", "-c1", "--wrap", "sleep 120"])?;
+    let filler = slurm.running_job(&["-w", "n2", "--exclusive", "--wrap", "sleep 120"])?;
     let job_cpus: CpuSet = std::fs::read_to_string(
         cluster
             .job_cgroup("cpuset", "n1", job.id)?
@@ -280,13 +338,25 @@ fn invoke_runs_in_the_idle_slot_as_the_user_and_failures_are_clear() -> Result<(
         cli.nodes()?
     );
 
-    for (user, want_uid) in [(None, 0), (Some(USER), uid)] {
-        let out = cli.ok(
-            user,
-            &[
-                "invoke", "--lib", lib, "--fn", "whereami", "--cores", "1", "--mem", "128M",
-            ],
-        )?;
+    let whereami = [
+        "invoke", "--lib", lib, "--fn", "whereami", "--cores", "1", "--mem", "128M",
+    ];
+    // Root: harvestd runs root's executors only with allow_root_executors; without it the lease
+    // must fail with the agent's reason and exit code 6 (the scheduler refused).
+    let as_root = cli.run(None, &whereami)?;
+    let mut users = vec![(Some(USER), uid)];
+    if as_root.status.success() {
+        users.insert(0, (None, 0));
+    } else {
+        let stderr = String::from_utf8_lossy(&as_root.stderr);
+        ensure!(
+            as_root.status.code() == Some(6) && stderr.contains("allow_root_executors"),
+            "harvest invoke as root exited with {:?}: {stderr}",
+            as_root.status.code()
+        );
+    }
+    for (user, want_uid) in users {
+        let out = cli.ok(user, &whereami)?;
         let exe = field(&out, "exe")?;
         ensure!(
             Path::new(exe)
@@ -358,7 +428,6 @@ fn invoke_runs_in_the_idle_slot_as_the_user_and_failures_are_clear() -> Result<(
             "whereami after {word}: {after}"
         );
     }
-    job.cancel()?;
-    filler.cancel()?;
+    drop((job, filler));
     Ok(())
 }

@@ -57,7 +57,7 @@ pub fn nodes(nodes: &[Node]) -> String {
 /// One line per lease.
 pub fn leases(leases: &[Lease]) -> String {
     let mut out = format!(
-        "{:<18} {:<8} {:<10} {:<8} {:<8} {:<9} {:<22} {}\n",
+        "{:<18} {:<8} {:<14} {:<8} {:<8} {:<9} {:<22} {}\n",
         "ID", "NODE", "USER", "CPUS", "MEM-MiB", "STATE", "EXECUTOR", "REASON"
     );
     for l in leases {
@@ -68,7 +68,7 @@ pub fn leases(leases: &[Lease]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<18} {:<8} {:<10} {:<8} {:<8} {:<9} {:<22} {}",
+            "{:<18} {:<8} {:<14} {:<8} {:<8} {:<9} {:<22} {}",
             l.id,
             l.node,
             user,
