@@ -1,0 +1,384 @@
+//! harvestd's executors next to a real Slurm job: with `sbatch -w n1 -c1` running, a lease
+//! ordered by a fake scheduler gets an executor on CPUs the job does not hold, in its own cgroup,
+//! as a non-root user; a crash, a memory hog and a spinning function each give their error, the
+//! next invocation works, the agent survives and the job is untouched.
+//!
+//! Needs `deploy/local-cluster up --nodes 2`, root, `cc`, and a built `harvestd` and
+//! `harvest-executor` (`cargo build -p harvest-agent -p harvest-executor`; scripts/test-all
+//! builds the workspace first). The test starts its own harvestd for n1 (own run and state
+//! directories, lease groups under `harvest_systest_<pid>` so the cluster's own agent is never
+//! touched) talking to a fake scheduler on 127.0.0.1, and stops it by pid. It creates the system
+//! user `harvest-test` when it is missing.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use harvest_agent::fake_scheduler::{FakeScheduler, event_of, register, slots};
+use harvest_client::invoke::{ExecutorConnection, InvokeError, Polling};
+use harvest_core::invoke::ErrorCode;
+use harvest_core::{CpuSet, NodeView};
+use harvest_proto::v1;
+use harvest_system_tests::{LocalCluster, poll, repo_root};
+
+const USER: &str = "harvest-test";
+const WAIT: Duration = Duration::from_secs(30);
+
+const LIBRARY_C: &str = r#"
+#define _GNU_SOURCE
+#include <sched.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+uint32_t echo(void *in, uint32_t len, void *out) { memcpy(out, in, len); return len; }
+
+uint32_t crash(void *in, uint32_t len, void *out) { (void)in; (void)len; (void)out; *(volatile int *)0 = 1; return 0; }
+
+uint32_t spin(void *in, uint32_t len, void *out) { (void)in; (void)len; (void)out; for (volatile unsigned long i = 0;; i++) {} return 0; }
+
+uint32_t hog(void *in, uint32_t len, void *out) {
+    char buf[32] = {0};
+    memcpy(buf, in, len < 31 ? len : 31);
+    size_t mib = strtoul(buf, NULL, 10);
+    char *p = malloc(mib << 20);
+    if (!p) return (uint32_t)sprintf(out, "malloc failed");
+    for (size_t i = 0; i < (mib << 20); i += 4096) p[i] = 1;
+    return (uint32_t)sprintf(out, "touched %zu MiB", mib);
+}
+
+/* exe=..., cpus=a,b, uid=N, then /proc/self/cgroup. */
+uint32_t whereami(void *in, uint32_t len, void *out) {
+    (void)in; (void)len;
+    char *o = out, exe[4096];
+    size_t n = 0;
+    ssize_t k = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    exe[k < 0 ? 0 : k] = 0;
+    n += sprintf(o + n, "exe=%s\ncpus=", exe);
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    sched_getaffinity(0, sizeof set, &set);
+    const char *sep = "";
+    for (int i = 0; i < CPU_SETSIZE; i++)
+        if (CPU_ISSET(i, &set)) { n += sprintf(o + n, "%s%d", sep, i); sep = ","; }
+    n += sprintf(o + n, "\nuid=%u\n", (unsigned)getuid());
+    FILE *f = fopen("/proc/self/cgroup", "r");
+    if (f) { n += fread(o + n, 1, 16384, f); fclose(f); }
+    return (uint32_t)n;
+}
+"#;
+
+fn target_bin(name: &str) -> Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let bin = target.join("debug").join(name);
+    ensure!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p harvest-agent -p harvest-executor` first",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+fn build_library(dir: &Path) -> Result<Vec<u8>> {
+    let src = dir.join("functions.c");
+    let so = dir.join("libfunctions.so");
+    std::fs::write(&src, LIBRARY_C)?;
+    let status = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&so)
+        .arg(&src)
+        .status()
+        .context("running cc (a C compiler is needed)")?;
+    ensure!(status.success(), "cc failed on {}", src.display());
+    Ok(std::fs::read(so)?)
+}
+
+fn test_user() -> Result<(u32, u32)> {
+    let id = |flag: &str| -> Option<u32> {
+        let out = Command::new("id").args([flag, USER]).output().ok()?;
+        String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+    };
+    if id("-u").is_none() {
+        let status = Command::new("useradd")
+            .args(["-r", "-M", "-s", "/usr/sbin/nologin", USER])
+            .status()?;
+        ensure!(status.success(), "useradd -r {USER} failed");
+    }
+    Ok((id("-u").context("uid")?, id("-g").context("gid")?))
+}
+
+/// The test's harvestd and its lease groups; on drop the agent is killed by pid and anything
+/// left in its groups is killed and removed.
+struct Agent {
+    child: Child,
+    dir: PathBuf,
+    parent: String,
+}
+
+impl Agent {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("harvestd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let roots: Vec<PathBuf> = ["cpuset", "memory", "cpu", "freezer"]
+            .iter()
+            .map(|c| Path::new("/sys/fs/cgroup").join(c).join(&self.parent))
+            .collect();
+        for root in &roots {
+            for lease in std::fs::read_dir(root).into_iter().flatten().flatten() {
+                let procs = std::fs::read_to_string(lease.path().join("cgroup.procs"));
+                for pid in procs.unwrap_or_default().lines() {
+                    let _ = Command::new("kill").args(["-KILL", pid]).status();
+                }
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        for root in &roots {
+            for lease in std::fs::read_dir(root).into_iter().flatten().flatten() {
+                while std::fs::remove_dir(lease.path()).is_err()
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            let _ = std::fs::remove_dir(root);
+        }
+    }
+}
+
+/// The test's directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn invoke(
+    addr: SocketAddr,
+    f: &str,
+    input: &[u8],
+    timeout: Option<Duration>,
+) -> Result<Vec<u8>, InvokeError> {
+    ExecutorConnection::connect(addr, Polling::Block)?.invoke(f, input, timeout)
+}
+
+fn field<'a>(out: &'a str, key: &str) -> Result<&'a str> {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .with_context(|| format!("no {key}= in {out:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster: deploy/local-cluster up --nodes 2, root, cc, built harvestd and harvest-executor"]
+async fn an_executor_beside_a_batch_job_uses_only_idle_cpus_and_survives_failing_functions()
+-> Result<()> {
+    let cluster = LocalCluster::from_env()?;
+    let (uid, gid) = test_user()?;
+    let dir = std::env::temp_dir().join(format!("harvest-executors-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let _scratch = Scratch(dir.clone());
+    // Lease directories live under the state dir: the lease's user must reach its own.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    let library = build_library(&dir)?;
+    let parent = format!("harvest_systest_{}", std::process::id());
+
+    let job = cluster.sbatch(&["-w", "n1", "-c1", "--wrap", "sleep 120"])?;
+    job.wait_state("RUNNING", Duration::from_secs(30))?;
+    // RUNNING comes a moment before slurmstepd makes the job's cgroup.
+    let job_cg = poll(Duration::from_secs(10), || {
+        Ok(cluster.job_cgroup("cpuset", "n1", job.id).ok())
+    })?
+    .with_context(|| format!("job {} has no cpuset cgroup on n1", job.id))?;
+    let job_cpus: CpuSet = std::fs::read_to_string(job_cg.join("cpuset.cpus"))?
+        .trim()
+        .parse()?;
+
+    let mut sched = FakeScheduler::start("127.0.0.1:0".parse()?).await?;
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "heartbeat_interval = \"200ms\"\nexecutor_path = \"{}\"\nlease_cgroup_parent = \"{parent}\"\n",
+            target_bin("harvest-executor")?.display()
+        ),
+    )?;
+    let child = cluster
+        .command(target_bin("harvestd")?.to_str().context("utf-8 path")?)
+        .args([
+            "run",
+            "--node",
+            "n1",
+            "--scheduler",
+            &sched.url(),
+            "--config",
+        ])
+        .arg(&config)
+        .arg("--run-dir")
+        .arg(dir.join("run"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .env("RUST_LOG", "harvest_agent=debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("harvestd.log"))?)
+        .spawn()?;
+    let mut agent = Agent {
+        child,
+        dir: dir.clone(),
+        parent: parent.clone(),
+    };
+
+    let reg = sched.wait_for(WAIT, register).await;
+    ensure!(
+        reg.is_some_and(|r| r.node == "n1"),
+        "no Register from harvestd; its log:\n{}",
+        agent.log()
+    );
+    // The agent reports the job's CPUs as batch (it reads Slurm's cgroup tree).
+    let batch = sched
+        .wait_for(WAIT, |m| {
+            let view: NodeView = (&slots(m)?.view?).into();
+            job_cpus.is_subset(&view.cpus.batch).then_some(view)
+        })
+        .await;
+    ensure!(
+        batch.is_some(),
+        "harvestd never reported job {}'s CPUs {job_cpus} as batch",
+        job.id
+    );
+
+    let lease = "sys1";
+    let create = v1::CreateExecutor {
+        lease_id: lease.into(),
+        uid,
+        gid,
+        cores: 1,
+        memory_mib: 64,
+        gpus: 0,
+        library: Some(v1::FunctionLibrary {
+            source: Some(v1::function_library::Source::Content(library)),
+        }),
+        options: Some(v1::ExecutorOptions {
+            hot_window_us: 0,
+            default_timeout_ms: 5000,
+            max_output_bytes: 0,
+        }),
+        expires_unix_ms: 0,
+    };
+    ensure!(
+        sched.send(v1::scheduler_message::Msg::Create(create)).await,
+        "no session to send on"
+    );
+    let info = match sched.wait_for(WAIT, |m| event_of(m, lease)).await {
+        Some(v1::executor_event::Event::Ready(info)) => info,
+        other => bail!("lease {lease}: {other:?}; harvestd's log:\n{}", agent.log()),
+    };
+    let lease_cpus: CpuSet = info.cpus.iter().copied().collect();
+    ensure!(
+        lease_cpus.len() == 1 && lease_cpus.is_disjoint(&job_cpus),
+        "lease CPUs {lease_cpus} vs job CPUs {job_cpus}"
+    );
+
+    let addr: SocketAddr = info.address.parse()?;
+    let out = String::from_utf8(invoke(addr, "whereami", b"", None)?)?;
+    let exe = field(&out, "exe")?;
+    ensure!(
+        Path::new(exe)
+            .file_name()
+            .is_some_and(|n| n == "harvest-executor"),
+        "runs in {exe}"
+    );
+    let cpus: CpuSet = field(&out, "cpus")?.parse()?;
+    ensure!(
+        cpus == lease_cpus && cpus.is_disjoint(&job_cpus),
+        "allowed CPUs {cpus}, lease {lease_cpus}, job {job_cpus}"
+    );
+    ensure!(
+        field(&out, "uid")? == uid.to_string(),
+        "uid {} not {uid}",
+        field(&out, "uid")?
+    );
+    let group = format!("/{parent}/lease_{lease}");
+    ensure!(
+        out.lines()
+            .any(|l| l.contains(":cpuset:") && l.ends_with(&group))
+            && out
+                .lines()
+                .any(|l| l.contains(":memory:") && l.ends_with(&group)),
+        "not in its own cpuset and memory cgroup {group}: {out}"
+    );
+
+    for (f, input, timeout, code) in [
+        ("crash", &b""[..], None, ErrorCode::Crashed),
+        ("hog", &b"512"[..], None, ErrorCode::OutOfMemory),
+        (
+            "spin",
+            &b""[..],
+            Some(Duration::from_millis(500)),
+            ErrorCode::Timeout,
+        ),
+    ] {
+        match invoke(addr, f, input, timeout) {
+            Err(e) if e.code() == Some(code) => {}
+            other => bail!("{f}: want {code:?}, got {other:?}"),
+        }
+        ensure!(
+            invoke(addr, "echo", f.as_bytes(), None)? == f.as_bytes(),
+            "echo after {f}"
+        );
+    }
+    ensure!(
+        agent.child.try_wait()?.is_none(),
+        "harvestd died; its log:\n{}",
+        agent.log()
+    );
+    ensure!(
+        cluster.job_state(job.id)?.as_deref() == Some("RUNNING"),
+        "job {} is no longer running",
+        job.id
+    );
+    ensure!(
+        job_cg.join("cpuset.cpus").exists(),
+        "job {}'s cgroup went away",
+        job.id
+    );
+
+    ensure!(
+        sched
+            .send(v1::scheduler_message::Msg::Destroy(v1::DestroyExecutor {
+                lease_id: lease.into(),
+                reason: "test done".into()
+            }))
+            .await
+    );
+    let ended = sched.wait_for(WAIT, |m| event_of(m, lease)).await;
+    ensure!(
+        ended == Some(v1::executor_event::Event::Exited("test done".into())),
+        "{ended:?}"
+    );
+    ensure!(
+        !Path::new("/sys/fs/cgroup/cpuset")
+            .join(group.trim_start_matches('/'))
+            .exists(),
+        "{group} is left"
+    );
+    job.cancel()?;
+    drop(agent);
+    sched.stop().await;
+    Ok(())
+}
