@@ -416,7 +416,7 @@ impl Executors {
     }
 
     /// After a harvestd start: keeps the leases whose executor still runs in its cgroup, ends the
-    /// rest, and removes lease groups and directories that no lease owns.
+    /// rest, and removes the empty lease groups and the directories that no lease owns.
     pub async fn adopt(&self) {
         let s = &self.inner.settings;
         let leases = lock(&self.inner.agent).ledger().leases.clone();
@@ -440,9 +440,22 @@ impl Executors {
             let owned = name
                 .strip_prefix("lease_")
                 .is_some_and(|id| leases.contains_key(id));
-            if !owned {
-                tracing::info!(group = %name, "removing a lease group no lease owns");
-                self.remove_group(&parent.join(&name)).await;
+            if owned {
+                continue;
+            }
+            let group = parent.join(&name);
+            // A populated group no lease of ours owns may be another agent's (two agents
+            // configured with one lease_cgroup_parent): never kill what we did not start.
+            match self.inner.cgroups.pids(&group) {
+                Ok(pids) if pids.is_empty() => {
+                    tracing::info!(group = %group.display(), "removing an empty lease group no lease owns");
+                    self.remove_group(&group).await;
+                }
+                Ok(pids) => tracing::warn!(group = %group.display(), ?pids,
+                    "a lease group no lease of this agent owns still has processes; left alone (is another harvestd using the same lease_cgroup_parent?)"),
+                Err(e) => {
+                    tracing::warn!(group = %group.display(), error = %e, "cannot read a stray lease group")
+                }
             }
         }
         let dirs = std::fs::read_dir(s.state_dir.join("leases"))

@@ -19,6 +19,8 @@ pub struct FakeCgroups {
     pub groups: Mutex<BTreeMap<PathBuf, GroupSpec>>,
     pub removed: Mutex<Vec<PathBuf>>,
     pub killed: Mutex<Vec<PathBuf>>,
+    /// Groups that report a process (pid 1) in `pids`.
+    pub populated: Mutex<Vec<PathBuf>>,
 }
 
 impl FakeCgroups {
@@ -71,8 +73,9 @@ impl Cgroups for FakeCgroups {
     fn attach(&self, _group: &Path, _pid: u32) -> Result<(), CgroupError> {
         Ok(())
     }
-    fn pids(&self, _group: &Path) -> Result<Vec<u32>, CgroupError> {
-        Ok(Vec::new())
+    fn pids(&self, group: &Path) -> Result<Vec<u32>, CgroupError> {
+        let populated = self.populated.lock().unwrap().iter().any(|g| g == group);
+        Ok(if populated { vec![1] } else { Vec::new() })
     }
     fn freeze(&self, _group: &Path) -> Result<(), CgroupError> {
         Ok(())

@@ -385,6 +385,10 @@ async fn after_a_restart_live_executors_are_re_adopted_and_the_rest_cleaned_up()
     rig.cgroups
         .create(&lease_group("n1", "stray"), &GroupSpec::default())
         .unwrap();
+    // A populated group no lease owns: another agent's, by misconfiguration. Never killed.
+    let foreign = lease_group("n1", "foreign");
+    rig.cgroups.create(&foreign, &GroupSpec::default()).unwrap();
+    rig.cgroups.populated.lock().unwrap().push(foreign.clone());
     let Rig {
         state,
         cgroups,
@@ -408,6 +412,8 @@ async fn after_a_restart_live_executors_are_re_adopted_and_the_rest_cleaned_up()
     assert_eq!(lease_id, "dead");
     assert!(reason.contains("harvestd restarted"), "{reason}");
     assert!(!rig.cgroups.exists(&lease_group("n1", "stray")));
+    assert!(rig.cgroups.exists(&foreign));
+    assert!(!rig.cgroups.killed.lock().unwrap().contains(&foreign));
     assert!(!rig.cgroups.exists(&lease_group("n1", "dead")));
     assert!(rig.cgroups.exists(&lease_group("n1", "alive")));
     assert_eq!(rig.view().cpus.function.len(), 1);
