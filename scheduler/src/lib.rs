@@ -40,6 +40,10 @@ use crate::config::Config;
 use crate::identity::{Authenticator, Unmunge};
 use crate::state::Shared;
 
+/// Requests served at once per connection; more wait (each acquisition runs `unmunge` and
+/// waits for an executor).
+pub const MAX_CONCURRENT_REQUESTS_PER_CONNECTION: usize = 64;
+
 /// The scheduler could not serve.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -111,6 +115,7 @@ pub async fn serve(
         shared.lock().detach_all();
     };
     let result = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS_PER_CONNECTION)
         .add_service(scheduler)
         .add_service(gateway)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
@@ -132,5 +137,36 @@ async fn reap(shared: Arc<Shared>, tick: Duration, mut shutdown: watch::Receiver
             }
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::book::Health;
+    use crate::identity::FakeAuthenticator;
+
+    /// The reaper takes a silent node down on tokio's clock, and stops on shutdown.
+    #[tokio::test(start_paused = true)]
+    async fn the_reaper_takes_silent_nodes_down_and_stops_on_shutdown() {
+        let config = Config::default();
+        let book = book_for(&config).unwrap();
+        let shared = Arc::new(Shared::new(config, Arc::new(FakeAuthenticator), book));
+        shared.lock().book.register(
+            "n1",
+            Duration::from_secs(1),
+            &[],
+            |_| String::new(),
+            Now::current(),
+        );
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(reap(shared.clone(), Duration::from_millis(200), stopped));
+        // Miss limit 5 x 1 s heartbeat: still up just before 5 s, down after.
+        tokio::time::sleep(Duration::from_millis(4900)).await;
+        assert_eq!(shared.lock().book.health("n1"), Some(Health::Up));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(shared.lock().book.health("n1"), Some(Health::Down));
+        stop.send(true).unwrap();
+        task.await.unwrap();
     }
 }
