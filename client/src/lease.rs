@@ -367,6 +367,27 @@ mod tests {
     }
 
     #[test]
+    fn node_json_has_harvestd_keys_plus_state() {
+        let mut view = harvest_core::NodeView {
+            name: "n1".into(),
+            ..Default::default()
+        };
+        view.cpus.idle = [1].into_iter().collect();
+        view.memory_mib.idle = 700;
+        let node = Node {
+            view,
+            state: "up".into(),
+            last_report_unix_ms: 5,
+        };
+        let v = serde_json::to_value(&node).unwrap();
+        assert_eq!(v["name"], "n1");
+        assert_eq!(v["cpus"]["idle"], serde_json::json!([1]));
+        assert_eq!(v["memory_mib"]["idle"], 700);
+        assert_eq!(v["gpus"]["total"], serde_json::json!([]));
+        assert_eq!(v["state"], "up");
+    }
+
+    #[test]
     fn bare_addresses_get_a_scheme() {
         assert_eq!(normalize_url("127.0.0.1:6820"), "http://127.0.0.1:6820");
         assert_eq!(normalize_url("http://h:1"), "http://h:1");
