@@ -254,3 +254,79 @@ fn ledger_round_trips_through_json() {
     let back: Ledger = serde_json::from_str(&text).unwrap();
     assert_eq!(back, l);
 }
+
+fn lease(cpu_list: &str, mem: u64, gpus: Vec<u32>, created_ms: u64) -> LeaseRecord {
+    LeaseRecord {
+        uid: 1000,
+        gid: 1000,
+        cpus: cpus(cpu_list),
+        memory_mib: mem,
+        gpus,
+        expires_unix_ms: 0,
+        created_ms,
+        executor: None,
+    }
+}
+
+#[test]
+fn leases_are_function_resources_and_leave_idle() {
+    let mut l = Ledger::new("n1");
+    l.step_start(&step(7, StepId::BATCH, "0", Some(1000)), 0);
+    l.leases.insert("a".into(), lease("2", 500, vec![1], 1));
+    l.leases.insert("b".into(), lease("3", 250, vec![], 2));
+    let v = l.view(&hw(), NO_RESERVE);
+    assert_eq!(v.cpus.function, cpus("2-3"));
+    assert_eq!(v.cpus.idle, cpus("1"));
+    assert_eq!(v.memory_mib.function, 750);
+    assert_eq!(v.memory_mib.idle, 8000 - 1000 - 750);
+    assert_eq!(
+        (v.gpus.function.clone(), v.gpus.idle.clone()),
+        (vec![1], vec![0])
+    );
+    assert!(l.reclaims(&hw()).is_empty());
+    // A ledger saved before leases existed still loads.
+    let old = r#"{"node":"n1","jobs":{},"ended":[]}"#;
+    assert_eq!(
+        serde_json::from_str::<Ledger>(old).unwrap(),
+        Ledger::new("n1")
+    );
+}
+
+#[test]
+fn batch_jobs_reclaim_what_they_take() {
+    let mut l = Ledger::new("n1");
+    l.leases.insert("cpu".into(), lease("1", 100, vec![], 1));
+    l.leases.insert("gpu".into(), lease("2", 100, vec![0], 2));
+    l.leases.insert("old".into(), lease("3", 3000, vec![], 3));
+    l.leases.insert("new".into(), lease("3", 3000, vec![], 4));
+    assert!(l.reclaims(&hw()).is_empty());
+    // Job 7 lands on CPU 1 with a GPU the "gpu" lease holds, and 3000 MiB: batch 3000 plus
+    // function 6200 exceed 8000, so the newest memory lease goes too (the older one then fits).
+    let mut s = step(7, StepId::BATCH, "0-1", Some(3000));
+    s.gpus = vec![0];
+    l.step_start(&s, 10);
+    let mut got = l.reclaims(&hw());
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("cpu".to_owned(), "reclaimed by job 7".to_owned()),
+            ("gpu".to_owned(), "reclaimed by job 7".to_owned()),
+            (
+                "new".to_owned(),
+                "reclaimed: batch jobs need the node's memory".to_owned()
+            ),
+        ]
+    );
+    // --harvest=off takes everything back.
+    let mut off = step(8, StepId::BATCH, "0", Some(10));
+    off.harvest = false;
+    l.step_start(&off, 11);
+    let got = l.reclaims(&hw());
+    assert_eq!(got.len(), 4);
+    assert!(
+        got.iter()
+            .all(|(_, r)| r == "reclaimed: job 8 said --harvest=off"),
+        "{got:?}"
+    );
+}

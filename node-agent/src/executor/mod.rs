@@ -398,12 +398,23 @@ impl Executors {
         }
     }
 
-    /// Ends expired leases and those whose executor is gone (one that nobody waits on: re-adopted
+    /// Ends leases a batch job has taken resources from ([`crate::ledger::Ledger::reclaims`]),
+    /// expired leases, and those whose executor is gone (one that nobody waits on: re-adopted
     /// after a restart).
     pub async fn tick(&self, now: SystemTime) {
         let now_ms = i64::try_from(now_ms(now)).unwrap_or(i64::MAX);
-        let leases = lock(&self.inner.agent).ledger().leases.clone();
+        let (leases, reclaims) = {
+            let agent = lock(&self.inner.agent);
+            let ledger = agent.ledger();
+            (ledger.leases.clone(), ledger.reclaims(agent.hardware()))
+        };
+        for (id, reason) in &reclaims {
+            self.finish(id, reason.clone()).await;
+        }
         for (id, lease) in leases {
+            if reclaims.iter().any(|(r, _)| *r == id) {
+                continue;
+            }
             if lease.expires_unix_ms > 0 && now_ms >= lease.expires_unix_ms {
                 self.finish(&id, "the lease expired".to_owned()).await;
             } else if let Some(e) = &lease.executor

@@ -422,3 +422,30 @@ async fn after_a_restart_live_executors_are_re_adopted_and_the_rest_cleaned_up()
     rig.exec.tick(SystemTime::now()).await;
     assert!(matches!(rig.event(), LeaseEvent::Exited { ref lease_id, .. } if lease_id == "alive"));
 }
+
+#[tokio::test]
+async fn a_batch_job_on_a_leased_cpu_reclaims_the_lease() {
+    let mut rig = Rig::new();
+    rig.exec.create(rig.order("L1", 1, 100)).await;
+    rig.exec.create(rig.order("L2", 1, 100)).await;
+    let LeaseEvent::Ready(first) = rig.event() else {
+        panic!()
+    };
+    assert!(matches!(rig.event(), LeaseEvent::Ready(_)));
+    rig.exec.tick(SystemTime::now()).await;
+    assert!(rig.events.try_recv().is_err(), "nothing collides yet");
+    // A job starts on L1's CPU (Slurm does not know about leases): the job wins.
+    rig.batch_job(&first.cpus.to_list());
+    rig.exec.tick(SystemTime::now()).await;
+    assert_eq!(
+        rig.event(),
+        LeaseEvent::Exited {
+            lease_id: "L1".into(),
+            reason: "reclaimed by job 7".into()
+        }
+    );
+    assert!(rig.events.try_recv().is_err(), "L2 is untouched");
+    let v = rig.view();
+    assert!(v.cpus.function.is_disjoint(&v.cpus.batch));
+    assert_eq!(v.cpus.function.len(), 1);
+}
