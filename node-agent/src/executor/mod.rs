@@ -170,6 +170,15 @@ impl Executors {
             });
             return;
         }
+        // A repeated order (the scheduler re-sent it after a reconnect) is answered, not failed.
+        if let Some(existing) = self.lease(&id)
+            && existing.uid == order.request.uid
+        {
+            if let Some(info) = existing.info(&id) {
+                self.emit(LeaseEvent::Ready(info));
+            }
+            return;
+        }
         let record = match lock(&self.inner.agent).reserve_lease(&order.request, SystemTime::now())
         {
             Ok(r) => r,

@@ -220,7 +220,19 @@ async fn a_lease_gets_idle_cpus_its_own_cgroup_and_an_executor_as_its_user() {
         .unwrap()
         .unwrap();
     assert_eq!(saved.leases["L1"].cpus, set("0,2"));
-    assert_eq!(rig.exec.running(), [info]);
+    assert_eq!(rig.exec.running(), [info.clone()]);
+    // The same order again (a scheduler that re-sent it) is answered with the same executor.
+    rig.exec.create(rig.order("L1", 2, 500)).await;
+    assert_eq!(rig.event(), LeaseEvent::Ready(info));
+    assert_eq!(rig.procs.launches().len(), 1);
+    // Another user's order for that id is refused.
+    let mut other = rig.order("L1", 1, 100);
+    other.request.uid += 1;
+    rig.exec.create(other).await;
+    let LeaseEvent::Failed { reason, .. } = rig.event() else {
+        panic!()
+    };
+    assert_eq!(reason, "lease L1 already exists on this node");
 }
 
 #[tokio::test]
