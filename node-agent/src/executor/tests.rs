@@ -220,7 +220,7 @@ async fn a_lease_gets_idle_cpus_its_own_cgroup_and_an_executor_as_its_user() {
         .unwrap()
         .unwrap();
     assert_eq!(saved.leases["L1"].cpus, set("0,2"));
-    assert_eq!(rig.exec.running(), [info.clone()]);
+    assert_eq!(rig.exec.running(), std::slice::from_ref(&info));
     // The same order again (a scheduler that re-sent it) is answered with the same executor.
     rig.exec.create(rig.order("L1", 2, 500)).await;
     assert_eq!(rig.event(), LeaseEvent::Ready(info));
