@@ -253,11 +253,23 @@ impl Executors {
             uid = lease.uid, "executor started");
         let watcher = self.clone();
         let watched = id.to_owned();
+        let log = dir.join(LOG_FILE);
         tokio::spawn(async move {
             let how = spawned.exit.await;
-            watcher
-                .finish(&watched, format!("executor exited ({how})"))
-                .await;
+            let ready = watcher
+                .lease(&watched)
+                .and_then(|l| l.executor)
+                .is_some_and(|e| e.address.is_some());
+            // An executor that dies before it is ready says why in its log.
+            let reason = if ready {
+                format!("executor exited ({how})")
+            } else {
+                format!(
+                    "executor exited ({how}) before it was ready; its log: {}",
+                    log_tail(&log)
+                )
+            };
+            watcher.finish(&watched, reason).await;
         });
         let mut process = ExecutorProcess {
             pid,

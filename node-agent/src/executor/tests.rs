@@ -81,7 +81,7 @@ impl Rig {
                 state_dir: state.path().to_path_buf(),
                 executor_path: "/opt/harvest/bin/harvest-executor".into(),
                 allow_root: false,
-                start_timeout: Duration::from_millis(300),
+                start_timeout: Duration::from_secs(2),
                 stop_grace: Duration::from_millis(100),
                 cpu_weight: 1,
                 cgroup_parent: harvest_group("n1"),
@@ -341,7 +341,7 @@ async fn an_executor_that_never_gets_ready_fails_the_lease_with_its_log() {
         panic!()
     };
     assert!(
-        reason.contains("did not become ready within 300ms"),
+        reason.contains("did not become ready within 2s"),
         "{reason}"
     );
     assert!(
@@ -460,4 +460,40 @@ async fn a_batch_job_on_a_leased_cpu_reclaims_the_lease() {
     let v = rig.view();
     assert!(v.cpus.function.is_disjoint(&v.cpus.batch));
     assert_eq!(v.cpus.function.len(), 1);
+}
+
+#[tokio::test]
+async fn an_executor_that_dies_before_it_is_ready_fails_with_its_log() {
+    let mut rig = Rig::new();
+    rig.procs.set_behaviour(Behaviour::NeverReady);
+    let exec = rig.exec.clone();
+    let order = rig.order("L1", 1, 100);
+    let start = tokio::spawn(async move { exec.create(order).await });
+    let log = rig.state.path().join("leases/L1").join(LOG_FILE);
+    // Wait until it runs, then let it die the way a failed exec-lease does.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rig.procs.running().is_empty() {
+        assert!(Instant::now() < deadline, "never started");
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    std::fs::write(
+        &log,
+        "harvestd exec-lease: joining the lease cgroup: No space left on device\n",
+    )
+    .unwrap();
+    rig.procs.exit(1000, "exit status 127");
+    start.await.unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(5), rig.events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let LeaseEvent::Failed { reason, .. } = event else {
+        panic!("{event:?}")
+    };
+    assert!(
+        reason.starts_with("executor exited (exit status 127) before it was ready"),
+        "{reason}"
+    );
+    assert!(reason.contains("No space left on device"), "{reason}");
+    assert!(lock(&rig.agent).ledger().leases.is_empty());
 }
