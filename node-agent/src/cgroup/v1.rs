@@ -246,3 +246,49 @@ impl Cgroups for V1 {
         Ok(self.dir("memory", group)?.join("memory.oom_control"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_group_is_joined_through_every_managed_hierarchy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut controllers = BTreeMap::new();
+        for c in ["cpuset", "memory", "cpu", "freezer", "pids"] {
+            std::fs::create_dir_all(tmp.path().join(c)).unwrap();
+            controllers.insert(c.to_owned(), tmp.path().join(c));
+        }
+        std::fs::write(tmp.path().join("cpuset/cpuset.cpus"), "0-3").unwrap();
+        std::fs::write(tmp.path().join("cpuset/cpuset.mems"), "0").unwrap();
+        let v1 = V1::new(controllers, PathBuf::from("fake")).unwrap();
+        let g = Path::new("harvest_n1/lease_L1");
+        let spec = GroupSpec {
+            cpus: Some([2].into_iter().collect()),
+            mems: None,
+            memory_limit_bytes: Some(64 << 20),
+            cpu_weight: Some(1),
+        };
+        v1.create(g, &spec).unwrap();
+        let read = |p: &str| std::fs::read_to_string(tmp.path().join(p)).unwrap();
+        assert_eq!(read("cpuset/harvest_n1/lease_L1/cpuset.cpus"), "2");
+        assert_eq!(read("cpuset/harvest_n1/lease_L1/cpuset.mems"), "0");
+        assert_eq!(read("cpuset/harvest_n1/cpuset.cpus"), "0-3");
+        assert_eq!(
+            read("memory/harvest_n1/lease_L1/memory.limit_in_bytes"),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(read("cpu/harvest_n1/lease_L1/cpu.shares"), "2");
+        // Every managed hierarchy (not pids, which harvest does not manage), cpuset first.
+        let files = v1.procs_files(g).unwrap();
+        let want: Vec<PathBuf> = ["cpuset", "memory", "cpu", "freezer"]
+            .iter()
+            .map(|c| tmp.path().join(c).join(g).join("cgroup.procs"))
+            .collect();
+        assert_eq!(files, want);
+        assert_eq!(
+            v1.oom_events_file(g).unwrap(),
+            tmp.path().join("memory").join(g).join("memory.oom_control")
+        );
+    }
+}

@@ -217,6 +217,8 @@ mod tests {
         assert_eq!(file(&leaf, "cpuset.mems"), "0");
         assert_eq!(file(&leaf, "memory.max"), (256u64 << 20).to_string());
         assert_eq!(file(&leaf, "cpu.weight"), "50");
+        assert_eq!(v2.procs_files(g).unwrap(), [leaf.join("cgroup.procs")]);
+        assert_eq!(v2.oom_events_file(g).unwrap(), leaf.join("memory.events"));
         // The fake keeps only the last write; the real file accumulates "+cpuset +memory +cpu".
         assert_eq!(
             file(&tmp.path().join("harvest"), "cgroup.subtree_control"),
