@@ -33,7 +33,7 @@ use harvest_proto::v1::{
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::book::{LeaseBook, Limits, Now};
 use crate::config::Config;
@@ -114,11 +114,14 @@ pub async fn serve(
         let _ = stop_tx.send(true);
         shared.lock().detach_all();
     };
+    // Orders are small messages on long-lived streams: without TCP_NODELAY each waits for the
+    // peer's delayed ACK (about 40 ms per CreateExecutor here).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let result = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS_PER_CONNECTION)
         .add_service(scheduler)
         .add_service(gateway)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+        .serve_with_incoming_shutdown(incoming, stop)
         .await;
     let _ = reaper.await;
     Ok(result?)
