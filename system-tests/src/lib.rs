@@ -200,26 +200,68 @@ pub fn poll<T>(
     }
 }
 
-/// Parses `export NAME=value` lines (values optionally single- or double-quoted).
+/// Parses `export NAME=value` lines as a shell would for the forms `deploy/local-cluster env`
+/// prints: concatenated single-quoted (literal), double-quoted and bare words, where `$NAME` in
+/// the latter two expands from this process's environment (for `PATH='/x/bin':"$PATH"`).
 pub fn parse_exports(text: &str) -> Vec<(String, String)> {
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("export "))
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| {
-            let v = v.trim();
-            let v = v
-                .strip_prefix('\'')
-                .and_then(|v| v.strip_suffix('\''))
-                .or_else(|| v.strip_prefix('"').and_then(|v| v.strip_suffix('"')))
-                .unwrap_or(v);
-            (k.to_owned(), v.to_owned())
+            (
+                k.to_owned(),
+                shell_word(v.trim(), |name| std::env::var(name).ok()),
+            )
         })
         .collect()
+}
+
+fn shell_word(word: &str, var: impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::new();
+    let mut chars = word.chars().peekable();
+    let mut quote: Option<char> = None;
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (Some('\''), c) => out.push(c),
+            (_, '$') => {
+                let mut name = String::new();
+                while let Some(&n) = chars.peek() {
+                    if n.is_ascii_alphanumeric() || n == '_' {
+                        name.push(n);
+                        chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                if name.is_empty() {
+                    out.push('$');
+                } else {
+                    out.push_str(&var(&name).unwrap_or_default());
+                }
+            }
+            (_, c) => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expands_variables_outside_single_quotes() {
+        let var = |n: &str| (n == "PATH").then(|| "/usr/bin:/bin".to_owned());
+        assert_eq!(
+            shell_word("'/x/bin':\"$PATH\"", var),
+            "/x/bin:/usr/bin:/bin"
+        );
+        assert_eq!(shell_word("'$PATH'", var), "$PATH");
+        assert_eq!(shell_word("a$NOPE-b", var), "a-b");
+        assert_eq!(shell_word("cost$", var), "cost$");
+    }
 
     #[test]
     fn parses_export_lines() {
