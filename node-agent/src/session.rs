@@ -100,7 +100,8 @@ async fn one_session(
     sequence: &mut u64,
 ) -> (SessionError, bool) {
     let mut client = match AgentGatewayClient::connect(s.url.clone()).await {
-        Ok(c) => c,
+        // Orders carry function libraries: accept what the scheduler accepts from clients.
+        Ok(c) => c.max_decoding_message_size(harvest_proto::DEFAULT_MAX_MESSAGE_BYTES),
         Err(source) => {
             return (
                 SessionError::Connect {

@@ -9,6 +9,10 @@
 
 pub mod convert;
 
+/// The largest gRPC message either side accepts by default: a lease request or a CreateExecutor
+/// order carries the function library (tonic's own default, 4 MiB, is too small for many).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
+
 /// Version 1 of the API (`package harvest.v1`).
 pub mod v1 {
     tonic::include_proto!("harvest.v1");

@@ -8,6 +8,8 @@
 //! `harvest_policies` node state), where `function` is what the scheduler's own leases hold and
 //! `batch` is everything else the agent does not report idle (`total - idle - the agent's
 //! function`). So a lease that is placed but not yet in the agent's report still counts, once.
+//! A lease that ended holds its resources (as batch) until the agent reports them idle again, so
+//! the next lease never lands on CPUs whose executor is still stopping.
 //! A node that is down, or has not reported yet, has nothing free.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -351,7 +353,20 @@ impl LeaseBook {
         entry.last_report_unix_ms = now.unix_ms;
         entry.health = Health::Up;
         let (total, idle, function) = counts(view);
-        let batch = total.saturating_sub(&idle).saturating_sub(&function);
+        // What the agent reports as lent counts as ours only up to what our live leases hold:
+        // the rest belongs to leases that ended here but whose executors the agent is still
+        // tearing down, and is no more free than a batch job's CPUs until the agent says so.
+        let held = self
+            .cluster
+            .node(id)
+            .map(|n| n.function)
+            .unwrap_or_default();
+        let ours = Resources::new(
+            function.cores.min(held.cores),
+            function.mem_mib.min(held.mem_mib),
+            function.gpus.min(held.gpus),
+        );
+        let batch = total.saturating_sub(&idle).saturating_sub(&ours);
         self.cluster
             .update(id, |n| {
                 n.total = total;
@@ -522,7 +537,13 @@ impl LeaseBook {
         rec.wire.end_reason = reason.to_owned();
         let ended = rec.wire.clone();
         let key = rec.key;
-        self.framework.release(&mut self.cluster, key);
+        // The executor is still stopping on its node: until the agent's next report, its
+        // resources are taken (as if by batch), never handed to the next lease.
+        if let Some(released) = self.framework.release(&mut self.cluster, key) {
+            let _ = self.cluster.update(released.node, |n| {
+                n.batch = n.batch.add(&released.res);
+            });
+        }
         tracing::info!(
             lease,
             state = state_name(state as i32),

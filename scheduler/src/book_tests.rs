@@ -127,6 +127,34 @@ fn the_agents_own_report_of_a_lease_is_not_counted_twice() {
 }
 
 #[test]
+fn a_released_lease_holds_its_cores_until_the_agent_reports_them_idle() {
+    let now = Now::current();
+    let mut b = book("best-fit");
+    up(&mut b, "n1", &view("n1", 2, 1, 1000, 0), now);
+    let (lease, _) = b.place(&request(1, 100), &user(1), now).unwrap();
+    b.executor_ready(&lease.id, &ready(&[1])).unwrap();
+    let mut lent = view("n1", 2, 1, 1000, 0);
+    lent.cpus.function = [1].into_iter().collect();
+    lent.cpus.idle = CpuSet::new();
+    lent.memory_mib.function = 100;
+    lent.memory_mib.idle = 900;
+    b.report("n1", ver(1, 2), &lent, now).unwrap();
+    assert_eq!(b.free("n1").unwrap().cores, 0);
+    b.release(&lease.id, &user(1)).unwrap();
+    // Released, but the agent is still stopping the executor: nothing to place on.
+    assert_eq!(b.free("n1").unwrap().cores, 0);
+    assert!(b.place(&request(1, 100), &user(1), now).is_err());
+    // A report from before the teardown finished still shows the CPU lent: still taken.
+    b.report("n1", ver(1, 3), &lent, now).unwrap();
+    assert_eq!(b.free("n1").unwrap().cores, 0);
+    // The agent reports it idle: free again.
+    b.report("n1", ver(1, 4), &view("n1", 2, 1, 1000, 0), now)
+        .unwrap();
+    assert_eq!(b.free("n1").unwrap().cores, 1);
+    assert!(b.place(&request(1, 100), &user(1), now).is_ok());
+}
+
+#[test]
 fn nothing_fits_gives_the_policys_reason_and_reserves_nothing() {
     let now = Now::current();
     let mut b = book("best-fit");
@@ -222,6 +250,10 @@ fn only_the_owner_or_root_releases() {
     assert_eq!(b.lease(&a.id).unwrap().state, LeaseState::Released as i32);
     assert_eq!(b.release(&a.id, &user(1000)), Ok(None), "idempotent");
     assert!(b.release(&c.id, &user(0)).unwrap().is_some(), "root may");
+    // Until the agent reports the executors gone, their cores are not free again.
+    assert_eq!(b.free("n1").unwrap().cores, 2);
+    b.report("n1", ver(1, 2), &view("n1", 4, 0, 1000, 0), now)
+        .unwrap();
     assert_eq!(b.free("n1").unwrap().cores, 4, "both reservations freed");
     assert!(matches!(
         b.release("nope", &user(0)),
@@ -254,6 +286,11 @@ fn leases_expire_after_their_lifetime() {
         b.lease(&lease.id).unwrap().state,
         LeaseState::Expired as i32
     );
+    // Held until the agent reports the executor gone, then free.
+    assert_eq!(b.free("n1").unwrap().cores, 2);
+    let later = now.after(Duration::from_millis(2100));
+    b.report("n1", ver(1, 3), &view("n1", 4, 0, 1000, 0), later)
+        .unwrap();
     assert_eq!(b.free("n1").unwrap().cores, 4);
 }
 
@@ -372,6 +409,13 @@ fn a_late_ready_for_a_failed_lease_is_refused() {
         b.executor_ready(&lease.id, &ready(&[0])),
         Err(BookError::NotPending { .. })
     ));
+    assert_eq!(
+        b.free("n1").unwrap().cores,
+        3,
+        "held until the agent reports"
+    );
+    b.report("n1", ver(1, 2), &view("n1", 4, 0, 1000, 0), now)
+        .unwrap();
     assert_eq!(b.free("n1").unwrap().cores, 4);
 }
 

@@ -29,7 +29,7 @@ pub const DEFAULT_UNMUNGE: &str = "unmunge";
 /// How long decoding one credential may take.
 pub const DEFAULT_AUTH_TIMEOUT_MS: u64 = 5000;
 /// Largest request accepted (a shipped function library travels inside AcquireLease).
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = harvest_proto::DEFAULT_MAX_MESSAGE_BYTES;
 /// How many ended leases `ListLeases` still shows.
 pub const DEFAULT_ENDED_LEASES_KEPT: usize = 1000;
 /// The password database used to name the uid of an adopted lease.

@@ -24,6 +24,23 @@ async fn node_known(s: &Scheduler, node: &str, idle: usize) {
     .await;
 }
 
+/// Acquires 2 cores as soon as the scheduler has applied a report that frees them; returns the
+/// error the placement then ran into (the tests' agents never let a start succeed here).
+async fn acquire_once_placeable(
+    c: &mut harvest_client::SchedulerClient,
+) -> harvest_client::lease::LeaseError {
+    eventually(
+        "a placement past RESOURCE_EXHAUSTED",
+        WAIT,
+        async || match c.acquire(&request(2, 10)).await {
+            Err(e) if e.code() == Some(tonic::Code::ResourceExhausted) => None,
+            Err(e) => Some(e),
+            Ok(l) => panic!("unexpected lease {l:?}"),
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acquire_invoke_list_and_release_a_lease() {
     let s = Scheduler::start(config(), "127.0.0.1:0").await;
@@ -71,7 +88,11 @@ async fn acquire_invoke_list_and_release_a_lease() {
     assert_eq!(after[0].state, "released");
     let e = alice.release("no-such-lease").await.unwrap_err();
     assert_eq!(e.code(), Some(tonic::Code::NotFound));
-    // The cores are free again.
+    // Until the agent reports the executor gone, its cores stay taken; then they are free again.
+    let e = alice.acquire(&request(3, 10)).await.unwrap_err();
+    assert_eq!(e.code(), Some(tonic::Code::ResourceExhausted), "{e}");
+    agent.report(2, &view("n1", 4, 1)).await;
+    node_known(&s, "n1", 3).await;
     let again = alice.acquire(&request(3, 10)).await.unwrap();
     assert_eq!(again.cpus.len(), 3);
     s.stop().await;
@@ -119,7 +140,9 @@ async fn a_failed_or_silent_executor_start_frees_the_reservation() {
     // The same node, now an agent that never answers: the start times out.
     let silent = FakeAgent::connect(s.addr, "n1", SLOW_HEARTBEAT_MS, vec![], Answer::Silent).await;
     failing.disconnect();
-    let e = c.acquire(&request(2, 10)).await.unwrap_err();
+    // The failed start's cores are free once the node reports them idle.
+    silent.report(2, &view("n1", 2, 0)).await;
+    let e = acquire_once_placeable(&mut c).await;
     assert_eq!(e.code(), Some(tonic::Code::DeadlineExceeded), "{e}");
     let leases = c.leases().await.unwrap();
     assert!(leases.iter().all(|l| l.state == "failed"), "{leases:?}");
@@ -130,8 +153,10 @@ async fn a_failed_or_silent_executor_start_frees_the_reservation() {
         async || silent.destroyed(timed_out),
     )
     .await;
-    // Both reservations were freed: the full node is placeable (the start times out again).
-    let e = c.acquire(&request(2, 10)).await.unwrap_err();
+    // Both reservations were freed once the node reports: the full node is placeable (the
+    // start times out again).
+    silent.report(3, &view("n1", 2, 0)).await;
+    let e = acquire_once_placeable(&mut c).await;
     assert_eq!(e.code(), Some(tonic::Code::DeadlineExceeded), "{e}");
     s.stop().await;
 }
