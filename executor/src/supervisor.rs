@@ -298,7 +298,7 @@ fn tell(conn: &TcpStream, id: u64, code: ErrorCode, message: &str) {
     invoke::encode_error(&mut frame, id, code, message);
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
-    let _ = write_all_vectored(conn, &frame, &[]);
+    let _ = write_all_vectored(conn, &frame, &[], false);
     let _ = conn.shutdown(std::net::Shutdown::Both);
 }
 

@@ -137,13 +137,18 @@ impl<'a> Worker<'a> {
         }
         let header = invoke::result_header(id, written);
         let output = self.output.as_slice(written);
-        write_all_vectored(&self.stream, &header, output)
+        write_all_vectored(&self.stream, &header, output, self.spins())
+    }
+
+    /// Whether this worker busy-polls (any hot window) rather than sleeping in the kernel.
+    fn spins(&self) -> bool {
+        self.config.hot_window != HotWindow::WARM
     }
 
     fn send_error(&mut self, id: u64, code: ErrorCode, message: &str) -> io::Result<()> {
         self.out_frame.clear();
         invoke::encode_error(&mut self.out_frame, id, code, message);
-        write_all_vectored(&self.stream, &self.out_frame, &[])
+        write_all_vectored(&self.stream, &self.out_frame, &[], self.spins())
     }
 
     /// Fills `buf`, spinning while the hot window lasts and blocking after. Returns false on a
@@ -178,7 +183,13 @@ impl<'a> Worker<'a> {
 }
 
 /// Writes `a` then `b` to a non-blocking socket, in one `writev` when the kernel takes it all.
-pub fn write_all_vectored(mut stream: &TcpStream, a: &[u8], b: &[u8]) -> io::Result<()> {
+/// On a full socket buffer it spins when `spin` (hot mode: no wake-up latency), else blocks.
+pub fn write_all_vectored(
+    mut stream: &TcpStream,
+    a: &[u8],
+    b: &[u8],
+    spin: bool,
+) -> io::Result<()> {
     let (mut a, mut b) = (a, b);
     while !a.is_empty() || !b.is_empty() {
         match stream.write_vectored(&[IoSlice::new(a), IoSlice::new(b)]) {
@@ -190,8 +201,13 @@ pub fn write_all_vectored(mut stream: &TcpStream, a: &[u8], b: &[u8]) -> io::Res
                 b = &b[n..];
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                wait_fd(stream.as_raw_fd(), libc::POLLOUT)?
+                if spin {
+                    std::hint::spin_loop();
+                } else {
+                    wait_fd(stream.as_raw_fd(), libc::POLLOUT)?;
+                }
             }
+
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }

@@ -228,6 +228,9 @@ impl LeaseBook {
                 let e = &mut self.nodes[id as usize];
                 e.heartbeat = heartbeat;
                 e.last_seen = now.instant;
+                // A new session orders its own reports: an agent that restarted (or replaced a
+                // dead one) is never held back by the versions of the one before.
+                e.version = None;
                 id
             }
             None => {

@@ -16,7 +16,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::book::{Now, Order};
+use crate::book::{Health, Now, Order};
 use crate::identity::passwd_name;
 use crate::state::{ORDER_QUEUE, Shared};
 
@@ -61,6 +61,18 @@ impl v1::agent_gateway_server::AgentGateway for Gateway {
         let session = {
             let passwd = self.shared.config.passwd.clone();
             let mut inner = self.shared.lock();
+            // One agent per node. A second one (a harvestd started with the wrong --node, or a
+            // test's) must not take over a node whose agent is alive; once that agent has gone
+            // silent long enough for the node to be down, a newcomer may take its place.
+            if let Some(current) = inner.live_session(&node)
+                && inner.book.health(&node) == Some(Health::Up)
+            {
+                tracing::warn!(node = %node, current, "second agent for a node refused");
+                return Err(Status::already_exists(format!(
+                    "node {node} already has a connected agent (session {current}); is another \
+                     harvestd running with --node {node}?"
+                )));
+            }
             let orders = inner.book.register(
                 &node,
                 Duration::from_millis(reg.heartbeat_ms),
@@ -79,7 +91,7 @@ impl v1::agent_gateway_server::AgentGateway for Gateway {
             loop {
                 tokio::select! {
                     msg = inbound.message() => match msg {
-                        Ok(Some(msg)) => handle(&shared, &node, msg),
+                        Ok(Some(msg)) => handle(&shared, &node, session, msg),
                         Ok(None) => break,
                         Err(e) => {
                             tracing::info!(node = %node, error = %e, "agent session broken");
@@ -96,8 +108,12 @@ impl v1::agent_gateway_server::AgentGateway for Gateway {
     }
 }
 
-fn handle(shared: &Shared, node: &str, msg: v1::AgentMessage) {
+fn handle(shared: &Shared, node: &str, session: u64, msg: v1::AgentMessage) {
     let mut inner = shared.lock();
+    if !inner.is_current(node, session) {
+        tracing::debug!(node, session, "message from a replaced session ignored");
+        return;
+    }
     match msg.msg {
         Some(agent_message::Msg::Slots(report)) => {
             let (Some(version), Some(view)) = (report.version, report.view.as_ref()) else {

@@ -86,6 +86,19 @@ impl Inner {
         self.agents.clear();
     }
 
+    /// Whether `session` is the node's current session (a replaced one's messages are ignored).
+    pub fn is_current(&self, node: &str, session: u64) -> bool {
+        self.agents.get(node).is_some_and(|a| a.session == session)
+    }
+
+    /// The node's current session, when its agent is still connected.
+    pub fn live_session(&self, node: &str) -> Option<u64> {
+        self.agents
+            .get(node)
+            .filter(|a| !a.tx.is_closed())
+            .map(|a| a.session)
+    }
+
     pub fn sender(&self, node: &str) -> Option<OrderSender> {
         self.agents.get(node).map(|a| a.tx.clone())
     }

@@ -138,8 +138,21 @@ async fn a_failed_or_silent_executor_start_frees_the_reservation() {
     assert!(e.to_string().contains("permission denied"), "{e}");
 
     // The same node, now an agent that never answers: the start times out.
-    let silent = FakeAgent::connect(s.addr, "n1", SLOW_HEARTBEAT_MS, vec![], Answer::Silent).await;
+    // A second agent for a node whose agent is connected is refused...
+    let e = FakeAgent::try_connect(s.addr, "n1", SLOW_HEARTBEAT_MS, vec![], Answer::Silent)
+        .await
+        .err()
+        .expect("a second agent for a live node is refused");
+    assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e}");
+    assert!(e.message().contains("--node n1"), "{e}");
+    // ... and accepted once the first one has gone.
     failing.disconnect();
+    let silent = eventually("the first agent's session to end", WAIT, async || {
+        FakeAgent::try_connect(s.addr, "n1", SLOW_HEARTBEAT_MS, vec![], Answer::Silent)
+            .await
+            .ok()
+    })
+    .await;
     // The failed start's cores are free once the node reports them idle.
     silent.report(2, &view("n1", 2, 0)).await;
     let e = acquire_once_placeable(&mut c).await;

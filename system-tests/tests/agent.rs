@@ -65,6 +65,8 @@ impl<'a> Agent<'a> {
             .cluster
             .command(harvestd()?.to_str().context("utf-8 path")?)
             .args(["run", "--node", "n1", "--run-dir"])
+            // A private, standalone agent: it must not register with the cluster's scheduler.
+            .env_remove("HARVEST_SCHEDULER")
             .arg(self.run_dir())
             .arg("--state-dir")
             .arg(self.dir.join("state"))

@@ -130,6 +130,19 @@ impl FakeAgent {
         executors: Vec<v1::ExecutorInfo>,
         answer: Answer,
     ) -> Self {
+        Self::try_connect(addr, node, heartbeat_ms, executors, answer)
+            .await
+            .unwrap()
+    }
+
+    /// Like [`connect`](Self::connect), returning the scheduler's refusal instead of panicking.
+    pub async fn try_connect(
+        addr: SocketAddr,
+        node: &str,
+        heartbeat_ms: u64,
+        executors: Vec<v1::ExecutorInfo>,
+        answer: Answer,
+    ) -> Result<Self, tonic::Status> {
         let mut client = AgentGatewayClient::connect(format!("http://{addr}"))
             .await
             .unwrap();
@@ -144,11 +157,7 @@ impl FakeAgent {
         })
         .await
         .unwrap();
-        let mut inbound = client
-            .session(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
         let orders = Arc::new(Mutex::new(Vec::new()));
         let running: Arc<Mutex<HashMap<String, v1::ExecutorInfo>>> = Arc::new(Mutex::new(
             executors
@@ -197,14 +206,14 @@ impl FakeAgent {
                 }
             }
         });
-        Self {
+        Ok(Self {
             node: node.into(),
             tx,
             orders,
             executors: running,
             incarnation: 1,
             task,
-        }
+        })
     }
 
     pub async fn report(&self, sequence: u64, view: &NodeView) {
