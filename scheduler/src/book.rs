@@ -532,6 +532,27 @@ impl LeaseBook {
     /// Ends a live lease in `state` with `reason` and frees its reservation. Returns the lease
     /// as it ended, or `None` when it was not live (ending is idempotent).
     pub fn end(&mut self, lease: &str, state: LeaseState, reason: &str) -> Option<v1::Lease> {
+        self.end_lease(lease, state, reason, true)
+    }
+
+    /// Ends a lease on the agent's word that its executor failed to start or exited: the agent
+    /// has already given its resources back, so they are free at once.
+    pub fn end_by_agent(
+        &mut self,
+        lease: &str,
+        state: LeaseState,
+        reason: &str,
+    ) -> Option<v1::Lease> {
+        self.end_lease(lease, state, reason, false)
+    }
+
+    fn end_lease(
+        &mut self,
+        lease: &str,
+        state: LeaseState,
+        reason: &str,
+        hold: bool,
+    ) -> Option<v1::Lease> {
         let rec = self.leases.get_mut(lease)?;
         if !is_live(rec.wire.state) {
             return None;
@@ -542,7 +563,9 @@ impl LeaseBook {
         let key = rec.key;
         // The executor is still stopping on its node: until the agent's next report, its
         // resources are taken (as if by batch), never handed to the next lease.
-        if let Some(released) = self.framework.release(&mut self.cluster, key) {
+        if let Some(released) = self.framework.release(&mut self.cluster, key)
+            && hold
+        {
             let _ = self.cluster.update(released.node, |n| {
                 n.batch = n.batch.add(&released.res);
             });

@@ -155,6 +155,18 @@ fn a_released_lease_holds_its_cores_until_the_agent_reports_them_idle() {
 }
 
 #[test]
+fn a_start_the_agent_reports_failed_frees_its_cores_at_once() {
+    let now = Now::current();
+    let mut b = book("best-fit");
+    up(&mut b, "n1", &view("n1", 2, 1, 1000, 0), now);
+    let (lease, _) = b.place(&request(1, 100), &user(0), now).unwrap();
+    assert_eq!(b.free("n1").unwrap().cores, 0);
+    // The agent refused it (say, root) and holds nothing for it: no wait for its next report.
+    b.end_by_agent(&lease.id, LeaseState::Failed, "refusing to run as root");
+    assert_eq!(b.free("n1").unwrap().cores, 1);
+}
+
+#[test]
 fn nothing_fits_gives_the_policys_reason_and_reserves_nothing() {
     let now = Now::current();
     let mut b = book("best-fit");

@@ -20,6 +20,11 @@ pub const DEFAULT_HEARTBEAT_MISS_LIMIT: u32 = 5;
 pub const DEFAULT_AGENT_HEARTBEAT_MS: u64 = 1000;
 /// How long AcquireLease waits for the agent to report the executor ready.
 pub const DEFAULT_EXECUTOR_START_TIMEOUT_MS: u64 = 10_000;
+/// How long AcquireLease waits for a placement when no node has room right now (resources of an
+/// ending lease come back with the agent's next report, within a heartbeat). 0 refuses at once.
+pub const DEFAULT_PLACEMENT_WAIT_MS: u64 = 2000;
+/// How often a waiting AcquireLease tries to place again.
+pub const PLACEMENT_RETRY: Duration = Duration::from_millis(20);
 /// How often expiry and heartbeats are checked.
 pub const DEFAULT_TICK_MS: u64 = 200;
 /// The placement policy (one of `harvest_policies::BUILTIN_POLICIES`).
@@ -67,6 +72,7 @@ pub struct Config {
     pub heartbeat_miss_limit: u32,
     pub default_agent_heartbeat_ms: u64,
     pub executor_start_timeout_ms: u64,
+    pub placement_wait_ms: u64,
     pub tick_ms: u64,
     pub unmunge: PathBuf,
     /// munged's socket (`unmunge --socket`); `None` uses munge's default.
@@ -88,6 +94,7 @@ impl Default for Config {
             heartbeat_miss_limit: DEFAULT_HEARTBEAT_MISS_LIMIT,
             default_agent_heartbeat_ms: DEFAULT_AGENT_HEARTBEAT_MS,
             executor_start_timeout_ms: DEFAULT_EXECUTOR_START_TIMEOUT_MS,
+            placement_wait_ms: DEFAULT_PLACEMENT_WAIT_MS,
             tick_ms: DEFAULT_TICK_MS,
             unmunge: PathBuf::from(DEFAULT_UNMUNGE),
             munge_socket: None,
@@ -153,6 +160,10 @@ impl Config {
 
     pub fn executor_start_timeout(&self) -> Duration {
         Duration::from_millis(self.executor_start_timeout_ms)
+    }
+
+    pub fn placement_wait(&self) -> Duration {
+        Duration::from_millis(self.placement_wait_ms)
     }
 
     pub fn tick(&self) -> Duration {

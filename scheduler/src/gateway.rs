@@ -147,11 +147,15 @@ fn handle(shared: &Shared, node: &str, session: u64, msg: v1::AgentMessage) {
                     }
                 }
                 Some(executor_event::Event::Failed(reason)) => {
-                    inner.book.end(&lease, v1::LeaseState::Failed, &reason);
+                    inner
+                        .book
+                        .end_by_agent(&lease, v1::LeaseState::Failed, &reason);
                     inner.notify(&lease, Err(reason));
                 }
                 Some(executor_event::Event::Exited(reason)) => {
-                    inner.book.end(&lease, v1::LeaseState::Revoked, &reason);
+                    inner
+                        .book
+                        .end_by_agent(&lease, v1::LeaseState::Revoked, &reason);
                     inner.notify(&lease, Err(format!("the executor exited: {reason}")));
                 }
                 None => tracing::warn!(node, lease = %lease, "executor event without an event"),

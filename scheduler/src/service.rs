@@ -5,7 +5,8 @@ use std::sync::Arc;
 use harvest_proto::v1;
 use tonic::{Request, Response, Status};
 
-use crate::book::{Now, Order};
+use crate::book::{BookError, Now, Order};
+use crate::config::PLACEMENT_RETRY;
 use crate::error::RequestError;
 use crate::identity::Identity;
 use crate::state::Shared;
@@ -32,12 +33,30 @@ impl SchedulerService {
     /// Places the lease, orders its executor and waits until it is ready.
     async fn acquire(&self, req: v1::AcquireLeaseRequest) -> Result<v1::Lease, RequestError> {
         let who = self.authenticate(req.credential.as_ref()).await?;
-        let (lease, order, tx, ready) = {
-            let mut inner = self.shared.lock();
-            let (lease, order) = inner.book.place(&req, &who, Now::current())?;
-            let tx = inner.sender(&order.node);
-            let ready = inner.wait_for(&lease.id);
-            (lease, order, tx, ready)
+        // No room now may be room in a moment (an ending lease's resources come back with its
+        // agent's next report): retry within the placement wait before refusing.
+        let wait_until = tokio::time::Instant::now() + self.shared.config.placement_wait();
+        let (lease, order, tx, ready) = loop {
+            let placed = {
+                let mut inner = self.shared.lock();
+                match inner.book.place(&req, &who, Now::current()) {
+                    Ok((lease, order)) => {
+                        let tx = inner.sender(&order.node);
+                        let ready = inner.wait_for(&lease.id);
+                        Ok((lease, order, tx, ready))
+                    }
+                    Err(e) => Err(e),
+                }
+            };
+            match placed {
+                Ok(placed) => break placed,
+                Err(BookError::Unschedulable { .. })
+                    if tokio::time::Instant::now() < wait_until =>
+                {
+                    tokio::time::sleep(PLACEMENT_RETRY).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
         };
         let node = order.node.clone();
         let sent = match tx {

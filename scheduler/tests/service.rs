@@ -91,9 +91,13 @@ async fn acquire_invoke_list_and_release_a_lease() {
     // Until the agent reports the executor gone, its cores stay taken; then they are free again.
     let e = alice.acquire(&request(3, 10)).await.unwrap_err();
     assert_eq!(e.code(), Some(tonic::Code::ResourceExhausted), "{e}");
-    agent.report(2, &view("n1", 4, 1)).await;
-    node_known(&s, "n1", 3).await;
-    let again = alice.acquire(&request(3, 10)).await.unwrap();
+    // An acquisition waits (placement_wait_ms) for the report that gives the cores back.
+    let three = request(3, 10);
+    let (again, ()) = tokio::join!(alice.acquire(&three), async {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        agent.report(2, &view("n1", 4, 1)).await;
+    });
+    let again = again.unwrap();
     assert_eq!(again.cpus.len(), 3);
     s.stop().await;
 }

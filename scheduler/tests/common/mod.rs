@@ -73,6 +73,7 @@ pub fn config() -> Config {
         policy: "first-fit".into(),
         tick_ms: 20,
         executor_start_timeout_ms: 2000,
+        placement_wait_ms: 100,
         ..Config::default()
     }
 }
