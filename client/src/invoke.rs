@@ -76,7 +76,18 @@ pub struct ExecutorConnection {
     /// silent executor (its node may be gone).
     pub grace: Duration,
     frame: Vec<u8>,
+    /// Bytes received but not yet read: `inbox[in_start..in_end]`. One `recv` brings a whole
+    /// small answer (header and output) in one system call.
+    inbox: Vec<u8>,
+    in_start: usize,
+    in_end: usize,
+    /// The socket's read timeout as last set (Block mode), to skip needless `setsockopt`s.
+    read_timeout: Option<Option<Duration>>,
 }
+
+/// The receive buffer's size; outputs larger than half of it are read straight into the
+/// caller's buffer.
+const INBOX_BYTES: usize = 16 * 1024;
 
 impl ExecutorConnection {
     pub fn connect(addr: SocketAddr, polling: Polling) -> Result<Self, InvokeError> {
@@ -95,6 +106,10 @@ impl ExecutorConnection {
             in_flight: 0,
             grace: Duration::from_secs(5),
             frame: Vec::new(),
+            inbox: vec![0; INBOX_BYTES],
+            in_start: 0,
+            in_end: 0,
+            read_timeout: None,
         })
     }
 
@@ -211,28 +226,66 @@ impl ExecutorConnection {
         Ok(())
     }
 
+    /// Moves buffered bytes into `buf`; returns how many.
+    fn take_buffered(&mut self, buf: &mut [u8]) -> usize {
+        let n = buf.len().min(self.in_end - self.in_start);
+        buf[..n].copy_from_slice(&self.inbox[self.in_start..self.in_start + n]);
+        self.in_start += n;
+        if self.in_start == self.in_end {
+            self.in_start = 0;
+            self.in_end = 0;
+        }
+        n
+    }
+
+    fn set_read_timeout(&mut self, deadline: Option<Instant>) -> Result<(), InvokeError> {
+        let wanted = deadline.map(|d| {
+            d.saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1))
+        });
+        if self.read_timeout == Some(wanted) && wanted.is_none() {
+            return Ok(());
+        }
+        let addr = self.addr;
+        self.stream
+            .set_read_timeout(wanted)
+            .map_err(|source| InvokeError::Io { addr, source })?;
+        self.read_timeout = Some(wanted);
+        Ok(())
+    }
+
     fn read_full(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> Result<(), InvokeError> {
         let addr = self.addr;
-        if self.polling == Polling::Block {
-            let left = deadline.map(|d| {
-                d.saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(1))
-            });
-            self.stream
-                .set_read_timeout(left)
-                .map_err(|source| InvokeError::Io { addr, source })?;
+        let mut got = self.take_buffered(buf);
+        if got == buf.len() {
+            return Ok(());
         }
-        let mut got = 0;
+        if self.polling == Polling::Block {
+            self.set_read_timeout(deadline)?;
+        }
         let mut spins = 0u32;
         while got < buf.len() {
-            match self.stream.read(&mut buf[got..]) {
+            // Large remainders go straight to the caller; small ones through the inbox, which
+            // also takes whatever follows (the next answer, when several are in flight).
+            let direct = buf.len() - got >= INBOX_BYTES / 2;
+            let read = if direct {
+                self.stream.read(&mut buf[got..])
+            } else {
+                self.stream.read(&mut self.inbox)
+            };
+            match read {
                 Ok(0) => {
                     return Err(InvokeError::Closed {
                         addr,
                         in_flight: self.in_flight,
                     });
                 }
-                Ok(n) => got += n,
+                Ok(n) if direct => got += n,
+                Ok(n) => {
+                    self.in_start = 0;
+                    self.in_end = n;
+                    got += self.take_buffered(&mut buf[got..]);
+                }
                 Err(e)
                     if matches!(
                         e.kind(),

@@ -29,7 +29,7 @@ pub struct Worker<'a> {
     slot: &'a Slot,
     config: &'a ExecutorConfig,
     output: GuardedBuffer,
-    input: Vec<u8>,
+    inbox: Inbox,
     out_frame: Vec<u8>,
 }
 
@@ -48,7 +48,7 @@ impl<'a> Worker<'a> {
             slot,
             config,
             output: GuardedBuffer::new(config.max_output_bytes)?,
-            input: Vec::new(),
+            inbox: Inbox::default(),
             out_frame: Vec::new(),
         })
     }
@@ -57,10 +57,10 @@ impl<'a> Worker<'a> {
     pub fn serve(&mut self) -> io::Result<()> {
         let mut idle_since = Instant::now();
         loop {
-            let mut prefix = [0u8; invoke::LEN_BYTES];
-            if !self.read_full(&mut prefix, idle_since)? {
+            if !self.fill_to(invoke::LEN_BYTES, idle_since)? {
                 return Ok(());
             }
+            let prefix = self.inbox.peek_prefix();
             let len = invoke::body_len(prefix);
             if len > self.config.max_input_bytes + REQUEST_OVERHEAD {
                 let msg = format!(
@@ -70,13 +70,13 @@ impl<'a> Worker<'a> {
                 self.send_error(CONNECTION_ID, ErrorCode::BadRequest, &msg)?;
                 return Ok(());
             }
-            let mut input = std::mem::take(&mut self.input);
-            input.resize(len, 0);
-            if !self.read_full(&mut input, idle_since)? {
+            if !self.fill_to(invoke::LEN_BYTES + len, idle_since)? {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
-            let result = self.handle(&mut input);
-            self.input = input;
+            let mut inbox = std::mem::take(&mut self.inbox);
+            let result = self.handle(inbox.frame_body(len));
+            inbox.consume(invoke::LEN_BYTES + len);
+            self.inbox = inbox;
             result?;
             idle_since = Instant::now();
         }
@@ -153,25 +153,31 @@ impl<'a> Worker<'a> {
 
     /// Fills `buf`, spinning while the hot window lasts and blocking after. Returns false on a
     /// clean end of stream before the first byte.
-    fn read_full(&mut self, buf: &mut [u8], idle_since: Instant) -> io::Result<bool> {
-        let mut got = 0;
-        while got < buf.len() {
-            match self.stream.read(&mut buf[got..]) {
-                Ok(0) if got == 0 => return Ok(false),
+    /// Receives until the inbox holds `want` bytes, spinning while the hot window lasts and
+    /// blocking after. One `recv` takes whatever the kernel has, so a small request (length
+    /// prefix and body) usually arrives in one system call. Returns false on a clean end of
+    /// stream before the first byte.
+    fn fill_to(&mut self, want: usize, idle_since: Instant) -> io::Result<bool> {
+        let started_empty = self.inbox.len() == 0;
+        while self.inbox.len() < want {
+            let midway = self.inbox.len() > 0;
+            // Hot: spin through the window (and through the rest of a frame that has begun to
+            // arrive). Warm: sleep in the kernel until there is something to read.
+            let hot = match self.config.hot_window {
+                HotWindow::Always => true,
+                HotWindow::For(w) if w.is_zero() => false,
+                HotWindow::For(w) => midway || idle_since.elapsed() < w,
+            };
+            if !hot {
+                wait_fd(self.stream.as_raw_fd(), libc::POLLIN)?;
+            }
+            match self.inbox.recv(&self.stream, want) {
+                Ok(0) if started_empty && !midway => return Ok(false),
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => got += n,
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Hot: spin through the window (and through the rest of a frame that has
-                    // begun to arrive). Warm: always sleep in the kernel.
-                    let hot = match self.config.hot_window {
-                        HotWindow::Always => true,
-                        HotWindow::For(w) if w.is_zero() => false,
-                        HotWindow::For(w) => got > 0 || idle_since.elapsed() < w,
-                    };
                     if hot {
                         std::hint::spin_loop();
-                    } else {
-                        wait_fd(self.stream.as_raw_fd(), libc::POLLIN)?;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -179,6 +185,60 @@ impl<'a> Worker<'a> {
             }
         }
         Ok(true)
+    }
+}
+
+/// Received bytes not yet consumed: `buf[start..end]`.
+#[derive(Debug, Default)]
+struct Inbox {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+/// The inbox's initial size: room for a small request and the next one's start.
+const INBOX_BYTES: usize = 64 * 1024;
+
+impl Inbox {
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    fn peek_prefix(&self) -> [u8; invoke::LEN_BYTES] {
+        self.buf[self.start..self.start + invoke::LEN_BYTES]
+            .try_into()
+            .expect("the caller filled the prefix")
+    }
+
+    /// The body of the frame at the front (after its length prefix), mutable.
+    fn frame_body(&mut self, len: usize) -> &mut [u8] {
+        let at = self.start + invoke::LEN_BYTES;
+        &mut self.buf[at..at + len]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// One `recv` into the free space, first making room for `want` bytes from `start`.
+    fn recv(&mut self, mut stream: &TcpStream, want: usize) -> io::Result<usize> {
+        if self.start + want > self.buf.len() {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if want > self.buf.len() {
+                self.buf.resize(want.max(INBOX_BYTES), 0);
+            }
+        }
+        let n = stream.read(&mut self.buf[self.end..])?;
+        self.end += n;
+        Ok(n)
     }
 }
 

@@ -5,7 +5,10 @@
 //! and worker, in hot mode (the worker busy-polls, the client spins) and warm mode (both block);
 //! a raw TCP ping-pong of the same sizes that busy-polls (the floor for hot) and one that blocks
 //! (the floor for warm); and `srun` of the same work on the local cluster, what users do today.
-//! The executor and the raw echo server run as separate processes, like a real executor.
+//! The executor and the raw echo server run as separate processes, like a real executor. The four
+//! configurations of a size are measured interleaved, in blocks of round trips, so that drift on a
+//! shared machine hits them alike; spinning sides spin for 1 ms after each message, then block, so
+//! a configuration waiting for its turn does not steal a core from the one being measured.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -85,22 +88,33 @@ pub fn run_cmd(args: Args) -> Result<()> {
     let mut sizes = Vec::new();
     for &size in &SIZES {
         eprintln!("latency: {size} B ...");
-        let hot = {
-            let exec = Helper::executor(work.path(), &lib, "always")?;
-            measure_executor(exec.addr, Polling::Spin, size, iterations)?
-        };
-        let warm = {
-            let exec = Helper::executor(work.path(), &lib, "warm")?;
-            measure_executor(exec.addr, Polling::Block, size, iterations)?
-        };
-        let raw_busy = {
-            let srv = Helper::raw_echo(work.path(), true)?;
-            measure_raw(srv.addr, true, size, iterations)?
-        };
-        let raw_block = {
-            let srv = Helper::raw_echo(work.path(), false)?;
-            measure_raw(srv.addr, false, size, iterations)?
-        };
+        // All four side by side, interleaved in blocks, so drift on a shared machine (another
+        // process, frequency, the page cache) hits every configuration alike. Spinning sides
+        // spin for a 1 ms window after each message, then block: a configuration waiting for
+        // its turn must not steal a core from the one being measured.
+        let hot_exec = Helper::executor(work.path(), &lib, "1ms")?;
+        let warm_exec = Helper::executor(work.path(), &lib, "warm")?;
+        let spin_srv = Helper::raw_echo(work.path(), true)?;
+        let block_srv = Helper::raw_echo(work.path(), false)?;
+        let mut pingers = [
+            Pinger::executor(hot_exec.addr, Polling::Spin, size)?,
+            Pinger::executor(warm_exec.addr, Polling::Block, size)?,
+            Pinger::raw(spin_srv.addr, true, size)?,
+            Pinger::raw(block_srv.addr, false, size)?,
+        ];
+        let mut samples: [Vec<Duration>; 4] = Default::default();
+        let blocks = iterations.div_ceil(BLOCK);
+        for _ in 0..blocks {
+            for (pinger, out) in pingers.iter_mut().zip(samples.iter_mut()) {
+                for _ in 0..BLOCK_WARMUP {
+                    pinger.ping()?;
+                }
+                for _ in 0..BLOCK {
+                    out.push(pinger.ping()?);
+                }
+            }
+        }
+        let [hot, warm, raw_busy, raw_block] = samples;
         let s = SizeSummary {
             size,
             hot_p50_us: pct(&hot, 50.0),
@@ -296,49 +310,66 @@ impl Drop for Helper {
     }
 }
 
-fn measure_executor(
-    addr: SocketAddr,
-    polling: Polling,
-    size: usize,
-    n: usize,
-) -> Result<Vec<Duration>> {
-    let mut conn = ExecutorConnection::connect(addr, polling)?;
-    let input = vec![0x5au8; size];
-    let mut out = Vec::with_capacity(size + 16);
-    let warmup = (n / 10).max(50);
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..warmup + n {
-        let t = Instant::now();
-        conn.invoke_into("noop", &input, None, &mut out)?;
-        let dt = t.elapsed();
-        if out.len() != size {
-            bail!("the no-op returned {} bytes for {size}", out.len());
-        }
-        if i >= warmup {
-            samples.push(dt);
-        }
-    }
-    Ok(samples)
+/// Round trips per block of one configuration, and unmeasured ones before each block.
+const BLOCK: usize = 200;
+const BLOCK_WARMUP: usize = 20;
+
+/// One configuration's connection: sends `size` bytes and waits for them back.
+enum Pinger {
+    Executor {
+        conn: ExecutorConnection,
+        input: Vec<u8>,
+        out: Vec<u8>,
+    },
+    Raw {
+        stream: TcpStream,
+        msg: Vec<u8>,
+        back: Vec<u8>,
+    },
 }
 
-fn measure_raw(addr: SocketAddr, spin: bool, size: usize, n: usize) -> Result<Vec<Duration>> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_nodelay(true)?;
-    s.set_nonblocking(spin)?;
-    let mut msg = vec![0x5au8; 4 + size];
-    msg[..4].copy_from_slice(&(size as u32).to_le_bytes());
-    let mut back = vec![0u8; 4 + size];
-    let warmup = (n / 10).max(50);
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..warmup + n {
+impl Pinger {
+    fn executor(addr: SocketAddr, polling: Polling, size: usize) -> Result<Self> {
+        Ok(Self::Executor {
+            conn: ExecutorConnection::connect(addr, polling)?,
+            input: vec![0x5au8; size],
+            out: Vec::with_capacity(size + 16),
+        })
+    }
+
+    fn raw(addr: SocketAddr, spin: bool, size: usize) -> Result<Self> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        stream.set_nonblocking(spin)?;
+        let mut msg = vec![0x5au8; 4 + size];
+        msg[..4].copy_from_slice(&(size as u32).to_le_bytes());
+        Ok(Self::Raw {
+            stream,
+            back: vec![0u8; msg.len()],
+            msg,
+        })
+    }
+
+    fn ping(&mut self) -> Result<Duration> {
         let t = Instant::now();
-        write_full(&mut s, &msg)?;
-        read_full(&mut s, &mut back)?;
-        if i >= warmup {
-            samples.push(t.elapsed());
+        match self {
+            Self::Executor { conn, input, out } => {
+                conn.invoke_into("noop", input, None, out)?;
+                let dt = t.elapsed();
+                if out.len() != input.len() {
+                    bail!("the no-op returned {} bytes for {}", out.len(), input.len());
+                }
+                Ok(dt)
+            }
+            Self::Raw { stream, msg, back } => {
+                write_full(stream, msg)?;
+                if !read_full(stream, back, None)? {
+                    bail!("the raw echo server closed the connection");
+                }
+                Ok(t.elapsed())
+            }
         }
     }
-    Ok(samples)
 }
 
 fn write_full(s: &mut TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
@@ -352,15 +383,32 @@ fn write_full(s: &mut TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Reads exactly `buf.len()` bytes; false on a clean end of stream.
-fn read_full(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<bool> {
+/// Reads exactly `buf.len()` bytes; false on a clean end of stream. On a non-blocking socket it
+/// spins, until `spin_until` (if given) passes: then it sleeps in one blocking read.
+fn read_full(
+    s: &mut TcpStream,
+    buf: &mut [u8],
+    spin_until: Option<Instant>,
+) -> std::io::Result<bool> {
     let mut got = 0;
     while got < buf.len() {
-        match s.read(&mut buf[got..]) {
+        let read = match s.read(&mut buf[got..]) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if spin_until.is_none_or(|t| Instant::now() < t) {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                s.set_nonblocking(false)?;
+                let r = s.read(&mut buf[got..]);
+                s.set_nonblocking(true)?;
+                r
+            }
+            r => r,
+        };
+        match read {
             Ok(0) if got == 0 => return Ok(false),
             Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
             Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
             Err(e) => return Err(e),
         }
     }
@@ -377,17 +425,21 @@ pub fn raw_echo_server(args: RawEchoArgs) -> Result<()> {
     s.set_nodelay(true)?;
     s.set_nonblocking(args.spin)?;
     let mut buf = Vec::new();
+    // Like the executor's hot window: spin for a while after each message, then block.
+    let window = Duration::from_millis(1);
+    let mut last = Instant::now();
     loop {
         let mut prefix = [0u8; 4];
-        if !read_full(&mut s, &mut prefix)? {
+        if !read_full(&mut s, &mut prefix, Some(last + window))? {
             return Ok(());
         }
         buf.resize(4 + u32::from_le_bytes(prefix) as usize, 0);
         buf[..4].copy_from_slice(&prefix);
-        if !read_full(&mut s, &mut buf[4..])? {
+        if !read_full(&mut s, &mut buf[4..], None)? {
             return Ok(());
         }
         write_full(&mut s, &buf)?;
+        last = Instant::now();
     }
 }
 
