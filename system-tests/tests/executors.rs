@@ -22,97 +22,10 @@ use harvest_client::invoke::{ExecutorConnection, InvokeError, Polling};
 use harvest_core::invoke::ErrorCode;
 use harvest_core::{CpuSet, NodeView};
 use harvest_proto::v1;
-use harvest_system_tests::{LocalCluster, poll, repo_root};
+use harvest_system_tests::fixtures::{Scratch, build_library, field, target_bin, test_user};
+use harvest_system_tests::{LocalCluster, poll};
 
-const USER: &str = "harvest-test";
 const WAIT: Duration = Duration::from_secs(30);
-
-const LIBRARY_C: &str = r#"
-#define _GNU_SOURCE
-#include <sched.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <unistd.h>
-
-uint32_t echo(void *in, uint32_t len, void *out) { memcpy(out, in, len); return len; }
-
-uint32_t crash(void *in, uint32_t len, void *out) { (void)in; (void)len; (void)out; *(volatile int *)0 = 1; return 0; }
-
-uint32_t spin(void *in, uint32_t len, void *out) { (void)in; (void)len; (void)out; for (volatile unsigned long i = 0;; i++) {} return 0; }
-
-uint32_t hog(void *in, uint32_t len, void *out) {
-    char buf[32] = {0};
-    memcpy(buf, in, len < 31 ? len : 31);
-    size_t mib = strtoul(buf, NULL, 10);
-    char *p = malloc(mib << 20);
-    if (!p) return (uint32_t)sprintf(out, "malloc failed");
-    for (size_t i = 0; i < (mib << 20); i += 4096) p[i] = 1;
-    return (uint32_t)sprintf(out, "touched %zu MiB", mib);
-}
-
-/* exe=..., cpus=a,b, uid=N, then /proc/self/cgroup. */
-uint32_t whereami(void *in, uint32_t len, void *out) {
-    (void)in; (void)len;
-    char *o = out, exe[4096];
-    size_t n = 0;
-    ssize_t k = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    exe[k < 0 ? 0 : k] = 0;
-    n += sprintf(o + n, "exe=%s\ncpus=", exe);
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    sched_getaffinity(0, sizeof set, &set);
-    const char *sep = "";
-    for (int i = 0; i < CPU_SETSIZE; i++)
-        if (CPU_ISSET(i, &set)) { n += sprintf(o + n, "%s%d", sep, i); sep = ","; }
-    n += sprintf(o + n, "\nuid=%u\n", (unsigned)getuid());
-    FILE *f = fopen("/proc/self/cgroup", "r");
-    if (f) { n += fread(o + n, 1, 16384, f); fclose(f); }
-    return (uint32_t)n;
-}
-"#;
-
-fn target_bin(name: &str) -> Result<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"));
-    let bin = target.join("debug").join(name);
-    ensure!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p harvest-agent -p harvest-executor` first",
-        bin.display()
-    );
-    Ok(bin)
-}
-
-fn build_library(dir: &Path) -> Result<Vec<u8>> {
-    let src = dir.join("functions.c");
-    let so = dir.join("libfunctions.so");
-    std::fs::write(&src, LIBRARY_C)?;
-    let status = Command::new("cc")
-        .args(["-shared", "-fPIC", "-O1", "-o"])
-        .arg(&so)
-        .arg(&src)
-        .status()
-        .context("running cc (a C compiler is needed)")?;
-    ensure!(status.success(), "cc failed on {}", src.display());
-    Ok(std::fs::read(so)?)
-}
-
-fn test_user() -> Result<(u32, u32)> {
-    let id = |flag: &str| -> Option<u32> {
-        let out = Command::new("id").args([flag, USER]).output().ok()?;
-        String::from_utf8(out.stdout).ok()?.trim().parse().ok()
-    };
-    if id("-u").is_none() {
-        let status = Command::new("useradd")
-            .args(["-r", "-M", "-s", "/usr/sbin/nologin", USER])
-            .status()?;
-        ensure!(status.success(), "useradd -r {USER} failed");
-    }
-    Ok((id("-u").context("uid")?, id("-g").context("gid")?))
-}
 
 /// The test's harvestd and its lease groups; on drop the agent is killed by pid and anything
 /// left in its groups is killed and removed.
@@ -158,15 +71,6 @@ impl Drop for Agent {
     }
 }
 
-/// The test's directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn invoke(
     addr: SocketAddr,
     f: &str,
@@ -174,12 +78,6 @@ fn invoke(
     timeout: Option<Duration>,
 ) -> Result<Vec<u8>, InvokeError> {
     ExecutorConnection::connect(addr, Polling::Block)?.invoke(f, input, timeout)
-}
-
-fn field<'a>(out: &'a str, key: &str) -> Result<&'a str> {
-    out.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-        .with_context(|| format!("no {key}= in {out:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,7 +92,7 @@ async fn an_executor_beside_a_batch_job_uses_only_idle_cpus_and_survives_failing
     let _scratch = Scratch(dir.clone());
     // Lease directories live under the state dir: the lease's user must reach its own.
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
-    let library = build_library(&dir)?;
+    let library = std::fs::read(build_library(&dir)?)?;
     let parent = format!("harvest_systest_{}", std::process::id());
 
     let job = cluster.sbatch(&["-w", "n1", "-c1", "--wrap", "sleep 120"])?;

@@ -16,136 +16,17 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use harvest_core::CpuSet;
-use harvest_system_tests::{LocalCluster, poll, repo_root};
-
-const USER: &str = "harvest-test";
-
-const LIBRARY_C: &str = r#"
-#define _GNU_SOURCE
-#include <sched.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <unistd.h>
-
-/* Where am I: the executable, the CPUs allowed, the uid and /proc/self/cgroup. */
-uint32_t whereami(void *in, uint32_t in_len, void *out) {
-    (void)in; (void)in_len;
-    char *o = out, exe[4096];
-    size_t n = 0;
-    ssize_t k = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    exe[k < 0 ? 0 : k] = 0;
-    n += sprintf(o + n, "exe=%s\ncpus=", exe);
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    sched_getaffinity(0, sizeof set, &set);
-    const char *sep = "";
-    for (int i = 0; i < CPU_SETSIZE; i++)
-        if (CPU_ISSET(i, &set)) { n += sprintf(o + n, "%s%d", sep, i); sep = ","; }
-    n += sprintf(o + n, "\nuid=%u\n", (unsigned)getuid());
-    FILE *f = fopen("/proc/self/cgroup", "r");
-    if (f) { n += fread(o + n, 1, 16384, f); fclose(f); }
-    return (uint32_t)n;
-}
-
-uint32_t crash(void *in, uint32_t in_len, void *out) {
-    (void)in; (void)in_len; (void)out;
-    volatile int *p = (volatile int *)0;
-    *p = 1; /* a real fault: raise() could be blocked */
-    return 0;
-}
-
-/* Allocates and touches the MiB given as decimal input. */
-uint32_t hog(void *in, uint32_t in_len, void *out) {
-    char num[32] = {0};
-    memcpy(num, in, in_len < 31 ? in_len : 31);
-    size_t mib = strtoul(num, NULL, 10);
-    for (size_t i = 0; i < mib; i++) {
-        char *p = malloc(1 << 20);
-        if (!p) break;
-        memset(p, 1, 1 << 20);
-    }
-    return (uint32_t)sprintf(out, "survived %zu MiB", mib);
-}
-
-uint32_t spin(void *in, uint32_t in_len, void *out) {
-    (void)in; (void)in_len; (void)out;
-    for (volatile unsigned long i = 0;; i++) {}
-    return 0;
-}
-"#;
-
-/// A temporary directory every user can read, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("harvest-leases-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use harvest_system_tests::fixtures::{
+    Scratch, TEST_USER as USER, build_library, field, target_bin, test_user,
+};
+use harvest_system_tests::{LocalCluster, poll};
 
 /// The harvest CLI, copied where the test user can run it.
 fn harvest_cli(dir: &Path) -> Result<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"));
-    let built = target.join("debug/harvest");
-    ensure!(
-        built.exists(),
-        "{} is missing: run `cargo build -p harvest-client` first",
-        built.display()
-    );
     let bin = dir.join("harvest");
-    std::fs::copy(&built, &bin)?;
+    std::fs::copy(target_bin("harvest")?, &bin)?;
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
     Ok(bin)
-}
-
-fn build_library(dir: &Path) -> Result<PathBuf> {
-    let src = dir.join("whereami.c");
-    std::fs::write(&src, LIBRARY_C)?;
-    let lib = dir.join("libwhereami.so");
-    let out = Command::new("cc")
-        .args(["-shared", "-fPIC", "-O1", "-o"])
-        .arg(&lib)
-        .arg(&src)
-        .output()
-        .context("running cc (Debian: apt-get install gcc)")?;
-    ensure!(
-        out.status.success(),
-        "cc failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o644))?;
-    Ok(lib)
-}
-
-/// The test user's uid, creating the user when missing.
-fn test_user() -> Result<u32> {
-    let id = || Command::new("id").args(["-u", USER]).output();
-    if !id()?.status.success() {
-        let out = Command::new("useradd")
-            .args(["-r", "-M", "-s", "/usr/sbin/nologin", USER])
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "useradd {USER}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let out = id()?;
-    Ok(String::from_utf8(out.stdout)?.trim().parse()?)
 }
 
 struct Cli {
@@ -265,13 +146,6 @@ impl Drop for SlurmJob<'_> {
     }
 }
 
-/// The `key=value` line of whereami's output.
-fn field<'a>(out: &'a str, key: &str) -> Result<&'a str> {
-    out.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-        .with_context(|| format!("no {key}= in {out:?}"))
-}
-
 /// The cpuset hierarchy's path in /proc/self/cgroup lines (`N:cpuset:/path`).
 fn cpuset_path(cgroups: &str) -> Option<&str> {
     cgroups.lines().find_map(|l| {
@@ -293,14 +167,14 @@ fn invoke_runs_in_the_idle_slot_as_the_user_and_failures_are_clear() -> Result<(
             .context("`deploy/local-cluster env` exports no HARVEST_SCHEDULER: is harvest-scheduler part of the cluster?")?
             .to_owned(),
     };
-    let scratch = Scratch::new()?;
+    let scratch = Scratch::new("harvest-leases-test")?;
     let cli = Cli {
         bin: harvest_cli(&scratch.0)?,
         scheduler,
     };
     let lib = build_library(&scratch.0)?;
     let lib = lib.to_str().context("utf-8 path")?;
-    let uid = test_user()?;
+    let (uid, _) = test_user()?;
 
     // A job on n1 holding one CPU, and one filling n2, so the lease can only go to n1's idle CPU.
     let slurm = Slurm {

@@ -1,0 +1,114 @@
+//! Fixtures shared by the system tests: the test user, a C function library, built binaries,
+//! scratch directories.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, ensure};
+
+use crate::repo_root;
+
+/// The unprivileged user the tests run functions as (created when missing).
+pub const TEST_USER: &str = "harvest-test";
+
+/// C-ABI test functions: `echo`, `crash`, `spin`, `hog` (allocates and touches N MiB, N the
+/// decimal input) and `whereami` (`exe=`, `cpus=`, `uid=` lines, then `/proc/self/cgroup`).
+pub const FUNCTIONS_C: &str = include_str!("functions.c");
+
+/// Compiles [`FUNCTIONS_C`] into `dir/libfunctions.so`, readable by every user.
+pub fn build_library(dir: &Path) -> Result<PathBuf> {
+    let src = dir.join("functions.c");
+    let lib = dir.join("libfunctions.so");
+    std::fs::write(&src, FUNCTIONS_C)?;
+    let out = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .output()
+        .context("running cc (a C compiler is needed; Debian: apt-get install gcc)")?;
+    ensure!(
+        out.status.success(),
+        "cc failed on {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o644))?;
+    Ok(lib)
+}
+
+/// [`TEST_USER`]'s uid and gid, creating the system user when it is missing.
+pub fn test_user() -> Result<(u32, u32)> {
+    let id = |flag: &str| -> Option<u32> {
+        let out = Command::new("id").args([flag, TEST_USER]).output().ok()?;
+        String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+    };
+    if id("-u").is_none() {
+        let out = Command::new("useradd")
+            .args(["-r", "-M", "-s", "/usr/sbin/nologin", TEST_USER])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "useradd {TEST_USER}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((
+        id("-u").context("no uid for the test user")?,
+        id("-g").context("no gid for the test user")?,
+    ))
+}
+
+/// A binary of the workspace's debug build (`scripts/test-all` builds them all first).
+pub fn target_bin(name: &str) -> Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let bin = target.join("debug").join(name);
+    ensure!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// The value of a `key=value` line (as `whereami` prints them).
+pub fn field<'a>(out: &'a str, key: &str) -> Result<&'a str> {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .with_context(|| format!("no {key}= in {out:?}"))
+}
+
+/// A temporary directory every user can read (mode 0755), removed on drop.
+#[derive(Debug)]
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_found_by_key() {
+        let out = "exe=/x/harvest-executor\ncpus=1\nuid=999\n";
+        assert_eq!(field(out, "cpus").unwrap(), "1");
+        assert_eq!(field(out, "uid").unwrap(), "999");
+        assert!(field(out, "gid").is_err());
+    }
+}
