@@ -7,7 +7,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
 
-use crate::repo_root;
+use crate::{LocalCluster, repo_root};
 
 /// The unprivileged user the tests run functions as (created when missing).
 pub const TEST_USER: &str = "harvest-test";
@@ -98,6 +98,115 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// The real SPANK plugin registered to report to sockets of a test's choosing, undone on drop.
+/// The registration `up` wrote (`plugstack.conf.d/harvest.conf`) is rewritten and restored; when
+/// there is none, the plugin is built, installed by content hash and registered under
+/// `test_conf`. slurmstepd re-reads plugstack.conf at every step, so nothing restarts.
+#[derive(Debug)]
+pub struct PluginRegistration<'a> {
+    cluster: &'a LocalCluster,
+    conf: PathBuf,
+    /// The file's content before the test, when `up` had registered the plugin.
+    original: Option<String>,
+}
+
+impl<'a> PluginRegistration<'a> {
+    /// `socket_template` is the plugin's `socket=` (with `%n` for the node name).
+    pub fn new(cluster: &'a LocalCluster, socket_template: &Path, test_conf: &str) -> Result<Self> {
+        let dir = PathBuf::from(
+            cluster
+                .var("HARVEST_CLUSTER_DIR")
+                .context("no HARVEST_CLUSTER_DIR")?,
+        );
+        let confd = dir.join("etc/plugstack.conf.d");
+        let registered = confd.join("harvest.conf");
+        let (conf, original, so) = if registered.is_file() {
+            let text = std::fs::read_to_string(&registered)?;
+            let so = text
+                .split_whitespace()
+                .nth(1)
+                .with_context(|| format!("no plugin path in {}: {text:?}", registered.display()))?
+                .to_owned();
+            (registered, Some(text), PathBuf::from(so))
+        } else {
+            (confd.join(test_conf), None, install_plugin(&dir)?)
+        };
+        let line = format!(
+            "optional {} socket={} default=on timeout_ms=100\n",
+            so.display(),
+            socket_template.display()
+        );
+        let tmp = conf.with_extension("tmp");
+        std::fs::write(&tmp, line)?;
+        std::fs::rename(&tmp, &conf)?;
+        let reg = Self {
+            cluster,
+            conf,
+            original,
+        };
+        if reg.original.is_none() {
+            reg.regenerate()?;
+        }
+        Ok(reg)
+    }
+
+    /// `up` rewrites plugstack.conf from plugstack.conf.d and leaves running daemons alone.
+    fn regenerate(&self) -> Result<()> {
+        let script = repo_root().join("deploy/local-cluster");
+        let out = self
+            .cluster
+            .command(script.to_str().context("utf-8 path")?)
+            .arg("up")
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "deploy/local-cluster up: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+}
+
+impl Drop for PluginRegistration<'_> {
+    fn drop(&mut self) {
+        match &self.original {
+            Some(text) => {
+                let tmp = self.conf.with_extension("tmp");
+                if std::fs::write(&tmp, text).is_ok() {
+                    let _ = std::fs::rename(&tmp, &self.conf);
+                }
+            }
+            None => {
+                let _ = std::fs::remove_file(&self.conf);
+                let _ = self.regenerate();
+            }
+        }
+    }
+}
+
+/// Builds the plugin and installs it by content hash (never over a file slurmstepd maps).
+pub fn install_plugin(cluster_dir: &Path) -> Result<PathBuf> {
+    let root = repo_root();
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "-p", "harvest-spank"])
+        .current_dir(&root)
+        .status()?;
+    ensure!(status.success(), "building harvest-spank failed");
+    let built = root.join("target/release/libharvest_spank.so");
+    let sum = Command::new("sha256sum").arg(&built).output()?;
+    let sum = String::from_utf8(sum.stdout)?;
+    let dest = cluster_dir
+        .join("lib")
+        .join(format!("libharvest_spank-{}.so", &sum[..16]));
+    if !dest.exists() {
+        std::fs::create_dir_all(cluster_dir.join("lib"))?;
+        let tmp = dest.with_extension("tmp");
+        std::fs::copy(&built, &tmp)?;
+        std::fs::rename(&tmp, &dest)?;
+    }
+    Ok(dest)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use harvest_core::step::{AgentReply, PluginMessage, StepAllocation, StepId, decode, encode};
 use harvest_core::{CpuSet, NodeView};
+use harvest_system_tests::fixtures::PluginRegistration;
 use harvest_system_tests::{LocalCluster, poll, repo_root};
 
 /// The harvestd binary of this workspace's debug build.
@@ -165,118 +166,6 @@ fn parse_view(json: &str) -> Result<NodeView> {
         .context("status --json printed no object")?;
     let framed = format!("{{\"v\":{},{body}", harvest_core::step::PROTOCOL_VERSION);
     decode(framed.as_bytes()).with_context(|| format!("parsing status --json output {json:?}"))
-}
-
-/// The real SPANK plugin registered to talk to this test's harvestd, undone on drop: the
-/// registration `up` wrote (`plugstack.conf.d/harvest.conf`) is rewritten and restored, or, when
-/// there is none, the plugin is built, installed by content hash and registered under its own
-/// file. slurmstepd re-reads plugstack.conf at every step, so nothing restarts.
-struct PluginRegistration<'a> {
-    cluster: &'a LocalCluster,
-    conf: PathBuf,
-    original: Option<String>,
-}
-
-impl<'a> PluginRegistration<'a> {
-    fn new(cluster: &'a LocalCluster, run_dir: &Path) -> Result<Self> {
-        let dir = PathBuf::from(
-            cluster
-                .var("HARVEST_CLUSTER_DIR")
-                .context("no HARVEST_CLUSTER_DIR")?,
-        );
-        let confd = dir.join("etc/plugstack.conf.d");
-        let registered = confd.join("harvest.conf");
-        let (conf, original, so) = if registered.is_file() {
-            let text = std::fs::read_to_string(&registered)?;
-            let so = text
-                .split_whitespace()
-                .nth(1)
-                .context("no plugin path in harvest.conf")?;
-            (registered.clone(), Some(text.clone()), PathBuf::from(so))
-        } else {
-            (
-                confd.join("harvest-agent-test.conf"),
-                None,
-                install_plugin(&dir)?,
-            )
-        };
-        let line = format!(
-            "optional {} socket={}/harvestd-%n.sock default=on timeout_ms=100\n",
-            so.display(),
-            run_dir.display()
-        );
-        let tmp = conf.with_extension("tmp");
-        std::fs::write(&tmp, line)?;
-        std::fs::rename(&tmp, &conf)?;
-        let reg = Self {
-            cluster,
-            conf,
-            original,
-        };
-        if reg.original.is_none() {
-            reg.regenerate()?;
-        }
-        Ok(reg)
-    }
-
-    /// `up` rewrites plugstack.conf from plugstack.conf.d and leaves running daemons alone.
-    fn regenerate(&self) -> Result<()> {
-        let script = repo_root().join("deploy/local-cluster");
-        let out = self
-            .cluster
-            .command(script.to_str().context("utf-8")?)
-            .arg("up")
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "up: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
-    }
-}
-
-impl Drop for PluginRegistration<'_> {
-    fn drop(&mut self) {
-        match &self.original {
-            Some(text) => {
-                let tmp = self.conf.with_extension("tmp");
-                if std::fs::write(&tmp, text).is_ok() {
-                    let _ = std::fs::rename(&tmp, &self.conf);
-                }
-            }
-            None => {
-                let _ = std::fs::remove_file(&self.conf);
-                let _ = self.regenerate();
-            }
-        }
-    }
-}
-
-/// Builds the plugin and installs it by content hash (never over a file slurmstepd maps).
-fn install_plugin(cluster_dir: &Path) -> Result<PathBuf> {
-    let root = repo_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .args(["build", "--release", "-p", "harvest-spank"])
-        .current_dir(&root)
-        .status()?;
-    ensure!(status.success(), "building harvest-spank failed");
-    let built = root.join("target/release/libharvest_spank.so");
-    let sum = std::process::Command::new("sha256sum")
-        .arg(&built)
-        .output()?;
-    let sum = String::from_utf8(sum.stdout)?;
-    let dest = cluster_dir
-        .join("lib")
-        .join(format!("libharvest_spank-{}.so", &sum[..16]));
-    if !dest.exists() {
-        std::fs::create_dir_all(cluster_dir.join("lib"))?;
-        let tmp = dest.with_extension("tmp");
-        std::fs::copy(&built, &tmp)?;
-        std::fs::rename(&tmp, &dest)?;
-    }
-    Ok(dest)
 }
 
 /// The job's uid, CPUs and memory limit (MiB), from its real cgroup.
@@ -438,7 +327,11 @@ fn the_real_plugin_feeds_harvestd_and_harvest_off_empties_idle() -> Result<()> {
     let c = LocalCluster::from_env()?;
     let mut agent = Agent::new(&c)?;
     agent.start()?;
-    let _plugin = PluginRegistration::new(&c, &agent.run_dir())?;
+    let _plugin = PluginRegistration::new(
+        &c,
+        &agent.run_dir().join("harvestd-%n.sock"),
+        "harvest-agent-test.conf",
+    )?;
 
     let mut args = JOB.to_vec();
     args.insert(0, "--harvest=off");

@@ -10,15 +10,15 @@ use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
 use harvest_core::CpuSet;
 use harvest_core::step::{self, AgentReply, PluginMessage, StepAllocation, StepId};
-use harvest_system_tests::{LocalCluster, poll, repo_root};
+use harvest_system_tests::fixtures::PluginRegistration;
+use harvest_system_tests::{LocalCluster, poll};
 
 const NEEDS: &str = "needs the local cluster: deploy/local-cluster up --nodes 2";
 const WAIT: Duration = Duration::from_secs(30);
@@ -41,109 +41,6 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
     }
-}
-
-/// The plugin registered with a socket of this test's choosing, undone on drop.
-struct Registration<'a> {
-    cluster: &'a LocalCluster,
-    conf: PathBuf,
-    /// The file's content before the test, when `up` had registered the plugin.
-    original: Option<String>,
-}
-
-impl<'a> Registration<'a> {
-    fn new(cluster: &'a LocalCluster, socket_template: &Path) -> Result<Self> {
-        let dir = PathBuf::from(
-            cluster
-                .var("HARVEST_CLUSTER_DIR")
-                .context("no HARVEST_CLUSTER_DIR")?,
-        );
-        let confd = dir.join("etc/plugstack.conf.d");
-        let registered = confd.join("harvest.conf");
-        let (conf, original, so) = if registered.is_file() {
-            let text = fs::read_to_string(&registered)?;
-            let so = text
-                .split_whitespace()
-                .nth(1)
-                .with_context(|| format!("no plugin path in {}: {text:?}", registered.display()))?
-                .to_owned();
-            (registered, Some(text), PathBuf::from(so))
-        } else {
-            (confd.join(TEST_CONF), None, install_plugin(&dir)?)
-        };
-        let line = format!(
-            "optional {} socket={} default=on timeout_ms=100\n",
-            so.display(),
-            socket_template.display()
-        );
-        let tmp = conf.with_extension("tmp");
-        fs::write(&tmp, line)?;
-        fs::rename(&tmp, &conf)?;
-        let reg = Self {
-            cluster,
-            conf,
-            original,
-        };
-        if reg.original.is_none() {
-            reg.regenerate()?;
-        }
-        Ok(reg)
-    }
-
-    /// `up` rewrites plugstack.conf from plugstack.conf.d (and changes nothing that runs).
-    fn regenerate(&self) -> Result<()> {
-        let out = self
-            .cluster
-            .command(&repo_root().join("deploy/local-cluster").to_string_lossy())
-            .arg("up")
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "deploy/local-cluster up: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
-    }
-}
-
-impl Drop for Registration<'_> {
-    fn drop(&mut self) {
-        match &self.original {
-            Some(text) => {
-                let tmp = self.conf.with_extension("tmp");
-                if fs::write(&tmp, text).is_ok() {
-                    let _ = fs::rename(&tmp, &self.conf);
-                }
-            }
-            None => {
-                let _ = fs::remove_file(&self.conf);
-                let _ = self.regenerate();
-            }
-        }
-    }
-}
-
-/// Builds the plugin and installs it by content hash (never over a file slurmstepd maps).
-fn install_plugin(cluster_dir: &Path) -> Result<PathBuf> {
-    let root = repo_root();
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "-p", "harvest-spank"])
-        .current_dir(&root)
-        .status()?;
-    ensure!(status.success(), "building harvest-spank failed");
-    let built = root.join("target/release/libharvest_spank.so");
-    let sum = Command::new("sha256sum").arg(&built).output()?;
-    let sum = String::from_utf8(sum.stdout)?;
-    let dest = cluster_dir
-        .join("lib")
-        .join(format!("libharvest_spank-{}.so", &sum[..16]));
-    if !dest.exists() {
-        fs::create_dir_all(dest.parent().unwrap())?;
-        let tmp = dest.with_extension("tmp");
-        fs::copy(&built, &tmp)?;
-        fs::rename(&tmp, &dest)?;
-    }
-    Ok(dest)
 }
 
 /// What a fake agent does with a connection.
@@ -249,7 +146,7 @@ fn a_batch_step_reports_its_cgroups_cpus_and_memory_before_its_tasks_run() {
     let scratch = Scratch::new("cpus");
     let marker = scratch.0.join("script-started");
     let agents = Agents::start(&scratch.0, Mode::Answer, &marker);
-    let _reg = Registration::new(&c, &scratch.0.join("harvestd-%n.sock")).unwrap();
+    let _reg = PluginRegistration::new(&c, &scratch.0.join("harvestd-%n.sock"), TEST_CONF).unwrap();
 
     let script = format!("touch {}; sleep 60", marker.display());
     let job = c
@@ -293,7 +190,7 @@ fn harvest_off_is_reported_by_every_node_and_bad_values_are_refused_at_submit() 
     let c = LocalCluster::from_env().expect(NEEDS);
     let scratch = Scratch::new("off");
     let agents = Agents::start(&scratch.0, Mode::Answer, &scratch.0.join("unused"));
-    let _reg = Registration::new(&c, &scratch.0.join("harvestd-%n.sock")).unwrap();
+    let _reg = PluginRegistration::new(&c, &scratch.0.join("harvestd-%n.sock"), TEST_CONF).unwrap();
 
     let out = c
         .run(
@@ -365,7 +262,7 @@ fn jobs_run_normally_and_promptly_without_an_agent_or_with_a_silent_one() {
     let c = LocalCluster::from_env().expect(NEEDS);
     // Nobody listens: each callback fails at connect.
     let scratch = Scratch::new("absent");
-    let reg = Registration::new(&c, &scratch.0.join("harvestd-%n.sock")).unwrap();
+    let reg = PluginRegistration::new(&c, &scratch.0.join("harvestd-%n.sock"), TEST_CONF).unwrap();
     let absent = slowest_srun(&c, 5).unwrap();
     let job = c.sbatch(&["-w", "n1", "--wrap", "exit 0"]).unwrap();
     let done = poll(WAIT, || Ok(c.job_state(job.id)?.is_none().then_some(()))).unwrap();
@@ -386,7 +283,7 @@ fn jobs_run_normally_and_promptly_without_an_agent_or_with_a_silent_one() {
     // An agent that accepts and never answers: each callback waits out timeout_ms (100 ms).
     let silent = Scratch::new("silent");
     let _agents = Agents::start(&silent.0, Mode::Silent, &silent.0.join("unused"));
-    let _reg = Registration::new(&c, &silent.0.join("harvestd-%n.sock")).unwrap();
+    let _reg = PluginRegistration::new(&c, &silent.0.join("harvestd-%n.sock"), TEST_CONF).unwrap();
     let stalled = slowest_srun(&c, 5).unwrap();
 
     // The plugin was really there: it logged the absent agent's socket (once per slurmstepd)...
@@ -434,7 +331,7 @@ fn the_epilog_reports_job_end_on_every_node() {
     );
     let scratch = Scratch::new("epilog");
     let agents = Agents::start(&scratch.0, Mode::Answer, &scratch.0.join("unused"));
-    let _reg = Registration::new(&c, &scratch.0.join("harvestd-%n.sock")).unwrap();
+    let _reg = PluginRegistration::new(&c, &scratch.0.join("harvestd-%n.sock"), TEST_CONF).unwrap();
 
     // Two nodes, the batch step on the first: only the epilog ends the job on the second.
     let job = c
