@@ -41,6 +41,10 @@ pub struct Args {
     /// Write the bound address to this file (atomically) once listening.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Write the time of the latest invocation (Unix ms) here, at most once a second (the
+    /// node agent reads it to end idle leases).
+    #[arg(long)]
+    activity_file: Option<PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -70,6 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     cfg.max_input_bytes = args.max_input;
     cfg.max_connections = args.max_connections;
     cfg.oom_events = args.oom_events;
+    cfg.activity_file = args.activity_file;
     let ready_file = args.ready_file;
     crate::supervisor::run(&cfg, |addr| {
         println!("listening on {addr}");

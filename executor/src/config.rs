@@ -55,7 +55,13 @@ pub struct ExecutorConfig {
     /// to tell an OOM kill from another SIGKILL. Without it such a kill is reported as a crash
     /// that may have been an OOM kill.
     pub oom_events: Option<PathBuf>,
+    /// A file the supervisor writes the time of the latest invocation to (Unix ms, text), at
+    /// most once per [`ACTIVITY_WRITE_INTERVAL`]: the agent reads it for idle timeouts.
+    pub activity_file: Option<PathBuf>,
 }
+
+/// How often (at most) the activity file is rewritten.
+pub const ACTIVITY_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl ExecutorConfig {
     /// A configuration with the defaults for everything but the library.
@@ -69,6 +75,7 @@ impl ExecutorConfig {
             max_input_bytes: DEFAULT_MAX_INPUT_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             oom_events: None,
+            activity_file: None,
         }
     }
 }

@@ -13,6 +13,8 @@ struct SlotData {
     id: AtomicU64,
     /// CLOCK_MONOTONIC nanoseconds after which the invocation is killed; 0 when idle.
     deadline_ns: AtomicU64,
+    /// Invocations begun on this slot (the supervisor notices activity by it changing).
+    begun: AtomicU64,
 }
 
 /// A shared slot; created before `fork`, so both processes see the same memory.
@@ -64,6 +66,7 @@ impl Slot {
 
     /// The worker starts invocation `id`, to be killed after `deadline_ns`.
     pub fn begin(&self, id: u64, deadline_ns: u64) {
+        self.data().begun.fetch_add(1, Ordering::Relaxed);
         self.data().id.store(id, Ordering::Relaxed);
         self.data()
             .deadline_ns
@@ -73,6 +76,11 @@ impl Slot {
     /// The worker finished its invocation.
     pub fn end(&self) {
         self.data().deadline_ns.store(0, Ordering::Release);
+    }
+
+    /// How many invocations have begun on this slot.
+    pub fn begun(&self) -> u64 {
+        self.data().begun.load(Ordering::Relaxed)
     }
 
     /// The running invocation and its deadline, if any.
@@ -101,6 +109,8 @@ mod tests {
         assert_eq!(s.running(), Some((42, 1000)));
         s.end();
         assert_eq!(s.running(), None);
+        s.begin(43, 1000);
+        assert_eq!(s.begun(), 2);
         assert!(monotonic_ns() > 0);
     }
 }

@@ -50,6 +50,39 @@ struct Child {
     /// The invocation this supervisor killed for running past its deadline.
     timed_out: Option<(u64, u64)>,
     oom_kills_before: Option<u64>,
+    /// `slot.begun()` when last looked at.
+    begun_seen: u64,
+}
+
+/// Writes the latest activity to the activity file, at most once per interval.
+struct Activity<'a> {
+    file: Option<&'a std::path::Path>,
+    written: Option<std::time::Instant>,
+    pending: bool,
+}
+
+impl Activity<'_> {
+    fn note(&mut self) {
+        self.pending = true;
+    }
+
+    fn flush(&mut self) {
+        let Some(file) = self.file else { return };
+        let due = self
+            .written
+            .is_none_or(|w| w.elapsed() >= crate::config::ACTIVITY_WRITE_INTERVAL);
+        if !self.pending || !due {
+            return;
+        }
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        if let Err(e) = std::fs::write(file, format!("{ms}\n")) {
+            tracing::warn!(file = %file.display(), error = %e, "cannot write the activity file");
+        }
+        self.written = Some(std::time::Instant::now());
+        self.pending = false;
+    }
 }
 
 /// Runs the executor until SIGTERM or SIGINT. `ready` is called once with the bound address.
@@ -70,6 +103,11 @@ pub fn run(config: &ExecutorConfig, ready: impl FnOnce(SocketAddr)) -> Result<()
     ready(addr);
 
     let mut children: Vec<Child> = Vec::new();
+    let mut activity = Activity {
+        file: config.activity_file.as_deref(),
+        written: None,
+        pending: false,
+    };
     loop {
         let mut fds = vec![
             libc::pollfd {
@@ -88,8 +126,10 @@ pub fn run(config: &ExecutorConfig, ready: impl FnOnce(SocketAddr)) -> Result<()
             events: libc::POLLIN,
             revents: 0,
         }));
-        let timeout = if children.is_empty() {
+        let timeout = if children.is_empty() && !activity.pending {
             -1
+        } else if children.is_empty() {
+            crate::config::ACTIVITY_WRITE_INTERVAL.as_millis() as i32
         } else {
             DEADLINE_TICK.as_millis() as i32
         };
@@ -127,9 +167,17 @@ pub fn run(config: &ExecutorConfig, ready: impl FnOnce(SocketAddr)) -> Result<()
             }
         }
         enforce_deadlines(&mut children);
+        if children.iter_mut().any(|c| {
+            let begun = c.slot.begun();
+            std::mem::replace(&mut c.begun_seen, begun) != begun
+        }) {
+            activity.note();
+        }
         if fds[0].revents != 0 {
             accept_all(&listener, &signals, &mut children, &mut library, config);
+            activity.note();
         }
+        activity.flush();
     }
 }
 
@@ -220,6 +268,7 @@ fn spawn_worker(
         slot,
         timed_out: None,
         oom_kills_before,
+        begun_seen: 0,
     })
 }
 

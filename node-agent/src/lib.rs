@@ -15,6 +15,7 @@
 //!   stop, expire, re-adopt after a restart).
 //! - [`session`]: the scheduler session (register, slot reports as heartbeat, orders, events).
 //! - [`server`]: `harvestd run`: the plugin and query sockets and the reconcile loop (tokio).
+//! - [`stats`]: counters (reclaims, interference actions) and states sent with every report.
 //! - [`query`]: `harvestd status`: the query client and the table.
 //! - [`config`]: the TOML configuration and its defaults.
 //! - [`fake_scheduler`]: a recording `AgentGateway` server for tests (never run by harvestd).
@@ -35,3 +36,4 @@ pub mod server;
 pub mod session;
 pub mod slurm;
 pub mod state;
+pub mod stats;

@@ -35,6 +35,7 @@ use crate::query::{QueryReply, QueryRequest, plugin_socket, query_socket};
 use crate::scontrol::Scontrol;
 use crate::session::{self, SessionSettings};
 use crate::state::{LedgerStore, StateError};
+use crate::stats::NodeStats;
 
 /// Why `harvestd run` stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +150,7 @@ pub async fn serve(
         config.unseen_job_grace,
         SystemTime::now(),
     )?;
+    let stats = Arc::new(NodeStats::default());
     let (views, views_rx) = watch::channel(agent.view());
     let agent = Arc::new(Mutex::new(agent));
     let (events, events_rx) = mpsc::unbounded_channel();
@@ -194,6 +196,7 @@ pub async fn serve(
             heartbeat: config.heartbeat_interval,
             backoff_max: config.reconnect_backoff_max,
             incarnation,
+            stats: stats.clone(),
         };
         tokio::spawn(session::run(
             settings,

@@ -10,6 +10,7 @@
 //! agent's start time in ms, `sequence` grows with every report of that incarnation.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use harvest_core::NodeView;
@@ -22,6 +23,7 @@ use crate::config::DEFAULT_RECONNECT_BACKOFF;
 use crate::executor::launch::{LibrarySource, ServeOptions};
 use crate::executor::{CreateOrder, Executors, LeaseEvent};
 use crate::lease::{ExecutorInfo, LeaseRequest};
+use crate::stats::NodeStats;
 
 /// Messages queued towards the scheduler per session.
 pub const OUTBOUND_QUEUE: usize = 64;
@@ -35,6 +37,8 @@ pub struct SessionSettings {
     pub backoff_max: Duration,
     /// The agent's start time in ms: the reports' incarnation.
     pub incarnation: u64,
+    /// Counters, interference and drain state sent with every report.
+    pub stats: Arc<NodeStats>,
 }
 
 /// Why one session ended (the loop reconnects after any of them).
@@ -121,7 +125,7 @@ async fn one_session(
     };
     let first = [
         msg(v1::agent_message::Msg::Register(register)),
-        report(s, sequence, &views.borrow_and_update()),
+        report(s, executors, sequence, &views.borrow_and_update()),
     ];
     for m in first {
         // The queue is empty and far larger than two messages.
@@ -145,9 +149,9 @@ async fn one_session(
                 Ok(None) => return (SessionError::Closed, true),
                 Err(status) => return (SessionError::Broken(status), true),
             },
-            _ = heartbeat.tick() => report(s, sequence, &views.borrow_and_update()),
+            _ = heartbeat.tick() => report(s, executors, sequence, &views.borrow_and_update()),
             changed = views.changed() => match changed {
-                Ok(()) => report(s, sequence, &views.borrow_and_update()),
+                Ok(()) => report(s, executors, sequence, &views.borrow_and_update()),
                 // The agent is shutting down.
                 Err(_) => return (SessionError::Closed, true),
             },
@@ -163,7 +167,12 @@ fn msg(m: v1::agent_message::Msg) -> v1::AgentMessage {
     v1::AgentMessage { msg: Some(m) }
 }
 
-fn report(s: &SessionSettings, sequence: &mut u64, view: &NodeView) -> v1::AgentMessage {
+fn report(
+    s: &SessionSettings,
+    executors: &Executors,
+    sequence: &mut u64,
+    view: &NodeView,
+) -> v1::AgentMessage {
     *sequence += 1;
     msg(v1::agent_message::Msg::Slots(v1::SlotReport {
         version: Some(v1::ReportVersion {
@@ -171,6 +180,17 @@ fn report(s: &SessionSettings, sequence: &mut u64, view: &NodeView) -> v1::Agent
             sequence: *sequence,
         }),
         view: Some(view.into()),
+        counters: Some(s.stats.counters().into()),
+        interference: s.stats.interference(),
+        activity: executors
+            .activity()
+            .into_iter()
+            .map(|(lease_id, last_invocation_unix_ms)| v1::LeaseActivity {
+                lease_id,
+                last_invocation_unix_ms,
+            })
+            .collect(),
+        draining: s.stats.draining(),
     }))
 }
 
@@ -187,7 +207,8 @@ fn dispatch(executors: &Executors, order: v1::SchedulerMessage) {
         Some(v1::scheduler_message::Msg::Destroy(d)) => {
             tracing::info!(lease = %d.lease_id, reason = %d.reason, "DestroyExecutor");
             let executors = executors.clone();
-            tokio::spawn(async move { executors.destroy(&d.lease_id, &d.reason).await });
+            let cause = v1::EndCause::try_from(d.cause).unwrap_or_default();
+            tokio::spawn(async move { executors.destroy(&d.lease_id, &d.reason, cause).await });
         }
         None => tracing::warn!("empty message from the scheduler; ignored"),
     }
@@ -240,14 +261,26 @@ pub fn event_to_wire(e: LeaseEvent) -> v1::ExecutorEvent {
         LeaseEvent::Ready(info) => v1::ExecutorEvent {
             lease_id: info.lease_id.clone(),
             event: Some(Event::Ready(info_to_wire(&info))),
+            cause: v1::EndCause::Unspecified as i32,
+        },
+        LeaseEvent::Moved(info) => v1::ExecutorEvent {
+            lease_id: info.lease_id.clone(),
+            event: Some(Event::Moved(info_to_wire(&info))),
+            cause: v1::EndCause::Unspecified as i32,
         },
         LeaseEvent::Failed { lease_id, reason } => v1::ExecutorEvent {
             lease_id,
             event: Some(Event::Failed(reason)),
+            cause: v1::EndCause::ExecutorFailed as i32,
         },
-        LeaseEvent::Exited { lease_id, reason } => v1::ExecutorEvent {
+        LeaseEvent::Exited {
+            lease_id,
+            reason,
+            cause,
+        } => v1::ExecutorEvent {
             lease_id,
             event: Some(Event::Exited(reason)),
+            cause: cause as i32,
         },
     }
 }

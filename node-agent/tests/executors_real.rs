@@ -123,6 +123,7 @@ async fn a_lease_runs_its_functions_as_its_user_in_its_cgroup_and_survives_their
         cores: 1,
         memory_mib: 64,
         gpus: 0,
+        idle_timeout_ms: 0,
         library: Some(v1::FunctionLibrary {
             source: Some(v1::function_library::Source::Content(lib)),
         }),
@@ -231,7 +232,8 @@ async fn a_lease_runs_its_functions_as_its_user_in_its_cgroup_and_survives_their
         sched
             .send(v1::scheduler_message::Msg::Destroy(v1::DestroyExecutor {
                 lease_id: lease.into(),
-                reason: "released".into()
+                reason: "released".into(),
+                cause: v1::EndCause::Released as i32,
             }))
             .await
     );

@@ -99,6 +99,7 @@ async fn registers_heartbeats_and_re_registers_after_a_scheduler_restart() {
             .send(v1::scheduler_message::Msg::Destroy(v1::DestroyExecutor {
                 lease_id: "nothing".into(),
                 reason: "test".into(),
+                cause: v1::EndCause::Released as i32,
             }))
             .await;
         sched

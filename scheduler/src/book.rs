@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use harvest_core::NodeView;
 use harvest_policies::{Cluster, Decision, Framework, NodeId, Request, Resources};
-use harvest_proto::v1::{self, LeaseState};
+use harvest_proto::v1::{self, EndCause, LeaseState};
 
 use crate::identity::Identity;
 
@@ -56,6 +56,8 @@ pub struct Limits {
     pub heartbeat_miss_limit: u32,
     pub default_agent_heartbeat: Duration,
     pub ended_leases_kept: usize,
+    /// Idle timeout of a lease that asks for none (0: never idle out).
+    pub default_idle_timeout: Duration,
 }
 
 /// A lease operation the book refused.
@@ -94,12 +96,13 @@ pub struct Order {
 }
 
 impl Order {
-    fn destroy(node: &str, lease: &str, reason: &str) -> Self {
+    pub fn destroy(node: &str, lease: &str, reason: &str, cause: EndCause) -> Self {
         Self {
             node: node.to_owned(),
             msg: v1::scheduler_message::Msg::Destroy(v1::DestroyExecutor {
                 lease_id: lease.to_owned(),
                 reason: reason.to_owned(),
+                cause: cause as i32,
             }),
         }
     }
@@ -128,6 +131,60 @@ struct NodeEntry {
     last_report_unix_ms: i64,
     heartbeat: Duration,
     health: Health,
+    /// What the agent last said beyond its view (counters, interference, Slurm's drain).
+    extras: ReportExtras,
+    /// Leases on this node the scheduler saw revoked, by cause name.
+    revocations: BTreeMap<String, u64>,
+}
+
+/// What a slot report carries besides the view.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReportExtras {
+    pub counters: Option<v1::NodeCounters>,
+    pub interference: Option<v1::InterferenceState>,
+    pub activity: Vec<v1::LeaseActivity>,
+    pub draining: bool,
+}
+
+impl ReportExtras {
+    pub fn from_report(r: &v1::SlotReport) -> Self {
+        Self {
+            counters: r.counters,
+            interference: r.interference.clone(),
+            activity: r.activity.clone(),
+            draining: r.draining,
+        }
+    }
+
+    /// True while the agent says its executors hurt a batch job.
+    pub fn interfering(&self) -> bool {
+        self.interference
+            .as_ref()
+            .is_some_and(|i| !i.level.is_empty() && i.level != "none")
+    }
+}
+
+/// The state a lease ends in for a cause.
+pub fn state_for(cause: EndCause) -> LeaseState {
+    match cause {
+        EndCause::Released => LeaseState::Released,
+        EndCause::Expired | EndCause::Idle => LeaseState::Expired,
+        EndCause::ExecutorFailed => LeaseState::Failed,
+        EndCause::Unspecified
+        | EndCause::Reclaimed
+        | EndCause::NodeDown
+        | EndCause::NodeDrained
+        | EndCause::Interference => LeaseState::Revoked,
+    }
+}
+
+/// The cause's short name: "reclaimed", "node_down", ... (metrics labels, JSON).
+pub fn cause_name(cause: EndCause) -> String {
+    cause
+        .as_str_name()
+        .strip_prefix("END_CAUSE_")
+        .unwrap_or("unspecified")
+        .to_ascii_lowercase()
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +193,10 @@ struct LeaseRecord {
     key: u64,
     gid: u32,
     expires_at: Instant,
+    /// 0: never idles out.
+    idle_timeout: Duration,
+    /// The latest invocation (as the agent reports it) or renewal.
+    last_active: Instant,
 }
 
 /// Nodes, leases and the placement pipeline.
@@ -246,6 +307,8 @@ impl LeaseBook {
                     last_report_unix_ms: 0,
                     heartbeat,
                     health: Health::Up,
+                    extras: ReportExtras::default(),
+                    revocations: BTreeMap::new(),
                 });
                 self.by_name.insert(node.to_owned(), id);
                 id
@@ -261,7 +324,8 @@ impl LeaseBook {
                 }
                 Some(rec) => {
                     let reason = format!("lease is {}", state_name(rec.wire.state));
-                    orders.push(Order::destroy(node, &info.lease_id, &reason));
+                    let cause = EndCause::try_from(rec.wire.end_cause).unwrap_or_default();
+                    orders.push(Order::destroy(node, &info.lease_id, &reason, cause));
                 }
                 None => self.adopt(id, node, info, &passwd_name, now),
             }
@@ -318,10 +382,15 @@ impl LeaseBook {
                     created_unix_ms: now.unix_ms,
                     expires_unix_ms: info.expires_unix_ms,
                     end_reason: String::new(),
+                    end_cause: EndCause::Unspecified as i32,
+                    idle_timeout_ms: self.limits.default_idle_timeout.as_millis() as u64,
+                    last_active_unix_ms: now.unix_ms,
                 },
                 key,
                 gid: info.uid,
                 expires_at: now.instant + Duration::from_millis(left_ms),
+                idle_timeout: self.limits.default_idle_timeout,
+                last_active: now.instant,
             },
         );
     }
@@ -461,6 +530,10 @@ impl LeaseBook {
         let node_name = self.nodes[node as usize].name.clone();
         let id = format!("{}-{key}", self.id_prefix);
         let expires_unix_ms = now.unix_ms + lifetime.as_millis() as i64;
+        let idle_timeout = match req.idle_timeout_ms {
+            0 => self.limits.default_idle_timeout,
+            ms => Duration::from_millis(ms),
+        };
         let wire = v1::Lease {
             id: id.clone(),
             node: node_name.clone(),
@@ -474,6 +547,9 @@ impl LeaseBook {
             created_unix_ms: now.unix_ms,
             expires_unix_ms,
             end_reason: String::new(),
+            end_cause: EndCause::Unspecified as i32,
+            idle_timeout_ms: idle_timeout.as_millis() as u64,
+            last_active_unix_ms: now.unix_ms,
         };
         self.leases.insert(
             id.clone(),
@@ -482,6 +558,8 @@ impl LeaseBook {
                 key,
                 gid: who.gid,
                 expires_at: now.instant + lifetime,
+                idle_timeout,
+                last_active: now.instant,
             },
         );
         tracing::info!(lease = %id, node = %node_name, uid = who.uid, ?res, "lease placed");
@@ -497,6 +575,7 @@ impl LeaseBook {
             }),
             options: req.executor,
             expires_unix_ms,
+            idle_timeout_ms: idle_timeout.as_millis() as u64,
         };
         let order = Order {
             node: node_name,
@@ -529,27 +608,54 @@ impl LeaseBook {
         Ok(rec.wire.clone())
     }
 
+    /// The agent moved a live lease's executor to other CPUs (a batch step took some of its
+    /// own): the lease lives on with the new ones.
+    pub fn executor_moved(&mut self, lease: &str, info: &v1::ExecutorInfo) -> bool {
+        match self.leases.get_mut(lease) {
+            Some(rec) if is_live(rec.wire.state) => {
+                rec.wire.cpus.clone_from(&info.cpus);
+                rec.wire.gpus.clone_from(&info.gpus);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Ends a live lease in `state` with `reason` and frees its reservation. Returns the lease
     /// as it ended, or `None` when it was not live (ending is idempotent).
     pub fn end(&mut self, lease: &str, state: LeaseState, reason: &str) -> Option<v1::Lease> {
-        self.end_lease(lease, state, reason, true)
+        let cause = match state {
+            LeaseState::Released => EndCause::Released,
+            LeaseState::Expired => EndCause::Expired,
+            LeaseState::Failed => EndCause::ExecutorFailed,
+            _ => EndCause::Unspecified,
+        };
+        self.end_lease(lease, state, cause, reason, true)
+    }
+
+    /// Ends a live lease for `cause` (its state follows from the cause, see [`state_for`]).
+    pub fn end_for(&mut self, lease: &str, cause: EndCause, reason: &str) -> Option<v1::Lease> {
+        self.end_lease(lease, state_for(cause), cause, reason, true)
     }
 
     /// Ends a lease on the agent's word that its executor failed to start or exited: the agent
     /// has already given its resources back, so they are free at once.
+    /// `state` is the lease's end state; `cause` says why (unspecified: judged by the state).
     pub fn end_by_agent(
         &mut self,
         lease: &str,
         state: LeaseState,
+        cause: EndCause,
         reason: &str,
     ) -> Option<v1::Lease> {
-        self.end_lease(lease, state, reason, false)
+        self.end_lease(lease, state, cause, reason, false)
     }
 
     fn end_lease(
         &mut self,
         lease: &str,
         state: LeaseState,
+        cause: EndCause,
         reason: &str,
         hold: bool,
     ) -> Option<v1::Lease> {
@@ -559,6 +665,15 @@ impl LeaseBook {
         }
         rec.wire.state = state as i32;
         rec.wire.end_reason = reason.to_owned();
+        rec.wire.end_cause = cause as i32;
+        if state == LeaseState::Revoked
+            && let Some(&id) = self.by_name.get(&rec.wire.node)
+        {
+            *self.nodes[id as usize]
+                .revocations
+                .entry(cause_name(cause))
+                .or_default() += 1;
+        }
         let ended = rec.wire.clone();
         let key = rec.key;
         // The executor is still stopping on its node: until the agent's next report, its
@@ -602,8 +717,85 @@ impl LeaseBook {
         let node = rec.wire.node.clone();
         let reason = format!("released by uid {}", who.uid);
         Ok(self
-            .end(lease, LeaseState::Released, &reason)
-            .map(|_| Order::destroy(&node, lease, &reason)))
+            .end_for(lease, EndCause::Released, &reason)
+            .map(|_| Order::destroy(&node, lease, &reason, EndCause::Released)))
+    }
+
+    /// `who` says it still uses the lease (RenewLease): its idle clock restarts. Returns the
+    /// lease as it is, ended or not, so a client learns why its lease ended.
+    pub fn renew(&mut self, lease: &str, who: &Identity, now: Now) -> Result<v1::Lease, BookError> {
+        let rec = self
+            .leases
+            .get_mut(lease)
+            .ok_or_else(|| BookError::UnknownLease(lease.to_owned()))?;
+        if rec.wire.uid != who.uid && !who.is_root() {
+            return Err(BookError::NotOwner {
+                lease: lease.to_owned(),
+                owner: rec.wire.uid,
+                uid: who.uid,
+            });
+        }
+        if is_live(rec.wire.state) {
+            rec.last_active = now.instant;
+            rec.wire.last_active_unix_ms = now.unix_ms;
+        }
+        Ok(rec.wire.clone())
+    }
+
+    /// What a node's report says besides its view: counters and interference (kept for
+    /// `ListNodes`), the executors' latest invocations (idle clocks), and Slurm draining the
+    /// node (its live leases are revoked). Returns the orders that stop revoked executors.
+    pub fn report_extras(&mut self, node: &str, extras: ReportExtras, now: Now) -> Vec<Order> {
+        let Some(&id) = self.by_name.get(node) else {
+            return Vec::new();
+        };
+        for a in &extras.activity {
+            if let Some(rec) = self.leases.get_mut(&a.lease_id)
+                && rec.wire.node == node
+                && a.last_invocation_unix_ms > rec.wire.last_active_unix_ms
+            {
+                let ago =
+                    Duration::from_millis((now.unix_ms - a.last_invocation_unix_ms).max(0) as u64);
+                rec.last_active = now.instant.checked_sub(ago).unwrap_or(now.instant);
+                rec.wire.last_active_unix_ms = a.last_invocation_unix_ms;
+            }
+        }
+        let draining = extras.draining;
+        let blocked = draining || extras.interfering();
+        let was_draining = self.nodes[id as usize].extras.draining;
+        self.nodes[id as usize].extras = extras;
+        if blocked {
+            // No placement here while Slurm drains the node or executors hurt its jobs.
+            let _ = self
+                .cluster
+                .update(id, |n| n.batch = n.total.saturating_sub(&n.function));
+        }
+        if !draining {
+            return Vec::new();
+        }
+        if !was_draining {
+            tracing::warn!(
+                node,
+                "Slurm drains the node: no new leases, its leases revoked"
+            );
+        }
+        self.revoke_node(node, EndCause::NodeDrained, "node drained by Slurm")
+    }
+
+    fn revoke_node(&mut self, node: &str, cause: EndCause, reason: &str) -> Vec<Order> {
+        let on_node: Vec<String> = self
+            .leases
+            .values()
+            .filter(|r| r.wire.node == node && is_live(r.wire.state))
+            .map(|r| r.wire.id.clone())
+            .collect();
+        on_node
+            .into_iter()
+            .filter_map(|lease| {
+                self.end_for(&lease, cause, reason)
+                    .map(|_| Order::destroy(node, &lease, reason, cause))
+            })
+            .collect()
     }
 
     /// Expires leases past their lifetime and takes down nodes that missed their heartbeats
@@ -617,8 +809,28 @@ impl LeaseBook {
             .map(|r| (r.wire.id.clone(), r.wire.node.clone()))
             .collect();
         for (lease, node) in expired {
-            self.end(&lease, LeaseState::Expired, "lifetime over");
-            orders.push(Order::destroy(&node, &lease, "lease expired"));
+            self.end_for(&lease, EndCause::Expired, "lifetime over");
+            orders.push(Order::destroy(
+                &node,
+                &lease,
+                "lease expired",
+                EndCause::Expired,
+            ));
+        }
+        let idle: Vec<(String, String, Duration)> = self
+            .leases
+            .values()
+            .filter(|r| {
+                r.wire.state == LeaseState::Active as i32
+                    && !r.idle_timeout.is_zero()
+                    && now.instant >= r.last_active + r.idle_timeout
+            })
+            .map(|r| (r.wire.id.clone(), r.wire.node.clone(), r.idle_timeout))
+            .collect();
+        for (lease, node, timeout) in idle {
+            let reason = format!("idle for {timeout:?}: no invocation and no renewal");
+            self.end_for(&lease, EndCause::Idle, &reason);
+            orders.push(Order::destroy(&node, &lease, &reason, EndCause::Idle));
         }
         let miss = self.limits.heartbeat_miss_limit;
         let late: Vec<NodeId> = self
@@ -643,19 +855,7 @@ impl LeaseBook {
         self.cluster
             .update(id, |n| n.batch = n.total)
             .expect("registered node exists");
-        let on_node: Vec<String> = self
-            .leases
-            .values()
-            .filter(|r| r.wire.node == name && is_live(r.wire.state))
-            .map(|r| r.wire.id.clone())
-            .collect();
-        on_node
-            .into_iter()
-            .filter_map(|lease| {
-                self.end(&lease, LeaseState::Revoked, "node down")
-                    .map(|_| Order::destroy(&name, &lease, "node down"))
-            })
-            .collect()
+        self.revoke_node(&name, EndCause::NodeDown, "node down")
     }
 
     pub fn lease(&self, id: &str) -> Option<&v1::Lease> {
@@ -691,12 +891,16 @@ impl LeaseBook {
             .map(|n| v1::NodeStatus {
                 view: Some(v1::NodeView::from(&n.view)),
                 state: match n.health {
-                    Health::Up => "up",
                     Health::Down => "down",
+                    Health::Up if n.extras.draining => "draining",
+                    Health::Up => "up",
                 }
                 .to_owned(),
                 version: n.version,
                 last_report_unix_ms: n.last_report_unix_ms,
+                counters: n.extras.counters,
+                interference: n.extras.interference.clone(),
+                revocations: n.revocations.clone().into_iter().collect(),
             })
             .collect()
     }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use harvest_core::{CpuSet, NodeView};
 use harvest_policies::Resources;
-use harvest_proto::v1::{self, LeaseState, scheduler_message::Msg};
+use harvest_proto::v1::{self, EndCause, LeaseState, scheduler_message::Msg};
 
 use crate::book::{BookError, Health, LeaseBook, Limits, Now, ReportOutcome};
 use crate::identity::Identity;
@@ -17,6 +17,7 @@ fn limits() -> Limits {
         heartbeat_miss_limit: 5,
         default_agent_heartbeat: Duration::from_secs(1),
         ended_leases_kept: 3,
+        default_idle_timeout: Duration::from_secs(300),
     }
 }
 
@@ -162,7 +163,12 @@ fn a_start_the_agent_reports_failed_frees_its_cores_at_once() {
     let (lease, _) = b.place(&request(1, 100), &user(0), now).unwrap();
     assert_eq!(b.free("n1").unwrap().cores, 0);
     // The agent refused it (say, root) and holds nothing for it: no wait for its next report.
-    b.end_by_agent(&lease.id, LeaseState::Failed, "refusing to run as root");
+    b.end_by_agent(
+        &lease.id,
+        LeaseState::Failed,
+        EndCause::ExecutorFailed,
+        "refusing to run as root",
+    );
     assert_eq!(b.free("n1").unwrap().cores, 1);
 }
 

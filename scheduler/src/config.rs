@@ -10,6 +10,9 @@ use serde::Deserialize;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6820";
 /// Lifetime of a lease that asks for none.
 pub const DEFAULT_LIFETIME_MS: u64 = 10 * 60 * 1000;
+/// A lease with neither an invocation nor a RenewLease for this long ends (the client went
+/// away); 0 turns idle timeouts off. The client library renews well within it.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 5 * 60 * 1000;
 /// The longest lifetime a lease may ask for.
 pub const DEFAULT_MAX_LIFETIME_MS: u64 = 24 * 60 * 60 * 1000;
 /// Memory per core of a lease that asks for no memory (like Slurm's DefMemPerCPU).
@@ -67,6 +70,7 @@ pub struct Config {
     pub listen: String,
     pub policy: String,
     pub default_lifetime_ms: u64,
+    pub default_idle_timeout_ms: u64,
     pub max_lifetime_ms: u64,
     pub default_memory_per_core_mib: u64,
     pub heartbeat_miss_limit: u32,
@@ -101,6 +105,7 @@ impl Default for Config {
             auth_timeout_ms: DEFAULT_AUTH_TIMEOUT_MS,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             ended_leases_kept: DEFAULT_ENDED_LEASES_KEPT,
+            default_idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             passwd: PathBuf::from(DEFAULT_PASSWD),
         }
     }

@@ -16,7 +16,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::book::{Health, Now, Order};
+use crate::book::{Health, Now, Order, ReportExtras, ReportOutcome, state_for};
 use crate::identity::passwd_name;
 use crate::state::{ORDER_QUEUE, Shared};
 
@@ -120,11 +120,17 @@ fn handle(shared: &Shared, node: &str, session: u64, msg: v1::AgentMessage) {
                 tracing::warn!(node, "slot report without a version or view ignored");
                 return;
             };
-            if let Err(e) = inner
-                .book
-                .report(node, version, &NodeView::from(view), Now::current())
-            {
-                tracing::warn!(node, error = %e, "slot report refused");
+            let now = Now::current();
+            match inner.book.report(node, version, &NodeView::from(view), now) {
+                Ok(ReportOutcome::Applied) => {
+                    let orders =
+                        inner
+                            .book
+                            .report_extras(node, ReportExtras::from_report(&report), now);
+                    inner.dispatch(orders);
+                }
+                Ok(ReportOutcome::Stale) => {}
+                Err(e) => tracing::warn!(node, error = %e, "slot report refused"),
             }
         }
         Some(agent_message::Msg::Executor(event)) => {
@@ -141,22 +147,38 @@ fn handle(shared: &Shared, node: &str, session: u64, msg: v1::AgentMessage) {
                                 msg: v1::scheduler_message::Msg::Destroy(v1::DestroyExecutor {
                                     lease_id: lease,
                                     reason: e.to_string(),
+                                    cause: v1::EndCause::Unspecified as i32,
                                 }),
                             }]);
                         }
                     }
                 }
                 Some(executor_event::Event::Failed(reason)) => {
-                    inner
-                        .book
-                        .end_by_agent(&lease, v1::LeaseState::Failed, &reason);
+                    inner.book.end_by_agent(
+                        &lease,
+                        v1::LeaseState::Failed,
+                        v1::EndCause::ExecutorFailed,
+                        &reason,
+                    );
                     inner.notify(&lease, Err(reason));
                 }
                 Some(executor_event::Event::Exited(reason)) => {
-                    inner
-                        .book
-                        .end_by_agent(&lease, v1::LeaseState::Revoked, &reason);
+                    let cause = v1::EndCause::try_from(event.cause).unwrap_or_default();
+                    // An executor that ends without a known cause (it crashed, its agent lost
+                    // it) counts as failed; a known cause decides the state.
+                    let (state, cause) = match cause {
+                        v1::EndCause::Unspecified => {
+                            (v1::LeaseState::Failed, v1::EndCause::ExecutorFailed)
+                        }
+                        c => (state_for(c), c),
+                    };
+                    inner.book.end_by_agent(&lease, state, cause, &reason);
                     inner.notify(&lease, Err(format!("the executor exited: {reason}")));
+                }
+                Some(executor_event::Event::Moved(info)) => {
+                    if !inner.book.executor_moved(&lease, &info) {
+                        tracing::debug!(node, lease = %lease, "move of a lease that is not live ignored");
+                    }
                 }
                 None => tracing::warn!(node, lease = %lease, "executor event without an event"),
             }

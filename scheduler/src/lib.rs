@@ -69,6 +69,7 @@ pub fn book_for(config: &Config) -> Result<LeaseBook, ServeError> {
         heartbeat_miss_limit: config.heartbeat_miss_limit,
         default_agent_heartbeat: Duration::from_millis(config.default_agent_heartbeat_ms),
         ended_leases_kept: config.ended_leases_kept,
+        default_idle_timeout: Duration::from_millis(config.default_idle_timeout_ms),
     };
     // Lease ids start with the scheduler's start time, so ids stay unique across restarts.
     let prefix = format!("{:x}", Now::current().unix_ms);

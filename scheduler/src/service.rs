@@ -120,10 +120,20 @@ impl SchedulerService {
                 msg: v1::scheduler_message::Msg::Destroy(v1::DestroyExecutor {
                     lease_id: lease.to_owned(),
                     reason: reason.to_owned(),
+                    cause: v1::EndCause::ExecutorFailed as i32,
                 }),
             }]);
         }
         None
+    }
+
+    async fn renew(&self, req: v1::RenewLeaseRequest) -> Result<v1::Lease, RequestError> {
+        let who = self.authenticate(req.credential.as_ref()).await?;
+        Ok(self
+            .shared
+            .lock()
+            .book
+            .renew(&req.lease_id, &who, Now::current())?)
     }
 
     async fn release(&self, req: v1::ReleaseLeaseRequest) -> Result<(), RequestError> {
@@ -156,6 +166,26 @@ impl v1::scheduler_server::Scheduler for SchedulerService {
     ) -> Result<Response<v1::ReleaseLeaseResponse>, Status> {
         self.release(request.into_inner()).await?;
         Ok(Response::new(v1::ReleaseLeaseResponse {}))
+    }
+
+    async fn renew_lease(
+        &self,
+        request: Request<v1::RenewLeaseRequest>,
+    ) -> Result<Response<v1::Lease>, Status> {
+        Ok(Response::new(self.renew(request.into_inner()).await?))
+    }
+
+    async fn get_lease(
+        &self,
+        request: Request<v1::GetLeaseRequest>,
+    ) -> Result<Response<v1::Lease>, Status> {
+        let id = request.into_inner().lease_id;
+        let lease = self.shared.lock().book.lease(&id).cloned();
+        lease.map(Response::new).ok_or_else(|| {
+            Status::not_found(format!(
+                "no lease {id}: it never existed or ended long ago (`harvest leases` lists the leases)"
+            ))
+        })
     }
 
     async fn list_nodes(

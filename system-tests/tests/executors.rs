@@ -168,6 +168,7 @@ async fn an_executor_beside_a_batch_job_uses_only_idle_cpus_and_survives_failing
         cores: 1,
         memory_mib: 64,
         gpus: 0,
+        idle_timeout_ms: 0,
         library: Some(v1::FunctionLibrary {
             source: Some(v1::function_library::Source::Content(library)),
         }),
@@ -260,7 +261,8 @@ async fn an_executor_beside_a_batch_job_uses_only_idle_cpus_and_survives_failing
         sched
             .send(v1::scheduler_message::Msg::Destroy(v1::DestroyExecutor {
                 lease_id: lease.into(),
-                reason: "test done".into()
+                reason: "test done".into(),
+                cause: v1::EndCause::Released as i32,
             }))
             .await
     );

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 pub const LIBRARY_FILE: &str = "functions.so";
 /// The file the executor writes its address to.
 pub const READY_FILE: &str = "ready";
+/// The executor writes the time of its latest invocation here (Unix ms).
+pub const ACTIVITY_FILE: &str = "activity";
 /// The executor's stdout and stderr.
 pub const LOG_FILE: &str = "executor.log";
 
@@ -114,6 +116,8 @@ pub fn executor_args(
         dir.join(READY_FILE).into(),
         "--oom-events".into(),
         oom_events.into(),
+        "--activity-file".into(),
+        dir.join(ACTIVITY_FILE).into(),
         "--hot".into(),
         match options.hot_window_us {
             w if w < 0 => "always".into(),
@@ -192,6 +196,8 @@ mod tests {
                 "/s/leases/L1/ready",
                 "--oom-events",
                 "/cg/memory.oom_control",
+                "--activity-file",
+                "/s/leases/L1/activity",
                 "--hot",
                 "warm"
             ]

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use harvest_core::NodeView;
+use harvest_proto::v1::EndCause;
 use tokio::sync::{mpsc, watch};
 
 use crate::agent::{NodeAgent, now_ms};
@@ -66,8 +67,17 @@ impl ExecutorSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseEvent {
     Ready(ExecutorInfo),
-    Failed { lease_id: String, reason: String },
-    Exited { lease_id: String, reason: String },
+    Failed {
+        lease_id: String,
+        reason: String,
+    },
+    Exited {
+        lease_id: String,
+        reason: String,
+        cause: EndCause,
+    },
+    /// A batch step took some of the executor's CPUs and it was moved to other idle ones.
+    Moved(ExecutorInfo),
 }
 
 /// The scheduler's order to start an executor.
@@ -127,6 +137,29 @@ impl Executors {
                 stopping: Mutex::new(HashSet::new()),
             }),
         }
+    }
+
+    /// The latest invocation of each ready executor (Unix ms), from its activity file; leases
+    /// whose executor has not been invoked yet are left out.
+    pub fn activity(&self) -> Vec<(String, i64)> {
+        let ids: Vec<String> = {
+            let agent = lock(&self.inner.agent);
+            agent
+                .ledger()
+                .leases
+                .iter()
+                .filter(|(_, l)| l.executor.as_ref().is_some_and(|e| e.address.is_some()))
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        ids.into_iter()
+            .filter_map(|id| {
+                let file = launch::lease_dir(&self.inner.settings.state_dir, &id)
+                    .join(launch::ACTIVITY_FILE);
+                let ms = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
+                Some((id, ms))
+            })
+            .collect()
     }
 
     /// The executors that are ready now (for `Register`).
@@ -197,7 +230,7 @@ impl Executors {
             Ok(None) => {}
             Err(reason) => {
                 tracing::warn!(lease = %id, %reason, "executor did not start");
-                self.finish(&id, reason).await;
+                self.finish(&id, reason, EndCause::ExecutorFailed).await;
             }
         }
     }
@@ -269,7 +302,9 @@ impl Executors {
                     log_tail(&log)
                 )
             };
-            watcher.finish(&watched, reason).await;
+            watcher
+                .finish(&watched, reason, EndCause::ExecutorFailed)
+                .await;
         });
         let mut process = ExecutorProcess {
             pid,
@@ -312,7 +347,7 @@ impl Executors {
     /// removes the cgroup and the lease directory, frees its resources in the ledger, and sends
     /// `Exited` (or `Failed` when the executor never became ready). Returns whether this call
     /// ended it (false: unknown, or already being ended).
-    pub async fn finish(&self, id: &str, reason: String) -> bool {
+    pub async fn finish(&self, id: &str, reason: String, cause: EndCause) -> bool {
         {
             let mut stopping = self
                 .inner
@@ -331,7 +366,11 @@ impl Executors {
                 let ready = lease.executor.as_ref().is_some_and(|e| e.address.is_some());
                 let lease_id = id.to_owned();
                 self.emit(if ready {
-                    LeaseEvent::Exited { lease_id, reason }
+                    LeaseEvent::Exited {
+                        lease_id,
+                        reason,
+                        cause,
+                    }
                 } else {
                     LeaseEvent::Failed { lease_id, reason }
                 });
@@ -348,16 +387,17 @@ impl Executors {
     }
 
     /// The scheduler's `DestroyExecutor`.
-    pub async fn destroy(&self, id: &str, reason: &str) {
+    pub async fn destroy(&self, id: &str, reason: &str, cause: EndCause) {
         let reason = if reason.is_empty() {
             "destroyed by the scheduler"
         } else {
             reason
         };
-        if !self.finish(id, reason.to_owned()).await && !self.is_stopping(id) {
+        if !self.finish(id, reason.to_owned(), cause).await && !self.is_stopping(id) {
             self.emit(LeaseEvent::Exited {
                 lease_id: id.to_owned(),
                 reason: format!("no lease {id} runs on node {}", self.inner.settings.node),
+                cause,
             });
         }
     }
@@ -430,19 +470,24 @@ impl Executors {
             (ledger.leases.clone(), ledger.reclaims(agent.hardware()))
         };
         for (id, reason) in &reclaims {
-            self.finish(id, reason.clone()).await;
+            self.finish(id, reason.clone(), EndCause::Reclaimed).await;
         }
         for (id, lease) in leases {
             if reclaims.iter().any(|(r, _)| *r == id) {
                 continue;
             }
             if lease.expires_unix_ms > 0 && now_ms >= lease.expires_unix_ms {
-                self.finish(&id, "the lease expired".to_owned()).await;
+                self.finish(&id, "the lease expired".to_owned(), EndCause::Expired)
+                    .await;
             } else if let Some(e) = &lease.executor
                 && self.inner.processes.start_time(e.pid) != Some(e.start_time)
             {
-                self.finish(&id, format!("the executor (pid {}) is gone", e.pid))
-                    .await;
+                self.finish(
+                    &id,
+                    format!("the executor (pid {}) is gone", e.pid),
+                    EndCause::ExecutorFailed,
+                )
+                .await;
             }
         }
     }
@@ -462,6 +507,7 @@ impl Executors {
                 self.finish(
                     id,
                     "harvestd restarted and the executor was gone".to_owned(),
+                    EndCause::ExecutorFailed,
                 )
                 .await;
             }

@@ -266,12 +266,15 @@ async fn destroy_stops_the_executor_and_frees_everything() {
     let mut rig = Rig::new();
     rig.exec.create(rig.order("L1", 1, 100)).await;
     assert!(matches!(rig.event(), LeaseEvent::Ready(_)));
-    rig.exec.destroy("L1", "released by its user").await;
+    rig.exec
+        .destroy("L1", "released by its user", EndCause::Released)
+        .await;
     assert_eq!(
         rig.event(),
         LeaseEvent::Exited {
             lease_id: "L1".into(),
-            reason: "released by its user".into()
+            reason: "released by its user".into(),
+            cause: EndCause::Released,
         }
     );
     assert_eq!(rig.procs.signals(), [(1000, Signal::Term)]);
@@ -289,7 +292,7 @@ async fn destroy_stops_the_executor_and_frees_everything() {
     tokio::task::yield_now().await;
     assert!(rig.events.try_recv().is_err());
     // An unknown lease is answered, so the scheduler can forget it.
-    rig.exec.destroy("nope", "").await;
+    rig.exec.destroy("nope", "", EndCause::Released).await;
     let LeaseEvent::Exited { reason, .. } = rig.event() else {
         panic!()
     };
@@ -302,7 +305,7 @@ async fn an_executor_that_ignores_sigterm_is_killed_after_the_grace() {
     rig.procs.set_behaviour(Behaviour::IgnoresTerm);
     rig.exec.create(rig.order("L1", 1, 100)).await;
     assert!(matches!(rig.event(), LeaseEvent::Ready(_)));
-    rig.exec.destroy("L1", "bye").await;
+    rig.exec.destroy("L1", "bye", EndCause::Released).await;
     assert_eq!(
         rig.procs.signals(),
         [(1000, Signal::Term), (1000, Signal::Kill)]
@@ -324,7 +327,8 @@ async fn a_crashed_executor_is_reported_and_its_lease_freed() {
         event,
         LeaseEvent::Exited {
             lease_id: "L1".into(),
-            reason: "executor exited (killed by signal 11)".into()
+            reason: "executor exited (killed by signal 11)".into(),
+            cause: EndCause::ExecutorFailed,
         }
     );
     assert!(lock(&rig.agent).ledger().leases.is_empty());
@@ -375,11 +379,13 @@ async fn expired_leases_and_vanished_executors_end_at_the_next_tick() {
         [
             LeaseEvent::Exited {
                 lease_id: "gone".into(),
-                reason: "the executor (pid 1001) is gone".into()
+                reason: "the executor (pid 1001) is gone".into(),
+                cause: EndCause::ExecutorFailed,
             },
             LeaseEvent::Exited {
                 lease_id: "old".into(),
-                reason: "the lease expired".into()
+                reason: "the lease expired".into(),
+                cause: EndCause::Expired,
             },
         ]
     );
@@ -418,7 +424,12 @@ async fn after_a_restart_live_executors_are_re_adopted_and_the_rest_cleaned_up()
     assert_eq!(running.len(), 1);
     assert_eq!(running[0].lease_id, "alive");
     // It had been ready (the ledger kept its address), so it exited rather than failed.
-    let LeaseEvent::Exited { lease_id, reason } = rig.event() else {
+    let LeaseEvent::Exited {
+        lease_id,
+        reason,
+        cause: EndCause::ExecutorFailed,
+    } = rig.event()
+    else {
         panic!()
     };
     assert_eq!(lease_id, "dead");
@@ -453,7 +464,8 @@ async fn a_batch_job_on_a_leased_cpu_reclaims_the_lease() {
         rig.event(),
         LeaseEvent::Exited {
             lease_id: "L1".into(),
-            reason: "reclaimed by job 7".into()
+            reason: "reclaimed by job 7".into(),
+            cause: EndCause::Reclaimed,
         }
     );
     assert!(rig.events.try_recv().is_err(), "L2 is untouched");

@@ -197,6 +197,7 @@ impl FakeAgent {
                                 msg: Some(agent_message::Msg::Executor(v1::ExecutorEvent {
                                     lease_id: c.lease_id,
                                     event: Some(event),
+                                    cause: v1::EndCause::Unspecified as i32,
                                 })),
                             })
                             .await;
@@ -226,6 +227,7 @@ impl FakeAgent {
                         sequence,
                     }),
                     view: Some(view.into()),
+                    ..Default::default()
                 })),
             })
             .await
