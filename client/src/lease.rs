@@ -110,6 +110,9 @@ pub struct LeaseRequest {
     pub gpus: u32,
     /// `None`: the scheduler's default lifetime.
     pub lifetime: Option<Duration>,
+    /// No invocation and no renewal for this long ends the lease (`None`: the scheduler's
+    /// default).
+    pub idle_timeout: Option<Duration>,
     pub library: Library,
     /// Busy-poll window after each invocation: `None` the executor's default, `Some(None)`
     /// always hot, `Some(Some(d))` that long.
@@ -125,6 +128,7 @@ impl LeaseRequest {
             memory_mib: 0,
             gpus: 0,
             lifetime: None,
+            idle_timeout: None,
             library,
             hot_window: None,
             default_timeout: None,
@@ -148,6 +152,23 @@ pub struct Lease {
     pub created_unix_ms: i64,
     pub expires_unix_ms: i64,
     pub end_reason: String,
+    /// Why it ended, as a category: released, expired, idle, reclaimed, node_down,
+    /// node_drained, interference, executor_failed ("" while live).
+    pub end_cause: String,
+    pub idle_timeout_ms: u64,
+    pub last_active_unix_ms: i64,
+}
+
+/// An [`v1::EndCause`]'s short name ("reclaimed", "node_down", ...; "" when unspecified).
+pub fn cause_name(cause: i32) -> String {
+    match v1::EndCause::try_from(cause) {
+        Ok(v1::EndCause::Unspecified) | Err(_) => String::new(),
+        Ok(c) => c
+            .as_str_name()
+            .strip_prefix("END_CAUSE_")
+            .unwrap_or_default()
+            .to_ascii_lowercase(),
+    }
 }
 
 impl From<v1::Lease> for Lease {
@@ -172,11 +193,19 @@ impl From<v1::Lease> for Lease {
             created_unix_ms: l.created_unix_ms,
             expires_unix_ms: l.expires_unix_ms,
             end_reason: l.end_reason,
+            end_cause: cause_name(l.end_cause),
+            idle_timeout_ms: l.idle_timeout_ms,
+            last_active_unix_ms: l.last_active_unix_ms,
         }
     }
 }
 
 impl Lease {
+    /// Pending or active: its executor may still serve invocations.
+    pub fn is_live(&self) -> bool {
+        matches!(self.state.as_str(), "pending" | "active")
+    }
+
     pub fn executor_addr(&self) -> Result<SocketAddr, LeaseError> {
         self.executor_address
             .parse()
@@ -196,13 +225,78 @@ impl Lease {
     }
 }
 
-/// A node as the scheduler sees it: the agent's view plus `state` (up, down).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A node as the scheduler sees it: the agent's view plus `state` (up, down, draining), its
+/// reclaim counters and its interference state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Node {
     #[serde(flatten)]
     pub view: harvest_core::NodeView,
     pub state: String,
     pub last_report_unix_ms: i64,
+    /// Step starts that took resources back from functions on this node.
+    pub reclaims: u64,
+    /// The agent's counters (reclaim evictions, moves, overruns, latency, ...).
+    pub counters: NodeCounters,
+    /// Leases on this node the scheduler saw revoked, by cause.
+    pub revocations: std::collections::BTreeMap<String, u64>,
+    /// Whether functions hurt a batch job here now (`null`: the agent runs no monitor).
+    pub interference: Option<Interference>,
+}
+
+/// [`v1::NodeCounters`] for JSON.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct NodeCounters {
+    pub reclaims: u64,
+    pub reclaim_evictions: u64,
+    pub reclaim_moves: u64,
+    pub reclaim_overruns: u64,
+    pub reclaim_latency_us_sum: u64,
+    pub reclaim_latency_us_max: u64,
+    pub interference_actions: u64,
+}
+
+/// [`v1::InterferenceState`] for JSON.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Interference {
+    /// none, weight, quota, freeze or evict.
+    pub level: String,
+    pub detector: String,
+    pub reason: String,
+    pub since_unix_ms: i64,
+    pub unavailable: Vec<String>,
+    pub signals: std::collections::BTreeMap<String, f64>,
+    pub actions: std::collections::BTreeMap<String, u64>,
+}
+
+impl From<v1::NodeStatus> for Node {
+    fn from(n: v1::NodeStatus) -> Self {
+        let c = n.counters.unwrap_or_default();
+        Self {
+            view: n.view.as_ref().map(Into::into).unwrap_or_default(),
+            state: n.state,
+            last_report_unix_ms: n.last_report_unix_ms,
+            reclaims: c.reclaims,
+            counters: NodeCounters {
+                reclaims: c.reclaims,
+                reclaim_evictions: c.reclaim_evictions,
+                reclaim_moves: c.reclaim_moves,
+                reclaim_overruns: c.reclaim_overruns,
+                reclaim_latency_us_sum: c.reclaim_latency_us_sum,
+                reclaim_latency_us_max: c.reclaim_latency_us_max,
+                interference_actions: c.interference_actions,
+            },
+            revocations: n.revocations.into_iter().collect(),
+            interference: n.interference.map(|i| Interference {
+                level: i.level,
+                detector: i.detector,
+                reason: i.reason,
+                since_unix_ms: i.since_unix_ms,
+                unavailable: i.unavailable,
+                signals: i.signals.into_iter().collect(),
+                actions: i.actions.into_iter().collect(),
+            }),
+        }
+    }
 }
 
 /// A connection to the scheduler.
@@ -286,7 +380,7 @@ impl SchedulerClient {
             memory_mib: req.memory_mib,
             gpus: req.gpus,
             lifetime_ms: req.lifetime.map_or(0, |d| d.as_millis() as u64),
-            idle_timeout_ms: 0,
+            idle_timeout_ms: req.idle_timeout.map_or(0, |d| d.as_millis() as u64),
             library: Some(v1::FunctionLibrary {
                 source: Some(library),
             }),
@@ -326,12 +420,34 @@ impl SchedulerClient {
             .into_inner()
             .nodes
             .into_iter()
-            .map(|n| Node {
-                view: n.view.as_ref().map(Into::into).unwrap_or_default(),
-                state: n.state,
-                last_report_unix_ms: n.last_report_unix_ms,
-            })
+            .map(Node::from)
             .collect())
+    }
+
+    /// One lease as it is now, live or recently ended.
+    pub async fn get(&mut self, id: &str) -> Result<Lease, LeaseError> {
+        let url = self.url.clone();
+        self.rpc
+            .get_lease(v1::GetLeaseRequest {
+                lease_id: id.to_owned(),
+            })
+            .await
+            .map(|r| r.into_inner().into())
+            .map_err(|s| LeaseError::from_status("get lease", &url, s))
+    }
+
+    /// Says the lease is still used (its idle clock restarts); returns it as it is now.
+    pub async fn renew(&mut self, id: &str) -> Result<Lease, LeaseError> {
+        let msg = v1::RenewLeaseRequest {
+            credential: self.credential()?,
+            lease_id: id.to_owned(),
+        };
+        let url = self.url.clone();
+        self.rpc
+            .renew_lease(msg)
+            .await
+            .map(|r| r.into_inner().into())
+            .map_err(|s| LeaseError::from_status("renew lease", &url, s))
     }
 
     /// Every lease the scheduler holds (live ones and recently ended ones).
@@ -367,24 +483,50 @@ mod tests {
     }
 
     #[test]
-    fn node_json_has_harvestd_keys_plus_state() {
-        let mut view = harvest_core::NodeView {
+    fn node_json_has_harvestd_keys_plus_state_reclaims_and_interference() {
+        let mut view = v1::NodeView {
             name: "n1".into(),
             ..Default::default()
         };
-        view.cpus.idle = [1].into_iter().collect();
-        view.memory_mib.idle = 700;
-        let node = Node {
-            view,
+        view.cpus = Some(v1::CpuBreakdown {
+            idle: vec![1],
+            ..Default::default()
+        });
+        view.memory_mib = Some(v1::MemoryBreakdown {
+            idle: 700,
+            ..Default::default()
+        });
+        let node = Node::from(v1::NodeStatus {
+            view: Some(view),
             state: "up".into(),
             last_report_unix_ms: 5,
-        };
+            counters: Some(v1::NodeCounters {
+                reclaims: 3,
+                reclaim_evictions: 2,
+                ..Default::default()
+            }),
+            interference: Some(v1::InterferenceState {
+                level: "quota".into(),
+                signals: [("batch.cpu_usage".to_owned(), 0.9)].into_iter().collect(),
+                ..Default::default()
+            }),
+            revocations: [("reclaimed".to_owned(), 2)].into_iter().collect(),
+            ..Default::default()
+        });
         let v = serde_json::to_value(&node).unwrap();
         assert_eq!(v["name"], "n1");
         assert_eq!(v["cpus"]["idle"], serde_json::json!([1]));
         assert_eq!(v["memory_mib"]["idle"], 700);
         assert_eq!(v["gpus"]["total"], serde_json::json!([]));
         assert_eq!(v["state"], "up");
+        assert_eq!(v["reclaims"], 3);
+        assert_eq!(v["counters"]["reclaim_evictions"], 2);
+        assert_eq!(v["revocations"]["reclaimed"], 2);
+        assert_eq!(v["interference"]["level"], "quota");
+        assert_eq!(v["interference"]["signals"]["batch.cpu_usage"], 0.9);
+        let quiet = serde_json::to_value(Node::from(v1::NodeStatus::default())).unwrap();
+        assert_eq!(quiet["interference"], serde_json::Value::Null);
+        assert_eq!(quiet["reclaims"], 0);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use harvest_core::invoke::ErrorCode;
 
+use crate::failover::CallError;
 use crate::identity::CredentialError;
 use crate::invoke::InvokeError;
 use crate::lease::LeaseError;
@@ -36,7 +37,7 @@ pub mod code {
     pub const NO_SUCH_FUNCTION: u8 = 13;
     /// The function's output did not fit its buffer.
     pub const OUTPUT_TOO_LARGE: u8 = 14;
-    /// The lease was revoked while the function ran.
+    /// The lease was revoked while the function ran (and failover, if on, found no new one).
     pub const REVOKED: u8 = 15;
     /// Any other error the executor reported.
     pub const REMOTE_OTHER: u8 = 16;
@@ -53,11 +54,32 @@ pub enum CliError {
     Credential(#[from] CredentialError),
     #[error("invocation failed: {0}")]
     Invoke(#[from] InvokeError),
+    #[error("invocation failed: LeaseRevoked: {revocation}{}", failover.as_deref().map(|f| format!("; {f}")).unwrap_or_default())]
+    Revoked {
+        revocation: crate::failover::Revocation,
+        failover: Option<String>,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,
         source: std::io::Error,
     },
+}
+
+impl From<CallError> for CliError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Revoked {
+                revocation,
+                failover,
+            } => Self::Revoked {
+                revocation,
+                failover,
+            },
+            CallError::Invoke(e) => Self::Invoke(e),
+            CallError::Lease(e) => Self::Lease(e),
+        }
+    }
 }
 
 impl CliError {
@@ -66,6 +88,7 @@ impl CliError {
             Self::Locate(LocateError::NoScheduler) => code::UNREACHABLE,
             Self::Locate(_) | Self::Io { .. } => code::LOCAL,
             Self::Credential(_) => code::AUTH,
+            Self::Revoked { .. } => code::REVOKED,
             Self::Lease(e) => match e {
                 LeaseError::Unreachable { .. } => code::UNREACHABLE,
                 LeaseError::Address { .. } | LeaseError::Library { .. } => code::LOCAL,

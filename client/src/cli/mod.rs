@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
 
+use crate::failover;
 use crate::identity::Munge;
 use crate::invoke::Polling;
 use crate::lease::{Lease, LeaseRequest, Library, SchedulerClient};
@@ -71,7 +72,10 @@ pub enum Command {
     #[command(subcommand)]
     Lease(LeaseCommand),
     /// Invoke a function once and print its output bytes to stdout. Without --lease, acquires
-    /// a lease for the call and releases it afterwards (also when the call fails).
+    /// a lease for the call and releases it afterwards (also when the call fails). When a batch
+    /// job takes the lease back (or its node goes down) during the call, retries it on a new
+    /// lease elsewhere (unless --no-failover); a revocation that failover cannot cover fails
+    /// with `LeaseRevoked: ... revoked: reclaimed by job N` and exit code 15.
     Invoke(InvokeArgs),
 }
 
@@ -89,6 +93,15 @@ pub enum LeaseCommand {
     Release {
         /// The lease's id, as `harvest leases` shows it.
         id: String,
+    },
+    /// Say you still use a lease: a lease with neither an invocation nor a renewal for its idle
+    /// timeout (default 5 min) ends. Prints the lease as it is now (an ended one with why).
+    Renew {
+        /// The lease's id.
+        id: String,
+        /// JSON: the lease.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -131,6 +144,14 @@ pub struct InvokeArgs {
     /// The invocation's timeout (e.g. 500ms, 2s); default: the executor's (10 s).
     #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<Duration>,
+    /// Fail with LeaseRevoked (exit code 15) when the lease is revoked under the invocation,
+    /// instead of retrying it on a new lease. Always the case with --lease.
+    #[arg(long)]
+    pub no_failover: bool,
+    /// How long failover keeps trying to finish the invocation on new leases after the first
+    /// revocation (e.g. 30s).
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub failover_deadline: Duration,
 }
 
 /// [`ResourceArgs`] without the requirement of a library (for `invoke --lease`).
@@ -259,6 +280,17 @@ pub fn run(args: Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliEr
         Command::Lease(LeaseCommand::Release { id }) => {
             rt.block_on(client.release(&id))?;
         }
+        Command::Lease(LeaseCommand::Renew { id, json: as_json }) => {
+            let lease = rt.block_on(client.renew(&id))?;
+            let text = if as_json {
+                to_json(&lease)
+            } else {
+                show::lease(&lease)
+            };
+            stdout
+                .write_all(text.as_bytes())
+                .map_err(io("cannot write to stdout"))?;
+        }
         Command::Invoke(a) => {
             let input = read_input(a.input.as_ref())?;
             let output = if let Some(id) = &a.lease {
@@ -270,7 +302,26 @@ pub fn run(args: Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliEr
                         message: format!("no lease {id}: `harvest leases` lists the leases"),
                     }
                 })?;
-                invoke_once(&lease, &a.function, &input, a.timeout)?
+                match invoke_once(&lease, &a.function, &input, a.timeout) {
+                    Ok(output) => output,
+                    Err(CliError::Invoke(e)) if failover::may_be_revoked(&e) => {
+                        let why = rt.block_on(failover::explain(
+                            &mut client,
+                            id,
+                            failover::EXPLAIN_WAIT,
+                        ))?;
+                        return Err(match why {
+                            Some(revocation) => CliError::Revoked {
+                                revocation,
+                                failover: Some(
+                                    "no failover for an existing lease (--lease)".into(),
+                                ),
+                            },
+                            None => CliError::Invoke(e),
+                        });
+                    }
+                    Err(e) => return Err(e),
+                }
             } else {
                 let r = &a.res;
                 let req = request(
@@ -281,13 +332,34 @@ pub fn run(args: Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliEr
                     r.gpus,
                     r.lifetime,
                 )?;
-                let lease = rt.block_on(client.acquire(&req))?;
-                let result = invoke_once(&lease, &a.function, &input, a.timeout);
-                // Release even when the invocation failed; its error is the one to report.
-                let released = rt.block_on(client.release(&lease.id));
-                let output = result?;
-                released?;
-                output
+                let policy = failover::Failover {
+                    enabled: !a.no_failover,
+                    deadline: a.failover_deadline,
+                    polling: Polling::Block,
+                };
+                let done = rt.block_on(failover::invoke_with_failover(
+                    &mut client,
+                    &req,
+                    &a.function,
+                    &input,
+                    a.timeout,
+                    policy,
+                    |r| {
+                        let next = if policy.enabled {
+                            "; retrying on a new lease"
+                        } else {
+                            ""
+                        };
+                        eprintln!("harvest: {r}{next}");
+                    },
+                ))?;
+                if let Some(e) = &done.release_error {
+                    eprintln!(
+                        "harvest: warning: lease {} not released ({e}); it ends when idle",
+                        done.lease.id
+                    );
+                }
+                done.output
             };
             stdout
                 .write_all(&output)

@@ -27,28 +27,35 @@ fn set(s: &CpuSet) -> String {
 /// shares.
 pub fn nodes(nodes: &[Node]) -> String {
     let mut out = format!(
-        "{:<10} {:<5} {:<12} {:<12} {:<12} {:<22} {}\n",
+        "{:<10} {:<8} {:<12} {:<12} {:<12} {:<20} {:<9} {:<8} {}\n",
         "NODE",
         "STATE",
         "CPUS-IDLE",
         "CPUS-BATCH",
         "CPUS-FUNC",
         "MEM-MiB idle/total",
-        "GPUS idle/total"
+        "GPUS i/t",
+        "RECLAIMS",
+        "INTERFERENCE"
     );
     for n in nodes {
         let v = &n.view;
+        let interference = n
+            .interference
+            .as_ref()
+            .map_or("-", |i| if i.level.is_empty() { "none" } else { &i.level });
         let _ = writeln!(
             out,
-            "{:<10} {:<5} {:<12} {:<12} {:<12} {:<22} {}/{}",
+            "{:<10} {:<8} {:<12} {:<12} {:<12} {:<20} {:<9} {:<8} {}",
             v.name,
             n.state,
             set(&v.cpus.idle),
             set(&v.cpus.batch),
             set(&v.cpus.function),
             format!("{}/{}", v.memory_mib.idle, v.memory_mib.total),
-            v.gpus.idle.len(),
-            v.gpus.total.len()
+            format!("{}/{}", v.gpus.idle.len(), v.gpus.total.len()),
+            n.reclaims,
+            interference
         );
     }
     out
@@ -119,21 +126,25 @@ mod tests {
             created_unix_ms: 0,
             expires_unix_ms: 0,
             end_reason: String::new(),
+            end_cause: String::new(),
+            idle_timeout_ms: 0,
+            last_active_unix_ms: 0,
         };
         let t = leases(std::slice::from_ref(&l));
         let row = t.lines().nth(1).unwrap();
         for field in ["abc-1", "n1", "1000", "2-3", "512", "active", "127.0.0.1:5"] {
             assert!(row.contains(field), "{field} missing from {row}");
         }
-        let mut n = Node {
-            view: harvest_core::NodeView::default(),
+        let mut n = Node::from(harvest_proto::v1::NodeStatus {
             state: "down".into(),
-            last_report_unix_ms: 0,
-        };
+            ..Default::default()
+        });
+        n.reclaims = 4;
         n.view.name = "n2".into();
         n.view.cpus.idle = [1].into_iter().collect();
         let t = nodes(&[n]);
         let row = t.lines().nth(1).unwrap();
         assert!(row.starts_with("n2") && row.contains("down"), "{row}");
+        assert!(row.contains(" 4 "), "reclaims shown: {row}");
     }
 }
