@@ -167,9 +167,10 @@ pub fn run(config: &ExecutorConfig, ready: impl FnOnce(SocketAddr)) -> Result<()
             }
         }
         enforce_deadlines(&mut children);
+        // A new invocation, or one still running (a long one keeps its lease from idling out).
         if children.iter_mut().any(|c| {
             let begun = c.slot.begun();
-            std::mem::replace(&mut c.begun_seen, begun) != begun
+            std::mem::replace(&mut c.begun_seen, begun) != begun || c.slot.running().is_some()
         }) {
             activity.note();
         }

@@ -214,3 +214,29 @@ fn a_missing_library_fails_at_start_with_its_path() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/libnothing.so"), "{err}");
 }
+
+#[test]
+fn invocations_are_recorded_in_the_activity_file_for_idle_timeouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("activity");
+    let path = file.to_str().unwrap().to_owned();
+    let e = Executor::start(&["--activity-file", &path]);
+    assert!(!file.exists(), "no activity before the first invocation");
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert_eq!(call(&e, "echo", b"x", 0), Reply::Ok(1, b"x".to_vec()));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let ms: u64 = loop {
+        if let Some(ms) = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            break ms;
+        }
+        assert!(Instant::now() < deadline, "no activity file written");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(ms >= before.saturating_sub(1000), "{ms} < {before}");
+}
