@@ -42,6 +42,12 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = harvest_proto::DEFAULT_MAX_MESSAGE_
 pub const DEFAULT_ENDED_LEASES_KEPT: usize = 1000;
 /// The password database used to name the uid of an adopted lease.
 pub const DEFAULT_PASSWD: &str = "/etc/passwd";
+/// How often the dashboard's utilization timeline is sampled.
+pub const DEFAULT_TIMELINE_SAMPLE_MS: u64 = 5000;
+/// How far back the timeline reaches (the ring buffer holds window / sample samples).
+pub const DEFAULT_TIMELINE_WINDOW_MS: u64 = 60 * 60 * 1000;
+/// How many recent events (revocations, reclaims, interference) the dashboard keeps.
+pub const DEFAULT_EVENTS_KEPT: usize = 200;
 
 /// A configuration that cannot be used; each variant names the key.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +61,13 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("listen = {0:?} is not an address such as 127.0.0.1:6820")]
     Listen(String),
+    #[error("http_listen = {0:?} is not an address such as 127.0.0.1:6821")]
+    HttpListen(String),
+    #[error(
+        "timeline_window_ms = {window} is shorter than timeline_sample_ms = {sample}: the window \
+         must hold at least one sample"
+    )]
+    Timeline { window: u64, sample: u64 },
     #[error("{key} = {value} must be greater than 0")]
     Zero { key: &'static str, value: u64 },
     #[error("default_lifetime_ms = {default} is longer than max_lifetime_ms = {max}")]
@@ -85,6 +98,11 @@ pub struct Config {
     pub max_message_bytes: usize,
     pub ended_leases_kept: usize,
     pub passwd: PathBuf,
+    /// The dashboard and metrics address (HTTP); `None`: not served.
+    pub http_listen: Option<String>,
+    pub timeline_sample_ms: u64,
+    pub timeline_window_ms: u64,
+    pub events_kept: usize,
 }
 
 impl Default for Config {
@@ -107,6 +125,10 @@ impl Default for Config {
             ended_leases_kept: DEFAULT_ENDED_LEASES_KEPT,
             default_idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             passwd: PathBuf::from(DEFAULT_PASSWD),
+            http_listen: None,
+            timeline_sample_ms: DEFAULT_TIMELINE_SAMPLE_MS,
+            timeline_window_ms: DEFAULT_TIMELINE_WINDOW_MS,
+            events_kept: DEFAULT_EVENTS_KEPT,
         }
     }
 }
@@ -142,6 +164,8 @@ impl Config {
             ("tick_ms", self.tick_ms),
             ("auth_timeout_ms", self.auth_timeout_ms),
             ("max_message_bytes", self.max_message_bytes as u64),
+            ("timeline_sample_ms", self.timeline_sample_ms),
+            ("events_kept", self.events_kept as u64),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -154,7 +178,27 @@ impl Config {
                 max: self.max_lifetime_ms,
             });
         }
+        self.http_addr()?;
+        if self.timeline_window_ms < self.timeline_sample_ms {
+            return Err(ConfigError::Timeline {
+                window: self.timeline_window_ms,
+                sample: self.timeline_sample_ms,
+            });
+        }
         Ok(())
+    }
+
+    /// The dashboard and metrics address, when configured.
+    pub fn http_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        self.http_listen
+            .as_deref()
+            .map(|a| a.parse().map_err(|_| ConfigError::HttpListen(a.to_owned())))
+            .transpose()
+    }
+
+    /// How many timeline samples the window holds.
+    pub fn timeline_samples(&self) -> usize {
+        (self.timeline_window_ms / self.timeline_sample_ms.max(1)).max(1) as usize
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
@@ -223,5 +267,23 @@ mod tests {
             Config::load(&path).unwrap_err(),
             ConfigError::Listen(_)
         ));
+
+        std::fs::write(&path, "http_listen = \"localhost\"").unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("http_listen"), "{e}");
+        std::fs::write(
+            &path,
+            "timeline_sample_ms = 10000\ntimeline_window_ms = 5000",
+        )
+        .unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("timeline_window_ms"), "{e}");
+        std::fs::write(&path, "http_listen = \"127.0.0.1:6821\"").unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(
+            c.http_addr().unwrap(),
+            Some("127.0.0.1:6821".parse().unwrap())
+        );
+        assert_eq!(c.timeline_samples(), 720);
     }
 }

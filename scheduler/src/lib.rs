@@ -12,14 +12,19 @@
 //! - [`gateway`]: `AgentGateway.Session`, one stream per agent.
 //! - [`service`]: the `Scheduler` service for clients.
 //! - [`error`]: request errors and their one conversion to `tonic::Status`.
+//! - [`metrics`]: Prometheus metrics; [`timeline`]: the utilization ring buffer and recent
+//!   events; [`http`]: the dashboard, its JSON and `/metrics` on `http_listen`.
 
 pub mod book;
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod http;
 pub mod identity;
+pub mod metrics;
 pub mod service;
 pub mod state;
+pub mod timeline;
 
 #[cfg(test)]
 mod book_tests;
@@ -83,28 +88,72 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
+    let http = match config.http_addr()? {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
     let auth = Arc::new(Unmunge {
         program: config.unmunge.clone(),
         socket: config.munge_socket.clone(),
         timeout: config.auth_timeout(),
     });
-    serve(config, auth, listener, shutdown).await
+    serve_with(config, auth, listener, http, shutdown).await
 }
 
-/// Serves both services on `listener` until `shutdown` completes.
+/// Serves both services on `listener` until `shutdown` completes (no dashboard or metrics).
 pub async fn serve(
     config: Config,
     auth: Arc<dyn Authenticator>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    serve_with(config, auth, listener, None, shutdown).await
+}
+
+/// Serves both services on `listener` and, with `http`, the dashboard and the metrics there
+/// (see [`http`]), until `shutdown` completes.
+pub async fn serve_with(
+    config: Config,
+    auth: Arc<dyn Authenticator>,
+    listener: TcpListener,
+    http: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
     let book = book_for(&config)?;
     tracing::info!(addr = ?listener.local_addr().ok(), policy = book.policy(), "harvest-scheduler serving");
     let max = config.max_message_bytes;
     let tick = config.tick();
+    let recorder = Arc::new(timeline::Recorder::new(
+        config.timeline_samples(),
+        config.events_kept,
+    ));
+    let sample_every = Duration::from_millis(config.timeline_sample_ms);
+    let window = Duration::from_millis(config.timeline_window_ms);
     let shared = Arc::new(Shared::new(config, auth, book));
     let (stop_tx, stop_rx) = watch::channel(false);
     let reaper = tokio::spawn(reap(shared.clone(), tick, stop_rx.clone()));
+    let web = http.map(|listener| {
+        let recording = tokio::spawn(timeline::run(
+            shared.clone(),
+            recorder.clone(),
+            shared.metrics.clone(),
+            sample_every,
+            stop_rx.clone(),
+        ));
+        let web = Arc::new(http::Web {
+            shared: shared.clone(),
+            recorder,
+            metrics: shared.metrics.clone(),
+            sample_every,
+            window,
+        });
+        let serving = tokio::spawn(http::serve(listener, web, stop_rx.clone()));
+        (recording, serving)
+    });
     let scheduler = SchedulerServer::new(service::SchedulerService::new(shared.clone()))
         .max_decoding_message_size(max);
     let gateway = AgentGatewayServer::new(gateway::Gateway::new(shared.clone(), stop_rx))
@@ -125,6 +174,10 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, stop)
         .await;
     let _ = reaper.await;
+    if let Some((recording, serving)) = web {
+        let _ = recording.await;
+        let _ = serving.await;
+    }
     Ok(result?)
 }
 

@@ -23,6 +23,10 @@ struct Args {
     /// Placement policy (overrides the file's `policy`): first-fit, best-fit, spread, ...
     #[arg(long)]
     policy: Option<String>,
+    /// Serve the dashboard (/), its JSON (/api/cluster) and Prometheus metrics (/metrics) over
+    /// HTTP on this address, e.g. 127.0.0.1:6821 (overrides the file's `http_listen`).
+    #[arg(long)]
+    http: Option<String>,
 }
 
 #[tokio::main]
@@ -44,6 +48,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(policy) = args.policy {
         config.policy = policy;
+    }
+    if let Some(http) = args.http {
+        config.http_listen = Some(http);
     }
     config.validate().context("invalid configuration")?;
     let shutdown = async {

@@ -9,6 +9,7 @@ use crate::book::{BookError, Now, Order};
 use crate::config::PLACEMENT_RETRY;
 use crate::error::RequestError;
 use crate::identity::Identity;
+use crate::metrics::Placement;
 use crate::state::Shared;
 
 /// The gRPC service for clients.
@@ -39,8 +40,13 @@ impl SchedulerService {
         let (lease, order, tx, ready) = loop {
             let placed = {
                 let mut inner = self.shared.lock();
+                let decision = std::time::Instant::now();
                 match inner.book.place(&req, &who, Now::current()) {
                     Ok((lease, order)) => {
+                        let took = decision.elapsed();
+                        self.shared
+                            .metrics
+                            .record_placement(Placement::Placed, Some(took));
                         let tx = inner.sender(&order.node);
                         let ready = inner.wait_for(&lease.id);
                         Ok((lease, order, tx, ready))
@@ -55,7 +61,14 @@ impl SchedulerService {
                 {
                     tokio::time::sleep(PLACEMENT_RETRY).await;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    let outcome = match e {
+                        BookError::Unschedulable { .. } => Placement::Unschedulable,
+                        _ => Placement::Refused,
+                    };
+                    self.shared.metrics.record_placement(outcome, None);
+                    return Err(e.into());
+                }
             }
         };
         let node = order.node.clone();
@@ -153,7 +166,23 @@ impl v1::scheduler_server::Scheduler for SchedulerService {
     ) -> Result<Response<v1::Lease>, Status> {
         // A client that hangs up must not leave a lease half-started: finish in a task.
         let this = self.clone();
-        let task = tokio::spawn(async move { this.acquire(request.into_inner()).await });
+        let task = tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let result = this.acquire(request.into_inner()).await;
+            let outcome = match &result {
+                Ok(_) => "active",
+                Err(RequestError::Auth(_)) => "unauthenticated",
+                Err(RequestError::Book(BookError::Unschedulable { .. })) => "unschedulable",
+                Err(RequestError::Book(_)) => "refused",
+                Err(RequestError::AgentGone { .. }) => "unavailable",
+                Err(RequestError::StartFailed { .. }) => "failed",
+                Err(RequestError::StartTimeout { .. }) => "timeout",
+            };
+            this.shared
+                .metrics
+                .record_acquisition(outcome, started.elapsed());
+            result
+        });
         match task.await {
             Ok(result) => Ok(Response::new(result?)),
             Err(e) => Err(Status::internal(format!("lease acquisition failed: {e}"))),

@@ -11,6 +11,7 @@ use tonic::Status;
 use crate::book::{LeaseBook, Order};
 use crate::config::Config;
 use crate::identity::Authenticator;
+use crate::metrics::SchedulerMetrics;
 
 /// Orders queued per agent before the scheduler drops one (and logs it).
 pub const ORDER_QUEUE: usize = 256;
@@ -40,6 +41,8 @@ pub struct Inner {
 pub struct Shared {
     pub config: Config,
     pub auth: Arc<dyn Authenticator>,
+    /// Placements, acquisitions and lease ends, for `/metrics`.
+    pub metrics: Arc<SchedulerMetrics>,
     inner: Mutex<Inner>,
 }
 
@@ -48,6 +51,7 @@ impl Shared {
         Self {
             config,
             auth,
+            metrics: Arc::new(SchedulerMetrics::default()),
             inner: Mutex::new(Inner {
                 book,
                 agents: HashMap::new(),

@@ -1,0 +1,820 @@
+//! The scheduler's Prometheus metrics: OpenMetrics text, served at `/metrics` by [`crate::http`].
+//!
+//! Two kinds, both in one exposition:
+//! - what the scheduler counts as it works ([`SchedulerMetrics`]): placement decisions and their
+//!   latency, lease acquisitions and their latency, lease ends by cause;
+//! - what it knows at scrape time ([`encode`] reads a [`Snapshot`] of the lease book): each
+//!   node's and the cluster's CPUs, memory and GPUs by state (`batch`, `function`, `idle`,
+//!   `reserved`), leases by state, revocations by reason, and the agents' own reclaim and
+//!   interference counters as their latest reports carry them.
+//!
+//! Names follow Prometheus' conventions: the `harvest_` prefix, base units (`_seconds`,
+//! `_bytes`), `_total` on counters. Every metric is listed in docs/metrics.md.
+
+use std::sync::atomic::AtomicU64;
+
+use harvest_core::NodeView;
+use harvest_proto::v1;
+use prometheus_client::encoding::text::encode as encode_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use serde::Serialize;
+
+/// The Content-Type of the exposition.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The resource states, in the order the metrics and the dashboard list them.
+pub const STATES: [&str; 4] = ["batch", "function", "idle", "reserved"];
+
+/// Interference control levels an agent may report (docs/node-agent.md).
+pub const INTERFERENCE_LEVELS: [&str; 5] = ["none", "weight", "quota", "freeze", "evict"];
+
+type Labels = Vec<(&'static str, String)>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// How much of one resource is in each state.
+///
+/// `batch`, `function` and `idle` are the sizes of the agent's lists as reported (exactly what
+/// `harvest nodes --json` shows); `reserved` is what is in none of them: held back for the OS
+/// (`reserve_cores`, `reserve_memory_mib`) or, for a node where a job runs with
+/// `--harvest=off`, not lent at all. During a reclaim a CPU may briefly be both batch and
+/// function; it is then counted in both and `reserved` does not go below zero.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub total: u64,
+    pub batch: u64,
+    pub function: u64,
+    pub idle: u64,
+    pub reserved: u64,
+}
+
+impl Counts {
+    /// The count of `state` (one of [`STATES`]).
+    pub fn get(&self, state: &str) -> u64 {
+        match state {
+            "batch" => self.batch,
+            "function" => self.function,
+            "idle" => self.idle,
+            "reserved" => self.reserved,
+            _ => 0,
+        }
+    }
+
+    pub fn add(&self, o: &Counts) -> Counts {
+        Counts {
+            total: self.total + o.total,
+            batch: self.batch + o.batch,
+            function: self.function + o.function,
+            idle: self.idle + o.idle,
+            reserved: self.reserved + o.reserved,
+        }
+    }
+}
+
+/// A node's CPUs, memory (MiB) and GPUs by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub cpus: Counts,
+    pub memory_mib: Counts,
+    pub gpus: Counts,
+}
+
+impl Usage {
+    pub fn of(view: &NodeView) -> Self {
+        let n = |len: usize| len as u64;
+        let c = &view.cpus;
+        let held = c.batch.union(&c.function).union(&c.idle);
+        let cpus = Counts {
+            total: n(c.total.len()),
+            batch: n(c.batch.len()),
+            function: n(c.function.len()),
+            idle: n(c.idle.len()),
+            reserved: n(c.total.difference(&held).len()),
+        };
+        let m = &view.memory_mib;
+        let memory_mib = Counts {
+            total: m.total,
+            batch: m.batch,
+            function: m.function,
+            idle: m.idle,
+            reserved: m
+                .total
+                .saturating_sub(m.batch)
+                .saturating_sub(m.function)
+                .saturating_sub(m.idle),
+        };
+        let g = &view.gpus;
+        let gpus = Counts {
+            total: n(g.total.len()),
+            batch: n(g.batch.len()),
+            function: n(g.function.len()),
+            idle: n(g.idle.len()),
+            reserved: n(g
+                .total
+                .iter()
+                .filter(|i| !g.batch.contains(i) && !g.function.contains(i) && !g.idle.contains(i))
+                .count()),
+        };
+        Self {
+            cpus,
+            memory_mib,
+            gpus,
+        }
+    }
+
+    pub fn add(&self, o: &Usage) -> Usage {
+        Usage {
+            cpus: self.cpus.add(&o.cpus),
+            memory_mib: self.memory_mib.add(&o.memory_mib),
+            gpus: self.gpus.add(&o.gpus),
+        }
+    }
+}
+
+/// The state of one GPU in a view (batch wins over function, as for the CPUs' cells).
+pub fn gpu_state(view: &NodeView, gpu: u32) -> &'static str {
+    let g = &view.gpus;
+    if g.batch.contains(&gpu) {
+        "batch"
+    } else if g.function.contains(&gpu) {
+        "function"
+    } else if g.idle.contains(&gpu) {
+        "idle"
+    } else {
+        "reserved"
+    }
+}
+
+/// What a scrape reads from the lease book (taken under its lock, encoded after).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub nodes: Vec<v1::NodeStatus>,
+    pub leases: Vec<v1::Lease>,
+}
+
+/// The node's view as harvest_core's type.
+pub fn view_of(status: &v1::NodeStatus) -> NodeView {
+    status.view.as_ref().map(NodeView::from).unwrap_or_default()
+}
+
+/// Placement outcomes counted by `harvest_placements_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// A node was chosen.
+    Placed,
+    /// No node had room within the placement wait.
+    Unschedulable,
+    /// The request was refused before placement (bad request) or placement failed.
+    Refused,
+}
+
+impl Placement {
+    fn name(self) -> &'static str {
+        match self {
+            Placement::Placed => "placed",
+            Placement::Unschedulable => "unschedulable",
+            Placement::Refused => "refused",
+        }
+    }
+}
+
+/// What the scheduler counts as it works. Cheap to update from any task (atomics).
+#[derive(Debug)]
+pub struct SchedulerMetrics {
+    placements: Family<Labels, Counter>,
+    placement_seconds: Histogram,
+    acquisitions: Family<Labels, Counter>,
+    acquire_seconds: Histogram,
+    lease_ends: Family<Labels, Counter>,
+}
+
+impl Default for SchedulerMetrics {
+    fn default() -> Self {
+        Self {
+            placements: Family::default(),
+            // A policy's decision: 10 µs .. ~10 s.
+            placement_seconds: Histogram::new(exponential_buckets(1e-5, 4.0, 11)),
+            acquisitions: Family::default(),
+            // Request to executor ready: 1 ms .. ~65 s.
+            acquire_seconds: Histogram::new(exponential_buckets(1e-3, 2.0, 17)),
+            lease_ends: Family::default(),
+        }
+    }
+}
+
+impl SchedulerMetrics {
+    /// One AcquireLease's placement: its outcome and, when placed, how long the policy's
+    /// decision took (the successful `place` call, not the waiting for room).
+    pub fn record_placement(&self, outcome: Placement, decision: Option<std::time::Duration>) {
+        self.placements
+            .get_or_create(&vec![("outcome", outcome.name().to_owned())])
+            .inc();
+        if let Some(d) = decision {
+            self.placement_seconds.observe(d.as_secs_f64());
+        }
+    }
+
+    /// One AcquireLease's end: `outcome` is `active` or the failure (`unschedulable`, `failed`,
+    /// `timeout`, `unavailable`, `refused`, `unauthenticated`); the time is observed for active
+    /// leases only.
+    pub fn record_acquisition(&self, outcome: &str, took: std::time::Duration) {
+        self.acquisitions
+            .get_or_create(&vec![("outcome", outcome.to_owned())])
+            .inc();
+        if outcome == "active" {
+            self.acquire_seconds.observe(took.as_secs_f64());
+        }
+    }
+
+    /// A lease ended for `cause` (a [`crate::book::cause_name`]).
+    pub fn record_lease_end(&self, cause: &str) {
+        self.lease_ends
+            .get_or_create(&vec![("cause", cause.to_owned())])
+            .inc();
+    }
+
+    /// How many placements ended with `outcome` so far (tests, the dashboard).
+    pub fn placements(&self, outcome: Placement) -> u64 {
+        self.placements
+            .get(&vec![("outcome", outcome.name().to_owned())])
+            .map_or(0, |c| c.get())
+    }
+
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "placements",
+            "Lease placements by outcome (placed, unschedulable, refused), one per AcquireLease",
+            self.placements.clone(),
+        );
+        r.register_with_unit(
+            "placement_duration",
+            "Time the placement policy took to choose a node, for placed leases",
+            Unit::Seconds,
+            self.placement_seconds.clone(),
+        );
+        r.register(
+            "lease_acquisitions",
+            "AcquireLease requests by outcome (active, unschedulable, failed, timeout, \
+             unavailable, refused, unauthenticated)",
+            self.acquisitions.clone(),
+        );
+        r.register_with_unit(
+            "lease_acquire_duration",
+            "AcquireLease from request to the executor ready, for leases that became active",
+            Unit::Seconds,
+            self.acquire_seconds.clone(),
+        );
+        r.register(
+            "lease_ends",
+            "Leases ended since the scheduler started, by cause (released, expired, idle, \
+             reclaimed, node_down, node_drained, interference, executor_failed)",
+            self.lease_ends.clone(),
+        );
+    }
+}
+
+fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
+    pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+}
+
+fn gauge_family() -> Family<Labels, Gauge> {
+    Family::default()
+}
+
+/// The resource gauges of one node or the cluster, by state.
+#[derive(Debug, Default)]
+struct ResourceFamilies {
+    cpus: Family<Labels, Gauge>,
+    memory: Family<Labels, Gauge>,
+    gpus: Family<Labels, Gauge>,
+}
+
+impl ResourceFamilies {
+    fn set(&self, base: &[(&'static str, &str)], usage: &Usage) {
+        for state in STATES {
+            let mut l: Labels = base.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+            l.push(("state", state.to_owned()));
+            let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            self.cpus
+                .get_or_create(&l)
+                .set(as_i64(usage.cpus.get(state)));
+            self.memory
+                .get_or_create(&l)
+                .set(as_i64(usage.memory_mib.get(state).saturating_mul(1 << 20)));
+            self.gpus
+                .get_or_create(&l)
+                .set(as_i64(usage.gpus.get(state)));
+        }
+    }
+
+    fn register(self, r: &mut Registry, scope: &str) {
+        r.register(
+            format!("{scope}_cpus"),
+            format!("CPUs of the {scope} by state (batch, function, idle, reserved)"),
+            self.cpus,
+        );
+        r.register_with_unit(
+            format!("{scope}_memory"),
+            format!("Memory of the {scope} by state (batch, function, idle, reserved)"),
+            Unit::Bytes,
+            self.memory,
+        );
+        r.register(
+            format!("{scope}_gpus"),
+            format!("GPUs of the {scope} by state (batch, function, idle, reserved)"),
+            self.gpus,
+        );
+    }
+}
+
+/// The node's lease states counted by `harvest_leases` (the live ones).
+const LIVE_LEASE_STATES: [(v1::LeaseState, &str); 2] = [
+    (v1::LeaseState::Pending, "pending"),
+    (v1::LeaseState::Active, "active"),
+];
+
+/// Encodes the whole exposition: `metrics` plus what `snap` shows.
+pub fn encode(metrics: &SchedulerMetrics, snap: &Snapshot) -> String {
+    let mut r = Registry::with_prefix("harvest");
+    metrics.register(&mut r);
+
+    let node_state = gauge_family();
+    let nodes_by_state = gauge_family();
+    let last_report = Family::<Labels, FloatGauge>::default();
+    let node_res = ResourceFamilies::default();
+    let cluster_res = ResourceFamilies::default();
+    let gpu_state_f = gauge_family();
+    let leases = gauge_family();
+    let revocations = Family::<Labels, Counter>::default();
+    let reclaims = Family::<Labels, Counter>::default();
+    let evictions = Family::<Labels, Counter>::default();
+    let moves = Family::<Labels, Counter>::default();
+    let overruns = Family::<Labels, Counter>::default();
+    let reclaim_seconds = Family::<Labels, Counter<f64, AtomicU64>>::default();
+    let reclaim_max = Family::<Labels, FloatGauge>::default();
+    let level = gauge_family();
+    let signals = Family::<Labels, FloatGauge>::default();
+    let actions = Family::<Labels, Counter>::default();
+    let actions_by_level = Family::<Labels, Counter>::default();
+
+    let mut cluster = Usage::default();
+    for state in ["up", "down", "draining"] {
+        nodes_by_state
+            .get_or_create(&labels([("state", state)]))
+            .set(0);
+    }
+    for status in &snap.nodes {
+        let view = view_of(status);
+        let node = view.name.as_str();
+        for state in ["up", "down", "draining"] {
+            let on = i64::from(status.state == state);
+            node_state
+                .get_or_create(&labels([("node", node), ("state", state)]))
+                .set(on);
+        }
+        nodes_by_state
+            .get_or_create(&labels([("state", status.state.as_str())]))
+            .inc();
+        last_report
+            .get_or_create(&labels([("node", node)]))
+            .set(status.last_report_unix_ms as f64 / 1000.0);
+        let usage = Usage::of(&view);
+        cluster = cluster.add(&usage);
+        node_res.set(&[("node", node)], &usage);
+        for &gpu in &view.gpus.total {
+            let id = gpu.to_string();
+            gpu_state_f
+                .get_or_create(&labels([
+                    ("node", node),
+                    ("gpu", &id),
+                    ("state", gpu_state(&view, gpu)),
+                ]))
+                .set(1);
+        }
+        for (state, name) in LIVE_LEASE_STATES {
+            let count = snap
+                .leases
+                .iter()
+                .filter(|l| l.node == node && l.state == state as i32)
+                .count();
+            leases
+                .get_or_create(&labels([("node", node), ("state", name)]))
+                .set(count as i64);
+        }
+        for (reason, count) in &status.revocations {
+            revocations
+                .get_or_create(&labels([("node", node), ("reason", reason)]))
+                .inc_by(*count);
+        }
+        if let Some(c) = &status.counters {
+            let l = labels([("node", node)]);
+            reclaims.get_or_create(&l).inc_by(c.reclaims);
+            evictions.get_or_create(&l).inc_by(c.reclaim_evictions);
+            moves.get_or_create(&l).inc_by(c.reclaim_moves);
+            overruns.get_or_create(&l).inc_by(c.reclaim_overruns);
+            reclaim_seconds
+                .get_or_create(&l)
+                .inc_by(c.reclaim_latency_us_sum as f64 / 1e6);
+            reclaim_max
+                .get_or_create(&l)
+                .set(c.reclaim_latency_us_max as f64 / 1e6);
+            actions.get_or_create(&l).inc_by(c.interference_actions);
+        }
+        if let Some(i) = &status.interference {
+            let current = if i.level.is_empty() { "none" } else { &i.level };
+            let mut known: Vec<&str> = INTERFERENCE_LEVELS.to_vec();
+            if !known.contains(&current) {
+                known.push(current);
+            }
+            for lv in known {
+                level
+                    .get_or_create(&labels([("node", node), ("level", lv)]))
+                    .set(i64::from(lv == current));
+            }
+            for (signal, value) in &i.signals {
+                signals
+                    .get_or_create(&labels([("node", node), ("signal", signal)]))
+                    .set(*value);
+            }
+            for (lv, count) in &i.actions {
+                actions_by_level
+                    .get_or_create(&labels([("node", node), ("level", lv)]))
+                    .inc_by(*count);
+            }
+        }
+    }
+    cluster_res.set(&[], &cluster);
+
+    r.register(
+        "node_state",
+        "1 for the node's state as the scheduler sees it (up, down: missed heartbeats, draining)",
+        node_state,
+    );
+    r.register(
+        "nodes",
+        "Nodes by state (up, down, draining)",
+        nodes_by_state,
+    );
+    r.register_with_unit(
+        "node_last_report_timestamp",
+        "When the node's agent last reported (Unix time)",
+        Unit::Seconds,
+        last_report,
+    );
+    node_res.register(&mut r, "node");
+    cluster_res.register(&mut r, "cluster");
+    r.register(
+        "gpu_state",
+        "1 for each GPU in its state (batch, function, idle, reserved)",
+        gpu_state_f,
+    );
+    r.register(
+        "leases",
+        "Live leases by node and state (pending: executor starting; active)",
+        leases,
+    );
+    r.register(
+        "revocations",
+        "Leases the system took back, by node and reason (reclaimed, node_down, node_drained, \
+         interference), counted by the scheduler since it started",
+        revocations,
+    );
+    r.register(
+        "reclaims",
+        "Step starts on the node that took resources back from executors (the agent's count \
+         since it started)",
+        reclaims,
+    );
+    r.register(
+        "reclaim_evictions",
+        "Executors evicted to make room for a batch step (the agent's count)",
+        evictions,
+    );
+    r.register(
+        "reclaim_moves",
+        "Executors moved to other idle CPUs instead of evicted (the agent's count)",
+        moves,
+    );
+    r.register(
+        "reclaim_overruns",
+        "Reclaims that did not finish within their deadline (the agent's count)",
+        overruns,
+    );
+    r.register_with_unit(
+        "reclaim",
+        "Total reclaim latency, plugin report to executors gone (divide by harvest_reclaims_total \
+         for the mean)",
+        Unit::Seconds,
+        reclaim_seconds,
+    );
+    r.register_with_unit(
+        "reclaim_max",
+        "The slowest reclaim on the node since its agent started",
+        Unit::Seconds,
+        reclaim_max,
+    );
+    r.register(
+        "interference_level",
+        "1 for the interference control level the node's agent applies now",
+        level,
+    );
+    r.register(
+        "interference_signal",
+        "The latest interference signal values by name (as the agent reports them)",
+        signals,
+    );
+    r.register(
+        "interference_actions",
+        "Interference control actions the node's agent took since it started",
+        actions,
+    );
+    r.register(
+        "interference_level_actions",
+        "Interference control actions by level (weight, quota, freeze, evict)",
+        actions_by_level,
+    );
+
+    let mut out = String::new();
+    encode_text(&mut out, &r).expect("writing to a String cannot fail");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use harvest_core::CpuSet;
+
+    fn view() -> NodeView {
+        let mut v = NodeView {
+            name: "n1".into(),
+            ..NodeView::default()
+        };
+        v.cpus.total = CpuSet::first_n(8);
+        v.cpus.batch = [0, 1, 2].into_iter().collect();
+        v.cpus.function = [3].into_iter().collect();
+        v.cpus.idle = [4, 5, 6].into_iter().collect();
+        v.memory_mib = harvest_core::MemoryBreakdown {
+            total: 4096,
+            batch: 1024,
+            function: 512,
+            idle: 1536,
+        };
+        v.gpus.total = vec![0, 1];
+        v.gpus.function = vec![1];
+        v
+    }
+
+    #[test]
+    fn usage_counts_each_state_and_what_is_in_none_as_reserved() {
+        let u = Usage::of(&view());
+        assert_eq!(
+            u.cpus,
+            Counts {
+                total: 8,
+                batch: 3,
+                function: 1,
+                idle: 3,
+                reserved: 1
+            }
+        );
+        assert_eq!(u.memory_mib.reserved, 1024);
+        assert_eq!((u.gpus.function, u.gpus.reserved), (1, 1));
+        assert_eq!(gpu_state(&view(), 0), "reserved");
+        assert_eq!(gpu_state(&view(), 1), "function");
+        // A CPU in both batch and function (mid-reclaim) counts in both; reserved stays >= 0.
+        let mut v = view();
+        v.cpus.function.insert(0);
+        v.cpus.idle = CpuSet::first_n(8).difference(&v.cpus.batch);
+        let u = Usage::of(&v);
+        assert_eq!((u.cpus.batch, u.cpus.function, u.cpus.reserved), (3, 2, 0));
+    }
+
+    fn status(view: &NodeView) -> v1::NodeStatus {
+        v1::NodeStatus {
+            view: Some(v1::NodeView::from(view)),
+            state: "up".into(),
+            version: None,
+            last_report_unix_ms: 1_700_000_000_000,
+            counters: Some(v1::NodeCounters {
+                reclaims: 2,
+                reclaim_evictions: 1,
+                reclaim_moves: 1,
+                reclaim_overruns: 0,
+                reclaim_latency_us_sum: 3000,
+                reclaim_latency_us_max: 2500,
+                interference_actions: 4,
+            }),
+            interference: Some(v1::InterferenceState {
+                level: "quota".into(),
+                detector: "threshold".into(),
+                reason: "batch slowed".into(),
+                since_unix_ms: 0,
+                unavailable: vec![],
+                signals: [("psi.cpu.some.avg10".to_owned(), 12.5)].into(),
+                actions: [("quota".to_owned(), 3), ("weight".to_owned(), 1)].into(),
+            }),
+            revocations: [("reclaimed".to_owned(), 5)].into(),
+        }
+    }
+
+    /// A sample: its name, its labels sorted, its value.
+    type Parsed = (String, Vec<(String, String)>, f64);
+
+    /// Every sample, through the real parser.
+    fn parse(text: &str) -> Vec<Parsed> {
+        let lines = text.lines().map(|l| Ok(l.to_owned()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("the exposition parses");
+        scrape
+            .samples
+            .into_iter()
+            .map(|s| {
+                let mut l: Vec<(String, String)> = s
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                l.sort();
+                let v = match s.value {
+                    prometheus_parse::Value::Counter(v)
+                    | prometheus_parse::Value::Gauge(v)
+                    | prometheus_parse::Value::Untyped(v) => v,
+                    _ => f64::NAN,
+                };
+                (s.metric, l, v)
+            })
+            .collect()
+    }
+
+    fn value(samples: &[Parsed], name: &str, l: &[(&str, &str)]) -> f64 {
+        let mut want: Vec<(String, String)> = l
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        want.sort();
+        samples
+            .iter()
+            .find(|(n, labels, _)| n == name && *labels == want)
+            .map(|s| s.2)
+            .unwrap_or_else(|| panic!("no {name}{l:?}"))
+    }
+
+    #[test]
+    fn the_exposition_parses_and_carries_each_family() {
+        let m = SchedulerMetrics::default();
+        m.record_placement(
+            Placement::Placed,
+            Some(std::time::Duration::from_micros(40)),
+        );
+        m.record_placement(Placement::Unschedulable, None);
+        m.record_acquisition("active", std::time::Duration::from_millis(30));
+        m.record_lease_end("reclaimed");
+        let mut second = view();
+        second.name = "n2".into();
+        let snap = Snapshot {
+            nodes: vec![status(&view()), status(&second)],
+            leases: vec![v1::Lease {
+                id: "a-1".into(),
+                node: "n1".into(),
+                state: v1::LeaseState::Active as i32,
+                ..v1::Lease::default()
+            }],
+        };
+        let text = encode(&m, &snap);
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        let s = parse(&text);
+        let n1 = [("node", "n1")];
+        assert_eq!(
+            value(
+                &s,
+                "harvest_node_cpus",
+                &[("node", "n1"), ("state", "batch")]
+            ),
+            3.0
+        );
+        assert_eq!(
+            value(
+                &s,
+                "harvest_node_cpus",
+                &[("node", "n1"), ("state", "reserved")]
+            ),
+            1.0
+        );
+        assert_eq!(value(&s, "harvest_cluster_cpus", &[("state", "idle")]), 6.0);
+        assert_eq!(
+            value(
+                &s,
+                "harvest_node_memory_bytes",
+                &[("node", "n2"), ("state", "function")]
+            ),
+            512.0 * 1048576.0
+        );
+        assert_eq!(
+            value(&s, "harvest_cluster_gpus", &[("state", "function")]),
+            2.0
+        );
+        assert_eq!(
+            value(
+                &s,
+                "harvest_gpu_state",
+                &[("node", "n1"), ("gpu", "1"), ("state", "function")]
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(&s, "harvest_leases", &[("node", "n1"), ("state", "active")]),
+            1.0
+        );
+        assert_eq!(
+            value(&s, "harvest_leases", &[("node", "n2"), ("state", "active")]),
+            0.0
+        );
+        assert_eq!(
+            value(&s, "harvest_node_state", &[("node", "n1"), ("state", "up")]),
+            1.0
+        );
+        assert_eq!(value(&s, "harvest_nodes", &[("state", "up")]), 2.0);
+        assert_eq!(
+            value(
+                &s,
+                "harvest_revocations_total",
+                &[("node", "n1"), ("reason", "reclaimed")]
+            ),
+            5.0
+        );
+        assert_eq!(value(&s, "harvest_reclaims_total", &n1), 2.0);
+        assert_eq!(value(&s, "harvest_reclaim_seconds_total", &n1), 0.003);
+        assert_eq!(value(&s, "harvest_reclaim_max_seconds", &n1), 0.0025);
+        assert_eq!(
+            value(
+                &s,
+                "harvest_interference_level",
+                &[("node", "n1"), ("level", "quota")]
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &s,
+                "harvest_interference_level",
+                &[("node", "n1"), ("level", "none")]
+            ),
+            0.0
+        );
+        assert_eq!(
+            value(
+                &s,
+                "harvest_interference_signal",
+                &[("node", "n1"), ("signal", "psi.cpu.some.avg10")]
+            ),
+            12.5
+        );
+        assert_eq!(value(&s, "harvest_interference_actions_total", &n1), 4.0);
+        assert_eq!(
+            value(&s, "harvest_placements_total", &[("outcome", "placed")]),
+            1.0
+        );
+        assert_eq!(
+            value(&s, "harvest_lease_ends_total", &[("cause", "reclaimed")]),
+            1.0
+        );
+        assert_eq!(
+            value(&s, "harvest_node_last_report_timestamp_seconds", &n1),
+            1.7e9
+        );
+        // Histograms: the count and the bucket the observation fell in.
+        let count = s
+            .iter()
+            .find(|(n, _, _)| n == "harvest_placement_duration_seconds_count")
+            .map(|x| x.2);
+        assert_eq!(count, Some(1.0), "{text}");
+        assert!(
+            text.contains("harvest_lease_acquire_duration_seconds_bucket"),
+            "{text}"
+        );
+        // Every family has HELP and TYPE lines, and units where the name says so.
+        for family in [
+            "harvest_node_cpus",
+            "harvest_placements",
+            "harvest_reclaim_seconds",
+        ] {
+            assert!(text.contains(&format!("# HELP {family} ")), "{family}");
+            assert!(text.contains(&format!("# TYPE {family} ")), "{family}");
+        }
+        assert!(
+            text.contains("# UNIT harvest_node_memory_bytes bytes"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn counts_by_state_sum_to_the_total_when_lists_are_disjoint() {
+        let u = Usage::of(&view());
+        let c = u.cpus;
+        assert_eq!(c.batch + c.function + c.idle + c.reserved, c.total);
+        let m = u.memory_mib;
+        assert_eq!(m.batch + m.function + m.idle + m.reserved, m.total);
+    }
+}
