@@ -78,7 +78,7 @@ fn main() {
     }
     let sources = Sources {
         cgroups: std::sync::Arc::new(V1::new(controllers, PathBuf::from("bench")).unwrap()),
-        details: Box::new(FakeJobDetails::default()),
+        details: std::sync::Arc::new(FakeJobDetails::default()),
         // No scheduler in the benchmark: no executor is ever started.
         processes: std::sync::Arc::new(harvest_agent::executor::process::OsProcesses {
             helper: PathBuf::from("harvestd"),

@@ -7,13 +7,14 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use harvest_core::NodeView;
 use harvest_core::step::{AgentReply, PluginMessage};
+use harvest_core::{CpuSet, NodeView};
 
 use crate::cgroup::{CgroupError, Cgroups};
 use crate::discover::Hardware;
 use crate::lease::{ExecutorProcess, LeaseError, LeaseRecord, LeaseRequest, check_id, place};
 use crate::ledger::{Ledger, ReconcileReport, Reserve};
+use crate::reclaim::{Action, ReclaimPolicy, plan};
 use crate::scontrol::JobDetails;
 use crate::slurm::SlurmView;
 use crate::state::{LedgerStore, StateError};
@@ -50,7 +51,7 @@ pub struct NodeAgent {
     ledger: Ledger,
     store: LedgerStore,
     cgroups: Arc<dyn Cgroups>,
-    details: Box<dyn JobDetails>,
+    details: Arc<dyn JobDetails>,
     unseen_grace: Duration,
 }
 
@@ -58,7 +59,7 @@ pub struct NodeAgent {
 #[derive(Debug)]
 pub struct Sources {
     pub cgroups: Arc<dyn Cgroups>,
-    pub details: Box<dyn JobDetails>,
+    pub details: Arc<dyn JobDetails>,
     /// Starts and watches executor processes (used by [`crate::executor`], not by the agent).
     pub processes: Arc<dyn crate::executor::process::Processes>,
 }
@@ -169,6 +170,19 @@ impl NodeAgent {
         lease.executor = Some(executor);
         self.save();
         Ok(())
+    }
+
+    /// What must leave the batch jobs' resources now ([`crate::reclaim::plan`]).
+    pub fn reclaim_plan(&self, policy: ReclaimPolicy) -> Vec<Action> {
+        plan(&self.ledger, &self.hardware, self.reserve, policy)
+    }
+
+    /// Records a lease's executor moved to `cpus`.
+    pub fn move_lease(&mut self, id: &str, cpus: CpuSet) {
+        if let Some(lease) = self.ledger.leases.get_mut(id) {
+            lease.cpus = cpus;
+            self.save();
+        }
     }
 
     /// Forgets a lease (its executor and cgroup must be gone by now): its resources are idle again.

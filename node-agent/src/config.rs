@@ -3,6 +3,7 @@
 //! Every key is documented in docs/node-agent.md. Command-line options (`--run-dir`,
 //! `--state-dir`, `--cgroup-root`) override the file; the node name comes from `--node`.
 
+use crate::reclaim::ReclaimOrder;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -42,6 +43,11 @@ pub const DEFAULT_EXECUTOR_STOP_GRACE: Duration = Duration::from_secs(2);
 /// The CPU weight of a lease's cgroup in v2 units (v1: 2 cpu.shares): batch work always wins
 /// a contended CPU.
 pub const DEFAULT_LEASE_CPU_WEIGHT: u64 = 1;
+/// How long a synchronous reclaim at step start may take before the step is let go anyway
+/// (an overrun, logged and counted). Below the plugin's 100 ms wait for the agent's answer.
+pub const DEFAULT_RECLAIM_TIMEOUT: Duration = Duration::from_millis(50);
+/// How often Slurm is asked whether it drains this node.
+pub const DEFAULT_DRAIN_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// The proc filesystem, read to tell whether an executor still runs.
 pub const DEFAULT_PROC_ROOT: &str = "/proc";
 
@@ -92,6 +98,19 @@ pub struct Config {
     /// [default: harvest_<node>].
     pub lease_cgroup_parent: Option<PathBuf>,
     pub proc_root: PathBuf,
+    /// Interference monitoring and control (the `[interference]` table; docs/interference.md).
+    pub interference: crate::interference::InterferenceConfig,
+    #[serde(deserialize_with = "duration")]
+    pub reclaim_timeout: Duration,
+    /// Which leases go first when a batch step needs their resources: "newest-first" (the
+    /// default: least work lost), "oldest-first" or "largest-first" (by memory).
+    pub reclaim_order: ReclaimOrder,
+    /// Move an executor to other idle CPUs, when enough are idle, instead of evicting it.
+    pub reclaim_move: bool,
+    /// How often `scontrol show node` is asked whether Slurm drains the node (its leases are
+    /// then revoked and it gets no new ones).
+    #[serde(deserialize_with = "duration")]
+    pub drain_check_interval: Duration,
 }
 
 impl Default for Config {
@@ -122,6 +141,11 @@ impl Default for Config {
             lease_cpu_weight: DEFAULT_LEASE_CPU_WEIGHT,
             lease_cgroup_parent: None,
             proc_root: PathBuf::from(DEFAULT_PROC_ROOT),
+            interference: crate::interference::InterferenceConfig::default(),
+            reclaim_timeout: DEFAULT_RECLAIM_TIMEOUT,
+            reclaim_order: ReclaimOrder::default(),
+            reclaim_move: true,
+            drain_check_interval: DEFAULT_DRAIN_CHECK_INTERVAL,
         }
     }
 }
@@ -144,7 +168,7 @@ pub enum ConfigError {
     },
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     harvest_core::parse_duration(&text).map_err(serde::de::Error::custom)
 }
@@ -187,6 +211,8 @@ impl Config {
             ("heartbeat_interval", self.heartbeat_interval),
             ("reconnect_backoff_max", self.reconnect_backoff_max),
             ("executor_start_timeout", self.executor_start_timeout),
+            ("reclaim_timeout", self.reclaim_timeout),
+            ("drain_check_interval", self.drain_check_interval),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Invalid {
@@ -231,6 +257,7 @@ impl Config {
                 hint: "must be at least 1",
             });
         }
+        self.interference.validate()?;
         Ok(())
     }
 

@@ -63,7 +63,7 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
-    fn cpus(&self) -> CpuSet {
+    pub(crate) fn cpus(&self) -> CpuSet {
         let steps = self
             .steps
             .iter()
@@ -75,7 +75,7 @@ impl JobRecord {
     }
 
     /// The job's memory in MiB; `None` when unconstrained.
-    fn memory_mib(&self) -> Option<u64> {
+    pub(crate) fn memory_mib(&self) -> Option<u64> {
         let steps_max = self
             .steps
             .iter()
@@ -94,7 +94,7 @@ impl JobRecord {
         }
     }
 
-    fn gpus(&self) -> impl Iterator<Item = u32> + '_ {
+    pub(crate) fn gpus(&self) -> impl Iterator<Item = u32> + '_ {
         let slurm = self.slurm.iter().flat_map(|s| s.gpus.iter().copied());
         self.steps
             .iter()
@@ -255,59 +255,6 @@ impl Ledger {
             }
         }
         report
-    }
-
-    /// Leases a batch job has taken resources from, with the reason: the batch job always wins.
-    /// A lease whose CPUs or GPUs a job now holds, every lease while a job said
-    /// `--harvest=off`, and, while batch and function memory together exceed the node's, the
-    /// newest leases until the rest fit.
-    pub fn reclaims(&self, hw: &Hardware) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        let jobs = |pred: &dyn Fn(&JobRecord) -> bool| -> Vec<String> {
-            self.jobs
-                .iter()
-                .filter(|(_, j)| pred(j))
-                .map(|(id, _)| id.to_string())
-                .collect()
-        };
-        let off = jobs(&|j| !j.harvest);
-        for (id, lease) in &self.leases {
-            let taken_cpus = |j: &JobRecord| !j.cpus().is_disjoint(&lease.cpus);
-            let taken_gpus = |j: &JobRecord| j.gpus().any(|g| lease.gpus.contains(&g));
-            let by = jobs(&|j| taken_cpus(j) || taken_gpus(j));
-            if !off.is_empty() {
-                out.push((
-                    id.clone(),
-                    format!("reclaimed: job {} said --harvest=off", off.join(",")),
-                ));
-            } else if !by.is_empty() {
-                out.push((id.clone(), format!("reclaimed by job {}", by.join(","))));
-            }
-        }
-        let batch_mem = self
-            .jobs
-            .values()
-            .map(JobRecord::memory_mib)
-            .try_fold(0u64, |a, m| m.map(|m| a.saturating_add(m)))
-            .unwrap_or(hw.memory_mib);
-        let mut newest_first: Vec<(&String, &LeaseRecord)> = self
-            .leases
-            .iter()
-            .filter(|(id, _)| !out.iter().any(|(r, _)| r == *id))
-            .collect();
-        newest_first.sort_by_key(|(id, l)| (std::cmp::Reverse(l.created_ms), (*id).clone()));
-        let mut function_mem: u64 = newest_first.iter().map(|(_, l)| l.memory_mib).sum();
-        for (id, lease) in newest_first {
-            if batch_mem.saturating_add(function_mem) <= hw.memory_mib {
-                break;
-            }
-            function_mem -= lease.memory_mib;
-            out.push((
-                id.clone(),
-                "reclaimed: batch jobs need the node's memory".to_owned(),
-            ));
-        }
-        out
     }
 
     /// The node's view: hardware minus the reserve minus batch jobs (minus everything while a

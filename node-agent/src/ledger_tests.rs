@@ -283,13 +283,28 @@ fn leases_are_function_resources_and_leave_idle() {
         (v.gpus.function.clone(), v.gpus.idle.clone()),
         (vec![1], vec![0])
     );
-    assert!(l.reclaims(&hw()).is_empty());
+    assert!(evictions(&l).is_empty());
     // A ledger saved before leases existed still loads.
     let old = r#"{"node":"n1","jobs":{},"ended":[]}"#;
     assert_eq!(
         serde_json::from_str::<Ledger>(old).unwrap(),
         Ledger::new("n1")
     );
+}
+
+/// What the reclaim plan evicts (moves off), as (lease, reason).
+fn evictions(l: &Ledger) -> Vec<(String, String)> {
+    let no_moves = crate::reclaim::ReclaimPolicy {
+        move_executors: false,
+        ..Default::default()
+    };
+    crate::reclaim::plan(l, &hw(), Reserve::default(), no_moves)
+        .into_iter()
+        .map(|a| match a {
+            crate::reclaim::Action::Evict { lease, reason } => (lease, reason),
+            other => panic!("a move without moves allowed: {other:?}"),
+        })
+        .collect()
 }
 
 #[test]
@@ -299,13 +314,13 @@ fn batch_jobs_reclaim_what_they_take() {
     l.leases.insert("gpu".into(), lease("2", 100, vec![0], 2));
     l.leases.insert("old".into(), lease("3", 3000, vec![], 3));
     l.leases.insert("new".into(), lease("3", 3000, vec![], 4));
-    assert!(l.reclaims(&hw()).is_empty());
+    assert!(evictions(&l).is_empty());
     // Job 7 lands on CPU 1 with a GPU the "gpu" lease holds, and 3000 MiB: batch 3000 plus
     // function 6200 exceed 8000, so the newest memory lease goes too (the older one then fits).
     let mut s = step(7, StepId::BATCH, "0-1", Some(3000));
     s.gpus = vec![0];
     l.step_start(&s, 10);
-    let mut got = l.reclaims(&hw());
+    let mut got = evictions(&l);
     got.sort();
     assert_eq!(
         got,
@@ -322,7 +337,7 @@ fn batch_jobs_reclaim_what_they_take() {
     let mut off = step(8, StepId::BATCH, "0", Some(10));
     off.harvest = false;
     l.step_start(&off, 11);
-    let got = l.reclaims(&hw());
+    let got = evictions(&l);
     assert_eq!(got.len(), 4);
     assert!(
         got.iter()

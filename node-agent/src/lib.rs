@@ -10,11 +10,14 @@
 //! - [`ledger`]: batch allocations per job and step, and all the idle-slot arithmetic.
 //! - [`state`]: the ledger on disk, replaced atomically.
 //! - [`lease`]: function leases in the ledger, and which idle CPUs a new one gets.
+//! - [`reclaim`]: which executors leave a starting batch step's resources (move or evict).
 //! - [`agent`]: plugin messages, reconcile passes and leases applied to the ledger (synchronous).
 //! - [`executor`]: one harvest-executor per lease, in its cgroup, as its user (start, watch,
 //!   stop, expire, re-adopt after a restart).
 //! - [`session`]: the scheduler session (register, slot reports as heartbeat, orders, events).
 //! - [`server`]: `harvestd run`: the plugin and query sockets and the reconcile loop (tokio).
+//! - [`interference`]: interference monitoring and control (signals, detectors, the escalation
+//!   ladder weight → quota → freeze → evict, the monitor task).
 //! - [`stats`]: counters (reclaims, interference actions) and states sent with every report.
 //! - [`query`]: `harvestd status`: the query client and the table.
 //! - [`config`]: the TOML configuration and its defaults.
@@ -28,9 +31,11 @@ pub mod config;
 pub mod discover;
 pub mod executor;
 pub mod fake_scheduler;
+pub mod interference;
 pub mod lease;
 pub mod ledger;
 pub mod query;
+pub mod reclaim;
 pub mod scontrol;
 pub mod server;
 pub mod session;

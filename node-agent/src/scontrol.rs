@@ -28,22 +28,22 @@ pub struct SlurmAlloc {
 /// `scontrol` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ScontrolError {
-    #[error("running {program} show job {job}: {source}")]
+    #[error("running {program} {what}: {source}")]
     Spawn {
         program: PathBuf,
-        job: u32,
+        what: String,
         source: std::io::Error,
     },
-    #[error("{program} show job {job} did not finish within {timeout:?} (is slurmctld up?)")]
+    #[error("{program} {what} did not finish within {timeout:?} (is slurmctld up?)")]
     Timeout {
         program: PathBuf,
-        job: u32,
+        what: String,
         timeout: Duration,
     },
-    #[error("{program} show job {job} failed: {stderr}")]
+    #[error("{program} {what} failed: {stderr}")]
     Failed {
         program: PathBuf,
-        job: u32,
+        what: String,
         stderr: String,
     },
 }
@@ -53,6 +53,12 @@ pub trait JobDetails: std::fmt::Debug + Send + Sync {
     /// The job's allocation on `node`; `None` when Slurm does not know the job (any more) or the
     /// job has nothing on `node`.
     fn job_on_node(&self, job: u32, node: &str) -> Result<Option<SlurmAlloc>, ScontrolError>;
+
+    /// Slurm's state of `node` (`IDLE`, `MIXED+DRAIN`, `DOWN*`, ...); `None` when unknown (a
+    /// source that cannot tell).
+    fn node_state(&self, _node: &str) -> Result<Option<String>, ScontrolError> {
+        Ok(None)
+    }
 }
 
 /// The real `scontrol`.
@@ -62,11 +68,13 @@ pub struct Scontrol {
     pub timeout: Duration,
 }
 
-impl JobDetails for Scontrol {
-    fn job_on_node(&self, job: u32, node: &str) -> Result<Option<SlurmAlloc>, ScontrolError> {
+impl Scontrol {
+    /// Runs `scontrol ARGS` within the timeout: `Ok((success, stdout, stderr))`.
+    fn run(&self, args: &[&str]) -> Result<(bool, String, String), ScontrolError> {
+        let what = args.join(" ");
         let spawn = || {
             Command::new(&self.program)
-                .args(["show", "job", "-d", "-o", &job.to_string()])
+                .args(args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -84,7 +92,7 @@ impl JobDetails for Scontrol {
                 other => {
                     break other.map_err(|source| ScontrolError::Spawn {
                         program: self.program.clone(),
-                        job,
+                        what: what.clone(),
                         source,
                     })?;
                 }
@@ -102,14 +110,14 @@ impl JobDetails for Scontrol {
                     let _ = child.wait();
                     return Err(ScontrolError::Timeout {
                         program: self.program.clone(),
-                        job,
+                        what,
                         timeout: self.timeout,
                     });
                 }
                 Err(source) => {
                     return Err(ScontrolError::Spawn {
                         program: self.program.clone(),
-                        job,
+                        what,
                         source,
                     });
                 }
@@ -123,18 +131,60 @@ impl JobDetails for Scontrol {
         if let Some(mut e) = child.stderr.take() {
             let _ = e.read_to_string(&mut err);
         }
-        if !status.success() {
+        Ok((status.success(), out, err))
+    }
+
+    fn failed(&self, args: &[&str], stderr: &str) -> ScontrolError {
+        ScontrolError::Failed {
+            program: self.program.clone(),
+            what: args.join(" "),
+            stderr: stderr.trim().to_owned(),
+        }
+    }
+}
+
+impl JobDetails for Scontrol {
+    fn job_on_node(&self, job: u32, node: &str) -> Result<Option<SlurmAlloc>, ScontrolError> {
+        let job = job.to_string();
+        let args = ["show", "job", "-d", "-o", &job];
+        let (ok, out, err) = self.run(&args)?;
+        if !ok {
             if err.contains("Invalid job id") {
                 return Ok(None);
             }
-            return Err(ScontrolError::Failed {
-                program: self.program.clone(),
-                job,
-                stderr: err.trim().to_owned(),
-            });
+            return Err(self.failed(&args, &err));
         }
         Ok(parse_job_details(&out, node))
     }
+
+    fn node_state(&self, node: &str) -> Result<Option<String>, ScontrolError> {
+        let args = ["show", "node", "-o", node];
+        let (ok, out, err) = self.run(&args)?;
+        if !ok {
+            return Err(self.failed(&args, &err));
+        }
+        Ok(parse_node_state(&out))
+    }
+}
+
+/// The `State=` of `scontrol show node -o` output (e.g. `IDLE+DRAIN`, `DOWN*`).
+pub fn parse_node_state(text: &str) -> Option<String> {
+    text.split_whitespace()
+        .find_map(|t| t.strip_prefix("State="))
+        .map(str::to_owned)
+}
+
+/// Whether a Slurm node state means no new work may go there: draining or drained, down, or
+/// failing (`IDLE+DRAIN`, `MIXED+DRAIN`, `DOWN*`, `ALLOCATED+FAIL`, ...).
+pub fn is_draining(state: &str) -> bool {
+    state
+        .split(['+', '*', '~', '#', '!', '%', '$', '@', '^', '-'])
+        .any(|part| {
+            matches!(
+                part,
+                "DRAIN" | "DRAINING" | "DRAINED" | "DOWN" | "FAIL" | "FAILING"
+            )
+        })
 }
 
 /// Fixed answers, for tests.
@@ -240,6 +290,34 @@ pub fn expand_hostlist(list: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_states_that_drain_are_told_apart() {
+        let text = "NodeName=n1 Arch=x86_64 CoresPerSocket=1 CPUAlloc=0 CPUTot=2 \
+            State=IDLE+DRAIN ThreadsPerCore=1 Reason=maintenance [root@2026-11-27T17:00:00]";
+        assert_eq!(parse_node_state(text).as_deref(), Some("IDLE+DRAIN"));
+        assert_eq!(parse_node_state("NodeName=n1"), None);
+        for s in [
+            "IDLE+DRAIN",
+            "MIXED+DRAIN",
+            "DOWN*",
+            "DOWN",
+            "ALLOCATED+FAIL",
+            "DRAINED",
+        ] {
+            assert!(is_draining(s), "{s}");
+        }
+        for s in [
+            "IDLE",
+            "MIXED",
+            "ALLOCATED",
+            "IDLE+COMPLETING",
+            "IDLE*",
+            "MIXED+PLANNED",
+        ] {
+            assert!(!is_draining(s), "{s}");
+        }
+    }
 
     /// Trimmed from a real `scontrol show job -d -o` on the local cluster, plus a second node.
     const TWO_NODES: &str = "JobId=101 JobName=wrap UserId=root(0) JobState=RUNNING \

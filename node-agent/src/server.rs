@@ -32,6 +32,7 @@ use crate::discover::{DiscoverError, Hardware, discover_real};
 use crate::executor::process::{OsProcesses, find_executor};
 use crate::executor::{ExecutorSettings, Executors, harvest_group};
 use crate::query::{QueryReply, QueryRequest, plugin_socket, query_socket};
+use crate::reclaim::ReclaimPolicy;
 use crate::scontrol::Scontrol;
 use crate::session::{self, SessionSettings};
 use crate::state::{LedgerStore, StateError};
@@ -86,7 +87,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let own_exe = std::env::current_exe().ok();
     let sources = Sources {
         cgroups: cgroup::open(&config.cgroup_root, &config.mountinfo)?.into(),
-        details: Box::new(Scontrol {
+        details: Arc::new(Scontrol {
             program: config.scontrol.clone(),
             timeout: config.scontrol_timeout,
         }),
@@ -140,6 +141,7 @@ pub async fn serve(
     }
     let store = LedgerStore::open(&config.state_dir, &config.node)?;
     let processes = sources.processes.clone();
+    let details = sources.details.clone();
     let incarnation = now_ms(SystemTime::now());
     let agent = NodeAgent::start(
         &config.node,
@@ -172,11 +174,33 @@ pub async fn serve(
                 .lease_cgroup_parent
                 .clone()
                 .unwrap_or_else(|| harvest_group(&config.node)),
+            reclaim: ReclaimPolicy {
+                order: config.reclaim_order,
+                move_executors: config.reclaim_move,
+            },
+            reclaim_timeout: config.reclaim_timeout,
+            stats: stats.clone(),
         },
         events,
         views.clone(),
     );
     executors.adopt().await;
+    let interference = crate::interference::monitor::spawn(
+        crate::interference::monitor::Setup {
+            cfg: config.interference.clone(),
+            node: config.node.clone(),
+            run_dir: config.run_dir.clone(),
+            proc_root: config.proc_root.clone(),
+            lease_weight: config.lease_cpu_weight,
+            lease_parent: config
+                .lease_cgroup_parent
+                .clone()
+                .unwrap_or_else(|| harvest_group(&config.node)),
+        },
+        agent.clone(),
+        executors.clone(),
+        stats.clone(),
+    );
 
     let gid = config
         .plugin_socket_group
@@ -209,6 +233,12 @@ pub async fn serve(
         ))
     });
 
+    let drain_watch = tokio::spawn(watch_drain(
+        details,
+        config.node.clone(),
+        stats.clone(),
+        config.drain_check_interval,
+    ));
     let plugin_slots = Arc::new(Semaphore::new(config.max_connections));
     let query_slots = Arc::new(Semaphore::new(config.max_connections));
     let mut tick = tokio::time::interval(config.reconcile_interval);
@@ -222,7 +252,8 @@ pub async fn serve(
                 Ok((stream, _)) => spawn_conn(stream, &plugin_slots, {
                     let agent = agent.clone();
                     let views = views.clone();
-                    move |s| serve_plugin(s, agent, views, read_timeout)
+                    let executors = executors.clone();
+                    move |s| serve_plugin(s, agent, views, executors, read_timeout)
                 }),
                 Err(e) => tracing::warn!(error = %e, "accept on the plugin socket failed"),
             },
@@ -243,13 +274,51 @@ pub async fn serve(
             }
         }
     }
+    drain_watch.abort();
     tracing::info!("shutting down; executors keep running and are re-adopted at the next start");
+    interference.stop().await;
     let _ = stop_session.send(());
     if let Some(task) = session {
         let _ = task.await;
     }
     lock(&agent).save();
     Ok(())
+}
+
+/// Asks Slurm every `interval` whether it drains this node (or has it down) and records the
+/// answer in `stats`, which the scheduler session reports: the scheduler then revokes the
+/// node's leases and places none there. An unreachable Slurm changes nothing (logged).
+async fn watch_drain(
+    details: Arc<dyn crate::scontrol::JobDetails>,
+    node: String,
+    stats: Arc<NodeStats>,
+    interval: Duration,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (d, n) = (details.clone(), node.clone());
+        let state = match tokio::task::spawn_blocking(move || d.node_state(&n)).await {
+            Ok(Ok(Some(state))) => state,
+            Ok(Ok(None)) => continue,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cannot ask Slurm for the node's state");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let draining = crate::scontrol::is_draining(&state);
+        if draining != stats.draining() {
+            tracing::warn!(node = %node, slurm_state = %state, draining,
+            "Slurm's node state changed: {}", if draining {
+                "no new leases here, and the scheduler revokes the ones here"
+            } else {
+                "leases may come here again"
+            });
+        }
+        stats.set_draining(draining);
+    }
 }
 
 /// Publishes the agent's view to the scheduler session when it changed.
@@ -328,17 +397,25 @@ async fn reply<T: Serialize>(stream: &mut UnixStream, body: &T, timeout: Duratio
     }
 }
 
+/// One plugin message. A step start is answered only once every executor on the step's
+/// resources has moved off them or is gone (bounded by `reclaim_timeout`): the batch job's
+/// tasks never start beside a function on their CPUs.
 async fn serve_plugin(
     mut stream: UnixStream,
     agent: Arc<Mutex<NodeAgent>>,
     views: watch::Sender<NodeView>,
+    executors: Executors,
     timeout: Duration,
 ) {
     let answer = match read_line(&mut stream, timeout).await {
         Err(e) => AgentReply::error(e),
         Ok(line) => match decode::<PluginMessage>(&line) {
             Ok(msg) => {
+                let arrived = std::time::Instant::now();
                 let reply = lock(&agent).handle(&msg, SystemTime::now());
+                if matches!(msg, PluginMessage::StepStart(_)) && reply.error.is_none() {
+                    executors.reclaim(arrived).await;
+                }
                 publish(&agent, &views);
                 reply
             }

@@ -183,7 +183,7 @@ pub(crate) mod testing {
         pub fn sources(&self, details: FakeJobDetails) -> Sources {
             Sources {
                 cgroups: std::sync::Arc::new(self.v1.clone()),
-                details: Box::new(details),
+                details: std::sync::Arc::new(details),
                 processes: std::sync::Arc::new(crate::executor::testing::FakeProcesses::default()),
             }
         }

@@ -49,6 +49,27 @@ pub struct GroupSpec {
     pub cpu_weight: Option<u64>,
 }
 
+/// A cap on a group's CPU time: at most `quota_us` of CPU time every `period_us` (v1
+/// `cpu.cfs_quota_us`/`cpu.cfs_period_us`, v2 `cpu.max`). `quota_us` may exceed `period_us` for
+/// a group with several CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuQuota {
+    pub quota_us: u64,
+    pub period_us: u64,
+}
+
+/// A group's CPU accounting, each field `None` where this host does not keep it for the group
+/// (e.g. v1 without a `cpuacct` group: Slurm makes none for its jobs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuStat {
+    /// CPU time used, in nanoseconds (v1 `cpuacct.usage`, v2 `cpu.stat` `usage_usec`).
+    pub usage_ns: Option<u64>,
+    /// Periods in which the group hit its quota (`nr_throttled`).
+    pub nr_throttled: Option<u64>,
+    /// Time spent throttled, in nanoseconds (v1 `throttled_time`, v2 `throttled_usec`).
+    pub throttled_ns: Option<u64>,
+}
+
 /// A cgroup operation that failed, with the path and value involved.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -130,6 +151,21 @@ pub trait Cgroups: std::fmt::Debug + Send + Sync {
     /// The file with the group's `oom_kill N` counter (v1 `memory.oom_control`, v2
     /// `memory.events`).
     fn oom_events_file(&self, group: &Path) -> Result<PathBuf, CgroupError>;
+    /// Sets the CPU weight (v2 units, 1..=10000; v1 gets the matching `cpu.shares`) of an existing
+    /// group; a group that is gone is an error, never re-created.
+    fn set_cpu_weight(&self, group: &Path, weight: u64) -> Result<(), CgroupError>;
+    /// Caps the group's CPU time (`None` lifts the cap).
+    fn set_cpu_quota(&self, group: &Path, quota: Option<CpuQuota>) -> Result<(), CgroupError>;
+    /// The group's CPU time and throttling, where the host keeps them for it.
+    fn cpu_stat(&self, group: &Path) -> Result<CpuStat, CgroupError>;
+    /// Memory in use by the group, in bytes (v1 `memory.usage_in_bytes`, v2 `memory.current`).
+    fn memory_usage(&self, group: &Path) -> Result<u64, CgroupError>;
+    /// The group's pressure (PSI) file for `resource` (`cpu`, `memory`, `io`) in a v2 tree, when
+    /// it exists: the group itself on v2, the same path in the controller-less unified tree on a
+    /// hybrid v1 host (only for groups someone placed there).
+    fn pressure_file(&self, _group: &Path, _resource: &str) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// Detects the cgroup version from `mountinfo` (mounts under `root` only) and opens a backend.
@@ -196,6 +232,29 @@ pub(crate) fn parse_u64(path: &Path, text: &str) -> Result<u64, CgroupError> {
         content: text.trim().to_owned(),
         reason: "expected a whole number".into(),
     })
+}
+
+/// The value of `key` in a flat keyed file (`cpu.stat`: `usage_usec 123`); `None` when absent.
+pub(crate) fn keyed_u64(path: &Path, text: &str, key: &str) -> Result<Option<u64>, CgroupError> {
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then_some(v)
+        })
+        .map(|v| parse_u64(path, v))
+        .transpose()
+}
+
+/// Reads a file that may be absent (a controller the group is not in): `None` then.
+pub(crate) fn read_optional(path: &Path) -> Result<Option<String>, CgroupError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(CgroupError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 pub(crate) fn parse_pids(path: &Path, text: &str) -> Result<Vec<u32>, CgroupError> {

@@ -31,6 +31,10 @@ pub enum Layout {
     V2 { root: PathBuf },
 }
 
+/// The key under which a v1 layout keeps the hybrid host's controller-less unified tree (read
+/// only for per-group PSI; no group is ever made there by the v1 backend itself).
+pub const UNIFIED: &str = "unified";
+
 /// The v1 controllers whose names appear as super options of a `cgroup` mount.
 const V1_CONTROLLERS: &[&str] = &[
     "cpu",
@@ -104,6 +108,9 @@ pub fn layout(mounts: &[CgroupMount], root: &Path, source: &Path) -> Result<Layo
         }
     }
     if controllers.keys().any(|c| !c.starts_with("name=")) {
+        if let Some(m) = under.iter().find(|m| m.unified) {
+            controllers.insert(UNIFIED.to_owned(), m.mount_point.clone());
+        }
         return Ok(Layout::V1 { controllers });
     }
     if let Some(m) = under.iter().find(|m| m.unified && m.mount_point == root) {
@@ -170,6 +177,7 @@ mod tests {
             Path::new("/sys/fs/cgroup/systemd")
         );
         assert!(!controllers.contains_key("rw"));
+        assert_eq!(controllers[UNIFIED], Path::new("/sys/fs/cgroup/unified"));
     }
 
     #[test]

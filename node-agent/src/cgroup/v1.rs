@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use harvest_core::CpuSet;
 
 use super::{
-    CgroupError, CgroupVersion, Cgroups, GroupSpec, check_group, child_dirs, kill_pids, parse_cpus,
-    parse_pids, parse_u64, read, remove_tree, wait_frozen, weight_to_shares, write,
+    CgroupError, CgroupVersion, Cgroups, CpuQuota, CpuStat, GroupSpec, check_group, child_dirs,
+    keyed_u64, kill_pids, parse_cpus, parse_pids, parse_u64, read, read_optional, remove_tree,
+    wait_frozen, weight_to_shares, write,
 };
 
 /// The hierarchies this backend creates groups in, in creation order.
@@ -245,6 +246,60 @@ impl Cgroups for V1 {
     fn oom_events_file(&self, group: &Path) -> Result<PathBuf, CgroupError> {
         Ok(self.dir("memory", group)?.join("memory.oom_control"))
     }
+
+    fn set_cpu_weight(&self, group: &Path, weight: u64) -> Result<(), CgroupError> {
+        let shares = weight_to_shares(weight)?;
+        write(
+            &self.dir("cpu", group)?.join("cpu.shares"),
+            &shares.to_string(),
+        )
+    }
+
+    fn set_cpu_quota(&self, group: &Path, quota: Option<CpuQuota>) -> Result<(), CgroupError> {
+        let dir = self.dir("cpu", group)?;
+        match quota {
+            Some(q) => {
+                write(&dir.join("cpu.cfs_period_us"), &q.period_us.to_string())?;
+                write(&dir.join("cpu.cfs_quota_us"), &q.quota_us.to_string())
+            }
+            None => write(&dir.join("cpu.cfs_quota_us"), "-1"),
+        }
+    }
+
+    fn cpu_stat(&self, group: &Path) -> Result<CpuStat, CgroupError> {
+        let mut stat = CpuStat::default();
+        // cpu and cpuacct may be separate hierarchies (they are on the hosts harvest is tested
+        // on), and Slurm's v1 jobs are in neither: each part is read where it exists.
+        if self.controllers.contains_key("cpuacct") {
+            let path = self.dir("cpuacct", group)?.join("cpuacct.usage");
+            if let Some(text) = read_optional(&path)? {
+                stat.usage_ns = Some(parse_u64(&path, &text)?);
+            }
+        }
+        if self.controllers.contains_key("cpu") {
+            let path = self.dir("cpu", group)?.join("cpu.stat");
+            if let Some(text) = read_optional(&path)? {
+                stat.nr_throttled = keyed_u64(&path, &text, "nr_throttled")?;
+                stat.throttled_ns = keyed_u64(&path, &text, "throttled_time")?;
+            }
+        }
+        Ok(stat)
+    }
+
+    fn memory_usage(&self, group: &Path) -> Result<u64, CgroupError> {
+        let path = self.dir("memory", group)?.join("memory.usage_in_bytes");
+        parse_u64(&path, &read(&path)?)
+    }
+
+    fn pressure_file(&self, group: &Path, resource: &str) -> Option<PathBuf> {
+        check_group(group).ok()?;
+        let file = self
+            .controllers
+            .get(super::mountinfo::UNIFIED)?
+            .join(group)
+            .join(format!("{resource}.pressure"));
+        file.is_file().then_some(file)
+    }
 }
 
 #[cfg(test)]
@@ -290,5 +345,76 @@ mod tests {
             v1.oom_events_file(g).unwrap(),
             tmp.path().join("memory").join(g).join("memory.oom_control")
         );
+    }
+
+    #[test]
+    fn quota_and_stats_in_separate_cpu_and_cpuacct_hierarchies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut controllers = BTreeMap::new();
+        for c in ["cpuset", "memory", "cpu", "cpuacct", "unified"] {
+            std::fs::create_dir_all(tmp.path().join(c)).unwrap();
+            controllers.insert(c.to_owned(), tmp.path().join(c));
+        }
+        let v1 = V1::new(controllers, PathBuf::from("fake")).unwrap();
+        let g = Path::new("harvest_n1/lease_L1");
+        for c in ["cpu", "memory", "unified"] {
+            std::fs::create_dir_all(tmp.path().join(c).join(g)).unwrap();
+        }
+        let file = |p: &str| tmp.path().join(p);
+        v1.set_cpu_quota(
+            g,
+            Some(CpuQuota {
+                quota_us: 25_000,
+                period_us: 100_000,
+            }),
+        )
+        .unwrap();
+        let read = |p: &str| std::fs::read_to_string(file(p)).unwrap();
+        assert_eq!(read("cpu/harvest_n1/lease_L1/cpu.cfs_quota_us"), "25000");
+        assert_eq!(read("cpu/harvest_n1/lease_L1/cpu.cfs_period_us"), "100000");
+        v1.set_cpu_quota(g, None).unwrap();
+        assert_eq!(read("cpu/harvest_n1/lease_L1/cpu.cfs_quota_us"), "-1");
+        v1.set_cpu_weight(g, 1).unwrap();
+        assert_eq!(read("cpu/harvest_n1/lease_L1/cpu.shares"), "2");
+        assert!(v1.set_cpu_weight(Path::new("harvest_n1/gone"), 1).is_err());
+        assert!(!file("cpu/harvest_n1/gone").exists());
+
+        // No cpuacct group (like Slurm's jobs) and no cpu.stat yet: nothing known, no error.
+        assert_eq!(v1.cpu_stat(g).unwrap(), CpuStat::default());
+        std::fs::write(
+            file("cpu/harvest_n1/lease_L1/cpu.stat"),
+            "nr_periods 10\nnr_throttled 4\nthrottled_time 7000\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(file("cpuacct/harvest_n1/lease_L1")).unwrap();
+        std::fs::write(
+            file("cpuacct/harvest_n1/lease_L1/cpuacct.usage"),
+            "123456\n",
+        )
+        .unwrap();
+        let st = v1.cpu_stat(g).unwrap();
+        assert_eq!(
+            (st.usage_ns, st.nr_throttled, st.throttled_ns),
+            (Some(123_456), Some(4), Some(7000))
+        );
+        std::fs::write(
+            file("memory/harvest_n1/lease_L1/memory.usage_in_bytes"),
+            "4096\n",
+        )
+        .unwrap();
+        assert_eq!(v1.memory_usage(g).unwrap(), 4096);
+
+        // PSI only where the group sits in the unified tree.
+        assert_eq!(v1.pressure_file(g, "cpu"), None);
+        std::fs::write(
+            file("unified/harvest_n1/lease_L1/cpu.pressure"),
+            "some avg10=0.00\n",
+        )
+        .unwrap();
+        assert_eq!(
+            v1.pressure_file(g, "cpu"),
+            Some(file("unified/harvest_n1/lease_L1/cpu.pressure"))
+        );
+        assert_eq!(v1.pressure_file(Path::new("../x"), "cpu"), None);
     }
 }

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use harvest_core::CpuSet;
 
 use super::{
-    CgroupError, CgroupVersion, Cgroups, GroupSpec, check_group, child_dirs, kill_pids, parse_cpus,
-    parse_pids, parse_u64, read, remove_tree, wait_frozen, write,
+    CgroupError, CgroupVersion, Cgroups, CpuQuota, CpuStat, GroupSpec, check_group, child_dirs,
+    keyed_u64, kill_pids, parse_cpus, parse_pids, parse_u64, read, read_optional, remove_tree,
+    wait_frozen, write,
 };
 
 /// cgroup v2, rooted at the unified mount point.
@@ -167,6 +168,44 @@ impl Cgroups for V2 {
     fn oom_events_file(&self, group: &Path) -> Result<PathBuf, CgroupError> {
         Ok(self.dir(group)?.join("memory.events"))
     }
+
+    fn set_cpu_weight(&self, group: &Path, weight: u64) -> Result<(), CgroupError> {
+        if !(1..=10_000).contains(&weight) {
+            return Err(CgroupError::BadWeight(weight));
+        }
+        write(&self.dir(group)?.join("cpu.weight"), &weight.to_string())
+    }
+
+    fn set_cpu_quota(&self, group: &Path, quota: Option<CpuQuota>) -> Result<(), CgroupError> {
+        let path = self.dir(group)?.join("cpu.max");
+        match quota {
+            Some(q) => write(&path, &format!("{} {}", q.quota_us, q.period_us)),
+            None => write(&path, "max"),
+        }
+    }
+
+    fn cpu_stat(&self, group: &Path) -> Result<CpuStat, CgroupError> {
+        let path = self.dir(group)?.join("cpu.stat");
+        let Some(text) = read_optional(&path)? else {
+            return Ok(CpuStat::default());
+        };
+        let us = |key| keyed_u64(&path, &text, key).map(|v| v.map(|us| us.saturating_mul(1000)));
+        Ok(CpuStat {
+            usage_ns: us("usage_usec")?,
+            nr_throttled: keyed_u64(&path, &text, "nr_throttled")?,
+            throttled_ns: us("throttled_usec")?,
+        })
+    }
+
+    fn memory_usage(&self, group: &Path) -> Result<u64, CgroupError> {
+        let path = self.dir(group)?.join("memory.current");
+        parse_u64(&path, &read(&path)?)
+    }
+
+    fn pressure_file(&self, group: &Path, resource: &str) -> Option<PathBuf> {
+        let file = self.dir(group).ok()?.join(format!("{resource}.pressure"));
+        file.is_file().then_some(file)
+    }
 }
 
 #[cfg(test)]
@@ -277,6 +316,55 @@ mod tests {
         v2.remove(Path::new("harvest")).unwrap();
         assert!(!v2.exists(Path::new("harvest")));
         v2.remove(Path::new("harvest")).unwrap();
+    }
+
+    #[test]
+    fn quota_stats_and_pressure() {
+        let (tmp, v2) = fake();
+        let g = Path::new("harvest/lease_3");
+        v2.create(g, &GroupSpec::default()).unwrap();
+        let leaf = tmp.path().join(g);
+        let q = CpuQuota {
+            quota_us: 50_000,
+            period_us: 100_000,
+        };
+        v2.set_cpu_quota(g, Some(q)).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(leaf.join("cpu.max")).unwrap(),
+            "50000 100000"
+        );
+        v2.set_cpu_quota(g, None).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(leaf.join("cpu.max")).unwrap(),
+            "max"
+        );
+        v2.set_cpu_weight(g, 7).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(leaf.join("cpu.weight")).unwrap(),
+            "7"
+        );
+        assert!(v2.set_cpu_weight(g, 0).is_err());
+        assert_eq!(v2.cpu_stat(g).unwrap(), CpuStat::default());
+        std::fs::write(
+            leaf.join("cpu.stat"),
+            "usage_usec 2000\nuser_usec 1500\nsystem_usec 500\nnr_periods 3\nnr_throttled 2\nthrottled_usec 40\n",
+        )
+        .unwrap();
+        let st = v2.cpu_stat(g).unwrap();
+        assert_eq!(
+            (st.usage_ns, st.nr_throttled, st.throttled_ns),
+            (Some(2_000_000), Some(2), Some(40_000))
+        );
+        std::fs::write(leaf.join("memory.current"), "8192\n").unwrap();
+        assert_eq!(v2.memory_usage(g).unwrap(), 8192);
+        assert_eq!(v2.pressure_file(g, "memory"), None);
+        std::fs::write(leaf.join("memory.pressure"), "some avg10=0.00\n").unwrap();
+        assert_eq!(
+            v2.pressure_file(g, "memory"),
+            Some(leaf.join("memory.pressure"))
+        );
+        std::fs::write(leaf.join("cpu.stat"), "usage_usec lots\n").unwrap();
+        assert!(v2.cpu_stat(g).unwrap_err().to_string().contains("lots"));
     }
 
     #[test]

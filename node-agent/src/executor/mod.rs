@@ -31,12 +31,17 @@ use tokio::sync::{mpsc, watch};
 use crate::agent::{NodeAgent, now_ms};
 use crate::cgroup::{Cgroups, GroupSpec};
 use crate::lease::{ExecutorInfo, ExecutorProcess, LeaseError, LeaseRecord, LeaseRequest};
+use crate::reclaim::{Action, ReclaimPolicy};
 use crate::server::{lock, publish};
+use crate::stats::{NodeStats, ReclaimOutcome};
 use launch::{LOG_FILE, LibrarySource, READY_FILE, ServeOptions};
 use process::{Launch, Processes, Signal};
 
 /// How often a starting executor's ready file and a stopping one's pid are checked.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// How often an evicted executor's cgroup is checked for processes left (reclaim is on the
+/// batch step's critical path).
+pub const EVICT_POLL_INTERVAL: Duration = Duration::from_micros(500);
 /// How much of the executor's log a failure message quotes.
 pub const LOG_TAIL_BYTES: usize = 600;
 
@@ -54,6 +59,12 @@ pub struct ExecutorSettings {
     pub cpu_weight: u64,
     /// The group lease groups go under (normally [`harvest_group`]).
     pub cgroup_parent: PathBuf,
+    /// Which executors leave a batch step's resources, and whether they may move.
+    pub reclaim: ReclaimPolicy,
+    /// How long a synchronous reclaim may take before the step is let go regardless.
+    pub reclaim_timeout: Duration,
+    /// Reclaim counters (shared with the session, which reports them).
+    pub stats: Arc<NodeStats>,
 }
 
 impl ExecutorSettings {
@@ -348,16 +359,23 @@ impl Executors {
     /// `Exited` (or `Failed` when the executor never became ready). Returns whether this call
     /// ended it (false: unknown, or already being ended).
     pub async fn finish(&self, id: &str, reason: String, cause: EndCause) -> bool {
-        {
-            let mut stopping = self
-                .inner
-                .stopping
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if !stopping.insert(id.to_owned()) {
-                return false;
-            }
+        if !self.claim(id) {
+            return false;
         }
+        self.end_claimed(id, reason, cause).await
+    }
+
+    /// Marks a lease as being ended by the caller; false when someone else already is.
+    fn claim(&self, id: &str) -> bool {
+        self.inner
+            .stopping
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned())
+    }
+
+    /// [`finish`](Self::finish) for a lease the caller has claimed.
+    async fn end_claimed(&self, id: &str, reason: String, cause: EndCause) -> bool {
         let ended = match self.lease(id) {
             Some(lease) => {
                 self.stop(id, &lease).await;
@@ -459,23 +477,109 @@ impl Executors {
         }
     }
 
-    /// Ends leases a batch job has taken resources from ([`crate::ledger::Ledger::reclaims`]),
-    /// expired leases, and those whose executor is gone (one that nobody waits on: re-adopted
-    /// after a restart).
+    /// Gives every batch job what it holds ([`crate::reclaim::plan`]): moves executors off its
+    /// CPUs, or freezes and kills them, and frees memory and GPUs, within `reclaim_timeout` of
+    /// `started` (when the plugin's report arrived). Returns when the evicted executors'
+    /// processes are all gone (or the time is up: an overrun, logged and counted); their leases
+    /// are then ended in the background. `None` when nothing collided.
+    pub async fn reclaim(&self, started: Instant) -> Option<ReclaimOutcome> {
+        let s = &self.inner.settings;
+        let actions = lock(&self.inner.agent).reclaim_plan(s.reclaim);
+        if actions.is_empty() {
+            return None;
+        }
+        let deadline = started + s.reclaim_timeout;
+        let mut evicted = Vec::new();
+        let mut moved = 0u64;
+        for action in actions {
+            match action {
+                Action::Move { lease, to, reason } => {
+                    if self.move_lease(&lease, &to, &reason) {
+                        moved += 1;
+                    } else {
+                        evicted.push((lease, format!("reclaimed: {reason}, and moving failed")));
+                    }
+                }
+                Action::Evict { lease, reason } => evicted.push((lease, reason)),
+            }
+        }
+        // Claim first: the exit watcher must not report a reclaimed executor as crashed.
+        let evicted: Vec<(String, String)> = evicted
+            .into_iter()
+            .filter(|(id, _)| self.claim(id))
+            .collect();
+        let cg = &self.inner.cgroups;
+        for (id, _) in &evicted {
+            // Freezes, kills every process, thaws (v1: frozen tasks die only once thawed).
+            if let Err(e) = cg.kill(&s.group(id)) {
+                tracing::warn!(lease = %id, error = %e, "killing an evicted executor failed");
+            }
+        }
+        let groups: Vec<PathBuf> = evicted.iter().map(|(id, _)| s.group(id)).collect();
+        let gone = || {
+            groups
+                .iter()
+                .all(|g| !cg.exists(g) || cg.pids(g).map_or(true, |p| p.is_empty()))
+        };
+        let mut all_gone = gone();
+        while !all_gone && Instant::now() < deadline {
+            tokio::time::sleep(EVICT_POLL_INTERVAL).await;
+            all_gone = gone();
+        }
+        let outcome = ReclaimOutcome {
+            evicted: evicted.len() as u64,
+            moved,
+            latency: started.elapsed(),
+            overrun: !all_gone,
+        };
+        s.stats.record_reclaim(outcome);
+        if outcome.overrun {
+            tracing::error!(leases = ?evicted, timeout = ?s.reclaim_timeout,
+                "reclaim overrun: executors still alive when the batch step was let go");
+        } else {
+            tracing::info!(evicted = ?evicted, moved, latency_us = outcome.latency.as_micros() as u64,
+                "reclaimed for a batch step");
+        }
+        for (id, reason) in evicted {
+            let this = self.clone();
+            tokio::spawn(async move { this.end_claimed(&id, reason, EndCause::Reclaimed).await });
+        }
+        Some(outcome)
+    }
+
+    /// Confines a lease's executor to `to`; false when its cgroup could not be changed.
+    fn move_lease(&self, id: &str, to: &harvest_core::CpuSet, reason: &str) -> bool {
+        let s = &self.inner.settings;
+        let spec = GroupSpec {
+            cpus: Some(to.clone()),
+            mems: None,
+            memory_limit_bytes: None,
+            cpu_weight: None,
+        };
+        if let Err(e) = self.inner.cgroups.create(&s.group(id), &spec) {
+            tracing::warn!(lease = %id, error = %e, "moving an executor failed; evicting it");
+            return false;
+        }
+        let info = {
+            let mut agent = lock(&self.inner.agent);
+            agent.move_lease(id, to.clone());
+            agent.ledger().leases.get(id).and_then(|l| l.info(id))
+        };
+        tracing::info!(lease = %id, cpus = %to, %reason, "executor moved");
+        if let Some(info) = info {
+            self.emit(LeaseEvent::Moved(info));
+        }
+        true
+    }
+
+    /// The backstop of [`reclaim`](Self::reclaim) (jobs the reconcile pass found, a plugin
+    /// report that came too late), expired leases, and those whose executor is gone (one that
+    /// nobody waits on: re-adopted after a restart).
     pub async fn tick(&self, now: SystemTime) {
         let now_ms = i64::try_from(now_ms(now)).unwrap_or(i64::MAX);
-        let (leases, reclaims) = {
-            let agent = lock(&self.inner.agent);
-            let ledger = agent.ledger();
-            (ledger.leases.clone(), ledger.reclaims(agent.hardware()))
-        };
-        for (id, reason) in &reclaims {
-            self.finish(id, reason.clone(), EndCause::Reclaimed).await;
-        }
+        self.reclaim(Instant::now()).await;
+        let leases = lock(&self.inner.agent).ledger().leases.clone();
         for (id, lease) in leases {
-            if reclaims.iter().any(|(r, _)| *r == id) {
-                continue;
-            }
             if lease.expires_unix_ms > 0 && now_ms >= lease.expires_unix_ms {
                 self.finish(&id, "the lease expired".to_owned(), EndCause::Expired)
                     .await;

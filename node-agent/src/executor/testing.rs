@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use super::launch::READY_FILE;
 use super::process::{Launch, ProcessError, Processes, Signal, Spawned};
-use crate::cgroup::{CgroupError, CgroupVersion, Cgroups, GroupSpec};
+use crate::cgroup::{CgroupError, CgroupVersion, Cgroups, CpuQuota, CpuStat, GroupSpec};
 
 /// cgroups in memory: what was created with which spec, and what was removed.
 #[derive(Debug, Default)]
@@ -21,6 +21,12 @@ pub struct FakeCgroups {
     pub killed: Mutex<Vec<PathBuf>>,
     /// Groups that report a process (pid 1) in `pids`.
     pub populated: Mutex<Vec<PathBuf>>,
+    /// CPU caps set with `set_cpu_quota` (`None`: lifted).
+    pub quotas: Mutex<BTreeMap<PathBuf, Option<CpuQuota>>>,
+    /// Groups frozen now.
+    pub frozen: Mutex<Vec<PathBuf>>,
+    /// What `cpu_stat` and `memory_usage` answer, per group (absent: nothing known, 0 bytes).
+    pub cpu_stats: Mutex<BTreeMap<PathBuf, CpuStat>>,
 }
 
 impl FakeCgroups {
@@ -77,10 +83,15 @@ impl Cgroups for FakeCgroups {
         let populated = self.populated.lock().unwrap().iter().any(|g| g == group);
         Ok(if populated { vec![1] } else { Vec::new() })
     }
-    fn freeze(&self, _group: &Path) -> Result<(), CgroupError> {
+    fn freeze(&self, group: &Path) -> Result<(), CgroupError> {
+        let mut frozen = self.frozen.lock().unwrap();
+        if !frozen.iter().any(|g| g == group) {
+            frozen.push(group.to_path_buf());
+        }
         Ok(())
     }
-    fn thaw(&self, _group: &Path) -> Result<(), CgroupError> {
+    fn thaw(&self, group: &Path) -> Result<(), CgroupError> {
+        self.frozen.lock().unwrap().retain(|g| g != group);
         Ok(())
     }
     fn kill(&self, group: &Path) -> Result<(), CgroupError> {
@@ -104,6 +115,34 @@ impl Cgroups for FakeCgroups {
         Ok(Path::new("/fake/memory")
             .join(group)
             .join("memory.oom_control"))
+    }
+    fn set_cpu_weight(&self, group: &Path, weight: u64) -> Result<(), CgroupError> {
+        let mut groups = self.groups.lock().unwrap();
+        let spec = groups.get_mut(group).ok_or_else(|| missing(group))?;
+        spec.cpu_weight = Some(weight);
+        Ok(())
+    }
+    fn set_cpu_quota(&self, group: &Path, quota: Option<CpuQuota>) -> Result<(), CgroupError> {
+        if !self.exists(group) {
+            return Err(missing(group));
+        }
+        self.quotas
+            .lock()
+            .unwrap()
+            .insert(group.to_path_buf(), quota);
+        Ok(())
+    }
+    fn cpu_stat(&self, group: &Path) -> Result<CpuStat, CgroupError> {
+        Ok(self
+            .cpu_stats
+            .lock()
+            .unwrap()
+            .get(group)
+            .copied()
+            .unwrap_or_default())
+    }
+    fn memory_usage(&self, _group: &Path) -> Result<u64, CgroupError> {
+        Ok(0)
     }
 }
 

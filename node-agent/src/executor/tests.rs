@@ -63,7 +63,7 @@ impl Rig {
             LedgerStore::open(state.path(), "n1").unwrap(),
             Sources {
                 cgroups: cgroups.clone(),
-                details: Box::new(FakeJobDetails::default()),
+                details: Arc::new(FakeJobDetails::default()),
                 processes: procs.clone(),
             },
             Duration::from_secs(60),
@@ -85,6 +85,9 @@ impl Rig {
                 stop_grace: Duration::from_millis(100),
                 cpu_weight: 1,
                 cgroup_parent: harvest_group("n1"),
+                reclaim: crate::reclaim::ReclaimPolicy::default(),
+                reclaim_timeout: Duration::from_millis(200),
+                stats: Arc::new(crate::stats::NodeStats::default()),
             },
             tx,
             views_tx,
@@ -145,6 +148,14 @@ impl Rig {
 
     fn event(&mut self) -> LeaseEvent {
         self.events.try_recv().expect("an event was sent")
+    }
+
+    /// The next event, waiting for work done in the background (ends after a reclaim).
+    async fn next_event(&mut self) -> LeaseEvent {
+        tokio::time::timeout(Duration::from_secs(5), self.events.recv())
+            .await
+            .expect("an event within 5 s")
+            .expect("the channel is open")
     }
 }
 
@@ -447,7 +458,7 @@ async fn after_a_restart_live_executors_are_re_adopted_and_the_rest_cleaned_up()
 }
 
 #[tokio::test]
-async fn a_batch_job_on_a_leased_cpu_reclaims_the_lease() {
+async fn a_batch_job_on_a_leased_cpu_moves_the_lease_to_an_idle_one() {
     let mut rig = Rig::new();
     rig.exec.create(rig.order("L1", 1, 100)).await;
     rig.exec.create(rig.order("L2", 1, 100)).await;
@@ -455,23 +466,88 @@ async fn a_batch_job_on_a_leased_cpu_reclaims_the_lease() {
         panic!()
     };
     assert!(matches!(rig.event(), LeaseEvent::Ready(_)));
-    rig.exec.tick(SystemTime::now()).await;
-    assert!(rig.events.try_recv().is_err(), "nothing collides yet");
-    // A job starts on L1's CPU (Slurm does not know about leases): the job wins.
-    rig.batch_job(&first.cpus.to_list());
-    rig.exec.tick(SystemTime::now()).await;
-    assert_eq!(
-        rig.event(),
-        LeaseEvent::Exited {
-            lease_id: "L1".into(),
-            reason: "reclaimed by job 7".into(),
-            cause: EndCause::Reclaimed,
-        }
+    assert!(
+        rig.exec.reclaim(Instant::now()).await.is_none(),
+        "nothing collides yet"
     );
+    // A job starts on L1's CPU (Slurm does not know about leases): the job wins, and with
+    // CPUs still idle L1 moves instead of dying.
+    rig.batch_job(&first.cpus.to_list());
+    let outcome = rig.exec.reclaim(Instant::now()).await.unwrap();
+    assert_eq!(
+        (outcome.moved, outcome.evicted, outcome.overrun),
+        (1, 0, false)
+    );
+    let LeaseEvent::Moved(moved) = rig.event() else {
+        panic!("expected a move")
+    };
+    assert_eq!(moved.lease_id, "L1");
+    assert!(moved.cpus.is_disjoint(&first.cpus), "{}", moved.cpus);
+    let spec = rig.cgroups.spec(&lease_group("n1", "L1")).unwrap();
+    assert_eq!(spec.cpus.as_ref(), Some(&moved.cpus), "the cgroup follows");
     assert!(rig.events.try_recv().is_err(), "L2 is untouched");
     let v = rig.view();
     assert!(v.cpus.function.is_disjoint(&v.cpus.batch));
-    assert_eq!(v.cpus.function.len(), 1);
+    assert_eq!(v.cpus.function.len(), 2);
+    assert_eq!(rig.exec.inner.settings.stats.counters().reclaim_moves, 1);
+}
+
+#[tokio::test]
+async fn a_job_taking_every_cpu_evicts_the_executors_before_reclaim_returns() {
+    let mut rig = Rig::new();
+    rig.exec.create(rig.order("L1", 1, 100)).await;
+    rig.exec.create(rig.order("L2", 1, 100)).await;
+    assert!(matches!(rig.event(), LeaseEvent::Ready(_)));
+    assert!(matches!(rig.event(), LeaseEvent::Ready(_)));
+    rig.batch_job("0-3");
+    let outcome = rig.exec.reclaim(Instant::now()).await.unwrap();
+    assert_eq!(
+        (outcome.moved, outcome.evicted, outcome.overrun),
+        (0, 2, false)
+    );
+    // Both groups were frozen and killed before reclaim returned.
+    let killed = rig.cgroups.killed.lock().unwrap().clone();
+    assert!(killed.contains(&lease_group("n1", "L1")), "{killed:?}");
+    assert!(killed.contains(&lease_group("n1", "L2")), "{killed:?}");
+    // The leases then end, revoked for the job, and the executor's exit is not a crash.
+    let mut got = [rig.next_event().await, rig.next_event().await];
+    got.sort_by_key(|e| format!("{e:?}"));
+    for (e, id) in got.iter().zip(["L1", "L2"]) {
+        assert_eq!(
+            *e,
+            LeaseEvent::Exited {
+                lease_id: id.into(),
+                reason: "reclaimed by job 7".into(),
+                cause: EndCause::Reclaimed,
+            }
+        );
+    }
+    assert!(rig.view().cpus.function.is_empty());
+    let c = rig.exec.inner.settings.stats.counters();
+    assert_eq!(
+        (c.reclaims, c.reclaim_evictions, c.reclaim_overruns),
+        (1, 2, 0)
+    );
+}
+
+#[tokio::test]
+async fn an_executor_that_will_not_die_is_an_overrun_and_the_step_goes_on() {
+    let mut rig = Rig::new();
+    rig.exec.create(rig.order("L1", 1, 100)).await;
+    assert!(matches!(rig.event(), LeaseEvent::Ready(_)));
+    // Its group keeps a process whatever is killed.
+    rig.cgroups
+        .populated
+        .lock()
+        .unwrap()
+        .push(lease_group("n1", "L1"));
+    rig.batch_job("0-3");
+    let started = Instant::now();
+    let outcome = rig.exec.reclaim(started).await.unwrap();
+    assert!(outcome.overrun);
+    // Bounded by reclaim_timeout (200 ms in the rig), not by the executor.
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(rig.exec.inner.settings.stats.counters().reclaim_overruns, 1);
 }
 
 #[tokio::test]

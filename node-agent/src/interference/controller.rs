@@ -1,0 +1,327 @@
+//! The escalation ladder and what each level does to the lease groups.
+//!
+//! [`Controller`] climbs one step per harm finding (findings within `settle` of a change are
+//! ignored: the signals lag), and relaxes one step after `hold` without harm. A relaxation that
+//! brings harm back is a failed one: the ladder climbs again at once and the hold doubles (up to
+//! `max_hold`); `evict_after_failed_relaxes` failed relaxations from `freeze` in a row evict the
+//! leases. After an eviction the level stays `evict` for `evict_hold` (the scheduler places
+//! nothing here meanwhile), then returns to `none`. Without leases the level is `none` (a
+//! frozen lease that ended needs no control).
+//!
+//! [`LeaseControl`] is what one level means for one lease group; an [`Actuator`] applies the
+//! difference ([`CgroupActuator`] through the [`Cgroups`] trait).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Level;
+use super::detector::Finding;
+use super::settings::InterferenceConfig;
+use super::signals::LeaseTarget;
+use crate::cgroup::{Cgroups, CpuQuota};
+
+/// The CFS period quotas are expressed in.
+pub const QUOTA_PERIOD_US: u64 = 100_000;
+
+/// A level change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub from: Level,
+    pub to: Level,
+    /// The detector whose finding caused it ("controller" for relaxations).
+    pub detector: String,
+    pub reason: String,
+}
+
+/// The ladder and where the node stands on it.
+#[derive(Debug)]
+pub struct Controller {
+    ladder: Vec<Level>,
+    idx: usize,
+    changed_at: Option<Instant>,
+    last_harm: Option<Instant>,
+    /// The level last relaxed from, and when.
+    relaxed_from: Option<usize>,
+    failed_relaxes: u32,
+    hold: Duration,
+    base_hold: Duration,
+    max_hold: Duration,
+    settle: Duration,
+    evict_after: u32,
+    evict_hold: Duration,
+    detector: String,
+    reason: String,
+}
+
+impl Controller {
+    /// The ladder: none, weight (only when it lowers the leases' weight), each quota step,
+    /// freeze, evict.
+    pub fn new(cfg: &InterferenceConfig, lease_weight: u64) -> Self {
+        let mut ladder = vec![Level::None];
+        if cfg.weight < lease_weight {
+            ladder.push(Level::Weight);
+        }
+        ladder.extend(cfg.quota_pct.iter().map(|&p| Level::Quota(p)));
+        ladder.extend([Level::Freeze, Level::Evict]);
+        Self {
+            ladder,
+            idx: 0,
+            changed_at: None,
+            last_harm: None,
+            relaxed_from: None,
+            failed_relaxes: 0,
+            hold: cfg.relax_after,
+            base_hold: cfg.relax_after,
+            max_hold: cfg.max_hold,
+            settle: cfg.settle,
+            evict_after: cfg.evict_after_failed_relaxes,
+            evict_hold: cfg.evict_hold,
+            detector: String::new(),
+            reason: String::new(),
+        }
+    }
+
+    pub fn ladder(&self) -> &[Level] {
+        &self.ladder
+    }
+
+    pub fn level(&self) -> Level {
+        self.ladder[self.idx]
+    }
+
+    /// The detector and reason of the latest escalation (empty at `none`).
+    pub fn why(&self) -> (&str, &str) {
+        (&self.detector, &self.reason)
+    }
+
+    /// The hold now in force (it doubles after each failed relaxation).
+    pub fn hold(&self) -> Duration {
+        self.hold
+    }
+
+    /// The quota of the lowest quota step (kept while frozen, so a thaw does not burst).
+    pub fn last_quota(&self) -> Option<u32> {
+        self.ladder.iter().rev().find_map(|l| match l {
+            Level::Quota(p) => Some(*p),
+            _ => None,
+        })
+    }
+
+    fn index_of(&self, level: Level) -> usize {
+        self.ladder
+            .iter()
+            .position(|l| *l == level)
+            .unwrap_or(self.ladder.len() - 1)
+    }
+
+    fn change(&mut self, now: Instant, to: usize, detector: &str, reason: String) -> Decision {
+        let from = self.level();
+        self.idx = to;
+        self.changed_at = Some(now);
+        if to == 0 {
+            self.detector.clear();
+            self.reason.clear();
+        } else if detector != "controller" {
+            self.detector = detector.to_owned();
+            self.reason = reason.clone();
+        }
+        Decision {
+            from,
+            to: self.level(),
+            detector: detector.to_owned(),
+            reason,
+        }
+    }
+
+    /// One period's findings; returns the level change, if any.
+    pub fn decide(
+        &mut self,
+        now: Instant,
+        findings: &[(&'static str, Finding)],
+        leases: usize,
+    ) -> Option<Decision> {
+        let since = |t: Option<Instant>| t.map(|t| now.saturating_duration_since(t));
+        if leases == 0 {
+            if self.level() == Level::Evict && since(self.changed_at) < Some(self.evict_hold) {
+                return None;
+            }
+            self.relaxed_from = None;
+            self.failed_relaxes = 0;
+            self.hold = self.base_hold;
+            return (self.idx != 0)
+                .then(|| self.change(now, 0, "controller", "no executors run on the node".into()));
+        }
+        let settled = since(self.changed_at).is_none_or(|d| d >= self.settle);
+        let harm = findings.iter().find_map(|(d, f)| match f {
+            Finding::Harm { reason, .. } => Some((*d, reason.clone())),
+            _ => None,
+        });
+        let level = self.level();
+        if let Some((detector, reason)) = harm
+            && settled
+            && level < Level::Freeze
+        {
+            self.last_harm = Some(now);
+            let mut to = self.idx + 1;
+            let mut why = reason;
+            if self.relaxed_from == Some(self.idx + 1) {
+                self.hold = (self.hold * 2).min(self.max_hold);
+                if self.ladder[self.idx + 1] == Level::Freeze {
+                    self.failed_relaxes += 1;
+                    if self.failed_relaxes >= self.evict_after {
+                        to = self.index_of(Level::Evict);
+                        why = format!(
+                            "{why}; {} relaxations from freeze failed in a row",
+                            self.failed_relaxes
+                        );
+                    }
+                }
+                tracing::info!(hold = ?self.hold, failed_relaxes = self.failed_relaxes,
+                    "relaxation brought harm back; holding longer");
+            }
+            self.relaxed_from = None;
+            return Some(self.change(now, to, detector, why));
+        }
+        if self.idx == 0 {
+            return None;
+        }
+        let quiet = since(self.changed_at.max(self.last_harm)).unwrap_or(Duration::MAX);
+        if level == Level::Evict {
+            // Whatever was placed here meanwhile is evicted too; after the hold, start over.
+            return (quiet >= self.evict_hold).then(|| {
+                self.failed_relaxes = 0;
+                self.hold = self.base_hold;
+                self.change(now, 0, "controller", "eviction hold over".into())
+            });
+        }
+        if quiet < self.hold {
+            return None;
+        }
+        if let Some(from) = self.relaxed_from
+            && from == self.idx + 1
+        {
+            // The previous relaxation held for a full hold: it succeeded.
+            self.hold = (self.hold / 2).max(self.base_hold);
+            self.failed_relaxes = 0;
+        }
+        self.relaxed_from = Some(self.idx);
+        let to = self.idx - 1;
+        let reason = format!("no harm for {quiet:?} at {}", level.describe());
+        Some(self.change(now, to, "controller", reason))
+    }
+}
+
+/// What a level means for one lease group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseControl {
+    pub weight: u64,
+    /// Percent of the lease's CPUs' time, `None`: no cap.
+    pub quota_pct: Option<u32>,
+    pub frozen: bool,
+}
+
+impl LeaseControl {
+    /// A lease as its executor was started: its normal weight, no cap, running.
+    pub fn normal(weight: u64) -> Self {
+        Self {
+            weight,
+            quota_pct: None,
+            frozen: false,
+        }
+    }
+
+    /// The control of `level`: each level keeps the ones below it.
+    pub fn for_level(
+        level: Level,
+        normal_weight: u64,
+        floor_weight: u64,
+        freeze_quota: Option<u32>,
+    ) -> Self {
+        let low = normal_weight.min(floor_weight);
+        match level {
+            Level::None => Self::normal(normal_weight),
+            Level::Weight => Self {
+                weight: low,
+                ..Self::normal(normal_weight)
+            },
+            Level::Quota(p) => Self {
+                weight: low,
+                quota_pct: Some(p),
+                frozen: false,
+            },
+            Level::Freeze | Level::Evict => Self {
+                weight: low,
+                quota_pct: freeze_quota,
+                frozen: true,
+            },
+        }
+    }
+}
+
+/// Applies lease controls.
+pub trait Actuator: Send + fmt::Debug {
+    /// Brings `lease` from `from` (`None`: unknown, apply every part) to `to`.
+    fn set(
+        &mut self,
+        lease: &LeaseTarget,
+        from: Option<LeaseControl>,
+        to: LeaseControl,
+    ) -> Result<(), String>;
+    /// Freezes (probe) and thaws a lease group.
+    fn freeze(&mut self, lease: &LeaseTarget) -> Result<(), String>;
+    fn thaw(&mut self, lease: &LeaseTarget) -> Result<(), String>;
+}
+
+/// Applies lease controls through the cgroup backend.
+#[derive(Debug)]
+pub struct CgroupActuator {
+    pub cgroups: Arc<dyn Cgroups>,
+}
+
+/// The CFS quota for `pct` percent of `cores` CPUs.
+pub fn quota_for(pct: u32, cores: u32) -> CpuQuota {
+    let quota_us = QUOTA_PERIOD_US * u64::from(pct) * u64::from(cores.max(1)) / 100;
+    CpuQuota {
+        quota_us: quota_us.max(1000),
+        period_us: QUOTA_PERIOD_US,
+    }
+}
+
+impl Actuator for CgroupActuator {
+    fn set(
+        &mut self,
+        lease: &LeaseTarget,
+        from: Option<LeaseControl>,
+        to: LeaseControl,
+    ) -> Result<(), String> {
+        let g = &lease.group;
+        let cg = &self.cgroups;
+        let differs = |f: fn(&LeaseControl) -> bool| from.is_none_or(|from| f(&from) != f(&to));
+        // Thaw first and freeze last, so a lease is never frozen with a stale cap.
+        if !to.frozen && from.is_none_or(|f| f.frozen) {
+            cg.thaw(g).map_err(|e| e.to_string())?;
+        }
+        if from.is_none_or(|f| f.weight != to.weight) {
+            cg.set_cpu_weight(g, to.weight).map_err(|e| e.to_string())?;
+        }
+        if from.is_none_or(|f| f.quota_pct != to.quota_pct) {
+            let q = to.quota_pct.map(|p| quota_for(p, lease.cores));
+            cg.set_cpu_quota(g, q).map_err(|e| e.to_string())?;
+        }
+        if to.frozen && differs(|c| c.frozen) {
+            cg.freeze(g).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn freeze(&mut self, lease: &LeaseTarget) -> Result<(), String> {
+        self.cgroups.freeze(&lease.group).map_err(|e| e.to_string())
+    }
+
+    fn thaw(&mut self, lease: &LeaseTarget) -> Result<(), String> {
+        self.cgroups.thaw(&lease.group).map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,75 @@
+//! Interference monitoring and control: functions on idle cores must cost the batch jobs beside
+//! them (almost) nothing, and where they do, harvest backs off on its own.
+//!
+//! Every `period` the [`monitor::Monitor`] samples signals of each batch job, each executor and
+//! the node, hands them to the detectors, lets the [`controller::Controller`] decide a control
+//! level, applies it to the lease cgroups, and publishes the verdict ([`NodeStats`] carries it to
+//! the scheduler with every slot report, which stops placing on a node whose level is not
+//! `none`). The layers, each behind a trait with a fake in [`testing`]:
+//!
+//! - [`signals`]: what a sample is ([`signals::Reading`]s of cumulative counters and gauges per
+//!   [`signals::Target`]) and the per-second [`signals::Snapshot`] the detectors read.
+//! - [`sources`]: the real signal sources: cgroup CPU time, throttling and memory (with
+//!   `/proc/<pid>/task/*/schedstat` for CPU time and run-queue wait where Slurm's v1 jobs have no
+//!   `cpuacct` group), PSI (system-wide and per group where a v2 tree has the group), the batch
+//!   job's own progress counter, hardware counters (perf) and GPUs (NVML). A source that this
+//!   node cannot read says so ("unavailable"), never reports zeros.
+//! - [`detector`]: the pluggable detectors: `threshold` (the job's signals against its own
+//!   baseline) and `freeze-probe` (briefly freeze the executors and compare the job's progress
+//!   with and without them; the probe's cost is bounded and counted).
+//! - [`controller`]: the escalation ladder (lower CPU weight → CPU quota → freeze → evict) with
+//!   hold times, relaxation, back-off after a failed relaxation, and the [`controller::Actuator`]
+//!   that applies a level to lease cgroups.
+//! - [`monitor`]: the task harvestd runs (sample → detect → probe → decide → act → publish).
+//! - [`settings`]: the `[interference]` table of harvestd's configuration.
+//!
+//! docs/interference.md explains the signals, the decisions and the defaults.
+
+pub mod controller;
+pub mod detector;
+pub mod monitor;
+pub mod settings;
+pub mod signals;
+pub mod sources;
+#[cfg(test)]
+pub mod testing;
+
+#[cfg(test)]
+mod tests;
+
+pub use settings::{InterferenceConfig, Mode};
+
+/// The control levels, from none to evict. [`Level::name`] is what `InterferenceState.level`
+/// carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    None,
+    /// Lease groups at the lowest CPU weight.
+    Weight,
+    /// Lease groups capped at this percentage of their CPUs' time.
+    Quota(u32),
+    /// Lease groups frozen.
+    Freeze,
+    /// Leases ended with `EndCause::Interference`.
+    Evict,
+}
+
+impl Level {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Weight => "weight",
+            Self::Quota(_) => "quota",
+            Self::Freeze => "freeze",
+            Self::Evict => "evict",
+        }
+    }
+
+    /// `quota 25%` for a quota level, else the name.
+    pub fn describe(self) -> String {
+        match self {
+            Self::Quota(p) => format!("quota {p}%"),
+            other => other.name().to_owned(),
+        }
+    }
+}

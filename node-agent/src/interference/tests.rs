@@ -1,0 +1,548 @@
+//! The detectors, the controller and the monitor driven with recorded signal series and fakes.
+//! Ticks run on a synthetic clock (one period apart); freeze-probes sleep for real, briefly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Level;
+use super::controller::{Controller, LeaseControl};
+use super::detector::{Context, Detector, Finding, FreezeProbe, ProbeJob, ProbeResult, Threshold};
+use super::monitor::{Monitor, Parts};
+use super::settings::{InterferenceConfig, Mode};
+use super::signals::{Kind, Snapshot, Source, Target, names};
+use super::testing::{FakeActuator, FakeEvictor, FakeTargets, Missing, ModelJob, Rec, Recorded};
+use crate::stats::NodeStats;
+
+const PERIOD: Duration = Duration::from_secs(1);
+
+fn snap(values: &[(Target, &'static str, f64)]) -> Snapshot {
+    let mut s = Snapshot {
+        interval: PERIOD,
+        ..Snapshot::default()
+    };
+    for (t, n, v) in values {
+        s.values.insert((t.clone(), *n), *v);
+    }
+    s
+}
+
+fn ctx(leases: usize, active: bool) -> Context {
+    Context {
+        jobs: 1,
+        leases,
+        executors_active: active,
+        level: Level::None,
+    }
+}
+
+#[test]
+fn threshold_flags_a_progress_drop_against_the_baseline_and_clears_on_recovery() {
+    let cfg = InterferenceConfig::default();
+    let mut d = Threshold::new(&cfg);
+    let t0 = Instant::now();
+    let j = Target::Job(7);
+    let at = |i: u64| t0 + PERIOD * i as u32;
+    // Alone: the baseline is learned (1000 units/s, one core).
+    for i in 0..3 {
+        let s = snap(&[
+            (j.clone(), names::PROGRESS, 1000.0),
+            (j.clone(), names::CPU, 1.0),
+        ]);
+        assert_eq!(d.observe(at(i), &s, &ctx(0, false)), Finding::Quiet);
+    }
+    // Beside an executor: 4% down is within the 5% threshold.
+    let s = snap(&[
+        (j.clone(), names::PROGRESS, 960.0),
+        (j.clone(), names::CPU, 1.0),
+    ]);
+    assert_eq!(d.observe(at(3), &s, &ctx(1, true)), Finding::Clear);
+    // 12% down: harm only after three samples in a row.
+    let slow = snap(&[
+        (j.clone(), names::PROGRESS, 880.0),
+        (j.clone(), names::CPU, 1.0),
+    ]);
+    assert_eq!(d.observe(at(4), &slow, &ctx(1, true)), Finding::Clear);
+    assert_eq!(d.observe(at(5), &slow, &ctx(1, true)), Finding::Clear);
+    let Finding::Harm { job, reason } = d.observe(at(6), &slow, &ctx(1, true)) else {
+        panic!("expected harm");
+    };
+    assert_eq!(job, 7);
+    assert!(
+        reason.contains("progress") && reason.contains("baseline 1000"),
+        "{reason}"
+    );
+    // Recovered: clear (the streak restarts).
+    let ok = snap(&[
+        (j.clone(), names::PROGRESS, 1000.0),
+        (j.clone(), names::CPU, 1.0),
+    ]);
+    d.observe(at(7), &ok, &ctx(1, true));
+    assert_eq!(d.observe(at(8), &ok, &ctx(1, true)), Finding::Clear);
+}
+
+#[test]
+fn threshold_is_blind_without_a_baseline_until_a_probe_gives_one() {
+    let mut d = Threshold::new(&InterferenceConfig::default());
+    let j = Target::Job(9);
+    let now = Instant::now();
+    let s = snap(&[(j.clone(), names::PROGRESS, 800.0)]);
+    // The job started beside executors: nothing to compare with.
+    assert!(matches!(d.observe(now, &s, &ctx(1, true)), Finding::Blind(w) if w.contains("[9]")));
+    let probe = ProbeResult {
+        jobs: vec![ProbeJob {
+            job_id: 9,
+            signal: names::PROGRESS,
+            rate_on: 800.0,
+            rate_off: 1000.0,
+        }],
+        frozen: Duration::from_millis(300),
+    };
+    d.probed(now, &probe);
+    let mut last = Finding::Quiet;
+    for i in 1..=3 {
+        last = d.observe(now + PERIOD * i, &s, &ctx(1, true));
+    }
+    assert!(matches!(last, Finding::Harm { job: 9, .. }), "{last:?}");
+}
+
+#[test]
+fn freeze_probe_confirms_harm_and_stays_within_its_budget() {
+    let cfg = InterferenceConfig::default();
+    let mut p = FreezeProbe::new(&cfg);
+    let t0 = Instant::now();
+    let c = ctx(1, true);
+    assert!(p.wants_probe(t0, &c));
+    assert!(
+        !p.wants_probe(t0, &ctx(1, false)),
+        "frozen executors need no probe"
+    );
+    let result = |on: f64| ProbeResult {
+        jobs: vec![ProbeJob {
+            job_id: 3,
+            signal: names::PROGRESS,
+            rate_on: on,
+            rate_off: 100.0,
+        }],
+        frozen: Duration::from_millis(300),
+    };
+    // 10% slower: suspected, then confirmed by the next probe.
+    assert_eq!(p.probed(t0, &result(90.0)), Finding::Quiet);
+    // The budget: 300 ms frozen at most 10% of the time, so not again within 3 s.
+    assert!(!p.wants_probe(t0 + Duration::from_secs(2), &c));
+    let t1 = t0 + Duration::from_secs(3);
+    assert!(p.wants_probe(t1, &c));
+    let Finding::Harm { job: 3, reason } = p.probed(t1, &result(90.0)) else {
+        panic!("expected harm");
+    };
+    assert!(reason.contains("10.0% slower"), "{reason}");
+    // 1% is within the 2% threshold: clear, and the next probe waits the full interval.
+    let t2 = t1 + Duration::from_secs(3);
+    assert_eq!(p.probed(t2, &result(99.0)), Finding::Clear);
+    assert!(!p.wants_probe(t2 + Duration::from_secs(5), &c));
+    assert!(p.wants_probe(t2 + cfg.probe_interval, &c));
+    // No progress signal at all: blind, never harm.
+    assert!(matches!(
+        p.probed(t2, &ProbeResult::default()),
+        Finding::Blind(_)
+    ));
+}
+
+fn harm() -> Vec<(&'static str, Finding)> {
+    vec![(
+        "test",
+        Finding::Harm {
+            job: 1,
+            reason: "slow".into(),
+        },
+    )]
+}
+
+#[test]
+fn the_controller_escalates_relaxes_backs_off_and_evicts() {
+    let cfg = InterferenceConfig {
+        settle: Duration::from_secs(2),
+        relax_after: Duration::from_secs(10),
+        evict_after_failed_relaxes: 2,
+        evict_hold: Duration::from_secs(30),
+        ..InterferenceConfig::default()
+    };
+    // Leases at the lowest weight already: no weight step.
+    let mut c = Controller::new(&cfg, 1);
+    assert_eq!(
+        c.ladder(),
+        [
+            Level::None,
+            Level::Quota(50),
+            Level::Quota(25),
+            Level::Quota(10),
+            Level::Freeze,
+            Level::Evict
+        ]
+    );
+    assert_eq!(Controller::new(&cfg, 100).ladder()[1], Level::Weight);
+    let t0 = Instant::now();
+    let s = |x: u64| t0 + Duration::from_secs(x);
+    let d = c.decide(s(0), &harm(), 1).unwrap();
+    assert_eq!((d.from, d.to), (Level::None, Level::Quota(50)));
+    // Within the settle time: ignored.
+    assert_eq!(c.decide(s(1), &harm(), 1), None);
+    assert_eq!(c.decide(s(2), &harm(), 1).unwrap().to, Level::Quota(25));
+    assert_eq!(c.decide(s(4), &harm(), 1).unwrap().to, Level::Quota(10));
+    assert_eq!(c.decide(s(6), &harm(), 1).unwrap().to, Level::Freeze);
+    // Harm seen while frozen is not the executors': no escalation.
+    assert_eq!(c.decide(s(8), &harm(), 1), None);
+    // Ten quiet seconds: relax one step.
+    assert_eq!(c.decide(s(15), &[], 1), None);
+    let d = c.decide(s(16), &[("x", Finding::Clear)], 1).unwrap();
+    assert_eq!(
+        (d.from, d.to, d.detector.as_str()),
+        (Level::Freeze, Level::Quota(10), "controller")
+    );
+    // Harm again: a failed relaxation; back up, and the hold doubles.
+    assert_eq!(c.decide(s(18), &harm(), 1).unwrap().to, Level::Freeze);
+    assert_eq!(c.hold(), Duration::from_secs(20));
+    assert_eq!(c.decide(s(37), &[], 1), None);
+    assert_eq!(c.decide(s(38), &[], 1).unwrap().to, Level::Quota(10));
+    // The second failure in a row evicts.
+    let d = c.decide(s(40), &harm(), 1).unwrap();
+    assert_eq!(d.to, Level::Evict);
+    assert!(
+        d.reason.contains("2 relaxations from freeze failed"),
+        "{}",
+        d.reason
+    );
+    // Evict holds (no placements here) even once the leases are gone, then starts over.
+    assert_eq!(c.decide(s(50), &[], 0), None);
+    assert_eq!(c.level(), Level::Evict);
+    let d = c.decide(s(70), &[], 0).unwrap();
+    assert_eq!(d.to, Level::None);
+    assert_eq!(c.hold(), Duration::from_secs(10));
+}
+
+#[test]
+fn a_successful_relaxation_walks_down_to_none_and_no_leases_means_none() {
+    let cfg = InterferenceConfig {
+        settle: Duration::ZERO,
+        relax_after: Duration::from_secs(5),
+        ..InterferenceConfig::default()
+    };
+    let mut c = Controller::new(&cfg, 1);
+    let t0 = Instant::now();
+    let s = |x: u64| t0 + Duration::from_secs(x);
+    c.decide(s(0), &harm(), 1);
+    c.decide(s(1), &harm(), 1);
+    assert_eq!(c.level(), Level::Quota(25));
+    assert_eq!(c.decide(s(6), &[], 1).unwrap().to, Level::Quota(50));
+    assert_eq!(c.decide(s(11), &[], 1).unwrap().to, Level::None);
+    assert_eq!(c.decide(s(12), &[], 1), None);
+    c.decide(s(13), &harm(), 1);
+    assert_eq!(c.level(), Level::Quota(50));
+    // Its leases ended: nothing to control.
+    assert_eq!(c.decide(s(14), &[], 0).unwrap().to, Level::None);
+}
+
+#[test]
+fn lease_controls_keep_the_lower_levels() {
+    let n = LeaseControl::for_level(Level::None, 100, 1, Some(10));
+    assert_eq!(n, LeaseControl::normal(100));
+    let q = LeaseControl::for_level(Level::Quota(25), 100, 1, Some(10));
+    assert_eq!((q.weight, q.quota_pct, q.frozen), (1, Some(25), false));
+    let f = LeaseControl::for_level(Level::Freeze, 100, 1, Some(10));
+    assert_eq!((f.weight, f.quota_pct, f.frozen), (1, Some(10), true));
+    // The floor never raises a weight.
+    assert_eq!(LeaseControl::for_level(Level::Weight, 1, 5, None).weight, 1);
+}
+
+/// A monitor over fakes; returns it with its actuator, evictor and stats.
+fn monitor(
+    cfg: InterferenceConfig,
+    targets: &FakeTargets,
+    sources: Vec<Box<dyn Source>>,
+) -> (Monitor, FakeActuator, FakeEvictor, Arc<NodeStats>) {
+    let actuator = FakeActuator::default();
+    let evictor = FakeEvictor {
+        targets: targets.clone(),
+        ..FakeEvictor::default()
+    };
+    let stats = Arc::new(NodeStats::default());
+    let parts = Parts {
+        sources,
+        targets: Box::new(targets.clone()),
+        actuator: Box::new(actuator.clone()),
+        evictor: Arc::new(evictor.clone()),
+        stats: stats.clone(),
+    };
+    (Monitor::new(cfg, "n1", 1, parts), actuator, evictor, stats)
+}
+
+/// A recorded series for job 7: `cpu` and `runq_wait` counters growing by the given rates.
+fn series(rates: &[(f64, f64)]) -> Vec<Vec<Rec>> {
+    let (mut cpu, mut wait) = (100.0, 5.0);
+    rates
+        .iter()
+        .map(|&(c, w)| {
+            cpu += c;
+            wait += w;
+            vec![
+                (Target::Job(7), names::CPU, Kind::Counter, cpu),
+                (Target::Job(7), names::RUNQ_WAIT, Kind::Counter, wait),
+                (Target::Job(7), names::MEMORY_MIB, Kind::Gauge, 512.0),
+            ]
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn cpu_contention_is_caught_with_perf_and_progress_missing() {
+    let cfg = InterferenceConfig {
+        detectors: vec!["threshold".into()],
+        ..InterferenceConfig::default()
+    };
+    let targets = FakeTargets::with(&[7], &[]);
+    // 4 samples alone, then the job gets 0.6 of a core and waits 0.4 of the time.
+    let mut rates = vec![(1.0, 0.01); 4];
+    rates.extend(vec![(0.6, 0.4); 8]);
+    let sources: Vec<Box<dyn Source>> = vec![
+        Box::new(Recorded::new(series(&rates))),
+        Box::new(Missing("perf: no hardware PMU (test)")),
+    ];
+    let (mut m, act, _, stats) = monitor(cfg, &targets, sources);
+    let t0 = Instant::now();
+    for i in 0..4u32 {
+        m.tick_at(t0 + PERIOD * i).await;
+    }
+    let state = stats.interference().unwrap();
+    assert_eq!(state.level, "none");
+    assert_eq!(state.unavailable, ["perf: no hardware PMU (test)"]);
+    assert_eq!(state.signals["batch.7.cpu"], 1.0);
+    targets.add_lease("L1");
+    let mut escalated_at = None;
+    for i in 4..12u32 {
+        m.tick_at(t0 + PERIOD * i).await;
+        if escalated_at.is_none() && m.level() != Level::None {
+            escalated_at = Some(i);
+        }
+    }
+    // Three samples over the threshold (the first beside the lease is the 5th tick).
+    assert_eq!(escalated_at, Some(6));
+    let state = stats.interference().unwrap();
+    assert_eq!(state.level, "quota");
+    assert_eq!(state.detector, "threshold");
+    assert!(
+        state.reason.contains("runq_wait") && state.reason.contains("cpu"),
+        "{}",
+        state.reason
+    );
+    assert!((state.signals["batch.7.runq_wait"] - 0.4).abs() < 1e-9);
+    assert!(
+        state
+            .unavailable
+            .contains(&"perf: no hardware PMU (test)".to_owned())
+    );
+    assert!(state.actions["quota"] >= 1);
+    assert_eq!(
+        stats.counters().interference_actions,
+        state.actions.values().sum::<u64>()
+    );
+    assert!(act.control("L1").unwrap().quota_pct.is_some());
+    // Shutting down gives the lease its normal control back.
+    m.restore();
+    assert_eq!(act.control("L1"), Some(LeaseControl::normal(1)));
+}
+
+#[tokio::test]
+async fn with_every_source_missing_nothing_is_done_and_the_node_says_why() {
+    let cfg = InterferenceConfig {
+        detectors: vec!["threshold".into()],
+        ..InterferenceConfig::default()
+    };
+    let targets = FakeTargets::with(&[7], &["L1"]);
+    let sources: Vec<Box<dyn Source>> = vec![
+        Box::new(Missing("perf: no hardware PMU (test)")),
+        Box::new(Missing("nvml: no GPU (test)")),
+    ];
+    let (mut m, act, _, stats) = monitor(cfg, &targets, sources);
+    let t0 = Instant::now();
+    for i in 0..10u32 {
+        m.tick_at(t0 + PERIOD * i).await;
+    }
+    assert_eq!(m.level(), Level::None);
+    let state = stats.interference().unwrap();
+    assert_eq!(state.level, "none");
+    assert_eq!(state.unavailable.len(), 2);
+    assert!(
+        state.signals.is_empty(),
+        "no zeros stand in: {:?}",
+        state.signals
+    );
+    assert_eq!(act.control("L1"), Some(LeaseControl::normal(1)));
+    assert_eq!(stats.counters().interference_actions, 0);
+}
+
+fn probe_cfg() -> InterferenceConfig {
+    InterferenceConfig {
+        detectors: vec!["freeze-probe".into()],
+        probe_duration: Duration::from_millis(15),
+        probe_budget_pct: 50,
+        probe_interval: Duration::from_secs(1),
+        settle: Duration::from_secs(1),
+        relax_after: Duration::from_secs(4),
+        max_hold: Duration::from_secs(64),
+        ..InterferenceConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn the_freeze_probe_finds_the_quota_that_keeps_the_job_within_the_threshold() {
+    let targets = FakeTargets::with(&[7], &["L1"]);
+    let act = FakeActuator::default();
+    // 15% slower beside the lease, proportionally less under a quota: 1.5% at 10%.
+    let model = ModelJob {
+        job: 7,
+        lease: "L1".into(),
+        base: 1000.0,
+        harm: 0.15,
+        actuator: act.clone(),
+        progress: 0.0,
+        last: None,
+    };
+    let stats = Arc::new(NodeStats::default());
+    let parts = Parts {
+        sources: vec![Box::new(model)],
+        targets: Box::new(targets.clone()),
+        actuator: Box::new(act.clone()),
+        evictor: Arc::new(FakeEvictor::default()),
+        stats: stats.clone(),
+    };
+    let mut m = Monitor::new(probe_cfg(), "n1", 1, parts);
+    let t0 = Instant::now();
+    let mut levels = Vec::new();
+    for i in 0..30u32 {
+        m.tick_at(t0 + PERIOD * i).await;
+        levels.push(m.level());
+    }
+    assert!(levels.contains(&Level::Quota(10)), "{levels:?}");
+    assert!(!levels.contains(&Level::Freeze), "{levels:?}");
+    // Relaxing to 25% brings harm back; the controller returns to 10% and stays longer.
+    assert_eq!(*levels.last().unwrap(), Level::Quota(10), "{levels:?}");
+    let state = stats.interference().unwrap();
+    assert_eq!(state.detector, "freeze-probe");
+    assert!(
+        state.reason.contains("slower beside executors"),
+        "{}",
+        state.reason
+    );
+    assert!(state.actions["probes"] >= 4, "{:?}", state.actions);
+    // Probe cost is counted: each froze the lease about 15 ms.
+    let frozen = state.actions["probe_frozen_ms"];
+    assert!(
+        frozen >= 15 * state.actions["probes"],
+        "{:?}",
+        state.actions
+    );
+    // Every probe froze and then thawed the lease.
+    let log = act.0.lock().unwrap().log.clone();
+    let freezes = log.iter().filter(|l| l.starts_with("probe-freeze")).count();
+    let thaws = log.iter().filter(|l| l.starts_with("thaw")).count();
+    assert_eq!(freezes as u64, state.actions["probes"]);
+    assert_eq!(thaws, freezes);
+    assert!(act.running("L1"));
+}
+
+#[tokio::test]
+async fn harm_that_survives_every_quota_freezes_then_evicts_with_the_reason() {
+    let targets = FakeTargets::with(&[7], &["L1"]);
+    let act = FakeActuator::default();
+    let model = ModelJob {
+        job: 7,
+        lease: "L1".into(),
+        base: 1000.0,
+        harm: 0.5,
+        actuator: act.clone(),
+        progress: 0.0,
+        last: None,
+    };
+    let stats = Arc::new(NodeStats::default());
+    let evictor = FakeEvictor {
+        targets: targets.clone(),
+        ..FakeEvictor::default()
+    };
+    let cfg = InterferenceConfig {
+        evict_after_failed_relaxes: 2,
+        evict_hold: Duration::from_secs(5),
+        ..probe_cfg()
+    };
+    let parts = Parts {
+        sources: vec![Box::new(model)],
+        targets: Box::new(targets.clone()),
+        actuator: Box::new(act.clone()),
+        evictor: Arc::new(evictor.clone()),
+        stats: stats.clone(),
+    };
+    let mut m = Monitor::new(cfg, "n1", 1, parts);
+    let t0 = Instant::now();
+    let mut levels = Vec::new();
+    for i in 0..60u32 {
+        m.tick_at(t0 + PERIOD * i).await;
+        levels.push(m.level());
+        if m.level() == Level::Evict {
+            break;
+        }
+    }
+    assert!(levels.contains(&Level::Freeze), "{levels:?}");
+    assert_eq!(m.level(), Level::Evict, "{levels:?}");
+    let evicted = evictor.evicted.lock().unwrap().clone();
+    assert_eq!(evicted.len(), 1);
+    assert_eq!(evicted[0].0, "L1");
+    assert!(
+        evicted[0]
+            .1
+            .starts_with("evicted for interference: freeze-probe: job 7"),
+        "{}",
+        evicted[0].1
+    );
+    let state = stats.interference().unwrap();
+    assert_eq!(state.level, "evict");
+    assert_eq!(state.actions["evict"], 1);
+    assert_eq!(state.actions["evicted_leases"], 1);
+    // The node holds at evict (no placements), then returns to none.
+    let t = t0 + PERIOD * levels.len() as u32;
+    m.tick_at(t + Duration::from_secs(1)).await;
+    assert_eq!(m.level(), Level::Evict);
+    m.tick_at(t + Duration::from_secs(6)).await;
+    assert_eq!(m.level(), Level::None);
+    assert_eq!(stats.interference().unwrap().level, "none");
+}
+
+#[tokio::test]
+async fn observe_mode_reports_but_never_touches_an_executor() {
+    let cfg = InterferenceConfig {
+        mode: Mode::Observe,
+        detectors: vec!["threshold".into(), "freeze-probe".into()],
+        ..InterferenceConfig::default()
+    };
+    let targets = FakeTargets::with(&[7], &[]);
+    let mut rates = vec![(1.0, 0.0); 4];
+    rates.extend(vec![(0.5, 0.5); 6]);
+    let sources: Vec<Box<dyn Source>> = vec![Box::new(Recorded::new(series(&rates)))];
+    let (mut m, act, _, stats) = monitor(cfg, &targets, sources);
+    let t0 = Instant::now();
+    for i in 0..10u32 {
+        if i == 4 {
+            targets.add_lease("L1");
+        }
+        m.tick_at(t0 + PERIOD * i).await;
+    }
+    assert_ne!(m.level(), Level::None);
+    let state = stats.interference().unwrap();
+    assert_eq!(state.level, "none");
+    assert!(
+        state.reason.starts_with("observe mode, would be quota"),
+        "{}",
+        state.reason
+    );
+    assert!(act.0.lock().unwrap().log.is_empty());
+    assert_eq!(stats.counters().interference_actions, 0);
+}

@@ -1,0 +1,505 @@
+//! harvestd's Prometheus metrics: OpenMetrics text at `/metrics` on `metrics_listen`.
+//!
+//! What this node's agent knows first-hand, read at scrape time: the node's CPUs, memory and
+//! GPUs by state (the same view `harvestd status --json` prints), its leases and whether their
+//! executors are ready, its reclaim and interference counters ([`NodeStats`]), whether Slurm
+//! drains it, and each ready executor's latest invocation. The names are the scheduler's (it
+//! relays the same counters from the agents' reports), so one Grafana panel reads either; a
+//! `job` label tells them apart. Every metric is listed in docs/metrics.md.
+//!
+//! Invocations: the agent sees an executor's activity only as the time of its latest
+//! invocation (the executor's activity file, rewritten at most once a second), so it exports
+//! that time, not a count or a latency histogram of invocations.
+
+use std::convert::Infallible;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use harvest_core::NodeView;
+use harvest_proto::v1;
+use http_body_util::Full;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::encoding::text::encode as encode_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::agent::NodeAgent;
+use crate::executor::Executors;
+use crate::server::lock;
+use crate::stats::{Counters, NodeStats};
+
+/// The Content-Type of the exposition.
+pub const CONTENT_TYPE_OPENMETRICS: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Scrapes served at once; more wait in the accept queue.
+pub const MAX_CONNECTIONS: usize = 16;
+/// How long a scraper has to send its request headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+const LEVELS: [&str; 5] = ["none", "weight", "quota", "freeze", "evict"];
+
+type Labels = Vec<(&'static str, String)>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Everything one scrape shows, taken at once.
+#[derive(Debug, Clone, Default)]
+pub struct AgentSnapshot {
+    pub view: NodeView,
+    /// Each lease on the node and whether its executor is ready (listening).
+    pub leases: Vec<(String, bool)>,
+    /// The latest invocation of each ready executor (Unix ms).
+    pub activity: Vec<(String, i64)>,
+    pub counters: Counters,
+    pub interference: Option<v1::InterferenceState>,
+    pub draining: bool,
+}
+
+/// Where a scrape reads from: the agent's ledger, its executors and its counters.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub agent: Arc<Mutex<NodeAgent>>,
+    pub executors: Executors,
+    pub stats: Arc<NodeStats>,
+}
+
+impl Sources {
+    pub fn snapshot(&self) -> AgentSnapshot {
+        let (view, leases) = {
+            let agent = lock(&self.agent);
+            let leases = agent
+                .ledger()
+                .leases
+                .iter()
+                .map(|(id, l)| {
+                    let ready = l.executor.as_ref().is_some_and(|e| e.address.is_some());
+                    (id.clone(), ready)
+                })
+                .collect();
+            (agent.view(), leases)
+        };
+        AgentSnapshot {
+            view,
+            leases,
+            activity: self.executors.activity(),
+            counters: self.stats.counters(),
+            interference: self.stats.interference(),
+            draining: self.stats.draining(),
+        }
+    }
+}
+
+fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
+    pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+}
+
+/// Counts by state: the sizes of the view's lists, and `reserved` for what is in none of them
+/// (as the scheduler counts them, see harvest_scheduler::metrics::Usage).
+fn by_state(batch: usize, function: usize, idle: usize, in_none: usize) -> [(&'static str, i64); 4] {
+    let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+    [
+        ("batch", n(batch)),
+        ("function", n(function)),
+        ("idle", n(idle)),
+        ("reserved", n(in_none)),
+    ]
+}
+
+/// Encodes one scrape of `s`.
+pub fn encode(s: &AgentSnapshot) -> String {
+    let v = &s.view;
+    let node = v.name.as_str();
+    let mut r = Registry::with_prefix("harvest");
+
+    let cpus = Family::<Labels, Gauge>::default();
+    let held = v.cpus.batch.union(&v.cpus.function).union(&v.cpus.idle);
+    let cpu_counts = by_state(
+        v.cpus.batch.len(),
+        v.cpus.function.len(),
+        v.cpus.idle.len(),
+        v.cpus.total.difference(&held).len(),
+    );
+    let memory = Family::<Labels, Gauge>::default();
+    let m = &v.memory_mib;
+    let mem_reserved = m
+        .total
+        .saturating_sub(m.batch)
+        .saturating_sub(m.function)
+        .saturating_sub(m.idle);
+    let gpus = Family::<Labels, Gauge>::default();
+    let gpu_state = Family::<Labels, Gauge>::default();
+    let g = &v.gpus;
+    let state_of = |i: &u32| {
+        if g.batch.contains(i) {
+            "batch"
+        } else if g.function.contains(i) {
+            "function"
+        } else if g.idle.contains(i) {
+            "idle"
+        } else {
+            "reserved"
+        }
+    };
+    let gpu_reserved = g.total.iter().filter(|i| state_of(i) == "reserved").count();
+    let gpu_counts = by_state(
+        g.batch.len(),
+        g.function.len(),
+        g.idle.len(),
+        gpu_reserved,
+    );
+    for (i, (state, count)) in cpu_counts.iter().enumerate() {
+        let l = labels([("node", node), ("state", state)]);
+        cpus.get_or_create(&l).set(*count);
+        let mib = [m.batch, m.function, m.idle, mem_reserved][i];
+        memory
+            .get_or_create(&l)
+            .set(i64::try_from(mib.saturating_mul(1 << 20)).unwrap_or(i64::MAX));
+        gpus.get_or_create(&l).set(gpu_counts[i].1);
+    }
+    for i in &g.total {
+        let id = i.to_string();
+        gpu_state
+            .get_or_create(&labels([("node", node), ("gpu", &id), ("state", state_of(i))]))
+            .set(1);
+    }
+    r.register(
+        "node_cpus",
+        "CPUs of the node by state (batch, function, idle, reserved)",
+        cpus,
+    );
+    r.register_with_unit(
+        "node_memory",
+        "Memory of the node by state (batch, function, idle, reserved)",
+        Unit::Bytes,
+        memory,
+    );
+    r.register(
+        "node_gpus",
+        "GPUs of the node by state (batch, function, idle, reserved)",
+        gpus,
+    );
+    r.register(
+        "gpu_state",
+        "1 for each GPU in its state (batch, function, idle, reserved)",
+        gpu_state,
+    );
+
+    let leases = Family::<Labels, Gauge>::default();
+    let ready = s.leases.iter().filter(|(_, r)| *r).count();
+    let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+    leases
+        .get_or_create(&labels([("node", node), ("state", "pending")]))
+        .set(n(s.leases.len() - ready));
+    leases
+        .get_or_create(&labels([("node", node), ("state", "active")]))
+        .set(n(ready));
+    r.register(
+        "leases",
+        "Leases on the node (pending: executor starting; active: executor ready)",
+        leases,
+    );
+    let last = Family::<Labels, FloatGauge>::default();
+    for (lease, ms) in &s.activity {
+        last.get_or_create(&labels([("node", node), ("lease", lease)]))
+            .set(*ms as f64 / 1000.0);
+    }
+    r.register_with_unit(
+        "lease_last_invocation_timestamp",
+        "When the lease's executor last began an invocation (Unix time; the executor records it \
+         at most once a second)",
+        Unit::Seconds,
+        last,
+    );
+
+    let c = &s.counters;
+    let l = labels([("node", node)]);
+    let counter = |v: u64| {
+        let f = Family::<Labels, Counter>::default();
+        f.get_or_create(&l).inc_by(v);
+        f
+    };
+    r.register(
+        "reclaims",
+        "Step starts that took resources back from executors",
+        counter(c.reclaims),
+    );
+    r.register(
+        "reclaim_evictions",
+        "Executors evicted to make room for a batch step",
+        counter(c.reclaim_evictions),
+    );
+    r.register(
+        "reclaim_moves",
+        "Executors moved to other idle CPUs instead of evicted",
+        counter(c.reclaim_moves),
+    );
+    r.register(
+        "reclaim_overruns",
+        "Reclaims that did not finish within their deadline",
+        counter(c.reclaim_overruns),
+    );
+    let seconds = Family::<Labels, Counter<f64, AtomicU64>>::default();
+    seconds
+        .get_or_create(&l)
+        .inc_by(c.reclaim_latency_us_sum as f64 / 1e6);
+    r.register_with_unit(
+        "reclaim",
+        "Total reclaim latency, plugin report to executors gone (divide by harvest_reclaims_total \
+         for the mean)",
+        Unit::Seconds,
+        seconds,
+    );
+    let max = Family::<Labels, FloatGauge>::default();
+    max.get_or_create(&l)
+        .set(c.reclaim_latency_us_max as f64 / 1e6);
+    r.register_with_unit(
+        "reclaim_max",
+        "The slowest reclaim since the agent started",
+        Unit::Seconds,
+        max,
+    );
+    r.register(
+        "interference_actions",
+        "Interference control actions taken since the agent started",
+        counter(c.interference_actions),
+    );
+
+    let draining = Family::<Labels, Gauge>::default();
+    draining.get_or_create(&l).set(i64::from(s.draining));
+    r.register(
+        "node_draining",
+        "1 while Slurm drains the node (or has it down): no new leases",
+        draining,
+    );
+
+    if let Some(i) = &s.interference {
+        let current = if i.level.is_empty() { "none" } else { &i.level };
+        let level = Family::<Labels, Gauge>::default();
+        let mut known = LEVELS.to_vec();
+        if !known.contains(&current) {
+            known.push(current);
+        }
+        for lv in known {
+            level
+                .get_or_create(&labels([("node", node), ("level", lv)]))
+                .set(i64::from(lv == current));
+        }
+        r.register(
+            "interference_level",
+            "1 for the interference control level applied now",
+            level,
+        );
+        let signals = Family::<Labels, FloatGauge>::default();
+        for (name, value) in &i.signals {
+            signals
+                .get_or_create(&labels([("node", node), ("signal", name)]))
+                .set(*value);
+        }
+        r.register(
+            "interference_signal",
+            "The latest interference signal values by name",
+            signals,
+        );
+        let actions = Family::<Labels, Counter>::default();
+        for (lv, count) in &i.actions {
+            actions
+                .get_or_create(&labels([("node", node), ("level", lv)]))
+                .inc_by(*count);
+        }
+        r.register(
+            "interference_level_actions",
+            "Interference control actions by level (weight, quota, freeze, evict)",
+            actions,
+        );
+    }
+
+    let mut out = String::new();
+    encode_text(&mut out, &r).expect("writing to a String cannot fail");
+    out
+}
+
+fn respond<B>(sources: &Sources, req: &Request<B>) -> Response<Full<Bytes>> {
+    let (status, ct, body) = if req.method() != Method::GET && req.method() != Method::HEAD {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "only GET and HEAD\n".to_owned(),
+        )
+    } else {
+        match req.uri().path() {
+            "/metrics" => (
+                StatusCode::OK,
+                CONTENT_TYPE_OPENMETRICS,
+                encode(&sources.snapshot()),
+            ),
+            "/healthz" => (StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
+            other => (
+                StatusCode::NOT_FOUND,
+                "text/plain; charset=utf-8",
+                format!("no page {other}: harvestd serves /metrics and /healthz\n"),
+            ),
+        }
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+    r
+}
+
+/// Serves `/metrics` on `listener` until the task is dropped or aborted.
+pub async fn serve(listener: TcpListener, sources: Sources) {
+    tracing::info!(addr = ?listener.local_addr().ok(), "metrics serving");
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept on the metrics listener failed");
+                continue;
+            }
+        };
+        let sources = sources.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let answer = respond(&sources, &req);
+                async move { Ok::<_, Infallible>(answer) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "metrics connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use harvest_core::CpuSet;
+
+    fn snapshot() -> AgentSnapshot {
+        let mut view = NodeView {
+            name: "n7".into(),
+            ..NodeView::default()
+        };
+        view.cpus.total = CpuSet::first_n(4);
+        view.cpus.batch = [0].into_iter().collect();
+        view.cpus.function = [1, 2].into_iter().collect();
+        view.memory_mib = harvest_core::MemoryBreakdown {
+            total: 2048,
+            batch: 512,
+            function: 256,
+            idle: 256,
+        };
+        view.gpus.total = vec![0];
+        view.gpus.idle = vec![0];
+        AgentSnapshot {
+            view,
+            leases: vec![("L1".into(), true), ("L2".into(), false)],
+            activity: vec![("L1".into(), 1_700_000_000_500)],
+            counters: Counters {
+                reclaims: 3,
+                reclaim_evictions: 2,
+                reclaim_moves: 1,
+                reclaim_overruns: 0,
+                reclaim_latency_us_sum: 4500,
+                reclaim_latency_us_max: 2000,
+                interference_actions: 1,
+            },
+            interference: Some(v1::InterferenceState {
+                level: "weight".into(),
+                signals: [("batch.cpu_usage".to_owned(), 0.75)].into(),
+                actions: [("weight".to_owned(), 1)].into(),
+                ..v1::InterferenceState::default()
+            }),
+            draining: true,
+        }
+    }
+
+    /// `name{k=v,...}` -> value through Prometheus' text parser.
+    fn parse(text: &str) -> std::collections::HashMap<String, f64> {
+        let scrape =
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+        scrape
+            .samples
+            .into_iter()
+            .filter_map(|s| {
+                let v = match s.value {
+                    prometheus_parse::Value::Counter(v)
+                    | prometheus_parse::Value::Gauge(v)
+                    | prometheus_parse::Value::Untyped(v) => v,
+                    _ => return None,
+                };
+                let mut l: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                l.sort();
+                Some((format!("{}{{{}}}", s.metric, l.join(",")), v))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_scrape_shows_the_view_leases_counters_and_interference() {
+        let text = encode(&snapshot());
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        let m = parse(&text);
+        let get = |k: &str| *m.get(k).unwrap_or_else(|| panic!("no {k} in\n{text}"));
+        assert_eq!(get("harvest_node_cpus{node=n7,state=batch}"), 1.0);
+        assert_eq!(get("harvest_node_cpus{node=n7,state=function}"), 2.0);
+        assert_eq!(get("harvest_node_cpus{node=n7,state=idle}"), 0.0);
+        // CPU 3 is in no list: reserved.
+        assert_eq!(get("harvest_node_cpus{node=n7,state=reserved}"), 1.0);
+        assert_eq!(
+            get("harvest_node_memory_bytes{node=n7,state=reserved}"),
+            1024.0 * 1048576.0
+        );
+        assert_eq!(get("harvest_node_gpus{node=n7,state=idle}"), 1.0);
+        assert_eq!(get("harvest_gpu_state{gpu=0,node=n7,state=idle}"), 1.0);
+        assert_eq!(get("harvest_leases{node=n7,state=active}"), 1.0);
+        assert_eq!(get("harvest_leases{node=n7,state=pending}"), 1.0);
+        assert_eq!(
+            get("harvest_lease_last_invocation_timestamp_seconds{lease=L1,node=n7}"),
+            1_700_000_000.5
+        );
+        assert_eq!(get("harvest_reclaims_total{node=n7}"), 3.0);
+        assert_eq!(get("harvest_reclaim_evictions_total{node=n7}"), 2.0);
+        assert_eq!(get("harvest_reclaim_seconds_total{node=n7}"), 0.0045);
+        assert_eq!(get("harvest_reclaim_max_seconds{node=n7}"), 0.002);
+        assert_eq!(get("harvest_node_draining{node=n7}"), 1.0);
+        assert_eq!(get("harvest_interference_level{level=weight,node=n7}"), 1.0);
+        assert_eq!(get("harvest_interference_level{level=evict,node=n7}"), 0.0);
+        assert_eq!(
+            get("harvest_interference_signal{node=n7,signal=batch.cpu_usage}"),
+            0.75
+        );
+        assert_eq!(
+            get("harvest_interference_level_actions_total{level=weight,node=n7}"),
+            1.0
+        );
+    }
+
+    #[test]
+    fn without_an_interference_monitor_no_interference_level_is_claimed() {
+        let mut s = snapshot();
+        s.interference = None;
+        let text = encode(&s);
+        assert!(!text.contains("harvest_interference_level{"), "{text}");
+        assert!(text.contains("harvest_interference_actions_total{node=\"n7\"} 1"), "{text}");
+    }
+}
