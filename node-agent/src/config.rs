@@ -98,6 +98,8 @@ pub struct Config {
     /// [default: harvest_<node>].
     pub lease_cgroup_parent: Option<PathBuf>,
     pub proc_root: PathBuf,
+    /// Where Prometheus scrapes `/metrics` (HTTP), e.g. "127.0.0.1:9201"; none: not served.
+    pub metrics_listen: Option<String>,
     /// Interference monitoring and control (the `[interference]` table; docs/interference.md).
     pub interference: crate::interference::InterferenceConfig,
     #[serde(deserialize_with = "duration")]
@@ -141,6 +143,7 @@ impl Default for Config {
             lease_cpu_weight: DEFAULT_LEASE_CPU_WEIGHT,
             lease_cgroup_parent: None,
             proc_root: PathBuf::from(DEFAULT_PROC_ROOT),
+            metrics_listen: None,
             interference: crate::interference::InterferenceConfig::default(),
             reclaim_timeout: DEFAULT_RECLAIM_TIMEOUT,
             reclaim_order: ReclaimOrder::default(),
@@ -250,6 +253,15 @@ impl Config {
                 hint: "give the scheduler's URL, e.g. http://127.0.0.1:7070",
             });
         }
+        if let Some(addr) = &self.metrics_listen
+            && addr.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::Invalid {
+                key: "metrics_listen",
+                value: format!("{addr:?}"),
+                hint: "give an address and port, e.g. \"127.0.0.1:9201\"",
+            });
+        }
         if self.max_connections == 0 {
             return Err(ConfigError::Invalid {
                 key: "max_connections",
@@ -355,6 +367,15 @@ mod tests {
                 .contains("lease_cgroup_parent")
         );
         c.lease_cgroup_parent = Some("harvest_test/n1".into());
+        c.validate().unwrap();
+        c.metrics_listen = Some("localhost".into());
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("metrics_listen")
+        );
+        c.metrics_listen = Some("127.0.0.1:9201".into());
         c.validate().unwrap();
         c.reconcile_interval = Duration::ZERO;
         assert!(

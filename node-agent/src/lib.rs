@@ -19,6 +19,7 @@
 //! - [`interference`]: interference monitoring and control (signals, detectors, the escalation
 //!   ladder weight → quota → freeze → evict, the monitor task).
 //! - [`stats`]: counters (reclaims, interference actions) and states sent with every report.
+//! - [`metrics`]: Prometheus metrics over HTTP on `metrics_listen`.
 //! - [`query`]: `harvestd status`: the query client and the table.
 //! - [`config`]: the TOML configuration and its defaults.
 //! - [`fake_scheduler`]: a recording `AgentGateway` server for tests (never run by harvestd).
@@ -34,6 +35,7 @@ pub mod fake_scheduler;
 pub mod interference;
 pub mod lease;
 pub mod ledger;
+pub mod metrics;
 pub mod query;
 pub mod reclaim;
 pub mod scontrol;

@@ -104,7 +104,12 @@ fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
 
 /// Counts by state: the sizes of the view's lists, and `reserved` for what is in none of them
 /// (as the scheduler counts them, see harvest_scheduler::metrics::Usage).
-fn by_state(batch: usize, function: usize, idle: usize, in_none: usize) -> [(&'static str, i64); 4] {
+fn by_state(
+    batch: usize,
+    function: usize,
+    idle: usize,
+    in_none: usize,
+) -> [(&'static str, i64); 4] {
     let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
     [
         ("batch", n(batch)),
@@ -150,12 +155,7 @@ pub fn encode(s: &AgentSnapshot) -> String {
         }
     };
     let gpu_reserved = g.total.iter().filter(|i| state_of(i) == "reserved").count();
-    let gpu_counts = by_state(
-        g.batch.len(),
-        g.function.len(),
-        g.idle.len(),
-        gpu_reserved,
-    );
+    let gpu_counts = by_state(g.batch.len(), g.function.len(), g.idle.len(), gpu_reserved);
     for (i, (state, count)) in cpu_counts.iter().enumerate() {
         let l = labels([("node", node), ("state", state)]);
         cpus.get_or_create(&l).set(*count);
@@ -168,7 +168,11 @@ pub fn encode(s: &AgentSnapshot) -> String {
     for i in &g.total {
         let id = i.to_string();
         gpu_state
-            .get_or_create(&labels([("node", node), ("gpu", &id), ("state", state_of(i))]))
+            .get_or_create(&labels([
+                ("node", node),
+                ("gpu", &id),
+                ("state", state_of(i)),
+            ]))
             .set(1);
     }
     r.register(
@@ -500,6 +504,9 @@ mod tests {
         s.interference = None;
         let text = encode(&s);
         assert!(!text.contains("harvest_interference_level{"), "{text}");
-        assert!(text.contains("harvest_interference_actions_total{node=\"n7\"} 1"), "{text}");
+        assert!(
+            text.contains("harvest_interference_actions_total{node=\"n7\"} 1"),
+            "{text}"
+        );
     }
 }

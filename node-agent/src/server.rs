@@ -76,6 +76,11 @@ pub enum ServerError {
         "no harvest-executor beside harvestd ({beside}) or on PATH: install it there or set executor_path"
     )]
     NoExecutor { beside: String },
+    #[error("cannot serve metrics on metrics_listen = {addr}: {source}")]
+    MetricsBind {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 /// Discovers the real hardware and cgroups, then serves until `shutdown` resolves.
@@ -239,6 +244,23 @@ pub async fn serve(
         stats.clone(),
         config.drain_check_interval,
     ));
+    let metrics = match &config.metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr.as_str())
+                .await
+                .map_err(|source| ServerError::MetricsBind {
+                    addr: addr.clone(),
+                    source,
+                })?;
+            let sources = crate::metrics::Sources {
+                agent: agent.clone(),
+                executors: executors.clone(),
+                stats: stats.clone(),
+            };
+            Some(tokio::spawn(crate::metrics::serve(listener, sources)))
+        }
+        None => None,
+    };
     let plugin_slots = Arc::new(Semaphore::new(config.max_connections));
     let query_slots = Arc::new(Semaphore::new(config.max_connections));
     let mut tick = tokio::time::interval(config.reconcile_interval);
@@ -275,6 +297,9 @@ pub async fn serve(
         }
     }
     drain_watch.abort();
+    if let Some(task) = metrics {
+        task.abort();
+    }
     tracing::info!("shutting down; executors keep running and are re-adopted at the next start");
     interference.stop().await;
     let _ = stop_session.send(());
