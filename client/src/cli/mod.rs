@@ -2,9 +2,11 @@
 //!
 //! - [`exit`]: failures and their exit codes.
 //! - [`show`]: the tables printed without `--json`.
+//! - [`top`]: `harvest top`, the cluster's picture refreshed in a terminal.
 
 pub mod exit;
 pub mod show;
+pub mod top;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -77,6 +79,11 @@ pub enum Command {
     /// lease elsewhere (unless --no-failover); a revocation that failover cannot cover fails
     /// with `LeaseRevoked: ... revoked: reclaimed by job N` and exit code 15.
     Invoke(InvokeArgs),
+    /// The cluster in a terminal, refreshed: each node's CPUs as batch (B), function (F), idle
+    /// (.) or reserved (R) cells, memory and GPUs by state, utilization since top started,
+    /// live leases and recent revocations. The scheduler's web dashboard (its http_listen
+    /// address) shows the same with the last hour.
+    Top(top::TopArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -291,6 +298,7 @@ pub fn run(args: Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliEr
                 .write_all(text.as_bytes())
                 .map_err(io("cannot write to stdout"))?;
         }
+        Command::Top(a) => top::run(&rt, &mut client, &url, &a, env)?,
         Command::Invoke(a) => {
             let input = read_input(a.input.as_ref())?;
             let output = if let Some(id) = &a.lease {
