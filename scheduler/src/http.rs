@@ -265,6 +265,17 @@ pub struct LeaseJson {
     pub end_cause: String,
 }
 
+/// Orders node names as people count: n2 before n10.
+pub fn natural_key(name: &str) -> (String, u64, String) {
+    let digits = name.len() - name.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let (prefix, number) = name.split_at(name.len() - digits);
+    (
+        prefix.to_owned(),
+        number.parse().unwrap_or(0),
+        name.to_owned(),
+    )
+}
+
 fn lease_state(state: i32) -> String {
     v1::LeaseState::try_from(state)
         .map_or("unknown", |s| {
@@ -354,7 +365,8 @@ impl ClusterJson {
         timeline: TimelineJson,
         events: Vec<Event>,
     ) -> Self {
-        let nodes: Vec<NodeJson> = snap.nodes.iter().map(NodeJson::of).collect();
+        let mut nodes: Vec<NodeJson> = snap.nodes.iter().map(NodeJson::of).collect();
+        nodes.sort_by_cached_key(|n| natural_key(&n.view.name));
         let totals = nodes.iter().fold(Usage::default(), |a, n| a.add(&n.usage));
         let mut leases: Vec<&v1::Lease> = snap.leases.iter().collect();
         // Live first, then the newest.
@@ -459,7 +471,18 @@ mod tests {
             window_ms: 1,
             samples: vec![],
         };
+        for name in ["n10", "n2", "gpu1", "n1"] {
+            snap.nodes.push(v1::NodeStatus {
+                view: Some(v1::NodeView {
+                    name: name.into(),
+                    ..v1::NodeView::default()
+                }),
+                ..v1::NodeStatus::default()
+            });
+        }
         let c = ClusterJson::new(&snap, "p".into(), 0, timeline, vec![]);
+        let names: Vec<&str> = c.nodes.iter().map(|n| n.view.name.as_str()).collect();
+        assert_eq!(names, ["gpu1", "n1", "n2", "n10"]);
         assert_eq!(c.leases.len(), 1 + ENDED_LEASES_SHOWN);
         assert_eq!(
             (c.leases[0].id.as_str(), c.leases[0].state.as_str()),

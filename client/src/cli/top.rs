@@ -419,7 +419,8 @@ pub fn run(
         });
         let now = now_ms();
         let text = match fetched {
-            Ok((nodes, leases)) => {
+            Ok((mut nodes, leases)) => {
+                nodes.sort_by_cached_key(|n| natural_key(&n.view.name));
                 if args.json {
                     let mut s = serde_json::to_string_pretty(&Picture::new(&nodes, &leases, now))
                         .expect("plain data serializes");
@@ -464,6 +465,17 @@ pub fn run(
         }
         std::thread::sleep(args.interval);
     }
+}
+
+/// Orders node names as people count: n2 before n10.
+fn natural_key(name: &str) -> (String, u64, String) {
+    let digits = name.len() - name.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let (prefix, number) = name.split_at(name.len() - digits);
+    (
+        prefix.to_owned(),
+        number.parse().unwrap_or(0),
+        name.to_owned(),
+    )
 }
 
 /// hh:mm:ss UTC (no time zone database needed).
@@ -595,5 +607,8 @@ mod tests {
         assert_eq!(sparkline([0, 4, 8].into_iter(), 8), "▁▄█");
         assert_eq!(sparkline([3].into_iter(), 0), "▁");
         assert_eq!(chrono_free_clock(3_600_000 + 61_000), "01:01:01 UTC");
+        let mut names = ["n10", "n2", "a", "n1"];
+        names.sort_by_cached_key(|n| natural_key(n));
+        assert_eq!(names, ["a", "n1", "n2", "n10"]);
     }
 }

@@ -57,10 +57,14 @@ function renderSummary(c) {
   const box = document.getElementById("summary");
   const up = c.nodes.filter((n) => n.state === "up").length;
   const active = c.leases.filter((l) => l.state === "active").length;
+  const gpus = c.totals.gpus.total > 0
+    ? summaryCard("GPUs", c.totals.gpus, String)
+    : el("div", { class: "card" }, el("div", { class: "muted", text: "GPUs" }), el("div", { class: "big", text: "none" }),
+      el("div", { class: "muted", text: "No agent reports a GPU." }));
   box.replaceChildren(
     summaryCard("CPUs", c.totals.cpus, String),
     summaryCard("Memory", c.totals.memory_mib, mib),
-    summaryCard("GPUs", c.totals.gpus, String),
+    gpus,
     el("div", { class: "card" },
       el("div", { class: "muted", text: "Nodes and leases" }),
       el("div", { class: "big", text: `${up}/${c.nodes.length} nodes up` }),
@@ -130,13 +134,21 @@ function svg(tag, attrs) {
   return e;
 }
 
-// Batch CPUs, and batch + function CPUs stacked on it, over the last window; the total as a line.
+function span(ms) {
+  const s = Math.round(ms / 1000);
+  return s < 120 ? `${s} s` : `${Math.round(s / 60)} min`;
+}
+
+// Batch CPUs, and batch + function CPUs stacked on it, over the last window (or since the
+// first sample, while the scheduler has run for less than that); the total as a line.
 function renderTimeline(c) {
   const box = document.getElementById("timeline");
   const samples = c.timeline.samples;
   const W = 1000, H = 180, L = 34, B = 18, T = 6;
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img" });
-  const end = c.generated_unix_ms, start = end - c.timeline.window_ms;
+  const end = c.generated_unix_ms;
+  const first = samples.length ? samples[0].t_unix_ms - c.timeline.interval_ms : end - c.timeline.window_ms;
+  const start = Math.max(end - c.timeline.window_ms, Math.min(first, end - 60000));
   const top = Math.max(1, ...samples.map((s) => s.usage.cpus.total));
   const x = (t) => L + ((W - L) * (t - start)) / (end - start);
   const y = (v) => H - B - ((H - B - T) * v) / top;
@@ -146,9 +158,10 @@ function renderTimeline(c) {
     t.textContent = Number.isInteger(v) ? v : v.toFixed(1);
     root.append(t, svg("line", { class: "axis", x1: L, y1: y(v), x2: W, y2: y(v), "stroke-dasharray": "2 4" }));
   }
-  for (let m = 0; m <= 60; m += 15) {
-    const t = svg("text", { x: x(start + m * 60000) - (m === 60 ? 24 : 0), y: H - 4 });
-    t.textContent = m === 60 ? "now" : `-${60 - m} min`;
+  for (let q = 0; q <= 4; q++) {
+    const at = start + ((end - start) * q) / 4;
+    const t = svg("text", { x: x(at) - (q === 4 ? 24 : 0), y: H - 4 });
+    t.textContent = q === 4 ? "now" : `-${span(end - at)}`;
     root.append(t);
   }
   if (samples.length > 0) {
@@ -163,7 +176,7 @@ function renderTimeline(c) {
   }
   const last = samples[samples.length - 1];
   const caption = last
-    ? `now: batch ${last.usage.cpus.batch}, batch + functions ${last.usage.cpus.batch + last.usage.cpus.function} of ${last.usage.cpus.total} CPUs (a sample every ${c.timeline.interval_ms / 1000} s, ${samples.length} so far)`
+    ? `now: batch ${last.usage.cpus.batch}, batch + functions ${last.usage.cpus.batch + last.usage.cpus.function} of ${last.usage.cpus.total} CPUs (a sample every ${c.timeline.interval_ms / 1000} s; ${samples.length} over the last ${span(end - samples[0].t_unix_ms)}, the window is ${span(c.timeline.window_ms)})`
     : "no sample yet";
   box.replaceChildren(root, el("div", { class: "muted", text: caption }));
 }
