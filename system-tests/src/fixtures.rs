@@ -3,7 +3,9 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
+
+use harvest_core::CpuSet;
 
 use anyhow::{Context, Result, ensure};
 
@@ -97,6 +99,101 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The `harvest` CLI of the debug build, copied where the test user can run it, talking to one
+/// scheduler.
+#[derive(Debug)]
+pub struct Cli {
+    pub bin: PathBuf,
+    pub scheduler: String,
+}
+
+impl Cli {
+    /// Copies the CLI into `dir` (mode 0755).
+    pub fn install(dir: &Path, scheduler: String) -> Result<Self> {
+        let bin = dir.join("harvest");
+        std::fs::copy(target_bin("harvest")?, &bin)?;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+        Ok(Self { bin, scheduler })
+    }
+
+    /// The command `harvest ARGS` as root (`user` None) or as `user`, not yet run.
+    pub fn command(&self, user: Option<&str>, args: &[&str]) -> Command {
+        let mut cmd = match user {
+            None => Command::new(&self.bin),
+            Some(u) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", u, "--"]).arg(&self.bin);
+                c
+            }
+        };
+        cmd.arg("--scheduler").arg(&self.scheduler).args(args);
+        cmd
+    }
+
+    /// Runs `harvest ARGS` as root (`user` None) or as `user`.
+    pub fn run(&self, user: Option<&str>, args: &[&str]) -> Result<Output> {
+        Ok(self.command(user, args).stdin(Stdio::null()).output()?)
+    }
+
+    pub fn ok(&self, user: Option<&str>, args: &[&str]) -> Result<String> {
+        let out = self.run(user, args)?;
+        ensure!(
+            out.status.success(),
+            "`harvest {}` as {user:?} exited with {}: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// `harvest nodes` rows: (name, state, idle CPUs, batch CPUs).
+    pub fn nodes(&self) -> Result<Vec<(String, String, CpuSet, CpuSet)>> {
+        let set = |s: &str| -> Result<CpuSet> {
+            if s == "-" {
+                Ok(CpuSet::default())
+            } else {
+                Ok(s.parse()?)
+            }
+        };
+        self.ok(None, &["nodes"])?
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                ensure!(f.len() >= 5, "short row {l:?}");
+                Ok((f[0].to_owned(), f[1].to_owned(), set(f[2])?, set(f[3])?))
+            })
+            .collect()
+    }
+
+    /// `harvest leases` rows of `user`: (id, node, cpus, state).
+    pub fn leases_of(&self, user: &str) -> Result<Vec<(String, String, String, String)>> {
+        Ok(self
+            .ok(None, &["leases"])?
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 6 && f[2] == user)
+                    .then(|| (f[0].into(), f[1].into(), f[3].into(), f[5].into()))
+            })
+            .collect())
+    }
+}
+
+/// The scheduler's URL: HARVEST_SCHEDULER in the test's environment wins (a scheduler of one's
+/// own), as for the CLI, else the one the cluster exports.
+pub fn scheduler_url(cluster: &LocalCluster) -> Result<String> {
+    match std::env::var("HARVEST_SCHEDULER") {
+        Ok(url) if !url.is_empty() => Ok(url),
+        _ => Ok(cluster
+            .var("HARVEST_SCHEDULER")
+            .context("`deploy/local-cluster env` exports no HARVEST_SCHEDULER: is harvest-scheduler part of the cluster?")?
+            .to_owned()),
     }
 }
 

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 uint32_t echo(void *in, uint32_t len, void *out) { memcpy(out, in, len); return len; }
@@ -41,4 +42,31 @@ uint32_t whereami(void *in, uint32_t len, void *out) {
     FILE *f = fopen("/proc/self/cgroup", "r");
     if (f) { n += fread(o + n, 1, 16384, f); fclose(f); }
     return (uint32_t)n;
+}
+
+/* Busy for the number of milliseconds in the input, then "done". */
+uint32_t burn(void *in, uint32_t len, void *out) {
+    char buf[32] = {0};
+    memcpy(buf, in, len < 31 ? len : 31);
+    long ms = strtol(buf, NULL, 10);
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    do {
+        for (volatile int i = 0; i < 10000; i++) {}
+        clock_gettime(CLOCK_MONOTONIC, &t);
+    } while ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 < ms);
+    return (uint32_t)sprintf(out, "done");
+}
+
+/* Touches the number of MiB in the input and holds them, spinning, until killed. */
+uint32_t hold(void *in, uint32_t len, void *out) {
+    (void)out;
+    char buf[32] = {0};
+    memcpy(buf, in, len < 31 ? len : 31);
+    size_t mib = strtoul(buf, NULL, 10);
+    volatile char *p = malloc(mib << 20);
+    if (!p) return 0;
+    for (size_t i = 0; i < (mib << 20); i += 4096) p[i] = 1;
+    for (volatile unsigned long i = 0;; i++) {}
+    return 0;
 }

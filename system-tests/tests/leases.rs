@@ -10,91 +10,16 @@
 //! `runuser`; munge says who the user is.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use harvest_core::CpuSet;
 use harvest_system_tests::fixtures::{
-    Scratch, TEST_USER as USER, build_library, field, target_bin, test_user,
+    Cli, Scratch, TEST_USER as USER, build_library, field, scheduler_url, test_user,
 };
 use harvest_system_tests::{LocalCluster, poll};
-
-/// The harvest CLI, copied where the test user can run it.
-fn harvest_cli(dir: &Path) -> Result<PathBuf> {
-    let bin = dir.join("harvest");
-    std::fs::copy(target_bin("harvest")?, &bin)?;
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
-    Ok(bin)
-}
-
-struct Cli {
-    bin: PathBuf,
-    scheduler: String,
-}
-
-impl Cli {
-    /// Runs `harvest ARGS` as root (`user` None) or as `user`.
-    fn run(&self, user: Option<&str>, args: &[&str]) -> Result<Output> {
-        let mut cmd = match user {
-            None => Command::new(&self.bin),
-            Some(u) => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", u, "--"]).arg(&self.bin);
-                c
-            }
-        };
-        cmd.arg("--scheduler").arg(&self.scheduler).args(args);
-        Ok(cmd.stdin(Stdio::null()).output()?)
-    }
-
-    fn ok(&self, user: Option<&str>, args: &[&str]) -> Result<String> {
-        let out = self.run(user, args)?;
-        ensure!(
-            out.status.success(),
-            "`harvest {}` as {user:?} exited with {}: {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8(out.stdout)?)
-    }
-
-    /// `harvest nodes` rows: (name, state, idle CPUs, batch CPUs).
-    fn nodes(&self) -> Result<Vec<(String, String, CpuSet, CpuSet)>> {
-        let set = |s: &str| -> Result<CpuSet> {
-            if s == "-" {
-                Ok(CpuSet::default())
-            } else {
-                Ok(s.parse()?)
-            }
-        };
-        self.ok(None, &["nodes"])?
-            .lines()
-            .skip(1)
-            .map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                ensure!(f.len() >= 5, "short row {l:?}");
-                Ok((f[0].to_owned(), f[1].to_owned(), set(f[2])?, set(f[3])?))
-            })
-            .collect()
-    }
-
-    /// `harvest leases` rows of `user`: (id, node, cpus, state).
-    fn leases_of(&self, user: &str) -> Result<Vec<(String, String, String, String)>> {
-        Ok(self
-            .ok(None, &["leases"])?
-            .lines()
-            .skip(1)
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() >= 6 && f[2] == user)
-                    .then(|| (f[0].into(), f[1].into(), f[3].into(), f[5].into()))
-            })
-            .collect())
-    }
-}
 
 /// Slurm commands with the cluster's SLURM_CONF and this process's PATH (the cluster's `PATH`
 /// export is a shell expression, not a value to pass on).
@@ -159,19 +84,9 @@ fn cpuset_path(cgroups: &str) -> Option<&str> {
 #[ignore = "needs the local cluster: deploy/local-cluster up --nodes 2 (with harvest-scheduler), root, cc"]
 fn invoke_runs_in_the_idle_slot_as_the_user_and_failures_are_clear() -> Result<()> {
     let cluster = LocalCluster::from_env()?;
-    // HARVEST_SCHEDULER in the test's environment wins (a scheduler of one's own), as for the CLI.
-    let scheduler = match std::env::var("HARVEST_SCHEDULER") {
-        Ok(url) if !url.is_empty() => url,
-        _ => cluster
-            .var("HARVEST_SCHEDULER")
-            .context("`deploy/local-cluster env` exports no HARVEST_SCHEDULER: is harvest-scheduler part of the cluster?")?
-            .to_owned(),
-    };
+    let scheduler = scheduler_url(&cluster)?;
     let scratch = Scratch::new("harvest-leases-test")?;
-    let cli = Cli {
-        bin: harvest_cli(&scratch.0)?,
-        scheduler,
-    };
+    let cli = Cli::install(&scratch.0, scheduler)?;
     let lib = build_library(&scratch.0)?;
     let lib = lib.to_str().context("utf-8 path")?;
     let (uid, _) = test_user()?;

@@ -39,6 +39,9 @@ use process::{Launch, Processes, Signal};
 
 /// How often a starting executor's ready file and a stopping one's pid are checked.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// The CPU weight an evicted executor's group gets so that its killed tasks exit at once (ten
+/// times a normal cgroup's: they only run their exit).
+pub const EXIT_CPU_WEIGHT: u64 = 1000;
 /// How often an evicted executor's cgroup is checked for processes left (reclaim is on the
 /// batch step's critical path).
 pub const EVICT_POLL_INTERVAL: Duration = Duration::from_micros(500);
@@ -510,11 +513,23 @@ impl Executors {
             .collect();
         let cg = &self.inner.cgroups;
         for (id, _) in &evicted {
+            // A killed task must still run to exit and free its memory: at a lease's lowest CPU
+            // weight, busy batch or system work would starve it for tens of milliseconds.
+            let boost = GroupSpec {
+                cpus: None,
+                mems: None,
+                memory_limit_bytes: None,
+                cpu_weight: Some(EXIT_CPU_WEIGHT),
+            };
+            if let Err(e) = cg.create(&s.group(id), &boost) {
+                tracing::debug!(lease = %id, error = %e, "could not raise the CPU weight of an evicted executor");
+            }
             // Freezes, kills every process, thaws (v1: frozen tasks die only once thawed).
             if let Err(e) = cg.kill(&s.group(id)) {
                 tracing::warn!(lease = %id, error = %e, "killing an evicted executor failed");
             }
         }
+        let signalled = started.elapsed();
         let groups: Vec<PathBuf> = evicted.iter().map(|(id, _)| s.group(id)).collect();
         let gone = || {
             groups
@@ -535,10 +550,12 @@ impl Executors {
         s.stats.record_reclaim(outcome);
         if outcome.overrun {
             tracing::error!(leases = ?evicted, timeout = ?s.reclaim_timeout,
+                latency_us = outcome.latency.as_micros() as u64,
+                signalled_us = signalled.as_micros() as u64,
                 "reclaim overrun: executors still alive when the batch step was let go");
         } else {
             tracing::info!(evicted = ?evicted, moved, latency_us = outcome.latency.as_micros() as u64,
-                "reclaimed for a batch step");
+                signalled_us = signalled.as_micros() as u64, "reclaimed for a batch step");
         }
         for (id, reason) in evicted {
             let this = self.clone();
