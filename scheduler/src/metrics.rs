@@ -809,6 +809,52 @@ mod tests {
         );
     }
 
+    /// Every metric the Grafana dashboard queries is one the scheduler exports (with a
+    /// histogram's `_bucket` series), so the dashboard cannot drift from the metrics.
+    #[test]
+    fn the_grafana_dashboard_queries_only_exported_metrics() {
+        let m = SchedulerMetrics::default();
+        m.record_placement(Placement::Placed, Some(std::time::Duration::from_micros(1)));
+        m.record_acquisition("active", std::time::Duration::from_millis(1));
+        m.record_lease_end("released");
+        let mut v = view();
+        v.gpus.batch = vec![0];
+        let text = encode(
+            &m,
+            &Snapshot {
+                nodes: vec![status(&v)],
+                leases: vec![],
+            },
+        );
+        let exported: std::collections::HashSet<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana/harvest.json");
+        let dashboard = std::fs::read_to_string(path).expect("deploy/grafana/harvest.json");
+        let json: serde_json::Value = serde_json::from_str(&dashboard).expect("valid JSON");
+        let mut queried = 0;
+        for panel in json["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().unwrap_or_default();
+                for (i, _) in expr.match_indices("harvest_") {
+                    let name: String = expr[i..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    queried += 1;
+                    assert!(
+                        exported.contains(name.as_str()),
+                        "panel {:?} queries {name}, which /metrics does not export",
+                        panel["title"]
+                    );
+                }
+            }
+        }
+        assert!(queried > 20, "only {queried} metric names found in {path}");
+    }
+
     #[test]
     fn counts_by_state_sum_to_the_total_when_lists_are_disjoint() {
         let u = Usage::of(&view());
