@@ -246,12 +246,13 @@ pub async fn serve(
     ));
     let metrics = match &config.metrics_listen {
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr.as_str())
-                .await
-                .map_err(|source| ServerError::MetricsBind {
-                    addr: addr.clone(),
-                    source,
-                })?;
+            let listener =
+                tokio::net::TcpListener::bind(addr.as_str())
+                    .await
+                    .map_err(|source| ServerError::MetricsBind {
+                        addr: addr.clone(),
+                        source,
+                    })?;
             let sources = crate::metrics::Sources {
                 agent: agent.clone(),
                 executors: executors.clone(),

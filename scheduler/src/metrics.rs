@@ -831,7 +831,10 @@ mod tests {
             .filter(|l| !l.starts_with('#'))
             .filter_map(|l| l.split(['{', ' ']).next())
             .collect();
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana/harvest.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/grafana/harvest.json"
+        );
         let dashboard = std::fs::read_to_string(path).expect("deploy/grafana/harvest.json");
         let json: serde_json::Value = serde_json::from_str(&dashboard).expect("valid JSON");
         let mut queried = 0;
