@@ -11,6 +11,7 @@
 //! - [`rng`]: a seeded generator, so every figure is reproducible.
 
 pub mod azure;
+pub mod cluster;
 pub mod cmd;
 pub mod cost;
 pub mod daint;

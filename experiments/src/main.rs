@@ -24,6 +24,15 @@ enum Command {
     BenchPlacement(cmd::bench::Args),
     /// Invocation round trip, hot and warm, beside raw TCP ping-pong and srun, in one run.
     Latency(cmd::latency::Args),
+    /// Batch-job slowdown beside aggressive functions, without and with interference control,
+    /// on the real local cluster.
+    Interference(cmd::interference::Args),
+    /// Reclaim latency and the step-start delay it adds, on the real local cluster: steps
+    /// started onto CPUs that spinning functions hold, beside steps on idle CPUs.
+    Reclaim(cmd::reclaim::Args),
+    /// (internal) The function client of the interference experiment.
+    #[command(hide = true)]
+    InterferenceClient(cmd::interference::ClientArgs),
     /// (internal) A harvest-executor, for the latency benchmark.
     #[command(hide = true)]
     ServeExecutor(harvest_executor::cli::Args),
@@ -44,6 +53,9 @@ fn main() -> anyhow::Result<()> {
         Command::ComparePolicies(a) => cmd::compare::run_cmd(a),
         Command::BenchPlacement(a) => cmd::bench::run_cmd(a),
         Command::Latency(a) => cmd::latency::run_cmd(a),
+        Command::Interference(a) => cmd::interference::run_cmd(a),
+        Command::Reclaim(a) => cmd::reclaim::run_cmd(a),
+        Command::InterferenceClient(a) => cmd::interference::run_client(a),
         Command::ServeExecutor(a) => harvest_executor::cli::run(a),
         Command::RawEchoServer(a) => cmd::latency::raw_echo_server(a),
     }

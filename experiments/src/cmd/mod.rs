@@ -4,7 +4,9 @@
 
 pub mod bench;
 pub mod compare;
+pub mod interference;
 pub mod latency;
+pub mod reclaim;
 pub mod simulate;
 
 use std::io::IsTerminal;

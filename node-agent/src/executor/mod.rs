@@ -512,16 +512,22 @@ impl Executors {
             .filter(|(id, _)| self.claim(id))
             .collect();
         let cg = &self.inner.cgroups;
+        let weight = |w: u64| GroupSpec {
+            cpus: None,
+            mems: None,
+            memory_limit_bytes: None,
+            cpu_weight: Some(w),
+        };
+        // A killed task must still run to exit and free its memory: at the lease weight (its
+        // group's and its parent's), busy batch or system work would starve it for tens of
+        // milliseconds. The parent's weight is restored once the evicted groups are empty.
+        let boosted = !evicted.is_empty()
+            && cg
+                .create(&s.cgroup_parent, &weight(EXIT_CPU_WEIGHT))
+                .inspect_err(|e| tracing::debug!(error = %e, "could not raise the lease parent's CPU weight"))
+                .is_ok();
         for (id, _) in &evicted {
-            // A killed task must still run to exit and free its memory: at a lease's lowest CPU
-            // weight, busy batch or system work would starve it for tens of milliseconds.
-            let boost = GroupSpec {
-                cpus: None,
-                mems: None,
-                memory_limit_bytes: None,
-                cpu_weight: Some(EXIT_CPU_WEIGHT),
-            };
-            if let Err(e) = cg.create(&s.group(id), &boost) {
+            if let Err(e) = cg.create(&s.group(id), &weight(EXIT_CPU_WEIGHT)) {
                 tracing::debug!(lease = %id, error = %e, "could not raise the CPU weight of an evicted executor");
             }
             // Freezes, kills every process, thaws (v1: frozen tasks die only once thawed).
@@ -540,6 +546,9 @@ impl Executors {
         while !all_gone && Instant::now() < deadline {
             tokio::time::sleep(EVICT_POLL_INTERVAL).await;
             all_gone = gone();
+        }
+        if boosted && let Err(e) = cg.create(&s.cgroup_parent, &weight(s.cpu_weight)) {
+            tracing::warn!(error = %e, "could not restore the lease parent's CPU weight");
         }
         let outcome = ReclaimOutcome {
             evicted: evicted.len() as u64,
@@ -617,6 +626,19 @@ impl Executors {
     /// rest, and removes the empty lease groups and the directories that no lease owns.
     pub async fn adopt(&self) {
         let s = &self.inner.settings;
+        // The parent of all lease groups gets the lease weight too: at the top of the cpu
+        // hierarchy it competes with the batch jobs' tasks, and with a normal weight all
+        // functions together could take as much CPU as every batch task together.
+        let parent = GroupSpec {
+            cpus: None,
+            mems: None,
+            memory_limit_bytes: None,
+            cpu_weight: Some(s.cpu_weight),
+        };
+        if let Err(e) = self.inner.cgroups.create(&s.cgroup_parent, &parent) {
+            tracing::warn!(group = %s.cgroup_parent.display(), error = %e,
+                "could not give the lease groups' parent the lease CPU weight");
+        }
         let leases = lock(&self.inner.agent).ledger().leases.clone();
         for (id, lease) in &leases {
             let alive = lease.executor.as_ref().is_some_and(|e| {

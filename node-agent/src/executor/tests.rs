@@ -450,6 +450,9 @@ async fn after_a_restart_live_executors_are_re_adopted_and_the_rest_cleaned_up()
     assert!(!rig.cgroups.killed.lock().unwrap().contains(&foreign));
     assert!(!rig.cgroups.exists(&lease_group("n1", "dead")));
     assert!(rig.cgroups.exists(&lease_group("n1", "alive")));
+    // The parent of every lease group competes with batch tasks at the lease weight.
+    let parent = rig.cgroups.spec(&harvest_group("n1")).unwrap();
+    assert_eq!(parent.cpu_weight, Some(1));
     assert_eq!(rig.view().cpus.function.len(), 1);
     // The adopted executor is watched by the tick: when it dies its lease ends.
     rig.procs.vanish(1000);
