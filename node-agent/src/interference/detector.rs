@@ -50,7 +50,8 @@ pub enum Finding {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeJob {
     pub job_id: u32,
-    /// The signal compared: `progress`, `instructions` or (blind to memory interference) `cpu`.
+    /// The signal compared: `progress_per_cpu_s`, `progress`, `instructions` or (blind to
+    /// memory interference) `cpu`.
     pub signal: &'static str,
     pub rate_on: f64,
     pub rate_off: f64,
@@ -86,6 +87,8 @@ pub trait Detector: Send + fmt::Debug {
     }
     /// The control level changed: streaks measured at the old level no longer count.
     fn reset(&mut self) {}
+    /// Another detector suspects harm: probe as soon as the budget allows.
+    fn suspect(&mut self, _now: Instant) {}
 }
 
 /// The detectors the configuration names, in its order.
@@ -155,6 +158,7 @@ impl Threshold {
         let pct = |p: u32| f64::from(p) / 100.0;
         Self {
             checks: vec![
+                (names::EFFICIENCY, Bad::Drop(pct(cfg.progress_drop_pct))),
                 (names::PROGRESS, Bad::Drop(pct(cfg.progress_drop_pct))),
                 (names::IPC, Bad::Drop(pct(cfg.ipc_drop_pct))),
                 (names::CPU, Bad::Drop(pct(cfg.cpu_drop_pct))),
@@ -169,7 +173,17 @@ impl Threshold {
     /// Compares one job's current values with its baseline; the violations, described.
     fn violations(&self, st: &JobState) -> Vec<String> {
         let mut out = Vec::new();
+        // Progress per CPU-second, where known, stands in for progress per second: other work
+        // time-slicing the job's CPUs is not interference from executors on other CPUs.
+        let efficiency = st.current.contains_key(names::EFFICIENCY)
+            && st
+                .baseline
+                .get(names::EFFICIENCY)
+                .is_some_and(|b| b.n >= self.baseline_samples);
         for &(signal, bad) in &self.checks {
+            if efficiency && signal == names::PROGRESS {
+                continue;
+            }
             let (Some(base), Some(cur)) = (st.baseline.get(signal), st.current.get(signal)) else {
                 continue;
             };
@@ -332,6 +346,12 @@ impl Detector for FreezeProbe {
             self.streak = 0;
         }
         Finding::Quiet
+    }
+
+    fn suspect(&mut self, now: Instant) {
+        if self.next_due.is_none_or(|d| d > now) {
+            self.next_due = Some(now);
+        }
     }
 
     fn wants_probe(&self, now: Instant, ctx: &Context) -> bool {

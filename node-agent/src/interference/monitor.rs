@@ -20,7 +20,10 @@ use super::Level;
 use super::controller::{Actuator, CgroupActuator, Controller, Decision, LeaseControl};
 use super::detector::{self, Context, Detector, Finding, ProbeJob, ProbeResult};
 use super::settings::{InterferenceConfig, Mode};
-use super::signals::{JobTarget, LeaseTarget, Sample, Snapshot, Source, Target, Targets, names};
+use super::signals::{
+    JobTarget, LeaseTarget, MIN_CPU_FOR_EFFICIENCY, Sample, Snapshot, Source, Target, Targets,
+    names,
+};
 use super::sources::{CgroupSignals, NvmlSignals, PerfSignals, PressureSignals, ProgressSignals};
 use crate::agent::{NodeAgent, now_ms};
 use crate::cgroup::Cgroups;
@@ -206,6 +209,20 @@ impl Monitor {
             .iter_mut()
             .map(|d| (d.name(), d.observe(now, &snap, &ctx)))
             .collect();
+        let probing = self.detectors.iter().any(|d| d.name() == "freeze-probe");
+        if self.cfg.confirm_with_probe && probing && self.cfg.mode == Mode::Enforce {
+            for (name, f) in &mut findings {
+                if let Finding::Harm { reason, .. } = f
+                    && *name != "freeze-probe"
+                {
+                    tracing::info!(detector = *name, %reason, "harm suspected; the freeze-probe confirms");
+                    *f = Finding::Quiet;
+                    for d in &mut self.detectors {
+                        d.suspect(now);
+                    }
+                }
+            }
+        }
         let probe_wanted = self.detectors.iter().any(|d| d.wants_probe(now, &ctx));
         if probe_wanted && self.cfg.mode == Mode::Enforce {
             let result = self.probe(&targets).await;
@@ -329,15 +346,31 @@ impl Monitor {
         let frozen_for = t_frozen.elapsed();
         tokio::time::sleep(d).await;
         let s4 = (Instant::now(), Sample::take(sources, targets));
+        let delta = |a: &(Instant, Sample), b: &(Instant, Sample), t: &Target, s| {
+            let (x, y) = (a.1.get(t, s)?, b.1.get(t, s)?);
+            (y >= x).then_some(y - x)
+        };
         let rate = |a: &(Instant, Sample), b: &(Instant, Sample), t: &Target, s| {
             let dt = b.0.saturating_duration_since(a.0).as_secs_f64();
-            let (x, y) = (a.1.get(t, s)?, b.1.get(t, s)?);
-            (dt > 0.0 && y >= x).then(|| (y - x) / dt)
+            if dt <= 0.0 {
+                return None;
+            }
+            if s == names::EFFICIENCY {
+                let cpu = delta(a, b, t, names::CPU)?;
+                let progress = delta(a, b, t, names::PROGRESS)?;
+                return (cpu / dt > MIN_CPU_FOR_EFFICIENCY).then(|| progress / cpu);
+            }
+            delta(a, b, t, s).map(|d| d / dt)
         };
         let mut jobs = Vec::new();
         for job in &targets.jobs {
             let t = Target::Job(job.job_id);
-            for signal in [names::PROGRESS, names::INSTRUCTIONS, names::CPU] {
+            for signal in [
+                names::EFFICIENCY,
+                names::PROGRESS,
+                names::INSTRUCTIONS,
+                names::CPU,
+            ] {
                 let (Some(on1), Some(off), Some(on2)) = (
                     rate(&s0, &s1, &t, signal),
                     rate(&s2, &s3, &t, signal),

@@ -36,6 +36,9 @@ pub const DEFAULT_PROBE_BUDGET_PCT: u32 = 10;
 pub const DEFAULT_PROBE_SLOWDOWN_PCT: u32 = 2;
 /// Probes in a row that must find harm before the freeze-probe reports it.
 pub const DEFAULT_PROBE_CONFIRM: u32 = 2;
+/// With both detectors on, a threshold finding makes the freeze-probe run at once, and only the
+/// probe's confirmation escalates (other work on a shared node moves the thresholds too).
+pub const DEFAULT_CONFIRM_WITH_PROBE: bool = true;
 /// The CPU weight of lease groups at the `weight` level (v2 units; v1 gets cpu.shares).
 pub const DEFAULT_WEIGHT: u64 = 1;
 /// The quota steps, in percent of each lease's CPUs.
@@ -89,6 +92,7 @@ pub struct InterferenceConfig {
     pub probe_budget_pct: u32,
     pub probe_slowdown_pct: u32,
     pub probe_confirm: u32,
+    pub confirm_with_probe: bool,
     pub weight: u64,
     pub quota_pct: Vec<u32>,
     #[serde(deserialize_with = "duration")]
@@ -122,6 +126,7 @@ impl Default for InterferenceConfig {
             probe_budget_pct: DEFAULT_PROBE_BUDGET_PCT,
             probe_slowdown_pct: DEFAULT_PROBE_SLOWDOWN_PCT,
             probe_confirm: DEFAULT_PROBE_CONFIRM,
+            confirm_with_probe: DEFAULT_CONFIRM_WITH_PROBE,
             weight: DEFAULT_WEIGHT,
             quota_pct: DEFAULT_QUOTA_PCT.to_vec(),
             settle: DEFAULT_SETTLE,

@@ -64,6 +64,10 @@ pub mod names {
     pub const LLC_MISSES: &str = "llc_misses";
     /// Instructions per cycle, derived from the two rates.
     pub const IPC: &str = "ipc";
+    /// Progress per second of CPU time the job got, derived: what the job achieves with the
+    /// CPU it has. Cache and memory-bandwidth interference lower it; time-slicing by other
+    /// work on the job's CPUs (which lowers `cpu` instead) does not.
+    pub const EFFICIENCY: &str = "progress_per_cpu_s";
     /// PSI stall time, seconds (rate: fraction of time), per resource and kind.
     pub const PSI_CPU_SOME: &str = "psi.cpu.some";
     pub const PSI_MEMORY_SOME: &str = "psi.memory.some";
@@ -181,6 +185,9 @@ impl Sample {
     }
 }
 
+/// Below this many cores in use a job's progress per CPU-second is too noisy to derive.
+pub const MIN_CPU_FOR_EFFICIENCY: f64 = 0.05;
+
 /// Rates and gauges over one interval.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
@@ -219,6 +226,15 @@ impl Snapshot {
             })
             .collect();
         values.extend(ipc);
+        let efficiency: Vec<_> = values
+            .iter()
+            .filter(|((_, s), _)| *s == names::PROGRESS)
+            .filter_map(|((t, _), &p)| {
+                let cpu = *values.get(&(t.clone(), names::CPU))?;
+                (cpu > MIN_CPU_FOR_EFFICIENCY).then(|| ((t.clone(), names::EFFICIENCY), p / cpu))
+            })
+            .collect();
+        values.extend(efficiency);
         Self {
             values,
             unavailable: cur.unavailable.clone(),
@@ -289,6 +305,14 @@ mod tests {
         assert_eq!(s.get(&j, names::PROGRESS), None);
         assert_eq!(s.get(&j, names::MEMORY_MIB), Some(300.0));
         assert_eq!(s.get(&j, names::IPC), Some(1.5));
+        // No progress rate this interval: no efficiency either.
+        assert_eq!(s.get(&j, names::EFFICIENCY), None);
+        let next = sample(&[
+            (j.clone(), names::CPU, Kind::Counter, 11.5),
+            (j.clone(), names::PROGRESS, Kind::Counter, 110.0),
+        ]);
+        let s2 = Snapshot::between(&cur, &next, Duration::from_secs(1));
+        assert_eq!(s2.get(&j, names::EFFICIENCY), Some(200.0));
         assert_eq!(s.get(&Target::Node, names::PSI_CPU_SOME), None);
         assert_eq!(s.jobs(), [7]);
         assert_eq!(s.named()["batch.7.cpu"], 2.0);

@@ -223,3 +223,30 @@ impl Source for ModelJob {
         );
     }
 }
+
+/// Counters that grow by a fixed step at every read (a probe's reads included), the CPU step
+/// changeable: a job whose progress per CPU-second never changes, whatever CPU share it gets.
+#[derive(Debug)]
+pub struct PerRead {
+    pub job: u32,
+    pub progress_step: f64,
+    pub cpu_step: Arc<Mutex<f64>>,
+    pub progress: f64,
+    pub cpu: f64,
+}
+
+impl Source for PerRead {
+    fn name(&self) -> &'static str {
+        "per-read"
+    }
+    fn read(&mut self, _targets: &Targets, out: &mut Collector) {
+        self.progress += self.progress_step;
+        self.cpu += *self.cpu_step.lock().unwrap();
+        out.counter(
+            Target::Job(self.job),
+            super::signals::names::PROGRESS,
+            self.progress,
+        );
+        out.counter(Target::Job(self.job), super::signals::names::CPU, self.cpu);
+    }
+}

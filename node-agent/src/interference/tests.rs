@@ -1,6 +1,7 @@
 //! The detectors, the controller and the monitor driven with recorded signal series and fakes.
 //! Ticks run on a synthetic clock (one period apart); freeze-probes sleep for real, briefly.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,9 @@ use super::detector::{Context, Detector, Finding, FreezeProbe, ProbeJob, ProbeRe
 use super::monitor::{Monitor, Parts};
 use super::settings::{InterferenceConfig, Mode};
 use super::signals::{Kind, Snapshot, Source, Target, names};
-use super::testing::{FakeActuator, FakeEvictor, FakeTargets, Missing, ModelJob, Rec, Recorded};
+use super::testing::{
+    FakeActuator, FakeEvictor, FakeTargets, Missing, ModelJob, PerRead, Rec, Recorded,
+};
 use crate::stats::NodeStats;
 
 const PERIOD: Duration = Duration::from_secs(1);
@@ -545,4 +548,45 @@ async fn observe_mode_reports_but_never_touches_an_executor() {
     );
     assert!(act.0.lock().unwrap().log.is_empty());
     assert_eq!(stats.counters().interference_actions, 0);
+}
+
+/// The job loses half its CPU to other work (not the executors): the threshold detector sees
+/// `cpu` drop, the freeze-probe finds the executors innocent, and nothing is throttled.
+async fn foreign_cpu_load(confirm_with_probe: bool) -> (Level, BTreeMap<String, u64>) {
+    let cfg = InterferenceConfig {
+        confirm_with_probe,
+        probe_duration: Duration::from_millis(5),
+        probe_budget_pct: 50,
+        ..InterferenceConfig::default()
+    };
+    let targets = FakeTargets::with(&[7], &[]);
+    let cpu_step = Arc::new(std::sync::Mutex::new(1.0));
+    let source = PerRead {
+        job: 7,
+        progress_step: 100.0,
+        cpu_step: cpu_step.clone(),
+        progress: 0.0,
+        cpu: 0.0,
+    };
+    let (mut m, _, _, stats) = monitor(cfg, &targets, vec![Box::new(source)]);
+    let t0 = Instant::now();
+    for i in 0..12u32 {
+        if i == 4 {
+            targets.add_lease("L1");
+            *cpu_step.lock().unwrap() = 0.5;
+        }
+        m.tick_at(t0 + PERIOD * i).await;
+    }
+    let actions = stats.interference().unwrap().actions.into_iter().collect();
+    (m.level(), actions)
+}
+
+#[tokio::test]
+async fn a_threshold_suspicion_is_confirmed_or_cleared_by_the_freeze_probe() {
+    let (level, actions) = foreign_cpu_load(true).await;
+    assert_eq!(level, Level::None, "{actions:?}");
+    assert!(actions["probes"] >= 1, "{actions:?}");
+    // Without the probe's confirmation the same series throttles the innocent executor.
+    let (level, _) = foreign_cpu_load(false).await;
+    assert!(matches!(level, Level::Quota(_)), "{level:?}");
 }
