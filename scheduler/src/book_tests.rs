@@ -452,3 +452,147 @@ fn only_the_most_recent_ended_leases_are_kept() {
     assert_eq!(kept.len(), 3);
     assert!(!kept.contains(&ids[0]) && kept.contains(&ids[4]));
 }
+
+#[test]
+fn an_idle_lease_ends_unless_invoked_or_renewed() {
+    use crate::book::ReportExtras;
+    let now = Now::current();
+    let mut b = book("best-fit");
+    up(&mut b, "n1", &view("n1", 4, 0, 1000, 0), now);
+    let mut req = request(1, 10);
+    req.idle_timeout_ms = 10_000;
+    let (idle, _) = b.place(&req, &user(7), now).unwrap();
+    b.executor_ready(&idle.id, &ready(&[1])).unwrap();
+    let (used, _) = b.place(&req, &user(7), now).unwrap();
+    b.executor_ready(&used.id, &ready(&[2])).unwrap();
+    let (renewed, _) = b.place(&req, &user(7), now).unwrap();
+    b.executor_ready(&renewed.id, &ready(&[3])).unwrap();
+    // 8 s later: one lease was invoked (the agent says so), one renewed by its client.
+    let later = now.after(Duration::from_secs(8));
+    let orders = b.report_extras(
+        "n1",
+        ReportExtras {
+            activity: vec![v1::LeaseActivity {
+                lease_id: used.id.clone(),
+                last_invocation_unix_ms: later.unix_ms,
+            }],
+            ..Default::default()
+        },
+        later,
+    );
+    assert!(orders.is_empty());
+    assert!(matches!(
+        b.renew(&renewed.id, &user(8), later),
+        Err(BookError::NotOwner { .. })
+    ));
+    let l = b.renew(&renewed.id, &user(7), later).unwrap();
+    assert_eq!(l.last_active_unix_ms, later.unix_ms);
+    // The node keeps reporting (its heartbeat); then the idle lease's 10 s are over.
+    let eleven = now.after(Duration::from_secs(11));
+    b.report("n1", ver(1, 2), &view("n1", 4, 0, 1000, 0), eleven)
+        .unwrap();
+    let orders = b.tick(eleven);
+    let ended: Vec<&str> = orders
+        .iter()
+        .filter_map(|o| match &o.msg {
+            Msg::Destroy(d) => Some(d.lease_id.as_str()),
+            Msg::Create(_) => None,
+        })
+        .collect();
+    let why: Vec<String> = orders.iter().map(|o| format!("{:?}", o.msg)).collect();
+    assert_eq!(ended, [idle.id.as_str()], "{why:?}");
+    let gone = b.lease(&idle.id).unwrap();
+    assert_eq!(gone.state, LeaseState::Expired as i32);
+    assert_eq!(gone.end_cause, EndCause::Idle as i32);
+    assert!(
+        gone.end_reason.contains("no invocation and no renewal"),
+        "{}",
+        gone.end_reason
+    );
+    for live in [&used.id, &renewed.id] {
+        assert_eq!(b.lease(live).unwrap().state, LeaseState::Active as i32);
+    }
+}
+
+#[test]
+fn a_node_slurm_drains_revokes_its_leases_and_takes_none() {
+    use crate::book::ReportExtras;
+    let now = Now::current();
+    let mut b = book("best-fit");
+    up(&mut b, "n1", &view("n1", 4, 0, 1000, 0), now);
+    let (lease, _) = b.place(&request(1, 10), &user(7), now).unwrap();
+    b.executor_ready(&lease.id, &ready(&[1])).unwrap();
+    let draining = ReportExtras {
+        draining: true,
+        ..Default::default()
+    };
+    let orders = b.report_extras("n1", draining.clone(), now);
+    let [order] = orders.as_slice() else {
+        panic!("{orders:?}")
+    };
+    let Msg::Destroy(d) = &order.msg else {
+        panic!("{order:?}")
+    };
+    assert_eq!(
+        (d.lease_id.as_str(), d.cause),
+        (lease.id.as_str(), EndCause::NodeDrained as i32)
+    );
+    assert_eq!(
+        b.lease(&lease.id).unwrap().state,
+        LeaseState::Revoked as i32
+    );
+    assert_eq!(b.nodes()[0].state, "draining");
+    assert_eq!(b.nodes()[0].revocations.get("node_drained"), Some(&1));
+    // Every report while it drains keeps it closed to placement.
+    b.report("n1", ver(1, 2), &view("n1", 4, 0, 1000, 0), now)
+        .unwrap();
+    b.report_extras("n1", draining, now);
+    assert!(matches!(
+        b.place(&request(1, 10), &user(7), now),
+        Err(BookError::Unschedulable { .. })
+    ));
+    // Undrained, it takes leases again.
+    b.report("n1", ver(1, 3), &view("n1", 4, 0, 1000, 0), now)
+        .unwrap();
+    b.report_extras("n1", ReportExtras::default(), now);
+    assert!(b.place(&request(1, 10), &user(7), now).is_ok());
+    assert_eq!(b.nodes()[0].state, "up");
+}
+
+#[test]
+fn a_node_whose_executors_hurt_a_job_takes_no_new_leases() {
+    use crate::book::ReportExtras;
+    let now = Now::current();
+    let mut b = book("best-fit");
+    up(&mut b, "n1", &view("n1", 4, 0, 1000, 0), now);
+    let interfering = ReportExtras {
+        interference: Some(v1::InterferenceState {
+            level: "quota".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    assert!(
+        b.report_extras("n1", interfering, now).is_empty(),
+        "nothing revoked"
+    );
+    assert!(matches!(
+        b.place(&request(1, 10), &user(7), now),
+        Err(BookError::Unschedulable { .. })
+    ));
+    assert_eq!(
+        b.nodes()[0].interference.as_ref().map(|i| i.level.as_str()),
+        Some("quota")
+    );
+    b.report("n1", ver(1, 2), &view("n1", 4, 0, 1000, 0), now)
+        .unwrap();
+    let calm = ReportExtras {
+        interference: Some(v1::InterferenceState {
+            level: "none".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    b.report_extras("n1", calm, now);
+    assert!(b.place(&request(1, 10), &user(7), now).is_ok());
+}

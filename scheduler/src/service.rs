@@ -7,6 +7,9 @@ use tonic::{Request, Response, Status};
 
 use crate::book::{BookError, Now, Order};
 use crate::config::PLACEMENT_RETRY;
+
+/// How many times AcquireLease places a lease whose start a batch job cut short.
+pub const START_ATTEMPTS: u32 = 3;
 use crate::error::RequestError;
 use crate::identity::Identity;
 use crate::metrics::Placement;
@@ -31,9 +34,42 @@ impl SchedulerService {
         Ok(self.shared.auth.authenticate(munge).await?)
     }
 
-    /// Places the lease, orders its executor and waits until it is ready.
+    /// Places the lease, orders its executor and waits until it is ready. A start that a batch
+    /// job cuts short (the node's agent reclaimed the lease before its executor was ready) is
+    /// placed again, up to [`START_ATTEMPTS`] times: Slurm does not know about leases, so a
+    /// job may land on a node between placement and start.
     async fn acquire(&self, req: v1::AcquireLeaseRequest) -> Result<v1::Lease, RequestError> {
         let who = self.authenticate(req.credential.as_ref()).await?;
+        let mut attempt = 1;
+        loop {
+            match self.acquire_once(&req, &who).await {
+                Err(RequestError::StartFailed {
+                    lease,
+                    node,
+                    reason,
+                }) if attempt < START_ATTEMPTS && self.revoked(&lease) => {
+                    tracing::info!(%lease, %node, %reason, attempt, "lease revoked while starting; placing it again");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Whether a lease ended because the system took it back (not a failure of its own).
+    fn revoked(&self, lease: &str) -> bool {
+        self.shared
+            .lock()
+            .book
+            .lease(lease)
+            .is_some_and(|l| l.state == v1::LeaseState::Revoked as i32)
+    }
+
+    async fn acquire_once(
+        &self,
+        req: &v1::AcquireLeaseRequest,
+        who: &Identity,
+    ) -> Result<v1::Lease, RequestError> {
         // No room now may be room in a moment (an ending lease's resources come back with its
         // agent's next report): retry within the placement wait before refusing.
         let wait_until = tokio::time::Instant::now() + self.shared.config.placement_wait();
@@ -41,7 +77,7 @@ impl SchedulerService {
             let placed = {
                 let mut inner = self.shared.lock();
                 let decision = std::time::Instant::now();
-                match inner.book.place(&req, &who, Now::current()) {
+                match inner.book.place(req, who, Now::current()) {
                     Ok((lease, order)) => {
                         let took = decision.elapsed();
                         self.shared

@@ -179,6 +179,39 @@ async fn a_failed_or_silent_executor_start_frees_the_reservation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_a_batch_job_cuts_short_is_placed_again() {
+    let s = Scheduler::start(config(), "127.0.0.1:0").await;
+    let agent = FakeAgent::connect(
+        s.addr,
+        "n1",
+        SLOW_HEARTBEAT_MS,
+        vec![],
+        Answer::ReclaimFirst,
+    )
+    .await;
+    agent.report(1, &view("n1", 4, 0)).await;
+    node_known(&s, "n1", 4).await;
+    let mut c = s.client(1000).await;
+    let lease = c.acquire(&request(1, 10)).await.unwrap();
+    assert_eq!(lease.state, "active");
+    let leases = c.leases().await.unwrap();
+    let first = leases
+        .iter()
+        .find(|l| l.id != lease.id)
+        .expect("the first, reclaimed attempt is listed");
+    assert_eq!(
+        (
+            first.state.as_str(),
+            first.end_cause.as_str(),
+            first.end_reason.as_str()
+        ),
+        ("revoked", "reclaimed", "reclaimed by job 9")
+    );
+    let n1 = c.nodes().await.unwrap().remove(0);
+    assert_eq!(n1.revocations.get("reclaimed"), Some(&1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_expire_and_their_executors_are_destroyed() {
     let s = Scheduler::start(config(), "127.0.0.1:0").await;
     let agent = FakeAgent::connect(s.addr, "n1", SLOW_HEARTBEAT_MS, vec![], Answer::Ready).await;

@@ -386,7 +386,9 @@ impl Executors {
                 publish(&self.inner.agent, &self.inner.views);
                 let ready = lease.executor.as_ref().is_some_and(|e| e.address.is_some());
                 let lease_id = id.to_owned();
-                self.emit(if ready {
+                // A start cut short by a batch job (or drain, interference) is a revocation
+                // the scheduler may place elsewhere, not a failure of the executor.
+                self.emit(if ready || cause != EndCause::ExecutorFailed {
                     LeaseEvent::Exited {
                         lease_id,
                         reason,

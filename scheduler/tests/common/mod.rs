@@ -108,6 +108,9 @@ pub enum Answer {
     Fail,
     /// Say nothing.
     Silent,
+    /// The first start is cut short by a batch job (exited, cause reclaimed); later ones are
+    /// ready.
+    ReclaimFirst,
 }
 
 /// An agent that speaks the real session protocol.
@@ -168,17 +171,24 @@ impl FakeAgent {
         ));
         let (o, r, out) = (orders.clone(), running.clone(), tx.clone());
         let task = tokio::spawn(async move {
+            let mut creates = 0u32;
             while let Ok(Some(msg)) = inbound.message().await {
                 let Some(msg) = msg.msg else { continue };
                 o.lock().unwrap().push(msg.clone());
                 match msg {
                     v1::scheduler_message::Msg::Create(c) => {
+                        creates += 1;
+                        let mut cause = v1::EndCause::Unspecified;
                         let event = match answer {
+                            Answer::ReclaimFirst if creates == 1 => {
+                                cause = v1::EndCause::Reclaimed;
+                                executor_event::Event::Exited("reclaimed by job 9".into())
+                            }
                             Answer::Silent => continue,
                             Answer::Fail => executor_event::Event::Failed(
                                 "cannot create the lease cgroup: permission denied".into(),
                             ),
-                            Answer::Ready => {
+                            Answer::Ready | Answer::ReclaimFirst => {
                                 let info = v1::ExecutorInfo {
                                     lease_id: c.lease_id.clone(),
                                     uid: c.uid,
@@ -197,7 +207,7 @@ impl FakeAgent {
                                 msg: Some(agent_message::Msg::Executor(v1::ExecutorEvent {
                                     lease_id: c.lease_id,
                                     event: Some(event),
-                                    cause: v1::EndCause::Unspecified as i32,
+                                    cause: cause as i32,
                                 })),
                             })
                             .await;
