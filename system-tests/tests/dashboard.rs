@@ -3,8 +3,9 @@
 //! count each node's CPUs by state exactly as `harvest nodes --json` lists them, and so do the
 //! agents' own metrics; the dashboard, opened in headless Chromium, shows every node by its
 //! real name with the job's CPUs as batch cells and the function's as function cells; `harvest
-//! top --once` shows the same. A screenshot and the `top` frame go to
-//! experiments/results/dashboard/.
+//! top --once` shows the same. A screenshot and the `top` frame go to $HARVEST_RESULTS_DIR when
+//! it is set (`HARVEST_RESULTS_DIR=experiments/results/dashboard` refreshes the committed ones),
+//! else to a scratch directory, so that a test run leaves the checkout clean.
 //!
 //! Needs `deploy/local-cluster up` with harvest-scheduler and harvestd (its `env` exports
 //! HARVEST_SCHEDULER, HARVEST_SCHEDULER_METRICS, HARVEST_DASHBOARD and HARVEST_AGENT_METRICS),
@@ -23,7 +24,7 @@ use harvest_core::CpuSet;
 use harvest_system_tests::fixtures::{
     Cli, Scratch, TEST_USER, build_library, scheduler_url, test_user,
 };
-use harvest_system_tests::{LocalCluster, poll, repo_root};
+use harvest_system_tests::{LocalCluster, poll};
 
 /// `harvest nodes --json`.
 fn nodes_json(cli: &Cli) -> Result<Vec<serde_json::Value>> {
@@ -426,7 +427,10 @@ fn metrics_and_the_dashboard_show_the_batch_job_and_the_function() -> Result<()>
     );
 
     // Evidence: a screenshot of the dashboard and the top frame.
-    let results = repo_root().join("experiments/results/dashboard");
+    let results = match std::env::var_os("HARVEST_RESULTS_DIR") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => std::env::temp_dir().join(format!("harvest-dashboard-{}", std::process::id())),
+    };
     std::fs::create_dir_all(&results)?;
     let shot = results.join("dashboard.png");
     chromium(
