@@ -15,6 +15,46 @@ struct SlotData {
     deadline_ns: AtomicU64,
     /// Invocations begun on this slot (the supervisor notices activity by it changing).
     begun: AtomicU64,
+    /// CLOCK_MONOTONIC ns when the running invocation began.
+    started_ns: AtomicU64,
+    /// Finished invocations by duration: counts per [`DURATION_BUCKETS_NS`] bound (the last
+    /// one unbounded), and the sum of durations.
+    buckets: [AtomicU64; DURATION_BUCKETS],
+    sum_ns: AtomicU64,
+}
+
+/// Upper bounds of the duration buckets in ns (10 µs .. 10 s; one more bucket is unbounded).
+pub const DURATION_BUCKETS_NS: [u64; 7] = [
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+    1_000_000_000,
+    10_000_000_000,
+];
+/// Buckets in a slot: one per bound plus the unbounded one.
+pub const DURATION_BUCKETS: usize = DURATION_BUCKETS_NS.len() + 1;
+
+/// Finished invocations by duration (not cumulative: bucket `i` counts durations in
+/// `(bound[i-1], bound[i]]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Durations {
+    pub buckets: [u64; DURATION_BUCKETS],
+    pub sum_ns: u64,
+}
+
+impl Durations {
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    pub fn add(&mut self, other: &Durations) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+        self.sum_ns += other.sum_ns;
+    }
 }
 
 /// A shared slot; created before `fork`, so both processes see the same memory.
@@ -67,15 +107,35 @@ impl Slot {
     /// The worker starts invocation `id`, to be killed after `deadline_ns`.
     pub fn begin(&self, id: u64, deadline_ns: u64) {
         self.data().begun.fetch_add(1, Ordering::Relaxed);
+        self.data()
+            .started_ns
+            .store(monotonic_ns(), Ordering::Relaxed);
         self.data().id.store(id, Ordering::Relaxed);
         self.data()
             .deadline_ns
             .store(deadline_ns.max(1), Ordering::Release);
     }
 
-    /// The worker finished its invocation.
+    /// The worker finished its invocation: its duration is counted.
     pub fn end(&self) {
-        self.data().deadline_ns.store(0, Ordering::Release);
+        let d = self.data();
+        let took = monotonic_ns().saturating_sub(d.started_ns.load(Ordering::Relaxed));
+        let i = DURATION_BUCKETS_NS
+            .iter()
+            .position(|&b| took <= b)
+            .unwrap_or(DURATION_BUCKETS - 1);
+        d.buckets[i].fetch_add(1, Ordering::Relaxed);
+        d.sum_ns.fetch_add(took, Ordering::Relaxed);
+        d.deadline_ns.store(0, Ordering::Release);
+    }
+
+    /// The finished invocations' durations so far.
+    pub fn durations(&self) -> Durations {
+        let d = self.data();
+        Durations {
+            buckets: std::array::from_fn(|i| d.buckets[i].load(Ordering::Relaxed)),
+            sum_ns: d.sum_ns.load(Ordering::Relaxed),
+        }
     }
 
     /// How many invocations have begun on this slot.
@@ -111,6 +171,10 @@ mod tests {
         assert_eq!(s.running(), None);
         s.begin(43, 1000);
         assert_eq!(s.begun(), 2);
+        s.end();
+        let d = s.durations();
+        assert_eq!(d.count(), 2);
+        assert!(d.buckets[0] + d.buckets[1] == 2, "two quick ones: {d:?}");
         assert!(monotonic_ns() > 0);
     }
 }

@@ -17,7 +17,7 @@ use harvest_core::invoke::{self, CONNECTION_ID, ErrorCode};
 
 use crate::config::ExecutorConfig;
 use crate::library::FunctionLibrary;
-use crate::slot::{Slot, monotonic_ns};
+use crate::slot::{Durations, Slot, monotonic_ns};
 use crate::worker::{Worker, write_all_vectored};
 
 /// How often running invocations are checked against their deadlines.
@@ -54,19 +54,27 @@ struct Child {
     begun_seen: u64,
 }
 
-/// Writes the latest activity to the activity file, at most once per interval.
+/// Writes the latest activity to the activity file, at most once per interval: one line,
+/// `LAST_MS COUNT SUM_NS B0 .. B7` (the latest invocation in Unix ms, finished invocations, the
+/// sum of their durations, and their count per duration bucket, see [`crate::slot::DURATION_BUCKETS_NS`]).
 struct Activity<'a> {
     file: Option<&'a std::path::Path>,
     written: Option<std::time::Instant>,
     pending: bool,
+    last_ms: u128,
+    /// Durations of workers that have exited.
+    done: Durations,
 }
 
 impl Activity<'_> {
     fn note(&mut self) {
         self.pending = true;
+        self.last_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
     }
 
-    fn flush(&mut self) {
+    fn flush(&mut self, children: &[Child]) {
         let Some(file) = self.file else { return };
         let due = self
             .written
@@ -74,10 +82,19 @@ impl Activity<'_> {
         if !self.pending || !due {
             return;
         }
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        if let Err(e) = std::fs::write(file, format!("{ms}\n")) {
+        let mut all = self.done;
+        for c in children {
+            all.add(&c.slot.durations());
+        }
+        let buckets: Vec<String> = all.buckets.iter().map(u64::to_string).collect();
+        let line = format!(
+            "{} {} {} {}\n",
+            self.last_ms,
+            all.count(),
+            all.sum_ns,
+            buckets.join(" ")
+        );
+        if let Err(e) = std::fs::write(file, line) {
             tracing::warn!(file = %file.display(), error = %e, "cannot write the activity file");
         }
         self.written = Some(std::time::Instant::now());
@@ -107,6 +124,8 @@ pub fn run(config: &ExecutorConfig, ready: impl FnOnce(SocketAddr)) -> Result<()
         file: config.activity_file.as_deref(),
         written: None,
         pending: false,
+        last_ms: 0,
+        done: Durations::default(),
     };
     loop {
         let mut fds = vec![
@@ -163,6 +182,8 @@ pub fn run(config: &ExecutorConfig, ready: impl FnOnce(SocketAddr)) -> Result<()
         for i in (0..children.len()).rev() {
             if fds[2 + i].revents != 0 {
                 let child = children.swap_remove(i);
+                activity.done.add(&child.slot.durations());
+                activity.pending = true;
                 finish(child, config);
             }
         }
@@ -178,7 +199,7 @@ pub fn run(config: &ExecutorConfig, ready: impl FnOnce(SocketAddr)) -> Result<()
             accept_all(&listener, &signals, &mut children, &mut library, config);
             activity.note();
         }
-        activity.flush();
+        activity.flush(&children);
     }
 }
 

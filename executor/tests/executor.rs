@@ -227,16 +227,33 @@ fn invocations_are_recorded_in_the_activity_file_for_idle_timeouts() {
         .unwrap()
         .as_millis() as u64;
     assert_eq!(call(&e, "echo", b"x", 0), Reply::Ok(1, b"x".to_vec()));
+    assert_eq!(call(&e, "echo", b"y", 0), Reply::Ok(1, b"y".to_vec()));
+    // `LAST_MS COUNT SUM_NS B0..B7`, rewritten at most once a second: wait for both calls.
     let deadline = Instant::now() + Duration::from_secs(5);
-    let ms: u64 = loop {
-        if let Some(ms) = std::fs::read_to_string(&file)
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-        {
-            break ms;
+    let fields: Vec<u64> = loop {
+        let fields: Vec<u64> = std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        if fields.len() == 11 && fields[1] == 2 {
+            break fields;
         }
-        assert!(Instant::now() < deadline, "no activity file written");
-        std::thread::sleep(Duration::from_millis(10));
+        assert!(
+            Instant::now() < deadline,
+            "activity file never counted 2: {fields:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(ms >= before.saturating_sub(1000), "{ms} < {before}");
+    assert!(
+        fields[0] >= before.saturating_sub(1000),
+        "{} < {before}",
+        fields[0]
+    );
+    assert_eq!(
+        fields[3..].iter().sum::<u64>(),
+        2,
+        "two durations in the buckets"
+    );
+    assert!(fields[2] > 0, "a sum of durations");
 }

@@ -7,9 +7,10 @@
 //! relays the same counters from the agents' reports), so one Grafana panel reads either; a
 //! `job` label tells them apart. Every metric is listed in docs/metrics.md.
 //!
-//! Invocations: the agent sees an executor's activity only as the time of its latest
-//! invocation (the executor's activity file, rewritten at most once a second), so it exports
-//! that time, not a count or a latency histogram of invocations.
+//! Invocations: clients call executors directly, so the agent sees them only through each
+//! executor's activity file (rewritten at most once a second): the latest invocation's time,
+//! the count of finished invocations and a histogram of their execution time in the executor.
+//! The round trip a client sees adds the network and framing to that.
 
 use std::convert::Infallible;
 use std::sync::atomic::AtomicU64;
@@ -34,7 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::agent::NodeAgent;
-use crate::executor::Executors;
+use crate::executor::{Activity, DURATION_BOUNDS_S, Executors};
 use crate::server::lock;
 use crate::stats::{Counters, NodeStats};
 
@@ -57,8 +58,8 @@ pub struct AgentSnapshot {
     pub view: NodeView,
     /// Each lease on the node and whether its executor is ready (listening).
     pub leases: Vec<(String, bool)>,
-    /// The latest invocation of each ready executor (Unix ms).
-    pub activity: Vec<(String, i64)>,
+    /// Each ready executor's activity (latest invocation, count, durations).
+    pub activity: Vec<Activity>,
     pub counters: Counters,
     pub interference: Option<v1::InterferenceState>,
     pub draining: bool,
@@ -95,6 +96,41 @@ impl Sources {
             interference: self.stats.interference(),
             draining: self.stats.draining(),
         }
+    }
+}
+
+/// A histogram read from an executor's activity file (the buckets are counted there).
+#[derive(Debug, Default)]
+struct Durations(Mutex<Activity>);
+
+impl prometheus_client::metrics::TypedMetric for Durations {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Histogram;
+}
+
+impl prometheus_client::encoding::EncodeMetric for Durations {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let a = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let bounds = DURATION_BOUNDS_S.iter().copied().chain([f64::INFINITY]);
+        let buckets: Vec<(f64, u64)> = if a.buckets.len() == DURATION_BOUNDS_S.len() + 1 {
+            bounds.zip(a.buckets.iter().copied()).collect()
+        } else {
+            bounds.map(|b| (b, 0)).collect()
+        };
+        let count = buckets.iter().map(|(_, c)| c).sum();
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            a.duration_sum_ns as f64 / 1e9,
+            count,
+            &buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
     }
 }
 
@@ -212,10 +248,30 @@ pub fn encode(s: &AgentSnapshot) -> String {
         leases,
     );
     let last = Family::<Labels, FloatGauge>::default();
-    for (lease, ms) in &s.activity {
-        last.get_or_create(&labels([("node", node), ("lease", lease)]))
-            .set(*ms as f64 / 1000.0);
+    let count = Family::<Labels, Counter>::default();
+    let durations = Family::<Labels, Durations>::default();
+    for a in &s.activity {
+        let l = labels([("node", node), ("lease", &a.lease)]);
+        last.get_or_create(&l).set(a.last_ms as f64 / 1000.0);
+        count.get_or_create(&l).inc_by(a.invocations);
+        *durations
+            .get_or_create(&l)
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = a.clone();
     }
+    r.register(
+        "lease_invocations",
+        "Invocations the lease's executor finished (from its activity file, at most 1 s old)",
+        count,
+    );
+    r.register_with_unit(
+        "lease_invocation_duration",
+        "Execution time of the lease's finished invocations inside the executor (function call \
+         only; the client's round trip adds network and framing)",
+        Unit::Seconds,
+        durations,
+    );
     r.register_with_unit(
         "lease_last_invocation_timestamp",
         "When the lease's executor last began an invocation (Unix time; the executor records it \
@@ -417,7 +473,13 @@ mod tests {
         AgentSnapshot {
             view,
             leases: vec![("L1".into(), true), ("L2".into(), false)],
-            activity: vec![("L1".into(), 1_700_000_000_500)],
+            activity: vec![Activity {
+                lease: "L1".into(),
+                last_ms: 1_700_000_000_500,
+                invocations: 5,
+                duration_sum_ns: 3_000_000,
+                buckets: vec![1, 3, 1, 0, 0, 0, 0, 0],
+            }],
             counters: Counters {
                 reclaims: 3,
                 reclaim_evictions: 2,
@@ -461,6 +523,16 @@ mod tests {
     #[test]
     fn a_scrape_shows_the_view_leases_counters_and_interference() {
         let text = encode(&snapshot());
+        // Invocations from the activity file: a counter and a histogram (cumulative buckets).
+        for line in [
+            r#"harvest_lease_invocations_total{node="n7",lease="L1"} 5"#,
+            r#"harvest_lease_invocation_duration_seconds_bucket{le="0.0001",node="n7",lease="L1"} 4"#,
+            r#"harvest_lease_invocation_duration_seconds_bucket{le="+Inf",node="n7",lease="L1"} 5"#,
+            r#"harvest_lease_invocation_duration_seconds_count{node="n7",lease="L1"} 5"#,
+            r#"harvest_lease_invocation_duration_seconds_sum{node="n7",lease="L1"} 0.003"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
         assert!(text.ends_with("# EOF\n"), "{text}");
         let m = parse(&text);
         let get = |k: &str| *m.get(k).unwrap_or_else(|| panic!("no {k} in\n{text}"));

@@ -185,9 +185,9 @@ fn report(
         activity: executors
             .activity()
             .into_iter()
-            .map(|(lease_id, last_invocation_unix_ms)| v1::LeaseActivity {
-                lease_id,
-                last_invocation_unix_ms,
+            .map(|a| v1::LeaseActivity {
+                lease_id: a.lease,
+                last_invocation_unix_ms: a.last_ms,
             })
             .collect(),
         draining: s.stats.draining(),

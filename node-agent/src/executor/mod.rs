@@ -77,6 +77,45 @@ impl ExecutorSettings {
     }
 }
 
+/// An executor's activity file: `LAST_MS [COUNT SUM_NS B0 .. B7]` (harvest-executor's
+/// `--activity-file`; the bucket bounds are 10 µs, 100 µs, 1 ms, 10 ms, 100 ms, 1 s, 10 s and
+/// unbounded, per-bucket counts of finished invocations' execution time).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Activity {
+    pub lease: String,
+    /// The latest invocation (or accepted connection), Unix ms.
+    pub last_ms: i64,
+    pub invocations: u64,
+    pub duration_sum_ns: u64,
+    /// Per-bucket counts, [`DURATION_BOUNDS_S`] then the unbounded bucket.
+    pub buckets: Vec<u64>,
+}
+
+/// Upper bounds of the executors' duration buckets, in seconds.
+pub const DURATION_BOUNDS_S: [f64; 7] = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0];
+
+impl Activity {
+    /// Parses a file's text; `None` when its first field is not a time.
+    pub fn parse(lease: String, text: &str) -> Option<Self> {
+        let mut f = text.split_whitespace().map(str::parse::<u64>);
+        let last_ms = i64::try_from(f.next()?.ok()?).ok()?;
+        let rest: Vec<u64> = f.map_while(Result::ok).collect();
+        let (invocations, duration_sum_ns, buckets) = match rest.as_slice() {
+            [count, sum, buckets @ ..] if buckets.len() == DURATION_BOUNDS_S.len() + 1 => {
+                (*count, *sum, buckets.to_vec())
+            }
+            _ => (0, 0, Vec::new()),
+        };
+        Some(Self {
+            lease,
+            last_ms,
+            invocations,
+            duration_sum_ns,
+            buckets,
+        })
+    }
+}
+
 /// What the agent tells the scheduler about a lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseEvent {
@@ -153,9 +192,9 @@ impl Executors {
         }
     }
 
-    /// The latest invocation of each ready executor (Unix ms), from its activity file; leases
-    /// whose executor has not been invoked yet are left out.
-    pub fn activity(&self) -> Vec<(String, i64)> {
+    /// What each ready executor's activity file says (its latest invocation, how many finished
+    /// and how long they took); leases whose executor has written none yet are left out.
+    pub fn activity(&self) -> Vec<Activity> {
         let ids: Vec<String> = {
             let agent = lock(&self.inner.agent);
             agent
@@ -170,8 +209,7 @@ impl Executors {
             .filter_map(|id| {
                 let file = launch::lease_dir(&self.inner.settings.state_dir, &id)
                     .join(launch::ACTIVITY_FILE);
-                let ms = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
-                Some((id, ms))
+                Activity::parse(id, &std::fs::read_to_string(file).ok()?)
             })
             .collect()
     }

@@ -588,3 +588,19 @@ async fn an_executor_that_dies_before_it_is_ready_fails_with_its_log() {
     assert!(reason.contains("No space left on device"), "{reason}");
     assert!(lock(&rig.agent).ledger().leases.is_empty());
 }
+
+#[test]
+fn activity_files_give_the_latest_invocation_count_and_durations() {
+    let a = Activity::parse("L".into(), "1700000000123 5 3000000 1 3 1 0 0 0 0 0\n").unwrap();
+    assert_eq!(
+        (a.last_ms, a.invocations, a.duration_sum_ns, a.buckets.len()),
+        (1_700_000_000_123, 5, 3_000_000, 8)
+    );
+    // A time alone (an executor that has not finished an invocation yet) is still activity.
+    let a = Activity::parse("L".into(), "1700000000123\n").unwrap();
+    assert_eq!(
+        (a.last_ms, a.invocations, a.buckets.len()),
+        (1_700_000_000_123, 0, 0)
+    );
+    assert_eq!(Activity::parse("L".into(), "garbage"), None);
+}
