@@ -10,9 +10,10 @@
 //! - [`FreezeProbe`] (`freeze-probe`): every `probe_interval` (sooner after a suspicious probe,
 //!   never more often than the probe budget allows) asks the monitor to freeze the executors for
 //!   `probe_duration` and compares the job's progress without them against the windows with
-//!   them just before and after. Harm needs `probe_confirm` probes in a row.
+//!   them just before and after. Harm is a mean slowdown over the last `probe_confirm` probes
+//!   at the current level above `probe_slowdown_pct`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
@@ -316,8 +317,10 @@ pub struct FreezeProbe {
     threshold_pct: f64,
     confirm: u32,
     last: Option<Instant>,
+    /// `None`: due as soon as the budget allows.
     next_due: Option<Instant>,
-    streak: u32,
+    /// The slowdowns (%) of the latest probes at the current level, at most `confirm`.
+    recent: VecDeque<f64>,
 }
 
 impl FreezeProbe {
@@ -329,7 +332,7 @@ impl FreezeProbe {
             confirm: cfg.probe_confirm,
             last: None,
             next_due: None,
-            streak: 0,
+            recent: VecDeque::new(),
         }
     }
 }
@@ -343,9 +346,15 @@ impl Detector for FreezeProbe {
         if ctx.leases == 0 || ctx.jobs == 0 {
             // The next executor beside a job is probed as soon as the budget allows.
             self.next_due = None;
-            self.streak = 0;
+            self.recent.clear();
         }
         Finding::Quiet
+    }
+
+    fn reset(&mut self) {
+        // A new level: judge it afresh, and soon.
+        self.recent.clear();
+        self.next_due = None;
     }
 
     fn suspect(&mut self, now: Instant) {
@@ -383,37 +392,52 @@ impl Detector for FreezeProbe {
         } else {
             ""
         };
-        if slowdown <= self.threshold_pct {
-            self.streak = 0;
-            self.next_due = Some(now + self.interval);
-            return Finding::Clear;
+        self.recent.push_back(slowdown);
+        while self.recent.len() > self.confirm as usize {
+            self.recent.pop_front();
         }
-        self.streak += 1;
-        self.next_due = Some(now + self.min_gap);
-        if self.streak < self.confirm {
+        let suspicious = slowdown > self.threshold_pct;
+        self.next_due = Some(
+            now + if suspicious {
+                self.min_gap
+            } else {
+                self.interval
+            },
+        );
+        let n = self.recent.len();
+        let mean = self.recent.iter().sum::<f64>() / n as f64;
+        if n < self.confirm as usize {
+            if !suspicious {
+                return Finding::Clear;
+            }
             tracing::info!(
                 job = job.job_id,
                 slowdown_pct = slowdown,
                 signal = job.signal,
                 rate_on = job.rate_on,
                 rate_off = job.rate_off,
-                streak = self.streak,
+                probes = n,
                 "freeze-probe suspects harm; confirming"
             );
             return Finding::Quiet;
         }
+        if mean <= self.threshold_pct {
+            return Finding::Clear;
+        }
+        let each: Vec<String> = self.recent.iter().map(|s| format!("{s:.1}")).collect();
         Finding::Harm {
             job: job.job_id,
             reason: format!(
-                "freeze-probe: job {} ran {slowdown:.1}% slower beside executors ({} {:.1}/s vs \
-                 {:.1}/s with them frozen {} ms; threshold {:.0}%, {} probes in a row){blind_note}",
+                "freeze-probe: job {} ran {mean:.1}% slower beside executors, on average over \
+                 the last {n} probes ({}%; last: {} {:.1}/s vs {:.1}/s with them frozen {} ms; \
+                 threshold {:.0}%){blind_note}",
                 job.job_id,
+                each.join(", "),
                 job.signal,
                 job.rate_on,
                 job.rate_off,
                 probe.frozen.as_millis(),
                 self.threshold_pct,
-                self.streak
             ),
         }
     }

@@ -140,8 +140,14 @@ fn freeze_probe_confirms_harm_and_stays_within_its_budget() {
         panic!("expected harm");
     };
     assert!(reason.contains("10.0% slower"), "{reason}");
-    // 1% is within the 2% threshold: clear, and the next probe waits the full interval.
+    // Still 5.5% on average with a 1% probe: harm until the level changes.
     let t2 = t1 + Duration::from_secs(3);
+    assert!(matches!(p.probed(t2, &result(99.0)), Finding::Harm { .. }));
+    // At a new level the probes start afresh: 1% is within the 2% threshold, clear, and the
+    // next probe waits the full interval.
+    p.reset();
+    assert!(p.wants_probe(t2 + Duration::from_secs(3), &c));
+    let t2 = t2 + Duration::from_secs(3);
     assert_eq!(p.probed(t2, &result(99.0)), Finding::Clear);
     assert!(!p.wants_probe(t2 + Duration::from_secs(5), &c));
     assert!(p.wants_probe(t2 + cfg.probe_interval, &c));

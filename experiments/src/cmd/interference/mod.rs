@@ -1,0 +1,397 @@
+//! `interference`: does harvest's interference control keep a sharing-sensitive batch job fast
+//! beside aggressive functions, and what does it cost the functions?
+//!
+//! On the real local cluster (brought up with `deploy/local-cluster up --nodes 1` unless the
+//! environment already names one), in rounds, each with three phases:
+//! 1. **alone**: a STREAM-triad batch job (`experiments/kernels/stream_job.c`, one CPU, arrays
+//!    beyond the last-level cache, reporting its progress to harvestd) runs for a fixed time;
+//! 2. **uncontrolled**: the same job, while a client (as an ordinary user) leases the node's idle
+//!    CPU and invokes a cache- and bandwidth-thrashing C function (`kernels/thrash.c`) in a
+//!    loop, with harvestd's interference control off (`[interference] enabled = false`);
+//! 3. **controlled**: the same, with harvestd's default interference control.
+//!
+//! harvestd is restarted with the phase's configuration between phases (by the pid the cluster
+//! recorded; its executors are re-adopted). A phase's job rate is its chunks per second of CPU
+//! time it got, over the whole run (this machine is shared: other work time-slices the job's
+//! CPU, which is not the functions' doing, since they run on the other CPU; the wall-clock
+//! rates are reported beside); slowdown is `alone / phase - 1`; function throughput is the
+//! invocations that completed while the job ran, per second. Results: `runs.csv`, `timeline.csv` (per second:
+//! the job's rate and the node's control level), `summary.json` and `interference.png`.
+//!
+//! - [`node`]: the cluster's node, its harvestd (restarted per phase) and the machine's load.
+//! - [`client`]: the function client, run as the ordinary user.
+//! - [`report`]: the summary, the CSVs and the plot.
+
+mod client;
+mod node;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use serde::{Deserialize, Serialize};
+
+use client::ClientOut;
+pub use client::{ClientArgs, run_client};
+use node::{Cluster, busy_cpus, cpu_ticks, wait_for, wait_quiet};
+use report::{summarize, write_results};
+
+use crate::cluster::ensure_user;
+use crate::output::DEFAULT_FONT;
+
+/// Arguments of `harvest-experiments interference`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A short run (one round of 12 s phases) to check that everything works.
+    #[arg(long)]
+    quick: bool,
+    /// How long each phase's batch job runs, in seconds.
+    #[arg(long, default_value_t = 30)]
+    job_seconds: u64,
+    /// Rounds of (alone, uncontrolled, controlled), interleaved so drift hits all alike.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Size of each of the job's three arrays, MiB (beyond the last-level cache).
+    #[arg(long, default_value_t = 32)]
+    array_mib: u64,
+    /// harvestd configuration for the controlled phase [default: harvestd's defaults].
+    #[arg(long)]
+    agent_config: Option<PathBuf>,
+    /// The ordinary user the functions run as (created if missing).
+    #[arg(long, default_value = "harvest-exp")]
+    user: String,
+    /// Where results go [default: experiments/results/interference].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Font for the plot.
+    #[arg(long, default_value = DEFAULT_FONT)]
+    font: PathBuf,
+    /// Before each phase, wait up to this many seconds for the machine to be quiet (other work
+    /// below 0.3 CPUs over 2 s); 0 does not wait.
+    #[arg(long, default_value_t = 180)]
+    wait_quiet_s: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum Phase {
+    Alone,
+    Uncontrolled,
+    Controlled,
+}
+
+impl Phase {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Self::Alone => "alone",
+            Self::Uncontrolled => "uncontrolled",
+            Self::Controlled => "controlled",
+        }
+    }
+}
+
+/// The kernel's JSON line.
+#[derive(Debug, Clone, Deserialize)]
+struct JobOut {
+    chunks: f64,
+    seconds: f64,
+    cpu_s: f64,
+    wait_s: f64,
+    chunks_per_s: f64,
+    start_unix_ms: i64,
+    end_unix_ms: i64,
+    pub(super) per_second: Vec<f64>,
+}
+
+/// One phase's measurements.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct Run {
+    pub(super) round: usize,
+    pub(super) phase: Phase,
+    /// Chunks per second of CPU time the job got (the headline rate).
+    pub(super) job_chunks_per_cpu_s: f64,
+    /// Chunks per wall-clock second.
+    pub(super) job_chunks_per_s: f64,
+    /// The share of the run the job had its CPU, and waited for it.
+    pub(super) job_cpu_share: f64,
+    pub(super) job_wait_share: f64,
+    pub(super) fn_invocations: u64,
+    pub(super) fn_per_s: f64,
+    /// (seconds since the job started, level) every half second.
+    #[serde(skip)]
+    pub(super) levels: Vec<(f64, String)>,
+    pub(super) max_level: String,
+    pub(super) per_second: Vec<f64>,
+    pub(super) lease_errors: Vec<String>,
+    /// CPUs busy on the whole machine while the job ran (job and functions included), and
+    /// before the phase (other work only).
+    pub(super) machine_busy_cpus: f64,
+    pub(super) busy_before: f64,
+    /// The node's interference state, last seen while the job ran.
+    #[serde(skip)]
+    pub(super) last_state: serde_json::Value,
+}
+
+/// Compiles the kernel and the function into `dir`.
+fn build_kernels(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kernels");
+    let job = dir.join("stream_job");
+    let lib = dir.join("libthrash.so");
+    for (out, args, file) in [
+        (&job, vec!["-O2"], "stream_job.c"),
+        (&lib, vec!["-O2", "-shared", "-fPIC"], "thrash.c"),
+    ] {
+        let status = Command::new("cc")
+            .args(&args)
+            .arg("-o")
+            .arg(out)
+            .arg(src.join(file))
+            .status()
+            .context("running the C compiler (cc)")?;
+        ensure!(status.success(), "cc failed on {file}");
+    }
+    Ok((job, lib))
+}
+
+/// Runs one phase and measures it.
+fn run_phase(
+    cl: &Cluster,
+    args: &Args,
+    work: &Path,
+    (job_bin, lib): (&Path, &Path),
+    round: usize,
+    phase: Phase,
+    seconds: u64,
+) -> Result<Run> {
+    let tag = format!("r{round}-{}", phase.name());
+    let job_out = work.join(format!("job-{tag}.out"));
+    let progress_dir = cl.run_dir.join("progress");
+    let wrap = format!(
+        "exec {} {seconds} {} {}",
+        job_bin.display(),
+        args.array_mib,
+        progress_dir.display()
+    );
+    let out = cl
+        .cmd("sbatch")
+        .args([
+            "--parsable",
+            "-N1",
+            "-n1",
+            "-c1",
+            "--mem=512M",
+            "-J",
+            &tag,
+            "-w",
+            &cl.node,
+            "-o",
+        ])
+        .arg(&job_out)
+        .args(["--wrap", &wrap])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "sbatch: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job_id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let state = || {
+        cl.cmd("squeue")
+            .args(["-h", "-j", &job_id, "-o", "%T"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    wait_for(Duration::from_secs(60), "the batch job to start", || {
+        let s = state();
+        s == "RUNNING" || s.is_empty()
+    })?;
+    let client_dir = work.join(format!("client-{tag}"));
+    let mut client = None;
+    if phase != Phase::Alone {
+        std::fs::create_dir_all(&client_dir)?;
+        let chown = Command::new("chown")
+            .arg(&args.user)
+            .arg(&client_dir)
+            .status()?;
+        ensure!(
+            chown.success(),
+            "chown {} {}",
+            args.user,
+            client_dir.display()
+        );
+        let exe = std::env::current_exe()?;
+        let child = cl
+            .cmd("runuser")
+            .args(["-u", &args.user, "--"])
+            .arg(exe)
+            .args(["interference-client", "--scheduler", &cl.scheduler, "--lib"])
+            .arg(lib)
+            .arg("--ready-file")
+            .arg(client_dir.join("ready"))
+            .arg("--stop-file")
+            .arg(client_dir.join("stop"))
+            .arg("--out")
+            .arg(client_dir.join("out.json"))
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()?;
+        client = Some(child);
+        wait_for(
+            Duration::from_secs(30),
+            "the function client's first lease",
+            || client_dir.join("ready").exists(),
+        )?;
+    }
+    let t0 = Instant::now();
+    let ticks0 = cpu_ticks();
+    let mut levels = Vec::new();
+    let mut last_state = serde_json::Value::Null;
+    while !state().is_empty() {
+        let st = cl.interference();
+        let level = st["level"].as_str().unwrap_or("-").to_owned();
+        if st["signals"].as_object().is_some_and(|m| !m.is_empty()) {
+            last_state = st;
+        }
+        levels.push((t0.elapsed().as_secs_f64(), level));
+        std::thread::sleep(Duration::from_millis(500));
+        ensure!(
+            t0.elapsed() < Duration::from_secs(seconds + 120),
+            "job {job_id} ran far beyond its {seconds} s"
+        );
+    }
+    let machine_busy_cpus = match (ticks0, cpu_ticks()) {
+        (Some(a), Some(b)) => busy_cpus(a, b),
+        _ => f64::NAN,
+    };
+    let mut fn_out = ClientOut::default();
+    if let Some(mut child) = client {
+        std::fs::write(client_dir.join("stop"), "")?;
+        let status = child.wait()?;
+        let text = std::fs::read_to_string(client_dir.join("out.json"))
+            .with_context(|| format!("the function client ({status}) wrote no result"))?;
+        fn_out = serde_json::from_str(&text)?;
+    }
+    let text = std::fs::read_to_string(&job_out)
+        .with_context(|| format!("reading the job's output {}", job_out.display()))?;
+    let job: JobOut = text
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .with_context(|| format!("no result line in {}: {text}", job_out.display()))?;
+    let _ = std::fs::remove_file(progress_dir.join(&job_id));
+    let inside = fn_out
+        .completions_unix_ms
+        .iter()
+        .filter(|&&t| t >= job.start_unix_ms && t <= job.end_unix_ms)
+        .count() as u64;
+    let window_s = (job.end_unix_ms - job.start_unix_ms) as f64 / 1000.0;
+    let order = ["-", "none", "weight", "quota", "freeze", "evict"];
+    let max_level = levels
+        .iter()
+        .map(|(_, l)| l.as_str())
+        .max_by_key(|l| order.iter().position(|o| o == l))
+        .unwrap_or("-")
+        .to_owned();
+    Ok(Run {
+        round,
+        phase,
+        job_chunks_per_cpu_s: job.chunks / job.cpu_s.max(1e-9),
+        job_chunks_per_s: job.chunks_per_s,
+        job_cpu_share: job.cpu_s / job.seconds.max(1e-9),
+        job_wait_share: job.wait_s / job.seconds.max(1e-9),
+        fn_invocations: inside,
+        fn_per_s: inside as f64 / window_s.max(1e-9),
+        levels,
+        max_level,
+        per_second: job.per_second,
+        lease_errors: fn_out.errors,
+        machine_busy_cpus,
+        busy_before: f64::NAN,
+        last_state,
+    })
+}
+
+/// Runs the experiment and writes its results.
+pub fn run_cmd(args: Args) -> Result<()> {
+    let (rounds, seconds) = if args.quick {
+        (1, 12)
+    } else {
+        (args.rounds, args.job_seconds)
+    };
+    ensure!(
+        rounds > 0 && seconds >= 5,
+        "use --rounds >= 1 and --job-seconds >= 5"
+    );
+    let out_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| super::results_root().join("interference"));
+    std::fs::create_dir_all(&out_dir)?;
+    let work = tempfile::Builder::new()
+        .prefix("harvest-interference-")
+        .tempdir()?;
+    std::fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let (job_bin, lib) = build_kernels(work.path())?;
+    ensure_user(&args.user)?;
+    let mut cl = Cluster::open()?;
+    eprintln!(
+        "interference: node {} of the cluster in {}",
+        cl.node,
+        cl.dir.display()
+    );
+    let off = work.path().join("agent-off.toml");
+    std::fs::write(&off, "[interference]\nenabled = false\n")?;
+    let mut runs = Vec::new();
+    let result = (|| -> Result<()> {
+        for round in 0..rounds {
+            for phase in [Phase::Alone, Phase::Uncontrolled, Phase::Controlled] {
+                match phase {
+                    Phase::Uncontrolled => cl.restart_agent(Some(&off))?,
+                    Phase::Controlled => cl.restart_agent(args.agent_config.as_deref())?,
+                    Phase::Alone => {}
+                }
+                let busy_before = wait_quiet(Duration::from_secs(args.wait_quiet_s));
+                eprintln!(
+                    "interference: round {} {} ({seconds} s; other work before: {busy_before:.2} CPUs)",
+                    round + 1,
+                    phase.name()
+                );
+                let mut run = run_phase(
+                    &cl,
+                    &args,
+                    work.path(),
+                    (&job_bin, &lib),
+                    round,
+                    phase,
+                    seconds,
+                )?;
+                run.busy_before = busy_before;
+                eprintln!(
+                    "interference:   job {:.0} chunks/CPU-s ({:.0}/s, {:.0}% of a CPU), functions {:.1}/s, max level {}",
+                    run.job_chunks_per_cpu_s,
+                    run.job_chunks_per_s,
+                    run.job_cpu_share * 100.0,
+                    run.fn_per_s,
+                    run.max_level
+                );
+                runs.push(run);
+            }
+        }
+        Ok(())
+    })();
+    // Leave the node's agent as the cluster runs it (harvestd's defaults), whatever happened.
+    if let Err(e) = cl.restart_agent(None) {
+        eprintln!("interference: restarting harvestd with its defaults failed: {e:#}");
+    }
+    result?;
+    let summary = summarize(&runs, rounds, seconds);
+    write_results(&out_dir, &runs, &summary, &args.font)?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    eprintln!("interference: wrote {}", out_dir.display());
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! The node the experiment runs on: the cluster's environment, its harvestd (restarted with each
+//! phase's configuration, as `deploy/local-cluster` runs it) and the machine's load.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+
+use super::client::now_ms;
+use crate::cluster::{parse_exports, repo_root};
+
+/// Busy and total CPU time of the whole machine so far (`/proc/stat`, in ticks).
+pub(super) fn cpu_ticks() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let v: Vec<u64> = text
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// CPUs busy on the whole machine between two `cpu_ticks`.
+pub(super) fn busy_cpus(a: (u64, u64), b: (u64, u64)) -> f64 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let total = b.1.saturating_sub(a.1) as f64;
+    if total == 0.0 {
+        return 0.0;
+    }
+    b.0.saturating_sub(a.0) as f64 / total * cpus
+}
+
+/// Waits until the machine runs less than 0.3 CPUs of other work, up to `max`; returns the
+/// load seen last.
+pub(super) fn wait_quiet(max: Duration) -> f64 {
+    let deadline = Instant::now() + max;
+    loop {
+        let Some(a) = cpu_ticks() else {
+            return f64::NAN;
+        };
+        std::thread::sleep(Duration::from_secs(2));
+        let Some(b) = cpu_ticks() else {
+            return f64::NAN;
+        };
+        let busy = busy_cpus(a, b);
+        if busy < 0.3 || Instant::now() >= deadline {
+            return busy;
+        }
+    }
+}
+
+/// The local cluster's environment.
+#[derive(Debug)]
+pub(super) struct Cluster {
+    pub(super) env: BTreeMap<String, String>,
+    pub(super) dir: PathBuf,
+    pub(super) run_dir: PathBuf,
+    pub(super) scheduler: String,
+    pub(super) node: String,
+    /// The harvestd this experiment started (to stop and reap it).
+    pub(super) agent: Option<Child>,
+}
+
+impl Cluster {
+    /// The cluster the environment names, or a one-node one brought up now.
+    pub(super) fn open() -> Result<Self> {
+        let have = |k: &str| std::env::var_os(k).is_some();
+        let mut env = BTreeMap::new();
+        if !(have("SLURM_CONF") && have("HARVEST_SCHEDULER") && have("HARVEST_CLUSTER_DIR")) {
+            eprintln!(
+                "interference: no cluster in the environment; deploy/local-cluster up --nodes 1"
+            );
+            let script = repo_root().join("deploy/local-cluster");
+            let status = Command::new(&script)
+                .args(["up", "--nodes", "1"])
+                .stdout(Stdio::inherit())
+                .status()
+                .with_context(|| format!("running {}", script.display()))?;
+            ensure!(status.success(), "deploy/local-cluster up failed");
+            let out = Command::new(&script).arg("env").output()?;
+            ensure!(out.status.success(), "deploy/local-cluster env failed");
+            env = parse_exports(&String::from_utf8_lossy(&out.stdout));
+        }
+        let get = |k: &str| {
+            env.get(k)
+                .cloned()
+                .or_else(|| std::env::var(k).ok())
+                .with_context(|| {
+                    format!("{k} is not set: run `eval \"$(deploy/local-cluster env)\"`")
+                })
+        };
+        let mut cluster = Self {
+            dir: get("HARVEST_CLUSTER_DIR")?.into(),
+            run_dir: get("HARVEST_RUN_DIR")?.into(),
+            scheduler: get("HARVEST_SCHEDULER")?,
+            node: String::new(),
+            env,
+            agent: None,
+        };
+        let out = cluster
+            .cmd("sinfo")
+            .args(["-h", "-N", "-o", "%N"])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "sinfo failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster.node = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .context("sinfo lists no node")?
+            .to_owned();
+        Ok(cluster)
+    }
+
+    pub(super) fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.envs(&self.env);
+        c
+    }
+
+    fn pid_file(&self) -> PathBuf {
+        self.run_dir.join(format!("harvestd-{}.pid", self.node))
+    }
+
+    /// Restarts the node's harvestd with `config` (none: its defaults), as the cluster runs it.
+    pub(super) fn restart_agent(&mut self, config: Option<&Path>) -> Result<()> {
+        if let Some(mut child) = self.agent.take() {
+            kill_term(child.id())?;
+            child.wait()?;
+        } else if let Some(pid) = std::fs::read_to_string(self.pid_file())
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "harvestd")
+        {
+            kill_term(pid)?;
+            wait_for(Duration::from_secs(30), "harvestd to stop", || {
+                !Path::new(&format!("/proc/{pid}")).exists()
+            })?;
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(
+            self.dir
+                .join("log")
+                .join(format!("harvestd-{}.out", self.node)),
+        )?;
+        let mut cmd = self.cmd("setsid");
+        cmd.arg(self.dir.join("bin/harvestd"))
+            .args(["run", "--node", &self.node, "--run-dir"])
+            .arg(&self.run_dir)
+            .arg("--state-dir")
+            .arg(self.dir.join("agent").join(&self.node))
+            .args(["--scheduler", &self.scheduler]);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting harvestd")?;
+        std::fs::write(self.pid_file(), format!("{}\n", child.id()))?;
+        self.agent = Some(child);
+        let node = self.node.clone();
+        wait_for(
+            Duration::from_secs(30),
+            "harvestd to report to the scheduler",
+            || {
+                self.nodes_json()
+                    .ok()
+                    .and_then(|v| node_entry(&v, &node))
+                    .is_some_and(|n| {
+                        n["state"] == "up"
+                            && now_ms() - n["last_report_unix_ms"].as_i64().unwrap_or(0) < 1500
+                    })
+            },
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn nodes_json(&self) -> Result<serde_json::Value> {
+        let out = self.cmd("harvest").args(["nodes", "--json"]).output()?;
+        ensure!(
+            out.status.success(),
+            "harvest nodes: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// The node's interference state now (`null` when the agent reports none).
+    pub(super) fn interference(&self) -> serde_json::Value {
+        self.nodes_json()
+            .ok()
+            .and_then(|v| node_entry(&v, &self.node))
+            .map_or(serde_json::Value::Null, |n| n["interference"].clone())
+    }
+}
+
+fn node_entry(v: &serde_json::Value, node: &str) -> Option<serde_json::Value> {
+    v.as_array()?.iter().find(|n| n["name"] == node).cloned()
+}
+
+fn kill_term(pid: u32) -> Result<()> {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    ensure!(status.success(), "kill -TERM {pid} failed");
+    Ok(())
+}
+
+pub(super) fn wait_for(
+    timeout: Duration,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}

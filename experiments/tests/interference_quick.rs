@@ -1,0 +1,42 @@
+//! The interference experiment's quick mode, end to end on the real local cluster: a batch job
+//! alone, beside an uncontrolled and a controlled function, and a summary with every key.
+
+use std::process::Command;
+
+#[test]
+#[ignore = "needs the local cluster and root: brings up a one-node cluster (deploy/local-cluster up --nodes 1) unless the environment names one"]
+fn interference_quick_writes_a_complete_summary() {
+    let out = tempfile::tempdir().unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_harvest-experiments"))
+        .args(["interference", "--quick", "--wait-quiet-s", "30", "--out"])
+        .arg(out.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let text = std::fs::read_to_string(out.path().join("summary.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for key in [
+        "slowdown_uncontrolled_pct",
+        "slowdown_controlled_pct",
+        "function_throughput_kept_pct",
+    ] {
+        assert!(v[key].as_f64().is_some_and(f64::is_finite), "{key} in {v}");
+    }
+    // The functions ran, uncontrolled and controlled, beside the job.
+    assert!(v["function_uncontrolled_per_s"]["median"].as_f64().unwrap() > 0.0, "{v}");
+    // This node has no PMU and no GPU: the summary says what it could not see.
+    let unavailable = v["signals_unavailable"].as_array().unwrap();
+    assert!(
+        unavailable.iter().any(|u| u.as_str().unwrap().starts_with("perf:")),
+        "{v}"
+    );
+    // The job reported progress, so harvestd saw its progress per CPU-second.
+    let seen = v["signals_seen"].as_array().unwrap();
+    assert!(
+        seen.iter().any(|s| s.as_str().unwrap().contains(".progress=")),
+        "{v}"
+    );
+    let runs = std::fs::read_to_string(out.path().join("runs.csv")).unwrap();
+    assert_eq!(runs.lines().count(), 4, "{runs}");
+    assert!(out.path().join("timeline.csv").exists());
+}
