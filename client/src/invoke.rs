@@ -76,9 +76,12 @@ pub struct ExecutorConnection {
     /// silent executor (its node may be gone).
     pub grace: Duration,
     frame: Vec<u8>,
-    /// Bytes received but not yet read: `inbox[in_start..in_end]`. One `recv` brings a whole
-    /// small answer (header and output) in one system call.
+    /// Bytes received but not yet read: `inbox[in_off + in_start..in_off + in_end]`. One `recv`
+    /// brings a whole small answer (header and output) in one system call. `in_off` is where
+    /// the buffer's [`invoke::ALIGN`]-aligned region starts, so answers arrive in phase with the
+    /// executor's pad (see `harvest_core::invoke`).
     inbox: Vec<u8>,
+    in_off: usize,
     in_start: usize,
     in_end: usize,
     /// The socket's read timeout as last set (Block mode), to skip needless `setsockopt`s.
@@ -98,7 +101,7 @@ impl ExecutorConnection {
         stream
             .set_nonblocking(polling == Polling::Spin)
             .map_err(io_err)?;
-        Ok(Self {
+        let mut conn = Self {
             addr,
             stream,
             polling,
@@ -106,11 +109,14 @@ impl ExecutorConnection {
             in_flight: 0,
             grace: Duration::from_secs(5),
             frame: Vec::new(),
-            inbox: vec![0; INBOX_BYTES],
+            inbox: vec![0; INBOX_BYTES + invoke::ALIGN],
+            in_off: 0,
             in_start: 0,
             in_end: 0,
             read_timeout: None,
-        })
+        };
+        conn.in_off = conn.inbox.as_ptr().align_offset(invoke::ALIGN);
+        Ok(conn)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -139,7 +145,17 @@ impl ExecutorConnection {
         let id = self.next_id;
         self.next_id += 1;
         self.frame.clear();
-        invoke::encode_invoke_header(&mut self.frame, id, timeout_ms, function, input.len());
+        // Pad so the input sits in the stream in phase with its buffer: the kernel's copies
+        // then run at full speed (see harvest_core::invoke).
+        let pad = invoke::invoke_pad(function, input.as_ptr() as usize % invoke::ALIGN);
+        invoke::encode_invoke_header_padded(
+            &mut self.frame,
+            id,
+            timeout_ms,
+            function,
+            input.len(),
+            pad,
+        );
         let addr = self.addr;
         write_all(&mut self.stream, &self.frame, input)
             .map_err(|source| InvokeError::Io { addr, source })?;
@@ -168,6 +184,17 @@ impl ExecutorConnection {
         };
         output.clear();
         if head[invoke::LEN_BYTES] == invoke::RESULT_KIND {
+            // The pad's length, then the pad (skipped), then the output.
+            let mut pad = [0u8; 1 + u8::MAX as usize];
+            self.read_full(&mut pad[..1], deadline)?;
+            let skip = usize::from(pad[0]);
+            let Some(rest) = rest.checked_sub(1 + skip) else {
+                return Err(InvokeError::Protocol {
+                    addr,
+                    source: invoke::DecodeError::Short(len),
+                });
+            };
+            self.read_full(&mut pad[1..1 + skip], deadline)?;
             output.resize(rest, 0);
             self.read_full(output, deadline)?;
             self.in_flight = self.in_flight.saturating_sub(1);
@@ -229,7 +256,8 @@ impl ExecutorConnection {
     /// Moves buffered bytes into `buf`; returns how many.
     fn take_buffered(&mut self, buf: &mut [u8]) -> usize {
         let n = buf.len().min(self.in_end - self.in_start);
-        buf[..n].copy_from_slice(&self.inbox[self.in_start..self.in_start + n]);
+        let from = self.in_off + self.in_start;
+        buf[..n].copy_from_slice(&self.inbox[from..from + n]);
         self.in_start += n;
         if self.in_start == self.in_end {
             self.in_start = 0;
@@ -271,7 +299,8 @@ impl ExecutorConnection {
             let read = if direct {
                 self.stream.read(&mut buf[got..])
             } else {
-                self.stream.read(&mut self.inbox)
+                self.stream
+                    .read(&mut self.inbox[self.in_off..self.in_off + INBOX_BYTES])
             };
             match read {
                 Ok(0) => {
@@ -374,6 +403,29 @@ mod tests {
             }
         });
         addr
+    }
+
+    #[test]
+    fn inputs_at_any_alignment_and_of_any_size_come_back_whole() {
+        // The client pads each INVOKE to its input's phase; the executor pads each RESULT.
+        let data: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        let cases = [
+            (0, 1),
+            (1, 100),
+            (13, 20_000),
+            (32, 65_536),
+            (63, 65_537),
+            (7, 0),
+        ];
+        let mut c = ExecutorConnection::connect(fake_executor(cases.len()), Polling::Spin).unwrap();
+        for (at, len) in cases {
+            let input = &data[at..at + len];
+            assert_eq!(
+                c.invoke("echo", input, None).unwrap(),
+                input,
+                "at {at}, {len} B"
+            );
+        }
     }
 
     #[test]

@@ -7,13 +7,22 @@
 //!
 //! ```text
 //! INVOKE (client -> executor): kind=1 | id | u32 timeout_ms (0: executor default)
-//!                              | u16 function-name length | name (UTF-8) | input bytes
-//! RESULT (executor -> client): kind=2 | id | output bytes
+//!                              | u16 function-name length | u8 pad | name (UTF-8)
+//!                              | pad zero bytes | input bytes
+//! RESULT (executor -> client): kind=2 | id | u8 pad | pad zero bytes | output bytes
 //! ERROR  (executor -> client): kind=3 | id | u8 ErrorCode | message (UTF-8)
 //! ```
 //!
 //! An ERROR with id 0 concerns the whole connection (for example the executor is shutting down).
 //! This module only encodes and decodes byte slices; reading and writing streams is the caller's.
+//!
+//! **Why the pad.** The kernel copies every payload twice (sender's buffer into the socket,
+//! socket into the receiver's buffer), and on some CPUs (AMD Zen with FSRM, these machines)
+//! `rep movsb` runs about 20 times slower when the destination sits 1 to 31 bytes past the
+//! source modulo 64: 28 µs instead of 1.4 µs for 64 KiB. A sender therefore pads so that the
+//! payload's offset in the stream has the same phase modulo [`ALIGN`] as its buffer in memory
+//! (the socket's page fragments start aligned in a ping-pong), and the receiver reads frames
+//! into [`ALIGN`]-aligned buffers. A decoder just skips the pad; any pad is valid.
 
 use std::fmt;
 
@@ -23,6 +32,15 @@ pub const LEN_BYTES: usize = 4;
 pub const HEADER_BYTES: usize = 1 + 8;
 /// The invocation id reserved for errors about the whole connection.
 pub const CONNECTION_ID: u64 = 0;
+/// The alignment payloads are padded to (a cache line).
+pub const ALIGN: usize = 64;
+/// Bytes of an INVOKE frame before its function name: prefix, kind, id, timeout, name length,
+/// pad length.
+pub const INVOKE_FIXED_BYTES: usize = LEN_BYTES + HEADER_BYTES + 4 + 2 + 1;
+/// Bytes of the RESULT header [`result_header`] writes (prefix, kind, id, pad length, pad): the
+/// output starts 32 bytes into the frame, so an output buffer at 32 modulo 64 is copied into the
+/// socket in phase.
+pub const RESULT_HEAD_BYTES: usize = 32;
 
 const KIND_INVOKE: u8 = 1;
 const KIND_RESULT: u8 = 2;
@@ -132,6 +150,12 @@ pub fn encode_invoke(out: &mut Vec<u8>, id: u64, timeout_ms: u32, function: &str
     out.extend_from_slice(input);
 }
 
+/// The pad that puts an INVOKE's input at `phase` modulo [`ALIGN`] from the frame's start.
+pub fn invoke_pad(function: &str, phase: usize) -> u8 {
+    let fixed = INVOKE_FIXED_BYTES + function.len();
+    ((phase % ALIGN + ALIGN - fixed % ALIGN) % ALIGN) as u8
+}
+
 /// Appends everything of an INVOKE frame but its `input_len` input bytes, which the caller sends
 /// right after (with `writev`, say, to avoid copying a large input).
 ///
@@ -144,25 +168,43 @@ pub fn encode_invoke_header(
     function: &str,
     input_len: usize,
 ) {
+    encode_invoke_header_padded(out, id, timeout_ms, function, input_len, 0);
+}
+
+/// [`encode_invoke_header`] with `pad` zero bytes between the name and the input (see
+/// [`invoke_pad`]).
+pub fn encode_invoke_header_padded(
+    out: &mut Vec<u8>,
+    id: u64,
+    timeout_ms: u32,
+    function: &str,
+    input_len: usize,
+    pad: u8,
+) {
     let name_len = u16::try_from(function.len()).expect("function name fits in u16");
-    let body = HEADER_BYTES + 4 + 2 + function.len() + input_len;
+    let body = HEADER_BYTES + 4 + 2 + 1 + function.len() + usize::from(pad) + input_len;
     assert!(u32::try_from(body).is_ok(), "frame fits in u32");
     header(out, body, KIND_INVOKE, id);
     out.extend_from_slice(&timeout_ms.to_le_bytes());
     out.extend_from_slice(&name_len.to_le_bytes());
+    out.push(pad);
     out.extend_from_slice(function.as_bytes());
+    out.resize(out.len() + usize::from(pad), 0);
 }
 
 /// The kind byte of a RESULT frame, for readers that split the header from the output.
 pub const RESULT_KIND: u8 = KIND_RESULT;
 
-/// Writes the header of a RESULT frame whose `output_len` output bytes follow, into `out[..13]`.
-/// The executor uses this to answer without copying the function's output buffer.
-pub fn result_header(id: u64, output_len: usize) -> [u8; LEN_BYTES + HEADER_BYTES] {
-    let mut h = [0u8; LEN_BYTES + HEADER_BYTES];
-    h[..4].copy_from_slice(&((HEADER_BYTES + output_len) as u32).to_le_bytes());
+/// The header of a RESULT frame whose `output_len` output bytes follow: [`RESULT_HEAD_BYTES`]
+/// bytes (prefix, kind, id, pad length, pad). The executor uses this to answer without copying
+/// the function's output buffer.
+pub fn result_header(id: u64, output_len: usize) -> [u8; RESULT_HEAD_BYTES] {
+    let mut h = [0u8; RESULT_HEAD_BYTES];
+    let body = RESULT_HEAD_BYTES - LEN_BYTES + output_len;
+    h[..4].copy_from_slice(&(body as u32).to_le_bytes());
     h[4] = KIND_RESULT;
-    h[5..].copy_from_slice(&id.to_le_bytes());
+    h[5..13].copy_from_slice(&id.to_le_bytes());
+    h[13] = (RESULT_HEAD_BYTES - LEN_BYTES - HEADER_BYTES - 1) as u8;
     h
 }
 
@@ -194,13 +236,14 @@ pub fn decode(body: &[u8]) -> Result<Frame<'_>, DecodeError> {
     let rest = &body[HEADER_BYTES..];
     match kind {
         KIND_INVOKE => {
-            if rest.len() < 6 {
+            if rest.len() < 7 {
                 return Err(DecodeError::Short(body.len()));
             }
             let timeout_ms = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes"));
             let name_len = u16::from_le_bytes(rest[4..6].try_into().expect("2 bytes")) as usize;
-            let rest = &rest[6..];
-            if rest.len() < name_len {
+            let pad = usize::from(rest[6]);
+            let rest = &rest[7..];
+            if rest.len() < name_len + pad {
                 return Err(DecodeError::Short(body.len()));
             }
             let function = std::str::from_utf8(&rest[..name_len]).map_err(|_| DecodeError::Utf8)?;
@@ -208,10 +251,16 @@ pub fn decode(body: &[u8]) -> Result<Frame<'_>, DecodeError> {
                 id,
                 timeout_ms,
                 function,
-                input: &rest[name_len..],
+                input: &rest[name_len + pad..],
             })
         }
-        KIND_RESULT => Ok(Frame::Result { id, output: rest }),
+        KIND_RESULT => {
+            let (&pad, rest) = rest.split_first().ok_or(DecodeError::Short(body.len()))?;
+            let output = rest
+                .get(usize::from(pad)..)
+                .ok_or(DecodeError::Short(body.len()))?;
+            Ok(Frame::Result { id, output })
+        }
         KIND_ERROR => {
             let (&code, msg) = rest.split_first().ok_or(DecodeError::Short(body.len()))?;
             let code = ErrorCode::from_u8(code).ok_or(DecodeError::Code(code))?;
@@ -283,6 +332,40 @@ mod tests {
             assert_eq!(ErrorCode::from_u8(c).unwrap() as u8, c);
         }
         assert!(ErrorCode::from_u8(0).is_none());
+    }
+
+    #[test]
+    fn pads_put_payloads_in_phase() {
+        for name in ["f", "noop", "a_longer_function_name"] {
+            for phase in [0, 13, 32, 63] {
+                let pad = invoke_pad(name, phase);
+                let mut buf = Vec::new();
+                encode_invoke_header_padded(&mut buf, 1, 0, name, 3, pad);
+                assert_eq!(buf.len() % ALIGN, phase, "{name} {phase}");
+                buf.extend_from_slice(b"abc");
+                let Frame::Invoke {
+                    function, input, ..
+                } = decode(body(&buf)).unwrap()
+                else {
+                    panic!()
+                };
+                assert_eq!((function, input), (name, &b"abc"[..]));
+            }
+        }
+        let h = result_header(5, 3);
+        let mut buf = h.to_vec();
+        buf.extend_from_slice(b"xyz");
+        assert_eq!(
+            decode(body(&buf)).unwrap(),
+            Frame::Result {
+                id: 5,
+                output: b"xyz"
+            }
+        );
+        // A pad longer than the frame is malformed, not a panic.
+        let mut bad = result_header(5, 0);
+        bad[13] = 200;
+        assert!(matches!(decode(body(&bad)), Err(DecodeError::Short(_))));
     }
 
     #[test]

@@ -7,13 +7,21 @@
 use std::io;
 use std::ptr::NonNull;
 
-/// A page-aligned, writable buffer followed by an inaccessible guard page.
+/// A writable buffer that starts [`OUTPUT_PHASE`] bytes into a page and ends at an inaccessible
+/// guard page.
 #[derive(Debug)]
 pub struct GuardedBuffer {
     base: NonNull<u8>,
     mapped: usize,
     capacity: usize,
 }
+
+/// Where a function's output starts modulo a page (and so modulo 64): the RESULT header is
+/// [`harvest_core::invoke::RESULT_HEAD_BYTES`] (32) bytes, so an output at 32 modulo 64 is copied
+/// into the socket in phase (see `harvest_core::invoke` on why that matters); 32-byte alignment
+/// still suits vector stores.
+pub const OUTPUT_PHASE: usize =
+    harvest_core::invoke::RESULT_HEAD_BYTES % harvest_core::invoke::ALIGN;
 
 fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
@@ -25,8 +33,9 @@ impl GuardedBuffer {
     /// A buffer of at least `capacity` bytes (rounded up to whole pages).
     pub fn new(capacity: usize) -> io::Result<Self> {
         let page = page_size();
-        let capacity = capacity.max(1).div_ceil(page) * page;
-        let mapped = capacity + page;
+        let rounded = (capacity.max(1) + OUTPUT_PHASE).div_ceil(page) * page;
+        let capacity = rounded - OUTPUT_PHASE;
+        let mapped = rounded + page;
         // SAFETY: an anonymous private mapping with no address hint; the result is checked.
         let ptr = unsafe {
             libc::mmap(
@@ -49,7 +58,7 @@ impl GuardedBuffer {
         };
         // SAFETY: the guard page lies inside the mapping made above.
         let rc =
-            unsafe { libc::mprotect(base.as_ptr().add(capacity).cast(), page, libc::PROT_NONE) };
+            unsafe { libc::mprotect(base.as_ptr().add(rounded).cast(), page, libc::PROT_NONE) };
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -61,13 +70,16 @@ impl GuardedBuffer {
     }
 
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
-        self.base.as_ptr()
+        // SAFETY: OUTPUT_PHASE is within the first page of the mapping.
+        unsafe { self.base.as_ptr().add(OUTPUT_PHASE) }
     }
 
     /// The first `len` bytes (clamped to the capacity).
     pub fn as_slice(&self, len: usize) -> &[u8] {
-        // SAFETY: the first `capacity` bytes are mapped readable for the life of `self`.
-        unsafe { std::slice::from_raw_parts(self.base.as_ptr(), len.min(self.capacity)) }
+        // SAFETY: `capacity` bytes from OUTPUT_PHASE are mapped readable for the life of `self`.
+        unsafe {
+            std::slice::from_raw_parts(self.base.as_ptr().add(OUTPUT_PHASE), len.min(self.capacity))
+        }
     }
 }
 
@@ -85,7 +97,8 @@ mod tests {
     #[test]
     fn rounds_to_pages_and_is_writable() {
         let mut b = GuardedBuffer::new(10).unwrap();
-        assert!(b.capacity() >= 4096 && b.capacity().is_multiple_of(4096));
+        assert!(b.capacity() >= 10 && (b.capacity() + OUTPUT_PHASE).is_multiple_of(4096));
+        assert_eq!(b.as_mut_ptr() as usize % 64, OUTPUT_PHASE);
         let cap = b.capacity();
         // SAFETY: writes stay within the capacity.
         unsafe { std::ptr::write_bytes(b.as_mut_ptr(), 7, cap) };

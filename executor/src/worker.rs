@@ -18,8 +18,8 @@ use crate::config::{ExecutorConfig, HotWindow};
 use crate::library::{FunctionLibrary, LibraryError};
 use crate::slot::{Slot, monotonic_ns};
 
-/// Bytes a request may carry beyond its input (header, timeout, name).
-const REQUEST_OVERHEAD: usize = invoke::HEADER_BYTES + 4 + 2 + 256;
+/// Bytes a request may carry beyond its input (header, timeout, name, pad).
+const REQUEST_OVERHEAD: usize = invoke::HEADER_BYTES + 4 + 2 + 1 + 256 + 255;
 
 /// One connection's worker state.
 #[derive(Debug)]
@@ -188,10 +188,14 @@ impl<'a> Worker<'a> {
     }
 }
 
-/// Received bytes not yet consumed: `buf[start..end]`.
+/// Received bytes not yet consumed: `data()[start..end]`, where `data()` starts at an
+/// [`invoke::ALIGN`]-aligned address, so a frame received at the start lands in phase with the
+/// sender's pad (see `harvest_core::invoke`).
 #[derive(Debug, Default)]
 struct Inbox {
     buf: Vec<u8>,
+    /// Where the aligned region starts in `buf`.
+    off: usize,
     start: usize,
     end: usize,
 }
@@ -204,8 +208,13 @@ impl Inbox {
         self.end - self.start
     }
 
+    fn data(&mut self) -> &mut [u8] {
+        &mut self.buf[self.off..]
+    }
+
     fn peek_prefix(&self) -> [u8; invoke::LEN_BYTES] {
-        self.buf[self.start..self.start + invoke::LEN_BYTES]
+        let at = self.off + self.start;
+        self.buf[at..at + invoke::LEN_BYTES]
             .try_into()
             .expect("the caller filled the prefix")
     }
@@ -213,7 +222,7 @@ impl Inbox {
     /// The body of the frame at the front (after its length prefix), mutable.
     fn frame_body(&mut self, len: usize) -> &mut [u8] {
         let at = self.start + invoke::LEN_BYTES;
-        &mut self.buf[at..at + len]
+        &mut self.data()[at..at + len]
     }
 
     fn consume(&mut self, n: usize) {
@@ -224,19 +233,34 @@ impl Inbox {
         }
     }
 
+    /// Room for `want` bytes from `start`: moves what is buffered to the front, or into a
+    /// larger aligned buffer.
+    fn make_room(&mut self, want: usize) {
+        let cap = self.buf.len().saturating_sub(self.off);
+        if self.start + want <= cap {
+            return;
+        }
+        if want <= cap {
+            let (start, end, off) = (self.start, self.end, self.off);
+            self.buf.copy_within(off + start..off + end, off);
+        } else {
+            let mut bigger = vec![0u8; want.max(INBOX_BYTES) + invoke::ALIGN];
+            let off = bigger.as_ptr().align_offset(invoke::ALIGN);
+            let live = self.len();
+            let from = self.off + self.start;
+            bigger[off..off + live].copy_from_slice(&self.buf[from..from + live]);
+            self.buf = bigger;
+            self.off = off;
+        }
+        self.end -= self.start;
+        self.start = 0;
+    }
+
     /// One `recv` into the free space, first making room for `want` bytes from `start`.
     fn recv(&mut self, mut stream: &TcpStream, want: usize) -> io::Result<usize> {
-        if self.start + want > self.buf.len() {
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            }
-            if want > self.buf.len() {
-                self.buf.resize(want.max(INBOX_BYTES), 0);
-            }
-        }
-        let n = stream.read(&mut self.buf[self.end..])?;
+        self.make_room(want);
+        let end = self.end;
+        let n = stream.read(&mut self.data()[end..])?;
         self.end += n;
         Ok(n)
     }
@@ -292,5 +316,29 @@ fn wait_fd(fd: i32, events: i16) -> io::Result<()> {
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
+    }
+}
+
+#[cfg(test)]
+mod inbox_tests {
+    use super::*;
+
+    #[test]
+    fn the_inbox_stays_aligned_and_keeps_what_it_holds_when_it_grows() {
+        let mut inbox = Inbox::default();
+        inbox.make_room(10);
+        assert_eq!(inbox.data().as_ptr() as usize % invoke::ALIGN, 0);
+        inbox.data()[..6].copy_from_slice(b"abcdef");
+        inbox.end = 6;
+        inbox.consume(2);
+        inbox.make_room(INBOX_BYTES * 2);
+        assert_eq!(inbox.data().as_ptr() as usize % invoke::ALIGN, 0);
+        assert_eq!((inbox.start, inbox.end), (0, 4));
+        assert_eq!(&inbox.data()[..4], b"cdef");
+        inbox.consume(1);
+        // Room that fits only after a move to the front.
+        inbox.make_room(inbox.buf.len() - inbox.off);
+        assert_eq!((inbox.start, inbox.end), (0, 3));
+        assert_eq!(&inbox.data()[..3], b"def");
     }
 }
