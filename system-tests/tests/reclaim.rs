@@ -378,3 +378,40 @@ fn a_job_needing_the_memory_an_executor_holds_runs_to_completion() -> Result<()>
     );
     Ok(())
 }
+
+#[test]
+#[ignore = "needs the local cluster: deploy/local-cluster up --nodes 2 (with harvest-scheduler), root, cc"]
+fn the_reclaim_benchmark_runs_in_its_quick_mode() -> Result<()> {
+    let _cluster = LocalCluster::from_env()?;
+    let out = Scratch::new("harvest-reclaim-bench-test")?;
+    let run = std::process::Command::new(harvest_system_tests::fixtures::target_bin(
+        "harvest-experiments",
+    )?)
+    .args(["reclaim", "--quick", "--out"])
+    .arg(&out.0)
+    .output()?;
+    ensure!(
+        run.status.success(),
+        "harvest-experiments reclaim --quick: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&std::fs::read(out.0.join("summary.json"))?)?;
+    for key in [
+        "reclaim_p50_ms",
+        "reclaim_p99_ms",
+        "step_start_added_p50_ms",
+        "overruns",
+    ] {
+        ensure!(
+            summary[key].is_number(),
+            "summary.json has no {key}: {summary}"
+        );
+    }
+    ensure!(
+        summary["rounds"] == 5 && summary["callers_not_revoked"] == 0,
+        "every reclaimed caller must get LeaseRevoked: {summary}"
+    );
+    let rows = std::fs::read_to_string(out.0.join("rounds.csv"))?;
+    ensure!(rows.lines().count() == 11, "5 rounds of each kind: {rows}");
+    Ok(())
+}
