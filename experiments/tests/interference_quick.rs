@@ -23,17 +23,23 @@ fn interference_quick_writes_a_complete_summary() {
         assert!(v[key].as_f64().is_some_and(f64::is_finite), "{key} in {v}");
     }
     // The functions ran, uncontrolled and controlled, beside the job.
-    assert!(v["function_uncontrolled_per_s"]["median"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(
+        v["function_uncontrolled_per_s"]["median"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
     // This node has no PMU and no GPU: the summary says what it could not see.
     let unavailable = v["signals_unavailable"].as_array().unwrap();
     assert!(
-        unavailable.iter().any(|u| u.as_str().unwrap().starts_with("perf:")),
+        unavailable
+            .iter()
+            .any(|u| u.as_str().unwrap().starts_with("perf:")),
         "{v}"
     );
     // The job reported progress, so harvestd saw its progress per CPU-second.
     let seen = v["signals_seen"].as_array().unwrap();
     assert!(
-        seen.iter().any(|s| s.as_str().unwrap().contains(".progress=")),
+        seen.iter()
+            .any(|s| s.as_str().unwrap().contains(".progress=")),
         "{v}"
     );
     let runs = std::fs::read_to_string(out.path().join("runs.csv")).unwrap();

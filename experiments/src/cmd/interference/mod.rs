@@ -56,7 +56,8 @@ pub struct Args {
     /// Size of each of the job's three arrays, MiB (beyond the last-level cache).
     #[arg(long, default_value_t = 32)]
     array_mib: u64,
-    /// harvestd configuration for the controlled phase [default: harvestd's defaults].
+    /// TOML added to the node's harvestd configuration in the controlled phase (e.g. an
+    /// `[interference]` table) [default: none: harvestd's defaults].
     #[arg(long)]
     agent_config: Option<PathBuf>,
     /// The ordinary user the functions run as (created if missing).
@@ -72,6 +73,9 @@ pub struct Args {
     /// below 0.3 CPUs over 2 s); 0 does not wait.
     #[arg(long, default_value_t = 180)]
     wait_quiet_s: u64,
+    /// Only redraw interference.png from the results in --out (timeline.csv, summary.json).
+    #[arg(long)]
+    replot: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -83,11 +87,40 @@ pub(super) enum Phase {
 }
 
 impl Phase {
+    pub(super) fn from_name(name: &str) -> Option<Self> {
+        [Self::Alone, Self::Uncontrolled, Self::Controlled]
+            .into_iter()
+            .find(|p| p.name() == name)
+    }
+
     pub(super) fn name(self) -> &'static str {
         match self {
             Self::Alone => "alone",
             Self::Uncontrolled => "uncontrolled",
             Self::Controlled => "controlled",
+        }
+    }
+}
+
+impl Run {
+    /// A run with no measurements yet.
+    pub(super) fn empty(round: usize, phase: Phase) -> Self {
+        Self {
+            round,
+            phase,
+            job_chunks_per_cpu_s: f64::NAN,
+            job_chunks_per_s: f64::NAN,
+            job_cpu_share: f64::NAN,
+            job_wait_share: f64::NAN,
+            fn_invocations: 0,
+            fn_per_s: f64::NAN,
+            levels: Vec::new(),
+            max_level: "-".into(),
+            per_second: Vec::new(),
+            lease_errors: Vec::new(),
+            machine_busy_cpus: f64::NAN,
+            busy_before: f64::NAN,
+            last_state: serde_json::Value::Null,
         }
     }
 }
@@ -315,6 +348,13 @@ fn run_phase(
 
 /// Runs the experiment and writes its results.
 pub fn run_cmd(args: Args) -> Result<()> {
+    if args.replot {
+        let dir = args
+            .out
+            .clone()
+            .unwrap_or_else(|| super::results_root().join("interference"));
+        return report::replot(&dir, &args.font);
+    }
     let (rounds, seconds) = if args.quick {
         (1, 12)
     } else {
@@ -344,15 +384,21 @@ pub fn run_cmd(args: Args) -> Result<()> {
         cl.node,
         cl.dir.display()
     );
-    let off = work.path().join("agent-off.toml");
-    std::fs::write(&off, "[interference]\nenabled = false\n")?;
+    let controlled = args
+        .agent_config
+        .as_deref()
+        .map(std::fs::read_to_string)
+        .transpose()
+        .context("reading --agent-config")?;
     let mut runs = Vec::new();
     let result = (|| -> Result<()> {
         for round in 0..rounds {
             for phase in [Phase::Alone, Phase::Uncontrolled, Phase::Controlled] {
                 match phase {
-                    Phase::Uncontrolled => cl.restart_agent(Some(&off))?,
-                    Phase::Controlled => cl.restart_agent(args.agent_config.as_deref())?,
+                    Phase::Uncontrolled => {
+                        cl.restart_agent(Some("[interference]\nenabled = false\n"))?
+                    }
+                    Phase::Controlled => cl.restart_agent(controlled.as_deref())?,
                     Phase::Alone => {}
                 }
                 let busy_before = wait_quiet(Duration::from_secs(args.wait_quiet_s));

@@ -132,8 +132,29 @@ impl Cluster {
         self.run_dir.join(format!("harvestd-{}.pid", self.node))
     }
 
-    /// Restarts the node's harvestd with `config` (none: its defaults), as the cluster runs it.
-    pub(super) fn restart_agent(&mut self, config: Option<&Path>) -> Result<()> {
+    /// Restarts the node's harvestd as the cluster runs it (its `etc/harvestd-<node>.toml`, if
+    /// the cluster writes one), with `extra` TOML appended (none: exactly the cluster's).
+    pub(super) fn restart_agent(&mut self, extra: Option<&str>) -> Result<()> {
+        let base = self
+            .dir
+            .join("etc")
+            .join(format!("harvestd-{}.toml", self.node));
+        let config = match extra {
+            None => base.exists().then(|| base.clone()),
+            Some(extra) => {
+                let mut text = std::fs::read_to_string(&base).unwrap_or_default();
+                text.push_str("\n# Added by harvest-experiments interference.\n");
+                text.push_str(extra);
+                let path = self
+                    .dir
+                    .join("etc")
+                    .join(format!("harvestd-{}.interference.toml", self.node));
+                std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                Some(path)
+            }
+        };
+        let config = config.as_deref();
         if let Some(mut child) = self.agent.take() {
             kill_term(child.id())?;
             child.wait()?;

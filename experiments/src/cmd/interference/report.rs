@@ -11,7 +11,7 @@ use super::{Phase, Run};
 use crate::cluster::machine_line;
 use crate::output::load_font;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 struct Spread {
     median: f64,
     min: f64,
@@ -212,6 +212,62 @@ pub(super) fn write_results(
 /// Left: the job's rate per second in round 1, per phase. Right: slowdown and function
 /// throughput kept (medians over rounds, min-max whiskers).
 fn plot(path: &Path, runs: &[Run], s: &Summary) -> Result<()> {
+    draw(
+        path,
+        runs,
+        [
+            &s.slowdown_uncontrolled,
+            &s.slowdown_controlled,
+            &s.function_throughput_kept,
+        ],
+    )
+}
+
+/// Redraws `interference.png` from a result directory's `timeline.csv` and `summary.json`.
+pub(super) fn replot(dir: &Path, font: &Path) -> Result<()> {
+    load_font(font)?;
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json"))?)?;
+    let spread = |key: &str| -> Result<Spread> {
+        serde_json::from_value(summary[key].clone())
+            .map_err(|e| anyhow::anyhow!("{key} in summary.json: {e}"))
+    };
+    let spreads = [
+        spread("slowdown_uncontrolled")?,
+        spread("slowdown_controlled")?,
+        spread("function_throughput_kept")?,
+    ];
+    let mut runs: Vec<Run> = Vec::new();
+    let timeline = std::fs::read_to_string(dir.join("timeline.csv"))?;
+    for line in timeline.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let (Some(round), Some(phase), Some(rate)) = (
+            f.first().and_then(|r| r.parse::<usize>().ok()),
+            f.get(1).and_then(|p| Phase::from_name(p)),
+            f.get(3).and_then(|r| r.parse::<f64>().ok()),
+        ) else {
+            anyhow::bail!("malformed line in timeline.csv: {line:?}");
+        };
+        let round = round - 1;
+        match runs
+            .iter_mut()
+            .find(|r| r.round == round && r.phase == phase)
+        {
+            Some(r) => r.per_second.push(rate),
+            None => runs.push(Run {
+                per_second: vec![rate],
+                ..Run::empty(round, phase)
+            }),
+        }
+    }
+    draw(
+        &dir.join("interference.png"),
+        &runs,
+        [&spreads[0], &spreads[1], &spreads[2]],
+    )
+}
+
+fn draw(path: &Path, runs: &[Run], spreads: [&Spread; 3]) -> Result<()> {
     let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(760);
@@ -253,12 +309,8 @@ fn plot(path: &Path, runs: &[Run], s: &Summary) -> Result<()> {
         .border_style(BLACK)
         .position(SeriesLabelPosition::LowerLeft)
         .draw()?;
-    let bars = [
-        ("slowdown\nuncontrolled %", &s.slowdown_uncontrolled, RED),
-        ("slowdown\ncontrolled %", &s.slowdown_controlled, BLUE),
-        ("functions\nkept %", &s.function_throughput_kept, GREEN),
-    ];
-    let top = bars.iter().map(|b| b.1.max).fold(10.0, f64::max) * 1.15;
+    let bars = [(spreads[0], RED), (spreads[1], BLUE), (spreads[2], GREEN)];
+    let top = bars.iter().map(|b| b.0.max).fold(10.0, f64::max) * 1.15;
     let mut chart = ChartBuilder::on(&right)
         .caption("medians over rounds (min-max)", ("sans-serif", 20))
         .margin(10)
@@ -268,19 +320,16 @@ fn plot(path: &Path, runs: &[Run], s: &Summary) -> Result<()> {
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_labels(3)
-        .x_label_formatter(&|x| {
-            [
-                "slowdown uncontrolled %",
-                "slowdown controlled %",
-                "functions kept %",
-            ]
-            .get(*x as usize)
-            .map_or(String::new(), |l| (*l).to_owned())
-        })
+        .x_label_formatter(&|_| String::new())
+        .x_desc("slowdown uncontrolled | slowdown controlled | functions kept (%)")
         .draw()?;
-    for (i, (_, sp, color)) in bars.iter().enumerate() {
+    for (i, (sp, color)) in bars.iter().enumerate() {
         let x = i as f64;
+        chart.draw_series(std::iter::once(Text::new(
+            format!("{:.1}", sp.median),
+            (x + 0.3, sp.max.max(sp.median).max(0.0) + top * 0.02),
+            ("sans-serif", 16),
+        )))?;
         chart.draw_series(std::iter::once(Rectangle::new(
             [(x + 0.2, 0.0), (x + 0.8, sp.median.max(0.0))],
             color.mix(0.6).filled(),
