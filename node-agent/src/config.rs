@@ -46,6 +46,9 @@ pub const DEFAULT_LEASE_CPU_WEIGHT: u64 = 1;
 /// How long a synchronous reclaim at step start may take before the step is let go anyway
 /// (an overrun, logged and counted). Below the plugin's 100 ms wait for the agent's answer.
 pub const DEFAULT_RECLAIM_TIMEOUT: Duration = Duration::from_millis(50);
+/// How long an evicted lease's teardown (cgroup removal, ledger write, the revocation event)
+/// waits after the step was let go, so as not to compete with the step's start for CPU.
+pub const DEFAULT_RECLAIM_TEARDOWN_DELAY: Duration = Duration::from_millis(100);
 /// How often Slurm is asked whether it drains this node.
 pub const DEFAULT_DRAIN_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// The proc filesystem, read to tell whether an executor still runs.
@@ -104,6 +107,11 @@ pub struct Config {
     pub interference: crate::interference::InterferenceConfig,
     #[serde(deserialize_with = "duration")]
     pub reclaim_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub reclaim_teardown_delay: Duration,
+    /// Run functions SCHED_IDLE (`cpu.idle` on the lease groups' parent, Linux 5.15+): any batch
+    /// task preempts them at once.
+    pub lease_cpu_idle: bool,
     /// Which leases go first when a batch step needs their resources: "newest-first" (the
     /// default: least work lost), "oldest-first" or "largest-first" (by memory).
     pub reclaim_order: ReclaimOrder,
@@ -146,6 +154,8 @@ impl Default for Config {
             metrics_listen: None,
             interference: crate::interference::InterferenceConfig::default(),
             reclaim_timeout: DEFAULT_RECLAIM_TIMEOUT,
+            reclaim_teardown_delay: DEFAULT_RECLAIM_TEARDOWN_DELAY,
+            lease_cpu_idle: true,
             reclaim_order: ReclaimOrder::default(),
             reclaim_move: true,
             drain_check_interval: DEFAULT_DRAIN_CHECK_INTERVAL,

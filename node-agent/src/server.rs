@@ -184,6 +184,8 @@ pub async fn serve(
                 move_executors: config.reclaim_move,
             },
             reclaim_timeout: config.reclaim_timeout,
+            reclaim_teardown_delay: config.reclaim_teardown_delay,
+            cpu_idle: config.lease_cpu_idle,
             stats: stats.clone(),
         },
         events,

@@ -154,6 +154,10 @@ pub trait Cgroups: std::fmt::Debug + Send + Sync {
     /// Sets the CPU weight (v2 units, 1..=10000; v1 gets the matching `cpu.shares`) of an existing
     /// group; a group that is gone is an error, never re-created.
     fn set_cpu_weight(&self, group: &Path, weight: u64) -> Result<(), CgroupError>;
+    /// Makes the group SCHED_IDLE (`cpu.idle`, Linux 5.15 and later) or normal again: an idle
+    /// group's tasks run only when nothing else wants the CPU, and any other task preempts them
+    /// at once. `Ok(false)` when the kernel has no `cpu.idle`.
+    fn set_cpu_idle(&self, group: &Path, idle: bool) -> Result<bool, CgroupError>;
     /// Caps the group's CPU time (`None` lifts the cap).
     fn set_cpu_quota(&self, group: &Path, quota: Option<CpuQuota>) -> Result<(), CgroupError>;
     /// The group's CPU time and throttling, where the host keeps them for it.

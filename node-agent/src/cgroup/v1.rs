@@ -255,6 +255,14 @@ impl Cgroups for V1 {
         )
     }
 
+    fn set_cpu_idle(&self, group: &Path, idle: bool) -> Result<bool, CgroupError> {
+        let path = self.dir("cpu", group)?.join("cpu.idle");
+        if !path.exists() {
+            return Ok(false);
+        }
+        write(&path, if idle { "1" } else { "0" }).map(|()| true)
+    }
+
     fn set_cpu_quota(&self, group: &Path, quota: Option<CpuQuota>) -> Result<(), CgroupError> {
         let dir = self.dir("cpu", group)?;
         match quota {

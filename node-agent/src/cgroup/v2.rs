@@ -176,6 +176,14 @@ impl Cgroups for V2 {
         write(&self.dir(group)?.join("cpu.weight"), &weight.to_string())
     }
 
+    fn set_cpu_idle(&self, group: &Path, idle: bool) -> Result<bool, CgroupError> {
+        let path = self.dir(group)?.join("cpu.idle");
+        if !path.exists() {
+            return Ok(false);
+        }
+        write(&path, if idle { "1" } else { "0" }).map(|()| true)
+    }
+
     fn set_cpu_quota(&self, group: &Path, quota: Option<CpuQuota>) -> Result<(), CgroupError> {
         let path = self.dir(group)?.join("cpu.max");
         match quota {

@@ -60,12 +60,17 @@ pub struct ExecutorSettings {
     pub stop_grace: Duration,
     /// v2 CPU weight of a lease group (v1: converted to cpu.shares).
     pub cpu_weight: u64,
+    /// Run all lease groups SCHED_IDLE (`cpu.idle` on their parent): any batch task preempts a
+    /// function at once.
+    pub cpu_idle: bool,
     /// The group lease groups go under (normally [`harvest_group`]).
     pub cgroup_parent: PathBuf,
     /// Which executors leave a batch step's resources, and whether they may move.
     pub reclaim: ReclaimPolicy,
     /// How long a synchronous reclaim may take before the step is let go regardless.
     pub reclaim_timeout: Duration,
+    /// How long an evicted lease's teardown waits after the step was let go.
+    pub reclaim_teardown_delay: Duration,
     /// Reclaim counters (shared with the session, which reports them).
     pub stats: Arc<NodeStats>,
 }
@@ -527,7 +532,9 @@ impl Executors {
     /// are then ended in the background. `None` when nothing collided.
     pub async fn reclaim(&self, started: Instant) -> Option<ReclaimOutcome> {
         let s = &self.inner.settings;
-        let actions = lock(&self.inner.agent).reclaim_plan(s.reclaim);
+        let mut actions = lock(&self.inner.agent).reclaim_plan(s.reclaim);
+        // Leases already being ended (an earlier reclaim's teardown) are not reclaimed twice.
+        actions.retain(|a| !self.is_stopping(a.lease()));
         if actions.is_empty() {
             return None;
         }
@@ -562,6 +569,7 @@ impl Executors {
         // group's and its parent's), busy batch or system work would starve it for tens of
         // milliseconds. The parent's weight is restored once the evicted groups are empty.
         let boosted = !evicted.is_empty()
+            && (!s.cpu_idle || cg.set_cpu_idle(&s.cgroup_parent, false).is_ok())
             && cg
                 .create(&s.cgroup_parent, &weight(EXIT_CPU_WEIGHT))
                 .inspect_err(|e| tracing::debug!(error = %e, "could not raise the lease parent's CPU weight"))
@@ -587,8 +595,19 @@ impl Executors {
             tokio::time::sleep(EVICT_POLL_INTERVAL).await;
             all_gone = gone();
         }
-        if boosted && let Err(e) = cg.create(&s.cgroup_parent, &weight(s.cpu_weight)) {
-            tracing::warn!(error = %e, "could not restore the lease parent's CPU weight");
+        if boosted {
+            let restored = cg
+                .create(&s.cgroup_parent, &weight(s.cpu_weight))
+                .and_then(|()| {
+                    if s.cpu_idle {
+                        cg.set_cpu_idle(&s.cgroup_parent, true).map(drop)
+                    } else {
+                        Ok(())
+                    }
+                });
+            if let Err(e) = restored {
+                tracing::warn!(error = %e, "could not restore the lease parent's CPU weight");
+            }
         }
         let outcome = ReclaimOutcome {
             evicted: evicted.len() as u64,
@@ -606,9 +625,16 @@ impl Executors {
             tracing::info!(evicted = ?evicted, moved, latency_us = outcome.latency.as_micros() as u64,
                 signalled_us = signalled.as_micros() as u64, "reclaimed for a batch step");
         }
+        // The executors are gone; their teardown (cgroup removal, ledger write, the event that
+        // tells the scheduler and so the client) waits until the step has started, so that it
+        // does not compete with the step's start for CPU.
+        let delay = s.reclaim_teardown_delay;
         for (id, reason) in evicted {
             let this = self.clone();
-            tokio::spawn(async move { this.end_claimed(&id, reason, EndCause::Reclaimed).await });
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                this.end_claimed(&id, reason, EndCause::Reclaimed).await
+            });
         }
         Some(outcome)
     }
@@ -678,6 +704,15 @@ impl Executors {
         if let Err(e) = self.inner.cgroups.create(&s.cgroup_parent, &parent) {
             tracing::warn!(group = %s.cgroup_parent.display(), error = %e,
                 "could not give the lease groups' parent the lease CPU weight");
+        }
+        if s.cpu_idle {
+            match self.inner.cgroups.set_cpu_idle(&s.cgroup_parent, true) {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(
+                    "this kernel has no cpu.idle (Linux 5.15+): functions run at the lowest CPU weight instead of SCHED_IDLE"
+                ),
+                Err(e) => tracing::warn!(error = %e, "could not make the lease groups SCHED_IDLE"),
+            }
         }
         let leases = lock(&self.inner.agent).ledger().leases.clone();
         for (id, lease) in &leases {

@@ -23,6 +23,8 @@ pub struct FakeCgroups {
     pub populated: Mutex<Vec<PathBuf>>,
     /// CPU caps set with `set_cpu_quota` (`None`: lifted).
     pub quotas: Mutex<BTreeMap<PathBuf, Option<CpuQuota>>>,
+    /// `cpu.idle` as set with `set_cpu_idle`.
+    pub idle: Mutex<BTreeMap<PathBuf, bool>>,
     /// Groups frozen now.
     pub frozen: Mutex<Vec<PathBuf>>,
     /// What `cpu_stat` and `memory_usage` answer, per group (absent: nothing known, 0 bytes).
@@ -121,6 +123,13 @@ impl Cgroups for FakeCgroups {
         let spec = groups.get_mut(group).ok_or_else(|| missing(group))?;
         spec.cpu_weight = Some(weight);
         Ok(())
+    }
+    fn set_cpu_idle(&self, group: &Path, idle: bool) -> Result<bool, CgroupError> {
+        if !self.exists(group) {
+            return Err(missing(group));
+        }
+        self.idle.lock().unwrap().insert(group.to_path_buf(), idle);
+        Ok(true)
     }
     fn set_cpu_quota(&self, group: &Path, quota: Option<CpuQuota>) -> Result<(), CgroupError> {
         if !self.exists(group) {

@@ -87,6 +87,8 @@ impl Rig {
                 cgroup_parent: harvest_group("n1"),
                 reclaim: crate::reclaim::ReclaimPolicy::default(),
                 reclaim_timeout: Duration::from_millis(200),
+                reclaim_teardown_delay: Duration::ZERO,
+                cpu_idle: true,
                 stats: Arc::new(crate::stats::NodeStats::default()),
             },
             tx,
@@ -453,6 +455,10 @@ async fn after_a_restart_live_executors_are_re_adopted_and_the_rest_cleaned_up()
     // The parent of every lease group competes with batch tasks at the lease weight.
     let parent = rig.cgroups.spec(&harvest_group("n1")).unwrap();
     assert_eq!(parent.cpu_weight, Some(1));
+    assert_eq!(
+        rig.cgroups.idle.lock().unwrap().get(&harvest_group("n1")),
+        Some(&true)
+    );
     assert_eq!(rig.view().cpus.function.len(), 1);
     // The adopted executor is watched by the tick: when it dies its lease ends.
     rig.procs.vanish(1000);
@@ -498,6 +504,7 @@ async fn a_batch_job_on_a_leased_cpu_moves_the_lease_to_an_idle_one() {
 #[tokio::test]
 async fn a_job_taking_every_cpu_evicts_the_executors_before_reclaim_returns() {
     let mut rig = Rig::new();
+    rig.exec.adopt().await; // as at harvestd's start: the parent is SCHED_IDLE at weight 1
     rig.exec.create(rig.order("L1", 1, 100)).await;
     rig.exec.create(rig.order("L2", 1, 100)).await;
     assert!(matches!(rig.event(), LeaseEvent::Ready(_)));
@@ -530,6 +537,13 @@ async fn a_job_taking_every_cpu_evicts_the_executors_before_reclaim_returns() {
     assert_eq!(
         (c.reclaims, c.reclaim_evictions, c.reclaim_overruns),
         (1, 2, 0)
+    );
+    // The parent's boost for the killed tasks' exit is undone.
+    let parent = rig.cgroups.spec(&harvest_group("n1")).unwrap();
+    assert_eq!(parent.cpu_weight, Some(1));
+    assert_eq!(
+        rig.cgroups.idle.lock().unwrap().get(&harvest_group("n1")),
+        Some(&true)
     );
 }
 
