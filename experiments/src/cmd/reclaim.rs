@@ -312,12 +312,15 @@ pub fn run_cmd(args: Args) -> Result<()> {
         cluster,
     };
     // The agents may still be registering (a cluster just brought up).
-    wait_for(Duration::from_secs(30), "every node to be up in harvest nodes", || {
-        let v = bench.nodes()?;
-        Ok(v.as_array().is_some_and(|a| {
-            a.len() >= nodes.len() && a.iter().all(|n| n["state"] == "up")
-        }))
-    })?;
+    wait_for(
+        Duration::from_secs(30),
+        "every node to be up in harvest nodes",
+        || {
+            let v = bench.nodes()?;
+            Ok(v.as_array()
+                .is_some_and(|a| a.len() >= nodes.len() && a.iter().all(|n| n["state"] == "up")))
+        },
+    )?;
     // Fill every other node so that each lease lands on ours.
     let mut fillers = Vec::new();
     for other in nodes.iter().filter(|n| **n != node) {
