@@ -310,6 +310,7 @@ impl Executors {
             memory_limit_bytes: Some(lease.memory_mib << 20),
             cpu_weight: Some(s.cpu_weight),
         };
+        self.prepare_parent();
         let cg = &self.inner.cgroups;
         cg.create(&group, &spec)
             .map_err(|e| format!("creating the lease cgroup: {e}"))?;
@@ -688,13 +689,13 @@ impl Executors {
         }
     }
 
-    /// After a harvestd start: keeps the leases whose executor still runs in its cgroup, ends the
-    /// rest, and removes the empty lease groups and the directories that no lease owns.
-    pub async fn adopt(&self) {
+    /// The parent of all lease groups gets the lease weight too: at the top of the cpu
+    /// hierarchy it competes with the batch jobs' tasks, and with a normal weight all functions
+    /// together could take as much CPU as every batch task together. It is SCHED_IDLE as well
+    /// when `cpu_idle` is set. Done before each lease group is made, and at start for a parent
+    /// that exists (cheap and idempotent; a harvestd that never runs a lease leaves no group).
+    fn prepare_parent(&self) {
         let s = &self.inner.settings;
-        // The parent of all lease groups gets the lease weight too: at the top of the cpu
-        // hierarchy it competes with the batch jobs' tasks, and with a normal weight all
-        // functions together could take as much CPU as every batch task together.
         let parent = GroupSpec {
             cpus: None,
             mems: None,
@@ -713,6 +714,15 @@ impl Executors {
                 ),
                 Err(e) => tracing::warn!(error = %e, "could not make the lease groups SCHED_IDLE"),
             }
+        }
+    }
+
+    /// After a harvestd start: keeps the leases whose executor still runs in its cgroup, ends the
+    /// rest, and removes the empty lease groups and the directories that no lease owns.
+    pub async fn adopt(&self) {
+        let s = &self.inner.settings;
+        if self.inner.cgroups.exists(&s.cgroup_parent) {
+            self.prepare_parent();
         }
         let leases = lock(&self.inner.agent).ledger().leases.clone();
         for (id, lease) in &leases {
