@@ -243,30 +243,10 @@ pub struct Node {
     pub interference: Option<Interference>,
 }
 
-/// [`v1::NodeCounters`] for JSON.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct NodeCounters {
-    pub reclaims: u64,
-    pub reclaim_evictions: u64,
-    pub reclaim_moves: u64,
-    pub reclaim_overruns: u64,
-    pub reclaim_latency_us_sum: u64,
-    pub reclaim_latency_us_max: u64,
-    pub interference_actions: u64,
-}
-
-/// [`v1::InterferenceState`] for JSON.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Interference {
-    /// none, weight, quota, freeze or evict.
-    pub level: String,
-    pub detector: String,
-    pub reason: String,
-    pub since_unix_ms: i64,
-    pub unavailable: Vec<String>,
-    pub signals: std::collections::BTreeMap<String, f64>,
-    pub actions: std::collections::BTreeMap<String, u64>,
-}
+/// An agent's interference verdict, as `harvest nodes --json` shows it.
+pub use harvest_proto::views::InterferenceView as Interference;
+/// An agent's counters, as `harvest nodes --json` shows them.
+pub use harvest_proto::views::NodeCountersView as NodeCounters;
 
 impl From<v1::NodeStatus> for Node {
     fn from(n: v1::NodeStatus) -> Self {
@@ -276,25 +256,9 @@ impl From<v1::NodeStatus> for Node {
             state: n.state,
             last_report_unix_ms: n.last_report_unix_ms,
             reclaims: c.reclaims,
-            counters: NodeCounters {
-                reclaims: c.reclaims,
-                reclaim_evictions: c.reclaim_evictions,
-                reclaim_moves: c.reclaim_moves,
-                reclaim_overruns: c.reclaim_overruns,
-                reclaim_latency_us_sum: c.reclaim_latency_us_sum,
-                reclaim_latency_us_max: c.reclaim_latency_us_max,
-                interference_actions: c.interference_actions,
-            },
+            counters: c.into(),
             revocations: n.revocations.into_iter().collect(),
-            interference: n.interference.map(|i| Interference {
-                level: i.level,
-                detector: i.detector,
-                reason: i.reason,
-                since_unix_ms: i.since_unix_ms,
-                unavailable: i.unavailable,
-                signals: i.signals.into_iter().collect(),
-                actions: i.actions.into_iter().collect(),
-            }),
+            interference: n.interference.as_ref().map(Interference::from),
         }
     }
 }

@@ -8,6 +8,7 @@
 #![allow(missing_debug_implementations)]
 
 pub mod convert;
+pub mod views;
 
 /// The largest gRPC message either side accepts by default: a lease request or a CreateExecutor
 /// order carries the function library (tonic's own default, 4 MiB, is too small for many).

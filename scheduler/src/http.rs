@@ -12,6 +12,7 @@
 //! never changes the scheduler's state, so it needs no authentication; bind it to an address
 //! only operators reach.
 
+use harvest_proto::views::{InterferenceView, NodeCountersView};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -219,31 +220,9 @@ pub struct NodeJson {
     pub usage: Usage,
     /// Each GPU's state (batch, function, idle, reserved), by index.
     pub gpu_states: BTreeMap<u32, &'static str>,
-    pub interference: Option<InterferenceJson>,
-    pub counters: Option<CountersJson>,
+    pub interference: Option<InterferenceView>,
+    pub counters: Option<NodeCountersView>,
     pub revocations: BTreeMap<String, u64>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct InterferenceJson {
-    pub level: String,
-    pub detector: String,
-    pub reason: String,
-    pub since_unix_ms: i64,
-    pub unavailable: Vec<String>,
-    pub signals: BTreeMap<String, f64>,
-    pub actions: BTreeMap<String, u64>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct CountersJson {
-    pub reclaims: u64,
-    pub reclaim_evictions: u64,
-    pub reclaim_moves: u64,
-    pub reclaim_overruns: u64,
-    pub reclaim_latency_us_sum: u64,
-    pub reclaim_latency_us_max: u64,
-    pub interference_actions: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -330,28 +309,8 @@ impl NodeJson {
             view,
             state: s.state.clone(),
             last_report_unix_ms: s.last_report_unix_ms,
-            interference: s.interference.as_ref().map(|i| InterferenceJson {
-                level: if i.level.is_empty() {
-                    "none".into()
-                } else {
-                    i.level.clone()
-                },
-                detector: i.detector.clone(),
-                reason: i.reason.clone(),
-                since_unix_ms: i.since_unix_ms,
-                unavailable: i.unavailable.clone(),
-                signals: i.signals.clone().into_iter().collect(),
-                actions: i.actions.clone().into_iter().collect(),
-            }),
-            counters: s.counters.map(|c| CountersJson {
-                reclaims: c.reclaims,
-                reclaim_evictions: c.reclaim_evictions,
-                reclaim_moves: c.reclaim_moves,
-                reclaim_overruns: c.reclaim_overruns,
-                reclaim_latency_us_sum: c.reclaim_latency_us_sum,
-                reclaim_latency_us_max: c.reclaim_latency_us_max,
-                interference_actions: c.interference_actions,
-            }),
+            interference: s.interference.as_ref().map(InterferenceView::from),
+            counters: s.counters.map(NodeCountersView::from),
             revocations: s.revocations.clone().into_iter().collect(),
         }
     }

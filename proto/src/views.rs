@@ -1,0 +1,112 @@
+//! The wire types as people and scripts read them (JSON): one shape shared by `harvest nodes
+//! --json` (the client) and the scheduler's `/api/cluster` (the dashboard).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::v1;
+
+/// An agent's counters ([`v1::NodeCounters`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct NodeCountersView {
+    pub reclaims: u64,
+    pub reclaim_evictions: u64,
+    pub reclaim_moves: u64,
+    pub reclaim_overruns: u64,
+    pub reclaim_latency_us_sum: u64,
+    pub reclaim_latency_us_max: u64,
+    pub interference_actions: u64,
+}
+
+impl From<v1::NodeCounters> for NodeCountersView {
+    fn from(c: v1::NodeCounters) -> Self {
+        Self {
+            reclaims: c.reclaims,
+            reclaim_evictions: c.reclaim_evictions,
+            reclaim_moves: c.reclaim_moves,
+            reclaim_overruns: c.reclaim_overruns,
+            reclaim_latency_us_sum: c.reclaim_latency_us_sum,
+            reclaim_latency_us_max: c.reclaim_latency_us_max,
+            interference_actions: c.interference_actions,
+        }
+    }
+}
+
+/// An agent's interference verdict ([`v1::InterferenceState`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct InterferenceView {
+    /// none, weight, quota, freeze or evict.
+    pub level: String,
+    pub detector: String,
+    pub reason: String,
+    pub since_unix_ms: i64,
+    pub unavailable: Vec<String>,
+    pub signals: BTreeMap<String, f64>,
+    pub actions: BTreeMap<String, u64>,
+}
+
+impl From<&v1::InterferenceState> for InterferenceView {
+    fn from(i: &v1::InterferenceState) -> Self {
+        Self {
+            level: i.level.clone(),
+            detector: i.detector.clone(),
+            reason: i.reason.clone(),
+            since_unix_ms: i.since_unix_ms,
+            unavailable: i.unavailable.clone(),
+            signals: i.signals.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            actions: i.actions.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn views_keep_every_field() {
+        let c = NodeCountersView::from(v1::NodeCounters {
+            reclaims: 1,
+            reclaim_evictions: 2,
+            reclaim_moves: 3,
+            reclaim_overruns: 4,
+            reclaim_latency_us_sum: 5,
+            reclaim_latency_us_max: 6,
+            interference_actions: 7,
+        });
+        assert_eq!(
+            serde_json_like(&c),
+            "1 2 3 4 5 6 7",
+            "every counter is carried"
+        );
+        let i = InterferenceView::from(&v1::InterferenceState {
+            level: "quota".into(),
+            detector: "threshold".into(),
+            reason: "job 7 ran 9% slower".into(),
+            since_unix_ms: 5,
+            unavailable: vec!["perf".into()],
+            signals: [("a".to_owned(), 0.5)].into(),
+            actions: [("quota".to_owned(), 2)].into(),
+        });
+        assert_eq!(
+            (i.level.as_str(), i.signals["a"], i.actions["quota"]),
+            ("quota", 0.5, 2)
+        );
+        assert_eq!(i.unavailable, ["perf"]);
+    }
+
+    fn serde_json_like(c: &NodeCountersView) -> String {
+        [
+            c.reclaims,
+            c.reclaim_evictions,
+            c.reclaim_moves,
+            c.reclaim_overruns,
+            c.reclaim_latency_us_sum,
+            c.reclaim_latency_us_max,
+            c.interference_actions,
+        ]
+        .map(|v| v.to_string())
+        .join(" ")
+    }
+}
