@@ -72,7 +72,19 @@ impl Cluster {
     pub(super) fn open() -> Result<Self> {
         let have = |k: &str| std::env::var_os(k).is_some();
         let mut env = BTreeMap::new();
-        if !(have("SLURM_CONF") && have("HARVEST_SCHEDULER") && have("HARVEST_CLUSTER_DIR")) {
+        let in_env = have("SLURM_CONF") && have("HARVEST_SCHEDULER") && have("HARVEST_CLUSTER_DIR");
+        // A cluster that is already up (scripts/test-all's, say) is used as it is.
+        let running = if in_env {
+            None
+        } else {
+            crate::cluster::Cluster::open().ok()
+        };
+        if let Some(running) = running {
+            eprintln!(
+                "interference: using the local cluster that is up (deploy/local-cluster env)"
+            );
+            env = running.env;
+        } else if !in_env {
             eprintln!(
                 "interference: no cluster in the environment; deploy/local-cluster up --nodes 1"
             );
