@@ -141,7 +141,8 @@ pub trait Cgroups: std::fmt::Debug + Send + Sync {
     /// Freezes the group and waits until it is frozen.
     fn freeze(&self, group: &Path) -> Result<(), CgroupError>;
     fn thaw(&self, group: &Path) -> Result<(), CgroupError>;
-    /// Kills every process in the group.
+    /// Kills every process in the group (without waiting for them to exit; a process forked
+    /// meanwhile may survive, so callers that need the group empty poll and kill again).
     fn kill(&self, group: &Path) -> Result<(), CgroupError>;
     /// Removes the group and its child groups, bottom-up. A group that does not exist is fine.
     fn remove(&self, group: &Path) -> Result<(), CgroupError>;

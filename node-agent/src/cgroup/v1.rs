@@ -204,10 +204,13 @@ impl Cgroups for V1 {
     }
 
     fn kill(&self, group: &Path) -> Result<(), CgroupError> {
-        // Freeze first so that nothing forks between reading the pids and killing them.
+        // Freeze first so that nothing forks between reading the pids and killing them. Not
+        // waiting for FROZEN: a task that has not reached the freezer yet (in uninterruptible
+        // sleep, or starved of CPU) takes its SIGKILL all the same, and a caller that must see
+        // the group empty polls and kills again (a freezing task may still fork once).
         let frozen = self.controllers.contains_key("freezer");
         if frozen {
-            self.freeze(group)?;
+            write(&self.dir("freezer", group)?.join("freezer.state"), "FROZEN")?;
         }
         let root = self.dir("cpuset", group)?;
         let mut stack = vec![root];

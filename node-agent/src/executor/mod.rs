@@ -592,9 +592,17 @@ impl Executors {
                 .all(|g| !cg.exists(g) || cg.pids(g).map_or(true, |p| p.is_empty()))
         };
         let mut all_gone = gone();
+        let mut polls = 0u32;
         while !all_gone && Instant::now() < deadline {
             tokio::time::sleep(EVICT_POLL_INTERVAL).await;
             all_gone = gone();
+            polls += 1;
+            // Every 2 ms, kill again what is left (a process forked while the first kill ran).
+            if !all_gone && polls.is_multiple_of(4) {
+                for g in &groups {
+                    let _ = cg.kill(g);
+                }
+            }
         }
         if boosted {
             let restored = cg
@@ -702,6 +710,10 @@ impl Executors {
             memory_limit_bytes: None,
             cpu_weight: Some(s.cpu_weight),
         };
+        // An idle group's weight cannot be written (EINVAL): make it normal first.
+        if s.cpu_idle {
+            let _ = self.inner.cgroups.set_cpu_idle(&s.cgroup_parent, false);
+        }
         if let Err(e) = self.inner.cgroups.create(&s.cgroup_parent, &parent) {
             tracing::warn!(group = %s.cgroup_parent.display(), error = %e,
                 "could not give the lease groups' parent the lease CPU weight");
