@@ -17,5 +17,5 @@ pub mod step;
 pub mod units;
 
 pub use cpuset::{CpuSet, CpuSetParseError};
-pub use node::{CpuBreakdown, GpuBreakdown, MemoryBreakdown, NodeView};
+pub use node::{Counts, CpuBreakdown, GpuBreakdown, MemoryBreakdown, NodeView, STATES, Usage};
 pub use units::{UnitParseError, parse_duration, parse_memory_mib};

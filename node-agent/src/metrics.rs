@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use harvest_core::NodeView;
+use harvest_core::{NodeView, STATES, Usage};
 use harvest_proto::v1;
 use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
@@ -138,23 +138,6 @@ fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
     pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
 }
 
-/// Counts by state: the sizes of the view's lists, and `reserved` for what is in none of them
-/// (as the scheduler counts them, see harvest_scheduler::metrics::Usage).
-fn by_state(
-    batch: usize,
-    function: usize,
-    idle: usize,
-    in_none: usize,
-) -> [(&'static str, i64); 4] {
-    let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
-    [
-        ("batch", n(batch)),
-        ("function", n(function)),
-        ("idle", n(idle)),
-        ("reserved", n(in_none)),
-    ]
-}
-
 /// Encodes one scrape of `s`.
 pub fn encode(s: &AgentSnapshot) -> String {
     let v = &s.view;
@@ -162,52 +145,26 @@ pub fn encode(s: &AgentSnapshot) -> String {
     let mut r = Registry::with_prefix("harvest");
 
     let cpus = Family::<Labels, Gauge>::default();
-    let held = v.cpus.batch.union(&v.cpus.function).union(&v.cpus.idle);
-    let cpu_counts = by_state(
-        v.cpus.batch.len(),
-        v.cpus.function.len(),
-        v.cpus.idle.len(),
-        v.cpus.total.difference(&held).len(),
-    );
     let memory = Family::<Labels, Gauge>::default();
-    let m = &v.memory_mib;
-    let mem_reserved = m
-        .total
-        .saturating_sub(m.batch)
-        .saturating_sub(m.function)
-        .saturating_sub(m.idle);
     let gpus = Family::<Labels, Gauge>::default();
     let gpu_state = Family::<Labels, Gauge>::default();
-    let g = &v.gpus;
-    let state_of = |i: &u32| {
-        if g.batch.contains(i) {
-            "batch"
-        } else if g.function.contains(i) {
-            "function"
-        } else if g.idle.contains(i) {
-            "idle"
-        } else {
-            "reserved"
-        }
-    };
-    let gpu_reserved = g.total.iter().filter(|i| state_of(i) == "reserved").count();
-    let gpu_counts = by_state(g.batch.len(), g.function.len(), g.idle.len(), gpu_reserved);
-    for (i, (state, count)) in cpu_counts.iter().enumerate() {
+    let usage = Usage::of(v);
+    let n = |c: u64| i64::try_from(c).unwrap_or(i64::MAX);
+    for state in STATES {
         let l = labels([("node", node), ("state", state)]);
-        cpus.get_or_create(&l).set(*count);
-        let mib = [m.batch, m.function, m.idle, mem_reserved][i];
+        cpus.get_or_create(&l).set(n(usage.cpus.get(state)));
         memory
             .get_or_create(&l)
-            .set(i64::try_from(mib.saturating_mul(1 << 20)).unwrap_or(i64::MAX));
-        gpus.get_or_create(&l).set(gpu_counts[i].1);
+            .set(n(usage.memory_mib.get(state).saturating_mul(1 << 20)));
+        gpus.get_or_create(&l).set(n(usage.gpus.get(state)));
     }
-    for i in &g.total {
+    for &i in &v.gpus.total {
         let id = i.to_string();
         gpu_state
             .get_or_create(&labels([
                 ("node", node),
                 ("gpu", &id),
-                ("state", state_of(i)),
+                ("state", v.gpu_state(i)),
             ]))
             .set(1);
     }

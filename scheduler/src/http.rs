@@ -301,7 +301,7 @@ impl NodeJson {
             .gpus
             .total
             .iter()
-            .map(|&g| (g, metrics::gpu_state(&view, g)))
+            .map(|&g| (g, view.gpu_state(g)))
             .collect();
         Self {
             usage: Usage::of(&view),

@@ -14,6 +14,7 @@
 use std::sync::atomic::AtomicU64;
 
 use harvest_core::NodeView;
+pub use harvest_core::{Counts, STATES, Usage};
 use harvest_proto::v1;
 use prometheus_client::encoding::text::encode as encode_text;
 use prometheus_client::metrics::counter::Counter;
@@ -21,132 +22,15 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-use serde::Serialize;
 
 /// The Content-Type of the exposition.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// The resource states, in the order the metrics and the dashboard list them.
-pub const STATES: [&str; 4] = ["batch", "function", "idle", "reserved"];
 
 /// Interference control levels an agent may report (docs/node-agent.md).
 pub const INTERFERENCE_LEVELS: [&str; 5] = ["none", "weight", "quota", "freeze", "evict"];
 
 type Labels = Vec<(&'static str, String)>;
 type FloatGauge = Gauge<f64, AtomicU64>;
-
-/// How much of one resource is in each state.
-///
-/// `batch`, `function` and `idle` are the sizes of the agent's lists as reported (exactly what
-/// `harvest nodes --json` shows); `reserved` is what is in none of them: held back for the OS
-/// (`reserve_cores`, `reserve_memory_mib`) or, for a node where a job runs with
-/// `--harvest=off`, not lent at all. During a reclaim a CPU may briefly be both batch and
-/// function; it is then counted in both and `reserved` does not go below zero.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Counts {
-    pub total: u64,
-    pub batch: u64,
-    pub function: u64,
-    pub idle: u64,
-    pub reserved: u64,
-}
-
-impl Counts {
-    /// The count of `state` (one of [`STATES`]).
-    pub fn get(&self, state: &str) -> u64 {
-        match state {
-            "batch" => self.batch,
-            "function" => self.function,
-            "idle" => self.idle,
-            "reserved" => self.reserved,
-            _ => 0,
-        }
-    }
-
-    pub fn add(&self, o: &Counts) -> Counts {
-        Counts {
-            total: self.total + o.total,
-            batch: self.batch + o.batch,
-            function: self.function + o.function,
-            idle: self.idle + o.idle,
-            reserved: self.reserved + o.reserved,
-        }
-    }
-}
-
-/// A node's CPUs, memory (MiB) and GPUs by state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Usage {
-    pub cpus: Counts,
-    pub memory_mib: Counts,
-    pub gpus: Counts,
-}
-
-impl Usage {
-    pub fn of(view: &NodeView) -> Self {
-        let n = |len: usize| len as u64;
-        let c = &view.cpus;
-        let held = c.batch.union(&c.function).union(&c.idle);
-        let cpus = Counts {
-            total: n(c.total.len()),
-            batch: n(c.batch.len()),
-            function: n(c.function.len()),
-            idle: n(c.idle.len()),
-            reserved: n(c.total.difference(&held).len()),
-        };
-        let m = &view.memory_mib;
-        let memory_mib = Counts {
-            total: m.total,
-            batch: m.batch,
-            function: m.function,
-            idle: m.idle,
-            reserved: m
-                .total
-                .saturating_sub(m.batch)
-                .saturating_sub(m.function)
-                .saturating_sub(m.idle),
-        };
-        let g = &view.gpus;
-        let gpus = Counts {
-            total: n(g.total.len()),
-            batch: n(g.batch.len()),
-            function: n(g.function.len()),
-            idle: n(g.idle.len()),
-            reserved: n(g
-                .total
-                .iter()
-                .filter(|i| !g.batch.contains(i) && !g.function.contains(i) && !g.idle.contains(i))
-                .count()),
-        };
-        Self {
-            cpus,
-            memory_mib,
-            gpus,
-        }
-    }
-
-    pub fn add(&self, o: &Usage) -> Usage {
-        Usage {
-            cpus: self.cpus.add(&o.cpus),
-            memory_mib: self.memory_mib.add(&o.memory_mib),
-            gpus: self.gpus.add(&o.gpus),
-        }
-    }
-}
-
-/// The state of one GPU in a view (batch wins over function, as for the CPUs' cells).
-pub fn gpu_state(view: &NodeView, gpu: u32) -> &'static str {
-    let g = &view.gpus;
-    if g.batch.contains(&gpu) {
-        "batch"
-    } else if g.function.contains(&gpu) {
-        "function"
-    } else if g.idle.contains(&gpu) {
-        "idle"
-    } else {
-        "reserved"
-    }
-}
 
 /// What a scrape reads from the lease book (taken under its lock, encoded after).
 #[derive(Debug, Clone, Default)]
@@ -390,7 +274,7 @@ pub fn encode(metrics: &SchedulerMetrics, snap: &Snapshot) -> String {
                 .get_or_create(&labels([
                     ("node", node),
                     ("gpu", &id),
-                    ("state", gpu_state(&view, gpu)),
+                    ("state", view.gpu_state(gpu)),
                 ]))
                 .set(1);
         }
@@ -582,8 +466,8 @@ mod tests {
         );
         assert_eq!(u.memory_mib.reserved, 1024);
         assert_eq!((u.gpus.function, u.gpus.reserved), (1, 1));
-        assert_eq!(gpu_state(&view(), 0), "reserved");
-        assert_eq!(gpu_state(&view(), 1), "function");
+        assert_eq!(view().gpu_state(0), "reserved");
+        assert_eq!(view().gpu_state(1), "function");
         // A CPU in both batch and function (mid-reclaim) counts in both; reserved stays >= 0.
         let mut v = view();
         v.cpus.function.insert(0);

@@ -17,6 +17,7 @@ use serde::Serialize;
 use super::exit::CliError;
 use super::io;
 use crate::lease::{Lease, Node, SchedulerClient};
+use harvest_core::{Counts, Usage};
 
 /// How many samples the sparkline keeps.
 pub const HISTORY: usize = 60;
@@ -37,26 +38,6 @@ pub struct TopArgs {
     pub no_color: bool,
 }
 
-/// A resource's amounts by state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Counts {
-    pub total: u64,
-    pub batch: u64,
-    pub function: u64,
-    pub idle: u64,
-    pub reserved: u64,
-}
-
-impl Counts {
-    fn add(&mut self, o: &Counts) {
-        self.total += o.total;
-        self.batch += o.batch;
-        self.function += o.function;
-        self.idle += o.idle;
-        self.reserved += o.reserved;
-    }
-}
-
 /// A node's counts: the sizes of its lists, and `reserved` for what is in none of them (as the
 /// scheduler's metrics count them).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -72,44 +53,13 @@ pub struct NodeCounts {
 
 impl NodeCounts {
     pub fn of(n: &Node) -> Self {
-        let v = &n.view;
-        let len = |l: usize| l as u64;
-        let held = v.cpus.batch.union(&v.cpus.function).union(&v.cpus.idle);
-        let m = &v.memory_mib;
-        let g = &v.gpus;
-        let gpu_reserved = g
-            .total
-            .iter()
-            .filter(|i| !g.batch.contains(i) && !g.function.contains(i) && !g.idle.contains(i))
-            .count();
+        let u = Usage::of(&n.view);
         Self {
-            name: v.name.clone(),
+            name: n.view.name.clone(),
             state: n.state.clone(),
-            cpus: Counts {
-                total: len(v.cpus.total.len()),
-                batch: len(v.cpus.batch.len()),
-                function: len(v.cpus.function.len()),
-                idle: len(v.cpus.idle.len()),
-                reserved: len(v.cpus.total.difference(&held).len()),
-            },
-            memory_mib: Counts {
-                total: m.total,
-                batch: m.batch,
-                function: m.function,
-                idle: m.idle,
-                reserved: m
-                    .total
-                    .saturating_sub(m.batch)
-                    .saturating_sub(m.function)
-                    .saturating_sub(m.idle),
-            },
-            gpus: Counts {
-                total: len(g.total.len()),
-                batch: len(g.batch.len()),
-                function: len(g.function.len()),
-                idle: len(g.idle.len()),
-                reserved: len(gpu_reserved),
-            },
+            cpus: u.cpus,
+            memory_mib: u.memory_mib,
+            gpus: u.gpus,
             interference: n
                 .interference
                 .as_ref()
@@ -134,11 +84,12 @@ pub struct Picture {
 impl Picture {
     pub fn new(nodes: &[Node], leases: &[Lease], now_unix_ms: i64) -> Self {
         let nodes: Vec<NodeCounts> = nodes.iter().map(NodeCounts::of).collect();
-        let (mut cpus, mut memory_mib, mut gpus) = Default::default();
+        let (mut cpus, mut memory_mib, mut gpus) =
+            (Counts::default(), Counts::default(), Counts::default());
         for n in &nodes {
-            Counts::add(&mut cpus, &n.cpus);
-            Counts::add(&mut memory_mib, &n.memory_mib);
-            Counts::add(&mut gpus, &n.gpus);
+            cpus = cpus.add(&n.cpus);
+            memory_mib = memory_mib.add(&n.memory_mib);
+            gpus = gpus.add(&n.gpus);
         }
         Self {
             generated_unix_ms: now_unix_ms,
@@ -146,13 +97,9 @@ impl Picture {
             memory_mib,
             gpus,
             nodes,
-            leases: leases.iter().filter(|l| is_live(l)).cloned().collect(),
+            leases: leases.iter().filter(|l| l.is_live()).cloned().collect(),
         }
     }
-}
-
-fn is_live(l: &Lease) -> bool {
-    l.state == "active" || l.state == "pending"
 }
 
 /// Colours on or off.
@@ -375,7 +322,7 @@ pub fn frame(
     }
     let mut revoked: Vec<&Lease> = leases
         .iter()
-        .filter(|l| !is_live(l) && (l.state == "revoked" || l.state == "failed"))
+        .filter(|l| !l.is_live() && (l.state == "revoked" || l.state == "failed"))
         .collect();
     revoked.sort_by_key(|l| std::cmp::Reverse(l.created_unix_ms));
     if !revoked.is_empty() {
