@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use harvest_core::invoke::ErrorCode;
 
 use crate::invoke::{InvokeError, Polling};
-use crate::lease::{Lease, LeaseError, LeaseRequest, SchedulerClient};
+use crate::lease::{Lease, LeaseError, LeaseExt, LeaseRequest, SchedulerClient};
 
 /// How long [`explain`] waits for the scheduler to learn that a lease ended (the agent reports
 /// a revocation within milliseconds; a node that died is noticed after missed heartbeats).

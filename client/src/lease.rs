@@ -137,76 +137,20 @@ impl LeaseRequest {
 }
 
 /// A lease as the scheduler describes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Lease {
-    pub id: String,
-    pub node: String,
-    pub uid: u32,
-    pub user: String,
-    pub cpus: Vec<u32>,
-    pub memory_mib: u64,
-    pub gpus: Vec<u32>,
-    /// pending, active, released, expired, revoked or failed.
-    pub state: String,
-    pub executor_address: String,
-    pub created_unix_ms: i64,
-    pub expires_unix_ms: i64,
-    pub end_reason: String,
-    /// Why it ended, as a category: released, expired, idle, reclaimed, node_down,
-    /// node_drained, interference, executor_failed ("" while live).
-    pub end_cause: String,
-    pub idle_timeout_ms: u64,
-    pub last_active_unix_ms: i64,
+pub use harvest_proto::views::LeaseView as Lease;
+pub use harvest_proto::views::cause_name;
+
+/// What a client does with a lease's executor.
+pub trait LeaseExt {
+    fn executor_addr(&self) -> Result<SocketAddr, LeaseError>;
+
+    /// Opens a direct connection to the lease's executor. Open one per core for parallelism;
+    /// `submit`/`wait_into` on a connection invoke asynchronously.
+    fn connect(&self, polling: Polling) -> Result<ExecutorConnection, InvokeError>;
 }
 
-/// An [`v1::EndCause`]'s short name ("reclaimed", "node_down", ...; "" when unspecified).
-pub fn cause_name(cause: i32) -> String {
-    match v1::EndCause::try_from(cause) {
-        Ok(v1::EndCause::Unspecified) | Err(_) => String::new(),
-        Ok(c) => c
-            .as_str_name()
-            .strip_prefix("END_CAUSE_")
-            .unwrap_or_default()
-            .to_ascii_lowercase(),
-    }
-}
-
-impl From<v1::Lease> for Lease {
-    fn from(l: v1::Lease) -> Self {
-        let state = v1::LeaseState::try_from(l.state)
-            .map_or("unknown", |s| {
-                s.as_str_name()
-                    .strip_prefix("LEASE_STATE_")
-                    .unwrap_or("unknown")
-            })
-            .to_ascii_lowercase();
-        Self {
-            id: l.id,
-            node: l.node,
-            uid: l.uid,
-            user: l.user,
-            cpus: l.cpus,
-            memory_mib: l.memory_mib,
-            gpus: l.gpus,
-            state,
-            executor_address: l.executor_address,
-            created_unix_ms: l.created_unix_ms,
-            expires_unix_ms: l.expires_unix_ms,
-            end_reason: l.end_reason,
-            end_cause: cause_name(l.end_cause),
-            idle_timeout_ms: l.idle_timeout_ms,
-            last_active_unix_ms: l.last_active_unix_ms,
-        }
-    }
-}
-
-impl Lease {
-    /// Pending or active: its executor may still serve invocations.
-    pub fn is_live(&self) -> bool {
-        matches!(self.state.as_str(), "pending" | "active")
-    }
-
-    pub fn executor_addr(&self) -> Result<SocketAddr, LeaseError> {
+impl LeaseExt for Lease {
+    fn executor_addr(&self) -> Result<SocketAddr, LeaseError> {
         self.executor_address
             .parse()
             .map_err(|_| LeaseError::NoExecutor {
@@ -215,9 +159,7 @@ impl Lease {
             })
     }
 
-    /// Opens a direct connection to the lease's executor. Open one per core for parallelism;
-    /// `submit`/`wait_into` on a connection invoke asynchronously.
-    pub fn connect(&self, polling: Polling) -> Result<ExecutorConnection, InvokeError> {
+    fn connect(&self, polling: Polling) -> Result<ExecutorConnection, InvokeError> {
         let addr = self
             .executor_addr()
             .map_err(|e| InvokeError::Request(e.to_string()))?;

@@ -17,4 +17,4 @@ pub mod lease;
 pub mod locate;
 
 pub use invoke::{ExecutorConnection, InvokeError, Polling};
-pub use lease::{Lease, LeaseError, LeaseRequest, Library, Node, SchedulerClient};
+pub use lease::{Lease, LeaseError, LeaseExt, LeaseRequest, Library, Node, SchedulerClient};

@@ -213,7 +213,8 @@ pub struct LeaseBook {
     next_key: u64,
 }
 
-fn is_live(state: i32) -> bool {
+/// Pending or active.
+pub fn is_live(state: i32) -> bool {
     state == LeaseState::Pending as i32 || state == LeaseState::Active as i32
 }
 

@@ -12,7 +12,7 @@
 //! never changes the scheduler's state, so it needs no authentication; bind it to an address
 //! only operators reach.
 
-use harvest_proto::views::{InterferenceView, NodeCountersView};
+use harvest_proto::views::{InterferenceView, LeaseView, NodeCountersView};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -32,7 +32,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::book::{Now, cause_name};
+use crate::book::{self, Now};
 use crate::metrics::{self, SchedulerMetrics, Snapshot, Usage, view_of};
 use crate::state::Shared;
 use crate::timeline::{Event, Recorder, Sample, snapshot};
@@ -196,7 +196,7 @@ pub struct ClusterJson {
     pub totals: Usage,
     pub nodes: Vec<NodeJson>,
     /// Live leases, then up to [`ENDED_LEASES_SHOWN`] ended ones, newest first.
-    pub leases: Vec<LeaseJson>,
+    pub leases: Vec<LeaseView>,
     pub timeline: TimelineJson,
     /// Newest first.
     pub events: Vec<Event>,
@@ -225,25 +225,6 @@ pub struct NodeJson {
     pub revocations: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct LeaseJson {
-    pub id: String,
-    pub node: String,
-    pub uid: u32,
-    pub user: String,
-    pub cpus: Vec<u32>,
-    pub memory_mib: u64,
-    pub gpus: Vec<u32>,
-    pub state: String,
-    pub executor_address: String,
-    pub created_unix_ms: i64,
-    pub expires_unix_ms: i64,
-    pub last_active_unix_ms: i64,
-    pub end_reason: String,
-    /// `""` while live, else the cause (released, reclaimed, ...).
-    pub end_cause: String,
-}
-
 /// Orders node names as people count: n2 before n10.
 pub fn natural_key(name: &str) -> (String, u64, String) {
     let digits = name.len() - name.trim_end_matches(|c: char| c.is_ascii_digit()).len();
@@ -253,45 +234,6 @@ pub fn natural_key(name: &str) -> (String, u64, String) {
         number.parse().unwrap_or(0),
         name.to_owned(),
     )
-}
-
-fn lease_state(state: i32) -> String {
-    v1::LeaseState::try_from(state)
-        .map_or("unknown", |s| {
-            s.as_str_name()
-                .strip_prefix("LEASE_STATE_")
-                .unwrap_or("unknown")
-        })
-        .to_ascii_lowercase()
-}
-
-fn is_live(state: i32) -> bool {
-    state == v1::LeaseState::Pending as i32 || state == v1::LeaseState::Active as i32
-}
-
-impl LeaseJson {
-    fn of(l: &v1::Lease) -> Self {
-        Self {
-            id: l.id.clone(),
-            node: l.node.clone(),
-            uid: l.uid,
-            user: l.user.clone(),
-            cpus: l.cpus.clone(),
-            memory_mib: l.memory_mib,
-            gpus: l.gpus.clone(),
-            state: lease_state(l.state),
-            executor_address: l.executor_address.clone(),
-            created_unix_ms: l.created_unix_ms,
-            expires_unix_ms: l.expires_unix_ms,
-            last_active_unix_ms: l.last_active_unix_ms,
-            end_reason: l.end_reason.clone(),
-            end_cause: if is_live(l.state) {
-                String::new()
-            } else {
-                cause_name(v1::EndCause::try_from(l.end_cause).unwrap_or_default())
-            },
-        }
-    }
 }
 
 impl NodeJson {
@@ -329,15 +271,20 @@ impl ClusterJson {
         let totals = nodes.iter().fold(Usage::default(), |a, n| a.add(&n.usage));
         let mut leases: Vec<&v1::Lease> = snap.leases.iter().collect();
         // Live first, then the newest.
-        leases.sort_by_key(|l| (!is_live(l.state), std::cmp::Reverse(l.created_unix_ms)));
-        let live = leases.iter().filter(|l| is_live(l.state)).count();
+        leases.sort_by_key(|l| {
+            (
+                !book::is_live(l.state),
+                std::cmp::Reverse(l.created_unix_ms),
+            )
+        });
+        let live = leases.iter().filter(|l| book::is_live(l.state)).count();
         leases.truncate(live + ENDED_LEASES_SHOWN);
         Self {
             generated_unix_ms: now_unix_ms,
             policy,
             totals,
             nodes,
-            leases: leases.into_iter().map(LeaseJson::of).collect(),
+            leases: leases.into_iter().cloned().map(LeaseView::from).collect(),
             timeline,
             events,
         }

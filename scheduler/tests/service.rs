@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Answer, FakeAgent, Scheduler, config, eventually, request, view};
-use harvest_client::Polling;
+use harvest_client::{LeaseExt, Polling};
 use harvest_core::invoke::ErrorCode;
 
 const WAIT: Duration = Duration::from_secs(10);

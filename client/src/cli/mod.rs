@@ -18,7 +18,7 @@ use clap::{Args as ClapArgs, Parser, Subcommand};
 use crate::failover;
 use crate::identity::Munge;
 use crate::invoke::Polling;
-use crate::lease::{Lease, LeaseRequest, Library, SchedulerClient};
+use crate::lease::{Lease, LeaseExt, LeaseRequest, Library, SchedulerClient};
 use crate::locate::ClientConfig;
 use exit::CliError;
 

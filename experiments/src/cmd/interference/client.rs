@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use harvest_client::identity::Munge;
-use harvest_client::{LeaseRequest, Library, Polling, SchedulerClient};
+use harvest_client::{LeaseExt, LeaseRequest, Library, Polling, SchedulerClient};
 use serde::{Deserialize, Serialize};
 
 /// The hidden client the experiment runs as the function user.
