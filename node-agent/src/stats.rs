@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use harvest_proto::v1;
-use serde::Serialize;
 
 /// Counters and states, safe to update from any task.
 #[derive(Debug, Default)]
@@ -26,17 +25,8 @@ pub struct NodeStats {
     interference: Mutex<Option<v1::InterferenceState>>,
 }
 
-/// A snapshot of the counters (the JSON of `harvestd status --json`'s `counters`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Counters {
-    pub reclaims: u64,
-    pub reclaim_evictions: u64,
-    pub reclaim_moves: u64,
-    pub reclaim_overruns: u64,
-    pub reclaim_latency_us_sum: u64,
-    pub reclaim_latency_us_max: u64,
-    pub interference_actions: u64,
-}
+/// A snapshot of the counters: the same shape `harvest nodes --json` shows.
+pub use harvest_proto::views::NodeCountersView as Counters;
 
 /// What one reclaim did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -97,20 +87,6 @@ impl NodeStats {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-    }
-}
-
-impl From<Counters> for v1::NodeCounters {
-    fn from(c: Counters) -> Self {
-        v1::NodeCounters {
-            reclaims: c.reclaims,
-            reclaim_evictions: c.reclaim_evictions,
-            reclaim_moves: c.reclaim_moves,
-            reclaim_overruns: c.reclaim_overruns,
-            reclaim_latency_us_sum: c.reclaim_latency_us_sum,
-            reclaim_latency_us_max: c.reclaim_latency_us_max,
-            interference_actions: c.interference_actions,
-        }
     }
 }
 

@@ -33,6 +33,20 @@ impl From<v1::NodeCounters> for NodeCountersView {
     }
 }
 
+impl From<NodeCountersView> for v1::NodeCounters {
+    fn from(c: NodeCountersView) -> Self {
+        v1::NodeCounters {
+            reclaims: c.reclaims,
+            reclaim_evictions: c.reclaim_evictions,
+            reclaim_moves: c.reclaim_moves,
+            reclaim_overruns: c.reclaim_overruns,
+            reclaim_latency_us_sum: c.reclaim_latency_us_sum,
+            reclaim_latency_us_max: c.reclaim_latency_us_max,
+            interference_actions: c.interference_actions,
+        }
+    }
+}
+
 /// An agent's interference verdict ([`v1::InterferenceState`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct InterferenceView {

@@ -701,30 +701,8 @@ impl LeaseBook {
         Some(ended)
     }
 
-    /// `who` releases a lease: only its user or root may. Returns the order that stops its
-    /// executor (none when the lease had already ended).
-    pub fn release(&mut self, lease: &str, who: &Identity) -> Result<Option<Order>, BookError> {
-        let rec = self
-            .leases
-            .get(lease)
-            .ok_or_else(|| BookError::UnknownLease(lease.to_owned()))?;
-        if rec.wire.uid != who.uid && !who.is_root() {
-            return Err(BookError::NotOwner {
-                lease: lease.to_owned(),
-                owner: rec.wire.uid,
-                uid: who.uid,
-            });
-        }
-        let node = rec.wire.node.clone();
-        let reason = format!("released by uid {}", who.uid);
-        Ok(self
-            .end_for(lease, EndCause::Released, &reason)
-            .map(|_| Order::destroy(&node, lease, &reason, EndCause::Released)))
-    }
-
-    /// `who` says it still uses the lease (RenewLease): its idle clock restarts. Returns the
-    /// lease as it is, ended or not, so a client learns why its lease ended.
-    pub fn renew(&mut self, lease: &str, who: &Identity, now: Now) -> Result<v1::Lease, BookError> {
+    /// The lease, when `who` is its user or root.
+    fn owned(&mut self, lease: &str, who: &Identity) -> Result<&mut LeaseRecord, BookError> {
         let rec = self
             .leases
             .get_mut(lease)
@@ -736,6 +714,23 @@ impl LeaseBook {
                 uid: who.uid,
             });
         }
+        Ok(rec)
+    }
+
+    /// `who` releases a lease: only its user or root may. Returns the order that stops its
+    /// executor (none when the lease had already ended).
+    pub fn release(&mut self, lease: &str, who: &Identity) -> Result<Option<Order>, BookError> {
+        let node = self.owned(lease, who)?.wire.node.clone();
+        let reason = format!("released by uid {}", who.uid);
+        Ok(self
+            .end_for(lease, EndCause::Released, &reason)
+            .map(|_| Order::destroy(&node, lease, &reason, EndCause::Released)))
+    }
+
+    /// `who` says it still uses the lease (RenewLease): its idle clock restarts. Returns the
+    /// lease as it is, ended or not, so a client learns why its lease ended.
+    pub fn renew(&mut self, lease: &str, who: &Identity, now: Now) -> Result<v1::Lease, BookError> {
+        let rec = self.owned(lease, who)?;
         if is_live(rec.wire.state) {
             rec.last_active = now.instant;
             rec.wire.last_active_unix_ms = now.unix_ms;
