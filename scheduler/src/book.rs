@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use harvest_core::NodeView;
 use harvest_policies::{Cluster, Decision, Framework, NodeId, Request, Resources};
 use harvest_proto::v1::{self, EndCause, LeaseState};
+use harvest_proto::views::{self, state_name};
 
 use crate::identity::Identity;
 
@@ -81,7 +82,7 @@ pub enum BookError {
     #[error("lease {lease} is {state} ({reason}), no longer starting")]
     NotPending {
         lease: String,
-        state: &'static str,
+        state: String,
         reason: String,
     },
     #[error("placement failed: {0}")]
@@ -180,11 +181,10 @@ pub fn state_for(cause: EndCause) -> LeaseState {
 
 /// The cause's short name: "reclaimed", "node_down", ... (metrics labels, JSON).
 pub fn cause_name(cause: EndCause) -> String {
-    cause
-        .as_str_name()
-        .strip_prefix("END_CAUSE_")
-        .unwrap_or("unspecified")
-        .to_ascii_lowercase()
+    match views::cause_name(cause as i32) {
+        name if name.is_empty() => "unspecified".to_owned(),
+        name => name,
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -216,18 +216,6 @@ pub struct LeaseBook {
 /// Pending or active.
 pub fn is_live(state: i32) -> bool {
     state == LeaseState::Pending as i32 || state == LeaseState::Active as i32
-}
-
-fn state_name(state: i32) -> &'static str {
-    LeaseState::try_from(state).map_or("unknown", |s| match s {
-        LeaseState::Unspecified => "unspecified",
-        LeaseState::Pending => "pending",
-        LeaseState::Active => "active",
-        LeaseState::Released => "released",
-        LeaseState::Expired => "expired",
-        LeaseState::Revoked => "revoked",
-        LeaseState::Failed => "failed",
-    })
 }
 
 fn counts(view: &NodeView) -> (Resources, Resources, Resources) {
