@@ -171,6 +171,25 @@ impl Cluster {
     }
 }
 
+/// Calls `done` every `every` until it says true; an error after `timeout` names `what`.
+pub fn wait_for(
+    timeout: Duration,
+    every: Duration,
+    what: &str,
+    mut done: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let until = Instant::now() + timeout;
+    loop {
+        if done()? {
+            return Ok(());
+        }
+        if Instant::now() >= until {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(every);
+    }
+}
+
 /// Creates a system user for an experiment's leases when it is missing.
 pub fn ensure_user(user: &str) -> Result<()> {
     let known = Command::new("id")

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -257,17 +257,11 @@ impl Bench {
     }
 }
 
-fn wait_for(timeout: Duration, what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
-    let until = Instant::now() + timeout;
-    loop {
-        if done()? {
-            return Ok(());
-        }
-        if Instant::now() >= until {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// How often a round checks what it waits for.
+const POLL: Duration = Duration::from_millis(10);
+
+fn wait_for(timeout: Duration, what: &str, done: impl FnMut() -> Result<bool>) -> Result<()> {
+    crate::cluster::wait_for(timeout, POLL, what, done)
 }
 
 fn build_library(dir: &Path) -> Result<PathBuf> {

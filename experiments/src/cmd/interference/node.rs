@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 
 use super::client::now_ms;
 use crate::cluster::{parse_exports, repo_root};
@@ -257,12 +257,5 @@ pub(super) fn wait_for(
     what: &str,
     mut done: impl FnMut() -> bool,
 ) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
+    crate::cluster::wait_for(timeout, Duration::from_millis(100), what, || Ok(done()))
 }
