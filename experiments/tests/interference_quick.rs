@@ -1,5 +1,6 @@
 //! The interference experiment's quick mode, end to end on the real local cluster: a batch job
-//! alone, beside an uncontrolled and a controlled function, and a summary with every key.
+//! alone, beside an uncontrolled, a controlled and a statically capped function, alone again,
+//! and a summary with every key.
 
 use std::process::Command;
 
@@ -42,7 +43,19 @@ fn interference_quick_writes_a_complete_summary() {
             .any(|s| s.as_str().unwrap().contains(".progress=")),
         "{v}"
     );
+    // The static quota's point of the frontier: the capped function ran, and slower than
+    // uncontrolled (the experiment found the lease's group and capped it).
+    let frontier = v["frontier"].as_array().unwrap();
+    let names: Vec<&str> = frontier
+        .iter()
+        .map(|f| f["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["uncontrolled", "quota-25", "controlled"], "{v}");
+    let kept = frontier[1]["function_throughput_kept_pct"]["median"]
+        .as_f64()
+        .unwrap();
+    assert!(kept > 0.0 && kept < 60.0, "{v}");
     let runs = std::fs::read_to_string(out.path().join("runs.csv")).unwrap();
-    assert_eq!(runs.lines().count(), 4, "{runs}");
+    assert_eq!(runs.lines().count(), 6, "{runs}");
     assert!(out.path().join("timeline.csv").exists());
 }

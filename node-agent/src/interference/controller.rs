@@ -1,7 +1,8 @@
 //! The escalation ladder and what each level does to the lease groups.
 //!
-//! [`Controller`] climbs one step per harm finding (findings within `settle` of a change are
-//! ignored: the signals lag), and relaxes one step after `hold` without harm. A relaxation that
+//! [`Controller`] climbs one step per harm finding (two quota steps for a severe one; findings
+//! within `settle` of a change are ignored: the signals lag), and relaxes one step after `hold`
+//! without harm or suspicion of it. A relaxation that
 //! brings harm back is a failed one: the ladder climbs again at once and the hold doubles (up to
 //! `max_hold`); `evict_after_failed_relaxes` failed relaxations from `freeze` in a row evict the
 //! leases. After an eviction the level stays `evict` for `evict_hold` (the scheduler places
@@ -43,6 +44,8 @@ pub struct Controller {
     idx: usize,
     changed_at: Option<Instant>,
     last_harm: Option<Instant>,
+    /// The latest unconfirmed suspicion of harm (it holds off relaxation).
+    last_suspect: Option<Instant>,
     /// The level last relaxed from, and when.
     relaxed_from: Option<usize>,
     failed_relaxes: u32,
@@ -71,6 +74,7 @@ impl Controller {
             idx: 0,
             changed_at: None,
             last_harm: None,
+            last_suspect: None,
             relaxed_from: None,
             failed_relaxes: 0,
             hold: cfg.relax_after,
@@ -156,18 +160,37 @@ impl Controller {
         }
         let settled = since(self.changed_at).is_none_or(|d| d >= self.settle);
         let harm = findings.iter().find_map(|(d, f)| match f {
-            Finding::Harm { reason, .. } => Some((*d, reason.clone())),
+            Finding::Harm { reason, severe, .. } => Some((*d, reason.clone(), *severe)),
             _ => None,
         });
+        if findings
+            .iter()
+            .any(|(_, f)| matches!(f, Finding::Suspect(_)))
+        {
+            self.last_suspect = Some(now);
+        }
         let level = self.level();
-        if let Some((detector, reason)) = harm
+        if let Some((detector, reason, severe)) = harm
             && settled
             && level < Level::Freeze
         {
             self.last_harm = Some(now);
             let mut to = self.idx + 1;
+            let failed_relax = self.relaxed_from == Some(self.idx + 1);
+            // Severe harm skips a quota step, never past the last one (freezing takes a harm
+            // finding at that step); a failed relaxation goes back to the level it left.
+            let last_quota = self
+                .ladder
+                .iter()
+                .rposition(|l| matches!(l, Level::Quota(_)));
+            if severe
+                && !failed_relax
+                && let Some(last) = last_quota
+            {
+                to = to.max((self.idx + 2).min(last));
+            }
             let mut why = reason;
-            if self.relaxed_from == Some(self.idx + 1) {
+            if failed_relax {
                 self.hold = (self.hold * 2).min(self.max_hold);
                 if self.ladder[self.idx + 1] == Level::Freeze {
                     self.failed_relaxes += 1;
@@ -188,7 +211,8 @@ impl Controller {
         if self.idx == 0 {
             return None;
         }
-        let quiet = since(self.changed_at.max(self.last_harm)).unwrap_or(Duration::MAX);
+        let quiet = since(self.changed_at.max(self.last_harm).max(self.last_suspect))
+            .unwrap_or(Duration::MAX);
         if level == Level::Evict {
             // Whatever was placed here meanwhile is evicted too; after the hold, start over.
             return (quiet >= self.evict_hold).then(|| {

@@ -10,8 +10,12 @@
 //! - [`FreezeProbe`] (`freeze-probe`): every `probe_interval` (sooner after a suspicious probe,
 //!   never more often than the probe budget allows) asks the monitor to freeze the executors for
 //!   `probe_duration` and compares the job's progress without them against the windows with
-//!   them just before and after. Harm is a mean slowdown over the last `probe_confirm` probes
-//!   at the current level above `probe_slowdown_pct`.
+//!   them just before and after. One probe is noisy on a shared node, so the probes at the
+//!   current level are judged together (the last `probe_window` of them): harm once their mean
+//!   less its standard error is above `probe_slowdown_pct` (at least `probe_confirm` probes), or
+//!   once a full window's mean is; `severe` when that lower bound reaches `probe_jump_pct`. A
+//!   mean above the threshold without that confidence is a suspicion: probes come faster and
+//!   the controller does not relax meanwhile.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -42,8 +46,15 @@ pub enum Finding {
     Clear,
     /// Cannot judge, and why.
     Blind(String),
-    /// Executors hurt `job`: the reason carries the signal values.
-    Harm { job: u32, reason: String },
+    /// Executors hurt `job`: the reason carries the signal values. `severe`: far beyond the
+    /// threshold, so the controller may climb more than one step.
+    Harm {
+        job: u32,
+        reason: String,
+        severe: bool,
+    },
+    /// Executors may hurt a job, not yet confirmed: no relaxation meanwhile.
+    Suspect(String),
 }
 
 /// What a freeze-probe measured for one job: its rate with the executors running (the mean of
@@ -268,6 +279,7 @@ impl Detector for Threshold {
                         violations.join("; "),
                         st.over
                     ),
+                    severe: false,
                 });
             }
         }
@@ -315,12 +327,25 @@ pub struct FreezeProbe {
     interval: Duration,
     min_gap: Duration,
     threshold_pct: f64,
-    confirm: u32,
+    jump_pct: f64,
+    confirm: usize,
+    window: usize,
     last: Option<Instant>,
     /// `None`: due as soon as the budget allows.
     next_due: Option<Instant>,
-    /// The slowdowns (%) of the latest probes at the current level, at most `confirm`.
+    /// The slowdowns (%) of the latest probes at the current level, at most `window`.
     recent: VecDeque<f64>,
+}
+
+/// The mean of `v` and its standard error (infinite for fewer than two values).
+fn mean_se(v: &VecDeque<f64>) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    if v.len() < 2 {
+        return (mean, f64::INFINITY);
+    }
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, (var / n).sqrt())
 }
 
 impl FreezeProbe {
@@ -329,7 +354,9 @@ impl FreezeProbe {
             interval: cfg.probe_interval.max(cfg.min_probe_gap()),
             min_gap: cfg.min_probe_gap(),
             threshold_pct: f64::from(cfg.probe_slowdown_pct),
-            confirm: cfg.probe_confirm,
+            jump_pct: f64::from(cfg.probe_jump_pct),
+            confirm: cfg.probe_confirm as usize,
+            window: cfg.probe_window.max(cfg.probe_confirm) as usize,
             last: None,
             next_due: None,
             recent: VecDeque::new(),
@@ -393,44 +420,55 @@ impl Detector for FreezeProbe {
             ""
         };
         self.recent.push_back(slowdown);
-        while self.recent.len() > self.confirm as usize {
+        while self.recent.len() > self.window {
             self.recent.pop_front();
         }
-        let suspicious = slowdown > self.threshold_pct;
+        let n = self.recent.len();
+        let (mean, se) = mean_se(&self.recent);
+        let lower = mean - se;
+        let confident = n >= self.confirm && lower > self.threshold_pct;
+        let persistent = n >= self.window && mean > self.threshold_pct;
+        // Undecided above the threshold: probe again as soon as the budget allows.
+        let undecided = !confident
+            && !persistent
+            && (slowdown > self.threshold_pct || mean > self.threshold_pct);
         self.next_due = Some(
-            now + if suspicious {
+            now + if undecided {
                 self.min_gap
             } else {
                 self.interval
             },
         );
-        let n = self.recent.len();
-        let mean = self.recent.iter().sum::<f64>() / n as f64;
-        if n < self.confirm as usize {
-            if !suspicious {
+        if !(confident || persistent) {
+            if !undecided {
                 return Finding::Clear;
             }
+            let why = format!(
+                "freeze-probe: job {} {mean:.1}% slower on average over {n} probes (± {se:.1}, \
+                 last {slowdown:.1}%; threshold {:.0}%): probing again",
+                job.job_id, self.threshold_pct
+            );
             tracing::info!(
                 job = job.job_id,
                 slowdown_pct = slowdown,
+                mean_pct = mean,
+                se_pct = se,
                 signal = job.signal,
                 rate_on = job.rate_on,
                 rate_off = job.rate_off,
                 probes = n,
                 "freeze-probe suspects harm; confirming"
             );
-            return Finding::Quiet;
-        }
-        if mean <= self.threshold_pct {
-            return Finding::Clear;
+            return Finding::Suspect(why);
         }
         let each: Vec<String> = self.recent.iter().map(|s| format!("{s:.1}")).collect();
+        let severe = confident && lower >= self.jump_pct;
         Finding::Harm {
             job: job.job_id,
             reason: format!(
-                "freeze-probe: job {} ran {mean:.1}% slower beside executors, on average over \
-                 the last {n} probes ({}%; last: {} {:.1}/s vs {:.1}/s with them frozen {} ms; \
-                 threshold {:.0}%){blind_note}",
+                "freeze-probe: job {} ran {mean:.1}% (± {se:.1}) slower beside executors, on \
+                 average over the last {n} probes ({}%; last: {} {:.1}/s vs {:.1}/s with them \
+                 frozen {} ms; threshold {:.0}%{}){blind_note}",
                 job.job_id,
                 each.join(", "),
                 job.signal,
@@ -438,7 +476,9 @@ impl Detector for FreezeProbe {
                 job.rate_off,
                 probe.frozen.as_millis(),
                 self.threshold_pct,
+                if severe { ", severe" } else { "" },
             ),
+            severe,
         }
     }
 }

@@ -34,8 +34,13 @@ pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_PROBE_BUDGET_PCT: u32 = 10;
 /// A probe that shows the job this much faster without executors found harm.
 pub const DEFAULT_PROBE_SLOWDOWN_PCT: u32 = 2;
-/// Probes in a row that must find harm before the freeze-probe reports it.
+/// The fewest probes (at one level) the freeze-probe declares harm on.
 pub const DEFAULT_PROBE_CONFIRM: u32 = 2;
+/// The most recent probes (at one level) the freeze-probe judges together.
+pub const DEFAULT_PROBE_WINDOW: u32 = 6;
+/// A confirmed slowdown whose lower bound (mean less its standard error) is at least this is
+/// severe: the controller climbs two quota steps at once.
+pub const DEFAULT_PROBE_JUMP_PCT: u32 = 8;
 /// With both detectors on, a threshold finding makes the freeze-probe run at once, and only the
 /// probe's confirmation escalates (other work on a shared node moves the thresholds too).
 pub const DEFAULT_CONFIRM_WITH_PROBE: bool = true;
@@ -92,6 +97,8 @@ pub struct InterferenceConfig {
     pub probe_budget_pct: u32,
     pub probe_slowdown_pct: u32,
     pub probe_confirm: u32,
+    pub probe_window: u32,
+    pub probe_jump_pct: u32,
     pub confirm_with_probe: bool,
     pub weight: u64,
     pub quota_pct: Vec<u32>,
@@ -126,6 +133,8 @@ impl Default for InterferenceConfig {
             probe_budget_pct: DEFAULT_PROBE_BUDGET_PCT,
             probe_slowdown_pct: DEFAULT_PROBE_SLOWDOWN_PCT,
             probe_confirm: DEFAULT_PROBE_CONFIRM,
+            probe_window: DEFAULT_PROBE_WINDOW,
+            probe_jump_pct: DEFAULT_PROBE_JUMP_PCT,
             confirm_with_probe: DEFAULT_CONFIRM_WITH_PROBE,
             weight: DEFAULT_WEIGHT,
             quota_pct: DEFAULT_QUOTA_PCT.to_vec(),
@@ -191,6 +200,7 @@ impl InterferenceConfig {
             ("interference.cpu_drop_pct", self.cpu_drop_pct),
             ("interference.runq_wait_pct", self.runq_wait_pct),
             ("interference.probe_slowdown_pct", self.probe_slowdown_pct),
+            ("interference.probe_jump_pct", self.probe_jump_pct),
         ] {
             if !(1..=99).contains(&pct) {
                 return bad(key, pct.to_string(), "use a percentage in 1..=99");
@@ -215,6 +225,13 @@ impl InterferenceConfig {
             if n == 0 {
                 return bad(key, "0".into(), "must be at least 1");
             }
+        }
+        if self.probe_window < self.probe_confirm {
+            return bad(
+                "interference.probe_window",
+                self.probe_window.to_string(),
+                "must be at least probe_confirm (the window holds the probes confirmed on)",
+            );
         }
         if !(1..=10_000).contains(&self.weight) {
             return bad(
@@ -295,6 +312,8 @@ mod tests {
         );
         check(&|c| c.weight = 0, "interference.weight");
         check(&|c| c.consecutive = 0, "interference.consecutive");
+        check(&|c| c.probe_window = 1, "interference.probe_window");
+        check(&|c| c.probe_jump_pct = 0, "interference.probe_jump_pct");
         check(
             &|c| c.max_hold = Duration::from_secs(1),
             "interference.max_hold",

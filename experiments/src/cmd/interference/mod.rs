@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use client::ClientOut;
 pub use client::{ClientArgs, run_client};
-use node::{Cluster, busy_cpus, cpu_ticks, wait_for, wait_quiet};
+use node::{Cluster, busy_cpus, cap_lease, cpu_ticks, wait_for, wait_quiet};
 use report::{summarize, write_results};
 
 use crate::cluster::ensure_user;
@@ -44,15 +44,21 @@ use crate::output::DEFAULT_FONT;
 /// Arguments of `harvest-experiments interference`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A short run (one round of 12 s phases) to check that everything works.
+    /// A short run (one round of 12 s phases, one static quota) to check that everything works.
     #[arg(long)]
     quick: bool,
     /// How long each phase's batch job runs, in seconds.
     #[arg(long, default_value_t = 30)]
     job_seconds: u64,
-    /// Rounds of (alone, uncontrolled, controlled), interleaved so drift hits all alike.
+    /// Rounds of (alone, uncontrolled, controlled, each static quota), interleaved so drift
+    /// hits all alike; one more alone phase ends the run.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Static CFS quotas (% of the lease's CPU) to measure beside the controller, with
+    /// harvestd's control off: the slowdown and throughput a fixed cap gives, i.e. what is
+    /// possible on this machine at all. `none` measures none.
+    #[arg(long, default_value = "50,25", value_name = "PCT,...")]
+    static_quotas: String,
     /// Size of each of the job's three arrays, MiB (beyond the last-level cache).
     #[arg(long, default_value_t = 32)]
     array_mib: u64,
@@ -78,28 +84,87 @@ pub struct Args {
     replot: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Phase {
     Alone,
     Uncontrolled,
     Controlled,
+    /// harvestd's control off and the lease capped at this CFS quota (% of its CPU) by the
+    /// experiment itself: a point of the slowdown/throughput frontier a fixed cap gives.
+    Static(u32),
 }
 
 impl Phase {
     pub(super) fn from_name(name: &str) -> Option<Self> {
-        [Self::Alone, Self::Uncontrolled, Self::Controlled]
-            .into_iter()
-            .find(|p| p.name() == name)
-    }
-
-    pub(super) fn name(self) -> &'static str {
-        match self {
-            Self::Alone => "alone",
-            Self::Uncontrolled => "uncontrolled",
-            Self::Controlled => "controlled",
+        match name {
+            "alone" => Some(Self::Alone),
+            "uncontrolled" => Some(Self::Uncontrolled),
+            "controlled" => Some(Self::Controlled),
+            _ => name
+                .strip_prefix("quota-")
+                .and_then(|p| p.parse().ok())
+                .map(Self::Static),
         }
     }
+
+    pub(super) fn name(self) -> String {
+        match self {
+            Self::Alone => "alone".into(),
+            Self::Uncontrolled => "uncontrolled".into(),
+            Self::Controlled => "controlled".into(),
+            Self::Static(p) => format!("quota-{p}"),
+        }
+    }
+
+    /// The harvestd configuration the phase needs: `None` for any (nothing is leased), else
+    /// the TOML added to the cluster's (`Some("")`: exactly the cluster's).
+    fn agent_config(self, controlled: &str) -> Option<String> {
+        match self {
+            Self::Alone => None,
+            Self::Uncontrolled | Self::Static(_) => {
+                Some("[interference]\nenabled = false\n".into())
+            }
+            Self::Controlled => Some(controlled.to_owned()),
+        }
+    }
+}
+
+impl Serialize for Phase {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name())
+    }
+}
+
+/// The order of one round's phases: the job alone first, then the others, rotated by the
+/// round so that none of them always runs right after the job alone (the host drifts).
+fn round_order(round: usize, others: &[Phase]) -> Vec<Phase> {
+    let mut rest = others.to_vec();
+    if !rest.is_empty() {
+        let n = rest.len();
+        rest.rotate_left(round % n);
+    }
+    std::iter::once(Phase::Alone).chain(rest).collect()
+}
+
+/// Parses `--static-quotas` (e.g. `50,25`): whole percentages in 1..=100.
+fn parse_quotas(text: &str) -> Result<Vec<u32>> {
+    if text.trim().is_empty() || text.trim() == "none" {
+        return Ok(Vec::new());
+    }
+    text.split(',')
+        .map(|q| {
+            let q = q.trim();
+            q.parse::<u32>()
+                .ok()
+                .filter(|p| (1..=100).contains(p))
+                .with_context(|| {
+                    format!(
+                        "--static-quotas: {q:?} is not a percentage in 1..=100 (give e.g. 50,25, \
+                         or none)"
+                    )
+                })
+        })
+        .collect()
 }
 
 impl Run {
@@ -121,6 +186,9 @@ impl Run {
             machine_busy_cpus: f64::NAN,
             busy_before: f64::NAN,
             last_state: serde_json::Value::Null,
+            start_unix_ms: 0,
+            end_unix_ms: 0,
+            leases: 0,
         }
     }
 }
@@ -165,6 +233,12 @@ pub(super) struct Run {
     /// The node's interference state, last seen while the job ran.
     #[serde(skip)]
     pub(super) last_state: serde_json::Value,
+    /// When the job ran (Unix ms): the summary compares each phase with the job alone
+    /// interpolated to the same time.
+    pub(super) start_unix_ms: i64,
+    pub(super) end_unix_ms: i64,
+    /// Leases the function client held (more than one: it lost one and asked again).
+    pub(super) leases: usize,
 }
 
 /// Compiles the kernel and the function into `dir`.
@@ -277,6 +351,10 @@ fn run_phase(
             "the function client's first lease",
             || client_dir.join("ready").exists(),
         )?;
+        if let Phase::Static(pct) = phase {
+            let lease = std::fs::read_to_string(client_dir.join("ready"))?;
+            cap_lease(lease.trim(), pct)?;
+        }
     }
     let t0 = Instant::now();
     let ticks0 = cpu_ticks();
@@ -343,6 +421,9 @@ fn run_phase(
         machine_busy_cpus,
         busy_before: f64::NAN,
         last_state,
+        start_unix_ms: job.start_unix_ms,
+        end_unix_ms: job.end_unix_ms,
+        leases: fn_out.leases.len(),
     })
 }
 
@@ -364,6 +445,11 @@ pub fn run_cmd(args: Args) -> Result<()> {
         rounds > 0 && seconds >= 5,
         "use --rounds >= 1 and --job-seconds >= 5"
     );
+    let quotas = if args.quick {
+        vec![25]
+    } else {
+        parse_quotas(&args.static_quotas)?
+    };
     let out_dir = args
         .out
         .clone()
@@ -390,43 +476,60 @@ pub fn run_cmd(args: Args) -> Result<()> {
         .map(std::fs::read_to_string)
         .transpose()
         .context("reading --agent-config")?;
+    let mut others = vec![Phase::Uncontrolled, Phase::Controlled];
+    others.extend(quotas.iter().map(|&q| Phase::Static(q)));
+    let plan: Vec<(usize, Phase)> = (0..rounds)
+        .flat_map(|r| round_order(r, &others).into_iter().map(move |p| (r, p)))
+        .chain(std::iter::once((rounds, Phase::Alone)))
+        .collect();
+    let controlled = controlled.unwrap_or_default();
     let mut runs = Vec::new();
     let result = (|| -> Result<()> {
-        for round in 0..rounds {
-            for phase in [Phase::Alone, Phase::Uncontrolled, Phase::Controlled] {
-                match phase {
-                    Phase::Uncontrolled => {
-                        cl.restart_agent(Some("[interference]\nenabled = false\n"))?
-                    }
-                    Phase::Controlled => cl.restart_agent(controlled.as_deref())?,
-                    Phase::Alone => {}
-                }
-                let busy_before = wait_quiet(Duration::from_secs(args.wait_quiet_s));
-                eprintln!(
-                    "interference: round {} {} ({seconds} s; other work before: {busy_before:.2} CPUs)",
-                    round + 1,
-                    phase.name()
-                );
-                let mut run = run_phase(
-                    &cl,
-                    &args,
-                    work.path(),
-                    (&job_bin, &lib),
-                    round,
-                    phase,
-                    seconds,
-                )?;
-                run.busy_before = busy_before;
-                eprintln!(
-                    "interference:   job {:.0} chunks/CPU-s ({:.0}/s, {:.0}% of a CPU), functions {:.1}/s, max level {}",
-                    run.job_chunks_per_cpu_s,
-                    run.job_chunks_per_s,
-                    run.job_cpu_share * 100.0,
-                    run.fn_per_s,
-                    run.max_level
-                );
-                runs.push(run);
+        // The TOML the running harvestd was started with (`None`: the cluster's own).
+        let mut running: Option<String> = None;
+        for (i, &(round, phase)) in plan.iter().enumerate() {
+            if let Some(want) = phase.agent_config(&controlled)
+                && running.as_deref() != Some(want.as_str())
+            {
+                cl.restart_agent((!want.is_empty()).then_some(want.as_str()))?;
+                running = Some(want);
             }
+            let busy_before = wait_quiet(Duration::from_secs(args.wait_quiet_s));
+            eprintln!(
+                "interference: phase {}/{} (round {}) {} ({seconds} s; other work before: \
+                 {busy_before:.2} CPUs)",
+                i + 1,
+                plan.len(),
+                round + 1,
+                phase.name()
+            );
+            let mut run = run_phase(
+                &cl,
+                &args,
+                work.path(),
+                (&job_bin, &lib),
+                round,
+                phase,
+                seconds,
+            )?;
+            run.busy_before = busy_before;
+            eprintln!(
+                "interference:   job {:.0} chunks/CPU-s ({:.0}/s, {:.0}% of a CPU), functions \
+                 {:.1}/s, max level {}",
+                run.job_chunks_per_cpu_s,
+                run.job_chunks_per_s,
+                run.job_cpu_share * 100.0,
+                run.fn_per_s,
+                run.max_level
+            );
+            if phase != Phase::Alone && run.fn_invocations == 0 {
+                eprintln!(
+                    "interference:   WARNING: no function invocation completed while the job ran \
+                     ({} leases, errors: {:?})",
+                    run.leases, run.lease_errors
+                );
+            }
+            runs.push(run);
         }
         Ok(())
     })();
@@ -436,8 +539,56 @@ pub fn run_cmd(args: Args) -> Result<()> {
     }
     result?;
     let summary = summarize(&runs, rounds, seconds);
+    for w in &summary.warnings {
+        eprintln!("interference: WARNING: {w}");
+    }
     write_results(&out_dir, &runs, &summary, &args.font)?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     eprintln!("interference: wrote {}", out_dir.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_have_names_that_parse_back() {
+        for p in [
+            Phase::Alone,
+            Phase::Uncontrolled,
+            Phase::Controlled,
+            Phase::Static(25),
+        ] {
+            assert_eq!(Phase::from_name(&p.name()), Some(p));
+        }
+        assert_eq!(Phase::from_name("quota-x"), None);
+        assert_eq!(
+            serde_json::to_string(&Phase::Static(50)).unwrap(),
+            "\"quota-50\""
+        );
+    }
+
+    #[test]
+    fn rounds_rotate_the_phases_after_the_job_alone() {
+        let others = [Phase::Uncontrolled, Phase::Controlled, Phase::Static(25)];
+        assert_eq!(
+            round_order(1, &others),
+            [
+                Phase::Alone,
+                Phase::Controlled,
+                Phase::Static(25),
+                Phase::Uncontrolled
+            ]
+        );
+        assert_eq!(round_order(3, &others), round_order(0, &others));
+    }
+
+    #[test]
+    fn static_quotas_are_checked() {
+        assert_eq!(parse_quotas("50, 25").unwrap(), [50, 25]);
+        assert!(parse_quotas("none").unwrap().is_empty());
+        let e = parse_quotas("50,0").unwrap_err().to_string();
+        assert!(e.contains("\"0\" is not a percentage in 1..=100"), "{e}");
+    }
 }

@@ -259,3 +259,52 @@ pub(super) fn wait_for(
 ) -> Result<()> {
     crate::cluster::wait_for(timeout, Duration::from_millis(100), what, || Ok(done()))
 }
+
+/// Caps a lease's CPU at `pct`% of one CPU (a CFS quota over a 100 ms period), as harvestd's
+/// `quota` level would, but fixed: the experiment's static points of the frontier. The lease's
+/// group is found by its name (`lease_<id>`) under `/sys/fs/cgroup` (v1's `cpu` hierarchy or the
+/// v2 tree), wherever the cluster's configuration put it.
+pub(super) fn cap_lease(lease_id: &str, pct: u32) -> Result<()> {
+    let name = format!("lease_{lease_id}");
+    let root = Path::new("/sys/fs/cgroup");
+    let mut found = Vec::new();
+    find_dirs(root, &name, 5, &mut found);
+    let mut capped = 0;
+    let quota = 100_000 * u64::from(pct) / 100;
+    for dir in &found {
+        if dir.join("cpu.cfs_quota_us").exists() {
+            std::fs::write(dir.join("cpu.cfs_period_us"), "100000")?;
+            std::fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string())
+                .with_context(|| format!("capping {}", dir.display()))?;
+            capped += 1;
+        } else if dir.join("cpu.max").exists() {
+            std::fs::write(dir.join("cpu.max"), format!("{quota} 100000"))
+                .with_context(|| format!("capping {}", dir.display()))?;
+            capped += 1;
+        }
+    }
+    ensure!(
+        capped > 0,
+        "no cgroup of lease {lease_id} with a CPU quota under {} (found {found:?})",
+        root.display()
+    );
+    Ok(())
+}
+
+fn find_dirs(dir: &Path, name: &str, depth: usize, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        // Symlinked hierarchies (cpu -> cpu,cpuacct) are seen once, through their real name.
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if e.file_name().to_str() == Some(name) {
+            out.push(path);
+        } else if depth > 0 {
+            find_dirs(&path, name, depth - 1, out);
+        }
+    }
+}

@@ -11,28 +11,66 @@ use super::{Phase, Run};
 use crate::cluster::machine_line;
 use crate::output::load_font;
 
-#[derive(Debug, Serialize, serde::Deserialize)]
-struct Spread {
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub(super) struct Spread {
     median: f64,
     min: f64,
     max: f64,
+    /// The quartiles (the plot's whiskers).
+    #[serde(default)]
+    q1: f64,
+    #[serde(default)]
+    q3: f64,
+    /// The mean and its standard error over the rounds.
+    #[serde(default)]
+    mean: f64,
+    #[serde(default)]
+    se: f64,
     each: Vec<f64>,
 }
 
-fn spread(v: &[f64]) -> Spread {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let median = match s.len() {
+/// Linear interpolation between order statistics (the `type 7` quantile of R and NumPy).
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    match sorted.len() {
         0 => f64::NAN,
-        n if n % 2 == 1 => s[n / 2],
-        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+        1 => sorted[0],
+        n => {
+            let h = q * (n - 1) as f64;
+            let (lo, hi) = (h.floor() as usize, h.ceil() as usize);
+            sorted[lo] + (h - lo as f64) * (sorted[hi] - sorted[lo])
+        }
+    }
+}
+
+fn spread(v: &[f64]) -> Spread {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    s.sort_by(f64::total_cmp);
+    let n = s.len() as f64;
+    let mean = s.iter().sum::<f64>() / n;
+    let se = if s.len() > 1 {
+        (s.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() / n.sqrt()
+    } else {
+        f64::NAN
     };
     Spread {
-        median,
+        median: quantile(&s, 0.5),
         min: s.first().copied().unwrap_or(f64::NAN),
         max: s.last().copied().unwrap_or(f64::NAN),
+        q1: quantile(&s, 0.25),
+        q3: quantile(&s, 0.75),
+        mean,
+        se,
         each: v.to_vec(),
     }
+}
+
+/// One way of running the functions beside the job: what it cost the job and what the
+/// functions kept.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub(super) struct FrontierPoint {
+    phase: String,
+    slowdown_pct: Spread,
+    function_throughput_kept_pct: Spread,
 }
 
 #[derive(Debug, Serialize)]
@@ -42,19 +80,28 @@ pub(super) struct Summary {
     function_throughput_kept_pct: f64,
     target: &'static str,
     target_met: bool,
+    /// Whether any static quota met the target: whether this machine allows it at all with
+    /// these workloads (`null`: no static quota was measured).
+    static_quota_met_target: Option<bool>,
+    /// Uncontrolled, each static quota and the controller: median slowdown and throughput
+    /// kept, with their spread over the rounds.
+    frontier: Vec<FrontierPoint>,
     rounds: usize,
     job_seconds: u64,
     rate: &'static str,
+    reference: &'static str,
     slowdown_uncontrolled: Spread,
     slowdown_controlled: Spread,
     function_throughput_kept: Spread,
     wall_clock_slowdown_uncontrolled: Spread,
     wall_clock_slowdown_controlled: Spread,
     job_alone_chunks_per_cpu_s: Spread,
-    job_cpu_share: BTreeMap<&'static str, Spread>,
+    job_cpu_share: BTreeMap<String, Spread>,
     function_uncontrolled_per_s: Spread,
     function_controlled_per_s: Spread,
     controlled_max_levels: Vec<String>,
+    /// Phases whose measurement is suspect (no invocation completed, a lease lost).
+    pub(super) warnings: Vec<String>,
     /// What the node's signals could not see (from its interference state).
     signals_unavailable: Vec<String>,
     /// Signals it did see, with their latest values, at the end of the last controlled phase.
@@ -63,45 +110,128 @@ pub(super) struct Summary {
     machine: String,
 }
 
-pub(super) fn summarize(runs: &[Run], rounds: usize, seconds: u64) -> Summary {
-    let of =
-        |round: usize, phase: Phase| runs.iter().find(|r| r.round == round && r.phase == phase);
-    let mut sl_un = Vec::new();
-    let mut sl_co = Vec::new();
-    let mut wall_un = Vec::new();
-    let mut wall_co = Vec::new();
-    let mut kept = Vec::new();
-    let mut alone = Vec::new();
-    let mut f_un = Vec::new();
-    let mut f_co = Vec::new();
-    let mut maxl = Vec::new();
-    for round in 0..rounds {
-        let (Some(a), Some(u), Some(c)) = (
-            of(round, Phase::Alone),
-            of(round, Phase::Uncontrolled),
-            of(round, Phase::Controlled),
-        ) else {
-            continue;
-        };
-        alone.push(a.job_chunks_per_cpu_s);
-        sl_un.push((a.job_chunks_per_cpu_s / u.job_chunks_per_cpu_s - 1.0) * 100.0);
-        sl_co.push((a.job_chunks_per_cpu_s / c.job_chunks_per_cpu_s - 1.0) * 100.0);
-        wall_un.push((a.job_chunks_per_s / u.job_chunks_per_s - 1.0) * 100.0);
-        wall_co.push((a.job_chunks_per_s / c.job_chunks_per_s - 1.0) * 100.0);
-        kept.push(c.fn_per_s / u.fn_per_s.max(1e-9) * 100.0);
-        f_un.push(u.fn_per_s);
-        f_co.push(c.fn_per_s);
-        maxl.push(c.max_level.clone());
+fn mid_ms(r: &Run) -> f64 {
+    (r.start_unix_ms + r.end_unix_ms) as f64 / 2.0
+}
+
+/// The job alone's rate at `run`'s time: interpolated between the alone phases just before
+/// and just after it (the one there is at either end). `rate` picks the rate compared.
+fn reference(alone: &[&Run], run: &Run, rate: fn(&Run) -> f64) -> f64 {
+    let t = mid_ms(run);
+    let before = alone.iter().rev().find(|a| mid_ms(a) <= t);
+    let after = alone.iter().find(|a| mid_ms(a) > t);
+    match (before, after) {
+        (Some(b), Some(a)) => {
+            let w = (t - mid_ms(b)) / (mid_ms(a) - mid_ms(b));
+            rate(b) + w * (rate(a) - rate(b))
+        }
+        (Some(x), None) | (None, Some(x)) => rate(x),
+        (None, None) => f64::NAN,
     }
-    let (sl_un, sl_co, kept) = (spread(&sl_un), spread(&sl_co), spread(&kept));
-    let share = |p: Phase| {
-        let v: Vec<f64> = runs
+}
+
+fn slowdown_pct(reference: f64, rate: f64) -> f64 {
+    (reference / rate - 1.0) * 100.0
+}
+
+/// Each round's slowdown (chunks per CPU-second and per wall-clock second) and throughput kept
+/// (against the round's uncontrolled phase) for `phase`.
+fn measure(runs: &[Run], phase: Phase) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let mut alone: Vec<&Run> = runs.iter().filter(|r| r.phase == Phase::Alone).collect();
+    alone.sort_by(|a, b| mid_ms(a).total_cmp(&mid_ms(b)));
+    let (mut cpu, mut wall, mut kept) = (Vec::new(), Vec::new(), Vec::new());
+    for r in runs.iter().filter(|r| r.phase == phase) {
+        cpu.push(slowdown_pct(
+            reference(&alone, r, |a| a.job_chunks_per_cpu_s),
+            r.job_chunks_per_cpu_s,
+        ));
+        wall.push(slowdown_pct(
+            reference(&alone, r, |a| a.job_chunks_per_s),
+            r.job_chunks_per_s,
+        ));
+        let un = runs
             .iter()
-            .filter(|r| r.phase == p)
-            .map(|r| r.job_cpu_share)
-            .collect();
-        (p.name(), spread(&v))
+            .find(|u| u.round == r.round && u.phase == Phase::Uncontrolled);
+        kept.push(un.map_or(f64::NAN, |u| r.fn_per_s / u.fn_per_s.max(1e-9) * 100.0));
+    }
+    (cpu, wall, kept)
+}
+
+/// What makes a phase's measurement suspect.
+fn warnings(runs: &[Run]) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in runs.iter().filter(|r| r.phase != Phase::Alone) {
+        let what = format!("round {} {}", r.round + 1, r.phase.name());
+        if r.fn_invocations == 0 {
+            out.push(format!(
+                "{what}: no function invocation completed while the job ran ({} leases; errors: \
+                 {:?})",
+                r.leases, r.lease_errors
+            ));
+        }
+        if r.leases > 1 || !r.lease_errors.is_empty() {
+            let capped = if matches!(r.phase, Phase::Static(_)) {
+                " (only the first was capped)"
+            } else {
+                ""
+            };
+            out.push(format!(
+                "{what}: the client held {} leases{capped}; errors: {:?}",
+                r.leases, r.lease_errors
+            ));
+        }
+    }
+    out
+}
+
+pub(super) fn summarize(runs: &[Run], rounds: usize, seconds: u64) -> Summary {
+    let mut phases: Vec<Phase> = Vec::new();
+    for r in runs {
+        if r.phase != Phase::Alone && !phases.contains(&r.phase) {
+            phases.push(r.phase);
+        }
+    }
+    // Uncontrolled first, then the static quotas from the loosest, then the controller.
+    let rank = |p: &Phase| match p {
+        Phase::Uncontrolled => (0, 0),
+        Phase::Static(q) => (1, 100 - *q as i64),
+        _ => (2, 0),
     };
+    phases.sort_by_key(rank);
+    let frontier: Vec<FrontierPoint> = phases
+        .iter()
+        .map(|&p| {
+            let (cpu, _, kept) = measure(runs, p);
+            FrontierPoint {
+                phase: p.name(),
+                slowdown_pct: spread(&cpu),
+                function_throughput_kept_pct: spread(&kept),
+            }
+        })
+        .collect();
+    let meets = |f: &FrontierPoint| {
+        f.slowdown_pct.median <= 2.0 && f.function_throughput_kept_pct.median >= 50.0
+    };
+    let statics: Vec<&FrontierPoint> = frontier
+        .iter()
+        .filter(|f| f.phase.starts_with("quota-"))
+        .collect();
+    let (sl_un, wall_un, _) = measure(runs, Phase::Uncontrolled);
+    let (sl_co, wall_co, kept) = measure(runs, Phase::Controlled);
+    let (sl_un, sl_co, kept) = (spread(&sl_un), spread(&sl_co), spread(&kept));
+    let of = |p: Phase, f: fn(&Run) -> f64| -> Spread {
+        spread(
+            &runs
+                .iter()
+                .filter(|r| r.phase == p)
+                .map(f)
+                .collect::<Vec<_>>(),
+        )
+    };
+    let mut job_cpu_share = BTreeMap::new();
+    for p in std::iter::once(Phase::Alone).chain(phases.iter().copied()) {
+        job_cpu_share.insert(p.name(), of(p, |r| r.job_cpu_share));
+    }
     // The last controlled phase's state, as seen while its job ran.
     let interference = runs
         .iter()
@@ -128,22 +258,29 @@ pub(super) fn summarize(runs: &[Run], rounds: usize, seconds: u64) -> Summary {
         function_throughput_kept_pct: kept.median,
         target: "slowdown_controlled_pct <= 2 and function_throughput_kept_pct >= 50",
         target_met: sl_co.median <= 2.0 && kept.median >= 50.0,
+        static_quota_met_target: (!statics.is_empty()).then(|| statics.iter().any(|f| meets(f))),
+        frontier,
         rounds,
         job_seconds: seconds,
         rate: "chunks per second of CPU time the job got (wall-clock slowdowns beside)",
+        reference: "each phase against the job alone interpolated to its time between the \
+                    alone phases before and after it; throughput kept against the same round's \
+                    uncontrolled phase",
         slowdown_uncontrolled: sl_un,
         slowdown_controlled: sl_co,
         function_throughput_kept: kept,
         wall_clock_slowdown_uncontrolled: spread(&wall_un),
         wall_clock_slowdown_controlled: spread(&wall_co),
-        job_alone_chunks_per_cpu_s: spread(&alone),
-        job_cpu_share: [Phase::Alone, Phase::Uncontrolled, Phase::Controlled]
-            .into_iter()
-            .map(share)
+        job_alone_chunks_per_cpu_s: of(Phase::Alone, |r| r.job_chunks_per_cpu_s),
+        job_cpu_share,
+        function_uncontrolled_per_s: of(Phase::Uncontrolled, |r| r.fn_per_s),
+        function_controlled_per_s: of(Phase::Controlled, |r| r.fn_per_s),
+        controlled_max_levels: runs
+            .iter()
+            .filter(|r| r.phase == Phase::Controlled)
+            .map(|r| r.max_level.clone())
             .collect(),
-        function_uncontrolled_per_s: spread(&f_un),
-        function_controlled_per_s: spread(&f_co),
-        controlled_max_levels: maxl,
+        warnings: warnings(runs),
         signals_unavailable: strings("unavailable"),
         signals_seen: seen,
         interference_actions: interference
@@ -160,13 +297,15 @@ pub(super) fn write_results(
     font: &Path,
 ) -> Result<()> {
     let mut csv = String::from(
-        "round,phase,job_chunks_per_cpu_s,job_chunks_per_s,job_cpu_share,job_wait_share,fn_invocations,fn_per_s,max_level,lease_errors,busy_before_cpus,machine_busy_cpus\n",
+        "round,phase,start_unix_ms,end_unix_ms,job_chunks_per_cpu_s,job_chunks_per_s,job_cpu_share,job_wait_share,fn_invocations,fn_per_s,max_level,leases,lease_errors,busy_before_cpus,machine_busy_cpus\n",
     );
     for r in runs {
         csv += &format!(
-            "{},{},{:.1},{:.1},{:.3},{:.3},{},{:.2},{},{},{:.2},{:.2}\n",
+            "{},{},{},{},{:.1},{:.1},{:.3},{:.3},{},{:.2},{},{},{},{:.2},{:.2}\n",
             r.round + 1,
             r.phase.name(),
+            r.start_unix_ms,
+            r.end_unix_ms,
             r.job_chunks_per_cpu_s,
             r.job_chunks_per_s,
             r.job_cpu_share,
@@ -174,6 +313,7 @@ pub(super) fn write_results(
             r.fn_invocations,
             r.fn_per_s,
             r.max_level,
+            r.leases,
             r.lease_errors.len(),
             r.busy_before,
             r.machine_busy_cpus
@@ -209,18 +349,10 @@ pub(super) fn write_results(
     Ok(())
 }
 
-/// Left: the job's rate per second in round 1, per phase. Right: slowdown and function
-/// throughput kept (medians over rounds, min-max whiskers).
+/// Left: the job's rate per second in round 1, per phase. Right: the frontier, slowdown
+/// against function throughput kept (medians over rounds, quartile whiskers), with the target.
 fn plot(path: &Path, runs: &[Run], s: &Summary) -> Result<()> {
-    draw(
-        path,
-        runs,
-        [
-            &s.slowdown_uncontrolled,
-            &s.slowdown_controlled,
-            &s.function_throughput_kept,
-        ],
-    )
+    draw(path, runs, &s.frontier)
 }
 
 /// Redraws `interference.png` from a result directory's `timeline.csv` and `summary.json`.
@@ -228,15 +360,8 @@ pub(super) fn replot(dir: &Path, font: &Path) -> Result<()> {
     load_font(font)?;
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json"))?)?;
-    let spread = |key: &str| -> Result<Spread> {
-        serde_json::from_value(summary[key].clone())
-            .map_err(|e| anyhow::anyhow!("{key} in summary.json: {e}"))
-    };
-    let spreads = [
-        spread("slowdown_uncontrolled")?,
-        spread("slowdown_controlled")?,
-        spread("function_throughput_kept")?,
-    ];
+    let frontier: Vec<FrontierPoint> = serde_json::from_value(summary["frontier"].clone())
+        .map_err(|e| anyhow::anyhow!("frontier in summary.json: {e}"))?;
     let mut runs: Vec<Run> = Vec::new();
     let timeline = std::fs::read_to_string(dir.join("timeline.csv"))?;
     for line in timeline.lines().skip(1) {
@@ -260,17 +385,22 @@ pub(super) fn replot(dir: &Path, font: &Path) -> Result<()> {
             }),
         }
     }
-    draw(
-        &dir.join("interference.png"),
-        &runs,
-        [&spreads[0], &spreads[1], &spreads[2]],
-    )
+    draw(&dir.join("interference.png"), &runs, &frontier)
 }
 
-fn draw(path: &Path, runs: &[Run], spreads: [&Spread; 3]) -> Result<()> {
-    let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
+fn phase_color(phase: &str) -> RGBColor {
+    match phase {
+        "alone" => BLACK,
+        "uncontrolled" => RED,
+        "controlled" => BLUE,
+        _ => RGBColor(0x2c, 0xa0, 0x2c),
+    }
+}
+
+fn draw(path: &Path, runs: &[Run], frontier: &[FrontierPoint]) -> Result<()> {
+    let root = BitMapBackend::new(path, (1300, 520)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (left, right) = root.split_horizontally(760);
+    let (left, right) = root.split_horizontally(720);
     let first: Vec<&Run> = runs.iter().filter(|r| r.round == 0).collect();
     let xmax = first.iter().map(|r| r.per_second.len()).max().unwrap_or(1) as f64;
     let ymax = first
@@ -289,19 +419,24 @@ fn draw(path: &Path, runs: &[Run], spreads: [&Spread; 3]) -> Result<()> {
         .x_desc("seconds")
         .y_desc("chunks / s")
         .draw()?;
-    for (r, color) in first.iter().zip([BLACK, RED, BLUE]) {
+    for r in &first {
+        let name = r.phase.name();
+        let color = phase_color(&name);
+        let style = if let Phase::Static(q) = r.phase {
+            color.mix(0.3 + 0.7 * f64::from(q) / 100.0).stroke_width(1)
+        } else {
+            color.stroke_width(2)
+        };
         chart
             .draw_series(LineSeries::new(
                 r.per_second
                     .iter()
                     .enumerate()
                     .map(|(i, v)| (i as f64 + 1.0, *v)),
-                color.stroke_width(2),
+                style,
             ))?
-            .label(r.phase.name())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     }
     chart
         .configure_series_labels()
@@ -309,40 +444,68 @@ fn draw(path: &Path, runs: &[Run], spreads: [&Spread; 3]) -> Result<()> {
         .border_style(BLACK)
         .position(SeriesLabelPosition::LowerLeft)
         .draw()?;
-    let bars = [(spreads[0], RED), (spreads[1], BLUE), (spreads[2], GREEN)];
-    let top = bars.iter().map(|b| b.0.max).fold(10.0, f64::max) * 1.15;
+
+    let finite = |x: f64| if x.is_finite() { x } else { 0.0 };
+    let ytop = frontier
+        .iter()
+        .map(|f| finite(f.slowdown_pct.q3).max(finite(f.slowdown_pct.median)))
+        .fold(5.0, f64::max)
+        * 1.15;
+    let ybot = frontier
+        .iter()
+        .map(|f| finite(f.slowdown_pct.q1))
+        .fold(-2.0, f64::min)
+        * 1.15;
     let mut chart = ChartBuilder::on(&right)
-        .caption("medians over rounds (min-max)", ("sans-serif", 20))
+        .caption(
+            "slowdown vs. functions kept (median, quartiles)",
+            ("sans-serif", 20),
+        )
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(50)
-        .build_cartesian_2d(0.0..3.0, 0.0..top)?;
+        .build_cartesian_2d(0.0..110.0, ybot..ytop)?;
     chart
         .configure_mesh()
-        .disable_x_mesh()
-        .x_label_formatter(&|_| String::new())
-        .x_desc("slowdown uncontrolled | slowdown controlled | functions kept (%)")
+        .x_desc("function throughput kept (% of uncontrolled)")
+        .y_desc("batch job slowdown (%)")
         .draw()?;
-    for (i, (sp, color)) in bars.iter().enumerate() {
-        let x = i as f64;
-        chart.draw_series(std::iter::once(Text::new(
-            format!("{:.1}", sp.median),
-            (x + 0.3, sp.max.max(sp.median).max(0.0) + top * 0.02),
-            ("sans-serif", 16),
-        )))?;
-        chart.draw_series(std::iter::once(Rectangle::new(
-            [(x + 0.2, 0.0), (x + 0.8, sp.median.max(0.0))],
-            color.mix(0.6).filled(),
+    // The target: at most 2% slower while the functions keep at least half.
+    chart.draw_series(std::iter::once(Rectangle::new(
+        [(50.0, ybot), (110.0, 2.0)],
+        GREEN.mix(0.15).filled(),
+    )))?;
+    chart.draw_series(std::iter::once(Text::new(
+        "target",
+        (92.0, 2.0 + (ytop - ybot) * 0.01),
+        ("sans-serif", 14),
+    )))?;
+    for f in frontier {
+        let (x, y) = (f.function_throughput_kept_pct.median, f.slowdown_pct.median);
+        if !(x.is_finite() && y.is_finite()) {
+            continue;
+        }
+        let color = phase_color(&f.phase);
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(x, f.slowdown_pct.q1), (x, f.slowdown_pct.q3)],
+            color.stroke_width(1),
         )))?;
         chart.draw_series(std::iter::once(PathElement::new(
-            vec![(x + 0.5, sp.min.max(0.0)), (x + 0.5, sp.max.max(0.0))],
-            BLACK.stroke_width(2),
+            vec![
+                (f.function_throughput_kept_pct.q1, y),
+                (f.function_throughput_kept_pct.q3, y),
+            ],
+            color.stroke_width(1),
+        )))?;
+        chart.draw_series(std::iter::once(Circle::new((x, y), 5, color.filled())))?;
+        // Labels right of their point, or left of it near the right edge.
+        let lx = if x > 85.0 { x - 22.0 } else { x + 1.5 };
+        chart.draw_series(std::iter::once(Text::new(
+            f.phase.clone(),
+            (lx, y + (ytop - ybot) * 0.03),
+            ("sans-serif", 14),
         )))?;
     }
-    chart.draw_series(std::iter::once(PathElement::new(
-        vec![(1.0, 2.0), (2.0, 2.0)],
-        BLACK.stroke_width(1),
-    )))?;
     root.present()?;
     Ok(())
 }
@@ -355,7 +518,70 @@ mod tests {
     fn spreads_have_a_median_and_the_extremes() {
         let s = spread(&[3.0, 1.0, 2.0]);
         assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        assert_eq!((s.q1, s.q3, s.mean), (1.5, 2.5, 2.0));
+        assert!((s.se - 1.0 / 3f64.sqrt()).abs() < 1e-12);
         assert_eq!(spread(&[1.0, 2.0]).median, 1.5);
         assert!(spread(&[]).median.is_nan());
+        // A phase that could not be measured (NaN) does not poison the others.
+        assert_eq!(spread(&[1.0, f64::NAN, 3.0]).median, 2.0);
+    }
+
+    fn run(round: usize, phase: Phase, t: i64, rate: f64, fns: f64) -> Run {
+        Run {
+            job_chunks_per_cpu_s: rate,
+            job_chunks_per_s: rate,
+            fn_per_s: fns,
+            fn_invocations: (fns * 10.0) as u64,
+            start_unix_ms: t,
+            end_unix_ms: t + 10_000,
+            leases: usize::from(phase != Phase::Alone),
+            ..Run::empty(round, phase)
+        }
+    }
+
+    #[test]
+    fn phases_are_compared_with_the_job_alone_at_their_time() {
+        // The host drifts from 1000 to 1200 chunks/s alone between t=0 and t=40 s: a phase in
+        // the middle is compared with 1100, not with the first alone phase.
+        let runs = vec![
+            run(0, Phase::Alone, 0, 1000.0, 0.0),
+            run(0, Phase::Uncontrolled, 10_000, 1050.0 / 1.1, 100.0),
+            run(0, Phase::Controlled, 20_000, 1100.0 / 1.015, 60.0),
+            run(0, Phase::Static(25), 30_000, 1150.0 / 1.01, 25.0),
+            run(1, Phase::Alone, 40_000, 1200.0, 0.0),
+        ];
+        let s = summarize(&runs, 1, 10);
+        assert!((s.slowdown_uncontrolled_pct - 10.0).abs() < 1e-9, "{s:?}");
+        assert!((s.slowdown_controlled_pct - 1.5).abs() < 1e-9, "{s:?}");
+        assert!((s.function_throughput_kept_pct - 60.0).abs() < 1e-9);
+        assert!(s.target_met);
+        let names: Vec<&str> = s.frontier.iter().map(|f| f.phase.as_str()).collect();
+        assert_eq!(names, ["uncontrolled", "quota-25", "controlled"]);
+        let q = &s.frontier[1];
+        assert!((q.slowdown_pct.median - 1.0).abs() < 1e-9);
+        assert!((q.function_throughput_kept_pct.median - 25.0).abs() < 1e-9);
+        assert_eq!(s.static_quota_met_target, Some(false));
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    }
+
+    #[test]
+    fn a_phase_without_invocations_is_flagged() {
+        let mut dead = run(0, Phase::Controlled, 20_000, 1000.0, 0.0);
+        dead.lease_errors = vec!["acquire: no node has room".into()];
+        let runs = vec![
+            run(0, Phase::Alone, 0, 1000.0, 0.0),
+            run(0, Phase::Uncontrolled, 10_000, 900.0, 100.0),
+            dead,
+        ];
+        let s = summarize(&runs, 1, 10);
+        assert!(
+            s.warnings
+                .iter()
+                .any(|w| w.contains("round 1 controlled: no function invocation")),
+            "{:?}",
+            s.warnings
+        );
+        assert_eq!(s.function_throughput_kept_pct, 0.0);
+        assert_eq!(s.static_quota_met_target, None);
     }
 }
