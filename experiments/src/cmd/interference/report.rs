@@ -96,6 +96,9 @@ pub(super) struct Summary {
     wall_clock_slowdown_uncontrolled: Spread,
     wall_clock_slowdown_controlled: Spread,
     job_alone_chunks_per_cpu_s: Spread,
+    /// How much the job alone changed from one alone phase to the next (%, absolute): the
+    /// host's drift over a round, the noise floor any slowdown here is measured against.
+    job_alone_drift_pct: Spread,
     job_cpu_share: BTreeMap<String, Spread>,
     function_uncontrolled_per_s: Spread,
     function_controlled_per_s: Spread,
@@ -155,6 +158,16 @@ fn measure(runs: &[Run], phase: Phase) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
         kept.push(un.map_or(f64::NAN, |u| r.fn_per_s / u.fn_per_s.max(1e-9) * 100.0));
     }
     (cpu, wall, kept)
+}
+
+/// The absolute change (%) of the job alone from each alone phase to the next.
+fn alone_drift(runs: &[Run]) -> Vec<f64> {
+    let mut alone: Vec<&Run> = runs.iter().filter(|r| r.phase == Phase::Alone).collect();
+    alone.sort_by(|a, b| mid_ms(a).total_cmp(&mid_ms(b)));
+    alone
+        .windows(2)
+        .map(|w| (w[1].job_chunks_per_cpu_s / w[0].job_chunks_per_cpu_s - 1.0).abs() * 100.0)
+        .collect()
 }
 
 /// What makes a phase's measurement suspect.
@@ -272,6 +285,7 @@ pub(super) fn summarize(runs: &[Run], rounds: usize, seconds: u64) -> Summary {
         wall_clock_slowdown_uncontrolled: spread(&wall_un),
         wall_clock_slowdown_controlled: spread(&wall_co),
         job_alone_chunks_per_cpu_s: of(Phase::Alone, |r| r.job_chunks_per_cpu_s),
+        job_alone_drift_pct: spread(&alone_drift(runs)),
         job_cpu_share,
         function_uncontrolled_per_s: of(Phase::Uncontrolled, |r| r.fn_per_s),
         function_controlled_per_s: of(Phase::Controlled, |r| r.fn_per_s),
@@ -388,12 +402,17 @@ pub(super) fn replot(dir: &Path, font: &Path) -> Result<()> {
     draw(&dir.join("interference.png"), &runs, &frontier)
 }
 
+/// Black alone, red uncontrolled, blue controlled; static quotas in greens, darker the looser.
 fn phase_color(phase: &str) -> RGBColor {
-    match phase {
-        "alone" => BLACK,
-        "uncontrolled" => RED,
-        "controlled" => BLUE,
-        _ => RGBColor(0x2c, 0xa0, 0x2c),
+    match Phase::from_name(phase) {
+        Some(Phase::Alone) => BLACK,
+        Some(Phase::Uncontrolled) => RED,
+        Some(Phase::Controlled) => BLUE,
+        Some(Phase::Static(q)) => {
+            let light = (100 - q.min(100)) as u8;
+            RGBColor(light, 100 + light, light)
+        }
+        None => RGBColor(0x80, 0x80, 0x80),
     }
 }
 
@@ -422,8 +441,8 @@ fn draw(path: &Path, runs: &[Run], frontier: &[FrontierPoint]) -> Result<()> {
     for r in &first {
         let name = r.phase.name();
         let color = phase_color(&name);
-        let style = if let Phase::Static(q) = r.phase {
-            color.mix(0.3 + 0.7 * f64::from(q) / 100.0).stroke_width(1)
+        let style = if let Phase::Static(_) = r.phase {
+            color.stroke_width(1)
         } else {
             color.stroke_width(2)
         };
@@ -562,6 +581,9 @@ mod tests {
         assert!((q.function_throughput_kept_pct.median - 25.0).abs() < 1e-9);
         assert_eq!(s.static_quota_met_target, Some(false));
         assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        // The job alone drifted by 20% over the round: the noise floor is reported.
+        assert_eq!(s.job_alone_drift_pct.each.len(), 1);
+        assert!((s.job_alone_drift_pct.median - 20.0).abs() < 1e-9);
     }
 
     #[test]
