@@ -1,5 +1,7 @@
 //! The function client: runs as the ordinary user, leases one core on the node, invokes the
-//! thrashing function until told to stop, and records when each invocation completed.
+//! thrashing function until told to stop, and records when each invocation completed. A real
+//! client runs on another node; this one runs on the batch job's node, so it pins itself to its
+//! lease's CPUs, off the job's.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -67,6 +69,10 @@ pub fn run_client(a: ClientArgs) -> Result<()> {
             }
         };
         out.leases.push(lease.id.clone());
+        if let Err(e) = pin_to(&lease.cpus) {
+            out.errors
+                .push(format!("lease {}: pinning the client: {e:#}", lease.id));
+        }
         if !a.ready_file.exists() {
             std::fs::write(&a.ready_file, &lease.id)?;
         }
@@ -86,6 +92,23 @@ pub fn run_client(a: ClientArgs) -> Result<()> {
     let tmp = a.out.with_extension("tmp");
     std::fs::File::create(&tmp)?.write_all(serde_json::to_string(&out)?.as_bytes())?;
     std::fs::rename(&tmp, &a.out)?;
+    Ok(())
+}
+
+/// Pins every thread of this process to `cpus` (`taskset`, as the workspace has no `unsafe` for
+/// `sched_setaffinity`).
+fn pin_to(cpus: &[u32]) -> Result<()> {
+    anyhow::ensure!(!cpus.is_empty(), "the lease names no CPU");
+    let list: Vec<String> = cpus.iter().map(u32::to_string).collect();
+    let out = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", &list.join(",")])
+        .arg(std::process::id().to_string())
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "taskset: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
     Ok(())
 }
 
