@@ -2,12 +2,12 @@
 //!
 //! [`Controller`] climbs one step per harm finding (two quota steps for a severe one; findings
 //! within `settle` of a change are ignored: the signals lag), and relaxes one step after `hold`
-//! without harm or suspicion of it. A relaxation that
-//! brings harm back is a failed one: the ladder climbs again at once and the hold doubles (up to
-//! `max_hold`); `evict_after_failed_relaxes` failed relaxations from `freeze` in a row evict the
-//! leases. After an eviction the level stays `evict` for `evict_hold` (the scheduler places
-//! nothing here meanwhile), then returns to `none`. Without leases the level is `none` (a
-//! frozen lease that ended needs no control).
+//! without harm or suspicion of it. A relaxation that brings harm back is a failed one: the
+//! ladder climbs again at once and the hold doubles (up to `max_hold`);
+//! `evict_after_failed_relaxes` failed relaxations from `freeze` in a row evict the leases. After
+//! an eviction the level stays `evict` for `evict_hold` (the scheduler places nothing here
+//! meanwhile), then returns to `none`. Without leases the level is `none` (a frozen lease that
+//! ended needs no control).
 //!
 //! [`LeaseControl`] is what one level means for one lease group; an [`Actuator`] applies the
 //! difference ([`CgroupActuator`] through the [`Cgroups`] trait).
