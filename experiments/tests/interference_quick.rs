@@ -55,6 +55,9 @@ fn interference_quick_writes_a_complete_summary() {
         .as_f64()
         .unwrap();
     assert!(kept > 0.0 && kept < 60.0, "{v}");
+    // Every phase ran invocations on one lease, and the client pinned itself to its lease's
+    // CPUs (a failure would be a lease error, hence a warning).
+    assert_eq!(v["warnings"].as_array().unwrap().len(), 0, "{v}");
     let runs = std::fs::read_to_string(out.path().join("runs.csv")).unwrap();
     assert_eq!(runs.lines().count(), 6, "{runs}");
     assert!(out.path().join("timeline.csv").exists());

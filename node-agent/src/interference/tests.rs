@@ -229,13 +229,18 @@ fn freeze_probe_weighs_noisy_probes_together() {
     assert!(reason.contains("over the last 6 probes"), "{reason}");
 }
 
-#[test]
-fn severe_harm_skips_a_quota_step_and_suspicion_holds_off_relaxing() {
-    let cfg = InterferenceConfig {
+/// A controller configuration for stepping through the ladder: no settle time, 5 s holds.
+fn quick_ladder() -> InterferenceConfig {
+    InterferenceConfig {
         settle: Duration::ZERO,
         relax_after: Duration::from_secs(5),
         ..InterferenceConfig::default()
-    };
+    }
+}
+
+#[test]
+fn severe_harm_skips_a_quota_step_and_suspicion_holds_off_relaxing() {
+    let cfg = quick_ladder();
     let severe = || {
         vec![(
             "freeze-probe",
@@ -337,11 +342,7 @@ fn the_controller_escalates_relaxes_backs_off_and_evicts() {
 
 #[test]
 fn a_successful_relaxation_walks_down_to_none_and_no_leases_means_none() {
-    let cfg = InterferenceConfig {
-        settle: Duration::ZERO,
-        relax_after: Duration::from_secs(5),
-        ..InterferenceConfig::default()
-    };
+    let cfg = quick_ladder();
     let mut c = Controller::new(&cfg, 1);
     let t0 = Instant::now();
     let s = |x: u64| t0 + Duration::from_secs(x);

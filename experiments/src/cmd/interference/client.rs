@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Result;
 use harvest_client::identity::Munge;
 use harvest_client::{LeaseExt, LeaseRequest, Library, Polling, SchedulerClient};
+use harvest_core::CpuSet;
 use serde::{Deserialize, Serialize};
 
 /// The hidden client the experiment runs as the function user.
@@ -99,9 +100,9 @@ pub fn run_client(a: ClientArgs) -> Result<()> {
 /// `sched_setaffinity`).
 fn pin_to(cpus: &[u32]) -> Result<()> {
     anyhow::ensure!(!cpus.is_empty(), "the lease names no CPU");
-    let list: Vec<String> = cpus.iter().map(u32::to_string).collect();
+    let list = cpus.iter().copied().collect::<CpuSet>().to_list();
     let out = std::process::Command::new("taskset")
-        .args(["-a", "-p", "-c", &list.join(",")])
+        .args(["-a", "-p", "-c", &list])
         .arg(std::process::id().to_string())
         .output()?;
     anyhow::ensure!(

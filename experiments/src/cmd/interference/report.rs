@@ -137,19 +137,29 @@ fn slowdown_pct(reference: f64, rate: f64) -> f64 {
     (reference / rate - 1.0) * 100.0
 }
 
-/// Each round's slowdown (chunks per CPU-second and per wall-clock second) and throughput kept
-/// (against the round's uncontrolled phase) for `phase`.
-fn measure(runs: &[Run], phase: Phase) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+/// The target: at most 2% slower while the functions keep at least half their throughput.
+fn meets_target(slowdown_pct: f64, kept_pct: f64) -> bool {
+    slowdown_pct <= 2.0 && kept_pct >= 50.0
+}
+
+/// The job-alone phases, in the order they ran.
+fn alone_in_time(runs: &[Run]) -> Vec<&Run> {
     let mut alone: Vec<&Run> = runs.iter().filter(|r| r.phase == Phase::Alone).collect();
     alone.sort_by(|a, b| mid_ms(a).total_cmp(&mid_ms(b)));
+    alone
+}
+
+/// Each round's slowdown (chunks per CPU-second and per wall-clock second) against `alone` and
+/// throughput kept (against the round's uncontrolled phase) for `phase`.
+fn measure(runs: &[Run], alone: &[&Run], phase: Phase) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let (mut cpu, mut wall, mut kept) = (Vec::new(), Vec::new(), Vec::new());
     for r in runs.iter().filter(|r| r.phase == phase) {
         cpu.push(slowdown_pct(
-            reference(&alone, r, |a| a.job_chunks_per_cpu_s),
+            reference(alone, r, |a| a.job_chunks_per_cpu_s),
             r.job_chunks_per_cpu_s,
         ));
         wall.push(slowdown_pct(
-            reference(&alone, r, |a| a.job_chunks_per_s),
+            reference(alone, r, |a| a.job_chunks_per_s),
             r.job_chunks_per_s,
         ));
         let un = runs
@@ -160,10 +170,8 @@ fn measure(runs: &[Run], phase: Phase) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     (cpu, wall, kept)
 }
 
-/// The absolute change (%) of the job alone from each alone phase to the next.
-fn alone_drift(runs: &[Run]) -> Vec<f64> {
-    let mut alone: Vec<&Run> = runs.iter().filter(|r| r.phase == Phase::Alone).collect();
-    alone.sort_by(|a, b| mid_ms(a).total_cmp(&mid_ms(b)));
+/// The absolute change (%) of the job alone from each alone phase (in time order) to the next.
+fn alone_drift(alone: &[&Run]) -> Vec<f64> {
     alone
         .windows(2)
         .map(|w| (w[1].job_chunks_per_cpu_s / w[0].job_chunks_per_cpu_s - 1.0).abs() * 100.0)
@@ -211,10 +219,11 @@ pub(super) fn summarize(runs: &[Run], rounds: usize, seconds: u64) -> Summary {
         _ => (2, 0),
     };
     phases.sort_by_key(rank);
+    let alone = alone_in_time(runs);
     let frontier: Vec<FrontierPoint> = phases
         .iter()
         .map(|&p| {
-            let (cpu, _, kept) = measure(runs, p);
+            let (cpu, _, kept) = measure(runs, &alone, p);
             FrontierPoint {
                 phase: p.name(),
                 slowdown_pct: spread(&cpu),
@@ -223,14 +232,14 @@ pub(super) fn summarize(runs: &[Run], rounds: usize, seconds: u64) -> Summary {
         })
         .collect();
     let meets = |f: &FrontierPoint| {
-        f.slowdown_pct.median <= 2.0 && f.function_throughput_kept_pct.median >= 50.0
+        meets_target(f.slowdown_pct.median, f.function_throughput_kept_pct.median)
     };
     let statics: Vec<&FrontierPoint> = frontier
         .iter()
         .filter(|f| f.phase.starts_with("quota-"))
         .collect();
-    let (sl_un, wall_un, _) = measure(runs, Phase::Uncontrolled);
-    let (sl_co, wall_co, kept) = measure(runs, Phase::Controlled);
+    let (sl_un, wall_un, _) = measure(runs, &alone, Phase::Uncontrolled);
+    let (sl_co, wall_co, kept) = measure(runs, &alone, Phase::Controlled);
     let (sl_un, sl_co, kept) = (spread(&sl_un), spread(&sl_co), spread(&kept));
     let of = |p: Phase, f: fn(&Run) -> f64| -> Spread {
         spread(
@@ -270,7 +279,7 @@ pub(super) fn summarize(runs: &[Run], rounds: usize, seconds: u64) -> Summary {
         slowdown_controlled_pct: sl_co.median,
         function_throughput_kept_pct: kept.median,
         target: "slowdown_controlled_pct <= 2 and function_throughput_kept_pct >= 50",
-        target_met: sl_co.median <= 2.0 && kept.median >= 50.0,
+        target_met: meets_target(sl_co.median, kept.median),
         static_quota_met_target: (!statics.is_empty()).then(|| statics.iter().any(|f| meets(f))),
         frontier,
         rounds,
@@ -285,7 +294,7 @@ pub(super) fn summarize(runs: &[Run], rounds: usize, seconds: u64) -> Summary {
         wall_clock_slowdown_uncontrolled: spread(&wall_un),
         wall_clock_slowdown_controlled: spread(&wall_co),
         job_alone_chunks_per_cpu_s: of(Phase::Alone, |r| r.job_chunks_per_cpu_s),
-        job_alone_drift_pct: spread(&alone_drift(runs)),
+        job_alone_drift_pct: spread(&alone_drift(&alone)),
         job_cpu_share,
         function_uncontrolled_per_s: of(Phase::Uncontrolled, |r| r.fn_per_s),
         function_controlled_per_s: of(Phase::Controlled, |r| r.fn_per_s),
