@@ -68,6 +68,9 @@ pub struct ClassCalibration {
     pub max: f64,
     /// What the model applies: `max(1, median)`.
     pub model: f64,
+    /// Every matched run's slowdown, ascending (what [`CostModel::draw`] samples from).
+    #[serde(skip)]
+    pub samples: Vec<f64>,
 }
 
 /// Slowdown per class.
@@ -204,6 +207,7 @@ impl CostModel {
                 p90: quantile(&v, 0.9),
                 max: *v.last().expect("non-empty"),
                 model: median.max(1.0),
+                samples: v,
             })
         };
         Ok(Self {
@@ -213,13 +217,27 @@ impl CostModel {
         })
     }
 
+    fn class(&self, class: FunctionClass) -> &ClassCalibration {
+        match class {
+            FunctionClass::Cpu => &self.cpu,
+            FunctionClass::Gpu => &self.gpu,
+            FunctionClass::Memory => &self.memory,
+        }
+    }
+
     /// The slowdown factor (>= 1) the model applies while a function of `class` shares a node.
     pub fn slowdown(&self, class: FunctionClass) -> f64 {
-        match class {
-            FunctionClass::Cpu => self.cpu.model,
-            FunctionClass::Gpu => self.gpu.model,
-            FunctionClass::Memory => self.memory.model,
+        self.class(class).model
+    }
+
+    /// One job's slowdown beside a function of `class`: a measured run drawn uniformly from the
+    /// class's calibration runs, floored at 1 (a measured speed-up is noise).
+    pub fn draw(&self, class: FunctionClass, rng: &mut crate::rng::Rng) -> f64 {
+        let v = &self.class(class).samples;
+        if v.is_empty() {
+            return self.slowdown(class);
         }
+        v[rng.below(v.len() as u64) as usize].max(1.0)
     }
 }
 

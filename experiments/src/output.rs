@@ -88,7 +88,7 @@ pub fn report(s: &Summary, plots: &[&str], plot_note: Option<&str>) -> String {
         s.trace_nodes,
         s.replication,
         if s.replication > 1 {
-            " (every job submitted once per copy, at its trace time)"
+            " (time-shifted copies: each copy replays its own stretch of the trace)"
         } else {
             ""
         },
@@ -291,13 +291,12 @@ pub fn report(s: &Summary, plots: &[&str], plot_note: Option<&str>) -> String {
     let _ = writeln!(r, "## Method and assumptions\n");
     let _ = writeln!(
         r,
-        "- Trace records read: {}; skipped: {} without a run time, {} without a processor count, {} larger than the cluster, {} without a wait time (replay), {} before --start.",
+        "- Trace records read: {}; skipped: {} without a run time, {} without a processor count; {} without a wait time (their trace start is taken as their submit), {} with memory.",
         t.records,
         t.skipped_no_runtime,
         t.skipped_no_procs,
-        t.skipped_too_large,
-        t.skipped_no_wait,
-        t.skipped_before_start
+        t.without_wait,
+        t.with_memory
     );
     let _ = writeln!(
         r,

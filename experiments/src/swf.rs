@@ -58,6 +58,9 @@ pub struct SwfJob {
     pub req_procs: Option<u64>,
     pub req_time: Option<i64>,
     pub req_mem_kib: Option<u64>,
+    /// Alea's extended SWF (more than 18 fields, as MetaCentrum's): field 10 is requested memory
+    /// in bytes per node, and field 7 is not per-processor memory.
+    pub extended: bool,
 }
 
 impl SwfJob {
@@ -66,9 +69,22 @@ impl SwfJob {
         self.procs.or(self.req_procs).filter(|&p| p > 0)
     }
 
-    /// Memory per processor in KiB: used, else requested.
+    /// Memory per processor in KiB: used, else requested (standard SWF only).
     pub fn mem_per_proc_kib(&self) -> Option<u64> {
+        if self.extended {
+            return None;
+        }
         self.used_mem_kib.or(self.req_mem_kib).filter(|&m| m > 0)
+    }
+
+    /// Memory per node in MiB when the record gives it that way (Alea's extended SWF).
+    pub fn mem_per_node_mib(&self) -> Option<u64> {
+        if !self.extended {
+            return None;
+        }
+        self.req_mem_kib
+            .filter(|&b| b > 0)
+            .map(|bytes| bytes.div_ceil(1 << 20))
     }
 }
 
@@ -212,6 +228,7 @@ impl SwfReader {
             req_procs: known_u(f[7]),
             req_time: known(f[8]),
             req_mem_kib: known_u(f[9]),
+            extended: count > 18,
         })
     }
 }
@@ -264,7 +281,9 @@ mod tests {
         assert_eq!(a.mem_per_proc_kib(), None);
         let b = r.next().unwrap().unwrap();
         assert_eq!(b.procs(), Some(4), "requested when allocated is unknown");
-        assert_eq!(b.mem_per_proc_kib(), Some(2048), "used before requested");
+        assert!(b.extended, "more than 18 fields: Alea's extended SWF");
+        assert_eq!(b.mem_per_proc_kib(), None, "extended: not per processor");
+        assert_eq!(b.mem_per_node_mib(), Some(1), "4096 bytes per node, rounded up");
         assert_eq!(b.req_time, None);
         assert!(r.next().is_none());
     }

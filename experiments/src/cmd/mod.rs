@@ -13,7 +13,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use crate::sim::engine::Progress;
+use crate::sim::Progress;
 
 /// Where results go unless `--out` says otherwise: `experiments/results/` in the source tree.
 pub fn results_root() -> PathBuf {

@@ -6,25 +6,27 @@ use std::path::PathBuf;
 use anyhow::Context;
 use harvest_core::{parse_duration, parse_memory_mib};
 
-use crate::functions::FunctionSpec;
-use crate::machine::machine_for;
+use crate::machine::MachineFlags;
 use crate::output::{DEFAULT_FONT, write_run};
-use crate::sim::engine::{Outcome, run};
+use crate::sim::study::{StudyConfig, run_study};
+use crate::sim::study_output::write_study;
 use crate::sim::{
-    BatchMode, DEFAULT_BACKFILL_DEPTH, DEFAULT_GROUP_SIZE, DEFAULT_SAMPLES,
-    DEFAULT_SENSITIVE_FRACTION, DEFAULT_UNKNOWN_MEM_FRACTION, SimConfig,
+    AllocationMode, BatchMode, DEFAULT_BACKFILL_DEPTH, DEFAULT_COPY_SHIFT_S, DEFAULT_DRAIN_S,
+    DEFAULT_GROUP_SIZE, DEFAULT_SAMPLES, DEFAULT_SENSITIVE_FRACTION, DEFAULT_UNKNOWN_MEM_FRACTION,
+    Outcome, SimConfig, run,
 };
 use crate::swf::SwfReader;
 
 /// Warm-up and window of a normal run.
 pub const DEFAULT_WARMUP: &str = "24h";
 pub const DEFAULT_DURATION: &str = "48h";
-/// Warm-up, window and trace records of `--quick`.
-pub const QUICK_WARMUP: &str = "24h";
+/// Warm-up and window of `--quick`.
+pub const QUICK_WARMUP: &str = "6h";
 pub const QUICK_DURATION: &str = "6h";
-pub const QUICK_MAX_RECORDS: u64 = 20_000;
-/// Nodes per default Poisson arrival per second (the default workload grows with the cluster).
-pub const NODES_PER_ARRIVAL_PER_S: u32 = 1000;
+/// Demand of a single run (`compare-policies`) unless `--functions` says otherwise.
+pub const DEFAULT_SINGLE_DEMAND: &str = "azure:scale=1000";
+/// Offered-load sweep: fractions of the batch-only run's idle core-hours.
+pub const DEFAULT_SWEEP: &[f64] = &[0.1, 0.25, 0.5, 0.75, 1.0, 1.5];
 
 /// The workload flags shared by `simulate` and `compare-policies`.
 #[derive(Debug, Clone, clap::Args)]
@@ -32,20 +34,26 @@ pub struct Workload {
     /// SWF trace (plain or gzip).
     #[arg(long)]
     pub trace: PathBuf,
-    /// Cluster size in nodes; the trace's job stream is replicated to fill it. Default: the
-    /// trace's own machine.
+    /// Cluster size in nodes: the trace is run as round(N / trace nodes) time-shifted copies,
+    /// so the cluster is exactly copies x trace nodes. Default: the trace's own machine.
     #[arg(long)]
     pub nodes: Option<u32>,
-    /// Function streams, e.g. `azure:scale=2+poisson:rate=40,cores=2,mem=4G,duration=5m`, or
-    /// `none`. Default: the Azure sample plus a Poisson stream of 1 arrival/s per 1,000 nodes of
-    /// 5-minute leases of 2 cores and 4 GiB (at most a quarter of a node).
+    /// Trace time between the copies' origins (e.g. 168h); copies wrap around the trace.
+    #[arg(long)]
+    pub copy_shift: Option<String>,
+    /// Function demand: `azure:scale=K` (the Azure sample's invocation rate times K),
+    /// `poisson:rate=R,cores=C,mem=M,duration=D`, joined by `+`, or `none`. Default for
+    /// `simulate`: the Azure sample scaled to offer --load of the harvestable core-hours.
     #[arg(long)]
     pub functions: Option<String>,
     /// Batch placement in time: FCFS with EASY backfill, or the trace's own start times.
     #[arg(long, value_enum, default_value = "easy")]
     pub batch: BatchMode,
-    /// Short run for tests and smoke checks: 24 h warm-up (batch only, cheap), 6 h window, at
-    /// most 20,000 trace records.
+    /// Core-granular (jobs share nodes) or node-exclusive; `auto` decides from the trace's
+    /// data (node-exclusive when 90% of jobs ask for whole nodes).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub allocation: AllocationMode,
+    /// Short run for tests and smoke checks: 6 h warm-up, 6 h window, 1 day of drain.
     #[arg(long)]
     pub quick: bool,
     /// The shared data directory (traces/, reference/).
@@ -60,12 +68,19 @@ pub struct Workload {
     /// Measured window (e.g. 48h).
     #[arg(long)]
     pub duration: Option<String>,
-    /// Simulate at most this many trace records (from --start on).
+    /// After the window, how long jobs submitted in it may run on (their waits and slowdowns
+    /// need their ends). Default 168h (24h with --quick).
     #[arg(long)]
-    pub max_records: Option<u64>,
+    pub drain: Option<String>,
     /// How long a function may wait for room before it is refused (0s: refuse at once).
     #[arg(long, default_value = "10s")]
     pub max_wait: String,
+    /// Times a reclaimed lease is placed again (from its start) before its work is lost.
+    #[arg(long, default_value_t = 0)]
+    pub retries: u32,
+    /// Report interference without stretching jobs (off by default: jobs are stretched).
+    #[arg(long)]
+    pub no_feedback: bool,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Backfill scan depth (Slurm's bf_max_job_test).
@@ -77,6 +92,9 @@ pub struct Workload {
     /// Share of node memory per core used that a job without memory data uses.
     #[arg(long, default_value_t = DEFAULT_UNKNOWN_MEM_FRACTION)]
     pub unknown_mem_fraction: f64,
+    /// Machine file (Alea's `.machines` format); default `<trace>.machines` beside the trace.
+    #[arg(long)]
+    pub machine_file: Option<PathBuf>,
     /// Override the trace machine's cores per node.
     #[arg(long)]
     pub node_cores: Option<u32>,
@@ -103,10 +121,10 @@ impl Workload {
                 .with_context(|| format!("--{flag}"))?
                 .as_secs())
         };
-        let (warmup, duration) = if self.quick {
-            (QUICK_WARMUP, QUICK_DURATION)
+        let (warmup, duration, drain) = if self.quick {
+            (QUICK_WARMUP, QUICK_DURATION, "24h")
         } else {
-            (DEFAULT_WARMUP, DEFAULT_DURATION)
+            (DEFAULT_WARMUP, DEFAULT_DURATION, "168h")
         };
         let node_mem_mib = self
             .node_mem
@@ -114,28 +132,22 @@ impl Workload {
             .map(parse_memory_mib)
             .transpose()
             .context("--node-mem")?;
-        let reader = SwfReader::open(&self.trace)?;
-        let file_name = self
-            .trace
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let machine = machine_for(
-            &file_name,
-            reader.header(),
-            self.node_cores,
+        let machine = MachineFlags {
+            machine_file: self.machine_file.clone(),
+            node_cores: self.node_cores,
             node_mem_mib,
-            self.trace_nodes,
-        )?;
-        let nodes = self.nodes.unwrap_or(machine.nodes);
-        let functions_text = self.functions.clone().unwrap_or_else(|| {
-            let rate = f64::from(nodes) / f64::from(NODES_PER_ARRIVAL_PER_S);
-            // 2 cores and 4 GiB, or what a small node has room for (a quarter of a node).
-            let cores = machine.cores.div_ceil(4).clamp(1, 2);
-            let mem = (machine.mem_mib / 4).clamp(1, 4096);
-            format!("azure+poisson:rate={rate},cores={cores},mem={mem}M,duration=5m")
-        });
-        let functions = FunctionSpec::parse(&functions_text).context("--functions")?;
+            trace_nodes: self.trace_nodes,
+        };
+        let header = SwfReader::open(&self.trace)?.header().clone();
+        let m = crate::machine::machine_for(&self.trace, &header, &machine)?;
+        let copies = self
+            .nodes
+            .map_or(1, |n| ((f64::from(n) / f64::from(m.nodes)).round() as u32).max(1));
+        let demand_text = self
+            .functions
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SINGLE_DEMAND.to_owned());
+        crate::sim::demand::parse_demand(&demand_text).context("--functions")?;
         let max_wait_ms = parse_duration(&self.max_wait)
             .context("--max-wait")?
             .as_millis() as u64;
@@ -152,24 +164,32 @@ impl Workload {
         Ok(SimConfig {
             trace: self.trace.clone(),
             data_dir: self.data.clone(),
-            nodes: Some(nodes),
+            copies,
+            copy_shift_s: match &self.copy_shift {
+                Some(t) => secs(t, "copy-shift")?,
+                None => DEFAULT_COPY_SHIFT_S,
+            },
             policy: policy.to_owned(),
-            functions,
-            functions_text,
+            demand_text,
             batch: self.batch,
+            allocation: self.allocation,
             backfill_depth: self.backfill_depth,
             start_s: secs(&self.start, "start")?,
             warmup_s: secs(self.warmup.as_deref().unwrap_or(warmup), "warmup")?,
             duration_s: secs(self.duration.as_deref().unwrap_or(duration), "duration")?,
-            max_records: self.max_records.or(self.quick.then_some(QUICK_MAX_RECORDS)),
+            drain_s: match &self.drain {
+                Some(t) => secs(t, "drain")?,
+                None if self.quick => 86_400,
+                None => DEFAULT_DRAIN_S.min(secs(drain, "drain")?),
+            },
             max_wait_ms,
+            retries: self.retries,
+            feedback: !self.no_feedback,
             seed: self.seed,
             sensitive_fraction: self.sensitive_fraction,
             unknown_mem_fraction: self.unknown_mem_fraction,
-            node_cores: self.node_cores,
-            node_mem_mib,
+            machine,
             node_gpus: self.node_gpus,
-            trace_nodes: self.trace_nodes,
             group_size: DEFAULT_GROUP_SIZE,
             samples: DEFAULT_SAMPLES,
         })
@@ -187,8 +207,8 @@ impl Workload {
             .trim_end_matches(".swf")
             .to_owned();
         format!(
-            "{stem}-{}n{}",
-            cfg.nodes.unwrap_or(0),
+            "{stem}-x{}{}",
+            cfg.copies,
             if self.quick { "-quick" } else { "" }
         )
     }
@@ -209,16 +229,31 @@ pub struct Args {
     /// Output directory (overrides the run name).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Windows (replicates, each with its own seed) for the confidence intervals. Default 3
+    /// (2 with --quick).
+    #[arg(long)]
+    pub windows: Option<u32>,
+    /// Trace time between the windows' starts.
+    #[arg(long, default_value = "168h")]
+    pub window_step: String,
+    /// With-harvest demand when --functions is not given: the Azure sample scaled to offer
+    /// this fraction of the batch-only run's idle core-hours.
+    #[arg(long, default_value_t = 0.5)]
+    pub load: f64,
+    /// Offered-load sweep points, fractions of the idle core-hours (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub sweep: Vec<f64>,
 }
 
-/// Runs one simulation and writes its files; returns the outcome and the directory.
+/// Runs one simulation and writes its files; returns the outcome.
 pub fn simulate_into(
     cfg: &SimConfig,
     dir: &std::path::Path,
     font: &std::path::Path,
     label: String,
 ) -> anyhow::Result<Outcome> {
-    let outcome = run(cfg, super::progress_printer(label))?;
+    let mut p = super::progress_printer(label);
+    let outcome = run(cfg, |x| p(x))?;
     super::progress_done();
     write_run(dir, &outcome.summary, &outcome.samples, font)?;
     Ok(outcome)
@@ -234,25 +269,56 @@ pub fn run_cmd(args: Args) -> anyhow::Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| super::results_root().join("simulate").join(&name));
-    let outcome = simulate_into(&cfg, &dir, &args.workload.font, name)?;
-    let s = &outcome.summary;
+    let sc = StudyConfig {
+        base: cfg,
+        windows: args.windows.unwrap_or(if args.workload.quick { 2 } else { 3 }),
+        window_step_s: parse_duration(&args.window_step)
+            .context("--window-step")?
+            .as_secs(),
+        demand: args.workload.functions.clone(),
+        load: args.load,
+        sweep: if args.sweep.is_empty() {
+            DEFAULT_SWEEP.to_vec()
+        } else {
+            args.sweep.clone()
+        },
+    };
+    let mut printers: std::collections::HashMap<String, Box<dyn FnMut(crate::sim::Progress)>> =
+        Default::default();
+    let (study, first) = run_study(&sc, |label, p| {
+        printers
+            .entry(label.to_owned())
+            .or_insert_with(|| Box::new(super::progress_printer(label.to_owned())))(p)
+    })?;
+    super::progress_done();
+    write_run(&dir.join("with-harvest"), &first.summary, &first.samples, &args.workload.font)?;
+    write_study(&dir, &study, &args.workload.font)?;
+    let s = &study;
     println!(
-        "{} nodes, {} jobs, policy {}: core utilization {:.1}% -> {:.1}% with harvest, memory {:.1}% -> {:.1}%; \
-         functions placed {} refused {}; reclaims {}; placement p50 {:.2} us p99 {:.2} us; {:.2} M events/s",
+        "{} nodes ({:?}): core utilization trace {:.1}%, replay {:.1}%, batch only {:.1}%, with harvest {:.1}%; \
+         harvestable {:.0} core-h, offered {:.0}, served {:.0}, lost to reclaim {:.0}; invocations served {:.2}%; \
+         wait p50 {:.0} s -> {:.0} s; bounded slowdown p50 {:.2} -> {:.2}; placement p99 {:.2} us; {:.2} M events/s",
         s.nodes,
-        s.jobs,
-        s.policy,
+        s.allocation,
+        100.0 * s.util_cores_trace,
+        100.0 * s.util_cores_replay,
         100.0 * s.util_cores_batch_only,
         100.0 * s.util_cores_with_harvest,
-        100.0 * s.util_mem_batch_only,
-        100.0 * s.util_mem_with_harvest,
-        s.functions_placed,
-        s.functions_refused,
-        s.reclaims,
-        s.placement_p50_us,
+        s.harvestable_core_hours,
+        s.offered_core_hours,
+        s.served_core_hours,
+        s.lost_to_reclaim_core_hours,
+        s.invocations_served_pct,
+        s.wait_p50_s_batch_only,
+        s.wait_p50_s_with_harvest,
+        s.bounded_slowdown_p50_batch_only,
+        s.bounded_slowdown_p50_with_harvest,
         s.placement_p99_us,
         s.events_per_s / 1e6
     );
+    for w in &s.warnings {
+        eprintln!("warning: {w}");
+    }
     println!("wrote {}", dir.display());
     Ok(())
 }

@@ -1,23 +1,19 @@
-//! Batch jobs: from SWF records to jobs on a cluster, and the Slurm-like queue that starts them.
+//! Batch jobs and the Slurm-like queue that starts them.
 //!
-//! Jobs get whole nodes (Slurm's exclusive allocation, as on Piz Daint): `ceil(procs / cores)`
-//! nodes, the processors spread evenly over them. What a job does not use on its nodes (cores
-//! beyond its processors, memory beyond its footprint) is what functions can harvest, together
-//! with the nodes no job holds.
-//!
-//! The queue is FCFS with EASY backfill (Slurm's `sched/backfill` in its simplest form): the head
-//! job starts when enough nodes are free; otherwise it gets a reservation at the earliest time
-//! the running jobs' requested time limits free enough nodes (the shadow time), and later jobs
-//! (at most `depth` of them, like `bf_max_job_test`) start now if they fit and either end before
-//! the shadow time or use only nodes the head job will not need. In replay mode jobs start when
-//! the trace says they did (submit + wait), in order, as soon as nodes allow.
+//! A job needs `units` of the cluster: cores when jobs share nodes (core-granular), whole nodes
+//! when they are node-exclusive (see [`super::alloc`]). The queue is FCFS with EASY backfill
+//! (Slurm's `sched/backfill` in its simplest form): the head job starts when enough units are
+//! free; otherwise it gets a reservation at the earliest time the running jobs' requested time
+//! limits free enough units (the shadow time), and later jobs (at most `depth` of them, like
+//! `bf_max_job_test`) start now if they fit and either end before the shadow time or use only
+//! units the head job will not need. In replay mode a job enters the queue at the trace's own
+//! start time and starts as soon as it fits (at once, when the trace fits the model).
 
 use std::collections::{BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::rng::Rng;
-use crate::swf::{SwfError, SwfJob, SwfReader};
+use super::trace::TraceJob;
 
 /// How batch jobs are placed in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -25,172 +21,50 @@ use crate::swf::{SwfError, SwfJob, SwfReader};
 pub enum BatchMode {
     /// FCFS with EASY backfill.
     Easy,
-    /// Start times from the trace (submit + wait).
+    /// The trace's own start times (submit + wait).
     Replay,
 }
 
-/// A job as the simulator runs it. Times in milliseconds.
+/// A job as the simulator runs it. Times in milliseconds of simulated time.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BatchJob {
     pub id: u64,
+    /// Which time-shifted copy of the trace it comes from.
+    pub copy: u32,
     pub submit_ms: u64,
+    /// Run time alone (interference stretches it).
     pub run_ms: u64,
     /// The time limit the scheduler plans with (requested time, else the run time).
     pub req_ms: u64,
-    pub nodes: u32,
-    pub procs: u64,
-    pub mem_per_proc_mib: Option<u64>,
+    pub procs: u32,
+    /// Cores or nodes, by allocation mode (set by the engine).
+    pub units: u32,
+    pub mem_proc_mib: Option<u32>,
+    pub mem_node_mib: Option<u32>,
     /// Known to be sensitive to co-location (interference-aware policies avoid its nodes).
     pub sensitive: bool,
-    pub replay_start_ms: Option<u64>,
+    /// When the trace started it (simulated time), if the trace says.
+    pub trace_start_ms: Option<u64>,
+    /// Running at simulated time 0 per the trace (a window's warm start).
+    pub prestarted: bool,
 }
 
 impl BatchJob {
-    /// Cores on the `i`-th of the job's nodes.
-    pub fn cores_on(&self, i: u32) -> u32 {
-        let n = u64::from(self.nodes);
-        (self.procs / n + u64::from(u64::from(i) < self.procs % n)) as u32
-    }
-}
-
-/// Why trace records were not simulated.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct SourceStats {
-    pub records: u64,
-    pub jobs: u64,
-    pub skipped_no_runtime: u64,
-    pub skipped_no_procs: u64,
-    pub skipped_too_large: u64,
-    pub skipped_no_wait: u64,
-    pub skipped_before_start: u64,
-}
-
-/// Reads jobs lazily, `copies` times each (to scale a trace to a larger cluster).
-#[derive(Debug)]
-pub struct JobSource {
-    reader: SwfReader,
-    buf: VecDeque<BatchJob>,
-    pub copies: u32,
-    cores: u32,
-    cluster_nodes: u32,
-    end_ms: u64,
-    max_records: Option<u64>,
-    sensitive_fraction: f64,
-    replay: bool,
-    rng: Rng,
-    /// The first record's submit time: simulated time 0 (traces start days into their epoch).
-    origin: Option<i64>,
-    /// Records submitted earlier than this many seconds after the first are skipped.
-    start_s: i64,
-    pub stats: SourceStats,
-}
-
-impl JobSource {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        reader: SwfReader,
-        start_s: u64,
-        copies: u32,
-        cores: u32,
-        cluster_nodes: u32,
-        end_ms: u64,
-        max_records: Option<u64>,
-        sensitive_fraction: f64,
-        replay: bool,
-        seed: u64,
-    ) -> Self {
+    pub fn from_trace(j: &TraceJob, copy: u32, submit_ms: u64) -> Self {
         Self {
-            reader,
-            buf: VecDeque::new(),
-            copies: copies.max(1),
-            cores,
-            cluster_nodes,
-            end_ms,
-            max_records,
-            sensitive_fraction,
-            replay,
-            rng: Rng::new(seed).fork(0xb7),
-            origin: None,
-            start_s: start_s as i64,
-            stats: SourceStats::default(),
-        }
-    }
-
-    fn convert(&mut self, j: &SwfJob) -> Option<BatchJob> {
-        let Some(run) = j.run.filter(|&r| r > 0) else {
-            self.stats.skipped_no_runtime += 1;
-            return None;
-        };
-        let Some(procs) = j.procs() else {
-            self.stats.skipped_no_procs += 1;
-            return None;
-        };
-        let nodes = procs.div_ceil(u64::from(self.cores));
-        if nodes > u64::from(self.cluster_nodes) {
-            self.stats.skipped_too_large += 1;
-            return None;
-        }
-        let origin = *self.origin.get_or_insert(j.submit + self.start_s);
-        if j.submit < origin {
-            self.stats.skipped_before_start += 1;
-            return None;
-        }
-        let submit_ms = (j.submit - origin) as u64 * 1000;
-        let replay_start_ms = match (self.replay, j.wait) {
-            (false, _) => None,
-            (true, Some(w)) => Some(submit_ms + w as u64 * 1000),
-            (true, None) => {
-                self.stats.skipped_no_wait += 1;
-                return None;
-            }
-        };
-        let run_ms = run as u64 * 1000;
-        Some(BatchJob {
             id: j.id,
+            copy,
             submit_ms,
-            run_ms,
-            req_ms: j
-                .req_time
-                .filter(|&r| r > 0)
-                .map_or(run_ms, |r| r as u64 * 1000),
-            nodes: nodes as u32,
-            procs,
-            mem_per_proc_mib: j.mem_per_proc_kib().map(|k| k.div_ceil(1024)),
+            run_ms: j.run as u64 * 1000,
+            req_ms: j.req.max(j.run) as u64 * 1000,
+            procs: j.procs,
+            units: j.procs,
+            mem_proc_mib: j.mem_proc_mib,
+            mem_node_mib: j.mem_node_mib,
             sensitive: false,
-            replay_start_ms,
-        })
-    }
-
-    /// The submit time of the next job, reading the trace as needed.
-    pub fn peek_ms(&mut self) -> Result<Option<u64>, SwfError> {
-        while self.buf.is_empty() {
-            let counted = self.stats.records - self.stats.skipped_before_start;
-            if self.max_records.is_some_and(|m| counted >= m) {
-                return Ok(None);
-            }
-            let Some(rec) = self.reader.next().transpose()? else {
-                return Ok(None);
-            };
-            self.stats.records += 1;
-            let Some(job) = self.convert(&rec) else {
-                continue;
-            };
-            if job.submit_ms >= self.end_ms {
-                return Ok(None);
-            }
-            for copy in 0..self.copies {
-                let mut j = job;
-                j.id = job.id * u64::from(self.copies) + u64::from(copy);
-                j.sensitive = self.rng.unit() < self.sensitive_fraction;
-                self.stats.jobs += 1;
-                self.buf.push_back(j);
-            }
+            trace_start_ms: None,
+            prestarted: false,
         }
-        Ok(self.buf.front().map(|j| j.submit_ms))
-    }
-
-    pub fn pop(&mut self) -> Option<BatchJob> {
-        self.buf.pop_front()
     }
 }
 
@@ -200,7 +74,7 @@ pub struct BatchQueue {
     pub mode: BatchMode,
     pub depth: usize,
     queue: VecDeque<BatchJob>,
-    /// `(planned end, running slot, nodes)`.
+    /// `(planned end, running slot, units)`.
     planned_ends: BTreeSet<(u64, u32, u32)>,
 }
 
@@ -226,21 +100,35 @@ impl BatchQueue {
         self.queue.is_empty()
     }
 
-    pub fn track_start(&mut self, planned_end_ms: u64, slot: u32, nodes: u32) {
-        self.planned_ends.insert((planned_end_ms, slot, nodes));
+    pub fn track_start(&mut self, planned_end_ms: u64, slot: u32, units: u32) {
+        self.planned_ends.insert((planned_end_ms, slot, units));
     }
 
-    pub fn track_end(&mut self, planned_end_ms: u64, slot: u32, nodes: u32) {
-        self.planned_ends.remove(&(planned_end_ms, slot, nodes));
+    pub fn track_end(&mut self, planned_end_ms: u64, slot: u32, units: u32) {
+        self.planned_ends.remove(&(planned_end_ms, slot, units));
     }
 
-    /// The head job, removed, if it may start now on `free` nodes.
-    pub fn pop_head(&mut self, now: u64, free: u32) -> Option<BatchJob> {
-        let head = self.queue.front()?;
-        if head.replay_start_ms.is_some_and(|s| s > now) || head.nodes > free {
+    /// The head job, removed, if it may start now on `free` units.
+    pub fn pop_head(&mut self, free: u32) -> Option<BatchJob> {
+        if self.queue.front()?.units > free {
             return None;
         }
         self.queue.pop_front()
+    }
+
+    /// Replay: every queued job that fits in `free`, in queue order, removed.
+    pub fn replay_ready(&mut self, mut free: u32) -> Vec<BatchJob> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.queue.len() && free > 0 {
+            if self.queue[i].units <= free {
+                free -= self.queue[i].units;
+                out.push(self.queue.remove(i).expect("index in range"));
+            } else {
+                i += 1;
+            }
+        }
+        out
     }
 
     /// Jobs behind a blocked head that EASY backfill starts now, removed from the queue.
@@ -248,11 +136,11 @@ impl BatchQueue {
         if self.mode != BatchMode::Easy || self.queue.len() < 2 || free == 0 {
             return Vec::new();
         }
-        let need = self.queue[0].nodes;
+        let need = self.queue[0].units;
         let mut avail = free;
         let mut shadow = u64::MAX;
-        for &(end, _, nodes) in &self.planned_ends {
-            avail += nodes;
+        for &(end, _, units) in &self.planned_ends {
+            avail += units;
             if avail >= need {
                 shadow = end.max(now);
                 break;
@@ -267,11 +155,11 @@ impl BatchQueue {
             scanned += 1;
             let j = &self.queue[i];
             let ends_in_time = now + j.req_ms <= shadow;
-            if j.nodes <= free && (ends_in_time || j.nodes <= extra) {
+            if j.units <= free && (ends_in_time || j.units <= extra) {
                 if !ends_in_time {
-                    extra -= j.nodes;
+                    extra -= j.units;
                 }
-                free -= j.nodes;
+                free -= j.units;
                 chosen.push(self.queue.remove(i).expect("index in range"));
             } else {
                 i += 1;
@@ -285,48 +173,41 @@ impl BatchQueue {
 mod tests {
     use super::*;
 
-    fn job(id: u64, nodes: u32, req_s: u64) -> BatchJob {
+    fn job(id: u64, units: u32, req_s: u64) -> BatchJob {
         BatchJob {
             id,
+            copy: 0,
             submit_ms: 0,
             run_ms: req_s * 1000,
             req_ms: req_s * 1000,
-            nodes,
-            procs: u64::from(nodes) * 4,
-            mem_per_proc_mib: None,
+            procs: units,
+            units,
+            mem_proc_mib: None,
+            mem_node_mib: None,
             sensitive: false,
-            replay_start_ms: None,
+            trace_start_ms: None,
+            prestarted: false,
         }
     }
 
     #[test]
-    fn cores_are_spread_evenly() {
-        let j = BatchJob {
-            procs: 10,
-            nodes: 3,
-            ..job(1, 3, 1)
-        };
-        assert_eq!((j.cores_on(0), j.cores_on(1), j.cores_on(2)), (4, 3, 3));
-    }
-
-    #[test]
-    fn easy_backfills_short_jobs_and_jobs_that_use_spare_nodes_only() {
-        // 10 nodes; a running job holds 6 until t=100 s; 4 are free.
+    fn easy_backfills_short_jobs_and_jobs_that_use_spare_units_only() {
+        // 10 units; a running job holds 6 until t=100 s; 4 are free.
         let mut q = BatchQueue::new(BatchMode::Easy, 100);
         q.track_start(100_000, 0, 6);
         q.submit(job(1, 8, 50)); // head: needs 8, shadow at 100 s, extra = 10 - 8 = 2
         q.submit(job(2, 3, 200)); // too long and more than extra: waits
         q.submit(job(3, 3, 90)); // ends before the shadow: backfilled
         q.submit(job(4, 1, 500)); // long but fits in extra (2): backfilled
-        q.submit(job(5, 1, 500)); // fits in free (0 left after 3+1)? no: free is 0
-        assert!(q.pop_head(0, 4).is_none());
+        q.submit(job(5, 1, 500)); // fits in extra but free is 0 after 3 + 1
+        assert!(q.pop_head(4).is_none());
         let started: Vec<u64> = q.backfill(0, 4).iter().map(|j| j.id).collect();
         assert_eq!(started, [3, 4]);
         assert_eq!(q.len(), 3);
     }
 
     #[test]
-    fn backfill_depth_bounds_the_scan_and_replay_waits_for_the_trace_time() {
+    fn backfill_depth_bounds_the_scan_and_replay_starts_whatever_fits() {
         let mut q = BatchQueue::new(BatchMode::Easy, 1);
         q.track_start(100_000, 0, 6);
         q.submit(job(1, 8, 50));
@@ -335,11 +216,10 @@ mod tests {
         assert!(q.backfill(0, 4).is_empty());
 
         let mut r = BatchQueue::new(BatchMode::Replay, 100);
-        r.submit(BatchJob {
-            replay_start_ms: Some(5_000),
-            ..job(1, 1, 10)
-        });
-        assert!(r.pop_head(4_999, 10).is_none());
-        assert_eq!(r.pop_head(5_000, 10).map(|j| j.id), Some(1));
+        r.submit(job(1, 3, 10));
+        r.submit(job(2, 5, 10));
+        r.submit(job(3, 1, 10));
+        let ids: Vec<u64> = r.replay_ready(4).iter().map(|j| j.id).collect();
+        assert_eq!(ids, [1, 3], "job 2 waits for room, job 3 does not wait behind it");
     }
 }

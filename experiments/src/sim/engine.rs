@@ -1,142 +1,150 @@
-//! The event loop.
+//! The event loop of one simulation.
 //!
-//! Three sources are merged in time order: the heap of scheduled ends (jobs, functions), the
-//! trace's job submissions and the function arrivals; at equal times ends go first, so freed
-//! resources are visible to what arrives at that instant. After all events of an instant the
-//! batch queue gets one scheduling pass.
+//! At each instant, in this order: the ends due (jobs, leases) are applied; the trace's jobs due
+//! enter the queue; the batch queue gets its scheduling pass (batch always goes first); reclaimed
+//! leases that may retry, and functions waiting for room on nodes freed at this instant, are
+//! tried again; then the function requests due are placed. Utilization is integrated exactly
+//! between instants over the measured window.
 //!
-//! The cluster state lives in one `harvest_policies::Cluster`: batch jobs set each node's batch
-//! share, functions are leases placed by the configured `Framework`. A batch job that needs a
-//! node where leases hold what it needs reclaims them (newest first, [`Cluster::set_batch`]).
-//! Every change updates the gauges that the recorder integrates.
+//! The cluster lives in one `harvest_policies::Cluster`: each node's batch share is the sum of
+//! its jobs' cores and memory; functions are leases placed by the configured `Framework`. A job
+//! that needs cores or memory where leases hold them reclaims them ([`Cluster::set_batch`]).
+//!
+//! **Interference is fed back.** Each job draws one slowdown per function class (CPU, memory,
+//! GPU) from the calibrated runs when it starts. While leases of a class share any of its nodes
+//! it progresses at `1 / slowdown` (the slowest class present), so its end moves later and the
+//! queue behind it feels it.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
-use std::path::Path;
 use std::time::Instant;
 
-use harvest_policies::index::IndexedSet;
-use harvest_policies::{
-    Cluster, Decision, Framework, LeaseId, NodeId, PolicyConfig, Registry, Request, Resources,
-};
+use harvest_policies::hash::IdMap;
+use harvest_policies::{Cluster, Decision, Framework, LeaseId, NodeId, Request, Resources};
 
-use super::batch::{BatchJob, BatchQueue, JobSource};
+use super::accounting::{Accounts, JobStats};
+use super::alloc::Allocator;
+use super::batch::{BatchJob, BatchQueue};
+use super::demand::{Demand, FnRequest};
 use super::metrics::{Gauges, LatencyHistogram, Recorder, Sample};
-use super::{DaintComparison, RETRY_PER_RELEASE, SimConfig, Summary};
+use super::{RETRY_PER_RELEASE, SimConfig};
 use crate::cost::{CostModel, FunctionClass};
-use crate::daint::DaintStats;
-use crate::functions::{Arrival, Arrivals};
-use crate::machine::{Machine, machine_for};
-use crate::swf::SwfReader;
+use crate::rng::Rng;
 
-const NO_JOB: u32 = u32::MAX;
-const NOT_SINCE: u64 = u64::MAX;
+const CLASSES: [FunctionClass; 3] = [FunctionClass::Cpu, FunctionClass::Memory, FunctionClass::Gpu];
 
-/// A simulation that could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum SimError {
-    #[error(transparent)]
-    Swf(#[from] crate::swf::SwfError),
-    #[error(transparent)]
-    Machine(#[from] crate::machine::MachineError),
-    #[error(transparent)]
-    Azure(#[from] crate::azure::AzureError),
-    #[error(transparent)]
-    Cost(#[from] crate::cost::CostError),
-    #[error("policy: {0}")]
-    Policy(#[from] harvest_policies::ConfigError),
-    #[error("placement: {0}")]
-    Framework(#[from] harvest_policies::FrameworkError),
-    #[error("--nodes {0} is not a usable cluster size: use 1 or more")]
-    Nodes(u32),
-    #[error("--duration must be at least 1 second")]
-    Duration,
-}
-
-/// Progress reported every few hundred thousand events.
-#[derive(Debug, Clone, Copy)]
-pub struct Progress {
-    pub sim_ms: u64,
+#[derive(Debug)]
+pub(super) struct Running {
+    pub job: BatchJob,
+    pub nodes: Vec<(NodeId, u32, u64)>,
     pub start_ms: u64,
-    pub end_ms: u64,
-    pub events: u64,
-    pub wall_s: f64,
-}
-
-/// What a run produced.
-#[derive(Debug)]
-pub struct Outcome {
-    pub summary: Summary,
-    pub samples: Vec<Sample>,
-}
-
-#[derive(Debug)]
-struct Running {
-    job: BatchJob,
-    nodes: Vec<NodeId>,
+    /// Alone-time left at `since_ms`.
+    left_ms: f64,
+    since_ms: u64,
+    factor: f64,
+    generation: u32,
+    coloc: [u32; 3],
+    draws: [f64; 3],
     planned_end_ms: u64,
-    coloc_node_ms: u64,
+    pub slowed: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LeaseInfo {
+    req: FnRequest,
+    start_ms: u64,
+    arrival_ms: u64,
+    attempt: u32,
+    class: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    req: FnRequest,
+    arrival_ms: u64,
+    queued_ms: u64,
+    attempt: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
     JobEnd = 0,
     FunctionEnd = 1,
-    Wake = 2,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Waiting {
-    arrival: Arrival,
-    lease: LeaseId,
-}
-
-struct Sim {
-    cfg: SimConfig,
-    machine: Machine,
-    cluster: Cluster,
+/// The simulation state.
+pub(super) struct Sim<'a> {
+    pub cfg: &'a SimConfig,
+    pub cluster: Cluster,
     fw: Framework,
-    cost: CostModel,
-    rec: Recorder,
-    g: Gauges,
-    heap: BinaryHeap<Reverse<(u64, Kind, u64)>>,
-    queue: BatchQueue,
-    running: Vec<Option<Running>>,
+    cost: &'a CostModel,
+    rng: Rng,
+    pub alloc: Allocator,
+    pub rec: Recorder,
+    pub g: Gauges,
+    heap: BinaryHeap<Reverse<(u64, Kind, u64, u32)>>,
+    pub queue: BatchQueue,
+    pub running: Vec<Option<Running>>,
     free_slots: Vec<u32>,
-    node_job: Vec<u32>,
-    coloc_since: Vec<u64>,
-    idle_clean: IndexedSet,
-    idle_dirty: IndexedSet,
+    node_jobs: Vec<Vec<u32>>,
+    node_sensitive: Vec<u16>,
+    node_class: Vec<[u16; 3]>,
+    node_mem: Vec<u64>,
     waiting: VecDeque<Waiting>,
-    lease_start: harvest_policies::hash::IdMap<LeaseId, (u64, u64)>,
+    retry: Vec<Waiting>,
+    freed: Vec<NodeId>,
+    leases: IdMap<LeaseId, LeaseInfo>,
     next_lease: LeaseId,
-    latency: LatencyHistogram,
-    waits_ms: Vec<u64>,
-    // Counters.
-    jobs_started: u64,
-    jobs_completed: u64,
-    fn_submitted: u64,
-    fn_placed: u64,
-    fn_refused: u64,
-    fn_after_wait: u64,
-    reclaims: u64,
-    lost_core_ms: f64,
-    slowdown_sum: f64,
-    slowdown_weight: f64,
-    slowdown_coloc_sum: f64,
-    slowdown_coloc_weight: f64,
-    slowdown_max: f64,
-    jobs_colocated: u64,
-    sensitive_coloc_ms: f64,
-    events: u64,
-    overcommit: u64,
+    pub latency: LatencyHistogram,
+    pub acct: Accounts,
+    pub jobs: JobStats,
+    pub events: u64,
+    pub overcommit: u64,
 }
 
-impl Sim {
-    fn sample(&self, t: u64, g: &Gauges) -> Sample {
-        let nodes = self.cluster.len() as u64;
-        let cores = nodes * u64::from(self.machine.cores);
-        let mem = nodes * self.machine.mem_mib;
+impl<'a> Sim<'a> {
+    pub fn new(
+        cfg: &'a SimConfig,
+        cluster: Cluster,
+        fw: Framework,
+        cost: &'a CostModel,
+        alloc: Allocator,
+        streams: usize,
+    ) -> Self {
+        let n = cluster.len();
+        let start = cfg.warmup_s * 1000;
+        let end = start + cfg.duration_s * 1000;
+        Self {
+            cfg,
+            cluster,
+            fw,
+            cost,
+            rng: Rng::new(cfg.seed).fork(0x51),
+            alloc,
+            rec: Recorder::new(start, end, cfg.samples),
+            g: Gauges::default(),
+            heap: BinaryHeap::new(),
+            queue: BatchQueue::new(cfg.batch, cfg.backfill_depth),
+            running: Vec::new(),
+            free_slots: Vec::new(),
+            node_jobs: vec![Vec::new(); n],
+            node_sensitive: vec![0; n],
+            node_class: vec![[0; 3]; n],
+            node_mem: vec![0; n],
+            waiting: VecDeque::new(),
+            retry: Vec::new(),
+            freed: Vec::new(),
+            leases: IdMap::default(),
+            next_lease: 1,
+            latency: LatencyHistogram::default(),
+            acct: Accounts::new(streams),
+            jobs: JobStats::new(start, end),
+            events: 0,
+            overcommit: 0,
+        }
+    }
+
+    fn sample(&self, t: u64, g: &Gauges, cores: u64, mem: u64) -> Sample {
         let gib = |m: u64| m as f64 / 1024.0;
         Sample {
             time_h: t as f64 / 3.6e6,
@@ -152,559 +160,425 @@ impl Sim {
         }
     }
 
-    fn advance(&mut self, now: u64) {
+    pub fn advance(&mut self, now: u64, cores: u64, mem: u64) {
         let g = self.g;
         let mut rec = std::mem::replace(&mut self.rec, Recorder::new(0, 1, 1));
-        rec.advance(now, &g, |t, g| self.sample(t, g));
+        rec.advance(now, &g, |t, g| self.sample(t, g, cores, mem));
         self.rec = rec;
     }
 
-    /// Opens or closes a node's co-location interval (batch job and leases together).
-    fn coloc_update(&mut self, node: NodeId, now: u64) {
-        let job = self.node_job[node as usize];
-        let together = job != NO_JOB && !self.cluster.leases_on(node).is_empty();
-        let since = self.coloc_since[node as usize];
-        if together && since == NOT_SINCE {
-            self.coloc_since[node as usize] = now;
-        } else if !together && since != NOT_SINCE {
-            self.close_coloc(node, now);
-        }
-        if job != NO_JOB {
-            let sensitive = self.running[job as usize]
-                .as_ref()
-                .is_some_and(|r| r.job.sensitive);
-            let flag = sensitive && together;
-            self.cluster
-                .update(node, |n| n.interference = flag)
-                .expect("node exists");
+    fn class_of(&self, res: &Resources, node: NodeId) -> usize {
+        let total = self.cluster.node(node).expect("node exists").total;
+        if res.gpus > 0 {
+            2
+        } else if res.mem_mib * u64::from(total.cores) > u64::from(res.cores) * total.mem_mib {
+            1
+        } else {
+            0
         }
     }
 
-    fn close_coloc(&mut self, node: NodeId, now: u64) {
-        let since = std::mem::replace(&mut self.coloc_since[node as usize], NOT_SINCE);
-        let job = self.node_job[node as usize];
-        if since == NOT_SINCE || job == NO_JOB {
+    fn flags(&mut self, node: NodeId) {
+        let sensitive = self.node_sensitive[node as usize] > 0;
+        let shared = sensitive && !self.cluster.leases_on(node).is_empty();
+        self.cluster
+            .update(node, |n| {
+                n.batch_sensitive = sensitive;
+                n.interference = shared;
+            })
+            .expect("node exists");
+    }
+
+    /// A job's progress rate changes: what is left is re-timed and a new end is scheduled.
+    fn rerate(&mut self, slot: u32, now: u64) {
+        let r = self.running[slot as usize].as_mut().expect("running");
+        let f = (0..3)
+            .filter(|&c| r.coloc[c] > 0)
+            .map(|c| r.draws[c])
+            .fold(1.0, f64::max);
+        if f == r.factor {
             return;
         }
-        let start = since.max(self.rec.start_ms);
-        let end = now.min(self.rec.end_ms);
-        if let Some(r) = self.running[job as usize].as_mut() {
-            r.coloc_node_ms += now - since;
-            if r.job.sensitive && end > start {
-                self.sensitive_coloc_ms += (end - start) as f64;
+        r.left_ms = (r.left_ms - (now - r.since_ms) as f64 / r.factor).max(0.0);
+        r.since_ms = now;
+        r.factor = f;
+        r.generation += 1;
+        r.slowed |= f > 1.0;
+        let end = now + (r.left_ms * f).ceil().max(1.0) as u64;
+        self.heap
+            .push(Reverse((end, Kind::JobEnd, u64::from(slot), r.generation)));
+    }
+
+    /// Lease `class` appears (`+1`) or goes (`-1`) on `node`: the jobs there are re-rated.
+    fn coloc_change(&mut self, node: NodeId, class: usize, up: bool, now: u64) {
+        let c = &mut self.node_class[node as usize][class];
+        *c = if up { *c + 1 } else { *c - 1 };
+        if !self.cfg.feedback {
+            return;
+        }
+        for i in 0..self.node_jobs[node as usize].len() {
+            let slot = self.node_jobs[node as usize][i];
+            let r = self.running[slot as usize].as_mut().expect("running");
+            if up {
+                r.coloc[class] += 1;
+            } else {
+                r.coloc[class] -= 1;
             }
+            self.rerate(slot, now);
         }
     }
 
-    /// Ends a lease; returns the node it was on, `None` when it was already gone (reclaimed).
-    fn release_lease(&mut self, lease: LeaseId, now: u64, reclaimed: bool) -> Option<NodeId> {
-        let l = self.fw.release(&mut self.cluster, lease)?;
-        self.g.fn_cores -= u64::from(l.res.cores);
-        self.g.fn_mem_mib -= l.res.mem_mib;
-        if let Some((_, end)) = self.lease_start.remove(&lease)
-            && reclaimed
-        {
-            self.reclaims += 1;
-            self.lost_core_ms += end.saturating_sub(now) as f64 * f64::from(l.res.cores);
+    fn set_node_batch(&mut self, node: NodeId, cores_delta: i64, mem_delta: i64, now: u64) {
+        let n = self.cluster.node(node).expect("node exists");
+        let total = n.total;
+        let before = n.batch;
+        let cores = (i64::from(before.cores) + cores_delta) as u32;
+        self.node_mem[node as usize] = (self.node_mem[node as usize] as i64 + mem_delta) as u64;
+        let mem = self.node_mem[node as usize].min(total.mem_mib);
+        let gpus = if total.gpus == 0 {
+            0
+        } else {
+            (u64::from(total.gpus) * u64::from(cores)).div_ceil(u64::from(total.cores)) as u32
+        };
+        let plan = self
+            .cluster
+            .set_batch(node, Resources::new(cores, mem, gpus.min(total.gpus)))
+            .expect("node exists");
+        self.g.batch_cores = self.g.batch_cores + u64::from(cores) - u64::from(before.cores);
+        self.g.batch_mem_mib = self.g.batch_mem_mib + mem - before.mem_mib;
+        for lease in plan {
+            self.end_lease(lease, now, true);
         }
-        if self.node_job[l.node as usize] == NO_JOB && self.cluster.leases_on(l.node).is_empty() {
-            self.idle_dirty.remove(l.node);
-            self.idle_clean.insert(l.node);
+        if self.cluster.node(node).expect("node exists").overcommitted() {
+            self.overcommit += 1;
         }
-        self.coloc_update(l.node, now);
-        Some(l.node)
     }
 
-    fn start_job(&mut self, job: BatchJob, now: u64) {
+    pub fn start_job(&mut self, job: BatchJob, now: u64) {
+        let Some(parts) = self.alloc.take(job.procs) else {
+            unreachable!("the queue checked that {} units are free", job.units)
+        };
         let slot = self.free_slots.pop().unwrap_or_else(|| {
             self.running.push(None);
             (self.running.len() - 1) as u32
         });
-        self.running[slot as usize] = Some(Running {
-            job,
-            nodes: Vec::new(),
-            planned_end_ms: now + job.req_ms,
-            coloc_node_ms: 0,
-        });
-        let mut nodes = Vec::with_capacity(job.nodes as usize);
-        for i in 0..job.nodes {
-            let pool = if self.idle_clean.is_empty() {
-                &mut self.idle_dirty
-            } else {
-                &mut self.idle_clean
-            };
-            let node = *pool
-                .as_slice()
-                .last()
-                .expect("the queue checked enough free nodes");
-            pool.remove(node);
-            let cores = job.cores_on(i);
-            let mem = match job.mem_per_proc_mib {
-                Some(m) => m.saturating_mul(u64::from(cores)),
-                None => {
-                    (self.machine.mem_mib as f64 * self.cfg.unknown_mem_fraction * f64::from(cores)
-                        / f64::from(self.machine.cores)) as u64
+        let mut draws = [1.0; 3];
+        for (c, d) in draws.iter_mut().enumerate() {
+            *d = self.cost.draw(CLASSES[c], &mut self.rng);
+        }
+        let sensitive = self.rng.unit() < self.cfg.sensitive_fraction;
+        let mut nodes = Vec::with_capacity(parts.len());
+        let mut coloc = [0u32; 3];
+        for &(node, cores) in &parts {
+            let total = self.cluster.node(node).expect("node exists").total;
+            let mem = match (job.mem_node_mib, job.mem_proc_mib) {
+                (Some(m), _) => u64::from(m),
+                (None, Some(m)) => u64::from(m) * u64::from(cores),
+                (None, None) => {
+                    (total.mem_mib as f64 * self.cfg.unknown_mem_fraction * f64::from(cores)
+                        / f64::from(total.cores)) as u64
                 }
             }
-            .min(self.machine.mem_mib);
-            let gpus = (u64::from(self.cfg.node_gpus) * u64::from(cores))
-                .div_ceil(u64::from(self.machine.cores)) as u32;
-            self.node_job[node as usize] = slot;
-            let plan = self
-                .cluster
-                .set_batch(
-                    node,
-                    Resources::new(cores, mem, gpus.min(self.cfg.node_gpus)),
-                )
-                .expect("node exists");
-            self.cluster
-                .update(node, |n| n.batch_sensitive = job.sensitive)
-                .expect("node exists");
-            self.g.batch_cores += u64::from(cores);
-            self.g.batch_mem_mib += mem;
-            self.g.alloc_nodes += 1;
-            for lease in plan {
-                self.release_lease(lease, now, true);
+            .min(total.mem_mib);
+            if self.node_jobs[node as usize].is_empty() {
+                self.g.alloc_nodes += 1;
+                self.g.alloc_cores += u64::from(total.cores);
+                self.g.alloc_mem_mib += total.mem_mib;
             }
-            if self
-                .cluster
-                .node(node)
-                .expect("node exists")
-                .overcommitted()
-            {
-                self.overcommit += 1;
+            self.set_node_batch(node, i64::from(cores), mem as i64, now);
+            self.node_jobs[node as usize].push(slot);
+            self.node_sensitive[node as usize] += u16::from(sensitive);
+            for (c, n) in coloc.iter_mut().enumerate() {
+                *n += u32::from(self.node_class[node as usize][c]);
             }
-            self.coloc_update(node, now);
-            nodes.push(node);
+            self.flags(node);
+            nodes.push((node, cores, mem));
         }
-        let r = self.running[slot as usize].as_mut().expect("just set");
-        r.nodes = nodes;
-        self.queue.track_start(now + job.req_ms, slot, job.nodes);
+        let job = BatchJob { sensitive, ..job };
+        self.jobs.started(&job, now);
+        self.running[slot as usize] = Some(Running {
+            job,
+            nodes,
+            start_ms: now,
+            left_ms: job.run_ms as f64,
+            since_ms: now,
+            factor: 1.0,
+            generation: 0,
+            coloc: if self.cfg.feedback { coloc } else { [0; 3] },
+            draws,
+            planned_end_ms: now + job.req_ms,
+            slowed: false,
+        });
+        self.queue.track_start(now + job.req_ms, slot, job.units);
         self.heap
-            .push(Reverse((now + job.run_ms, Kind::JobEnd, u64::from(slot))));
-        self.jobs_started += 1;
+            .push(Reverse((now + job.run_ms, Kind::JobEnd, u64::from(slot), 0)));
+        self.rerate(slot, now);
     }
 
     fn end_job(&mut self, slot: u32, now: u64) {
-        let nodes =
-            std::mem::take(&mut self.running[slot as usize].as_mut().expect("running").nodes);
-        for &node in &nodes {
-            self.close_coloc(node, now);
-        }
         let r = self.running[slot as usize].take().expect("running");
-        self.queue.track_end(r.planned_end_ms, slot, r.job.nodes);
-        for (i, &node) in nodes.iter().enumerate() {
-            let cores = r.job.cores_on(i as u32);
-            let batch = self.cluster.node(node).expect("node exists").batch;
-            debug_assert_eq!(batch.cores, cores);
-            self.cluster
-                .set_batch(node, Resources::ZERO)
-                .expect("node exists");
-            self.cluster
-                .update(node, |n| {
-                    n.batch_sensitive = false;
-                    n.interference = false;
-                })
-                .expect("node exists");
-            self.g.batch_cores -= u64::from(batch.cores);
-            self.g.batch_mem_mib -= batch.mem_mib;
-            self.g.alloc_nodes -= 1;
-            self.node_job[node as usize] = NO_JOB;
-            if self.cluster.leases_on(node).is_empty() {
-                self.idle_clean.insert(node);
-            } else {
-                self.idle_dirty.insert(node);
+        self.queue.track_end(r.planned_end_ms, slot, r.job.units);
+        for &(node, cores, mem) in &r.nodes {
+            let list = &mut self.node_jobs[node as usize];
+            list.retain(|&s| s != slot);
+            if list.is_empty() {
+                let total = self.cluster.node(node).expect("node exists").total;
+                self.g.alloc_nodes -= 1;
+                self.g.alloc_cores -= u64::from(total.cores);
+                self.g.alloc_mem_mib -= total.mem_mib;
             }
+            self.node_sensitive[node as usize] -= u16::from(r.job.sensitive);
+            self.set_node_batch(node, -i64::from(cores), -(mem as i64), now);
+            self.alloc.give_back(node, cores);
+            self.flags(node);
+            self.freed.push(node);
         }
         self.free_slots.push(slot);
-        self.jobs_completed += 1;
-        let node_ms = r.job.run_ms as f64 * nodes.len() as f64;
-        let share = r.coloc_node_ms as f64 / node_ms;
-        let slowdown = 1.0 + (self.cost.slowdown(FunctionClass::Cpu) - 1.0) * share;
-        self.slowdown_sum += slowdown * node_ms;
-        self.slowdown_weight += node_ms;
-        if r.coloc_node_ms > 0 {
-            self.jobs_colocated += 1;
-            self.slowdown_coloc_sum += slowdown * node_ms;
-            self.slowdown_coloc_weight += node_ms;
-        }
-        self.slowdown_max = self.slowdown_max.max(slowdown);
-        if !self.waiting.is_empty() {
-            for &node in &nodes {
-                self.retry_waiting(now, node);
+        self.jobs.ended(&r, now);
+    }
+
+    pub fn batch_pass(&mut self, now: u64) {
+        let ready = match self.queue.mode {
+            super::BatchMode::Replay => self.queue.replay_ready(self.alloc.free_units()),
+            super::BatchMode::Easy => {
+                let mut v = Vec::new();
+                while let Some(job) = self.queue.pop_head(self.alloc.free_units()) {
+                    self.start_job(job, now);
+                }
+                v.extend(self.queue.backfill(now, self.alloc.free_units()));
+                v
             }
-        }
-    }
-
-    fn batch_pass(&mut self, now: u64) {
-        let free = |s: &Self| (s.idle_clean.len() + s.idle_dirty.len()) as u32;
-        while let Some(job) = self.queue.pop_head(now, free(self)) {
-            self.start_job(job, now);
-        }
-        for job in self.queue.backfill(now, free(self)) {
+        };
+        for job in ready {
             self.start_job(job, now);
         }
     }
 
-    /// Tries to place an arrival; `true` when placed.
-    fn try_place(&mut self, a: &Arrival, lease: LeaseId, now: u64) -> Result<bool, SimError> {
+    /// Ends a lease: completed (`reclaimed == false`) or taken back for a batch job.
+    fn end_lease(&mut self, lease: LeaseId, now: u64, reclaimed: bool) {
+        let Some(l) = self.fw.release(&mut self.cluster, lease) else {
+            return;
+        };
+        let info = self.leases.remove(&lease).expect("lease tracked");
+        self.g.fn_cores -= u64::from(l.res.cores);
+        self.g.fn_mem_mib -= l.res.mem_mib;
+        self.coloc_change(l.node, info.class, false, now);
+        self.flags(l.node);
+        let used = (now - info.start_ms) as f64 * f64::from(l.res.cores);
+        if reclaimed {
+            let retry = info.attempt < self.cfg.retries;
+            self.acct.reclaimed(&info.req, used, retry, now < self.rec.end_ms);
+            if retry {
+                self.retry.push(Waiting {
+                    req: info.req,
+                    arrival_ms: info.arrival_ms,
+                    queued_ms: now,
+                    attempt: info.attempt + 1,
+                });
+            }
+        } else {
+            self.acct
+                .served(&info.req, now - info.start_ms, info.start_ms - info.arrival_ms);
+            self.freed.push(l.node);
+        }
+    }
+
+    fn try_place(&mut self, w: &Waiting, now: u64) -> bool {
+        let lease = self.next_lease;
         let req = Request {
             lease,
-            client: a.client,
-            res: a.res,
+            client: u64::from(w.req.client),
+            res: w.req.res,
             data_nodes: &[],
         };
         let t0 = Instant::now();
-        let decision = self.fw.place(&mut self.cluster, &req)?;
+        let decision = self.fw.place(&mut self.cluster, &req);
         self.latency.record(t0.elapsed().as_nanos() as u64);
-        let Decision::Placed(node) = decision else {
-            return Ok(false);
+        let Ok(Decision::Placed(node)) = decision else {
+            return false;
         };
-        if self
-            .cluster
-            .node(node)
-            .expect("placed on a node")
-            .overcommitted()
-        {
+        self.next_lease += 1;
+        self.acct.started(&w.req);
+        if self.cluster.node(node).expect("placed").overcommitted() {
             self.overcommit += 1;
         }
-        self.g.fn_cores += u64::from(a.res.cores);
-        self.g.fn_mem_mib += a.res.mem_mib;
-        if self.node_job[node as usize] == NO_JOB && self.idle_clean.contains(node) {
-            self.idle_clean.remove(node);
-            self.idle_dirty.insert(node);
-        }
-        let end = now + a.duration_ms;
-        self.lease_start.insert(lease, (now, end));
-        self.heap.push(Reverse((end, Kind::FunctionEnd, lease)));
-        self.coloc_update(node, now);
-        Ok(true)
+        self.g.fn_cores += u64::from(w.req.res.cores);
+        self.g.fn_mem_mib += w.req.res.mem_mib;
+        let class = self.class_of(&w.req.res, node);
+        self.leases.insert(
+            lease,
+            LeaseInfo {
+                req: w.req,
+                start_ms: now,
+                arrival_ms: w.arrival_ms,
+                attempt: w.attempt,
+                class,
+            },
+        );
+        self.heap
+            .push(Reverse((now + w.req.duration_ms, Kind::FunctionEnd, lease, 0)));
+        self.coloc_change(node, class, true, now);
+        self.flags(node);
+        true
     }
 
-    fn arrive(&mut self, a: Arrival, now: u64) -> Result<(), SimError> {
-        self.fn_submitted += 1;
-        let lease = self.next_lease;
-        self.next_lease += 1;
-        self.expire_waiting(now);
-        if self.try_place(&a, lease, now)? {
-            self.fn_placed += 1;
-            self.waits_ms.push(0);
-        } else if self.cfg.max_wait_ms == 0 {
-            self.fn_refused += 1;
-        } else {
-            self.waiting.push_back(Waiting { arrival: a, lease });
+    fn arrive(&mut self, req: FnRequest, now: u64) {
+        self.acct.offered(&req);
+        let w = Waiting {
+            req,
+            arrival_ms: now,
+            queued_ms: now,
+            attempt: 0,
+        };
+        self.submit_fn(w, now);
+    }
+
+    fn submit_fn(&mut self, w: Waiting, now: u64) {
+        if !self.try_place(&w, now) {
+            if self.cfg.max_wait_ms == 0 {
+                self.acct.refused(&w.req, w.attempt > 0);
+            } else {
+                self.waiting.push_back(w);
+            }
         }
-        Ok(())
     }
 
     fn expire_waiting(&mut self, now: u64) {
         while let Some(w) = self.waiting.front() {
-            if now.saturating_sub(w.arrival.time_ms) <= self.cfg.max_wait_ms {
+            if now.saturating_sub(w.queued_ms) <= self.cfg.max_wait_ms {
                 break;
             }
-            self.waiting.pop_front();
-            self.fn_refused += 1;
+            let w = self.waiting.pop_front().expect("front");
+            self.acct.refused(&w.req, w.attempt > 0);
         }
     }
 
-    /// Retries waiting functions after `freed` got room. Since each waiting function was tried
-    /// when it arrived and after every earlier release, only the freed node can have changed the
-    /// answer: a function is retried only when that node's free resources fit it, and at most
-    /// [`RETRY_PER_RELEASE`] queued functions are looked at.
-    fn retry_waiting(&mut self, now: u64, freed: NodeId) {
+    /// Waiting functions are tried on the nodes freed at this instant (each was tried on every
+    /// other node when it came and after every earlier release), at most
+    /// [`RETRY_PER_RELEASE`] looked at per node.
+    fn retry_freed(&mut self, now: u64) {
+        for w in std::mem::take(&mut self.retry) {
+            self.submit_fn(w, now);
+        }
         self.expire_waiting(now);
-        let mut i = 0;
-        let mut looked = 0;
-        while i < self.waiting.len() && looked < RETRY_PER_RELEASE {
-            looked += 1;
-            let w = self.waiting[i];
-            let free = self.cluster.node(freed).expect("node exists").free();
-            if !free.fits(&w.arrival.res) {
-                i += 1;
-                continue;
-            }
-            // A placement error was already reported at arrival; treat it as not placed here.
-            if self.try_place(&w.arrival, w.lease, now).unwrap_or(false) {
-                self.waiting.remove(i);
-                self.fn_placed += 1;
-                self.fn_after_wait += 1;
-                self.waits_ms.push(now - w.arrival.time_ms);
-            } else {
-                i += 1;
-            }
-        }
-    }
-}
-
-/// Runs one simulation. `progress` is called every 2^18 events.
-pub fn run(cfg: &SimConfig, mut progress: impl FnMut(Progress)) -> Result<Outcome, SimError> {
-    if cfg.duration_s == 0 {
-        return Err(SimError::Duration);
-    }
-    let reader = SwfReader::open(&cfg.trace)?;
-    let acknowledge = reader.header().acknowledge.clone();
-    let file_name = cfg
-        .trace
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let machine = machine_for(
-        &file_name,
-        reader.header(),
-        cfg.node_cores,
-        cfg.node_mem_mib,
-        cfg.trace_nodes,
-    )?;
-    let nodes = cfg.nodes.unwrap_or(machine.nodes);
-    if nodes == 0 {
-        return Err(SimError::Nodes(nodes));
-    }
-    let copies = nodes.div_ceil(machine.nodes).max(1);
-    let start_ms = cfg.warmup_s * 1000;
-    let end_ms = start_ms + cfg.duration_s * 1000;
-    let registry = Registry::builtin();
-    let fw = PolicyConfig::builtin(&cfg.policy)?.build(&cfg.policy, &registry)?;
-    let reference = cfg.data_dir.join("reference");
-    let cost = CostModel::calibrate(&reference)?;
-    let daint = DaintStats::load(&reference)
-        .inspect_err(|e| tracing::warn!("no Daint comparison: {e}"))
-        .ok();
-    let mut jobs = JobSource::new(
-        reader,
-        cfg.start_s,
-        copies,
-        machine.cores,
-        nodes,
-        end_ms,
-        cfg.max_records,
-        cfg.sensitive_fraction,
-        cfg.batch == super::BatchMode::Replay,
-        cfg.seed,
-    );
-    let azure_dir = cfg.data_dir.join("traces/azure-functions");
-    let mut arrivals = Arrivals::new(
-        &cfg.functions,
-        Path::new(&azure_dir),
-        start_ms,
-        end_ms,
-        cfg.seed,
-    )?
-    .peekable();
-    let shape = Resources::new(machine.cores, machine.mem_mib, cfg.node_gpus);
-    let cluster = Cluster::uniform(nodes, shape, cfg.group_size);
-    let mut idle_clean = IndexedSet::default();
-    for n in 0..nodes {
-        idle_clean.insert(n);
-    }
-    let mut sim = Sim {
-        machine: machine.clone(),
-        cluster,
-        fw,
-        cost,
-        rec: Recorder::new(start_ms, end_ms, cfg.samples),
-        g: Gauges::default(),
-        heap: BinaryHeap::new(),
-        queue: BatchQueue::new(cfg.batch, cfg.backfill_depth),
-        running: Vec::new(),
-        free_slots: Vec::new(),
-        node_job: vec![NO_JOB; nodes as usize],
-        coloc_since: vec![NOT_SINCE; nodes as usize],
-        idle_clean,
-        idle_dirty: IndexedSet::default(),
-        waiting: VecDeque::new(),
-        lease_start: Default::default(),
-        next_lease: 1,
-        latency: LatencyHistogram::default(),
-        waits_ms: Vec::new(),
-        cfg: cfg.clone(),
-        jobs_started: 0,
-        jobs_completed: 0,
-        fn_submitted: 0,
-        fn_placed: 0,
-        fn_refused: 0,
-        fn_after_wait: 0,
-        reclaims: 0,
-        lost_core_ms: 0.0,
-        slowdown_sum: 0.0,
-        slowdown_weight: 0.0,
-        slowdown_coloc_sum: 0.0,
-        slowdown_coloc_weight: 0.0,
-        slowdown_max: 1.0,
-        jobs_colocated: 0,
-        sensitive_coloc_ms: 0.0,
-        events: 0,
-        overcommit: 0,
-    };
-    let wall = Instant::now();
-    let mut now = 0u64;
-    let mut batch_dirty = false;
-    loop {
-        let t_ev = sim.heap.peek().map_or(u64::MAX, |Reverse((t, _, _))| *t);
-        let t_job = jobs.peek_ms()?.map_or(u64::MAX, |t| t.max(now));
-        let t_fn = arrivals.peek().map_or(u64::MAX, |a| a.time_ms);
-        let t = t_ev.min(t_job).min(t_fn);
-        if batch_dirty && t > now {
-            sim.batch_pass(now);
-            batch_dirty = false;
-            continue;
-        }
-        if t >= end_ms {
-            break;
-        }
-        sim.advance(t);
-        now = t;
-        sim.events += 1;
-        if sim.events & ((1 << 18) - 1) == 0 {
-            progress(Progress {
-                sim_ms: now,
-                start_ms,
-                end_ms,
-                events: sim.events,
-                wall_s: wall.elapsed().as_secs_f64(),
-            });
-        }
-        if t == t_ev {
-            let Reverse((_, kind, id)) = sim.heap.pop().expect("peeked");
-            match kind {
-                Kind::JobEnd => {
-                    sim.end_job(id as u32, now);
-                    batch_dirty = true;
+        let mut freed = std::mem::take(&mut self.freed);
+        freed.sort_unstable();
+        freed.dedup();
+        for &node in &freed {
+            let mut i = 0;
+            let mut looked = 0;
+            while i < self.waiting.len() && looked < RETRY_PER_RELEASE {
+                looked += 1;
+                let w = self.waiting[i];
+                let free = self.cluster.node(node).expect("node exists").free();
+                if free.fits(&w.req.res) && self.try_place(&w, now) {
+                    self.waiting.remove(i);
+                } else {
+                    i += 1;
                 }
-                Kind::FunctionEnd => {
-                    if let Some(node) = sim.release_lease(id, now, false)
-                        && !sim.waiting.is_empty()
-                    {
-                        sim.retry_waiting(now, node);
+            }
+        }
+        freed.clear();
+        self.freed = freed;
+    }
+
+    fn drained(&self, now: u64) -> bool {
+        now >= self.rec.end_ms && self.jobs.outstanding() == 0 && self.leases.is_empty()
+    }
+
+    /// Runs the loop over `jobs` (sorted by entry time) and `demand` until `horizon`.
+    pub fn run_loop(
+        &mut self,
+        jobs: &[BatchJob],
+        demand: &mut Demand,
+        horizon: u64,
+        cores: u64,
+        mem: u64,
+        mut progress: impl FnMut(u64, u64),
+    ) -> u64 {
+        let entry = |j: &BatchJob| match self.cfg.batch {
+            super::BatchMode::Replay if !j.prestarted => j.trace_start_ms.unwrap_or(j.submit_ms),
+            _ => j.submit_ms,
+        };
+        let mut next_job = 0;
+        let mut now;
+        loop {
+            let t_ev = self.heap.peek().map_or(u64::MAX, |Reverse(e)| e.0);
+            let t_job = jobs.get(next_job).map_or(u64::MAX, &entry);
+            let t_fn = demand.peek_ms().unwrap_or(u64::MAX);
+            now = t_ev.min(t_job).min(t_fn);
+            if now >= horizon || now == u64::MAX || self.drained(now) {
+                break;
+            }
+            self.advance(now, cores, mem);
+            let mut dirty = false;
+            while let Some(&Reverse((t, kind, id, generation))) = self.heap.peek() {
+                if t != now {
+                    break;
+                }
+                self.heap.pop();
+                self.events += 1;
+                match kind {
+                    Kind::JobEnd => {
+                        let live = self.running[id as usize]
+                            .as_ref()
+                            .is_some_and(|r| r.generation == generation);
+                        if live {
+                            self.end_job(id as u32, now);
+                            dirty = true;
+                        }
                     }
+                    Kind::FunctionEnd => self.end_lease(id, now, false),
                 }
-                Kind::Wake => batch_dirty = true,
             }
-        } else if t == t_job {
-            let job = jobs.pop().expect("peeked");
-            if let Some(s) = job.replay_start_ms {
-                sim.heap.push(Reverse((s.max(now), Kind::Wake, 0)));
+            while next_job < jobs.len() && entry(&jobs[next_job]) == now {
+                let mut j = jobs[next_job];
+                j.units = self.alloc.units_for(j.procs);
+                self.queue.submit(j);
+                self.jobs.submitted(&j);
+                next_job += 1;
+                self.events += 1;
+                dirty = true;
             }
-            sim.queue.submit(job);
-            batch_dirty = true;
-        } else {
-            let a = arrivals.next().expect("peeked");
-            sim.arrive(a, now)?;
+            if dirty {
+                self.batch_pass(now);
+            }
+            if !self.freed.is_empty() || !self.retry.is_empty() {
+                self.retry_freed(now);
+            }
+            while demand.peek_ms() == Some(now) {
+                let req = demand.pop().expect("peeked");
+                self.events += 1;
+                self.expire_waiting(now);
+                self.arrive(req, now);
+            }
+            if self.events & 0xfffff < 8 {
+                progress(now, self.events);
+            }
         }
+        now.min(horizon)
     }
-    sim.advance(end_ms);
-    let wall_s = wall.elapsed().as_secs_f64();
-    sim.fn_refused += sim.waiting.len() as u64;
-    sim.waiting.clear();
-    let mut out = finish(sim, cfg, machine, nodes, copies, jobs.stats, daint, wall_s);
-    out.summary.trace_acknowledge = acknowledge;
-    Ok(out)
-}
 
-#[allow(clippy::too_many_arguments)]
-fn finish(
-    mut sim: Sim,
-    cfg: &SimConfig,
-    machine: Machine,
-    nodes: u32,
-    copies: u32,
-    trace_records: super::batch::SourceStats,
-    daint: Option<DaintStats>,
-    wall_s: f64,
-) -> Outcome {
-    let span = (sim.rec.end_ms - sim.rec.start_ms) as f64;
-    let cores = f64::from(nodes) * f64::from(machine.cores);
-    let mem = f64::from(nodes) * machine.mem_mib as f64;
-    let i = sim.rec.integrals.clone();
-    let hours = |unit_ms: f64| unit_ms / 3.6e6;
-    let mut waits = std::mem::take(&mut sim.waits_ms);
-    waits.sort_unstable();
-    let q = |v: &[u64], p: f64| -> f64 {
-        if v.is_empty() {
-            0.0
-        } else {
-            v[((v.len() - 1) as f64 * p).round() as usize] as f64
+    /// Settles what is still open at the stop: waiting functions are refused, jobs still
+    /// queued or running are counted as unfinished.
+    pub fn settle(&mut self, stop: u64) {
+        while let Some(w) = self.waiting.pop_front() {
+            self.acct.refused(&w.req, w.attempt > 0);
         }
-    };
-    let alloc_frac = i.alloc_nodes / (f64::from(nodes) * span);
-    let alloc_mem = i.alloc_nodes * machine.mem_mib as f64;
-    let alloc_cores = i.alloc_nodes * f64::from(machine.cores);
-    let comparison = DaintComparison {
-        daint,
-        sim_idle_cpus_on_idle_nodes: (cores * span - alloc_cores) / (cores * span),
-        sim_idle_cpus_on_allocated_nodes: (alloc_cores - i.batch_cores) / (cores * span),
-        sim_free_mem_on_allocated_nodes: if alloc_mem > 0.0 {
-            (alloc_mem - i.batch_mem) / alloc_mem
-        } else {
-            0.0
-        },
-        sim_free_mem_on_idle_nodes: (mem * span - alloc_mem) / (mem * span),
-        sim_allocated_node_fraction: alloc_frac,
-        sim_idle_node_fraction: 1.0 - alloc_frac,
-    };
-    let summary = Summary {
-        trace: cfg.trace.display().to_string(),
-        machine: machine.source.clone(),
-        trace_acknowledge: None,
-        policy: cfg.policy.clone(),
-        functions_spec: cfg.functions_text.clone(),
-        batch_mode: cfg.batch,
-        nodes,
-        cores_per_node: machine.cores,
-        mem_per_node_mib: machine.mem_mib,
-        gpus_per_node: cfg.node_gpus,
-        trace_nodes: machine.nodes,
-        replication: copies,
-        window_start_h: sim.rec.start_ms as f64 / 3.6e6,
-        window_h: span / 3.6e6,
-        jobs: trace_records.jobs,
-        jobs_started: sim.jobs_started,
-        jobs_completed: sim.jobs_completed,
-        trace_records,
-        util_cores_batch_only: i.batch_cores / (cores * span),
-        util_cores_with_harvest: (i.batch_cores + i.fn_cores) / (cores * span),
-        util_mem_batch_only: i.batch_mem / (mem * span),
-        util_mem_with_harvest: (i.batch_mem + i.fn_mem) / (mem * span),
-        idle_core_hours_batch_only: hours(cores * span - i.batch_cores),
-        core_hours_recovered: hours(i.fn_cores),
-        idle_mem_gib_hours_batch_only: hours(mem * span - i.batch_mem) / 1024.0,
-        mem_gib_hours_recovered: hours(i.fn_mem) / 1024.0,
-        functions_submitted: sim.fn_submitted,
-        functions_placed: sim.fn_placed,
-        functions_refused: sim.fn_refused,
-        functions_placed_after_wait: sim.fn_after_wait,
-        function_wait_p50_ms: q(&waits, 0.5),
-        function_wait_p99_ms: q(&waits, 0.99),
-        reclaims: sim.reclaims,
-        function_core_hours_lost_to_reclaim: hours(sim.lost_core_ms),
-        batch_slowdown_mean: if sim.slowdown_weight > 0.0 {
-            sim.slowdown_sum / sim.slowdown_weight
-        } else {
-            1.0
-        },
-        batch_slowdown_mean_colocated: if sim.slowdown_coloc_weight > 0.0 {
-            sim.slowdown_coloc_sum / sim.slowdown_coloc_weight
-        } else {
-            1.0
-        },
-        batch_slowdown_max: sim.slowdown_max,
-        jobs_colocated: sim.jobs_colocated,
-        sensitive_node_hours_colocated: hours(sim.sensitive_coloc_ms),
-        placements: sim.latency.count(),
-        placement_p50_us: sim.latency.quantile_us(0.5),
-        placement_p99_us: sim.latency.quantile_us(0.99),
-        events: sim.events,
-        events_per_s: sim.events as f64 / wall_s.max(1e-9),
-        wall_s,
-        overcommit_violations: sim.overcommit + count_overcommitted(&sim.cluster),
-        daint_comparison: comparison,
-        cost_model: sim.cost.clone(),
-    };
-    Outcome {
-        summary,
-        samples: std::mem::take(&mut sim.rec.samples),
+        let open: Vec<FnRequest> = self.leases.values().map(|l| l.req).collect();
+        for r in &open {
+            self.acct.in_flight(r);
+        }
+        for r in self.running.iter().flatten() {
+            self.jobs.unfinished(&r.job, Some(r.start_ms), stop);
+        }
+        while let Some(j) = self.queue.pop_head(u32::MAX) {
+            self.jobs.unfinished(&j, None, stop);
+        }
     }
 }
 
-fn count_overcommitted(c: &Cluster) -> u64 {
-    c.nodes().iter().filter(|n| n.overcommitted()).count() as u64
+/// Nodes' cores per node, in cluster order, for the allocator.
+pub fn node_cores(c: &Cluster) -> Vec<u32> {
+    c.nodes().iter().map(|n| n.total.cores).collect()
 }

@@ -11,6 +11,9 @@ pub struct Gauges {
     pub batch_mem_mib: u64,
     pub fn_mem_mib: u64,
     pub alloc_nodes: u64,
+    /// Cores and memory of the nodes that hold at least one job.
+    pub alloc_cores: u64,
+    pub alloc_mem_mib: u64,
 }
 
 /// One row of `timeseries.csv`.
@@ -36,6 +39,8 @@ pub struct Integrals {
     pub batch_mem: f64,
     pub fn_mem: f64,
     pub alloc_nodes: f64,
+    pub alloc_cores: f64,
+    pub alloc_mem: f64,
 }
 
 /// Accumulates [`Integrals`] and [`Sample`]s as simulated time advances.
@@ -76,6 +81,8 @@ impl Recorder {
             i.batch_mem += g.batch_mem_mib as f64 * dt;
             i.fn_mem += g.fn_mem_mib as f64 * dt;
             i.alloc_nodes += g.alloc_nodes as f64 * dt;
+            i.alloc_cores += g.alloc_cores as f64 * dt;
+            i.alloc_mem += g.alloc_mem_mib as f64 * dt;
             self.last_ms = to;
         }
         while self.next_sample_ms <= to && self.next_sample_ms < self.end_ms {
