@@ -292,11 +292,7 @@ pub fn report(s: &Summary, plots: &[&str], plot_note: Option<&str>) -> String {
     let _ = writeln!(
         r,
         "- Trace records read: {}; skipped: {} without a run time, {} without a processor count; {} without a wait time (their trace start is taken as their submit), {} with memory.",
-        t.records,
-        t.skipped_no_runtime,
-        t.skipped_no_procs,
-        t.without_wait,
-        t.with_memory
+        t.records, t.skipped_no_runtime, t.skipped_no_procs, t.without_wait, t.with_memory
     );
     let _ = writeln!(
         r,

@@ -283,7 +283,11 @@ mod tests {
         assert_eq!(b.procs(), Some(4), "requested when allocated is unknown");
         assert!(b.extended, "more than 18 fields: Alea's extended SWF");
         assert_eq!(b.mem_per_proc_kib(), None, "extended: not per processor");
-        assert_eq!(b.mem_per_node_mib(), Some(1), "4096 bytes per node, rounded up");
+        assert_eq!(
+            b.mem_per_node_mib(),
+            Some(1),
+            "4096 bytes per node, rounded up"
+        );
         assert_eq!(b.req_time, None);
         assert!(r.next().is_none());
     }

@@ -140,9 +140,9 @@ impl Workload {
         };
         let header = SwfReader::open(&self.trace)?.header().clone();
         let m = crate::machine::machine_for(&self.trace, &header, &machine)?;
-        let copies = self
-            .nodes
-            .map_or(1, |n| ((f64::from(n) / f64::from(m.nodes)).round() as u32).max(1));
+        let copies = self.nodes.map_or(1, |n| {
+            ((f64::from(n) / f64::from(m.nodes)).round() as u32).max(1)
+        });
         let demand_text = self
             .functions
             .clone()
@@ -271,7 +271,9 @@ pub fn run_cmd(args: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|| super::results_root().join("simulate").join(&name));
     let sc = StudyConfig {
         base: cfg,
-        windows: args.windows.unwrap_or(if args.workload.quick { 2 } else { 3 }),
+        windows: args
+            .windows
+            .unwrap_or(if args.workload.quick { 2 } else { 3 }),
         window_step_s: parse_duration(&args.window_step)
             .context("--window-step")?
             .as_secs(),
@@ -291,7 +293,12 @@ pub fn run_cmd(args: Args) -> anyhow::Result<()> {
             .or_insert_with(|| Box::new(super::progress_printer(label.to_owned())))(p)
     })?;
     super::progress_done();
-    write_run(&dir.join("with-harvest"), &first.summary, &first.samples, &args.workload.font)?;
+    write_run(
+        &dir.join("with-harvest"),
+        &first.summary,
+        &first.samples,
+        &args.workload.font,
+    )?;
     write_study(&dir, &study, &args.workload.font)?;
     let s = &study;
     println!(

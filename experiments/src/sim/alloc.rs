@@ -116,7 +116,7 @@ impl Allocator {
                     let fit = (left as usize..=max).find(|&k| !self.buckets[k].is_empty());
                     let k = match fit {
                         Some(k) => k,
-                        None => (1..left as usize)
+                        None => (1..(left as usize).min(max + 1))
                             .rev()
                             .find(|&k| !self.buckets[k].is_empty())?,
                     };

@@ -220,6 +220,10 @@ mod tests {
         r.submit(job(2, 5, 10));
         r.submit(job(3, 1, 10));
         let ids: Vec<u64> = r.replay_ready(4).iter().map(|j| j.id).collect();
-        assert_eq!(ids, [1, 3], "job 2 waits for room, job 3 does not wait behind it");
+        assert_eq!(
+            ids,
+            [1, 3],
+            "job 2 waits for room, job 3 does not wait behind it"
+        );
     }
 }

@@ -51,7 +51,11 @@ pub fn parse_demand(text: &str) -> Result<Vec<DemandStream>, SpecError> {
     for raw in text.split('+').map(str::trim).filter(|s| !s.is_empty()) {
         if raw == "azure" || raw.starts_with("azure:") {
             let mut scale = 1.0;
-            for kv in raw.trim_start_matches("azure").trim_start_matches(':').split(',') {
+            for kv in raw
+                .trim_start_matches("azure")
+                .trim_start_matches(':')
+                .split(',')
+            {
                 if kv.is_empty() {
                     continue;
                 }
@@ -103,8 +107,10 @@ impl AzureRates {
             .functions
             .iter()
             .map(|f| {
-                let mean =
-                    (0..256).map(|_| f.sample_duration_ms(&mut rng) as f64).sum::<f64>() / 256.0;
+                let mean = (0..256)
+                    .map(|_| f.sample_duration_ms(&mut rng) as f64)
+                    .sum::<f64>()
+                    / 256.0;
                 (f.per_minute.clone(), mean, f.mem_mib.max(1))
             })
             .collect();
@@ -221,8 +227,7 @@ impl Demand {
                 }
             }
             // Popped from the back: latest first.
-            self.buf
-                .sort_unstable_by(|a, b| b.time_ms.cmp(&a.time_ms));
+            self.buf.sort_unstable_by(|a, b| b.time_ms.cmp(&a.time_ms));
         }
     }
 

@@ -31,7 +31,11 @@ use super::{RETRY_PER_RELEASE, SimConfig};
 use crate::cost::{CostModel, FunctionClass};
 use crate::rng::Rng;
 
-const CLASSES: [FunctionClass; 3] = [FunctionClass::Cpu, FunctionClass::Memory, FunctionClass::Gpu];
+const CLASSES: [FunctionClass; 3] = [
+    FunctionClass::Cpu,
+    FunctionClass::Memory,
+    FunctionClass::Gpu,
+];
 
 #[derive(Debug)]
 pub(super) struct Running {
@@ -249,7 +253,12 @@ impl<'a> Sim<'a> {
         for lease in plan {
             self.end_lease(lease, now, true);
         }
-        if self.cluster.node(node).expect("node exists").overcommitted() {
+        if self
+            .cluster
+            .node(node)
+            .expect("node exists")
+            .overcommitted()
+        {
             self.overcommit += 1;
         }
     }
@@ -310,8 +319,12 @@ impl<'a> Sim<'a> {
             slowed: false,
         });
         self.queue.track_start(now + job.req_ms, slot, job.units);
-        self.heap
-            .push(Reverse((now + job.run_ms, Kind::JobEnd, u64::from(slot), 0)));
+        self.heap.push(Reverse((
+            now + job.run_ms,
+            Kind::JobEnd,
+            u64::from(slot),
+            0,
+        )));
         self.rerate(slot, now);
     }
 
@@ -367,7 +380,8 @@ impl<'a> Sim<'a> {
         let used = (now - info.start_ms) as f64 * f64::from(l.res.cores);
         if reclaimed {
             let retry = info.attempt < self.cfg.retries;
-            self.acct.reclaimed(&info.req, used, retry, now < self.rec.end_ms);
+            self.acct
+                .reclaimed(&info.req, used, retry, now < self.rec.end_ms);
             if retry {
                 self.retry.push(Waiting {
                     req: info.req,
@@ -377,8 +391,11 @@ impl<'a> Sim<'a> {
                 });
             }
         } else {
-            self.acct
-                .served(&info.req, now - info.start_ms, info.start_ms - info.arrival_ms);
+            self.acct.served(
+                &info.req,
+                now - info.start_ms,
+                info.start_ms - info.arrival_ms,
+            );
             self.freed.push(l.node);
         }
     }
@@ -415,8 +432,12 @@ impl<'a> Sim<'a> {
                 class,
             },
         );
-        self.heap
-            .push(Reverse((now + w.req.duration_ms, Kind::FunctionEnd, lease, 0)));
+        self.heap.push(Reverse((
+            now + w.req.duration_ms,
+            Kind::FunctionEnd,
+            lease,
+            0,
+        )));
         self.coloc_change(node, class, true, now);
         self.flags(node);
         true

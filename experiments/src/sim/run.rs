@@ -196,15 +196,22 @@ pub fn run_with(
     let alloc = Allocator::new(granularity, &node_cores(&cluster));
     let mut sim = Sim::new(cfg, cluster, fw, &inputs.cost, alloc, n_streams);
     let wall = Instant::now();
-    let stop = sim.run_loop(&jobs, &mut demand, horizon, total_cores, total_mem, |t, ev| {
-        progress(Progress {
-            sim_ms: t,
-            start_ms,
-            end_ms,
-            events: ev,
-            wall_s: wall.elapsed().as_secs_f64(),
-        })
-    });
+    let stop = sim.run_loop(
+        &jobs,
+        &mut demand,
+        horizon,
+        total_cores,
+        total_mem,
+        |t, ev| {
+            progress(Progress {
+                sim_ms: t,
+                start_ms,
+                end_ms,
+                events: ev,
+                wall_s: wall.elapsed().as_secs_f64(),
+            })
+        },
+    );
     sim.advance(end_ms.min(stop.max(start_ms)), total_cores, total_mem);
     sim.advance(end_ms, total_cores, total_mem);
     let wall_s = wall.elapsed().as_secs_f64();
@@ -247,8 +254,18 @@ fn summarize(
 ) -> Summary {
     let m = &inputs.machine;
     let span = (sim.rec.end_ms - sim.rec.start_ms) as f64;
-    let cores: f64 = sim.cluster.nodes().iter().map(|n| f64::from(n.total.cores)).sum();
-    let mem: f64 = sim.cluster.nodes().iter().map(|n| n.total.mem_mib as f64).sum();
+    let cores: f64 = sim
+        .cluster
+        .nodes()
+        .iter()
+        .map(|n| f64::from(n.total.cores))
+        .sum();
+    let mem: f64 = sim
+        .cluster
+        .nodes()
+        .iter()
+        .map(|n| n.total.mem_mib as f64)
+        .sum();
     let i = sim.rec.integrals.clone();
     let h = |unit_ms: f64| unit_ms / 3.6e6;
     let total = sim.acct.total();
@@ -339,7 +356,11 @@ fn summarize(
         bounded_slowdown_mean: mean(&j.bsld),
         throughput_jobs_per_h: j.completed_in_window as f64 / (span / 3.6e6),
         batch_slowdown_mean: slowdown_all,
-        batch_slowdown_mean_colocated: if j.stretch.is_empty() { 1.0 } else { stretch_mean },
+        batch_slowdown_mean_colocated: if j.stretch.is_empty() {
+            1.0
+        } else {
+            stretch_mean
+        },
         batch_slowdown_max: j.stretch.iter().copied().fold(1.0, f64::max),
         jobs_colocated: j.stretch.len() as u64,
         batch_core_hours_added_by_interference: j.extra_core_s / 3600.0,

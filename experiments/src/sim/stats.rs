@@ -21,7 +21,9 @@ pub fn mean(v: &[f64]) -> f64 {
 
 /// Student's t for a two-sided 95% interval with `df` degrees of freedom.
 fn t95(df: usize) -> f64 {
-    const T: [f64; 10] = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228];
+    const T: [f64; 10] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    ];
     match df {
         0 => f64::NAN,
         1..=10 => T[df - 1],

@@ -126,7 +126,10 @@ pub fn run_study(
 ) -> Result<(StudySummary, Outcome), SimError> {
     let mut inputs = Inputs::load(&sc.base)?;
     inputs.need_azure(&sc.base, "azure")?;
-    let rate = inputs.azure.as_ref().map_or(0.0, |a| a.core_hours_per_hour());
+    let rate = inputs
+        .azure
+        .as_ref()
+        .map_or(0.0, |a| a.core_hours_per_hour());
     let window = |r: u32| SimConfig {
         start_s: sc.base.start_s + u64::from(r) * sc.window_step_s,
         seed: sc.base.seed + u64::from(r),
@@ -187,7 +190,11 @@ pub fn run_study(
         });
     }
     let paired = |f: fn(&Summary) -> f64| {
-        let d: Vec<f64> = batch.iter().zip(&harvest).map(|(b, h)| f(h) - f(b)).collect();
+        let d: Vec<f64> = batch
+            .iter()
+            .zip(&harvest)
+            .map(|(b, h)| f(h) - f(b))
+            .collect();
         Interval::of(&d)
     };
     let changes = Changes {

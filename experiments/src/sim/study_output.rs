@@ -87,7 +87,9 @@ fn plot_sweep(path: &Path, s: &StudySummary) -> Result<(), OutputError> {
         .draw()
         .map_err(|e| err(&e))?;
     let series: [(&str, RGBColor, fn(&super::study::SweepRow) -> f64); 3] = [
-        ("served (completed)", RGBColor(0, 150, 70), |r| r.served_core_hours),
+        ("served (completed)", RGBColor(0, 150, 70), |r| {
+            r.served_core_hours
+        }),
         ("lost to reclaim", RGBColor(200, 40, 40), |r| {
             r.lost_to_reclaim_core_hours
         }),
@@ -157,7 +159,10 @@ pub fn report(s: &StudySummary, plot: &str) -> String {
         s.azure_core_hours_per_hour_at_scale_1
     );
     let _ = writeln!(r, "## Batch baseline against the trace (first window)\n");
-    let _ = writeln!(r, "| | trace | replay | batch only (EASY) | with harvest |\n|---|---|---|---|---|");
+    let _ = writeln!(
+        r,
+        "| | trace | replay | batch only (EASY) | with harvest |\n|---|---|---|---|---|"
+    );
     let _ = writeln!(
         r,
         "| core utilization | {} | {} | {} | {} |",
@@ -209,7 +214,10 @@ pub fn report(s: &StudySummary, plot: &str) -> String {
         s.wasted_core_hours,
         s.invocations_served_pct
     );
-    let _ = writeln!(r, "## Change with harvest (paired by window, mean ± 95% CI)\n");
+    let _ = writeln!(
+        r,
+        "## Change with harvest (paired by window, mean ± 95% CI)\n"
+    );
     let c = &s.changes;
     for (name, i) in [
         ("wait p50 s", c.wait_p50_s),
@@ -225,7 +233,8 @@ pub fn report(s: &StudySummary, plot: &str) -> String {
         r,
         "Free memory on allocated nodes (batch only): {} (Piz Daint: {}).\n",
         pct(s.free_mem_on_allocated_nodes),
-        s.daint_free_mem_on_allocated_nodes.map_or("n/a".into(), pct)
+        s.daint_free_mem_on_allocated_nodes
+            .map_or("n/a".into(), pct)
     );
     if !s.warnings.is_empty() {
         let _ = writeln!(r, "## Warnings\n");

@@ -134,11 +134,7 @@ impl Trace {
                 "several node shapes: core-granular".into(),
             );
         }
-        let full = self
-            .jobs
-            .iter()
-            .filter(|j| j.procs % m.cores == 0)
-            .count();
+        let full = self.jobs.iter().filter(|j| j.procs % m.cores == 0).count();
         let share = full as f64 / self.jobs.len().max(1) as f64;
         let mode = if share >= EXCLUSIVE_MIN_FULL_NODE_SHARE {
             AllocationMode::Exclusive
@@ -254,7 +250,10 @@ mod tests {
         assert!(out[0].prestarted && out[0].run_ms == 20_000);
         assert_eq!(out[0].req_ms, 120_000, "what is left of the 200 s limit");
         assert!(out[1].prestarted && out[1].run_ms == 80_000);
-        assert_eq!((out[2].submit_ms, out[2].trace_start_ms), (220_000, Some(220_000)));
+        assert_eq!(
+            (out[2].submit_ms, out[2].trace_start_ms),
+            (220_000, Some(220_000))
+        );
     }
 
     #[test]
