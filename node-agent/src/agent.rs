@@ -1,10 +1,11 @@
-//! The agent's state machine: plugin messages and reconcile passes in, ledger changes out.
+//! The agent's state machine: plugin messages, lease changes and reconcile passes in, ledger
+//! changes out.
 //!
-//! [`NodeAgent`] is plain synchronous code over the [`Cgroups`] trait and a [`LedgerStore`], so
-//! it is tested with a fake cgroup tree in a temp dir; [`crate::server`] puts it behind sockets.
-//! Every change to the ledger is saved before the plugin gets its answer.
+//! [`NodeAgent`] is plain synchronous code: no disk, no subprocess, no cgroup access. The
+//! ledger task ([`crate::ledger_task`]) owns the one instance and feeds it commands; whatever is
+//! slow (reading the cgroup tree, asking `scontrol`, saving) is done by others before or after,
+//! never while the state is held. [`load`] and [`start_view`] are the start-up path.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use harvest_core::step::{AgentReply, PluginMessage};
@@ -15,9 +16,9 @@ use crate::discover::Hardware;
 use crate::lease::{ExecutorProcess, LeaseError, LeaseRecord, LeaseRequest, check_id, place};
 use crate::ledger::{Ledger, ReconcileReport, Reserve};
 use crate::reclaim::{Action, ReclaimPolicy, plan};
-use crate::scontrol::JobDetails;
-use crate::slurm::SlurmView;
-use crate::state::{LedgerStore, StateError};
+use crate::scontrol::{JobDetails, SlurmAlloc};
+use crate::slurm::{JobCgroup, SlurmView};
+use crate::state::{StateError, Store};
 
 /// Why the agent could not start or reconcile.
 #[derive(Debug, thiserror::Error)]
@@ -42,74 +43,115 @@ pub fn now_ms(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// One node's agent.
-#[derive(Debug)]
+/// One node's agent: the hardware, the reserve and the ledger. Pure: nothing here blocks.
+#[derive(Debug, Clone)]
 pub struct NodeAgent {
     node: String,
     hardware: Hardware,
     reserve: Reserve,
     ledger: Ledger,
-    store: LedgerStore,
-    cgroups: Arc<dyn Cgroups>,
-    details: Arc<dyn JobDetails>,
     unseen_grace: Duration,
 }
 
 /// What the agent reads the node's jobs from.
 #[derive(Debug)]
 pub struct Sources {
-    pub cgroups: Arc<dyn Cgroups>,
-    pub details: Arc<dyn JobDetails>,
-    /// Starts and watches executor processes (used by [`crate::executor`], not by the agent).
-    pub processes: Arc<dyn crate::executor::process::Processes>,
+    pub cgroups: std::sync::Arc<dyn Cgroups>,
+    pub details: std::sync::Arc<dyn JobDetails>,
+    /// Starts and watches executor processes (used by [`crate::leases`], not by the agent).
+    pub processes: std::sync::Arc<dyn crate::leases::process::Processes>,
+}
+
+/// The saved ledger of `node` (an unreadable one is moved aside and a new one begun).
+pub fn load(store: &dyn Store, node: &str) -> Result<Ledger, AgentError> {
+    match store.load() {
+        Ok(Some(l)) if l.node != node => Err(AgentError::WrongNode {
+            path: store.path().display().to_string(),
+            found: l.node,
+            wanted: node.to_owned(),
+        }),
+        Ok(Some(l)) => {
+            tracing::info!(jobs = l.jobs.len(), leases = l.leases.len(),
+                path = %store.path().display(), "ledger loaded");
+            Ok(l)
+        }
+        Ok(None) => Ok(Ledger::new(node)),
+        Err(e @ StateError::Corrupt { .. }) => {
+            let moved = store.quarantine()?;
+            tracing::error!(error = %e, moved_to = %moved.display(),
+                "unreadable ledger moved aside; rebuilding from the cgroup tree");
+            Ok(Ledger::new(node))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Slurm's cgroup tree for `node` (blocking: call it off the async runtime's hot paths).
+pub fn read_tree(cgroups: &dyn Cgroups, node: &str) -> Result<Vec<JobCgroup>, CgroupError> {
+    SlurmView::new(cgroups, node).jobs()
+}
+
+/// What Slurm says of the jobs a reconcile pass added (blocking, bounded by the `scontrol`
+/// timeout): only Slurm knows a recovered job's GPUs, and its memory when RAM is unconstrained.
+pub fn slurm_details(
+    details: &dyn JobDetails,
+    node: &str,
+    jobs: &[u32],
+) -> Vec<(u32, SlurmAlloc)> {
+    jobs.iter()
+        .filter_map(|&job| match details.job_on_node(job, node) {
+            Ok(Some(alloc)) => Some((job, alloc)),
+            Ok(None) => {
+                tracing::debug!(job, "scontrol does not know the job on this node");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(job, error = %e,
+                    "no Slurm details for a recovered job; holding what its cgroup shows");
+                None
+            }
+        })
+        .collect()
+}
+
+/// The start-up path, blocking and before anything is served: the saved ledger reconciled with
+/// the cgroup tree and completed from Slurm, then saved. After this the agent holds every job
+/// Slurm runs on the node.
+pub fn start(
+    node: &str,
+    hardware: Hardware,
+    reserve: Reserve,
+    store: &dyn Store,
+    sources: &Sources,
+    unseen_grace: Duration,
+    now: SystemTime,
+) -> Result<NodeAgent, AgentError> {
+    let ledger = load(store, node)?;
+    let mut agent = NodeAgent::new(node, hardware, reserve, ledger, unseen_grace);
+    let tree = read_tree(sources.cgroups.as_ref(), node)?;
+    let report = agent.reconcile(&tree, now);
+    for (job, alloc) in slurm_details(sources.details.as_ref(), node, &report.added) {
+        agent.set_slurm(job, alloc);
+    }
+    store.save(agent.ledger())?;
+    Ok(agent)
 }
 
 impl NodeAgent {
-    /// Loads the saved ledger (an unreadable one is moved aside), reconciles it with the cgroup
-    /// tree, and saves the result: after this the agent holds every job Slurm runs on the node.
-    pub fn start(
+    pub fn new(
         node: &str,
         hardware: Hardware,
         reserve: Reserve,
-        store: LedgerStore,
-        sources: Sources,
+        ledger: Ledger,
         unseen_grace: Duration,
-        now: SystemTime,
-    ) -> Result<Self, AgentError> {
-        let ledger = match store.load() {
-            Ok(Some(l)) if l.node != node => {
-                return Err(AgentError::WrongNode {
-                    path: store.path().display().to_string(),
-                    found: l.node,
-                    wanted: node.to_owned(),
-                });
-            }
-            Ok(Some(l)) => {
-                tracing::info!(jobs = l.jobs.len(), path = %store.path().display(), "ledger loaded");
-                l
-            }
-            Ok(None) => Ledger::new(node),
-            Err(e @ StateError::Corrupt { .. }) => {
-                let moved = store.quarantine()?;
-                tracing::error!(error = %e, moved_to = %moved.display(),
-                    "unreadable ledger moved aside; rebuilding from the cgroup tree");
-                Ledger::new(node)
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let mut agent = Self {
+    ) -> Self {
+        Self {
             node: node.to_owned(),
             hardware,
             reserve,
             ledger,
-            store,
-            cgroups: sources.cgroups,
-            details: sources.details,
             unseen_grace,
-        };
-        agent.reconcile(now)?;
-        agent.store.save(&agent.ledger)?;
-        Ok(agent)
+        }
     }
 
     pub fn node(&self) -> &str {
@@ -128,13 +170,8 @@ impl NodeAgent {
         &self.hardware
     }
 
-    /// The cgroup backend (shared with the executors, which make the lease groups).
-    pub fn cgroups(&self) -> Arc<dyn Cgroups> {
-        self.cgroups.clone()
-    }
-
-    /// Places a lease on the idle resources and records it (saved before this returns), so the
-    /// view's `function` columns hold it from now on.
+    /// Places a lease on the idle resources and records it, so the view's `function` columns
+    /// hold it from now on.
     pub fn reserve_lease(
         &mut self,
         req: &LeaseRequest,
@@ -156,7 +193,6 @@ impl NodeAgent {
             executor: None,
         };
         self.ledger.leases.insert(req.id.clone(), record.clone());
-        self.save();
         Ok(record)
     }
 
@@ -168,7 +204,6 @@ impl NodeAgent {
             .get_mut(id)
             .ok_or_else(|| LeaseError::Unknown(id.to_owned()))?;
         lease.executor = Some(executor);
-        self.save();
         Ok(())
     }
 
@@ -177,34 +212,36 @@ impl NodeAgent {
         plan(&self.ledger, &self.hardware, self.reserve, policy)
     }
 
-    /// Records a lease's executor moved to `cpus`.
-    pub fn move_lease(&mut self, id: &str, cpus: CpuSet) {
-        if let Some(lease) = self.ledger.leases.get_mut(id) {
-            lease.cpus = cpus;
-            self.save();
+    /// Records a lease's executor moved to `cpus`; false for an unknown lease.
+    pub fn move_lease(&mut self, id: &str, cpus: CpuSet) -> bool {
+        match self.ledger.leases.get_mut(id) {
+            Some(lease) => {
+                lease.cpus = cpus;
+                true
+            }
+            None => false,
         }
     }
 
     /// Forgets a lease (its executor and cgroup must be gone by now): its resources are idle again.
     pub fn remove_lease(&mut self, id: &str) -> Option<LeaseRecord> {
-        let lease = self.ledger.leases.remove(id)?;
-        self.save();
-        Some(lease)
+        self.ledger.leases.remove(id)
     }
 
-    /// Applies one plugin message and answers it. The plugin runs inside slurmstepd and must
-    /// never fail a job because of the agent, so a save failure is logged, not answered as an
-    /// error: the in-memory ledger already holds the step's resources.
-    pub fn handle(&mut self, msg: &PluginMessage, now: SystemTime) -> AgentReply {
+    /// Applies one plugin message and answers it; the flag says whether the ledger changed.
+    /// The plugin runs inside slurmstepd and must never fail a job because of the agent: only a
+    /// message for another node is refused.
+    pub fn handle(&mut self, msg: &PluginMessage, now: SystemTime) -> (AgentReply, bool) {
         let node = match msg {
             PluginMessage::StepStart(a) => &a.node,
             PluginMessage::StepEnd { node, .. } | PluginMessage::JobEnd { node, .. } => node,
         };
         if node != &self.node {
-            return AgentReply::error(format!(
+            let reply = AgentReply::error(format!(
                 "message for node {node:?} reached the harvestd of node {:?}: check the plugin's socket path",
                 self.node
             ));
+            return (reply, false);
         }
         let changed = match msg {
             PluginMessage::StepStart(a) => {
@@ -220,40 +257,23 @@ impl NodeAgent {
             PluginMessage::JobEnd { job_id, .. } => self.ledger.job_end(*job_id),
         };
         tracing::debug!(?msg, changed, "plugin message");
-        if changed {
-            self.save();
-        }
-        AgentReply::ok()
+        (AgentReply::ok(), changed)
     }
 
-    /// One reconcile pass against the cgroup tree; saves when anything changed.
-    pub fn reconcile(&mut self, now: SystemTime) -> Result<ReconcileReport, AgentError> {
-        let tree = SlurmView::new(self.cgroups.as_ref(), &self.node).jobs()?;
-        let report = self.ledger.reconcile(&tree, now_ms(now), self.unseen_grace);
-        for &job in &report.added {
-            // Only Slurm knows a recovered job's GPUs, and its memory when RAM is unconstrained.
-            match self.details.job_on_node(job, &self.node) {
-                Ok(Some(alloc)) => {
-                    self.ledger.set_slurm(job, alloc);
-                }
-                Ok(None) => tracing::debug!(job, "scontrol does not know the job on this node"),
-                Err(e) => tracing::warn!(job, error = %e,
-                    "no Slurm details for a recovered job; holding what its cgroup shows"),
-            }
-        }
+    /// One reconcile pass against a cgroup tree read beforehand. The jobs it adds are
+    /// completed from Slurm by the caller ([`slurm_details`], then [`set_slurm`](Self::set_slurm)).
+    pub fn reconcile(&mut self, tree: &[JobCgroup], now: SystemTime) -> ReconcileReport {
+        let report = self.ledger.reconcile(tree, now_ms(now), self.unseen_grace);
         if report.changed() {
             tracing::info!(added = ?report.added, dropped = ?report.dropped,
                 updated = ?report.updated, "reconciled the ledger with the cgroup tree");
-            self.save();
         }
-        Ok(report)
+        report
     }
 
-    /// Saves the ledger; a failure is logged (the next change tries again).
-    pub fn save(&self) {
-        if let Err(e) = self.store.save(&self.ledger) {
-            tracing::error!(error = %e, "could not save the ledger; a restart now would rely on the cgroup tree alone");
-        }
+    /// Records what Slurm says of a job the tree showed; false when the job is gone meanwhile.
+    pub fn set_slurm(&mut self, job: u32, alloc: SlurmAlloc) -> bool {
+        self.ledger.set_slurm(job, alloc)
     }
 }
 

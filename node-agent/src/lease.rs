@@ -112,6 +112,8 @@ pub enum LeaseError {
     },
     #[error("no lease {0} on this node")]
     Unknown(String),
+    #[error("harvestd is shutting down: no lease starts now; the scheduler places it elsewhere")]
+    ShuttingDown,
 }
 
 /// Checks that a lease id can name a cgroup and a directory.

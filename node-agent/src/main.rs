@@ -110,7 +110,7 @@ fn main() -> ExitCode {
     } = &args.command
     {
         let (program, rest) = command.split_first().expect("clap requires the command");
-        let err = harvest_agent::executor::launch::exec_lease(
+        let err = harvest_agent::leases::launch::exec_lease(
             *uid,
             *gid,
             procs,

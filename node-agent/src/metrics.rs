@@ -34,9 +34,8 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::agent::NodeAgent;
-use crate::executor::{Activity, DURATION_BOUNDS_S, Executors};
-use crate::server::lock;
+use crate::leases::{Activity, DURATION_BOUNDS_S, activity};
+use crate::ledger_task::LedgerHandle;
 use crate::stats::{Counters, NodeStats};
 
 /// The Content-Type of the exposition.
@@ -65,33 +64,29 @@ pub struct AgentSnapshot {
     pub draining: bool,
 }
 
-/// Where a scrape reads from: the agent's ledger, its executors and its counters.
+/// Where a scrape reads from: the ledger's latest snapshot, the executors' activity files and
+/// the agent's counters.
 #[derive(Debug, Clone)]
 pub struct Sources {
-    pub agent: Arc<Mutex<NodeAgent>>,
-    pub executors: Executors,
+    pub ledger: LedgerHandle,
+    /// Where the lease directories (and their activity files) are.
+    pub state_dir: std::path::PathBuf,
     pub stats: Arc<NodeStats>,
 }
 
 impl Sources {
     pub fn snapshot(&self) -> AgentSnapshot {
-        let (view, leases) = {
-            let agent = lock(&self.agent);
-            let leases = agent
-                .ledger()
-                .leases
-                .iter()
-                .map(|(id, l)| {
-                    let ready = l.executor.as_ref().is_some_and(|e| e.address.is_some());
-                    (id.clone(), ready)
-                })
-                .collect();
-            (agent.view(), leases)
-        };
+        let snap = self.ledger.snapshot();
+        let leases = snap
+            .ledger
+            .leases
+            .keys()
+            .map(|id| (id.clone(), snap.is_ready(id)))
+            .collect();
         AgentSnapshot {
-            view,
+            view: snap.view.clone(),
             leases,
-            activity: self.executors.activity(),
+            activity: activity::read_all(&snap, &self.state_dir),
             counters: self.stats.counters(),
             interference: self.stats.interference(),
             draining: self.stats.draining(),
@@ -373,15 +368,29 @@ fn respond<B>(sources: &Sources, req: &Request<B>) -> Response<Full<Bytes>> {
     r
 }
 
-/// Serves `/metrics` on `listener` until the task is dropped or aborted.
-pub async fn serve(listener: TcpListener, sources: Sources) {
+/// Serves `/metrics` on `listener` until `cancel` fires; connections run on `tracker` (each
+/// bounded by the header timeout, and cut at shutdown).
+pub async fn serve(
+    listener: TcpListener,
+    sources: Sources,
+    tracker: tokio_util::task::TaskTracker,
+    cancel: tokio_util::sync::CancellationToken,
+) {
     tracing::info!(addr = ?listener.local_addr().ok(), "metrics serving");
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
+        let permit = tokio::select! {
+            () = cancel.cancelled() => return,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
         };
-        let stream = match listener.accept().await {
+        let accepted = tokio::select! {
+            () = cancel.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
             Ok((s, _)) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "accept on the metrics listener failed");
@@ -389,7 +398,8 @@ pub async fn serve(listener: TcpListener, sources: Sources) {
             }
         };
         let sources = sources.clone();
-        tokio::spawn(async move {
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let answer = respond(&sources, &req);
                 async move { Ok::<_, Infallible>(answer) }
@@ -398,8 +408,11 @@ pub async fn serve(listener: TcpListener, sources: Sources) {
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "metrics connection ended with an error");
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(error = %e, "metrics connection ended with an error");
+                },
             }
             drop(permit);
         });

@@ -2,6 +2,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use harvest_core::step::{AgentReply, PluginMessage, StepAllocation, StepId, decode, encode};
@@ -51,6 +52,18 @@ impl Harness {
     }
 
     async fn launch(&mut self, config: Config) {
+        let store = crate::state::LedgerStore::open(&config.state_dir, "n1").unwrap();
+        let details: Arc<dyn crate::scontrol::JobDetails> = Arc::new(FakeJobDetails::default());
+        self.launch_with(config, Arc::new(store), details).await;
+    }
+
+    /// Starts the agent with `store` behind its ledger and `details` standing in for scontrol.
+    async fn launch_with(
+        &mut self,
+        config: Config,
+        store: Arc<dyn crate::state::Store>,
+        details: Arc<dyn crate::scontrol::JobDetails>,
+    ) {
         let (tx, rx) = oneshot::channel();
         let hw = discover(
             &FakeTopology::uniform(1, 4, 1),
@@ -58,8 +71,9 @@ impl Harness {
             &FakeGpus::none(),
         )
         .unwrap();
-        let sources = self.tree.sources(FakeJobDetails::default());
-        self.task = Some(tokio::spawn(serve(config, hw, sources, async {
+        let mut sources = self.tree.sources(FakeJobDetails::default());
+        sources.details = details;
+        self.task = Some(tokio::spawn(serve(config, hw, sources, store, async {
             let _ = rx.await;
         })));
         self.stop = Some(tx);
@@ -254,7 +268,10 @@ async fn a_second_agent_for_the_node_is_refused_and_a_stale_socket_is_replaced()
     )
     .unwrap();
     let sources = h.tree.sources(FakeJobDetails::default());
-    let err = serve(second, hw, sources, async {}).await.unwrap_err();
+    let store = crate::state::LedgerStore::open(&second.state_dir, "n1").unwrap();
+    let err = serve(second, hw, sources, Arc::new(store), async {})
+        .await
+        .unwrap_err();
     assert!(matches!(err, ServerError::AlreadyRunning { .. }), "{err}");
     assert_eq!(
         inode(),

@@ -3,7 +3,7 @@
 //! The agent opens the stream and sends `Register` (its node and the executors it runs now),
 //! then a `SlotReport` whenever its view changes and at least every `heartbeat_interval` (the
 //! reports are the heartbeat), and the executors' events. The scheduler's `CreateExecutor` and
-//! `DestroyExecutor` orders go to [`Executors`]. When the stream breaks (the scheduler restarted,
+//! `DestroyExecutor` orders go to [`LeaseSupervisor`]. When the stream breaks (the scheduler restarted,
 //! the network failed) the agent reconnects with exponential backoff (from
 //! [`DEFAULT_RECONNECT_BACKOFF`] up to `reconnect_backoff_max`) and registers again with its
 //! running executors, so their leases survive. Reports carry a version: `incarnation` is the
@@ -20,9 +20,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::DEFAULT_RECONNECT_BACKOFF;
-use crate::executor::launch::{LibrarySource, ServeOptions};
-use crate::executor::{CreateOrder, Executors, LeaseEvent};
 use crate::lease::{ExecutorInfo, LeaseRequest};
+use crate::leases::launch::{LibrarySource, ServeOptions};
+use crate::leases::{CreateOrder, LeaseEvent, LeaseSupervisor, activity};
+use crate::ledger_task::Snapshot;
 use crate::stats::NodeStats;
 
 /// Messages queued towards the scheduler per session.
@@ -60,8 +61,8 @@ pub enum SessionError {
 /// Runs sessions until `shutdown` resolves, reconnecting whenever one ends.
 pub async fn run(
     settings: SessionSettings,
-    executors: Executors,
-    mut views: watch::Receiver<NodeView>,
+    executors: LeaseSupervisor,
+    mut views: watch::Receiver<Arc<Snapshot>>,
     mut events: mpsc::UnboundedReceiver<LeaseEvent>,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -98,8 +99,8 @@ pub async fn run(
 /// whether it got as far as registering.
 async fn one_session(
     s: &SessionSettings,
-    executors: &Executors,
-    views: &mut watch::Receiver<NodeView>,
+    executors: &LeaseSupervisor,
+    views: &mut watch::Receiver<Arc<Snapshot>>,
     events: &mut mpsc::UnboundedReceiver<LeaseEvent>,
     sequence: &mut u64,
 ) -> (SessionError, bool) {
@@ -123,9 +124,10 @@ async fn one_session(
         executors: executors.running().iter().map(info_to_wire).collect(),
         heartbeat_ms: u64::try_from(s.heartbeat.as_millis()).unwrap_or(u64::MAX),
     };
+    let mut last_view = views.borrow_and_update().view.clone();
     let first = [
         msg(v1::agent_message::Msg::Register(register)),
-        report(s, executors, sequence, &views.borrow_and_update()),
+        report(s, executors, sequence, &last_view),
     ];
     for m in first {
         // The queue is empty and far larger than two messages.
@@ -143,15 +145,26 @@ async fn one_session(
         let out = tokio::select! {
             received = inbound.message() => match received {
                 Ok(Some(order)) => {
-                    dispatch(executors, order);
+                    dispatch(executors, order).await;
                     continue;
                 }
                 Ok(None) => return (SessionError::Closed, true),
                 Err(status) => return (SessionError::Broken(status), true),
             },
-            _ = heartbeat.tick() => report(s, executors, sequence, &views.borrow_and_update()),
+            _ = heartbeat.tick() => {
+                last_view = views.borrow_and_update().view.clone();
+                report(s, executors, sequence, &last_view)
+            }
             changed = views.changed() => match changed {
-                Ok(()) => report(s, executors, sequence, &views.borrow_and_update()),
+                Ok(()) => {
+                    // A snapshot follows every ledger change; the scheduler needs the view's.
+                    let view = views.borrow_and_update().view.clone();
+                    if view == last_view {
+                        continue;
+                    }
+                    last_view = view;
+                    report(s, executors, sequence, &last_view)
+                }
                 // The agent is shutting down.
                 Err(_) => return (SessionError::Closed, true),
             },
@@ -169,7 +182,7 @@ fn msg(m: v1::agent_message::Msg) -> v1::AgentMessage {
 
 fn report(
     s: &SessionSettings,
-    executors: &Executors,
+    executors: &LeaseSupervisor,
     sequence: &mut u64,
     view: &NodeView,
 ) -> v1::AgentMessage {
@@ -182,9 +195,11 @@ fn report(
         view: Some(view.into()),
         counters: Some(s.stats.counters().into()),
         interference: s.stats.interference(),
-        activity: executors
-            .activity()
-            .into_iter()
+        activity: activity::read_all(
+            &executors.context().ledger.snapshot(),
+            &executors.context().settings.state_dir,
+        )
+        .into_iter()
             .map(|a| v1::LeaseActivity {
                 lease_id: a.lease,
                 last_invocation_unix_ms: a.last_ms,
@@ -195,20 +210,18 @@ fn report(
 }
 
 /// Starts the work an order asks for; its outcome comes back as an event.
-fn dispatch(executors: &Executors, order: v1::SchedulerMessage) {
+async fn dispatch(executors: &LeaseSupervisor, order: v1::SchedulerMessage) {
     match order.msg {
         Some(v1::scheduler_message::Msg::Create(c)) => {
             let order = create_from_wire(c);
             tracing::info!(lease = %order.request.id, cores = order.request.cores,
                 memory_mib = order.request.memory_mib, uid = order.request.uid, "CreateExecutor");
-            let executors = executors.clone();
-            tokio::spawn(async move { executors.create(order).await });
+            executors.create(order);
         }
         Some(v1::scheduler_message::Msg::Destroy(d)) => {
             tracing::info!(lease = %d.lease_id, reason = %d.reason, "DestroyExecutor");
-            let executors = executors.clone();
             let cause = v1::EndCause::try_from(d.cause).unwrap_or_default();
-            tokio::spawn(async move { executors.destroy(&d.lease_id, &d.reason, cause).await });
+            executors.destroy(&d.lease_id, &d.reason, cause).await;
         }
         None => tracing::warn!("empty message from the scheduler; ignored"),
     }

@@ -184,7 +184,7 @@ pub(crate) mod testing {
             Sources {
                 cgroups: std::sync::Arc::new(self.v1.clone()),
                 details: std::sync::Arc::new(details),
-                processes: std::sync::Arc::new(crate::executor::testing::FakeProcesses::default()),
+                processes: std::sync::Arc::new(crate::leases::testing::FakeProcesses::default()),
             }
         }
 

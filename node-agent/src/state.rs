@@ -2,7 +2,9 @@
 //!
 //! Every change is written to a temp file in the same directory, synced, and renamed over the
 //! old file, then the directory is synced: after a crash (SIGKILL, power loss) the file holds
-//! either the old or the new ledger, never a torn one.
+//! either the old or the new ledger, never a torn one. Saving is slow (two fsyncs), so harvestd
+//! never saves on the step-start path: the ledger task publishes each change and a saver task
+//! ([`crate::ledger_task`]) writes the latest one, coalescing changes that arrive meanwhile.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -29,6 +31,34 @@ pub enum StateError {
     },
     #[error("the ledger {path} is not valid: {error}")]
     Corrupt { path: PathBuf, error: String },
+}
+
+/// Where a ledger is kept. [`LedgerStore`] is the real one; tests put slow or failing stores
+/// behind this trait to show that nothing on the step-start path waits for the disk.
+pub trait Store: std::fmt::Debug + Send + Sync {
+    /// Where it is (for messages).
+    fn path(&self) -> &Path;
+    /// The saved ledger, `None` when there is none yet.
+    fn load(&self) -> Result<Option<Ledger>, StateError>;
+    /// Replaces the saved ledger atomically.
+    fn save(&self, ledger: &Ledger) -> Result<(), StateError>;
+    /// Moves an unreadable ledger aside; returns where it went.
+    fn quarantine(&self) -> Result<PathBuf, StateError>;
+}
+
+impl Store for LedgerStore {
+    fn path(&self) -> &Path {
+        LedgerStore::path(self)
+    }
+    fn load(&self) -> Result<Option<Ledger>, StateError> {
+        LedgerStore::load(self)
+    }
+    fn save(&self, ledger: &Ledger) -> Result<(), StateError> {
+        LedgerStore::save(self, ledger)
+    }
+    fn quarantine(&self) -> Result<PathBuf, StateError> {
+        LedgerStore::quarantine(self)
+    }
 }
 
 /// Where one node's ledger lives.

@@ -10,10 +10,9 @@
 //! ended needs no control).
 //!
 //! [`LeaseControl`] is what one level means for one lease group; an [`Actuator`] applies the
-//! difference ([`CgroupActuator`] through the [`Cgroups`] trait).
+//! difference ([`LeaseActuator`]: the lease tasks write their own groups).
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -22,10 +21,7 @@ use super::Level;
 use super::detector::Finding;
 use super::settings::InterferenceConfig;
 use super::signals::LeaseTarget;
-use crate::cgroup::{Cgroups, CpuQuota};
-
-/// The CFS period quotas are expressed in.
-pub const QUOTA_PERIOD_US: u64 = 100_000;
+use crate::leases::{Control, LeaseMessage, LeaseSupervisor};
 
 /// A level change.
 #[derive(Debug, Clone, PartialEq)]
@@ -238,25 +234,10 @@ impl Controller {
     }
 }
 
-/// What a level means for one lease group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LeaseControl {
-    pub weight: u64,
-    /// Percent of the lease's CPUs' time, `None`: no cap.
-    pub quota_pct: Option<u32>,
-    pub frozen: bool,
-}
+/// What a level means for one lease group (applied by the lease's own task).
+pub use crate::leases::control::{LeaseControl, QUOTA_PERIOD_US, quota_for};
 
 impl LeaseControl {
-    /// A lease as its executor was started: its normal weight, no cap, running.
-    pub fn normal(weight: u64) -> Self {
-        Self {
-            weight,
-            quota_pct: None,
-            frozen: false,
-        }
-    }
-
     /// The control of `level`: each level keeps the ones below it.
     pub fn for_level(
         level: Level,
@@ -285,6 +266,15 @@ impl LeaseControl {
     }
 }
 
+/// An actuator that could not apply a control.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActuatorError {
+    #[error(transparent)]
+    Send(#[from] crate::leases::SendError),
+    #[error("{0}")]
+    Other(String),
+}
+
 /// Applies lease controls.
 pub trait Actuator: Send + fmt::Debug {
     /// Brings `lease` from `from` (`None`: unknown, apply every part) to `to`.
@@ -293,59 +283,40 @@ pub trait Actuator: Send + fmt::Debug {
         lease: &LeaseTarget,
         from: Option<LeaseControl>,
         to: LeaseControl,
-    ) -> Result<(), String>;
+    ) -> Result<(), ActuatorError>;
     /// Freezes (probe) and thaws a lease group.
-    fn freeze(&mut self, lease: &LeaseTarget) -> Result<(), String>;
-    fn thaw(&mut self, lease: &LeaseTarget) -> Result<(), String>;
+    fn freeze(&mut self, lease: &LeaseTarget) -> Result<(), ActuatorError>;
+    fn thaw(&mut self, lease: &LeaseTarget) -> Result<(), ActuatorError>;
 }
 
-/// Applies lease controls through the cgroup backend.
+/// Sends the controls to the lease tasks, each of which applies them to its own group
+/// ([`crate::leases::control::apply`]): the controller never writes a lease's cgroup itself.
 #[derive(Debug)]
-pub struct CgroupActuator {
-    pub cgroups: Arc<dyn Cgroups>,
+pub struct LeaseActuator {
+    pub leases: LeaseSupervisor,
 }
 
-/// The CFS quota for `pct` percent of `cores` CPUs.
-pub fn quota_for(pct: u32, cores: u32) -> CpuQuota {
-    let quota_us = QUOTA_PERIOD_US * u64::from(pct) * u64::from(cores.max(1)) / 100;
-    CpuQuota {
-        quota_us: quota_us.max(1000),
-        period_us: QUOTA_PERIOD_US,
+impl LeaseActuator {
+    fn send(&self, lease: &LeaseTarget, c: Control) -> Result<(), ActuatorError> {
+        Ok(self.leases.try_send(&lease.id, LeaseMessage::Control(c))?)
     }
 }
 
-impl Actuator for CgroupActuator {
+impl Actuator for LeaseActuator {
     fn set(
         &mut self,
         lease: &LeaseTarget,
         from: Option<LeaseControl>,
         to: LeaseControl,
-    ) -> Result<(), String> {
-        let g = &lease.group;
-        let cg = &self.cgroups;
-        let differs = |f: fn(&LeaseControl) -> bool| from.is_none_or(|from| f(&from) != f(&to));
-        // Thaw first and freeze last, so a lease is never frozen with a stale cap.
-        if !to.frozen && from.is_none_or(|f| f.frozen) {
-            cg.thaw(g).map_err(|e| e.to_string())?;
-        }
-        if from.is_none_or(|f| f.weight != to.weight) {
-            cg.set_cpu_weight(g, to.weight).map_err(|e| e.to_string())?;
-        }
-        if from.is_none_or(|f| f.quota_pct != to.quota_pct) {
-            let q = to.quota_pct.map(|p| quota_for(p, lease.cores));
-            cg.set_cpu_quota(g, q).map_err(|e| e.to_string())?;
-        }
-        if to.frozen && differs(|c| c.frozen) {
-            cg.freeze(g).map_err(|e| e.to_string())?;
-        }
-        Ok(())
+    ) -> Result<(), ActuatorError> {
+        self.send(lease, Control::Set { from, to })
     }
 
-    fn freeze(&mut self, lease: &LeaseTarget) -> Result<(), String> {
-        self.cgroups.freeze(&lease.group).map_err(|e| e.to_string())
+    fn freeze(&mut self, lease: &LeaseTarget) -> Result<(), ActuatorError> {
+        self.send(lease, Control::Freeze)
     }
 
-    fn thaw(&mut self, lease: &LeaseTarget) -> Result<(), String> {
-        self.cgroups.thaw(&lease.group).map_err(|e| e.to_string())
+    fn thaw(&mut self, lease: &LeaseTarget) -> Result<(), ActuatorError> {
+        self.send(lease, Control::Thaw)
     }
 }

@@ -10,14 +10,14 @@ use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use harvest_proto::v1::{self, EndCause};
 use tokio::time::Instant;
 
 use super::Level;
-use super::controller::{Actuator, CgroupActuator, Controller, Decision, LeaseControl};
+use super::controller::{Actuator, Controller, Decision, LeaseActuator, LeaseControl};
 use super::detector::{self, Context, Detector, Finding, ProbeJob, ProbeResult};
 use super::settings::{InterferenceConfig, Mode};
 use super::signals::{
@@ -25,10 +25,10 @@ use super::signals::{
     names,
 };
 use super::sources::{CgroupSignals, NvmlSignals, PerfSignals, PressureSignals, ProgressSignals};
-use crate::agent::{NodeAgent, now_ms};
+use crate::agent::now_ms;
 use crate::cgroup::Cgroups;
-use crate::executor::Executors;
-use crate::server::lock;
+use crate::leases::LeaseSupervisor;
+use crate::ledger_task::LedgerHandle;
 use crate::slurm::SlurmView;
 use crate::stats::NodeStats;
 
@@ -46,20 +46,20 @@ pub trait Evictor: Send + Sync + fmt::Debug {
     ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
 }
 
-impl Evictor for Executors {
+impl Evictor for LeaseSupervisor {
     fn evict<'a>(
         &'a self,
         lease_id: &'a str,
         reason: String,
     ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
-        Box::pin(self.finish(lease_id, reason, EndCause::Interference))
+        Box::pin(self.end(lease_id, reason, EndCause::Interference))
     }
 }
 
 /// The jobs from Slurm's cgroup tree and the leases with a ready executor from the ledger.
 #[derive(Debug)]
 pub struct AgentTargets {
-    pub agent: Arc<Mutex<NodeAgent>>,
+    pub ledger: LedgerHandle,
     pub cgroups: Arc<dyn Cgroups>,
     pub node: String,
     /// Where lease groups live (`<parent>/lease_<id>`).
@@ -83,12 +83,12 @@ impl TargetFinder for AgentTargets {
                 Vec::new()
             }
         };
-        let agent = lock(&self.agent);
-        let leases = agent
-            .ledger()
+        let snap = self.ledger.snapshot();
+        let leases = snap
+            .ledger
             .leases
             .iter()
-            .filter(|(_, l)| l.executor.as_ref().is_some_and(|e| e.address.is_some()))
+            .filter(|(id, _)| snap.is_ready(id))
             .map(|(id, l)| LeaseTarget {
                 id: id.clone(),
                 group: self.lease_parent.join(format!("lease_{id}")),
@@ -434,12 +434,14 @@ pub struct Setup {
     pub lease_parent: PathBuf,
 }
 
-/// The monitor over the real sources, the agent's jobs and leases, and the executors; `None`
-/// when interference control is disabled (the published state stays empty).
+/// The monitor over the real sources, the ledger's jobs and leases, and the lease tasks (which
+/// apply its controls to their own groups); `None` when interference control is disabled (the
+/// published state stays empty).
 pub fn start(
     setup: Setup,
-    agent: Arc<Mutex<NodeAgent>>,
-    executors: Executors,
+    ledger: LedgerHandle,
+    leases: LeaseSupervisor,
+    cgroups: Arc<dyn Cgroups>,
     stats: Arc<NodeStats>,
 ) -> Option<Monitor> {
     if !setup.cfg.enabled {
@@ -447,7 +449,6 @@ pub fn start(
         stats.set_interference(None);
         return None;
     }
-    let cgroups = lock(&agent).cgroups();
     let progress = ProgressSignals {
         dir: setup.cfg.progress_dir(&setup.run_dir),
     };
@@ -471,13 +472,15 @@ pub fn start(
     let parts = Parts {
         sources,
         targets: Box::new(AgentTargets {
-            agent,
-            cgroups: cgroups.clone(),
+            ledger,
+            cgroups,
             node: setup.node.clone(),
             lease_parent: setup.lease_parent,
         }),
-        actuator: Box::new(CgroupActuator { cgroups }),
-        evictor: Arc::new(executors),
+        actuator: Box::new(LeaseActuator {
+            leases: leases.clone(),
+        }),
+        evictor: Arc::new(leases),
         stats,
     };
     Some(Monitor::new(
@@ -486,37 +489,4 @@ pub fn start(
         setup.lease_weight,
         parts,
     ))
-}
-
-/// The running monitor task.
-#[derive(Debug)]
-pub struct Handle {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Handle {
-    /// Stops the monitor and waits until it has given every lease its normal control back.
-    pub async fn stop(self) {
-        let _ = self.stop.send(());
-        if let Some(task) = self.task {
-            let _ = task.await;
-        }
-    }
-}
-
-/// Starts the monitor (unless disabled) as a task.
-pub fn spawn(
-    setup: Setup,
-    agent: Arc<Mutex<NodeAgent>>,
-    executors: Executors,
-    stats: Arc<NodeStats>,
-) -> Handle {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = start(setup, agent, executors, stats).map(|m| {
-        tokio::spawn(m.run(async move {
-            let _ = stopped.await;
-        }))
-    });
-    Handle { stop, task }
 }

@@ -399,7 +399,7 @@ impl Source for NvmlSignals {
 mod tests {
     use super::*;
     use crate::cgroup::{CpuStat, GroupSpec};
-    use crate::executor::testing::FakeCgroups;
+    use crate::leases::testing::FakeCgroups;
     use crate::interference::signals::{JobTarget, LeaseTarget};
 
     fn targets() -> Targets {

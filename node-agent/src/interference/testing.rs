@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use super::controller::{Actuator, LeaseControl};
+use super::controller::{Actuator, ActuatorError, LeaseControl};
 use super::monitor::{Evictor, TargetFinder};
 use super::signals::{Collector, JobTarget, Kind, LeaseTarget, Source, Target, Targets};
 
@@ -131,19 +131,19 @@ impl Actuator for FakeActuator {
         lease: &LeaseTarget,
         from: Option<LeaseControl>,
         to: LeaseControl,
-    ) -> Result<(), String> {
+    ) -> Result<(), ActuatorError> {
         let mut st = self.0.lock().unwrap();
         st.log.push(format!("set {} {from:?} -> {to:?}", lease.id));
         st.controls.insert(lease.id.clone(), to);
         Ok(())
     }
-    fn freeze(&mut self, lease: &LeaseTarget) -> Result<(), String> {
+    fn freeze(&mut self, lease: &LeaseTarget) -> Result<(), ActuatorError> {
         let mut st = self.0.lock().unwrap();
         st.log.push(format!("probe-freeze {}", lease.id));
         st.probe_frozen.insert(lease.id.clone(), true);
         Ok(())
     }
-    fn thaw(&mut self, lease: &LeaseTarget) -> Result<(), String> {
+    fn thaw(&mut self, lease: &LeaseTarget) -> Result<(), ActuatorError> {
         let mut st = self.0.lock().unwrap();
         st.log.push(format!("thaw {}", lease.id));
         st.probe_frozen.insert(lease.id.clone(), false);

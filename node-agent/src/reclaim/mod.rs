@@ -13,6 +13,10 @@
 //! get the remaining idle CPUs when several must move, and which are evicted first for memory.
 //! The default, `newest-first`, loses the least work: the leases that started last have run the
 //! shortest and are the cheapest to restart elsewhere.
+//!
+//! [`run`] carries a plan out on the step-start critical path ([`run::Reclaimer`]).
+
+pub mod run;
 
 use std::collections::BTreeSet;
 

@@ -1,29 +1,44 @@
-//! The executor lifecycle against recording fakes (cgroups in memory, processes in a table) and a
-//! real ledger in a temp dir.
+//! The lease tasks against recording fakes (cgroups in memory, processes in a table), with the
+//! real ledger task over a ledger in a temp dir.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
-use harvest_core::CpuSet;
 use harvest_core::step::{PluginMessage, StepAllocation, StepId};
-use tokio::sync::{mpsc, watch};
+use harvest_core::{CpuSet, NodeView};
+use harvest_proto::v1::EndCause;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use super::launch::LOG_FILE;
+use super::process::Signal;
 use super::testing::{Behaviour, FakeCgroups, FakeProcesses};
 use super::*;
-use crate::agent::{NodeAgent, Sources};
+use crate::agent::{Sources, now_ms};
+use crate::cgroup::GroupSpec;
 use crate::discover::{FakeGpus, FakeMemory, FakeTopology, discover};
+use crate::lease::LeaseRequest;
 use crate::ledger::Reserve;
+use crate::ledger_task;
+use crate::reclaim::ReclaimPolicy;
+use crate::reclaim::run::Reclaimer;
 use crate::scontrol::FakeJobDetails;
 use crate::state::LedgerStore;
+use crate::stats::{NodeStats, ReclaimOutcome};
 
 struct Rig {
     state: tempfile::TempDir,
     cgroups: Arc<FakeCgroups>,
     procs: Arc<FakeProcesses>,
-    agent: Arc<Mutex<NodeAgent>>,
-    exec: Executors,
+    ledger: LedgerHandle,
+    exec: LeaseSupervisor,
+    reclaimer: Reclaimer,
+    stats: Arc<NodeStats>,
     events: mpsc::UnboundedReceiver<LeaseEvent>,
-    views: watch::Receiver<NodeView>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
 }
 
 /// The lease's user: a non-root uid (4242) when the tests run as root (which may chown to it),
@@ -34,6 +49,8 @@ fn me() -> (u32, u32) {
         uid => (uid, rustix::process::getgid().as_raw()),
     }
 }
+
+const CHECK: Duration = Duration::from_millis(20);
 
 impl Rig {
     fn new() -> Self {
@@ -53,30 +70,43 @@ impl Rig {
             &FakeGpus::none(),
         )
         .unwrap();
-        let agent = NodeAgent::start(
+        let store = LedgerStore::open(state.path(), "n1").unwrap();
+        let sources = Sources {
+            cgroups: cgroups.clone(),
+            details: Arc::new(FakeJobDetails::default()),
+            processes: procs.clone(),
+        };
+        let agent = crate::agent::start(
             "n1",
             hw,
             Reserve {
                 cores: 0,
                 memory_mib: 1000,
             },
-            LedgerStore::open(state.path(), "n1").unwrap(),
-            Sources {
-                cgroups: cgroups.clone(),
-                details: Arc::new(FakeJobDetails::default()),
-                processes: procs.clone(),
-            },
+            &store,
+            &sources,
             Duration::from_secs(60),
             SystemTime::now(),
         )
         .unwrap();
-        let (views_tx, views) = watch::channel(agent.view());
-        let agent = Arc::new(Mutex::new(agent));
+        let tracker = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        let ledger = ledger_task::spawn(
+            agent,
+            Arc::new(store),
+            ReclaimPolicy::default(),
+            &tracker,
+            cancel.clone(),
+        );
+        let parent = Arc::new(ParentGroup::new(
+            cgroups.clone(),
+            harvest_group("n1"),
+            1,
+            true,
+        ));
         let (tx, events) = mpsc::unbounded_channel();
-        let exec = Executors::new(
-            agent.clone(),
-            procs.clone(),
-            ExecutorSettings {
+        let exec = LeaseSupervisor::new(
+            LeaseSettings {
                 node: "n1".into(),
                 state_dir: state.path().to_path_buf(),
                 executor_path: "/opt/harvest/bin/harvest-executor".into(),
@@ -84,25 +114,45 @@ impl Rig {
                 start_timeout: Duration::from_secs(2),
                 stop_grace: Duration::from_millis(100),
                 cpu_weight: 1,
-                cgroup_parent: harvest_group("n1"),
-                reclaim: crate::reclaim::ReclaimPolicy::default(),
-                reclaim_timeout: Duration::from_millis(200),
-                reclaim_teardown_delay: Duration::ZERO,
-                cpu_idle: true,
-                stats: Arc::new(crate::stats::NodeStats::default()),
+                check_interval: CHECK,
             },
+            cgroups.clone(),
+            procs.clone(),
+            ledger.clone(),
+            parent,
             tx,
-            views_tx,
+            tracker.clone(),
+            cancel.clone(),
         );
+        let stats = Arc::new(NodeStats::default());
+        let reclaimer = Reclaimer {
+            leases: exec.clone(),
+            timeout: Duration::from_millis(200),
+            teardown_delay: Duration::ZERO,
+            stats: stats.clone(),
+        };
         Self {
             state,
             cgroups,
             procs,
-            agent,
+            ledger,
             exec,
+            reclaimer,
+            stats,
             events,
-            views,
+            tracker,
+            cancel,
         }
+    }
+
+    /// Stops every task as harvestd's shutdown does; executors keep running.
+    async fn stop(self) -> (tempfile::TempDir, Arc<FakeCgroups>) {
+        self.cancel.cancel();
+        self.tracker.close();
+        tokio::time::timeout(Duration::from_secs(5), self.tracker.wait())
+            .await
+            .expect("every task ends at shutdown");
+        (self.state, self.cgroups)
     }
 
     fn order(&self, id: &str, cores: u32, memory_mib: u64) -> CreateOrder {
@@ -125,7 +175,8 @@ impl Rig {
         }
     }
 
-    fn batch_job(&self, cpus: &str) {
+    /// A batch step starts on `cpus`; returns the reclaim plan's outcome.
+    async fn batch_job(&self, cpus: &str) -> Option<ReclaimOutcome> {
         let msg = PluginMessage::StepStart(StepAllocation {
             job_id: 7,
             step_id: StepId::BATCH,
@@ -136,28 +187,37 @@ impl Rig {
             gpus: vec![],
             harvest: true,
         });
-        assert!(
-            lock(&self.agent)
-                .handle(&msg, SystemTime::now())
-                .error
-                .is_none()
-        );
+        let (reply, plan) = self.ledger.plugin(msg, SystemTime::now()).await.unwrap();
+        assert!(reply.error.is_none());
+        self.reclaimer.run(plan, Instant::now()).await
+    }
+
+    async fn reclaim(&self) -> Option<ReclaimOutcome> {
+        let plan = self.ledger.reclaim_plan().await.unwrap();
+        self.reclaimer.run(plan, Instant::now()).await
     }
 
     fn view(&self) -> NodeView {
-        lock(&self.agent).view()
+        self.ledger.snapshot().view.clone()
     }
 
-    fn event(&mut self) -> LeaseEvent {
-        self.events.try_recv().expect("an event was sent")
+    fn leases(&self) -> usize {
+        self.ledger.snapshot().ledger.leases.len()
     }
 
-    /// The next event, waiting for work done in the background (ends after a reclaim).
+    /// The next event, waiting for work done in the lease tasks.
     async fn next_event(&mut self) -> LeaseEvent {
         tokio::time::timeout(Duration::from_secs(5), self.events.recv())
             .await
             .expect("an event within 5 s")
             .expect("the channel is open")
+    }
+
+    /// No event within a while.
+    async fn quiet(&mut self) -> bool {
+        tokio::time::timeout(CHECK * 5, self.events.recv())
+            .await
+            .is_err()
     }
 }
 
@@ -168,9 +228,9 @@ fn set(list: &str) -> CpuSet {
 #[tokio::test]
 async fn a_lease_gets_idle_cpus_its_own_cgroup_and_an_executor_as_its_user() {
     let mut rig = Rig::new();
-    rig.batch_job("1");
-    rig.exec.create(rig.order("L1", 2, 500)).await;
-    let LeaseEvent::Ready(info) = rig.event() else {
+    rig.batch_job("1").await;
+    rig.exec.create(rig.order("L1", 2, 500));
+    let LeaseEvent::Ready(info) = rig.next_event().await else {
         panic!("not ready")
     };
     assert_eq!(info.lease_id, "L1");
@@ -186,7 +246,6 @@ async fn a_lease_gets_idle_cpus_its_own_cgroup_and_an_executor_as_its_user() {
     assert_eq!(v.cpus.idle, set("3"));
     assert_eq!(v.memory_mib.function, 500);
     assert_eq!(v.memory_mib.idle, 8000 - 500 - 1000 - 500);
-    assert_eq!(*rig.views.borrow(), v, "the session sees the new view");
     // The cgroup: cpuset = the chosen CPUs, memory limit = the lease, lowest weight.
     let group = lease_group("n1", "L1");
     assert_eq!(group, Path::new("harvest_n1/lease_L1"));
@@ -226,7 +285,7 @@ async fn a_lease_gets_idle_cpus_its_own_cgroup_and_an_executor_as_its_user() {
         std::fs::read(dir.join("functions.so")).unwrap(),
         b"\x7fELF fake"
     );
-    // Persisted with the ledger, and reported for Register.
+    // The reservation was saved before the executor started; reported for Register.
     let saved = LedgerStore::open(rig.state.path(), "n1")
         .unwrap()
         .load()
@@ -235,14 +294,14 @@ async fn a_lease_gets_idle_cpus_its_own_cgroup_and_an_executor_as_its_user() {
     assert_eq!(saved.leases["L1"].cpus, set("0,2"));
     assert_eq!(rig.exec.running(), std::slice::from_ref(&info));
     // The same order again (a scheduler that re-sent it) is answered with the same executor.
-    rig.exec.create(rig.order("L1", 2, 500)).await;
-    assert_eq!(rig.event(), LeaseEvent::Ready(info));
+    rig.exec.create(rig.order("L1", 2, 500));
+    assert_eq!(rig.next_event().await, LeaseEvent::Ready(info));
     assert_eq!(rig.procs.launches().len(), 1);
     // Another user's order for that id is refused.
     let mut other = rig.order("L1", 1, 100);
     other.request.uid += 1;
-    rig.exec.create(other).await;
-    let LeaseEvent::Failed { reason, .. } = rig.event() else {
+    rig.exec.create(other);
+    let LeaseEvent::Failed { reason, .. } = rig.next_event().await else {
         panic!()
     };
     assert_eq!(reason, "lease L1 already exists on this node");
@@ -253,8 +312,8 @@ async fn refused_leases_say_why_and_hold_nothing() {
     let mut rig = Rig::new();
     let mut root = rig.order("R", 1, 100);
     root.request.uid = 0;
-    rig.exec.create(root).await;
-    let LeaseEvent::Failed { lease_id, reason } = rig.event() else {
+    rig.exec.create(root);
+    let LeaseEvent::Failed { lease_id, reason } = rig.next_event().await else {
         panic!()
     };
     assert_eq!(lease_id, "R");
@@ -262,28 +321,31 @@ async fn refused_leases_say_why_and_hold_nothing() {
         reason.contains("uid 0") && reason.contains("allow_root_executors"),
         "{reason}"
     );
-    rig.exec.create(rig.order("Big", 5, 100)).await;
-    let LeaseEvent::Failed { reason, .. } = rig.event() else {
+    rig.exec.create(rig.order("Big", 5, 100));
+    let LeaseEvent::Failed { reason, .. } = rig.next_event().await else {
         panic!()
     };
     assert_eq!(reason, "lease Big: 5 CPUs wanted, only 4 idle (0-3)");
-    rig.exec.create(rig.order("../x", 1, 100)).await;
-    assert!(matches!(rig.event(), LeaseEvent::Failed { .. }));
+    rig.exec.create(rig.order("../x", 1, 100));
+    assert!(matches!(
+        rig.next_event().await,
+        LeaseEvent::Failed { .. }
+    ));
     assert!(rig.procs.launches().is_empty());
     assert!(rig.view().cpus.function.is_empty());
-    assert!(lock(&rig.agent).ledger().leases.is_empty());
+    assert_eq!(rig.leases(), 0);
 }
 
 #[tokio::test]
 async fn destroy_stops_the_executor_and_frees_everything() {
     let mut rig = Rig::new();
-    rig.exec.create(rig.order("L1", 1, 100)).await;
-    assert!(matches!(rig.event(), LeaseEvent::Ready(_)));
+    rig.exec.create(rig.order("L1", 1, 100));
+    assert!(matches!(rig.next_event().await, LeaseEvent::Ready(_)));
     rig.exec
         .destroy("L1", "released by its user", EndCause::Released)
         .await;
     assert_eq!(
-        rig.event(),
+        rig.next_event().await,
         LeaseEvent::Exited {
             lease_id: "L1".into(),
             reason: "released by its user".into(),
@@ -301,12 +363,11 @@ async fn destroy_stops_the_executor_and_frees_everything() {
     assert!(!rig.state.path().join("leases/L1").exists());
     assert_eq!(rig.view().cpus.idle, set("0-3"));
     assert_eq!(rig.view().memory_mib.function, 0);
-    // The watcher saw the exit too, but the lease was already ended: one event only.
-    tokio::task::yield_now().await;
-    assert!(rig.events.try_recv().is_err());
+    // The executor's exit came too, but the lease was already ending: one event only.
+    assert!(rig.quiet().await);
     // An unknown lease is answered, so the scheduler can forget it.
     rig.exec.destroy("nope", "", EndCause::Released).await;
-    let LeaseEvent::Exited { reason, .. } = rig.event() else {
+    let LeaseEvent::Exited { reason, .. } = rig.next_event().await else {
         panic!()
     };
     assert!(reason.contains("no lease nope"), "{reason}");
@@ -316,35 +377,41 @@ async fn destroy_stops_the_executor_and_frees_everything() {
 async fn an_executor_that_ignores_sigterm_is_killed_after_the_grace() {
     let mut rig = Rig::new();
     rig.procs.set_behaviour(Behaviour::IgnoresTerm);
-    rig.exec.create(rig.order("L1", 1, 100)).await;
-    assert!(matches!(rig.event(), LeaseEvent::Ready(_)));
-    rig.exec.destroy("L1", "bye", EndCause::Released).await;
+    rig.exec.create(rig.order("L1", 1, 100));
+    assert!(matches!(rig.next_event().await, LeaseEvent::Ready(_)));
+    assert!(
+        rig.exec
+            .end("L1", "bye".into(), EndCause::Released)
+            .await
+    );
     assert_eq!(
         rig.procs.signals(),
         [(1000, Signal::Term), (1000, Signal::Kill)]
     );
     assert!(rig.procs.running().is_empty());
+    // Ending it again is answered: it is gone.
+    assert!(
+        !rig.exec
+            .end("L1", "again".into(), EndCause::Released)
+            .await
+    );
 }
 
 #[tokio::test]
 async fn a_crashed_executor_is_reported_and_its_lease_freed() {
     let mut rig = Rig::new();
-    rig.exec.create(rig.order("L1", 1, 100)).await;
-    assert!(matches!(rig.event(), LeaseEvent::Ready(_)));
+    rig.exec.create(rig.order("L1", 1, 100));
+    assert!(matches!(rig.next_event().await, LeaseEvent::Ready(_)));
     rig.procs.exit(1000, "killed by signal 11");
-    let event = tokio::time::timeout(Duration::from_secs(5), rig.events.recv())
-        .await
-        .unwrap()
-        .unwrap();
     assert_eq!(
-        event,
+        rig.next_event().await,
         LeaseEvent::Exited {
             lease_id: "L1".into(),
             reason: "executor exited (killed by signal 11)".into(),
             cause: EndCause::ExecutorFailed,
         }
     );
-    assert!(lock(&rig.agent).ledger().leases.is_empty());
+    assert_eq!(rig.leases(), 0);
     assert!(!rig.cgroups.exists(&lease_group("n1", "L1")));
 }
 
@@ -353,8 +420,8 @@ async fn an_executor_that_never_gets_ready_fails_the_lease_with_its_log() {
     let mut rig = Rig::new();
     rig.procs.set_behaviour(Behaviour::NeverReady);
     let dir = rig.state.path().join("leases/L1");
-    rig.exec.create(rig.order("L1", 1, 100)).await;
-    let LeaseEvent::Failed { reason, .. } = rig.event() else {
+    rig.exec.create(rig.order("L1", 1, 100));
+    let LeaseEvent::Failed { reason, .. } = rig.next_event().await else {
         panic!()
     };
     assert!(
@@ -367,32 +434,29 @@ async fn an_executor_that_never_gets_ready_fails_the_lease_with_its_log() {
     );
     assert!(rig.procs.running().is_empty());
     assert!(!dir.exists());
-    assert!(lock(&rig.agent).ledger().leases.is_empty());
+    assert_eq!(rig.leases(), 0);
 }
 
 #[tokio::test]
-async fn expired_leases_and_vanished_executors_end_at_the_next_tick() {
+async fn expired_leases_and_vanished_executors_end_by_themselves() {
     let mut rig = Rig::new();
     let mut order = rig.order("old", 1, 100);
-    order.request.expires_unix_ms = i64::try_from(now_ms(SystemTime::now())).unwrap() + 60_000;
-    rig.exec.create(order).await;
-    rig.exec.create(rig.order("gone", 1, 100)).await;
-    assert!(matches!(rig.event(), LeaseEvent::Ready(_)));
-    assert!(matches!(rig.event(), LeaseEvent::Ready(_)));
-    rig.exec.tick(SystemTime::now()).await;
-    assert!(rig.events.try_recv().is_err(), "nothing is due yet");
+    order.request.expires_unix_ms = i64::try_from(now_ms(SystemTime::now())).unwrap() + 300;
+    rig.exec.create(order);
+    rig.exec.create(rig.order("gone", 1, 100));
+    assert!(matches!(rig.next_event().await, LeaseEvent::Ready(_)));
+    assert!(matches!(rig.next_event().await, LeaseEvent::Ready(_)));
+    // A process that vanishes (the fake drops its exit too; a re-adopted one, whose exit
+    // nobody waits on, is caught by its pid check: see the restart test).
     rig.procs.vanish(1001);
-    rig.exec
-        .tick(SystemTime::now() + Duration::from_secs(61))
-        .await;
-    let mut got = vec![rig.event(), rig.event()];
+    let mut got = vec![rig.next_event().await, rig.next_event().await];
     got.sort_by_key(|e| format!("{e:?}"));
     assert_eq!(
         got,
         [
             LeaseEvent::Exited {
                 lease_id: "gone".into(),
-                reason: "the executor (pid 1001) is gone".into(),
+                reason: "executor exited (forgotten)".into(),
                 cause: EndCause::ExecutorFailed,
             },
             LeaseEvent::Exited {
@@ -402,16 +466,16 @@ async fn expired_leases_and_vanished_executors_end_at_the_next_tick() {
             },
         ]
     );
-    assert!(lock(&rig.agent).ledger().leases.is_empty());
+    assert_eq!(rig.leases(), 0);
 }
 
 #[tokio::test]
 async fn after_a_restart_live_executors_are_re_adopted_and_the_rest_cleaned_up() {
     let mut rig = Rig::new();
-    rig.exec.create(rig.order("alive", 1, 100)).await;
-    rig.exec.create(rig.order("dead", 1, 100)).await;
-    assert!(matches!(rig.event(), LeaseEvent::Ready(_)));
-    assert!(matches!(rig.event(), LeaseEvent::Ready(_)));
+    rig.exec.create(rig.order("alive", 1, 100));
+    rig.exec.create(rig.order("dead", 1, 100));
+    assert!(matches!(rig.next_event().await, LeaseEvent::Ready(_)));
+    assert!(matches!(rig.next_event().await, LeaseEvent::Ready(_)));
     // A group no lease owns, e.g. left by a crash between mkdir and the ledger save.
     rig.cgroups
         .create(&lease_group("n1", "stray"), &GroupSpec::default())
@@ -420,14 +484,7 @@ async fn after_a_restart_live_executors_are_re_adopted_and_the_rest_cleaned_up()
     let foreign = lease_group("n1", "foreign");
     rig.cgroups.create(&foreign, &GroupSpec::default()).unwrap();
     rig.cgroups.populated.lock().unwrap().push(foreign.clone());
-    let Rig {
-        state,
-        cgroups,
-        agent,
-        exec,
-        ..
-    } = rig;
-    drop((exec, agent));
+    let (state, cgroups) = rig.stop().await;
     // The new agent's process table: "alive" (pid 1000) still runs, "dead" (1001) does not.
     let procs = Arc::new(FakeProcesses::default());
     procs.adopt_running(1000, 10_000);
@@ -441,7 +498,7 @@ async fn after_a_restart_live_executors_are_re_adopted_and_the_rest_cleaned_up()
         lease_id,
         reason,
         cause: EndCause::ExecutorFailed,
-    } = rig.event()
+    } = rig.next_event().await
     else {
         panic!()
     };
@@ -460,57 +517,53 @@ async fn after_a_restart_live_executors_are_re_adopted_and_the_rest_cleaned_up()
         Some(&true)
     );
     assert_eq!(rig.view().cpus.function.len(), 1);
-    // The adopted executor is watched by the tick: when it dies its lease ends.
+    // The adopted executor is watched by its task: when it dies its lease ends.
     rig.procs.vanish(1000);
-    rig.exec.tick(SystemTime::now()).await;
-    assert!(matches!(rig.event(), LeaseEvent::Exited { ref lease_id, .. } if lease_id == "alive"));
+    assert!(
+        matches!(rig.next_event().await, LeaseEvent::Exited { ref lease_id, .. } if lease_id == "alive")
+    );
 }
 
 #[tokio::test]
 async fn a_batch_job_on_a_leased_cpu_moves_the_lease_to_an_idle_one() {
     let mut rig = Rig::new();
-    rig.exec.create(rig.order("L1", 1, 100)).await;
-    rig.exec.create(rig.order("L2", 1, 100)).await;
-    let LeaseEvent::Ready(first) = rig.event() else {
+    rig.exec.create(rig.order("L1", 1, 100));
+    let LeaseEvent::Ready(first) = rig.next_event().await else {
         panic!()
     };
-    assert!(matches!(rig.event(), LeaseEvent::Ready(_)));
-    assert!(
-        rig.exec.reclaim(Instant::now()).await.is_none(),
-        "nothing collides yet"
-    );
+    rig.exec.create(rig.order("L2", 1, 100));
+    assert!(matches!(rig.next_event().await, LeaseEvent::Ready(_)));
+    assert!(rig.reclaim().await.is_none(), "nothing collides yet");
     // A job starts on L1's CPU (Slurm does not know about leases): the job wins, and with
     // CPUs still idle L1 moves instead of dying.
-    rig.batch_job(&first.cpus.to_list());
-    let outcome = rig.exec.reclaim(Instant::now()).await.unwrap();
+    let outcome = rig.batch_job(&first.cpus.to_list()).await.unwrap();
     assert_eq!(
         (outcome.moved, outcome.evicted, outcome.overrun),
         (1, 0, false)
     );
-    let LeaseEvent::Moved(moved) = rig.event() else {
+    let LeaseEvent::Moved(moved) = rig.next_event().await else {
         panic!("expected a move")
     };
     assert_eq!(moved.lease_id, "L1");
     assert!(moved.cpus.is_disjoint(&first.cpus), "{}", moved.cpus);
     let spec = rig.cgroups.spec(&lease_group("n1", "L1")).unwrap();
     assert_eq!(spec.cpus.as_ref(), Some(&moved.cpus), "the cgroup follows");
-    assert!(rig.events.try_recv().is_err(), "L2 is untouched");
+    assert!(rig.quiet().await, "L2 is untouched");
     let v = rig.view();
     assert!(v.cpus.function.is_disjoint(&v.cpus.batch));
     assert_eq!(v.cpus.function.len(), 2);
-    assert_eq!(rig.exec.inner.settings.stats.counters().reclaim_moves, 1);
+    assert_eq!(rig.stats.counters().reclaim_moves, 1);
 }
 
 #[tokio::test]
 async fn a_job_taking_every_cpu_evicts_the_executors_before_reclaim_returns() {
     let mut rig = Rig::new();
     rig.exec.adopt().await; // as at harvestd's start: the parent is SCHED_IDLE at weight 1
-    rig.exec.create(rig.order("L1", 1, 100)).await;
-    rig.exec.create(rig.order("L2", 1, 100)).await;
-    assert!(matches!(rig.event(), LeaseEvent::Ready(_)));
-    assert!(matches!(rig.event(), LeaseEvent::Ready(_)));
-    rig.batch_job("0-3");
-    let outcome = rig.exec.reclaim(Instant::now()).await.unwrap();
+    rig.exec.create(rig.order("L1", 1, 100));
+    rig.exec.create(rig.order("L2", 1, 100));
+    assert!(matches!(rig.next_event().await, LeaseEvent::Ready(_)));
+    assert!(matches!(rig.next_event().await, LeaseEvent::Ready(_)));
+    let outcome = rig.batch_job("0-3").await.unwrap();
     assert_eq!(
         (outcome.moved, outcome.evicted, outcome.overrun),
         (0, 2, false)
@@ -533,7 +586,9 @@ async fn a_job_taking_every_cpu_evicts_the_executors_before_reclaim_returns() {
         );
     }
     assert!(rig.view().cpus.function.is_empty());
-    let c = rig.exec.inner.settings.stats.counters();
+    // A second step start sees nothing left to reclaim: no second count.
+    assert!(rig.reclaim().await.is_none());
+    let c = rig.stats.counters();
     assert_eq!(
         (c.reclaims, c.reclaim_evictions, c.reclaim_overruns),
         (1, 2, 0)
@@ -548,32 +603,53 @@ async fn a_job_taking_every_cpu_evicts_the_executors_before_reclaim_returns() {
 }
 
 #[tokio::test]
+async fn an_eviction_is_served_while_the_lease_waits_for_a_slow_start() {
+    // The executor never gets ready: the lease task waits for its ready file. An eviction
+    // meanwhile kills it at once, without waiting for the start timeout.
+    let mut rig = Rig::new();
+    rig.procs.set_behaviour(Behaviour::NeverReady);
+    rig.exec.create(rig.order("L1", 1, 100));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rig.procs.running().is_empty() {
+        assert!(Instant::now() < deadline, "never started");
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    let t0 = Instant::now();
+    let outcome = rig.batch_job("0-3").await.unwrap();
+    assert_eq!((outcome.evicted, outcome.overrun), (1, false));
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    // A start cut short by a batch job is a revocation, not a failed executor.
+    let LeaseEvent::Exited { cause, .. } = rig.next_event().await else {
+        panic!()
+    };
+    assert_eq!(cause, EndCause::Reclaimed);
+    assert_eq!(rig.leases(), 0);
+}
+
+#[tokio::test]
 async fn an_executor_that_will_not_die_is_an_overrun_and_the_step_goes_on() {
     let mut rig = Rig::new();
-    rig.exec.create(rig.order("L1", 1, 100)).await;
-    assert!(matches!(rig.event(), LeaseEvent::Ready(_)));
+    rig.exec.create(rig.order("L1", 1, 100));
+    assert!(matches!(rig.next_event().await, LeaseEvent::Ready(_)));
     // Its group keeps a process whatever is killed.
     rig.cgroups
         .populated
         .lock()
         .unwrap()
         .push(lease_group("n1", "L1"));
-    rig.batch_job("0-3");
     let started = Instant::now();
-    let outcome = rig.exec.reclaim(started).await.unwrap();
+    let outcome = rig.batch_job("0-3").await.unwrap();
     assert!(outcome.overrun);
     // Bounded by reclaim_timeout (200 ms in the rig), not by the executor.
     assert!(started.elapsed() < Duration::from_secs(2));
-    assert_eq!(rig.exec.inner.settings.stats.counters().reclaim_overruns, 1);
+    assert_eq!(rig.stats.counters().reclaim_overruns, 1);
 }
 
 #[tokio::test]
 async fn an_executor_that_dies_before_it_is_ready_fails_with_its_log() {
     let mut rig = Rig::new();
     rig.procs.set_behaviour(Behaviour::NeverReady);
-    let exec = rig.exec.clone();
-    let order = rig.order("L1", 1, 100);
-    let start = tokio::spawn(async move { exec.create(order).await });
+    rig.exec.create(rig.order("L1", 1, 100));
     let log = rig.state.path().join("leases/L1").join(LOG_FILE);
     // Wait until it runs, then let it die the way a failed exec-lease does.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -587,11 +663,7 @@ async fn an_executor_that_dies_before_it_is_ready_fails_with_its_log() {
     )
     .unwrap();
     rig.procs.exit(1000, "exit status 127");
-    start.await.unwrap();
-    let event = tokio::time::timeout(Duration::from_secs(5), rig.events.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let event = rig.next_event().await;
     let LeaseEvent::Failed { reason, .. } = event else {
         panic!("{event:?}")
     };
@@ -600,7 +672,38 @@ async fn an_executor_that_dies_before_it_is_ready_fails_with_its_log() {
         "{reason}"
     );
     assert!(reason.contains("No space left on device"), "{reason}");
-    assert!(lock(&rig.agent).ledger().leases.is_empty());
+    assert_eq!(rig.leases(), 0);
+}
+
+#[tokio::test]
+async fn interference_controls_reach_the_lease_group_through_its_task() {
+    let mut rig = Rig::new();
+    rig.exec.create(rig.order("L1", 2, 100));
+    assert!(matches!(rig.next_event().await, LeaseEvent::Ready(_)));
+    let to = LeaseControl {
+        weight: 1,
+        quota_pct: Some(25),
+        frozen: false,
+    };
+    rig.exec
+        .try_send("L1", LeaseMessage::Control(Control::Set { from: None, to }))
+        .unwrap();
+    rig.exec
+        .try_send("L1", LeaseMessage::Control(Control::Freeze))
+        .unwrap();
+    let group = lease_group("n1", "L1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !rig.cgroups.frozen.lock().unwrap().contains(&group) {
+        assert!(Instant::now() < deadline, "never frozen");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let quota = rig.cgroups.quotas.lock().unwrap().get(&group).copied();
+    // 25% of 2 CPUs.
+    assert_eq!(quota.flatten().map(|q| q.quota_us), Some(50_000));
+    assert_eq!(
+        rig.exec.try_send("nope", LeaseMessage::Control(Control::Thaw)),
+        Err(SendError::Unknown("nope".into()))
+    );
 }
 
 #[test]

@@ -1,0 +1,684 @@
+//! One lease's task: the only writer of its cgroup, its directory and its executor process.
+//!
+//! ```text
+//!   Reserved ──start──▶ Starting{pid} ──ready file──▶ Ready{pid, address}
+//!      │                    │                             │
+//!      └────────────────────┴── End / Evict / exit / expiry / failed start
+//!                                         ▼
+//!                              Stopping(cause) ──▶ Gone
+//! ```
+//!
+//! Every wait selects on the lease's messages too, so reclaim's `Evict` is served at once in any
+//! state: before the executor exists it is answered at once (nothing runs), after it the group is
+//! frozen and killed and the answer comes when it is empty. Cancellation (harvestd stopping)
+//! leaves a running executor alone: the next start re-adopts it.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use harvest_core::CpuSet;
+use harvest_proto::v1::EndCause;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, sleep, sleep_until};
+
+use super::launch::{self, LOG_FILE, READY_FILE};
+use super::process::{ExitFuture, Launch, Signal};
+use super::{
+    Context, Control, CreateOrder, Evicted, EVICT_POLL_INTERVAL, EXIT_CPU_WEIGHT, LOG_TAIL_BYTES,
+    LeaseEvent, LeaseMessage, POLL_INTERVAL,
+};
+use crate::agent::now_ms;
+use crate::cgroup::GroupSpec;
+use crate::lease::{ExecutorProcess, LeaseRecord};
+
+/// Where a lease stands before it stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// In the ledger; no process yet.
+    Reserved,
+    /// The executor runs; its ready file is awaited until `deadline`.
+    Starting {
+        pid: u32,
+        start_time: u64,
+        deadline: Instant,
+    },
+    /// The executor listens at `address`.
+    Ready {
+        pid: u32,
+        start_time: u64,
+        address: String,
+    },
+}
+
+/// An executor found running at start (re-adopted: nobody waits on its exit; its pid is polled).
+#[derive(Debug, Clone)]
+pub struct Adopted {
+    pub record: LeaseRecord,
+    pub pid: u32,
+    pub start_time: u64,
+    pub address: String,
+}
+
+/// How the lease ends.
+#[derive(Debug)]
+enum Ending {
+    Stop {
+        reason: String,
+        cause: EndCause,
+        done: Option<oneshot::Sender<bool>>,
+    },
+    Evict {
+        reason: String,
+        gone: oneshot::Sender<Evicted>,
+        teardown_delay: std::time::Duration,
+    },
+    /// harvestd is stopping: the executor keeps running.
+    Cancelled,
+}
+
+struct Lease<'a> {
+    ctx: &'a Context,
+    id: String,
+    record: LeaseRecord,
+    state: State,
+    group: PathBuf,
+    dir: PathBuf,
+}
+
+/// A new lease: reserve, start, serve until it ends.
+pub async fn run_new(ctx: &Context, order: CreateOrder, mut rx: mpsc::Receiver<LeaseMessage>) {
+    let id = order.request.id.clone();
+    // The reservation waits for its save (a slow disk): answer messages meanwhile. Nothing runs
+    // yet, so an eviction is done at once; the stop comes once the reservation is in.
+    let ledger = ctx.ledger.clone();
+    let reserve = ledger.reserve(order.request.clone(), SystemTime::now());
+    tokio::pin!(reserve);
+    let mut pending: Option<Ending> = None;
+    let reserved = loop {
+        tokio::select! {
+            biased;
+            r = &mut reserve => break r,
+            msg = rx.recv() => match msg {
+                Some(LeaseMessage::Evict { reason, gone, .. }) => {
+                    let _ = gone.send(Evicted { empty: true, first: pending.is_none() });
+                    pending.get_or_insert(Ending::Stop { reason, cause: EndCause::Reclaimed, done: None });
+                }
+                Some(LeaseMessage::End { reason, cause, done }) => {
+                    pending.get_or_insert(Ending::Stop { reason, cause, done });
+                }
+                Some(LeaseMessage::Move { done, .. }) => { let _ = done.send(false); }
+                Some(LeaseMessage::Control(_)) | None => {}
+            },
+        }
+    };
+    let record = match reserved {
+        Ok(r) => r,
+        Err(e) => {
+            ctx.emit(LeaseEvent::Failed {
+                lease_id: id,
+                reason: e.to_string(),
+            });
+            if let Some(Ending::Stop { done: Some(d), .. }) = pending {
+                let _ = d.send(false);
+            }
+            return;
+        }
+    };
+    let mut lease = Lease {
+        ctx,
+        group: ctx.group(&id),
+        dir: launch::lease_dir(&ctx.settings.state_dir, &id),
+        id,
+        record,
+        state: State::Reserved,
+    };
+    if ctx.cancel.is_cancelled() && pending.is_none() {
+        pending = Some(Ending::Stop {
+            reason: "harvestd stopped before the executor started".into(),
+            cause: EndCause::ExecutorFailed,
+            done: None,
+        });
+    }
+    if let Some(ending) = pending {
+        lease.end(ending, &mut rx).await;
+        return;
+    }
+    let exit = match lease.start(&order).await {
+        Ok(exit) => exit,
+        Err(reason) => {
+            tracing::warn!(lease = %lease.id, %reason, "executor did not start");
+            let ending = Ending::Stop {
+                reason,
+                cause: EndCause::ExecutorFailed,
+                done: None,
+            };
+            lease.end(ending, &mut rx).await;
+            return;
+        }
+    };
+    let ending = lease.serve(&mut rx, Some(exit)).await;
+    lease.end(ending, &mut rx).await;
+}
+
+/// A lease re-adopted at start: serve until it ends.
+pub async fn run_adopted(
+    ctx: &Context,
+    id: &str,
+    adopted: Adopted,
+    mut rx: mpsc::Receiver<LeaseMessage>,
+) {
+    let mut lease = Lease {
+        ctx,
+        id: id.to_owned(),
+        record: adopted.record,
+        state: State::Ready {
+            pid: adopted.pid,
+            start_time: adopted.start_time,
+            address: adopted.address,
+        },
+        group: ctx.group(id),
+        dir: launch::lease_dir(&ctx.settings.state_dir, id),
+    };
+    let ending = lease.serve(&mut rx, None).await;
+    lease.end(ending, &mut rx).await;
+}
+
+/// Ends a lease whose executor was gone at start.
+pub async fn run_gone(ctx: &Context, id: &str, record: LeaseRecord, reason: String) {
+    let lease = Lease {
+        ctx,
+        id: id.to_owned(),
+        state: match &record.executor {
+            Some(ExecutorProcess {
+                pid,
+                start_time,
+                address: Some(address),
+            }) => State::Ready {
+                pid: *pid,
+                start_time: *start_time,
+                address: address.clone(),
+            },
+            _ => State::Reserved,
+        },
+        record,
+        group: ctx.group(id),
+        dir: launch::lease_dir(&ctx.settings.state_dir, id),
+    };
+    let (_tx, mut rx) = mpsc::channel(1);
+    let ending = Ending::Stop {
+        reason,
+        cause: EndCause::ExecutorFailed,
+        done: None,
+    };
+    lease.end(ending, &mut rx).await;
+}
+
+impl Lease<'_> {
+    fn pid(&self) -> Option<(u32, u64)> {
+        match &self.state {
+            State::Reserved => None,
+            State::Starting {
+                pid, start_time, ..
+            }
+            | State::Ready {
+                pid, start_time, ..
+            } => Some((*pid, *start_time)),
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        matches!(self.state, State::Ready { .. })
+    }
+
+    /// Prepares the directory and the cgroup and spawns the executor inside it.
+    async fn start(&mut self, order: &CreateOrder) -> Result<ExitFuture, String> {
+        let ctx = self.ctx;
+        let s = &ctx.settings;
+        let lease = &self.record;
+        let library = launch::prepare(&self.dir, lease.uid, lease.gid, &order.library)
+            .map_err(|e| e.to_string())?;
+        let spec = GroupSpec {
+            cpus: Some(lease.cpus.clone()),
+            mems: None,
+            memory_limit_bytes: Some(lease.memory_mib << 20),
+            cpu_weight: Some(s.cpu_weight),
+        };
+        ctx.parent.prepare();
+        let cg = &ctx.cgroups;
+        cg.create(&self.group, &spec)
+            .map_err(|e| format!("creating the lease cgroup: {e}"))?;
+        let procs_files = cg.procs_files(&self.group).map_err(|e| e.to_string())?;
+        let oom = cg.oom_events_file(&self.group).map_err(|e| e.to_string())?;
+        let mut env = vec![("RUST_LOG".to_owned(), "info".to_owned())];
+        if !lease.gpus.is_empty() {
+            let list: Vec<String> = lease.gpus.iter().map(u32::to_string).collect();
+            env.push(("CUDA_VISIBLE_DEVICES".to_owned(), list.join(",")));
+        }
+        let launch = Launch {
+            program: s.executor_path.clone(),
+            args: launch::executor_args(&library, &self.dir, &order.options, &oom),
+            uid: lease.uid,
+            gid: lease.gid,
+            procs_files,
+            dir: self.dir.clone(),
+            log: self.dir.join(LOG_FILE),
+            env,
+        };
+        let spawned = ctx.processes.spawn(&launch).map_err(|e| e.to_string())?;
+        tracing::info!(lease = %self.id, pid = spawned.pid, cpus = %lease.cpus,
+            memory_mib = lease.memory_mib, uid = lease.uid, "executor started");
+        self.state = State::Starting {
+            pid: spawned.pid,
+            start_time: spawned.start_time,
+            deadline: Instant::now() + s.start_timeout,
+        };
+        let process = ExecutorProcess {
+            pid: spawned.pid,
+            start_time: spawned.start_time,
+            address: None,
+        };
+        // Not awaited to disk: a restart that finds the lease without a known executor ends it
+        // and kills whatever its cgroup holds.
+        let _ = ctx.ledger.record_executor(&self.id, process).await;
+        Ok(spawned.exit)
+    }
+
+    /// Serves messages, watches the executor and the lease's expiry, until the lease ends.
+    async fn serve(
+        &mut self,
+        rx: &mut mpsc::Receiver<LeaseMessage>,
+        mut exit: Option<ExitFuture>,
+    ) -> Ending {
+        let cancel = self.ctx.cancel.clone();
+        let expires = (self.record.expires_unix_ms > 0).then(|| {
+            let now = i64::try_from(now_ms(SystemTime::now())).unwrap_or(i64::MAX);
+            let left = u64::try_from(self.record.expires_unix_ms.saturating_sub(now)).unwrap_or(0);
+            Instant::now() + std::time::Duration::from_millis(left)
+        });
+        loop {
+            let poll = match self.state {
+                State::Starting { .. } => POLL_INTERVAL,
+                _ => self.ctx.settings.check_interval,
+            };
+            let exited = async {
+                match exit.as_mut() {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            };
+            let expiry = async {
+                match expires {
+                    Some(at) => sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                msg = rx.recv() => match msg {
+                    Some(LeaseMessage::End { reason, cause, done }) => {
+                        return Ending::Stop { reason, cause, done };
+                    }
+                    Some(LeaseMessage::Evict { reason, gone, teardown_delay }) => {
+                        return Ending::Evict { reason, gone, teardown_delay };
+                    }
+                    Some(LeaseMessage::Move { cpus, reason, done }) => {
+                        let ok = self.move_to(cpus, &reason).await;
+                        let _ = done.send(ok);
+                    }
+                    Some(LeaseMessage::Control(c)) => self.control(c),
+                    None => return Ending::Cancelled,
+                },
+                () = cancel.cancelled() => return Ending::Cancelled,
+                how = exited => {
+                    let reason = if self.is_ready() {
+                        format!("executor exited ({how})")
+                    } else {
+                        format!("executor exited ({how}) before it was ready; its log: {}",
+                            log_tail(&self.dir.join(LOG_FILE)))
+                    };
+                    return Ending::Stop { reason, cause: EndCause::ExecutorFailed, done: None };
+                }
+                () = expiry => {
+                    return Ending::Stop {
+                        reason: "the lease expired".into(),
+                        cause: EndCause::Expired,
+                        done: None,
+                    };
+                }
+                () = sleep(poll) => {
+                    if let Some(ending) = self.check().await {
+                        return ending;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The periodic check: a starting executor's ready file, an adopted one's pid.
+    async fn check(&mut self) -> Option<Ending> {
+        match self.state.clone() {
+            State::Starting {
+                pid,
+                start_time,
+                deadline,
+            } => {
+                match std::fs::read_to_string(self.dir.join(READY_FILE)) {
+                    Ok(text) if !text.trim().is_empty() => {
+                        let address = text.trim().to_owned();
+                        self.state = State::Ready {
+                            pid,
+                            start_time,
+                            address: address.clone(),
+                        };
+                        let process = ExecutorProcess {
+                            pid,
+                            start_time,
+                            address: Some(address),
+                        };
+                        let ctx = self.ctx;
+                        if ctx.ledger.record_executor(&self.id, process).await.is_err() {
+                            return Some(Ending::Cancelled);
+                        }
+                        if let Some(info) = self.record_with_address().info(&self.id) {
+                            ctx.emit(LeaseEvent::Ready(info));
+                        }
+                        return None;
+                    }
+                    _ => {}
+                }
+                (Instant::now() >= deadline).then(|| Ending::Stop {
+                    reason: format!(
+                        "the executor did not become ready within {:?}; its log: {}",
+                        self.ctx.settings.start_timeout,
+                        log_tail(&self.dir.join(LOG_FILE))
+                    ),
+                    cause: EndCause::ExecutorFailed,
+                    done: None,
+                })
+            }
+            State::Ready {
+                pid, start_time, ..
+            } => {
+                (self.ctx.processes.start_time(pid) != Some(start_time)).then(|| Ending::Stop {
+                    reason: format!("the executor (pid {pid}) is gone"),
+                    cause: EndCause::ExecutorFailed,
+                    done: None,
+                })
+            }
+            State::Reserved => None,
+        }
+    }
+
+    fn record_with_address(&self) -> LeaseRecord {
+        let mut r = self.record.clone();
+        if let State::Ready {
+            pid,
+            start_time,
+            address,
+        } = &self.state
+        {
+            r.executor = Some(ExecutorProcess {
+                pid: *pid,
+                start_time: *start_time,
+                address: Some(address.clone()),
+            });
+        }
+        r
+    }
+
+    /// Confines the executor to `cpus`; false when its cgroup could not be changed.
+    async fn move_to(&mut self, cpus: CpuSet, reason: &str) -> bool {
+        let spec = GroupSpec {
+            cpus: Some(cpus.clone()),
+            mems: None,
+            memory_limit_bytes: None,
+            cpu_weight: None,
+        };
+        if let Err(e) = self.ctx.cgroups.create(&self.group, &spec) {
+            tracing::warn!(lease = %self.id, error = %e, "moving an executor failed; evicting it");
+            return false;
+        }
+        self.record.cpus = cpus.clone();
+        let _ = self.ctx.ledger.move_lease(&self.id, cpus.clone()).await;
+        tracing::info!(lease = %self.id, cpus = %cpus, %reason, "executor moved");
+        if let Some(info) = self.record_with_address().info(&self.id) {
+            self.ctx.emit(LeaseEvent::Moved(info));
+        }
+        true
+    }
+
+    fn control(&self, c: Control) {
+        let cg = self.ctx.cgroups.as_ref();
+        let cores = u32::try_from(self.record.cpus.len()).unwrap_or(u32::MAX);
+        let result = match c {
+            Control::Set { from, to } => super::control::apply(cg, &self.group, cores, from, to),
+            Control::Freeze => cg.freeze(&self.group),
+            Control::Thaw => cg.thaw(&self.group),
+        };
+        if let Err(e) = result {
+            tracing::warn!(lease = %self.id, control = ?c, error = %e, "interference control failed");
+        }
+    }
+
+    /// Stops the lease as `ending` says and tears it down; answers messages meanwhile.
+    async fn end(mut self, ending: Ending, rx: &mut mpsc::Receiver<LeaseMessage>) {
+        let (reason, cause, done) = match ending {
+            Ending::Cancelled => return,
+            Ending::Stop {
+                reason,
+                cause,
+                done,
+            } => {
+                self.stop_executor(rx).await;
+                (reason, cause, done)
+            }
+            Ending::Evict {
+                reason,
+                gone,
+                teardown_delay,
+            } => {
+                let empty = self.kill_group(rx).await;
+                let _ = gone.send(Evicted { empty, first: true });
+                // The teardown waits until the step has started, so that it does not compete
+                // with the step's start for CPU.
+                let until = Instant::now() + teardown_delay;
+                self.drain_until(until, rx).await;
+                (reason, EndCause::Reclaimed, None)
+            }
+        };
+        self.remove_group(rx).await;
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove the lease directory")
+            }
+        }
+        let _ = self.ctx.ledger.remove_lease(&self.id).await;
+        let lease_id = self.id.clone();
+        // A start cut short by a batch job (or drain, interference) is a revocation the
+        // scheduler may place elsewhere, not a failure of the executor.
+        self.ctx
+            .emit(if self.is_ready() || cause != EndCause::ExecutorFailed {
+                LeaseEvent::Exited {
+                    lease_id,
+                    reason,
+                    cause,
+                }
+            } else {
+                LeaseEvent::Failed { lease_id, reason }
+            });
+        if let Some(done) = done {
+            let _ = done.send(true);
+        }
+        // Whatever came after the end: nothing runs any more.
+        rx.close();
+        while let Ok(msg) = rx.try_recv() {
+            answer_gone(msg);
+        }
+    }
+
+    /// SIGTERM, SIGKILL after the grace. An eviction meanwhile kills the group at once.
+    async fn stop_executor(&mut self, rx: &mut mpsc::Receiver<LeaseMessage>) {
+        let Some((pid, start_time)) = self.pid() else {
+            return;
+        };
+        let procs = self.ctx.processes.clone();
+        if procs.start_time(pid) != Some(start_time) {
+            return;
+        }
+        if let Err(err) = procs.signal(pid, Signal::Term) {
+            tracing::warn!(lease = %self.id, error = %err, "SIGTERM failed");
+        }
+        let grace = self.ctx.settings.stop_grace;
+        let deadline = Instant::now() + grace;
+        while procs.start_time(pid) == Some(start_time) {
+            if Instant::now() >= deadline {
+                tracing::warn!(lease = %self.id, pid, ?grace, "executor ignored SIGTERM; killing it");
+                let _ = procs.signal(pid, Signal::Kill);
+                return;
+            }
+            tokio::select! {
+                biased;
+                msg = rx.recv() => match msg {
+                    Some(LeaseMessage::Evict { gone, .. }) => {
+                        let empty = self.kill_group(rx).await;
+                        let _ = gone.send(Evicted { empty, first: true });
+                        return;
+                    }
+                    Some(other) => answer_gone(other),
+                    None => {}
+                },
+                () = sleep(POLL_INTERVAL) => {}
+            }
+        }
+    }
+
+    /// Freezes and kills every process of the group (reclaim's critical path) and returns once
+    /// the group is empty, killing again every 2 ms what is left (a process forked meanwhile).
+    /// False when processes survived every kill until the stop grace ran out.
+    async fn kill_group(&mut self, rx: &mut mpsc::Receiver<LeaseMessage>) -> bool {
+        let cg = self.ctx.cgroups.clone();
+        if !cg.exists(&self.group) {
+            return true;
+        }
+        let boost = GroupSpec {
+            cpus: None,
+            mems: None,
+            memory_limit_bytes: None,
+            cpu_weight: Some(EXIT_CPU_WEIGHT),
+        };
+        // A killed task must still run to exit and free its memory.
+        if let Err(e) = cg.create(&self.group, &boost) {
+            tracing::debug!(lease = %self.id, error = %e, "could not raise the CPU weight of an evicted executor");
+        }
+        // Freezes, kills every process, thaws (v1: frozen tasks die only once thawed).
+        if let Err(e) = cg.kill(&self.group) {
+            tracing::warn!(lease = %self.id, error = %e, "killing an evicted executor failed");
+        }
+        let empty = |g: &Path| !cg.exists(g) || cg.pids(g).map_or(true, |p| p.is_empty());
+        let give_up = Instant::now() + self.ctx.settings.stop_grace.max(EVICT_POLL_INTERVAL * 4);
+        let mut polls = 0u32;
+        let mut waiting: Vec<oneshot::Sender<Evicted>> = Vec::new();
+        let mut all_gone = true;
+        while !empty(&self.group) {
+            if Instant::now() >= give_up {
+                tracing::error!(lease = %self.id, group = %self.group.display(),
+                    "processes of an evicted executor survive every kill");
+                all_gone = false;
+                break;
+            }
+            tokio::select! {
+                biased;
+                msg = rx.recv() => match msg {
+                    Some(LeaseMessage::Evict { gone, .. }) => waiting.push(gone),
+                    Some(other) => answer_gone(other),
+                    None => {}
+                },
+                () = sleep(EVICT_POLL_INTERVAL) => {
+                    polls += 1;
+                    if polls.is_multiple_of(4) {
+                        let _ = cg.kill(&self.group);
+                    }
+                }
+            }
+        }
+        for gone in waiting {
+            let _ = gone.send(Evicted {
+                empty: all_gone,
+                first: false,
+            });
+        }
+        all_gone
+    }
+
+    /// Answers messages until `until` (an evicted lease's teardown delay).
+    async fn drain_until(&self, until: Instant, rx: &mut mpsc::Receiver<LeaseMessage>) {
+        loop {
+            tokio::select! {
+                biased;
+                () = sleep_until(until) => return,
+                msg = rx.recv() => match msg {
+                    Some(msg) => answer_gone(msg),
+                    None => { sleep_until(until).await; return; }
+                },
+            }
+        }
+    }
+
+    /// Kills what is left in the group, waits until it is empty, and removes it.
+    async fn remove_group(&mut self, rx: &mut mpsc::Receiver<LeaseMessage>) {
+        let cg = self.ctx.cgroups.clone();
+        if !cg.exists(&self.group) {
+            return;
+        }
+        let _ = self.kill_group(rx).await;
+        let grace = self.ctx.settings.stop_grace;
+        let deadline = Instant::now() + grace;
+        loop {
+            match cg.remove(&self.group) {
+                Ok(()) => return,
+                Err(e) if Instant::now() >= deadline => {
+                    tracing::warn!(group = %self.group.display(), error = %e, "could not remove the lease group");
+                    return;
+                }
+                Err(_) => sleep(POLL_INTERVAL).await,
+            }
+        }
+    }
+}
+
+/// The answer to a message for a lease that is ending or gone.
+fn answer_gone(msg: LeaseMessage) {
+    match msg {
+        LeaseMessage::End { done, .. } => {
+            if let Some(d) = done {
+                let _ = d.send(false);
+            }
+        }
+        // Nothing of this lease runs any more (or its kill is under way and reported by
+        // whoever asked first); the caller's step may go on.
+        LeaseMessage::Evict { gone, .. } => {
+            let _ = gone.send(Evicted {
+                empty: true,
+                first: false,
+            });
+        }
+        LeaseMessage::Move { done, .. } => {
+            let _ = done.send(false);
+        }
+        LeaseMessage::Control(_) => {}
+    }
+}
+
+/// The end of a log file, for an error message.
+pub fn log_tail(path: &Path) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) if bytes.is_empty() => "(empty)".to_owned(),
+        Ok(bytes) => {
+            let from = bytes.len().saturating_sub(LOG_TAIL_BYTES);
+            String::from_utf8_lossy(&bytes[from..]).trim().to_owned()
+        }
+        Err(e) => format!("(unreadable: {e})"),
+    }
+}
