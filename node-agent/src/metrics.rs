@@ -299,7 +299,7 @@ pub fn encode(s: &AgentSnapshot) -> String {
     );
 
     if let Some(i) = &s.interference {
-        let current = if i.level.is_empty() { "none" } else { &i.level };
+        let current = harvest_proto::views::level_name(i.current_level());
         let level = Family::<Labels, Gauge>::default();
         let mut known = LEVELS.to_vec();
         if !known.contains(&current) {
@@ -447,7 +447,7 @@ mod tests {
                 interference_actions: 1,
             },
             interference: Some(v1::InterferenceState {
-                level: "weight".into(),
+                level: v1::InterferenceLevel::Weight.into(),
                 signals: [("batch.cpu_usage".to_owned(), 0.75)].into(),
                 actions: [("weight".to_owned(), 1)].into(),
                 ..v1::InterferenceState::default()

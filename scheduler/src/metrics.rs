@@ -308,7 +308,7 @@ pub fn encode(metrics: &SchedulerMetrics, snap: &Snapshot) -> String {
             actions.get_or_create(&l).inc_by(c.interference_actions);
         }
         if let Some(i) = &status.interference {
-            let current = if i.level.is_empty() { "none" } else { &i.level };
+            let current = harvest_proto::views::level_name(i.current_level());
             let mut known: Vec<&str> = INTERFERENCE_LEVELS.to_vec();
             if !known.contains(&current) {
                 known.push(current);
@@ -492,7 +492,7 @@ mod tests {
                 interference_actions: 4,
             }),
             interference: Some(v1::InterferenceState {
-                level: "quota".into(),
+                level: v1::InterferenceLevel::Quota.into(),
                 detector: "threshold".into(),
                 reason: "batch slowed".into(),
                 since_unix_ms: 0,
