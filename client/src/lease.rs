@@ -412,7 +412,7 @@ mod tests {
                 ..Default::default()
             }),
             interference: Some(v1::InterferenceState {
-                level: "quota".into(),
+                level: v1::InterferenceLevel::Quota.into(),
                 signals: [("batch.cpu_usage".to_owned(), 0.9)].into_iter().collect(),
                 ..Default::default()
             }),

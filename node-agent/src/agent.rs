@@ -93,11 +93,7 @@ pub fn read_tree(cgroups: &dyn Cgroups, node: &str) -> Result<Vec<JobCgroup>, Cg
 
 /// What Slurm says of the jobs a reconcile pass added (blocking, bounded by the `scontrol`
 /// timeout): only Slurm knows a recovered job's GPUs, and its memory when RAM is unconstrained.
-pub fn slurm_details(
-    details: &dyn JobDetails,
-    node: &str,
-    jobs: &[u32],
-) -> Vec<(u32, SlurmAlloc)> {
+pub fn slurm_details(details: &dyn JobDetails, node: &str, jobs: &[u32]) -> Vec<(u32, SlurmAlloc)> {
     jobs.iter()
         .filter_map(|&job| match details.job_on_node(job, node) {
             Ok(Some(alloc)) => Some((job, alloc)),
@@ -115,8 +111,10 @@ pub fn slurm_details(
 }
 
 /// The start-up path, blocking and before anything is served: the saved ledger reconciled with
-/// the cgroup tree and completed from Slurm, then saved. After this the agent holds every job
-/// Slurm runs on the node.
+/// the cgroup tree, then saved. After this the agent holds every job Slurm's tree shows on the
+/// node. `scontrol` is not asked here (a hanging slurmctld must not hold the agent's start):
+/// the jobs still waiting for Slurm's details ([`NodeAgent::awaiting_slurm`]) hold what their
+/// cgroup shows, all memory when it has no limit, until the reconcile loop gets the details.
 pub fn start(
     node: &str,
     hardware: Hardware,
@@ -129,10 +127,7 @@ pub fn start(
     let ledger = load(store, node)?;
     let mut agent = NodeAgent::new(node, hardware, reserve, ledger, unseen_grace);
     let tree = read_tree(sources.cgroups.as_ref(), node)?;
-    let report = agent.reconcile(&tree, now);
-    for (job, alloc) in slurm_details(sources.details.as_ref(), node, &report.added) {
-        agent.set_slurm(job, alloc);
-    }
+    agent.reconcile(&tree, now);
     store.save(agent.ledger())?;
     Ok(agent)
 }
@@ -269,6 +264,16 @@ impl NodeAgent {
                 updated = ?report.updated, "reconciled the ledger with the cgroup tree");
         }
         report
+    }
+
+    /// The jobs recovered from the cgroup tree that Slurm has not described yet.
+    pub fn awaiting_slurm(&self) -> Vec<u32> {
+        self.ledger
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.recovered && j.slurm.is_none())
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Records what Slurm says of a job the tree showed; false when the job is gone meanwhile.

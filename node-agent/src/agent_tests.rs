@@ -190,16 +190,25 @@ fn a_recovered_job_gets_its_gpus_and_unconstrained_memory_from_slurm() {
         &FakeGpus::count(2),
     )
     .unwrap();
-    let a = super::start(
+    let sources = tree.sources(details);
+    let mut a = super::start(
         "n1",
         hw,
         reserve(),
         &LedgerStore::open(state.path(), "n1").unwrap(),
-        &tree.sources(details),
+        &sources,
         GRACE,
         SystemTime::now(),
     )
     .unwrap();
+    // Until Slurm answers, the job without a memory limit holds all memory.
+    assert_eq!(a.awaiting_slurm(), [11]);
+    assert_eq!(a.view().memory_mib.idle, 0);
+    // What the reconcile loop then does, off the ledger task.
+    for (job, alloc) in slurm_details(sources.details.as_ref(), "n1", &a.awaiting_slurm()) {
+        assert!(a.set_slurm(job, alloc));
+    }
+    assert!(a.awaiting_slurm().is_empty());
     let v = a.view();
     assert_eq!(v.cpus.batch.to_list(), "2");
     assert_eq!(v.memory_mib.batch, 700);

@@ -298,8 +298,7 @@ async fn run(
         match cmd {
             Command::Plugin { msg, now, reply } => {
                 let (answer, changed) = agent.handle(&msg, now);
-                let plan = if matches!(msg, PluginMessage::StepStart(_)) && answer.error.is_none()
-                {
+                let plan = if matches!(msg, PluginMessage::StepStart(_)) && answer.error.is_none() {
                     agent.reclaim_plan(policy)
                 } else {
                     Vec::new()

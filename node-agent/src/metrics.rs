@@ -11,14 +11,21 @@
 //! executor's activity file (rewritten at most once a second): the latest invocation's time,
 //! the count of finished invocations and a histogram of their execution time in the executor.
 //! The round trip a client sees adds the network and framing to that.
+//!
+//! The families are registered once, when [`serve`] starts ([`AgentMetrics`]); a scrape
+//! refreshes them from an [`AgentSnapshot`] and encodes that registry. The per-node families the
+//! scheduler exports too are harvest-metrics' [`NodeFamilies`]; only the invocation families and
+//! `harvest_node_draining` are the agent's own.
 
 use std::convert::Infallible;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use harvest_core::{NodeView, STATES, Usage};
+use harvest_core::NodeView;
+use harvest_metrics::{
+    Exporter, Exposition, FloatGauge, Labels, NodeFamilies, NodeReport, labels, set_counter,
+};
 use harvest_proto::v1;
 use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
@@ -26,7 +33,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus_client::encoding::text::encode as encode_text;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -39,17 +45,11 @@ use crate::ledger_task::LedgerHandle;
 use crate::stats::{Counters, NodeStats};
 
 /// The Content-Type of the exposition.
-pub const CONTENT_TYPE_OPENMETRICS: &str =
-    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const CONTENT_TYPE_OPENMETRICS: &str = harvest_metrics::CONTENT_TYPE;
 /// Scrapes served at once; more wait in the accept queue.
 pub const MAX_CONNECTIONS: usize = 16;
 /// How long a scraper has to send its request headers.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-
-const LEVELS: [&str; 5] = ["none", "weight", "quota", "freeze", "evict"];
-
-type Labels = Vec<(&'static str, String)>;
-type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Everything one scrape shows, taken at once.
 #[derive(Debug, Clone, Default)]
@@ -129,217 +129,111 @@ impl prometheus_client::encoding::EncodeMetric for Durations {
     }
 }
 
-fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
-    pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+/// harvestd's metrics, registered once: the per-node families (shared with the scheduler), the
+/// invocations of each lease's executor, and whether Slurm drains the node.
+#[derive(Debug)]
+pub struct AgentMetrics {
+    node: NodeFamilies,
+    invocations: Family<Labels, Counter>,
+    durations: Family<Labels, Durations>,
+    last_invocation: Family<Labels, FloatGauge>,
+    draining: Family<Labels, Gauge>,
+    exposition: Exposition,
 }
 
-/// Encodes one scrape of `s`.
-pub fn encode(s: &AgentSnapshot) -> String {
-    let v = &s.view;
-    let node = v.name.as_str();
-    let mut r = Registry::with_prefix("harvest");
-
-    let cpus = Family::<Labels, Gauge>::default();
-    let memory = Family::<Labels, Gauge>::default();
-    let gpus = Family::<Labels, Gauge>::default();
-    let gpu_state = Family::<Labels, Gauge>::default();
-    let usage = Usage::of(v);
-    let n = |c: u64| i64::try_from(c).unwrap_or(i64::MAX);
-    for state in STATES {
-        let l = labels([("node", node), ("state", state)]);
-        cpus.get_or_create(&l).set(n(usage.cpus.get(state)));
-        memory
-            .get_or_create(&l)
-            .set(n(usage.memory_mib.get(state).saturating_mul(1 << 20)));
-        gpus.get_or_create(&l).set(n(usage.gpus.get(state)));
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        Self::new()
     }
-    for &i in &v.gpus.total {
-        let id = i.to_string();
-        gpu_state
-            .get_or_create(&labels([
-                ("node", node),
-                ("gpu", &id),
-                ("state", v.gpu_state(i)),
-            ]))
-            .set(1);
-    }
-    r.register(
-        "node_cpus",
-        "CPUs of the node by state (batch, function, idle, reserved)",
-        cpus,
-    );
-    r.register_with_unit(
-        "node_memory",
-        "Memory of the node by state (batch, function, idle, reserved)",
-        Unit::Bytes,
-        memory,
-    );
-    r.register(
-        "node_gpus",
-        "GPUs of the node by state (batch, function, idle, reserved)",
-        gpus,
-    );
-    r.register(
-        "gpu_state",
-        "1 for each GPU in its state (batch, function, idle, reserved)",
-        gpu_state,
-    );
-
-    let leases = Family::<Labels, Gauge>::default();
-    let ready = s.leases.iter().filter(|(_, r)| *r).count();
-    let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
-    leases
-        .get_or_create(&labels([("node", node), ("state", "pending")]))
-        .set(n(s.leases.len() - ready));
-    leases
-        .get_or_create(&labels([("node", node), ("state", "active")]))
-        .set(n(ready));
-    r.register(
-        "leases",
-        "Leases on the node (pending: executor starting; active: executor ready)",
-        leases,
-    );
-    let last = Family::<Labels, FloatGauge>::default();
-    let count = Family::<Labels, Counter>::default();
-    let durations = Family::<Labels, Durations>::default();
-    for a in &s.activity {
-        let l = labels([("node", node), ("lease", &a.lease)]);
-        last.get_or_create(&l).set(a.last_ms as f64 / 1000.0);
-        count.get_or_create(&l).inc_by(a.invocations);
-        *durations
-            .get_or_create(&l)
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = a.clone();
-    }
-    r.register(
-        "lease_invocations",
-        "Invocations the lease's executor finished (from its activity file, at most 1 s old)",
-        count,
-    );
-    r.register_with_unit(
-        "lease_invocation_duration",
-        "Execution time of the lease's finished invocations inside the executor (function call \
-         only; the client's round trip adds network and framing)",
-        Unit::Seconds,
-        durations,
-    );
-    r.register_with_unit(
-        "lease_last_invocation_timestamp",
-        "When the lease's executor last began an invocation (Unix time; the executor records it \
-         at most once a second)",
-        Unit::Seconds,
-        last,
-    );
-
-    let c = &s.counters;
-    let l = labels([("node", node)]);
-    let counter = |v: u64| {
-        let f = Family::<Labels, Counter>::default();
-        f.get_or_create(&l).inc_by(v);
-        f
-    };
-    r.register(
-        "reclaims",
-        "Step starts that took resources back from executors",
-        counter(c.reclaims),
-    );
-    r.register(
-        "reclaim_evictions",
-        "Executors evicted to make room for a batch step",
-        counter(c.reclaim_evictions),
-    );
-    r.register(
-        "reclaim_moves",
-        "Executors moved to other idle CPUs instead of evicted",
-        counter(c.reclaim_moves),
-    );
-    r.register(
-        "reclaim_overruns",
-        "Reclaims that did not finish within their deadline",
-        counter(c.reclaim_overruns),
-    );
-    let seconds = Family::<Labels, Counter<f64, AtomicU64>>::default();
-    seconds
-        .get_or_create(&l)
-        .inc_by(c.reclaim_latency_us_sum as f64 / 1e6);
-    r.register_with_unit(
-        "reclaim",
-        "Total reclaim latency, plugin report to executors gone (divide by harvest_reclaims_total \
-         for the mean)",
-        Unit::Seconds,
-        seconds,
-    );
-    let max = Family::<Labels, FloatGauge>::default();
-    max.get_or_create(&l)
-        .set(c.reclaim_latency_us_max as f64 / 1e6);
-    r.register_with_unit(
-        "reclaim_max",
-        "The slowest reclaim since the agent started",
-        Unit::Seconds,
-        max,
-    );
-    r.register(
-        "interference_actions",
-        "Interference control actions taken since the agent started",
-        counter(c.interference_actions),
-    );
-
-    let draining = Family::<Labels, Gauge>::default();
-    draining.get_or_create(&l).set(i64::from(s.draining));
-    r.register(
-        "node_draining",
-        "1 while Slurm drains the node (or has it down): no new leases",
-        draining,
-    );
-
-    if let Some(i) = &s.interference {
-        let current = if i.level.is_empty() { "none" } else { &i.level };
-        let level = Family::<Labels, Gauge>::default();
-        let mut known = LEVELS.to_vec();
-        if !known.contains(&current) {
-            known.push(current);
-        }
-        for lv in known {
-            level
-                .get_or_create(&labels([("node", node), ("level", lv)]))
-                .set(i64::from(lv == current));
-        }
-        r.register(
-            "interference_level",
-            "1 for the interference control level applied now",
-            level,
-        );
-        let signals = Family::<Labels, FloatGauge>::default();
-        for (name, value) in &i.signals {
-            signals
-                .get_or_create(&labels([("node", node), ("signal", name)]))
-                .set(*value);
-        }
-        r.register(
-            "interference_signal",
-            "The latest interference signal values by name",
-            signals,
-        );
-        let actions = Family::<Labels, Counter>::default();
-        for (lv, count) in &i.actions {
-            actions
-                .get_or_create(&labels([("node", node), ("level", lv)]))
-                .inc_by(*count);
-        }
-        r.register(
-            "interference_level_actions",
-            "Interference control actions by level (weight, quota, freeze, evict)",
-            actions,
-        );
-    }
-
-    let mut out = String::new();
-    encode_text(&mut out, &r).expect("writing to a String cannot fail");
-    out
 }
 
-fn respond<B>(sources: &Sources, req: &Request<B>) -> Response<Full<Bytes>> {
+impl AgentMetrics {
+    pub fn new() -> Self {
+        let node = NodeFamilies::new(Exporter::Agent);
+        let invocations = Family::default();
+        let durations = Family::default();
+        let last_invocation = Family::default();
+        let draining = Family::default();
+        let mut r = Registry::with_prefix(harvest_metrics::PREFIX);
+        node.register(&mut r);
+        r.register(
+            "lease_invocations",
+            "Invocations the lease's executor finished (from its activity file, at most 1 s old)",
+            invocations.clone(),
+        );
+        r.register_with_unit(
+            "lease_invocation_duration",
+            "Execution time of the lease's finished invocations inside the executor (function \
+             call only; the client's round trip adds network and framing)",
+            Unit::Seconds,
+            durations.clone(),
+        );
+        r.register_with_unit(
+            "lease_last_invocation_timestamp",
+            "When the lease's executor last began an invocation (Unix time; the executor \
+             records it at most once a second)",
+            Unit::Seconds,
+            last_invocation.clone(),
+        );
+        r.register(
+            "node_draining",
+            "1 while Slurm drains the node (or has it down): no new leases",
+            draining.clone(),
+        );
+        Self {
+            node,
+            invocations,
+            durations,
+            last_invocation,
+            draining,
+            exposition: Exposition::new(r),
+        }
+    }
+
+    /// One scrape of `s`: the families refreshed from it (an ended lease loses its series), then
+    /// encoded.
+    pub fn encode(&self, s: &AgentSnapshot) -> String {
+        self.exposition.encode(|| self.refresh(s))
+    }
+
+    fn refresh(&self, s: &AgentSnapshot) {
+        let node = s.view.name.as_str();
+        let active = s.leases.iter().filter(|(_, ready)| *ready).count();
+        self.node.refresh([NodeReport {
+            view: &s.view,
+            leases_pending: s.leases.len() - active,
+            leases_active: active,
+            counters: Some(s.counters),
+            interference: s.interference.as_ref(),
+        }]);
+        self.invocations.clear();
+        self.durations.clear();
+        self.last_invocation.clear();
+        for a in &s.activity {
+            let l = labels([("node", node), ("lease", &a.lease)]);
+            set_counter(&self.invocations, &l, a.invocations);
+            *self
+                .durations
+                .get_or_create(&l)
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = a.clone();
+            self.last_invocation
+                .get_or_create(&l)
+                .set(a.last_ms as f64 / 1000.0);
+        }
+        self.draining.clear();
+        self.draining
+            .get_or_create(&labels([("node", node)]))
+            .set(i64::from(s.draining));
+    }
+}
+
+fn respond<B>(
+    sources: &Sources,
+    metrics: &AgentMetrics,
+    req: &Request<B>,
+) -> Response<Full<Bytes>> {
     let (status, ct, body) = if req.method() != Method::GET && req.method() != Method::HEAD {
         (
             StatusCode::METHOD_NOT_ALLOWED,
@@ -351,7 +245,7 @@ fn respond<B>(sources: &Sources, req: &Request<B>) -> Response<Full<Bytes>> {
             "/metrics" => (
                 StatusCode::OK,
                 CONTENT_TYPE_OPENMETRICS,
-                encode(&sources.snapshot()),
+                metrics.encode(&sources.snapshot()),
             ),
             "/healthz" => (StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
             other => (
@@ -378,6 +272,7 @@ pub async fn serve(
 ) {
     tracing::info!(addr = ?listener.local_addr().ok(), "metrics serving");
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let metrics = Arc::new(AgentMetrics::new());
     loop {
         let permit = tokio::select! {
             () = cancel.cancelled() => return,
@@ -399,9 +294,10 @@ pub async fn serve(
         };
         let sources = sources.clone();
         let cancel = cancel.clone();
+        let metrics = metrics.clone();
         tracker.spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let answer = respond(&sources, &req);
+                let answer = respond(&sources, &metrics, &req);
                 async move { Ok::<_, Infallible>(answer) }
             });
             let conn = http1::Builder::new()
@@ -460,7 +356,7 @@ mod tests {
                 interference_actions: 1,
             },
             interference: Some(v1::InterferenceState {
-                level: "weight".into(),
+                level: v1::InterferenceLevel::Weight.into(),
                 signals: [("batch.cpu_usage".to_owned(), 0.75)].into(),
                 actions: [("weight".to_owned(), 1)].into(),
                 ..v1::InterferenceState::default()
@@ -492,7 +388,7 @@ mod tests {
 
     #[test]
     fn a_scrape_shows_the_view_leases_counters_and_interference() {
-        let text = encode(&snapshot());
+        let text = AgentMetrics::new().encode(&snapshot());
         // Invocations from the activity file: a counter and a histogram (cumulative buckets).
         for line in [
             r#"harvest_lease_invocations_total{node="n7",lease="L1"} 5"#,
@@ -544,11 +440,33 @@ mod tests {
     fn without_an_interference_monitor_no_interference_level_is_claimed() {
         let mut s = snapshot();
         s.interference = None;
-        let text = encode(&s);
+        let text = AgentMetrics::new().encode(&s);
         assert!(!text.contains("harvest_interference_level{"), "{text}");
         assert!(
             text.contains("harvest_interference_actions_total{node=\"n7\"} 1"),
             "{text}"
         );
+    }
+
+    /// The registry is built once: a lease that ended, or a GPU that changed state, leaves no
+    /// series behind at the next scrape.
+    #[test]
+    fn an_ended_lease_leaves_no_series_behind() {
+        let metrics = AgentMetrics::new();
+        let first = metrics.encode(&snapshot());
+        assert!(first.contains(r#"lease="L1""#), "{first}");
+        let mut s = snapshot();
+        s.leases.clear();
+        s.activity.clear();
+        s.view.gpus.idle.clear();
+        s.view.gpus.function = vec![0];
+        let text = metrics.encode(&s);
+        assert!(!text.contains(r#"lease="L1""#), "{text}");
+        assert!(!text.contains(r#"gpu="0",state="idle""#), "{text}");
+        let m = parse(&text);
+        assert_eq!(m["harvest_leases{node=n7,state=active}"], 0.0);
+        assert_eq!(m["harvest_gpu_state{gpu=0,node=n7,state=function}"], 1.0);
+        // Counters are the snapshot's totals, not added to the previous scrape's.
+        assert_eq!(m["harvest_reclaims_total{node=n7}"], 3.0);
     }
 }

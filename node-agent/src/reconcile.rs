@@ -25,14 +25,15 @@ pub struct Reconciler {
     pub details: Arc<dyn JobDetails>,
     pub ledger: LedgerHandle,
     pub reclaimer: Reclaimer,
+    /// Jobs recovered at start that still need Slurm's details (asked on the first pass).
+    pub awaiting_slurm: Vec<u32>,
 }
 
 impl Reconciler {
     /// One pass: tree, ledger, Slurm's details for new jobs, backstop reclaim.
-    pub async fn pass(&self) {
+    pub async fn pass(&mut self) {
         let (cg, node) = (self.cgroups.clone(), self.node.clone());
-        let tree = match tokio::task::spawn_blocking(move || read_tree(cg.as_ref(), &node)).await
-        {
+        let tree = match tokio::task::spawn_blocking(move || read_tree(cg.as_ref(), &node)).await {
             Ok(Ok(tree)) => tree,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "reconcile failed; the ledger is unchanged");
@@ -46,11 +47,14 @@ impl Reconciler {
         let Ok(report) = self.ledger.reconcile(tree, SystemTime::now()).await else {
             return;
         };
-        if !report.added.is_empty() {
-            let (d, node, added) = (self.details.clone(), self.node.clone(), report.added);
-            let found = tokio::task::spawn_blocking(move || slurm_details(d.as_ref(), &node, &added))
-                .await
-                .unwrap_or_default();
+        let mut added = std::mem::take(&mut self.awaiting_slurm);
+        added.extend(report.added);
+        if !added.is_empty() {
+            let (d, node) = (self.details.clone(), self.node.clone());
+            let found =
+                tokio::task::spawn_blocking(move || slurm_details(d.as_ref(), &node, &added))
+                    .await
+                    .unwrap_or_default();
             for (job, alloc) in found {
                 let _ = self.ledger.set_slurm(job, alloc).await;
             }
@@ -62,7 +66,7 @@ impl Reconciler {
 }
 
 /// Runs [`Reconciler::pass`] every `interval` until `cancel` fires.
-pub async fn reconcile_loop(r: Reconciler, interval: Duration, cancel: CancellationToken) {
+pub async fn reconcile_loop(mut r: Reconciler, interval: Duration, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -120,4 +124,3 @@ pub async fn drain_loop(
         stats.set_draining(draining);
     }
 }
-

@@ -170,6 +170,7 @@ pub async fn serve(
         order: config.reclaim_order,
         move_executors: config.reclaim_move,
     };
+    let awaiting_slurm = node_agent.awaiting_slurm();
     let ledger = ledger_task::spawn(node_agent, store, policy, &tracker, cancel.clone());
     let lease_parent = config
         .lease_cgroup_parent
@@ -236,6 +237,7 @@ pub async fn serve(
             details: sources.details.clone(),
             ledger: ledger.clone(),
             reclaimer,
+            awaiting_slurm,
         },
         config.reconcile_interval,
         cancel.clone(),

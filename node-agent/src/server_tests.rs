@@ -298,3 +298,211 @@ fn groups_resolve_by_name_or_number() {
     let err = resolve_gid("nobody-here", &file).unwrap_err();
     assert!(err.to_string().contains("nobody-here"), "{err}");
 }
+
+/// A disk that takes `delay` for every save, and that a "SIGKILL" freezes: saves after
+/// [`kill`](SlowStore::kill) never reach the file, as after the process died.
+#[derive(Debug)]
+struct SlowStore {
+    inner: crate::state::LedgerStore,
+    delay: Duration,
+    killed: std::sync::atomic::AtomicBool,
+    saves: std::sync::atomic::AtomicU32,
+}
+
+impl SlowStore {
+    fn new(state_dir: &Path, delay: Duration) -> Self {
+        Self {
+            inner: crate::state::LedgerStore::open(state_dir, "n1").unwrap(),
+            delay,
+            killed: false.into(),
+            saves: 0.into(),
+        }
+    }
+    fn kill(&self) {
+        self.killed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl crate::state::Store for SlowStore {
+    fn path(&self) -> &Path {
+        self.inner.path()
+    }
+    fn load(&self) -> Result<Option<crate::ledger::Ledger>, crate::state::StateError> {
+        self.inner.load()
+    }
+    fn save(&self, l: &crate::ledger::Ledger) -> Result<(), crate::state::StateError> {
+        std::thread::sleep(self.delay);
+        if self.killed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.saves.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.save(l)
+    }
+    fn quarantine(&self) -> Result<PathBuf, crate::state::StateError> {
+        self.inner.quarantine()
+    }
+}
+
+/// An `scontrol` that hangs until released (a slurmctld that does not answer).
+#[derive(Debug, Default)]
+struct HangingScontrol {
+    released: std::sync::atomic::AtomicBool,
+    calls: std::sync::atomic::AtomicU32,
+}
+
+impl crate::scontrol::JobDetails for HangingScontrol {
+    fn job_on_node(
+        &self,
+        _job: u32,
+        _node: &str,
+    ) -> Result<Option<crate::scontrol::SlurmAlloc>, crate::scontrol::ScontrolError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        while !self.released.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(None)
+    }
+    fn node_state(&self, _node: &str) -> Result<Option<String>, crate::scontrol::ScontrolError> {
+        self.job_on_node(0, "").map(|_| None)
+    }
+}
+
+/// A raw round trip, as the plugin makes it, timed.
+async fn timed(h: &Harness, msg: &PluginMessage) -> Duration {
+    let t0 = Instant::now();
+    let reply = h.send(msg).await;
+    let took = t0.elapsed();
+    assert!(reply.ok, "{reply:?}");
+    took
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_starts_never_wait_for_a_slow_disk_a_hanging_scontrol_or_a_stalled_reader() {
+    let mut h = Harness {
+        tree: FakeTree::new(),
+        dir: tempfile::tempdir().unwrap(),
+        stop: None,
+        task: None,
+    };
+    let config = Harness::config(h.dir.path());
+    let store = Arc::new(SlowStore::new(
+        &config.state_dir,
+        Duration::from_millis(500),
+    ));
+    let scontrol = Arc::new(HangingScontrol::default());
+    h.launch_with(config, store.clone(), scontrol.clone()).await;
+    // A job the reconcile loop finds on its own: it asks scontrol about it, which hangs.
+    h.tree.add_job("n1", 1000, 90, "3", None);
+    wait_for(|| scontrol.calls.load(std::sync::atomic::Ordering::SeqCst) > 0).await;
+    // A status reader that connects and never sends: it holds a query slot until its deadline.
+    let _stalled = UnixStream::connect(h.query_path()).await.unwrap();
+    let mut took = Vec::new();
+    for i in 0..100u32 {
+        let job = 100 + i;
+        let cpu = (i % 3).to_string();
+        h.tree.add_job("n1", 1000, job, &cpu, Some(100));
+        took.push(timed(&h, &start_msg(job, &cpu, true)).await);
+        let end = PluginMessage::JobEnd {
+            job_id: job,
+            node: "n1".into(),
+        };
+        took.push(timed(&h, &end).await);
+        h.tree.remove_job("n1", 1000, job);
+    }
+    took.sort();
+    let p50 = took[took.len() / 2];
+    let p99 = took[took.len() * 99 / 100];
+    let saves = store.saves.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!(
+        "step start/end round trips with 500 ms saves and a hanging scontrol: p50 {p50:?}, p99 {p99:?}, max {:?}; {saves} saves for {} changes",
+        took.last().unwrap(),
+        took.len()
+    );
+    // Each round trip would take at least 500 ms if it waited for a save, and forever if it
+    // waited for scontrol; the plugin gives up after 100 ms. (The 10 ms target is the bench's:
+    // `cargo bench -p harvest-agent --bench step_start`.)
+    assert!(p99 < Duration::from_millis(100), "p99 {p99:?}");
+    // Saves were coalesced: far fewer than the changes, and the latest one still lands.
+    assert!(saves < 50, "{saves} saves");
+    // The status socket still answers, and shows the job scontrol was asked about.
+    assert_eq!(h.status().await.cpus.batch.to_list(), "3");
+    scontrol
+        .released
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    h.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_kill_at_any_point_the_restarted_ledger_equals_slurms_view() {
+    // Jobs come and go (cgroup tree and plugin messages together) while every save takes
+    // 100 ms; the agent "dies" after k messages (its store takes no more saves, its tasks are
+    // dropped). A new agent over the same state and tree must hold exactly the tree's jobs.
+    for kill_after in [0usize, 1, 2, 3, 5, 8, 13] {
+        let mut h = Harness {
+            tree: FakeTree::new(),
+            dir: tempfile::tempdir().unwrap(),
+            stop: None,
+            task: None,
+        };
+        let config = Harness::config(h.dir.path());
+        let store = Arc::new(SlowStore::new(
+            &config.state_dir,
+            Duration::from_millis(100),
+        ));
+        let details: Arc<dyn crate::scontrol::JobDetails> = Arc::new(FakeJobDetails::default());
+        h.launch_with(config.clone(), store.clone(), details).await;
+        for (n, job) in (1..=16u32).enumerate() {
+            if n == kill_after {
+                break;
+            }
+            let cpu = (job % 4).to_string();
+            if job % 3 == 0 {
+                // A job that ends: its cgroup goes, then its JobEnd.
+                h.tree.remove_job("n1", 1000, job - 1);
+                let end = PluginMessage::JobEnd {
+                    job_id: job - 1,
+                    node: "n1".into(),
+                };
+                assert!(h.send(&end).await.ok);
+            } else {
+                h.tree.add_job("n1", 1000, job, &cpu, Some(100));
+                assert!(h.send(&start_msg(job, &cpu, true)).await.ok);
+            }
+        }
+        // SIGKILL: nothing more reaches the disk, no shutdown runs.
+        store.kill();
+        h.task.take().unwrap().abort();
+        let _ = h.stop.take();
+        // The dead agent's sockets are stale files now; the new one replaces them.
+        let expected: std::collections::BTreeSet<u32> = crate::agent::read_tree(&h.tree.v1, "n1")
+            .unwrap()
+            .into_iter()
+            .map(|j| j.job_id)
+            .collect();
+        let fresh = crate::state::LedgerStore::open(&config.state_dir, "n1").unwrap();
+        let restarted = crate::agent::start(
+            "n1",
+            discover(
+                &FakeTopology::uniform(1, 4, 1),
+                &FakeMemory(8000),
+                &FakeGpus::none(),
+            )
+            .unwrap(),
+            config.reserve(),
+            &fresh,
+            &h.tree.sources(FakeJobDetails::default()),
+            config.unseen_job_grace,
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        let held: std::collections::BTreeSet<u32> =
+            restarted.ledger().jobs.keys().copied().collect();
+        assert_eq!(held, expected, "killed after {kill_after} messages");
+        let batch = restarted.view().cpus.batch;
+        let tree_cpus = crate::agent::read_tree(&h.tree.v1, "n1")
+            .unwrap()
+            .iter()
+            .fold(CpuSet::new(), |a, j| a.union(&j.cpus));
+        assert_eq!(batch, tree_cpus, "killed after {kill_after} messages");
+    }
+}

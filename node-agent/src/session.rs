@@ -200,11 +200,11 @@ fn report(
             &executors.context().settings.state_dir,
         )
         .into_iter()
-            .map(|a| v1::LeaseActivity {
-                lease_id: a.lease,
-                last_invocation_unix_ms: a.last_ms,
-            })
-            .collect(),
+        .map(|a| v1::LeaseActivity {
+            lease_id: a.lease,
+            last_invocation_unix_ms: a.last_ms,
+        })
+        .collect(),
         draining: s.stats.draining(),
     }))
 }

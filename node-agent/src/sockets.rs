@@ -147,11 +147,8 @@ fn spawn_conn<F, Fut>(
             tracker.spawn(async move {
                 let reply = AgentReply::error("harvestd is busy: too many connections, retry");
                 if let Ok(bytes) = encode(&reply) {
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(1),
-                        stream.write_all(&bytes),
-                    )
-                    .await;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&bytes))
+                        .await;
                 }
             });
         }

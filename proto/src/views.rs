@@ -47,11 +47,62 @@ impl From<NodeCountersView> for v1::NodeCounters {
     }
 }
 
+/// The interference levels from none to evict: the label values of the level metrics.
+pub const LEVELS: [v1::InterferenceLevel; 5] = [
+    v1::InterferenceLevel::None,
+    v1::InterferenceLevel::Weight,
+    v1::InterferenceLevel::Quota,
+    v1::InterferenceLevel::Freeze,
+    v1::InterferenceLevel::Evict,
+];
+
+/// A [`v1::InterferenceLevel`]'s short name, as JSON, tables and metric labels show it
+/// ("none", "weight", "quota", "freeze", "evict"; unspecified reads as "none").
+pub fn level_name(level: v1::InterferenceLevel) -> &'static str {
+    match level {
+        v1::InterferenceLevel::Unspecified | v1::InterferenceLevel::None => "none",
+        v1::InterferenceLevel::Weight => "weight",
+        v1::InterferenceLevel::Quota => "quota",
+        v1::InterferenceLevel::Freeze => "freeze",
+        v1::InterferenceLevel::Evict => "evict",
+    }
+}
+
+impl v1::InterferenceLevel {
+    /// The level with unspecified read as none, so that two readings compare equal.
+    pub fn or_none(self) -> Self {
+        match self {
+            Self::Unspecified => Self::None,
+            other => other,
+        }
+    }
+
+    /// True for every level that acts on the leases (weight and above).
+    pub fn applies(self) -> bool {
+        self.or_none() != Self::None
+    }
+}
+
+impl v1::InterferenceState {
+    /// The level applied now, unspecified (or unknown to this build) read as none.
+    pub fn current_level(&self) -> v1::InterferenceLevel {
+        self.level().or_none()
+    }
+}
+
+fn serialize_level<S: serde::Serializer>(
+    level: &v1::InterferenceLevel,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(level_name(*level))
+}
+
 /// An agent's interference verdict ([`v1::InterferenceState`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct InterferenceView {
-    /// none, weight, quota, freeze or evict.
-    pub level: String,
+    /// none, weight, quota, freeze or evict (by [`level_name`]).
+    #[serde(serialize_with = "serialize_level")]
+    pub level: v1::InterferenceLevel,
     pub detector: String,
     pub reason: String,
     pub since_unix_ms: i64,
@@ -63,7 +114,7 @@ pub struct InterferenceView {
 impl From<&v1::InterferenceState> for InterferenceView {
     fn from(i: &v1::InterferenceState) -> Self {
         Self {
-            level: i.level.clone(),
+            level: i.current_level(),
             detector: i.detector.clone(),
             reason: i.reason.clone(),
             since_unix_ms: i.since_unix_ms,
@@ -170,7 +221,7 @@ mod tests {
             "every counter is carried"
         );
         let i = InterferenceView::from(&v1::InterferenceState {
-            level: "quota".into(),
+            level: v1::InterferenceLevel::Quota.into(),
             detector: "threshold".into(),
             reason: "job 7 ran 9% slower".into(),
             since_unix_ms: 5,
@@ -179,10 +230,33 @@ mod tests {
             actions: [("quota".to_owned(), 2)].into(),
         });
         assert_eq!(
-            (i.level.as_str(), i.signals["a"], i.actions["quota"]),
+            (level_name(i.level), i.signals["a"], i.actions["quota"]),
             ("quota", 0.5, 2)
         );
         assert_eq!(i.unavailable, ["perf"]);
+    }
+
+    #[test]
+    fn levels_read_by_their_short_names_and_unspecified_as_none() {
+        let names: Vec<&str> = LEVELS.iter().map(|&l| level_name(l)).collect();
+        assert_eq!(names, ["none", "weight", "quota", "freeze", "evict"]);
+        assert_eq!(level_name(v1::InterferenceLevel::Unspecified), "none");
+        let unset = v1::InterferenceState::default();
+        assert_eq!(unset.current_level(), v1::InterferenceLevel::None);
+        assert!(!unset.current_level().applies());
+        // A level number this build does not know reads as none too.
+        let unknown = v1::InterferenceState {
+            level: 99,
+            ..Default::default()
+        };
+        assert_eq!(unknown.current_level(), v1::InterferenceLevel::None);
+        assert!(v1::InterferenceLevel::Freeze.applies());
+        // JSON keeps the lowercase name.
+        let view = InterferenceView::from(&v1::InterferenceState {
+            level: v1::InterferenceLevel::Evict.into(),
+            ..Default::default()
+        });
+        assert_eq!(serde_json::to_value(&view).unwrap()["level"], "evict");
     }
 
     fn serde_json_like(c: &NodeCountersView) -> String {

@@ -161,7 +161,7 @@ impl ReportExtras {
     pub fn interfering(&self) -> bool {
         self.interference
             .as_ref()
-            .is_some_and(|i| !i.level.is_empty() && i.level != "none")
+            .is_some_and(|i| i.current_level().applies())
     }
 }
 

@@ -567,7 +567,7 @@ fn a_node_whose_executors_hurt_a_job_takes_no_new_leases() {
     up(&mut b, "n1", &view("n1", 4, 0, 1000, 0), now);
     let interfering = ReportExtras {
         interference: Some(v1::InterferenceState {
-            level: "quota".into(),
+            level: v1::InterferenceLevel::Quota.into(),
             ..Default::default()
         }),
         ..Default::default()
@@ -581,14 +581,17 @@ fn a_node_whose_executors_hurt_a_job_takes_no_new_leases() {
         Err(BookError::Unschedulable { .. })
     ));
     assert_eq!(
-        b.nodes()[0].interference.as_ref().map(|i| i.level.as_str()),
-        Some("quota")
+        b.nodes()[0]
+            .interference
+            .as_ref()
+            .map(v1::InterferenceState::current_level),
+        Some(v1::InterferenceLevel::Quota)
     );
     b.report("n1", ver(1, 2), &view("n1", 4, 0, 1000, 0), now)
         .unwrap();
     let calm = ReportExtras {
         interference: Some(v1::InterferenceState {
-            level: "none".into(),
+            level: v1::InterferenceLevel::None.into(),
             ..Default::default()
         }),
         ..Default::default()

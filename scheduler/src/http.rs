@@ -142,7 +142,7 @@ impl Web {
                 response(
                     StatusCode::OK,
                     metrics::CONTENT_TYPE,
-                    metrics::encode(&self.metrics, &snap),
+                    self.metrics.encode(&snap),
                 )
             }
             "/api/cluster" => {

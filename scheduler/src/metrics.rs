@@ -3,34 +3,31 @@
 //! Two kinds, both in one exposition:
 //! - what the scheduler counts as it works ([`SchedulerMetrics`]): placement decisions and their
 //!   latency, lease acquisitions and their latency, lease ends by cause;
-//! - what it knows at scrape time ([`encode`] reads a [`Snapshot`] of the lease book): each
-//!   node's and the cluster's CPUs, memory and GPUs by state (`batch`, `function`, `idle`,
-//!   `reserved`), leases by state, revocations by reason, and the agents' own reclaim and
-//!   interference counters as their latest reports carry them.
+//! - what it knows at scrape time ([`SchedulerMetrics::encode`] reads a [`Snapshot`] of the
+//!   lease book): each node's and the cluster's CPUs, memory and GPUs by state (`batch`,
+//!   `function`, `idle`, `reserved`), leases by state, revocations by reason, and the agents' own
+//!   reclaim and interference counters as their latest reports carry them.
+//!
+//! Every family is registered once, when [`SchedulerMetrics`] is built; a scrape refreshes the
+//! book's families from the snapshot and encodes that one registry. The per-node families the
+//! agents export too are harvest-metrics' [`NodeFamilies`], so both write them the same way.
 //!
 //! Names follow Prometheus' conventions: the `harvest_` prefix, base units (`_seconds`,
 //! `_bytes`), `_total` on counters. Every metric is listed in docs/metrics.md.
 
-use std::sync::atomic::AtomicU64;
-
 use harvest_core::NodeView;
 pub use harvest_core::{Counts, STATES, Usage};
+pub use harvest_metrics::CONTENT_TYPE;
+use harvest_metrics::{
+    Exporter, Exposition, FloatGauge, Labels, NodeFamilies, NodeReport, Resources, labels,
+    set_counter,
+};
 use harvest_proto::v1;
-use prometheus_client::encoding::text::encode as encode_text;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-
-/// The Content-Type of the exposition.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Interference control levels an agent may report (docs/node-agent.md).
-pub const INTERFERENCE_LEVELS: [&str; 5] = ["none", "weight", "quota", "freeze", "evict"];
-
-type Labels = Vec<(&'static str, String)>;
-type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// What a scrape reads from the lease book (taken under its lock, encoded after).
 #[derive(Debug, Clone, Default)]
@@ -65,7 +62,8 @@ impl Placement {
     }
 }
 
-/// What the scheduler counts as it works. Cheap to update from any task (atomics).
+/// The scheduler's metrics: what it counts as it works (atomics, cheap to update from any task)
+/// and what a scrape reads from the lease book, all registered once into one registry.
 #[derive(Debug)]
 pub struct SchedulerMetrics {
     placements: Family<Labels, Counter>,
@@ -73,18 +71,60 @@ pub struct SchedulerMetrics {
     acquisitions: Family<Labels, Counter>,
     acquire_seconds: Histogram,
     lease_ends: Family<Labels, Counter>,
+    book: BookFamilies,
+    exposition: Exposition,
 }
 
 impl Default for SchedulerMetrics {
     fn default() -> Self {
+        let placements = Family::default();
+        // A policy's decision: 10 µs .. ~10 s.
+        let placement_seconds = Histogram::new(exponential_buckets(1e-5, 4.0, 11));
+        let acquisitions = Family::default();
+        // Request to executor ready: 1 ms .. ~65 s.
+        let acquire_seconds = Histogram::new(exponential_buckets(1e-3, 2.0, 17));
+        let lease_ends = Family::default();
+        let book = BookFamilies::default();
+
+        let mut r = Registry::with_prefix(harvest_metrics::PREFIX);
+        r.register(
+            "placements",
+            "Lease placements by outcome (placed, unschedulable, refused), one per AcquireLease",
+            placements.clone(),
+        );
+        r.register_with_unit(
+            "placement_duration",
+            "Time the placement policy took to choose a node, for placed leases",
+            Unit::Seconds,
+            placement_seconds.clone(),
+        );
+        r.register(
+            "lease_acquisitions",
+            "AcquireLease requests by outcome (active, unschedulable, failed, timeout, \
+             unavailable, refused, unauthenticated)",
+            acquisitions.clone(),
+        );
+        r.register_with_unit(
+            "lease_acquire_duration",
+            "AcquireLease from request to the executor ready, for leases that became active",
+            Unit::Seconds,
+            acquire_seconds.clone(),
+        );
+        r.register(
+            "lease_ends",
+            "Leases ended since the scheduler started, by cause (released, expired, idle, \
+             reclaimed, node_down, node_drained, interference, executor_failed)",
+            lease_ends.clone(),
+        );
+        book.register(&mut r);
         Self {
-            placements: Family::default(),
-            // A policy's decision: 10 µs .. ~10 s.
-            placement_seconds: Histogram::new(exponential_buckets(1e-5, 4.0, 11)),
-            acquisitions: Family::default(),
-            // Request to executor ready: 1 ms .. ~65 s.
-            acquire_seconds: Histogram::new(exponential_buckets(1e-3, 2.0, 17)),
-            lease_ends: Family::default(),
+            placements,
+            placement_seconds,
+            acquisitions,
+            acquire_seconds,
+            lease_ends,
+            book,
+            exposition: Exposition::new(r),
         }
     }
 }
@@ -127,303 +167,128 @@ impl SchedulerMetrics {
             .map_or(0, |c| c.get())
     }
 
-    fn register(&self, r: &mut Registry) {
-        r.register(
-            "placements",
-            "Lease placements by outcome (placed, unschedulable, refused), one per AcquireLease",
-            self.placements.clone(),
-        );
-        r.register_with_unit(
-            "placement_duration",
-            "Time the placement policy took to choose a node, for placed leases",
-            Unit::Seconds,
-            self.placement_seconds.clone(),
-        );
-        r.register(
-            "lease_acquisitions",
-            "AcquireLease requests by outcome (active, unschedulable, failed, timeout, \
-             unavailable, refused, unauthenticated)",
-            self.acquisitions.clone(),
-        );
-        r.register_with_unit(
-            "lease_acquire_duration",
-            "AcquireLease from request to the executor ready, for leases that became active",
-            Unit::Seconds,
-            self.acquire_seconds.clone(),
-        );
-        r.register(
-            "lease_ends",
-            "Leases ended since the scheduler started, by cause (released, expired, idle, \
-             reclaimed, node_down, node_drained, interference, executor_failed)",
-            self.lease_ends.clone(),
-        );
+    /// The whole exposition: the counts so far plus what `snap` shows.
+    pub fn encode(&self, snap: &Snapshot) -> String {
+        self.exposition.encode(|| self.book.refresh(snap))
     }
 }
 
-fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
-    pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
-}
-
-fn gauge_family() -> Family<Labels, Gauge> {
-    Family::default()
-}
-
-/// The resource gauges of one node or the cluster, by state.
-#[derive(Debug, Default)]
-struct ResourceFamilies {
-    cpus: Family<Labels, Gauge>,
-    memory: Family<Labels, Gauge>,
-    gpus: Family<Labels, Gauge>,
-}
-
-impl ResourceFamilies {
-    fn set(&self, base: &[(&'static str, &str)], usage: &Usage) {
-        for state in STATES {
-            let mut l: Labels = base.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
-            l.push(("state", state.to_owned()));
-            let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-            self.cpus
-                .get_or_create(&l)
-                .set(as_i64(usage.cpus.get(state)));
-            self.memory
-                .get_or_create(&l)
-                .set(as_i64(usage.memory_mib.get(state).saturating_mul(1 << 20)));
-            self.gpus
-                .get_or_create(&l)
-                .set(as_i64(usage.gpus.get(state)));
-        }
-    }
-
-    fn register(self, r: &mut Registry, scope: &str) {
-        r.register(
-            format!("{scope}_cpus"),
-            format!("CPUs of the {scope} by state (batch, function, idle, reserved)"),
-            self.cpus,
-        );
-        r.register_with_unit(
-            format!("{scope}_memory"),
-            format!("Memory of the {scope} by state (batch, function, idle, reserved)"),
-            Unit::Bytes,
-            self.memory,
-        );
-        r.register(
-            format!("{scope}_gpus"),
-            format!("GPUs of the {scope} by state (batch, function, idle, reserved)"),
-            self.gpus,
-        );
-    }
-}
+/// The node states `harvest_node_state` and `harvest_nodes` count.
+const NODE_STATES: [&str; 3] = ["up", "down", "draining"];
 
 /// The node's lease states counted by `harvest_leases` (the live ones).
-const LIVE_LEASE_STATES: [(v1::LeaseState, &str); 2] = [
-    (v1::LeaseState::Pending, "pending"),
-    (v1::LeaseState::Active, "active"),
-];
+const LIVE_LEASE_STATES: [v1::LeaseState; 2] = [v1::LeaseState::Pending, v1::LeaseState::Active];
 
-/// Encodes the whole exposition: `metrics` plus what `snap` shows.
-pub fn encode(metrics: &SchedulerMetrics, snap: &Snapshot) -> String {
-    let mut r = Registry::with_prefix("harvest");
-    metrics.register(&mut r);
+/// What a scrape reads from the lease book: the per-node families the agents export too
+/// ([`NodeFamilies`]), and the scheduler's own view of the nodes and the cluster.
+#[derive(Debug)]
+struct BookFamilies {
+    nodes: NodeFamilies,
+    node_state: Family<Labels, Gauge>,
+    nodes_by_state: Family<Labels, Gauge>,
+    last_report: Family<Labels, FloatGauge>,
+    cluster: Resources,
+    revocations: Family<Labels, Counter>,
+}
 
-    let node_state = gauge_family();
-    let nodes_by_state = gauge_family();
-    let last_report = Family::<Labels, FloatGauge>::default();
-    let node_res = ResourceFamilies::default();
-    let cluster_res = ResourceFamilies::default();
-    let gpu_state_f = gauge_family();
-    let leases = gauge_family();
-    let revocations = Family::<Labels, Counter>::default();
-    let reclaims = Family::<Labels, Counter>::default();
-    let evictions = Family::<Labels, Counter>::default();
-    let moves = Family::<Labels, Counter>::default();
-    let overruns = Family::<Labels, Counter>::default();
-    let reclaim_seconds = Family::<Labels, Counter<f64, AtomicU64>>::default();
-    let reclaim_max = Family::<Labels, FloatGauge>::default();
-    let level = gauge_family();
-    let signals = Family::<Labels, FloatGauge>::default();
-    let actions = Family::<Labels, Counter>::default();
-    let actions_by_level = Family::<Labels, Counter>::default();
-
-    let mut cluster = Usage::default();
-    for state in ["up", "down", "draining"] {
-        nodes_by_state
-            .get_or_create(&labels([("state", state)]))
-            .set(0);
+impl Default for BookFamilies {
+    fn default() -> Self {
+        Self {
+            nodes: NodeFamilies::new(Exporter::Scheduler),
+            node_state: Family::default(),
+            nodes_by_state: Family::default(),
+            last_report: Family::default(),
+            cluster: Resources::new("cluster"),
+            revocations: Family::default(),
+        }
     }
-    for status in &snap.nodes {
-        let view = view_of(status);
-        let node = view.name.as_str();
-        for state in ["up", "down", "draining"] {
-            let on = i64::from(status.state == state);
-            node_state
-                .get_or_create(&labels([("node", node), ("state", state)]))
-                .set(on);
+}
+
+impl BookFamilies {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "node_state",
+            "1 for the node's state as the scheduler sees it (up, down: missed heartbeats, \
+             draining)",
+            self.node_state.clone(),
+        );
+        r.register(
+            "nodes",
+            "Nodes by state (up, down, draining)",
+            self.nodes_by_state.clone(),
+        );
+        r.register_with_unit(
+            "node_last_report_timestamp",
+            "When the node's agent last reported (Unix time)",
+            Unit::Seconds,
+            self.last_report.clone(),
+        );
+        self.nodes.register(r);
+        self.cluster.register(r);
+        r.register(
+            "revocations",
+            "Leases the system took back, by node and reason (reclaimed, node_down, \
+             node_drained, interference), counted by the scheduler since it started",
+            self.revocations.clone(),
+        );
+    }
+
+    /// Replaces every series with what `snap` shows (a node that left loses its series).
+    fn refresh(&self, snap: &Snapshot) {
+        self.node_state.clear();
+        self.nodes_by_state.clear();
+        self.last_report.clear();
+        self.cluster.clear();
+        self.revocations.clear();
+        for state in NODE_STATES {
+            self.nodes_by_state
+                .get_or_create(&labels([("state", state)]))
+                .set(0);
         }
-        nodes_by_state
-            .get_or_create(&labels([("state", status.state.as_str())]))
-            .inc();
-        last_report
-            .get_or_create(&labels([("node", node)]))
-            .set(status.last_report_unix_ms as f64 / 1000.0);
-        let usage = Usage::of(&view);
-        cluster = cluster.add(&usage);
-        node_res.set(&[("node", node)], &usage);
-        for &gpu in &view.gpus.total {
-            let id = gpu.to_string();
-            gpu_state_f
-                .get_or_create(&labels([
-                    ("node", node),
-                    ("gpu", &id),
-                    ("state", view.gpu_state(gpu)),
-                ]))
-                .set(1);
+        let views: Vec<NodeView> = snap.nodes.iter().map(view_of).collect();
+        for (status, view) in snap.nodes.iter().zip(&views) {
+            let node = view.name.as_str();
+            for state in NODE_STATES {
+                self.node_state
+                    .get_or_create(&labels([("node", node), ("state", state)]))
+                    .set(i64::from(status.state == state));
+            }
+            self.nodes_by_state
+                .get_or_create(&labels([("state", status.state.as_str())]))
+                .inc();
+            self.last_report
+                .get_or_create(&labels([("node", node)]))
+                .set(status.last_report_unix_ms as f64 / 1000.0);
+            for (reason, count) in &status.revocations {
+                set_counter(
+                    &self.revocations,
+                    &labels([("node", node), ("reason", reason)]),
+                    *count,
+                );
+            }
         }
-        for (state, name) in LIVE_LEASE_STATES {
-            let count = snap
-                .leases
+        let live = |node: &str, state: v1::LeaseState| {
+            snap.leases
                 .iter()
                 .filter(|l| l.node == node && l.state == state as i32)
-                .count();
-            leases
-                .get_or_create(&labels([("node", node), ("state", name)]))
-                .set(count as i64);
-        }
-        for (reason, count) in &status.revocations {
-            revocations
-                .get_or_create(&labels([("node", node), ("reason", reason)]))
-                .inc_by(*count);
-        }
-        if let Some(c) = &status.counters {
-            let l = labels([("node", node)]);
-            reclaims.get_or_create(&l).inc_by(c.reclaims);
-            evictions.get_or_create(&l).inc_by(c.reclaim_evictions);
-            moves.get_or_create(&l).inc_by(c.reclaim_moves);
-            overruns.get_or_create(&l).inc_by(c.reclaim_overruns);
-            reclaim_seconds
-                .get_or_create(&l)
-                .inc_by(c.reclaim_latency_us_sum as f64 / 1e6);
-            reclaim_max
-                .get_or_create(&l)
-                .set(c.reclaim_latency_us_max as f64 / 1e6);
-            actions.get_or_create(&l).inc_by(c.interference_actions);
-        }
-        if let Some(i) = &status.interference {
-            let current = if i.level.is_empty() { "none" } else { &i.level };
-            let mut known: Vec<&str> = INTERFERENCE_LEVELS.to_vec();
-            if !known.contains(&current) {
-                known.push(current);
-            }
-            for lv in known {
-                level
-                    .get_or_create(&labels([("node", node), ("level", lv)]))
-                    .set(i64::from(lv == current));
-            }
-            for (signal, value) in &i.signals {
-                signals
-                    .get_or_create(&labels([("node", node), ("signal", signal)]))
-                    .set(*value);
-            }
-            for (lv, count) in &i.actions {
-                actions_by_level
-                    .get_or_create(&labels([("node", node), ("level", lv)]))
-                    .inc_by(*count);
-            }
-        }
+                .count()
+        };
+        let [pending, active] = LIVE_LEASE_STATES;
+        let cluster =
+            self.nodes.refresh(
+                snap.nodes
+                    .iter()
+                    .zip(&views)
+                    .map(|(status, view)| NodeReport {
+                        view,
+                        leases_pending: live(&view.name, pending),
+                        leases_active: live(&view.name, active),
+                        counters: status.counters.map(Into::into),
+                        interference: status.interference.as_ref(),
+                    }),
+            );
+        self.cluster.set(&[], &cluster);
     }
-    cluster_res.set(&[], &cluster);
-
-    r.register(
-        "node_state",
-        "1 for the node's state as the scheduler sees it (up, down: missed heartbeats, draining)",
-        node_state,
-    );
-    r.register(
-        "nodes",
-        "Nodes by state (up, down, draining)",
-        nodes_by_state,
-    );
-    r.register_with_unit(
-        "node_last_report_timestamp",
-        "When the node's agent last reported (Unix time)",
-        Unit::Seconds,
-        last_report,
-    );
-    node_res.register(&mut r, "node");
-    cluster_res.register(&mut r, "cluster");
-    r.register(
-        "gpu_state",
-        "1 for each GPU in its state (batch, function, idle, reserved)",
-        gpu_state_f,
-    );
-    r.register(
-        "leases",
-        "Live leases by node and state (pending: executor starting; active)",
-        leases,
-    );
-    r.register(
-        "revocations",
-        "Leases the system took back, by node and reason (reclaimed, node_down, node_drained, \
-         interference), counted by the scheduler since it started",
-        revocations,
-    );
-    r.register(
-        "reclaims",
-        "Step starts on the node that took resources back from executors (the agent's count \
-         since it started)",
-        reclaims,
-    );
-    r.register(
-        "reclaim_evictions",
-        "Executors evicted to make room for a batch step (the agent's count)",
-        evictions,
-    );
-    r.register(
-        "reclaim_moves",
-        "Executors moved to other idle CPUs instead of evicted (the agent's count)",
-        moves,
-    );
-    r.register(
-        "reclaim_overruns",
-        "Reclaims that did not finish within their deadline (the agent's count)",
-        overruns,
-    );
-    r.register_with_unit(
-        "reclaim",
-        "Total reclaim latency, plugin report to executors gone (divide by harvest_reclaims_total \
-         for the mean)",
-        Unit::Seconds,
-        reclaim_seconds,
-    );
-    r.register_with_unit(
-        "reclaim_max",
-        "The slowest reclaim on the node since its agent started",
-        Unit::Seconds,
-        reclaim_max,
-    );
-    r.register(
-        "interference_level",
-        "1 for the interference control level the node's agent applies now",
-        level,
-    );
-    r.register(
-        "interference_signal",
-        "The latest interference signal values by name (as the agent reports them)",
-        signals,
-    );
-    r.register(
-        "interference_actions",
-        "Interference control actions the node's agent took since it started",
-        actions,
-    );
-    r.register(
-        "interference_level_actions",
-        "Interference control actions by level (weight, quota, freeze, evict)",
-        actions_by_level,
-    );
-
-    let mut out = String::new();
-    encode_text(&mut out, &r).expect("writing to a String cannot fail");
-    out
 }
 
 #[cfg(test)]
@@ -492,7 +357,7 @@ mod tests {
                 interference_actions: 4,
             }),
             interference: Some(v1::InterferenceState {
-                level: "quota".into(),
+                level: v1::InterferenceLevel::Quota.into(),
                 detector: "threshold".into(),
                 reason: "batch slowed".into(),
                 since_unix_ms: 0,
@@ -566,7 +431,7 @@ mod tests {
                 ..v1::Lease::default()
             }],
         };
-        let text = encode(&m, &snap);
+        let text = m.encode(&snap);
         assert!(text.ends_with("# EOF\n"), "{text}");
         let s = parse(&text);
         let n1 = [("node", "n1")];
@@ -703,13 +568,10 @@ mod tests {
         m.record_lease_end("released");
         let mut v = view();
         v.gpus.batch = vec![0];
-        let text = encode(
-            &m,
-            &Snapshot {
-                nodes: vec![status(&v)],
-                leases: vec![],
-            },
-        );
+        let text = m.encode(&Snapshot {
+            nodes: vec![status(&v)],
+            leases: vec![],
+        });
         let exported: std::collections::HashSet<&str> = text
             .lines()
             .filter(|l| !l.starts_with('#'))
@@ -749,5 +611,30 @@ mod tests {
         assert_eq!(c.batch + c.function + c.idle + c.reserved, c.total);
         let m = u.memory_mib;
         assert_eq!(m.batch + m.function + m.idle + m.reserved, m.total);
+    }
+
+    /// The registry is built once; a node the book forgot loses its series at the next scrape.
+    #[test]
+    fn a_node_that_left_leaves_no_series_behind() {
+        let m = SchedulerMetrics::default();
+        let mut second = view();
+        second.name = "n2".into();
+        let both = m.encode(&Snapshot {
+            nodes: vec![status(&view()), status(&second)],
+            leases: vec![],
+        });
+        assert!(both.contains(r#"node="n2""#), "{both}");
+        let one = m.encode(&Snapshot {
+            nodes: vec![status(&view())],
+            leases: vec![],
+        });
+        assert!(!one.contains(r#"node="n2""#), "{one}");
+        let s = parse(&one);
+        assert_eq!(value(&s, "harvest_nodes", &[("state", "up")]), 1.0);
+        assert_eq!(
+            value(&s, "harvest_cluster_cpus", &[("state", "batch")]),
+            3.0
+        );
+        assert_eq!(value(&s, "harvest_reclaims_total", &[("node", "n1")]), 2.0);
     }
 }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use harvest_proto::v1;
+use harvest_proto::views::level_name;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -57,7 +58,7 @@ const EVENT_CAUSES: [&str; 5] = [
 #[derive(Debug, Clone, Default)]
 struct NodeMemo {
     state: String,
-    level: String,
+    level: v1::InterferenceLevel,
     reclaims: u64,
     evictions: u64,
     moves: u64,
@@ -145,17 +146,10 @@ impl Recorder {
         for status in &snap.nodes {
             let node = view_of(status).name;
             let counters = status.counters.unwrap_or_default();
-            let level = status
-                .interference
-                .as_ref()
-                .map(|i| {
-                    if i.level.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        i.level.clone()
-                    }
-                })
-                .unwrap_or_else(|| "none".to_owned());
+            let level = status.interference.as_ref().map_or(
+                v1::InterferenceLevel::None,
+                v1::InterferenceState::current_level,
+            );
             let memo = inner.nodes.entry(node.clone()).or_default();
             let first = memo.state.is_empty();
             if !first && memo.state != status.state {
@@ -167,24 +161,20 @@ impl Recorder {
                     message: format!("node {node}: {} -> {}", memo.state, status.state),
                 });
             }
-            if (!first || level != "none") && memo.level != level {
+            if (!first || level.applies()) && memo.level.or_none() != level {
                 let detail = status
                     .interference
                     .as_ref()
                     .filter(|i| !i.reason.is_empty())
                     .map(|i| format!(" ({}: {})", i.detector, i.reason))
                     .unwrap_or_default();
-                let from = if memo.level.is_empty() {
-                    "none"
-                } else {
-                    &memo.level
-                };
+                let (from, to) = (level_name(memo.level), level_name(level));
                 events.push(Event {
                     t_unix_ms: now_unix_ms,
                     kind: "interference_level".into(),
                     node: node.clone(),
                     lease: None,
-                    message: format!("interference on {node}: {from} -> {level}{detail}"),
+                    message: format!("interference on {node}: {from} -> {to}{detail}"),
                 });
             }
             // Counters restart with the agent: only growth within an incarnation is a reclaim.
@@ -390,7 +380,7 @@ mod tests {
             ..v1::NodeCounters::default()
         });
         n.interference = Some(v1::InterferenceState {
-            level: "freeze".into(),
+            level: v1::InterferenceLevel::Freeze.into(),
             detector: "threshold".into(),
             reason: "batch IPC -30%".into(),
             ..v1::InterferenceState::default()

@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use harvest_core::CpuSet;
+use harvest_proto::views::level_name;
 
 use crate::lease::{Lease, Node};
 
@@ -40,10 +41,7 @@ pub fn nodes(nodes: &[Node]) -> String {
     );
     for n in nodes {
         let v = &n.view;
-        let interference = n
-            .interference
-            .as_ref()
-            .map_or("-", |i| if i.level.is_empty() { "none" } else { &i.level });
+        let interference = n.interference.as_ref().map_or("-", |i| level_name(i.level));
         let _ = writeln!(
             out,
             "{:<10} {:<8} {:<12} {:<12} {:<12} {:<20} {:<9} {:<8} {}",

@@ -18,6 +18,7 @@ use super::exit::CliError;
 use super::io;
 use crate::lease::{Lease, Node, SchedulerClient};
 use harvest_core::{Counts, Usage};
+use harvest_proto::views::level_name;
 
 /// How many samples the sparkline keeps.
 pub const HISTORY: usize = 60;
@@ -63,7 +64,7 @@ impl NodeCounts {
             interference: n
                 .interference
                 .as_ref()
-                .map_or_else(|| "-".to_owned(), |i| i.level.clone()),
+                .map_or_else(|| "-".to_owned(), |i| level_name(i.level).to_owned()),
             reclaims: n.reclaims,
         }
     }

@@ -37,10 +37,12 @@ pub mod testing;
 #[cfg(test)]
 mod tests;
 
+use harvest_proto::v1::InterferenceLevel;
+use harvest_proto::views::level_name;
 pub use settings::{InterferenceConfig, Mode};
 
-/// The control levels, from none to evict. [`Level::name`] is what `InterferenceState.level`
-/// carries.
+/// The control levels, from none to evict. Its [`InterferenceLevel`] (`From`) is what
+/// `InterferenceState.level` carries; [`Level::name`] is that level's short name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
     None,
@@ -54,15 +56,22 @@ pub enum Level {
     Evict,
 }
 
-impl Level {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::None => "none",
-            Self::Weight => "weight",
-            Self::Quota(_) => "quota",
-            Self::Freeze => "freeze",
-            Self::Evict => "evict",
+impl From<Level> for InterferenceLevel {
+    fn from(level: Level) -> Self {
+        match level {
+            Level::None => Self::None,
+            Level::Weight => Self::Weight,
+            Level::Quota(_) => Self::Quota,
+            Level::Freeze => Self::Freeze,
+            Level::Evict => Self::Evict,
         }
+    }
+}
+
+impl Level {
+    /// "none", "weight", "quota", "freeze" or "evict" (the wire level's name).
+    pub fn name(self) -> &'static str {
+        level_name(self.into())
     }
 
     /// `quota 25%` for a quota level, else the name.

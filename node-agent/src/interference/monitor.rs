@@ -410,8 +410,9 @@ impl Monitor {
             (false, Level::Quota(p)) => format!("quota {p}%: {why}"),
             (false, _) => why.to_owned(),
         };
+        let wire = if observe { Level::None } else { level };
         let state = v1::InterferenceState {
-            level: if observe { "none" } else { level.name() }.to_owned(),
+            level: v1::InterferenceLevel::from(wire).into(),
             detector: detector.to_owned(),
             reason,
             since_unix_ms: i64::try_from(self.since_ms).unwrap_or(i64::MAX),

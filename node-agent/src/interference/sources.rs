@@ -399,8 +399,8 @@ impl Source for NvmlSignals {
 mod tests {
     use super::*;
     use crate::cgroup::{CpuStat, GroupSpec};
-    use crate::leases::testing::FakeCgroups;
     use crate::interference::signals::{JobTarget, LeaseTarget};
+    use crate::leases::testing::FakeCgroups;
 
     fn targets() -> Targets {
         Targets {

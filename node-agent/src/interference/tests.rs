@@ -17,6 +17,7 @@ use super::testing::{
     FakeActuator, FakeEvictor, FakeTargets, Missing, ModelJob, PerRead, Rec, Recorded,
 };
 use crate::stats::NodeStats;
+use harvest_proto::v1::InterferenceLevel;
 
 const PERIOD: Duration = Duration::from_secs(1);
 
@@ -429,7 +430,7 @@ async fn cpu_contention_is_caught_with_perf_and_progress_missing() {
         m.tick_at(t0 + PERIOD * i).await;
     }
     let state = stats.interference().unwrap();
-    assert_eq!(state.level, "none");
+    assert_eq!(state.level(), InterferenceLevel::None);
     assert_eq!(state.unavailable, ["perf: no hardware PMU (test)"]);
     assert_eq!(state.signals["batch.7.cpu"], 1.0);
     targets.add_lease("L1");
@@ -443,7 +444,7 @@ async fn cpu_contention_is_caught_with_perf_and_progress_missing() {
     // Three samples over the threshold (the first beside the lease is the 5th tick).
     assert_eq!(escalated_at, Some(6));
     let state = stats.interference().unwrap();
-    assert_eq!(state.level, "quota");
+    assert_eq!(state.level(), InterferenceLevel::Quota);
     assert_eq!(state.detector, "threshold");
     assert!(
         state.reason.contains("runq_wait") && state.reason.contains("cpu"),
@@ -485,7 +486,7 @@ async fn with_every_source_missing_nothing_is_done_and_the_node_says_why() {
     }
     assert_eq!(m.level(), Level::None);
     let state = stats.interference().unwrap();
-    assert_eq!(state.level, "none");
+    assert_eq!(state.level(), InterferenceLevel::None);
     assert_eq!(state.unavailable.len(), 2);
     assert!(
         state.signals.is_empty(),
@@ -619,7 +620,7 @@ async fn harm_that_survives_every_quota_freezes_then_evicts_with_the_reason() {
         evicted[0].1
     );
     let state = stats.interference().unwrap();
-    assert_eq!(state.level, "evict");
+    assert_eq!(state.level(), InterferenceLevel::Evict);
     assert_eq!(state.actions["evict"], 1);
     assert_eq!(state.actions["evicted_leases"], 1);
     // The node holds at evict (no placements), then returns to none.
@@ -628,7 +629,10 @@ async fn harm_that_survives_every_quota_freezes_then_evicts_with_the_reason() {
     assert_eq!(m.level(), Level::Evict);
     m.tick_at(t + Duration::from_secs(6)).await;
     assert_eq!(m.level(), Level::None);
-    assert_eq!(stats.interference().unwrap().level, "none");
+    assert_eq!(
+        stats.interference().unwrap().level(),
+        InterferenceLevel::None
+    );
 }
 
 #[tokio::test]
@@ -652,7 +656,7 @@ async fn observe_mode_reports_but_never_touches_an_executor() {
     }
     assert_ne!(m.level(), Level::None);
     let state = stats.interference().unwrap();
-    assert_eq!(state.level, "none");
+    assert_eq!(state.level(), InterferenceLevel::None);
     assert!(
         state.reason.starts_with("observe mode, would be quota"),
         "{}",

@@ -24,7 +24,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 use super::launch::{self, LOG_FILE, READY_FILE};
 use super::process::{ExitFuture, Launch, Signal};
 use super::{
-    Context, Control, CreateOrder, Evicted, EVICT_POLL_INTERVAL, EXIT_CPU_WEIGHT, LOG_TAIL_BYTES,
+    Context, Control, CreateOrder, EVICT_POLL_INTERVAL, EXIT_CPU_WEIGHT, Evicted, LOG_TAIL_BYTES,
     LeaseEvent, LeaseMessage, POLL_INTERVAL,
 };
 use crate::agent::now_ms;
@@ -398,13 +398,11 @@ impl Lease<'_> {
             }
             State::Ready {
                 pid, start_time, ..
-            } => {
-                (self.ctx.processes.start_time(pid) != Some(start_time)).then(|| Ending::Stop {
-                    reason: format!("the executor (pid {pid}) is gone"),
-                    cause: EndCause::ExecutorFailed,
-                    done: None,
-                })
-            }
+            } => (self.ctx.processes.start_time(pid) != Some(start_time)).then(|| Ending::Stop {
+                reason: format!("the executor (pid {pid}) is gone"),
+                cause: EndCause::ExecutorFailed,
+                done: None,
+            }),
             State::Reserved => None,
         }
     }

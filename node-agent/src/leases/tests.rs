@@ -327,10 +327,7 @@ async fn refused_leases_say_why_and_hold_nothing() {
     };
     assert_eq!(reason, "lease Big: 5 CPUs wanted, only 4 idle (0-3)");
     rig.exec.create(rig.order("../x", 1, 100));
-    assert!(matches!(
-        rig.next_event().await,
-        LeaseEvent::Failed { .. }
-    ));
+    assert!(matches!(rig.next_event().await, LeaseEvent::Failed { .. }));
     assert!(rig.procs.launches().is_empty());
     assert!(rig.view().cpus.function.is_empty());
     assert_eq!(rig.leases(), 0);
@@ -379,22 +376,14 @@ async fn an_executor_that_ignores_sigterm_is_killed_after_the_grace() {
     rig.procs.set_behaviour(Behaviour::IgnoresTerm);
     rig.exec.create(rig.order("L1", 1, 100));
     assert!(matches!(rig.next_event().await, LeaseEvent::Ready(_)));
-    assert!(
-        rig.exec
-            .end("L1", "bye".into(), EndCause::Released)
-            .await
-    );
+    assert!(rig.exec.end("L1", "bye".into(), EndCause::Released).await);
     assert_eq!(
         rig.procs.signals(),
         [(1000, Signal::Term), (1000, Signal::Kill)]
     );
     assert!(rig.procs.running().is_empty());
     // Ending it again is answered: it is gone.
-    assert!(
-        !rig.exec
-            .end("L1", "again".into(), EndCause::Released)
-            .await
-    );
+    assert!(!rig.exec.end("L1", "again".into(), EndCause::Released).await);
 }
 
 #[tokio::test]
@@ -441,10 +430,10 @@ async fn an_executor_that_never_gets_ready_fails_the_lease_with_its_log() {
 async fn expired_leases_and_vanished_executors_end_by_themselves() {
     let mut rig = Rig::new();
     let mut order = rig.order("old", 1, 100);
-    order.request.expires_unix_ms = i64::try_from(now_ms(SystemTime::now())).unwrap() + 300;
+    order.request.expires_unix_ms = i64::try_from(now_ms(SystemTime::now())).unwrap() + 2000;
     rig.exec.create(order);
-    rig.exec.create(rig.order("gone", 1, 100));
     assert!(matches!(rig.next_event().await, LeaseEvent::Ready(_)));
+    rig.exec.create(rig.order("gone", 1, 100));
     assert!(matches!(rig.next_event().await, LeaseEvent::Ready(_)));
     // A process that vanishes (the fake drops its exit too; a re-adopted one, whose exit
     // nobody waits on, is caught by its pid check: see the restart test).
@@ -472,9 +461,10 @@ async fn expired_leases_and_vanished_executors_end_by_themselves() {
 #[tokio::test]
 async fn after_a_restart_live_executors_are_re_adopted_and_the_rest_cleaned_up() {
     let mut rig = Rig::new();
+    // One after the other, so "alive" gets pid 1000 and "dead" 1001.
     rig.exec.create(rig.order("alive", 1, 100));
-    rig.exec.create(rig.order("dead", 1, 100));
     assert!(matches!(rig.next_event().await, LeaseEvent::Ready(_)));
+    rig.exec.create(rig.order("dead", 1, 100));
     assert!(matches!(rig.next_event().await, LeaseEvent::Ready(_)));
     // A group no lease owns, e.g. left by a crash between mkdir and the ledger save.
     rig.cgroups
@@ -701,7 +691,8 @@ async fn interference_controls_reach_the_lease_group_through_its_task() {
     // 25% of 2 CPUs.
     assert_eq!(quota.flatten().map(|q| q.quota_us), Some(50_000));
     assert_eq!(
-        rig.exec.try_send("nope", LeaseMessage::Control(Control::Thaw)),
+        rig.exec
+            .try_send("nope", LeaseMessage::Control(Control::Thaw)),
         Err(SendError::Unknown("nope".into()))
     );
 }

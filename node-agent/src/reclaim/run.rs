@@ -63,12 +63,8 @@ impl Reclaimer {
                 _ => evictions.push((lease, format!("reclaimed: {reason}"))),
             }
         }
-        let boost = (!evictions.is_empty()).then(|| {
-            self.leases
-                .context()
-                .parent
-                .boost(EXIT_CPU_WEIGHT)
-        });
+        let boost =
+            (!evictions.is_empty()).then(|| self.leases.context().parent.boost(EXIT_CPU_WEIGHT));
         let mut answers = Vec::new();
         for (lease, reason) in &evictions {
             let (gone, answer) = oneshot::channel();
