@@ -253,7 +253,7 @@ pub fn simulate_into(
     label: String,
 ) -> anyhow::Result<Outcome> {
     let mut p = super::progress_printer(label);
-    let outcome = run(cfg, |x| p(x))?;
+    let outcome = run(cfg, &mut p)?;
     super::progress_done();
     write_run(dir, &outcome.summary, &outcome.samples, font)?;
     Ok(outcome)

@@ -227,7 +227,8 @@ impl Demand {
                 }
             }
             // Popped from the back: latest first.
-            self.buf.sort_unstable_by(|a, b| b.time_ms.cmp(&a.time_ms));
+            self.buf
+                .sort_unstable_by_key(|b| std::cmp::Reverse(b.time_ms));
         }
     }
 

@@ -86,7 +86,8 @@ fn plot_sweep(path: &Path, s: &StudySummary) -> Result<(), OutputError> {
         .y_desc("core-hours")
         .draw()
         .map_err(|e| err(&e))?;
-    let series: [(&str, RGBColor, fn(&super::study::SweepRow) -> f64); 3] = [
+    type Series = (&'static str, RGBColor, fn(&super::study::SweepRow) -> f64);
+    let series: [Series; 3] = [
         ("served (completed)", RGBColor(0, 150, 70), |r| {
             r.served_core_hours
         }),
