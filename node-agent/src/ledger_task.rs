@@ -303,11 +303,12 @@ async fn run(
                 } else {
                     Vec::new()
                 };
-                // Answer first: the step waits on it; the snapshot is for everyone else.
-                let _ = reply.send((answer, plan));
+                // Published before the answer (microseconds): whoever asks after the step
+                // started sees it.
                 if changed {
                     publish(&agent);
                 }
+                let _ = reply.send((answer, plan));
             }
             Command::Reserve { req, now, reply } => {
                 let result = agent.reserve_lease(&req, now).map(|r| (r, publish(&agent)));

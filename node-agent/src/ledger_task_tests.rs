@@ -42,6 +42,16 @@ impl Store for GatedStore {
     }
 }
 
+/// Opens the gate when dropped, so that a failing test does not leave a blocking thread (and
+/// the runtime's shutdown) waiting for ever.
+struct Opener(Arc<GatedStore>);
+
+impl Drop for Opener {
+    fn drop(&mut self) {
+        self.0.open.store(true, Ordering::SeqCst);
+    }
+}
+
 fn agent() -> NodeAgent {
     let hw = discover(
         &FakeTopology::uniform(1, 4, 1),
@@ -78,6 +88,7 @@ fn start(job: u32, cpus: &str) -> PluginMessage {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_messages_are_answered_while_a_save_hangs_and_reservations_wait_for_theirs() {
     let store = Arc::new(GatedStore::default());
+    let _opener = Opener(store.clone());
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();
     let ledger = spawn(
@@ -117,7 +128,11 @@ async fn plugin_messages_are_answered_while_a_save_hangs_and_reservations_wait_f
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!reserve.is_finished(), "answered before its save");
     store.open.store(true, Ordering::SeqCst);
-    let record = reserve.await.unwrap().unwrap();
+    let record = tokio::time::timeout(Duration::from_secs(5), reserve)
+        .await
+        .expect("the reservation is answered once its save went through")
+        .unwrap()
+        .unwrap();
     assert!(record.cpus.is_disjoint(&CpuSet::parse_list("0").unwrap()));
     // Twenty-one changes, saved in a few coalesced writes; the last one holds them all.
     let saves = store.saves.load(Ordering::SeqCst);
@@ -127,7 +142,9 @@ async fn plugin_messages_are_answered_while_a_save_hangs_and_reservations_wait_f
     assert!(last.leases.contains_key("L1"));
     cancel.cancel();
     tracker.close();
-    tracker.wait().await;
+    tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+        .await
+        .expect("the ledger task and its saver stop");
 }
 
 #[tokio::test]

@@ -390,6 +390,16 @@ async fn step_starts_never_wait_for_a_slow_disk_a_hanging_scontrol_or_a_stalled_
         Duration::from_millis(500),
     ));
     let scontrol = Arc::new(HangingScontrol::default());
+    // Released however the test ends, so that no blocking thread waits for ever.
+    struct Release(Arc<HangingScontrol>);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.0
+                .released
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let _release = Release(scontrol.clone());
     h.launch_with(config, store.clone(), scontrol.clone()).await;
     // A job the reconcile loop finds on its own: it asks scontrol about it, which hangs.
     h.tree.add_job("n1", 1000, 90, "3", None);
