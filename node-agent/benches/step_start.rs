@@ -13,7 +13,6 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use harvest_agent::agent::Sources;
 use harvest_agent::cgroup::V1;
 use harvest_agent::config::Config;
 use harvest_agent::discover::{FakeGpus, FakeMemory, FakeTopology, discover};
@@ -22,6 +21,7 @@ use harvest_agent::query::plugin_socket;
 use harvest_agent::scontrol::FakeJobDetails;
 use harvest_agent::scontrol::{JobDetails, ScontrolError, SlurmAlloc};
 use harvest_agent::server::serve;
+use harvest_agent::sources::Sources;
 use harvest_agent::state::{LedgerStore, StateError, Store};
 use harvest_core::step::{PluginMessage, StepAllocation, StepId, encode};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};

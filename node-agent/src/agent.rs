@@ -53,15 +53,6 @@ pub struct NodeAgent {
     unseen_grace: Duration,
 }
 
-/// What the agent reads the node's jobs from.
-#[derive(Debug)]
-pub struct Sources {
-    pub cgroups: std::sync::Arc<dyn Cgroups>,
-    pub details: std::sync::Arc<dyn JobDetails>,
-    /// Starts and watches executor processes (used by [`crate::leases`], not by the agent).
-    pub processes: std::sync::Arc<dyn crate::leases::process::Processes>,
-}
-
 /// The saved ledger of `node` (an unreadable one is moved aside and a new one begun).
 pub fn load(store: &dyn Store, node: &str) -> Result<Ledger, AgentError> {
     match store.load() {
@@ -120,13 +111,13 @@ pub fn start(
     hardware: Hardware,
     reserve: Reserve,
     store: &dyn Store,
-    sources: &Sources,
+    cgroups: &dyn Cgroups,
     unseen_grace: Duration,
     now: SystemTime,
 ) -> Result<NodeAgent, AgentError> {
     let ledger = load(store, node)?;
     let mut agent = NodeAgent::new(node, hardware, reserve, ledger, unseen_grace);
-    let tree = read_tree(sources.cgroups.as_ref(), node)?;
+    let tree = read_tree(cgroups, node)?;
     agent.reconcile(&tree, now);
     store.save(agent.ledger())?;
     Ok(agent)

@@ -34,7 +34,7 @@ fn start(tree: &FakeTree, state: &std::path::Path, t: SystemTime) -> NodeAgent {
         hw(),
         reserve(),
         &LedgerStore::open(state, "n1").unwrap(),
-        &tree.sources(FakeJobDetails::default()),
+        &tree.v1,
         GRACE,
         t,
     )
@@ -160,7 +160,7 @@ fn a_ledger_of_another_node_stops_the_start() {
         hw(),
         reserve(),
         &store,
-        &tree.sources(FakeJobDetails::default()),
+        &tree.v1,
         GRACE,
         SystemTime::now(),
     )
@@ -190,13 +190,12 @@ fn a_recovered_job_gets_its_gpus_and_unconstrained_memory_from_slurm() {
         &FakeGpus::count(2),
     )
     .unwrap();
-    let sources = tree.sources(details);
     let mut a = super::start(
         "n1",
         hw,
         reserve(),
         &LedgerStore::open(state.path(), "n1").unwrap(),
-        &sources,
+        &tree.v1,
         GRACE,
         SystemTime::now(),
     )
@@ -205,7 +204,7 @@ fn a_recovered_job_gets_its_gpus_and_unconstrained_memory_from_slurm() {
     assert_eq!(a.awaiting_slurm(), [11]);
     assert_eq!(a.view().memory_mib.idle, 0);
     // What the reconcile loop then does, off the ledger task.
-    for (job, alloc) in slurm_details(sources.details.as_ref(), "n1", &a.awaiting_slurm()) {
+    for (job, alloc) in slurm_details(&details, "n1", &a.awaiting_slurm()) {
         assert!(a.set_slurm(job, alloc));
     }
     assert!(a.awaiting_slurm().is_empty());

@@ -7,7 +7,7 @@ use crate::reclaim::ReclaimOrder;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::ledger::Reserve;
 
@@ -164,27 +164,7 @@ impl Default for Config {
 }
 
 /// A configuration that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("reading the configuration {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("the configuration {path} is not valid: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("`{key}` = {value}: {hint}")]
-    Invalid {
-        key: &'static str,
-        value: String,
-        hint: &'static str,
-    },
-}
-
-pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    harvest_core::parse_duration(&text).map_err(serde::de::Error::custom)
-}
+pub use crate::config_error::{ConfigError, duration};
 
 impl Config {
     /// Reads a TOML file; every key not in it keeps its default.

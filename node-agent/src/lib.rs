@@ -14,7 +14,7 @@
 //! - [`ledger`]: batch allocations per job and step, and all the idle-slot arithmetic.
 //! - [`lease`]: function leases in the ledger, and which idle CPUs a new one gets.
 //! - [`reclaim`]: which executors leave a starting batch step's resources (move or evict);
-//!   [`reclaim::run`] carries that out on the step-start path.
+//!   [`reclaimer`] carries that out on the step-start path.
 //! - [`agent`]: plugin messages, lease changes and reconcile passes applied to the ledger.
 //!
 //! Services (tasks that own state and take messages):
@@ -33,7 +33,11 @@
 //! - [`metrics`]: Prometheus metrics over HTTP on `metrics_listen`.
 //! - [`query`]: `harvestd status`: the query client and the table.
 //!
-//! Wiring: [`server`] (`harvestd run`), [`config`] (the TOML configuration and its defaults).
+//! - [`reclaimer`]: carries a reclaim plan out on the step-start path (evictions, moves).
+//! - [`sources`]: what harvestd reads the node from (cgroups, scontrol, processes).
+//!
+//! Wiring: [`server`] (`harvestd run`), [`config`] (the TOML configuration and its defaults;
+//! [`config_error`] its error type and duration format).
 //! [`fake_scheduler`]: a recording `AgentGateway` server for tests (never run by harvestd).
 //!
 //! The binary (`src/main.rs`) parses arguments, installs logging and calls [`server::run`].
@@ -41,6 +45,7 @@
 pub mod agent;
 pub mod cgroup;
 pub mod config;
+pub mod config_error;
 pub mod discover;
 pub mod fake_scheduler;
 pub mod interference;
@@ -51,11 +56,13 @@ pub mod ledger_task;
 pub mod metrics;
 pub mod query;
 pub mod reclaim;
+pub mod reclaimer;
 pub mod reconcile;
 pub mod scontrol;
 pub mod server;
 pub mod session;
 pub mod slurm;
 pub mod sockets;
+pub mod sources;
 pub mod state;
 pub mod stats;

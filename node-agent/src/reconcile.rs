@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::{read_tree, slurm_details};
 use crate::cgroup::Cgroups;
 use crate::ledger_task::LedgerHandle;
-use crate::reclaim::run::Reclaimer;
+use crate::reclaimer::Reclaimer;
 use crate::scontrol::JobDetails;
 use crate::stats::NodeStats;
 

@@ -8,7 +8,7 @@
 //!      │                     │ (ledger_task)│ ──snapshots──▶ saver ──spawn_blocking──▶ disk
 //!      │ plan                └─────────────┘
 //!      ▼                        ▲  Reserve, Executor, Move, Remove, Reconcile{tree}, SetSlurm
-//!  reclaim::run ──Evict/Move──▶ lease tasks (leases/, one per lease, sole writer of its cgroup)
+//!  reclaimer ──Evict/Move──▶ lease tasks (leases/, one per lease, sole writer of its cgroup)
 //!      ▲                        ▲  End (session: DestroyExecutor)   ▲ Control (interference)
 //!  reconcile loop (tree + scontrol read first, off the hot path)
 //! ```
@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::agent::{self, AgentError, Sources, now_ms};
+use crate::agent::{self, AgentError, now_ms};
 use crate::cgroup::{self, CgroupError};
 use crate::config::{Config, ConfigError};
 use crate::discover::{DiscoverError, Hardware, discover_real};
@@ -34,11 +34,12 @@ use crate::leases::{LeaseSettings, LeaseSupervisor, ParentGroup, harvest_group};
 use crate::ledger_task;
 use crate::query::{plugin_socket, query_socket};
 use crate::reclaim::ReclaimPolicy;
-use crate::reclaim::run::Reclaimer;
+use crate::reclaimer::Reclaimer;
 use crate::reconcile::{Reconciler, drain_loop, reconcile_loop};
 use crate::scontrol::Scontrol;
 use crate::session::{self, SessionSettings};
 use crate::sockets::{self, BindError, Served};
+use crate::sources::Sources;
 use crate::state::{LedgerStore, StateError, Store};
 use crate::stats::NodeStats;
 
@@ -144,7 +145,7 @@ pub async fn serve(
         hardware,
         config.reserve(),
         store.as_ref(),
-        &sources,
+        sources.cgroups.as_ref(),
         config.unseen_job_grace,
         SystemTime::now(),
     )?;

@@ -500,7 +500,7 @@ async fn after_a_kill_at_any_point_the_restarted_ledger_equals_slurms_view() {
             .unwrap(),
             config.reserve(),
             &fresh,
-            &h.tree.sources(FakeJobDetails::default()),
+            &h.tree.v1,
             config.unseen_job_grace,
             std::time::SystemTime::now(),
         )

@@ -135,7 +135,6 @@ pub(crate) mod testing {
     use std::collections::BTreeMap;
     use std::path::{Path, PathBuf};
 
-    use crate::agent::Sources;
     use crate::cgroup::V1;
     use crate::scontrol::FakeJobDetails;
 
@@ -177,15 +176,6 @@ pub(crate) mod testing {
             std::fs::create_dir_all(&m).unwrap();
             let bytes = mem_mib.map_or(9_223_372_036_854_771_712, |m| m << 20);
             std::fs::write(m.join("memory.limit_in_bytes"), bytes.to_string()).unwrap();
-        }
-
-        /// The agent's sources over this tree, with `details` standing in for scontrol.
-        pub fn sources(&self, details: FakeJobDetails) -> Sources {
-            Sources {
-                cgroups: std::sync::Arc::new(self.v1.clone()),
-                details: std::sync::Arc::new(details),
-                processes: std::sync::Arc::new(crate::leases::testing::FakeProcesses::default()),
-            }
         }
 
         pub fn remove_job(&self, node: &str, uid: u32, job: u32) {

@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::ledger_task::LedgerHandle;
 use crate::query::{QueryReply, QueryRequest};
-use crate::reclaim::run::Reclaimer;
+use crate::reclaimer::Reclaimer;
 
 /// A socket that could not be bound.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, duration};
+use crate::config_error::{ConfigError, duration};
 
 /// How often signals are sampled and decisions taken.
 pub const DEFAULT_PERIOD: Duration = Duration::from_secs(1);

@@ -16,15 +16,14 @@ use super::launch::LOG_FILE;
 use super::process::Signal;
 use super::testing::{Behaviour, FakeCgroups, FakeProcesses};
 use super::*;
-use crate::agent::{Sources, now_ms};
+use crate::agent::now_ms;
 use crate::cgroup::GroupSpec;
 use crate::discover::{FakeGpus, FakeMemory, FakeTopology, discover};
 use crate::lease::LeaseRequest;
 use crate::ledger::Reserve;
 use crate::ledger_task;
 use crate::reclaim::ReclaimPolicy;
-use crate::reclaim::run::Reclaimer;
-use crate::scontrol::FakeJobDetails;
+use crate::reclaimer::Reclaimer;
 use crate::state::LedgerStore;
 use crate::stats::{NodeStats, ReclaimOutcome};
 
@@ -71,11 +70,6 @@ impl Rig {
         )
         .unwrap();
         let store = LedgerStore::open(state.path(), "n1").unwrap();
-        let sources = Sources {
-            cgroups: cgroups.clone(),
-            details: Arc::new(FakeJobDetails::default()),
-            processes: procs.clone(),
-        };
         let agent = crate::agent::start(
             "n1",
             hw,
@@ -84,7 +78,7 @@ impl Rig {
                 memory_mib: 1000,
             },
             &store,
-            &sources,
+            cgroups.as_ref(),
             Duration::from_secs(60),
             SystemTime::now(),
         )

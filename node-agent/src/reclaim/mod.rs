@@ -14,9 +14,7 @@
 //! The default, `newest-first`, loses the least work: the leases that started last have run the
 //! shortest and are the cheapest to restart elsewhere.
 //!
-//! [`run`] carries a plan out on the step-start critical path ([`run::Reclaimer`]).
-
-pub mod run;
+//! [`crate::reclaimer`] carries a plan out on the step-start critical path.
 
 use std::collections::BTreeSet;
 

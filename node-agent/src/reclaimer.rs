@@ -1,4 +1,4 @@
-//! The step-start critical path: from a plan ([`super::plan`]) to "every lease is off these
+//! The step-start critical path: from a plan ([`crate::reclaim::plan`]) to "every lease is off these
 //! resources". Moves go to the lease tasks (each rewrites its own cpuset); evictions too (each
 //! freezes and kills its own group), all at once, while the lease groups' parent runs at a high
 //! weight so that killed tasks get the CPU to exit. Returns when every evicted group is empty or
@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::Action;
 use crate::leases::{EXIT_CPU_WEIGHT, Evicted, LeaseMessage, LeaseSupervisor};
+use crate::reclaim::Action;
 use crate::stats::{NodeStats, ReclaimOutcome};
 
 /// How reclaim runs (harvestd configuration keys `reclaim_timeout`,
