@@ -7,6 +7,7 @@ pub mod compare;
 pub mod interference;
 pub mod latency;
 pub mod reclaim;
+pub mod reclaim_load;
 pub mod simulate;
 
 use std::io::IsTerminal;
