@@ -59,6 +59,17 @@ pub struct Adopted {
     pub address: String,
 }
 
+/// Why an executor could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Prepare(#[from] launch::LaunchError),
+    #[error("creating the lease cgroup: {0}")]
+    Cgroup(crate::cgroup::CgroupError),
+    #[error(transparent)]
+    Spawn(#[from] super::process::ProcessError),
+}
+
 /// How the lease ends.
 #[derive(Debug)]
 enum Ending {
@@ -145,10 +156,10 @@ pub async fn run_new(ctx: &Context, order: CreateOrder, mut rx: mpsc::Receiver<L
     }
     let exit = match lease.start(&order).await {
         Ok(exit) => exit,
-        Err(reason) => {
-            tracing::warn!(lease = %lease.id, %reason, "executor did not start");
+        Err(e) => {
+            tracing::warn!(lease = %lease.id, error = %e, "executor did not start");
             let ending = Ending::Stop {
-                reason,
+                reason: e.to_string(),
                 cause: EndCause::ExecutorFailed,
                 done: None,
             };
@@ -231,12 +242,11 @@ impl Lease<'_> {
     }
 
     /// Prepares the directory and the cgroup and spawns the executor inside it.
-    async fn start(&mut self, order: &CreateOrder) -> Result<ExitFuture, String> {
+    async fn start(&mut self, order: &CreateOrder) -> Result<ExitFuture, StartError> {
         let ctx = self.ctx;
         let s = &ctx.settings;
         let lease = &self.record;
-        let library = launch::prepare(&self.dir, lease.uid, lease.gid, &order.library)
-            .map_err(|e| e.to_string())?;
+        let library = launch::prepare(&self.dir, lease.uid, lease.gid, &order.library)?;
         let spec = GroupSpec {
             cpus: Some(lease.cpus.clone()),
             mems: None,
@@ -245,10 +255,11 @@ impl Lease<'_> {
         };
         ctx.parent.prepare();
         let cg = &ctx.cgroups;
-        cg.create(&self.group, &spec)
-            .map_err(|e| format!("creating the lease cgroup: {e}"))?;
-        let procs_files = cg.procs_files(&self.group).map_err(|e| e.to_string())?;
-        let oom = cg.oom_events_file(&self.group).map_err(|e| e.to_string())?;
+        cg.create(&self.group, &spec).map_err(StartError::Cgroup)?;
+        let procs_files = cg.procs_files(&self.group).map_err(StartError::Cgroup)?;
+        let oom = cg
+            .oom_events_file(&self.group)
+            .map_err(StartError::Cgroup)?;
         let mut env = vec![("RUST_LOG".to_owned(), "info".to_owned())];
         if !lease.gpus.is_empty() {
             let list: Vec<String> = lease.gpus.iter().map(u32::to_string).collect();
@@ -264,7 +275,7 @@ impl Lease<'_> {
             log: self.dir.join(LOG_FILE),
             env,
         };
-        let spawned = ctx.processes.spawn(&launch).map_err(|e| e.to_string())?;
+        let spawned = ctx.processes.spawn(&launch)?;
         tracing::info!(lease = %self.id, pid = spawned.pid, cpus = %lease.cpus,
             memory_mib = lease.memory_mib, uid = lease.uid, "executor started");
         self.state = State::Starting {
