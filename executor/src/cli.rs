@@ -41,6 +41,10 @@ pub struct Args {
     /// Write the bound address to this file (atomically) once listening.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Write the bound address and a newline to this inherited pipe once listening, then close
+    /// it (how harvestd learns the address: nothing in the lease directory is read by name).
+    #[arg(long, value_name = "FD")]
+    ready_fd: Option<i32>,
     /// Write the time of the latest invocation (Unix ms) here, at most once a second (the
     /// node agent reads it to end idle leases).
     #[arg(long)]
@@ -76,8 +80,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     cfg.oom_events = args.oom_events;
     cfg.activity_file = args.activity_file;
     let ready_file = args.ready_file;
+    let mut ready_pipe = args.ready_fd.map(crate::ready::take_fd).transpose()?;
     crate::supervisor::run(&cfg, |addr| {
         println!("listening on {addr}");
+        if let Some(pipe) = ready_pipe.take()
+            && let Err(e) = crate::ready::send(pipe, addr)
+        {
+            // Whoever waits for the address would wait until its timeout: fail now, loudly.
+            tracing::error!("cannot write the address to the ready fd: {e}");
+            std::process::exit(1);
+        }
         if let Some(path) = &ready_file {
             let tmp = path.with_extension("tmp");
             let r = std::fs::write(&tmp, format!("{addr}\n"))

@@ -10,6 +10,7 @@
 //! - [`cli`]: the command line, shared by the binary and the benchmarks.
 //! - [`config`]: what the agent passes on the command line, validated.
 //! - [`library`]: the loaded function library and symbol lookup.
+//! - [`ready`]: `--ready-fd`, the address line on an inherited pipe.
 //! - [`buffer`]: output buffers with a guard page, so an overflowing function crashes cleanly.
 //! - [`slot`]: a shared-memory slot per worker saying which invocation runs and until when.
 //! - [`worker`]: serves one connection: read, run, answer; busy-polls in the hot window.
@@ -24,6 +25,7 @@ pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod library;
+pub mod ready;
 pub mod slot;
 pub mod supervisor;
 pub mod worker;

@@ -73,6 +73,9 @@ enum Command {
         uid: u32,
         #[arg(long)]
         gid: u32,
+        /// Stdin is the ready pipe's write end: pass it on as `--ready-fd N`, stdin /dev/null.
+        #[arg(long)]
+        ready_pipe: bool,
         /// A cgroup.procs file to join (repeat for each hierarchy).
         #[arg(long)]
         procs: Vec<PathBuf>,
@@ -105,6 +108,7 @@ fn main() -> ExitCode {
     if let Command::ExecLease {
         uid,
         gid,
+        ready_pipe,
         procs,
         command,
     } = &args.command
@@ -116,6 +120,7 @@ fn main() -> ExitCode {
             procs,
             std::path::Path::new(program),
             rest,
+            *ready_pipe,
         );
         eprintln!("harvestd exec-lease: {err}");
         return ExitCode::from(127);

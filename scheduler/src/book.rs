@@ -213,6 +213,28 @@ pub struct LeaseBook {
     next_key: u64,
 }
 
+/// 64 bits from the kernel's random generator (getrandom(2)); if that fails (a kernel before
+/// 3.17), std's per-process random hash keys, which also come from the OS.
+fn unpredictable_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        match rustix::rand::getrandom(&mut bytes[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "getrandom failed; lease ids use std's random keys");
+                use std::hash::BuildHasher;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                return std::collections::hash_map::RandomState::new().hash_one(now);
+            }
+        }
+    }
+    u64::from_ne_bytes(bytes)
+}
+
 /// Pending or active.
 pub fn is_live(state: i32) -> bool {
     state == LeaseState::Pending as i32 || state == LeaseState::Active as i32
@@ -517,7 +539,9 @@ impl LeaseBook {
             }
         };
         let node_name = self.nodes[node as usize].name.clone();
-        let id = format!("{}-{key}", self.id_prefix);
+        // 64 random bits: a lease id names a directory, a cgroup and a lease others may not end,
+        // so no one can guess the next one from the ones they saw.
+        let id = format!("{}-{key}-{:016x}", self.id_prefix, unpredictable_u64());
         let expires_unix_ms = now.unix_ms + lifetime.as_millis() as i64;
         let idle_timeout = match req.idle_timeout_ms {
             0 => self.limits.default_idle_timeout,

@@ -599,3 +599,21 @@ fn a_node_whose_executors_hurt_a_job_takes_no_new_leases() {
     b.report_extras("n1", calm, now);
     assert!(b.place(&request(1, 10), &user(7), now).is_ok());
 }
+
+#[test]
+fn lease_ids_are_unpredictable() {
+    let now = Now::current();
+    let mut b = book("first-fit");
+    up(&mut b, "n1", &view("n1", 8, 0, 4000, 0), now);
+    let suffix = |id: &str| id.rsplit('-').next().unwrap().to_owned();
+    let (first, _) = b.place(&request(1, 0), &user(1000), now).unwrap();
+    let (second, _) = b.place(&request(1, 0), &user(1000), now).unwrap();
+    assert!(first.id.starts_with("t-1-"), "{}", first.id);
+    assert!(second.id.starts_with("t-2-"), "{}", second.id);
+    for id in [&first.id, &second.id] {
+        let s = suffix(id);
+        assert_eq!(s.len(), 16, "{id}");
+        assert!(s.bytes().all(|c| c.is_ascii_hexdigit()), "{id}");
+    }
+    assert_ne!(suffix(&first.id), suffix(&second.id));
+}

@@ -5,7 +5,11 @@
 use std::path::Path;
 
 use super::launch::{ACTIVITY_FILE, lease_dir};
+use super::safefs;
 use crate::ledger_task::Snapshot;
+
+/// The most of an activity file read (a full line is under 250 bytes).
+pub const ACTIVITY_FILE_MAX: usize = 1024;
 
 /// Upper bounds of the executors' duration buckets, in seconds.
 pub const DURATION_BOUNDS_S: [f64; 7] = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0];
@@ -46,16 +50,26 @@ impl Activity {
 
 /// What each ready executor's activity file says (its latest invocation, how many finished and
 /// how long they took); leases whose executor has written none yet are left out. Reads files:
-/// call it from a reader (a metrics scrape), never with state held.
+/// call it from a reader (a metrics scrape), never with state held. The file is the user's: it
+/// is read only if it is a regular file the lease's user owns (no symlink, FIFO or device), and
+/// at most [`ACTIVITY_FILE_MAX`] bytes of it.
 pub fn read_all(snapshot: &Snapshot, state_dir: &Path) -> Vec<Activity> {
     snapshot
         .ledger
         .leases
-        .keys()
-        .filter(|id| snapshot.is_ready(id))
-        .filter_map(|id| {
-            let file = lease_dir(state_dir, id).join(ACTIVITY_FILE);
-            Activity::parse(id.clone(), &std::fs::read_to_string(file).ok()?)
+        .iter()
+        .filter(|(id, _)| snapshot.is_ready(id))
+        .filter_map(|(id, lease)| {
+            let dir = lease_dir(state_dir, id);
+            let bytes =
+                safefs::read_bounded_in(&dir, ACTIVITY_FILE, ACTIVITY_FILE_MAX, Some(lease.uid))
+                    .map_err(|e| {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            tracing::debug!(lease = %id, error = %e, "activity file refused");
+                        }
+                    })
+                    .ok()?;
+            Activity::parse(id.clone(), &String::from_utf8_lossy(&bytes))
         })
         .collect()
 }

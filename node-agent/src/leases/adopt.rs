@@ -2,7 +2,7 @@
 //! a task again; the rest are ended; lease groups and directories no lease owns are removed.
 
 use super::task::{self, Adopted};
-use super::{LeaseSupervisor, launch};
+use super::{LeaseSupervisor, launch, safefs};
 
 /// Re-adopts what still runs and cleans up the rest (see the module docs).
 pub async fn adopt(sup: &LeaseSupervisor) {
@@ -65,14 +65,18 @@ pub async fn adopt(sup: &LeaseSupervisor) {
             }
         }
     }
-    let dirs = std::fs::read_dir(ctx.settings.state_dir.join("leases"))
+    let dirs = std::fs::read_dir(launch::leases_dir(&ctx.settings.state_dir))
         .into_iter()
         .flatten()
         .flatten();
     for entry in dirs {
         let name = entry.file_name().to_string_lossy().into_owned();
         if !leases.contains_key(&name) {
-            let _ = std::fs::remove_dir_all(launch::lease_dir(&ctx.settings.state_dir, &name));
+            let leases_dir = launch::leases_dir(&ctx.settings.state_dir);
+            if let Err(e) = safefs::remove_entry(&leases_dir, &name) {
+                tracing::warn!(dir = %leases_dir.join(&name).display(), error = %e,
+                    "could not remove a lease directory no lease owns");
+            }
         }
     }
 }

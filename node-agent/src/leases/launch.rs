@@ -3,15 +3,19 @@
 //! and drops root before user code runs.
 
 use std::ffi::OsString;
-use std::io;
-use std::os::unix::fs::{PermissionsExt, chown};
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{Gid, Mode, Uid};
+
+use super::safefs;
+
 /// The library file written for a shipped library, in the lease directory.
 pub const LIBRARY_FILE: &str = "functions.so";
-/// The file the executor writes its address to.
-pub const READY_FILE: &str = "ready";
 /// The executor writes the time of its latest invocation here (Unix ms).
 pub const ACTIVITY_FILE: &str = "activity";
 /// The executor's stdout and stderr.
@@ -44,60 +48,92 @@ pub enum LaunchError {
     Dir { path: PathBuf, source: io::Error },
     #[error("writing the function library {path}: {source}")]
     Library { path: PathBuf, source: io::Error },
+    #[error("creating the executor log {path}: {source}")]
+    Log { path: PathBuf, source: io::Error },
+    #[error("the lease id {0:?} is not a plain file name; the scheduler sent a malformed order")]
+    BadId(String),
     #[error("the lease carries no function library: ship its bytes or name a path")]
     NoLibrary,
 }
 
-/// `<state_dir>/leases/<id>`.
-pub fn lease_dir(state_dir: &Path, lease_id: &str) -> PathBuf {
-    state_dir.join("leases").join(lease_id)
+/// A prepared lease directory: the library the executor loads and its log, open.
+#[derive(Debug)]
+pub struct Prepared {
+    pub library: PathBuf,
+    /// `executor.log`, created by root before the directory was handed over: the executor's
+    /// stdout and stderr, and where root reads a failed start's tail from (through this fd,
+    /// never by name).
+    pub log: File,
 }
 
-/// Creates the lease directory, owned by `uid:gid` and private to them (0700; `leases/` itself is
-/// 0711 so users reach their own directory only), and writes a shipped library into it (0500).
-/// Returns the library path the executor loads.
+/// `<state_dir>/leases`: root's, 0711.
+pub fn leases_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("leases")
+}
+
+/// `<state_dir>/leases/<id>`.
+pub fn lease_dir(state_dir: &Path, lease_id: &str) -> PathBuf {
+    leases_dir(state_dir).join(lease_id)
+}
+
+/// Creates the lease directory and everything root puts in it, then hands it over: `leases/`
+/// (root's, 0711, so users reach their own directory only), the directory (0700), a shipped
+/// library (0500) and the log (0600). Every file is created relative to the directory's fd with
+/// `O_EXCL|O_NOFOLLOW` while the directory is still root's; only then is it chowned to
+/// `uid:gid`, so no name root creates can be planted by the user (see [`super::safefs`]).
 pub fn prepare(
-    dir: &Path,
+    state_dir: &Path,
+    lease_id: &str,
     uid: u32,
     gid: u32,
     library: &LibrarySource,
-) -> Result<PathBuf, LaunchError> {
+) -> Result<Prepared, LaunchError> {
+    // Checked before any path is built: `Path::join` drops a `.` component, so "." would name
+    // `leases/` itself.
+    if !safefs::is_plain_name(lease_id) {
+        return Err(LaunchError::BadId(lease_id.to_owned()));
+    }
+    let (parent, name) = (leases_dir(state_dir), lease_id);
+    let dir = &lease_dir(state_dir, lease_id);
     let dir_err = |source| LaunchError::Dir {
         path: dir.to_path_buf(),
         source,
     };
-    if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent).map_err(dir_err)?;
-        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))
-            .map_err(dir_err)?;
-    }
-    match std::fs::create_dir(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            // A leftover of an earlier lease with this id: start clean.
-            std::fs::remove_dir_all(dir).map_err(dir_err)?;
-            std::fs::create_dir(dir).map_err(dir_err)?;
-        }
-        Err(e) => return Err(dir_err(e)),
-    }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
-    chown(dir, Some(uid), Some(gid)).map_err(dir_err)?;
-    match library {
-        LibrarySource::Path(p) => Ok(p.clone()),
-        LibrarySource::Content(bytes) if bytes.is_empty() => Err(LaunchError::NoLibrary),
+    std::fs::create_dir_all(&parent).map_err(dir_err)?;
+    std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o711)).map_err(dir_err)?;
+    // A leftover of an earlier lease with this id: start clean (following nothing it holds).
+    safefs::remove_entry(&parent, name).map_err(dir_err)?;
+    let parent_fd = safefs::open_dir(&parent).map_err(dir_err)?;
+    rustix::fs::mkdirat(&parent_fd, name, Mode::from_raw_mode(0o700))
+        .map_err(|e| dir_err(e.into()))?;
+    let dir_fd = safefs::open_dir(dir).map_err(dir_err)?;
+    rustix::fs::fchmod(&dir_fd, Mode::from_raw_mode(0o700)).map_err(|e| dir_err(e.into()))?;
+    let owner = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
+    let library = match library {
+        LibrarySource::Path(p) => p.clone(),
+        LibrarySource::Content(bytes) if bytes.is_empty() => return Err(LaunchError::NoLibrary),
         LibrarySource::Content(bytes) => {
             let path = dir.join(LIBRARY_FILE);
             let lib_err = |source| LaunchError::Library {
                 path: path.clone(),
                 source,
             };
-            std::fs::write(&path, bytes).map_err(lib_err)?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o500))
-                .map_err(lib_err)?;
-            chown(&path, Some(uid), Some(gid)).map_err(lib_err)?;
-            Ok(path)
+            let mut f = safefs::create_new(&dir_fd, LIBRARY_FILE, 0o500).map_err(lib_err)?;
+            f.write_all(bytes).map_err(lib_err)?;
+            rustix::fs::fchown(&f, owner.0, owner.1).map_err(|e| lib_err(e.into()))?;
+            path
         }
-    }
+    };
+    let log_path = dir.join(LOG_FILE);
+    let log_err = |source| LaunchError::Log {
+        path: log_path.clone(),
+        source,
+    };
+    let log = safefs::create_new(&dir_fd, LOG_FILE, 0o600).map_err(log_err)?;
+    rustix::fs::fchown(&log, owner.0, owner.1).map_err(|e| log_err(e.into()))?;
+    // The hand-over: from here on every name in the directory is the user's.
+    rustix::fs::fchown(&dir_fd, owner.0, owner.1).map_err(|e| dir_err(e.into()))?;
+    Ok(Prepared { library, log })
 }
 
 /// harvest-executor's arguments for a lease.
@@ -112,8 +148,6 @@ pub fn executor_args(
         library.into(),
         "--listen".into(),
         "127.0.0.1:0".into(),
-        "--ready-file".into(),
-        dir.join(READY_FILE).into(),
         "--oom-events".into(),
         oom_events.into(),
         "--activity-file".into(),
@@ -136,15 +170,22 @@ pub fn executor_args(
     args
 }
 
+/// The option harvest-executor takes for its ready pipe (the descriptor it writes its address
+/// line to); `exec-lease --ready-pipe` appends it with the descriptor's number.
+pub const READY_FD_OPTION: &str = "--ready-fd";
+
 /// `harvestd exec-lease`: joins the cgroup (writes this process's pid to each `procs` file),
 /// then becomes `program` as `uid:gid` with no supplementary groups (std drops them when root
-/// sets a uid). Returns only on failure.
+/// sets a uid). With `ready_pipe`, this process's stdin is the write end of the lease task's
+/// ready pipe: it moves to a new descriptor that the program inherits and is named to it with
+/// `--ready-fd N`; the program's stdin is `/dev/null`. Returns only on failure.
 pub fn exec_lease(
     uid: u32,
     gid: u32,
     procs: &[PathBuf],
     program: &Path,
     args: &[OsString],
+    ready_pipe: bool,
 ) -> io::Error {
     let pid = std::process::id().to_string();
     for file in procs {
@@ -155,11 +196,26 @@ pub fn exec_lease(
             );
         }
     }
-    let e = std::process::Command::new(program)
-        .args(args)
-        .uid(uid)
-        .gid(gid)
-        .exec();
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args).uid(uid).gid(gid);
+    // Kept open until the exec; dup(2) leaves the copy without FD_CLOEXEC, so the program
+    // inherits it.
+    let _ready = if ready_pipe {
+        match rustix::io::dup(std::io::stdin()) {
+            Ok(fd) => {
+                cmd.arg(READY_FD_OPTION)
+                    .arg(fd.as_raw_fd().to_string())
+                    .stdin(std::process::Stdio::null());
+                Some(fd)
+            }
+            Err(e) => {
+                return io::Error::new(e.kind(), format!("passing on the ready pipe (stdin): {e}"));
+            }
+        }
+    } else {
+        None
+    };
+    let e = cmd.exec();
     io::Error::new(
         e.kind(),
         format!("starting {} as uid {uid}: {e}", program.display()),
@@ -192,8 +248,6 @@ mod tests {
                 "/lib.so",
                 "--listen",
                 "127.0.0.1:0",
-                "--ready-file",
-                "/s/leases/L1/ready",
                 "--oom-events",
                 "/cg/memory.oom_control",
                 "--activity-file",
@@ -230,22 +284,98 @@ mod tests {
     fn a_shipped_library_is_private_to_the_lease() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = lease_dir(tmp.path(), "L1");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         let uid = rustix::process::getuid().as_raw();
         let gid = rustix::process::getgid().as_raw();
-        let lib = prepare(&dir, uid, gid, &LibrarySource::Content(b"\x7fELF".to_vec())).unwrap();
+        let prepared = prepare(
+            tmp.path(),
+            "L1",
+            uid,
+            gid,
+            &LibrarySource::Content(b"\x7fELF".to_vec()),
+        )
+        .unwrap();
+        let lib = prepared.library;
         assert_eq!(lib, dir.join(LIBRARY_FILE));
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.join(LOG_FILE)), 0o600);
         assert_eq!(mode(&dir), 0o700);
         assert_eq!(mode(&lib), 0o500);
         assert_eq!(mode(dir.parent().unwrap()), 0o711);
         assert_eq!(std::fs::read(&lib).unwrap(), b"\x7fELF");
         // A second lease with the same id starts from an empty directory.
-        let named = prepare(&dir, uid, gid, &LibrarySource::Path("/shared/f.so".into())).unwrap();
-        assert_eq!(named, Path::new("/shared/f.so"));
+        let named = prepare(
+            tmp.path(),
+            "L1",
+            uid,
+            gid,
+            &LibrarySource::Path("/shared/f.so".into()),
+        )
+        .unwrap();
+        assert_eq!(named.library, Path::new("/shared/f.so"));
         assert!(!dir.join(LIBRARY_FILE).exists());
         assert!(matches!(
-            prepare(&dir, uid, gid, &LibrarySource::Content(Vec::new())),
+            prepare(
+                tmp.path(),
+                "L1",
+                uid,
+                gid,
+                &LibrarySource::Content(Vec::new())
+            ),
             Err(LaunchError::NoLibrary)
         ));
+    }
+}
+
+#[cfg(test)]
+mod planted {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn a_leftover_directory_full_of_symlinks_is_removed_without_following_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let canary = tmp.path().join("canary");
+        std::fs::write(&canary, "secret").unwrap();
+        let dir = lease_dir(tmp.path(), "L1");
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in [LIBRARY_FILE, LOG_FILE, ACTIVITY_FILE, "ready"] {
+            symlink(&canary, dir.join(name)).unwrap();
+        }
+        let uid = rustix::process::getuid().as_raw();
+        let gid = rustix::process::getgid().as_raw();
+        let mut prepared = prepare(
+            tmp.path(),
+            "L1",
+            uid,
+            gid,
+            &LibrarySource::Content(b"lib".to_vec()),
+        )
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&canary).unwrap(), "secret");
+        assert_eq!(std::fs::read(dir.join(LIBRARY_FILE)).unwrap(), b"lib");
+        prepared.log.write_all(b"log line").unwrap();
+        assert_eq!(std::fs::read_to_string(&canary).unwrap(), "secret");
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn a_lease_id_that_is_not_a_plain_name_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lib = LibrarySource::Path("/x.so".into());
+        std::fs::create_dir_all(lease_dir(tmp.path(), "L0")).unwrap();
+        for id in ["..", ".", "", "a/b", "../leases"] {
+            assert!(
+                matches!(
+                    prepare(tmp.path(), id, 0, 0, &lib),
+                    Err(LaunchError::BadId(_))
+                ),
+                "{id}"
+            );
+        }
+        assert!(lease_dir(tmp.path(), "L0").exists());
     }
 }

@@ -15,6 +15,7 @@
 //! - [`activity`]: the executors' activity files (latest invocation, counts, durations).
 //! - [`process`]: the process trait (real: `harvestd exec-lease`; fake in tests).
 //! - [`launch`]: the lease directory, the executor's command line, `exec-lease` itself.
+//! - [`safefs`]: root's file operations in a user-owned lease directory (no name followed).
 
 pub mod activity;
 pub mod adopt;
@@ -22,6 +23,7 @@ pub mod control;
 pub mod launch;
 pub mod parent;
 pub mod process;
+pub mod safefs;
 pub mod task;
 #[cfg(test)]
 pub mod testing;

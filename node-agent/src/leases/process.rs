@@ -5,6 +5,7 @@
 //! lease's `cgroup.procs` files and then `exec`s harvest-executor as the lease's uid and gid with
 //! no supplementary groups ([`super::launch::exec_lease`]): the executor is inside its cgroup,
 //! and no longer root, before it loads any user code. The pid stays the same across the `exec`.
+//! The ready pipe's write end reaches exec-lease as its stdin and the executor as `--ready-fd N`.
 
 use std::ffi::OsString;
 use std::future::Future;
@@ -26,10 +27,18 @@ pub struct Launch {
     pub procs_files: Vec<PathBuf>,
     /// The working directory (the lease directory).
     pub dir: PathBuf,
-    /// Where stdout and stderr go.
+    /// The log's path, for messages (the process gets the open file, [`LaunchIo::log`]).
     pub log: PathBuf,
     /// The only environment variables the process gets, besides `PATH`.
     pub env: Vec<(String, String)>,
+}
+
+/// The descriptors a started executor gets: its log (stdout and stderr) and the write end of its
+/// ready pipe, both opened by the lease task (never by name in the user's directory).
+#[derive(Debug)]
+pub struct LaunchIo {
+    pub log: std::fs::File,
+    pub ready: std::os::fd::OwnedFd,
 }
 
 /// A started process.
@@ -81,7 +90,9 @@ pub enum ProcessError {
 
 /// Starting and watching executor processes.
 pub trait Processes: std::fmt::Debug + Send + Sync {
-    fn spawn(&self, launch: &Launch) -> Result<Spawned, ProcessError>;
+    /// Starts `launch` with `io`; the caller keeps no copy of the ready pipe's write end, so its
+    /// read end sees end-of-file once the process is gone.
+    fn spawn(&self, launch: &Launch, io: LaunchIo) -> Result<Spawned, ProcessError>;
     /// The start time of `pid` while it runs (`None` once it has exited or is a zombie).
     fn start_time(&self, pid: u32) -> Option<u64>;
     /// Signals `pid`; a process that is already gone is fine.
@@ -98,15 +109,8 @@ pub struct OsProcesses {
 }
 
 impl Processes for OsProcesses {
-    fn spawn(&self, launch: &Launch) -> Result<Spawned, ProcessError> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&launch.log)
-            .map_err(|source| ProcessError::Log {
-                path: launch.log.clone(),
-                source,
-            })?;
+    fn spawn(&self, launch: &Launch, io: LaunchIo) -> Result<Spawned, ProcessError> {
+        let LaunchIo { log, ready } = io;
         let log_err = log.try_clone().map_err(|source| ProcessError::Log {
             path: launch.log.clone(),
             source,
@@ -116,7 +120,8 @@ impl Processes for OsProcesses {
             .arg("--uid")
             .arg(launch.uid.to_string())
             .arg("--gid")
-            .arg(launch.gid.to_string());
+            .arg(launch.gid.to_string())
+            .arg("--ready-pipe");
         for f in &launch.procs_files {
             cmd.arg("--procs").arg(f);
         }
@@ -127,7 +132,7 @@ impl Processes for OsProcesses {
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .envs(launch.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
+            .stdin(Stdio::from(ready))
             .stdout(log)
             .stderr(log_err)
             .kill_on_drop(false);

@@ -1,7 +1,7 @@
 //! One lease's task: the only writer of its cgroup, its directory and its executor process.
 //!
 //! ```text
-//!   Reserved ──start──▶ Starting{pid} ──ready file──▶ Ready{pid, address}
+//!   Reserved ──start──▶ Starting{pid} ──ready pipe──▶ Ready{pid, address}
 //!      │                    │                             │
 //!      └────────────────────┴── End / Evict / exit / expiry / failed start
 //!                                         ▼
@@ -12,17 +12,27 @@
 //! state: before the executor exists it is answered at once (nothing runs), after it the group is
 //! frozen and killed and the answer comes when it is empty. Cancellation (harvestd stopping)
 //! leaves a running executor alone: the next start re-adopts it.
+//!
+//! The executor says it is ready by writing its address line to an inherited pipe
+//! (`--ready-fd`), read here without blocking, bounded to [`READY_LINE_MAX`] bytes and parsed as a
+//! `SocketAddr`; the lease directory is the user's, so nothing in it is read by name for that.
 
+use std::fs::File;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::time::SystemTime;
 
 use harvest_core::CpuSet;
 use harvest_proto::v1::EndCause;
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep, sleep_until};
 
-use super::launch::{self, LOG_FILE, READY_FILE};
-use super::process::{ExitFuture, Launch, Signal};
+use super::launch::{self, LOG_FILE};
+use super::process::{ExitFuture, Launch, LaunchIo, Signal};
+use super::safefs;
 use super::{
     Context, Control, CreateOrder, EVICT_POLL_INTERVAL, EXIT_CPU_WEIGHT, Evicted, LOG_TAIL_BYTES,
     LeaseEvent, LeaseMessage, POLL_INTERVAL,
@@ -36,7 +46,7 @@ use crate::lease::{ExecutorProcess, LeaseRecord};
 pub enum State {
     /// In the ledger; no process yet.
     Reserved,
-    /// The executor runs; its ready file is awaited until `deadline`.
+    /// The executor runs; its ready line is awaited until `deadline`.
     Starting {
         pid: u32,
         start_time: u64,
@@ -68,6 +78,11 @@ pub enum StartError {
     Cgroup(crate::cgroup::CgroupError),
     #[error(transparent)]
     Spawn(#[from] super::process::ProcessError),
+    #[error("{what} the executor's ready pipe: {source}")]
+    Pipe {
+        what: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// How the lease ends.
@@ -94,6 +109,69 @@ struct Lease<'a> {
     state: State,
     group: PathBuf,
     dir: PathBuf,
+    /// The executor's log as root created it (a new lease's only): its tail explains a failed
+    /// start, read through this fd whatever the user did to the name.
+    log: Option<File>,
+}
+
+/// The longest ready line accepted (an IPv6 address with scope and port is under 64 bytes).
+pub const READY_LINE_MAX: usize = 256;
+
+/// Resolves with the executor's address, or why none came.
+type ReadyFuture = Pin<Box<dyn Future<Output = Result<SocketAddr, ReadyError>> + Send>>;
+
+/// Why no address came over the ready pipe.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadyError {
+    /// Every write end is closed: the executor exited (its exit says how) or closed it.
+    #[error("the executor closed its ready pipe without writing an address")]
+    Closed,
+    #[error("reading the executor's ready pipe: {0}")]
+    Read(String),
+    /// What the executor wrote is not echoed: it is the user's text, of any length.
+    #[error(
+        "the executor's ready line is not an IP address and port ({0} bytes); was harvest-executor started with --ready-fd?"
+    )]
+    NotAnAddress(usize),
+    #[error("the executor's ready line is longer than {READY_LINE_MAX} bytes")]
+    TooLong,
+}
+
+/// Reads one line from the ready pipe (at most [`READY_LINE_MAX`] bytes) and parses it.
+pub async fn read_ready(
+    mut pipe: tokio::net::unix::pipe::Receiver,
+) -> Result<SocketAddr, ReadyError> {
+    let mut line = Vec::with_capacity(64);
+    let mut chunk = [0u8; 64];
+    loop {
+        let n = pipe
+            .read(&mut chunk)
+            .await
+            .map_err(|e| ReadyError::Read(e.to_string()))?;
+        if n == 0 {
+            return Err(ReadyError::Closed);
+        }
+        line.extend_from_slice(&chunk[..n]);
+        if let Some(end) = line.iter().position(|&b| b == b'\n') {
+            line.truncate(end);
+            break;
+        }
+        if line.len() > READY_LINE_MAX {
+            return Err(ReadyError::TooLong);
+        }
+    }
+    parse_ready_line(&line)
+}
+
+/// `ADDRESS:PORT` (surrounding whitespace allowed), nothing else.
+pub fn parse_ready_line(line: &[u8]) -> Result<SocketAddr, ReadyError> {
+    if line.len() > READY_LINE_MAX {
+        return Err(ReadyError::TooLong);
+    }
+    std::str::from_utf8(line)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .ok_or(ReadyError::NotAnAddress(line.len()))
 }
 
 /// A new lease: reserve, start, serve until it ends.
@@ -142,6 +220,7 @@ pub async fn run_new(ctx: &Context, order: CreateOrder, mut rx: mpsc::Receiver<L
         id,
         record,
         state: State::Reserved,
+        log: None,
     };
     if ctx.cancel.is_cancelled() && pending.is_none() {
         pending = Some(Ending::Stop {
@@ -154,8 +233,8 @@ pub async fn run_new(ctx: &Context, order: CreateOrder, mut rx: mpsc::Receiver<L
         lease.end(ending, &mut rx).await;
         return;
     }
-    let exit = match lease.start(&order).await {
-        Ok(exit) => exit,
+    let (exit, ready) = match lease.start(&order).await {
+        Ok(started) => started,
         Err(e) => {
             tracing::warn!(lease = %lease.id, error = %e, "executor did not start");
             let ending = Ending::Stop {
@@ -167,7 +246,7 @@ pub async fn run_new(ctx: &Context, order: CreateOrder, mut rx: mpsc::Receiver<L
             return;
         }
     };
-    let ending = lease.serve(&mut rx, Some(exit)).await;
+    let ending = lease.serve(&mut rx, Some(exit), Some(ready)).await;
     lease.end(ending, &mut rx).await;
 }
 
@@ -189,8 +268,9 @@ pub async fn run_adopted(
         },
         group: ctx.group(id),
         dir: launch::lease_dir(&ctx.settings.state_dir, id),
+        log: None,
     };
-    let ending = lease.serve(&mut rx, None).await;
+    let ending = lease.serve(&mut rx, None, None).await;
     lease.end(ending, &mut rx).await;
 }
 
@@ -214,6 +294,7 @@ pub async fn run_gone(ctx: &Context, id: &str, record: LeaseRecord, reason: Stri
         record,
         group: ctx.group(id),
         dir: launch::lease_dir(&ctx.settings.state_dir, id),
+        log: None,
     };
     let (_tx, mut rx) = mpsc::channel(1);
     let ending = Ending::Stop {
@@ -241,12 +322,30 @@ impl Lease<'_> {
         matches!(self.state, State::Ready { .. })
     }
 
-    /// Prepares the directory and the cgroup and spawns the executor inside it.
-    async fn start(&mut self, order: &CreateOrder) -> Result<ExitFuture, StartError> {
+    /// Prepares the directory and the cgroup and spawns the executor inside it; returns its exit
+    /// and its ready line.
+    async fn start(
+        &mut self,
+        order: &CreateOrder,
+    ) -> Result<(ExitFuture, ReadyFuture), StartError> {
         let ctx = self.ctx;
         let s = &ctx.settings;
         let lease = &self.record;
-        let library = launch::prepare(&self.dir, lease.uid, lease.gid, &order.library)?;
+        let prepared =
+            launch::prepare(&s.state_dir, &self.id, lease.uid, lease.gid, &order.library)?;
+        let library = prepared.library;
+        self.log = prepared.log.try_clone().ok();
+        let (ready_rx, ready_tx) = std::io::pipe().map_err(|source| StartError::Pipe {
+            what: "creating",
+            source,
+        })?;
+        let ready_rx =
+            tokio::net::unix::pipe::Receiver::from_owned_fd(ready_rx.into()).map_err(|source| {
+                StartError::Pipe {
+                    what: "watching",
+                    source,
+                }
+            })?;
         let spec = GroupSpec {
             cpus: Some(lease.cpus.clone()),
             mems: None,
@@ -275,7 +374,11 @@ impl Lease<'_> {
             log: self.dir.join(LOG_FILE),
             env,
         };
-        let spawned = ctx.processes.spawn(&launch)?;
+        let io = LaunchIo {
+            log: prepared.log,
+            ready: ready_tx.into(),
+        };
+        let spawned = ctx.processes.spawn(&launch, io)?;
         tracing::info!(lease = %self.id, pid = spawned.pid, cpus = %lease.cpus,
             memory_mib = lease.memory_mib, uid = lease.uid, "executor started");
         self.state = State::Starting {
@@ -291,7 +394,7 @@ impl Lease<'_> {
         // Not awaited to disk: a restart that finds the lease without a known executor ends it
         // and kills whatever its cgroup holds.
         let _ = ctx.ledger.record_executor(&self.id, process).await;
-        Ok(spawned.exit)
+        Ok((spawned.exit, Box::pin(read_ready(ready_rx))))
     }
 
     /// Serves messages, watches the executor and the lease's expiry, until the lease ends.
@@ -299,6 +402,7 @@ impl Lease<'_> {
         &mut self,
         rx: &mut mpsc::Receiver<LeaseMessage>,
         mut exit: Option<ExitFuture>,
+        mut ready: Option<ReadyFuture>,
     ) -> Ending {
         let cancel = self.ctx.cancel.clone();
         let expires = (self.record.expires_unix_ms > 0).then(|| {
@@ -313,6 +417,12 @@ impl Lease<'_> {
             };
             let exited = async {
                 match exit.as_mut() {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            };
+            let ready_line = async {
+                match ready.as_mut() {
                     Some(f) => f.await,
                     None => std::future::pending().await,
                 }
@@ -345,9 +455,28 @@ impl Lease<'_> {
                         format!("executor exited ({how})")
                     } else {
                         format!("executor exited ({how}) before it was ready; its log: {}",
-                            log_tail(&self.dir.join(LOG_FILE)))
+                            self.log_tail())
                     };
                     return Ending::Stop { reason, cause: EndCause::ExecutorFailed, done: None };
+                }
+                line = ready_line => {
+                    ready = None;
+                    match line {
+                        Ok(address) => {
+                            if let Some(ending) = self.become_ready(address).await {
+                                return ending;
+                            }
+                        }
+                        // The exit (or the start deadline) says what happened.
+                        Err(ReadyError::Closed) => {}
+                        Err(e) => {
+                            return Ending::Stop {
+                                reason: format!("{e}; its log: {}", self.log_tail()),
+                                cause: EndCause::ExecutorFailed,
+                                done: None,
+                            };
+                        }
+                    }
                 }
                 () = expiry => {
                     return Ending::Stop {
@@ -365,43 +494,52 @@ impl Lease<'_> {
         }
     }
 
-    /// The periodic check: a starting executor's ready file, an adopted one's pid.
+    /// A starting executor sent its address: record it and tell the scheduler.
+    async fn become_ready(&mut self, address: SocketAddr) -> Option<Ending> {
+        let State::Starting {
+            pid, start_time, ..
+        } = self.state
+        else {
+            return None;
+        };
+        let address = address.to_string();
+        self.state = State::Ready {
+            pid,
+            start_time,
+            address: address.clone(),
+        };
+        let process = ExecutorProcess {
+            pid,
+            start_time,
+            address: Some(address),
+        };
+        let ctx = self.ctx;
+        if ctx.ledger.record_executor(&self.id, process).await.is_err() {
+            return Some(Ending::Cancelled);
+        }
+        if let Some(info) = self.record_with_address().info(&self.id) {
+            ctx.emit(LeaseEvent::Ready(info));
+        }
+        None
+    }
+
+    /// The end of the executor's log, for an error message.
+    fn log_tail(&self) -> String {
+        match &self.log {
+            Some(f) => log_tail(f),
+            None => "(not open)".to_owned(),
+        }
+    }
+
+    /// The periodic check: a starting executor's deadline, an adopted one's pid.
     async fn check(&mut self) -> Option<Ending> {
         match self.state.clone() {
-            State::Starting {
-                pid,
-                start_time,
-                deadline,
-            } => {
-                match std::fs::read_to_string(self.dir.join(READY_FILE)) {
-                    Ok(text) if !text.trim().is_empty() => {
-                        let address = text.trim().to_owned();
-                        self.state = State::Ready {
-                            pid,
-                            start_time,
-                            address: address.clone(),
-                        };
-                        let process = ExecutorProcess {
-                            pid,
-                            start_time,
-                            address: Some(address),
-                        };
-                        let ctx = self.ctx;
-                        if ctx.ledger.record_executor(&self.id, process).await.is_err() {
-                            return Some(Ending::Cancelled);
-                        }
-                        if let Some(info) = self.record_with_address().info(&self.id) {
-                            ctx.emit(LeaseEvent::Ready(info));
-                        }
-                        return None;
-                    }
-                    _ => {}
-                }
+            State::Starting { deadline, .. } => {
                 (Instant::now() >= deadline).then(|| Ending::Stop {
                     reason: format!(
                         "the executor did not become ready within {:?}; its log: {}",
                         self.ctx.settings.start_timeout,
-                        log_tail(&self.dir.join(LOG_FILE))
+                        self.log_tail()
                     ),
                     cause: EndCause::ExecutorFailed,
                     done: None,
@@ -496,9 +634,9 @@ impl Lease<'_> {
             }
         };
         self.remove_group(rx).await;
-        match std::fs::remove_dir_all(&self.dir) {
+        let leases = launch::leases_dir(&self.ctx.settings.state_dir);
+        match safefs::remove_entry(&leases, &self.id) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove the lease directory")
             }
@@ -680,14 +818,11 @@ fn answer_gone(msg: LeaseMessage) {
     }
 }
 
-/// The end of a log file, for an error message.
-pub fn log_tail(path: &Path) -> String {
-    match std::fs::read(path) {
+/// The end of a log root holds open (at most [`LOG_TAIL_BYTES`] read), for an error message.
+pub fn log_tail(log: &File) -> String {
+    match safefs::read_tail(log, LOG_TAIL_BYTES) {
         Ok(bytes) if bytes.is_empty() => "(empty)".to_owned(),
-        Ok(bytes) => {
-            let from = bytes.len().saturating_sub(LOG_TAIL_BYTES);
-            String::from_utf8_lossy(&bytes[from..]).trim().to_owned()
-        }
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_owned(),
         Err(e) => format!("(unreadable: {e})"),
     }
 }

@@ -9,8 +9,7 @@ use std::sync::Mutex;
 use harvest_core::CpuSet;
 use tokio::sync::oneshot;
 
-use super::launch::READY_FILE;
-use super::process::{Launch, ProcessError, Processes, Signal, Spawned};
+use super::process::{Launch, LaunchIo, ProcessError, Processes, Signal, Spawned};
 use crate::cgroup::{CgroupError, CgroupVersion, Cgroups, CpuQuota, CpuStat, GroupSpec};
 
 /// cgroups in memory: what was created with which spec, and what was removed.
@@ -158,10 +157,12 @@ impl Cgroups for FakeCgroups {
 /// How a fake process behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Behaviour {
-    /// Writes its ready file at once and exits on SIGTERM.
+    /// Writes its address line to the ready pipe at once and exits on SIGTERM.
     Normal,
-    /// Never writes its ready file.
+    /// Closes its ready pipe without writing to it.
     NeverReady,
+    /// Writes this to the ready pipe instead of an address line.
+    ReadyLine(&'static str),
     /// Ready, but only SIGKILL ends it.
     IgnoresTerm,
 }
@@ -179,9 +180,11 @@ struct FakeState {
     running: HashMap<u32, FakeProcess>,
     launches: Vec<Launch>,
     signals: Vec<(u32, Signal)>,
+    /// Each process's log, held open as a real one's stdout is.
+    logs: HashMap<u32, std::fs::File>,
 }
 
-/// Processes in a table. `spawn` writes the ready file the way harvest-executor does.
+/// Processes in a table. `spawn` writes the ready line the way harvest-executor does.
 #[derive(Debug)]
 pub struct FakeProcesses {
     state: Mutex<FakeState>,
@@ -196,6 +199,7 @@ impl Default for FakeProcesses {
                 running: HashMap::new(),
                 launches: Vec::new(),
                 signals: Vec::new(),
+                logs: HashMap::new(),
             }),
         }
     }
@@ -242,7 +246,7 @@ impl FakeProcesses {
 }
 
 impl Processes for FakeProcesses {
-    fn spawn(&self, launch: &Launch) -> Result<Spawned, ProcessError> {
+    fn spawn(&self, launch: &Launch, io: LaunchIo) -> Result<Spawned, ProcessError> {
         let mut st = self.state.lock().unwrap();
         let pid = st.next_pid;
         st.next_pid += 1;
@@ -256,13 +260,22 @@ impl Processes for FakeProcesses {
             },
         );
         st.launches.push(launch.clone());
-        if st.behaviour != Behaviour::NeverReady {
-            std::fs::write(
-                launch.dir.join(READY_FILE),
-                format!("127.0.0.1:{}\n", 40000 + pid),
+        // What a real executor does with --ready-fd: one address line, then the pipe is closed
+        // (a never-ready one closes it at once, as one that dies would).
+        let mut ready = std::fs::File::from(io.ready);
+        match st.behaviour {
+            Behaviour::NeverReady => {}
+            Behaviour::ReadyLine(line) => {
+                std::io::Write::write_all(&mut ready, line.as_bytes()).unwrap();
+            }
+            _ => std::io::Write::write_all(
+                &mut ready,
+                format!("127.0.0.1:{}\n", 40000 + pid).as_bytes(),
             )
-            .unwrap();
+            .unwrap(),
         }
+        drop(ready);
+        st.logs.insert(pid, io.log);
         Ok(Spawned {
             pid,
             start_time,
