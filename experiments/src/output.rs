@@ -451,7 +451,18 @@ pub fn write_run(
                     ),
                 ],
             )?;
-            (vec!["cores.png", "memory.png"], None)
+            plot(
+                &dir.join("queue.png"),
+                "Batch jobs waiting in the queue",
+                "queued jobs",
+                samples,
+                &[(
+                    "queued jobs",
+                    RGBColor(200, 40, 40),
+                    Box::new(|s| s.queued_jobs as f64),
+                )],
+            )?;
+            (vec!["cores.png", "memory.png", "queue.png"], None)
         }
         Err(e) => {
             tracing::warn!("plots skipped: {e}");

@@ -115,3 +115,31 @@ fn a_node_granular_trace_matches_its_replay() {
     assert_eq!(s.util_cores_batch_only, 900.0 / 1600.0);
     assert_eq!(s.util_cores_batch_only, s.util_cores_trace);
 }
+
+#[test]
+fn a_window_keeps_the_jobs_queued_at_its_start() {
+    // 4 single-core nodes. J1: 4 cores 0-100; J2: submitted at 10, queued until 100, 4 cores
+    // for 100 s; J3: submitted at 60, started at 200, 2 cores for 50 s. The window starts at
+    // trace time 50 (J1 running, J2 queued) and lasts 200 s: core-s 4*50 + 4*100 + 2*50 = 700
+    // of 4*200 = 800. Without J2 (queued at the window's start) it would be 300 of 800. J4,
+    // long after, only makes the trace long enough that the window start is not wrapped.
+    let text = "; MaxNodes: 4\n; MaxProcs: 4\n\
+        1 0 0 100 4 -1 -1 4 100 -1 1 1 1 -1 1 -1 -1 -1\n\
+        2 10 90 100 4 -1 -1 4 100 -1 1 1 1 -1 1 -1 -1 -1\n\
+        3 60 140 50 2 -1 -1 2 50 -1 1 1 1 -1 1 -1 -1 -1\n\
+        4 10000 0 10 1 -1 -1 1 10 -1 1 1 1 -1 1 -1 -1 -1\n";
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.swf");
+    std::fs::write(&trace, text).unwrap();
+    for batch in [BatchMode::Replay, BatchMode::Easy] {
+        let c = SimConfig {
+            start_s: 50,
+            ..cfg(&trace, batch, AllocationMode::Auto, 200)
+        };
+        let s = run(&c, |_| {}).unwrap().summary;
+        assert_eq!(s.util_cores_trace, 700.0 / 800.0, "{batch:?}");
+        // Replay: each job at its trace start. EASY: J2 starts when J1 ends (50 s into the
+        // window, as in the trace), J3 (2 cores) when J2 ends: the same schedule.
+        assert_eq!(s.util_cores_batch_only, 700.0 / 800.0, "{batch:?}");
+    }
+}

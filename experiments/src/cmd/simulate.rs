@@ -293,12 +293,17 @@ pub fn run_cmd(args: Args) -> anyhow::Result<()> {
             .or_insert_with(|| Box::new(super::progress_printer(label.to_owned())))(p)
     })?;
     super::progress_done();
-    write_run(
-        &dir.join("with-harvest"),
-        &first.summary,
-        &first.samples,
-        &args.workload.font,
-    )?;
+    for (sub, out) in [
+        ("batch-only", &first.batch_only),
+        ("with-harvest", &first.with_harvest),
+    ] {
+        write_run(
+            &dir.join(sub),
+            &out.summary,
+            &out.samples,
+            &args.workload.font,
+        )?;
+    }
     write_study(&dir, &study, &args.workload.font)?;
     let s = &study;
     println!(

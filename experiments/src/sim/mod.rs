@@ -137,6 +137,9 @@ pub struct Summary {
     pub queued_jobs_window_start: u64,
     pub queued_jobs_window_end: u64,
     pub queued_jobs_max: u64,
+    /// Jobs waiting in the trace's own queue at the window's start and end (all copies).
+    pub trace_queued_jobs_window_start: u64,
+    pub trace_queued_jobs_window_end: u64,
     pub functions: StreamAccount,
     pub function_streams: Vec<StreamAccount>,
     pub invocations_served_pct: f64,

@@ -162,7 +162,10 @@ pub fn run_with(
     let origins = copy_origins(trace, cfg);
     let mut jobs = Vec::new();
     let (mut util_trace, mut peak) = (0.0, 0u64);
+    let (mut trace_queued_start, mut trace_queued_end) = (0, 0);
     for (k, &o) in origins.iter().enumerate() {
+        trace_queued_start += trace.own_queue_at(o + cfg.warmup_s as i64);
+        trace_queued_end += trace.own_queue_at(o + (end_ms / 1000) as i64);
         trace.copy_jobs(o, (horizon / 1000) as i64, k as u32, &mut jobs);
         let (u, p) = trace.own_utilization(
             o + cfg.warmup_s as i64,
@@ -222,6 +225,8 @@ pub fn run_with(
     summary.allocation_reason = reason;
     summary.util_cores_trace = util_trace;
     summary.trace_peak_cores = peak;
+    summary.trace_queued_jobs_window_start = trace_queued_start;
+    summary.trace_queued_jobs_window_end = trace_queued_end;
     summary.copy_origins_h = origins
         .iter()
         .map(|o| (o - trace.first_submit()) as f64 / 3600.0)
@@ -325,6 +330,8 @@ fn summarize(
         queued_jobs_window_start: samples.first().map_or(0, |s| s.queued_jobs),
         queued_jobs_window_end: samples.last().map_or(0, |s| s.queued_jobs),
         queued_jobs_max: samples.iter().map(|s| s.queued_jobs).max().unwrap_or(0),
+        trace_queued_jobs_window_start: 0,
+        trace_queued_jobs_window_end: 0,
         invocations_served_pct: if total.invocations_offered > 0.0 {
             100.0 * total.invocations_served / total.invocations_offered
         } else {

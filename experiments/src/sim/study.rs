@@ -103,6 +103,8 @@ pub struct StudySummary {
     pub throughput_jobs_per_h_with_harvest: f64,
     pub queued_jobs_window_start: u64,
     pub queued_jobs_window_end: u64,
+    pub trace_queued_jobs_window_start: u64,
+    pub trace_queued_jobs_window_end: u64,
     pub free_mem_on_allocated_nodes: f64,
     pub daint_free_mem_on_allocated_nodes: Option<f64>,
     pub changes: Changes,
@@ -119,11 +121,18 @@ fn label(what: &str, cfg: &SimConfig) -> String {
     format!("{what} (start {} h, seed {})", cfg.start_s / 3600, cfg.seed)
 }
 
-/// Runs the study; returns it and the first window's with-harvest run (for its plots).
+/// The first window's runs, kept for their time series and plots.
+#[derive(Debug)]
+pub struct FirstWindow {
+    pub batch_only: Outcome,
+    pub with_harvest: Outcome,
+}
+
+/// Runs the study; returns it and the first window's batch-only and with-harvest runs.
 pub fn run_study(
     sc: &StudyConfig,
     mut progress: impl FnMut(&str, Progress),
-) -> Result<(StudySummary, Outcome), SimError> {
+) -> Result<(StudySummary, FirstWindow), SimError> {
     let mut inputs = Inputs::load(&sc.base)?;
     inputs.need_azure(&sc.base, "azure")?;
     let rate = inputs
@@ -153,8 +162,11 @@ pub fn run_study(
     )?
     .summary;
     let mut batch = Vec::new();
+    let mut first_batch = None;
     for r in 0..sc.windows.max(1) {
-        batch.push(run(&with(&window(r), "none".into()), "batch only")?.summary);
+        let out = run(&with(&window(r), "none".into()), "batch only")?;
+        batch.push(out.summary.clone());
+        first_batch.get_or_insert(out);
     }
     let harvestable = batch[0].idle_core_hours_batch_only;
     let scale_for = |f: f64| f * harvestable / (rate * batch[0].window_h).max(1e-12);
@@ -255,6 +267,8 @@ pub fn run_study(
         throughput_jobs_per_h_with_harvest: h.throughput_jobs_per_h,
         queued_jobs_window_start: b.queued_jobs_window_start,
         queued_jobs_window_end: b.queued_jobs_window_end,
+        trace_queued_jobs_window_start: b.trace_queued_jobs_window_start,
+        trace_queued_jobs_window_end: b.trace_queued_jobs_window_end,
         free_mem_on_allocated_nodes: b.daint_comparison.sim_free_mem_on_allocated_nodes,
         daint_free_mem_on_allocated_nodes: b
             .daint_comparison
@@ -270,5 +284,9 @@ pub fn run_study(
         batch_only: batch,
         with_harvest: harvest,
     };
-    Ok((study, first.expect("at least one window")))
+    let first = FirstWindow {
+        batch_only: first_batch.expect("at least one window"),
+        with_harvest: first.expect("at least one window"),
+    };
+    Ok((study, first))
 }

@@ -198,9 +198,38 @@ pub fn report(s: &StudySummary, plot: &str) -> String {
     );
     let _ = writeln!(
         r,
-        "| queued jobs at window start / end | | | {} / {} | |\n",
-        s.queued_jobs_window_start, s.queued_jobs_window_end
+        "| queued jobs at window start / end | {} / {} | | {} / {} | |\n",
+        s.trace_queued_jobs_window_start,
+        s.trace_queued_jobs_window_end,
+        s.queued_jobs_window_start,
+        s.queued_jobs_window_end
     );
+    let _ = writeln!(r, "## Every window\n");
+    let _ = writeln!(
+        r,
+        "| window start (trace h) | core utilization trace / batch only / with harvest | trace peak cores | queued jobs at start / end: trace, batch only |"
+    );
+    let _ = writeln!(r, "|---|---|---|---|");
+    for (b, h) in s.batch_only.iter().zip(&s.with_harvest) {
+        let _ = writeln!(
+            r,
+            "| {} | {} / {} / {} | {} | {} / {}, {} / {} |",
+            b.copy_origins_h
+                .iter()
+                .map(|o| format!("{:.0}", o + b.window_start_h))
+                .collect::<Vec<_>>()
+                .join(", "),
+            pct(b.util_cores_trace),
+            pct(b.util_cores_batch_only),
+            pct(h.util_cores_with_harvest),
+            b.trace_peak_cores,
+            b.trace_queued_jobs_window_start,
+            b.trace_queued_jobs_window_end,
+            b.queued_jobs_window_start,
+            b.queued_jobs_window_end
+        );
+    }
+    let _ = writeln!(r);
     let _ = writeln!(r, "## Functions (first window)\n");
     let _ = writeln!(
         r,

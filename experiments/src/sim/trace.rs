@@ -179,15 +179,28 @@ impl Trace {
         )
     }
 
+    /// Jobs waiting in the trace's own queue at trace time `t` (submitted, not yet started).
+    pub fn own_queue_at(&self, t: i64) -> u64 {
+        let end = self.jobs.partition_point(|j| j.submit <= t);
+        self.jobs[..end].iter().filter(|j| j.start() > t).count() as u64
+    }
+
     /// The jobs one copy contributes: trace time `origin` is simulated time 0; records
     /// submitted before `origin` but running at it per the trace start at 0 with what is left
-    /// of their run (`prestarted`); records up to `horizon_s` of simulated time follow.
+    /// of their run (`prestarted`); records submitted before `origin` but still waiting at it
+    /// per the trace are in the queue at 0 (submit 0, their trace start kept); records up to
+    /// `horizon_s` of simulated time follow.
     pub fn copy_jobs(&self, origin: i64, horizon_s: i64, copy: u32, out: &mut Vec<BatchJob>) {
         let first = self.jobs.partition_point(|j| j.submit < origin);
-        // Jobs running at the origin: submitted at most the longest run earlier.
         for j in &self.jobs[..first] {
             let (s, e) = (j.start(), j.start() + j.run);
-            if s < origin && e > origin {
+            if s >= origin {
+                // Queued at the origin: leaving it out would drop load the trace's machine
+                // ran in the window (KTH: 46 of its 76 points in the first window).
+                let mut b = BatchJob::from_trace(j, copy, 0);
+                b.trace_start_ms = Some((s - origin) as u64 * 1000);
+                out.push(b);
+            } else if e > origin {
                 let left = e - origin;
                 out.push(BatchJob {
                     prestarted: true,
@@ -238,6 +251,8 @@ mod tests {
         assert_eq!(peak, 12, "the trace over-fills 8 cores at t=60");
         assert_eq!(t.counts.without_wait, 1);
         assert_eq!(t.counts.with_memory, 1);
+        // At 55 job 2 (submitted 50, started 60) waits; at 60 it has started.
+        assert_eq!((t.own_queue_at(55), t.own_queue_at(60)), (1, 0));
     }
 
     #[test]
@@ -247,6 +262,7 @@ mod tests {
         t.copy_jobs(80, 1000, 0, &mut out);
         // Job 1 (0-100) and job 2 (60-160) are running at 80; job 3 is submitted at 220.
         assert_eq!(out.len(), 3);
+        assert!(out.iter().all(|b| b.copy == 0));
         assert!(out[0].prestarted && out[0].run_ms == 20_000);
         assert_eq!(out[0].req_ms, 120_000, "what is left of the 200 s limit");
         assert!(out[1].prestarted && out[1].run_ms == 80_000);
@@ -254,6 +270,22 @@ mod tests {
             (out[2].submit_ms, out[2].trace_start_ms),
             (220_000, Some(220_000))
         );
+    }
+
+    #[test]
+    fn copies_keep_the_jobs_queued_at_the_origin() {
+        let t = trace(T);
+        let mut out = Vec::new();
+        // At 55 job 1 runs (0-100) and job 2 (submitted 50, started 60) waits in the queue.
+        t.copy_jobs(55, 1000, 0, &mut out);
+        assert_eq!(out.len(), 3);
+        assert!(out[0].prestarted && out[0].run_ms == 45_000);
+        let queued = out[1];
+        assert_eq!(queued.id, 2);
+        assert!(!queued.prestarted, "queued, not running");
+        assert_eq!(queued.submit_ms, 0);
+        assert_eq!(queued.trace_start_ms, Some(5_000));
+        assert_eq!(queued.run_ms, 100_000, "its whole run is still to come");
     }
 
     #[test]
