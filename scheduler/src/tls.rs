@@ -126,3 +126,63 @@ fn is_node_name(s: &str) -> bool {
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls_pki_types::pem::PemObject;
+
+    /// A client certificate as deploy/local-cluster's `openssl` commands make it (CN=n7).
+    const OPENSSL_NODE_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBYjCCAQmgAwIBAgICEjQwCgYIKoZIzj0EAwIwDTELMAkGA1UEAwwCY2EwIBcN
+MjYxMjA2MDMxNDA2WhgPMjEyNjExMTIwMzE0MDZaMA0xCzAJBgNVBAMMAm43MFkw
+EwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAENU01bl0IzQltPVFBUoDwSzmpAVpK/8Zq
+pmkh5VN3SCAm/7X435XnuIctSrKhh5UV/vo4NVete0tJ78EluUPFFKNXMFUwEwYD
+VR0lBAwwCgYIKwYBBQUHAwIwHQYDVR0OBBYEFJo5+TFyMox8Bdrdfu9EztEnNaQt
+MB8GA1UdIwQYMBaAFLvzw6W+t9jNGBxV0ZbC7BTGiuvvMAoGCCqGSM49BAMCA0cA
+MEQCIGJQxuNmXaKHuVIiLYWoV5GnA8E0/2brpMfrNuEhuUhBAiAVI5PjHnGo9ocE
+ZX6evZSVhwWchpxqWVw7qdbFdUhFAw==
+-----END CERTIFICATE-----
+";
+
+    fn der(pem: &str) -> Vec<u8> {
+        rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
+    }
+
+    #[test]
+    fn the_node_is_the_subjects_common_name() {
+        assert_eq!(node_of_certificate(&der(OPENSSL_NODE_CERT)).unwrap(), "n7");
+        let dir = tempfile::tempdir().unwrap();
+        let pki = harvest_proto::tls::testing::Pki::new(dir.path(), "t");
+        let pair = pki.node("node-3.a_b");
+        let pem = std::fs::read_to_string(pair.cert).unwrap();
+        assert_eq!(agent_identity(Some(&[der(&pem)])).unwrap(), "node-3.a_b");
+    }
+
+    #[test]
+    fn no_certificate_or_no_usable_name_is_no_agent() {
+        assert_eq!(
+            agent_identity::<Vec<u8>>(None),
+            Err(AgentIdentityError::NoCertificate)
+        );
+        assert_eq!(
+            agent_identity::<Vec<u8>>(Some(&[])),
+            Err(AgentIdentityError::NoCertificate)
+        );
+        assert!(matches!(
+            node_of_certificate(b"junk"),
+            Err(AgentIdentityError::NoNode(_))
+        ));
+        // A CN that is no node name.
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "../etc n1");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let e = node_of_certificate(cert.der()).unwrap_err().to_string();
+        assert!(e.contains("not a node name"), "{e}");
+    }
+}
