@@ -136,7 +136,6 @@ pub(crate) mod testing {
     use std::path::{Path, PathBuf};
 
     use crate::cgroup::V1;
-    use crate::scontrol::FakeJobDetails;
 
     /// A temp dir with `cpuset/` and `memory/` v1 hierarchies and a backend over them.
     #[derive(Debug)]

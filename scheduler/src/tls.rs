@@ -13,7 +13,7 @@ use tonic::transport::ServerTlsConfig;
 use x509_cert::Certificate;
 use x509_cert::der::asn1::{Ia5StringRef, PrintableStringRef, Utf8StringRef};
 use x509_cert::der::oid::ObjectIdentifier;
-use x509_cert::der::{Decode, Tagged};
+use x509_cert::der::{Decode, Tag, Tagged};
 
 use crate::config::Config;
 
@@ -96,15 +96,13 @@ pub fn node_of_certificate(der: &[u8]) -> Result<String, AgentIdentityError> {
     };
     let value = &cn.value;
     let text = match value.tag() {
-        t if t == x509_cert::der::Tag::Utf8String => value
+        Tag::Utf8String => value
             .decode_as::<Utf8StringRef<'_>>()
             .map(|s| s.to_string()),
-        t if t == x509_cert::der::Tag::PrintableString => value
+        Tag::PrintableString => value
             .decode_as::<PrintableStringRef<'_>>()
             .map(|s| s.to_string()),
-        t if t == x509_cert::der::Tag::Ia5String => {
-            value.decode_as::<Ia5StringRef<'_>>().map(|s| s.to_string())
-        }
+        Tag::Ia5String => value.decode_as::<Ia5StringRef<'_>>().map(|s| s.to_string()),
         t => {
             return Err(AgentIdentityError::NoNode(format!(
                 "its CN is a {t}, not a string"
