@@ -49,6 +49,13 @@ pub enum LeaseError {
     },
     #[error("lease {id} has no usable executor address {address:?}")]
     NoExecutor { id: String, address: String },
+    #[error("the scheduler's CA: {0}")]
+    Ca(#[from] harvest_proto::tls::TlsFileError),
+    #[error("TLS towards the scheduler at {url}: {source}")]
+    Tls {
+        url: String,
+        source: tonic::transport::Error,
+    },
 }
 
 impl LeaseError {
@@ -222,19 +229,60 @@ pub fn normalize_url(url: &str) -> String {
     }
 }
 
+/// `host:port` and `http://host:port` become `https://host:port` (a scheduler with TLS).
+pub fn tls_url(url: &str) -> String {
+    let url = normalize_url(url);
+    match url.strip_prefix("http://") {
+        Some(rest) => format!("https://{rest}"),
+        None => url,
+    }
+}
+
 impl SchedulerClient {
-    /// Connects to the scheduler at `url` (`http://host:port` or `host:port`).
+    /// Connects to the scheduler at `url` (`http://host:port` or `host:port`) in plaintext
+    /// (a scheduler with `insecure_plaintext`).
     pub async fn connect(
         url: &str,
         credentials: Arc<dyn CredentialSource>,
     ) -> Result<Self, LeaseError> {
-        let url = normalize_url(url);
-        let endpoint = Endpoint::from_shared(url.clone())
+        Self::connect_with(url, credentials, None).await
+    }
+
+    /// Connects to the scheduler at `url` over TLS, verifying its certificate against the CA
+    /// (PEM) in `ca` (`HARVEST_CA`, the configuration's `ca`).
+    pub async fn connect_tls(
+        url: &str,
+        credentials: Arc<dyn CredentialSource>,
+        ca: &std::path::Path,
+    ) -> Result<Self, LeaseError> {
+        let ca = harvest_proto::tls::read_ca("ca", ca)?;
+        let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(ca);
+        Self::connect_with(url, credentials, Some(tls)).await
+    }
+
+    /// Connects with `tls` (over `https://`), or in plaintext without.
+    pub async fn connect_with(
+        url: &str,
+        credentials: Arc<dyn CredentialSource>,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Result<Self, LeaseError> {
+        let url = if tls.is_some() {
+            tls_url(url)
+        } else {
+            normalize_url(url)
+        };
+        let mut endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| LeaseError::Address {
                 url: url.clone(),
                 message: e.to_string(),
             })?
             .connect_timeout(CONNECT_TIMEOUT);
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls).map_err(|source| LeaseError::Tls {
+                url: url.clone(),
+                source,
+            })?;
+        }
         let channel = endpoint
             .connect()
             .await

@@ -7,6 +7,9 @@ use serde::Deserialize;
 
 /// The environment variable naming the scheduler (`deploy/local-cluster env` exports it).
 pub const SCHEDULER_ENV: &str = "HARVEST_SCHEDULER";
+/// The environment variable naming the CA (PEM) that signs the scheduler's certificate; with one
+/// the client speaks TLS (`deploy/local-cluster env` exports it).
+pub const CA_ENV: &str = "HARVEST_CA";
 /// The environment variable naming the client configuration file.
 pub const CONFIG_ENV: &str = "HARVEST_CONFIG";
 /// The system-wide client configuration, read when no other is found.
@@ -22,6 +25,9 @@ pub struct ClientConfig {
     pub munge: Option<PathBuf>,
     /// munged's socket (default: munge's own).
     pub munge_socket: Option<PathBuf>,
+    /// The CA (PEM) that signs the scheduler's certificate: the client then speaks TLS and
+    /// verifies the scheduler. None: plaintext (a scheduler with `insecure_plaintext`).
+    pub ca: Option<PathBuf>,
 }
 
 /// The configuration could not be found or used.
@@ -89,6 +95,14 @@ impl ClientConfig {
             .or_else(|| self.scheduler.clone())
             .ok_or(LocateError::NoScheduler)
     }
+
+    /// The scheduler's CA: `$HARVEST_CA`, then the file's `ca`; none: plaintext.
+    pub fn ca(&self, env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+        env(CA_ENV)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| self.ca.clone())
+    }
 }
 
 #[cfg(test)]
@@ -110,6 +124,18 @@ mod tests {
             .scheduler(None, &env_none)
             .unwrap_err();
         assert!(e.to_string().contains("--scheduler"), "{e}");
+    }
+
+    #[test]
+    fn the_ca_comes_from_the_environment_then_the_file() {
+        let file = ClientConfig {
+            ca: Some("/file/ca.pem".into()),
+            ..ClientConfig::default()
+        };
+        let env = |k: &str| (k == CA_ENV).then(|| "/env/ca.pem".to_owned());
+        assert_eq!(file.ca(&env), Some(PathBuf::from("/env/ca.pem")));
+        assert_eq!(file.ca(&|_| None), Some(PathBuf::from("/file/ca.pem")));
+        assert_eq!(ClientConfig::default().ca(&|_| None), None);
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub const DEFAULT_RECLAIM_TIMEOUT: Duration = Duration::from_millis(50);
 pub const DEFAULT_RECLAIM_TEARDOWN_DELAY: Duration = Duration::from_millis(100);
 /// How often Slurm is asked whether it drains this node.
 pub const DEFAULT_DRAIN_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// How often an agent talking plaintext to its scheduler says so again (besides at start).
+pub const INSECURE_WARNING_EVERY: Duration = Duration::from_secs(60);
 /// The proc filesystem, read to tell whether an executor still runs.
 pub const DEFAULT_PROC_ROOT: &str = "/proc";
 
@@ -121,6 +123,16 @@ pub struct Config {
     /// then revoked and it gets no new ones).
     #[serde(deserialize_with = "duration")]
     pub drain_check_interval: Duration,
+    /// The CA (PEM) that signs the scheduler's certificate: the agent takes orders only from a
+    /// scheduler that proves a certificate from it.
+    pub tls_ca: Option<PathBuf>,
+    /// This node's client certificate (PEM): its subject CN must be the node name.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Talk to the scheduler in plaintext, without certificates: whoever answers at the
+    /// scheduler's address can start executors. Tests on a trusted host only; logged loudly.
+    pub insecure_plaintext: bool,
 }
 
 impl Default for Config {
@@ -159,6 +171,10 @@ impl Default for Config {
             reclaim_order: ReclaimOrder::default(),
             reclaim_move: true,
             drain_check_interval: DEFAULT_DRAIN_CHECK_INTERVAL,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            insecure_plaintext: false,
         }
     }
 }
@@ -260,7 +276,46 @@ impl Config {
             });
         }
         self.interference.validate()?;
+        if self.scheduler.is_some() && !self.insecure_plaintext {
+            for (key, value) in [
+                ("tls_ca", &self.tls_ca),
+                ("tls_cert", &self.tls_cert),
+                ("tls_key", &self.tls_key),
+            ] {
+                if value.is_none() {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        value: "unset".into(),
+                        hint: "the scheduler session uses mutual TLS: set tls_ca, tls_cert and \
+                               tls_key (deploy/local-cluster up makes them; docs/security.md); \
+                               only for a test on a trusted host: insecure_plaintext = true",
+                    });
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The scheduler session's TLS (the scheduler's CA, this node's certificate), read and
+    /// checked now; `None` with `insecure_plaintext`.
+    pub fn scheduler_tls(
+        &self,
+    ) -> Result<Option<tonic::transport::ClientTlsConfig>, harvest_proto::tls::TlsFileError> {
+        use harvest_proto::tls::{read_ca, read_identity};
+        if self.insecure_plaintext {
+            return Ok(None);
+        }
+        let path = |p: &Option<PathBuf>| p.clone().unwrap_or_default();
+        let ca = read_ca("tls_ca", &path(&self.tls_ca))?;
+        let identity = read_identity(
+            ("tls_cert", &path(&self.tls_cert)),
+            ("tls_key", &path(&self.tls_key)),
+        )?;
+        Ok(Some(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(ca)
+                .identity(identity),
+        ))
     }
 
     pub fn reserve(&self) -> Reserve {
@@ -340,7 +395,23 @@ mod tests {
             "{err}"
         );
         c.scheduler = Some("http://127.0.0.1:7070".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("tls_ca") && err.contains("insecure_plaintext"),
+            "{err}"
+        );
+        c.tls_ca = Some("ca.pem".into());
+        c.tls_cert = Some("n1.pem".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.starts_with("`tls_key`"), "{err}");
+        c.tls_key = Some("n1.key".into());
         c.validate().unwrap();
+        let missing = c.scheduler_tls().unwrap_err().to_string();
+        assert!(missing.starts_with("tls_ca = ca.pem"), "{missing}");
+        c.tls_ca = None;
+        c.insecure_plaintext = true;
+        c.validate().unwrap();
+        assert!(c.scheduler_tls().unwrap().is_none());
         c.lease_cpu_weight = 0;
         assert!(
             c.validate()

@@ -58,8 +58,20 @@ pub struct FakeScheduler {
 }
 
 impl FakeScheduler {
-    /// Serves on `addr` (port 0: a free one).
+    /// Serves plaintext on `addr` (port 0: a free one).
     pub async fn start(addr: SocketAddr) -> std::io::Result<Self> {
+        Self::start_tls(addr, None).await
+    }
+
+    /// Serves on `addr` over `tls` (plaintext without).
+    pub async fn start_tls(
+        addr: SocketAddr,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+    ) -> std::io::Result<Self> {
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            server = server.tls_config(tls).map_err(std::io::Error::other)?;
+        }
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (received_tx, received) = mpsc::unbounded_channel();
@@ -70,7 +82,7 @@ impl FakeScheduler {
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
+            let _ = server
                 .add_service(AgentGatewayServer::new(gateway))
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                     let _ = stopped.await;
@@ -86,6 +98,7 @@ impl FakeScheduler {
         })
     }
 
+    /// Its URL (`http://`; an agent with TLS speaks it as `https://`).
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }

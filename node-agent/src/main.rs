@@ -62,6 +62,10 @@ enum Command {
         /// standalone, no executors].
         #[arg(long, env = "HARVEST_SCHEDULER")]
         scheduler: Option<String>,
+        /// Talk to the scheduler without TLS (sets the file's insecure_plaintext): whoever
+        /// answers at its address can start executors here. Tests on a trusted host only.
+        #[arg(long)]
+        insecure_plaintext: bool,
     },
     /// Internal: joins a lease cgroup and becomes the executor (harvestd runs this itself).
     ///
@@ -159,6 +163,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             state_dir,
             cgroup_root,
             scheduler,
+            insecure_plaintext,
         } => {
             let mut cfg = match &config {
                 Some(path) => Config::load(path)?,
@@ -169,6 +174,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             cfg.state_dir = state_dir.unwrap_or(cfg.state_dir);
             cfg.cgroup_root = cgroup_root.unwrap_or(cfg.cgroup_root);
             cfg.scheduler = scheduler.or(cfg.scheduler);
+            cfg.insecure_plaintext |= insecure_plaintext;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

@@ -78,6 +78,8 @@ pub enum ServerError {
         "no harvest-executor beside harvestd ({beside}) or on PATH: install it there or set executor_path"
     )]
     NoExecutor { beside: String },
+    #[error(transparent)]
+    Tls(#[from] harvest_proto::tls::TlsFileError),
     #[error("cannot serve metrics on metrics_listen = {addr}: {source}")]
     MetricsBind {
         addr: String,
@@ -264,8 +266,10 @@ pub async fn serve(
         ));
     }
     if let Some(url) = config.scheduler.clone() {
+        let tls = config.scheduler_tls()?;
         let settings = SessionSettings {
             url,
+            tls,
             node: config.node.clone(),
             heartbeat: config.heartbeat_interval,
             backoff_max: config.reconnect_backoff_max,

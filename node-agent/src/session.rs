@@ -8,6 +8,12 @@
 //! [`DEFAULT_RECONNECT_BACKOFF`] up to `reconnect_backoff_max`) and registers again with its
 //! running executors, so their leases survive. Reports carry a version: `incarnation` is the
 //! agent's start time in ms, `sequence` grows with every report of that incarnation.
+//!
+//! The session runs over mutual TLS ([`SessionSettings::tls`]): the agent presents its node's
+//! certificate and talks only to a scheduler whose certificate its CA (`tls_ca`) signed, so a
+//! fake scheduler on the configured address cannot complete the handshake, let alone send a
+//! CreateExecutor. Without TLS (`insecure_plaintext`) it says so loudly at every connection and
+//! every [`INSECURE_WARNING_EVERY`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,7 +25,7 @@ use harvest_proto::v1::agent_gateway_client::AgentGatewayClient;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::config::DEFAULT_RECONNECT_BACKOFF;
+use crate::config::{DEFAULT_RECONNECT_BACKOFF, INSECURE_WARNING_EVERY};
 use crate::lease::{ExecutorInfo, LeaseRequest};
 use crate::leases::launch::{LibrarySource, ServeOptions};
 use crate::leases::{CreateOrder, LeaseEvent, LeaseSupervisor, activity};
@@ -33,6 +39,8 @@ pub const OUTBOUND_QUEUE: usize = 64;
 #[derive(Debug, Clone)]
 pub struct SessionSettings {
     pub url: String,
+    /// The scheduler's CA and this node's certificate; `None`: plaintext (`insecure_plaintext`).
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
     pub node: String,
     pub heartbeat: Duration,
     pub backoff_max: Duration,
@@ -45,6 +53,11 @@ pub struct SessionSettings {
 /// Why one session ended (the loop reconnects after any of them).
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
+    #[error("TLS settings for the scheduler at {url}: {source}")]
+    Tls {
+        url: String,
+        source: tonic::transport::Error,
+    },
     #[error("connecting to the scheduler at {url}: {source}")]
     Connect {
         url: String,
@@ -67,6 +80,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let mut nag = tokio::time::interval(INSECURE_WARNING_EVERY);
+    nag.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sequence = 0u64;
     let mut backoff = DEFAULT_RECONNECT_BACKOFF;
     loop {
@@ -77,16 +92,19 @@ pub async fn run(
             &mut events,
             &mut sequence,
         );
-        tokio::select! {
-            () = &mut shutdown => return,
-            ended = session => {
-                let (err, registered) = ended;
-                if registered {
-                    backoff = DEFAULT_RECONNECT_BACKOFF;
-                }
-                tracing::warn!(error = %err, retry_in = ?backoff, "scheduler session ended; reconnecting");
+        tokio::pin!(session);
+        let ended = loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                _ = nag.tick(), if settings.tls.is_none() => warn_plaintext(&settings.url),
+                ended = &mut session => break ended,
             }
+        };
+        let (err, registered) = ended;
+        if registered {
+            backoff = DEFAULT_RECONNECT_BACKOFF;
         }
+        tracing::warn!(error = %err, retry_in = ?backoff, "scheduler session ended; reconnecting");
         tokio::select! {
             () = &mut shutdown => return,
             () = tokio::time::sleep(backoff) => {}
@@ -104,18 +122,10 @@ async fn one_session(
     events: &mut mpsc::UnboundedReceiver<LeaseEvent>,
     sequence: &mut u64,
 ) -> (SessionError, bool) {
-    let mut client = match AgentGatewayClient::connect(s.url.clone()).await {
+    let mut client = match connect(s).await {
         // Orders carry function libraries: accept what the scheduler accepts from clients.
         Ok(c) => c.max_decoding_message_size(harvest_proto::DEFAULT_MAX_MESSAGE_BYTES),
-        Err(source) => {
-            return (
-                SessionError::Connect {
-                    url: s.url.clone(),
-                    source,
-                },
-                false,
-            );
-        }
+        Err(e) => return (e, false),
     };
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
     let register = v1::Register {
@@ -174,6 +184,45 @@ async fn one_session(
             return (SessionError::Closed, true);
         }
     }
+}
+
+/// Opens the channel to the scheduler: over mutual TLS (an `http://` URL is spoken as
+/// `https://`), or in plaintext when the settings have no TLS.
+async fn connect(
+    s: &SessionSettings,
+) -> Result<AgentGatewayClient<tonic::transport::Channel>, SessionError> {
+    let url = match (&s.tls, s.url.strip_prefix("http://")) {
+        (Some(_), Some(rest)) => format!("https://{rest}"),
+        _ => s.url.clone(),
+    };
+    let connect_error = |source| SessionError::Connect {
+        url: url.clone(),
+        source,
+    };
+    let mut endpoint =
+        tonic::transport::Endpoint::from_shared(url.clone()).map_err(connect_error)?;
+    match &s.tls {
+        Some(tls) => {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|source| SessionError::Tls {
+                    url: url.clone(),
+                    source,
+                })?;
+        }
+        None => warn_plaintext(&url),
+    }
+    let channel = endpoint.connect().await.map_err(connect_error)?;
+    Ok(AgentGatewayClient::new(channel))
+}
+
+fn warn_plaintext(url: &str) {
+    tracing::warn!(
+        url,
+        "INSECURE: insecure_plaintext = true: the scheduler session runs without TLS; whoever \
+         answers at the scheduler's address can start executors on this node. Set tls_ca, \
+         tls_cert and tls_key (docs/security.md)"
+    );
 }
 
 fn msg(m: v1::agent_message::Msg) -> v1::AgentMessage {

@@ -102,11 +102,12 @@ async fn a_lease_runs_its_functions_as_its_user_in_its_cgroup_and_survives_their
     let executor = executor_binary();
     let node = format!("exec{}", std::process::id());
     let _cleanup = CgroupGuard(node.clone());
-    let mut sched = FakeScheduler::start("127.0.0.1:0".parse().unwrap())
+    let (server_tls, tls_lines) = support::tls(dir.path(), &node);
+    let mut sched = FakeScheduler::start_tls("127.0.0.1:0".parse().unwrap(), Some(server_tls))
         .await
         .unwrap();
     let config = format!(
-        "heartbeat_interval = \"200ms\"\nreconnect_backoff_max = \"300ms\"\nexecutor_path = \"{}\"\nexecutor_stop_grace = \"1s\"\n",
+        "heartbeat_interval = \"200ms\"\nreconnect_backoff_max = \"300ms\"\nexecutor_path = \"{}\"\nexecutor_stop_grace = \"1s\"\n{tls_lines}",
         executor.display()
     );
     let mut agent = Harvestd::start(dir.path(), &node, &sched.url(), &config);

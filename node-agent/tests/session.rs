@@ -1,6 +1,7 @@
-//! harvestd against a fake scheduler (a real AgentGateway server on 127.0.0.1): register,
-//! heartbeat slot reports, reconnection after a scheduler restart, and refused orders. Needs no
-//! root: no lease here gets as far as a cgroup.
+//! harvestd against a fake scheduler (a real AgentGateway server on 127.0.0.1, mutual TLS with a
+//! test CA): register, heartbeat slot reports, reconnection after a scheduler restart, refused
+//! orders, and a scheduler whose certificate is not from the agent's CA. Needs no root: no lease
+//! here gets as far as a cgroup.
 
 mod support;
 
@@ -15,15 +16,17 @@ const WAIT: Duration = Duration::from_secs(15);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_heartbeats_and_re_registers_after_a_scheduler_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sched = FakeScheduler::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
     let node = format!("sess{}", std::process::id());
+    let (server_tls, tls_lines) = support::tls(dir.path(), &node);
+    let mut sched =
+        FakeScheduler::start_tls("127.0.0.1:0".parse().unwrap(), Some(server_tls.clone()))
+            .await
+            .unwrap();
     let mut agent = Harvestd::start(
         dir.path(),
         &node,
         &sched.url(),
-        "heartbeat_interval = \"200ms\"\nreconnect_backoff_max = \"300ms\"\n",
+        &format!("heartbeat_interval = \"200ms\"\nreconnect_backoff_max = \"300ms\"\n{tls_lines}"),
     );
     let reg = sched
         .wait_for(WAIT, register)
@@ -57,7 +60,9 @@ async fn registers_heartbeats_and_re_registers_after_a_scheduler_restart() {
     // later sequence.
     let addr = sched.addr;
     sched.stop().await;
-    let mut sched = FakeScheduler::start(addr).await.unwrap();
+    let mut sched = FakeScheduler::start_tls(addr, Some(server_tls))
+        .await
+        .unwrap();
     let again = sched
         .wait_for(WAIT, register)
         .await
@@ -116,5 +121,55 @@ async fn registers_heartbeats_and_re_registers_after_a_scheduler_restart() {
         .terminate(Duration::from_secs(10))
         .expect("harvestd exits on SIGTERM");
     assert!(status.success(), "{status:?}\n{}", agent.log());
+    sched.stop().await;
+}
+
+/// A fake scheduler on the agent's configured address with a certificate from another CA (that
+/// even trusts the agent's certificate): the handshake fails, so it never hears a Register and
+/// its CreateExecutor goes nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduler_whose_certificate_is_not_from_the_agents_ca_gets_no_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = format!("rogue{}", std::process::id());
+    let (_, tls_lines) = support::tls(dir.path(), &node);
+    let other = tempfile::tempdir().unwrap();
+    let rogue = harvest_proto::tls::testing::Pki::new(other.path(), "rogue");
+    let cert = rogue.server();
+    let rogue_tls = tonic::transport::ServerTlsConfig::new().identity(
+        harvest_proto::tls::read_identity(("cert", &cert.cert), ("key", &cert.key)).unwrap(),
+    );
+    let mut sched = FakeScheduler::start_tls("127.0.0.1:0".parse().unwrap(), Some(rogue_tls))
+        .await
+        .unwrap();
+    let mut agent = Harvestd::start(
+        dir.path(),
+        &node,
+        &sched.url(),
+        &format!("heartbeat_interval = \"200ms\"\nreconnect_backoff_max = \"300ms\"\n{tls_lines}"),
+    );
+    // Several reconnection attempts fit in this wait.
+    assert!(
+        sched
+            .wait_for(Duration::from_secs(3), register)
+            .await
+            .is_none(),
+        "the agent registered with a scheduler from another CA; log:\n{}",
+        agent.log()
+    );
+    assert!(
+        !sched
+            .send(v1::scheduler_message::Msg::Create(v1::CreateExecutor {
+                lease_id: "evil".into(),
+                uid: 4242,
+                gid: 0,
+                cores: 1,
+                ..Default::default()
+            }))
+            .await
+    );
+    let log = agent.log();
+    assert!(log.contains("connecting to the scheduler"), "{log}");
+    assert!(!log.contains("CreateExecutor"), "{log}");
+    assert!(agent.alive());
     sched.stop().await;
 }

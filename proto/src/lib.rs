@@ -4,10 +4,14 @@
 //! The control plane only: agent <-> scheduler (`AgentGateway.Session`, one bidirectional stream
 //! per agent) and client <-> scheduler (`Scheduler`). The invocation path (client <-> executor) is
 //! a separate framed TCP protocol (`harvest_core::invoke`) and never goes through gRPC.
+//!
+//! [`tls`] reads the control plane's certificates and keys (PEM files named in the scheduler's,
+//! the agents' and the client's configurations), checked once at start.
 
 #![allow(missing_debug_implementations)]
 
 pub mod convert;
+pub mod tls;
 pub mod views;
 
 /// The largest gRPC message either side accepts by default: a lease request or a CreateExecutor

@@ -87,6 +87,14 @@ pub enum BookError {
     },
     #[error("placement failed: {0}")]
     Placement(String),
+    #[error(
+        "lease {lease} is held by node {holder}, not by {node}: only its node's agent may report its executor"
+    )]
+    NotHolder {
+        lease: String,
+        node: String,
+        holder: String,
+    },
 }
 
 /// What an agent must do.
@@ -595,6 +603,22 @@ impl LeaseBook {
             msg: v1::scheduler_message::Msg::Create(create),
         };
         Ok((wire, order))
+    }
+
+    /// Whether `node`'s agent may report on `lease`'s executor: only the node that holds the
+    /// lease may (another agent's Ready would redirect the lease's client to an address of its
+    /// choosing; its Exited would end someone else's lease). A lease the book does not know is
+    /// no one's: the event is judged by the call it leads to (a late ready is answered with
+    /// DestroyExecutor to the sender; an exit of an unknown lease changes nothing).
+    pub fn check_holder(&self, node: &str, lease: &str) -> Result<(), BookError> {
+        match self.leases.get(lease) {
+            Some(rec) if rec.wire.node != node => Err(BookError::NotHolder {
+                lease: lease.to_owned(),
+                node: node.to_owned(),
+                holder: rec.wire.node.clone(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// The agent reports the lease's executor listening: the lease becomes ACTIVE.

@@ -617,3 +617,24 @@ fn lease_ids_are_unpredictable() {
     }
     assert_ne!(suffix(&first.id), suffix(&second.id));
 }
+
+#[test]
+fn only_the_node_that_holds_a_lease_may_report_on_it() {
+    let now = Now::current();
+    let mut b = book("first-fit");
+    up(&mut b, "n1", &view("n1", 4, 0, 1000, 0), now);
+    up(&mut b, "n2", &view("n2", 4, 0, 1000, 0), now);
+    let (lease, order) = b.place(&request(1, 10), &user(1000), now).unwrap();
+    assert_eq!(order.node, "n1");
+    b.check_holder("n1", &lease.id).unwrap();
+    assert_eq!(
+        b.check_holder("n2", &lease.id),
+        Err(BookError::NotHolder {
+            lease: lease.id.clone(),
+            node: "n2".into(),
+            holder: "n1".into(),
+        })
+    );
+    // A lease the book does not know is no one's.
+    b.check_holder("n2", "no-such-lease").unwrap();
+}

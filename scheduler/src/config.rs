@@ -49,6 +49,9 @@ pub const DEFAULT_TIMELINE_WINDOW_MS: u64 = 60 * 60 * 1000;
 /// How many recent events (revocations, reclaims, interference) the dashboard keeps.
 pub const DEFAULT_EVENTS_KEPT: usize = 200;
 
+/// How often a scheduler serving plaintext says so again (besides at start).
+pub const INSECURE_WARNING_EVERY: Duration = Duration::from_secs(60);
+
 /// A configuration that cannot be used; each variant names the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -74,6 +77,12 @@ pub enum ConfigError {
     Lifetime { default: u64, max: u64 },
     #[error("policy: {0}")]
     Policy(#[from] harvest_policies::ConfigError),
+    #[error(
+        "{key} is not set: agents and the scheduler talk over mutual TLS, so the scheduler needs \
+         tls_cert, tls_key and tls_client_ca (deploy/local-cluster up makes them; docs/security.md \
+         says how). Only for a test on a trusted host: insecure_plaintext = true"
+    )]
+    TlsMissing { key: &'static str },
 }
 
 /// The scheduler's configuration file.
@@ -103,6 +112,16 @@ pub struct Config {
     pub timeline_sample_ms: u64,
     pub timeline_window_ms: u64,
     pub events_kept: usize,
+    /// The scheduler's certificate chain (PEM), presented to agents and clients.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// The CA (PEM) that signs the agents' client certificates; a certificate's subject CN is
+    /// its node's name.
+    pub tls_client_ca: Option<PathBuf>,
+    /// Serve plaintext gRPC: anyone who reaches the port can act as any agent. For tests on a
+    /// trusted host only; logged loudly at start and every minute.
+    pub insecure_plaintext: bool,
 }
 
 impl Default for Config {
@@ -128,6 +147,10 @@ impl Default for Config {
             http_listen: None,
             timeline_sample_ms: DEFAULT_TIMELINE_SAMPLE_MS,
             timeline_window_ms: DEFAULT_TIMELINE_WINDOW_MS,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            insecure_plaintext: false,
             events_kept: DEFAULT_EVENTS_KEPT,
         }
     }
@@ -136,6 +159,13 @@ impl Default for Config {
 impl Config {
     /// Reads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let config = Self::read(path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a TOML file without validating it (command-line options may still complete it).
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -144,7 +174,6 @@ impl Config {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        config.validate()?;
         Ok(config)
     }
 
@@ -184,6 +213,17 @@ impl Config {
                 window: self.timeline_window_ms,
                 sample: self.timeline_sample_ms,
             });
+        }
+        if !self.insecure_plaintext {
+            for (key, value) in [
+                ("tls_cert", &self.tls_cert),
+                ("tls_key", &self.tls_key),
+                ("tls_client_ca", &self.tls_client_ca),
+            ] {
+                if value.is_none() {
+                    return Err(ConfigError::TlsMissing { key });
+                }
+            }
         }
         Ok(())
     }
@@ -230,7 +270,11 @@ mod tests {
 
     #[test]
     fn defaults_are_valid_and_used_for_missing_keys() {
-        Config::default().validate().unwrap();
+        let plaintext = Config {
+            insecure_plaintext: true,
+            ..Config::default()
+        };
+        plaintext.validate().unwrap();
         let c: Config = toml::from_str("policy = \"first-fit\"").unwrap();
         assert_eq!(c.policy, "first-fit");
         assert_eq!(c.listen, DEFAULT_LISTEN);
@@ -278,12 +322,38 @@ mod tests {
         .unwrap();
         let e = Config::load(&path).unwrap_err().to_string();
         assert!(e.contains("timeline_window_ms"), "{e}");
-        std::fs::write(&path, "http_listen = \"127.0.0.1:6821\"").unwrap();
+        std::fs::write(
+            &path,
+            "http_listen = \"127.0.0.1:6821\"\ninsecure_plaintext = true",
+        )
+        .unwrap();
         let c = Config::load(&path).unwrap();
         assert_eq!(
             c.http_addr().unwrap(),
             Some("127.0.0.1:6821".parse().unwrap())
         );
         assert_eq!(c.timeline_samples(), 720);
+    }
+
+    #[test]
+    fn tls_is_required_unless_plaintext_is_asked_for() {
+        let e = Config::default().validate().unwrap_err().to_string();
+        assert!(
+            e.contains("tls_cert") && e.contains("insecure_plaintext"),
+            "{e}"
+        );
+        let c = Config {
+            tls_cert: Some("s.pem".into()),
+            tls_key: Some("s.key".into()),
+            ..Config::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.starts_with("tls_client_ca is not set"), "{e}");
+        Config {
+            tls_client_ca: Some("ca.pem".into()),
+            ..c
+        }
+        .validate()
+        .unwrap();
     }
 }

@@ -42,7 +42,7 @@ impl RequestError {
                 BookError::BadRequest(_) => Code::InvalidArgument,
                 BookError::Unschedulable { .. } => Code::ResourceExhausted,
                 BookError::UnknownLease(_) => Code::NotFound,
-                BookError::NotOwner { .. } => Code::PermissionDenied,
+                BookError::NotOwner { .. } | BookError::NotHolder { .. } => Code::PermissionDenied,
                 BookError::UnknownNode(_) => Code::FailedPrecondition,
                 BookError::NotPending { .. } => Code::Aborted,
                 BookError::Placement(_) => Code::Internal,

@@ -4,6 +4,12 @@
 //! flow in, orders flow out through the session's channel. A broken stream only detaches the
 //! session: the node stays up until it misses its heartbeats, so an agent that reconnects at
 //! once loses nothing.
+//!
+//! Who an agent is comes from its client certificate ([`crate::tls::agent_identity`]): it may
+//! register only as the node its certificate names, and report only on leases that node holds
+//! ([`crate::book::LeaseBook::check_holder`]). Refusals are logged and counted
+//! (`agent_refusals`). With `insecure_plaintext` there are no certificates and Register's node
+//! is taken on trust; the lease check still holds.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -43,6 +49,20 @@ impl v1::agent_gateway_server::AgentGateway for Gateway {
         &self,
         request: Request<Streaming<v1::AgentMessage>>,
     ) -> Result<Response<OrderStream>, Status> {
+        // Who the connection is, before anything it says is read.
+        let certified = if self.shared.config.insecure_plaintext {
+            None
+        } else {
+            let certs = request.peer_certs();
+            match crate::tls::agent_identity(certs.as_deref().map(Vec::as_slice)) {
+                Ok(node) => Some(node),
+                Err(e) => {
+                    tracing::warn!(peer = ?request.remote_addr(), error = %e, "agent session refused");
+                    self.shared.metrics.record_agent_refusal(e.reason());
+                    return Err(Status::unauthenticated(e.to_string()));
+                }
+            }
+        };
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -55,6 +75,17 @@ impl v1::agent_gateway_server::AgentGateway for Gateway {
         };
         if reg.node.is_empty() {
             return Err(Status::invalid_argument("Register.node is empty"));
+        }
+        if let Some(certified) = certified
+            && certified != reg.node
+        {
+            tracing::warn!(certified = %certified, claimed = %reg.node, "agent registering as another node refused");
+            self.shared.metrics.record_agent_refusal("wrong_node");
+            return Err(Status::permission_denied(format!(
+                "this client certificate is node {certified}'s: it may not register as node {}; \
+                 is harvestd running with the wrong --node or another node's certificate?",
+                reg.node
+            )));
         }
         let (tx, rx) = mpsc::channel(ORDER_QUEUE);
         let node = reg.node.clone();
@@ -135,6 +166,11 @@ fn handle(shared: &Shared, node: &str, session: u64, msg: v1::AgentMessage) {
         }
         Some(agent_message::Msg::Executor(event)) => {
             let lease = event.lease_id;
+            if let Err(e) = inner.book.check_holder(node, &lease) {
+                tracing::warn!(node, lease = %lease, error = %e, "executor event refused");
+                shared.metrics.record_agent_refusal("not_holder");
+                return;
+            }
             match event.event {
                 Some(executor_event::Event::Ready(info)) => {
                     match inner.book.executor_ready(&lease, &info) {

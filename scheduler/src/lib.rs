@@ -14,6 +14,7 @@
 //! - [`error`]: request errors and their one conversion to `tonic::Status`.
 //! - [`metrics`]: Prometheus metrics; [`timeline`]: the utilization ring buffer and recent
 //!   events; [`http`]: the dashboard, its JSON and `/metrics` on `http_listen`.
+//! - [`tls`]: mutual TLS on the port and an agent's node from its client certificate.
 
 pub mod book;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod service;
 pub mod state;
 pub mod timeline;
+pub mod tls;
 
 #[cfg(test)]
 mod book_tests;
@@ -61,6 +63,8 @@ pub enum ServeError {
     },
     #[error("the gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Tls(#[from] harvest_proto::tls::TlsFileError),
 }
 
 /// The lease book a configuration describes.
@@ -124,7 +128,13 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let book = book_for(&config)?;
-    tracing::info!(addr = ?listener.local_addr().ok(), policy = book.policy(), "harvest-scheduler serving");
+    let tls = tls::server_tls(&config)?;
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    tracing::info!(addr = ?listener.local_addr().ok(), policy = book.policy(),
+        tls = !config.insecure_plaintext, "harvest-scheduler serving");
     let max = config.max_message_bytes;
     let tick = config.tick();
     let recorder = Arc::new(timeline::Recorder::new(
@@ -136,6 +146,10 @@ pub async fn serve_with(
     let shared = Arc::new(Shared::new(config, auth, book));
     let (stop_tx, stop_rx) = watch::channel(false);
     let reaper = tokio::spawn(reap(shared.clone(), tick, stop_rx.clone()));
+    let nag = shared
+        .config
+        .insecure_plaintext
+        .then(|| tokio::spawn(warn_plaintext(stop_rx.clone())));
     let web = http.map(|listener| {
         let recording = tokio::spawn(timeline::run(
             shared.clone(),
@@ -167,18 +181,38 @@ pub async fn serve_with(
     // Orders are small messages on long-lived streams: without TCP_NODELAY each waits for the
     // peer's delayed ACK (about 40 ms per CreateExecutor here).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let result = tonic::transport::Server::builder()
+    let result = server
         .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS_PER_CONNECTION)
         .add_service(scheduler)
         .add_service(gateway)
         .serve_with_incoming_shutdown(incoming, stop)
         .await;
     let _ = reaper.await;
+    if let Some(nag) = nag {
+        let _ = nag.await;
+    }
     if let Some((recording, serving)) = web {
         let _ = recording.await;
         let _ = serving.await;
     }
     Ok(result?)
+}
+
+/// Says loudly, at start and every [`config::INSECURE_WARNING_EVERY`], that anyone who reaches
+/// the port can act as any agent, until shutdown.
+async fn warn_plaintext(mut shutdown: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(config::INSECURE_WARNING_EVERY);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => tracing::warn!(
+                "INSECURE: insecure_plaintext = true: the scheduler serves plaintext gRPC without \
+                 certificates; anyone who reaches its port can register as any node, report on \
+                 any lease and receive users' libraries. Configure tls_cert, tls_key and \
+                 tls_client_ca (docs/security.md)"
+            ),
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
 }
 
 /// Expires leases and takes down silent nodes every `tick` until shutdown.
@@ -206,7 +240,10 @@ mod tests {
     /// The reaper takes a silent node down on tokio's clock, and stops on shutdown.
     #[tokio::test(start_paused = true)]
     async fn the_reaper_takes_silent_nodes_down_and_stops_on_shutdown() {
-        let config = Config::default();
+        let config = Config {
+            insecure_plaintext: true,
+            ..Config::default()
+        };
         let book = book_for(&config).unwrap();
         let shared = Arc::new(Shared::new(config, Arc::new(FakeAuthenticator), book));
         shared.lock().book.register(

@@ -27,6 +27,10 @@ struct Args {
     /// HTTP on this address, e.g. 127.0.0.1:6821 (overrides the file's `http_listen`).
     #[arg(long)]
     http: Option<String>,
+    /// Serve plaintext gRPC without certificates (sets the file's `insecure_plaintext`):
+    /// anyone who reaches the port can act as any agent. For tests on a trusted host only.
+    #[arg(long)]
+    insecure_plaintext: bool,
 }
 
 #[tokio::main]
@@ -40,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
+        Some(path) => Config::read(path)?,
         None => Config::default(),
     };
     if let Some(listen) = args.listen {
@@ -52,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(http) = args.http {
         config.http_listen = Some(http);
     }
+    config.insecure_plaintext |= args.insecure_plaintext;
     config.validate().context("invalid configuration")?;
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

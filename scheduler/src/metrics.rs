@@ -71,6 +71,7 @@ pub struct SchedulerMetrics {
     acquisitions: Family<Labels, Counter>,
     acquire_seconds: Histogram,
     lease_ends: Family<Labels, Counter>,
+    agent_refusals: Family<Labels, Counter>,
     book: BookFamilies,
     exposition: Exposition,
 }
@@ -84,6 +85,7 @@ impl Default for SchedulerMetrics {
         // Request to executor ready: 1 ms .. ~65 s.
         let acquire_seconds = Histogram::new(exponential_buckets(1e-3, 2.0, 17));
         let lease_ends = Family::default();
+        let agent_refusals = Family::default();
         let book = BookFamilies::default();
 
         let mut r = Registry::with_prefix(harvest_metrics::PREFIX);
@@ -116,6 +118,13 @@ impl Default for SchedulerMetrics {
              reclaimed, node_down, node_drained, interference, executor_failed)",
             lease_ends.clone(),
         );
+        r.register(
+            "agent_refusals",
+            "Agent sessions and executor events the scheduler refused, by reason (no_certificate, \
+             bad_certificate, wrong_node: a Register for another node than the certificate's; \
+             not_holder: an event for a lease another node holds)",
+            agent_refusals.clone(),
+        );
         book.register(&mut r);
         Self {
             placements,
@@ -123,6 +132,7 @@ impl Default for SchedulerMetrics {
             acquisitions,
             acquire_seconds,
             lease_ends,
+            agent_refusals,
             book,
             exposition: Exposition::new(r),
         }
@@ -158,6 +168,20 @@ impl SchedulerMetrics {
         self.lease_ends
             .get_or_create(&vec![("cause", cause.to_owned())])
             .inc();
+    }
+
+    /// The scheduler refused an agent's session or event for `reason` (see the family's help).
+    pub fn record_agent_refusal(&self, reason: &str) {
+        self.agent_refusals
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
+    }
+
+    /// How many agent sessions and events were refused for `reason` so far (tests).
+    pub fn agent_refusals(&self, reason: &str) -> u64 {
+        self.agent_refusals
+            .get(&vec![("reason", reason.to_owned())])
+            .map_or(0, |c| c.get())
     }
 
     /// How many placements ended with `outcome` so far (tests, the dashboard).

@@ -21,7 +21,11 @@ fn client_config(dir: &Path, uid: u32) -> std::path::PathBuf {
     let conf = dir.join("client.toml");
     std::fs::write(
         &conf,
-        format!("munge = {:?}\n", munge.display().to_string()),
+        format!(
+            "munge = {:?}\nca = {:?}\n",
+            munge.display().to_string(),
+            common::pki().ca().display().to_string()
+        ),
     )
     .unwrap();
     conf

@@ -105,9 +105,10 @@ async fn acquire_invoke_list_and_release_a_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_credentials_and_unschedulable_requests_are_refused_with_reasons() {
     let s = Scheduler::start(config(), "127.0.0.1:0").await;
-    let mut nobody = harvest_client::SchedulerClient::connect(
+    let mut nobody = harvest_client::SchedulerClient::connect_tls(
         &s.addr.to_string(),
         std::sync::Arc::new(harvest_client::identity::Fixed("forged".into())),
+        &common::pki().ca(),
     )
     .await
     .unwrap();

@@ -97,9 +97,10 @@ async fn metrics_and_the_dashboards_json_show_what_harvest_nodes_shows() {
     let s = start().await;
     let agent = FakeAgent::connect(s.grpc, "n1", 60_000, vec![], Answer::Ready).await;
     agent.report(1, &view("n1", 8, 2)).await;
-    let mut c = harvest_client::SchedulerClient::connect(
+    let mut c = harvest_client::SchedulerClient::connect_tls(
         &s.grpc.to_string(),
         Arc::new(harvest_client::identity::Fixed("uid:1000".into())),
+        &common::pki().ca(),
     )
     .await
     .unwrap();

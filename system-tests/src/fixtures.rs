@@ -108,15 +108,22 @@ impl Drop for Scratch {
 pub struct Cli {
     pub bin: PathBuf,
     pub scheduler: String,
+    /// The scheduler's CA (`HARVEST_CA`): the CLI speaks TLS with it.
+    pub ca: Option<String>,
 }
 
 impl Cli {
-    /// Copies the CLI into `dir` (mode 0755).
-    pub fn install(dir: &Path, scheduler: String) -> Result<Self> {
+    /// Copies the CLI into `dir` (mode 0755); it verifies the scheduler with the CA that the
+    /// test's `HARVEST_CA`, else the cluster's, names.
+    pub fn install(dir: &Path, scheduler: String, cluster: &LocalCluster) -> Result<Self> {
         let bin = dir.join("harvest");
         std::fs::copy(target_bin("harvest")?, &bin)?;
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
-        Ok(Self { bin, scheduler })
+        let ca = std::env::var("HARVEST_CA")
+            .ok()
+            .filter(|c| !c.is_empty())
+            .or_else(|| cluster.var("HARVEST_CA").map(str::to_owned));
+        Ok(Self { bin, scheduler, ca })
     }
 
     /// The command `harvest ARGS` as root (`user` None) or as `user`, not yet run.
@@ -129,6 +136,10 @@ impl Cli {
                 c
             }
         };
+        if let Some(ca) = &self.ca {
+            // runuser keeps the environment, so the test user's CLI sees it too.
+            cmd.env("HARVEST_CA", ca);
+        }
         cmd.arg("--scheduler").arg(&self.scheduler).args(args);
         cmd
     }

@@ -202,7 +202,7 @@ fn metrics_and_the_dashboard_show_the_batch_job_and_the_function() -> Result<()>
             .to_owned())
     };
     let scratch = Scratch::new("harvest-dashboard-test")?;
-    let cli = Cli::install(&scratch.0, scheduler_url(&cluster)?)?;
+    let cli = Cli::install(&scratch.0, scheduler_url(&cluster)?, &cluster)?;
     let metrics_url = var("HARVEST_SCHEDULER_METRICS")?;
     let dashboard = var("HARVEST_DASHBOARD")?;
     let agents: Vec<(String, String)> = var("HARVEST_AGENT_METRICS")?

@@ -106,13 +106,26 @@ async fn an_executor_beside_a_batch_job_uses_only_idle_cpus_and_survives_failing
         .trim()
         .parse()?;
 
-    let mut sched = FakeScheduler::start("127.0.0.1:0".parse()?).await?;
+    // Mutual TLS with a CA of the test's own.
+    let pki = harvest_proto::tls::testing::Pki::new(&dir, "exec");
+    let (server, agent) = (pki.server(), pki.node("n1"));
+    let server_tls = tonic::transport::ServerTlsConfig::new()
+        .identity(harvest_proto::tls::read_identity(
+            ("cert", &server.cert),
+            ("key", &server.key),
+        )?)
+        .client_ca_root(harvest_proto::tls::read_ca("ca", &pki.ca())?);
+    let mut sched = FakeScheduler::start_tls("127.0.0.1:0".parse()?, Some(server_tls)).await?;
     let config = dir.join("agent.toml");
     std::fs::write(
         &config,
         format!(
-            "heartbeat_interval = \"200ms\"\nexecutor_path = \"{}\"\nlease_cgroup_parent = \"{parent}\"\n",
-            target_bin("harvest-executor")?.display()
+            "heartbeat_interval = \"200ms\"\nexecutor_path = \"{}\"\nlease_cgroup_parent = \"{parent}\"\n\
+             tls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n",
+            target_bin("harvest-executor")?.display(),
+            pki.ca().display().to_string(),
+            agent.cert.display().to_string(),
+            agent.key.display().to_string()
         ),
     )?;
     let child = cluster

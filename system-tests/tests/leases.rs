@@ -86,7 +86,7 @@ fn invoke_runs_in_the_idle_slot_as_the_user_and_failures_are_clear() -> Result<(
     let cluster = LocalCluster::from_env()?;
     let scheduler = scheduler_url(&cluster)?;
     let scratch = Scratch::new("harvest-leases-test")?;
-    let cli = Cli::install(&scratch.0, scheduler)?;
+    let cli = Cli::install(&scratch.0, scheduler, &cluster)?;
     let lib = build_library(&scratch.0)?;
     let lib = lib.to_str().context("utf-8 path")?;
     let (uid, _) = test_user()?;

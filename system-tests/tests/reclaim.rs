@@ -36,7 +36,7 @@ impl Rig {
     fn new(name: &str) -> Result<Self> {
         let cluster = LocalCluster::from_env()?;
         let scratch = Scratch::new(name)?;
-        let cli = Cli::install(&scratch.0, scheduler_url(&cluster)?)?;
+        let cli = Cli::install(&scratch.0, scheduler_url(&cluster)?, &cluster)?;
         let lib = build_library(&scratch.0)?
             .to_str()
             .context("utf-8 path")?

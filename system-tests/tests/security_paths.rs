@@ -179,7 +179,7 @@ impl Rig {
         test_user()?;
         let scratch = Scratch::new(name)?;
         let dir = scratch.0.clone();
-        let cli = Cli::install(&dir, scheduler_url(&cluster)?)?;
+        let cli = Cli::install(&dir, scheduler_url(&cluster)?, &cluster)?;
         let canary = Canary::new(&dir.join("secret"))?;
         let outside = dir.join("outside");
         std::fs::create_dir_all(&outside)?;

@@ -91,7 +91,10 @@ impl CliError {
             Self::Revoked { .. } => code::REVOKED,
             Self::Lease(e) => match e {
                 LeaseError::Unreachable { .. } => code::UNREACHABLE,
-                LeaseError::Address { .. } | LeaseError::Library { .. } => code::LOCAL,
+                LeaseError::Address { .. }
+                | LeaseError::Library { .. }
+                | LeaseError::Ca(_)
+                | LeaseError::Tls { .. } => code::LOCAL,
                 LeaseError::Credential(_) => code::AUTH,
                 LeaseError::NoExecutor { .. } => code::EXECUTOR,
                 LeaseError::Refused {

@@ -39,6 +39,8 @@ use exit::CliError;
 /// The scheduler's address comes from --scheduler, else $HARVEST_SCHEDULER
 /// (`eval "$(deploy/local-cluster env)"` sets it), else `scheduler = "host:port"` in the client
 /// configuration ($HARVEST_CONFIG, ~/.config/harvest/client.toml, /etc/harvest/client.toml).
+/// With $HARVEST_CA (or `ca = "/path/ca.pem"` in that file) the client speaks TLS and verifies
+/// the scheduler's certificate against that CA (deploy/local-cluster env sets it).
 /// You are who munge says you are (`munge -n`): munged must run on this host.
 /// Exit codes are listed in docs/cli.md (0 success, 3 scheduler unreachable, 5 no idle
 /// resources, 10 crashed, 11 timed out, 12 out of memory, ...).
@@ -240,7 +242,10 @@ pub fn run(args: Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliEr
         .enable_all()
         .build()
         .map_err(io("cannot start the async runtime"))?;
-    let mut client = rt.block_on(SchedulerClient::connect(&url, Arc::new(munge)))?;
+    let mut client = match config.ca(env) {
+        Some(ca) => rt.block_on(SchedulerClient::connect_tls(&url, Arc::new(munge), &ca))?,
+        None => rt.block_on(SchedulerClient::connect(&url, Arc::new(munge)))?,
+    };
     let mut stdout = std::io::stdout().lock();
     match args.command {
         Command::Nodes { json: as_json } => {

@@ -6,6 +6,27 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// Mutual TLS for a test: a CA in `dir`, the scheduler's server settings and the agent
+/// configuration lines (`tls_ca`, `tls_cert`, `tls_key`) for `node`.
+pub fn tls(dir: &Path, node: &str) -> (tonic::transport::ServerTlsConfig, String) {
+    let pki = harvest_proto::tls::testing::Pki::new(dir, "test");
+    let server = pki.server();
+    let agent = pki.node(node);
+    let server_tls = tonic::transport::ServerTlsConfig::new()
+        .identity(
+            harvest_proto::tls::read_identity(("cert", &server.cert), ("key", &server.key))
+                .unwrap(),
+        )
+        .client_ca_root(harvest_proto::tls::read_ca("ca", &pki.ca()).unwrap());
+    let lines = format!(
+        "tls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n",
+        pki.ca().display().to_string(),
+        agent.cert.display().to_string(),
+        agent.key.display().to_string()
+    );
+    (server_tls, lines)
+}
+
 /// A `harvestd run` started by the test, stopped by pid (SIGTERM, then SIGKILL) on drop.
 pub struct Harvestd {
     pub child: Child,

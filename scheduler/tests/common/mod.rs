@@ -1,18 +1,21 @@
-//! Test harness: the real scheduler on 127.0.0.1:0 with the fake authenticator, fake agents
-//! speaking the real AgentGateway protocol, and a fake executor that answers invocations.
+//! Test harness: the real scheduler on 127.0.0.1:0 with the fake authenticator and mutual TLS
+//! (a throw-away CA per test process), fake agents speaking the real AgentGateway protocol with
+//! their node's certificate, and a fake executor that answers invocations.
 
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use harvest_client::identity::Fixed;
 use harvest_client::{LeaseRequest, Library, SchedulerClient};
 use harvest_core::invoke::{self, ErrorCode, Frame};
 use harvest_core::{CpuSet, NodeView};
+use harvest_proto::tls::testing::{Pair, Pki};
 use harvest_proto::v1::{
     self, agent_gateway_client::AgentGatewayClient, agent_message, executor_event,
 };
@@ -22,6 +25,39 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{ClientTlsConfig, Endpoint};
+
+/// The test process's CA (agents' and scheduler's alike), in the target's temp directory.
+pub fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("scheduler-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Pki::new(&dir, "harvest")
+    })
+}
+
+/// The scheduler's certificate from the test CA (made once: tests run in parallel).
+pub fn server_pair() -> &'static Pair {
+    static SERVER: OnceLock<Pair> = OnceLock::new();
+    SERVER.get_or_init(|| pki().server())
+}
+
+/// TLS as agent `node` (its certificate from the test CA, made once per node).
+pub fn agent_tls(node: &str) -> ClientTlsConfig {
+    static NODES: Mutex<Vec<(String, Pair)>> = Mutex::new(Vec::new());
+    let mut nodes = NODES.lock().unwrap();
+    let pair = match nodes.iter().find(|(n, _)| n == node) {
+        Some((_, p)) => p.clone(),
+        None => {
+            let p = pki().node(node);
+            nodes.push((node.to_owned(), p.clone()));
+            p
+        }
+    };
+    pki().client_tls(Some(&pair))
+}
 
 /// A running scheduler.
 pub struct Scheduler {
@@ -57,18 +93,23 @@ impl Scheduler {
     }
 
     pub async fn client(&self, uid: u32) -> SchedulerClient {
-        SchedulerClient::connect(
+        SchedulerClient::connect_tls(
             &self.addr.to_string(),
             Arc::new(Fixed(format!("uid:{uid}"))),
+            &pki().ca(),
         )
         .await
         .unwrap()
     }
 }
 
-/// A configuration for fast tests.
+/// A configuration for fast tests, with mutual TLS.
 pub fn config() -> Config {
+    let server = server_pair();
     Config {
+        tls_cert: Some(server.cert.clone()),
+        tls_key: Some(server.key.clone()),
+        tls_client_ca: Some(pki().ca()),
         listen: "127.0.0.1:0".into(),
         policy: "first-fit".into(),
         tick_ms: 20,
@@ -147,9 +188,38 @@ impl FakeAgent {
         executors: Vec<v1::ExecutorInfo>,
         answer: Answer,
     ) -> Result<Self, tonic::Status> {
-        let mut client = AgentGatewayClient::connect(format!("http://{addr}"))
+        Self::try_connect_with(
+            addr,
+            Some(agent_tls(node)),
+            node,
+            heartbeat_ms,
+            executors,
+            answer,
+        )
+        .await
+    }
+
+    /// Registers as `node` over `tls` (plaintext without), whatever the certificate says.
+    pub async fn try_connect_with(
+        addr: SocketAddr,
+        tls: Option<ClientTlsConfig>,
+        node: &str,
+        heartbeat_ms: u64,
+        executors: Vec<v1::ExecutorInfo>,
+        answer: Answer,
+    ) -> Result<Self, tonic::Status> {
+        let endpoint = match tls {
+            Some(tls) => Endpoint::from_shared(format!("https://{addr}"))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap(),
+            None => Endpoint::from_shared(format!("http://{addr}")).unwrap(),
+        };
+        let channel = endpoint
+            .connect()
             .await
-            .unwrap();
+            .map_err(|e| tonic::Status::unavailable(format!("connect: {e}")))?;
+        let mut client = AgentGatewayClient::new(channel);
         let (tx, rx) = mpsc::channel(64);
         tx.send(v1::AgentMessage {
             msg: Some(agent_message::Msg::Register(v1::Register {
@@ -238,6 +308,20 @@ impl FakeAgent {
                     }),
                     view: Some(view.into()),
                     ..Default::default()
+                })),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Sends an executor event as this agent, for any lease.
+    pub async fn send_event(&self, lease: &str, event: executor_event::Event, cause: v1::EndCause) {
+        self.tx
+            .send(v1::AgentMessage {
+                msg: Some(agent_message::Msg::Executor(v1::ExecutorEvent {
+                    lease_id: lease.into(),
+                    event: Some(event),
+                    cause: cause as i32,
                 })),
             })
             .await

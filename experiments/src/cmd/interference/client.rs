@@ -50,10 +50,18 @@ pub fn run_client(a: ClientArgs) -> Result<()> {
         .enable_all()
         .build()?;
     let library = Library::read(&a.lib)?;
-    let mut sched = rt.block_on(SchedulerClient::connect(
-        &a.scheduler,
-        Arc::new(Munge::default()),
-    ))?;
+    // The cluster's scheduler speaks TLS: its CA comes from `deploy/local-cluster env`.
+    let mut sched = match std::env::var_os("HARVEST_CA") {
+        Some(ca) => rt.block_on(SchedulerClient::connect_tls(
+            &a.scheduler,
+            Arc::new(Munge::default()),
+            std::path::Path::new(&ca),
+        ))?,
+        None => rt.block_on(SchedulerClient::connect(
+            &a.scheduler,
+            Arc::new(Munge::default()),
+        ))?,
+    };
     let mut out = ClientOut::default();
     let t0 = Instant::now();
     let max = Duration::from_secs(a.max_seconds);
