@@ -25,8 +25,8 @@ use crate::config::{self, Config};
 use crate::gpus;
 use crate::host::{Context, Host, Item, Level};
 
-/// The environment variable slurmd sets to its node name (in its own environment, which
-/// slurmstepd inherits, and in the prolog/epilog environment).
+/// The environment variable slurmstepd sets to its node name in its own environment (from slurmd's
+/// configuration), and slurmd in the prolog/epilog environment.
 pub const NODE_NAME_VAR: &str = "SLURMD_NODENAME";
 
 /// Logs the first problem of a process at info level and later ones at debug level, so that an
@@ -221,12 +221,13 @@ fn config_or_warn(host: &dyn Host, args: &[&str], warner: &Warner<'_>) -> Option
         .ok()
 }
 
-/// The Slurm node name: slurmd puts it in its own environment, which slurmstepd inherits; the
-/// job's environment has it from the first task on.
+/// The Slurm node name, from the calling process's own environment only. SPANK 22.05 has no item
+/// for it (`S_JOB_NODEID` is the node's rank in the job); slurmstepd sets `SLURMD_NODENAME` in its
+/// own environment from the configuration slurmd sends it (`_init_from_slurmd`), and slurmd sets
+/// it last in the environment of `slurmstepd spank epilog`. The job's environment
+/// (`spank_getenv`) is never read: whatever the user exported travels there.
 fn node_name(host: &dyn Host) -> Option<String> {
-    host.process_env(NODE_NAME_VAR)
-        .or_else(|| host.job_env(NODE_NAME_VAR))
-        .filter(|n| !n.is_empty())
+    host.process_env(NODE_NAME_VAR).filter(|n| !n.is_empty())
 }
 
 fn send(host: &dyn Host, config: &Config, node: &str, msg: &PluginMessage, warner: &Warner<'_>) {

@@ -309,3 +309,31 @@ fn the_option_callback_rejects_bad_values_only_at_submit() {
     assert!(check_option(None, false).is_err());
     assert_eq!(check_option(Some("maybe"), true), Ok(()));
 }
+
+#[test]
+fn the_node_name_never_comes_from_the_jobs_environment() {
+    let fx = Fixture::new();
+    let rx = agent(&fx.socket("n1"));
+    // A user who exports another node's name reaches neither that node's agent nor its report.
+    let mut host = FakeHost::remote(0);
+    host.job_env.insert(NODE_NAME_VAR.into(), "n2".into());
+    let warned = AtomicBool::new(false);
+    user_init(&host, &refs(&fx.args(&[])), &Warner::new(&warned));
+    let PluginMessage::StepStart(got) = recv(&rx) else {
+        panic!("not a step start");
+    };
+    assert_eq!(got.node, "n1");
+    assert!(!fx.socket("n2").exists());
+
+    // Without slurmstepd's own SLURMD_NODENAME, the job's copy is not a fallback: nothing is sent.
+    host.process_env.clear();
+    let warned = AtomicBool::new(false);
+    user_init(&host, &refs(&fx.args(&[])), &Warner::new(&warned));
+    exit(&host, &refs(&fx.args(&[])), &Warner::new(&warned));
+    assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+    assert!(
+        host.lines(Level::Info)[0].contains("node name"),
+        "{:?}",
+        host.logged
+    );
+}
