@@ -11,6 +11,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use harvest_core::step::StepId;
 use harvest_core::{CpuSet, CpuSetParseError};
 
 /// A v1 `memory.limit_in_bytes` at or above this is "no limit" (the kernel prints
@@ -41,6 +42,9 @@ pub struct JobResources {
 /// Reads a job's resources from wherever its cgroups are.
 pub trait JobCgroups {
     fn job_resources(&self, job: JobKey<'_>) -> Result<JobResources, CgroupError>;
+    /// The `devices.list` of the step's v1 devices cgroup (`ConstrainDevices=yes`): what Slurm
+    /// lets the step open, for [`crate::gpus::step_gpus`].
+    fn step_devices_list(&self, job: JobKey<'_>, step: StepId) -> Result<String, CgroupError>;
 }
 
 /// The job's cgroup could not be found or read.
@@ -59,6 +63,8 @@ pub enum CgroupError {
         path: PathBuf,
         source: CpuSetParseError,
     },
+    #[error("no v1 devices hierarchy under {root} (cgroup v2, or ConstrainDevices is off)")]
+    NoDevices { root: PathBuf },
     #[error("{path}: {value:?} is not a memory limit in bytes (or \"max\")")]
     Memory { path: PathBuf, value: String },
 }
@@ -198,6 +204,29 @@ impl JobCgroups for CgroupFs {
             Ok(JobResources { cpus, memory_mib })
         }
     }
+
+    fn step_devices_list(&self, job: JobKey<'_>, step: StepId) -> Result<String, CgroupError> {
+        let own = self.memberships();
+        let v1 = own
+            .iter()
+            .any(|m| m.controllers.iter().any(|c| c == "devices"))
+            || self.root.join("devices").is_dir();
+        if !v1 {
+            return Err(CgroupError::NoDevices {
+                root: self.root.clone(),
+            });
+        }
+        let dir = self
+            .v1_job_dir(&own, "devices", job)?
+            .join(step_dir_name(step));
+        read(&dir.join("devices.list"))
+    }
+}
+
+/// The name Slurm gives a step's cgroup directory under its job's: `step_0`, `step_batch`,
+/// `step_extern`, `step_interactive`.
+fn step_dir_name(step: StepId) -> String {
+    format!("step_{step}")
 }
 
 /// The name Slurm gives a job's cgroup directory. Slurm 26.05 and later name it by a new job

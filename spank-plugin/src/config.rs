@@ -19,6 +19,8 @@ pub const MAX_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// Where a process reads its own cgroup membership, unless `proc_self_cgroup=` says otherwise.
 pub const DEFAULT_PROC_SELF_CGROUP: &str = "/proc/self/cgroup";
+/// Where the node's GPU device files (`nvidia<N>`) are, unless `dev_root=` says otherwise.
+pub const DEFAULT_DEV_ROOT: &str = "/dev";
 
 /// The plugin's configuration, from its `plugstack.conf` arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +33,8 @@ pub struct Config {
     pub timeout: Duration,
     pub cgroup_root: PathBuf,
     pub proc_self_cgroup: PathBuf,
+    /// Where the node's GPUs are listed as `nvidia<N>` device files.
+    pub dev_root: PathBuf,
 }
 
 /// A bad `plugstack.conf` argument.
@@ -39,7 +43,7 @@ pub enum ConfigError {
     #[error("missing socket=PATH argument (e.g. socket=/run/harvestd-%n.sock)")]
     MissingSocket,
     #[error(
-        "unknown argument {0:?}: expected socket=, default=, timeout_ms=, cgroup_root= or proc_self_cgroup="
+        "unknown argument {0:?}: expected socket=, default=, timeout_ms=, cgroup_root=, proc_self_cgroup= or dev_root="
     )]
     UnknownKey(String),
     #[error("argument {0:?} is not KEY=VALUE")]
@@ -62,6 +66,7 @@ impl Config {
         let mut timeout = Duration::from_millis(DEFAULT_TIMEOUT_MS);
         let mut cgroup_root = PathBuf::from(DEFAULT_CGROUP_ROOT);
         let mut proc_self_cgroup = PathBuf::from(DEFAULT_PROC_SELF_CGROUP);
+        let mut dev_root = PathBuf::from(DEFAULT_DEV_ROOT);
         for arg in args {
             let (key, value) = arg
                 .split_once('=')
@@ -82,6 +87,7 @@ impl Config {
                 }
                 "cgroup_root" => cgroup_root = PathBuf::from(value),
                 "proc_self_cgroup" => proc_self_cgroup = PathBuf::from(value),
+                "dev_root" => dev_root = PathBuf::from(value),
                 _ => return Err(ConfigError::UnknownKey(arg.to_owned())),
             }
         }
@@ -91,6 +97,7 @@ impl Config {
             timeout,
             cgroup_root,
             proc_self_cgroup,
+            dev_root,
         })
     }
 }

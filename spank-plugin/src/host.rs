@@ -40,7 +40,9 @@ pub trait Host {
     fn context(&self) -> Context;
     /// A numeric SPANK item, `None` when Slurm does not have it here.
     fn item(&self, item: Item) -> Option<u32>;
-    /// A variable of the job's environment (`spank_getenv`).
+    /// A variable of the job's environment (`spank_getenv`). The user writes it (`export`,
+    /// `srun --export`): never read a fact about the step or node from it. Nothing reads it
+    /// today; the tests' fake records every read so that a regression fails them.
     fn job_env(&self, name: &str) -> Option<String>;
     /// A variable of the calling process's own environment (slurmstepd's, set by slurmd).
     fn process_env(&self, name: &str) -> Option<String>;
@@ -62,6 +64,8 @@ pub mod testing {
         pub context: Option<Context>,
         pub items: HashMap<&'static str, u32>,
         pub job_env: HashMap<String, String>,
+        /// Every name asked of [`Host::job_env`].
+        pub job_env_reads: RefCell<Vec<String>>,
         pub process_env: HashMap<String, String>,
         pub harvest: Option<String>,
         pub logged: RefCell<Vec<(Level, String)>>,
@@ -104,6 +108,7 @@ pub mod testing {
             self.items.get(key).copied()
         }
         fn job_env(&self, name: &str) -> Option<String> {
+            self.job_env_reads.borrow_mut().push(name.to_owned());
             self.job_env.get(name).cloned()
         }
         fn process_env(&self, name: &str) -> Option<String> {

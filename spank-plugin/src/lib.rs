@@ -16,7 +16,7 @@
 //! - [`plugin`]: what each callback does, against [`host::Host`] (faked in tests).
 //! - [`config`]: the `plugstack.conf` arguments and the `--harvest` values.
 //! - [`cgroup`]: finding the job's cgroup (v1 or v2) and reading its CPUs and memory limit.
-//! - [`gpus`]: GPU indices from the job's environment.
+//! - [`gpus`]: the step's GPUs, from its devices cgroup and the node's `/dev/nvidia<N>`.
 //! - [`client`]: one JSON-line exchange with the agent, within a deadline.
 
 pub mod cgroup;

@@ -199,10 +199,28 @@ pub fn step_start(
             });
         }
     };
-    let gpus = gpus::from_env(|name| host.job_env(name)).unwrap_or_else(|e| {
-        warner.warn(host, &e.to_string());
-        Vec::new()
-    });
+    // Never the job's environment: the user writes it (see `gpus`).
+    let devices_list = cgroups
+        .step_devices_list(
+            JobKey {
+                node: &node,
+                uid,
+                job_id,
+            },
+            StepId(step_id),
+        )
+        .map_err(|e| e.to_string());
+    let step_gpus = gpus::step_gpus(&gpus::node_gpus(&config.dev_root), devices_list);
+    if let Some(why) = &step_gpus.all_because {
+        host.log(
+            Level::Debug,
+            &format!(
+                "harvest: job {job_id} step {} reported as holding every GPU of the node: {why}",
+                StepId(step_id)
+            ),
+        );
+    }
+    let gpus = step_gpus.gpus;
     Some(StepAllocation {
         job_id,
         step_id: StepId(step_id),

@@ -38,6 +38,25 @@ impl Fixture {
         Self { dir }
     }
 
+    /// Gives the node GPUs 0-3 (`dev/nvidia<N>`) and, if `list` is given, a devices cgroup for
+    /// job 42's step `step` with that `devices.list`.
+    fn gpus(&self, step: &str, list: Option<&str>) {
+        let dev = self.dir.path().join("dev");
+        fs::create_dir_all(&dev).unwrap();
+        for name in ["nvidia0", "nvidia1", "nvidia2", "nvidia3", "nvidiactl"] {
+            fs::write(dev.join(name), "").unwrap();
+        }
+        if let Some(list) = list {
+            let step = self
+                .dir
+                .path()
+                .join("cg/devices/slurm_n1/uid_1000/job_42")
+                .join(step);
+            fs::create_dir_all(&step).unwrap();
+            fs::write(step.join("devices.list"), list).unwrap();
+        }
+    }
+
     fn socket(&self, node: &str) -> PathBuf {
         self.dir.path().join(format!("harvestd-{node}.sock"))
     }
@@ -53,6 +72,7 @@ impl Fixture {
                 "proc_self_cgroup={}",
                 self.dir.path().join("self-cgroup").display()
             ),
+            format!("dev_root={}", self.dir.path().join("dev").display()),
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         args
@@ -131,13 +151,11 @@ fn the_job_option_and_the_admin_default_decide_harvest() {
     for (option, extra, want) in cases {
         let mut host = FakeHost::remote(3);
         host.harvest = option.map(str::to_owned);
-        host.job_env.insert("SLURM_STEP_GPUS".into(), "0,2".into());
         user_init(&host, &refs(&fx.args(extra)), &Warner::new(&warned));
         let PluginMessage::StepStart(got) = recv(&rx) else {
             panic!("not a step start");
         };
         assert_eq!(got.harvest, want, "option {option:?} with {extra:?}");
-        assert_eq!(got.gpus, vec![0, 2]);
     }
 }
 
@@ -336,4 +354,73 @@ fn the_node_name_never_comes_from_the_jobs_environment() {
         "{:?}",
         host.logged
     );
+}
+
+/// A job environment that claims every GPU-ish variable Slurm's GRES plugin sets.
+fn lying_gpu_env(host: &mut FakeHost) {
+    for var in [
+        "SLURM_STEP_GPUS",
+        "SLURM_JOB_GPUS",
+        "CUDA_VISIBLE_DEVICES",
+        "GPU_DEVICE_ORDINAL",
+    ] {
+        host.job_env.insert(var.into(), "0,2".into());
+    }
+}
+
+fn start(fx: &Fixture, host: &FakeHost, rx: &mpsc::Receiver<PluginMessage>) -> StepAllocation {
+    let warned = AtomicBool::new(false);
+    user_init(host, &refs(&fx.args(&[])), &Warner::new(&warned));
+    let PluginMessage::StepStart(got) = recv(rx) else {
+        panic!("not a step start");
+    };
+    assert!(
+        host.job_env_reads.borrow().is_empty(),
+        "the job's environment was read: {:?}",
+        host.job_env_reads
+    );
+    got
+}
+
+#[test]
+fn gpus_claimed_in_the_jobs_environment_are_ignored_on_a_node_without_gpus() {
+    let fx = Fixture::new();
+    let rx = agent(&fx.socket("n1"));
+    let mut host = FakeHost::remote(0);
+    lying_gpu_env(&mut host);
+    assert_eq!(start(&fx, &host, &rx).gpus, Vec::<u32>::new());
+}
+
+#[test]
+fn the_steps_gpus_come_from_its_devices_cgroup_not_the_environment() {
+    let fx = Fixture::new();
+    fx.gpus(
+        "step_0",
+        Some("c 1:3 rwm\nc 195:255 rwm\nc 195:1 rwm\nc 195:3 rwm\n"),
+    );
+    let rx = agent(&fx.socket("n1"));
+    let mut host = FakeHost::remote(0);
+    lying_gpu_env(&mut host);
+    assert_eq!(start(&fx, &host, &rx).gpus, vec![1, 3]);
+}
+
+#[test]
+fn a_gpu_node_whose_step_devices_cannot_be_read_holds_every_gpu() {
+    // No devices cgroup at all, then the default-allow list that hides Slurm's denies.
+    for list in [None, Some("a *:* rwm\n")] {
+        let fx = Fixture::new();
+        fx.gpus("step_batch", list);
+        let rx = agent(&fx.socket("n1"));
+        let mut host = FakeHost::remote(StepId::BATCH.0);
+        lying_gpu_env(&mut host);
+        host.job_env.insert("SLURM_STEP_GPUS".into(), String::new());
+        let got = start(&fx, &host, &rx);
+        assert_eq!(got.gpus, vec![0, 1, 2, 3], "{list:?}");
+        assert_eq!(got.cpus, CpuSet::parse_list("1-2").unwrap(), "{list:?}");
+        assert!(
+            host.lines(Level::Debug)[0].contains("every GPU"),
+            "{:?}",
+            host.logged
+        );
+    }
 }
