@@ -346,3 +346,78 @@ fn the_epilog_reports_job_end_on_every_node() {
             .unwrap();
     }
 }
+
+/// What the plugin must report for GPUs on this host: none without `/dev/nvidia<N>` (the local
+/// cluster's case), otherwise every one of them (no devices cgroup here: ConstrainDevices is off).
+fn host_gpus() -> Vec<u32> {
+    let mut gpus: Vec<u32> = fs::read_dir("/dev")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    name.strip_prefix("nvidia")?.parse().ok()
+                })
+                .filter(|n| *n <= 253)
+                .collect()
+        })
+        .unwrap_or_default();
+    gpus.sort_unstable();
+    gpus
+}
+
+#[test]
+#[ignore = "needs the local cluster: deploy/local-cluster up --nodes 2"]
+fn a_job_that_exports_gpus_and_another_node_name_changes_nothing_reported() {
+    let c = LocalCluster::from_env().expect(NEEDS);
+    let scratch = Scratch::new("env");
+    let marker = scratch.0.join("script-started");
+    let agents = Agents::start(&scratch.0, Mode::Answer, &marker);
+    let _reg = PluginRegistration::new(&c, &scratch.0.join("harvestd-%n.sock"), TEST_CONF).unwrap();
+
+    // The lies travel both ways a user has: the submission's environment (the batch step's) and
+    // an `export` inside the script before `srun` (the srun step's).
+    // (`--export` splits at commas, so one index each there.)
+    let lies = "SLURM_STEP_GPUS=3,SLURM_JOB_GPUS=3,CUDA_VISIBLE_DEVICES=3";
+    let script = format!(
+        "export SLURM_STEP_GPUS=0,1 SLURM_JOB_GPUS=0,1 CUDA_VISIBLE_DEVICES=0,1 \
+         SLURMD_NODENAME=n2; srun -n1 -c1 --mem=100M true; touch {}; sleep 60",
+        marker.display()
+    );
+    let export = format!("--export=ALL,SLURMD_NODENAME=n2,{lies}");
+    let job = c
+        .sbatch(&["-w", "n1", "-c1", "--mem=300M", &export, "--wrap", &script])
+        .unwrap();
+    let want_gpus = host_gpus();
+    for step in [StepId::BATCH, StepId(0)] {
+        let heard = agents
+            .wait_for(job.id, |m| start_of(m, step).is_some())
+            .unwrap();
+        let alloc = start_of(&heard.msg, step).unwrap();
+        assert_eq!(alloc.node, "n1", "step {step}: {alloc:?}");
+        assert_eq!(alloc.gpus, want_gpus, "step {step}: {alloc:?}");
+        assert!(!alloc.cpus.is_empty(), "step {step}: {alloc:?}");
+    }
+    poll(WAIT, || Ok(marker.exists().then_some(())))
+        .unwrap()
+        .expect("the batch script ran after its srun step");
+    job.cancel().unwrap();
+    agents
+        .wait_for(
+            job.id,
+            |m| matches!(m, PluginMessage::JobEnd { node, .. } if node == "n1"),
+        )
+        .unwrap();
+    // No message about this job named n2 (each message went to the socket of the node it names).
+    let heard = agents.heard.lock().unwrap();
+    let to_n2: Vec<_> = heard
+        .iter()
+        .filter(|h| job_of(&h.msg) == job.id)
+        .filter(|h| match &h.msg {
+            PluginMessage::StepStart(a) => a.node != "n1",
+            PluginMessage::StepEnd { node, .. } | PluginMessage::JobEnd { node, .. } => {
+                node != "n1"
+            }
+        })
+        .collect();
+    assert!(to_n2.is_empty(), "reports about another node: {to_n2:?}");
+}
