@@ -30,7 +30,7 @@ pub static spank_plugin_version: u32 = 1;
 const SPANK_SUCCESS: c_int = 0;
 const OPTION_NAME: &CStr = c"harvest";
 const OPTION_ARG: &CStr = c"on|off";
-/// The longest job environment value read (GPU lists, node names).
+/// The longest job environment value `job_env` returns (the plugin reads no fact from it).
 const ENV_BUF: usize = 4096;
 
 /// One warning per process (slurmstepd lives for one step, srun for one command).
