@@ -167,3 +167,33 @@ fn cut_at_job_keeps_the_job_component() {
     assert_eq!(cut_at_job("/slurm_n1/uid_0/job_61/step_0", 6), None);
     assert_eq!(cut_at_job("/", 6), None);
 }
+
+#[test]
+fn v1_step_devices_list_is_the_steps_own_and_v2_has_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = "slurm_n1/uid_1000/job_42";
+    v1_tree(&dir.path().join("cg"), job, "1", "max");
+    let devices = dir.path().join("cg/devices").join(job);
+    write(&devices.join("devices.list"), "a *:* rwm\n");
+    write(&devices.join("step_batch/devices.list"), "c 195:1 rwm\n");
+    write(&devices.join("step_3/devices.list"), "c 195:2 rwm\n");
+    // slurmstepd is not moved into the devices hierarchy: found by the node layout.
+    let cg = fs_for(dir.path(), &format!("4:cpuset:/{job}/step_3\n"));
+    let got = cg.step_devices_list(JOB, StepId::BATCH).unwrap();
+    assert_eq!(got, "c 195:1 rwm\n");
+    assert_eq!(
+        cg.step_devices_list(JOB, StepId(3)).unwrap(),
+        "c 195:2 rwm\n"
+    );
+    let err = cg.step_devices_list(JOB, StepId(4)).unwrap_err();
+    assert!(err.to_string().contains("step_4"), "{err}");
+
+    let v2 = tempfile::tempdir().unwrap();
+    let cg = fs_for(
+        v2.path(),
+        "0::/system.slice/slurmstepd.scope/job_42/step_0\n",
+    );
+    fs::create_dir_all(v2.path().join("cg")).unwrap();
+    let err = cg.step_devices_list(JOB, StepId(0)).unwrap_err();
+    assert!(matches!(err, CgroupError::NoDevices { .. }), "{err}");
+}
