@@ -11,8 +11,9 @@ use anyhow::{Context, Result, ensure};
 
 use crate::{LocalCluster, repo_root};
 
-/// The unprivileged user the tests run functions as (created when missing).
-pub const TEST_USER: &str = "harvest-test";
+/// The unprivileged user the tests run functions as (created when missing): a regular account
+/// (uid from 1000 up, a login shell), since harvestd refuses system accounts.
+pub const TEST_USER: &str = "harvest-user";
 
 /// C-ABI test functions: `echo`, `crash`, `spin`, `hog` (allocates and touches N MiB, N the
 /// decimal input) and `whereami` (`exe=`, `cpus=`, `uid=` lines, then `/proc/self/cgroup`).
@@ -39,7 +40,7 @@ pub fn build_library(dir: &Path) -> Result<PathBuf> {
     Ok(lib)
 }
 
-/// [`TEST_USER`]'s uid and gid, creating the system user when it is missing.
+/// [`TEST_USER`]'s uid and gid, creating the regular user (no home) when it is missing.
 pub fn test_user() -> Result<(u32, u32)> {
     let id = |flag: &str| -> Option<u32> {
         let out = Command::new("id").args([flag, TEST_USER]).output().ok()?;
@@ -47,7 +48,7 @@ pub fn test_user() -> Result<(u32, u32)> {
     };
     if id("-u").is_none() {
         let out = Command::new("useradd")
-            .args(["-r", "-M", "-s", "/usr/sbin/nologin", TEST_USER])
+            .args(["-M", "-s", "/bin/sh", TEST_USER])
             .output()?;
         ensure!(
             out.status.success(),
