@@ -42,23 +42,29 @@ pub fn build_library(dir: &Path) -> Result<PathBuf> {
 
 /// [`TEST_USER`]'s uid and gid, creating the regular user (no home) when it is missing.
 pub fn test_user() -> Result<(u32, u32)> {
+    regular_user(TEST_USER)
+}
+
+/// A regular user's uid and gid (a uid from 1000 up, shell `/bin/sh`, no home), created when
+/// missing: harvestd runs functions only as such accounts.
+pub fn regular_user(name: &str) -> Result<(u32, u32)> {
     let id = |flag: &str| -> Option<u32> {
-        let out = Command::new("id").args([flag, TEST_USER]).output().ok()?;
+        let out = Command::new("id").args([flag, name]).output().ok()?;
         String::from_utf8(out.stdout).ok()?.trim().parse().ok()
     };
     if id("-u").is_none() {
         let out = Command::new("useradd")
-            .args(["-M", "-s", "/bin/sh", TEST_USER])
+            .args(["-M", "-s", "/bin/sh", name])
             .output()?;
         ensure!(
             out.status.success(),
-            "useradd {TEST_USER}: {}",
+            "useradd {name}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
     Ok((
-        id("-u").context("no uid for the test user")?,
-        id("-g").context("no gid for the test user")?,
+        id("-u").with_context(|| format!("no uid for {name}"))?,
+        id("-g").with_context(|| format!("no gid for {name}"))?,
     ))
 }
 
