@@ -99,7 +99,8 @@ async fn a_lease_runs_its_functions_as_its_user_in_its_cgroup_and_survives_their
     )
     .unwrap();
     let lib = library(dir.path());
-    let executor = executor_binary();
+    // /proc/<pid>/exe names the resolved path (the target directory may be a symlink).
+    let executor = executor_binary().canonicalize().unwrap();
     let node = format!("exec{}", std::process::id());
     let _cleanup = CgroupGuard(node.clone());
     let (server_tls, tls_lines) = support::tls(dir.path(), &node);
