@@ -190,7 +190,8 @@ pub fn wait_for(
     }
 }
 
-/// Creates a system user for an experiment's leases when it is missing.
+/// Creates a regular user (a uid from 1000 up, shell /bin/sh, no home) for an experiment's
+/// leases when it is missing: harvestd refuses system accounts.
 pub fn ensure_user(user: &str) -> Result<()> {
     let known = Command::new("id")
         .args(["-u", user])
@@ -199,7 +200,7 @@ pub fn ensure_user(user: &str) -> Result<()> {
         .success();
     if !known {
         let out = Command::new("useradd")
-            .args(["-r", "-M", "-s", "/usr/sbin/nologin", user])
+            .args(["-M", "-s", "/bin/sh", user])
             .output()?;
         ensure!(
             out.status.success(),

@@ -94,6 +94,12 @@ pub struct Config {
     pub executor_path: Option<PathBuf>,
     /// Whether a lease of uid 0 may run its executor (as root). Off: such leases fail.
     pub allow_root_executors: bool,
+    /// The lowest uid an executor runs as (below it: system accounts); uid 0 only with
+    /// `allow_root_executors`.
+    pub min_executor_uid: u32,
+    /// A passwd-format file to look users up in; none: the system's database (`getent passwd`,
+    /// NSS: local files, LDAP, SSSD).
+    pub passwd_file: Option<PathBuf>,
     #[serde(deserialize_with = "duration")]
     pub executor_start_timeout: Duration,
     #[serde(deserialize_with = "duration")]
@@ -158,6 +164,8 @@ impl Default for Config {
             reconnect_backoff_max: DEFAULT_RECONNECT_BACKOFF_MAX,
             executor_path: None,
             allow_root_executors: false,
+            min_executor_uid: crate::leases::identity::DEFAULT_MIN_EXECUTOR_UID,
+            passwd_file: None,
             executor_start_timeout: DEFAULT_EXECUTOR_START_TIMEOUT,
             executor_stop_grace: DEFAULT_EXECUTOR_STOP_GRACE,
             lease_cpu_weight: DEFAULT_LEASE_CPU_WEIGHT,
@@ -230,6 +238,13 @@ impl Config {
                     hint: "must be above zero, e.g. \"1s\"",
                 });
             }
+        }
+        if self.min_executor_uid == 0 {
+            return Err(ConfigError::Invalid {
+                key: "min_executor_uid",
+                value: "0".into(),
+                hint: "use the site's first user uid (1000 on Debian and RHEL); root is allowed only by allow_root_executors",
+            });
         }
         if !(1..=10_000).contains(&self.lease_cpu_weight) {
             return Err(ConfigError::Invalid {
@@ -336,6 +351,27 @@ mod tests {
         assert_eq!(c, Config::default());
         assert_eq!(c.reserve_memory_mib, DEFAULT_RESERVE_MEMORY_MIB);
         assert_eq!(c.run_dir, Path::new(DEFAULT_RUN_DIR));
+    }
+
+    #[test]
+    fn executor_identity_keys() {
+        let c = Config::default();
+        assert_eq!(c.min_executor_uid, 1000);
+        assert_eq!(c.passwd_file, None);
+        let mut c = Config::parse(
+            "min_executor_uid = 5000\npasswd_file = \"/etc/harvest/passwd\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.min_executor_uid, 5000);
+        assert_eq!(
+            c.passwd_file.as_deref(),
+            Some(Path::new("/etc/harvest/passwd"))
+        );
+        c.node = "n1".into();
+        c.min_executor_uid = 0;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("min_executor_uid"), "{e}");
     }
 
     #[test]

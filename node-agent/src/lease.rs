@@ -95,6 +95,37 @@ pub enum LeaseError {
         "lease {id}: refusing to run an executor as root (uid 0); set allow_root_executors = true in harvestd's configuration to allow it"
     )]
     Root { id: String },
+    #[error(
+        "lease {id}: refusing to run an executor as uid {uid}, below this node's min_executor_uid = {min} (system accounts); acquire as a regular user, or lower min_executor_uid in harvestd's configuration"
+    )]
+    UidBelowMinimum { id: String, uid: u32, min: u32 },
+    #[error(
+        "lease {id}: uid {uid} is not a user on this node (not in its passwd database): acquire as a user who exists on the cluster's nodes"
+    )]
+    NoSuchUser { id: String, uid: u32 },
+    #[error(
+        "lease {id}: refusing to run an executor as {user} (uid {uid}): a system account (login shell {shell}); acquire as a regular user"
+    )]
+    SystemAccount {
+        id: String,
+        uid: u32,
+        user: String,
+        shell: String,
+    },
+    #[error(
+        "lease {id}: gid {gid} is not the primary group of {user} (uid {uid}, primary gid {primary}): executors run with the user's primary group only; acquire without changing group (newgrp/sg)"
+    )]
+    NotPrimaryGroup {
+        id: String,
+        uid: u32,
+        user: String,
+        gid: u32,
+        primary: u32,
+    },
+    #[error(
+        "lease {id}: cannot tell whether uid {uid} may run executors ({error}); fix the node's account database (or harvestd's passwd_file) and try again"
+    )]
+    Accounts { id: String, uid: u32, error: String },
     #[error("lease {id}: {wanted} CPUs wanted, only {idle} idle ({idle_list})")]
     Cpus {
         id: String,

@@ -194,7 +194,14 @@ pub async fn serve(
                 .executor_path
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("harvest-executor")),
-            allow_root: config.allow_root_executors,
+            identity: crate::leases::identity::IdentityPolicy {
+                min_uid: config.min_executor_uid,
+                allow_root: config.allow_root_executors,
+                accounts: match &config.passwd_file {
+                    Some(file) => Arc::new(crate::leases::identity::PasswdFile(file.clone())),
+                    None => Arc::new(crate::leases::identity::Getent::default()),
+                },
+            },
             start_timeout: config.executor_start_timeout,
             stop_grace: config.executor_stop_grace,
             cpu_weight: config.lease_cpu_weight,

@@ -1,7 +1,7 @@
 //! harvestd's executors for real: a fake scheduler orders a lease from a real harvestd, which
 //! runs the real harvest-executor in real cgroups as a non-root user; the test invokes C
-//! functions on it directly. Needs root (cgroups, setuid), a C compiler and the `harvest-test`
-//! system user (created with `useradd -r` when missing).
+//! functions on it directly. Needs root (cgroups, setuid), a C compiler and the
+//! regular user `harvest-user` (created with `useradd` when missing: harvestd refuses system accounts).
 
 mod support;
 
@@ -18,7 +18,7 @@ use harvest_proto::v1;
 use support::Harvestd;
 
 const WAIT: Duration = Duration::from_secs(20);
-const TEST_USER: &str = "harvest-test";
+const TEST_USER: &str = "harvest-user";
 
 /// The test library, compiled with `cc` into `dir`.
 fn library(dir: &Path) -> Vec<u8> {
@@ -60,10 +60,10 @@ fn test_user() -> (u32, u32) {
     };
     if id("-u").is_none() {
         let status = Command::new("useradd")
-            .args(["-r", "-M", "-s", "/usr/sbin/nologin", TEST_USER])
+            .args(["-M", "-s", "/bin/sh", TEST_USER])
             .status()
             .unwrap();
-        assert!(status.success(), "useradd -r {TEST_USER}");
+        assert!(status.success(), "useradd {TEST_USER}");
     }
     (id("-u").unwrap(), id("-g").unwrap())
 }
@@ -88,7 +88,7 @@ fn invoke(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs root and cgroups: creates harvest_<node> groups and runs executors as the user harvest-test"]
+#[ignore = "needs root and cgroups: creates harvest_<node> groups and runs executors as the user harvest-user"]
 async fn a_lease_runs_its_functions_as_its_user_in_its_cgroup_and_survives_their_failures() {
     let (uid, gid) = test_user();
     let dir = tempfile::tempdir().unwrap();
@@ -99,7 +99,8 @@ async fn a_lease_runs_its_functions_as_its_user_in_its_cgroup_and_survives_their
     )
     .unwrap();
     let lib = library(dir.path());
-    let executor = executor_binary();
+    // /proc/<pid>/exe names the resolved path (the target directory may be a symlink).
+    let executor = executor_binary().canonicalize().unwrap();
     let node = format!("exec{}", std::process::id());
     let _cleanup = CgroupGuard(node.clone());
     let (server_tls, tls_lines) = support::tls(dir.path(), &node);

@@ -22,11 +22,24 @@ async fn registers_heartbeats_and_re_registers_after_a_scheduler_restart() {
         FakeScheduler::start_tls("127.0.0.1:0".parse().unwrap(), Some(server_tls.clone()))
             .await
             .unwrap();
+    // The node's users: 4242 (primary group 4242), a system account and a user below the
+    // minimum uid.
+    let passwd = dir.path().join("passwd");
+    std::fs::write(
+        &passwd,
+        "u4242:x:4242:4242::/nonexistent:/bin/sh\n\
+         svc:x:4300:4300::/nonexistent:/usr/sbin/nologin\n\
+         low:x:500:500::/nonexistent:/bin/sh\n",
+    )
+    .unwrap();
     let mut agent = Harvestd::start(
         dir.path(),
         &node,
         &sched.url(),
-        &format!("heartbeat_interval = \"200ms\"\nreconnect_backoff_max = \"300ms\"\n{tls_lines}"),
+        &format!(
+            "heartbeat_interval = \"200ms\"\nreconnect_backoff_max = \"300ms\"\n\
+             passwd_file = {passwd:?}\n{tls_lines}"
+        ),
     );
     let reg = sched
         .wait_for(WAIT, register)
@@ -74,11 +87,11 @@ async fn registers_heartbeats_and_re_registers_after_a_scheduler_restart() {
     assert!(agent.alive());
 
     // Orders the agent refuses come back as `failed` with the reason.
-    let create = |id: &str, uid: u32, cores: u32| {
+    let create_as = |id: &str, uid: u32, gid: u32, cores: u32| {
         v1::scheduler_message::Msg::Create(v1::CreateExecutor {
             lease_id: id.into(),
             uid,
-            gid: uid,
+            gid,
             cores,
             memory_mib: 64,
             library: Some(v1::FunctionLibrary {
@@ -87,12 +100,27 @@ async fn registers_heartbeats_and_re_registers_after_a_scheduler_restart() {
             ..Default::default()
         })
     };
+    let create = |id: &str, uid: u32, cores: u32| create_as(id, uid, uid, cores);
     assert!(sched.send(create("root", 0, 1)).await);
     let failed = sched.wait_for(WAIT, |m| event_of(m, "root")).await.unwrap();
     let v1::executor_event::Event::Failed(reason) = failed else {
         panic!("{failed:?}")
     };
     assert!(reason.contains("allow_root_executors"), "{reason}");
+    // Whom it runs as is the agent's decision, whatever the scheduler says.
+    for (id, uid, gid, says) in [
+        ("group-root", 4242, 0, "not the primary group of u4242"),
+        ("low", 500, 500, "min_executor_uid = 1000"),
+        ("svc", 4300, 4300, "system account"),
+        ("ghost", 4343, 4343, "not a user on this node"),
+    ] {
+        assert!(sched.send(create_as(id, uid, gid, 1)).await);
+        let failed = sched.wait_for(WAIT, |m| event_of(m, id)).await.unwrap();
+        let v1::executor_event::Event::Failed(reason) = failed else {
+            panic!("{id}: {failed:?}")
+        };
+        assert!(reason.contains(says), "{id}: {reason}");
+    }
     assert!(sched.send(create("huge", 4242, 4096)).await);
     let failed = sched.wait_for(WAIT, |m| event_of(m, "huge")).await.unwrap();
     let v1::executor_event::Event::Failed(reason) = failed else {

@@ -11,8 +11,9 @@ use anyhow::{Context, Result, ensure};
 
 use crate::{LocalCluster, repo_root};
 
-/// The unprivileged user the tests run functions as (created when missing).
-pub const TEST_USER: &str = "harvest-test";
+/// The unprivileged user the tests run functions as (created when missing): a regular account
+/// (uid from 1000 up, a login shell), since harvestd refuses system accounts.
+pub const TEST_USER: &str = "harvest-user";
 
 /// C-ABI test functions: `echo`, `crash`, `spin`, `hog` (allocates and touches N MiB, N the
 /// decimal input) and `whereami` (`exe=`, `cpus=`, `uid=` lines, then `/proc/self/cgroup`).
@@ -39,25 +40,31 @@ pub fn build_library(dir: &Path) -> Result<PathBuf> {
     Ok(lib)
 }
 
-/// [`TEST_USER`]'s uid and gid, creating the system user when it is missing.
+/// [`TEST_USER`]'s uid and gid, creating the regular user (no home) when it is missing.
 pub fn test_user() -> Result<(u32, u32)> {
+    regular_user(TEST_USER)
+}
+
+/// A regular user's uid and gid (a uid from 1000 up, shell `/bin/sh`, no home), created when
+/// missing: harvestd runs functions only as such accounts.
+pub fn regular_user(name: &str) -> Result<(u32, u32)> {
     let id = |flag: &str| -> Option<u32> {
-        let out = Command::new("id").args([flag, TEST_USER]).output().ok()?;
+        let out = Command::new("id").args([flag, name]).output().ok()?;
         String::from_utf8(out.stdout).ok()?.trim().parse().ok()
     };
     if id("-u").is_none() {
         let out = Command::new("useradd")
-            .args(["-r", "-M", "-s", "/usr/sbin/nologin", TEST_USER])
+            .args(["-M", "-s", "/bin/sh", name])
             .output()?;
         ensure!(
             out.status.success(),
-            "useradd {TEST_USER}: {}",
+            "useradd {name}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
     Ok((
-        id("-u").context("no uid for the test user")?,
-        id("-g").context("no gid for the test user")?,
+        id("-u").with_context(|| format!("no uid for {name}"))?,
+        id("-g").with_context(|| format!("no gid for {name}"))?,
     ))
 }
 

@@ -7,8 +7,8 @@
 //! `harvest-executor` (`cargo build -p harvest-agent -p harvest-executor`; scripts/test-all
 //! builds the workspace first). The test starts its own harvestd for n1 (own run and state
 //! directories, lease groups under `harvest_systest_<pid>` so the cluster's own agent is never
-//! touched) talking to a fake scheduler on 127.0.0.1, and stops it by pid. It creates the system
-//! user `harvest-test` when it is missing.
+//! touched) talking to a fake scheduler on 127.0.0.1, and stops it by pid. It creates the regular
+//! user `harvest-user` when it is missing.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;

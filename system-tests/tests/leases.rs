@@ -6,7 +6,7 @@
 //! Needs `deploy/local-cluster up --nodes 2` with harvestd and harvest-scheduler running
 //! (`deploy/local-cluster env` exports HARVEST_SCHEDULER), a built `harvest` CLI (`cargo build
 //! -p harvest-client`; scripts/test-all builds the workspace first), `cc`, root, and munged. It
-//! creates the system user `harvest-test` when it is missing and runs the CLI as that user with
+//! creates the regular user `harvest-user` when it is missing and runs the CLI as that user with
 //! `runuser`; munge says who the user is.
 
 use std::os::unix::fs::PermissionsExt;

@@ -8,7 +8,7 @@
 //! symlinker that keeps re-planting create nothing outside the lease directory.
 //!
 //! Needs `deploy/local-cluster up --nodes 2` with harvestd and harvest-scheduler running, a built
-//! `harvest` CLI, `cc`, root and munged. Creates the system user `harvest-test` when missing and
+//! `harvest` CLI, `cc`, root and munged. Creates the regular user `harvest-user` when missing and
 //! runs the CLI as that user with `runuser`. harvestd's RSS is read from
 //! `/proc/<pid>/status` (pid from `$HARVEST_CLUSTER_DIR/run/harvestd-<node>.pid`); its memory is
 //! not capped by the test (the cluster is shared), the RSS bound is what fails a regression.

@@ -28,7 +28,7 @@ use crate::cluster::Cluster;
 
 /// The user the benchmark's leases belong to (created when missing; harvestd runs no root
 /// executors by default).
-pub const BENCH_USER: &str = "harvest-bench";
+pub const BENCH_USER: &str = "harvest-bench-user";
 
 const SPIN_C: &str = "#include <stdint.h>\nuint32_t spin(void *in, uint32_t len, void *out) \
     { (void)in; (void)len; (void)out; for (volatile unsigned long i = 0;; i++) {} return 0; }\n";

@@ -15,11 +15,13 @@
 //! - [`activity`]: the executors' activity files (latest invocation, counts, durations).
 //! - [`process`]: the process trait (real: `harvestd exec-lease`; fake in tests).
 //! - [`launch`]: the lease directory, the executor's command line, `exec-lease` itself.
+//! - [`identity`]: whom an executor may run as (uid minimum, primary group, no system account).
 //! - [`safefs`]: root's file operations in a user-owned lease directory (no name followed).
 
 pub mod activity;
 pub mod adopt;
 pub mod control;
+pub mod identity;
 pub mod launch;
 pub mod parent;
 pub mod process;
@@ -71,7 +73,8 @@ pub struct LeaseSettings {
     /// Lease directories go in `<state_dir>/leases/<id>`.
     pub state_dir: PathBuf,
     pub executor_path: PathBuf,
-    pub allow_root: bool,
+    /// Whom executors may run as.
+    pub identity: identity::IdentityPolicy,
     pub start_timeout: Duration,
     pub stop_grace: Duration,
     /// v2 CPU weight of a lease group (v1: converted to cpu.shares).
@@ -267,11 +270,12 @@ impl LeaseSupervisor {
     /// scheduler re-sent it after a reconnect) is answered, not started twice.
     pub fn create(&self, order: CreateOrder) {
         let id = order.request.id.clone();
-        if order.request.uid == 0 && !self.ctx.settings.allow_root {
-            let reason = LeaseError::Root { id: id.clone() }.to_string();
+        let (uid, gid) = (order.request.uid, order.request.gid);
+        if let Err(refused) = self.ctx.settings.identity.check(&id, uid, gid) {
+            tracing::warn!(lease = %id, uid, gid, %refused, "refused a lease's identity");
             self.ctx.emit(LeaseEvent::Failed {
                 lease_id: id,
-                reason,
+                reason: refused.to_string(),
             });
             return;
         }

@@ -49,6 +49,31 @@ fn me() -> (u32, u32) {
     }
 }
 
+/// The account database the rig's agent sees: the lease's user ([`me`], a login shell), another
+/// user (its uid + 1, same group),
+/// `daemon` (uid 1, a system account) and `nobody`.
+#[derive(Debug)]
+struct Users;
+
+impl identity::Accounts for Users {
+    fn by_uid(&self, uid: u32) -> Result<Option<identity::Account>, String> {
+        let (me, group) = me();
+        let account = |name: &str, gid: u32, shell: &str| identity::Account {
+            name: name.into(),
+            uid,
+            gid,
+            shell: shell.into(),
+        };
+        Ok(match uid {
+            u if u == me => Some(account("me", group, "/bin/bash")),
+            u if u == me + 1 => Some(account("other", group, "/bin/sh")),
+            1 => Some(account("daemon", 1, "/usr/sbin/nologin")),
+            65534 => Some(account("nobody", 65534, "/usr/sbin/nologin")),
+            _ => None,
+        })
+    }
+}
+
 const CHECK: Duration = Duration::from_millis(20);
 
 impl Rig {
@@ -104,7 +129,11 @@ impl Rig {
                 node: "n1".into(),
                 state_dir: state.path().to_path_buf(),
                 executor_path: "/opt/harvest/bin/harvest-executor".into(),
-                allow_root: false,
+                identity: identity::IdentityPolicy {
+                    min_uid: me().0.min(identity::DEFAULT_MIN_EXECUTOR_UID),
+                    allow_root: false,
+                    accounts: Arc::new(Users),
+                },
                 start_timeout: Duration::from_secs(2),
                 stop_grace: Duration::from_millis(100),
                 cpu_weight: 1,
@@ -315,6 +344,27 @@ async fn refused_leases_say_why_and_hold_nothing() {
         reason.contains("uid 0") && reason.contains("allow_root_executors"),
         "{reason}"
     );
+    // Not the user's primary group, a system account, an unknown user: refused, nothing runs.
+    for (id, uid, gid, says) in [
+        ("G", me().0, me().1 + 1, "not the primary group"),
+        ("Sys", 1, 1, "min_executor_uid"),
+        ("Nobody", 65534, 65534, "system account"),
+        (
+            "Who",
+            3_999_999_999,
+            3_999_999_999,
+            "not a user on this node",
+        ),
+    ] {
+        let mut order = rig.order(id, 1, 100);
+        (order.request.uid, order.request.gid) = (uid, gid);
+        rig.exec.create(order);
+        let LeaseEvent::Failed { lease_id, reason } = rig.next_event().await else {
+            panic!()
+        };
+        assert_eq!(lease_id, id);
+        assert!(reason.contains(says), "{id}: {reason}");
+    }
     rig.exec.create(rig.order("Big", 5, 100));
     let LeaseEvent::Failed { reason, .. } = rig.next_event().await else {
         panic!()

@@ -67,7 +67,7 @@ pub struct Args {
     #[arg(long)]
     agent_config: Option<PathBuf>,
     /// The ordinary user the functions run as (created if missing).
-    #[arg(long, default_value = "harvest-exp")]
+    #[arg(long, default_value = "harvest-exp-user")]
     user: String,
     /// Where results go [default: experiments/results/interference].
     #[arg(long)]
