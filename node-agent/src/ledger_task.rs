@@ -219,11 +219,6 @@ impl LedgerHandle {
         self.snapshots.clone()
     }
 
-    /// The saver's latest attempt.
-    pub fn saved(&self) -> Saved {
-        *self.saved.borrow()
-    }
-
     /// Waits until the saver has attempted `version` or a later one.
     async fn persisted(&self, version: u64) {
         let mut saved = self.saved.clone();

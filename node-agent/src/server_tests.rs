@@ -39,16 +39,19 @@ impl Harness {
     }
 
     async fn start() -> Self {
-        let tree = FakeTree::new();
-        let dir = tempfile::tempdir().unwrap();
-        let mut h = Self {
-            tree,
-            dir,
-            stop: None,
-            task: None,
-        };
+        let mut h = Self::unstarted();
         h.launch(Self::config(h.dir.path())).await;
         h
+    }
+
+    /// A fake tree and a temp dir, no agent yet (start one with `launch` or `launch_with`).
+    fn unstarted() -> Self {
+        Self {
+            tree: FakeTree::new(),
+            dir: tempfile::tempdir().unwrap(),
+            stop: None,
+            task: None,
+        }
     }
 
     async fn launch(&mut self, config: Config) {
@@ -378,12 +381,7 @@ async fn timed(h: &Harness, msg: &PluginMessage) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn step_starts_never_wait_for_a_slow_disk_a_hanging_scontrol_or_a_stalled_reader() {
-    let mut h = Harness {
-        tree: FakeTree::new(),
-        dir: tempfile::tempdir().unwrap(),
-        stop: None,
-        task: None,
-    };
+    let mut h = Harness::unstarted();
     let config = Harness::config(h.dir.path());
     let store = Arc::new(SlowStore::new(
         &config.state_dir,
@@ -445,15 +443,12 @@ async fn step_starts_never_wait_for_a_slow_disk_a_hanging_scontrol_or_a_stalled_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_kill_at_any_point_the_restarted_ledger_equals_slurms_view() {
     // Jobs come and go (cgroup tree and plugin messages together) while every save takes
-    // 100 ms; the agent "dies" after k messages (its store takes no more saves, its tasks are
-    // dropped). A new agent over the same state and tree must hold exactly the tree's jobs.
+    // 100 ms; the agent "dies" after k messages: its store takes no more saves (what a restart
+    // reads is the disk as it was at that moment) and its serving task is aborted (its other
+    // tasks may run on in this test process, but nothing of theirs reaches the disk). A new
+    // agent over the same state and tree must hold exactly the tree's jobs.
     for kill_after in [0usize, 1, 2, 3, 5, 8, 13] {
-        let mut h = Harness {
-            tree: FakeTree::new(),
-            dir: tempfile::tempdir().unwrap(),
-            stop: None,
-            task: None,
-        };
+        let mut h = Harness::unstarted();
         let config = Harness::config(h.dir.path());
         let store = Arc::new(SlowStore::new(
             &config.state_dir,
