@@ -71,8 +71,13 @@ pub fn may_be_revoked(e: &InvokeError) -> bool {
         | InvokeError::Io { .. }
         | InvokeError::Closed { .. }
         | InvokeError::NoAnswer { .. } => true,
+        // Once a lease is gone its port may serve another lease, whose executor refuses this
+        // lease's secret: ask the scheduler.
+        InvokeError::Unauthorized { .. } => true,
         InvokeError::Remote { code, .. } => *code == ErrorCode::LeaseRevoked,
-        InvokeError::Protocol { .. } | InvokeError::Request(_) => false,
+        InvokeError::Protocol { .. } | InvokeError::Request(_) | InvokeError::NoSecret { .. } => {
+            false
+        }
     }
 }
 
@@ -310,6 +315,7 @@ mod tests {
             end_cause: String::new(),
             idle_timeout_ms: 0,
             last_active_unix_ms: 0,
+            secret: None,
         };
         let r = revocation(&l);
         assert_eq!(

@@ -1,6 +1,8 @@
 //! Invoking functions on an executor: client to executor directly, no scheduler hop.
 //!
-//! An [`ExecutorConnection`] is one TCP connection to a lease's executor. [`invoke`] sends a
+//! An [`ExecutorConnection`] is one TCP connection to a lease's executor, opened with the lease's
+//! secret: [`connect`](ExecutorConnection::connect) answers the executor's challenge with a proof
+//! of the secret (see `harvest_core::invoke`), so only the lease's owner gets served. [`invoke`] sends a
 //! request and waits for its answer; [`submit`] and [`wait`] keep several in flight (the executor
 //! answers them in order on one connection; use one connection per leased core for parallelism).
 //! [`Polling::Spin`] busy-polls for the answer (pairs with the executor's hot mode, lowest latency);
@@ -14,7 +16,13 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use harvest_core::invoke::auth::{self, LeaseSecret};
 use harvest_core::invoke::{self, ErrorCode, Frame};
+
+/// How long `connect` waits for the executor's challenge.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest frame accepted in place of a challenge (an ERROR's message is far shorter).
+const MAX_HANDSHAKE_FRAME: usize = 64 * 1024;
 
 /// How the client waits for an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +51,14 @@ pub enum InvokeError {
         addr: SocketAddr,
         source: invoke::DecodeError,
     },
+    /// The executor refused the connection's proof of the lease secret.
+    #[error("the executor at {addr} refused the lease secret: {message}")]
+    Unauthorized { addr: SocketAddr, message: String },
+    /// The lease carries no secret to prove (only its owner is told it).
+    #[error(
+        "lease {lease} came without its secret, which only its owner is given (AcquireLease's answer, GetLease to the owner): invoke it as the user who acquired it"
+    )]
+    NoSecret { lease: String },
     /// The executor answered with an error (crash, timeout, OOM, no such function, revoked...).
     #[error("{code}: {message}")]
     Remote {
@@ -59,7 +75,23 @@ impl InvokeError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             Self::Remote { code, .. } => Some(*code),
+            Self::Unauthorized { .. } => Some(ErrorCode::Unauthorized),
             _ => None,
+        }
+    }
+
+    /// The executor's ERROR frame as an error: an `Unauthorized` one as [`Self::Unauthorized`].
+    fn remote(addr: SocketAddr, id: u64, code: ErrorCode, message: &str) -> Self {
+        match code {
+            ErrorCode::Unauthorized => Self::Unauthorized {
+                addr,
+                message: message.to_owned(),
+            },
+            code => Self::Remote {
+                id,
+                code,
+                message: message.to_owned(),
+            },
         }
     }
 }
@@ -93,11 +125,19 @@ pub struct ExecutorConnection {
 const INBOX_BYTES: usize = 16 * 1024;
 
 impl ExecutorConnection {
-    pub fn connect(addr: SocketAddr, polling: Polling) -> Result<Self, InvokeError> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+    /// Connects to the executor at `addr` and proves `secret` (the lease's) to it. A wrong
+    /// secret shows up as [`InvokeError::Unauthorized`] at the first answer: the proof is sent
+    /// without waiting for a verdict, so the first invocation costs no extra round trip.
+    pub fn connect(
+        addr: SocketAddr,
+        polling: Polling,
+        secret: &LeaseSecret,
+    ) -> Result<Self, InvokeError> {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .map_err(|source| InvokeError::Connect { addr, source })?;
         let io_err = |source| InvokeError::Io { addr, source };
         stream.set_nodelay(true).map_err(io_err)?;
+        handshake(&mut stream, addr, secret)?;
         stream
             .set_nonblocking(polling == Polling::Spin)
             .map_err(io_err)?;
@@ -207,11 +247,9 @@ impl ExecutorConnection {
         self.read_full(&mut output[invoke::HEADER_BYTES..], deadline)?;
         self.in_flight = self.in_flight.saturating_sub(1);
         let result = match invoke::decode(output) {
-            Ok(Frame::Error { id, code, message }) => Err(InvokeError::Remote {
-                id,
-                code,
-                message: message.to_owned(),
-            }),
+            Ok(Frame::Error { id, code, message }) => {
+                Err(InvokeError::remote(addr, id, code, message))
+            }
             Ok(_) => Err(InvokeError::Protocol {
                 addr,
                 source: invoke::DecodeError::Kind(1),
@@ -349,6 +387,59 @@ impl ExecutorConnection {
     }
 }
 
+/// Reads the executor's CHALLENGE and answers it with the proof of `secret`. The stream is
+/// still blocking.
+fn handshake(
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+    secret: &LeaseSecret,
+) -> Result<(), InvokeError> {
+    let io_err = |source: io::Error| match source.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => InvokeError::NoAnswer {
+            addr,
+            waited: HANDSHAKE_TIMEOUT,
+        },
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => {
+            InvokeError::Closed { addr, in_flight: 0 }
+        }
+        _ => InvokeError::Io { addr, source },
+    };
+    stream
+        .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+        .map_err(io_err)?;
+    let mut prefix = [0u8; invoke::LEN_BYTES];
+    stream.read_exact(&mut prefix).map_err(io_err)?;
+    let len = invoke::body_len(prefix);
+    if len > MAX_HANDSHAKE_FRAME {
+        return Err(InvokeError::Protocol {
+            addr,
+            source: invoke::DecodeError::AuthLength {
+                expected: invoke::AUTH_FRAME_BYTES - invoke::LEN_BYTES,
+                got: len,
+            },
+        });
+    }
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).map_err(io_err)?;
+    let nonce = match invoke::decode(&body) {
+        Ok(Frame::Challenge { nonce }) => nonce,
+        Ok(Frame::Error { id, code, message }) => {
+            return Err(InvokeError::remote(addr, id, code, message));
+        }
+        Ok(_) => {
+            return Err(InvokeError::Protocol {
+                addr,
+                source: invoke::DecodeError::Kind(body[0]),
+            });
+        }
+        Err(source) => return Err(InvokeError::Protocol { addr, source }),
+    };
+    let mut frame = Vec::with_capacity(invoke::AUTH_FRAME_BYTES);
+    invoke::encode_auth(&mut frame, &auth::proof(secret, &nonce));
+    stream.write_all(&frame).map_err(io_err)?;
+    stream.set_read_timeout(None).map_err(io_err)
+}
+
 /// Writes `a` then `b` (one `writev` when the kernel takes both), spinning on a full socket.
 fn write_all(stream: &mut TcpStream, a: &[u8], b: &[u8]) -> io::Result<()> {
     let (mut a, mut b) = (a, b);
@@ -374,13 +465,35 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
 
-    /// A fake executor that answers each INVOKE of "echo" with its input and anything else with
+    /// The lease secret of the fake executors.
+    fn secret() -> LeaseSecret {
+        LeaseSecret::from_bytes(&[42; 32]).unwrap()
+    }
+
+    /// A fake executor that checks the proof of [`secret`] (refusing a wrong one as the real
+    /// executor does), answers each INVOKE of "echo" with its input and anything else with
     /// NoSuchFunction, then closes after `n` requests.
     fn fake_executor(n: usize) -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
+            // No Nagle: an answer held back waiting for an ACK would be lost to the reset
+            // that closing with the unread third request sends.
+            s.set_nodelay(true).unwrap();
+            let nonce = auth::nonce().unwrap();
+            let mut out = Vec::new();
+            invoke::encode_challenge(&mut out, &nonce);
+            s.write_all(&out).unwrap();
+            let mut a = [0u8; invoke::AUTH_FRAME_BYTES];
+            s.read_exact(&mut a).unwrap();
+            let good = matches!(invoke::decode(&a[4..]), Ok(Frame::Auth { proof }) if auth::verify(&secret(), &nonce, &proof));
+            if !good {
+                out.clear();
+                invoke::encode_error(&mut out, 0, ErrorCode::Unauthorized, "wrong proof");
+                s.write_all(&out).unwrap();
+                return;
+            }
             for _ in 0..n {
                 let mut p = [0u8; 4];
                 s.read_exact(&mut p).unwrap();
@@ -393,7 +506,7 @@ mod tests {
                         function: "echo",
                         input,
                         ..
-                    } => invoke::encode_result(&mut out, id, input),
+                    } => invoke::encode_result(&mut out, id, input).unwrap(),
                     Frame::Invoke { id, function, .. } => {
                         invoke::encode_error(&mut out, id, ErrorCode::NoSuchFunction, function)
                     }
@@ -417,7 +530,9 @@ mod tests {
             (63, 65_537),
             (7, 0),
         ];
-        let mut c = ExecutorConnection::connect(fake_executor(cases.len()), Polling::Spin).unwrap();
+        let mut c =
+            ExecutorConnection::connect(fake_executor(cases.len()), Polling::Spin, &secret())
+                .unwrap();
         for (at, len) in cases {
             let input = &data[at..at + len];
             assert_eq!(
@@ -431,7 +546,7 @@ mod tests {
     #[test]
     fn invokes_in_both_polling_modes() {
         for polling in [Polling::Spin, Polling::Block] {
-            let mut c = ExecutorConnection::connect(fake_executor(2), polling).unwrap();
+            let mut c = ExecutorConnection::connect(fake_executor(2), polling, &secret()).unwrap();
             assert_eq!(c.invoke("echo", b"hi", None).unwrap(), b"hi");
             let err = c
                 .invoke("nope", b"", Some(Duration::from_secs(1)))
@@ -442,7 +557,8 @@ mod tests {
 
     #[test]
     fn pipelines_and_reports_a_closed_connection() {
-        let mut c = ExecutorConnection::connect(fake_executor(2), Polling::Block).unwrap();
+        let mut c =
+            ExecutorConnection::connect(fake_executor(2), Polling::Block, &secret()).unwrap();
         let a = c.submit("echo", b"a", None).unwrap();
         let b = c.submit("echo", b"b", None).unwrap();
         let third = c.submit("echo", b"c", None).unwrap();
@@ -464,10 +580,44 @@ mod tests {
 
     #[test]
     fn rejects_bad_requests_before_sending() {
-        let mut c = ExecutorConnection::connect(fake_executor(0), Polling::Block).unwrap();
+        let mut c =
+            ExecutorConnection::connect(fake_executor(0), Polling::Block, &secret()).unwrap();
         assert!(matches!(
             c.submit("", b"", None),
             Err(InvokeError::Request(_))
         ));
+    }
+
+    #[test]
+    fn a_wrong_secret_is_a_typed_refusal_at_the_first_answer() {
+        let other = LeaseSecret::from_bytes(&[7; 32]).unwrap();
+        let mut c = ExecutorConnection::connect(fake_executor(1), Polling::Block, &other).unwrap();
+        let err = c
+            .invoke("echo", b"x", Some(Duration::from_secs(5)))
+            .unwrap_err();
+        assert!(
+            matches!(&err, InvokeError::Unauthorized { message, .. } if message == "wrong proof"),
+            "{err:?}"
+        );
+        assert_eq!(err.code(), Some(ErrorCode::Unauthorized));
+        assert!(
+            err.to_string().contains("refused the lease secret"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_peer_that_sends_no_challenge_is_a_protocol_error() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut out = Vec::new();
+            invoke::encode_result(&mut out, 1, b"not a challenge").unwrap();
+            let _ = s.write_all(&out);
+            std::thread::sleep(Duration::from_millis(200));
+        });
+        let err = ExecutorConnection::connect(addr, Polling::Block, &secret()).unwrap_err();
+        assert!(matches!(err, InvokeError::Protocol { .. }), "{err}");
     }
 }

@@ -151,8 +151,9 @@ pub use harvest_proto::views::cause_name;
 pub trait LeaseExt {
     fn executor_addr(&self) -> Result<SocketAddr, LeaseError>;
 
-    /// Opens a direct connection to the lease's executor. Open one per core for parallelism;
-    /// `submit`/`wait_into` on a connection invoke asynchronously.
+    /// Opens a direct connection to the lease's executor, proving the lease's secret (which only
+    /// the owner's answers carry). Open one per core for parallelism; `submit`/`wait_into` on a
+    /// connection invoke asynchronously.
     fn connect(&self, polling: Polling) -> Result<ExecutorConnection, InvokeError>;
 }
 
@@ -170,7 +171,10 @@ impl LeaseExt for Lease {
         let addr = self
             .executor_addr()
             .map_err(|e| InvokeError::Request(e.to_string()))?;
-        ExecutorConnection::connect(addr, polling)
+        let secret = self.secret.as_ref().ok_or_else(|| InvokeError::NoSecret {
+            lease: self.id.clone(),
+        })?;
+        ExecutorConnection::connect(addr, polling, secret)
     }
 }
 
@@ -212,13 +216,29 @@ impl From<v1::NodeStatus> for Node {
     }
 }
 
-/// A connection to the scheduler.
+/// A connection to the scheduler, or to whichever of several (a primary and its standbys,
+/// `HARVEST_SCHEDULER=https://a:6820,https://b:6820`) serves now.
+///
+/// A call that fails because the connection failed (refused, reset, the scheduler died
+/// mid-answer) is sent again, with a fresh credential, to the next address in the list, round
+/// and round for up to [`FAILOVER_TIMEOUT`]: a standby that has taken over answers, and a lone
+/// scheduler that restarts is found again. An acquisition carries a request id that every retry
+/// repeats, so a scheduler that already placed it (the answer was lost) answers with that lease
+/// instead of placing a second one. Refusals the scheduler itself sends are never retried.
 #[derive(Debug, Clone)]
 pub struct SchedulerClient {
-    url: String,
+    urls: Vec<String>,
+    /// Index in `urls` of the scheduler `rpc` talks to.
+    current: usize,
+    tls: Option<tonic::transport::ClientTlsConfig>,
     rpc: scheduler_client::SchedulerClient<Channel>,
     credentials: Arc<dyn CredentialSource>,
 }
+
+/// How long a call keeps trying the listed schedulers after its connection failed.
+pub const FAILOVER_TIMEOUT: Duration = Duration::from_secs(15);
+/// The pause between two rounds over every listed scheduler.
+const FAILOVER_ROUND_PAUSE: Duration = Duration::from_millis(200);
 
 /// `host:port` becomes `http://host:port`.
 pub fn normalize_url(url: &str) -> String {
@@ -238,9 +258,53 @@ pub fn tls_url(url: &str) -> String {
     }
 }
 
+/// The addresses in a comma-separated list (`https://a:6820,https://b:6820`), normalized.
+pub fn scheduler_urls(list: &str, tls: bool) -> Result<Vec<String>, LeaseError> {
+    let urls: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| if tls { tls_url(u) } else { normalize_url(u) })
+        .collect();
+    if urls.is_empty() {
+        return Err(LeaseError::Address {
+            url: list.to_owned(),
+            message: "no scheduler address (give host:port, or several separated by commas)"
+                .to_owned(),
+        });
+    }
+    Ok(urls)
+}
+
+/// Whether a failed call never got an answer from a scheduler (its connection failed), so
+/// that another scheduler, or the same one restarted, may be asked. A status the scheduler sent
+/// carries no source error; one tonic made from a transport failure does.
+pub fn connection_failed(s: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    matches!(
+        s.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    ) && s.source().is_some()
+}
+
+/// A fresh id for one acquisition (repeated by its retries).
+fn new_request_id() -> Result<String, LeaseError> {
+    let random =
+        harvest_core::invoke::auth::LeaseSecret::random().map_err(|e| LeaseError::Address {
+            url: String::new(),
+            message: format!("making a request id: {e}"),
+        })?;
+    Ok(random.to_hex()[..32].to_owned())
+}
+
+type Rpc = scheduler_client::SchedulerClient<Channel>;
+type Answer<T> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send>,
+>;
+
 impl SchedulerClient {
-    /// Connects to the scheduler at `url` (`http://host:port` or `host:port`) in plaintext
-    /// (a scheduler with `insecure_plaintext`).
+    /// Connects to the scheduler at `url` (`http://host:port` or `host:port`, or several
+    /// separated by commas) in plaintext (a scheduler with `insecure_plaintext`).
     pub async fn connect(
         url: &str,
         credentials: Arc<dyn CredentialSource>,
@@ -248,8 +312,9 @@ impl SchedulerClient {
         Self::connect_with(url, credentials, None).await
     }
 
-    /// Connects to the scheduler at `url` over TLS, verifying its certificate against the CA
-    /// (PEM) in `ca` (`HARVEST_CA`, the configuration's `ca`).
+    /// Connects to the scheduler at `url` (or the first of several, comma-separated, that
+    /// answers) over TLS, verifying its certificate against the CA (PEM) in `ca` (`HARVEST_CA`,
+    /// the configuration's `ca`).
     pub async fn connect_tls(
         url: &str,
         credentials: Arc<dyn CredentialSource>,
@@ -260,53 +325,102 @@ impl SchedulerClient {
         Self::connect_with(url, credentials, Some(tls)).await
     }
 
-    /// Connects with `tls` (over `https://`), or in plaintext without.
+    /// Connects with `tls` (over `https://`), or in plaintext without, to the first of the
+    /// comma-separated addresses in `url` that answers.
     pub async fn connect_with(
         url: &str,
         credentials: Arc<dyn CredentialSource>,
         tls: Option<tonic::transport::ClientTlsConfig>,
     ) -> Result<Self, LeaseError> {
-        let url = if tls.is_some() {
-            tls_url(url)
-        } else {
-            normalize_url(url)
-        };
-        let mut endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| LeaseError::Address {
-                url: url.clone(),
-                message: e.to_string(),
-            })?
-            .connect_timeout(CONNECT_TIMEOUT);
-        if let Some(tls) = tls {
-            endpoint = endpoint.tls_config(tls).map_err(|source| LeaseError::Tls {
-                url: url.clone(),
-                source,
-            })?;
+        let urls = scheduler_urls(url, tls.is_some())?;
+        let mut last = None;
+        for (i, u) in urls.iter().enumerate() {
+            match open(u, tls.as_ref()).await {
+                Ok(rpc) => {
+                    return Ok(Self {
+                        urls,
+                        current: i,
+                        tls,
+                        rpc,
+                        credentials,
+                    });
+                }
+                // A bad address or TLS setting is the same for every entry: say so at once.
+                Err(e @ (LeaseError::Address { .. } | LeaseError::Tls { .. })) => return Err(e),
+                Err(e) => last = Some(e),
+            }
         }
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|source| LeaseError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
-        let rpc = scheduler_client::SchedulerClient::new(channel)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        Ok(Self {
-            url,
-            rpc,
-            credentials,
-        })
+        Err(last.expect("at least one address"))
     }
 
+    /// The scheduler this client talks to now.
     pub fn url(&self) -> &str {
-        &self.url
+        &self.urls[self.current]
     }
 
-    fn credential(&self) -> Result<Option<v1::Credential>, LeaseError> {
-        Ok(Some(v1::Credential {
-            munge: self.credentials.credential()?,
-        }))
+    /// Every scheduler address this client may fail over to.
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// `req` with a credential for it (bound to its method and content).
+    fn signed<R: harvest_proto::binding::Bound>(&self, mut req: R) -> Result<R, LeaseError> {
+        let payload = harvest_proto::binding::payload(&req);
+        req.set_credential(v1::Credential {
+            munge: self.credentials.credential(&payload)?,
+        });
+        Ok(req)
+    }
+
+    /// Sends `req` (signed afresh for every try) with `send`; after a connection failure, to
+    /// the next scheduler that accepts a connection, for up to [`FAILOVER_TIMEOUT`].
+    async fn call<R, T>(
+        &mut self,
+        op: &'static str,
+        req: R,
+        send: impl Fn(Rpc, R) -> Answer<T>,
+    ) -> Result<T, LeaseError>
+    where
+        R: harvest_proto::binding::Bound + Clone,
+    {
+        let deadline = tokio::time::Instant::now() + FAILOVER_TIMEOUT;
+        loop {
+            let msg = self.signed(req.clone())?;
+            let status = match send(self.rpc.clone(), msg).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) => s,
+            };
+            if !connection_failed(&status) || tokio::time::Instant::now() >= deadline {
+                return Err(LeaseError::from_status(op, self.url(), status));
+            }
+            if !self.fail_over(deadline).await {
+                return Err(LeaseError::from_status(op, self.url(), status));
+            }
+        }
+    }
+
+    /// Connects to the next listed scheduler that accepts (after the current one, wrapping
+    /// round to it), pausing between rounds; `false` when `deadline` passes first.
+    async fn fail_over(&mut self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            for step in 1..=self.urls.len() {
+                let i = (self.current + step) % self.urls.len();
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return false;
+                }
+                let opened = tokio::time::timeout(left, open(&self.urls[i], self.tls.as_ref()));
+                if let Ok(Ok(rpc)) = opened.await {
+                    self.rpc = rpc;
+                    self.current = i;
+                    return true;
+                }
+            }
+            if tokio::time::Instant::now() + FAILOVER_ROUND_PAUSE >= deadline {
+                return false;
+            }
+            tokio::time::sleep(FAILOVER_ROUND_PAUSE).await;
+        }
     }
 
     /// Acquires a lease; returns once its executor listens.
@@ -329,7 +443,7 @@ impl SchedulerClient {
             }
         });
         let msg = v1::AcquireLeaseRequest {
-            credential: self.credential()?,
+            credential: None,
             cores: req.cores,
             memory_mib: req.memory_mib,
             gpus: req.gpus,
@@ -339,86 +453,155 @@ impl SchedulerClient {
                 source: Some(library),
             }),
             executor,
+            request_id: new_request_id()?,
         };
-        let url = self.url.clone();
-        self.rpc
-            .acquire_lease(msg)
-            .await
-            .map(|r| r.into_inner().into())
-            .map_err(|s| LeaseError::from_status("acquire lease", &url, s))
+        self.call("acquire lease", msg, |mut rpc, m| {
+            Box::pin(async move { rpc.acquire_lease(m).await })
+        })
+        .await
+        .map(Into::into)
     }
 
     /// Releases a lease (its executor stops).
     pub async fn release(&mut self, id: &str) -> Result<(), LeaseError> {
         let msg = v1::ReleaseLeaseRequest {
-            credential: self.credential()?,
+            credential: None,
             lease_id: id.to_owned(),
         };
-        let url = self.url.clone();
-        self.rpc
-            .release_lease(msg)
-            .await
-            .map(|_| ())
-            .map_err(|s| LeaseError::from_status("release lease", &url, s))
+        self.call("release lease", msg, |mut rpc, m| {
+            Box::pin(async move { rpc.release_lease(m).await })
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Every node the scheduler knows.
     pub async fn nodes(&mut self) -> Result<Vec<Node>, LeaseError> {
-        let url = self.url.clone();
+        let msg = v1::ListNodesRequest { credential: None };
         let resp = self
-            .rpc
-            .list_nodes(v1::ListNodesRequest {})
-            .await
-            .map_err(|s| LeaseError::from_status("list nodes", &url, s))?;
-        Ok(resp
-            .into_inner()
-            .nodes
-            .into_iter()
-            .map(Node::from)
-            .collect())
+            .call("list nodes", msg, |mut rpc, m| {
+                Box::pin(async move { rpc.list_nodes(m).await })
+            })
+            .await?;
+        Ok(resp.nodes.into_iter().map(Node::from).collect())
     }
 
     /// One lease as it is now, live or recently ended.
     pub async fn get(&mut self, id: &str) -> Result<Lease, LeaseError> {
-        let url = self.url.clone();
-        self.rpc
-            .get_lease(v1::GetLeaseRequest {
-                lease_id: id.to_owned(),
-            })
-            .await
-            .map(|r| r.into_inner().into())
-            .map_err(|s| LeaseError::from_status("get lease", &url, s))
+        let msg = v1::GetLeaseRequest {
+            lease_id: id.to_owned(),
+            credential: None,
+        };
+        self.call("get lease", msg, |mut rpc, m| {
+            Box::pin(async move { rpc.get_lease(m).await })
+        })
+        .await
+        .map(Into::into)
     }
 
     /// Says the lease is still used (its idle clock restarts); returns it as it is now.
     pub async fn renew(&mut self, id: &str) -> Result<Lease, LeaseError> {
         let msg = v1::RenewLeaseRequest {
-            credential: self.credential()?,
+            credential: None,
             lease_id: id.to_owned(),
         };
-        let url = self.url.clone();
-        self.rpc
-            .renew_lease(msg)
-            .await
-            .map(|r| r.into_inner().into())
-            .map_err(|s| LeaseError::from_status("renew lease", &url, s))
+        self.call("renew lease", msg, |mut rpc, m| {
+            Box::pin(async move { rpc.renew_lease(m).await })
+        })
+        .await
+        .map(Into::into)
     }
 
-    /// Every lease the scheduler holds (live ones and recently ended ones).
+    /// The caller's leases (live ones and recently ended ones; every user's for an operator).
     pub async fn leases(&mut self) -> Result<Vec<Lease>, LeaseError> {
-        let url = self.url.clone();
-        let resp = self
-            .rpc
-            .list_leases(v1::ListLeasesRequest {})
-            .await
-            .map_err(|s| LeaseError::from_status("list leases", &url, s))?;
-        Ok(resp
-            .into_inner()
-            .leases
-            .into_iter()
-            .map(Into::into)
-            .collect())
+        Ok(self.leases_and_others().await?.0)
     }
+
+    /// The caller's leases, and what other users' live leases hold together (`None` for an
+    /// operator, who gets every lease).
+    pub async fn leases_and_others(
+        &mut self,
+    ) -> Result<(Vec<Lease>, Option<v1::LeaseTotals>), LeaseError> {
+        let msg = v1::ListLeasesRequest { credential: None };
+        let resp = self
+            .call("list leases", msg, |mut rpc, m| {
+                Box::pin(async move { rpc.list_leases(m).await })
+            })
+            .await?;
+        Ok((
+            resp.leases.into_iter().map(Into::into).collect(),
+            resp.others,
+        ))
+    }
+
+    /// Operators: stop placing leases on `node` (`drain`, with the reason) or allow it again;
+    /// with `revoke`, its live leases end now. Returns how many were revoked.
+    pub async fn drain_node(
+        &mut self,
+        node: &str,
+        drain: bool,
+        revoke: bool,
+        reason: &str,
+    ) -> Result<u32, LeaseError> {
+        let msg = v1::DrainNodeRequest {
+            credential: None,
+            node: node.to_owned(),
+            undrain: !drain,
+            revoke_leases: revoke,
+            reason: reason.to_owned(),
+        };
+        self.call("drain node", msg, |mut rpc, m| {
+            Box::pin(async move { rpc.drain_node(m).await })
+        })
+        .await
+        .map(|r| r.revoked)
+    }
+
+    /// Operators: end any lease now.
+    pub async fn revoke(&mut self, id: &str, reason: &str) -> Result<Lease, LeaseError> {
+        let msg = v1::RevokeLeaseRequest {
+            credential: None,
+            lease_id: id.to_owned(),
+            reason: reason.to_owned(),
+        };
+        self.call("revoke lease", msg, |mut rpc, m| {
+            Box::pin(async move { rpc.revoke_lease(m).await })
+        })
+        .await
+        .map(Into::into)
+    }
+}
+
+/// A channel to one scheduler, connected now (so that an unreachable one is known at once).
+async fn open(
+    url: &str,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Result<Rpc, LeaseError> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| LeaseError::Address {
+            url: url.to_owned(),
+            message: e.to_string(),
+        })?
+        .connect_timeout(CONNECT_TIMEOUT);
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls.clone())
+            .map_err(|source| LeaseError::Tls {
+                url: url.to_owned(),
+                source,
+            })?;
+    }
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|source| LeaseError::Unreachable {
+            url: url.to_owned(),
+            source,
+        })?;
+    Ok(
+        scheduler_client::SchedulerClient::new(channel)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    )
 }
 
 #[cfg(test)]

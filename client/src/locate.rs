@@ -10,6 +10,9 @@ pub const SCHEDULER_ENV: &str = "HARVEST_SCHEDULER";
 /// The environment variable naming the CA (PEM) that signs the scheduler's certificate; with one
 /// the client speaks TLS (`deploy/local-cluster env` exports it).
 pub const CA_ENV: &str = "HARVEST_CA";
+/// The environment variable giving the uid the scheduler runs as (credentials are restricted to
+/// it, `munge -u`; default 0).
+pub const SCHEDULER_UID_ENV: &str = "HARVEST_SCHEDULER_UID";
 /// The environment variable naming the client configuration file.
 pub const CONFIG_ENV: &str = "HARVEST_CONFIG";
 /// The system-wide client configuration, read when no other is found.
@@ -25,6 +28,9 @@ pub struct ClientConfig {
     pub munge: Option<PathBuf>,
     /// munged's socket (default: munge's own).
     pub munge_socket: Option<PathBuf>,
+    /// The uid the scheduler runs as: only it can decode the client's credentials (default 0;
+    /// overridden by HARVEST_SCHEDULER_UID).
+    pub scheduler_uid: Option<u32>,
     /// The CA (PEM) that signs the scheduler's certificate: the client then speaks TLS and
     /// verifies the scheduler. None: plaintext (a scheduler with `insecure_plaintext`).
     pub ca: Option<PathBuf>,
@@ -40,6 +46,8 @@ pub enum LocateError {
     },
     #[error("invalid client configuration {path}: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("{SCHEDULER_UID_ENV}={0:?} is not a uid (a number such as 0 or 991)")]
+    SchedulerUid(String),
     #[error(
         "no scheduler address: pass --scheduler URL, set {SCHEDULER_ENV} (eval \"$(deploy/local-cluster env)\" does), \
          or write scheduler = \"host:port\" in {SYSTEM_CONFIG}"
@@ -103,11 +111,40 @@ impl ClientConfig {
             .map(PathBuf::from)
             .or_else(|| self.ca.clone())
     }
+
+    /// The scheduler's uid: `$HARVEST_SCHEDULER_UID`, then the file's `scheduler_uid`, then
+    /// [`crate::identity::DEFAULT_SCHEDULER_UID`].
+    pub fn scheduler_uid(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<u32, LocateError> {
+        match env(SCHEDULER_UID_ENV).filter(|s| !s.is_empty()) {
+            Some(v) => v.trim().parse().map_err(|_| LocateError::SchedulerUid(v)),
+            None => Ok(self
+                .scheduler_uid
+                .unwrap_or(crate::identity::DEFAULT_SCHEDULER_UID)),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_schedulers_uid_comes_from_the_environment_then_the_file() {
+        let file = ClientConfig {
+            scheduler_uid: Some(991),
+            ..Default::default()
+        };
+        assert_eq!(file.scheduler_uid(&|_| None).unwrap(), 991);
+        assert_eq!(ClientConfig::default().scheduler_uid(&|_| None).unwrap(), 0);
+        let env = |k: &str| (k == SCHEDULER_UID_ENV).then(|| "7".to_owned());
+        assert_eq!(file.scheduler_uid(&env).unwrap(), 7);
+        let bad = |k: &str| (k == SCHEDULER_UID_ENV).then(|| "root".to_owned());
+        let e = file.scheduler_uid(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("HARVEST_SCHEDULER_UID") && e.contains("root"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn the_flag_beats_the_environment_which_beats_the_file() {

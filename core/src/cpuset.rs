@@ -13,10 +13,21 @@ use serde::{Deserialize, Serialize};
 /// The largest CPU id accepted from text; guards against `0-4294967295` eating the machine.
 pub const MAX_CPU_ID: u32 = 65_535;
 
-/// A set of OS CPU ids, ordered.
+/// A set of OS CPU ids, ordered. It reads from JSON with the same bound as from text
+/// ([`MAX_CPU_ID`]), so that whatever a message carries also prints and parses as a CPU list.
 #[derive(Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct CpuSet(BTreeSet<u32>);
+pub struct CpuSet(#[serde(deserialize_with = "bounded_ids")] BTreeSet<u32>);
+
+fn bounded_ids<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeSet<u32>, D::Error> {
+    let ids = BTreeSet::<u32>::deserialize(d)?;
+    match ids.last() {
+        Some(&id) if id > MAX_CPU_ID => Err(serde::de::Error::custom(format!(
+            "CPU id {id} is above the supported maximum {MAX_CPU_ID}"
+        ))),
+        _ => Ok(ids),
+    }
+}
 
 /// A CPU list that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -165,7 +176,10 @@ impl fmt::Display for CpuSet {
         let mut first = true;
         while let Some(lo) = iter.next() {
             let mut hi = lo;
-            while iter.peek() == Some(&(hi + 1)) {
+            while hi
+                .checked_add(1)
+                .is_some_and(|next| iter.peek() == Some(&next))
+            {
                 hi = iter.next().unwrap_or(hi);
             }
             if !first {
@@ -237,5 +251,20 @@ mod tests {
         assert_eq!(serde_json::to_string(&s).unwrap(), "[0,1,5]");
         let back: CpuSet = serde_json::from_str("[5,0,1]").unwrap();
         assert_eq!(back, s);
+    }
+
+    /// Found with the `plugin_message` fuzz target (its body panicked on this input): a step's
+    /// CPU list `[4294967295]` from the plugin socket made printing the set overflow (a panic in
+    /// harvestd built with overflow checks, when it logged the step's CPUs). JSON now has the
+    /// text form's bound, and printing the largest id cannot overflow.
+    #[test]
+    fn json_ids_have_the_text_bound_and_the_largest_prints() {
+        let e = serde_json::from_str::<CpuSet>("[0,4294967295]").unwrap_err();
+        assert!(e.to_string().contains("CPU id 4294967295"), "{e}");
+        assert!(serde_json::from_str::<CpuSet>(&format!("[{}]", MAX_CPU_ID + 1)).is_err());
+        let top: CpuSet = serde_json::from_str(&format!("[{MAX_CPU_ID}]")).unwrap();
+        assert_eq!(CpuSet::parse_list(&top.to_list()).unwrap(), top);
+        let edge: CpuSet = [u32::MAX - 1, u32::MAX].into_iter().collect();
+        assert_eq!(edge.to_list(), format!("{}-{}", u32::MAX - 1, u32::MAX));
     }
 }

@@ -6,12 +6,25 @@
 //! one connection:
 //!
 //! ```text
-//! INVOKE (client -> executor): kind=1 | id | u32 timeout_ms (0: executor default)
-//!                              | u16 function-name length | u8 pad | name (UTF-8)
-//!                              | pad zero bytes | input bytes
-//! RESULT (executor -> client): kind=2 | id | u8 pad | pad zero bytes | output bytes
-//! ERROR  (executor -> client): kind=3 | id | u8 ErrorCode | message (UTF-8)
+//! CHALLENGE (executor -> client): kind=4 | id=0 | 32-byte nonce
+//! AUTH      (client -> executor): kind=5 | id=0 | 32-byte proof
+//! INVOKE    (client -> executor): kind=1 | id | u32 timeout_ms (0: executor default)
+//!                                 | u16 function-name length | u8 pad | name (UTF-8)
+//!                                 | pad zero bytes | input bytes
+//! RESULT    (executor -> client): kind=2 | id | u8 pad | pad zero bytes | output bytes
+//! ERROR     (executor -> client): kind=3 | id | u8 ErrorCode | message (UTF-8)
 //! ```
+//!
+//! **The handshake.** Right after accepting a connection the executor sends a CHALLENGE with a
+//! fresh random nonce. The client answers with an AUTH whose proof is
+//! HMAC-SHA256(lease secret, `"harvest-invoke-v1"` || nonce) ([`auth::proof`]); it may send its
+//! first INVOKE right behind it without waiting. On a good proof the connection goes on to
+//! INVOKE/RESULT/ERROR frames; on a wrong one, anything else, or none within the executor's
+//! handshake timeout (2 s by default), the executor answers ERROR id 0 with
+//! [`ErrorCode::Unauthorized`] and closes. No frame of a client is served before a valid AUTH,
+//! and the secret itself never crosses the wire. The executor checks the proof in its
+//! supervisor, before it forks a worker for the connection, so an unauthenticated peer never
+//! costs a process.
 //!
 //! An ERROR with id 0 concerns the whole connection (for example the executor is shutting down).
 //! This module only encodes and decodes byte slices; reading and writing streams is the caller's.
@@ -23,6 +36,8 @@
 //! payload's offset in the stream has the same phase modulo [`ALIGN`] as its buffer in memory
 //! (the socket's page fragments start aligned in a ping-pong), and the receiver reads frames
 //! into [`ALIGN`]-aligned buffers. A decoder just skips the pad; any pad is valid.
+
+pub mod auth;
 
 use std::fmt;
 
@@ -42,9 +57,18 @@ pub const INVOKE_FIXED_BYTES: usize = LEN_BYTES + HEADER_BYTES + 4 + 2 + 1;
 /// socket in phase.
 pub const RESULT_HEAD_BYTES: usize = 32;
 
+/// Bytes of a whole CHALLENGE or AUTH frame (prefix, kind, id, nonce or proof).
+pub const AUTH_FRAME_BYTES: usize = LEN_BYTES + HEADER_BYTES + auth::NONCE_BYTES;
+/// The longest frame body the length prefix can describe.
+pub const MAX_BODY_BYTES: usize = u32::MAX as usize;
+/// The longest ERROR message sent: longer ones are cut (at a character boundary).
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
 const KIND_INVOKE: u8 = 1;
 const KIND_RESULT: u8 = 2;
 const KIND_ERROR: u8 = 3;
+const KIND_CHALLENGE: u8 = 4;
+const KIND_AUTH: u8 = 5;
 
 /// Why an invocation failed, as the executor reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,7 +76,8 @@ const KIND_ERROR: u8 = 3;
 pub enum ErrorCode {
     /// The library has no function of that name.
     NoSuchFunction = 1,
-    /// The function crashed (a signal killed the worker running it).
+    /// The function crashed: a signal killed the worker running it, or the function ended its
+    /// worker (`exit`, `_exit`) before returning; the message says which signal or exit status.
     Crashed = 2,
     /// The function ran past its timeout and was killed.
     Timeout = 3,
@@ -66,6 +91,9 @@ pub enum ErrorCode {
     LeaseRevoked = 7,
     /// The executor failed for a reason of its own.
     Internal = 8,
+    /// The connection did not prove the lease secret (wrong or missing AUTH, or none in time):
+    /// only the lease's owner may invoke its functions.
+    Unauthorized = 9,
 }
 
 impl ErrorCode {
@@ -80,6 +108,7 @@ impl ErrorCode {
             6 => BadRequest,
             7 => LeaseRevoked,
             8 => Internal,
+            9 => Unauthorized,
             _ => return None,
         })
     }
@@ -96,6 +125,7 @@ impl fmt::Display for ErrorCode {
             Self::BadRequest => "bad request",
             Self::LeaseRevoked => "lease revoked",
             Self::Internal => "executor error",
+            Self::Unauthorized => "unauthorized",
         })
     }
 }
@@ -118,6 +148,12 @@ pub enum Frame<'a> {
         code: ErrorCode,
         message: &'a str,
     },
+    Challenge {
+        nonce: [u8; auth::NONCE_BYTES],
+    },
+    Auth {
+        proof: [u8; auth::PROOF_BYTES],
+    },
 }
 
 /// A frame body that could not be decoded.
@@ -131,11 +167,25 @@ pub enum DecodeError {
     Code(u8),
     #[error("function name or message is not valid UTF-8")]
     Utf8,
+    #[error("a CHALLENGE or AUTH frame has a body of exactly {expected} bytes, not {got}")]
+    AuthLength { expected: usize, got: usize },
 }
 
+/// A frame that cannot be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    #[error(
+        "an output of {len} bytes does not fit in one frame (at most {} bytes)",
+        MAX_BODY_BYTES - (RESULT_HEAD_BYTES - LEN_BYTES)
+    )]
+    OutputTooLarge { len: usize },
+}
+
+/// Callers keep `body_len` within [`MAX_BODY_BYTES`].
 fn header(out: &mut Vec<u8>, body_len: usize, kind: u8, id: u64) {
+    let len = u32::try_from(body_len).expect("the caller bounds the frame to u32");
     out.reserve(LEN_BYTES + body_len);
-    out.extend_from_slice(&(body_len as u32).to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
     out.push(kind);
     out.extend_from_slice(&id.to_le_bytes());
 }
@@ -197,28 +247,55 @@ pub const RESULT_KIND: u8 = KIND_RESULT;
 
 /// The header of a RESULT frame whose `output_len` output bytes follow: [`RESULT_HEAD_BYTES`]
 /// bytes (prefix, kind, id, pad length, pad). The executor uses this to answer without copying
-/// the function's output buffer.
-pub fn result_header(id: u64, output_len: usize) -> [u8; RESULT_HEAD_BYTES] {
+/// the function's output buffer. An output too long for the `u32` length prefix is an error
+/// (never a length that wraps around).
+pub fn result_header(id: u64, output_len: usize) -> Result<[u8; RESULT_HEAD_BYTES], EncodeError> {
+    let body = (RESULT_HEAD_BYTES - LEN_BYTES)
+        .checked_add(output_len)
+        .and_then(|b| u32::try_from(b).ok())
+        .ok_or(EncodeError::OutputTooLarge { len: output_len })?;
     let mut h = [0u8; RESULT_HEAD_BYTES];
-    let body = RESULT_HEAD_BYTES - LEN_BYTES + output_len;
-    h[..4].copy_from_slice(&(body as u32).to_le_bytes());
+    h[..4].copy_from_slice(&body.to_le_bytes());
     h[4] = KIND_RESULT;
     h[5..13].copy_from_slice(&id.to_le_bytes());
     h[13] = (RESULT_HEAD_BYTES - LEN_BYTES - HEADER_BYTES - 1) as u8;
-    h
+    Ok(h)
 }
 
 /// Appends a RESULT frame to `out`.
-pub fn encode_result(out: &mut Vec<u8>, id: u64, output: &[u8]) {
-    out.extend_from_slice(&result_header(id, output.len()));
+pub fn encode_result(out: &mut Vec<u8>, id: u64, output: &[u8]) -> Result<(), EncodeError> {
+    out.extend_from_slice(&result_header(id, output.len())?);
     out.extend_from_slice(output);
+    Ok(())
 }
 
-/// Appends an ERROR frame to `out`.
+/// Appends an ERROR frame to `out`; a message past [`MAX_MESSAGE_BYTES`] is cut there.
 pub fn encode_error(out: &mut Vec<u8>, id: u64, code: ErrorCode, message: &str) {
+    let mut cut = message.len().min(MAX_MESSAGE_BYTES);
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let message = &message[..cut];
     header(out, HEADER_BYTES + 1 + message.len(), KIND_ERROR, id);
     out.push(code as u8);
     out.extend_from_slice(message.as_bytes());
+}
+
+/// Appends a CHALLENGE frame carrying `nonce` to `out`.
+pub fn encode_challenge(out: &mut Vec<u8>, nonce: &[u8; auth::NONCE_BYTES]) {
+    header(
+        out,
+        HEADER_BYTES + nonce.len(),
+        KIND_CHALLENGE,
+        CONNECTION_ID,
+    );
+    out.extend_from_slice(nonce);
+}
+
+/// Appends an AUTH frame carrying `proof` to `out`.
+pub fn encode_auth(out: &mut Vec<u8>, proof: &[u8; auth::PROOF_BYTES]) {
+    header(out, HEADER_BYTES + proof.len(), KIND_AUTH, CONNECTION_ID);
+    out.extend_from_slice(proof);
 }
 
 /// Reads the body length from a 4-byte prefix.
@@ -267,6 +344,18 @@ pub fn decode(body: &[u8]) -> Result<Frame<'_>, DecodeError> {
             let message = std::str::from_utf8(msg).map_err(|_| DecodeError::Utf8)?;
             Ok(Frame::Error { id, code, message })
         }
+        KIND_CHALLENGE | KIND_AUTH => {
+            let bytes: [u8; auth::NONCE_BYTES] =
+                rest.try_into().map_err(|_| DecodeError::AuthLength {
+                    expected: HEADER_BYTES + auth::NONCE_BYTES,
+                    got: body.len(),
+                })?;
+            Ok(if kind == KIND_CHALLENGE {
+                Frame::Challenge { nonce: bytes }
+            } else {
+                Frame::Auth { proof: bytes }
+            })
+        }
         k => Err(DecodeError::Kind(k)),
     }
 }
@@ -310,7 +399,7 @@ mod tests {
     #[test]
     fn result_and_error_round_trip() {
         let mut buf = Vec::new();
-        encode_result(&mut buf, u64::MAX, &[1, 2, 3]);
+        encode_result(&mut buf, u64::MAX, &[1, 2, 3]).unwrap();
         assert_eq!(
             decode(body(&buf)).unwrap(),
             Frame::Result {
@@ -328,7 +417,7 @@ mod tests {
                 message: "ran past 500ms"
             }
         );
-        for c in 1..=8 {
+        for c in 1..=9 {
             assert_eq!(ErrorCode::from_u8(c).unwrap() as u8, c);
         }
         assert!(ErrorCode::from_u8(0).is_none());
@@ -352,7 +441,7 @@ mod tests {
                 assert_eq!((function, input), (name, &b"abc"[..]));
             }
         }
-        let h = result_header(5, 3);
+        let h = result_header(5, 3).unwrap();
         let mut buf = h.to_vec();
         buf.extend_from_slice(b"xyz");
         assert_eq!(
@@ -363,7 +452,7 @@ mod tests {
             }
         );
         // A pad longer than the frame is malformed, not a panic.
-        let mut bad = result_header(5, 0);
+        let mut bad = result_header(5, 0).unwrap();
         bad[13] = 200;
         assert!(matches!(decode(body(&bad)), Err(DecodeError::Short(_))));
     }
@@ -386,5 +475,55 @@ mod tests {
         let mut b = body(&e).to_vec();
         b[9] = 99;
         assert_eq!(decode(&b), Err(DecodeError::Code(99)));
+    }
+
+    #[test]
+    fn result_lengths_that_do_not_fit_u32_are_errors_not_wrapped() {
+        // The largest output whose body still fits the u32 prefix, and one byte more.
+        let fits = MAX_BODY_BYTES - (RESULT_HEAD_BYTES - LEN_BYTES);
+        let h = result_header(1, fits).unwrap();
+        assert_eq!(body_len(h[..4].try_into().unwrap()), MAX_BODY_BYTES);
+        assert_eq!(
+            result_header(1, fits + 1),
+            Err(EncodeError::OutputTooLarge { len: fits + 1 })
+        );
+        // Near 4 GiB + a little, which wrapped to a tiny length before.
+        assert!(result_header(1, 1 << 32).is_err());
+        assert!(result_header(1, usize::MAX).is_err());
+    }
+
+    #[test]
+    fn long_error_messages_are_cut_at_a_character() {
+        let mut e = Vec::new();
+        let long = "é".repeat(MAX_MESSAGE_BYTES);
+        encode_error(&mut e, 1, ErrorCode::Internal, &long);
+        let Frame::Error { message, .. } = decode(body(&e)).unwrap() else {
+            panic!()
+        };
+        assert!(message.len() <= MAX_MESSAGE_BYTES && message.len() >= MAX_MESSAGE_BYTES - 1);
+    }
+
+    #[test]
+    fn challenge_and_auth_round_trip_and_must_be_exact() {
+        let mut c = Vec::new();
+        encode_challenge(&mut c, &[7; 32]);
+        assert_eq!(c.len(), AUTH_FRAME_BYTES);
+        assert_eq!(
+            decode(body(&c)).unwrap(),
+            Frame::Challenge { nonce: [7; 32] }
+        );
+        let mut a = Vec::new();
+        encode_auth(&mut a, &[9; 32]);
+        assert_eq!(a.len(), AUTH_FRAME_BYTES);
+        assert_eq!(decode(body(&a)).unwrap(), Frame::Auth { proof: [9; 32] });
+        let short = &body(&a)[..40];
+        assert_eq!(
+            decode(short),
+            Err(DecodeError::AuthLength {
+                expected: 41,
+                got: 40
+            })
+        );
+        assert_eq!(ErrorCode::from_u8(9), Some(ErrorCode::Unauthorized));
     }
 }

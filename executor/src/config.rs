@@ -4,14 +4,31 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use harvest_core::invoke::auth::LeaseSecret;
+
 /// Default time a function may run before it is killed.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default size of each worker's output buffer.
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1 << 20;
 /// Default largest accepted input.
 pub const DEFAULT_MAX_INPUT_BYTES: usize = 64 << 20;
-/// Default number of concurrent connections (each one a worker process).
+/// The largest output buffer and input accepted (1 GiB): far below the 4 GiB a frame's `u32`
+/// length can describe, and more than a function should move through one invocation.
+pub const MAX_PAYLOAD_BYTES: usize = 1 << 30;
+/// Default number of concurrent authenticated connections (each one a worker process).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+/// Default number of connections that have not yet proved the lease secret; past it the oldest
+/// such connection is closed, so peers that hold connections open cannot lock the owner out.
+pub const DEFAULT_MAX_PENDING: usize = 64;
+/// Default time a new connection has to prove the lease secret (its AUTH frame).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default time a worker waits for the rest of a frame that has begun to arrive (no byte for
+/// this long: the connection is closed and its worker freed).
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(5);
+/// The environment variable the executor reads its lease secret from (64 hex digits); it is
+/// removed from the environment at start, so neither workers nor the programs functions start
+/// inherit it.
+pub const SECRET_ENV: &str = "HARVEST_LEASE_SECRET";
 
 /// How long a worker busy-polls for the next request after finishing one (rFaaS's hot mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,9 +65,20 @@ pub struct ExecutorConfig {
     pub hot_window: HotWindow,
     /// Used when an invocation asks for no timeout of its own.
     pub default_timeout: Duration,
+    /// Size of each worker's output buffer (at most [`MAX_PAYLOAD_BYTES`]).
     pub max_output_bytes: usize,
+    /// Largest accepted input (at most [`MAX_PAYLOAD_BYTES`]).
     pub max_input_bytes: usize,
+    /// Authenticated connections served at once (each one a worker process).
     pub max_connections: usize,
+    /// Connections still in the handshake at once; a new one past this closes the oldest.
+    pub max_pending: usize,
+    /// How long a new connection has to send a valid AUTH.
+    pub handshake_timeout: Duration,
+    /// How long a worker waits for the next byte of a frame that has begun to arrive.
+    pub frame_timeout: Duration,
+    /// The lease secret every connection must prove (see `harvest_core::invoke::auth`).
+    pub secret: LeaseSecret,
     /// A cgroup file with an `oom_kill N` line (v1 `memory.oom_control`, v2 `memory.events`), read
     /// to tell an OOM kill from another SIGKILL. Without it such a kill is reported as a crash
     /// that may have been an OOM kill.
@@ -64,8 +92,8 @@ pub struct ExecutorConfig {
 pub const ACTIVITY_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl ExecutorConfig {
-    /// A configuration with the defaults for everything but the library.
-    pub fn new(library: PathBuf) -> Self {
+    /// A configuration with the defaults for everything but the library and the lease secret.
+    pub fn new(library: PathBuf, secret: LeaseSecret) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             library,
@@ -74,6 +102,10 @@ impl ExecutorConfig {
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             max_input_bytes: DEFAULT_MAX_INPUT_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_pending: DEFAULT_MAX_PENDING,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            frame_timeout: DEFAULT_FRAME_TIMEOUT,
+            secret,
             oom_events: None,
             activity_file: None,
         }

@@ -9,6 +9,8 @@
 //! Layout:
 //! - [`cli`]: the command line, shared by the binary and the benchmarks.
 //! - [`config`]: what the agent passes on the command line, validated.
+//! - [`harden`]: no_new_privs and rlimits, set on the executor at start.
+//! - [`handshake`]: the lease-secret challenge every connection answers before it gets a worker.
 //! - [`library`]: the loaded function library and symbol lookup.
 //! - [`ready`]: `--ready-fd`, the address line on an inherited pipe.
 //! - [`buffer`]: output buffers with a guard page, so an overflowing function crashes cleanly.
@@ -20,10 +22,16 @@
 //! Isolation model: a function runs in a forked worker, never in the supervisor, so a crash takes
 //! down one connection's worker; the supervisor keeps the connection's socket, tells the caller
 //! what happened, and closes it. The client reconnects for its next invocation.
+//!
+//! Access: only the lease's owner may invoke. The executor takes the lease secret from
+//! `HARVEST_LEASE_SECRET` at start (and removes it from its environment), and the supervisor
+//! serves a connection only once it has proved the secret ([`handshake`]).
 
 pub mod buffer;
 pub mod cli;
 pub mod config;
+pub mod handshake;
+pub mod harden;
 pub mod library;
 pub mod ready;
 pub mod slot;

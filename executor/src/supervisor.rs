@@ -2,23 +2,31 @@
 //! a function an explicit error for its caller.
 //!
 //! The supervisor is single-threaded (so `fork` is sound) and never runs user code. It watches its
-//! workers through pidfds, in one `poll` loop with the listener and a signalfd for SIGTERM/SIGINT.
+//! workers through pidfds, in one `poll` loop with the listener, a signalfd for SIGTERM/SIGINT
+//! and the connections still in the lease-secret handshake ([`crate::handshake`]): a worker is
+//! forked only for a connection that proved the secret.
 //! It keeps each connection's socket: when a worker dies, it writes an ERROR frame naming the
 //! invocation that was running (from the worker's shared [`Slot`]) and why (crash and signal,
-//! timeout, or OOM kill from the cgroup's `oom_kill` counter), then closes the connection.
+//! the function's own exit and its status, timeout, or OOM kill from the cgroup's `oom_kill`
+//! counter), then closes the connection.
+//!
+//! Workers run user code with every signal at its default disposition and an empty signal
+//! mask (the Rust runtime's SIGSEGV handler would otherwise swallow a `raise(SIGSEGV)`, and the
+//! supervisor's blocked SIGTERM/SIGINT would stay blocked).
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use harvest_core::invoke::{self, CONNECTION_ID, ErrorCode};
 
 use crate::config::ExecutorConfig;
+use crate::handshake::Handshakes;
 use crate::library::FunctionLibrary;
 use crate::slot::{Durations, Slot, monotonic_ns};
-use crate::worker::{Worker, write_all_vectored};
+use crate::worker::{Worker, write_all_until};
 
 /// How often running invocations are checked against their deadlines.
 pub const DEADLINE_TICK: Duration = Duration::from_millis(2);
@@ -28,6 +36,8 @@ pub const DEADLINE_TICK: Duration = Duration::from_millis(2);
 pub enum SupervisorError {
     #[error(transparent)]
     Library(#[from] crate::library::LibraryError),
+    #[error(transparent)]
+    Harden(#[from] crate::harden::HardenError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: io::Error },
     #[error("{what}: {source}")]
@@ -103,7 +113,11 @@ impl Activity<'_> {
 }
 
 /// Runs the executor until SIGTERM or SIGINT. `ready` is called once with the bound address.
+///
+/// This process is the executor: before loading the library it sets no_new_privs and its
+/// rlimits ([`crate::harden`]), which hold for good.
 pub fn run(config: &ExecutorConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), SupervisorError> {
+    crate::harden::harden_process()?;
     let mut library = FunctionLibrary::load(&config.library)?;
     let listener = TcpListener::bind(config.listen).map_err(|source| SupervisorError::Listen {
         addr: config.listen,
@@ -120,6 +134,7 @@ pub fn run(config: &ExecutorConfig, ready: impl FnOnce(SocketAddr)) -> Result<()
     ready(addr);
 
     let mut children: Vec<Child> = Vec::new();
+    let mut handshakes = Handshakes::new(config.max_pending, config.handshake_timeout);
     let mut activity = Activity {
         file: config.activity_file.as_deref(),
         written: None,
@@ -145,13 +160,28 @@ pub fn run(config: &ExecutorConfig, ready: impl FnOnce(SocketAddr)) -> Result<()
             events: libc::POLLIN,
             revents: 0,
         }));
-        let timeout = if children.is_empty() && !activity.pending {
+        let first_pending = fds.len();
+        fds.extend(handshakes.fds().map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }));
+        let mut timeout = if children.is_empty() && !activity.pending {
             -1
         } else if children.is_empty() {
             crate::config::ACTIVITY_WRITE_INTERVAL.as_millis() as i32
         } else {
             DEADLINE_TICK.as_millis() as i32
         };
+        if let Some(d) = handshakes.next_deadline() {
+            // Round up, so the deadline has passed when poll returns.
+            let ms = d
+                .saturating_duration_since(Instant::now())
+                .as_micros()
+                .div_ceil(1000);
+            let ms = i32::try_from(ms).unwrap_or(i32::MAX);
+            timeout = if timeout < 0 { ms } else { timeout.min(ms) };
+        }
         // SAFETY: `fds` is a valid array of pollfds for its length.
         let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if rc < 0 {
@@ -195,9 +225,26 @@ pub fn run(config: &ExecutorConfig, ready: impl FnOnce(SocketAddr)) -> Result<()
         }) {
             activity.note();
         }
-        if fds[0].revents != 0 {
-            accept_all(&listener, &signals, &mut children, &mut library, config);
+        // Answers to challenges before new connections: a peer that keeps opening connections
+        // cannot push out an owner whose AUTH has arrived.
+        let revents: Vec<i16> = fds[first_pending..].iter().map(|p| p.revents).collect();
+        let mut proved = handshakes.progress(&revents, &config.secret, Instant::now());
+        while let Some(conn) = proved.pop() {
+            // Every other socket this process holds is the supervisor's, not the new worker's:
+            // the listener, the signalfd, the workers' connections and pidfds, the connections
+            // in the handshake and those proved beside this one.
+            let mut inherited: Vec<RawFd> = vec![listener.as_raw_fd(), signals.as_raw_fd()];
+            inherited.extend(handshakes.fds());
+            inherited.extend(proved.iter().map(AsRawFd::as_raw_fd));
+            for c in &children {
+                inherited.push(c.conn.as_raw_fd());
+                inherited.push(c.pidfd.as_raw_fd());
+            }
+            admit_worker(conn, &inherited, &mut children, &mut library, config);
             activity.note();
+        }
+        if fds[0].revents != 0 {
+            accept_all(&listener, &mut handshakes);
         }
         activity.flush(&children);
     }
@@ -217,40 +264,45 @@ fn enforce_deadlines(children: &mut [Child]) {
     }
 }
 
-fn accept_all(
-    listener: &TcpListener,
-    signals: &OwnedFd,
-    children: &mut Vec<Child>,
-    library: &mut FunctionLibrary,
-    config: &ExecutorConfig,
-) {
+fn accept_all(listener: &TcpListener, handshakes: &mut Handshakes) {
     loop {
-        let conn = match listener.accept() {
-            Ok((conn, _)) => conn,
+        match listener.accept() {
+            Ok((conn, _)) => handshakes.admit(conn, Instant::now()),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
                 return;
             }
-        };
-        if children.len() >= config.max_connections {
-            let msg = format!("executor busy: {} connections open", children.len());
-            tell(&conn, CONNECTION_ID, ErrorCode::Internal, &msg);
-            continue;
-        }
-        match spawn_worker(conn, listener, signals, children, library, config) {
-            Ok(child) => children.push(child),
-            Err(e) => tracing::error!(error = %e, "cannot start a worker"),
         }
     }
 }
 
+/// Forks a worker for a connection that proved the lease secret, if a slot is free.
+/// `inherited` are the supervisor's descriptors, which the worker closes.
+fn admit_worker(
+    conn: TcpStream,
+    inherited: &[RawFd],
+    children: &mut Vec<Child>,
+    library: &mut FunctionLibrary,
+    config: &ExecutorConfig,
+) {
+    if children.len() >= config.max_connections {
+        let msg = format!("executor busy: {} connections open", children.len());
+        tell(&conn, CONNECTION_ID, ErrorCode::Internal, &msg);
+        return;
+    }
+    match spawn_worker(conn, inherited, library, config) {
+        Ok(child) => children.push(child),
+        Err(e) => tracing::error!(error = %e, "cannot start a worker"),
+    }
+}
+
+/// Forks a worker for `conn`; `inherited` are the supervisor's descriptors, which the worker
+/// closes.
 fn spawn_worker(
     conn: TcpStream,
-    listener: &TcpListener,
-    signals: &OwnedFd,
-    children: &[Child],
+    inherited: &[RawFd],
     library: &mut FunctionLibrary,
     config: &ExecutorConfig,
 ) -> io::Result<Child> {
@@ -263,12 +315,7 @@ fn spawn_worker(
     }
     if pid == 0 {
         // The worker: drop what belongs to the supervisor, then serve this one connection.
-        let mut inherited: Vec<RawFd> = vec![listener.as_raw_fd(), signals.as_raw_fd()];
-        for c in children {
-            inherited.push(c.conn.as_raw_fd());
-            inherited.push(c.pidfd.as_raw_fd());
-        }
-        let code = worker_main(conn, &inherited, library, &slot, config);
+        let code = worker_main(conn, inherited, library, &slot, config);
         // SAFETY: leave without running the supervisor's destructors or atexit handlers.
         unsafe { libc::_exit(code) };
     }
@@ -305,14 +352,9 @@ fn worker_main(
         // SAFETY: these descriptors belong to the supervisor; the worker never uses them.
         unsafe { libc::close(fd) };
     }
-    // SAFETY: plain prctl/sigprocmask calls on this process.
-    unsafe {
-        // Die with the supervisor; take default signal dispositions back.
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-    }
+    // SAFETY: plain prctl call on this process.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    default_signals();
     // Under memory pressure the kernel should pick a worker, never the supervisor.
     let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
     match Worker::new(conn, library, slot, config).and_then(|mut w| w.serve()) {
@@ -324,12 +366,45 @@ fn worker_main(
     }
 }
 
+/// Gives user code what a freshly exec'd program has: every signal at its default disposition
+/// (the Rust runtime installs SIGSEGV/SIGBUS handlers for its stack-overflow guard, which would
+/// swallow a `raise(SIGSEGV)`, and ignores SIGPIPE) and an empty signal mask (the supervisor
+/// blocks SIGTERM and SIGINT for its signalfd). The worker's own writes use MSG_NOSIGNAL.
+pub fn default_signals() {
+    for sig in 1..libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: resetting a disposition to SIG_DFL; the numbers glibc reserves fail with
+        // EINVAL, which is fine.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+    // SAFETY: standard sigset manipulation on this process.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
 /// Reports a dead worker's last invocation to its caller, then closes the connection.
 fn finish(child: Child, config: &ExecutorConfig) {
     let status = reap(child.pid);
     let running = child.slot.running().map(|(id, _)| id);
+    if let (Some(s), Some(id)) = (status, running)
+        && libc::WIFEXITED(s)
+    {
+        // The function ended its worker (exit, _exit) in the middle of the invocation.
+        let message = format!(
+            "the function exited with status {} during invocation {id}",
+            libc::WEXITSTATUS(s)
+        );
+        tracing::warn!(invocation = id, %message, "worker exited");
+        tell(&child.conn, id, ErrorCode::Crashed, &message);
+        return;
+    }
     let Some(sig) = status.and_then(|s| libc::WIFSIGNALED(s).then(|| libc::WTERMSIG(s))) else {
-        return; // A clean exit: the client closed its connection.
+        return; // A clean exit: the client closed its connection, or stalled mid-frame.
     };
     let id = running.unwrap_or(CONNECTION_ID);
     let (code, message) = if let Some((tid, _)) = child.timed_out {
@@ -363,13 +438,17 @@ fn finish(child: Child, config: &ExecutorConfig) {
     tell(&child.conn, id, code, &message);
 }
 
-/// Writes one ERROR frame (best effort: the client may be gone) and shuts the connection down.
+/// How long the supervisor waits for room to write an ERROR frame to a client that does not
+/// read (after which the frame is dropped and the connection closed).
+pub const TELL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Writes one ERROR frame (best effort: the client may be gone; at most [`TELL_TIMEOUT`]) and
+/// shuts the connection down.
 fn tell(conn: &TcpStream, id: u64, code: ErrorCode, message: &str) {
     let mut frame = Vec::new();
     invoke::encode_error(&mut frame, id, code, message);
-    let _ = conn.set_nonblocking(false);
-    let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
-    let _ = write_all_vectored(conn, &frame, &[], false);
+    let _ = conn.set_nonblocking(true);
+    let _ = write_all_until(conn, &frame, Instant::now() + TELL_TIMEOUT);
     let _ = conn.shutdown(std::net::Shutdown::Both);
 }
 
@@ -406,6 +485,17 @@ fn signal_name(sig: i32) -> &'static str {
         libc::SIGILL => "SIGILL",
         libc::SIGKILL => "SIGKILL",
         libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGSYS => "SIGSYS",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
         _ => "a signal",
     }
 }

@@ -4,9 +4,16 @@
 //! (rFaaS's hot mode: no wake-up latency, one core burnt); afterwards it blocks in `poll` (warm
 //! mode). Requests on one connection are served in order; a client keeps several in flight by
 //! pipelining, and uses several connections for parallelism.
+//!
+//! Stalls: once a frame has begun to arrive, the worker spins for the rest of it only while
+//! bytes keep coming (within the hot window of the last one; `always` spins), then blocks; if no
+//! byte of the frame arrives for the frame timeout (5 s by default), in any mode, the worker
+//! answers ERROR BadRequest and ends, freeing its slot. Between frames an authenticated
+//! connection may stay idle as long as it likes (clients keep their connections): what bounds
+//! those is the cap on authenticated connections, which only holders of the lease secret reach.
 
 use std::ffi::c_void;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -135,7 +142,10 @@ impl<'a> Worker<'a> {
             );
             return self.send_error(id, ErrorCode::OutputTooLarge, &msg);
         }
-        let header = invoke::result_header(id, written);
+        let header = match invoke::result_header(id, written) {
+            Ok(h) => h,
+            Err(e) => return self.send_error(id, ErrorCode::OutputTooLarge, &e.to_string()),
+        };
         let output = self.output.as_slice(written);
         write_all_vectored(&self.stream, &header, output, self.spins())
     }
@@ -151,30 +161,51 @@ impl<'a> Worker<'a> {
         write_all_vectored(&self.stream, &self.out_frame, &[], self.spins())
     }
 
-    /// Fills `buf`, spinning while the hot window lasts and blocking after. Returns false on a
-    /// clean end of stream before the first byte.
     /// Receives until the inbox holds `want` bytes, spinning while the hot window lasts and
     /// blocking after. One `recv` takes whatever the kernel has, so a small request (length
     /// prefix and body) usually arrives in one system call. Returns false on a clean end of
-    /// stream before the first byte.
+    /// stream before the first byte; a frame that stops arriving for the frame timeout is
+    /// answered with an error and ends the connection (`TimedOut`).
     fn fill_to(&mut self, want: usize, idle_since: Instant) -> io::Result<bool> {
         let started_empty = self.inbox.len() == 0;
+        let frame_timeout = self.config.frame_timeout;
+        let mut last_byte = Instant::now();
         while self.inbox.len() < want {
             let midway = self.inbox.len() > 0;
-            // Hot: spin through the window (and through the rest of a frame that has begun to
-            // arrive). Warm: sleep in the kernel until there is something to read.
+            // Hot: spin through the window after the last answer, and through the rest of a
+            // frame while its bytes keep coming. Warm: sleep in the kernel until there is
+            // something to read, or until a begun frame's time is up.
+            let now =
+                (midway || !matches!(self.config.hot_window, HotWindow::Always)).then(Instant::now);
+            let stalled_for = now.map_or(Duration::ZERO, |n| n - last_byte);
+            if midway && stalled_for >= frame_timeout {
+                let msg = format!(
+                    "incomplete frame: {} of {want} bytes arrived, then none for {frame_timeout:?}; closing the connection",
+                    self.inbox.len()
+                );
+                self.send_error(CONNECTION_ID, ErrorCode::BadRequest, &msg)?;
+                return Err(io::Error::new(io::ErrorKind::TimedOut, msg));
+            }
             let hot = match self.config.hot_window {
                 HotWindow::Always => true,
                 HotWindow::For(w) if w.is_zero() => false,
-                HotWindow::For(w) => midway || idle_since.elapsed() < w,
+                HotWindow::For(w) if midway => stalled_for < w,
+                HotWindow::For(w) => now.is_some_and(|n| n - idle_since < w),
             };
             if !hot {
-                wait_fd(self.stream.as_raw_fd(), libc::POLLIN)?;
+                let wait = midway.then(|| frame_timeout - stalled_for);
+                if !wait_fd(self.stream.as_raw_fd(), libc::POLLIN, wait)? {
+                    continue; // Timed out: the check above ends the connection.
+                }
             }
             match self.inbox.recv(&self.stream, want) {
                 Ok(0) if started_empty && !midway => return Ok(false),
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(_) => {}
+                Ok(_) => {
+                    if self.inbox.len() < want {
+                        last_byte = Instant::now();
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if hot {
                         std::hint::spin_loop();
@@ -266,32 +297,34 @@ impl Inbox {
     }
 }
 
-/// Writes `a` then `b` to a non-blocking socket, in one `writev` when the kernel takes it all.
-/// On a full socket buffer it spins when `spin` (hot mode: no wake-up latency), else blocks.
-pub fn write_all_vectored(
-    mut stream: &TcpStream,
-    a: &[u8],
-    b: &[u8],
-    spin: bool,
-) -> io::Result<()> {
+/// How long a write spins on a full socket buffer before it blocks in `poll`.
+const WRITE_SPIN: Duration = Duration::from_millis(1);
+
+/// Writes `a` then `b` to a non-blocking socket, in one `sendmsg` when the kernel takes it all
+/// (with MSG_NOSIGNAL: workers run with SIGPIPE at its default, which would kill them when a
+/// client goes away). On a full socket buffer it spins for a moment when `spin` (hot mode: no
+/// wake-up latency), then blocks.
+pub fn write_all_vectored(stream: &TcpStream, a: &[u8], b: &[u8], spin: bool) -> io::Result<()> {
     let (mut a, mut b) = (a, b);
+    let mut blocked_since: Option<Instant> = None;
     while !a.is_empty() || !b.is_empty() {
-        match stream.write_vectored(&[IoSlice::new(a), IoSlice::new(b)]) {
+        match send_vectored(stream.as_raw_fd(), a, b) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(mut n) => {
+                blocked_since = None;
                 let from_a = n.min(a.len());
                 a = &a[from_a..];
                 n -= from_a;
                 b = &b[n..];
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if spin {
+                let since = *blocked_since.get_or_insert_with(Instant::now);
+                if spin && since.elapsed() < WRITE_SPIN {
                     std::hint::spin_loop();
                 } else {
-                    wait_fd(stream.as_raw_fd(), libc::POLLOUT)?;
+                    wait_fd(stream.as_raw_fd(), libc::POLLOUT, None)?;
                 }
             }
-
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -299,18 +332,69 @@ pub fn write_all_vectored(
     Ok(())
 }
 
-/// Blocks until `fd` is ready for `events`.
-fn wait_fd(fd: i32, events: i16) -> io::Result<()> {
+/// Writes `frame` to a non-blocking socket, waiting for room until `deadline` at the latest
+/// (the supervisor's bounded write of an ERROR frame: it never waits on a peer for long).
+pub fn write_all_until(stream: &TcpStream, frame: &[u8], deadline: Instant) -> io::Result<()> {
+    let mut rest = frame;
+    while !rest.is_empty() {
+        match send_vectored(stream.as_raw_fd(), rest, &[]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() || !wait_fd(stream.as_raw_fd(), libc::POLLOUT, Some(left))? {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// One `sendmsg(MSG_NOSIGNAL)` of `a` then `b`.
+fn send_vectored(fd: i32, a: &[u8], b: &[u8]) -> io::Result<usize> {
+    let mut iov = [
+        libc::iovec {
+            iov_base: a.as_ptr() as *mut libc::c_void,
+            iov_len: a.len(),
+        },
+        libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        },
+    ];
+    // SAFETY: a zeroed msghdr is valid (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len() as _;
+    // SAFETY: the iovecs point into `a` and `b`, which outlive the call; the kernel only reads
+    // them.
+    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Blocks until `fd` is ready for `events` (true) or `timeout` passes (false; `None` waits
+/// for ever).
+fn wait_fd(fd: i32, events: i16, timeout: Option<Duration>) -> io::Result<bool> {
     let mut pfd = libc::pollfd {
         fd,
         events,
         revents: 0,
     };
+    let ms = timeout.map_or(-1, |t| {
+        i32::try_from(t.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
+    });
     loop {
         // SAFETY: one valid pollfd.
-        let rc = unsafe { libc::poll(&mut pfd, 1, -1) };
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
         if rc >= 0 {
-            return Ok(());
+            return Ok(rc > 0);
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {

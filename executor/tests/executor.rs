@@ -1,118 +1,13 @@
 //! Black-box tests of the `harvest-executor` binary: a real process, a real C function library
 //! built here with the system C compiler, real TCP on 127.0.0.1.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harvest_core::invoke::{self, ErrorCode, Frame};
-
-/// The test function library, compiled once per test binary.
-fn library() -> PathBuf {
-    static LIB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    LIB.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("executor-tests");
-        std::fs::create_dir_all(&dir).unwrap();
-        let so = dir.join("libtestfns.so");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/functions.c");
-        let status = Command::new("cc")
-            .args(["-shared", "-fPIC", "-O1", "-o"])
-            .arg(&so)
-            .arg(&src)
-            .status()
-            .expect("a C compiler (cc) is installed");
-        assert!(status.success(), "compiling {}", src.display());
-        so
-    })
-    .clone()
-}
-
-struct Executor {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Executor {
-    fn start(extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let ready = dir.path().join("ready");
-        let child = Command::new(env!("CARGO_BIN_EXE_harvest-executor"))
-            .arg("--lib")
-            .arg(library())
-            .arg("--ready-file")
-            .arg(&ready)
-            .args(extra)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let addr = loop {
-            if let Ok(a) = std::fs::read_to_string(&ready) {
-                break a.trim().to_owned();
-            }
-            assert!(Instant::now() < deadline, "executor did not become ready");
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        Self {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-
-    fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect(&self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        s
-    }
-}
-
-impl Drop for Executor {
-    fn drop(&mut self) {
-        // Stop our own child by pid (SIGTERM: the supervisor stops its workers), then reap it.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-#[derive(Debug, PartialEq)]
-enum Reply {
-    Ok(u64, Vec<u8>),
-    Err(u64, ErrorCode, String),
-}
-
-fn send(s: &mut TcpStream, id: u64, timeout_ms: u32, f: &str, input: &[u8]) {
-    let mut buf = Vec::new();
-    invoke::encode_invoke(&mut buf, id, timeout_ms, f, input);
-    s.write_all(&buf).unwrap();
-}
-
-fn recv(s: &mut TcpStream) -> Option<Reply> {
-    let mut prefix = [0u8; 4];
-    if s.read_exact(&mut prefix).is_err() {
-        return None;
-    }
-    let mut body = vec![0u8; invoke::body_len(prefix)];
-    s.read_exact(&mut body).unwrap();
-    Some(match invoke::decode(&body).unwrap() {
-        Frame::Result { id, output } => Reply::Ok(id, output.to_vec()),
-        Frame::Error { id, code, message } => Reply::Err(id, code, message.to_owned()),
-        f => panic!("unexpected frame {f:?}"),
-    })
-}
-
-fn call(e: &Executor, f: &str, input: &[u8], timeout_ms: u32) -> Reply {
-    let mut s = e.connect();
-    send(&mut s, 1, timeout_ms, f, input);
-    recv(&mut s).expect("a reply, never silence")
-}
+use common::{Executor, Reply, call, recv, send};
+use harvest_core::invoke::ErrorCode;
 
 #[test]
 fn echoes_small_and_large_inputs_with_pipelining() {
@@ -208,6 +103,7 @@ fn functions_run_in_a_process_named_harvest_executor() {
 fn a_missing_library_fails_at_start_with_its_path() {
     let out = Command::new(env!("CARGO_BIN_EXE_harvest-executor"))
         .args(["--lib", "/nonexistent/libnothing.so"])
+        .env("HARVEST_LEASE_SECRET", "ab".repeat(32))
         .output()
         .unwrap();
     assert!(!out.status.success());

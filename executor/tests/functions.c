@@ -1,6 +1,10 @@
 /* Test functions in the rFaaS C ABI: uint32_t fn(void *in, uint32_t in_len, void *out). */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <sched.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,4 +63,75 @@ uint32_t whereami(void *in, uint32_t len, void *out) {
     for (int c = 0; c < CPU_SETSIZE && at < sizeof cpus - 8; c++)
         if (CPU_ISSET(c, &set)) at += (size_t)sprintf(cpus + at, at ? ",%d" : "%d", c);
     return (uint32_t)sprintf(out, "exe=%s pid=%d uid=%d cpus=%s", exe, (int)getpid(), (int)getuid(), cpus);
+}
+
+/* Appends one byte to the file named by the input: a side effect a refused call must not have. */
+uint32_t count(void *in, uint32_t len, void *out) {
+    char path[512] = {0};
+    memcpy(path, in, len < 511 ? len : 511);
+    FILE *f = fopen(path, "a");
+    if (!f) return (uint32_t)sprintf(out, "cannot open %s", path);
+    fputc('x', f);
+    fclose(f);
+    return (uint32_t)sprintf(out, "counted");
+}
+
+/* Writes as many bytes as the decimal input says and claims them all. */
+uint32_t fill(void *in, uint32_t len, void *out) {
+    char buf[32] = {0};
+    memcpy(buf, in, len < 31 ? len : 31);
+    size_t n = strtoul(buf, NULL, 10);
+    memset(out, 'f', n);
+    return (uint32_t)n;
+}
+
+/* A crash by signal rather than by fault: the worker must die of it, not return. */
+uint32_t raise_segv(void *in, uint32_t len, void *out) {
+    (void)in; (void)len; (void)out;
+    raise(SIGSEGV);
+    return (uint32_t)sprintf(out, "survived SIGSEGV");
+}
+
+/* Ends the worker in the middle of the invocation. */
+uint32_t exit3(void *in, uint32_t len, void *out) { (void)in; (void)len; (void)out; _exit(3); }
+
+/* What the process may do: no_new_privs, core and open-file limits, signal dispositions and
+ * mask, and whether the lease secret is in the environment. */
+uint32_t limits(void *in, uint32_t len, void *out) {
+    (void)in; (void)len;
+    struct rlimit core, files;
+    getrlimit(RLIMIT_CORE, &core);
+    getrlimit(RLIMIT_NOFILE, &files);
+    struct sigaction segv, pipe;
+    sigaction(SIGSEGV, NULL, &segv);
+    sigaction(SIGPIPE, NULL, &pipe);
+    sigset_t mask;
+    sigprocmask(SIG_SETMASK, NULL, &mask);
+    int blocked = 0;
+    for (int s = 1; s < 32; s++) blocked += sigismember(&mask, s) == 1;
+    const char *secret = getenv("HARVEST_LEASE_SECRET");
+    return (uint32_t)sprintf(out,
+        "nnp=%d core=%llu/%llu nofile=%llu/%llu segv=%s pipe=%s blocked=%d secret=%s",
+        prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0),
+        (unsigned long long)core.rlim_cur, (unsigned long long)core.rlim_max,
+        (unsigned long long)files.rlim_cur, (unsigned long long)files.rlim_max,
+        segv.sa_handler == SIG_DFL ? "default" : "handled",
+        pipe.sa_handler == SIG_DFL ? "default" : "changed",
+        blocked, secret ? "inherited" : "unset");
+}
+
+/* How many sockets this process holds (a worker should hold its own connection only). */
+uint32_t sockets(void *in, uint32_t len, void *out) {
+    (void)in; (void)len;
+    DIR *d = opendir("/proc/self/fd");
+    int n = 0;
+    struct dirent *e;
+    char path[64], target[64];
+    while (d && (e = readdir(d))) {
+        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+        ssize_t k = readlink(path, target, sizeof target - 1);
+        if (k > 0) { target[k] = 0; n += strncmp(target, "socket:", 7) == 0; }
+    }
+    if (d) closedir(d);
+    return (uint32_t)sprintf(out, "%d", n);
 }

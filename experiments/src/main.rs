@@ -30,6 +30,15 @@ enum Command {
     /// Reclaim latency and the step-start delay it adds, on the real local cluster: steps
     /// started onto CPUs that spinning functions hold, beside steps on idle CPUs.
     Reclaim(cmd::reclaim::Args),
+    /// N concurrent clients acquiring leases and invoking, while batch jobs start and end at
+    /// random, on the real local cluster; every invocation's outcome recorded.
+    Load(cmd::faults::LoadArgs),
+    /// Faults injected under that load (killed daemons, executors and workers, a stopped agent,
+    /// slurmd restart, drain, OOM, full disk), with the invariants checked after each.
+    Faults(cmd::faults::Args),
+    /// (internal) The load's clients, run as an ordinary user.
+    #[command(hide = true)]
+    LoadClient(cmd::faults::LoadClientArgs),
     /// (internal) The function client of the interference experiment.
     #[command(hide = true)]
     InterferenceClient(cmd::interference::ClientArgs),
@@ -55,6 +64,9 @@ fn main() -> anyhow::Result<()> {
         Command::Latency(a) => cmd::latency::run_cmd(a),
         Command::Interference(a) => cmd::interference::run_cmd(a),
         Command::Reclaim(a) => cmd::reclaim::run_cmd(a),
+        Command::Load(a) => cmd::faults::run_load(a),
+        Command::Faults(a) => cmd::faults::run_cmd(a),
+        Command::LoadClient(a) => cmd::faults::run_load_client(a),
         Command::InterferenceClient(a) => cmd::interference::run_client(a),
         Command::ServeExecutor(a) => harvest_executor::cli::run(a),
         Command::RawEchoServer(a) => cmd::latency::raw_echo_server(a),

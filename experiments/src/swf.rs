@@ -11,6 +11,15 @@ use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
 
+/// The longest line read, in bytes. An SWF record is under 200 bytes (Alea's extended ones a few
+/// hundred); a longer line is not SWF, and a gzip file that expands to one endless line must not
+/// be buffered whole.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// The largest time accepted, in seconds either side of the trace's zero (about 31,700 years):
+/// the simulator adds and subtracts times, which must not overflow.
+pub const MAX_TIME_S: i64 = 1_000_000_000_000;
+
 /// An SWF file that could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum SwfError {
@@ -35,6 +44,16 @@ pub enum SwfError {
         line: u64,
         found: usize,
     },
+    #[error("{path}:{line}: line longer than {MAX_LINE_BYTES} bytes; is this an SWF file?")]
+    LongLine { path: PathBuf, line: u64 },
+    #[error("{path}:{line}: field {field} ({name}) is {value} s, beyond ±{MAX_TIME_S} s")]
+    Time {
+        path: PathBuf,
+        line: u64,
+        field: usize,
+        name: &'static str,
+        value: i64,
+    },
 }
 
 /// The header's machine description (what it gives; `None` when absent).
@@ -58,6 +77,10 @@ pub struct SwfJob {
     pub req_procs: Option<u64>,
     pub req_time: Option<i64>,
     pub req_mem_kib: Option<u64>,
+    /// SWF field 12: the user's number (fair share accounts), `None` for `-1`.
+    pub user: Option<u32>,
+    /// SWF field 13: the group's number.
+    pub group: Option<u32>,
     /// Alea's extended SWF (more than 18 fields, as MetaCentrum's): field 10 is requested memory
     /// in bytes per node, and field 7 is not per-processor memory.
     pub extended: bool,
@@ -91,7 +114,7 @@ impl SwfJob {
 /// Streams the jobs of an SWF file.
 pub struct SwfReader {
     path: PathBuf,
-    lines: std::io::Lines<BufReader<Box<dyn Read + Send>>>,
+    reader: BufReader<Box<dyn Read + Send>>,
     line_no: u64,
     header: SwfHeader,
     /// The first job line, read while parsing the header.
@@ -133,7 +156,7 @@ impl SwfReader {
     pub fn from_reader(path: &Path, reader: Box<dyn Read + Send>) -> Result<Self, SwfError> {
         let mut r = Self {
             path: path.to_owned(),
-            lines: BufReader::with_capacity(1 << 16, reader).lines(),
+            reader: BufReader::with_capacity(1 << 16, reader),
             line_no: 0,
             header: SwfHeader::default(),
             pending: None,
@@ -165,22 +188,44 @@ impl SwfReader {
         &self.header
     }
 
+    /// The next line without its `\n` (or `\r\n`), at most [`MAX_LINE_BYTES`] long.
     fn next_line(&mut self) -> Result<Option<String>, SwfError> {
-        match self.lines.next() {
-            None => Ok(None),
-            Some(Ok(l)) => {
-                self.line_no += 1;
-                Ok(Some(l))
-            }
-            Some(Err(source)) => Err(SwfError::Io {
-                path: self.path.clone(),
-                source,
-            }),
+        let io = |source| SwfError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut line = Vec::new();
+        // The limit, its `\r\n`, and no more: a longer line is refused unread.
+        let n = (&mut self.reader)
+            .take(MAX_LINE_BYTES as u64 + 2)
+            .read_until(b'\n', &mut line)
+            .map_err(io)?;
+        if n == 0 {
+            return Ok(None);
         }
+        self.line_no += 1;
+        if line.last() == Some(&b'\n') {
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+        }
+        if line.len() > MAX_LINE_BYTES {
+            return Err(SwfError::LongLine {
+                path: self.path.clone(),
+                line: self.line_no,
+            });
+        }
+        String::from_utf8(line).map(Some).map_err(|_| {
+            io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("line {} is not UTF-8", self.line_no),
+            ))
+        })
     }
 
     fn parse(&self, line: &str) -> Result<SwfJob, SwfError> {
-        const NAMES: [&str; 10] = [
+        const NAMES: [&str; 16] = [
             "job id",
             "submit time",
             "wait time",
@@ -191,12 +236,18 @@ impl SwfReader {
             "requested processors",
             "requested time",
             "requested memory",
+            "status",
+            "user id",
+            "group id",
+            "executable number",
+            "queue number",
+            "partition number",
         ];
-        let mut f = [0i64; 10];
+        let mut f = [0i64; 16];
         let mut count = 0;
         for (i, tok) in line.split_ascii_whitespace().enumerate() {
             count = i + 1;
-            if i < 10 {
+            if i < NAMES.len() {
                 f[i] = tok
                     .parse::<i64>()
                     .or_else(|_| tok.parse::<f64>().map(|v| v as i64))
@@ -216,6 +267,19 @@ impl SwfReader {
                 found: count,
             });
         }
+        // Times the simulator adds (submit + wait, start + run): bounded so that sums cannot
+        // overflow.
+        for i in [1, 2, 3, 8] {
+            if !(-MAX_TIME_S..=MAX_TIME_S).contains(&f[i]) {
+                return Err(SwfError::Time {
+                    path: self.path.clone(),
+                    line: self.line_no,
+                    field: i + 1,
+                    name: NAMES[i],
+                    value: f[i],
+                });
+            }
+        }
         let known = |v: i64| (v >= 0).then_some(v);
         let known_u = |v: i64| (v >= 0).then_some(v as u64);
         Ok(SwfJob {
@@ -228,6 +292,8 @@ impl SwfReader {
             req_procs: known_u(f[7]),
             req_time: known(f[8]),
             req_mem_kib: known_u(f[9]),
+            user: known_u(f[11]).map(|v| v.min(u64::from(u32::MAX - 1)) as u32),
+            group: known_u(f[12]).map(|v| v.min(u64::from(u32::MAX - 1)) as u32),
             extended: count > 18,
         })
     }
@@ -289,6 +355,55 @@ mod tests {
             "4096 bytes per node, rounded up"
         );
         assert_eq!(b.req_time, None);
+        assert!(r.next().is_none());
+    }
+
+    /// Found with the `swf_trace` fuzz target (its body panicked on this input): a submit time
+    /// near `i64::MAX` made `TraceJob::start` (submit + wait) overflow, a panic in the simulator.
+    #[test]
+    fn times_beyond_the_range_are_refused() {
+        let mut r = reader(
+            "9223372036854775807 9223372036854775807 5 100 8 -1 -1 8 200 -1 1 1 1 -1 1 -1 -1 -1\n\
+             2 -9223372036854775808 5 100 8 -1 -1 8 200 -1 1 1 1 -1 1 -1 -1 -1\n\
+             3 0 1e300 100 8 -1 -1 8 200 -1 1 1 1 -1 1 -1 -1 -1\n\
+             4 0 5 100 8 -1 -1 8 -1000000000001 -1 1 1 1 -1 1 -1 -1 -1\n\
+             5 1000000000000 5 100 8 -1 -1 8 200 -1 1 1 1 -1 1 -1 -1 -1\n",
+        );
+        let e = r.next().unwrap().unwrap_err().to_string();
+        assert!(e.contains("t.swf:1: field 2 (submit time)"), "{e}");
+        let e = r.next().unwrap().unwrap_err().to_string();
+        assert!(e.contains("t.swf:2: field 2 (submit time)"), "{e}");
+        let e = r.next().unwrap().unwrap_err().to_string();
+        assert!(e.contains("t.swf:3: field 3 (wait time)"), "{e}");
+        let e = r.next().unwrap().unwrap_err().to_string();
+        assert!(e.contains("t.swf:4: field 9 (requested time)"), "{e}");
+        let j = r.next().unwrap().unwrap();
+        assert_eq!(j.submit, MAX_TIME_S, "the bound itself is accepted");
+    }
+
+    /// A line without an end (a gzip file that expands to gigabytes of one line) is refused
+    /// after [`MAX_LINE_BYTES`] instead of being buffered whole.
+    #[test]
+    fn an_endless_line_is_refused_at_the_limit() {
+        let endless = std::io::repeat(b'7').take(16 * MAX_LINE_BYTES as u64);
+        let e = SwfReader::from_reader(Path::new("t.swf"), Box::new(endless)).unwrap_err();
+        assert!(matches!(e, SwfError::LongLine { line: 1, .. }), "{e}");
+        let endless = std::io::repeat(b'7').take(16 * MAX_LINE_BYTES as u64);
+        let first = b"1 0 5 100 8 -1 -1 8 200 -1 1 1 1 -1 1 -1 -1 -1\n".to_vec();
+        let body = std::io::Cursor::new(first).chain(endless);
+        let mut r = SwfReader::from_reader(Path::new("t.swf"), Box::new(body)).unwrap();
+        assert_eq!(r.next().unwrap().unwrap().id, 1);
+        let e = r.next().unwrap().unwrap_err();
+        assert!(matches!(e, SwfError::LongLine { line: 2, .. }), "{e}");
+        // Lines up to the limit, with \r\n endings, still read.
+        let mut line = "1 0 5 100 8 -1 -1 8 200 -1 1 1 1 -1 1 -1 -1 -1".to_owned();
+        line.push_str(&" ".repeat(MAX_LINE_BYTES - line.len()));
+        let text = format!("; MaxProcs: 4\r\n{line}\r\n");
+        let mut r =
+            SwfReader::from_reader(Path::new("t.swf"), Box::new(std::io::Cursor::new(text)))
+                .unwrap();
+        assert_eq!(r.header().max_procs, Some(4));
+        assert_eq!(r.next().unwrap().unwrap().id, 1);
         assert!(r.next().is_none());
     }
 

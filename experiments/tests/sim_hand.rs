@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use harvest_experiments::machine::MachineFlags;
-use harvest_experiments::sim::{AllocationMode, BatchMode, SimConfig, Summary, run};
+use harvest_experiments::sim::{
+    AllocationMode, BatchMode, DEFAULT_PRIORITY, QueueOrder, SimConfig, Summary, run,
+};
 
 fn data_dir() -> PathBuf {
     std::env::var_os("HARVEST_DATA")
@@ -22,6 +24,8 @@ fn cfg(trace: &Path, batch: BatchMode, allocation: AllocationMode, window_s: u64
         batch,
         allocation,
         backfill_depth: 100,
+        queue_order: QueueOrder::Fcfs,
+        priority: DEFAULT_PRIORITY,
         start_s: 0,
         warmup_s: 0,
         duration_s: window_s,
@@ -142,4 +146,33 @@ fn a_window_keeps_the_jobs_queued_at_its_start() {
         // window, as in the trace), J3 (2 cores) when J2 ends: the same schedule.
         assert_eq!(s.util_cores_batch_only, 700.0 / 800.0, "{batch:?}");
     }
+}
+
+/// 1 node x 4 cores. User 1 submits A (0 s) and B (1 s), user 2 submits C (500 s); each
+/// takes the whole node for 1000 s (exact limits, so no backfill).
+const FAIR: &str = "; MaxNodes: 1\n; MaxProcs: 4\n\
+    1 0 0 1000 4 -1 -1 4 1000 -1 1 1 1 -1 1 -1 -1 -1\n\
+    2 1 999 1000 4 -1 -1 4 1000 -1 1 1 1 -1 1 -1 -1 -1\n\
+    3 500 1500 1000 4 -1 -1 4 1000 -1 1 2 2 -1 1 -1 -1 -1\n";
+
+#[test]
+fn fair_share_lets_the_light_users_job_pass_the_heavy_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.swf");
+    std::fs::write(&trace, FAIR).unwrap();
+    let mut c = cfg(&trace, BatchMode::Easy, AllocationMode::Shared, 4000);
+    c.drain_s = 4000;
+    // FCFS: A 0-1000, B 1000-2000, C 2000-3000: waits 0, 999, 1500.
+    let s = run(&c, |_| {}).unwrap().summary;
+    assert_eq!(s.wait_p50_s, 999.0);
+    assert!((s.wait_mean_s - 2499.0 / 3.0).abs() < 1e-9);
+    // Priority (recalculated every 5 minutes, at 500 s with C's submission): user 1 has had
+    // the whole node and user 2 nothing (F = 2^-2 against 1), so C starts at 1000 and B at
+    // 2000: waits 0, 1999, 500.
+    c.queue_order = QueueOrder::Priority;
+    let s = run(&c, |_| {}).unwrap().summary;
+    assert_eq!(s.wait_p50_s, 500.0);
+    assert!((s.wait_mean_s - 2499.0 / 3.0).abs() < 1e-9);
+    assert_eq!(s.accounts, 2);
+    assert_eq!(s.queue_order, QueueOrder::Priority);
 }

@@ -86,6 +86,23 @@ fn quick_study_writes_every_figure_and_accounts_for_every_function() {
         "two copies of a 32-node trace: exactly 64 nodes"
     );
     assert_eq!(summary["replication"], 2);
+    // The queue's order, its per-window stability figures and the events/s baselines of the
+    // same run.
+    assert_eq!(summary["queue_order"], "priority");
+    let queues = summary["queue_by_window"].as_array().unwrap();
+    assert_eq!(queues.len(), 2);
+    for q in queues {
+        let n = |k: &str| q[k].as_u64().unwrap_or_else(|| panic!("{k} in {q}"));
+        let bound = |start: u64| start.max(n("trace_start")).max(n("trace_end"));
+        let stable = n("batch_only_end") <= bound(n("batch_only_start"))
+            && n("with_harvest_end") <= bound(n("with_harvest_start"));
+        assert_eq!(q["stable"], stable, "{q}");
+    }
+    assert_eq!(
+        summary["queue_stable"],
+        queues.iter().all(|q| q["stable"] == true)
+    );
+    assert!(f("events_per_s_batch_only") > 0.0 && f("events_per_s_replay") > 0.0);
     // The synthetic jobs ask for 4..100 cores of 16-core nodes: most do not fill nodes.
     assert_eq!(summary["allocation"], "shared");
     // Every function's work is served, refused, lost or still running at the stop.
@@ -127,6 +144,33 @@ fn quick_study_writes_every_figure_and_accounts_for_every_function() {
 }
 
 #[test]
+fn without_nodes_the_trace_runs_on_its_own_machine_whatever_its_name() {
+    // Named like a trace the simulator knows, with another machine in its header: the header
+    // decides (32 nodes of 16 cores), not the file name.
+    let tmp = tempfile::tempdir().unwrap();
+    let trace = tmp.path().join("RICC-2010-2.swf");
+    std::fs::write(&trace, synthetic_swf()).unwrap();
+    let out = tmp.path().join("run");
+    let status = Command::new(env!("CARGO_BIN_EXE_harvest-experiments"))
+        .args(["simulate", "--quick", "--warmup", "2h", "--windows", "1"])
+        .args(["--sweep", "0.5", "--queue-order", "fcfs"])
+        .arg("--trace")
+        .arg(&trace)
+        .arg("--data")
+        .arg(data_dir())
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success(), "simulate failed: {status}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["nodes"], 32);
+    assert_eq!(summary["replication"], 1);
+    assert_eq!(summary["queue_order"], "fcfs");
+}
+
+#[test]
 fn bad_input_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     let trace = tmp.path().join("t.swf");
@@ -152,11 +196,56 @@ fn bad_input_is_named() {
     assert!(run(&["--policy", "fastest"]).contains("unknown policy \"fastest\""));
     assert!(run(&["--functions", "lambda"]).contains("unknown kind"));
     assert!(run(&["--functions", "azure:scale=-2"]).contains("scale"));
+    assert!(run(&["--weight-age=-1"]).contains("--weight-age -1 must be a finite number >= 0"));
+    assert!(run(&["--queue-order", "lifo"]).contains("invalid value 'lifo'"));
     let missing = Command::new(env!("CARGO_BIN_EXE_harvest-experiments"))
         .args(["simulate", "--trace", "/nonexistent.swf"])
         .output()
         .unwrap();
     assert!(
         String::from_utf8_lossy(&missing.stderr).contains("cannot read SWF trace /nonexistent.swf")
+    );
+}
+
+#[test]
+fn compare_policies_scales_azure_demand_to_the_load_of_the_idle_core_hours() {
+    let tmp = tempfile::tempdir().unwrap();
+    let trace = tmp.path().join("t.swf");
+    std::fs::write(&trace, synthetic_swf()).unwrap();
+    let out = tmp.path().join("cmp");
+    let status = Command::new(env!("CARGO_BIN_EXE_harvest-experiments"))
+        .args(["compare-policies", "--quick", "--warmup", "2h"])
+        .args(["--policies", "first-fit,harvest", "--load", "0.5"])
+        .arg("--trace")
+        .arg(&trace)
+        .arg("--data")
+        .arg(data_dir())
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success(), "compare-policies failed: {status}");
+    let csv = std::fs::read_to_string(out.join("comparison.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    let s = |p: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(out.join(p).join("summary.json")).unwrap())
+            .unwrap()
+    };
+    let (a, b) = (s("first-fit"), s("harvest"));
+    // One demand for both: the Azure sample scaled by its mean rate over the whole sample to
+    // offer half the batch-only run's idle core-hours (a 6 h window of the sample offers
+    // less or more than its mean, so only the bounds are checked here).
+    assert_eq!(a["functions_spec"], b["functions_spec"]);
+    assert!(
+        a["functions_spec"]
+            .as_str()
+            .unwrap()
+            .starts_with("azure:scale=")
+    );
+    let offered = a["functions"]["offered_core_hours"].as_f64().unwrap();
+    let idle = a["idle_core_hours_batch_only"].as_f64().unwrap();
+    assert!(
+        offered > 0.0 && offered < idle,
+        "offered {offered} of idle {idle}"
     );
 }

@@ -177,6 +177,7 @@ impl NodeAgent {
             expires_unix_ms: req.expires_unix_ms,
             created_ms: now_ms(now),
             executor: None,
+            recovery: req.recovery.clone(),
         };
         self.ledger.leases.insert(req.id.clone(), record.clone());
         Ok(record)
@@ -249,7 +250,8 @@ impl NodeAgent {
     /// One reconcile pass against a cgroup tree read beforehand. The jobs it adds are
     /// completed from Slurm by the caller ([`slurm_details`], then [`set_slurm`](Self::set_slurm)).
     pub fn reconcile(&mut self, tree: &[JobCgroup], now: SystemTime) -> ReconcileReport {
-        let report = self.ledger.reconcile(tree, now_ms(now), self.unseen_grace);
+        let mut report = self.ledger.reconcile(tree, now_ms(now), self.unseen_grace);
+        report.gpus_unsettled = self.ledger.gpus_unsettled();
         if report.changed() {
             tracing::info!(added = ?report.added, dropped = ?report.dropped,
                 updated = ?report.updated, "reconciled the ledger with the cgroup tree");
@@ -267,9 +269,11 @@ impl NodeAgent {
             .collect()
     }
 
-    /// Records what Slurm says of a job the tree showed; false when the job is gone meanwhile.
-    pub fn set_slurm(&mut self, job: u32, alloc: SlurmAlloc) -> bool {
-        self.ledger.set_slurm(job, alloc)
+    /// Records what Slurm says of a job; with `gpus_final` its GPUs replace the steps'
+    /// ([`crate::ledger::JobRecord::gpus_from_slurm`]). False when nothing changed (or the job
+    /// is gone meanwhile).
+    pub fn set_slurm(&mut self, job: u32, alloc: SlurmAlloc, gpus_final: bool) -> bool {
+        self.ledger.set_slurm(job, alloc, gpus_final)
     }
 }
 

@@ -205,7 +205,7 @@ fn a_recovered_job_gets_its_gpus_and_unconstrained_memory_from_slurm() {
     assert_eq!(a.view().memory_mib.idle, 0);
     // What the reconcile loop then does, off the ledger task.
     for (job, alloc) in slurm_details(&details, "n1", &a.awaiting_slurm()) {
-        assert!(a.set_slurm(job, alloc));
+        assert!(a.set_slurm(job, alloc, false));
     }
     assert!(a.awaiting_slurm().is_empty());
     let v = a.view();

@@ -55,8 +55,34 @@ pub const DEFAULT_DRAIN_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 pub const INSECURE_WARNING_EVERY: Duration = Duration::from_secs(60);
 /// The proc filesystem, read to tell whether an executor still runs.
 pub const DEFAULT_PROC_ROOT: &str = "/proc";
+/// The most tasks (processes and threads together) one lease's cgroup may hold. A function pool
+/// is one executor supervisor plus one worker per connection (at most 64), each with a few
+/// threads of its own (a runtime's, OpenMP or BLAS pools sized to the lease's cores): 256 leaves
+/// that room, and 100 such leases stay below a 32768 `pid_max`, so a thread or fork bomb stops at
+/// its lease and the next batch step can still fork.
+pub const DEFAULT_LEASE_PIDS_MAX: u64 = 256;
+/// The fewest tasks `lease_pids_max` may allow (the supervisor, a worker and their threads).
+pub const MIN_LEASE_PIDS_MAX: u64 = 16;
+/// The kernel's largest `pid_max` (`PID_MAX_LIMIT` on 64-bit).
+pub const MAX_LEASE_PIDS_MAX: u64 = 4 << 20;
+/// The most bytes of an executor's output kept in its `executor.log` (8 MiB): enough for the
+/// start-up and error messages a user reads, bounded so a function that prints in a loop cannot
+/// fill the state directory's filesystem.
+pub const DEFAULT_EXECUTOR_LOG_MAX_BYTES: u64 = 8 << 20;
+/// The longest duration any key may give: deadlines are `now + duration`, which must not
+/// overflow the clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// The agent's settings.
+/// Where harvestd finds the node's GPUs (`gpu_source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GpuSourceKind {
+    #[default]
+    Nvml,
+    DeviceFiles,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -84,7 +110,8 @@ pub struct Config {
     pub scontrol: PathBuf,
     #[serde(deserialize_with = "duration")]
     pub scontrol_timeout: Duration,
-    /// The scheduler's URL (`http://host:port`); without one the agent runs standalone.
+    /// The scheduler's URL (`https://host:port`), or several separated by commas (a primary and
+    /// its standbys, tried in turn); without one the agent runs standalone.
     pub scheduler: Option<String>,
     #[serde(deserialize_with = "duration")]
     pub heartbeat_interval: Duration,
@@ -92,6 +119,10 @@ pub struct Config {
     pub reconnect_backoff_max: Duration,
     /// The harvest-executor binary [default: beside harvestd, else on PATH].
     pub executor_path: Option<PathBuf>,
+    /// The address executors listen on and that clients are given: this node's address on the
+    /// network clients reach it by (the cluster interface on a multi-host site); 127.0.0.1 only
+    /// serves clients on this host. Not 0.0.0.0: the address is also what clients connect to.
+    pub executor_bind_address: std::net::IpAddr,
     /// Whether a lease of uid 0 may run its executor (as root). Off: such leases fail.
     pub allow_root_executors: bool,
     /// The lowest uid an executor runs as (below it: system accounts); uid 0 only with
@@ -109,6 +140,24 @@ pub struct Config {
     /// [default: harvest_<node>].
     pub lease_cgroup_parent: Option<PathBuf>,
     pub proc_root: PathBuf,
+    /// The most tasks (processes and threads) a lease's cgroup may hold (`pids.max`).
+    pub lease_pids_max: u64,
+    /// Where device nodes are (a lent GPU N is `<dev_root>/nvidiaN`; its numbers are read from
+    /// the node for the v1 devices controller).
+    pub dev_root: PathBuf,
+    /// Where the node's GPUs are found: `nvml` (the driver's library; the default) or
+    /// `device-files` (the `nvidia<N>` character devices under `dev_root`: no UUIDs, no memory
+    /// figures; for the local cluster's fake GPUs and nodes NVML does not see).
+    pub gpu_source: GpuSourceKind,
+    /// Slurm keeps every job off the GPUs it was not given (`ConstrainDevices=yes` in
+    /// cgroup.conf and every GPU in gres.conf): then Slurm's record of a job's GPUs
+    /// (`scontrol show job -d`, `GRES=gpu(IDX:...)`) settles a step that was reported holding
+    /// every GPU of the node (its devices cgroup could not say which: Slurm 22.05's v1 cgroups
+    /// show `a *:* rwm` however many GPUs they deny), and the GPUs it was not given can be
+    /// lent again within a reconcile interval. Off (the default): such a step holds every GPU.
+    pub slurm_constrains_gpus: bool,
+    /// The most bytes of an executor's output written to its `executor.log`.
+    pub executor_log_max_bytes: u64,
     /// Where Prometheus scrapes `/metrics` (HTTP), e.g. "127.0.0.1:9201"; none: not served.
     pub metrics_listen: Option<String>,
     /// Interference monitoring and control (the `[interference]` table; docs/interference.md).
@@ -163,6 +212,7 @@ impl Default for Config {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             reconnect_backoff_max: DEFAULT_RECONNECT_BACKOFF_MAX,
             executor_path: None,
+            executor_bind_address: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             allow_root_executors: false,
             min_executor_uid: crate::leases::identity::DEFAULT_MIN_EXECUTOR_UID,
             passwd_file: None,
@@ -171,6 +221,11 @@ impl Default for Config {
             lease_cpu_weight: DEFAULT_LEASE_CPU_WEIGHT,
             lease_cgroup_parent: None,
             proc_root: PathBuf::from(DEFAULT_PROC_ROOT),
+            lease_pids_max: DEFAULT_LEASE_PIDS_MAX,
+            dev_root: PathBuf::from(crate::cgroup::devices::DEFAULT_DEV_ROOT),
+            gpu_source: GpuSourceKind::Nvml,
+            slurm_constrains_gpus: false,
+            executor_log_max_bytes: DEFAULT_EXECUTOR_LOG_MAX_BYTES,
             metrics_listen: None,
             interference: crate::interference::InterferenceConfig::default(),
             reclaim_timeout: DEFAULT_RECLAIM_TIMEOUT,
@@ -221,6 +276,14 @@ impl Config {
                 hint: "give the Slurm node name, e.g. --node n1 (letters, digits, '-', '_', '.')",
             });
         }
+        if self.executor_bind_address.is_unspecified() {
+            return Err(ConfigError::Invalid {
+                key: "executor_bind_address",
+                value: self.executor_bind_address.to_string(),
+                hint: "clients connect to the address executors bind: give this node's address \
+                       on the cluster network (or 127.0.0.1 for clients on this host only)",
+            });
+        }
         for (key, d) in [
             ("reconcile_interval", self.reconcile_interval),
             ("read_timeout", self.read_timeout),
@@ -239,6 +302,35 @@ impl Config {
                 });
             }
         }
+        let i = &self.interference;
+        for (key, d) in [
+            ("reconcile_interval", self.reconcile_interval),
+            ("unseen_job_grace", self.unseen_job_grace),
+            ("read_timeout", self.read_timeout),
+            ("scontrol_timeout", self.scontrol_timeout),
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("reconnect_backoff_max", self.reconnect_backoff_max),
+            ("executor_start_timeout", self.executor_start_timeout),
+            ("executor_stop_grace", self.executor_stop_grace),
+            ("reclaim_timeout", self.reclaim_timeout),
+            ("reclaim_teardown_delay", self.reclaim_teardown_delay),
+            ("drain_check_interval", self.drain_check_interval),
+            ("interference.period", i.period),
+            ("interference.probe_duration", i.probe_duration),
+            ("interference.probe_interval", i.probe_interval),
+            ("interference.settle", i.settle),
+            ("interference.relax_after", i.relax_after),
+            ("interference.max_hold", i.max_hold),
+            ("interference.evict_hold", i.evict_hold),
+        ] {
+            if d > MAX_DURATION {
+                return Err(ConfigError::Invalid {
+                    key,
+                    value: format!("{d:?}"),
+                    hint: "must be at most 365 days (\"8760h\")",
+                });
+            }
+        }
         if self.min_executor_uid == 0 {
             return Err(ConfigError::Invalid {
                 key: "min_executor_uid",
@@ -253,6 +345,27 @@ impl Config {
                 hint: "use 1..=10000 (v2 cpu.weight units; 1 is the lowest)",
             });
         }
+        if !(MIN_LEASE_PIDS_MAX..=MAX_LEASE_PIDS_MAX).contains(&self.lease_pids_max) {
+            return Err(ConfigError::Invalid {
+                key: "lease_pids_max",
+                value: self.lease_pids_max.to_string(),
+                hint: "use 16..=4194304 tasks per lease (processes and threads; default 256)",
+            });
+        }
+        if self.executor_log_max_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                key: "executor_log_max_bytes",
+                value: "0".into(),
+                hint: "must be at least 1 (default 8388608, 8 MiB)",
+            });
+        }
+        if !self.dev_root.is_absolute() {
+            return Err(ConfigError::Invalid {
+                key: "dev_root",
+                value: format!("{}", self.dev_root.display()),
+                hint: "give an absolute directory, e.g. \"/dev\"",
+            });
+        }
         if let Some(parent) = &self.lease_cgroup_parent
             && (parent.as_os_str().is_empty()
                 || !parent
@@ -265,13 +378,17 @@ impl Config {
                 hint: "give a relative cgroup path without '..', e.g. \"harvest_n1\"",
             });
         }
-        if let Some(url) = &self.scheduler
-            && !(url.starts_with("http://") || url.starts_with("https://"))
+        if let Some(list) = &self.scheduler
+            && let Some(url) = scheduler_urls(list)
+                .into_iter()
+                .find(|u| !(u.starts_with("http://") || u.starts_with("https://")))
         {
             return Err(ConfigError::Invalid {
                 key: "scheduler",
                 value: format!("{url:?}"),
-                hint: "give the scheduler's URL, e.g. http://127.0.0.1:7070",
+                hint: "give the scheduler's URL, e.g. https://127.0.0.1:6820 (http:// is spoken \
+                       as https:// with TLS), or several separated by commas (a primary and its \
+                       standbys)",
             });
         }
         if let Some(addr) = &self.metrics_listen
@@ -341,9 +458,50 @@ impl Config {
     }
 }
 
+/// The schedulers of a comma-separated list (a primary and its standbys), in order.
+pub fn scheduler_urls(list: &str) -> Vec<String> {
+    let urls: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if urls.is_empty() {
+        vec![list.to_owned()]
+    } else {
+        urls
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found with the `agent_config` fuzz target (its body panicked on this input): a duration of
+    /// about 10^19 s passed validation, and `Instant::now() + executor_start_timeout` (or any
+    /// other such deadline) panicked when the first lease started.
+    #[test]
+    fn durations_past_a_year_are_refused_naming_the_key() {
+        let node = |text: &str| {
+            let mut c = Config::parse(text, Path::new("x.toml")).unwrap();
+            c.node = "n1".into();
+            c
+        };
+        let e = node("executor_start_timeout = \"3000000000000000h\"")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("`executor_start_timeout`"), "{e}");
+        assert!(e.contains("365 days"), "{e}");
+        let e = node("[interference]\nmax_hold = \"8761h\"")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("`interference.max_hold`"), "{e}");
+        node("reclaim_teardown_delay = \"8760h\"")
+            .validate()
+            .unwrap();
+    }
 
     #[test]
     fn an_empty_file_gives_the_defaults() {
@@ -351,6 +509,27 @@ mod tests {
         assert_eq!(c, Config::default());
         assert_eq!(c.reserve_memory_mib, DEFAULT_RESERVE_MEMORY_MIB);
         assert_eq!(c.run_dir, Path::new(DEFAULT_RUN_DIR));
+    }
+
+    #[test]
+    fn lease_hardening_keys() {
+        let c = Config::default();
+        assert_eq!(c.lease_pids_max, 256);
+        assert_eq!(c.dev_root, Path::new("/dev"));
+        assert_eq!(c.executor_log_max_bytes, 8 << 20);
+        let c = Config::parse(
+            "lease_pids_max = 64\ndev_root = \"/tmp/fakedev\"\nexecutor_log_max_bytes = 4096\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.lease_pids_max,
+                c.dev_root.as_path(),
+                c.executor_log_max_bytes
+            ),
+            (64, Path::new("/tmp/fakedev"), 4096)
+        );
     }
 
     #[test]
@@ -474,6 +653,17 @@ mod tests {
         );
         c.metrics_listen = Some("127.0.0.1:9201".into());
         c.validate().unwrap();
+        for (key, bad) in [
+            ("lease_pids_max", "lease_pids_max = 8"),
+            ("lease_pids_max", "lease_pids_max = 5000000"),
+            ("executor_log_max_bytes", "executor_log_max_bytes = 0"),
+            ("dev_root", "dev_root = \"dev\""),
+        ] {
+            let mut bad = Config::parse(bad, Path::new("x.toml")).unwrap();
+            bad.node = "n1".into();
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.starts_with(&format!("`{key}`")), "{err}");
+        }
         c.reconcile_interval = Duration::ZERO;
         assert!(
             c.validate()

@@ -24,6 +24,51 @@ pub struct LeaseRequest {
     pub gpus: u32,
     /// When the lease ends, in ms since the Unix epoch; 0: never (until destroyed).
     pub expires_unix_ms: i64,
+    /// What a scheduler needs to rebuild the lease from this agent (kept, never used here).
+    pub recovery: Recovery,
+}
+
+/// What the agent keeps of a lease only so that a scheduler that restarts or takes over can
+/// rebuild it exactly (its `Register` carries it): the owner's client keeps using the same lease
+/// id and secret, and a retried acquisition finds it by its request id. The ledger that holds it
+/// is root's alone (mode 0600).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recovery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<StoredSecret>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub idle_timeout_ms: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub request_id: String,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// A lease secret as the ledger keeps it (64 hex digits); its `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StoredSecret(String);
+
+impl StoredSecret {
+    pub fn new(secret: &harvest_core::invoke::auth::LeaseSecret) -> Self {
+        Self(secret.to_hex())
+    }
+
+    /// The 32 bytes; `None` if the stored text is not a secret (a hand-edited ledger).
+    pub fn bytes(&self) -> Option<Vec<u8>> {
+        harvest_core::invoke::auth::LeaseSecret::from_hex(&self.0)
+            .ok()
+            .map(|s| s.as_bytes().to_vec())
+    }
+}
+
+impl std::fmt::Debug for StoredSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoredSecret(<redacted>)")
+    }
 }
 
 /// The running executor of a lease.
@@ -50,6 +95,13 @@ pub struct LeaseRecord {
     pub created_ms: u64,
     /// `None` while the executor is being started.
     pub executor: Option<ExecutorProcess>,
+    /// Absent in ledgers written before it existed.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub recovery: Recovery,
+}
+
+fn is_default(r: &Recovery) -> bool {
+    *r == Recovery::default()
 }
 
 /// What an agent reports about a running executor (`ExecutorInfo` on the wire).
@@ -329,6 +381,7 @@ mod tests {
             memory_mib,
             gpus,
             expires_unix_ms: 0,
+            recovery: Default::default(),
         }
     }
 

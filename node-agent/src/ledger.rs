@@ -60,6 +60,12 @@ pub struct JobRecord {
     /// What `scontrol` said about a recovered job (memory when its cgroup has no limit, GPUs).
     #[serde(default)]
     pub slurm: Option<SlurmAlloc>,
+    /// Whether `slurm`'s GPUs are the job's GPUs on this node, replacing what its steps
+    /// reported (`slurm_constrains_gpus`: Slurm's devices cgroup keeps the job off every other
+    /// GPU). A step whose devices cgroup cannot say which GPUs it got is reported holding every
+    /// GPU of the node; Slurm's record then narrows it, off the step's start path.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gpus_from_slurm: bool,
 }
 
 impl JobRecord {
@@ -94,12 +100,22 @@ impl JobRecord {
         }
     }
 
-    pub(crate) fn gpus(&self) -> impl Iterator<Item = u32> + '_ {
+    pub(crate) fn gpus(&self) -> Box<dyn Iterator<Item = u32> + '_> {
         let slurm = self.slurm.iter().flat_map(|s| s.gpus.iter().copied());
-        self.steps
-            .iter()
-            .flat_map(|s| s.gpus.iter().copied())
-            .chain(slurm)
+        if self.gpus_from_slurm {
+            return Box::new(slurm);
+        }
+        Box::new(
+            self.steps
+                .iter()
+                .flat_map(|s| s.gpus.iter().copied())
+                .chain(slurm),
+        )
+    }
+
+    /// Whether a step reported GPUs that Slurm's record has not settled yet.
+    pub(crate) fn gpus_unsettled(&self) -> bool {
+        !self.gpus_from_slurm && self.steps.iter().any(|s| !s.gpus.is_empty())
     }
 }
 
@@ -109,6 +125,8 @@ pub struct ReconcileReport {
     pub added: Vec<u32>,
     pub dropped: Vec<u32>,
     pub updated: Vec<u32>,
+    /// Jobs whose steps reported GPUs that Slurm's record has not settled (not a change).
+    pub gpus_unsettled: Vec<u32>,
 }
 
 impl ReconcileReport {
@@ -149,6 +167,7 @@ impl Ledger {
             recovered: false,
             added_ms: now_ms,
             slurm: None,
+            gpus_from_slurm: false,
         });
         let before = job.clone();
         job.harvest &= step.harvest;
@@ -192,14 +211,28 @@ impl Ledger {
     }
 
     /// Records what Slurm says about a job; returns whether the ledger changed.
-    pub fn set_slurm(&mut self, job_id: u32, alloc: SlurmAlloc) -> bool {
+    /// Records what Slurm said of a job; with `gpus_final`, its GPUs replace what the job's
+    /// steps reported ([`JobRecord::gpus_from_slurm`]). Returns whether anything changed.
+    pub fn set_slurm(&mut self, job_id: u32, alloc: SlurmAlloc, gpus_final: bool) -> bool {
         match self.jobs.get_mut(&job_id) {
-            Some(job) if job.slurm.as_ref() != Some(&alloc) => {
+            Some(job)
+                if job.slurm.as_ref() != Some(&alloc) || job.gpus_from_slurm != gpus_final =>
+            {
                 job.slurm = Some(alloc);
+                job.gpus_from_slurm = gpus_final;
                 true
             }
             _ => false,
         }
+    }
+
+    /// Jobs whose steps reported GPUs that Slurm's record has not settled.
+    pub fn gpus_unsettled(&self) -> Vec<u32> {
+        self.jobs
+            .iter()
+            .filter(|(_, j)| j.gpus_unsettled())
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Brings the ledger in line with the cgroup tree: jobs the tree shows are held (added when
@@ -248,6 +281,7 @@ impl Ledger {
                             recovered: true,
                             added_ms: now_ms,
                             slurm: None,
+                            gpus_from_slurm: false,
                         },
                     );
                     report.added.push(id);

@@ -99,6 +99,7 @@ enum Command {
     SetSlurm {
         job: u32,
         alloc: SlurmAlloc,
+        gpus_final: bool,
     },
     Plan {
         reply: oneshot::Sender<Vec<Action>>,
@@ -196,10 +197,19 @@ impl LedgerHandle {
             .await
     }
 
-    /// Records what Slurm said of a job.
-    pub async fn set_slurm(&self, job: u32, alloc: SlurmAlloc) -> Result<(), Closed> {
+    /// Records what Slurm said of a job (with `gpus_final`, its GPUs replace the steps').
+    pub async fn set_slurm(
+        &self,
+        job: u32,
+        alloc: SlurmAlloc,
+        gpus_final: bool,
+    ) -> Result<(), Closed> {
         self.tx
-            .send(Command::SetSlurm { job, alloc })
+            .send(Command::SetSlurm {
+                job,
+                alloc,
+                gpus_final,
+            })
             .await
             .map_err(|_| Closed)
     }
@@ -334,8 +344,12 @@ async fn run(
                 }
                 let _ = reply.send(report);
             }
-            Command::SetSlurm { job, alloc } => {
-                if agent.set_slurm(job, alloc) {
+            Command::SetSlurm {
+                job,
+                alloc,
+                gpus_final,
+            } => {
+                if agent.set_slurm(job, alloc, gpus_final) {
                     publish(&agent);
                 }
             }

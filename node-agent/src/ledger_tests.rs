@@ -169,6 +169,41 @@ fn gpus_of_steps_are_batch() {
 }
 
 #[test]
+fn slurms_record_settles_a_step_reported_holding_every_gpu_only_when_it_is_final() {
+    use crate::scontrol::SlurmAlloc;
+    let mut l = Ledger::new("n1");
+    // The plugin could not read which GPUs the step got: every GPU of the node.
+    let mut s = step(7, StepId::BATCH, "0", Some(100));
+    s.gpus = vec![0, 1];
+    l.step_start(&s, 0);
+    assert_eq!(l.gpus_unsettled(), [7]);
+    assert_eq!(l.view(&hw(), NO_RESERVE).gpus.batch, [0, 1]);
+    let slurm = SlurmAlloc {
+        memory_mib: Some(100),
+        gpus: vec![1],
+    };
+    // Slurm's word that does not bind (slurm_constrains_gpus off) narrows nothing.
+    assert!(l.set_slurm(7, slurm.clone(), false));
+    assert_eq!(l.view(&hw(), NO_RESERVE).gpus.batch, [0, 1]);
+    assert_eq!(l.gpus_unsettled(), [7]);
+    // Final: the job holds GPU 1 only; GPU 0 is idle again, and nothing is left to settle.
+    assert!(l.set_slurm(7, slurm.clone(), true));
+    let v = l.view(&hw(), NO_RESERVE);
+    assert_eq!(
+        (v.gpus.batch.clone(), v.gpus.idle.clone()),
+        (vec![1], vec![0])
+    );
+    assert!(l.gpus_unsettled().is_empty());
+    assert!(
+        !l.set_slurm(7, slurm, true),
+        "the same answer changes nothing"
+    );
+    // A job that reported no GPUs has nothing to settle.
+    l.step_start(&step(8, StepId::BATCH, "1", Some(100)), 0);
+    assert!(l.gpus_unsettled().is_empty());
+}
+
+#[test]
 fn cpus_outside_the_node_are_ignored() {
     let mut l = Ledger::new("n1");
     l.step_start(&step(7, StepId::BATCH, "2,64", Some(1)), 0);
@@ -265,6 +300,7 @@ fn lease(cpu_list: &str, mem: u64, gpus: Vec<u32>, created_ms: u64) -> LeaseReco
         expires_unix_ms: 0,
         created_ms,
         executor: None,
+        recovery: Default::default(),
     }
 }
 

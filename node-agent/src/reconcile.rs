@@ -27,7 +27,15 @@ pub struct Reconciler {
     pub reclaimer: Reclaimer,
     /// Jobs recovered at start that still need Slurm's details (asked on the first pass).
     pub awaiting_slurm: Vec<u32>,
+    /// `slurm_constrains_gpus`: Slurm's record of a job's GPUs is what it can open, so it
+    /// settles a job whose steps reported every GPU of the node for want of a readable list.
+    pub slurm_constrains_gpus: bool,
+    /// When Slurm was last asked about a job's GPUs (asked again after [`GPU_ASK_AGAIN`]).
+    pub gpus_asked: std::collections::HashMap<u32, Instant>,
 }
+
+/// How long after an unanswered question about a job's GPUs `scontrol` is asked again.
+pub const GPU_ASK_AGAIN: Duration = Duration::from_secs(30);
 
 impl Reconciler {
     /// One pass: tree, ledger, Slurm's details for new jobs, backstop reclaim.
@@ -49,6 +57,22 @@ impl Reconciler {
         };
         let mut added = std::mem::take(&mut self.awaiting_slurm);
         added.extend(report.added);
+        for job in &report.dropped {
+            self.gpus_asked.remove(job);
+        }
+        if self.slurm_constrains_gpus {
+            let now = Instant::now();
+            for job in report.gpus_unsettled {
+                let due = self
+                    .gpus_asked
+                    .get(&job)
+                    .is_none_or(|at| now.duration_since(*at) >= GPU_ASK_AGAIN);
+                if due && !added.contains(&job) {
+                    self.gpus_asked.insert(job, now);
+                    added.push(job);
+                }
+            }
+        }
         if !added.is_empty() {
             let (d, node) = (self.details.clone(), self.node.clone());
             let found =
@@ -56,7 +80,10 @@ impl Reconciler {
                     .await
                     .unwrap_or_default();
             for (job, alloc) in found {
-                let _ = self.ledger.set_slurm(job, alloc).await;
+                let _ = self
+                    .ledger
+                    .set_slurm(job, alloc, self.slurm_constrains_gpus)
+                    .await;
             }
         }
         if let Ok(plan) = self.ledger.reclaim_plan().await {

@@ -90,7 +90,14 @@ pub enum ServerError {
 /// Discovers the real hardware and cgroups, then serves until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     config.validate()?;
-    let hardware = discover_real()?;
+    let hardware = match config.gpu_source {
+        crate::config::GpuSourceKind::Nvml => discover_real()?,
+        crate::config::GpuSourceKind::DeviceFiles => {
+            crate::discover::discover_with(&crate::discover::DeviceFileGpus {
+                dev_root: config.dev_root.clone(),
+            })?
+        }
+    };
     tracing::info!(cpus = %hardware.topology.cpus, memory_mib = hardware.memory_mib,
         gpus = hardware.gpus.devices().len(), "hardware discovered");
     let own_exe = std::env::current_exe().ok();
@@ -142,6 +149,13 @@ pub async fn serve(
         }
     }
     let incarnation = now_ms(SystemTime::now());
+    let gpu_uuids = hardware
+        .gpus
+        .devices()
+        .iter()
+        .filter(|g| !g.uuid.is_empty())
+        .map(|g| (g.index, g.uuid.clone()))
+        .collect();
     let node_agent = agent::start(
         &config.node,
         hardware,
@@ -194,6 +208,7 @@ pub async fn serve(
                 .executor_path
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("harvest-executor")),
+            executor_bind: config.executor_bind_address,
             identity: crate::leases::identity::IdentityPolicy {
                 min_uid: config.min_executor_uid,
                 allow_root: config.allow_root_executors,
@@ -206,6 +221,10 @@ pub async fn serve(
             stop_grace: config.executor_stop_grace,
             cpu_weight: config.lease_cpu_weight,
             check_interval: crate::leases::DEFAULT_CHECK_INTERVAL,
+            pids_max: config.lease_pids_max,
+            dev_root: config.dev_root.clone(),
+            log_max_bytes: config.executor_log_max_bytes,
+            gpu_uuids,
         },
         sources.cgroups.clone(),
         sources.processes.clone(),
@@ -248,6 +267,8 @@ pub async fn serve(
             ledger: ledger.clone(),
             reclaimer,
             awaiting_slurm,
+            slurm_constrains_gpus: config.slurm_constrains_gpus,
+            gpus_asked: Default::default(),
         },
         config.reconcile_interval,
         cancel.clone(),

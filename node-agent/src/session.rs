@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::{DEFAULT_RECONNECT_BACKOFF, INSECURE_WARNING_EVERY};
-use crate::lease::{ExecutorInfo, LeaseRequest};
+use crate::lease::{ExecutorInfo, LeaseRequest, Recovery, StoredSecret};
 use crate::leases::launch::{LibrarySource, ServeOptions};
 use crate::leases::{CreateOrder, LeaseEvent, LeaseSupervisor, activity};
 use crate::ledger_task::Snapshot;
@@ -38,6 +38,8 @@ pub const OUTBOUND_QUEUE: usize = 64;
 /// How the session runs.
 #[derive(Debug, Clone)]
 pub struct SessionSettings {
+    /// The scheduler, or several separated by commas (a primary and its standbys): each
+    /// reconnection tries the next one.
     pub url: String,
     /// The scheduler's CA and this node's certificate; `None`: plaintext (`insecure_plaintext`).
     pub tls: Option<tonic::transport::ClientTlsConfig>,
@@ -84,9 +86,13 @@ pub async fn run(
     nag.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sequence = 0u64;
     let mut backoff = DEFAULT_RECONNECT_BACKOFF;
+    let urls = crate::config::scheduler_urls(&settings.url);
+    let mut next = 0usize;
     loop {
+        let url = &urls[next % urls.len()];
         let session = one_session(
             &settings,
+            url,
             &executors,
             &mut views,
             &mut events,
@@ -104,12 +110,22 @@ pub async fn run(
         if registered {
             backoff = DEFAULT_RECONNECT_BACKOFF;
         }
-        tracing::warn!(error = %err, retry_in = ?backoff, "scheduler session ended; reconnecting");
+        // The next listed scheduler first (a standby may have taken over); the full backoff
+        // only after a whole round of them failed.
+        next += 1;
+        let pause = if next.is_multiple_of(urls.len()) {
+            let b = backoff;
+            backoff = (backoff * 2).min(settings.backoff_max);
+            b
+        } else {
+            DEFAULT_RECONNECT_BACKOFF
+        };
+        tracing::warn!(error = %err, next = %urls[next % urls.len()], retry_in = ?pause,
+            "scheduler session ended; reconnecting");
         tokio::select! {
             () = &mut shutdown => return,
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(pause) => {}
         }
-        backoff = (backoff * 2).min(settings.backoff_max);
     }
 }
 
@@ -117,12 +133,13 @@ pub async fn run(
 /// whether it got as far as registering.
 async fn one_session(
     s: &SessionSettings,
+    url: &str,
     executors: &LeaseSupervisor,
     views: &mut watch::Receiver<Arc<Snapshot>>,
     events: &mut mpsc::UnboundedReceiver<LeaseEvent>,
     sequence: &mut u64,
 ) -> (SessionError, bool) {
-    let mut client = match connect(s).await {
+    let mut client = match connect(s, url).await {
         // Orders carry function libraries: accept what the scheduler accepts from clients.
         Ok(c) => c.max_decoding_message_size(harvest_proto::DEFAULT_MAX_MESSAGE_BYTES),
         Err(e) => return (e, false),
@@ -131,7 +148,7 @@ async fn one_session(
     let register = v1::Register {
         node: s.node.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        executors: executors.running().iter().map(info_to_wire).collect(),
+        executors: registered_executors(&executors.context().ledger.snapshot().ledger),
         heartbeat_ms: u64::try_from(s.heartbeat.as_millis()).unwrap_or(u64::MAX),
     };
     let mut last_view = views.borrow_and_update().view.clone();
@@ -147,7 +164,7 @@ async fn one_session(
         Ok(r) => r.into_inner(),
         Err(status) => return (SessionError::Refused(status), false),
     };
-    tracing::info!(url = %s.url, node = %s.node, executors = executors.running().len(), "registered with the scheduler");
+    tracing::info!(url, node = %s.node, executors = executors.running().len(), "registered with the scheduler");
     let mut heartbeat = tokio::time::interval(s.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     heartbeat.tick().await;
@@ -190,10 +207,11 @@ async fn one_session(
 /// `https://`), or in plaintext when the settings have no TLS.
 async fn connect(
     s: &SessionSettings,
+    url: &str,
 ) -> Result<AgentGatewayClient<tonic::transport::Channel>, SessionError> {
-    let url = match (&s.tls, s.url.strip_prefix("http://")) {
+    let url = match (&s.tls, url.strip_prefix("http://")) {
         (Some(_), Some(rest)) => format!("https://{rest}"),
-        _ => s.url.clone(),
+        _ => url.to_owned(),
     };
     let connect_error = |source| SessionError::Connect {
         url: url.clone(),
@@ -255,6 +273,15 @@ fn report(
         })
         .collect(),
         draining: s.stats.draining(),
+        leases: executors
+            .context()
+            .ledger
+            .snapshot()
+            .ledger
+            .leases
+            .keys()
+            .cloned()
+            .collect(),
     }))
 }
 
@@ -290,6 +317,13 @@ pub fn create_from_wire(c: v1::CreateExecutor) -> CreateOrder {
             default_timeout_ms: o.default_timeout_ms,
             max_output_bytes: o.max_output_bytes,
         });
+    let recovery = Recovery {
+        secret: harvest_core::invoke::auth::LeaseSecret::from_bytes(&c.secret)
+            .ok()
+            .map(|s| StoredSecret::new(&s)),
+        idle_timeout_ms: c.idle_timeout_ms,
+        request_id: c.request_id,
+    };
     CreateOrder {
         request: LeaseRequest {
             id: c.lease_id,
@@ -299,9 +333,11 @@ pub fn create_from_wire(c: v1::CreateExecutor) -> CreateOrder {
             memory_mib: c.memory_mib,
             gpus: c.gpus,
             expires_unix_ms: c.expires_unix_ms,
+            recovery,
         },
         library,
         options,
+        secret: crate::leases::launch::Secret(c.secret),
     }
 }
 
@@ -314,7 +350,33 @@ pub fn info_to_wire(i: &ExecutorInfo) -> v1::ExecutorInfo {
         gpus: i.gpus.clone(),
         address: i.address.clone(),
         expires_unix_ms: i.expires_unix_ms,
+        ..Default::default()
     }
+}
+
+/// What `Register` says of each running executor: its event fields plus what a scheduler
+/// rebuilds the lease from (owner group, secret, idle timeout, request id). Sent only over the
+/// session, which runs over mutual TLS.
+pub fn registered_executors(ledger: &crate::ledger::Ledger) -> Vec<v1::ExecutorInfo> {
+    ledger
+        .leases
+        .iter()
+        .filter_map(|(id, l)| {
+            let info = l.info(id)?;
+            Some(v1::ExecutorInfo {
+                gid: l.gid,
+                secret: l
+                    .recovery
+                    .secret
+                    .as_ref()
+                    .and_then(StoredSecret::bytes)
+                    .unwrap_or_default(),
+                idle_timeout_ms: l.recovery.idle_timeout_ms,
+                request_id: l.recovery.request_id.clone(),
+                ..info_to_wire(&info)
+            })
+        })
+        .collect()
 }
 
 pub fn event_to_wire(e: LeaseEvent) -> v1::ExecutorEvent {

@@ -7,6 +7,7 @@
 //! ([`crate::ledger_task`]) writes the latest one, coalescing changes that arrive meanwhile.
 
 use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::ledger::Ledger;
@@ -126,7 +127,16 @@ impl LedgerStore {
             .with_extension(format!("json.tmp-{}", std::process::id()));
         let mut bytes = serde_json::to_vec_pretty(ledger).map_err(|e| err(e.into()))?;
         bytes.push(b'\n');
-        let mut file = std::fs::File::create(&tmp).map_err(err)?;
+        // Root's alone: the ledger keeps the leases' secrets (lease::Recovery).
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(err)?;
         file.write_all(&bytes).map_err(err)?;
         file.sync_all().map_err(err)?;
         drop(file);
@@ -171,6 +181,59 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names, ["ledger-n1.json"]);
+    }
+
+    #[test]
+    fn the_ledger_keeps_lease_secrets_for_root_alone_and_older_ledgers_still_load() {
+        use crate::lease::{LeaseRecord, Recovery, StoredSecret};
+        let dir = tempfile::tempdir().unwrap();
+        let store = LedgerStore::open(dir.path(), "n1").unwrap();
+        let secret = harvest_core::invoke::auth::LeaseSecret::random().unwrap();
+        let mut l = Ledger::new("n1");
+        l.leases.insert(
+            "L1".into(),
+            LeaseRecord {
+                uid: 1000,
+                gid: 1000,
+                cpus: [1].into_iter().collect(),
+                memory_mib: 64,
+                gpus: vec![],
+                expires_unix_ms: 0,
+                created_ms: 0,
+                executor: None,
+                recovery: Recovery {
+                    secret: Some(StoredSecret::new(&secret)),
+                    idle_timeout_ms: 5000,
+                    request_id: "r1".into(),
+                },
+            },
+        );
+        store.save(&l).unwrap();
+        let mode = std::fs::metadata(store.path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        let back = store.load().unwrap().unwrap();
+        let kept = &back.leases["L1"].recovery;
+        assert_eq!(
+            kept.secret.as_ref().and_then(StoredSecret::bytes),
+            Some(secret.as_bytes().to_vec())
+        );
+        assert_eq!(
+            (kept.idle_timeout_ms, kept.request_id.as_str()),
+            (5000, "r1")
+        );
+        // Debug output (logs) never shows it.
+        assert!(!format!("{back:?}").contains(&secret.to_hex()));
+        // A ledger written before leases kept anything for recovery.
+        let mut old: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(store.path()).unwrap()).unwrap();
+        let lease = old["leases"]["L1"].as_object_mut().unwrap();
+        assert!(lease.remove("recovery").is_some());
+        std::fs::write(store.path(), old.to_string()).unwrap();
+        let back = store.load().unwrap().unwrap();
+        assert_eq!(back.leases["L1"].recovery, Recovery::default());
     }
 
     #[test]

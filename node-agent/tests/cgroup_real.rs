@@ -114,6 +114,7 @@ fn create_reads_back_cpus_memory_and_weight_on_every_level() {
         mems: Some([0].into_iter().collect()),
         memory_limit_bytes: Some(64 << 20),
         cpu_weight: Some(100),
+        ..GroupSpec::default()
     };
     t.cg.create(&g, &spec).unwrap();
     assert!(t.cg.exists(&g));
@@ -153,6 +154,7 @@ fn attach_freeze_thaw_kill_and_remove_a_real_process() {
             mems: Some([0].into_iter().collect()),
             memory_limit_bytes: Some(32 << 20),
             cpu_weight: None,
+            ..GroupSpec::default()
         },
     )
     .unwrap();
@@ -222,4 +224,129 @@ fn group_names_outside_the_hierarchy_are_refused() {
             .unwrap_err();
     assert!(err.to_string().contains("../escape"), "{err}");
     assert!(!t.cg.exists(Path::new("../escape")));
+}
+
+/// A char device node `name` (major:minor) in `dir`, as a GPU's would be under a `dev_root`.
+fn mknod(dir: &Path, name: &str, major: u32, minor: u32) -> PathBuf {
+    let path = dir.join(name);
+    let status = Command::new("mknod")
+        .arg(&path)
+        .args(["c", &major.to_string(), &minor.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "mknod {}", path.display());
+    path
+}
+
+/// Runs `script` with `sh` inside `group` (the shell waits for a line on stdin until it is
+/// attached) and returns what it printed (stdout and stderr together).
+fn run_in(t: &TestBase, group: &Path, script: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("sh")
+        .args(["-c", &format!("read go; exec 2>&1; {script}")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    t.cg.attach(group, child.id()).unwrap();
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+#[ignore = "needs root: drives the host's real cgroups (scripts/test-all runs it)"]
+fn a_lease_group_denies_devices_it_was_not_lent_caps_its_tasks_and_cannot_swap() {
+    use harvest_agent::cgroup::devices::{BASIC, NVIDIA_MAJOR, lease_devices};
+    use harvest_agent::cgroup::{Confinement, Support};
+    let t = TestBase::new("confine");
+    let v = t.cg.version();
+    let dev = tempfile::tempdir().unwrap();
+    let lent = mknod(dev.path(), "nvidia0", NVIDIA_MAJOR, 0);
+    let other = mknod(dev.path(), "nvidia1", NVIDIA_MAJOR, 1);
+    // Lent GPU 0 only: its numbers come from the node.
+    let devices = lease_devices(dev.path(), &[0]).unwrap();
+    assert_eq!(devices.len(), BASIC.len() + 1, "{devices:?}");
+    let g = t.group("lease");
+    let limit = 64u64 << 20;
+    t.cg.create(
+        &g,
+        &GroupSpec {
+            memory_limit_bytes: Some(limit),
+            pids_max: Some(8),
+            no_swap: true,
+            devices: Some(devices),
+            ..GroupSpec::default()
+        },
+    )
+    .unwrap();
+    let c: Confinement = t.cg.confinement();
+    assert_eq!(c.pids, Support::Enforced);
+    let pids = match v {
+        CgroupVersion::V1 => file(v, "pids", &g, "pids.max"),
+        CgroupVersion::V2 => file(v, "", &g, "pids.max"),
+    };
+    assert_eq!(read(pids), "8");
+    match v {
+        CgroupVersion::V1 => {
+            let memsw = file(v, "memory", &g, "memory.memsw.limit_in_bytes");
+            if memsw.exists() {
+                assert_eq!(c.no_swap, Support::Enforced);
+                assert_eq!(read(memsw), limit.to_string(), "memory and swap together");
+            } else {
+                assert!(matches!(c.no_swap, Support::Unavailable(_)), "{c:?}");
+                eprintln!("this kernel does not account swap: memsw not checked");
+            }
+            let list = read(file(v, "devices", &g, "devices.list"));
+            assert!(list.lines().any(|l| l == "c 195:0 rw"), "{list}");
+            assert!(list.lines().any(|l| l == "c 1:3 rw"), "{list}");
+            assert!(!list.contains("a *:*") && !list.contains("195:1"), "{list}");
+        }
+        CgroupVersion::V2 => {
+            assert_eq!(read(file(v, "", &g, "memory.swap.max")), "0");
+            assert!(matches!(c.devices, Support::Unavailable(_)), "{c:?}");
+        }
+    }
+
+    // A process in the group: the lent node passes the devices cgroup (no driver behind it:
+    // ENXIO, "No such device or address"), the other one is refused (EPERM), /dev/null works.
+    let out = run_in(
+        &t,
+        &g,
+        &format!(
+            "cat {} </dev/null; cat {}; echo null-ok >/dev/null && echo null-ok",
+            lent.display(),
+            other.display()
+        ),
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("nvidia0") && l.contains("No such device or address")),
+        "{out}"
+    );
+    if v == CgroupVersion::V1 {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("nvidia1") && l.contains("Operation not permitted")),
+            "{out}"
+        );
+    }
+    assert!(lines.contains(&"null-ok"), "{out}");
+
+    // At most 8 tasks: forks past it fail and the group never holds more.
+    let out = run_in(
+        &t,
+        &g,
+        "i=0; while [ $i -lt 20 ]; do sleep 30 >/dev/null 2>&1 & i=$((i+1)); done; echo done",
+    );
+    let pids = t.cg.pids(&g).unwrap();
+    assert!(
+        pids.len() <= 8,
+        "{} tasks in a group capped at 8: {out}",
+        pids.len()
+    );
+    assert!(out.contains("fork"), "no fork failure reported: {out}");
 }

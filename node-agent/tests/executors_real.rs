@@ -77,13 +77,20 @@ fn cpus_allowed(pid: u32) -> CpuSet {
     CpuSet::parse_list(list.trim()).unwrap()
 }
 
+/// The test lease's secret: given to harvestd in CreateExecutor, proved on every connection.
+fn lease_secret() -> &'static harvest_core::invoke::auth::LeaseSecret {
+    static SECRET: std::sync::OnceLock<harvest_core::invoke::auth::LeaseSecret> =
+        std::sync::OnceLock::new();
+    SECRET.get_or_init(|| harvest_core::invoke::auth::LeaseSecret::random().unwrap())
+}
+
 fn invoke(
     addr: SocketAddr,
     function: &str,
     input: &[u8],
     timeout: Option<Duration>,
 ) -> Result<Vec<u8>, harvest_client::invoke::InvokeError> {
-    let mut conn = ExecutorConnection::connect(addr, Polling::Block)?;
+    let mut conn = ExecutorConnection::connect(addr, Polling::Block, lease_secret())?;
     conn.invoke(function, input, timeout)
 }
 
@@ -125,16 +132,21 @@ async fn a_lease_runs_its_functions_as_its_user_in_its_cgroup_and_survives_their
         cores: 1,
         memory_mib: 64,
         gpus: 0,
-        idle_timeout_ms: 0,
+        idle_timeout_ms: 45_000,
         library: Some(v1::FunctionLibrary {
             source: Some(v1::function_library::Source::Content(lib)),
         }),
         options: Some(v1::ExecutorOptions {
             hot_window_us: 0,
-            default_timeout_ms: 2000,
+            // 5 s as in system-tests: with swap limited too (memsw), a 64 MiB group reclaims its
+            // file pages (the executor's own text) before the OOM kill, which takes seconds on a
+            // loaded 2-core machine.
+            default_timeout_ms: 5000,
             max_output_bytes: 0,
         }),
         expires_unix_ms: 0,
+        secret: lease_secret().as_bytes().to_vec(),
+        request_id: "req-L1".into(),
     };
     assert!(sched.send(v1::scheduler_message::Msg::Create(create)).await);
     let ready = sched.wait_for(WAIT, |m| event_of(m, lease)).await;
@@ -203,6 +215,43 @@ async fn a_lease_runs_its_functions_as_its_user_in_its_cgroup_and_survives_their
     assert_eq!(cpus_allowed(pid), lease_cpus);
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
     assert_eq!(exe.file_name().unwrap(), "harvest-executor");
+    // exec-lease's limits hold across the exec: no privileges from execve, no core dumps,
+    // bounded open files; the group caps its tasks, its swap and its devices (v1).
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.lines().any(|l| l == "NoNewPrivs:\t1"), "{status}");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let limit = |name: &str| -> Vec<String> {
+        let line = limits.lines().find(|l| l.starts_with(name)).unwrap();
+        line[name.len()..]
+            .split_whitespace()
+            .take(2)
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(limit("Max core file size"), ["0", "0"], "{limits}");
+    let files = limit("Max open files");
+    assert!(
+        files.iter().all(|n| n.parse::<u64>().unwrap() <= 4096),
+        "{limits}"
+    );
+    let v1 = Path::new("/sys/fs/cgroup/pids").join(group.trim_start_matches('/'));
+    if v1.is_dir() {
+        let read = |p: PathBuf| std::fs::read_to_string(&p).unwrap().trim().to_owned();
+        assert_eq!(read(v1.join("pids.max")), "256");
+        let mem = Path::new("/sys/fs/cgroup/memory").join(group.trim_start_matches('/'));
+        if mem.join("memory.memsw.limit_in_bytes").exists() {
+            assert_eq!(
+                read(mem.join("memory.memsw.limit_in_bytes")),
+                (64u64 << 20).to_string()
+            );
+        }
+        let devices = Path::new("/sys/fs/cgroup/devices").join(group.trim_start_matches('/'));
+        let list = read(devices.join("devices.list"));
+        assert!(
+            list.lines().any(|l| l == "c 1:3 rw") && !list.contains("a *:*"),
+            "{list}"
+        );
+    }
 
     // A crash, a function past its timeout and one past the lease's memory: each an explicit
     // error, and the next invocation works.
@@ -227,6 +276,15 @@ async fn a_lease_runs_its_functions_as_its_user_in_its_cgroup_and_survives_their
     assert_eq!(reg.executors.len(), 1, "{reg:?}");
     assert_eq!(reg.executors[0].lease_id, lease);
     assert_eq!(reg.executors[0].address, info.address);
+    // With what a scheduler that restarted or took over rebuilds the lease from (the ready
+    // event carried none of it).
+    let r = &reg.executors[0];
+    assert_eq!(r.secret, lease_secret().as_bytes().to_vec());
+    assert_eq!(
+        (r.gid, r.idle_timeout_ms, r.request_id.as_str()),
+        (gid, 45_000, "req-L1")
+    );
+    assert!(info.secret.is_empty(), "the ready event carries no secret");
     assert_eq!(invoke(addr, "echo", b"4", None).unwrap(), b"4");
 
     // Destroy: the executor, its cgroup and its directory go; the event says why.
@@ -253,6 +311,8 @@ async fn a_lease_runs_its_functions_as_its_user_in_its_cgroup_and_survives_their
     for root in [
         "/sys/fs/cgroup/cpuset",
         "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup/devices",
         "/sys/fs/cgroup",
     ] {
         assert!(
@@ -274,7 +334,7 @@ struct CgroupGuard(String);
 
 impl Drop for CgroupGuard {
     fn drop(&mut self) {
-        let roots = ["cpuset", "memory", "cpu", "freezer", ""].map(|c| {
+        let roots = ["cpuset", "memory", "cpu", "freezer", "pids", "devices", ""].map(|c| {
             Path::new("/sys/fs/cgroup")
                 .join(c)
                 .join(format!("harvest_{}", self.0))

@@ -201,3 +201,49 @@ async fn a_scheduler_whose_certificate_is_not_from_the_agents_ca_gets_no_session
     assert!(agent.alive());
     sched.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_several_schedulers_the_agent_registers_with_whichever_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = format!("ha{}", std::process::id());
+    let (server_tls, tls_lines) = support::tls(dir.path(), &node);
+    // The first address has nothing behind it (a dead primary); the second serves.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut standby =
+        FakeScheduler::start_tls("127.0.0.1:0".parse().unwrap(), Some(server_tls.clone()))
+            .await
+            .unwrap();
+    let urls = format!("http://{dead},{}", standby.url());
+    let mut agent = Harvestd::start(
+        dir.path(),
+        &node,
+        &urls,
+        &format!("heartbeat_interval = \"200ms\"\nreconnect_backoff_max = \"300ms\"\n{tls_lines}"),
+    );
+    let reg = standby.wait_for(WAIT, register).await.unwrap_or_else(|| {
+        panic!(
+            "no Register with the second scheduler; log:\n{}",
+            agent.log()
+        )
+    });
+    assert_eq!(reg.node, node);
+    // Its reports list the leases it holds (none yet).
+    let report = standby.wait_for(WAIT, slots).await.unwrap();
+    assert!(report.leases.is_empty());
+    // The second one goes away and one serves at the first address: the agent follows.
+    standby.stop().await;
+    let mut primary = FakeScheduler::start_tls(dead, Some(server_tls))
+        .await
+        .unwrap();
+    let again = primary.wait_for(WAIT, register).await.unwrap_or_else(|| {
+        panic!(
+            "no Register with the first scheduler; log:\n{}",
+            agent.log()
+        )
+    });
+    assert_eq!(again.node, node);
+    assert!(agent.alive());
+}

@@ -10,6 +10,7 @@
 
 #![allow(missing_debug_implementations)]
 
+pub mod binding;
 pub mod convert;
 pub mod tls;
 pub mod views;

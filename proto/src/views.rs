@@ -146,6 +146,10 @@ pub struct LeaseView {
     pub end_cause: String,
     pub idle_timeout_ms: u64,
     pub last_active_unix_ms: i64,
+    /// The lease secret that opens its executor: only in the owner's answers (AcquireLease,
+    /// GetLease), never printed or serialized.
+    #[serde(skip)]
+    pub secret: Option<harvest_core::invoke::auth::LeaseSecret>,
 }
 
 /// A [`v1::LeaseState`]'s short name ("active", "revoked", ...; "unknown" for no such state).
@@ -189,6 +193,7 @@ impl From<v1::Lease> for LeaseView {
             end_cause: cause_name(l.end_cause),
             idle_timeout_ms: l.idle_timeout_ms,
             last_active_unix_ms: l.last_active_unix_ms,
+            secret: harvest_core::invoke::auth::LeaseSecret::from_bytes(&l.secret).ok(),
         }
     }
 }

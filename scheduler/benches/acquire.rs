@@ -1,6 +1,6 @@
 //! Lease round trip: AcquireLease + ReleaseLease through the real scheduler (fake agent that
 //! answers at once, fake authenticator) beside a ListNodes call (the gRPC floor) and a munge
-//! credential's cost (`munge -n` here plus `unmunge` in the scheduler), all in one run.
+//! credential's cost (`munge -u 0 -s <payload>` here plus `unmunge` in the scheduler), all in one run.
 //!
 //! `cargo bench -p harvest-scheduler --bench acquire [-- ROUNDS]` (default 300 rounds).
 
@@ -43,16 +43,12 @@ fn main() {
             lease.push(t.elapsed());
         }
         let munge = Munge::default();
-        let unmunge = Unmunge {
-            program: "unmunge".into(),
-            socket: None,
-            timeout: Duration::from_secs(5),
-        };
+        let unmunge = Unmunge::new("unmunge".into(), None, Duration::from_secs(5), 16);
         let mut cred = Vec::new();
         let credential_rounds = rounds.min(100);
         for _ in 0..credential_rounds {
             let t = Instant::now();
-            match munge.credential() {
+            match munge.credential("harvest-v1 ListNodes 0123456789abcdef") {
                 Ok(m) => {
                     if unmunge.authenticate(&m).await.is_err() {
                         break;
@@ -71,11 +67,11 @@ fn main() {
         );
         if cred.len() == credential_rounds {
             println!(
-                "munge -n + unmunge (per request)  median {:>10.1?}  (not in the figures above: fake authenticator)",
+                "munge -s + unmunge (per request)  median {:>10.1?}  (not in the figures above: fake authenticator)",
                 median(cred)
             );
         } else {
-            println!("munge -n + unmunge: unavailable here (is munged running?)");
+            println!("munge + unmunge: unavailable here (is munged running?)");
         }
         s.stop().await;
     });

@@ -26,6 +26,8 @@ pub const DEFAULT_EXECUTOR_START_TIMEOUT_MS: u64 = 10_000;
 /// How long AcquireLease waits for a placement when no node has room right now (resources of an
 /// ending lease come back with the agent's next report, within a heartbeat). 0 refuses at once.
 pub const DEFAULT_PLACEMENT_WAIT_MS: u64 = 2000;
+/// How often a standby scheduler tries to take the primary lock.
+pub const DEFAULT_STANDBY_POLL_MS: u64 = 200;
 /// How often a waiting AcquireLease tries to place again.
 pub const PLACEMENT_RETRY: Duration = Duration::from_millis(20);
 /// How often expiry and heartbeats are checked.
@@ -34,6 +36,8 @@ pub const DEFAULT_TICK_MS: u64 = 200;
 pub const DEFAULT_POLICY: &str = "best-fit";
 /// The `unmunge` program that decodes credentials.
 pub const DEFAULT_UNMUNGE: &str = "unmunge";
+/// Credential checks (`unmunge` processes) run at once; more wait their turn.
+pub const DEFAULT_AUTH_MAX_CONCURRENT: usize = 16;
 /// How long decoding one credential may take.
 pub const DEFAULT_AUTH_TIMEOUT_MS: u64 = 5000;
 /// Largest request accepted (a shipped function library travels inside AcquireLease).
@@ -73,6 +77,8 @@ pub enum ConfigError {
     Timeline { window: u64, sample: u64 },
     #[error("{key} = {value} must be greater than 0")]
     Zero { key: &'static str, value: u64 },
+    #[error("{key} = {value} is longer than {MAX_DURATION_MS} ms (365 days)")]
+    TooLong { key: &'static str, value: u64 },
     #[error("default_lifetime_ms = {default} is longer than max_lifetime_ms = {max}")]
     Lifetime { default: u64, max: u64 },
     #[error("policy: {0}")]
@@ -84,6 +90,10 @@ pub enum ConfigError {
     )]
     TlsMissing { key: &'static str },
 }
+
+/// The longest time any `*_ms` key may give: a lease's expiry is its start plus its lifetime, in
+/// Unix milliseconds (an `i64`) and on the monotonic clock, and neither sum may overflow.
+pub const MAX_DURATION_MS: u64 = 365 * 24 * 60 * 60 * 1000;
 
 /// The scheduler's configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -104,6 +114,7 @@ pub struct Config {
     /// munged's socket (`unmunge --socket`); `None` uses munge's default.
     pub munge_socket: Option<PathBuf>,
     pub auth_timeout_ms: u64,
+    pub auth_max_concurrent: usize,
     pub max_message_bytes: usize,
     pub ended_leases_kept: usize,
     pub passwd: PathBuf,
@@ -122,6 +133,14 @@ pub struct Config {
     /// Serve plaintext gRPC: anyone who reaches the port can act as any agent. For tests on a
     /// trusted host only; logged loudly at start and every minute.
     pub insecure_plaintext: bool,
+    /// Operators, caps per user and group.
+    pub access: crate::access::AccessConfig,
+    /// A file on storage every scheduler host shares (as Slurm's StateSaveLocation): the
+    /// scheduler that holds its lock serves; the others wait as standbys and take over when
+    /// the lock is released (the primary exited or died). `None`: serve at once, alone.
+    pub primary_lock: Option<PathBuf>,
+    /// How often a standby tries to take the lock.
+    pub standby_poll_ms: u64,
 }
 
 impl Default for Config {
@@ -140,6 +159,7 @@ impl Default for Config {
             unmunge: PathBuf::from(DEFAULT_UNMUNGE),
             munge_socket: None,
             auth_timeout_ms: DEFAULT_AUTH_TIMEOUT_MS,
+            auth_max_concurrent: DEFAULT_AUTH_MAX_CONCURRENT,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             ended_leases_kept: DEFAULT_ENDED_LEASES_KEPT,
             default_idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
@@ -152,6 +172,9 @@ impl Default for Config {
             tls_client_ca: None,
             insecure_plaintext: false,
             events_kept: DEFAULT_EVENTS_KEPT,
+            access: crate::access::AccessConfig::default(),
+            primary_lock: None,
+            standby_poll_ms: DEFAULT_STANDBY_POLL_MS,
         }
     }
 }
@@ -192,13 +215,35 @@ impl Config {
             ("executor_start_timeout_ms", self.executor_start_timeout_ms),
             ("tick_ms", self.tick_ms),
             ("auth_timeout_ms", self.auth_timeout_ms),
+            ("auth_max_concurrent", self.auth_max_concurrent as u64),
             ("max_message_bytes", self.max_message_bytes as u64),
             ("timeline_sample_ms", self.timeline_sample_ms),
             ("events_kept", self.events_kept as u64),
+            ("standby_poll_ms", self.standby_poll_ms),
         ];
         for (key, value) in positive {
             if value == 0 {
                 return Err(ConfigError::Zero { key, value });
+            }
+        }
+        for (key, value) in [
+            ("default_lifetime_ms", self.default_lifetime_ms),
+            ("max_lifetime_ms", self.max_lifetime_ms),
+            ("default_idle_timeout_ms", self.default_idle_timeout_ms),
+            (
+                "default_agent_heartbeat_ms",
+                self.default_agent_heartbeat_ms,
+            ),
+            ("executor_start_timeout_ms", self.executor_start_timeout_ms),
+            ("placement_wait_ms", self.placement_wait_ms),
+            ("tick_ms", self.tick_ms),
+            ("auth_timeout_ms", self.auth_timeout_ms),
+            ("standby_poll_ms", self.standby_poll_ms),
+            ("timeline_sample_ms", self.timeline_sample_ms),
+            ("timeline_window_ms", self.timeline_window_ms),
+        ] {
+            if value > MAX_DURATION_MS {
+                return Err(ConfigError::TooLong { key, value });
             }
         }
         if self.default_lifetime_ms > self.max_lifetime_ms {
@@ -333,6 +378,36 @@ mod tests {
             Some("127.0.0.1:6821".parse().unwrap())
         );
         assert_eq!(c.timeline_samples(), 720);
+    }
+
+    /// Found with the `scheduler_config` fuzz target (its body panicked on this input):
+    /// `max_lifetime_ms` near `i64::MAX` passed validation, and a lease asking for that lifetime
+    /// overflowed its expiry (`unix_ms + lifetime`, a panic with overflow checks).
+    #[test]
+    fn durations_past_a_year_are_refused_naming_the_key() {
+        let c: Config =
+            toml::from_str("insecure_plaintext = true\nmax_lifetime_ms = 9223372036854775807\n")
+                .unwrap();
+        let e = c.validate().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::TooLong {
+                    key: "max_lifetime_ms",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("365 days"), "{e}");
+        let c: Config =
+            toml::from_str("insecure_plaintext = true\ntick_ms = 31536000001\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().starts_with("tick_ms"));
+        let c: Config = toml::from_str(&format!(
+            "insecure_plaintext = true\nmax_lifetime_ms = {MAX_DURATION_MS}\n"
+        ))
+        .unwrap();
+        c.validate().unwrap();
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use tonic::{Code, Status};
 
+use crate::access::AccessError;
 use crate::book::BookError;
 use crate::identity::AuthError;
 
@@ -14,6 +15,10 @@ pub enum RequestError {
     Auth(#[from] AuthError),
     #[error(transparent)]
     Book(#[from] BookError),
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    #[error("lease {lease} is another user's: only its owner and operators may see it")]
+    NotYours { lease: String },
     #[error("the agent of node {node} is not connected; lease {lease} was not started")]
     AgentGone { node: String, lease: String },
     #[error("the executor of lease {lease} on node {node} did not start: {reason}")]
@@ -36,7 +41,7 @@ impl RequestError {
     pub fn code(&self) -> Code {
         match self {
             Self::Auth(AuthError::Spawn { .. }) => Code::Internal,
-            Self::Auth(AuthError::Timeout { .. }) => Code::Unavailable,
+            Self::Auth(AuthError::Timeout { .. } | AuthError::Busy { .. }) => Code::Unavailable,
             Self::Auth(_) => Code::Unauthenticated,
             Self::Book(b) => match b {
                 BookError::BadRequest(_) => Code::InvalidArgument,
@@ -46,7 +51,12 @@ impl RequestError {
                 BookError::UnknownNode(_) => Code::FailedPrecondition,
                 BookError::NotPending { .. } => Code::Aborted,
                 BookError::Placement(_) => Code::Internal,
+                BookError::SameRequest(_) => Code::AlreadyExists,
             },
+            Self::Access(AccessError::OverCap { .. }) => Code::ResourceExhausted,
+            Self::Access(AccessError::NotOperator { .. }) | Self::NotYours { .. } => {
+                Code::PermissionDenied
+            }
             Self::AgentGone { .. } => Code::Unavailable,
             Self::StartFailed { .. } => Code::Aborted,
             Self::StartTimeout { .. } => Code::DeadlineExceeded,

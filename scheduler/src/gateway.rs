@@ -22,7 +22,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::book::{Health, Now, Order, ReportExtras, ReportOutcome, state_for};
+use crate::book::{Health, Now, Order, ReportExtras, ReportOutcome};
 use crate::identity::passwd_name;
 use crate::state::{ORDER_QUEUE, Shared};
 
@@ -190,25 +190,20 @@ fn handle(shared: &Shared, node: &str, session: u64, msg: v1::AgentMessage) {
                     }
                 }
                 Some(executor_event::Event::Failed(reason)) => {
-                    inner.book.end_by_agent(
-                        &lease,
-                        v1::LeaseState::Failed,
-                        v1::EndCause::ExecutorFailed,
-                        &reason,
-                    );
+                    inner
+                        .book
+                        .end_by_agent(&lease, v1::EndCause::ExecutorFailed, &reason);
                     inner.notify(&lease, Err(reason));
                 }
                 Some(executor_event::Event::Exited(reason)) => {
                     let cause = v1::EndCause::try_from(event.cause).unwrap_or_default();
                     // An executor that ends without a known cause (it crashed, its agent lost
                     // it) counts as failed; a known cause decides the state.
-                    let (state, cause) = match cause {
-                        v1::EndCause::Unspecified => {
-                            (v1::LeaseState::Failed, v1::EndCause::ExecutorFailed)
-                        }
-                        c => (state_for(c), c),
+                    let cause = match cause {
+                        v1::EndCause::Unspecified => v1::EndCause::ExecutorFailed,
+                        c => c,
                     };
-                    inner.book.end_by_agent(&lease, state, cause, &reason);
+                    inner.book.end_by_agent(&lease, cause, &reason);
                     inner.notify(&lease, Err(format!("the executor exited: {reason}")));
                 }
                 Some(executor_event::Event::Moved(info)) => {

@@ -284,11 +284,26 @@ impl ClusterJson {
             policy,
             totals,
             nodes,
-            leases: leases.into_iter().cloned().map(LeaseView::from).collect(),
+            leases: leases.into_iter().map(public_view).collect(),
             timeline,
             events,
         }
     }
+}
+
+/// A lease as the dashboard shows it to whoever reaches it: what it holds and why it ended,
+/// never where its executor listens (the HTTP port has no authentication; the owner gets the
+/// address from GetLease) and never a start failure's log tail (the user's output).
+fn public_view(l: &v1::Lease) -> LeaseView {
+    let mut v = LeaseView::from(v1::Lease {
+        secret: Vec::new(),
+        executor_address: String::new(),
+        ..l.clone()
+    });
+    if let Some((head, _)) = v.end_reason.split_once("; its log:") {
+        v.end_reason = head.to_owned();
+    }
+    v
 }
 
 #[cfg(test)]
@@ -370,8 +385,11 @@ mod tests {
             id: "live".into(),
             state: v1::LeaseState::Active as i32,
             created_unix_ms: 0,
+            executor_address: "127.0.0.1:4000".into(),
+            secret: vec![7; 32],
             ..v1::Lease::default()
         });
+
         let timeline = TimelineJson {
             interval_ms: 1,
             window_ms: 1,
@@ -395,6 +413,15 @@ mod tests {
             ("live", "active")
         );
         assert_eq!(c.leases[0].end_cause, "");
+        assert_eq!(c.leases[0].executor_address, "", "never on the dashboard");
+        let failed = public_view(&v1::Lease {
+            end_reason: "executor exited (status 1) before it was ready; its log: private".into(),
+            ..v1::Lease::default()
+        });
+        assert_eq!(
+            failed.end_reason,
+            "executor exited (status 1) before it was ready"
+        );
         let newest = ENDED_LEASES_SHOWN + 4;
         assert_eq!(c.leases[1].id, format!("ended-{newest}"));
         assert_eq!(c.leases[1].end_cause, "reclaimed");

@@ -1,8 +1,11 @@
 //! Who is asking: munge credentials decoded with the cluster's key, behind a narrow trait.
 //!
-//! The uid comes from the credential, never from the request. [`Unmunge`] runs the `unmunge`
-//! tool (munge's own decoder; munged checks the key, the TTL and replays) with a deadline;
-//! [`FakeAuthenticator`] accepts `uid:<n>` tokens for tests that have no munged.
+//! The uid comes from the credential, never from the request, and the credential's payload
+//! must be the one its request gives ([`harvest_proto::binding`]), so a credential proves one
+//! request. [`Unmunge`] runs the `unmunge` tool (munge's own decoder; munged checks the key, the
+//! TTL, the `-u` restriction and replays) with a deadline, at most
+//! [`Unmunge::max_concurrent`] at a time; [`FakeAuthenticator`] accepts `uid:<n>|<payload>`
+//! tokens for tests that have no munged.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -27,6 +30,13 @@ impl Identity {
     }
 }
 
+/// What a valid credential carries: who made it and the payload they signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proof {
+    pub who: Identity,
+    pub payload: String,
+}
+
 /// A credential that proves nobody.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -43,22 +53,70 @@ pub enum AuthError {
     Rejected(String),
     #[error("unexpected output from unmunge ({what}): {output:?}")]
     Output { what: &'static str, output: String },
+    #[error(
+        "the credential was made for another request (its payload is {got:?}, this {method} \
+         request needs {want:?}): a credential proves one request; make a new one for each \
+         (the harvest client does)"
+    )]
+    WrongPayload {
+        method: &'static str,
+        got: String,
+        want: String,
+    },
+    #[error(
+        "{waiting} credential checks are already waiting (at most {max} run at once): the \
+         scheduler is overloaded, retry shortly"
+    )]
+    Busy { waiting: usize, max: usize },
 }
 
 /// The future an authenticator returns.
-pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<Identity, AuthError>> + Send + 'a>>;
+pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<Proof, AuthError>> + Send + 'a>>;
 
-/// Decodes a credential into the identity it proves.
+/// Decodes a credential into the identity it proves and the payload it carries.
 pub trait Authenticator: Send + Sync + std::fmt::Debug {
     fn authenticate<'a>(&'a self, credential: &'a str) -> AuthFuture<'a>;
 }
 
-/// The real authenticator: `unmunge` as a subprocess.
+/// The longest credential accepted (munge's are a few hundred bytes; a payload of ours adds
+/// under 100).
+pub const MAX_CREDENTIAL_BYTES: usize = 4096;
+
+/// The real authenticator: `unmunge` as a subprocess, at most `max_concurrent` at a time (each
+/// check forks a process; a flood of requests waits its turn instead of forking without bound).
 #[derive(Debug, Clone)]
 pub struct Unmunge {
     pub program: PathBuf,
     pub socket: Option<PathBuf>,
     pub timeout: Duration,
+    pub max_concurrent: usize,
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Checks in flight (running or waiting for a slot) beyond which a new one is refused at
+    /// once.
+    max_waiting: usize,
+    waiting: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Unmunge {
+    /// `max_concurrent` checks run at once; up to 16 times as many are in flight (the rest wait
+    /// within `timeout`), more are refused at once with [`AuthError::Busy`].
+    pub fn new(
+        program: PathBuf,
+        socket: Option<PathBuf>,
+        timeout: Duration,
+        max_concurrent: usize,
+    ) -> Self {
+        let max_concurrent = max_concurrent.max(1);
+        Self {
+            program,
+            socket,
+            timeout,
+            max_concurrent,
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(max_concurrent)),
+            max_waiting: max_concurrent * 16,
+            waiting: Default::default(),
+        }
+    }
 }
 
 impl Authenticator for Unmunge {
@@ -67,7 +125,31 @@ impl Authenticator for Unmunge {
             if credential.trim().is_empty() {
                 return Err(AuthError::Missing);
             }
-            let run = self.run(credential);
+            if credential.len() > MAX_CREDENTIAL_BYTES {
+                return Err(AuthError::Rejected(format!(
+                    "the credential is {} bytes, more than the {MAX_CREDENTIAL_BYTES} a munge \
+                     credential takes",
+                    credential.len()
+                )));
+            }
+            use std::sync::atomic::Ordering;
+            let waiting = self.waiting.fetch_add(1, Ordering::Relaxed);
+            let _waiting = scopeguard(|| {
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
+            });
+            if waiting >= self.max_waiting {
+                return Err(AuthError::Busy {
+                    waiting,
+                    max: self.max_concurrent,
+                });
+            }
+            let run = async {
+                let _slot = self.slots.acquire().await.map_err(|_| AuthError::Busy {
+                    waiting,
+                    max: self.max_concurrent,
+                })?;
+                self.run(credential).await
+            };
             match tokio::time::timeout(self.timeout, run).await {
                 Ok(result) => result,
                 Err(_) => Err(AuthError::Timeout {
@@ -79,8 +161,21 @@ impl Authenticator for Unmunge {
     }
 }
 
+/// Runs `f` when dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
 impl Unmunge {
-    async fn run(&self, credential: &str) -> Result<Identity, AuthError> {
+    async fn run(&self, credential: &str) -> Result<Proof, AuthError> {
         let spawn_err = |source| AuthError::Spawn {
             program: self.program.clone(),
             source,
@@ -139,8 +234,9 @@ fn name_and_id(value: &str) -> Option<(String, u32)> {
     }
 }
 
-/// Parses unmunge's metadata (`STATUS:`, `UID:`, `GID:` lines).
-pub fn parse_unmunge(output: &str) -> Result<Identity, AuthError> {
+/// Parses unmunge's output: metadata (`STATUS:`, `UID:`, `GID:` lines), an empty line, then the
+/// payload.
+pub fn parse_unmunge(output: &str) -> Result<Proof, AuthError> {
     let bad = |what| AuthError::Output {
         what,
         output: output.to_owned(),
@@ -155,7 +251,15 @@ pub fn parse_unmunge(output: &str) -> Result<Identity, AuthError> {
     let (_, gid) = field(output, "GID")
         .and_then(name_and_id)
         .ok_or_else(|| bad("no GID line"))?;
-    Ok(Identity { uid, gid, name })
+    let payload = output
+        .split_once("\n\n")
+        .map_or("", |(_, p)| p)
+        .trim_end_matches('\n')
+        .to_owned();
+    Ok(Proof {
+        who: Identity { uid, gid, name },
+        payload,
+    })
 }
 
 /// The name of `uid` in a password database file (`/etc/passwd` format); empty when unknown.
@@ -173,8 +277,8 @@ pub fn passwd_name(passwd: &Path, uid: u32) -> String {
         .unwrap_or_default()
 }
 
-/// A test authenticator: `uid:<n>` proves uid n (gid n, name `user<n>`, `root` for 0); anything
-/// else is rejected.
+/// A test authenticator: `uid:<n>|<payload>` proves uid n (gid n, name `user<n>`, `root` for 0)
+/// with that payload (`uid:<n>` alone: an empty one); anything else is rejected.
 #[derive(Debug, Clone, Default)]
 pub struct FakeAuthenticator;
 
@@ -184,6 +288,7 @@ impl Authenticator for FakeAuthenticator {
             if credential.is_empty() {
                 return Err(AuthError::Missing);
             }
+            let (credential, payload) = credential.split_once('|').unwrap_or((credential, ""));
             let uid: u32 = credential
                 .strip_prefix("uid:")
                 .and_then(|n| n.parse().ok())
@@ -195,10 +300,13 @@ impl Authenticator for FakeAuthenticator {
             } else {
                 format!("user{uid}")
             };
-            Ok(Identity {
-                uid,
-                gid: uid,
-                name,
+            Ok(Proof {
+                who: Identity {
+                    uid,
+                    gid: uid,
+                    name,
+                },
+                payload: payload.to_owned(),
             })
         })
     }
@@ -213,15 +321,21 @@ mod tests {
 
     #[test]
     fn parses_uid_and_gid_from_unmunge() {
-        let id = parse_unmunge(OUTPUT).unwrap();
+        let p = parse_unmunge(OUTPUT).unwrap();
         assert_eq!(
-            id,
+            p.who,
             Identity {
                 uid: 1000,
                 gid: 100,
                 name: "alice".into()
             }
         );
+        assert_eq!(p.payload, "");
+        let with = OUTPUT.replace(
+            "LENGTH:          0\n",
+            "LENGTH:          12\n\nharvest-v1 x\n",
+        );
+        assert_eq!(parse_unmunge(&with).unwrap().payload, "harvest-v1 x");
     }
 
     #[test]
@@ -257,11 +371,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_unmunge_says_so() {
-        let u = Unmunge {
-            program: PathBuf::from("/nonexistent/unmunge"),
-            socket: None,
-            timeout: Duration::from_secs(5),
-        };
+        let u = Unmunge::new(
+            PathBuf::from("/nonexistent/unmunge"),
+            None,
+            Duration::from_secs(5),
+            4,
+        );
         let e = u.authenticate("cred").await.unwrap_err();
         assert!(matches!(e, AuthError::Spawn { .. }), "{e}");
     }
@@ -274,12 +389,54 @@ mod tests {
         let mut perm = std::fs::metadata(&script).unwrap().permissions();
         std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
         std::fs::set_permissions(&script, perm).unwrap();
-        let u = Unmunge {
-            program: script,
-            socket: None,
-            timeout: Duration::from_millis(200),
-        };
+        let u = Unmunge::new(script, None, Duration::from_millis(200), 4);
         let e = u.authenticate("cred").await.unwrap_err();
         assert!(matches!(e, AuthError::Timeout { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn checks_beyond_the_bound_are_refused_at_once_and_a_huge_credential_is_not_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("unmunge");
+        let started = dir.path().join("started");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho x >> {}\nexec sleep 30\n",
+                started.display()
+            ),
+        )
+        .unwrap();
+        let mut perm = std::fs::metadata(&script).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(&script, perm).unwrap();
+        let u = std::sync::Arc::new(Unmunge::new(script, None, Duration::from_secs(3), 1));
+        // 16 in flight (1 runs, 15 wait); the 17th is refused without waiting.
+        let mut held = Vec::new();
+        for _ in 0..16 {
+            let u = u.clone();
+            held.push(tokio::spawn(async move { u.authenticate("cred").await }));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while u.waiting.load(std::sync::atomic::Ordering::Relaxed) < 16 {
+            assert!(std::time::Instant::now() < deadline, "checks never queued");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let e = u.authenticate("cred").await.unwrap_err();
+        assert!(matches!(e, AuthError::Busy { max: 1, .. }), "{e}");
+        // Only one unmunge was ever started.
+        let lines = std::fs::read_to_string(&started).unwrap_or_default();
+        assert_eq!(lines.lines().count(), 1, "{lines}");
+        let e = u
+            .authenticate(&"M".repeat(MAX_CREDENTIAL_BYTES + 1))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, AuthError::Rejected(ref m) if m.contains("bytes")),
+            "{e}"
+        );
+        for h in held {
+            h.abort();
+        }
     }
 }

@@ -16,6 +16,7 @@
 //!   events; [`http`]: the dashboard, its JSON and `/metrics` on `http_listen`.
 //! - [`tls`]: mutual TLS on the port and an agent's node from its client certificate.
 
+pub mod access;
 pub mod book;
 pub mod config;
 pub mod error;
@@ -23,13 +24,12 @@ pub mod gateway;
 pub mod http;
 pub mod identity;
 pub mod metrics;
+pub mod primary;
 pub mod service;
 pub mod state;
 pub mod timeline;
 pub mod tls;
-
-#[cfg(test)]
-mod book_tests;
+pub mod validate;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -65,6 +65,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error(transparent)]
     Tls(#[from] harvest_proto::tls::TlsFileError),
+    #[error(transparent)]
+    Lock(#[from] primary::LockError),
 }
 
 /// The lease book a configuration describes.
@@ -86,9 +88,42 @@ pub fn book_for(config: &Config) -> Result<LeaseBook, ServeError> {
 }
 
 /// Binds `config.listen` and serves with munge authentication until `shutdown` completes.
+/// With `primary_lock`, first waits as a standby until this scheduler holds the lock
+/// ([`primary`]); a standby binds nothing, so clients and agents find the primary.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let auth = Arc::new(Unmunge::new(
+        config.unmunge.clone(),
+        config.munge_socket.clone(),
+        config.auth_timeout(),
+        config.auth_max_concurrent,
+    ));
+    run_with(config, auth, shutdown).await
+}
+
+/// [`run`] with another authenticator (tests).
+pub async fn run_with(
+    config: Config,
+    auth: Arc<dyn Authenticator>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
     config.validate()?;
     let addr = config.listen_addr()?;
+    tokio::pin!(shutdown);
+    let _primary = match &config.primary_lock {
+        Some(path) => {
+            let whoami = format!(
+                "pid {} listen {addr} since_unix_ms {}",
+                std::process::id(),
+                Now::current().unix_ms
+            );
+            let poll = Duration::from_millis(config.standby_poll_ms);
+            tokio::select! {
+                lock = primary::wait(path, &whoami, poll) => Some(lock?),
+                () = &mut shutdown => return Ok(()),
+            }
+        }
+        None => None,
+    };
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
@@ -100,11 +135,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         ),
         None => None,
     };
-    let auth = Arc::new(Unmunge {
-        program: config.unmunge.clone(),
-        socket: config.munge_socket.clone(),
-        timeout: config.auth_timeout(),
-    });
     serve_with(config, auth, listener, http, shutdown).await
 }
 

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::identity::Authenticator;
 use crate::metrics::SchedulerMetrics;
 
-/// Orders queued per agent before the scheduler drops one (and logs it).
+/// Orders queued per agent; a full queue ends the agent's session ([`Inner::dispatch`]).
 pub const ORDER_QUEUE: usize = 256;
 
 /// The sending half of an agent's session.
@@ -107,9 +107,13 @@ impl Inner {
         self.agents.get(node).map(|a| a.tx.clone())
     }
 
-    /// Queues orders on their agents' sessions without waiting; an order for an agent that is
-    /// not connected is dropped (the agent's next Register reconciles its executors).
-    pub fn dispatch(&self, orders: Vec<Order>) {
+    /// Queues orders on their agents' sessions without waiting. Nothing is lost for good when
+    /// an order cannot be queued: an agent that is not connected is reconciled when it
+    /// registers again (executors of ended leases are destroyed then); an agent whose queue is
+    /// full has its session ended, so that it reconnects and is reconciled the same way; and a
+    /// DestroyExecutor is sent again while the agent's reports still list its lease
+    /// ([`crate::book::DESTROY_RESEND_AFTER`]).
+    pub fn dispatch(&mut self, orders: Vec<Order>) {
         for order in orders {
             let Some(link) = self.agents.get(&order.node) else {
                 tracing::debug!(node = %order.node, ?order.msg, "agent not connected; order dropped");
@@ -118,8 +122,16 @@ impl Inner {
             let msg = v1::SchedulerMessage {
                 msg: Some(order.msg),
             };
-            if let Err(e) = link.tx.try_send(Ok(msg)) {
-                tracing::warn!(node = %order.node, error = %e, "agent's order queue refused an order");
+            match link.tx.try_send(Ok(msg)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!(node = %order.node, queue = ORDER_QUEUE,
+                        "agent's order queue is full: ending its session, so that it registers again and is reconciled");
+                    self.agents.remove(&order.node);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    tracing::debug!(node = %order.node, "agent's session closed; order dropped");
+                }
             }
         }
     }

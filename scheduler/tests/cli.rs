@@ -13,10 +13,15 @@ use harvest_client::cli::{self, Args, exit::code};
 
 const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// A client configuration whose munge proves `uid`.
+/// A client configuration whose munge proves `uid` with the payload it is asked for (called as
+/// `munge -u <uid> -s <payload>`).
 fn client_config(dir: &Path, uid: u32) -> std::path::PathBuf {
     let munge = dir.join("munge");
-    std::fs::write(&munge, format!("#!/bin/sh\necho uid:{uid}\n")).unwrap();
+    std::fs::write(
+        &munge,
+        format!("#!/bin/sh\n[ \"$1\" = -u ] && [ \"$3\" = -s ] || exit 9\necho \"uid:{uid}|$4\"\n"),
+    )
+    .unwrap();
     std::fs::set_permissions(&munge, std::fs::Permissions::from_mode(0o755)).unwrap();
     let conf = dir.join("client.toml");
     std::fs::write(

@@ -69,7 +69,15 @@ async fn acquire_invoke_list_and_release_a_lease() {
     assert_eq!(nodes[0].state, "up");
     assert_eq!(nodes[0].view.cpus.total.len(), 4);
     let leases = alice.leases().await.unwrap();
-    assert_eq!(leases, vec![lease.clone()]);
+    assert!(
+        lease.secret.is_some(),
+        "the owner's answer carries the secret"
+    );
+    let listed = harvest_client::Lease {
+        secret: None,
+        ..lease.clone()
+    };
+    assert_eq!(leases, vec![listed], "a listing never does");
 
     // Only 1 core left: a second 2-core lease does not fit.
     let e = alice.acquire(&request(2, 10)).await.unwrap_err();
@@ -326,8 +334,10 @@ async fn running_leases_survive_a_scheduler_restart() {
             &lease.executor_address
         )
     );
-    // Its executor still answers, and its cores are not placed twice.
-    let mut conn = a.connect(Polling::Block).unwrap();
+    // Its executor still answers the owner, whose client kept the secret (the new scheduler
+    // has none for an adopted lease), and its cores are not placed twice.
+    assert!(a.secret.is_none());
+    let mut conn = lease.connect(Polling::Block).unwrap();
     assert_eq!(conn.invoke("reverse", b"xy", None).unwrap(), b"yx");
     let e = c.acquire(&request(3, 10)).await.unwrap_err();
     assert_eq!(e.code(), Some(tonic::Code::ResourceExhausted), "{e}");

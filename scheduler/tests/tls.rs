@@ -106,6 +106,7 @@ async fn events_for_a_lease_are_accepted_only_from_the_node_that_holds_it() {
         gpus: vec![],
         address: "127.0.0.1:1".into(),
         expires_unix_ms: 0,
+        ..Default::default()
     };
     other
         .send_event(

@@ -21,12 +21,14 @@ pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
 pub const DEFAULT_PROC_SELF_CGROUP: &str = "/proc/self/cgroup";
 /// Where the node's GPU device files (`nvidia<N>`) are, unless `dev_root=` says otherwise.
 pub const DEFAULT_DEV_ROOT: &str = "/dev";
+/// harvestd's default `lease_cgroup_parent`, unless `lease_parent=` says otherwise.
+pub const DEFAULT_LEASE_PARENT: &str = "harvest_%n";
 
 /// The plugin's configuration, from its `plugstack.conf` arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// The agent's socket path; `%n` stands for the Slurm node name.
-    pub socket: SocketTemplate,
+    pub socket: NodeTemplate,
     /// Whether a job that does not pass `--harvest` lends its node.
     pub default_harvest: bool,
     /// The deadline for one exchange with the agent (connect, write, read).
@@ -35,6 +37,10 @@ pub struct Config {
     pub proc_self_cgroup: PathBuf,
     /// Where the node's GPUs are listed as `nvidia<N>` device files.
     pub dev_root: PathBuf,
+    /// The agent's lease groups' parent, relative to each cgroup hierarchy's root (harvestd's
+    /// `lease_cgroup_parent`); the plugin ends their processes itself when the agent does not
+    /// answer a step start (see `evict`).
+    pub lease_parent: NodeTemplate,
 }
 
 /// A bad `plugstack.conf` argument.
@@ -43,7 +49,7 @@ pub enum ConfigError {
     #[error("missing socket=PATH argument (e.g. socket=/run/harvestd-%n.sock)")]
     MissingSocket,
     #[error(
-        "unknown argument {0:?}: expected socket=, default=, timeout_ms=, cgroup_root=, proc_self_cgroup= or dev_root="
+        "unknown argument {0:?}: expected socket=, default=, timeout_ms=, cgroup_root=, proc_self_cgroup=, dev_root= or lease_parent="
     )]
     UnknownKey(String),
     #[error("argument {0:?} is not KEY=VALUE")]
@@ -53,7 +59,7 @@ pub enum ConfigError {
     #[error("timeout_ms={0:?}: expected a whole number of milliseconds from 1 to {MAX_TIMEOUT_MS}")]
     BadTimeout(String),
     #[error(
-        "socket={template:?}: unknown escape %{escape} (only %n, the node name, and %% are known)"
+        "path {template:?} (socket= or lease_parent=): unknown escape %{escape} (only %n, the node name, and %% are known)"
     )]
     BadEscape { template: String, escape: char },
 }
@@ -67,12 +73,13 @@ impl Config {
         let mut cgroup_root = PathBuf::from(DEFAULT_CGROUP_ROOT);
         let mut proc_self_cgroup = PathBuf::from(DEFAULT_PROC_SELF_CGROUP);
         let mut dev_root = PathBuf::from(DEFAULT_DEV_ROOT);
+        let mut lease_parent = NodeTemplate::parse(DEFAULT_LEASE_PARENT)?;
         for arg in args {
             let (key, value) = arg
                 .split_once('=')
                 .ok_or_else(|| ConfigError::NotKeyValue(arg.to_owned()))?;
             match key {
-                "socket" => socket = Some(SocketTemplate::parse(value)?),
+                "socket" => socket = Some(NodeTemplate::parse(value)?),
                 "default" => {
                     default_harvest = parse_on_off(value)
                         .ok_or_else(|| ConfigError::BadDefault(value.to_owned()))?;
@@ -88,6 +95,7 @@ impl Config {
                 "cgroup_root" => cgroup_root = PathBuf::from(value),
                 "proc_self_cgroup" => proc_self_cgroup = PathBuf::from(value),
                 "dev_root" => dev_root = PathBuf::from(value),
+                "lease_parent" => lease_parent = NodeTemplate::parse(value)?,
                 _ => return Err(ConfigError::UnknownKey(arg.to_owned())),
             }
         }
@@ -98,17 +106,18 @@ impl Config {
             cgroup_root,
             proc_self_cgroup,
             dev_root,
+            lease_parent,
         })
     }
 }
 
-/// A socket path in which `%n` is replaced by the Slurm node name (several slurmd on one host
-/// share one `plugstack.conf`, and each has its own agent).
+/// A path in which `%n` is replaced by the Slurm node name (several slurmd on one host share one
+/// `plugstack.conf`, and each has its own agent and lease groups): `socket=`, `lease_parent=`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SocketTemplate(String);
+pub struct NodeTemplate(String);
 
-impl SocketTemplate {
-    /// Checks the template's escapes once, so that [`SocketTemplate::for_node`] cannot fail.
+impl NodeTemplate {
+    /// Checks the template's escapes once, so that [`NodeTemplate::for_node`] cannot fail.
     pub fn parse(template: &str) -> Result<Self, ConfigError> {
         let mut chars = template.chars();
         while let Some(c) = chars.next() {
@@ -224,13 +233,13 @@ mod tests {
 
     #[test]
     fn socket_template_expands_node_and_percent() {
-        let t = SocketTemplate::parse("/r/%n/a%%b-%n.sock").unwrap();
+        let t = NodeTemplate::parse("/r/%n/a%%b-%n.sock").unwrap();
         assert_eq!(t.for_node("n1"), PathBuf::from("/r/n1/a%b-n1.sock"));
         assert_eq!(
-            SocketTemplate::parse("/plain").unwrap().for_node("x"),
+            NodeTemplate::parse("/plain").unwrap().for_node("x"),
             PathBuf::from("/plain")
         );
-        assert!(SocketTemplate::parse("/trailing%").is_err());
+        assert!(NodeTemplate::parse("/trailing%").is_err());
     }
 
     #[test]

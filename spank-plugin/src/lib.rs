@@ -6,8 +6,8 @@
 //! optional /path/libharvest_spank.so socket=/run/harvestd-%n.sock default=on timeout_ms=100
 //! ```
 //!
-//! The plugin never fails a job: an absent or slow agent costs one warning and at most
-//! `timeout_ms`. Layout, ABI glue apart from logic (as Slurm's own `*_wrapper.c` plugins do):
+//! The plugin never fails a job: an absent or slow agent costs one warning, at most `timeout_ms`,
+//! and the functions on the node (which the plugin then ends itself). Layout, ABI glue apart from logic (as Slurm's own `*_wrapper.c` plugins do):
 //!
 //! - [`ffi`] (not in unit tests): the exported symbols and callbacks, `catch_unwind` around each,
 //!   and the SPANK handle behind [`host::Host`]. The only `unsafe` code.
@@ -18,10 +18,13 @@
 //! - [`cgroup`]: finding the job's cgroup (v1 or v2) and reading its CPUs and memory limit.
 //! - [`gpus`]: the step's GPUs, from its devices cgroup and the node's `/dev/nvidia<N>`.
 //! - [`client`]: one JSON-line exchange with the agent, within a deadline.
+//! - [`evict`]: when the agent does not answer a step start, the plugin ends the node's lease
+//!   groups' processes itself (the batch job always wins).
 
 pub mod cgroup;
 pub mod client;
 pub mod config;
+pub mod evict;
 #[cfg(not(test))]
 pub mod ffi;
 pub mod gpus;

@@ -14,6 +14,7 @@
 //! Slurm's logger) and the callback reports success. The one exception is a bad `--harvest`
 //! value at submit time, which the user must hear about.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use harvest_core::CpuSet;
@@ -22,6 +23,7 @@ use harvest_core::step::{PluginMessage, StepAllocation, StepId};
 use crate::cgroup::{CgroupFs, JobCgroups, JobKey};
 use crate::client::AgentClient;
 use crate::config::{self, Config};
+use crate::evict::{self, Evictor};
 use crate::gpus;
 use crate::host::{Context, Host, Item, Level};
 
@@ -60,14 +62,67 @@ pub fn user_init(host: &dyn Host, args: &[&str], warner: &Warner<'_>) {
     let cgroups = CgroupFs::new(&config.cgroup_root, &config.proc_self_cgroup);
     if let Some(alloc) = step_start(host, &config, &cgroups, warner) {
         let node = alloc.node.clone();
-        send(
+        let (job, step) = (alloc.job_id, alloc.step_id);
+        if !send(
             host,
             &config,
             &node,
             &PluginMessage::StepStart(alloc),
             warner,
-        );
+        ) {
+            evict_without_agent(host, &config, &node, job, step);
+        }
     }
+}
+
+/// `/proc` for `/proc/self/cgroup`: the `proc` whose `self/cgroup` the configuration names (a
+/// fake tree's in tests), else `/proc`.
+fn proc_root(proc_self_cgroup: &Path) -> PathBuf {
+    let self_dir = proc_self_cgroup
+        .parent()
+        .filter(|_| proc_self_cgroup.file_name().is_some_and(|n| n == "cgroup"));
+    self_dir
+        .filter(|d| d.file_name().is_some_and(|n| n == "self"))
+        .and_then(Path::parent)
+        .map_or_else(|| PathBuf::from("/proc"), Path::to_owned)
+}
+
+/// The agent did not answer a step start, so no one cleared the step's resources: the plugin
+/// ends every lease's processes on the node itself before the tasks start (see [`evict`]).
+fn evict_without_agent(host: &dyn Host, config: &Config, node: &str, job: u32, step: StepId) {
+    let evictor = Evictor {
+        cgroup_root: config.cgroup_root.clone(),
+        parent: config.lease_parent.for_node(node),
+        proc_root: proc_root(&config.proc_self_cgroup),
+        deadline: evict::DEFAULT_DEADLINE,
+    };
+    let done = evictor.evict_all();
+    if done.leases == 0 {
+        return;
+    }
+    let level = if done.left.is_empty() {
+        Level::Info
+    } else {
+        Level::Error
+    };
+    host.log(
+        level,
+        &format!(
+            "harvest: the agent did not answer job {job} step {step}'s start, so the plugin \
+             ended the node's {} lease group(s) itself ({} process(es) killed){}",
+            done.leases,
+            done.killed,
+            if done.left.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; still holding processes after {:?}: {:?}",
+                    evict::DEFAULT_DEADLINE,
+                    done.left
+                )
+            }
+        ),
+    );
 }
 
 /// `slurm_spank_exit`: the step is over.
@@ -248,19 +303,32 @@ fn node_name(host: &dyn Host) -> Option<String> {
     host.process_env(NODE_NAME_VAR).filter(|n| !n.is_empty())
 }
 
-fn send(host: &dyn Host, config: &Config, node: &str, msg: &PluginMessage, warner: &Warner<'_>) {
+/// Sends `msg` to the agent; false when the agent did not answer (a refusal is an answer).
+fn send(
+    host: &dyn Host,
+    config: &Config,
+    node: &str,
+    msg: &PluginMessage,
+    warner: &Warner<'_>,
+) -> bool {
     let client = AgentClient::new(config.socket.for_node(node), config.timeout);
     match client.send(msg) {
-        Ok(reply) if reply.ok => {}
-        Ok(reply) => warner.warn(
-            host,
-            &format!(
-                "the agent at {} refused the report: {}",
-                client.path().display(),
-                reply.error.as_deref().unwrap_or("no reason given")
-            ),
-        ),
-        Err(e) => warner.warn(host, &e.to_string()),
+        Ok(reply) if reply.ok => true,
+        Ok(reply) => {
+            warner.warn(
+                host,
+                &format!(
+                    "the agent at {} refused the report: {}",
+                    client.path().display(),
+                    reply.error.as_deref().unwrap_or("no reason given")
+                ),
+            );
+            true
+        }
+        Err(e) => {
+            warner.warn(host, &e.to_string());
+            false
+        }
     }
 }
 

@@ -249,6 +249,92 @@ fn no_agent_means_one_warning_and_a_prompt_return() {
     assert_eq!(host.lines(Level::Debug).len(), 1, "{:?}", host.logged);
 }
 
+/// A process in lease group `lease_a` of n1 (fake tree, fake `proc/<pid>/cgroup`), and the
+/// arguments that make the plugin look there.
+fn lease_process(fx: &Fixture) -> (std::process::Child, Vec<String>) {
+    let child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let group = fx.dir.path().join("cg/cpuset/harvest_n1/lease_a");
+    fs::create_dir_all(&group).unwrap();
+    fs::write(group.join("cgroup.procs"), format!("{}\n", child.id())).unwrap();
+    let proc = fx.dir.path().join("proc");
+    fs::create_dir_all(proc.join(child.id().to_string())).unwrap();
+    fs::write(
+        proc.join(child.id().to_string()).join("cgroup"),
+        "3:cpuset:/harvest_n1/lease_a\n",
+    )
+    .unwrap();
+    fs::create_dir_all(proc.join("self")).unwrap();
+    fs::copy(fx.dir.path().join("self-cgroup"), proc.join("self/cgroup")).unwrap();
+    // As the kernel does, the group's list drops the process once it died (a zombie is no
+    // longer listed).
+    let (pid, procs) = (child.id(), group.join("cgroup.procs"));
+    thread::spawn(move || {
+        let stat = format!("/proc/{pid}/stat");
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            let state = fs::read_to_string(&stat).unwrap_or_default();
+            if state.is_empty() || state.contains(") Z") {
+                fs::write(&procs, "").unwrap();
+                return;
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let mut args = fx.args(&["timeout_ms=50"]);
+    for a in &mut args {
+        if a.starts_with("proc_self_cgroup=") {
+            *a = format!("proc_self_cgroup={}", proc.join("self/cgroup").display());
+        }
+    }
+    (child, args)
+}
+
+#[test]
+fn without_an_agent_the_plugin_ends_the_lease_processes_itself_before_the_tasks() {
+    use std::os::unix::process::ExitStatusExt;
+    let fx = Fixture::new();
+    let (mut child, args) = lease_process(&fx);
+    let host = FakeHost::remote(0);
+    let warned = AtomicBool::new(false);
+    let start = Instant::now();
+    user_init(&host, &refs(&args), &Warner::new(&warned));
+    // Killed before user_init returned (the step's tasks start after it): reaped at once.
+    let status = child.try_wait().unwrap();
+    assert!(
+        status.is_some_and(|s| s.signal() == Some(9)),
+        "the lease's process after user_init: {status:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        start.elapsed()
+    );
+    let info = host.lines(Level::Info);
+    assert_eq!(info.len(), 2, "{:?}", host.logged);
+    assert!(
+        info[1].contains("ended the node's 1 lease group(s) itself (1 process(es) killed)"),
+        "{}",
+        info[1]
+    );
+}
+
+#[test]
+fn with_an_agent_answering_the_plugin_leaves_leases_to_it() {
+    let fx = Fixture::new();
+    let rx = agent(&fx.socket("n1"));
+    let (mut child, args) = lease_process(&fx);
+    let host = FakeHost::remote(0);
+    let warned = AtomicBool::new(false);
+    user_init(&host, &refs(&args), &Warner::new(&warned));
+    assert!(matches!(recv(&rx), PluginMessage::StepStart(_)));
+    assert_eq!(child.try_wait().unwrap(), None, "{:?}", host.logged);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 #[test]
 fn other_contexts_send_nothing() {
     let fx = Fixture::new();

@@ -76,6 +76,7 @@ fn messages(a: &Args) -> Vec<v1::AgentMessage> {
                 gpus: vec![],
                 address: address.clone(),
                 expires_unix_ms: 0,
+                ..Default::default()
             })),
             cause: v1::EndCause::Unspecified as i32,
         }));
@@ -93,9 +94,11 @@ fn messages(a: &Args) -> Vec<v1::AgentMessage> {
 }
 
 async fn session(a: &Args) -> Result<()> {
-    let url = match (&a.ca, a.url.strip_prefix("http://")) {
+    // A list of schedulers (the local cluster's primary and standby): the first, the primary.
+    let first = a.url.split(',').next().unwrap_or_default().to_owned();
+    let url = match (&a.ca, first.strip_prefix("http://")) {
         (Some(_), Some(rest)) => format!("https://{rest}"),
-        _ => a.url.clone(),
+        _ => first.clone(),
     };
     let mut endpoint = Endpoint::from_shared(url)?.connect_timeout(WAIT);
     if let Some(ca) = &a.ca {

@@ -16,7 +16,9 @@ use crate::{LocalCluster, repo_root};
 pub const TEST_USER: &str = "harvest-user";
 
 /// C-ABI test functions: `echo`, `crash`, `spin`, `hog` (allocates and touches N MiB, N the
-/// decimal input) and `whereami` (`exe=`, `cpus=`, `uid=` lines, then `/proc/self/cgroup`).
+/// decimal input), `whereami` (`exe=`, `cpus=`, `uid=` lines, then `/proc/self/cgroup`), `burn`,
+/// `hold`, `threads` (a bounded thread bomb that reports how many it made), `open_path` (opens
+/// the input path: `opened` or `errno=N`) and `chatter` (writes N KiB to stdout).
 pub const FUNCTIONS_C: &str = include_str!("functions.c");
 
 /// Compiles [`FUNCTIONS_C`] into `dir/libfunctions.so`, readable by every user.
@@ -66,6 +68,65 @@ pub fn regular_user(name: &str) -> Result<(u32, u32)> {
         id("-u").with_context(|| format!("no uid for {name}"))?,
         id("-g").with_context(|| format!("no gid for {name}"))?,
     ))
+}
+
+/// The secret of the leases a test orders from harvestd directly (CreateExecutor): one per test
+/// process, proved on every connection to their executors.
+pub fn lease_secret() -> &'static harvest_core::invoke::auth::LeaseSecret {
+    static SECRET: std::sync::OnceLock<harvest_core::invoke::auth::LeaseSecret> =
+        std::sync::OnceLock::new();
+    SECRET.get_or_init(|| {
+        harvest_core::invoke::auth::LeaseSecret::random().expect("the system's random generator")
+    })
+}
+
+/// The user in the primary group the local cluster's scheduler caps at one live lease
+/// (`[[access.per_group]] gid = 2900`, deploy/local-cluster).
+pub const CAPPED_USER: &str = "harvest-capped-user";
+/// That group's gid (deploy/local-cluster's `HARVEST_CAPPED_GID`).
+pub const CAPPED_GID: u32 = 2900;
+
+/// Creates [`CAPPED_USER`] with primary group [`CAPPED_GID`] when missing; returns its uid.
+pub fn capped_user() -> Result<u32> {
+    let has_group = Command::new("getent")
+        .args(["group", &CAPPED_GID.to_string()])
+        .output()?
+        .status
+        .success();
+    if !has_group {
+        let out = Command::new("groupadd")
+            .args(["-g", &CAPPED_GID.to_string(), "harvest-capped"])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "groupadd harvest-capped: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = Command::new("id").args(["-u", CAPPED_USER]).output()?;
+    if !out.status.success() {
+        let out = Command::new("useradd")
+            .args([
+                "-M",
+                "-s",
+                "/bin/sh",
+                "-g",
+                &CAPPED_GID.to_string(),
+                CAPPED_USER,
+            ])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "useradd {CAPPED_USER}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (uid, gid) = regular_user(CAPPED_USER)?;
+    ensure!(
+        gid == CAPPED_GID,
+        "{CAPPED_USER}'s primary group is {gid}, not {CAPPED_GID}"
+    );
+    Ok(uid)
 }
 
 /// A binary of the workspace's debug build (`scripts/test-all` builds them all first).

@@ -1,5 +1,8 @@
 /* Test functions in the rFaaS C ABI, shared by the system tests (fixtures.rs). */
 #define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -69,4 +72,52 @@ uint32_t hold(void *in, uint32_t len, void *out) {
     for (size_t i = 0; i < (mib << 20); i += 4096) p[i] = 1;
     for (volatile unsigned long i = 0;; i++) {}
     return 0;
+}
+
+/* A thread bomb that reports: creates threads (64 KiB stacks, each parked on a pipe) until
+   pthread_create fails or 4096 exist (far below pid_max, so a missing limit is seen without
+   exhausting the node), holds them for the number of milliseconds in the input, then releases
+   and joins them. "threads=N errno=E" (E: pthread_create's error, 0 if none failed). */
+static void *parked(void *fd) { char c; (void)!read((int)(intptr_t)fd, &c, 1); return NULL; }
+
+uint32_t threads(void *in, uint32_t len, void *out) {
+    char buf[32] = {0};
+    memcpy(buf, in, len < 31 ? len : 31);
+    long hold_ms = strtol(buf, NULL, 10);
+    static pthread_t ids[4096];
+    int p[2];
+    if (pipe(p) != 0) return (uint32_t)sprintf(out, "pipe failed errno=%d", errno);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 64 * 1024);
+    int n = 0, err = 0;
+    while (n < 4096 && (err = pthread_create(&ids[n], &attr, parked, (void *)(intptr_t)p[0])) == 0) n++;
+    struct timespec t = {hold_ms / 1000, (hold_ms % 1000) * 1000000};
+    nanosleep(&t, NULL);
+    close(p[1]);
+    for (int i = 0; i < n; i++) pthread_join(ids[i], NULL);
+    close(p[0]);
+    return (uint32_t)sprintf(out, "threads=%d errno=%d", n, err);
+}
+
+/* Opens the path in the input read-only: "opened" or "errno=N" (EPERM, 1, from a devices cgroup). */
+uint32_t open_path(void *in, uint32_t len, void *out) {
+    char path[4096] = {0};
+    memcpy(path, in, len < sizeof path - 1 ? len : sizeof path - 1);
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
+    if (fd < 0) return (uint32_t)sprintf(out, "errno=%d", errno);
+    close(fd);
+    return (uint32_t)sprintf(out, "opened");
+}
+
+/* Writes the number of KiB in the input to stdout (the executor's log), then "written". */
+uint32_t chatter(void *in, uint32_t len, void *out) {
+    char buf[32] = {0}, line[1024];
+    memcpy(buf, in, len < 31 ? len : 31);
+    long kib = strtol(buf, NULL, 10);
+    memset(line, 'x', sizeof line - 1);
+    line[sizeof line - 1] = '\n';
+    for (long i = 0; i < kib; i++)
+        if (write(1, line, sizeof line) < 0) return (uint32_t)sprintf(out, "errno=%d", errno);
+    return (uint32_t)sprintf(out, "written");
 }

@@ -12,64 +12,22 @@
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use harvest_agent::fake_scheduler::{FakeScheduler, event_of, register, slots};
+use harvest_agent::fake_scheduler::{event_of, slots};
 use harvest_client::invoke::{ExecutorConnection, InvokeError, Polling};
 use harvest_core::invoke::ErrorCode;
 use harvest_core::{CpuSet, NodeView};
 use harvest_proto::v1;
-use harvest_system_tests::fixtures::{Scratch, build_library, field, target_bin, test_user};
+use harvest_system_tests::fixtures::{Scratch, build_library, field, lease_secret, test_user};
 use harvest_system_tests::{LocalCluster, poll};
 
+mod common;
+use common::Agent;
+
 const WAIT: Duration = Duration::from_secs(30);
-
-/// The test's harvestd and its lease groups; on drop the agent is killed by pid and anything
-/// left in its groups is killed and removed.
-struct Agent {
-    child: Child,
-    dir: PathBuf,
-    parent: String,
-}
-
-impl Agent {
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("harvestd.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let roots: Vec<PathBuf> = ["cpuset", "memory", "cpu", "freezer"]
-            .iter()
-            .map(|c| Path::new("/sys/fs/cgroup").join(c).join(&self.parent))
-            .collect();
-        for root in &roots {
-            for lease in std::fs::read_dir(root).into_iter().flatten().flatten() {
-                let procs = std::fs::read_to_string(lease.path().join("cgroup.procs"));
-                for pid in procs.unwrap_or_default().lines() {
-                    let _ = Command::new("kill").args(["-KILL", pid]).status();
-                }
-            }
-        }
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        for root in &roots {
-            for lease in std::fs::read_dir(root).into_iter().flatten().flatten() {
-                while std::fs::remove_dir(lease.path()).is_err()
-                    && std::time::Instant::now() < deadline
-                {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-            let _ = std::fs::remove_dir(root);
-        }
-    }
-}
 
 fn invoke(
     addr: SocketAddr,
@@ -77,7 +35,7 @@ fn invoke(
     input: &[u8],
     timeout: Option<Duration>,
 ) -> Result<Vec<u8>, InvokeError> {
-    ExecutorConnection::connect(addr, Polling::Block)?.invoke(f, input, timeout)
+    ExecutorConnection::connect(addr, Polling::Block, lease_secret())?.invoke(f, input, timeout)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,60 +64,8 @@ async fn an_executor_beside_a_batch_job_uses_only_idle_cpus_and_survives_failing
         .trim()
         .parse()?;
 
-    // Mutual TLS with a CA of the test's own.
-    let pki = harvest_proto::tls::testing::Pki::new(&dir, "exec");
-    let (server, agent) = (pki.server(), pki.node("n1"));
-    let server_tls = tonic::transport::ServerTlsConfig::new()
-        .identity(harvest_proto::tls::read_identity(
-            ("cert", &server.cert),
-            ("key", &server.key),
-        )?)
-        .client_ca_root(harvest_proto::tls::read_ca("ca", &pki.ca())?);
-    let mut sched = FakeScheduler::start_tls("127.0.0.1:0".parse()?, Some(server_tls)).await?;
-    let config = dir.join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "heartbeat_interval = \"200ms\"\nexecutor_path = \"{}\"\nlease_cgroup_parent = \"{parent}\"\n\
-             tls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n",
-            target_bin("harvest-executor")?.display(),
-            pki.ca().display().to_string(),
-            agent.cert.display().to_string(),
-            agent.key.display().to_string()
-        ),
-    )?;
-    let child = cluster
-        .command(target_bin("harvestd")?.to_str().context("utf-8 path")?)
-        .args([
-            "run",
-            "--node",
-            "n1",
-            "--scheduler",
-            &sched.url(),
-            "--config",
-        ])
-        .arg(&config)
-        .arg("--run-dir")
-        .arg(dir.join("run"))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .env("RUST_LOG", "harvest_agent=debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("harvestd.log"))?)
-        .spawn()?;
-    let mut agent = Agent {
-        child,
-        dir: dir.clone(),
-        parent: parent.clone(),
-    };
-
-    let reg = sched.wait_for(WAIT, register).await;
-    ensure!(
-        reg.is_some_and(|r| r.node == "n1"),
-        "no Register from harvestd; its log:\n{}",
-        agent.log()
-    );
+    let (mut agent, mut sched) =
+        Agent::start(&cluster, &dir, &parent, "", "harvest_agent=debug", WAIT).await?;
     // The agent reports the job's CPUs as batch (it reads Slurm's cgroup tree).
     let batch = sched
         .wait_for(WAIT, |m| {
@@ -191,6 +97,8 @@ async fn an_executor_beside_a_batch_job_uses_only_idle_cpus_and_survives_failing
             max_output_bytes: 0,
         }),
         expires_unix_ms: 0,
+        secret: lease_secret().as_bytes().to_vec(),
+        request_id: String::new(),
     };
     ensure!(
         sched.send(v1::scheduler_message::Msg::Create(create)).await,

@@ -6,6 +6,9 @@
 //!   with code 15 and `LeaseRevoked` naming the job.
 //! - The same with failover and both nodes open: the invocation completes on the other node and
 //!   `harvest invoke` exits 0.
+//! - With harvestd stopped (its socket accepts, nobody answers), a job taking n1 still finds
+//!   none of a lease's processes alive: the plugin ended them itself; harvestd, continued, ends
+//!   the lease.
 //! - An executor holding most of n1's idle memory: a job asking for that memory starts, touches
 //!   it and completes (no OOM kill); the lease is revoked for memory.
 //!
@@ -413,5 +416,83 @@ fn the_reclaim_benchmark_runs_in_its_quick_mode() -> Result<()> {
     );
     let rows = std::fs::read_to_string(out.0.join("rounds.csv"))?;
     ensure!(rows.lines().count() == 11, "5 rounds of each kind: {rows}");
+    Ok(())
+}
+
+/// Sends `sig` to `pid` with kill(1).
+fn signal(pid: i32, sig: &str) -> Result<()> {
+    let st = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()?;
+    ensure!(st.success(), "kill -{sig} {pid} failed");
+    Ok(())
+}
+
+/// SIGCONTs a stopped harvestd when dropped, whatever the test's outcome.
+struct Continue(i32);
+
+impl Drop for Continue {
+    fn drop(&mut self) {
+        let _ = signal(self.0, "CONT");
+    }
+}
+
+#[test]
+#[ignore = "needs the local cluster: deploy/local-cluster up --nodes 2 (with harvest-scheduler), root, cc"]
+fn with_harvestd_stopped_the_plugin_itself_ends_the_functions_before_the_jobs_tasks() -> Result<()>
+{
+    let rig = Rig::new("harvest-reclaim-noagent-test")?;
+    let filler = rig
+        .cluster
+        .sbatch(&["-w", "n2", "--exclusive", "--wrap", "sleep 300"])?;
+    filler.wait_state("RUNNING", Duration::from_secs(30))?;
+    rig.wait_full("n2")?;
+    let lease: Value = serde_json::from_str(&rig.cli.ok(
+        Some(USER),
+        &[
+            "lease", "acquire", "--lib", &rig.lib, "--cores", "1", "--mem", "64M", "--json",
+        ],
+    )?)?;
+    let id = lease["id"].as_str().context("lease id")?.to_owned();
+    ensure!(lease["node"] == "n1", "the lease went elsewhere: {lease}");
+    let pids = poll(Duration::from_secs(10), || {
+        let p = rig.executor_pids("n1", &id)?;
+        Ok((!p.is_empty()).then_some(p))
+    })?
+    .context("the lease's cgroup never held its executor")?;
+
+    // harvestd stopped: its socket accepts, nobody answers (as when it hangs or is SIGKILLed
+    // and not yet restarted, the plugin's exchange times out or fails).
+    let agent = rig.cluster.recorded_pid("harvestd-n1")?;
+    signal(agent, "STOP")?;
+    let resume = Continue(agent);
+    let job = rig
+        .cluster
+        .sbatch(&["-w", "n1", "--exclusive", "--wrap", &alive_check(&pids)])?;
+    let (state, exit) = rig.job_end(job.id)?;
+    drop(resume);
+    ensure!(
+        state == "COMPLETED" && exit == "0:0",
+        "job {}: {state} {exit}",
+        job.id
+    );
+    let out = rig.job_output(job.id)?;
+    ensure!(
+        out.contains("checked") && !out.contains("alive"),
+        "with harvestd stopped, the lease's processes {pids:?} were alive when job {}'s task \
+         started: {out}",
+        job.id
+    );
+    // harvestd, running again, finds the executor gone and ends the lease.
+    let ended = poll(Duration::from_secs(60), || {
+        let l = rig.json(&["lease", "renew", &id, "--json"]);
+        Ok(l.ok().filter(|l| l["state"] != "active"))
+    })?;
+    let ended = ended.with_context(|| format!("lease {id} still active 60 s after the job"))?;
+    let _ = rig.cli.run(Some(USER), &["lease", "release", &id]);
+    ensure!(
+        ended["state"] != "active",
+        "the lease whose executor the plugin ended: {ended}"
+    );
     Ok(())
 }

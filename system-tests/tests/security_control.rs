@@ -305,6 +305,47 @@ fn an_unprivileged_fake_agent_is_refused_and_changes_nothing() -> Result<()> {
             "harvest_agent_refusals_total went from {refusals} to {grew} (two sessions without a certificate)"
         );
         eprintln!("harvest_agent_refusals_total: {refusals} -> {grew}");
+
+        // A compromised node: root on the other node, with that node's own certificate and key,
+        // sends Ready (its own address) and Exited for the lease this node does not hold.
+        let other = if node == "n1" { "n2" } else { "n1" };
+        let (cert, key) = (
+            rig.tls.join(format!("node-{other}.pem")),
+            rig.tls.join(format!("node-{other}.key")),
+        );
+        let mut args: Vec<String> = [other, "--ca", ca.as_str(), "--cert"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        args.push(cert.to_str().context("utf-8")?.to_owned());
+        args.push("--key".into());
+        args.push(key.to_str().context("utf-8")?.to_owned());
+        args.extend(events.iter().map(|s| (*s).to_owned()));
+        let out = Command::new(&rig.agent)
+            .arg(&rig.cli.scheduler)
+            .args(&args)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        eprintln!(
+            "a compromised {other} with its own certificate: {}",
+            text.trim()
+        );
+        // Its real agent is connected: the scheduler keeps that session and refuses the
+        // second one, so none of the events is even read (events from a node's own session
+        // for a lease another node holds are refused as `not_holder`: scheduler unit tests).
+        ensure!(
+            !out.status.success() && text.contains("already has a connected agent"),
+            "a second session for {other} was taken: {text}"
+        );
+        let after = rig.lease(&id)?;
+        ensure!(
+            after["state"] == "active" && after["executor_address"] == address,
+            "another node's events changed the lease: {after}"
+        );
+        ensure!(
+            rig.cli.nodes()?.iter().any(|n| n.0 == other && n.1 == "up"),
+            "{other}'s own harvestd lost its session"
+        );
         Ok(())
     })();
     let _ = rig.cli.run(Some(VICTIM), &["lease", "release", &id]);

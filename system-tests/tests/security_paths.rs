@@ -10,8 +10,11 @@
 //! Needs `deploy/local-cluster up --nodes 2` with harvestd and harvest-scheduler running, a built
 //! `harvest` CLI, `cc`, root and munged. Creates the regular user `harvest-user` when missing and
 //! runs the CLI as that user with `runuser`. harvestd's RSS is read from
-//! `/proc/<pid>/status` (pid from `$HARVEST_CLUSTER_DIR/run/harvestd-<node>.pid`); its memory is
-//! not capped by the test (the cluster is shared), the RSS bound is what fails a regression.
+//! `/proc/<pid>/status` (pid from `$HARVEST_CLUSTER_DIR/run/harvestd-<node>.pid`). For the
+//! attacks the test moves each harvestd into a v1 memory cgroup of its own capped at the RSS
+//! bound ([`MemoryCap`], beside the machine's own groups, moved back and removed afterwards): a
+//! regression that reads `/dev/zero` without bound gets harvestd killed by the cgroup's OOM
+//! killer, which fails the test (the node goes down), not the machine.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -27,6 +30,61 @@ use harvest_system_tests::{LocalCluster, poll};
 
 /// harvestd's resident memory must stay under this (it is ~20-60 MiB on the local cluster).
 const RSS_BOUND_KIB: u64 = 512 * 1024;
+/// The v1 memory hierarchy.
+const MEMORY_ROOT: &str = "/sys/fs/cgroup/memory";
+
+/// A process moved into a memory cgroup of its own with a hard limit, for the test's length.
+struct MemoryCap {
+    pid: u32,
+    group: PathBuf,
+    /// The process's memory cgroup before (relative to [`MEMORY_ROOT`]).
+    home: PathBuf,
+}
+
+impl MemoryCap {
+    fn new(pid: u32, limit_bytes: u64) -> Result<Self> {
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .with_context(|| format!("pid {pid} is gone"))?;
+        let home = cgroups
+            .lines()
+            .find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
+                ctl.split(',')
+                    .any(|c| c == "memory")
+                    .then(|| PathBuf::from(path.trim_start_matches('/')))
+            })
+            .context("no v1 memory cgroup in /proc/<pid>/cgroup")?;
+        let group =
+            Path::new(MEMORY_ROOT).join(format!("harvest_test_cap_{}_{pid}", std::process::id()));
+        std::fs::create_dir_all(&group).with_context(|| format!("creating {}", group.display()))?;
+        let cap = Self { pid, group, home };
+        std::fs::write(
+            cap.group.join("memory.limit_in_bytes"),
+            limit_bytes.to_string(),
+        )
+        .context("setting memory.limit_in_bytes")?;
+        std::fs::write(cap.group.join("cgroup.procs"), pid.to_string())
+            .with_context(|| format!("moving pid {pid} into {}", cap.group.display()))?;
+        Ok(cap)
+    }
+}
+
+impl Drop for MemoryCap {
+    fn drop(&mut self) {
+        let home = Path::new(MEMORY_ROOT).join(&self.home).join("cgroup.procs");
+        // Gone (killed by the cap) is fine: the group is empty then.
+        let _ = std::fs::write(&home, self.pid.to_string());
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.group).is_ok() || !self.group.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("could not remove {}", self.group.display());
+    }
+}
+
 /// How long the node must stay `up` after the attack.
 const STAY_UP: Duration = Duration::from_secs(30);
 /// Acquisitions against the concurrent symlinker, and the most time they may take.
@@ -252,6 +310,19 @@ impl Rig {
         Ok(())
     }
 
+    /// Caps every node's harvestd at the RSS bound (see [`MemoryCap`]).
+    fn cap_agents(&self) -> Result<Vec<MemoryCap>> {
+        let mut caps = Vec::new();
+        for (node, ..) in self.cli.nodes()? {
+            caps.push(MemoryCap::new(
+                self.harvestd_pid(&node)?,
+                RSS_BOUND_KIB * 1024,
+            )?);
+        }
+        ensure!(!caps.is_empty(), "no node to cap");
+        Ok(caps)
+    }
+
     fn harvestd_pid(&self, node: &str) -> Result<u32> {
         let dir = self
             .cluster
@@ -320,6 +391,7 @@ impl Rig {
 #[ignore = "needs the local cluster: deploy/local-cluster up --nodes 2"]
 fn planted_symlinks_fifos_and_devices_get_nothing_from_root() -> Result<()> {
     let rig = Rig::new("harvest-security-paths")?;
+    let _caps = rig.cap_agents()?;
     // 0: symlinks to the canary, 1: to /dev/zero, 2: FIFOs, 3: dangling symlinks to `outside`.
     for mode in 0..4 {
         let lib = build_planter(&rig.dir, mode, false, &rig.canary.path, &rig.outside)?;

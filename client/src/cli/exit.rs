@@ -18,7 +18,8 @@ pub mod code {
     pub const USAGE: u8 = 2;
     /// No scheduler configured, or it cannot be reached.
     pub const UNREACHABLE: u8 = 3;
-    /// No credential could be made, or the scheduler refused it.
+    /// No credential could be made, or the scheduler refused it; or the lease's executor refused
+    /// the lease secret (or the lease came without one: it is not the caller's).
     pub const AUTH: u8 = 4;
     /// No node has the idle resources asked for.
     pub const NO_RESOURCES: u8 = 5;
@@ -115,9 +116,11 @@ impl CliError {
                 Some(ErrorCode::NoSuchFunction) => code::NO_SUCH_FUNCTION,
                 Some(ErrorCode::OutputTooLarge) => code::OUTPUT_TOO_LARGE,
                 Some(ErrorCode::LeaseRevoked) => code::REVOKED,
+                Some(ErrorCode::Unauthorized) => code::AUTH,
                 Some(_) => code::REMOTE_OTHER,
                 None => match e {
                     InvokeError::Request(_) => code::LOCAL,
+                    InvokeError::NoSecret { .. } => code::AUTH,
                     _ => code::EXECUTOR,
                 },
             },
@@ -163,5 +166,21 @@ mod tests {
         );
         // The remote error's message names its kind.
         assert!(remote(ErrorCode::Crashed).to_string().contains("crashed"));
+    }
+
+    #[test]
+    fn a_refused_or_missing_lease_secret_is_an_auth_failure() {
+        let refused = CliError::Invoke(InvokeError::Unauthorized {
+            addr: "127.0.0.1:5".parse().unwrap(),
+            message: "wrong proof".into(),
+        });
+        assert_eq!(refused.exit_code(), code::AUTH);
+        assert!(
+            refused.to_string().contains("refused the lease secret"),
+            "{refused}"
+        );
+        let missing = CliError::Invoke(InvokeError::NoSecret { lease: "L1".into() });
+        assert_eq!(missing.exit_code(), code::AUTH);
+        assert!(missing.to_string().contains("L1"), "{missing}");
     }
 }

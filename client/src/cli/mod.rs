@@ -41,7 +41,9 @@ use exit::CliError;
 /// configuration ($HARVEST_CONFIG, ~/.config/harvest/client.toml, /etc/harvest/client.toml).
 /// With $HARVEST_CA (or `ca = "/path/ca.pem"` in that file) the client speaks TLS and verifies
 /// the scheduler's certificate against that CA (deploy/local-cluster env sets it).
-/// You are who munge says you are (`munge -n`): munged must run on this host.
+/// You are who munge says you are: each request carries a new munge credential made for it
+/// and for the scheduler's uid ($HARVEST_SCHEDULER_UID or `scheduler_uid` in that file,
+/// default 0); munged must run on this host.
 /// Exit codes are listed in docs/cli.md (0 success, 3 scheduler unreachable, 5 no idle
 /// resources, 10 crashed, 11 timed out, 12 out of memory, ...).
 #[derive(Debug, Parser)]
@@ -66,9 +68,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Every lease: live ones and recently ended ones (with why they ended).
+    /// Your leases: live ones and recently ended ones (with why they ended), then what other
+    /// users' live leases hold together. Operators see every lease.
     Leases {
-        /// JSON: an array of leases (id, node, uid, user, cpus, memory_mib, state, ...).
+        /// JSON: an array of your leases (id, node, uid, user, cpus, memory_mib, state, ...).
         #[arg(long)]
         json: bool,
     },
@@ -86,6 +89,37 @@ pub enum Command {
     /// live leases and recent revocations. The scheduler's web dashboard (its http_listen
     /// address) shows the same with the last hour.
     Top(top::TopArgs),
+    /// Operators' actions (operator_uids / operator_gids in the scheduler's [access] table;
+    /// root always): drain a node from harvesting, revoke any lease.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Stop placing leases on a node (Slurm is not touched: batch jobs still run there). Its
+    /// live leases run on until they end, or end now with --revoke-leases. `harvest nodes`
+    /// shows the node as `drained`.
+    Drain {
+        /// The node's name, as `harvest nodes` shows it.
+        node: String,
+        /// Also revoke the node's live leases now (their clients see cause `operator`).
+        #[arg(long)]
+        revoke_leases: bool,
+        /// Why (shown in the revoked leases' end reason and the scheduler's log).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Allow placements on a drained node again.
+    Undrain { node: String },
+    /// End any user's lease now (state revoked, cause operator).
+    Revoke {
+        /// The lease's id.
+        id: String,
+        /// Why (shown to the lease's owner as its end reason).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,6 +271,7 @@ pub fn run(args: Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliEr
             .clone()
             .unwrap_or_else(|| Munge::default().program),
         socket: config.munge_socket.clone(),
+        scheduler_uid: config.scheduler_uid(env)?,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -260,11 +295,15 @@ pub fn run(args: Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliEr
                 .map_err(io("cannot write to stdout"))?;
         }
         Command::Leases { json: as_json } => {
-            let leases = rt.block_on(client.leases())?;
+            let (leases, others) = rt.block_on(client.leases_and_others())?;
             let text = if as_json {
                 to_json(&leases)
             } else {
-                show::leases(&leases)
+                let mut text = show::leases(&leases);
+                if let Some(others) = &others {
+                    text.push_str(&show::others(others));
+                }
+                text
             };
             stdout
                 .write_all(text.as_bytes())
@@ -304,17 +343,35 @@ pub fn run(args: Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliEr
                 .map_err(io("cannot write to stdout"))?;
         }
         Command::Top(a) => top::run(&rt, &mut client, &url, &a, env)?,
+        Command::Admin(AdminCommand::Drain {
+            node,
+            revoke_leases,
+            reason,
+        }) => {
+            let revoked = rt.block_on(client.drain_node(&node, true, revoke_leases, &reason))?;
+            let text = format!("node {node} drained from harvesting; {revoked} lease(s) revoked\n");
+            stdout
+                .write_all(text.as_bytes())
+                .map_err(io("cannot write to stdout"))?;
+        }
+        Command::Admin(AdminCommand::Undrain { node }) => {
+            rt.block_on(client.drain_node(&node, false, false, ""))?;
+            let text = format!("node {node} open to harvesting again\n");
+            stdout
+                .write_all(text.as_bytes())
+                .map_err(io("cannot write to stdout"))?;
+        }
+        Command::Admin(AdminCommand::Revoke { id, reason }) => {
+            let lease = rt.block_on(client.revoke(&id, &reason))?;
+            stdout
+                .write_all(show::lease(&lease).as_bytes())
+                .map_err(io("cannot write to stdout"))?;
+        }
         Command::Invoke(a) => {
             let input = read_input(a.input.as_ref())?;
             let output = if let Some(id) = &a.lease {
-                let leases = rt.block_on(client.leases())?;
-                let lease = leases.into_iter().find(|l| &l.id == id).ok_or_else(|| {
-                    crate::lease::LeaseError::Refused {
-                        op: "invoke",
-                        code: tonic::Code::NotFound,
-                        message: format!("no lease {id}: `harvest leases` lists the leases"),
-                    }
-                })?;
+                // GetLease: the lease with its secret, which only its owner gets.
+                let lease = rt.block_on(client.get(id))?;
                 match invoke_once(&lease, &a.function, &input, a.timeout) {
                     Ok(output) => output,
                     Err(CliError::Invoke(e)) if failover::may_be_revoked(&e) => {

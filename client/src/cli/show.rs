@@ -91,6 +91,14 @@ pub fn leases(leases: &[Lease]) -> String {
     out
 }
 
+/// What other users' live leases hold together (`harvest leases` shows them below yours).
+pub fn others(t: &harvest_proto::v1::LeaseTotals) -> String {
+    format!(
+        "other users: {} live lease(s) of {} user(s), {} core(s), {} MiB\n",
+        t.leases, t.users, t.cores, t.memory_mib
+    )
+}
+
 /// A lease in a few lines.
 pub fn lease(l: &Lease) -> String {
     format!(
@@ -127,6 +135,7 @@ mod tests {
             end_cause: String::new(),
             idle_timeout_ms: 0,
             last_active_unix_ms: 0,
+            secret: None,
         };
         let t = leases(std::slice::from_ref(&l));
         let row = t.lines().nth(1).unwrap();

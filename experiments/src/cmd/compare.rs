@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use harvest_policies::BUILTIN_POLICIES;
 
 use super::simulate::{Workload, simulate_into};
-use crate::sim::Summary;
+use crate::sim::study::demand_for_load;
+use crate::sim::{SimConfig, Summary};
 
 /// `compare-policies`' flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -24,6 +25,10 @@ pub struct Args {
     /// Output directory (overrides the run name).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Without --functions: the Azure sample scaled to offer this fraction of the idle
+    /// core-hours of a batch-only run of the same window (as `simulate` does).
+    #[arg(long, default_value_t = 0.5)]
+    pub load: f64,
 }
 
 /// A column: its header and how to print a run's value.
@@ -47,6 +52,15 @@ const COLUMNS: &[Column] = &[
     ("refused", |s| s.functions_refused.to_string()),
     ("wait p99 ms", |s| format!("{:.0}", s.function_wait_p99_ms)),
     ("reclaims", |s| s.reclaims.to_string()),
+    ("offered core-h", |s| {
+        format!("{:.0}", s.functions.offered_core_hours)
+    }),
+    ("served core-h", |s| {
+        format!("{:.0}", s.functions.served_core_hours)
+    }),
+    ("invocations served %", |s| {
+        format!("{:.2}", s.invocations_served_pct)
+    }),
     ("core-h lost", |s| {
         format!("{:.1}", s.function_core_hours_lost_to_reclaim)
     }),
@@ -105,7 +119,22 @@ pub fn run_cmd(args: Args) -> anyhow::Result<()> {
     } else {
         args.policies.clone()
     };
-    let first = args.workload.config(&policies[0])?;
+    anyhow::ensure!(
+        args.load.is_finite() && args.load > 0.0,
+        "--load {} must be a number > 0",
+        args.load
+    );
+    let mut first = args.workload.config(&policies[0])?;
+    let demand = match &args.workload.functions {
+        Some(d) => d.clone(),
+        None => {
+            let mut p = super::progress_printer("batch only".to_owned());
+            let (d, _) = demand_for_load(&first, args.load, &mut p)?;
+            super::progress_done();
+            d
+        }
+    };
+    first.demand_text = demand.clone();
     let name = args
         .run
         .clone()
@@ -116,7 +145,10 @@ pub fn run_cmd(args: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|| super::results_root().join("compare-policies").join(&name));
     let mut summaries = Vec::new();
     for policy in &policies {
-        let cfg = args.workload.config(policy)?;
+        let cfg = SimConfig {
+            demand_text: demand.clone(),
+            ..args.workload.config(policy)?
+        };
         let outcome = simulate_into(
             &cfg,
             &dir.join(policy),
@@ -128,7 +160,7 @@ pub fn run_cmd(args: Args) -> anyhow::Result<()> {
     let s0 = &summaries[0];
     let mut md = format!(
         "# Policy comparison: {} on {} nodes\n\nSame workload for every policy (functions `{}`, seed {}, {:.0} h window after {:.0} h warm-up, \
-         batch {:?}); each policy's report is in its subdirectory. Placement latency is measured inside the simulation \
+         batch {:?}, queue order {:?}); each policy's report is in its subdirectory. Placement latency is measured inside the simulation \
          on this machine, one decision at a time.\n\n",
         name,
         s0.nodes,
@@ -136,7 +168,8 @@ pub fn run_cmd(args: Args) -> anyhow::Result<()> {
         args.workload.seed,
         s0.window_h,
         s0.window_start_h,
-        s0.batch_mode
+        s0.batch_mode,
+        s0.queue_order
     );
     md += &table(&summaries);
     std::fs::write(dir.join("comparison.md"), md)?;

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use harvest_client::{ExecutorConnection, Polling};
+use harvest_core::invoke::auth::LeaseSecret;
 use serde::Serialize;
 
 /// Arguments of `harvest-experiments latency`.
@@ -92,13 +93,15 @@ pub fn run_cmd(args: Args) -> Result<()> {
         // process, frequency, the page cache) hits every configuration alike. Spinning sides
         // spin for a 1 ms window after each message, then block: a configuration waiting for
         // its turn must not steal a core from the one being measured.
-        let hot_exec = Helper::executor(work.path(), &lib, "1ms")?;
-        let warm_exec = Helper::executor(work.path(), &lib, "warm")?;
+        // The executors serve only holders of their lease secret, as harvestd's do.
+        let secret = LeaseSecret::random()?;
+        let hot_exec = Helper::executor(work.path(), &lib, "1ms", &secret)?;
+        let warm_exec = Helper::executor(work.path(), &lib, "warm", &secret)?;
         let spin_srv = Helper::raw_echo(work.path(), true)?;
         let block_srv = Helper::raw_echo(work.path(), false)?;
         let mut pingers = [
-            Pinger::executor(hot_exec.addr, Polling::Spin, size)?,
-            Pinger::executor(warm_exec.addr, Polling::Block, size)?,
+            Pinger::executor(hot_exec.addr, Polling::Spin, size, &secret)?,
+            Pinger::executor(warm_exec.addr, Polling::Block, size, &secret)?,
             Pinger::raw(spin_srv.addr, true, size)?,
             Pinger::raw(block_srv.addr, false, size)?,
         ];
@@ -247,7 +250,7 @@ struct Helper {
 }
 
 impl Helper {
-    fn executor(dir: &Path, lib: &Path, hot: &str) -> Result<Self> {
+    fn executor(dir: &Path, lib: &Path, hot: &str, secret: &LeaseSecret) -> Result<Self> {
         let ready = dir.join(format!("executor-{hot}.addr"));
         let _ = std::fs::remove_file(&ready);
         let mut cmd = Command::new(std::env::current_exe()?);
@@ -261,7 +264,8 @@ impl Helper {
         ])
         .arg(lib)
         .arg("--ready-file")
-        .arg(&ready);
+        .arg(&ready)
+        .env(harvest_executor::config::SECRET_ENV, secret.to_hex());
         Self::spawn(cmd, &ready)
     }
 
@@ -329,9 +333,14 @@ enum Pinger {
 }
 
 impl Pinger {
-    fn executor(addr: SocketAddr, polling: Polling, size: usize) -> Result<Self> {
+    fn executor(
+        addr: SocketAddr,
+        polling: Polling,
+        size: usize,
+        secret: &LeaseSecret,
+    ) -> Result<Self> {
         Ok(Self::Executor {
-            conn: ExecutorConnection::connect(addr, polling)?,
+            conn: ExecutorConnection::connect(addr, polling, secret)?,
             input: vec![0x5au8; size],
             out: Vec::with_capacity(size + 16),
         })

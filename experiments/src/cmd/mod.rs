@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod compare;
+pub mod faults;
 pub mod interference;
 pub mod latency;
 pub mod reclaim;

@@ -117,7 +117,7 @@ impl Bench {
     fn nodes(&self) -> Result<Value> {
         let out = self
             .cluster
-            .cmd(&self.harvest)
+            .command(&self.harvest)
             .args(["nodes", "--json"])
             .output()?;
         ensure!(
@@ -162,7 +162,7 @@ impl Bench {
         let t = Instant::now();
         let out = self
             .cluster
-            .cmd("srun")
+            .command("srun")
             .args(["-w", &self.node, "-N1", "--exclusive", "true"])
             .output()?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
@@ -178,10 +178,10 @@ impl Bench {
     fn spinning_lease(&self) -> Result<(String, Child)> {
         let out = self
             .cluster
-            .cmd("runuser")
+            .command("runuser")
             .args(["-u", BENCH_USER, "--"])
             .arg(&self.harvest)
-            .args(["--scheduler", self.cluster.var("HARVEST_SCHEDULER")?])
+            .args(["--scheduler", self.cluster.require("HARVEST_SCHEDULER")?])
             .args(["lease", "acquire", "--lib"])
             .arg(&self.lib)
             .args(["--cores", "1", "--mem", "64M", "--lifetime", "5m", "--json"])
@@ -199,9 +199,13 @@ impl Bench {
             lease["node"],
             self.node
         );
+        // As the lease's owner: only the owner gets the lease's secret from the scheduler.
         let caller = self
             .cluster
-            .cmd(&self.harvest)
+            .command("runuser")
+            .args(["-u", BENCH_USER, "--"])
+            .arg(&self.harvest)
+            .args(["--scheduler", self.cluster.require("HARVEST_SCHEDULER")?])
             .args([
                 "invoke",
                 "--lease",
@@ -218,7 +222,8 @@ impl Bench {
         // Spinning: the executor and the worker that runs `spin` are both in the lease group.
         let procs = self
             .cluster
-            .cgroup_root()
+            .cgroup_root
+            .clone()
             .join("cpuset")
             .join(format!("harvest_{}", self.node))
             .join(format!("lease_{id}"))

@@ -90,8 +90,8 @@ fn scrape(url: &str) -> bool {
 
 /// The metrics URLs of `node`'s agent and of the scheduler, from the cluster's environment.
 pub fn metrics_urls(cluster: &Cluster, node: &str) -> Result<Vec<String>> {
-    let mut urls = vec![cluster.var("HARVEST_SCHEDULER_METRICS")?.to_owned()];
-    let agents = cluster.var("HARVEST_AGENT_METRICS")?;
+    let mut urls = vec![cluster.require("HARVEST_SCHEDULER_METRICS")?.to_owned()];
+    let agents = cluster.require("HARVEST_AGENT_METRICS")?;
     let agent = agents
         .split_whitespace()
         .find_map(|kv| kv.strip_prefix(&format!("{node}=")))
@@ -152,10 +152,10 @@ impl ChurnLease {
         lib: &std::path::Path,
     ) -> Result<Self> {
         let child = cluster
-            .cmd("runuser")
+            .command("runuser")
             .args(["-u", super::reclaim::BENCH_USER, "--"])
             .arg(harvest)
-            .args(["--scheduler", cluster.var("HARVEST_SCHEDULER")?])
+            .args(["--scheduler", cluster.require("HARVEST_SCHEDULER")?])
             .args(["lease", "acquire", "--lib"])
             .arg(lib)
             .args(["--cores", "1", "--mem", "64M", "--lifetime", "1m", "--json"])
@@ -190,7 +190,7 @@ impl ChurnLease {
         {
             // Most were reclaimed with the step; release whatever was not.
             let _ = cluster
-                .cmd("runuser")
+                .command("runuser")
                 .args(["-u", super::reclaim::BENCH_USER, "--"])
                 .arg(harvest)
                 .args(["lease", "release", id])

@@ -12,8 +12,8 @@ use crate::sim::study::{StudyConfig, run_study};
 use crate::sim::study_output::write_study;
 use crate::sim::{
     AllocationMode, BatchMode, DEFAULT_BACKFILL_DEPTH, DEFAULT_COPY_SHIFT_S, DEFAULT_DRAIN_S,
-    DEFAULT_GROUP_SIZE, DEFAULT_SAMPLES, DEFAULT_SENSITIVE_FRACTION, DEFAULT_UNKNOWN_MEM_FRACTION,
-    Outcome, SimConfig, run,
+    DEFAULT_GROUP_SIZE, DEFAULT_PRIORITY, DEFAULT_SAMPLES, DEFAULT_SENSITIVE_FRACTION,
+    DEFAULT_UNKNOWN_MEM_FRACTION, Outcome, PriorityParams, QueueOrder, SimConfig, run,
 };
 use crate::swf::SwfReader;
 
@@ -23,8 +23,10 @@ pub const DEFAULT_DURATION: &str = "48h";
 /// Warm-up and window of `--quick`.
 pub const QUICK_WARMUP: &str = "6h";
 pub const QUICK_DURATION: &str = "6h";
-/// Demand of a single run (`compare-policies`) unless `--functions` says otherwise.
-pub const DEFAULT_SINGLE_DEMAND: &str = "azure:scale=1000";
+/// The demand `config` checks and sets when `--functions` is not given; `simulate` and
+/// `compare-policies` replace it with the Azure sample scaled to `--load` of the idle
+/// core-hours.
+pub const DEFAULT_SINGLE_DEMAND: &str = "azure:scale=1";
 /// Offered-load sweep: fractions of the batch-only run's idle core-hours.
 pub const DEFAULT_SWEEP: &[f64] = &[0.1, 0.25, 0.5, 0.75, 1.0, 1.5];
 
@@ -46,7 +48,7 @@ pub struct Workload {
     /// `simulate`: the Azure sample scaled to offer --load of the harvestable core-hours.
     #[arg(long)]
     pub functions: Option<String>,
-    /// Batch placement in time: FCFS with EASY backfill, or the trace's own start times.
+    /// Batch placement in time: EASY backfill (in --queue-order), or the trace's own start times.
     #[arg(long, value_enum, default_value = "easy")]
     pub batch: BatchMode,
     /// Core-granular (jobs share nodes) or node-exclusive; `auto` decides from the trace's
@@ -86,6 +88,25 @@ pub struct Workload {
     /// Backfill scan depth (Slurm's bf_max_job_test).
     #[arg(long, default_value_t = DEFAULT_BACKFILL_DEPTH)]
     pub backfill_depth: usize,
+    /// The order EASY considers waiting jobs in: `priority` (Slurm-like multifactor: fair
+    /// share by the trace's user, decayed over --half-life, plus age) or `fcfs` (submit order).
+    #[arg(long, value_enum, default_value = "priority")]
+    pub queue_order: QueueOrder,
+    /// Weight of the fair-share factor (Slurm's PriorityWeightFairshare).
+    #[arg(long, default_value_t = DEFAULT_PRIORITY.weight_fairshare)]
+    pub weight_fairshare: f64,
+    /// Weight of the age factor (Slurm's PriorityWeightAge).
+    #[arg(long, default_value_t = DEFAULT_PRIORITY.weight_age)]
+    pub weight_age: f64,
+    /// Age at which the age factor is 1 (Slurm's PriorityMaxAge).
+    #[arg(long, default_value = "168h")]
+    pub max_age: String,
+    /// Half-life of the usage fair share counts (Slurm's PriorityDecayHalfLife; 0s: no decay).
+    #[arg(long, default_value = "168h")]
+    pub half_life: String,
+    /// How often priorities are recalculated (Slurm's PriorityCalcPeriod; 0s: every pass).
+    #[arg(long, default_value = "5m")]
+    pub priority_calc_period: String,
     /// Share of batch jobs marked sensitive to co-location.
     #[arg(long, default_value_t = DEFAULT_SENSITIVE_FRACTION)]
     pub sensitive_fraction: f64,
@@ -161,6 +182,23 @@ impl Workload {
             "--unknown-mem-fraction {} must be between 0 and 1",
             self.unknown_mem_fraction
         );
+        for (w, flag) in [
+            (self.weight_fairshare, "--weight-fairshare"),
+            (self.weight_age, "--weight-age"),
+        ] {
+            anyhow::ensure!(
+                w.is_finite() && w >= 0.0,
+                "{flag} {w} must be a finite number >= 0"
+            );
+        }
+        let priority = PriorityParams {
+            weight_fairshare: self.weight_fairshare,
+            weight_age: self.weight_age,
+            max_age_ms: secs(&self.max_age, "max-age")?.saturating_mul(1000),
+            half_life_ms: secs(&self.half_life, "half-life")?.saturating_mul(1000),
+            calc_period_ms: secs(&self.priority_calc_period, "priority-calc-period")?
+                .saturating_mul(1000),
+        };
         Ok(SimConfig {
             trace: self.trace.clone(),
             data_dir: self.data.clone(),
@@ -174,6 +212,8 @@ impl Workload {
             batch: self.batch,
             allocation: self.allocation,
             backfill_depth: self.backfill_depth,
+            queue_order: self.queue_order,
+            priority,
             start_s: secs(&self.start, "start")?,
             warmup_s: secs(self.warmup.as_deref().unwrap_or(warmup), "warmup")?,
             duration_s: secs(self.duration.as_deref().unwrap_or(duration), "duration")?,
@@ -309,7 +349,8 @@ pub fn run_cmd(args: Args) -> anyhow::Result<()> {
     println!(
         "{} nodes ({:?}): core utilization trace {:.1}%, replay {:.1}%, batch only {:.1}%, with harvest {:.1}%; \
          harvestable {:.0} core-h, offered {:.0}, served {:.0}, lost to reclaim {:.0}; invocations served {:.2}%; \
-         wait p50 {:.0} s -> {:.0} s; bounded slowdown p50 {:.2} -> {:.2}; placement p99 {:.2} us; {:.2} M events/s",
+         wait p50 {:.0} s -> {:.0} s; bounded slowdown p50 {:.2} -> {:.2}; queue ({:?}) {} -> {} jobs (trace {} -> {}), {}; \
+         placement p99 {:.2} us; {:.2} M events/s (same run: batch only {:.2} M, replay {:.2} M)",
         s.nodes,
         s.allocation,
         100.0 * s.util_cores_trace,
@@ -325,8 +366,20 @@ pub fn run_cmd(args: Args) -> anyhow::Result<()> {
         s.wait_p50_s_with_harvest,
         s.bounded_slowdown_p50_batch_only,
         s.bounded_slowdown_p50_with_harvest,
+        s.queue_order,
+        s.queued_jobs_window_start,
+        s.queued_jobs_window_end,
+        s.trace_queued_jobs_window_start,
+        s.trace_queued_jobs_window_end,
+        if s.queue_stable {
+            "stable"
+        } else {
+            "NOT stable"
+        },
         s.placement_p99_us,
-        s.events_per_s / 1e6
+        s.events_per_s / 1e6,
+        s.events_per_s_batch_only / 1e6,
+        s.events_per_s_replay / 1e6
     );
     for w in &s.warnings {
         eprintln!("warning: {w}");

@@ -128,7 +128,7 @@ impl<'a> Sim<'a> {
             rec: Recorder::new(start, end, cfg.samples),
             g: Gauges::default(),
             heap: BinaryHeap::new(),
-            queue: BatchQueue::new(cfg.batch, cfg.backfill_depth),
+            queue: BatchQueue::new(cfg.batch, cfg.backfill_depth, cfg.queue_order, cfg.priority),
             running: Vec::new(),
             free_slots: Vec::new(),
             node_jobs: vec![Vec::new(); n],
@@ -319,6 +319,7 @@ impl<'a> Sim<'a> {
             slowed: false,
         });
         self.queue.track_start(now + job.req_ms, slot, job.units);
+        self.queue.charge(job.account, i64::from(job.procs), now);
         self.heap.push(Reverse((
             now + job.run_ms,
             Kind::JobEnd,
@@ -331,6 +332,8 @@ impl<'a> Sim<'a> {
     fn end_job(&mut self, slot: u32, now: u64) {
         let r = self.running[slot as usize].take().expect("running");
         self.queue.track_end(r.planned_end_ms, slot, r.job.units);
+        self.queue
+            .charge(r.job.account, -i64::from(r.job.procs), now);
         for &(node, cores, mem) in &r.nodes {
             let list = &mut self.node_jobs[node as usize];
             list.retain(|&s| s != slot);
@@ -355,7 +358,7 @@ impl<'a> Sim<'a> {
             super::BatchMode::Replay => self.queue.replay_ready(self.alloc.free_units()),
             super::BatchMode::Easy => {
                 let mut v = Vec::new();
-                while let Some(job) = self.queue.pop_head(self.alloc.free_units()) {
+                while let Some(job) = self.queue.pop_head(now, self.alloc.free_units()) {
                     self.start_job(job, now);
                 }
                 v.extend(self.queue.backfill(now, self.alloc.free_units()));
@@ -593,7 +596,7 @@ impl<'a> Sim<'a> {
         for r in self.running.iter().flatten() {
             self.jobs.unfinished(&r.job, Some(r.start_ms), stop);
         }
-        while let Some(j) = self.queue.pop_head(u32::MAX) {
+        for j in self.queue.take_all() {
             self.jobs.unfinished(&j, None, stop);
         }
     }

@@ -3,7 +3,7 @@
 //!
 //! - [`trace`]: the trace in memory, its own utilization, copies and warm starts;
 //! - [`alloc`]: core-granular or node-exclusive batch allocation;
-//! - [`batch`]: jobs and the queue (FCFS + EASY backfill, or the trace's own start times);
+//! - [`batch`]: jobs and the queue (EASY backfill over a fair-share priority or FCFS order, or the trace's own start times);
 //! - [`demand`]: function requests from the Azure trace (scaled) and Poisson streams;
 //! - [`engine`]: the event loop, with interference fed back into the jobs' run times;
 //! - [`accounting`]: offered / served / refused / lost function work, batch job statistics;
@@ -30,7 +30,7 @@ use serde::Serialize;
 use crate::cost::CostModel;
 use crate::daint::DaintStats;
 pub use accounting::StreamAccount;
-pub use batch::BatchMode;
+pub use batch::{BatchMode, DEFAULT_PRIORITY, PriorityParams, QueueOrder};
 pub use run::{Outcome, Progress, SimError, run, run_with};
 pub use trace::{AllocationMode, TraceCounts};
 
@@ -70,6 +70,9 @@ pub struct SimConfig {
     pub batch: BatchMode,
     pub allocation: AllocationMode,
     pub backfill_depth: usize,
+    /// FCFS or the multifactor priority (fair share by the trace's user, plus age).
+    pub queue_order: QueueOrder,
+    pub priority: PriorityParams,
     /// Where in the trace simulated time 0 is: seconds after its first submission.
     pub start_s: u64,
     /// Simulated time before measurement starts, seconds.
@@ -102,6 +105,11 @@ pub struct Summary {
     pub policy: String,
     pub functions_spec: String,
     pub batch_mode: BatchMode,
+    pub queue_order: QueueOrder,
+    /// The multifactor priority's parameters (used when `queue_order` is `priority`).
+    pub priority: PriorityParams,
+    /// Fair-share accounts (the trace's users x copies) seen in the run.
+    pub accounts: u64,
     pub allocation: AllocationMode,
     pub allocation_reason: String,
     pub nodes: u32,

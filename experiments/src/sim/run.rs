@@ -175,6 +175,12 @@ pub fn run_with(
         util_trace += u / origins.len() as f64;
         peak = peak.max(p);
     }
+    let accounts = {
+        let mut a: Vec<u64> = jobs.iter().map(|j| j.account).collect();
+        a.sort_unstable();
+        a.dedup();
+        a.len() as u64
+    };
     let replay = cfg.batch == super::BatchMode::Replay;
     jobs.sort_by_key(|j| {
         let t = if replay && !j.prestarted {
@@ -222,6 +228,7 @@ pub fn run_with(
     sim.acct.hours();
     let mut summary = summarize(&mut sim, cfg, inputs, nodes, copies, wall_s);
     summary.allocation = mode;
+    summary.accounts = accounts;
     summary.allocation_reason = reason;
     summary.util_cores_trace = util_trace;
     summary.trace_peak_cores = peak;
@@ -300,6 +307,9 @@ fn summarize(
         policy: cfg.policy.clone(),
         functions_spec: cfg.demand_text.clone(),
         batch_mode: cfg.batch,
+        queue_order: sim.queue.order,
+        priority: cfg.priority,
+        accounts: 0,
         allocation: cfg.allocation,
         allocation_reason: String::new(),
         nodes,

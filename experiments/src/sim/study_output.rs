@@ -198,22 +198,50 @@ pub fn report(s: &StudySummary, plot: &str) -> String {
     );
     let _ = writeln!(
         r,
-        "| queued jobs at window start / end | {} / {} | | {} / {} | |\n",
+        "| queued jobs at window start / end | {} / {} | | {} / {} | {} / {} |\n",
         s.trace_queued_jobs_window_start,
         s.trace_queued_jobs_window_end,
         s.queued_jobs_window_start,
-        s.queued_jobs_window_end
+        s.queued_jobs_window_end,
+        s.queue_by_window
+            .first()
+            .map_or(0, |q| q.with_harvest_start),
+        s.queue_by_window.first().map_or(0, |q| q.with_harvest_end)
+    );
+    let _ = writeln!(
+        r,
+        "Queue order: {:?} ({} fair-share accounts). Queues {} (stable: in every window, batch only and with harvest, the simulated queue ends no longer than the longest of its own at the window's start and the trace's own at the window's start and end).\n",
+        s.queue_order,
+        s.accounts,
+        if s.queue_stable {
+            "stable"
+        } else {
+            "NOT stable"
+        }
+    );
+    let _ = writeln!(
+        r,
+        "Events/s (wall time of this machine; each run of the same study, first window): with harvest {:.2} M, batch only {:.2} M, replay of the trace's start times (no scheduling decisions: the baseline) {:.2} M; placement p99 {:.2} µs.\n",
+        s.events_per_s / 1e6,
+        s.events_per_s_batch_only / 1e6,
+        s.events_per_s_replay / 1e6,
+        s.placement_p99_us
     );
     let _ = writeln!(r, "## Every window\n");
     let _ = writeln!(
         r,
-        "| window start (trace h) | core utilization trace / batch only / with harvest | trace peak cores | queued jobs at start / end: trace, batch only |"
+        "| window start (trace h) | core utilization trace / batch only / with harvest | trace peak cores | queued jobs at start / end: trace, batch only, with harvest | queue stable |"
     );
-    let _ = writeln!(r, "|---|---|---|---|");
-    for (b, h) in s.batch_only.iter().zip(&s.with_harvest) {
+    let _ = writeln!(r, "|---|---|---|---|---|");
+    for ((b, h), q) in s
+        .batch_only
+        .iter()
+        .zip(&s.with_harvest)
+        .zip(&s.queue_by_window)
+    {
         let _ = writeln!(
             r,
-            "| {} | {} / {} / {} | {} | {} / {}, {} / {} |",
+            "| {} | {} / {} / {} | {} | {} / {}, {} / {}, {} / {} | {} |",
             b.copy_origins_h
                 .iter()
                 .map(|o| format!("{:.0}", o + b.window_start_h))
@@ -226,7 +254,10 @@ pub fn report(s: &StudySummary, plot: &str) -> String {
             b.trace_queued_jobs_window_start,
             b.trace_queued_jobs_window_end,
             b.queued_jobs_window_start,
-            b.queued_jobs_window_end
+            b.queued_jobs_window_end,
+            q.with_harvest_start,
+            q.with_harvest_end,
+            if q.stable { "yes" } else { "no" }
         );
     }
     let _ = writeln!(r);

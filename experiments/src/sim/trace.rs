@@ -26,6 +26,21 @@ pub struct TraceJob {
     pub mem_proc_mib: Option<u32>,
     /// Memory per node (Alea's extended SWF), MiB.
     pub mem_node_mib: Option<u32>,
+    /// The fair-share account: [`account`] of the SWF user and group.
+    pub account: u64,
+}
+
+/// The account of jobs whose trace gives neither user nor group (they share one account).
+pub const UNKNOWN_ACCOUNT: u64 = 1 << 33;
+
+/// A job's fair-share account: its user, else its group (kept apart from the users' numbers,
+/// so group 5 is not user 5), else [`UNKNOWN_ACCOUNT`]. Below 2^34 (see `BatchJob::account`).
+pub fn account(user: Option<u32>, group: Option<u32>) -> u64 {
+    match (user, group) {
+        (Some(u), _) => u64::from(u),
+        (None, Some(g)) => (1 << 32) | u64::from(g),
+        (None, None) => UNKNOWN_ACCOUNT,
+    }
 }
 
 impl TraceJob {
@@ -105,6 +120,7 @@ impl Trace {
                 procs: procs.min(u64::from(u32::MAX)) as u32,
                 mem_proc_mib: mem_proc,
                 mem_node_mib: mem_node,
+                account: account(j.user, j.group),
             });
         }
         jobs.sort_by_key(|j| j.submit);

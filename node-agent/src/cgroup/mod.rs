@@ -8,7 +8,9 @@
 //!
 //! - [`mountinfo`]: parses mountinfo and decides v1 or v2.
 //! - [`v1`], [`v2`]: the two backends.
+//! - [`devices`]: the device nodes a lease group allows (v1 devices controller).
 
+pub mod devices;
 pub mod mountinfo;
 pub mod v1;
 pub mod v2;
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use harvest_core::CpuSet;
 
+pub use devices::{DeviceKind, DeviceRule};
 pub use mountinfo::Layout;
 pub use v1::V1;
 pub use v2::V2;
@@ -47,6 +50,50 @@ pub struct GroupSpec {
     pub memory_limit_bytes: Option<u64>,
     /// CPU weight in v2 units, 1..=10000 (100 is the default share).
     pub cpu_weight: Option<u64>,
+    /// The most tasks (processes and threads together) the group may hold (`pids.max`).
+    pub pids_max: Option<u64>,
+    /// With `memory_limit_bytes`: the limit covers swap too, so the group cannot swap (v1
+    /// `memory.memsw.limit_in_bytes` = the limit where the kernel accounts swap, v2
+    /// `memory.swap.max` = 0).
+    pub no_swap: bool,
+    /// Every device denied but these (v1 `devices.deny a`, then each `devices.allow`); not
+    /// enforced on v2 (see [`Confinement`]).
+    pub devices: Option<Vec<DeviceRule>>,
+}
+
+/// Whether a backend enforces one of a lease group's limits on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Support {
+    Enforced,
+    /// Not enforced, and why (what a lease can do instead).
+    Unavailable(String),
+}
+
+/// What a backend enforces beyond CPUs and memory, logged once at start ([`open`]): a limit
+/// that is asked for but unavailable is skipped, never silently.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confinement {
+    pub pids: Support,
+    pub no_swap: Support,
+    pub devices: Support,
+}
+
+impl Confinement {
+    /// Logs each limit: enforced ones at info, unavailable ones as a warning with the reason.
+    pub fn log(&self) {
+        for (limit, support) in [
+            ("pids", &self.pids),
+            ("no_swap", &self.no_swap),
+            ("devices", &self.devices),
+        ] {
+            match support {
+                Support::Enforced => tracing::info!(limit, "lease groups enforce it"),
+                Support::Unavailable(why) => {
+                    tracing::warn!(limit, reason = %why, "lease groups cannot enforce it on this host")
+                }
+            }
+        }
+    }
 }
 
 /// A cap on a group's CPU time: at most `quota_us` of CPU time every `period_us` (v1
@@ -171,6 +218,8 @@ pub trait Cgroups: std::fmt::Debug + Send + Sync {
     fn pressure_file(&self, _group: &Path, _resource: &str) -> Option<PathBuf> {
         None
     }
+    /// Which of [`GroupSpec`]'s `pids_max`, `no_swap` and `devices` this host enforces.
+    fn confinement(&self) -> Confinement;
 }
 
 /// Detects the cgroup version from `mountinfo` (mounts under `root` only) and opens a backend.
@@ -185,6 +234,7 @@ pub fn open(root: &Path, mountinfo: &Path) -> Result<Box<dyn Cgroups>, CgroupErr
         Layout::V2 { root } => Box::new(V2::new(root)),
     };
     tracing::info!(version = ?backend.version(), root = %root.display(), "cgroups detected");
+    backend.confinement().log();
     Ok(backend)
 }
 
@@ -221,6 +271,22 @@ pub(crate) fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
         value: value.to_owned(),
         source,
     })
+}
+
+/// One write of `line` (and a newline) opened for appending: the kernel takes each write of a
+/// list file (`devices.allow`) as one rule, and a fake tree keeps every line for its test.
+pub(crate) fn append(path: &Path, line: &str) -> Result<(), CgroupError> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
+        .map_err(|source| CgroupError::Write {
+            path: path.to_path_buf(),
+            value: line.to_owned(),
+            source,
+        })
 }
 
 pub(crate) fn parse_cpus(path: &Path, text: &str) -> Result<CpuSet, CgroupError> {

@@ -1,8 +1,10 @@
 //! The cgroup v1 backend: one hierarchy per controller.
 //!
-//! A group is the same relative path in each managed hierarchy (cpuset, memory, cpu, freezer).
-//! v1 cpuset refuses a task until `cpuset.cpus` and `cpuset.mems` are set, so every level this
-//! backend creates gets both (the parent's for intermediate levels, the spec's for the leaf).
+//! A group is the same relative path in each managed hierarchy (cpuset, memory, cpu, freezer,
+//! pids, devices: those that are mounted). v1 cpuset refuses a task until `cpuset.cpus` and
+//! `cpuset.mems` are set, so every level this backend creates gets both (the parent's for
+//! intermediate levels, the spec's for the leaf). A device list is written to a new leaf before
+//! any task joins it: `devices.deny a` is refused once a group has children.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,13 +12,15 @@ use std::path::{Path, PathBuf};
 use harvest_core::CpuSet;
 
 use super::{
-    CgroupError, CgroupVersion, Cgroups, CpuQuota, CpuStat, GroupSpec, check_group, child_dirs,
-    keyed_u64, kill_pids, parse_cpus, parse_pids, parse_u64, read, read_optional, remove_tree,
-    wait_frozen, weight_to_shares, write,
+    CgroupError, CgroupVersion, Cgroups, Confinement, CpuQuota, CpuStat, GroupSpec, Support,
+    append, check_group, child_dirs, keyed_u64, kill_pids, parse_cpus, parse_pids, parse_u64, read,
+    read_optional, remove_tree, wait_frozen, weight_to_shares, write,
 };
 
 /// The hierarchies this backend creates groups in, in creation order.
-const MANAGED: &[&str] = &["cpuset", "memory", "cpu", "freezer"];
+const MANAGED: &[&str] = &["cpuset", "memory", "cpu", "freezer", "pids", "devices"];
+/// Present only where the kernel accounts swap (`CONFIG_MEMCG_SWAP` and `swapaccount=1`).
+const MEMSW_LIMIT: &str = "memory.memsw.limit_in_bytes";
 /// v1 reports "no limit" as a huge page-aligned number; anything at or above this is unlimited.
 const UNLIMITED_FLOOR: u64 = 1 << 62;
 
@@ -25,6 +29,8 @@ const UNLIMITED_FLOOR: u64 = 1 << 62;
 pub struct V1 {
     controllers: BTreeMap<String, PathBuf>,
     mountinfo: PathBuf,
+    /// The memory hierarchy has `memory.memsw.*` (swap is accounted, so it can be limited).
+    memsw: bool,
 }
 
 impl V1 {
@@ -33,12 +39,13 @@ impl V1 {
         controllers: BTreeMap<String, PathBuf>,
         mountinfo: PathBuf,
     ) -> Result<Self, CgroupError> {
-        let v1 = Self {
+        let mut v1 = Self {
             controllers,
             mountinfo,
+            memsw: false,
         };
         v1.hierarchy("cpuset")?;
-        v1.hierarchy("memory")?;
+        v1.memsw = v1.hierarchy("memory")?.join(MEMSW_LIMIT).exists();
         Ok(v1)
     }
 
@@ -101,6 +108,23 @@ impl V1 {
     }
 }
 
+impl V1 {
+    /// `memory.limit_in_bytes`, and with `no_swap` the same for memory and swap together where
+    /// the kernel accounts swap. The kernel keeps memsw >= the limit at every write, so memsw is
+    /// lifted first (a group's earlier, lower memsw would refuse a higher limit).
+    fn write_memory_limit(&self, dir: &Path, limit: u64, no_swap: bool) -> Result<(), CgroupError> {
+        let memsw = no_swap && self.memsw;
+        if memsw {
+            write(&dir.join(MEMSW_LIMIT), "-1")?;
+        }
+        write(&dir.join("memory.limit_in_bytes"), &limit.to_string())?;
+        if memsw {
+            write(&dir.join(MEMSW_LIMIT), &limit.to_string())?;
+        }
+        Ok(())
+    }
+}
+
 /// The group's own current value of a cpuset file.
 fn inherit_own(dir: &Path, file: &str) -> Result<CpuSet, CgroupError> {
     let p = dir.join(file);
@@ -156,12 +180,25 @@ impl Cgroups for V1 {
             match controller {
                 "memory" => {
                     if let Some(limit) = spec.memory_limit_bytes {
-                        write(&dir.join("memory.limit_in_bytes"), &limit.to_string())?;
+                        self.write_memory_limit(&dir, limit, spec.no_swap)?;
                     }
                 }
                 "cpu" => {
                     if let Some(shares) = shares {
                         write(&dir.join("cpu.shares"), &shares.to_string())?;
+                    }
+                }
+                "pids" => {
+                    if let Some(max) = spec.pids_max {
+                        write(&dir.join("pids.max"), &max.to_string())?;
+                    }
+                }
+                "devices" => {
+                    if let Some(rules) = &spec.devices {
+                        append(&dir.join("devices.deny"), "a")?;
+                        for rule in rules {
+                            append(&dir.join("devices.allow"), &rule.to_v1())?;
+                        }
                     }
                 }
                 _ => {}
@@ -302,6 +339,35 @@ impl Cgroups for V1 {
         parse_u64(&path, &read(&path)?)
     }
 
+    fn confinement(&self) -> Confinement {
+        let mounted = |c: &str, why: &str| {
+            if self.controllers.contains_key(c) {
+                Support::Enforced
+            } else {
+                Support::Unavailable(format!(
+                    "the v1 {c} controller is not mounted (see {}): {why}",
+                    self.mountinfo.display()
+                ))
+            }
+        };
+        Confinement {
+            pids: mounted("pids", "a lease may fork or make threads without bound"),
+            no_swap: if self.memsw {
+                Support::Enforced
+            } else {
+                Support::Unavailable(
+                    "the kernel does not account swap (no memory.memsw.limit_in_bytes; boot with \
+                     swapaccount=1): a lease may swap beyond its memory limit"
+                        .into(),
+                )
+            },
+            devices: mounted(
+                "devices",
+                "a lease may open every device node its user may open",
+            ),
+        }
+    }
+
     fn pressure_file(&self, group: &Path, resource: &str) -> Option<PathBuf> {
         check_group(group).ok()?;
         let file = self
@@ -316,6 +382,7 @@ impl Cgroups for V1 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cgroup::DeviceRule;
 
     #[test]
     fn a_new_group_is_joined_through_every_managed_hierarchy() {
@@ -334,6 +401,7 @@ mod tests {
             mems: None,
             memory_limit_bytes: Some(64 << 20),
             cpu_weight: Some(1),
+            ..GroupSpec::default()
         };
         v1.create(g, &spec).unwrap();
         let read = |p: &str| std::fs::read_to_string(tmp.path().join(p)).unwrap();
@@ -345,9 +413,9 @@ mod tests {
             (64u64 << 20).to_string()
         );
         assert_eq!(read("cpu/harvest_n1/lease_L1/cpu.shares"), "2");
-        // Every managed hierarchy (not pids, which harvest does not manage), cpuset first.
+        // Every managed hierarchy that is mounted (here: no devices), cpuset first.
         let files = v1.procs_files(g).unwrap();
-        let want: Vec<PathBuf> = ["cpuset", "memory", "cpu", "freezer"]
+        let want: Vec<PathBuf> = ["cpuset", "memory", "cpu", "freezer", "pids"]
             .iter()
             .map(|c| tmp.path().join(c).join(g).join("cgroup.procs"))
             .collect();
@@ -356,6 +424,90 @@ mod tests {
             v1.oom_events_file(g).unwrap(),
             tmp.path().join("memory").join(g).join("memory.oom_control")
         );
+    }
+
+    /// A fake v1 tree with `controllers` mounted (and the root files cpuset needs).
+    fn fake_v1(controllers: &[&str], memsw: bool) -> (tempfile::TempDir, V1) {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut mounted = BTreeMap::new();
+        for c in controllers {
+            std::fs::create_dir_all(tmp.path().join(c)).unwrap();
+            mounted.insert((*c).to_owned(), tmp.path().join(c));
+        }
+        std::fs::write(tmp.path().join("cpuset/cpuset.cpus"), "0-3").unwrap();
+        std::fs::write(tmp.path().join("cpuset/cpuset.mems"), "0").unwrap();
+        if memsw {
+            std::fs::write(tmp.path().join("memory").join(MEMSW_LIMIT), "-1").unwrap();
+        }
+        (tmp, V1::new(mounted, PathBuf::from("fake")).unwrap())
+    }
+
+    fn lease_spec() -> GroupSpec {
+        GroupSpec {
+            memory_limit_bytes: Some(64 << 20),
+            pids_max: Some(128),
+            no_swap: true,
+            devices: Some(vec![DeviceRule::char(1, 3), DeviceRule::char(195, 1)]),
+            ..GroupSpec::default()
+        }
+    }
+
+    #[test]
+    fn a_lease_group_gets_its_pids_limit_no_swap_and_device_list() {
+        let all = ["cpuset", "memory", "cpu", "freezer", "pids", "devices"];
+        let (tmp, v1) = fake_v1(&all, true);
+        assert_eq!(
+            v1.confinement(),
+            Confinement {
+                pids: Support::Enforced,
+                no_swap: Support::Enforced,
+                devices: Support::Enforced
+            }
+        );
+        let g = Path::new("harvest_n1/lease_L1");
+        v1.create(g, &lease_spec()).unwrap();
+        let read = |c: &str, f: &str| std::fs::read_to_string(tmp.path().join(c).join(g).join(f));
+        let read = |c, f| read(c, f).unwrap();
+        assert_eq!(read("pids", "pids.max"), "128");
+        let limit = (64u64 << 20).to_string();
+        assert_eq!(read("memory", "memory.limit_in_bytes"), limit);
+        // Lifted first (an earlier, lower memsw would refuse the limit), then set to it.
+        assert_eq!(read("memory", MEMSW_LIMIT), limit);
+        assert_eq!(read("devices", "devices.deny"), "a\n");
+        assert_eq!(read("devices", "devices.allow"), "c 1:3 rw\nc 195:1 rw\n");
+        // The parent level only exists: it keeps the root's (allow-all) list and no limits.
+        let parent = tmp.path().join("devices/harvest_n1");
+        assert!(parent.is_dir() && !parent.join("devices.deny").exists());
+        assert!(!tmp.path().join("pids/harvest_n1/pids.max").exists());
+        // Joined through every hierarchy.
+        let files = v1.procs_files(g).unwrap();
+        assert_eq!(files.len(), all.len());
+        assert!(files.contains(&tmp.path().join("devices").join(g).join("cgroup.procs")));
+    }
+
+    #[test]
+    fn without_memsw_pids_or_devices_the_limits_are_reported_unavailable_and_skipped() {
+        let (tmp, v1) = fake_v1(&["cpuset", "memory", "cpu", "freezer"], false);
+        let c = v1.confinement();
+        for (limit, support, want) in [
+            ("pids", &c.pids, "pids controller is not mounted"),
+            ("no_swap", &c.no_swap, "swapaccount=1"),
+            ("devices", &c.devices, "devices controller is not mounted"),
+        ] {
+            assert!(
+                matches!(support, Support::Unavailable(why) if why.contains(want)),
+                "{limit}: {support:?}"
+            );
+        }
+        let g = Path::new("harvest_n1/lease_L1");
+        v1.create(g, &lease_spec()).unwrap();
+        let dir = tmp.path().join("memory").join(g);
+        assert_eq!(
+            std::fs::read_to_string(dir.join("memory.limit_in_bytes")).unwrap(),
+            (64u64 << 20).to_string()
+        );
+        assert!(!dir.join(MEMSW_LIMIT).exists());
+        assert!(!tmp.path().join("pids").exists());
     }
 
     #[test]

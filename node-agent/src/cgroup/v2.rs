@@ -2,26 +2,37 @@
 //!
 //! Controllers must be enabled in a parent's `cgroup.subtree_control` before a child can use
 //! them, so [`V2::create`] enables what the spec needs on every level above the new group.
+//!
+//! Device access is not confined on v2: it takes an eBPF program (`BPF_CGROUP_DEVICE`) attached
+//! to the group, which this backend does not attach; [`Cgroups::confinement`] says so at start.
 
 use std::path::{Path, PathBuf};
 
 use harvest_core::CpuSet;
 
 use super::{
-    CgroupError, CgroupVersion, Cgroups, CpuQuota, CpuStat, GroupSpec, check_group, child_dirs,
-    keyed_u64, kill_pids, parse_cpus, parse_pids, parse_u64, read, read_optional, remove_tree,
-    wait_frozen, write,
+    CgroupError, CgroupVersion, Cgroups, Confinement, CpuQuota, CpuStat, GroupSpec, Support,
+    check_group, child_dirs, keyed_u64, kill_pids, parse_cpus, parse_pids, parse_u64, read,
+    read_optional, remove_tree, wait_frozen, write,
 };
 
 /// cgroup v2, rooted at the unified mount point.
 #[derive(Debug, Clone)]
 pub struct V2 {
     root: PathBuf,
+    /// The root offers the pids controller (`cgroup.controllers`; a tree without that file, a
+    /// test's fake, is taken to offer it).
+    pids: bool,
 }
+
+/// Set once a group without `memory.swap.max` (a kernel without swap accounting) was logged.
+static NO_SWAP_FILE: std::sync::Once = std::sync::Once::new();
 
 impl V2 {
     pub fn new(root: PathBuf) -> Self {
-        Self { root }
+        let pids = std::fs::read_to_string(root.join("cgroup.controllers"))
+            .map_or(true, |c| c.split_whitespace().any(|c| c == "pids"));
+        Self { root, pids }
     }
 
     fn dir(&self, group: &Path) -> Result<PathBuf, CgroupError> {
@@ -84,6 +95,10 @@ impl Cgroups for V2 {
         if spec.cpu_weight.is_some() {
             needed.push("+cpu");
         }
+        let pids_max = spec.pids_max.filter(|_| self.pids);
+        if pids_max.is_some() {
+            needed.push("+pids");
+        }
         let mut dir = self.root.clone();
         for level in group.components() {
             for controller in &needed {
@@ -109,6 +124,20 @@ impl Cgroups for V2 {
         }
         if let Some(limit) = spec.memory_limit_bytes {
             write(&leaf.join("memory.max"), &limit.to_string())?;
+            if spec.no_swap {
+                let swap = leaf.join("memory.swap.max");
+                if swap.exists() {
+                    write(&swap, "0")?;
+                } else {
+                    NO_SWAP_FILE.call_once(|| {
+                        tracing::warn!(path = %swap.display(),
+                            "no memory.swap.max (the kernel does not account swap): leases may swap");
+                    });
+                }
+            }
+        }
+        if let Some(max) = pids_max {
+            write(&leaf.join("pids.max"), &max.to_string())?;
         }
         if let Some(weight) = spec.cpu_weight {
             write(&leaf.join("cpu.weight"), &weight.to_string())?;
@@ -210,6 +239,27 @@ impl Cgroups for V2 {
         parse_u64(&path, &read(&path)?)
     }
 
+    fn confinement(&self) -> Confinement {
+        Confinement {
+            pids: if self.pids {
+                Support::Enforced
+            } else {
+                Support::Unavailable(format!(
+                    "{} does not offer the pids controller: a lease may fork or make threads \
+                     without bound",
+                    self.root.join("cgroup.controllers").display()
+                ))
+            },
+            no_swap: Support::Enforced,
+            devices: Support::Unavailable(
+                "cgroup v2 confines devices with an eBPF program (BPF_CGROUP_DEVICE), which \
+                 harvestd does not attach: a lease may open every device node its user may open, \
+                 a lent GPU is only named by CUDA_VISIBLE_DEVICES"
+                    .into(),
+            ),
+        }
+    }
+
     fn pressure_file(&self, group: &Path, resource: &str) -> Option<PathBuf> {
         let file = self.dir(group).ok()?.join(format!("{resource}.pressure"));
         file.is_file().then_some(file)
@@ -255,6 +305,7 @@ mod tests {
             mems: Some([0].into_iter().collect()),
             memory_limit_bytes: Some(256 << 20),
             cpu_weight: Some(50),
+            ..GroupSpec::default()
         };
         let g = Path::new("harvest/lease_1");
         v2.create(g, &spec).unwrap();
@@ -281,6 +332,49 @@ mod tests {
             ),
             Err(CgroupError::BadWeight(0))
         ));
+    }
+
+    #[test]
+    fn a_lease_group_gets_pids_max_and_no_swap_but_devices_are_reported_unconfined() {
+        let (tmp, v2) = fake();
+        let g = Path::new("harvest/lease_4");
+        let leaf = tmp.path().join(g);
+        // The kernel makes memory.swap.max with the group (where it accounts swap).
+        std::fs::create_dir_all(&leaf).unwrap();
+        std::fs::write(leaf.join("memory.swap.max"), "max").unwrap();
+        let spec = GroupSpec {
+            memory_limit_bytes: Some(64 << 20),
+            pids_max: Some(256),
+            no_swap: true,
+            devices: Some(crate::cgroup::devices::BASIC.to_vec()),
+            ..GroupSpec::default()
+        };
+        v2.create(g, &spec).unwrap();
+        let file = |f: &str| std::fs::read_to_string(leaf.join(f)).unwrap();
+        assert_eq!(file("pids.max"), "256");
+        assert_eq!(file("memory.swap.max"), "0");
+        assert_eq!(file("memory.max"), (64u64 << 20).to_string());
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("harvest/cgroup.subtree_control")).unwrap(),
+            "+pids"
+        );
+        assert!(!leaf.join("devices.deny").exists() && !leaf.join("devices.allow").exists());
+        let c = v2.confinement();
+        assert_eq!((c.pids, c.no_swap), (Support::Enforced, Support::Enforced));
+        assert!(matches!(c.devices, Support::Unavailable(why) if why.contains("BPF")));
+
+        // A root that does not offer pids: reported, and pids.max is not written.
+        std::fs::write(tmp.path().join("cgroup.controllers"), "cpuset cpu memory\n").unwrap();
+        let v2 = V2::new(tmp.path().to_path_buf());
+        assert!(matches!(v2.confinement().pids, Support::Unavailable(why) if why.contains("pids")));
+        let g = Path::new("harvest/lease_5");
+        v2.create(g, &spec).unwrap();
+        assert!(!tmp.path().join(g).join("pids.max").exists());
+        // Without memory.swap.max (no swap accounting) the memory limit still holds.
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join(g).join("memory.max")).unwrap(),
+            (64u64 << 20).to_string()
+        );
     }
 
     #[test]

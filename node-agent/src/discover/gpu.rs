@@ -114,6 +114,73 @@ fn probe() -> Result<GpuReport, NvmlError> {
     })
 }
 
+/// GPUs as the `nvidia<N>` character devices under a directory (`gpu_source = "device-files"`):
+/// for nodes whose GPUs NVML does not see and for the local cluster's fake GPUs (device nodes
+/// made with mknod that no driver answers). Each has index N, no UUID (so executors are given
+/// `CUDA_VISIBLE_DEVICES` by index) and no memory figure.
+#[derive(Debug, Clone)]
+pub struct DeviceFileGpus {
+    pub dev_root: std::path::PathBuf,
+}
+
+/// NVIDIA's character device major number.
+pub const NVIDIA_MAJOR: u64 = 195;
+/// The highest GPU minor number; above are nvidiactl (255) and the like.
+pub const MAX_GPU_MINOR: u32 = 253;
+
+impl GpuSource for DeviceFileGpus {
+    fn gpus(&self) -> GpuReport {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let entries = match std::fs::read_dir(&self.dev_root) {
+            Ok(e) => e,
+            Err(e) => {
+                return GpuReport::Unavailable {
+                    reason: format!("cannot read {}: {e}", self.dev_root.display()),
+                };
+            }
+        };
+        let mut devices: Vec<GpuInfo> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().into_string().ok()?;
+                let digits = name.strip_prefix("nvidia")?;
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                let index: u32 = digits.parse().ok().filter(|n| *n <= MAX_GPU_MINOR)?;
+                // Not followed: a symlink is not a device node of this node's.
+                let meta = std::fs::symlink_metadata(entry.path()).ok()?;
+                let rdev = meta.rdev();
+                let (major, minor) = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
+                (meta.file_type().is_char_device()
+                    && u64::from(major) == NVIDIA_MAJOR
+                    && minor == index)
+                    .then(|| GpuInfo {
+                        index,
+                        uuid: String::new(),
+                        name: format!("device file {}", entry.path().display()),
+                        memory_total_mib: 0,
+                        pci_bus_id: None,
+                        mig: None,
+                    })
+            })
+            .collect();
+        devices.sort_by_key(|d| d.index);
+        if devices.is_empty() {
+            return GpuReport::Unavailable {
+                reason: format!(
+                    "no nvidia<N> character devices (major {NVIDIA_MAJOR}) in {}",
+                    self.dev_root.display()
+                ),
+            };
+        }
+        GpuReport::Available {
+            driver_version: None,
+            devices,
+        }
+    }
+}
+
 /// Fixed GPUs, for tests.
 #[derive(Debug, Clone)]
 pub struct FakeGpus(pub GpuReport);
@@ -171,6 +238,46 @@ mod tests {
                 assert!(devices.iter().all(|d| d.memory_total_mib > 0));
             }
             _ => panic!("the probe changed its mind: {first:?} then {second:?}"),
+        }
+    }
+
+    #[test]
+    fn device_files_are_gpus_only_when_they_are_nvidia_character_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = DeviceFileGpus {
+            dev_root: dir.path().to_path_buf(),
+        }
+        .gpus();
+        assert!(matches!(&none, GpuReport::Unavailable { reason } if reason.contains("no nvidia")));
+        // Regular files and a symlink named like devices are not GPUs.
+        std::fs::write(dir.path().join("nvidia0"), "").unwrap();
+        std::os::unix::fs::symlink("/dev/null", dir.path().join("nvidia1")).unwrap();
+        std::fs::write(dir.path().join("nvidiactl"), "").unwrap();
+        let report = DeviceFileGpus {
+            dev_root: dir.path().to_path_buf(),
+        }
+        .gpus();
+        assert!(report.devices().is_empty(), "{report:?}");
+        // Real character devices need root (mknod); the local cluster's tests cover them.
+        if rustix::process::geteuid().is_root() {
+            let dir = tempfile::tempdir().unwrap();
+            for (name, minor) in [("nvidia2", 2), ("nvidia0", 0), ("nvidia5", 4)] {
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    dir.path().join(name),
+                    rustix::fs::FileType::CharacterDevice,
+                    rustix::fs::Mode::from_raw_mode(0o666),
+                    rustix::fs::makedev(195, minor),
+                )
+                .unwrap();
+            }
+            let report = DeviceFileGpus {
+                dev_root: dir.path().to_path_buf(),
+            }
+            .gpus();
+            let found: Vec<u32> = report.devices().iter().map(|d| d.index).collect();
+            // nvidia5 has minor 4: not what its name says, not a GPU of ours.
+            assert_eq!(found, [0, 2]);
         }
     }
 

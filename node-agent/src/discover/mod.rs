@@ -14,7 +14,7 @@ pub mod topology;
 use harvest_core::CpuSet;
 use serde::Serialize;
 
-pub use gpu::{FakeGpus, GpuInfo, GpuReport, GpuSource, NvmlGpus};
+pub use gpu::{DeviceFileGpus, FakeGpus, GpuInfo, GpuReport, GpuSource, NvmlGpus};
 pub use topology::{HwlocTopology, TopologySource};
 
 /// A hardware probe that failed.
@@ -168,9 +168,14 @@ pub fn discover(
     })
 }
 
-/// The real probes.
+/// The real probes, with GPUs from NVML.
 pub fn discover_real() -> Result<Hardware, DiscoverError> {
     discover(&HwlocTopology, &SysinfoMemory, &NvmlGpus)
+}
+
+/// The real probes, with GPUs from `gpus`.
+pub fn discover_with(gpus: &dyn GpuSource) -> Result<Hardware, DiscoverError> {
+    discover(&HwlocTopology, &SysinfoMemory, gpus)
 }
 
 /// A few lines for people: what `harvestd discover` prints without `--json`.

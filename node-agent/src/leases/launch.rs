@@ -30,6 +30,28 @@ pub enum LibrarySource {
     Path(PathBuf),
 }
 
+pub use harvest_core::invoke::auth::{SECRET_BYTES, SECRET_ENV};
+
+/// A lease secret as the scheduler sent it (checked for its length when the lease starts).
+/// Never printed: its Debug says only how long it is.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret(<{} bytes redacted>)", self.0.len())
+    }
+}
+
+impl Secret {
+    /// The value of [`SECRET_ENV`]; `None` unless the secret is [`SECRET_BYTES`] long.
+    pub fn env_value(&self) -> Option<String> {
+        harvest_core::invoke::auth::LeaseSecret::from_bytes(&self.0)
+            .ok()
+            .map(|s| s.to_hex())
+    }
+}
+
 /// How the executor serves invocations (`ExecutorOptions` on the wire).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ServeOptions {
@@ -60,9 +82,9 @@ pub enum LaunchError {
 #[derive(Debug)]
 pub struct Prepared {
     pub library: PathBuf,
-    /// `executor.log`, created by root before the directory was handed over: the executor's
-    /// stdout and stderr, and where root reads a failed start's tail from (through this fd,
-    /// never by name).
+    /// `executor.log`, created by root before the directory was handed over and left root's
+    /// (0644 in the user's 0700 directory: the user reads it, only root writes it, through this
+    /// fd, never by name): the executor's output goes there through [`super::log`], bounded.
     pub log: File,
 }
 
@@ -78,7 +100,7 @@ pub fn lease_dir(state_dir: &Path, lease_id: &str) -> PathBuf {
 
 /// Creates the lease directory and everything root puts in it, then hands it over: `leases/`
 /// (root's, 0711, so users reach their own directory only), the directory (0700), a shipped
-/// library (0500) and the log (0600). Every file is created relative to the directory's fd with
+/// library (0500) and the log (0644, root's). Every file is created relative to the directory's fd with
 /// `O_EXCL|O_NOFOLLOW` while the directory is still root's; only then is it chowned to
 /// `uid:gid`, so no name root creates can be planted by the user (see [`super::safefs`]).
 pub fn prepare(
@@ -129,8 +151,7 @@ pub fn prepare(
         path: log_path.clone(),
         source,
     };
-    let log = safefs::create_new(&dir_fd, LOG_FILE, 0o600).map_err(log_err)?;
-    rustix::fs::fchown(&log, owner.0, owner.1).map_err(|e| log_err(e.into()))?;
+    let log = safefs::create_new(&dir_fd, LOG_FILE, 0o644).map_err(log_err)?;
     // The hand-over: from here on every name in the directory is the user's.
     rustix::fs::fchown(&dir_fd, owner.0, owner.1).map_err(|e| dir_err(e.into()))?;
     Ok(Prepared { library, log })
@@ -142,12 +163,13 @@ pub fn executor_args(
     dir: &Path,
     options: &ServeOptions,
     oom_events: &Path,
+    bind: std::net::IpAddr,
 ) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
         "--lib".into(),
         library.into(),
         "--listen".into(),
-        "127.0.0.1:0".into(),
+        std::net::SocketAddr::new(bind, 0).to_string().into(),
         "--oom-events".into(),
         oom_events.into(),
         "--activity-file".into(),
@@ -174,9 +196,76 @@ pub fn executor_args(
 /// line to); `exec-lease --ready-pipe` appends it with the descriptor's number.
 pub const READY_FD_OPTION: &str = "--ready-fd";
 
+/// The open-file limit an executor gets (soft and hard; lower if harvestd's own hard limit is
+/// lower): its connections (64) and a function's files fit, and with the lease's pids limit it
+/// bounds the kernel file objects one lease can hold.
+pub const EXECUTOR_NOFILE: u64 = 4096;
+
+/// What exec-lease sets on itself before the exec, kept across it: no privileges gained by
+/// `execve` (a setuid binary or file capabilities), no core dumps (a dump of a function's
+/// memory written where the user may not expect it), at most [`EXECUTOR_NOFILE`] open files.
+/// Not `RLIMIT_NPROC`: it counts the user's processes on the whole node, not the lease's; the
+/// lease's cgroup `pids.max` is the bound.
+pub fn limit_self() -> io::Result<()> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let err = |what: &str, e: rustix::io::Errno| {
+        let e = io::Error::from(e);
+        io::Error::new(e.kind(), format!("{what}: {e}"))
+    };
+    rustix::thread::set_no_new_privs(true).map_err(|e| err("setting no_new_privs", e))?;
+    let none = Rlimit {
+        current: Some(0),
+        maximum: Some(0),
+    };
+    setrlimit(Resource::Core, none).map_err(|e| err("setting RLIMIT_CORE to 0", e))?;
+    let hard = getrlimit(Resource::Nofile).maximum;
+    let nofile = Some(hard.map_or(EXECUTOR_NOFILE, |h| h.min(EXECUTOR_NOFILE)));
+    let files = Rlimit {
+        current: nofile,
+        maximum: nofile,
+    };
+    setrlimit(Resource::Nofile, files).map_err(|e| err("setting RLIMIT_NOFILE", e))
+}
+
+/// The output pipe's capacity: room for a burst of output while the drain catches up, and for
+/// the executor's output after a harvestd restart (below).
+pub const OUTPUT_PIPE_BYTES: usize = 1 << 20;
+
+/// When stdout is a pipe (the lease task's log drain): grows it to [`OUTPUT_PIPE_BYTES`] and
+/// opens a read end of the same pipe that the program inherits and never reads. While harvestd
+/// drains the pipe this changes nothing; when it cannot (harvestd restarted: a re-adopted
+/// executor's drain is gone), a write does not fail with EPIPE, whose SIGPIPE would kill a worker
+/// that prints (workers run with default signals): it lands in the pipe, and once that is full
+/// it blocks until the invocation's timeout. Returns the read end, to keep until the exec.
+fn keep_output_open() -> io::Result<Option<rustix::fd::OwnedFd>> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let stdout = std::io::stdout();
+    let stat = rustix::fs::fstat(&stdout).map_err(io::Error::from)?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::Fifo {
+        return Ok(None);
+    }
+    // Best effort: a smaller pipe only means less room.
+    let _ = rustix::pipe::fcntl_setpipe_size(&stdout, OUTPUT_PIPE_BYTES);
+    // Reopening a pipe through /proc gives an end in the mode asked for. Not O_CLOEXEC: the
+    // program inherits it.
+    let reader = rustix::fs::open(
+        "/proc/self/fd/1",
+        OFlags::RDONLY | OFlags::NONBLOCK,
+        Mode::empty(),
+    )
+    .map_err(|e| {
+        let e = io::Error::from(e);
+        io::Error::new(
+            e.kind(),
+            format!("opening a read end of the output pipe: {e}"),
+        )
+    })?;
+    Ok(Some(reader))
+}
+
 /// `harvestd exec-lease`: joins the cgroup (writes this process's pid to each `procs` file),
-/// then becomes `program` as `uid:gid` with no supplementary groups (std drops them when root
-/// sets a uid). With `ready_pipe`, this process's stdin is the write end of the lease task's
+/// sets [`limit_self`], then becomes `program` as `uid:gid` with no supplementary groups (std
+/// drops them when root sets a uid). With `ready_pipe`, this process's stdin is the write end of the lease task's
 /// ready pipe: it moves to a new descriptor that the program inherits and is named to it with
 /// `--ready-fd N`; the program's stdin is `/dev/null`. Returns only on failure.
 pub fn exec_lease(
@@ -196,6 +285,13 @@ pub fn exec_lease(
             );
         }
     }
+    if let Err(e) = limit_self() {
+        return e;
+    }
+    let _own_reader = match keep_output_open() {
+        Ok(fd) => fd,
+        Err(e) => return e,
+    };
     let mut cmd = std::process::Command::new(program);
     cmd.args(args).uid(uid).gid(gid);
     // Kept open until the exec; dup(2) leaves the copy without FD_CLOEXEC, so the program
@@ -235,6 +331,7 @@ mod tests {
                 dir,
                 &o,
                 Path::new("/cg/memory.oom_control"),
+                std::net::Ipv4Addr::LOCALHOST.into(),
             )
             .into_iter()
             .map(|a| a.into_string().unwrap())
@@ -297,7 +394,13 @@ mod tests {
         .unwrap();
         let lib = prepared.library;
         assert_eq!(lib, dir.join(LIBRARY_FILE));
-        assert_eq!(mode(&dir.join(LOG_FILE)), 0o600);
+        assert_eq!(mode(&dir.join(LOG_FILE)), 0o644);
+        // Root's: the user cannot write to it, only unlink the name.
+        let root_owned = std::fs::metadata(dir.join(LOG_FILE)).unwrap();
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::uid(&root_owned),
+            rustix::process::getuid().as_raw()
+        );
         assert_eq!(mode(&dir), 0o700);
         assert_eq!(mode(&lib), 0o500);
         assert_eq!(mode(dir.parent().unwrap()), 0o711);

@@ -15,6 +15,7 @@
 //! - [`activity`]: the executors' activity files (latest invocation, counts, durations).
 //! - [`process`]: the process trait (real: `harvestd exec-lease`; fake in tests).
 //! - [`launch`]: the lease directory, the executor's command line, `exec-lease` itself.
+//! - [`log`]: the executor's output, drained into its log up to a cap.
 //! - [`identity`]: whom an executor may run as (uid minimum, primary group, no system account).
 //! - [`safefs`]: root's file operations in a user-owned lease directory (no name followed).
 
@@ -23,6 +24,7 @@ pub mod adopt;
 pub mod control;
 pub mod identity;
 pub mod launch;
+pub mod log;
 pub mod parent;
 pub mod process;
 pub mod safefs;
@@ -73,6 +75,8 @@ pub struct LeaseSettings {
     /// Lease directories go in `<state_dir>/leases/<id>`.
     pub state_dir: PathBuf,
     pub executor_path: PathBuf,
+    /// The address executors listen on (and clients are given).
+    pub executor_bind: std::net::IpAddr,
     /// Whom executors may run as.
     pub identity: identity::IdentityPolicy,
     pub start_timeout: Duration,
@@ -81,6 +85,29 @@ pub struct LeaseSettings {
     pub cpu_weight: u64,
     /// How often a ready executor's pid is checked ([`DEFAULT_CHECK_INTERVAL`]).
     pub check_interval: Duration,
+    /// The most tasks (processes and threads) a lease group may hold.
+    pub pids_max: u64,
+    /// Where a lent GPU's device node is looked up (`<dev_root>/nvidia<N>`).
+    pub dev_root: PathBuf,
+    /// The most bytes of an executor's output written to its log.
+    pub log_max_bytes: u64,
+    /// The UUIDs of the node's GPUs by index (NVML's); an executor's `CUDA_VISIBLE_DEVICES`
+    /// names its GPUs by UUID where there is one (a UUID means the same GPU whatever the
+    /// order CUDA enumerates in), by index otherwise.
+    pub gpu_uuids: std::collections::BTreeMap<u32, String>,
+}
+
+impl LeaseSettings {
+    /// `CUDA_VISIBLE_DEVICES` for GPUs `gpus` (indices).
+    pub fn cuda_visible_devices(&self, gpus: &[u32]) -> String {
+        gpus.iter()
+            .map(|i| match self.gpu_uuids.get(i) {
+                Some(uuid) => uuid.clone(),
+                None => i.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 /// What the agent tells the scheduler about a lease.
@@ -106,6 +133,8 @@ pub struct CreateOrder {
     pub request: LeaseRequest,
     pub library: LibrarySource,
     pub options: ServeOptions,
+    /// The lease secret the executor checks every connection against.
+    pub secret: launch::Secret,
 }
 
 /// The default lease group `harvest_<node>/lease_<id>` (the same relative path in every

@@ -30,6 +30,7 @@ fn weight(w: u64) -> GroupSpec {
         mems: None,
         memory_limit_bytes: None,
         cpu_weight: Some(w),
+        ..GroupSpec::default()
     }
 }
 

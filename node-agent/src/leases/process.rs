@@ -27,17 +27,18 @@ pub struct Launch {
     pub procs_files: Vec<PathBuf>,
     /// The working directory (the lease directory).
     pub dir: PathBuf,
-    /// The log's path, for messages (the process gets the open file, [`LaunchIo::log`]).
+    /// The log's path, for messages (the process gets a pipe into it, [`LaunchIo::output`]).
     pub log: PathBuf,
     /// The only environment variables the process gets, besides `PATH`.
     pub env: Vec<(String, String)>,
 }
 
-/// The descriptors a started executor gets: its log (stdout and stderr) and the write end of its
-/// ready pipe, both opened by the lease task (never by name in the user's directory).
+/// The descriptors a started executor gets: the write end of its output pipe (stdout and
+/// stderr, drained into its log by [`super::log`]) and the write end of its ready pipe, both made
+/// by the lease task (never opened by name in the user's directory).
 #[derive(Debug)]
 pub struct LaunchIo {
-    pub log: std::fs::File,
+    pub output: std::os::fd::OwnedFd,
     pub ready: std::os::fd::OwnedFd,
 }
 
@@ -73,7 +74,7 @@ pub enum ProcessError {
         program: PathBuf,
         source: std::io::Error,
     },
-    #[error("opening the executor log {path}: {source}")]
+    #[error("passing on the output pipe of the executor log {path}: {source}")]
     Log {
         path: PathBuf,
         source: std::io::Error,
@@ -110,8 +111,8 @@ pub struct OsProcesses {
 
 impl Processes for OsProcesses {
     fn spawn(&self, launch: &Launch, io: LaunchIo) -> Result<Spawned, ProcessError> {
-        let LaunchIo { log, ready } = io;
-        let log_err = log.try_clone().map_err(|source| ProcessError::Log {
+        let LaunchIo { output, ready } = io;
+        let output_err = output.try_clone().map_err(|source| ProcessError::Log {
             path: launch.log.clone(),
             source,
         })?;
@@ -133,8 +134,8 @@ impl Processes for OsProcesses {
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::from(ready))
-            .stdout(log)
-            .stderr(log_err)
+            .stdout(Stdio::from(output))
+            .stderr(Stdio::from(output_err))
             .kill_on_drop(false);
         let mut child = cmd.spawn().map_err(|source| ProcessError::Spawn {
             program: self.helper.clone(),

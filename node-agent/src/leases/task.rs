@@ -17,7 +17,6 @@
 //! (`--ready-fd`), read here without blocking, bounded to [`READY_LINE_MAX`] bytes and parsed as a
 //! `SocketAddr`; the lease directory is the user's, so nothing in it is read by name for that.
 
-use std::fs::File;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -31,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep, sleep_until};
 
 use super::launch::{self, LOG_FILE};
+use super::log::{Tail, output_pipe};
 use super::process::{ExitFuture, Launch, LaunchIo, Signal};
 use super::safefs;
 use super::{
@@ -76,6 +76,8 @@ pub enum StartError {
     Prepare(#[from] launch::LaunchError),
     #[error("creating the lease cgroup: {0}")]
     Cgroup(crate::cgroup::CgroupError),
+    #[error("the lease's device list: {0}")]
+    Devices(#[from] crate::cgroup::devices::DeviceError),
     #[error(transparent)]
     Spawn(#[from] super::process::ProcessError),
     #[error("{what} the executor's ready pipe: {source}")]
@@ -83,6 +85,12 @@ pub enum StartError {
         what: &'static str,
         source: std::io::Error,
     },
+    #[error(
+        "the order carries a lease secret of {len} bytes, not {}: the executor would serve \
+         anyone (is the scheduler older than this agent?)",
+        launch::SECRET_BYTES
+    )]
+    NoSecret { len: usize },
 }
 
 /// How the lease ends.
@@ -109,9 +117,9 @@ struct Lease<'a> {
     state: State,
     group: PathBuf,
     dir: PathBuf,
-    /// The executor's log as root created it (a new lease's only): its tail explains a failed
-    /// start, read through this fd whatever the user did to the name.
-    log: Option<File>,
+    /// The end of the executor's output, kept in memory by its log drain (a new lease's only):
+    /// it explains a failed start.
+    tail: Option<Tail>,
 }
 
 /// The longest ready line accepted (an IPv6 address with scope and port is under 64 bytes).
@@ -220,7 +228,7 @@ pub async fn run_new(ctx: &Context, order: CreateOrder, mut rx: mpsc::Receiver<L
         id,
         record,
         state: State::Reserved,
-        log: None,
+        tail: None,
     };
     if ctx.cancel.is_cancelled() && pending.is_none() {
         pending = Some(Ending::Stop {
@@ -268,7 +276,7 @@ pub async fn run_adopted(
         },
         group: ctx.group(id),
         dir: launch::lease_dir(&ctx.settings.state_dir, id),
-        log: None,
+        tail: None,
     };
     let ending = lease.serve(&mut rx, None, None).await;
     lease.end(ending, &mut rx).await;
@@ -294,7 +302,7 @@ pub async fn run_gone(ctx: &Context, id: &str, record: LeaseRecord, reason: Stri
         record,
         group: ctx.group(id),
         dir: launch::lease_dir(&ctx.settings.state_dir, id),
-        log: None,
+        tail: None,
     };
     let (_tx, mut rx) = mpsc::channel(1);
     let ending = Ending::Stop {
@@ -331,10 +339,26 @@ impl Lease<'_> {
         let ctx = self.ctx;
         let s = &ctx.settings;
         let lease = &self.record;
+        // Checked before anything is made: an executor without a secret would serve anyone.
+        let secret = order.secret.env_value().ok_or(StartError::NoSecret {
+            len: order.secret.0.len(),
+        })?;
         let prepared =
             launch::prepare(&s.state_dir, &self.id, lease.uid, lease.gid, &order.library)?;
         let library = prepared.library;
-        self.log = prepared.log.try_clone().ok();
+        let output = output_pipe(
+            prepared.log,
+            s.log_max_bytes,
+            LOG_TAIL_BYTES,
+            ctx.cancel.clone(),
+        )
+        .map_err(|source| StartError::Pipe {
+            what: "creating",
+            source,
+        })?;
+        self.tail = Some(output.tail);
+        // Ends at the output's end (everything in the group has exited) or when harvestd stops.
+        ctx.tracker.spawn(output.drain);
         let (ready_rx, ready_tx) = std::io::pipe().map_err(|source| StartError::Pipe {
             what: "creating",
             source,
@@ -351,6 +375,12 @@ impl Lease<'_> {
             mems: None,
             memory_limit_bytes: Some(lease.memory_mib << 20),
             cpu_weight: Some(s.cpu_weight),
+            pids_max: Some(s.pids_max),
+            no_swap: true,
+            devices: Some(crate::cgroup::devices::lease_devices(
+                &s.dev_root,
+                &lease.gpus,
+            )?),
         };
         ctx.parent.prepare();
         let cg = &ctx.cgroups;
@@ -359,14 +389,19 @@ impl Lease<'_> {
         let oom = cg
             .oom_events_file(&self.group)
             .map_err(StartError::Cgroup)?;
-        let mut env = vec![("RUST_LOG".to_owned(), "info".to_owned())];
+        let mut env = vec![
+            ("RUST_LOG".to_owned(), "info".to_owned()),
+            (launch::SECRET_ENV.to_owned(), secret),
+        ];
         if !lease.gpus.is_empty() {
-            let list: Vec<String> = lease.gpus.iter().map(u32::to_string).collect();
-            env.push(("CUDA_VISIBLE_DEVICES".to_owned(), list.join(",")));
+            env.push((
+                "CUDA_VISIBLE_DEVICES".to_owned(),
+                s.cuda_visible_devices(&lease.gpus),
+            ));
         }
         let launch = Launch {
             program: s.executor_path.clone(),
-            args: launch::executor_args(&library, &self.dir, &order.options, &oom),
+            args: launch::executor_args(&library, &self.dir, &order.options, &oom, s.executor_bind),
             uid: lease.uid,
             gid: lease.gid,
             procs_files,
@@ -375,7 +410,7 @@ impl Lease<'_> {
             env,
         };
         let io = LaunchIo {
-            log: prepared.log,
+            output: output.output,
             ready: ready_tx.into(),
         };
         let spawned = ctx.processes.spawn(&launch, io)?;
@@ -455,7 +490,7 @@ impl Lease<'_> {
                         format!("executor exited ({how})")
                     } else {
                         format!("executor exited ({how}) before it was ready; its log: {}",
-                            self.log_tail())
+                            self.log_tail().await)
                     };
                     return Ending::Stop { reason, cause: EndCause::ExecutorFailed, done: None };
                 }
@@ -471,7 +506,7 @@ impl Lease<'_> {
                         Err(ReadyError::Closed) => {}
                         Err(e) => {
                             return Ending::Stop {
-                                reason: format!("{e}; its log: {}", self.log_tail()),
+                                reason: format!("{e}; its log: {}", self.log_tail().await),
                                 cause: EndCause::ExecutorFailed,
                                 done: None,
                             };
@@ -523,11 +558,11 @@ impl Lease<'_> {
         None
     }
 
-    /// The end of the executor's log, for an error message.
-    fn log_tail(&self) -> String {
-        match &self.log {
-            Some(f) => log_tail(f),
-            None => "(not open)".to_owned(),
+    /// The end of the executor's output, for an error message.
+    async fn log_tail(&self) -> String {
+        match &self.tail {
+            Some(t) => t.text().await,
+            None => "(not kept)".to_owned(),
         }
     }
 
@@ -535,11 +570,14 @@ impl Lease<'_> {
     async fn check(&mut self) -> Option<Ending> {
         match self.state.clone() {
             State::Starting { deadline, .. } => {
-                (Instant::now() >= deadline).then(|| Ending::Stop {
+                if Instant::now() < deadline {
+                    return None;
+                }
+                Some(Ending::Stop {
                     reason: format!(
                         "the executor did not become ready within {:?}; its log: {}",
                         self.ctx.settings.start_timeout,
-                        self.log_tail()
+                        self.log_tail().await
                     ),
                     cause: EndCause::ExecutorFailed,
                     done: None,
@@ -577,9 +615,7 @@ impl Lease<'_> {
     async fn move_to(&mut self, cpus: CpuSet, reason: &str) -> bool {
         let spec = GroupSpec {
             cpus: Some(cpus.clone()),
-            mems: None,
-            memory_limit_bytes: None,
-            cpu_weight: None,
+            ..GroupSpec::default()
         };
         if let Err(e) = self.ctx.cgroups.create(&self.group, &spec) {
             tracing::warn!(lease = %self.id, error = %e, "moving an executor failed; evicting it");
@@ -710,10 +746,8 @@ impl Lease<'_> {
             return true;
         }
         let boost = GroupSpec {
-            cpus: None,
-            mems: None,
-            memory_limit_bytes: None,
             cpu_weight: Some(EXIT_CPU_WEIGHT),
+            ..GroupSpec::default()
         };
         // A killed task must still run to exit and free its memory.
         if let Err(e) = cg.create(&self.group, &boost) {
@@ -815,14 +849,5 @@ fn answer_gone(msg: LeaseMessage) {
             let _ = done.send(false);
         }
         LeaseMessage::Control(_) => {}
-    }
-}
-
-/// The end of a log root holds open (at most [`LOG_TAIL_BYTES`] read), for an error message.
-pub fn log_tail(log: &File) -> String {
-    match safefs::read_tail(log, LOG_TAIL_BYTES) {
-        Ok(bytes) if bytes.is_empty() => "(empty)".to_owned(),
-        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_owned(),
-        Err(e) => format!("(unreadable: {e})"),
     }
 }

@@ -10,7 +10,9 @@ use harvest_core::CpuSet;
 use tokio::sync::oneshot;
 
 use super::process::{Launch, LaunchIo, ProcessError, Processes, Signal, Spawned};
-use crate::cgroup::{CgroupError, CgroupVersion, Cgroups, CpuQuota, CpuStat, GroupSpec};
+use crate::cgroup::{
+    CgroupError, CgroupVersion, Cgroups, Confinement, CpuQuota, CpuStat, GroupSpec, Support,
+};
 
 /// cgroups in memory: what was created with which spec, and what was removed.
 #[derive(Debug, Default)]
@@ -152,6 +154,13 @@ impl Cgroups for FakeCgroups {
     fn memory_usage(&self, _group: &Path) -> Result<u64, CgroupError> {
         Ok(0)
     }
+    fn confinement(&self) -> Confinement {
+        Confinement {
+            pids: Support::Enforced,
+            no_swap: Support::Enforced,
+            devices: Support::Enforced,
+        }
+    }
 }
 
 /// How a fake process behaves.
@@ -180,8 +189,8 @@ struct FakeState {
     running: HashMap<u32, FakeProcess>,
     launches: Vec<Launch>,
     signals: Vec<(u32, Signal)>,
-    /// Each process's log, held open as a real one's stdout is.
-    logs: HashMap<u32, std::fs::File>,
+    /// Each running process's output pipe (its stdout), closed when it exits.
+    outputs: HashMap<u32, std::fs::File>,
 }
 
 /// Processes in a table. `spawn` writes the ready line the way harvest-executor does.
@@ -199,7 +208,7 @@ impl Default for FakeProcesses {
                 running: HashMap::new(),
                 launches: Vec::new(),
                 signals: Vec::new(),
-                logs: HashMap::new(),
+                outputs: HashMap::new(),
             }),
         }
     }
@@ -222,11 +231,19 @@ impl FakeProcesses {
     }
     /// Ends `pid` as if it crashed or exited; its exit future resolves with `how`.
     pub fn exit(&self, pid: u32, how: &str) {
-        if let Some(mut p) = self.state.lock().unwrap().running.remove(&pid)
+        let mut st = self.state.lock().unwrap();
+        st.outputs.remove(&pid);
+        if let Some(mut p) = st.running.remove(&pid)
             && let Some(tx) = p.exit.take()
         {
             let _ = tx.send(how.to_owned());
         }
+    }
+    /// Writes `bytes` to `pid`'s output (its stdout and stderr), as the process would.
+    pub fn write_output(&self, pid: u32, bytes: &[u8]) {
+        let mut st = self.state.lock().unwrap();
+        let out = st.outputs.get_mut(&pid).expect("a running fake process");
+        std::io::Write::write_all(out, bytes).unwrap();
     }
     /// Forgets `pid` without resolving its exit future: a process this agent did not start
     /// (re-adopted) that died.
@@ -275,7 +292,7 @@ impl Processes for FakeProcesses {
             .unwrap(),
         }
         drop(ready);
-        st.logs.insert(pid, io.log);
+        st.outputs.insert(pid, std::fs::File::from(io.output));
         Ok(Spawned {
             pid,
             start_time,

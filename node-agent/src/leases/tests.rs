@@ -129,6 +129,7 @@ impl Rig {
                 node: "n1".into(),
                 state_dir: state.path().to_path_buf(),
                 executor_path: "/opt/harvest/bin/harvest-executor".into(),
+                executor_bind: std::net::Ipv4Addr::new(127, 0, 0, 1).into(),
                 identity: identity::IdentityPolicy {
                     min_uid: me().0.min(identity::DEFAULT_MIN_EXECUTOR_UID),
                     allow_root: false,
@@ -138,6 +139,10 @@ impl Rig {
                 stop_grace: Duration::from_millis(100),
                 cpu_weight: 1,
                 check_interval: CHECK,
+                pids_max: 64,
+                dev_root: "/nonexistent-dev".into(),
+                log_max_bytes: 1 << 20,
+                gpu_uuids: [(1, "GPU-uuid-1".to_owned())].into_iter().collect(),
             },
             cgroups.clone(),
             procs.clone(),
@@ -189,12 +194,14 @@ impl Rig {
                 memory_mib,
                 gpus: 0,
                 expires_unix_ms: 0,
+                recovery: Default::default(),
             },
             library: LibrarySource::Content(b"\x7fELF fake".to_vec()),
             options: ServeOptions {
                 hot_window_us: -1,
                 ..ServeOptions::default()
             },
+            secret: launch::Secret(vec![0xab; launch::SECRET_BYTES]),
         }
     }
 
@@ -249,6 +256,16 @@ fn set(list: &str) -> CpuSet {
 }
 
 #[tokio::test]
+async fn cuda_visible_devices_names_gpus_by_uuid_where_there_is_one() {
+    let rig = Rig::new();
+    let s = &rig.exec.context().settings;
+    // GPU 1 has a UUID in the rig's settings, GPU 0 (device files) has none.
+    assert_eq!(s.cuda_visible_devices(&[0, 1]), "0,GPU-uuid-1");
+    assert_eq!(s.cuda_visible_devices(&[1]), "GPU-uuid-1");
+    assert_eq!(s.cuda_visible_devices(&[]), "");
+}
+
+#[tokio::test]
 async fn a_lease_gets_idle_cpus_its_own_cgroup_and_an_executor_as_its_user() {
     let mut rig = Rig::new();
     rig.batch_job("1").await;
@@ -276,6 +293,10 @@ async fn a_lease_gets_idle_cpus_its_own_cgroup_and_an_executor_as_its_user() {
     assert_eq!(spec.cpus, Some(set("0,2")));
     assert_eq!(spec.memory_limit_bytes, Some(500 << 20));
     assert_eq!(spec.cpu_weight, Some(1));
+    // The pids limit as configured, no swap, and only the basic devices (no GPU is lent).
+    assert_eq!(spec.pids_max, Some(64));
+    assert!(spec.no_swap);
+    assert_eq!(spec.devices.as_deref(), Some(crate::cgroup::devices::BASIC));
     // The process: the configured executor, as the lease's user, joining the group's procs.
     let launch = &rig.procs.launches()[0];
     let (uid, gid) = me();
@@ -304,6 +325,17 @@ async fn a_lease_gets_idle_cpus_its_own_cgroup_and_an_executor_as_its_user() {
         "/fake/memory/harvest_n1/lease_L1/memory.oom_control"
     );
     assert_eq!(after("--hot"), "always");
+    assert_eq!(after("--listen"), "127.0.0.1:0");
+    // The secret goes in the environment (never on the command line, which every user can
+    // read in /proc).
+    assert!(
+        launch
+            .env
+            .contains(&(launch::SECRET_ENV.to_owned(), "ab".repeat(32))),
+        "{:?}",
+        launch.env
+    );
+    assert!(!args.iter().any(|a| a.contains("abab")), "{args:?}");
     assert_eq!(
         std::fs::read(dir.join("functions.so")).unwrap(),
         b"\x7fELF fake"
@@ -428,6 +460,27 @@ async fn an_executor_that_ignores_sigterm_is_killed_after_the_grace() {
     assert!(rig.procs.running().is_empty());
     // Ending it again is answered: it is gone.
     assert!(!rig.exec.end("L1", "again".into(), EndCause::Released).await);
+}
+
+#[tokio::test]
+async fn an_order_without_a_full_secret_starts_nothing() {
+    let mut rig = Rig::new();
+    for secret in [Vec::new(), vec![1; 31]] {
+        let mut order = rig.order("L1", 1, 100);
+        order.secret = launch::Secret(secret.clone());
+        rig.exec.create(order);
+        let LeaseEvent::Failed { reason, .. } = rig.next_event().await else {
+            panic!()
+        };
+        assert!(
+            reason.contains(&format!("secret of {} bytes", secret.len())),
+            "{reason}"
+        );
+        assert!(rig.procs.launches().is_empty());
+        assert!(!rig.cgroups.exists(&lease_group("n1", "L1")));
+        assert!(!rig.state.path().join("leases/L1").exists());
+        assert_eq!(rig.leases(), 0);
+    }
 }
 
 #[tokio::test]
@@ -689,11 +742,18 @@ async fn an_executor_that_dies_before_it_is_ready_fails_with_its_log() {
         assert!(Instant::now() < deadline, "never started");
         tokio::time::sleep(POLL_INTERVAL).await;
     }
-    std::fs::write(
-        &log,
-        "harvestd exec-lease: joining the lease cgroup: No space left on device\n",
-    )
-    .unwrap();
+    let said = "harvestd exec-lease: joining the lease cgroup: No space left on device\n";
+    rig.procs.write_output(1000, said.as_bytes());
+    // The log holds it (through the drain) before the exit: poll for it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(&log).unwrap_or_default() != said {
+        assert!(
+            Instant::now() < deadline,
+            "the output never reached {}",
+            log.display()
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
     rig.procs.exit(1000, "exit status 127");
     let event = rig.next_event().await;
     let LeaseEvent::Failed { reason, .. } = event else {

@@ -221,6 +221,7 @@ mod tests {
             expires_unix_ms: 0,
             created_ms,
             executor: None,
+            recovery: Default::default(),
         }
     }
 
@@ -237,6 +238,7 @@ mod tests {
             cgroup: None,
             recovered: false,
             added_ms: 0,
+            gpus_from_slurm: false,
             slurm: None,
         }
     }

@@ -267,8 +267,18 @@ impl FakeAgent {
                                     gpus: vec![],
                                     address: fake_executor().to_string(),
                                     expires_unix_ms: c.expires_unix_ms,
+                                    ..Default::default()
                                 };
-                                r.lock().unwrap().insert(c.lease_id.clone(), info.clone());
+                                // What a real agent keeps for the next Register (never in
+                                // the Ready event).
+                                let kept = v1::ExecutorInfo {
+                                    gid: c.gid,
+                                    secret: c.secret.clone(),
+                                    idle_timeout_ms: c.idle_timeout_ms,
+                                    request_id: c.request_id.clone(),
+                                    ..info.clone()
+                                };
+                                r.lock().unwrap().insert(c.lease_id.clone(), kept);
                                 executor_event::Event::Ready(info)
                             }
                         };
@@ -332,6 +342,12 @@ impl FakeAgent {
         self.executors.lock().unwrap().values().cloned().collect()
     }
 
+    /// Every order the scheduler sent, in order.
+    #[allow(dead_code)]
+    pub fn orders(&self) -> Vec<v1::scheduler_message::Msg> {
+        self.orders.lock().unwrap().clone()
+    }
+
     pub fn destroyed(&self, lease: &str) -> Option<String> {
         self.orders.lock().unwrap().iter().find_map(|o| match o {
             v1::scheduler_message::Msg::Destroy(d) if d.lease_id == lease => Some(d.reason.clone()),
@@ -346,6 +362,8 @@ impl FakeAgent {
 }
 
 /// A fake executor: `reverse` answers its input reversed, anything else "no such function".
+/// It challenges each connection as a real executor does but takes any AUTH: the proof itself
+/// is the executor's tests' business.
 pub fn fake_executor() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -353,6 +371,12 @@ pub fn fake_executor() -> SocketAddr {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { return };
             std::thread::spawn(move || {
+                let mut challenge = Vec::new();
+                invoke::encode_challenge(&mut challenge, &[0; 32]);
+                let mut auth = [0u8; invoke::AUTH_FRAME_BYTES];
+                if conn.write_all(&challenge).is_err() || conn.read_exact(&mut auth).is_err() {
+                    return;
+                }
                 loop {
                     let mut prefix = [0u8; invoke::LEN_BYTES];
                     if conn.read_exact(&mut prefix).is_err() {
@@ -371,7 +395,7 @@ pub fn fake_executor() -> SocketAddr {
                             ..
                         }) => {
                             let rev: Vec<u8> = input.iter().rev().copied().collect();
-                            invoke::encode_result(&mut out, id, &rev);
+                            invoke::encode_result(&mut out, id, &rev).unwrap();
                         }
                         Ok(Frame::Invoke { id, function, .. }) => invoke::encode_error(
                             &mut out,

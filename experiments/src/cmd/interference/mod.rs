@@ -282,7 +282,7 @@ fn run_phase(
         progress_dir.display()
     );
     let out = cl
-        .cmd("sbatch")
+        .command("sbatch")
         .args([
             "--parsable",
             "-N1",
@@ -305,7 +305,7 @@ fn run_phase(
     );
     let job_id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let state = || {
-        cl.cmd("squeue")
+        cl.command("squeue")
             .args(["-h", "-j", &job_id, "-o", "%T"])
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
@@ -331,7 +331,7 @@ fn run_phase(
         );
         let exe = std::env::current_exe()?;
         let child = cl
-            .cmd("runuser")
+            .command("runuser")
             .args(["-u", &args.user, "--"])
             .arg(exe)
             .args(["interference-client", "--scheduler", &cl.scheduler, "--lib"])

@@ -1,7 +1,6 @@
 //! The node the experiment runs on: the cluster's environment, its harvestd (restarted with each
 //! phase's configuration, as `deploy/local-cluster` runs it) and the machine's load.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 
 use super::client::now_ms;
-use crate::cluster::{parse_exports, repo_root};
+use crate::cluster::Cluster as LocalCluster;
 
 /// Busy and total CPU time of the whole machine so far (`/proc/stat`, in ticks).
 pub(super) fn cpu_ticks() -> Option<(u64, u64)> {
@@ -55,10 +54,10 @@ pub(super) fn wait_quiet(max: Duration) -> f64 {
     }
 }
 
-/// The local cluster's environment.
+/// The local cluster, and the node the experiment runs on.
 #[derive(Debug)]
 pub(super) struct Cluster {
-    pub(super) env: BTreeMap<String, String>,
+    pub(super) local: LocalCluster,
     pub(super) dir: PathBuf,
     pub(super) run_dir: PathBuf,
     pub(super) scheduler: String,
@@ -68,76 +67,38 @@ pub(super) struct Cluster {
 }
 
 impl Cluster {
-    /// The cluster the environment names, or a one-node one brought up now.
+    /// The cluster that is up (the environment's `HARVEST_CLUSTER_DIR`, else the default; as
+    /// scripts/test-all's), or a one-node one brought up now.
     pub(super) fn open() -> Result<Self> {
-        let have = |k: &str| std::env::var_os(k).is_some();
-        let mut env = BTreeMap::new();
-        let in_env = have("SLURM_CONF") && have("HARVEST_SCHEDULER") && have("HARVEST_CLUSTER_DIR");
-        // A cluster that is already up (scripts/test-all's, say) is used as it is.
-        let running = if in_env {
-            None
-        } else {
-            crate::cluster::Cluster::open().ok()
+        let local = match LocalCluster::open() {
+            Ok(c) => {
+                eprintln!(
+                    "interference: using the local cluster that is up (deploy/local-cluster env)"
+                );
+                c
+            }
+            Err(_) => {
+                eprintln!("interference: no cluster is up; deploy/local-cluster up --nodes 1");
+                LocalCluster::up(Some(1))?
+            }
         };
-        if let Some(running) = running {
-            eprintln!(
-                "interference: using the local cluster that is up (deploy/local-cluster env)"
-            );
-            env = running.env;
-        } else if !in_env {
-            eprintln!(
-                "interference: no cluster in the environment; deploy/local-cluster up --nodes 1"
-            );
-            let script = repo_root().join("deploy/local-cluster");
-            let status = Command::new(&script)
-                .args(["up", "--nodes", "1"])
-                .stdout(Stdio::inherit())
-                .status()
-                .with_context(|| format!("running {}", script.display()))?;
-            ensure!(status.success(), "deploy/local-cluster up failed");
-            let out = Command::new(&script).arg("env").output()?;
-            ensure!(out.status.success(), "deploy/local-cluster env failed");
-            env = parse_exports(&String::from_utf8_lossy(&out.stdout));
-        }
-        let get = |k: &str| {
-            env.get(k)
-                .cloned()
-                .or_else(|| std::env::var(k).ok())
-                .with_context(|| {
-                    format!("{k} is not set: run `eval \"$(deploy/local-cluster env)\"`")
-                })
-        };
-        let mut cluster = Self {
-            dir: get("HARVEST_CLUSTER_DIR")?.into(),
-            run_dir: get("HARVEST_RUN_DIR")?.into(),
-            scheduler: get("HARVEST_SCHEDULER")?,
-            node: String::new(),
-            env,
-            agent: None,
-        };
-        let out = cluster
-            .cmd("sinfo")
-            .args(["-h", "-N", "-o", "%N"])
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "sinfo failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        cluster.node = String::from_utf8_lossy(&out.stdout)
-            .lines()
+        let node = local
+            .node_names()?
+            .into_iter()
             .next()
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .context("sinfo lists no node")?
-            .to_owned();
-        Ok(cluster)
+            .context("sinfo lists no node")?;
+        Ok(Self {
+            dir: local.require("HARVEST_CLUSTER_DIR")?.into(),
+            run_dir: local.require("HARVEST_RUN_DIR")?.into(),
+            scheduler: local.require("HARVEST_SCHEDULER")?.to_owned(),
+            node,
+            local,
+            agent: None,
+        })
     }
 
-    pub(super) fn cmd(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
-        c.envs(&self.env);
-        c
+    pub(super) fn command(&self, program: &str) -> Command {
+        self.local.command(program)
     }
 
     fn pid_file(&self) -> PathBuf {
@@ -186,7 +147,7 @@ impl Cluster {
                 .join("log")
                 .join(format!("harvestd-{}.out", self.node)),
         )?;
-        let mut cmd = self.cmd("setsid");
+        let mut cmd = self.command("setsid");
         cmd.arg(self.dir.join("bin/harvestd"))
             .args(["run", "--node", &self.node, "--run-dir"])
             .arg(&self.run_dir)
@@ -222,7 +183,7 @@ impl Cluster {
     }
 
     pub(super) fn nodes_json(&self) -> Result<serde_json::Value> {
-        let out = self.cmd("harvest").args(["nodes", "--json"]).output()?;
+        let out = self.command("harvest").args(["nodes", "--json"]).output()?;
         ensure!(
             out.status.success(),
             "harvest nodes: {}",

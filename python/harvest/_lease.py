@@ -1,0 +1,267 @@
+"""harvest.Lease: a lease on idle cores of the cluster, and invocations of its functions."""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import weakref
+from concurrent.futures import Future
+from typing import Any, Deque, Iterable, Iterator, Optional, Tuple, Union
+
+from . import _native
+from .errors import HarvestError, LocalError
+
+Size = Union[int, str]
+Seconds = Union[int, float, str]
+Data = Union[bytes, bytearray, memoryview]
+
+#: Invocations kept in flight on each connection by submit() and map().
+PIPELINE_DEPTH = 8
+
+
+def _mib(mem: Optional[Size]) -> int:
+    if mem is None:
+        return 0
+    if isinstance(mem, bool) or not isinstance(mem, (int, str)):
+        raise TypeError(f"mem must be MiB (int) or a size such as '256M', not {mem!r}")
+    if isinstance(mem, int):
+        if mem <= 0:
+            raise ValueError(f"mem must be a positive number of MiB, not {mem}")
+        return mem
+    return _native.parse_mem(mem)
+
+
+def _seconds(value: Optional[Seconds], what: str) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(f"{what} must be seconds (a number) or a duration such as '10m', not {value!r}")
+    if isinstance(value, str):
+        return _native.parse_duration(value)
+    if not value > 0:
+        raise ValueError(f"{what} must be a positive number of seconds, not {value}")
+    return float(value)
+
+
+def _bytes(data: Data) -> bytes:
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"function input must be bytes, bytearray or memoryview, not {type(data).__name__}")
+
+
+class Lease:
+    """Cores and memory on one node of the cluster, with the functions of ``lib`` ready to run.
+
+    ``Lease(lib="./libf.so", cores=2, mem="256M", lifetime="10m")`` acquires the lease (sizes and
+    durations as the ``harvest`` CLI takes them, or numbers: MiB and seconds); use it as a
+    context manager, or call :meth:`close`. The scheduler is found as the CLI finds it
+    (``scheduler=``, ``$HARVEST_SCHEDULER``, the client configuration file), and you are who munge
+    says you are.
+
+    When a batch job takes the lease back (or its node goes down) under an invocation, the
+    invocation is retried on a new lease elsewhere until ``failover_deadline`` (unless
+    ``failover=False``), as ``harvest invoke`` does; :attr:`revocations` lists what happened.
+    Failures raise :class:`harvest.HarvestError` subclasses named after the CLI's exit-code
+    categories. Invocations release the GIL.
+    """
+
+    def __init__(
+        self,
+        lib: Union[str, os.PathLike, bytes, None] = None,
+        cores: int = 1,
+        mem: Optional[Size] = None,
+        lifetime: Optional[Seconds] = None,
+        *,
+        gpus: int = 0,
+        lib_on_node: Optional[str] = None,
+        idle_timeout: Optional[Seconds] = None,
+        timeout: Optional[Seconds] = None,
+        scheduler: Optional[str] = None,
+        failover: bool = True,
+        failover_deadline: Seconds = 30,
+        connections: Optional[int] = None,
+        max_in_flight: Optional[int] = None,
+        spin: bool = False,
+    ) -> None:
+        lib_path = lib_bytes = None
+        if isinstance(lib, (bytes, bytearray)):
+            lib_bytes = bytes(lib)
+        elif lib is not None:
+            lib_path = os.fspath(lib)
+        if connections is not None and connections < 1:
+            raise ValueError(f"connections must be at least 1, not {connections}")
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
+        deadline = _seconds(failover_deadline, "failover_deadline")
+        assert deadline is not None
+        self._session = _native.Session(
+            lib_path=lib_path,
+            lib_bytes=lib_bytes,
+            lib_on_node=lib_on_node,
+            cores=cores,
+            mem_mib=_mib(mem),
+            gpus=gpus,
+            lifetime_s=_seconds(lifetime, "lifetime"),
+            idle_timeout_s=_seconds(idle_timeout, "idle_timeout"),
+            default_timeout_s=_seconds(timeout, "timeout"),
+            scheduler=scheduler,
+            failover=failover,
+            failover_deadline_s=deadline,
+            connections=connections or 0,
+            pipeline_depth=PIPELINE_DEPTH,
+            spin=spin,
+        )
+        #: Most invocations submit() and map() keep in flight; submit() blocks beyond.
+        self.max_in_flight: int = max_in_flight or self._session.connections * PIPELINE_DEPTH
+        self._slots = threading.BoundedSemaphore(self.max_in_flight)
+        self._queue: Deque[Tuple[str, bytes, Optional[float], Future]] = collections.deque()
+        self._cv = threading.Condition()
+        self._closing = False
+        self._closed = False
+        self._dispatcher: Optional[threading.Thread] = None
+        # A lease left open (no `with`, no close()) is still released when it is garbage or the
+        # program exits, rather than held until its idle timeout. The finalizer holds the
+        # session, not the Lease, and runs at most once.
+        self._release = weakref.finalize(self, self._session.release)
+
+    # -- what the lease is ------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        """The lease's id (after a failover, the new lease's)."""
+        return self.info()["id"]
+
+    @property
+    def node(self) -> str:
+        """The node the lease is on now."""
+        return self.info()["node"]
+
+    def info(self) -> dict[str, Any]:
+        """The lease now serving: id, node, uid, user, cpus, memory_mib, gpus, state, ..."""
+        return self._session.info()
+
+    @property
+    def revocations(self) -> list[dict[str, str]]:
+        """Leases revoked under this one (lease, node, cause, reason), oldest first."""
+        return self._session.revocations()
+
+    @property
+    def connections(self) -> int:
+        """Invocations that run at once (connections to the executor; one per core by default)."""
+        return self._session.connections
+
+    # -- invoking ---------------------------------------------------------------------------
+    def invoke(self, fn: str, data: Data = b"", timeout: Optional[Seconds] = None) -> bytes:
+        """Runs ``fn`` on ``data`` and returns its output; raises a HarvestError on failure."""
+        self._check_open()
+        return self._session.invoke(fn, _bytes(data), _seconds(timeout, "timeout"))
+
+    def submit(self, fn: str, data: Data = b"", timeout: Optional[Seconds] = None) -> "Future[bytes]":
+        """Starts ``fn`` on ``data``; returns a Future of its output. Blocks while
+        ``max_in_flight`` invocations are outstanding."""
+        self._check_open()
+        payload = _bytes(data)
+        t = _seconds(timeout, "timeout")
+        self._slots.acquire()
+        fut: "Future[bytes]" = Future()
+        with self._cv:
+            if self._closing:
+                self._slots.release()
+                raise LocalError("the lease is closing: submit before close()")
+            self._queue.append((fn, payload, t, fut))
+            if self._dispatcher is None:
+                self._dispatcher = threading.Thread(
+                    target=self._dispatch, name="harvest-dispatch", daemon=True
+                )
+                self._dispatcher.start()
+            self._cv.notify()
+        return fut
+
+    def map(
+        self, fn: str, inputs: Iterable[Data], timeout: Optional[Seconds] = None
+    ) -> Iterator[bytes]:
+        """Runs ``fn`` on each input, at most ``max_in_flight`` at a time, pipelined over the
+        lease's connections; yields the outputs in input order. An input's failure raises its
+        HarvestError when its turn comes."""
+        self._check_open()
+        t = _seconds(timeout, "timeout")
+        it = iter(inputs)
+
+        def generate() -> Iterator[bytes]:
+            while True:
+                chunk = [_bytes(d) for _, d in zip(range(self.max_in_flight), it)]
+                if not chunk:
+                    return
+                for r in self._session.invoke_many(fn, chunk, t):
+                    if isinstance(r, BaseException):
+                        raise r
+                    yield r
+
+        return generate()
+
+    def _dispatch(self) -> None:
+        """Sends what submit() queued, in batches, and completes the futures."""
+        while True:
+            with self._cv:
+                while not self._queue and not self._closing:
+                    self._cv.wait()
+                if not self._queue:
+                    return
+                batch = list(self._queue)
+                self._queue.clear()
+            # One invoke_many per run of the same function and timeout, in submission order.
+            i = 0
+            while i < len(batch):
+                fn, _, t, _ = batch[i]
+                j = i
+                while j < len(batch) and batch[j][0] == fn and batch[j][2] == t:
+                    j += 1
+                group = [b for b in batch[i:j] if b[3].set_running_or_notify_cancel()]
+                for _ in range((j - i) - len(group)):
+                    self._slots.release()
+                i = j
+                if not group:
+                    continue
+                try:
+                    results = self._session.invoke_many(fn, [g[1] for g in group], t)
+                except BaseException as e:  # noqa: BLE001 - handed to every waiting future
+                    results = [e] * len(group)
+                for (_, _, _, fut), r in zip(group, results):
+                    if isinstance(r, BaseException):
+                        fut.set_exception(r)
+                    else:
+                        fut.set_result(r)
+                    self._slots.release()
+
+    # -- ending -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Waits for submitted invocations, then releases the lease. Safe to repeat."""
+        with self._cv:
+            if self._closed:
+                return
+            self._closing = True
+            self._cv.notify_all()
+            dispatcher = self._dispatcher
+        if dispatcher is not None:
+            dispatcher.join()
+        self._closed = True
+        self._release()
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise LocalError("the lease was closed: open a new harvest.Lease")
+
+    def __enter__(self) -> "Lease":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        try:
+            i = self.info()
+            return f"<harvest.Lease {i['id']} on {i['node']} cpus={i['cpus']} {i['state']}>"
+        except HarvestError:
+            return "<harvest.Lease>"
