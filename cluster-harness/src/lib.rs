@@ -208,6 +208,27 @@ impl LocalCluster {
         Ok(Job { cluster: self, id })
     }
 
+    /// Submits a batch job as `user` (`runuser -u USER -- sbatch --parsable ARGS`), as a site's
+    /// users do: slurmstepd then runs the job's SPANK `user_init` with that user's effective uid.
+    /// Its output goes to `output` (`%j` is the job id), which the user must be able to write.
+    /// The job is cancelled when the guard drops.
+    pub fn sbatch_as(&self, user: &str, output: &Path, args: &[&str]) -> Result<Job<'_>> {
+        let out = self
+            .command("runuser")
+            .args(["-u", user, "--", "sbatch", "--parsable"])
+            .arg(format!("--output={}", output.display()))
+            .args(args)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "sbatch as {user} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        let id = parse_job_id(&String::from_utf8_lossy(&out.stdout))?;
+        Ok(Job { cluster: self, id })
+    }
+
     /// Submits `script` as an exclusive job on `node`, not cancelled on drop; returns its id.
     pub fn sbatch_exclusive(&self, node: &str, script: &str) -> Result<u32> {
         let out = self.run(
@@ -261,6 +282,47 @@ impl LocalCluster {
         bail!("no {want} under {}", base.display())
     }
 
+    /// The pids in lease `lease`'s cpuset cgroup on `node` (`harvest_<node>/lease_<lease>`).
+    pub fn lease_pids(&self, node: &str, lease: &str) -> Result<Vec<u32>> {
+        let procs = self
+            .cgroup_root
+            .join("cpuset")
+            .join(format!("harvest_{node}"))
+            .join(format!("lease_{lease}"))
+            .join("cgroup.procs");
+        let text = std::fs::read_to_string(&procs)
+            .with_context(|| format!("reading {}", procs.display()))?;
+        Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    }
+
+    /// Waits up to `within` for a job to end; returns `scontrol show job`'s JobState and
+    /// ExitCode (squeue forgets a job once it ended, scontrol keeps it for MinJobAge).
+    pub fn job_end(&self, id: u32, within: Duration) -> Result<(String, String)> {
+        let ended = poll(within, || {
+            let out = self.run("scontrol", &["show", "job", "-o", &id.to_string()])?;
+            let get = |key: &str| {
+                out.split_whitespace()
+                    .find_map(|t| t.strip_prefix(key))
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let state = get("JobState=");
+            Ok((!matches!(
+                state.as_str(),
+                "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING"
+            ))
+            .then(|| (state, get("ExitCode="))))
+        })?;
+        ended.with_context(|| format!("job {id} did not end within {within:?}"))
+    }
+
+    /// What a batch job wrote (`log/slurm-<id>.out` under the cluster's directory).
+    pub fn job_output(&self, id: u32) -> Result<String> {
+        let path =
+            Path::new(self.require("HARVEST_CLUSTER_DIR")?).join(format!("log/slurm-{id}.out"));
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    }
+
     /// `harvest nodes --json` (the scheduler's view of every node) with `harvest`.
     pub fn nodes_json(&self, harvest: &Path) -> Result<serde_json::Value> {
         let out = self.command(harvest).args(["nodes", "--json"]).output()?;
@@ -280,17 +342,21 @@ impl LocalCluster {
             &format!("node {node} to show as full in harvest nodes"),
             || {
                 Ok(self.nodes_json(harvest).ok().is_some_and(|v| {
-                    v.as_array().is_some_and(|a| {
-                        a.iter().any(|n| {
-                            n["name"] == node
-                                && n["cpus"]["idle"].as_array().is_some_and(Vec::is_empty)
-                                && n["cpus"]["batch"].as_array().is_some_and(|b| !b.is_empty())
-                        })
-                    })
+                    v.as_array()
+                        .is_some_and(|a| a.iter().any(|n| n["name"] == node && node_is_full(n)))
                 }))
             },
         )
     }
+}
+
+/// Whether a node of `harvest nodes --json` has no idle CPU and some batch CPUs (a job can be
+/// RUNNING in squeue a moment before its step starts on the node: this is what the scheduler saw).
+pub fn node_is_full(node: &serde_json::Value) -> bool {
+    node["cpus"]["idle"].as_array().is_some_and(Vec::is_empty)
+        && node["cpus"]["batch"]
+            .as_array()
+            .is_some_and(|b| !b.is_empty())
 }
 
 fn parse_job_id(out: &str) -> Result<u32> {

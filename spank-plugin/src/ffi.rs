@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicBool;
 use crate::config::Config;
 use crate::host::{Context, Host, Item, Level};
 use crate::plugin::{self, Warner};
+use crate::privilege::AsRoot;
 use crate::sys;
 
 include!(concat!(env!("OUT_DIR"), "/slurm_version.rs"));
@@ -233,7 +234,21 @@ pub unsafe extern "C" fn slurm_spank_user_init(
         // SAFETY: forwarded from Slurm's call.
         let args = unsafe { args(ac, av) };
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        plugin::user_init(&SpankHost(sp), &args, &Warner::new(&WARNED));
+        let host = SpankHost(sp);
+        // slurmstepd runs user_init as the job's user (seteuid): the agent's socket is root's
+        // and the leases' processes are other users'. Root back on this thread, given back on
+        // return (or unwind).
+        let _root = match AsRoot::take() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                host.log(
+                    Level::Error,
+                    &format!("harvest: cannot take root back for the step start ({e}); the agent may not hear of it"),
+                );
+                None
+            }
+        };
+        plugin::user_init(&host, &args, &Warner::new(&WARNED));
     })
 }
 

@@ -20,6 +20,8 @@
 //! - [`client`]: one JSON-line exchange with the agent, within a deadline.
 //! - [`evict`]: when the agent does not answer a step start, the plugin ends the node's lease
 //!   groups' processes itself (the batch job always wins).
+//! - [`privilege`]: root back, on the calling thread only, for `user_init` (slurmstepd runs it
+//!   with the job user's effective uid).
 
 pub mod cgroup;
 pub mod client;
@@ -30,6 +32,7 @@ pub mod ffi;
 pub mod gpus;
 pub mod host;
 pub mod plugin;
+pub mod privilege;
 
 #[cfg(not(test))]
 #[allow(

@@ -7,9 +7,12 @@ use std::process::{Command, Output, Stdio};
 
 use harvest_core::CpuSet;
 
-use anyhow::{Context, Result, ensure};
+use std::time::Duration;
 
-use crate::{LocalCluster, repo_root};
+use anyhow::{Context, Result, ensure};
+use serde_json::Value;
+
+use crate::{LocalCluster, node_is_full, poll, repo_root};
 
 /// The unprivileged user the tests run functions as (created when missing): a regular account
 /// (uid from 1000 up, a login shell), since harvestd refuses system accounts.
@@ -229,6 +232,29 @@ impl Cli {
         Ok(String::from_utf8(out.stdout)?)
     }
 
+    /// `harvest ARGS` as root (`user` None) or as `user`, its output parsed as JSON.
+    pub fn json(&self, user: Option<&str>, args: &[&str]) -> Result<Value> {
+        Ok(serde_json::from_str(&self.ok(user, args)?)?)
+    }
+
+    /// `node`'s entry of `harvest nodes --json`.
+    pub fn node(&self, node: &str) -> Result<Value> {
+        let nodes = self.json(None, &["nodes", "--json"])?;
+        nodes
+            .as_array()
+            .and_then(|a| a.iter().find(|n| n["name"] == node))
+            .cloned()
+            .with_context(|| format!("no node {node} in harvest nodes --json: {nodes}"))
+    }
+
+    /// Waits until this CLI's scheduler sees all of `node`'s CPUs taken by batch jobs.
+    pub fn wait_node_full(&self, node: &str) -> Result<()> {
+        let full = poll(Duration::from_secs(30), || {
+            Ok(node_is_full(&self.node(node)?).then_some(()))
+        })?;
+        full.with_context(|| format!("the scheduler never saw {node} full"))
+    }
+
     /// `harvest nodes` rows: (name, state, idle CPUs, batch CPUs).
     pub fn nodes(&self) -> Result<Vec<(String, String, CpuSet, CpuSet)>> {
         let set = |s: &str| -> Result<CpuSet> {
@@ -262,6 +288,19 @@ impl Cli {
             })
             .collect())
     }
+}
+
+/// A job script that reports which of `pids` are alive when it starts (`alive PID STATE COMM`
+/// lines, then `checked`). A zombie (state Z: dead, its memory freed, only its exit status left
+/// for a parent to reap) is not alive.
+pub fn alive_check(pids: &[u32]) -> String {
+    let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+    format!(
+        "for p in {}; do s=$(sed -n 's/.*) \\(.\\).*/\\1/p' /proc/$p/stat 2>/dev/null); \
+         if [ -n \"$s\" ] && [ \"$s\" != Z ]; then echo alive $p $s $(cat /proc/$p/comm); fi; done; \
+         echo checked",
+        list.join(" ")
+    )
 }
 
 /// The scheduler's URL: HARVEST_SCHEDULER in the test's environment wins (a scheduler of one's

@@ -8,7 +8,9 @@
 //! directories); [`cuda`] the CUDA function library and the batch busy loop, built with
 //! plain `cc` (they need no cluster and, to build, no GPU).
 
-pub use harvest_cluster_harness::{Job, LocalCluster, parse_exports, poll, repo_root};
+pub use harvest_cluster_harness::{
+    Job, LocalCluster, node_is_full, parse_exports, poll, repo_root,
+};
 
 pub mod cuda;
 pub mod fixtures;

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use harvest_system_tests::fixtures::{
-    Cli, Scratch, TEST_USER as USER, build_library, scheduler_url, test_user,
+    Cli, Scratch, TEST_USER as USER, alive_check, build_library, scheduler_url, test_user,
 };
 use harvest_system_tests::{LocalCluster, poll};
 use serde_json::Value;
@@ -58,32 +58,9 @@ impl Rig {
         })
     }
 
-    fn json(&self, user: Option<&str>, args: &[&str]) -> Result<Value> {
-        Ok(serde_json::from_str(&self.cli.ok(user, args)?)?)
-    }
-
-    fn node(&self, node: &str) -> Result<Value> {
-        let nodes = self.json(None, &["nodes", "--json"])?;
-        nodes
-            .as_array()
-            .and_then(|a| a.iter().find(|n| n["name"] == node))
-            .cloned()
-            .with_context(|| format!("no node {node} in harvest nodes --json: {nodes}"))
-    }
-
-    fn wait_full(&self, node: &str) -> Result<()> {
-        let full = poll(Duration::from_secs(30), || {
-            let n = self.node(node)?;
-            let idle = n["cpus"]["idle"].as_array().map_or(0, Vec::len);
-            let batch = n["cpus"]["batch"].as_array().map_or(0, Vec::len);
-            Ok((idle == 0 && batch > 0).then_some(()))
-        })?;
-        full.with_context(|| format!("the scheduler never saw {node} full"))
-    }
-
     /// `harvest nodes --json`'s GPU list `which` (total, batch, function, idle) of `node`.
     fn gpus(&self, node: &str, which: &str) -> Result<Vec<u64>> {
-        Ok(self.node(node)?["gpus"][which]
+        Ok(self.cli.node(node)?["gpus"][which]
             .as_array()
             .map(|a| a.iter().filter_map(Value::as_u64).collect())
             .unwrap_or_default())
@@ -146,7 +123,7 @@ impl Rig {
     }
 
     fn acquire_gpu_lease(&self) -> Result<Value> {
-        self.json(
+        self.cli.json(
             Some(USER),
             &[
                 "lease", "acquire", "--lib", &self.lib, "--cores", "1", "--mem", "64M", "--gpus",
@@ -154,58 +131,6 @@ impl Rig {
             ],
         )
     }
-
-    /// The pids in a lease's cpuset cgroup on `node`.
-    fn executor_pids(&self, node: &str, lease: &str) -> Result<Vec<u32>> {
-        let procs = self
-            .cluster
-            .cgroup_root
-            .join("cpuset")
-            .join(format!("harvest_{node}"))
-            .join(format!("lease_{lease}"))
-            .join("cgroup.procs");
-        let text = std::fs::read_to_string(&procs)
-            .with_context(|| format!("reading {}", procs.display()))?;
-        Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
-    }
-
-    /// Waits for a job to end; returns `scontrol show job`'s JobState (squeue forgets a job
-    /// once it ended, scontrol keeps it for MinJobAge).
-    fn job_end(&self, id: u32) -> Result<String> {
-        let ended = poll(Duration::from_secs(60), || {
-            let out = self
-                .cluster
-                .run("scontrol", &["show", "job", "-o", &id.to_string()])?;
-            let state = out
-                .split_whitespace()
-                .find_map(|t| t.strip_prefix("JobState="))
-                .unwrap_or_default()
-                .to_owned();
-            Ok((!matches!(
-                state.as_str(),
-                "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING"
-            ))
-            .then_some(state))
-        })?;
-        ended.with_context(|| format!("job {id} did not end within 60 s"))
-    }
-
-    fn job_output(&self, id: u32) -> Result<String> {
-        let path = Path::new(self.cluster.require("HARVEST_CLUSTER_DIR")?)
-            .join(format!("log/slurm-{id}.out"));
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
-    }
-}
-
-/// A job script that reports which of `pids` are alive when it starts (a zombie is not).
-fn alive_check(pids: &[u32]) -> String {
-    let list: Vec<String> = pids.iter().map(u32::to_string).collect();
-    format!(
-        "for p in {}; do s=$(sed -n 's/.*) \\(.\\).*/\\1/p' /proc/$p/stat 2>/dev/null); \
-         if [ -n \"$s\" ] && [ \"$s\" != Z ]; then echo alive $p $s $(cat /proc/$p/comm); fi; done; \
-         echo checked",
-        list.join(" ")
-    )
 }
 
 #[test]
@@ -219,7 +144,7 @@ fn a_gpu_job_keeps_its_gpu_the_other_is_lent_and_a_job_wanting_both_reclaims_it(
         .cluster
         .sbatch(&["-w", "n2", "--exclusive", "--wrap", "sleep 300"])?;
     filler.wait_state("RUNNING", Duration::from_secs(30))?;
-    rig.wait_full("n2")?;
+    rig.cli.wait_node_full("n2")?;
 
     // One GPU for the job; its environment claims both (the plugin must not believe it).
     let job = rig.cluster.sbatch(&[
@@ -276,7 +201,7 @@ fn a_gpu_job_keeps_its_gpu_the_other_is_lent_and_a_job_wanting_both_reclaims_it(
     release(&id);
     checked?;
     job.cancel()?;
-    rig.job_end(job.id)?;
+    rig.cluster.job_end(job.id, Duration::from_secs(60))?;
 
     // A GPU lease, then a job asking for both GPUs (and one CPU: only the GPUs collide).
     let lease = rig.acquire_gpu_lease()?;
@@ -287,7 +212,7 @@ fn a_gpu_job_keeps_its_gpu_the_other_is_lent_and_a_job_wanting_both_reclaims_it(
             "the GPU lease went elsewhere: {lease}"
         );
         let pids = poll(Duration::from_secs(10), || {
-            let p = rig.executor_pids("n1", &id)?;
+            let p = rig.cluster.lease_pids("n1", &id)?;
             Ok((!p.is_empty()).then_some(p))
         })?
         .context("the lease's cgroup never held its executor")?;
@@ -299,9 +224,9 @@ fn a_gpu_job_keeps_its_gpu_the_other_is_lent_and_a_job_wanting_both_reclaims_it(
             "--wrap",
             &alive_check(&pids),
         ])?;
-        let state = rig.job_end(both.id)?;
+        let (state, _) = rig.cluster.job_end(both.id, Duration::from_secs(60))?;
         ensure!(state == "COMPLETED", "job {}: {state}", both.id);
-        let out = rig.job_output(both.id)?;
+        let out = rig.cluster.job_output(both.id)?;
         ensure!(
             out.contains("checked") && !out.contains("alive"),
             "the GPU lease's processes {pids:?} were alive when job {}'s task started: {out}",
@@ -309,7 +234,7 @@ fn a_gpu_job_keeps_its_gpu_the_other_is_lent_and_a_job_wanting_both_reclaims_it(
         );
         // The agent's report of the reclaim reaches the scheduler a moment after the step.
         let after = poll(Duration::from_secs(30), || {
-            let l = rig.json(None, &["lease", "renew", &id, "--json"])?;
+            let l = rig.cli.json(None, &["lease", "renew", &id, "--json"])?;
             Ok((l["state"] != "active").then_some(l))
         })?
         .context("the GPU lease was still active 30 s after a job took both GPUs")?;

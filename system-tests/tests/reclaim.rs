@@ -1,9 +1,10 @@
 //! The acceptance tests of reclaim: the batch job always wins, and no invocation is silently
 //! lost.
 //!
-//! - A function spinning on n1 while a job taking all of n1 starts: the job's tasks, looking at
-//!   start, find none of the lease's executor processes alive; the caller (`--no-failover`) exits
-//!   with code 15 and `LeaseRevoked` naming the job.
+//! - A function spinning on n1 while a user's job taking all of n1 starts: the job's tasks,
+//!   looking at start, find none of the lease's executor processes alive; the caller
+//!   (`--no-failover`) exits with code 15 and `LeaseRevoked` naming the job (the plugin, run by
+//!   slurmstepd as the job's user, reached the root agent).
 //! - The same with failover and both nodes open: the invocation completes on the other node and
 //!   `harvest invoke` exits 0.
 //! - With harvestd stopped (its socket accepts, nobody answers), a job taking n1 still finds
@@ -17,13 +18,12 @@
 //! `cc`, root and munged (see leases.rs).
 
 use std::io::Read;
-use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use harvest_system_tests::fixtures::{
-    Cli, Scratch, TEST_USER as USER, build_library, scheduler_url, test_user,
+    Cli, Scratch, TEST_USER as USER, alive_check, build_library, scheduler_url, test_user,
 };
 use harvest_system_tests::{LocalCluster, poll};
 use serde_json::Value;
@@ -53,14 +53,10 @@ impl Rig {
         })
     }
 
-    fn json(&self, args: &[&str]) -> Result<Value> {
-        Ok(serde_json::from_str(&self.cli.ok(None, args)?)?)
-    }
-
     /// The test user's live lease, once there is exactly one and it is active.
     fn active_lease(&self) -> Result<Value> {
         let found = poll(Duration::from_secs(30), || {
-            let leases = self.json(&["leases", "--json"])?;
+            let leases = self.cli.json(None, &["leases", "--json"])?;
             let mine: Vec<Value> = leases
                 .as_array()
                 .context("leases --json is an array")?
@@ -71,20 +67,6 @@ impl Rig {
             Ok((mine.len() == 1).then(|| mine[0].clone()))
         })?;
         found.context("no active lease of the test user within 30 s")
-    }
-
-    /// The pids in a lease's cpuset cgroup on `node`.
-    fn executor_pids(&self, node: &str, lease: &str) -> Result<Vec<u32>> {
-        let procs = self
-            .cluster
-            .cgroup_root
-            .join("cpuset")
-            .join(format!("harvest_{node}"))
-            .join(format!("lease_{lease}"))
-            .join("cgroup.procs");
-        let text = std::fs::read_to_string(&procs)
-            .with_context(|| format!("reading {}", procs.display()))?;
-        Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
     }
 
     /// Starts `harvest invoke ARGS` as the test user in the background.
@@ -98,59 +80,6 @@ impl Rig {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?)
-    }
-
-    /// `node`'s entry of `harvest nodes --json`.
-    fn node(&self, node: &str) -> Result<Value> {
-        let nodes = self.json(&["nodes", "--json"])?;
-        nodes
-            .as_array()
-            .and_then(|a| a.iter().find(|n| n["name"] == node))
-            .cloned()
-            .with_context(|| format!("no node {node} in harvest nodes --json: {nodes}"))
-    }
-
-    /// Waits until the scheduler sees all of `node`'s CPUs taken by batch jobs (a job can be
-    /// RUNNING in squeue a moment before its step starts on the node).
-    fn wait_full(&self, node: &str) -> Result<()> {
-        let full = poll(Duration::from_secs(30), || {
-            let n = self.node(node)?;
-            let idle = n["cpus"]["idle"].as_array().map_or(0, Vec::len);
-            let batch = n["cpus"]["batch"].as_array().map_or(0, Vec::len);
-            Ok((idle == 0 && batch > 0).then_some(()))
-        })?;
-        full.with_context(|| format!("the scheduler never saw {node} full"))
-    }
-
-    /// Waits for a job to end; returns `scontrol show job`'s JobState and ExitCode.
-    fn job_end(&self, id: u32) -> Result<(String, String)> {
-        let ended = poll(Duration::from_secs(60), || {
-            let out = self
-                .cluster
-                .run("scontrol", &["show", "job", "-o", &id.to_string()])?;
-            let get = |key: &str| {
-                out.split_whitespace()
-                    .find_map(|t| t.strip_prefix(key))
-                    .unwrap_or_default()
-                    .to_owned()
-            };
-            let state = get("JobState=");
-            Ok((!matches!(
-                state.as_str(),
-                "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING"
-            ))
-            .then(|| (state, get("ExitCode="))))
-        })?;
-        ended.with_context(|| format!("job {id} did not end within 60 s"))
-    }
-
-    fn job_output(&self, id: u32) -> Result<String> {
-        let dir = self
-            .cluster
-            .var("HARVEST_CLUSTER_DIR")
-            .context("no HARVEST_CLUSTER_DIR")?;
-        let path = Path::new(dir).join(format!("log/slurm-{id}.out"));
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
     }
 }
 
@@ -172,18 +101,6 @@ fn finish(mut child: Child, within: Duration) -> Result<(Option<i32>, String, St
     Ok((status.code(), out, err))
 }
 
-/// A job script that reports which of `pids` are alive when it starts. A zombie (state Z: dead,
-/// its memory freed, only its exit status left for a parent to reap) is not alive.
-fn alive_check(pids: &[u32]) -> String {
-    let list: Vec<String> = pids.iter().map(u32::to_string).collect();
-    format!(
-        "for p in {}; do s=$(sed -n 's/.*) \\(.\\).*/\\1/p' /proc/$p/stat 2>/dev/null); \
-         if [ -n \"$s\" ] && [ \"$s\" != Z ]; then echo alive $p $s $(cat /proc/$p/comm); fi; done; \
-         echo checked",
-        list.join(" ")
-    )
-}
-
 #[test]
 #[ignore = "needs the local cluster: deploy/local-cluster up --nodes 2 (with harvest-scheduler), root, cc"]
 fn a_job_taking_the_node_finds_no_executor_and_the_caller_gets_lease_revoked() -> Result<()> {
@@ -192,8 +109,8 @@ fn a_job_taking_the_node_finds_no_executor_and_the_caller_gets_lease_revoked() -
         .cluster
         .sbatch(&["-w", "n2", "--exclusive", "--wrap", "sleep 300"])?;
     filler.wait_state("RUNNING", Duration::from_secs(30))?;
-    rig.wait_full("n2")?;
-    let n1 = rig.node("n1")?;
+    rig.cli.wait_node_full("n2")?;
+    let n1 = rig.cli.node("n1")?;
     let before = n1["reclaims"].as_u64().unwrap_or(0);
     let overruns_before = n1["counters"]["reclaim_overruns"].as_u64().unwrap_or(0);
     let caller = rig.invoke_in_background(&[
@@ -213,21 +130,30 @@ fn a_job_taking_the_node_finds_no_executor_and_the_caller_gets_lease_revoked() -
     ensure!(node == "n1", "the lease went to {node}, not n1: {lease}");
     // The executor and the worker running `spin` (the worker forks per connection).
     let pids = poll(Duration::from_secs(10), || {
-        let p = rig.executor_pids("n1", id)?;
+        let p = rig.cluster.lease_pids("n1", id)?;
         Ok((p.len() >= 2).then_some(p))
     })?
     .context("the lease's cgroup never held the executor and a worker")?;
 
-    let job = rig
-        .cluster
-        .sbatch(&["-w", "n1", "--exclusive", "--wrap", &alive_check(&pids)])?;
-    let (state, exit) = rig.job_end(job.id)?;
+    // The job is the test user's, as on a site: slurmstepd runs the plugin's user_init with
+    // that user's effective uid, and the step start must still reach the root agent (the
+    // caller's error below names the job only if the agent reclaimed for it).
+    let jobs = rig.scratch.0.join("jobs");
+    std::fs::create_dir(&jobs)?;
+    let (uid, gid) = test_user()?;
+    std::os::unix::fs::chown(&jobs, Some(uid), Some(gid))?;
+    let job = rig.cluster.sbatch_as(
+        USER,
+        &jobs.join("slurm-%j.out"),
+        &["-w", "n1", "--exclusive", "--wrap", &alive_check(&pids)],
+    )?;
+    let (state, exit) = rig.cluster.job_end(job.id, Duration::from_secs(60))?;
     ensure!(
         state == "COMPLETED" && exit == "0:0",
         "job {}: {state} {exit}",
         job.id
     );
-    let out = rig.job_output(job.id)?;
+    let out = std::fs::read_to_string(jobs.join(format!("slurm-{}.out", job.id)))?;
     ensure!(
         out.contains("checked") && !out.contains("alive"),
         "executor processes {pids:?} were alive when job {}'s task started: {out}",
@@ -241,12 +167,12 @@ fn a_job_taking_the_node_finds_no_executor_and_the_caller_gets_lease_revoked() -
             && stderr.contains(&format!("reclaimed by job {}", job.id)),
         "the caller exited with {code:?} and said {stderr:?}"
     );
-    let lease = rig.json(&["lease", "renew", id, "--json"])?;
+    let lease = rig.cli.json(None, &["lease", "renew", id, "--json"])?;
     ensure!(
         lease["state"] == "revoked" && lease["end_cause"] == "reclaimed",
         "the lease after reclaim: {lease}"
     );
-    let after = rig.node("n1")?;
+    let after = rig.cli.node("n1")?;
     ensure!(
         after["reclaims"].as_u64().unwrap_or(0) > before
             && after["counters"]["reclaim_overruns"].as_u64() == Some(overruns_before),
@@ -291,7 +217,7 @@ fn a_reclaimed_invocation_fails_over_to_the_other_node_and_completes() -> Result
             && stderr.contains("retrying"),
         "the revocation was not reported: {stderr:?}"
     );
-    let leases = rig.json(&["leases", "--json"])?;
+    let leases = rig.cli.json(None, &["leases", "--json"])?;
     let mine: Vec<&Value> = leases
         .as_array()
         .context("array")?
@@ -334,8 +260,8 @@ fn a_job_needing_the_memory_an_executor_holds_runs_to_completion() -> Result<()>
         .cluster
         .sbatch(&["-w", "n2", "--exclusive", "--wrap", "sleep 300"])?;
     filler.wait_state("RUNNING", Duration::from_secs(30))?;
-    rig.wait_full("n2")?;
-    let n1 = rig.node("n1")?;
+    rig.cli.wait_node_full("n2")?;
+    let n1 = rig.cli.node("n1")?;
     let total = n1["memory_mib"]["total"].as_u64().context("total memory")?;
     let idle = n1["memory_mib"]["idle"].as_u64().context("idle memory")?;
     // The lease takes nearly all idle memory; its function really touches 1 GiB of it.
@@ -365,8 +291,8 @@ fn a_job_needing_the_memory_an_executor_holds_runs_to_completion() -> Result<()>
         "--wrap",
         &format!("{} 1536", prog.display()),
     ])?;
-    let (state, exit) = rig.job_end(job.id)?;
-    let out = rig.job_output(job.id)?;
+    let (state, exit) = rig.cluster.job_end(job.id, Duration::from_secs(60))?;
+    let out = rig.cluster.job_output(job.id)?;
     ensure!(
         state == "COMPLETED" && exit == "0:0" && out.contains("touched 1536 MiB"),
         "job {} ({job_mib} MiB): {state} {exit}: {out}",
@@ -446,7 +372,7 @@ fn with_harvestd_stopped_the_plugin_itself_ends_the_functions_before_the_jobs_ta
         .cluster
         .sbatch(&["-w", "n2", "--exclusive", "--wrap", "sleep 300"])?;
     filler.wait_state("RUNNING", Duration::from_secs(30))?;
-    rig.wait_full("n2")?;
+    rig.cli.wait_node_full("n2")?;
     let lease: Value = serde_json::from_str(&rig.cli.ok(
         Some(USER),
         &[
@@ -456,7 +382,7 @@ fn with_harvestd_stopped_the_plugin_itself_ends_the_functions_before_the_jobs_ta
     let id = lease["id"].as_str().context("lease id")?.to_owned();
     ensure!(lease["node"] == "n1", "the lease went elsewhere: {lease}");
     let pids = poll(Duration::from_secs(10), || {
-        let p = rig.executor_pids("n1", &id)?;
+        let p = rig.cluster.lease_pids("n1", &id)?;
         Ok((!p.is_empty()).then_some(p))
     })?
     .context("the lease's cgroup never held its executor")?;
@@ -469,14 +395,14 @@ fn with_harvestd_stopped_the_plugin_itself_ends_the_functions_before_the_jobs_ta
     let job = rig
         .cluster
         .sbatch(&["-w", "n1", "--exclusive", "--wrap", &alive_check(&pids)])?;
-    let (state, exit) = rig.job_end(job.id)?;
+    let (state, exit) = rig.cluster.job_end(job.id, Duration::from_secs(60))?;
     drop(resume);
     ensure!(
         state == "COMPLETED" && exit == "0:0",
         "job {}: {state} {exit}",
         job.id
     );
-    let out = rig.job_output(job.id)?;
+    let out = rig.cluster.job_output(job.id)?;
     ensure!(
         out.contains("checked") && !out.contains("alive"),
         "with harvestd stopped, the lease's processes {pids:?} were alive when job {}'s task \
@@ -485,7 +411,7 @@ fn with_harvestd_stopped_the_plugin_itself_ends_the_functions_before_the_jobs_ta
     );
     // harvestd, running again, finds the executor gone and ends the lease.
     let ended = poll(Duration::from_secs(60), || {
-        let l = rig.json(&["lease", "renew", &id, "--json"]);
+        let l = rig.cli.json(None, &["lease", "renew", &id, "--json"]);
         Ok(l.ok().filter(|l| l["state"] != "active"))
     })?;
     let ended = ended.with_context(|| format!("lease {id} still active 60 s after the job"))?;
