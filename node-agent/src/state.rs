@@ -12,23 +12,24 @@ use std::path::{Path, PathBuf};
 
 use crate::ledger::Ledger;
 
-/// A ledger file that could not be read or written.
+/// A ledger file that could not be read or written. The I/O error is part of the message and not
+/// a `source` (harvestd prints the chain with `{:#}`: it would say it twice).
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("creating the state directory {path}: {source}")]
+    #[error("creating the state directory {path}: {error}")]
     CreateDir {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("reading the ledger {path}: {source}")]
+    #[error("reading the ledger {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("writing the ledger {path}: {source}")]
+    #[error("writing the ledger {path}: {error}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("the ledger {path} is not valid: {error}")]
     Corrupt { path: PathBuf, error: String },
@@ -71,9 +72,9 @@ pub struct LedgerStore {
 impl LedgerStore {
     /// The store for `node` in `state_dir` (created if missing).
     pub fn open(state_dir: &Path, node: &str) -> Result<Self, StateError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| StateError::CreateDir {
+        std::fs::create_dir_all(state_dir).map_err(|error| StateError::CreateDir {
             path: state_dir.to_path_buf(),
-            source,
+            error,
         })?;
         Ok(Self {
             path: state_dir.join(format!("ledger-{node}.json")),
@@ -89,10 +90,10 @@ impl LedgerStore {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
+            Err(error) => {
                 return Err(StateError::Read {
                     path: self.path.clone(),
-                    source,
+                    error,
                 });
             }
         };
@@ -108,18 +109,18 @@ impl LedgerStore {
     /// cgroup tree; returns where it went.
     pub fn quarantine(&self) -> Result<PathBuf, StateError> {
         let to = self.path.with_extension("json.corrupt");
-        std::fs::rename(&self.path, &to).map_err(|source| StateError::Write {
+        std::fs::rename(&self.path, &to).map_err(|error| StateError::Write {
             path: to.clone(),
-            source,
+            error,
         })?;
         Ok(to)
     }
 
     /// Replaces the saved ledger atomically.
     pub fn save(&self, ledger: &Ledger) -> Result<(), StateError> {
-        let err = |source| StateError::Write {
+        let err = |error| StateError::Write {
             path: self.path.clone(),
-            source,
+            error,
         };
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let tmp = self
@@ -153,6 +154,21 @@ mod tests {
     use harvest_core::step::{StepAllocation, StepId};
 
     use super::*;
+
+    #[test]
+    fn an_io_failure_is_said_once_in_the_printed_chain() {
+        let e = StateError::Write {
+            path: "/var/lib/harvest/ledger-n1.json".into(),
+            error: std::io::Error::from_raw_os_error(28),
+        };
+        let printed = format!("{:#}", anyhow::Error::from(e));
+        assert_eq!(
+            printed.matches("No space left on device").count(),
+            1,
+            "{printed}"
+        );
+        assert!(printed.contains("ledger-n1.json"), "{printed}");
+    }
 
     #[test]
     fn saves_and_loads_and_leaves_no_temp_files() {
