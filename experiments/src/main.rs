@@ -36,6 +36,13 @@ enum Command {
     /// Faults injected under that load (killed daemons, executors and workers, a stopped agent,
     /// slurmd restart, drain, OOM, full disk), with the invariants checked after each.
     Faults(cmd::faults::Args),
+    /// The same work through harvest (Rust and Python clients), srun steps and Parsl
+    /// (HighThroughputExecutor + SlurmProvider) on the local cluster, in one run: latency,
+    /// throughput, time to the first result, CPU used by each framework.
+    ComparePeers(cmd::peers::Args),
+    /// (internal) compare-peers' Rust client, run as an ordinary user.
+    #[command(hide = true)]
+    PeersClient(cmd::peers::PeersClientArgs),
     /// (internal) The load's clients, run as an ordinary user.
     #[command(hide = true)]
     LoadClient(cmd::faults::LoadClientArgs),
@@ -66,6 +73,8 @@ fn main() -> anyhow::Result<()> {
         Command::Reclaim(a) => cmd::reclaim::run_cmd(a),
         Command::Load(a) => cmd::faults::run_load(a),
         Command::Faults(a) => cmd::faults::run_cmd(a),
+        Command::ComparePeers(a) => cmd::peers::run_cmd(a),
+        Command::PeersClient(a) => cmd::peers::run_peers_client(a),
         Command::LoadClient(a) => cmd::faults::run_load_client(a),
         Command::InterferenceClient(a) => cmd::interference::run_client(a),
         Command::ServeExecutor(a) => harvest_executor::cli::run(a),

@@ -1,0 +1,132 @@
+//! CPU time of process trees, from /proc: what compare-peers counts as a framework's cost.
+//!
+//! The sum over every live process under the roots of utime + stime + cutime + cstime (in
+//! clock ticks). A process's time moves into its parent's cutime/cstime when it is reaped, so
+//! the sum only grows while the trees work, and a short-lived process (an `srun` step's
+//! slurmstepd, a Parsl worker) still counts once its parent has reaped it. What it misses: a
+//! process reaped by something outside the trees (init, after its parent died).
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::{Context, Result};
+
+/// CPU seconds of the process trees rooted at `roots` (pids that do not exist are skipped).
+pub fn tree_cpu_s(roots: &[u32]) -> Result<f64> {
+    let mut procs: HashMap<u32, (u32, u64)> = HashMap::new();
+    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A process may be gone between the listing and the read.
+        let Ok(stat) = std::fs::read(entry.path().join("stat")) else {
+            continue;
+        };
+        if let Some(parsed) = parse_stat(&stat) {
+            procs.insert(pid, parsed);
+        }
+    }
+    Ok(sum_trees(&procs, roots) as f64 / ticks_per_s())
+}
+
+/// (ppid, utime + stime + cutime + cstime) from a /proc/<pid>/stat line; the command name may
+/// hold spaces and parentheses, so fields are counted after its last ')'.
+pub fn parse_stat(stat: &[u8]) -> Option<(u32, u64)> {
+    let end = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(stat.get(end + 2..)?).ok()?;
+    let f: Vec<&str> = rest.split_ascii_whitespace().collect();
+    // f[0] is field 3 (state): ppid is field 4, utime..cstime fields 14..17.
+    let ppid = f.get(1)?.parse().ok()?;
+    let mut sum = 0u64;
+    for x in f.get(11..15)? {
+        sum += x.parse::<u64>().ok()?;
+    }
+    Some((ppid, sum))
+}
+
+/// The summed ticks of `roots` and all their descendants.
+pub fn sum_trees(procs: &HashMap<u32, (u32, u64)>, roots: &[u32]) -> u64 {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (&pid, &(ppid, _)) in procs {
+        children.entry(ppid).or_default().push(pid);
+    }
+    let mut seen = HashSet::new();
+    let mut stack: Vec<u32> = roots
+        .iter()
+        .copied()
+        .filter(|r| procs.contains_key(r))
+        .collect();
+    let mut total = 0;
+    while let Some(p) = stack.pop() {
+        if !seen.insert(p) {
+            continue;
+        }
+        total += procs[&p].1;
+        stack.extend(children.get(&p).into_iter().flatten());
+    }
+    total
+}
+
+/// USER_HZ, the unit of /proc's times: 100 on Linux for x86-64, aarch64 and ppc64le (it is
+/// fixed for user space, whatever the kernel's own tick rate).
+fn ticks_per_s() -> f64 {
+    100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stat_line_with_a_tricky_name_parses() {
+        let line = b"42 (a) b (c) S 7 42 42 0 -1 4194560 1 0 0 0 11 22 33 44 20 0 1 0 5 0 0";
+        assert_eq!(parse_stat(line), Some((7, 11 + 22 + 33 + 44)));
+        assert_eq!(parse_stat(b"42 (x) S 7"), None);
+    }
+
+    #[test]
+    fn trees_count_descendants_once_and_nothing_else() {
+        // 1 -> 2 -> 3, 2 -> 4; 5 unrelated; 6 -> 1 (a root's parent is not counted).
+        let procs: HashMap<u32, (u32, u64)> = [
+            (1, (6, 10)),
+            (2, (1, 20)),
+            (3, (2, 30)),
+            (4, (2, 40)),
+            (5, (0, 500)),
+            (6, (0, 600)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(sum_trees(&procs, &[1]), 100);
+        // Overlapping roots count a process once; a missing root is skipped.
+        assert_eq!(sum_trees(&procs, &[1, 2, 99]), 100);
+        assert_eq!(sum_trees(&procs, &[2, 5]), 590);
+    }
+
+    #[test]
+    fn this_process_tree_grows_while_it_works() {
+        // Spins until /proc shows 50 ms more of this process's CPU (bounded at 20 s of wall
+        // time, which only a machine giving this test no CPU at all would reach).
+        let me = std::process::id();
+        let before = tree_cpu_s(&[me]).unwrap();
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        let mut after = before;
+        while after - before < 0.05 && t.elapsed() < std::time::Duration::from_secs(20) {
+            for _ in 0..1_000_000 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            }
+            after = tree_cpu_s(&[me]).unwrap();
+        }
+        std::hint::black_box(x);
+        assert!(after - before >= 0.05, "{before} -> {after}");
+        assert!(
+            tree_cpu_s(&[u32::MAX]).unwrap() == 0.0,
+            "no such process: nothing counted"
+        );
+    }
+}
