@@ -40,6 +40,12 @@ enum Command {
     /// (HighThroughputExecutor + SlurmProvider) on the local cluster, in one run: latency,
     /// throughput, time to the first result, CPU used by each framework.
     ComparePeers(cmd::peers::Args),
+    /// The paper's offloading example: a job prices Black-Scholes options on its own cores and
+    /// on harvest functions beside it; timings of each alone and both together.
+    Offload(cmd::offload::Args),
+    /// (internal) The offload experiment's application, run as a job step.
+    #[command(hide = true)]
+    OffloadApp(cmd::offload::AppArgs),
     /// (internal) compare-peers' Rust client, run as an ordinary user.
     #[command(hide = true)]
     PeersClient(cmd::peers::PeersClientArgs),
@@ -75,6 +81,8 @@ fn main() -> anyhow::Result<()> {
         Command::Faults(a) => cmd::faults::run_cmd(a),
         Command::ComparePeers(a) => cmd::peers::run_cmd(a),
         Command::PeersClient(a) => cmd::peers::run_peers_client(a),
+        Command::Offload(a) => cmd::offload::run_cmd(a),
+        Command::OffloadApp(a) => cmd::offload::run_app(a),
         Command::LoadClient(a) => cmd::faults::run_load_client(a),
         Command::InterferenceClient(a) => cmd::interference::run_client(a),
         Command::ServeExecutor(a) => harvest_executor::cli::run(a),

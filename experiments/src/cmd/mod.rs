@@ -7,6 +7,7 @@ pub mod compare;
 pub mod faults;
 pub mod interference;
 pub mod latency;
+pub mod offload;
 pub mod peers;
 pub mod reclaim;
 pub mod reclaim_load;
