@@ -12,10 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use harvest_client::identity::Munge;
-use harvest_client::{
-    InvokeError, LeaseError, LeaseExt, LeaseRequest, Library, Polling, SchedulerClient,
-};
+use harvest_client::{InvokeError, LeaseError, LeaseExt, LeaseRequest, Library, Polling};
 use serde::{Deserialize, Serialize};
 
 use super::now_ms;
@@ -220,17 +217,7 @@ fn client_loop(i: usize, a: &ClientArgs, shared: &Shared, library: Library) -> R
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let connect = || match std::env::var_os("HARVEST_CA") {
-        Some(ca) => rt.block_on(SchedulerClient::connect_tls(
-            &a.scheduler,
-            Arc::new(Munge::default()),
-            std::path::Path::new(&ca),
-        )),
-        None => rt.block_on(SchedulerClient::connect(
-            &a.scheduler,
-            Arc::new(Munge::default()),
-        )),
-    };
+    let connect = || rt.block_on(crate::cluster::connect_scheduler(&a.scheduler));
     let mut sched = None;
     let mut oom_seen = oom_generation(a.oom_file.as_ref());
     let gap = Duration::from_secs_f64(1.0 / a.rate.max(0.1));

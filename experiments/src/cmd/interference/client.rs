@@ -5,12 +5,10 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
-use harvest_client::identity::Munge;
-use harvest_client::{LeaseExt, LeaseRequest, Library, Polling, SchedulerClient};
+use harvest_client::{LeaseExt, LeaseRequest, Library, Polling};
 use harvest_core::CpuSet;
 use serde::{Deserialize, Serialize};
 
@@ -51,17 +49,7 @@ pub fn run_client(a: ClientArgs) -> Result<()> {
         .build()?;
     let library = Library::read(&a.lib)?;
     // The cluster's scheduler speaks TLS: its CA comes from `deploy/local-cluster env`.
-    let mut sched = match std::env::var_os("HARVEST_CA") {
-        Some(ca) => rt.block_on(SchedulerClient::connect_tls(
-            &a.scheduler,
-            Arc::new(Munge::default()),
-            std::path::Path::new(&ca),
-        ))?,
-        None => rt.block_on(SchedulerClient::connect(
-            &a.scheduler,
-            Arc::new(Munge::default()),
-        ))?,
-    };
+    let mut sched = rt.block_on(crate::cluster::connect_scheduler(&a.scheduler))?;
     let mut out = ClientOut::default();
     let t0 = Instant::now();
     let max = Duration::from_secs(a.max_seconds);

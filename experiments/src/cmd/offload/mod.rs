@@ -14,15 +14,13 @@
 //! (blackscholes.c), with the same operations in the same order, so the prices agree.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use harvest_client::identity::Munge;
-use harvest_client::{LeaseExt, LeaseRequest, Library, Polling, SchedulerClient};
+use harvest_client::{LeaseExt, LeaseRequest, Library, Polling};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{Cluster, ensure_user, machine_line, repo_root};
@@ -184,18 +182,9 @@ pub fn run_app(a: AppArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut sched = match std::env::var_os("HARVEST_CA") {
-        Some(ca) => rt.block_on(SchedulerClient::connect_tls(
-            &a.scheduler,
-            Arc::new(Munge::default()),
-            Path::new(&ca),
-        )),
-        None => rt.block_on(SchedulerClient::connect(
-            &a.scheduler,
-            Arc::new(Munge::default()),
-        )),
-    }
-    .context("connecting to the scheduler")?;
+    let mut sched = rt
+        .block_on(crate::cluster::connect_scheduler(&a.scheduler))
+        .context("connecting to the scheduler")?;
     let mut req = LeaseRequest::new(a.lease_cores, Library::read(&a.lib)?);
     req.memory_mib = 512;
     req.lifetime = Some(Duration::from_secs(1800));

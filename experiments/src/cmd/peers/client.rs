@@ -3,14 +3,10 @@
 //! python/bench/peers.py measures them; one JSON object on stdout.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use harvest_client::identity::Munge;
-use harvest_client::{
-    ExecutorConnection, LeaseExt, LeaseRequest, Library, Polling, SchedulerClient,
-};
+use harvest_client::{ExecutorConnection, LeaseExt, LeaseRequest, Library, Polling};
 
 use super::cpu::tree_cpu_s;
 use super::{DriverOutput, Workload, WorkloadResult, percentile};
@@ -44,18 +40,9 @@ pub fn run_client(a: ClientArgs) -> Result<()> {
         .enable_all()
         .build()?;
     let t0 = Instant::now();
-    let mut sched = match std::env::var_os("HARVEST_CA") {
-        Some(ca) => rt.block_on(SchedulerClient::connect_tls(
-            &a.scheduler,
-            Arc::new(Munge::default()),
-            std::path::Path::new(&ca),
-        )),
-        None => rt.block_on(SchedulerClient::connect(
-            &a.scheduler,
-            Arc::new(Munge::default()),
-        )),
-    }
-    .context("connecting to the scheduler")?;
+    let mut sched = rt
+        .block_on(crate::cluster::connect_scheduler(&a.scheduler))
+        .context("connecting to the scheduler")?;
     let mut req = LeaseRequest::new(a.workers, Library::read(&a.lib)?);
     req.memory_mib = 256;
     req.lifetime = Some(Duration::from_secs(1800));
