@@ -373,8 +373,11 @@ pub fn run_cmd(args: Args) -> Result<()> {
     let output = cluster
         .command("runuser")
         .args([
-            "-u", USER, "--", "srun", "--quiet", "-w", "n1", "-N1", "-n1", "-c",
+            "-u", USER, "--", "srun", "--quiet", "-w", "n1", "-N1", "-n1",
         ])
+        // The batch, its byte copy for the functions and the prices: about 110 bytes an option.
+        .arg(format!("--mem={}M", 256 + options * 110 / (1 << 20)))
+        .arg("-c")
         .arg(args.threads.to_string())
         .arg(&exe)
         .arg("offload-app")
