@@ -102,7 +102,11 @@ pub(super) struct Sim<'a> {
     pub latency: LatencyHistogram,
     pub acct: Accounts,
     pub jobs: JobStats,
+    /// Events of the model: job submissions and ends, function arrivals and ends.
     pub events: u64,
+    /// Ends popped that no longer hold (a job's end a re-rating moved, a reclaimed lease's
+    /// end): not events, the heap's overhead.
+    pub superseded_ends: u64,
     pub overcommit: u64,
 }
 
@@ -128,7 +132,8 @@ impl<'a> Sim<'a> {
             rec: Recorder::new(start, end, cfg.samples),
             g: Gauges::default(),
             heap: BinaryHeap::new(),
-            queue: BatchQueue::new(cfg.batch, cfg.backfill_depth, cfg.queue_order, cfg.priority),
+            queue: BatchQueue::new(cfg.batch, cfg.backfill_depth, cfg.queue_order, cfg.priority)
+                .with_max_running(cfg.max_running_per_user),
             running: Vec::new(),
             free_slots: Vec::new(),
             node_jobs: vec![Vec::new(); n],
@@ -144,6 +149,7 @@ impl<'a> Sim<'a> {
             acct: Accounts::new(streams),
             jobs: JobStats::new(start, end),
             events: 0,
+            superseded_ends: 0,
             overcommit: 0,
         }
     }
@@ -541,18 +547,24 @@ impl<'a> Sim<'a> {
                     break;
                 }
                 self.heap.pop();
-                self.events += 1;
                 match kind {
                     Kind::JobEnd => {
                         let live = self.running[id as usize]
                             .as_ref()
                             .is_some_and(|r| r.generation == generation);
                         if live {
+                            self.events += 1;
                             self.end_job(id as u32, now);
                             dirty = true;
+                        } else {
+                            self.superseded_ends += 1;
                         }
                     }
-                    Kind::FunctionEnd => self.end_lease(id, now, false),
+                    Kind::FunctionEnd if self.leases.contains_key(&id) => {
+                        self.events += 1;
+                        self.end_lease(id, now, false);
+                    }
+                    Kind::FunctionEnd => self.superseded_ends += 1,
                 }
             }
             while next_job < jobs.len() && entry(&jobs[next_job]) == now {
