@@ -105,6 +105,15 @@ fn quick_study_writes_every_figure_and_accounts_for_every_function() {
     assert!(f("events_per_s_batch_only") > 0.0 && f("events_per_s_replay") > 0.0);
     // The synthetic jobs ask for 4..100 cores of 16-core nodes: most do not fill nodes.
     assert_eq!(summary["allocation"], "shared");
+    // Slowdowns are drawn at least 1: no co-located job may finish faster than alone (a job
+    // ended early by another's stale end entry showed as a mean below 1 on RICC).
+    for w in summary["with_harvest"].as_array().unwrap() {
+        let s = w["batch_slowdown_mean_colocated"].as_f64().unwrap();
+        assert!(
+            s >= 1.0 && w["batch_slowdown_max"].as_f64().unwrap() >= s,
+            "{s}"
+        );
+    }
     // Every function's work is served, refused, lost or still running at the stop.
     let h = &summary["with_harvest"][0]["functions"];
     let g = |k: &str| h[k].as_f64().unwrap();
