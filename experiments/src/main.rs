@@ -22,6 +22,9 @@ enum Command {
     ComparePolicies(cmd::compare::Args),
     /// Placement decision latency at scale for every policy, beside a scan baseline.
     BenchPlacement(cmd::bench::Args),
+    /// The simulator's events/s at scale: replay (the baseline), batch only and with harvest
+    /// on one workload, in one run.
+    BenchSim(cmd::bench_sim::Args),
     /// Invocation round trip, hot and warm, beside raw TCP ping-pong and srun, in one run.
     Latency(cmd::latency::Args),
     /// Batch-job slowdown beside aggressive functions, without and with interference control,
@@ -74,6 +77,7 @@ fn main() -> anyhow::Result<()> {
         Command::Simulate(a) => cmd::simulate::run_cmd(a),
         Command::ComparePolicies(a) => cmd::compare::run_cmd(a),
         Command::BenchPlacement(a) => cmd::bench::run_cmd(a),
+        Command::BenchSim(a) => cmd::bench_sim::run_cmd(a).map(|_| ()),
         Command::Latency(a) => cmd::latency::run_cmd(a),
         Command::Interference(a) => cmd::interference::run_cmd(a),
         Command::Reclaim(a) => cmd::reclaim::run_cmd(a),

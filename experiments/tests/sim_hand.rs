@@ -26,6 +26,7 @@ fn cfg(trace: &Path, batch: BatchMode, allocation: AllocationMode, window_s: u64
         backfill_depth: 100,
         queue_order: QueueOrder::Fcfs,
         priority: DEFAULT_PRIORITY,
+        max_running_per_user: None,
         start_s: 0,
         warmup_s: 0,
         duration_s: window_s,
@@ -175,4 +176,38 @@ fn fair_share_lets_the_light_users_job_pass_the_heavy_users() {
     assert!((s.wait_mean_s - 2499.0 / 3.0).abs() < 1e-9);
     assert_eq!(s.accounts, 2);
     assert_eq!(s.queue_order, QueueOrder::Priority);
+}
+
+/// 1 node x 4 cores. User 1 submits three 1-core jobs of 100 s at 0, user 2 one after them.
+const LIMIT: &str = "; MaxNodes: 1\n; MaxProcs: 4\n\
+    1 0 0 100 1 -1 -1 1 100 -1 1 1 1 -1 1 -1 -1 -1\n\
+    2 0 0 100 1 -1 -1 1 100 -1 1 1 1 -1 1 -1 -1 -1\n\
+    3 0 0 100 1 -1 -1 1 100 -1 1 1 1 -1 1 -1 -1 -1\n\
+    4 0 0 100 1 -1 -1 1 100 -1 1 2 2 -1 1 -1 -1 -1\n";
+
+#[test]
+fn a_running_jobs_limit_per_user_holds_the_users_jobs_as_by_hand() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.swf");
+    std::fs::write(&trace, LIMIT).unwrap();
+    for order in [QueueOrder::Fcfs, QueueOrder::Priority] {
+        let mut c = cfg(&trace, BatchMode::Easy, AllocationMode::Shared, 100);
+        c.queue_order = order;
+        // No limit: all four start at 0 on the 4 cores: the window [0, 100) is full.
+        let s = run(&c, |_| {}).unwrap().summary;
+        assert_eq!(s.util_cores_batch_only, 1.0, "{order:?}");
+        assert_eq!(s.wait_mean_s, 0.0);
+        // One running job per user: user 1's jobs at 0, 100 and 200 and user 2's at 0 (it
+        // passes user 1's held jobs). Window [0, 100): 2 of 4 cores; waits 0, 100, 200, 0.
+        c.max_running_per_user = Some(1);
+        let s = run(&c, |_| {}).unwrap().summary;
+        assert_eq!(s.util_cores_batch_only, 0.5, "{order:?}");
+        assert_eq!(s.wait_mean_s, 75.0, "{order:?}");
+        assert_eq!(s.max_running_per_user, Some(1));
+        // Two per user: user 1's third job at 100: waits 0, 0, 100, 0; 3 of 4 cores.
+        c.max_running_per_user = Some(2);
+        let s = run(&c, |_| {}).unwrap().summary;
+        assert_eq!(s.util_cores_batch_only, 0.75, "{order:?}");
+        assert_eq!(s.wait_mean_s, 25.0, "{order:?}");
+    }
 }

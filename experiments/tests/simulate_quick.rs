@@ -105,6 +105,15 @@ fn quick_study_writes_every_figure_and_accounts_for_every_function() {
     assert!(f("events_per_s_batch_only") > 0.0 && f("events_per_s_replay") > 0.0);
     // The synthetic jobs ask for 4..100 cores of 16-core nodes: most do not fill nodes.
     assert_eq!(summary["allocation"], "shared");
+    // Slowdowns are drawn at least 1: no co-located job may finish faster than alone (a job
+    // ended early by another's stale end entry showed as a mean below 1 on RICC).
+    for w in summary["with_harvest"].as_array().unwrap() {
+        let s = w["batch_slowdown_mean_colocated"].as_f64().unwrap();
+        assert!(
+            s >= 1.0 && w["batch_slowdown_max"].as_f64().unwrap() >= s,
+            "{s}"
+        );
+    }
     // Every function's work is served, refused, lost or still running at the stop.
     let h = &summary["with_harvest"][0]["functions"];
     let g = |k: &str| h[k].as_f64().unwrap();
@@ -215,7 +224,14 @@ fn compare_policies_scales_azure_demand_to_the_load_of_the_idle_core_hours() {
     let out = tmp.path().join("cmp");
     let status = Command::new(env!("CARGO_BIN_EXE_harvest-experiments"))
         .args(["compare-policies", "--quick", "--warmup", "2h"])
-        .args(["--policies", "first-fit,harvest", "--load", "0.5"])
+        .args([
+            "--policies",
+            "first-fit,harvest",
+            "--load",
+            "0.5",
+            "--seeds",
+            "2",
+        ])
         .arg("--trace")
         .arg(&trace)
         .arg("--data")
@@ -226,16 +242,23 @@ fn compare_policies_scales_azure_demand_to_the_load_of_the_idle_core_hours() {
         .unwrap();
     assert!(status.success(), "compare-policies failed: {status}");
     let csv = std::fs::read_to_string(out.join("comparison.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert_eq!(csv.lines().count(), 5, "2 policies x 2 seeds: {csv}");
     let s = |p: &str| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(out.join(p).join("summary.json")).unwrap())
             .unwrap()
     };
     let (a, b) = (s("first-fit"), s("harvest"));
+    let (a2, b2) = (s("first-fit/seed-2"), s("harvest/seed-2"));
+    assert_eq!(
+        (a["seed"].as_u64(), a2["seed"].as_u64()),
+        (Some(1), Some(2))
+    );
     // One demand for both: the Azure sample scaled by its mean rate over the whole sample to
     // offer half the batch-only run's idle core-hours (a 6 h window of the sample offers
     // less or more than its mean, so only the bounds are checked here).
-    assert_eq!(a["functions_spec"], b["functions_spec"]);
+    for x in [&b, &a2, &b2] {
+        assert_eq!(a["functions_spec"], x["functions_spec"]);
+    }
     assert!(
         a["functions_spec"]
             .as_str()
@@ -248,4 +271,27 @@ fn compare_policies_scales_azure_demand_to_the_load_of_the_idle_core_hours() {
         offered > 0.0 && offered < idle,
         "offered {offered} of idle {idle}"
     );
+    // The intervals over two seeds, by hand: the mean of the two, and a half-width of
+    // t(1) x s / sqrt(2) = 12.706 x |x1 - x2| / 2.
+    let served = |v: &serde_json::Value| v["functions"]["served_core_hours"].as_f64().unwrap();
+    let (x1, x2) = (served(&b), served(&b2));
+    let line = std::fs::read_to_string(out.join("intervals.csv"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("harvest,served_core-h,"))
+        .expect("harvest's served core-hours")
+        .to_owned();
+    let f: Vec<f64> = line
+        .split(',')
+        .skip(2)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert!((f[0] - (x1 + x2) / 2.0).abs() < 1e-9, "{line}");
+    assert!(
+        (f[1] - 12.706 * (x1 - x2).abs() / 2.0).abs() < 1e-9,
+        "{line}"
+    );
+    assert_eq!(f[2], 2.0);
+    let md = std::fs::read_to_string(out.join("comparison.md")).unwrap();
+    assert!(md.contains("## Minus first-fit, paired by seed"), "{md}");
 }

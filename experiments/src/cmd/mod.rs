@@ -3,6 +3,7 @@
 //! To add a subcommand: a module here and one variant in `main.rs`'s `Command`.
 
 pub mod bench;
+pub mod bench_sim;
 pub mod compare;
 pub mod faults;
 pub mod interference;

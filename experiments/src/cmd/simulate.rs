@@ -13,7 +13,7 @@ use crate::sim::study_output::write_study;
 use crate::sim::{
     AllocationMode, BatchMode, DEFAULT_BACKFILL_DEPTH, DEFAULT_COPY_SHIFT_S, DEFAULT_DRAIN_S,
     DEFAULT_GROUP_SIZE, DEFAULT_PRIORITY, DEFAULT_SAMPLES, DEFAULT_SENSITIVE_FRACTION,
-    DEFAULT_UNKNOWN_MEM_FRACTION, Outcome, PriorityParams, QueueOrder, SimConfig, run,
+    DEFAULT_UNKNOWN_MEM_FRACTION, PriorityParams, QueueOrder, SimConfig,
 };
 use crate::swf::SwfReader;
 
@@ -107,6 +107,10 @@ pub struct Workload {
     /// How often priorities are recalculated (Slurm's PriorityCalcPeriod; 0s: every pass).
     #[arg(long, default_value = "5m")]
     pub priority_calc_period: String,
+    /// At most N running jobs per user (account) at once, as Slurm's MaxJobs / MaxJobsPerUser:
+    /// the user's other jobs wait without blocking anyone. Default: no limit.
+    #[arg(long)]
+    pub max_running_per_user: Option<u32>,
     /// Share of batch jobs marked sensitive to co-location.
     #[arg(long, default_value_t = DEFAULT_SENSITIVE_FRACTION)]
     pub sensitive_fraction: f64,
@@ -182,6 +186,10 @@ impl Workload {
             "--unknown-mem-fraction {} must be between 0 and 1",
             self.unknown_mem_fraction
         );
+        anyhow::ensure!(
+            self.max_running_per_user != Some(0),
+            "--max-running-per-user 0 would hold every job: give 1 or more, or leave it out"
+        );
         for (w, flag) in [
             (self.weight_fairshare, "--weight-fairshare"),
             (self.weight_age, "--weight-age"),
@@ -214,6 +222,7 @@ impl Workload {
             backfill_depth: self.backfill_depth,
             queue_order: self.queue_order,
             priority,
+            max_running_per_user: self.max_running_per_user,
             start_s: secs(&self.start, "start")?,
             warmup_s: secs(self.warmup.as_deref().unwrap_or(warmup), "warmup")?,
             duration_s: secs(self.duration.as_deref().unwrap_or(duration), "duration")?,
@@ -283,20 +292,6 @@ pub struct Args {
     /// Offered-load sweep points, fractions of the idle core-hours (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub sweep: Vec<f64>,
-}
-
-/// Runs one simulation and writes its files; returns the outcome.
-pub fn simulate_into(
-    cfg: &SimConfig,
-    dir: &std::path::Path,
-    font: &std::path::Path,
-    label: String,
-) -> anyhow::Result<Outcome> {
-    let mut p = super::progress_printer(label);
-    let outcome = run(cfg, &mut p)?;
-    super::progress_done();
-    write_run(dir, &outcome.summary, &outcome.samples, font)?;
-    Ok(outcome)
 }
 
 pub fn run_cmd(args: Args) -> anyhow::Result<()> {

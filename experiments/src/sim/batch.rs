@@ -8,7 +8,10 @@
 //! free; otherwise it gets a reservation at the earliest time the running jobs' requested time
 //! limits free enough units (the shadow time), and later jobs (at most `depth` of them, like
 //! `bf_max_job_test`) start now if they fit and either end before the shadow time or use only
-//! units the head job will not need. In replay mode a job enters the queue at the trace's own
+//! units the head job will not need. With a limit of running jobs per account (Slurm's
+//! `MaxJobs` of an association, `MaxJobsPerUser` of a QOS), an account at its limit is held:
+//! none of its jobs is considered, as head or for backfill, until one of its jobs ends, and
+//! it blocks no one. In replay mode a job enters the queue at the trace's own
 //! start time and starts as soon as it fits (at once, when the trace fits the model).
 
 use std::collections::{BTreeSet, VecDeque};
@@ -289,6 +292,9 @@ pub struct BatchQueue {
     stale: Vec<u32>,
     /// `(planned end, running slot, units)`.
     planned_ends: BTreeSet<(u64, u32, u32)>,
+    /// The most jobs one account may run at once (`None`: no limit), and its running jobs.
+    max_running: Option<u32>,
+    running: IdMap<u64, u32>,
 }
 
 impl BatchQueue {
@@ -311,7 +317,21 @@ impl BatchQueue {
             heads: BTreeSet::new(),
             stale: Vec::new(),
             planned_ends: BTreeSet::new(),
+            max_running: None,
+            running: IdMap::default(),
         }
+    }
+
+    /// At most `max` running jobs per account (`None`: no limit). Replay ignores it.
+    pub fn with_max_running(mut self, max: Option<u32>) -> Self {
+        self.max_running = max;
+        self
+    }
+
+    /// The account runs as many jobs as its limit allows (plus `more` started this pass).
+    fn at_limit(&self, account: u64, more: u32) -> bool {
+        self.max_running
+            .is_some_and(|m| self.running.get(&account).copied().unwrap_or(0) + more >= m)
     }
 
     pub fn submit(&mut self, job: BatchJob) {
@@ -351,8 +371,17 @@ impl BatchQueue {
         self.planned_ends.remove(&(planned_end_ms, slot, units));
     }
 
-    /// A job starts (`procs` > 0) or ends (< 0): its account's usage rate changes.
+    /// A job starts (`procs` > 0) or ends (< 0): its account's usage rate and its count of
+    /// running jobs change.
     pub fn charge(&mut self, account: u64, procs: i64, now: u64) {
+        if self.max_running.is_some() {
+            let n = self.running.entry(account).or_insert(0);
+            *n = if procs > 0 {
+                *n + 1
+            } else {
+                n.saturating_sub(1)
+            };
+        }
         if self.order == QueueOrder::Priority {
             self.share.charge(account, procs, now);
         }
@@ -448,8 +477,12 @@ impl BatchQueue {
         if self.order == QueueOrder::Fcfs {
             return match self.slots.get(&0) {
                 Some(&slot) => {
-                    let n = self.accounts[slot as usize].jobs.len().min(limit);
-                    (0..n).map(|i| (slot, i)).collect()
+                    let q = &self.accounts[slot as usize].jobs;
+                    (0..q.len())
+                        .filter(|&i| !self.at_limit(q[i].account, 0))
+                        .take(limit)
+                        .map(|i| (slot, i))
+                        .collect()
                 }
                 None => Vec::new(),
             };
@@ -463,6 +496,13 @@ impl BatchQueue {
         let mut out = Vec::with_capacity(limit.min(self.len));
         while out.len() < limit {
             let Some(mut h) = heap.pop() else { break };
+            if self.at_limit(h.key, 0) {
+                // Held at its limit: none of its jobs this pass (only its first was pushed).
+                if let Some(std::cmp::Reverse(f)) = firsts.next() {
+                    heap.push(*f);
+                }
+                continue;
+            }
             // Take this account's jobs while its next one beats every other candidate.
             loop {
                 out.push(h.at());
@@ -580,7 +620,10 @@ impl BatchQueue {
             return Vec::new();
         }
         let order = self.ordered(now, self.depth.saturating_add(1));
-        let need = self.get(order[0]).units;
+        let Some(&head) = order.first() else {
+            return Vec::new();
+        };
+        let need = self.get(head).units;
         let mut avail = free;
         let mut shadow = u64::MAX;
         for &(end, _, units) in &self.planned_ends {
@@ -592,17 +635,24 @@ impl BatchQueue {
         }
         let mut extra = avail.saturating_sub(need);
         let mut chosen = Vec::new();
+        // Jobs chosen this pass per account, against its running-jobs limit.
+        let mut more: IdMap<u64, u32> = IdMap::default();
         for &at in &order[1..] {
             if free == 0 {
                 break;
             }
             let j = self.get(at);
             let ends_in_time = now + j.req_ms <= shadow;
-            if j.units <= free && (ends_in_time || j.units <= extra) {
+            let held = self.max_running.is_some()
+                && self.at_limit(j.account, more.get(&j.account).copied().unwrap_or(0));
+            if j.units <= free && (ends_in_time || j.units <= extra) && !held {
                 if !ends_in_time {
                     extra -= j.units;
                 }
                 free -= j.units;
+                if self.max_running.is_some() {
+                    *more.entry(j.account).or_insert(0) += 1;
+                }
                 chosen.push(at);
             }
         }
@@ -634,6 +684,84 @@ mod tests {
 
     fn fcfs(mode: BatchMode, depth: usize) -> BatchQueue {
         BatchQueue::new(mode, depth, QueueOrder::Fcfs, DEFAULT_PRIORITY)
+    }
+
+    fn of(account: u64, id: u64, units: u32, req_s: u64) -> BatchJob {
+        BatchJob {
+            account,
+            ..job(id, units, req_s)
+        }
+    }
+
+    /// Starts what the queue lets start at `now` on `free` units, as the engine does (the head
+    /// while it fits, then backfill), charging each start; returns the ids started.
+    fn pass(q: &mut BatchQueue, now: u64, mut free: u32) -> Vec<u64> {
+        let mut started = Vec::new();
+        while let Some(j) = q.pop_head(now, free) {
+            free -= j.units;
+            q.charge(j.account, i64::from(j.procs), now);
+            started.push(j.id);
+        }
+        for j in q.backfill(now, free) {
+            q.charge(j.account, i64::from(j.procs), now);
+            started.push(j.id);
+        }
+        started
+    }
+
+    #[test]
+    fn an_account_at_its_running_limit_is_held_and_blocks_no_one() {
+        for order in [QueueOrder::Fcfs, QueueOrder::Priority] {
+            // 10 free units, one running job per account: account 1's first job starts,
+            // its next two are held, account 2's job (submitted after them) starts.
+            let mut q = BatchQueue::new(BatchMode::Easy, 100, order, DEFAULT_PRIORITY)
+                .with_max_running(Some(1));
+            q.submit(of(1, 1, 2, 100));
+            q.submit(of(1, 2, 2, 100));
+            q.submit(of(2, 3, 2, 100));
+            q.submit(of(1, 4, 2, 100));
+            let mut started = pass(&mut q, 0, 10);
+            started.sort_unstable();
+            assert_eq!(started, [1, 3], "{order:?}");
+            assert_eq!(q.len(), 2);
+            // Nothing else may start while job 1 runs, however many units are free.
+            assert!(pass(&mut q, 10_000, 6).is_empty(), "{order:?}");
+            // Job 1 ends: account 1's next (job 2) starts, job 4 still waits.
+            q.charge(1, -2, 100_000);
+            assert_eq!(pass(&mut q, 100_000, 8), [2], "{order:?}");
+            assert_eq!(q.len(), 1);
+        }
+    }
+
+    #[test]
+    fn backfill_counts_the_jobs_it_starts_against_the_limit() {
+        // Limit 2; account 1 runs one job. The head (account 2, 8 units) waits for a job
+        // that holds 6 of 10 units until 100 s; account 1's three 1-unit short jobs would
+        // all backfill into the 4 free units, but only one more may run.
+        let mut q = fcfs(BatchMode::Easy, 100).with_max_running(Some(2));
+        q.charge(1, 1, 0);
+        q.track_start(100_000, 0, 6);
+        q.submit(of(2, 10, 8, 50));
+        q.submit(of(1, 11, 1, 50));
+        q.submit(of(1, 12, 1, 50));
+        q.submit(of(1, 13, 1, 50));
+        q.submit(of(3, 14, 1, 50));
+        assert!(q.pop_head(0, 3).is_none());
+        let started: Vec<u64> = q.backfill(0, 3).iter().map(|j| j.id).collect();
+        assert_eq!(started, [11, 14]);
+        // Without a limit all four short jobs would be taken up to the 3 free units.
+        let mut q = fcfs(BatchMode::Easy, 100);
+        q.track_start(100_000, 0, 6);
+        for j in [
+            of(2, 10, 8, 50),
+            of(1, 11, 1, 50),
+            of(1, 12, 1, 50),
+            of(1, 13, 1, 50),
+        ] {
+            q.submit(j);
+        }
+        let started: Vec<u64> = q.backfill(0, 3).iter().map(|j| j.id).collect();
+        assert_eq!(started, [11, 12, 13]);
     }
 
     #[test]

@@ -46,7 +46,14 @@ pub(super) struct Running {
     left_ms: f64,
     since_ms: u64,
     factor: f64,
+    /// The key of this job's live end entry in the heap: unique over the run (a slot is
+    /// reused by later jobs, whose entries must not match this job's stale ones).
     generation: u32,
+    /// When the job ends at its present rate, and when its live heap entry is due (never
+    /// later: a slowdown moves `end_ms` and leaves the entry, which is pushed again to
+    /// `end_ms` when it comes due; only an earlier end pushes a new entry).
+    end_ms: u64,
+    queued_ms: u64,
     coloc: [u32; 3],
     draws: [f64; 3],
     planned_end_ms: u64,
@@ -94,6 +101,11 @@ pub(super) struct Sim<'a> {
     node_sensitive: Vec<u16>,
     node_class: Vec<[u16; 3]>,
     node_mem: Vec<u64>,
+    /// Cores the batch jobs hold per node (the cluster's batch share, kept here too so a run
+    /// without functions need not maintain the placement index).
+    node_batch_cores: Vec<u32>,
+    /// Whether any function may come: without, the placement index is not maintained.
+    functions: bool,
     waiting: VecDeque<Waiting>,
     retry: Vec<Waiting>,
     freed: Vec<NodeId>,
@@ -102,8 +114,14 @@ pub(super) struct Sim<'a> {
     pub latency: LatencyHistogram,
     pub acct: Accounts,
     pub jobs: JobStats,
+    /// Events of the model: job submissions and ends, function arrivals and ends.
     pub events: u64,
+    /// Ends popped that no longer hold (a job's end a re-rating moved, a reclaimed lease's
+    /// end): not events, the heap's overhead.
+    pub superseded_ends: u64,
     pub overcommit: u64,
+    /// The next end entry's generation (see [`Running::generation`]).
+    next_generation: u32,
 }
 
 impl<'a> Sim<'a> {
@@ -128,13 +146,16 @@ impl<'a> Sim<'a> {
             rec: Recorder::new(start, end, cfg.samples),
             g: Gauges::default(),
             heap: BinaryHeap::new(),
-            queue: BatchQueue::new(cfg.batch, cfg.backfill_depth, cfg.queue_order, cfg.priority),
+            queue: BatchQueue::new(cfg.batch, cfg.backfill_depth, cfg.queue_order, cfg.priority)
+                .with_max_running(cfg.max_running_per_user),
             running: Vec::new(),
             free_slots: Vec::new(),
             node_jobs: vec![Vec::new(); n],
             node_sensitive: vec![0; n],
             node_class: vec![[0; 3]; n],
             node_mem: vec![0; n],
+            node_batch_cores: vec![0; n],
+            functions: streams > 0,
             waiting: VecDeque::new(),
             retry: Vec::new(),
             freed: Vec::new(),
@@ -144,7 +165,9 @@ impl<'a> Sim<'a> {
             acct: Accounts::new(streams),
             jobs: JobStats::new(start, end),
             events: 0,
+            superseded_ends: 0,
             overcommit: 0,
+            next_generation: 0,
         }
     }
 
@@ -183,6 +206,9 @@ impl<'a> Sim<'a> {
     }
 
     fn flags(&mut self, node: NodeId) {
+        if !self.functions {
+            return;
+        }
         let sensitive = self.node_sensitive[node as usize] > 0;
         let shared = sensitive && !self.cluster.leases_on(node).is_empty();
         self.cluster
@@ -193,7 +219,13 @@ impl<'a> Sim<'a> {
             .expect("node exists");
     }
 
-    /// A job's progress rate changes: what is left is re-timed and a new end is scheduled.
+    fn new_generation(&mut self) -> u32 {
+        self.next_generation = self.next_generation.wrapping_add(1);
+        self.next_generation
+    }
+
+    /// A job's progress rate changes: what is left is re-timed; an earlier end is scheduled
+    /// at once, a later one when the entry already in the heap comes due.
     fn rerate(&mut self, slot: u32, now: u64) {
         let r = self.running[slot as usize].as_mut().expect("running");
         let f = (0..3)
@@ -206,11 +238,25 @@ impl<'a> Sim<'a> {
         r.left_ms = (r.left_ms - (now - r.since_ms) as f64 / r.factor).max(0.0);
         r.since_ms = now;
         r.factor = f;
-        r.generation += 1;
         r.slowed |= f > 1.0;
-        let end = now + (r.left_ms * f).ceil().max(1.0) as u64;
-        self.heap
-            .push(Reverse((end, Kind::JobEnd, u64::from(slot), r.generation)));
+        r.end_ms = now + (r.left_ms * f).ceil().max(1.0) as u64;
+        if r.end_ms < r.queued_ms {
+            self.queue_end(slot);
+        }
+    }
+
+    /// Pushes the job's end entry for `end_ms`; the entry it had is superseded.
+    fn queue_end(&mut self, slot: u32) {
+        let generation = self.new_generation();
+        let r = self.running[slot as usize].as_mut().expect("running");
+        r.generation = generation;
+        r.queued_ms = r.end_ms;
+        self.heap.push(Reverse((
+            r.end_ms,
+            Kind::JobEnd,
+            u64::from(slot),
+            generation,
+        )));
     }
 
     /// Lease `class` appears (`+1`) or goes (`-1`) on `node`: the jobs there are re-rated.
@@ -233,12 +279,21 @@ impl<'a> Sim<'a> {
     }
 
     fn set_node_batch(&mut self, node: NodeId, cores_delta: i64, mem_delta: i64, now: u64) {
-        let n = self.cluster.node(node).expect("node exists");
-        let total = n.total;
-        let before = n.batch;
-        let cores = (i64::from(before.cores) + cores_delta) as u32;
-        self.node_mem[node as usize] = (self.node_mem[node as usize] as i64 + mem_delta) as u64;
-        let mem = self.node_mem[node as usize].min(total.mem_mib);
+        let total = self.cluster.node(node).expect("node exists").total;
+        let i = node as usize;
+        let (before_cores, before_mem) = (
+            self.node_batch_cores[i],
+            self.node_mem[i].min(total.mem_mib),
+        );
+        let cores = (i64::from(before_cores) + cores_delta) as u32;
+        self.node_batch_cores[i] = cores;
+        self.node_mem[i] = (self.node_mem[i] as i64 + mem_delta) as u64;
+        let mem = self.node_mem[i].min(total.mem_mib);
+        self.g.batch_cores = self.g.batch_cores + u64::from(cores) - u64::from(before_cores);
+        self.g.batch_mem_mib = self.g.batch_mem_mib + mem - before_mem;
+        if !self.functions {
+            return;
+        }
         let gpus = if total.gpus == 0 {
             0
         } else {
@@ -248,8 +303,6 @@ impl<'a> Sim<'a> {
             .cluster
             .set_batch(node, Resources::new(cores, mem, gpus.min(total.gpus)))
             .expect("node exists");
-        self.g.batch_cores = self.g.batch_cores + u64::from(cores) - u64::from(before.cores);
-        self.g.batch_mem_mib = self.g.batch_mem_mib + mem - before.mem_mib;
         for lease in plan {
             self.end_lease(lease, now, true);
         }
@@ -313,6 +366,8 @@ impl<'a> Sim<'a> {
             since_ms: now,
             factor: 1.0,
             generation: 0,
+            end_ms: now + job.run_ms,
+            queued_ms: u64::MAX,
             coloc: if self.cfg.feedback { coloc } else { [0; 3] },
             draws,
             planned_end_ms: now + job.req_ms,
@@ -320,17 +375,20 @@ impl<'a> Sim<'a> {
         });
         self.queue.track_start(now + job.req_ms, slot, job.units);
         self.queue.charge(job.account, i64::from(job.procs), now);
-        self.heap.push(Reverse((
-            now + job.run_ms,
-            Kind::JobEnd,
-            u64::from(slot),
-            0,
-        )));
+        self.queue_end(slot);
         self.rerate(slot, now);
     }
 
     fn end_job(&mut self, slot: u32, now: u64) {
         let r = self.running[slot as usize].take().expect("running");
+        // Slowdowns are at least 1: no job ends before its run time alone.
+        debug_assert!(
+            now >= r.start_ms + r.job.run_ms,
+            "job {} ended at {now} ms, before its {} ms run from {}",
+            r.job.id,
+            r.job.run_ms,
+            r.start_ms
+        );
         self.queue.track_end(r.planned_end_ms, slot, r.job.units);
         self.queue
             .charge(r.job.account, -i64::from(r.job.procs), now);
@@ -541,18 +599,31 @@ impl<'a> Sim<'a> {
                     break;
                 }
                 self.heap.pop();
-                self.events += 1;
                 match kind {
                     Kind::JobEnd => {
                         let live = self.running[id as usize]
                             .as_ref()
-                            .is_some_and(|r| r.generation == generation);
-                        if live {
-                            self.end_job(id as u32, now);
-                            dirty = true;
+                            .filter(|r| r.generation == generation);
+                        match live {
+                            Some(r) if r.end_ms <= now => {
+                                debug_assert_eq!(r.end_ms, now, "an end entry came due late");
+                                self.events += 1;
+                                self.end_job(id as u32, now);
+                                dirty = true;
+                            }
+                            // Slowed since: its end is later, the entry goes there.
+                            Some(_) => {
+                                self.superseded_ends += 1;
+                                self.queue_end(id as u32);
+                            }
+                            None => self.superseded_ends += 1,
                         }
                     }
-                    Kind::FunctionEnd => self.end_lease(id, now, false),
+                    Kind::FunctionEnd if self.leases.contains_key(&id) => {
+                        self.events += 1;
+                        self.end_lease(id, now, false);
+                    }
+                    Kind::FunctionEnd => self.superseded_ends += 1,
                 }
             }
             while next_job < jobs.len() && entry(&jobs[next_job]) == now {

@@ -9,7 +9,8 @@
 //! - [`accounting`]: offered / served / refused / lost function work, batch job statistics;
 //! - [`run`](mod@run): one simulation to a [`Summary`]; [`study`]: the validated comparison
 //!   (trace vs batch-only vs with-harvest over windows, and the offered-load sweep);
-//! - [`stats`]: quantiles and confidence intervals; [`metrics`]: integrals and time series.
+//! - [`stats`]: quantiles and confidence intervals; [`metrics`]: integrals and time series;
+//! - [`synthetic`]: a synthetic trace of known size and load, for benchmarks.
 
 pub mod accounting;
 pub mod alloc;
@@ -21,6 +22,7 @@ pub mod run;
 pub mod stats;
 pub mod study;
 pub mod study_output;
+pub mod synthetic;
 pub mod trace;
 
 use std::path::PathBuf;
@@ -73,6 +75,8 @@ pub struct SimConfig {
     /// FCFS or the multifactor priority (fair share by the trace's user, plus age).
     pub queue_order: QueueOrder,
     pub priority: PriorityParams,
+    /// At most this many running jobs per account (Slurm's `MaxJobs`); `None`: no limit.
+    pub max_running_per_user: Option<u32>,
     /// Where in the trace simulated time 0 is: seconds after its first submission.
     pub start_s: u64,
     /// Simulated time before measurement starts, seconds.
@@ -104,10 +108,14 @@ pub struct Summary {
     pub trace_acknowledge: Option<String>,
     pub policy: String,
     pub functions_spec: String,
+    /// The seed of the demand's arrival times and the jobs' slowdown draws.
+    pub seed: u64,
     pub batch_mode: BatchMode,
     pub queue_order: QueueOrder,
     /// The multifactor priority's parameters (used when `queue_order` is `priority`).
     pub priority: PriorityParams,
+    /// The running-jobs limit per account (`None`: none).
+    pub max_running_per_user: Option<u32>,
     /// Fair-share accounts (the trace's users x copies) seen in the run.
     pub accounts: u64,
     pub allocation: AllocationMode,
@@ -183,7 +191,11 @@ pub struct Summary {
     pub placements: u64,
     pub placement_p50_us: f64,
     pub placement_p99_us: f64,
+    /// Job submissions and ends, function arrivals and ends (what `events_per_s` counts).
     pub events: u64,
+    /// Ends popped that no longer held (a job's end a re-rating moved, a reclaimed lease's
+    /// end): skipped, not counted as events.
+    pub superseded_ends: u64,
     pub events_per_s: f64,
     pub wall_s: f64,
     pub overcommit_violations: u64,
