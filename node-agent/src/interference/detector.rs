@@ -160,6 +160,10 @@ pub struct Threshold {
     jobs: BTreeMap<u32, JobState>,
 }
 
+/// A drop in a job's CPU use counts as harm only when the job spent at least this share of the
+/// CPU time it lost waiting on a run queue (it wanted the CPU and did not get it).
+const STARVED_WAIT_SHARE: f64 = 0.1;
+
 /// How fast the baseline follows new samples of a job alone, and the current value follows
 /// samples beside executors.
 const BASELINE_ALPHA: f64 = 0.2;
@@ -203,6 +207,16 @@ impl Threshold {
                 continue;
             }
             let (b, c) = (base.value, cur.value);
+            // A job using less CPU is starved only if it waited to run. One that sleeps (on I/O,
+            // on a barrier, on results it offloaded to these very functions) uses less CPU and
+            // waits on no run queue: not harm, and freeze-probing it costs the leases for
+            // nothing. Without a run-queue signal the drop counts, as before.
+            if signal == names::CPU
+                && let Some(wait) = st.current.get(names::RUNQ_WAIT)
+                && wait.value < STARVED_WAIT_SHARE * (b - c)
+            {
+                continue;
+            }
             match bad {
                 Bad::Drop(frac) if b > 0.0 && c < b * (1.0 - frac) => out.push(format!(
                     "{signal} {c:.3}/s is {:.1}% below its baseline {b:.3}/s (threshold {:.0}%)",

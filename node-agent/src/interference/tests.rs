@@ -87,6 +87,45 @@ fn threshold_flags_a_progress_drop_against_the_baseline_and_clears_on_recovery()
 }
 
 #[test]
+fn a_job_that_sleeps_is_not_starved_one_that_waits_to_run_is() {
+    let cfg = InterferenceConfig::default();
+    let t0 = Instant::now();
+    let j = Target::Job(7);
+    let at = |i: u64| t0 + PERIOD * i as u32;
+    let alone = snap(&[
+        (j.clone(), names::CPU, 1.0),
+        (j.clone(), names::RUNQ_WAIT, 0.0),
+    ]);
+    // The job waits for work it sent to the functions: 13% of a CPU, no run-queue wait.
+    let sleeping = snap(&[
+        (j.clone(), names::CPU, 0.13),
+        (j.clone(), names::RUNQ_WAIT, 0.0),
+    ]);
+    // The same drop, with 0.5 s/s spent runnable but not running: starved.
+    let starved = snap(&[
+        (j.clone(), names::CPU, 0.13),
+        (j.clone(), names::RUNQ_WAIT, 0.5),
+    ]);
+    for (series, harm) in [(&sleeping, false), (&starved, true)] {
+        let mut d = Threshold::new(&cfg);
+        for i in 0..3 {
+            d.observe(at(i), &alone, &ctx(0, false));
+        }
+        let mut found = Finding::Quiet;
+        for i in 3..9 {
+            found = d.observe(at(i), series, &ctx(1, true));
+        }
+        match found {
+            Finding::Harm { reason, .. } => {
+                assert!(harm, "a sleeping job was called starved: {reason}");
+                assert!(reason.contains("cpu"), "{reason}");
+            }
+            other => assert!(!harm, "a starved job went unnoticed: {other:?}"),
+        }
+    }
+}
+
+#[test]
 fn threshold_is_blind_without_a_baseline_until_a_probe_gives_one() {
     let mut d = Threshold::new(&InterferenceConfig::default());
     let j = Target::Job(9);
