@@ -34,10 +34,12 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 def tree_cpu_s(roots: Iterable[int]) -> float:
-    """CPU seconds of the process trees under `roots`: every live process's utime + stime +
-    cutime + cstime (what a process reaped moves into its parent's cutime, so the sum only
-    grows while the trees' processes work)."""
+    """CPU seconds of the process trees under `roots` and under every slurmstepd: every live
+    process's utime + stime + cutime + cstime (what a process reaped moves into its parent's
+    cutime, so the sum only grows while the trees' processes work); experiments/src/cmd/peers/
+    cpu.rs does the same."""
     procs: dict[int, tuple[int, int]] = {}
+    steps: list[int] = []  # slurmstepd leaves slurmd's tree; a job's tasks run under it
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -48,10 +50,12 @@ def tree_cpu_s(roots: Iterable[int]) -> float:
             continue
         fields = s[s.rindex(b")") + 2:].split()
         procs[int(d)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
+        if b"(slurmstepd)" in s:
+            steps.append(int(d))
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in procs.items():
         children.setdefault(ppid, []).append(pid)
-    total, seen, stack = 0, set(), [r for r in roots if r in procs]
+    total, seen, stack = 0, set(), [r for r in list(roots) + steps if r in procs]
     while stack:
         p = stack.pop()
         if p in seen:

@@ -3,16 +3,20 @@
 //! The sum over every live process under the roots of utime + stime + cutime + cstime (in
 //! clock ticks). A process's time moves into its parent's cutime/cstime when it is reaped, so
 //! the sum only grows while the trees work, and a short-lived process (an `srun` step's
-//! slurmstepd, a Parsl worker) still counts once its parent has reaped it. What it misses: a
-//! process reaped by something outside the trees (init, after its parent died).
+//! Parsl worker) still counts once its parent has reaped it. What it misses: a process reaped by
+//! something outside the trees: an `srun` step's slurmstepd, reparented to init, and its task
+//! once the step is over (a step that starts and ends between two samples is not counted at all).
 
 use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context, Result};
 
-/// CPU seconds of the process trees rooted at `roots` (pids that do not exist are skipped).
+/// CPU seconds of the process trees rooted at `roots` (pids that do not exist are skipped) and
+/// at every `slurmstepd`: slurmd's step daemons leave its tree (they are reparented to init), and
+/// a job's tasks (an srun step's program, Parsl's workers) run under them.
 pub fn tree_cpu_s(roots: &[u32]) -> Result<f64> {
     let mut procs: HashMap<u32, (u32, u64)> = HashMap::new();
+    let mut roots = roots.to_vec();
     for entry in std::fs::read_dir("/proc").context("reading /proc")? {
         let Ok(entry) = entry else { continue };
         let Some(pid) = entry
@@ -26,11 +30,14 @@ pub fn tree_cpu_s(roots: &[u32]) -> Result<f64> {
         let Ok(stat) = std::fs::read(entry.path().join("stat")) else {
             continue;
         };
+        if stat.windows(12).any(|w| w == b"(slurmstepd)") {
+            roots.push(pid);
+        }
         if let Some(parsed) = parse_stat(&stat) {
             procs.insert(pid, parsed);
         }
     }
-    Ok(sum_trees(&procs, roots) as f64 / ticks_per_s())
+    Ok(sum_trees(&procs, &roots) as f64 / ticks_per_s())
 }
 
 /// (ppid, utime + stime + cutime + cstime) from a /proc/<pid>/stat line; the command name may
