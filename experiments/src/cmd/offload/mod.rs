@@ -6,7 +6,7 @@
 //! Four timings of the same batch, each the median of `--repeats`: one thread (the baseline),
 //! the job's own threads alone (the paper's "OpenMP"), the lease's functions alone, both
 //! together; and the largest difference between any price computed remotely and the serial
-//! one. The job runs on n1 with `--threads` CPUs while a filler job takes n2, so the lease can
+//! one. The job runs on n1 with `--threads` CPUs while filler jobs take the other nodes, so the lease can
 //! only use n1's idle CPUs (on the local cluster every node is the same machine: a lease on n2
 //! would share the job's physical cores).
 //!
@@ -45,6 +45,10 @@ pub struct Args {
     /// Cores of the harvest lease beside the job.
     #[arg(long, default_value_t = 1)]
     pub lease_cores: u32,
+    /// Times each option is priced (PARSEC's NUM_RUNS, 100 in its inputs): the work per byte
+    /// sent. 1 makes the batch bound by moving data; the summary says which was run.
+    #[arg(long, default_value_t = 1)]
+    pub passes: u32,
     /// Runs of each configuration (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
@@ -73,6 +77,8 @@ pub struct AppArgs {
     #[arg(long)]
     pub lease_cores: u32,
     #[arg(long)]
+    pub passes: u32,
+    #[arg(long)]
     pub repeats: usize,
 }
 
@@ -97,6 +103,7 @@ struct Summary {
     chunk: usize,
     threads: u32,
     lease_cores: u32,
+    passes: u32,
     repeats: usize,
     serial_s: f64,
     local_s: f64,
@@ -151,14 +158,21 @@ fn options(n: usize) -> Vec<f64> {
     v
 }
 
-fn to_bytes(v: &[f64]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+/// A function's input: the passes, then the options.
+fn to_bytes(v: &[f64], passes: u32) -> Vec<u8> {
+    u64::from(passes)
+        .to_le_bytes()
+        .into_iter()
+        .chain(v.iter().flat_map(|x| x.to_le_bytes()))
+        .collect()
 }
 
-/// Prices `chunk` into `out` (call, put per option).
-fn price_chunk(chunk: &[f64], out: &mut [f64]) {
-    for (o, p) in chunk.chunks_exact(IN).zip(out.chunks_exact_mut(OUT)) {
-        (p[0], p[1]) = price(o);
+/// Prices `chunk` into `out` (call, put per option), `passes` times over.
+fn price_chunk(chunk: &[f64], out: &mut [f64], passes: u32) {
+    for _ in 0..passes {
+        for (o, p) in chunk.chunks_exact(IN).zip(out.chunks_exact_mut(OUT)) {
+            (p[0], p[1]) = std::hint::black_box(price(o));
+        }
     }
 }
 
@@ -170,12 +184,12 @@ pub fn run_app(a: AppArgs) -> Result<()> {
     );
     let input = options(a.options);
     let chunks: Vec<&[f64]> = input.chunks(a.chunk * IN).collect();
-    let bytes: Vec<Vec<u8>> = chunks.iter().map(|c| to_bytes(c)).collect();
+    let bytes: Vec<Vec<u8>> = chunks.iter().map(|c| to_bytes(c, a.passes)).collect();
 
     let mut reference = vec![0.0; a.options * OUT];
     let serial = median(a.repeats, || {
         let t = Instant::now();
-        price_chunk(&input, &mut reference);
+        price_chunk(&input, &mut reference, a.passes);
         Ok(t.elapsed())
     })?;
 
@@ -191,36 +205,6 @@ pub fn run_app(a: AppArgs) -> Result<()> {
     let lease = rt
         .block_on(sched.acquire(&req))
         .context("acquiring the lease")?;
-
-    let local = median(a.repeats, || {
-        run(&chunks, &bytes, a.threads as usize, None, a.options).map(|r| r.0)
-    })?;
-    let remote = |threads: usize| -> Result<(Duration, f64, f64)> {
-        let mut conns = (0..a.lease_cores)
-            .map(|_| lease.connect(Polling::Block))
-            .collect::<Result<Vec<_>, _>>()?;
-        let (took, share, prices) = run(&chunks, &bytes, threads, Some(&mut conns), a.options)?;
-        let diff = prices
-            .iter()
-            .zip(&reference)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f64::max);
-        Ok((took, share, diff))
-    };
-    let mut max_diff: f64 = 0.0;
-    let functions = median(a.repeats, || {
-        let (t, _, d) = remote(0)?;
-        max_diff = max_diff.max(d);
-        Ok(t)
-    })?;
-    let mut shares = Vec::new();
-    let combined = median(a.repeats, || {
-        let (t, s, d) = remote(a.threads as usize)?;
-        max_diff = max_diff.max(d);
-        shares.push(s);
-        Ok(t)
-    })?;
-    let _ = rt.block_on(sched.release(&lease.id));
     let job_cpus = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -230,12 +214,76 @@ pub fn run_app(a: AppArgs) -> Result<()> {
             })
         })
         .unwrap_or_default();
+    // Beside the job means on its node and on none of its CPUs: anything else (a lease on
+    // another local-cluster node shares this machine's cores) measures contention, not offload.
+    let node = std::env::var("SLURMD_NODENAME").unwrap_or_default();
+    let mine: harvest_core::CpuSet = job_cpus.parse().unwrap_or_default();
+    if lease.node != node || lease.cpus.iter().any(|c| mine.contains(*c)) {
+        let _ = rt.block_on(sched.release(&lease.id));
+        anyhow::bail!(
+            "the lease went to {} CPUs {:?}, not beside this job on {node} (CPUs {job_cpus}): fill the other nodes",
+            lease.node,
+            lease.cpus
+        );
+    }
+
+    // Every way out releases the lease (an error here would otherwise leave it held until its
+    // idle timeout, on the CPU the next run wants).
+    let measured = (|| -> Result<(Duration, Duration, Duration, f64, f64)> {
+        let local = median(a.repeats, || {
+            run(
+                &chunks,
+                &bytes,
+                a.threads as usize,
+                None,
+                a.options,
+                a.passes,
+            )
+            .map(|r| r.0)
+        })?;
+        let remote = |threads: usize| -> Result<(Duration, f64, f64)> {
+            let mut conns = (0..a.lease_cores)
+                .map(|_| lease.connect(Polling::Block))
+                .collect::<Result<Vec<_>, _>>()?;
+            let (took, share, prices) = run(
+                &chunks,
+                &bytes,
+                threads,
+                Some(&mut conns),
+                a.options,
+                a.passes,
+            )?;
+            let diff = prices
+                .iter()
+                .zip(&reference)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f64::max);
+            Ok((took, share, diff))
+        };
+        let mut max_diff: f64 = 0.0;
+        let functions = median(a.repeats, || {
+            let (t, _, d) = remote(0)?;
+            max_diff = max_diff.max(d);
+            Ok(t)
+        })?;
+        let mut shares = Vec::new();
+        let combined = median(a.repeats, || {
+            let (t, s, d) = remote(a.threads as usize)?;
+            max_diff = max_diff.max(d);
+            shares.push(s);
+            Ok(t)
+        })?;
+        let share = shares.iter().sum::<f64>() / shares.len().max(1) as f64;
+        Ok((local, functions, combined, share, max_diff))
+    })();
+    let _ = rt.block_on(sched.release(&lease.id));
+    let (local, functions, combined, share, max_diff) = measured?;
     let out = AppResult {
         serial_s: serial.as_secs_f64(),
         local_s: local.as_secs_f64(),
         functions_s: functions.as_secs_f64(),
         combined_s: combined.as_secs_f64(),
-        combined_remote_share: shares.iter().sum::<f64>() / shares.len().max(1) as f64,
+        combined_remote_share: share,
         max_abs_diff: max_diff,
         lease_node: lease.node.clone(),
         lease_cpus: lease.cpus.clone(),
@@ -261,6 +309,7 @@ fn run(
     threads: usize,
     conns: Option<&mut Vec<harvest_client::ExecutorConnection>>,
     options: usize,
+    passes: u32,
 ) -> Result<(Duration, f64, Vec<f64>)> {
     let next = AtomicUsize::new(0);
     let remote = AtomicUsize::new(0);
@@ -277,7 +326,7 @@ fn run(
                         return Ok(());
                     };
                     let mut out = vec![0.0; c.len() / IN * OUT];
-                    price_chunk(c, &mut out);
+                    price_chunk(c, &mut out, passes);
                     *results[i].lock().expect("results") = out;
                 }
             }));
@@ -297,7 +346,7 @@ fn run(
                             &mut buf,
                         )?;
                         ensure!(
-                            buf.len() == b.len() / IN * OUT,
+                            buf.len() == (b.len() - 8) / IN * OUT,
                             "the function answered {} bytes for {}",
                             buf.len(),
                             b.len()
@@ -365,10 +414,15 @@ pub fn run_cmd(args: Args) -> Result<()> {
     ensure!(st.success(), "cc failed building {}", lib.display());
     crate::cmd::peers::set_mode(&lib, 0o755)?;
 
-    // n2 filled, so the lease can only go beside the job on n1.
-    let filler = cluster.sbatch(&["-w", "n2", "--exclusive", "--wrap", "sleep 3600"])?;
-    filler.wait_state("RUNNING", Duration::from_secs(30))?;
-    cluster.wait_node_full(&cluster.bin("harvest")?, "n2")?;
+    // Every other node filled, so the lease can only go beside the job on n1.
+    let harvest = cluster.bin("harvest")?;
+    let mut fillers = Vec::new();
+    for node in cluster.node_names()?.into_iter().filter(|n| n != "n1") {
+        let f = cluster.sbatch(&["-w", &node, "--exclusive", "--wrap", "sleep 3600"])?;
+        f.wait_state("RUNNING", Duration::from_secs(30))?;
+        cluster.wait_node_full(&harvest, &node)?;
+        fillers.push(f);
+    }
     let exe = std::env::current_exe()?;
     let output = cluster
         .command("runuser")
@@ -397,10 +451,11 @@ pub fn run_cmd(args: Args) -> Result<()> {
             &args.lease_cores.to_string(),
         ])
         .args(["--repeats", &repeats.to_string()])
+        .args(["--passes", &args.passes.to_string()])
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()?;
-    drop(filler);
+    drop(fillers);
     ensure!(
         output.status.success(),
         "the offload application failed: {}",
@@ -419,6 +474,7 @@ pub fn run_cmd(args: Args) -> Result<()> {
         chunk: args.chunk,
         threads: args.threads,
         lease_cores: args.lease_cores,
+        passes: args.passes,
         repeats,
         serial_s: r.serial_s,
         local_s: r.local_s,
@@ -440,7 +496,7 @@ pub fn run_cmd(args: Args) -> Result<()> {
         serde_json::to_string_pretty(&s)? + "\n",
     )?;
     let table = format!(
-        "# offload{quick}\n\n{machine}. `harvest-experiments offload{quick_flag}`: {options} options in chunks of {chunk}, the job's {threads} thread(s) on CPUs {job_cpus} of n1, a {cores}-core lease on {node} CPUs {lcpus:?}; medians of {repeats} runs.\n\n\
+        "# offload{quick}\n\n{machine}. `harvest-experiments offload{quick_flag}{passes_flag}`: {options} options in chunks of {chunk}, each priced {passes} time(s), the job's {threads} thread(s) on CPUs {job_cpus} of n1, a {cores}-core lease on {node} CPUs {lcpus:?}; medians of {repeats} runs.\n\n\
          | configuration | time | speedup over one thread |\n|---|---|---|\n\
          | one thread | {:.3} s | 1.00x |\n| the job's threads alone | {:.3} s | {:.2}x |\n| harvest functions alone | {:.3} s | {:.2}x |\n| both (one chunk queue) | {:.3} s | {:.2}x |\n\n\
          Both over the job's threads alone: {:.2}x; the functions took {:.0}% of the chunks. Largest difference between a price computed by a function and the serial one: {:e}.\n\nThe paper: {}.\n",
@@ -457,6 +513,12 @@ pub fn run_cmd(args: Args) -> Result<()> {
         s.paper,
         quick = if args.quick { " (quick)" } else { "" },
         quick_flag = if args.quick { " --quick" } else { "" },
+        passes_flag = if args.passes == 1 {
+            String::new()
+        } else {
+            format!(" --passes {} --options {}", args.passes, s.options)
+        },
+        passes = s.passes,
         machine = s.machine,
         options = s.options,
         chunk = s.chunk,
@@ -504,10 +566,12 @@ mod tests {
     fn local_threads_price_every_chunk_in_place() {
         let input = options(1000);
         let chunks: Vec<&[f64]> = input.chunks(64 * IN).collect();
-        let bytes: Vec<Vec<u8>> = chunks.iter().map(|c| to_bytes(c)).collect();
+        let bytes: Vec<Vec<u8>> = chunks.iter().map(|c| to_bytes(c, 2)).collect();
+        assert_eq!(bytes[0].len(), 8 + 64 * IN * 8);
+        assert_eq!(bytes[0][..8], 2u64.to_le_bytes());
         let mut serial = vec![0.0; 1000 * OUT];
-        price_chunk(&input, &mut serial);
-        let (_, share, prices) = run(&chunks, &bytes, 3, None, 1000).unwrap();
+        price_chunk(&input, &mut serial, 1);
+        let (_, share, prices) = run(&chunks, &bytes, 3, None, 1000, 2).unwrap();
         assert_eq!(share, 0.0);
         assert_eq!(prices, serial);
     }
