@@ -140,6 +140,24 @@ impl FakeScheduler {
         }
     }
 
+    /// Sends `order` and waits up to `wait` for its lease's first event: the executor's info
+    /// once it is ready, else what came instead (`Failed`, `Exited`, or `None` for nothing, or no
+    /// session to send on) for the caller to report beside the agent's log.
+    pub async fn start_executor(
+        &mut self,
+        order: v1::CreateExecutor,
+        wait: Duration,
+    ) -> Result<v1::ExecutorInfo, Option<v1::executor_event::Event>> {
+        let lease = order.lease_id.clone();
+        if !self.send(v1::scheduler_message::Msg::Create(order)).await {
+            return Err(None);
+        }
+        match self.wait_for(wait, |m| event_of(m, &lease)).await {
+            Some(v1::executor_event::Event::Ready(info)) => Ok(info),
+            other => Err(other),
+        }
+    }
+
     /// Stops serving and drops every session (as a scheduler restart would).
     pub async fn stop(mut self) {
         self.orders.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -166,6 +184,36 @@ pub fn slots(m: &v1::AgentMessage) -> Option<v1::SlotReport> {
     match &m.msg {
         Some(v1::agent_message::Msg::Slots(r)) => Some(r.clone()),
         _ => None,
+    }
+}
+
+/// An order to start an executor for `lease` as `uid:gid` on one core with `memory_mib`, the
+/// library's bytes inline and `secret`, calls that ask for no timeout given `default_timeout_ms`;
+/// everything else at the protocol's defaults (no GPU, no idle timeout or expiry, the executor's
+/// own output limit). Tests change what they need with struct update syntax.
+pub fn create_order(
+    lease: &str,
+    (uid, gid): (u32, u32),
+    memory_mib: u64,
+    library: Vec<u8>,
+    default_timeout_ms: u32,
+    secret: &[u8],
+) -> v1::CreateExecutor {
+    v1::CreateExecutor {
+        lease_id: lease.into(),
+        uid,
+        gid,
+        cores: 1,
+        memory_mib,
+        library: Some(v1::FunctionLibrary {
+            source: Some(v1::function_library::Source::Content(library)),
+        }),
+        options: Some(v1::ExecutorOptions {
+            default_timeout_ms,
+            ..Default::default()
+        }),
+        secret: secret.to_vec(),
+        ..Default::default()
     }
 }
 

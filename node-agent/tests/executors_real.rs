@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use harvest_agent::fake_scheduler::{FakeScheduler, event_of, register, slots};
+use harvest_agent::fake_scheduler::{FakeScheduler, create_order, event_of, register, slots};
 use harvest_client::invoke::{ExecutorConnection, Polling};
 use harvest_core::CpuSet;
 use harvest_core::invoke::ErrorCode;
@@ -125,32 +125,16 @@ async fn a_lease_runs_its_functions_as_its_user_in_its_cgroup_and_survives_their
         .unwrap_or_else(|| panic!("no Register; log:\n{}", agent.log()));
 
     let lease = "L1";
-    let create = v1::CreateExecutor {
-        lease_id: lease.into(),
-        uid,
-        gid,
-        cores: 1,
-        memory_mib: 64,
-        gpus: 0,
+    let order = v1::CreateExecutor {
         idle_timeout_ms: 45_000,
-        library: Some(v1::FunctionLibrary {
-            source: Some(v1::function_library::Source::Content(lib)),
-        }),
-        options: Some(v1::ExecutorOptions {
-            hot_window_us: 0,
-            // 5 s as in system-tests: with swap limited too (memsw), a 64 MiB group reclaims its
-            // file pages (the executor's own text) before the OOM kill, which takes seconds on a
-            // loaded 2-core machine.
-            default_timeout_ms: 5000,
-            max_output_bytes: 0,
-        }),
-        expires_unix_ms: 0,
-        secret: lease_secret().as_bytes().to_vec(),
         request_id: "req-L1".into(),
+        // 5 s as in system-tests: with swap limited too (memsw), a 64 MiB group reclaims its
+        // file pages (the executor's own text) before the OOM kill, which takes seconds on a
+        // loaded 2-core machine.
+        ..create_order(lease, (uid, gid), 64, lib, 5000, lease_secret().as_bytes())
     };
-    assert!(sched.send(v1::scheduler_message::Msg::Create(create)).await);
-    let ready = sched.wait_for(WAIT, |m| event_of(m, lease)).await;
-    let Some(v1::executor_event::Event::Ready(info)) = ready else {
+    let ready = sched.start_executor(order, WAIT).await;
+    let Ok(info) = ready else {
         panic!("{ready:?}; log:\n{}", agent.log())
     };
     let lease_cpus: CpuSet = info.cpus.iter().copied().collect();

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use harvest_agent::fake_scheduler::{event_of, slots};
+use harvest_agent::fake_scheduler::{create_order, event_of, slots};
 use harvest_client::invoke::{ExecutorConnection, InvokeError, Polling};
 use harvest_core::invoke::ErrorCode;
 use harvest_core::{CpuSet, NodeView};
@@ -80,33 +80,17 @@ async fn an_executor_beside_a_batch_job_uses_only_idle_cpus_and_survives_failing
     );
 
     let lease = "sys1";
-    let create = v1::CreateExecutor {
-        lease_id: lease.into(),
-        uid,
-        gid,
-        cores: 1,
-        memory_mib: 64,
-        gpus: 0,
-        idle_timeout_ms: 0,
-        library: Some(v1::FunctionLibrary {
-            source: Some(v1::function_library::Source::Content(library)),
-        }),
-        options: Some(v1::ExecutorOptions {
-            hot_window_us: 0,
-            default_timeout_ms: 5000,
-            max_output_bytes: 0,
-        }),
-        expires_unix_ms: 0,
-        secret: lease_secret().as_bytes().to_vec(),
-        request_id: String::new(),
-    };
-    ensure!(
-        sched.send(v1::scheduler_message::Msg::Create(create)).await,
-        "no session to send on"
+    let order = create_order(
+        lease,
+        (uid, gid),
+        64,
+        library,
+        5000,
+        lease_secret().as_bytes(),
     );
-    let info = match sched.wait_for(WAIT, |m| event_of(m, lease)).await {
-        Some(v1::executor_event::Event::Ready(info)) => info,
-        other => bail!("lease {lease}: {other:?}; harvestd's log:\n{}", agent.log()),
+    let info = match sched.start_executor(order, WAIT).await {
+        Ok(info) => info,
+        Err(other) => bail!("lease {lease}: {other:?}; harvestd's log:\n{}", agent.log()),
     };
     let lease_cpus: CpuSet = info.cpus.iter().copied().collect();
     ensure!(

@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use harvest_agent::fake_scheduler::event_of;
+use harvest_agent::fake_scheduler::{create_order, event_of};
 use harvest_client::invoke::{ExecutorConnection, InvokeError, Polling};
 use harvest_proto::v1;
 use harvest_system_tests::fixtures::{Scratch, build_library, lease_secret, test_user};
@@ -89,33 +89,17 @@ async fn a_thread_bomb_stops_at_the_pids_limit_and_a_gpu_node_not_lent_is_refuse
 
     let lease = "lim1";
     let memory_mib = 64u64;
-    let create = v1::CreateExecutor {
-        lease_id: lease.into(),
-        uid,
-        gid,
-        cores: 1,
+    let order = create_order(
+        lease,
+        (uid, gid),
         memory_mib,
-        gpus: 0,
-        idle_timeout_ms: 0,
-        library: Some(v1::FunctionLibrary {
-            source: Some(v1::function_library::Source::Content(library)),
-        }),
-        options: Some(v1::ExecutorOptions {
-            hot_window_us: 0,
-            default_timeout_ms: 30_000,
-            max_output_bytes: 0,
-        }),
-        expires_unix_ms: 0,
-        secret: lease_secret().as_bytes().to_vec(),
-        request_id: String::new(),
-    };
-    ensure!(
-        sched.send(v1::scheduler_message::Msg::Create(create)).await,
-        "no session to send on"
+        library,
+        30_000,
+        lease_secret().as_bytes(),
     );
-    let info = match sched.wait_for(WAIT, |m| event_of(m, lease)).await {
-        Some(v1::executor_event::Event::Ready(info)) => info,
-        other => bail!("lease {lease}: {other:?}; harvestd's log:\n{}", agent.log()),
+    let info = match sched.start_executor(order, WAIT).await {
+        Ok(info) => info,
+        Err(other) => bail!("lease {lease}: {other:?}; harvestd's log:\n{}", agent.log()),
     };
     let addr: SocketAddr = info.address.parse()?;
     let group = |ctl: &str| {

@@ -37,7 +37,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use harvest_agent::fake_scheduler::{FakeScheduler, event_of, register, slots};
+use harvest_agent::fake_scheduler::{FakeScheduler, create_order, event_of, register, slots};
 use harvest_core::NodeView;
 use harvest_proto::v1;
 use harvest_system_tests::cuda::{build_cuda_busy, build_cuda_library};
@@ -309,34 +309,21 @@ async fn run(a: &Args, r: &mut Report) -> Result<bool> {
     }
 
     // The lease: one core, memory for a CUDA context, one GPU.
-    let create = v1::CreateExecutor {
-        lease_id: LEASE.into(),
-        uid,
-        gid,
-        cores: 1,
-        memory_mib: a.memory_mib,
+    let order = v1::CreateExecutor {
         gpus: 1,
-        idle_timeout_ms: 0,
-        library: Some(v1::FunctionLibrary {
-            source: Some(v1::function_library::Source::Content(library)),
-        }),
-        options: Some(v1::ExecutorOptions {
-            hot_window_us: 0,
-            default_timeout_ms: CALL_TIMEOUT.as_millis() as u32,
-            max_output_bytes: 0,
-        }),
-        expires_unix_ms: 0,
-        secret: lease_secret().as_bytes().to_vec(),
-        request_id: String::new(),
+        ..create_order(
+            LEASE,
+            (uid, gid),
+            a.memory_mib,
+            library,
+            CALL_TIMEOUT.as_millis() as u32,
+            lease_secret().as_bytes(),
+        )
     };
     let ordered = Instant::now();
-    anyhow::ensure!(
-        sched.send(v1::scheduler_message::Msg::Create(create)).await,
-        "no session to send the order on"
-    );
-    let info = match sched.wait_for(WAIT, |m| event_of(m, LEASE)).await {
-        Some(v1::executor_event::Event::Ready(info)) => info,
-        other => bail!(
+    let info = match sched.start_executor(order, WAIT).await {
+        Ok(info) => info,
+        Err(other) => bail!(
             "the lease did not start: {other:?}; harvestd's log:\n{}",
             agent.log()
         ),
