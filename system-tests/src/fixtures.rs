@@ -199,11 +199,21 @@ impl Cli {
 
     /// The command `harvest ARGS` as root (`user` None) or as `user`, not yet run.
     pub fn command(&self, user: Option<&str>, args: &[&str]) -> Command {
+        self.command_as(user, None, args)
+    }
+
+    /// Like [`command`](Self::command), with `group` as the user's group when given
+    /// (`runuser -g`).
+    pub fn command_as(&self, user: Option<&str>, group: Option<&str>, args: &[&str]) -> Command {
         let mut cmd = match user {
             None => Command::new(&self.bin),
             Some(u) => {
                 let mut c = Command::new("runuser");
-                c.args(["-u", u, "--"]).arg(&self.bin);
+                c.args(["-u", u]);
+                if let Some(g) = group {
+                    c.args(["-g", g]);
+                }
+                c.arg("--").arg(&self.bin);
                 c
             }
         };
@@ -218,6 +228,29 @@ impl Cli {
     /// Runs `harvest ARGS` as root (`user` None) or as `user`.
     pub fn run(&self, user: Option<&str>, args: &[&str]) -> Result<Output> {
         Ok(self.command(user, args).stdin(Stdio::null()).output()?)
+    }
+
+    /// `harvest lease acquire --json` of one core and 128 MiB for 5 minutes with `lib`, as
+    /// `user` (and `group`, as [`command_as`](Self::command_as)); not checked: refusals are
+    /// what several tests look for.
+    pub fn acquire(&self, user: Option<&str>, group: Option<&str>, lib: &str) -> Result<Output> {
+        let args = [
+            "lease",
+            "acquire",
+            "--lib",
+            lib,
+            "--cores",
+            "1",
+            "--mem",
+            "128M",
+            "--lifetime",
+            "5m",
+            "--json",
+        ];
+        Ok(self
+            .command_as(user, group, &args)
+            .stdin(Stdio::null())
+            .output()?)
     }
 
     pub fn ok(&self, user: Option<&str>, args: &[&str]) -> Result<String> {
@@ -301,6 +334,37 @@ pub fn alive_check(pids: &[u32]) -> String {
          echo checked",
         list.join(" ")
     )
+}
+
+/// What most cluster tests start from: the cluster, the CLI installed in a scratch directory
+/// (removed on drop) for the test user, who is created when missing, and the C function library
+/// ([`FUNCTIONS_C`]) built there.
+#[derive(Debug)]
+pub struct ClusterRig {
+    pub cluster: LocalCluster,
+    pub cli: Cli,
+    pub scratch: Scratch,
+    pub lib: String,
+}
+
+impl ClusterRig {
+    /// `name` names the scratch directory.
+    pub fn new(name: &str) -> Result<Self> {
+        let cluster = LocalCluster::from_env()?;
+        let scratch = Scratch::new(name)?;
+        let cli = Cli::install(&scratch.0, scheduler_url(&cluster)?, &cluster)?;
+        let lib = build_library(&scratch.0)?
+            .to_str()
+            .context("utf-8 path")?
+            .to_owned();
+        test_user()?;
+        Ok(Self {
+            cluster,
+            cli,
+            scratch,
+            lib,
+        })
+    }
 }
 
 /// The scheduler's URL: HARVEST_SCHEDULER in the test's environment wins (a scheduler of one's

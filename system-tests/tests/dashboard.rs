@@ -248,22 +248,13 @@ fn metrics_and_the_dashboard_show_the_batch_job_and_the_function() -> Result<()>
     );
 
     // A function: a lease of one core, and a spinning invocation on it.
-    let acquired: serde_json::Value = serde_json::from_str(&cli.ok(
-        Some(TEST_USER),
-        &[
-            "lease",
-            "acquire",
-            "--lib",
-            lib,
-            "--cores",
-            "1",
-            "--mem",
-            "128M",
-            "--lifetime",
-            "5m",
-            "--json",
-        ],
-    )?)?;
+    let out = cli.acquire(Some(TEST_USER), None, lib)?;
+    ensure!(
+        out.status.success(),
+        "harvest lease acquire: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let acquired: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let lease = Leased {
         cli: &cli,
         id: acquired["id"].as_str().context("no lease id")?.to_owned(),

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use harvest_system_tests::fixtures::{
-    Cli, Scratch, TEST_USER as USER, alive_check, build_library, scheduler_url, test_user,
+    Cli, ClusterRig, Scratch, TEST_USER as USER, alive_check, test_user,
 };
 use harvest_system_tests::{LocalCluster, poll};
 use serde_json::Value;
@@ -37,14 +37,12 @@ struct Rig {
 
 impl Rig {
     fn new(name: &str) -> Result<Self> {
-        let cluster = LocalCluster::from_env()?;
-        let scratch = Scratch::new(name)?;
-        let cli = Cli::install(&scratch.0, scheduler_url(&cluster)?, &cluster)?;
-        let lib = build_library(&scratch.0)?
-            .to_str()
-            .context("utf-8 path")?
-            .to_owned();
-        test_user()?;
+        let ClusterRig {
+            cluster,
+            cli,
+            scratch,
+            lib,
+        } = ClusterRig::new(name)?;
         Ok(Self {
             cluster,
             cli,

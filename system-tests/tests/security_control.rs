@@ -143,29 +143,7 @@ impl Rig {
 
     /// Acquires a lease as `user` (through `runuser`, with `group` when given).
     fn acquire_as(&self, user: &str, group: Option<&str>) -> Result<Output> {
-        let mut cmd = Command::new("runuser");
-        cmd.args(["-u", user]);
-        if let Some(g) = group {
-            cmd.args(["-g", g]);
-        }
-        cmd.arg("--").arg(&self.cli.bin);
-        if let Some(ca) = &self.cli.ca {
-            cmd.env("HARVEST_CA", ca);
-        }
-        cmd.arg("--scheduler").arg(&self.cli.scheduler).args([
-            "lease",
-            "acquire",
-            "--lib",
-            &self.lib,
-            "--cores",
-            "1",
-            "--mem",
-            "128M",
-            "--lifetime",
-            "5m",
-            "--json",
-        ]);
-        Ok(cmd.stdin(std::process::Stdio::null()).output()?)
+        self.cli.acquire(Some(user), group, &self.lib)
     }
 }
 

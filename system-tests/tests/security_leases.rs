@@ -142,22 +142,7 @@ impl Rig {
     }
 
     fn acquire(&self, user: &str) -> Result<Output> {
-        self.cli.run(
-            Some(user),
-            &[
-                "lease",
-                "acquire",
-                "--lib",
-                &self.lib,
-                "--cores",
-                "1",
-                "--mem",
-                "128M",
-                "--lifetime",
-                "5m",
-                "--json",
-            ],
-        )
+        self.cli.acquire(Some(user), None, &self.lib)
     }
 }
 

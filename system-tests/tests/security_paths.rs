@@ -254,22 +254,7 @@ impl Rig {
     }
 
     fn acquire(&self, lib: &str) -> Result<(String, serde_json::Value)> {
-        let out = self.cli.run(
-            Some(TEST_USER),
-            &[
-                "lease",
-                "acquire",
-                "--lib",
-                lib,
-                "--cores",
-                "1",
-                "--mem",
-                "128M",
-                "--lifetime",
-                "5m",
-                "--json",
-            ],
-        )?;
+        let out = self.cli.acquire(Some(TEST_USER), None, lib)?;
         let (stdout, stderr) = (
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
