@@ -15,7 +15,7 @@
 
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -424,50 +424,36 @@ pub fn run_cmd(args: Args) -> Result<()> {
         fillers.push(f);
     }
     let exe = std::env::current_exe()?;
-    let output = cluster
-        .command("runuser")
-        .args([
-            "-u", USER, "--", "srun", "--quiet", "-w", "n1", "-N1", "-n1",
-        ])
-        // The batch, its byte copy for the functions and the prices: about 110 bytes an option.
-        .arg(format!("--mem={}M", 256 + options * 110 / (1 << 20)))
-        .arg("-c")
-        .arg(args.threads.to_string())
-        .arg(&exe)
-        .arg("offload-app")
-        .args(["--scheduler", cluster.require("HARVEST_SCHEDULER")?])
-        .arg("--lib")
-        .arg(&lib)
-        .args([
-            "--options",
-            &options.to_string(),
-            "--chunk",
-            &args.chunk.to_string(),
-        ])
-        .args([
-            "--threads",
-            &args.threads.to_string(),
-            "--lease-cores",
-            &args.lease_cores.to_string(),
-        ])
-        .args(["--repeats", &repeats.to_string()])
-        .args(["--passes", &args.passes.to_string()])
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()?;
+    let mut app = cluster.command("runuser");
+    app.args([
+        "-u", USER, "--", "srun", "--quiet", "-w", "n1", "-N1", "-n1",
+    ])
+    // The batch, its byte copy for the functions and the prices: about 110 bytes an option.
+    .arg(format!("--mem={}M", 256 + options * 110 / (1 << 20)))
+    .arg("-c")
+    .arg(args.threads.to_string())
+    .arg(&exe)
+    .arg("offload-app")
+    .args(["--scheduler", cluster.require("HARVEST_SCHEDULER")?])
+    .arg("--lib")
+    .arg(&lib)
+    .args([
+        "--options",
+        &options.to_string(),
+        "--chunk",
+        &args.chunk.to_string(),
+    ])
+    .args([
+        "--threads",
+        &args.threads.to_string(),
+        "--lease-cores",
+        &args.lease_cores.to_string(),
+    ])
+    .args(["--repeats", &repeats.to_string()])
+    .args(["--passes", &args.passes.to_string()]);
+    let r: Result<AppResult> = crate::cmd::peers::driver_output(app, "the offload application");
     drop(fillers);
-    ensure!(
-        output.status.success(),
-        "the offload application failed: {}",
-        output.status
-    );
-    let text = String::from_utf8_lossy(&output.stdout);
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .context("the application printed no result")?;
-    let r: AppResult = serde_json::from_str(line)?;
+    let r = r?;
     let s = Summary {
         machine: machine_line(),
         options,

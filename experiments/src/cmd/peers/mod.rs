@@ -496,7 +496,10 @@ fn run_as_user(
 }
 
 /// Runs a driver; its stdout's last line is its JSON, its stderr passes through.
-fn driver_output(mut cmd: Command, what: &str) -> Result<DriverOutput> {
+pub(crate) fn driver_output<T: serde::de::DeserializeOwned>(
+    mut cmd: Command,
+    what: &str,
+) -> Result<T> {
     let out = cmd
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
@@ -518,48 +521,60 @@ fn driver_output(mut cmd: Command, what: &str) -> Result<DriverOutput> {
 /// dev build (fast to make, several times slower on large payloads).
 fn python_venv(python: &Path) -> Result<PathBuf> {
     let venv = repo_root().join("target/python-venv-release");
-    let has = Command::new(venv.join("bin/python"))
-        .args(["-c", "import harvest"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has {
-        eprintln!(
-            "compare-peers: installing the Python client into {}",
-            venv.display()
-        );
-        sh(Command::new(python)
-            .args(["-m", "venv", "--clear"])
-            .arg(&venv))?;
-        sh(Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check"])
-            .arg(repo_root().join("python"))
-            .env("MATURIN_PEP517_ARGS", "--profile release"))?;
-    }
+    let python_dir = repo_root().join("python");
+    ensure_venv(
+        python,
+        &venv,
+        ("import harvest; print('ok')", "ok"),
+        &[python_dir.as_os_str()],
+        &[("MATURIN_PEP517_ARGS", "--profile release")],
+    )?;
     Ok(venv)
 }
 
 /// target/parsl-venv with Parsl `version` (installed from PyPI when missing).
 fn parsl_venv(python: &Path, version: &str) -> Result<PathBuf> {
     let venv = repo_root().join("target/parsl-venv");
-    let installed = Command::new(venv.join("bin/python"))
-        .args(["-c", "import parsl; print(parsl.__version__)"])
+    let package = format!("parsl=={version}");
+    ensure_venv(
+        python,
+        &venv,
+        ("import parsl; print(parsl.__version__)", version),
+        &[package.as_ref()],
+        &[],
+    )?;
+    Ok(venv)
+}
+
+/// Makes `venv` afresh with `python` and `pip install`s `packages` (with `env`) into it, unless
+/// the probe's Python code already prints what it expects there.
+fn ensure_venv(
+    python: &Path,
+    venv: &Path,
+    (probe, expect): (&str, &str),
+    packages: &[&std::ffi::OsStr],
+    env: &[(&str, &str)],
+) -> Result<()> {
+    let printed = Command::new(venv.join("bin/python"))
+        .args(["-c", probe])
         .output()
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    if installed.as_deref() != Some(version) {
-        eprintln!(
-            "compare-peers: installing parsl=={version} into {}",
-            venv.display()
-        );
-        sh(Command::new(python)
-            .args(["-m", "venv", "--clear"])
-            .arg(&venv))?;
-        sh(Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check"])
-            .arg(format!("parsl=={version}")))?;
+    if printed.as_deref() == Some(expect) {
+        return Ok(());
     }
-    Ok(venv)
+    eprintln!(
+        "compare-peers: installing {packages:?} into {}",
+        venv.display()
+    );
+    sh(Command::new(python)
+        .args(["-m", "venv", "--clear"])
+        .arg(venv))?;
+    sh(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(packages)
+        .envs(env.iter().copied()))
 }
 
 fn sh(cmd: &mut Command) -> Result<()> {
