@@ -34,17 +34,17 @@ fn synthetic_swf() -> String {
     s
 }
 
-#[test]
-fn quick_study_writes_every_figure_and_accounts_for_every_function() {
+/// Runs `simulate ARGS --trace T --data D --out O` on [`synthetic_swf`] written as `name` in a
+/// temp dir, which must succeed; returns the dir (kept alive by the caller), the output
+/// directory and its summary.json.
+fn simulate(name: &str, args: &[&str]) -> (tempfile::TempDir, PathBuf, serde_json::Value) {
     let tmp = tempfile::tempdir().unwrap();
-    let trace = tmp.path().join("synthetic.swf");
+    let trace = tmp.path().join(name);
     std::fs::write(&trace, synthetic_swf()).unwrap();
     let out = tmp.path().join("run");
     let status = Command::new(env!("CARGO_BIN_EXE_harvest-experiments"))
-        .args([
-            "simulate", "--quick", "--warmup", "2h", "--policy", "best-fit", "--nodes", "64",
-        ])
-        .args(["--retries", "1", "--sweep", "0.25,1,2"])
+        .arg("simulate")
+        .args(args)
         .arg("--trace")
         .arg(&trace)
         .arg("--data")
@@ -54,8 +54,29 @@ fn quick_study_writes_every_figure_and_accounts_for_every_function() {
         .status()
         .unwrap();
     assert!(status.success(), "simulate failed: {status}");
-    let summary: serde_json::Value =
+    let summary =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    (tmp, out, summary)
+}
+
+#[test]
+fn quick_study_writes_every_figure_and_accounts_for_every_function() {
+    let (_tmp, out, summary) = simulate(
+        "synthetic.swf",
+        &[
+            "--quick",
+            "--warmup",
+            "2h",
+            "--policy",
+            "best-fit",
+            "--nodes",
+            "64",
+            "--retries",
+            "1",
+            "--sweep",
+            "0.25,1,2",
+        ],
+    );
     let f = |k: &str| {
         summary[k]
             .as_f64()
@@ -156,24 +177,20 @@ fn quick_study_writes_every_figure_and_accounts_for_every_function() {
 fn without_nodes_the_trace_runs_on_its_own_machine_whatever_its_name() {
     // Named like a trace the simulator knows, with another machine in its header: the header
     // decides (32 nodes of 16 cores), not the file name.
-    let tmp = tempfile::tempdir().unwrap();
-    let trace = tmp.path().join("RICC-2010-2.swf");
-    std::fs::write(&trace, synthetic_swf()).unwrap();
-    let out = tmp.path().join("run");
-    let status = Command::new(env!("CARGO_BIN_EXE_harvest-experiments"))
-        .args(["simulate", "--quick", "--warmup", "2h", "--windows", "1"])
-        .args(["--sweep", "0.5", "--queue-order", "fcfs"])
-        .arg("--trace")
-        .arg(&trace)
-        .arg("--data")
-        .arg(data_dir())
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success(), "simulate failed: {status}");
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let (_tmp, _, summary) = simulate(
+        "RICC-2010-2.swf",
+        &[
+            "--quick",
+            "--warmup",
+            "2h",
+            "--windows",
+            "1",
+            "--sweep",
+            "0.5",
+            "--queue-order",
+            "fcfs",
+        ],
+    );
     assert_eq!(summary["nodes"], 32);
     assert_eq!(summary["replication"], 1);
     assert_eq!(summary["queue_order"], "fcfs");
