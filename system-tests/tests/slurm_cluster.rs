@@ -50,13 +50,25 @@ fn a_batch_job_gets_a_cgroup_with_exactly_its_cpus_and_memory() {
     .expect("the job's cpuset cgroup appeared");
     assert_eq!(cpus.len(), 1, "exactly one CPU in {cpus}");
 
-    let mem_dir = c.job_cgroup("memory", "n1", job.id).unwrap();
-    let limit: u64 = std::fs::read_to_string(mem_dir.join("memory.limit_in_bytes"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert_eq!(limit, 300 * 1024 * 1024);
+    // The memory group can exist a moment before slurmstepd writes its limit (it reads
+    // unlimited then): wait for the limit, then it must be exactly the job's.
+    let want = 300 * 1024 * 1024;
+    let mut limit = 0;
+    let set = poll(Duration::from_secs(10), || {
+        let Ok(dir) = c.job_cgroup("memory", "n1", job.id) else {
+            return Ok(None);
+        };
+        limit = std::fs::read_to_string(dir.join("memory.limit_in_bytes"))?
+            .trim()
+            .parse()?;
+        Ok((limit == want).then_some(()))
+    })
+    .unwrap();
+    assert!(
+        set.is_some(),
+        "job {}'s memory limit is {limit}, not {want}",
+        job.id
+    );
 
     job.cancel().unwrap();
     let gone = poll(Duration::from_secs(30), || {
