@@ -34,6 +34,10 @@ impl AgentGateway for Gateway {
     ) -> Result<Response<Self::SessionStream>, Status> {
         let mut inbound = request.into_inner();
         let received = self.received.clone();
+        // The session takes orders before the test can see anything the agent sent on it: a
+        // test that saw the Register may send at once.
+        let (tx, rx) = mpsc::channel(16);
+        *self.orders.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
         tokio::spawn(async move {
             while let Some(Ok(m)) = inbound.next().await {
                 if received.send(m).is_err() {
@@ -41,8 +45,6 @@ impl AgentGateway for Gateway {
                 }
             }
         });
-        let (tx, rx) = mpsc::channel(16);
-        *self.orders.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -142,16 +144,26 @@ impl FakeScheduler {
 
     /// Sends `order` and waits up to `wait` for its lease's first event: the executor's info
     /// once it is ready, else what came instead (`Failed`, `Exited`, or `None` for nothing, or no
-    /// session to send on) for the caller to report beside the agent's log.
+    /// session to send on) for the caller to report beside the agent's log. An order that finds
+    /// no open session (the agent is reconnecting) is sent again on the next one, as a real
+    /// scheduler's would be, until `wait` has passed.
     pub async fn start_executor(
         &mut self,
         order: v1::CreateExecutor,
         wait: Duration,
     ) -> Result<v1::ExecutorInfo, Option<v1::executor_event::Event>> {
         let lease = order.lease_id.clone();
-        if !self.send(v1::scheduler_message::Msg::Create(order)).await {
-            return Err(None);
+        let deadline = Instant::now() + wait;
+        while !self
+            .send(v1::scheduler_message::Msg::Create(order.clone()))
+            .await
+        {
+            if Instant::now() >= deadline {
+                return Err(None);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let wait = deadline.saturating_duration_since(Instant::now());
         match self.wait_for(wait, |m| event_of(m, &lease)).await {
             Some(v1::executor_event::Event::Ready(info)) => Ok(info),
             other => Err(other),
