@@ -206,14 +206,20 @@ impl Drop for Agent {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
+        while Instant::now() < deadline && !matches!(self.child.try_wait(), Ok(Some(_))) {
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if !matches!(self.child.try_wait(), Ok(Some(_))) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        // harvestd ends its lease groups; the parent it made for them is this run's to remove
+        // (rmdir: only where it is empty), on v1 in each hierarchy, on v2 once.
+        let root = Path::new("/sys/fs/cgroup");
+        for h in ["cpuset", "memory", "cpu", "freezer", "pids", "devices"] {
+            let _ = std::fs::remove_dir(root.join(h).join(PARENT));
+        }
+        let _ = std::fs::remove_dir(root.join(PARENT));
     }
 }
 
