@@ -127,6 +127,9 @@ pub struct NodeFamilies {
     interference_level: Family<Labels, Gauge>,
     interference_signal: Family<Labels, FloatGauge>,
     interference_level_actions: Family<Labels, Counter>,
+    lease_verdict: Family<Labels, Gauge>,
+    lease_harm: Family<Labels, FloatGauge>,
+    lease_confidence: Family<Labels, FloatGauge>,
 }
 
 impl NodeFamilies {
@@ -146,6 +149,9 @@ impl NodeFamilies {
             interference_level: Family::default(),
             interference_signal: Family::default(),
             interference_level_actions: Family::default(),
+            lease_verdict: Family::default(),
+            lease_harm: Family::default(),
+            lease_confidence: Family::default(),
         }
     }
 
@@ -244,6 +250,23 @@ impl NodeFamilies {
             "Interference control actions by level (weight, quota, freeze, evict)",
             self.interference_level_actions.clone(),
         );
+        r.register(
+            "interference_lease_verdict",
+            "1 for each lease's interference verdict (pending, harmless, unknown, culprit) and \
+             its control level",
+            self.lease_verdict.clone(),
+        );
+        r.register(
+            "interference_lease_harm_percent",
+            "Each lease's marginal harm: the batch job's mean slowdown with the lease running \
+             against it frozen, over its recent probes",
+            self.lease_harm.clone(),
+        );
+        r.register(
+            "interference_lease_confidence",
+            "The probability that each lease's harm is above the probe threshold",
+            self.lease_confidence.clone(),
+        );
     }
 
     /// Replaces every series with those of `nodes` (a node, GPU, level or signal that is no
@@ -269,6 +292,9 @@ impl NodeFamilies {
         self.interference_level.clear();
         self.interference_signal.clear();
         self.interference_level_actions.clear();
+        self.lease_verdict.clear();
+        self.lease_harm.clear();
+        self.lease_confidence.clear();
     }
 
     fn set(&self, n: &NodeReport<'_>) -> Usage {
@@ -331,6 +357,22 @@ impl NodeFamilies {
                 *count,
             );
         }
+        for l in &i.leases {
+            let job = l.job_id.to_string();
+            self.lease_verdict
+                .get_or_create(&labels([
+                    ("node", node),
+                    ("lease", &l.lease_id),
+                    ("verdict", &l.verdict),
+                    ("level", level_name(l.level().or_none())),
+                ]))
+                .set(1);
+            if l.probes > 0 {
+                let id = labels([("node", node), ("lease", &l.lease_id), ("job", &job)]);
+                self.lease_harm.get_or_create(&id).set(l.harm_pct);
+                self.lease_confidence.get_or_create(&id).set(l.confidence);
+            }
+        }
     }
 }
 
@@ -377,6 +419,23 @@ mod tests {
         let quota = v1::InterferenceState {
             level: v1::InterferenceLevel::Quota.into(),
             signals: [("psi".to_owned(), 1.5)].into(),
+            leases: vec![
+                v1::LeaseInterference {
+                    lease_id: "T".into(),
+                    level: v1::InterferenceLevel::Quota.into(),
+                    verdict: "culprit".into(),
+                    job_id: 7,
+                    harm_pct: 12.5,
+                    probes: 3,
+                    confidence: 0.98,
+                    ..Default::default()
+                },
+                v1::LeaseInterference {
+                    lease_id: "C".into(),
+                    verdict: "pending".into(),
+                    ..Default::default()
+                },
+            ],
             ..Default::default()
         };
         let report = |view, interference| NodeReport {
@@ -396,6 +455,16 @@ mod tests {
         assert!(first.contains(r#"harvest_node_cpus{node="n2",state="idle"} 4"#));
         assert!(first.contains(r#"harvest_interference_level{node="n1",level="quota"} 1"#));
         assert!(first.contains(r#"harvest_gpu_state{node="n1",gpu="0",state="idle"} 1"#));
+        for line in [
+            r#"harvest_interference_lease_verdict{node="n1",lease="T",verdict="culprit",level="quota"} 1"#,
+            r#"harvest_interference_lease_verdict{node="n1",lease="C",verdict="pending",level="none"} 1"#,
+            r#"harvest_interference_lease_harm_percent{node="n1",lease="T",job="7"} 12.5"#,
+            r#"harvest_interference_lease_confidence{node="n1",lease="T",job="7"} 0.98"#,
+        ] {
+            assert!(first.contains(line), "{line} in {first}");
+        }
+        // A lease not probed yet has a verdict and no estimate.
+        assert!(!first.contains(r#"lease="C",job"#), "{first}");
 
         // n2 left, n1's GPU went to a function, and its monitor stopped.
         let busy = view("n1", true);
@@ -405,6 +474,7 @@ mod tests {
         assert!(!second.contains(r#"node="n2""#), "{second}");
         assert!(!second.contains("harvest_interference_level{"), "{second}");
         assert!(!second.contains("harvest_interference_signal{"), "{second}");
+        assert!(!second.contains("harvest_interference_lease"), "{second}");
         assert!(!second.contains(r#"harvest_gpu_state{node="n1",gpu="0",state="idle"}"#));
         assert!(second.contains(r#"harvest_gpu_state{node="n1",gpu="0",state="function"} 1"#));
         // Totals are set again, not added to the previous scrape's.

@@ -109,6 +109,42 @@ pub struct InterferenceView {
     pub unavailable: Vec<String>,
     pub signals: BTreeMap<String, f64>,
     pub actions: BTreeMap<String, u64>,
+    /// Each lease's verdict and level.
+    pub leases: Vec<LeaseInterferenceView>,
+}
+
+/// One lease's interference verdict ([`v1::LeaseInterference`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LeaseInterferenceView {
+    pub lease_id: String,
+    #[serde(serialize_with = "serialize_level")]
+    pub level: v1::InterferenceLevel,
+    pub quota_pct: u32,
+    pub verdict: String,
+    pub job_id: u32,
+    pub harm_pct: f64,
+    pub harm_se_pct: f64,
+    pub probes: u32,
+    pub confidence: f64,
+    pub reason: String,
+}
+
+impl From<&v1::LeaseInterference> for LeaseInterferenceView {
+    fn from(l: &v1::LeaseInterference) -> Self {
+        Self {
+            lease_id: l.lease_id.clone(),
+            level: l.level().or_none(),
+            quota_pct: l.quota_pct,
+            verdict: l.verdict.clone(),
+            job_id: l.job_id,
+            // JSON has no infinity: a standard error of fewer than two probes reads as null.
+            harm_pct: l.harm_pct,
+            harm_se_pct: l.harm_se_pct,
+            probes: l.probes,
+            confidence: l.confidence,
+            reason: l.reason.clone(),
+        }
+    }
 }
 
 impl From<&v1::InterferenceState> for InterferenceView {
@@ -121,6 +157,7 @@ impl From<&v1::InterferenceState> for InterferenceView {
             unavailable: i.unavailable.clone(),
             signals: i.signals.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             actions: i.actions.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            leases: i.leases.iter().map(LeaseInterferenceView::from).collect(),
         }
     }
 }
@@ -233,12 +270,42 @@ mod tests {
             unavailable: vec!["perf".into()],
             signals: [("a".to_owned(), 0.5)].into(),
             actions: [("quota".to_owned(), 2)].into(),
+            leases: vec![v1::LeaseInterference {
+                lease_id: "L1".into(),
+                level: v1::InterferenceLevel::Quota.into(),
+                quota_pct: 25,
+                verdict: "culprit".into(),
+                job_id: 7,
+                harm_pct: 9.0,
+                harm_se_pct: 1.5,
+                probes: 3,
+                confidence: 0.99,
+                reason: "job 7 ran 9% slower".into(),
+            }],
         });
         assert_eq!(
             (level_name(i.level), i.signals["a"], i.actions["quota"]),
             ("quota", 0.5, 2)
         );
         assert_eq!(i.unavailable, ["perf"]);
+        let l = &i.leases[0];
+        assert_eq!(
+            (
+                l.lease_id.as_str(),
+                level_name(l.level),
+                l.quota_pct,
+                l.verdict.as_str()
+            ),
+            ("L1", "quota", 25, "culprit")
+        );
+        assert_eq!(
+            (l.job_id, l.harm_pct, l.harm_se_pct, l.probes),
+            (7, 9.0, 1.5, 3)
+        );
+        assert_eq!(
+            (l.confidence, l.reason.as_str()),
+            (0.99, "job 7 ran 9% slower")
+        );
     }
 
     #[test]

@@ -388,6 +388,7 @@ mod tests {
                 unavailable: vec![],
                 signals: [("psi.cpu.some.avg10".to_owned(), 12.5)].into(),
                 actions: [("quota".to_owned(), 3), ("weight".to_owned(), 1)].into(),
+                leases: vec![],
             }),
             revocations: [("reclaimed".to_owned(), 5)].into(),
         }

@@ -136,6 +136,18 @@ impl Controller {
         }
     }
 
+    /// Starts at `level` (remembered from an earlier lease beside the same job) instead of at
+    /// `none`; a level not on the ladder starts at the highest step below it.
+    pub fn start_at(&mut self, now: Instant, level: Level, reason: String) -> Option<Decision> {
+        let to = self
+            .ladder
+            .iter()
+            .rposition(|l| l.severity() <= level.severity())
+            .unwrap_or(0);
+        (to != self.idx && self.ladder[to] < Level::Evict)
+            .then(|| self.change(now, to, "memory", reason))
+    }
+
     /// One period's findings; returns the level change, if any.
     pub fn decide(
         &mut self,

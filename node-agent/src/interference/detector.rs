@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Level;
+use super::attribution::{Judgement, Verdict, judge};
 use super::settings::InterferenceConfig;
 use super::signals::{Snapshot, Target, names};
 
@@ -349,17 +350,8 @@ pub struct FreezeProbe {
     next_due: Option<Instant>,
     /// The slowdowns (%) of the latest probes at the current level, at most `window`.
     recent: VecDeque<f64>,
-}
-
-/// The mean of `v` and its standard error (infinite for fewer than two values).
-fn mean_se(v: &VecDeque<f64>) -> (f64, f64) {
-    let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    if v.len() < 2 {
-        return (mean, f64::INFINITY);
-    }
-    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    (mean, (var / n).sqrt())
+    /// What those probes say.
+    judgement: Judgement,
 }
 
 impl FreezeProbe {
@@ -374,7 +366,18 @@ impl FreezeProbe {
             last: None,
             next_due: None,
             recent: VecDeque::new(),
+            judgement: Judgement::pending(f64::from(cfg.probe_slowdown_pct)),
         }
+    }
+
+    /// What the probes at the current level say.
+    pub fn judgement(&self) -> Judgement {
+        self.judgement
+    }
+
+    /// When the latest probe ran.
+    pub fn last_probe(&self) -> Option<Instant> {
+        self.last
     }
 }
 
@@ -388,6 +391,7 @@ impl Detector for FreezeProbe {
             // The next executor beside a job is probed as soon as the budget allows.
             self.next_due = None;
             self.recent.clear();
+            self.judgement = Judgement::pending(self.threshold_pct);
         }
         Finding::Quiet
     }
@@ -396,6 +400,7 @@ impl Detector for FreezeProbe {
         // A new level: judge it afresh, and soon.
         self.recent.clear();
         self.next_due = None;
+        self.judgement = Judgement::pending(self.threshold_pct);
     }
 
     fn suspect(&mut self, now: Instant) {
@@ -438,13 +443,19 @@ impl Detector for FreezeProbe {
             self.recent.pop_front();
         }
         let n = self.recent.len();
-        let (mean, se) = mean_se(&self.recent);
+        let j = judge(
+            &self.recent,
+            Some(job.job_id),
+            self.threshold_pct,
+            self.confirm,
+            self.window,
+        );
+        self.judgement = j;
+        let (mean, se) = (j.mean_pct, j.se_pct);
         let lower = mean - se;
-        let confident = n >= self.confirm && lower > self.threshold_pct;
-        let persistent = n >= self.window && mean > self.threshold_pct;
         // Undecided above the threshold: probe again as soon as the budget allows.
-        let undecided = !confident
-            && !persistent
+        let undecided = j.verdict != Verdict::Culprit
+            && n < self.window
             && (slowdown > self.threshold_pct || mean > self.threshold_pct);
         self.next_due = Some(
             now + if undecided {
@@ -453,7 +464,16 @@ impl Detector for FreezeProbe {
                 self.interval
             },
         );
-        if !(confident || persistent) {
+        if j.verdict != Verdict::Culprit {
+            if j.verdict == Verdict::Unknown && mean > self.threshold_pct {
+                // The job's noise is larger than the harm: no guess either way. The level
+                // holds (no relaxation into what may be harm, no escalation on a guess).
+                return Finding::Suspect(format!(
+                    "freeze-probe: job {}: {}: its noise is larger than the harm; holding",
+                    job.job_id,
+                    j.describe()
+                ));
+            }
             if !undecided {
                 return Finding::Clear;
             }
@@ -476,7 +496,7 @@ impl Detector for FreezeProbe {
             return Finding::Suspect(why);
         }
         let each: Vec<String> = self.recent.iter().map(|s| format!("{s:.1}")).collect();
-        let severe = confident && lower >= self.jump_pct;
+        let severe = n >= self.confirm && lower >= self.jump_pct;
         Finding::Harm {
             job: job.job_id,
             reason: format!(

@@ -25,6 +25,7 @@
 //!
 //! docs/interference.md explains the signals, the decisions and the defaults.
 
+pub mod attribution;
 pub mod controller;
 pub mod detector;
 pub mod monitor;
@@ -34,6 +35,8 @@ pub mod sources;
 #[cfg(test)]
 pub mod testing;
 
+#[cfg(test)]
+mod attribution_tests;
 #[cfg(test)]
 mod tests;
 
@@ -72,6 +75,18 @@ impl Level {
     /// "none", "weight", "quota", "freeze" or "evict" (the wire level's name).
     pub fn name(self) -> &'static str {
         level_name(self.into())
+    }
+
+    /// How hard the level holds the leases back, for comparing levels: a lower quota is
+    /// harder (the derived order compares quota percentages the other way round).
+    pub fn severity(self) -> (u8, u32) {
+        match self {
+            Self::None => (0, 0),
+            Self::Weight => (1, 0),
+            Self::Quota(p) => (2, 100u32.saturating_sub(p)),
+            Self::Freeze => (3, 0),
+            Self::Evict => (4, 0),
+        }
     }
 
     /// `quota 25%` for a quota level, else the name.

@@ -17,8 +17,9 @@ use harvest_proto::v1::{self, EndCause};
 use tokio::time::Instant;
 
 use super::Level;
+use super::attribution::{JobMemory, Judgement};
 use super::controller::{Actuator, Controller, Decision, LeaseActuator, LeaseControl};
-use super::detector::{self, Context, Detector, Finding, ProbeJob, ProbeResult};
+use super::detector::{self, Context, Detector, Finding, FreezeProbe, ProbeJob, ProbeResult};
 use super::settings::{InterferenceConfig, Mode};
 use super::signals::{
     JobTarget, LeaseTarget, MIN_CPU_FOR_EFFICIENCY, Sample, Snapshot, Source, Target, Targets,
@@ -91,6 +92,7 @@ impl TargetFinder for AgentTargets {
             .filter(|(id, _)| snap.is_ready(id))
             .map(|(id, l)| LeaseTarget {
                 id: id.clone(),
+                uid: l.uid,
                 group: self.lease_parent.join(format!("lease_{id}")),
                 cores: u32::try_from(l.cpus.len()).unwrap_or(u32::MAX),
             })
@@ -109,6 +111,16 @@ pub struct Parts {
     pub stats: Arc<NodeStats>,
 }
 
+/// One lease's watch: its own freeze-probe, ladder and control.
+#[derive(Debug)]
+struct LeaseWatch {
+    uid: u32,
+    probe: Option<FreezeProbe>,
+    controller: Controller,
+    /// What its group was last set to.
+    applied: Option<LeaseControl>,
+}
+
 /// One node's interference monitor.
 #[derive(Debug)]
 pub struct Monitor {
@@ -116,11 +128,19 @@ pub struct Monitor {
     node: String,
     normal_weight: u64,
     parts: Parts,
+    /// The node-wide detectors (`threshold`): they see the jobs, not which lease hurts them.
     detectors: Vec<Box<dyn Detector>>,
-    controller: Controller,
+    /// Whether each lease gets its own freeze-probe (`freeze-probe` among the detectors).
+    probing: bool,
+    leases: BTreeMap<String, LeaseWatch>,
+    memory: JobMemory,
+    /// After an eviction the node stays at `evict` (no placements) until then: the detector and
+    /// reason of the eviction.
+    evict_hold: Option<(Instant, String, String)>,
+    /// The node's level at the latest tick: the highest lease level, or `evict` while an
+    /// eviction holds.
+    level: Level,
     prev: Option<(Instant, Sample)>,
-    /// What each lease group was last set to.
-    applied: BTreeMap<String, LeaseControl>,
     /// Actions by level, plus probes and their frozen time.
     actions: BTreeMap<String, u64>,
     since_ms: u64,
@@ -129,26 +149,47 @@ pub struct Monitor {
 impl Monitor {
     /// `lease_weight` is the CPU weight executors are started with (restored at `none`).
     pub fn new(cfg: InterferenceConfig, node: &str, lease_weight: u64, parts: Parts) -> Self {
-        let detectors = detector::build(&cfg);
-        let controller = Controller::new(&cfg, lease_weight);
-        tracing::info!(node, ladder = ?controller.ladder(), detectors = ?cfg.detectors,
-            mode = ?cfg.mode, period = ?cfg.period, "interference monitor started");
+        let detectors: Vec<_> = detector::build(&cfg)
+            .into_iter()
+            .filter(|d| d.name() != "freeze-probe")
+            .collect();
+        let probing = cfg.detectors.iter().any(|d| d == "freeze-probe");
+        let ladder = Controller::new(&cfg, lease_weight).ladder().to_vec();
+        tracing::info!(node, ?ladder, detectors = ?cfg.detectors, mode = ?cfg.mode,
+            period = ?cfg.period, "interference monitor started (per-lease attribution)");
         Self {
+            memory: JobMemory::new(cfg.memory_ttl),
             cfg,
             node: node.to_owned(),
             normal_weight: lease_weight,
             parts,
             detectors,
-            controller,
+            probing,
+            leases: BTreeMap::new(),
+            evict_hold: None,
+            level: Level::None,
             prev: None,
-            applied: BTreeMap::new(),
             actions: BTreeMap::new(),
             since_ms: now_ms(SystemTime::now()),
         }
     }
 
+    /// The node's level: the highest of its leases', or `evict` while an eviction holds.
     pub fn level(&self) -> Level {
-        self.controller.level()
+        self.level
+    }
+
+    /// One lease's level (`None` for a lease it does not watch).
+    pub fn lease_level(&self, lease: &str) -> Option<Level> {
+        self.leases.get(lease).map(|w| w.controller.level())
+    }
+
+    /// What one lease's probes say.
+    pub fn judgement(&self, lease: &str) -> Option<Judgement> {
+        self.leases
+            .get(lease)
+            .and_then(|w| w.probe.as_ref())
+            .map(FreezeProbe::judgement)
     }
 
     /// Runs until `shutdown` resolves; then every lease gets its normal control back.
@@ -170,25 +211,96 @@ impl Monitor {
         let targets = self.parts.targets.targets();
         let normal = LeaseControl::normal(self.normal_weight);
         for lease in &targets.leases {
-            if let Some(had) = self.applied.get(&lease.id)
-                && *had != normal
-                && let Err(e) = self.parts.actuator.set(lease, Some(*had), normal)
+            if let Some(had) = self.leases.get(&lease.id).and_then(|w| w.applied)
+                && had != normal
+                && let Err(e) = self.parts.actuator.set(lease, Some(had), normal)
             {
                 tracing::warn!(lease = %lease.id, error = %e, "could not restore the lease's control");
             }
         }
-        self.applied.clear();
+        self.leases.clear();
     }
 
+    fn enforce(&self) -> bool {
+        self.cfg.mode == Mode::Enforce
+    }
+
+    /// The node as the node-wide detectors see it.
     fn context(&self, targets: &Targets) -> Context {
-        let level = self.level();
-        let enforce = self.cfg.mode == Mode::Enforce;
+        let enforce = self.enforce();
         Context {
             jobs: targets.jobs.len(),
             leases: targets.leases.len(),
-            executors_active: !targets.leases.is_empty() && (!enforce || level < Level::Freeze),
+            executors_active: self
+                .leases
+                .values()
+                .any(|w| !enforce || w.controller.level() < Level::Freeze),
+            level: self.level,
+        }
+    }
+
+    /// One lease as its own probe sees it.
+    fn lease_context(&self, jobs: usize, w: &LeaseWatch) -> Context {
+        let level = w.controller.level();
+        Context {
+            jobs,
+            leases: 1,
+            executors_active: !self.enforce() || level < Level::Freeze,
             level,
         }
+    }
+
+    /// Watches the leases that appeared (at the level remembered for their owner beside these
+    /// jobs, if any) and forgets those that ended.
+    fn sync(&mut self, now: Instant, targets: &Targets, snap: &Snapshot) {
+        self.leases
+            .retain(|id, _| targets.leases.iter().any(|l| &l.id == id));
+        let jobs: Vec<u32> = targets.jobs.iter().map(|j| j.job_id).collect();
+        self.memory.prune(&jobs, now);
+        for lease in &targets.leases {
+            if self.leases.contains_key(&lease.id) {
+                continue;
+            }
+            let mut controller = Controller::new(&self.cfg, self.normal_weight);
+            let start = self
+                .memory
+                .recall(&jobs, lease.uid, now)
+                .and_then(|(level, job)| {
+                    let why = format!(
+                        "uid {}'s lease beside job {job} was held within the threshold at {} \
+                     (remembered); lease {} starts there",
+                        lease.uid,
+                        level.describe(),
+                        lease.id
+                    );
+                    controller.start_at(now, level, why)
+                });
+            self.leases.insert(
+                lease.id.clone(),
+                LeaseWatch {
+                    uid: lease.uid,
+                    probe: self.probing.then(|| FreezeProbe::new(&self.cfg)),
+                    controller,
+                    applied: None,
+                },
+            );
+            if let Some(d) = start {
+                self.decided(&lease.id, &d, snap);
+            }
+        }
+    }
+
+    /// The lease to probe now: of those whose probe is due, the one probed longest ago.
+    fn due_probe(&self, now: Instant, jobs: usize) -> Option<String> {
+        self.leases
+            .iter()
+            .filter_map(|(id, w)| {
+                let p = w.probe.as_ref()?;
+                p.wants_probe(now, &self.lease_context(jobs, w))
+                    .then(|| (p.last_probe(), id))
+            })
+            .min()
+            .map(|(_, id)| id.clone())
     }
 
     /// One period at `now`.
@@ -203,70 +315,143 @@ impl Monitor {
             },
         };
         self.prev = Some((now, sample));
+        self.sync(now, &targets, &snap);
         let ctx = self.context(&targets);
-        let mut findings: Vec<(&'static str, Finding)> = self
+        let jobs = targets.jobs.len();
+        let mut node_findings: Vec<(&'static str, Finding)> = self
             .detectors
             .iter_mut()
             .map(|d| (d.name(), d.observe(now, &snap, &ctx)))
             .collect();
-        let probing = self.detectors.iter().any(|d| d.name() == "freeze-probe");
-        if self.cfg.confirm_with_probe && probing && self.cfg.mode == Mode::Enforce {
-            for (name, f) in &mut findings {
-                if let Finding::Harm { reason, .. } = f
-                    && *name != "freeze-probe"
-                {
-                    tracing::info!(detector = *name, %reason, "harm suspected; the freeze-probe confirms");
+        let lease_ctx: Vec<(String, Context)> = self
+            .leases
+            .iter()
+            .map(|(id, w)| (id.clone(), self.lease_context(jobs, w)))
+            .collect();
+        for (id, c) in &lease_ctx {
+            if let Some(p) = self.leases.get_mut(id).and_then(|w| w.probe.as_mut()) {
+                p.observe(now, &snap, c);
+            }
+        }
+        if self.cfg.confirm_with_probe && self.probing && self.enforce() {
+            for (name, f) in &mut node_findings {
+                if let Finding::Harm { reason, .. } = f {
+                    tracing::info!(detector = *name, %reason,
+                        "harm suspected; each lease's freeze-probe confirms or clears it");
                     *f = Finding::Quiet;
-                    for d in &mut self.detectors {
-                        d.suspect(now);
+                    for w in self.leases.values_mut() {
+                        if let Some(p) = &mut w.probe {
+                            p.suspect(now);
+                        }
                     }
                 }
             }
         }
-        let probe_wanted = self.detectors.iter().any(|d| d.wants_probe(now, &ctx));
-        if probe_wanted && self.cfg.mode == Mode::Enforce {
-            let result = self.probe(&targets).await;
-            findings.extend(
-                self.detectors
-                    .iter_mut()
-                    .map(|d| (d.name(), d.probed(now, &result))),
-            );
+        let mut probed: Option<(String, Finding)> = None;
+        if self.enforce()
+            && let Some(id) = self.due_probe(now, jobs)
+        {
+            let (result, alone) = self.probe(&targets, &id).await;
+            if alone {
+                // The job ran with no executor at all: the node-wide detectors learn from it.
+                for d in &mut self.detectors {
+                    d.probed(now, &result);
+                }
+            }
+            if let Some(p) = self.leases.get_mut(&id).and_then(|w| w.probe.as_mut()) {
+                probed = Some((id, p.probed(now, &result)));
+            }
         }
-        for (d, f) in &findings {
+        let probe_finding = probed.as_ref().map(|(_, f)| ("freeze-probe", f.clone()));
+        for (d, f) in node_findings.iter().chain(probe_finding.iter()) {
             match f {
                 Finding::Harm { reason, .. } => tracing::info!(detector = d, %reason, "harm found"),
                 Finding::Blind(why) => tracing::debug!(detector = d, %why, "cannot judge"),
                 _ => {}
             }
         }
-        if let Some(decision) = self.controller.decide(now, &findings, targets.leases.len()) {
-            self.decided(&decision, &snap);
-            for d in &mut self.detectors {
-                d.reset();
+        let ids: Vec<String> = self.leases.keys().cloned().collect();
+        for id in ids {
+            let mut findings: Vec<(&'static str, Finding)> = node_findings
+                .iter()
+                .filter(|(_, f)| matches!(f, Finding::Harm { .. } | Finding::Suspect(_)))
+                .cloned()
+                .collect();
+            let own = probed
+                .as_ref()
+                .filter(|(p, _)| *p == id)
+                .map(|(_, f)| f.clone());
+            if let Some(f) = &own {
+                findings.push(("freeze-probe", f.clone()));
+            }
+            let w = self.leases.get_mut(&id).expect("listed above");
+            let decision = w.controller.decide(now, &findings, 1);
+            let level = w.controller.level();
+            let uid = w.uid;
+            let judged = w.probe.as_ref().map(FreezeProbe::judgement);
+            if let (Some(Finding::Clear), Some(job)) = (&own, judged.and_then(|j| j.job)) {
+                // Clear at a throttled level: that level holds this owner's lease beside this
+                // job; clear at none: nothing to remember.
+                if level > Level::None && level < Level::Freeze {
+                    self.memory.remember(job, uid, level, now);
+                } else if level == Level::None {
+                    self.memory.forget(job, uid);
+                }
+            }
+            if let Some(d) = decision {
+                self.decided(&id, &d, &snap);
+                if let Some(p) = self.leases.get_mut(&id).and_then(|w| w.probe.as_mut()) {
+                    p.reset();
+                }
+                for d in &mut self.detectors {
+                    d.reset();
+                }
             }
         }
-        if self.cfg.mode == Mode::Enforce {
-            self.apply(&targets).await;
+        if self.enforce() {
+            self.apply(now, &targets).await;
         }
+        self.level = self.node_level(now);
         self.publish(&snap);
     }
 
-    fn decided(&mut self, d: &Decision, snap: &Snapshot) {
+    fn node_level(&self, now: Instant) -> Level {
+        if self
+            .evict_hold
+            .as_ref()
+            .is_some_and(|(until, ..)| now < *until)
+        {
+            return Level::Evict;
+        }
+        self.leases
+            .values()
+            .map(|w| w.controller.level())
+            .max_by_key(|l| l.severity())
+            .unwrap_or(Level::None)
+    }
+
+    fn decided(&mut self, lease: &str, d: &Decision, snap: &Snapshot) {
         let signals: Vec<String> = snap
             .named()
             .iter()
             .filter(|(k, _)| !k.starts_with("gpu."))
             .map(|(k, v)| format!("{k}={v:.3}"))
             .collect();
-        let escalation = d.to > d.from;
-        if self.cfg.mode == Mode::Observe {
-            tracing::info!(node = %self.node, from = %d.from.describe(), would_be = %d.to.describe(),
-                detector = %d.detector, reason = %d.reason, signals = %signals.join(" "),
-                "interference (observe mode: nothing applied)");
+        let escalation = d.to.severity() > d.from.severity();
+        let verdict = self
+            .leases
+            .get(lease)
+            .and_then(|w| w.probe.as_ref())
+            .map(|p| p.judgement().describe())
+            .unwrap_or_default();
+        if !self.enforce() {
+            tracing::info!(node = %self.node, lease, from = %d.from.describe(),
+                would_be = %d.to.describe(), detector = %d.detector, reason = %d.reason,
+                signals = %signals.join(" "), "interference (observe mode: nothing applied)");
             return;
         }
-        tracing::info!(node = %self.node, from = %d.from.describe(), to = %d.to.describe(),
-            detector = %d.detector, reason = %d.reason, signals = %signals.join(" "),
+        tracing::info!(node = %self.node, lease, from = %d.from.describe(), to = %d.to.describe(),
+            detector = %d.detector, reason = %d.reason, %verdict, signals = %signals.join(" "),
             "interference control level changed");
         let key = if escalation { d.to.name() } else { "relax" };
         *self.actions.entry(key.to_owned()).or_default() += 1;
@@ -274,61 +459,74 @@ impl Monitor {
         self.since_ms = now_ms(SystemTime::now());
     }
 
-    /// Brings every lease to the current level; at `evict`, ends them.
-    async fn apply(&mut self, targets: &Targets) {
-        self.applied
-            .retain(|id, _| targets.leases.iter().any(|l| &l.id == id));
-        let level = self.level();
-        if level == Level::Evict {
-            let (_, why) = self.controller.why();
-            let reason = format!("evicted for interference: {why}");
-            for lease in &targets.leases {
+    /// Brings every lease to its level; a lease at `evict` is ended.
+    async fn apply(&mut self, now: Instant, targets: &Targets) {
+        for lease in &targets.leases {
+            let Some(w) = self.leases.get_mut(&lease.id) else {
+                continue;
+            };
+            let level = w.controller.level();
+            if level == Level::Evict {
+                let (detector, why) = w.controller.why();
+                let (detector, why) = (detector.to_owned(), why.to_owned());
+                let reason = format!("evicted for interference: {why}");
                 // Thawed first, so the executor can take its SIGTERM.
                 let _ = self.parts.actuator.thaw(lease);
-                self.applied.remove(&lease.id);
+                w.applied = None;
                 if self.parts.evictor.evict(&lease.id, reason.clone()).await {
                     tracing::warn!(lease = %lease.id, %reason, "lease evicted");
                     *self.actions.entry("evicted_leases".into()).or_default() += 1;
                 }
-            }
-            return;
-        }
-        let want = LeaseControl::for_level(
-            level,
-            self.normal_weight,
-            self.cfg.weight,
-            self.controller.last_quota(),
-        );
-        for lease in &targets.leases {
-            let had = self.applied.get(&lease.id).copied();
-            if had == Some(want) {
+                self.evict_hold = Some((now + self.cfg.evict_hold, detector, why));
                 continue;
             }
-            match self.parts.actuator.set(lease, had, want) {
-                Ok(()) => {
-                    self.applied.insert(lease.id.clone(), want);
-                }
+            let want = LeaseControl::for_level(
+                level,
+                self.normal_weight,
+                self.cfg.weight,
+                w.controller.last_quota(),
+            );
+            if w.applied == Some(want) {
+                continue;
+            }
+            match self.parts.actuator.set(lease, w.applied, want) {
+                Ok(()) => w.applied = Some(want),
                 Err(e) => tracing::warn!(lease = %lease.id, level = %level.describe(), error = %e,
                     "could not apply the interference control (the lease may have just ended)"),
             }
         }
     }
 
-    /// Freezes the running executors for `probe_duration`, between two windows of the same
-    /// length with them running, and compares each job's rates.
-    async fn probe(&mut self, targets: &Targets) -> ProbeResult {
+    /// Freezes lease `id` alone for `probe_duration`, between two windows of the same length
+    /// with it running (the last one `probe_settle` after the thaw: a thawed function bursts),
+    /// and compares each job's rates. Also says whether no other lease ran meanwhile.
+    async fn probe(&mut self, targets: &Targets, id: &str) -> (ProbeResult, bool) {
         let d = self.cfg.probe_duration;
+        let settle = self.cfg.probe_settle;
+        let alone = targets.leases.iter().all(|l| {
+            l.id == id
+                || self
+                    .leases
+                    .get(&l.id)
+                    .and_then(|w| w.applied)
+                    .is_some_and(|c| c.frozen)
+        });
+        let lease = targets.leases.iter().find(|l| l.id == id);
         let sources = &mut self.parts.sources;
         let s0 = (Instant::now(), Sample::take(sources, targets));
         tokio::time::sleep(d).await;
         let s1 = (Instant::now(), Sample::take(sources, targets));
-        let mut frozen = Vec::new();
-        for lease in &targets.leases {
-            if self.applied.get(&lease.id).is_some_and(|c| c.frozen) {
-                continue;
-            }
+        let already = self
+            .leases
+            .get(id)
+            .and_then(|w| w.applied)
+            .is_some_and(|c| c.frozen);
+        let mut frozen = None;
+        if let Some(lease) = lease
+            && !already
+        {
             match self.parts.actuator.freeze(lease) {
-                Ok(()) => frozen.push(lease),
+                Ok(()) => frozen = Some(lease),
                 Err(e) => {
                     tracing::warn!(lease = %lease.id, error = %e, "probe could not freeze a lease")
                 }
@@ -338,12 +536,16 @@ impl Monitor {
         let s2 = (t_frozen, Sample::take(sources, targets));
         tokio::time::sleep(d).await;
         let s3 = (Instant::now(), Sample::take(sources, targets));
-        for lease in &frozen {
-            if let Err(e) = self.parts.actuator.thaw(lease) {
-                tracing::warn!(lease = %lease.id, error = %e, "probe could not thaw a lease");
-            }
+        if let Some(lease) = frozen
+            && let Err(e) = self.parts.actuator.thaw(lease)
+        {
+            tracing::warn!(lease = %lease.id, error = %e, "probe could not thaw a lease");
         }
         let frozen_for = t_frozen.elapsed();
+        if !settle.is_zero() {
+            tokio::time::sleep(settle).await;
+        }
+        let s3b = (Instant::now(), Sample::take(sources, targets));
         tokio::time::sleep(d).await;
         let s4 = (Instant::now(), Sample::take(sources, targets));
         let delta = |a: &(Instant, Sample), b: &(Instant, Sample), t: &Target, s| {
@@ -374,7 +576,7 @@ impl Monitor {
                 let (Some(on1), Some(off), Some(on2)) = (
                     rate(&s0, &s1, &t, signal),
                     rate(&s2, &s3, &t, signal),
-                    rate(&s3, &s4, &t, signal),
+                    rate(&s3b, &s4, &t, signal),
                 ) else {
                     continue;
                 };
@@ -384,9 +586,11 @@ impl Monitor {
                     rate_on: (on1 + on2) / 2.0,
                     rate_off: off,
                 };
-                tracing::info!(node = %self.node, job = job.job_id, signal, rate_on = p.rate_on,
-                    rate_off = p.rate_off, slowdown_pct = p.slowdown_pct().unwrap_or(f64::NAN),
-                    frozen_ms = frozen_for.as_millis() as u64, leases = frozen.len(), "freeze-probe");
+                tracing::info!(node = %self.node, lease = id, job = job.job_id, signal,
+                    rate_on = p.rate_on, rate_off = p.rate_off,
+                    slowdown_pct = p.slowdown_pct().unwrap_or(f64::NAN),
+                    frozen_ms = frozen_for.as_millis() as u64, others_running = !alone,
+                    "freeze-probe");
                 jobs.push(p);
                 break;
             }
@@ -394,31 +598,81 @@ impl Monitor {
         *self.actions.entry("probes".into()).or_default() += 1;
         *self.actions.entry("probe_frozen_ms".into()).or_default() +=
             u64::try_from(frozen_for.as_millis()).unwrap_or(u64::MAX);
-        ProbeResult {
-            jobs,
-            frozen: frozen_for,
-        }
+        (
+            ProbeResult {
+                jobs,
+                frozen: frozen_for,
+            },
+            alone,
+        )
     }
 
     fn publish(&self, snap: &Snapshot) {
-        let observe = self.cfg.mode == Mode::Observe;
-        let level = self.level();
-        let (detector, why) = self.controller.why();
+        let observe = !self.enforce();
+        let level = self.level;
+        // The worst lease speaks for the node; an eviction's hold for itself.
+        let worst = self
+            .leases
+            .values()
+            .max_by_key(|w| w.controller.level().severity())
+            .filter(|w| w.controller.level() > Level::None);
+        let (detector, why) = match (&self.evict_hold, worst) {
+            (Some((_, d, r)), _) if level == Level::Evict => (d.clone(), r.clone()),
+            (_, Some(w)) => {
+                let (d, r) = w.controller.why();
+                (d.to_owned(), r.to_owned())
+            }
+            _ => (String::new(), String::new()),
+        };
         let reason = match (observe, level) {
             (_, Level::None) => String::new(),
             (true, l) => format!("observe mode, would be {}: {why}", l.describe()),
             (false, Level::Quota(p)) => format!("quota {p}%: {why}"),
-            (false, _) => why.to_owned(),
+            (false, _) => why,
         };
         let wire = if observe { Level::None } else { level };
+        let leases = self
+            .leases
+            .iter()
+            .map(|(id, w)| {
+                let l = w.controller.level();
+                let j = w
+                    .probe
+                    .as_ref()
+                    .map(FreezeProbe::judgement)
+                    .unwrap_or_else(|| Judgement::pending(0.0));
+                let shown = if observe { Level::None } else { l };
+                v1::LeaseInterference {
+                    lease_id: id.clone(),
+                    level: v1::InterferenceLevel::from(shown).into(),
+                    quota_pct: match (shown, w.controller.last_quota()) {
+                        (Level::Quota(p), _) => p,
+                        (Level::Freeze | Level::Evict, Some(p)) => p,
+                        _ => 0,
+                    },
+                    verdict: j.verdict.name().to_owned(),
+                    job_id: j.job.unwrap_or(0),
+                    harm_pct: j.mean_pct,
+                    harm_se_pct: j.se_pct,
+                    probes: u32::try_from(j.probes).unwrap_or(u32::MAX),
+                    confidence: j.confidence,
+                    reason: if l == Level::None {
+                        String::new()
+                    } else {
+                        w.controller.why().1.to_owned()
+                    },
+                }
+            })
+            .collect();
         let state = v1::InterferenceState {
             level: v1::InterferenceLevel::from(wire).into(),
-            detector: detector.to_owned(),
+            detector,
             reason,
             since_unix_ms: i64::try_from(self.since_ms).unwrap_or(i64::MAX),
             unavailable: snap.unavailable.clone(),
             signals: snap.named().into_iter().collect(),
             actions: self.actions.clone().into_iter().collect(),
+            leases,
         };
         self.parts.stats.set_interference(Some(state));
     }

@@ -28,6 +28,12 @@ pub const DEFAULT_CPU_DROP_PCT: u32 = 10;
 pub const DEFAULT_RUNQ_WAIT_PCT: u32 = 10;
 /// How long a freeze-probe keeps the executors frozen (and each of its two unfrozen windows).
 pub const DEFAULT_PROBE_DURATION: Duration = Duration::from_millis(300);
+/// After a probe thaws the executors, this long passes before its last window: a thawed
+/// function bursts (it catches up), which read as harm in that window.
+pub const DEFAULT_PROBE_SETTLE: Duration = Duration::from_millis(300);
+/// How long the level that held a culprit beside a job is remembered for the next lease of the
+/// same owner beside that job (zero: nothing is remembered).
+pub const DEFAULT_MEMORY_TTL: Duration = Duration::from_secs(600);
 /// How often the freeze-probe runs while executors run beside a batch job and nothing is wrong.
 pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(10);
 /// The most of the executors' time that probes may freeze them.
@@ -93,6 +99,8 @@ pub struct InterferenceConfig {
     #[serde(deserialize_with = "duration")]
     pub probe_duration: Duration,
     #[serde(deserialize_with = "duration")]
+    pub probe_settle: Duration,
+    #[serde(deserialize_with = "duration")]
     pub probe_interval: Duration,
     pub probe_budget_pct: u32,
     pub probe_slowdown_pct: u32,
@@ -111,6 +119,8 @@ pub struct InterferenceConfig {
     pub evict_after_failed_relaxes: u32,
     #[serde(deserialize_with = "duration")]
     pub evict_hold: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub memory_ttl: Duration,
 }
 
 impl Default for InterferenceConfig {
@@ -129,6 +139,7 @@ impl Default for InterferenceConfig {
             cpu_drop_pct: DEFAULT_CPU_DROP_PCT,
             runq_wait_pct: DEFAULT_RUNQ_WAIT_PCT,
             probe_duration: DEFAULT_PROBE_DURATION,
+            probe_settle: DEFAULT_PROBE_SETTLE,
             probe_interval: DEFAULT_PROBE_INTERVAL,
             probe_budget_pct: DEFAULT_PROBE_BUDGET_PCT,
             probe_slowdown_pct: DEFAULT_PROBE_SLOWDOWN_PCT,
@@ -143,6 +154,7 @@ impl Default for InterferenceConfig {
             max_hold: DEFAULT_MAX_HOLD,
             evict_after_failed_relaxes: DEFAULT_EVICT_AFTER_FAILED_RELAXES,
             evict_hold: DEFAULT_EVICT_HOLD,
+            memory_ttl: DEFAULT_MEMORY_TTL,
         }
     }
 }

@@ -101,6 +101,8 @@ pub struct JobTarget {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseTarget {
     pub id: String,
+    /// The lease's owner (what attribution remembers a culprit by).
+    pub uid: u32,
     pub group: PathBuf,
     /// The lease's CPUs (a quota is a share of these).
     pub cores: u32,

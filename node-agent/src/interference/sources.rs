@@ -412,6 +412,7 @@ mod tests {
             }],
             leases: vec![LeaseTarget {
                 id: "L1".into(),
+                uid: 1001,
                 group: PathBuf::from("harvest_n1/lease_L1"),
                 cores: 1,
             }],

@@ -83,8 +83,13 @@ impl FakeTargets {
         });
     }
     pub fn add_lease(&self, id: &str) {
+        self.add_lease_of(id, 1001);
+    }
+    /// A lease of the user `uid`.
+    pub fn add_lease_of(&self, id: &str, uid: u32) {
         self.0.lock().unwrap().leases.push(LeaseTarget {
             id: id.to_owned(),
+            uid,
             group: PathBuf::from(format!("harvest_n1/lease_{id}")),
             cores: 1,
         });
@@ -176,31 +181,63 @@ impl Evictor for FakeEvictor {
     }
 }
 
-/// A batch job whose progress rate is `base` per second alone and drops by `harm` (a fraction)
-/// while lease `lease` runs unrestricted, by `harm * quota` under a quota, and not at all while
-/// it is frozen: what a memory-bandwidth-bound job beside a bandwidth hog looks like.
+/// A batch job whose progress rate is `base` per second alone and drops by each lease's `harm`
+/// (a fraction) while that lease runs unrestricted, by `harm * quota` under a quota, and not at
+/// all while it is frozen: what a memory-bandwidth-bound job beside bandwidth hogs looks like.
+/// `noise` (a fraction) shakes the rate of every read, from a fixed seed.
 #[derive(Debug)]
 pub struct ModelJob {
     pub job: u32,
-    pub lease: String,
+    pub harms: Vec<(String, f64)>,
     pub base: f64,
-    pub harm: f64,
+    pub noise: f64,
     pub actuator: FakeActuator,
     pub progress: f64,
     pub last: Option<std::time::Instant>,
+    seed: u64,
 }
 
 impl ModelJob {
-    pub fn rate(&self) -> f64 {
+    /// Job `job` at `base` units per second, hurt by `harms` (lease id, fraction).
+    pub fn new(job: u32, base: f64, harms: &[(&str, f64)], actuator: &FakeActuator) -> Self {
+        Self {
+            job,
+            harms: harms.iter().map(|(l, h)| ((*l).to_owned(), *h)).collect(),
+            base,
+            noise: 0.0,
+            actuator: actuator.clone(),
+            progress: 0.0,
+            last: None,
+            seed: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    /// The rate with the leases of `present` as the actuator has them now.
+    pub fn rate(&self, present: &[&str]) -> f64 {
         let st = self.actuator.0.lock().unwrap();
-        let frozen = st.controls.get(&self.lease).is_some_and(|c| c.frozen)
-            || st.probe_frozen.get(&self.lease).copied().unwrap_or(false);
-        let share = match st.controls.get(&self.lease).and_then(|c| c.quota_pct) {
-            _ if frozen => 0.0,
-            Some(p) => f64::from(p) / 100.0,
-            None => 1.0,
-        };
-        self.base * (1.0 - self.harm * share)
+        let mut rate = self.base;
+        for (lease, harm) in &self.harms {
+            if !present.contains(&lease.as_str()) {
+                continue;
+            }
+            let frozen = st.controls.get(lease).is_some_and(|c| c.frozen)
+                || st.probe_frozen.get(lease).copied().unwrap_or(false);
+            let share = match st.controls.get(lease).and_then(|c| c.quota_pct) {
+                _ if frozen => 0.0,
+                Some(p) => f64::from(p) / 100.0,
+                None => 1.0,
+            };
+            rate -= self.base * harm * share;
+        }
+        rate
+    }
+
+    /// A uniform draw in [-1, 1) (xorshift).
+    fn shake(&mut self) -> f64 {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        (self.seed >> 11) as f64 / (1u64 << 52) as f64 - 1.0
     }
 }
 
@@ -210,9 +247,14 @@ impl Source for ModelJob {
     }
     fn read(&mut self, targets: &Targets, out: &mut Collector) {
         let now = std::time::Instant::now();
-        let lease_here = targets.leases.iter().any(|l| l.id == self.lease);
+        let present: Vec<&str> = targets.leases.iter().map(|l| l.id.as_str()).collect();
         if let Some(last) = self.last {
-            let rate = if lease_here { self.rate() } else { self.base };
+            let shake = if self.noise > 0.0 {
+                1.0 + self.noise * self.shake()
+            } else {
+                1.0
+            };
+            let rate = self.rate(&present) * shake;
             self.progress += rate * now.duration_since(last).as_secs_f64();
         }
         self.last = Some(now);
@@ -221,6 +263,19 @@ impl Source for ModelJob {
             super::signals::names::PROGRESS,
             self.progress,
         );
+    }
+}
+
+/// Records when it was read (a probe's reads included).
+#[derive(Debug, Default, Clone)]
+pub struct ReadClock(pub Arc<Mutex<Vec<std::time::Instant>>>);
+
+impl Source for ReadClock {
+    fn name(&self) -> &'static str {
+        "read-clock"
+    }
+    fn read(&mut self, _targets: &Targets, _out: &mut Collector) {
+        self.0.lock().unwrap().push(std::time::Instant::now());
     }
 }
 

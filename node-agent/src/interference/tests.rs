@@ -554,15 +554,7 @@ async fn the_freeze_probe_finds_the_quota_that_keeps_the_job_within_the_threshol
     let targets = FakeTargets::with(&[7], &["L1"]);
     let act = FakeActuator::default();
     // 15% slower beside the lease, proportionally less under a quota: 1.5% at 10%.
-    let model = ModelJob {
-        job: 7,
-        lease: "L1".into(),
-        base: 1000.0,
-        harm: 0.15,
-        actuator: act.clone(),
-        progress: 0.0,
-        last: None,
-    };
+    let model = ModelJob::new(7, 1000.0, &[("L1", 0.15)], &act);
     let stats = Arc::new(NodeStats::default());
     let parts = Parts {
         sources: vec![Box::new(model)],
@@ -610,15 +602,7 @@ async fn the_freeze_probe_finds_the_quota_that_keeps_the_job_within_the_threshol
 async fn harm_that_survives_every_quota_freezes_then_evicts_with_the_reason() {
     let targets = FakeTargets::with(&[7], &["L1"]);
     let act = FakeActuator::default();
-    let model = ModelJob {
-        job: 7,
-        lease: "L1".into(),
-        base: 1000.0,
-        harm: 0.5,
-        actuator: act.clone(),
-        progress: 0.0,
-        last: None,
-    };
+    let model = ModelJob::new(7, 1000.0, &[("L1", 0.5)], &act);
     let stats = Arc::new(NodeStats::default());
     let evictor = FakeEvictor {
         targets: targets.clone(),
