@@ -222,7 +222,7 @@ impl Controller {
         let quiet = since(self.changed_at.max(self.last_harm).max(self.last_suspect))
             .unwrap_or(Duration::MAX);
         if level == Level::Evict {
-            // Whatever was placed here meanwhile is evicted too; after the hold, start over.
+            // The lease's own ladder after its eviction: after the hold, start over.
             return (quiet >= self.evict_hold).then(|| {
                 self.failed_relaxes = 0;
                 self.hold = self.base_hold;

@@ -7,15 +7,14 @@
 //! - [`Threshold`] (`threshold`): learns each job's baseline while no executor runs beside it
 //!   (and from every probe's frozen window), then compares the job's signals against it:
 //!   progress rate and IPC dropping, CPU use dropping (starved), run-queue wait rising.
-//! - [`FreezeProbe`] (`freeze-probe`): every `probe_interval` (sooner after a suspicious probe,
-//!   never more often than the probe budget allows) asks the monitor to freeze the executors for
-//!   `probe_duration` and compares the job's progress without them against the windows with
-//!   them just before and after. One probe is noisy on a shared node, so the probes at the
-//!   current level are judged together (the last `probe_window` of them): harm once their mean
-//!   less its standard error is above `probe_slowdown_pct` (at least `probe_confirm` probes), or
-//!   once a full window's mean is; `severe` when that lower bound reaches `probe_jump_pct`. A
-//!   mean above the threshold without that confidence is a suspicion: probes come faster and
-//!   the controller does not relax meanwhile.
+//! - [`FreezeProbe`] (`freeze-probe`), one per lease: every `probe_interval` (sooner after a
+//!   suspicious probe, never more often than the probe budget allows) asks the monitor to
+//!   freeze that lease for `probe_duration` and compares the job's progress without it against
+//!   the windows with it just before and after: the lease's marginal harm. One probe is noisy on
+//!   a shared node, so the probes at the lease's current level are judged together (the last
+//!   `probe_window` of them) into a verdict ([`super::attribution::judge`]): a culprit is harm
+//!   (`severe` when the mean less its standard error reaches `probe_jump_pct`); an unknown whose
+//!   mean is above the threshold, or a pending lease above it, is a suspicion (the level holds).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;

@@ -2,8 +2,9 @@
 //! them (almost) nothing, and where they do, harvest backs off on its own.
 //!
 //! Every `period` the [`monitor::Monitor`] samples signals of each batch job, each executor and
-//! the node, hands them to the detectors, lets the [`controller::Controller`] decide a control
-//! level, applies it to the lease cgroups, and publishes the verdict ([`NodeStats`] carries it to
+//! the node, hands them to the detectors and to each lease's own freeze-probe, lets each lease's
+//! [`controller::Controller`] decide its control level (only the leases that hurt a job are
+//! throttled), applies them to the lease cgroups, and publishes the verdicts ([`NodeStats`] carries it to
 //! the scheduler with every slot report, which stops placing on a node whose level is not
 //! `none`). The layers, each behind a trait with a fake in [`testing`]:
 //!
@@ -17,6 +18,8 @@
 //! - [`detector`]: the pluggable detectors: `threshold` (the job's signals against its own
 //!   baseline) and `freeze-probe` (briefly freeze the executors and compare the job's progress
 //!   with and without them; the probe's cost is bounded and counted).
+//! - [`attribution`]: which lease hurts: per-lease verdicts (culprit, harmless, unknown) with a
+//!   confidence, and the memory of the level that held a culprit beside a job.
 //! - [`controller`]: the escalation ladder (lower CPU weight → CPU quota → freeze → evict) with
 //!   hold times, relaxation, back-off after a failed relaxation, and the [`controller::Actuator`]
 //!   that applies a level to lease cgroups.
