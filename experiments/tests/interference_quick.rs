@@ -1,6 +1,6 @@
 //! The interference experiment's quick mode, end to end on the real local cluster: a batch job
-//! alone, beside an uncontrolled, a controlled and a statically capped function, alone again,
-//! and a summary with every key.
+//! alone, beside an uncontrolled, a controlled and a statically capped function and a no-op one,
+//! alone again, and a summary with every key.
 
 use std::process::Command;
 
@@ -58,7 +58,27 @@ fn interference_quick_writes_a_complete_summary() {
     // Every phase ran invocations on one lease, and the client pinned itself to its lease's
     // CPUs (a failure would be a lease error, hence a warning).
     assert_eq!(v["warnings"].as_array().unwrap().len(), 0, "{v}");
+    // The no-op control phase ran: what harvest's own processes cost the job.
+    assert!(
+        v["slowdown_noop_pct"].as_f64().is_some_and(f64::is_finite),
+        "{v}"
+    );
+    // Attribution: the share of controlled time the thrasher alone was throttled is measured;
+    // harmless leases ran if the node had room, and the summary says why not otherwise.
+    assert!(
+        v["culprit_identified_pct"]
+            .as_f64()
+            .is_some_and(f64::is_finite),
+        "{v}"
+    );
+    let harmless = v["harmless_leases"].as_u64().unwrap();
+    if harmless == 0 {
+        assert!(v["harmless_note"].as_str().unwrap().contains("CPUs"), "{v}");
+        assert!(v["harmless_throughput_kept_pct"].is_null(), "{v}");
+    } else {
+        assert!(v["harmless_throughput_kept_pct"].as_f64().is_some(), "{v}");
+    }
     let runs = std::fs::read_to_string(out.path().join("runs.csv")).unwrap();
-    assert_eq!(runs.lines().count(), 6, "{runs}");
+    assert_eq!(runs.lines().count(), 7, "{runs}");
     assert!(out.path().join("timeline.csv").exists());
 }

@@ -79,6 +79,16 @@ pub struct Args {
     /// below 0.3 CPUs over 2 s); 0 does not wait.
     #[arg(long, default_value_t = 180)]
     wait_quiet_s: u64,
+    /// Harmless leases beside the thrasher, each run by its own ordinary user (the `--user`
+    /// name with 2, 3, ... appended), alternating a compute-bound function (`spin`, in
+    /// registers) and a mostly sleeping one (`nap`, I/O-like): as many as the node's CPUs
+    /// allow after the job and the thrasher (the run says how many it got, and why).
+    #[arg(long, default_value_t = 2)]
+    harmless: usize,
+    /// Skip the no-op phase (a lease invoking a function that does nothing, with harvestd's
+    /// control off: what harvest's own executor and invocation path cost the job).
+    #[arg(long)]
+    no_noop: bool,
     /// Only redraw interference.png from the results in --out (timeline.csv, summary.json).
     #[arg(long)]
     replot: bool,
@@ -89,6 +99,8 @@ pub(super) enum Phase {
     Alone,
     Uncontrolled,
     Controlled,
+    /// A no-op function beside the job, control off: harvest's own cost.
+    Noop,
     /// harvestd's control off and the lease capped at this CFS quota (% of its CPU) by the
     /// experiment itself: a point of the slowdown/throughput frontier a fixed cap gives.
     Static(u32),
@@ -100,6 +112,7 @@ impl Phase {
             "alone" => Some(Self::Alone),
             "uncontrolled" => Some(Self::Uncontrolled),
             "controlled" => Some(Self::Controlled),
+            "noop" => Some(Self::Noop),
             _ => name
                 .strip_prefix("quota-")
                 .and_then(|p| p.parse().ok())
@@ -112,6 +125,7 @@ impl Phase {
             Self::Alone => "alone".into(),
             Self::Uncontrolled => "uncontrolled".into(),
             Self::Controlled => "controlled".into(),
+            Self::Noop => "noop".into(),
             Self::Static(p) => format!("quota-{p}"),
         }
     }
@@ -121,7 +135,7 @@ impl Phase {
     fn agent_config(self, controlled: &str) -> Option<String> {
         match self {
             Self::Alone => None,
-            Self::Uncontrolled | Self::Static(_) => {
+            Self::Uncontrolled | Self::Noop | Self::Static(_) => {
                 Some("[interference]\nenabled = false\n".into())
             }
             Self::Controlled => Some(controlled.to_owned()),
@@ -189,6 +203,9 @@ impl Run {
             start_unix_ms: 0,
             end_unix_ms: 0,
             leases: 0,
+            harmless_per_s: Vec::new(),
+            culprit_only_share: f64::NAN,
+            first_correct_verdict_s: None,
         }
     }
 }
@@ -239,16 +256,115 @@ pub(super) struct Run {
     pub(super) end_unix_ms: i64,
     /// Leases the function client held (more than one: it lost one and asked again).
     pub(super) leases: usize,
+    /// Invocations per second of each harmless lease while the job ran, in client order.
+    pub(super) harmless_per_s: Vec<f64>,
+    /// The share of the samples in which the thrasher, and only it, was throttled (its level
+    /// above none, every harmless lease's at none).
+    pub(super) culprit_only_share: f64,
+    /// Seconds from the job's start to the first sample whose verdicts were right: the
+    /// thrasher a culprit, no harmless lease one.
+    pub(super) first_correct_verdict_s: Option<f64>,
 }
 
-/// Compiles the kernel and the function into `dir`.
-fn build_kernels(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+/// One function client of a phase.
+#[derive(Debug, Clone)]
+struct ClientSpec {
+    role: &'static str,
+    user: String,
+    lib: PathBuf,
+    function: &'static str,
+}
+
+/// The clients of `phase`: none alone; one no-op; else the thrasher and `harmless` others.
+fn clients_for(phase: Phase, user: &str, libs: &Libs, harmless: usize) -> Vec<ClientSpec> {
+    match phase {
+        Phase::Alone => Vec::new(),
+        Phase::Noop => vec![ClientSpec {
+            role: "noop",
+            user: user.to_owned(),
+            lib: libs.gentle.clone(),
+            function: "noop",
+        }],
+        _ => std::iter::once(ClientSpec {
+            role: "thrasher",
+            user: user.to_owned(),
+            lib: libs.thrash.clone(),
+            function: "thrash",
+        })
+        .chain((0..harmless).map(|i| ClientSpec {
+            role: "harmless",
+            user: harmless_user(user, i),
+            lib: libs.gentle.clone(),
+            function: if i % 2 == 0 { "spin" } else { "nap" },
+        }))
+        .collect(),
+    }
+}
+
+/// The user the `i`-th harmless lease runs as.
+fn harmless_user(user: &str, i: usize) -> String {
+    format!("{user}{}", i + 2)
+}
+
+/// The compiled kernels.
+#[derive(Debug, Clone)]
+struct Libs {
+    job: PathBuf,
+    thrash: PathBuf,
+    gentle: PathBuf,
+}
+
+/// One 500 ms sample of the node's per-lease verdicts: (lease, level, verdict).
+type LeaseSample = (f64, Vec<(String, String, String)>);
+
+/// From the samples: the share in which the thrasher and only it was throttled, and when the
+/// verdicts first were right (the thrasher a culprit, no harmless lease one).
+fn attribution_of(
+    samples: &[LeaseSample],
+    thrasher: &[String],
+    harmless: &[String],
+) -> (f64, Option<f64>) {
+    let is = |ids: &[String], id: &str| ids.iter().any(|i| i == id);
+    let mut only = 0usize;
+    let mut first = None;
+    for (t, leases) in samples {
+        let throttled = |ids: &[String]| {
+            leases
+                .iter()
+                .any(|(id, level, _)| is(ids, id) && level != "none")
+        };
+        let culprit = |ids: &[String]| {
+            leases
+                .iter()
+                .any(|(id, _, verdict)| is(ids, id) && verdict == "culprit")
+        };
+        if throttled(thrasher) && !throttled(harmless) {
+            only += 1;
+        }
+        if first.is_none() && culprit(thrasher) && !culprit(harmless) {
+            first = Some(*t);
+        }
+    }
+    let share = if samples.is_empty() {
+        f64::NAN
+    } else {
+        only as f64 / samples.len() as f64
+    };
+    (share, first)
+}
+
+/// Compiles the kernel and the functions into `dir`.
+fn build_kernels(dir: &Path) -> Result<Libs> {
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kernels");
-    let job = dir.join("stream_job");
-    let lib = dir.join("libthrash.so");
+    let libs = Libs {
+        job: dir.join("stream_job"),
+        thrash: dir.join("libthrash.so"),
+        gentle: dir.join("libgentle.so"),
+    };
     for (out, args, file) in [
-        (&job, vec!["-O2"], "stream_job.c"),
-        (&lib, vec!["-O2", "-shared", "-fPIC"], "thrash.c"),
+        (&libs.job, vec!["-O2"], "stream_job.c"),
+        (&libs.thrash, vec!["-O2", "-shared", "-fPIC"], "thrash.c"),
+        (&libs.gentle, vec!["-O2", "-shared", "-fPIC"], "gentle.c"),
     ] {
         let status = Command::new("cc")
             .args(&args)
@@ -259,7 +375,45 @@ fn build_kernels(dir: &Path) -> Result<(PathBuf, PathBuf)> {
             .context("running the C compiler (cc)")?;
         ensure!(status.success(), "cc failed on {file}");
     }
-    Ok((job, lib))
+    Ok(libs)
+}
+
+/// Starts one function client as its user; waits for its first lease; returns it with its
+/// directory and the lease.
+fn spawn_client(
+    cl: &Cluster,
+    dir: &Path,
+    spec: &ClientSpec,
+) -> Result<(std::process::Child, PathBuf, String)> {
+    std::fs::create_dir_all(dir)?;
+    let chown = Command::new("chown").arg(&spec.user).arg(dir).status()?;
+    ensure!(chown.success(), "chown {} {}", spec.user, dir.display());
+    let exe = std::env::current_exe()?;
+    let child = cl
+        .command("runuser")
+        .args(["-u", &spec.user, "--"])
+        .arg(exe)
+        .args(["interference-client", "--scheduler", &cl.scheduler, "--lib"])
+        .arg(&spec.lib)
+        .args(["--function", spec.function])
+        .arg("--ready-file")
+        .arg(dir.join("ready"))
+        .arg("--stop-file")
+        .arg(dir.join("stop"))
+        .arg("--out")
+        .arg(dir.join("out.json"))
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()?;
+    wait_for(
+        Duration::from_secs(30),
+        &format!("the {} client's first lease", spec.role),
+        || dir.join("ready").exists(),
+    )?;
+    let lease = std::fs::read_to_string(dir.join("ready"))?
+        .trim()
+        .to_owned();
+    Ok((child, dir.to_owned(), lease))
 }
 
 /// Runs one phase and measures it.
@@ -267,11 +421,12 @@ fn run_phase(
     cl: &Cluster,
     args: &Args,
     work: &Path,
-    (job_bin, lib): (&Path, &Path),
+    (libs, harmless): (&Libs, usize),
     round: usize,
     phase: Phase,
     seconds: u64,
 ) -> Result<Run> {
+    let job_bin = &libs.job;
     let tag = format!("r{round}-{}", phase.name());
     let job_out = work.join(format!("job-{tag}.out"));
     let progress_dir = cl.run_dir.join("progress");
@@ -315,54 +470,39 @@ fn run_phase(
         let s = state();
         s == "RUNNING" || s.is_empty()
     })?;
-    let client_dir = work.join(format!("client-{tag}"));
-    let mut client = None;
-    if phase != Phase::Alone {
-        std::fs::create_dir_all(&client_dir)?;
-        let chown = Command::new("chown")
-            .arg(&args.user)
-            .arg(&client_dir)
-            .status()?;
-        ensure!(
-            chown.success(),
-            "chown {} {}",
-            args.user,
-            client_dir.display()
-        );
-        let exe = std::env::current_exe()?;
-        let child = cl
-            .command("runuser")
-            .args(["-u", &args.user, "--"])
-            .arg(exe)
-            .args(["interference-client", "--scheduler", &cl.scheduler, "--lib"])
-            .arg(lib)
-            .arg("--ready-file")
-            .arg(client_dir.join("ready"))
-            .arg("--stop-file")
-            .arg(client_dir.join("stop"))
-            .arg("--out")
-            .arg(client_dir.join("out.json"))
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()?;
-        client = Some(child);
-        wait_for(
-            Duration::from_secs(30),
-            "the function client's first lease",
-            || client_dir.join("ready").exists(),
-        )?;
+    let mut clients = Vec::new();
+    for (i, spec) in clients_for(phase, &args.user, libs, harmless)
+        .iter()
+        .enumerate()
+    {
+        let dir = work.join(format!("client-{tag}-{i}-{}", spec.role));
+        let (child, dir, lease) = spawn_client(cl, &dir, spec)?;
         if let Phase::Static(pct) = phase {
-            let lease = std::fs::read_to_string(client_dir.join("ready"))?;
-            cap_lease(lease.trim(), pct)?;
+            // A fixed cap cannot tell a culprit from the others: every lease gets it.
+            cap_lease(&lease, pct)?;
         }
+        clients.push((spec.role, child, dir));
     }
     let t0 = Instant::now();
     let ticks0 = cpu_ticks();
     let mut levels = Vec::new();
     let mut last_state = serde_json::Value::Null;
+    let mut samples: Vec<LeaseSample> = Vec::new();
     while !state().is_empty() {
         let st = cl.interference();
         let level = st["level"].as_str().unwrap_or("-").to_owned();
+        let field = |l: &serde_json::Value, k: &str| l[k].as_str().unwrap_or("-").to_owned();
+        samples.push((
+            t0.elapsed().as_secs_f64(),
+            st["leases"]
+                .as_array()
+                .map(|ls| {
+                    ls.iter()
+                        .map(|l| (field(l, "lease_id"), field(l, "level"), field(l, "verdict")))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        ));
         if st["signals"].as_object().is_some_and(|m| !m.is_empty()) {
             last_state = st;
         }
@@ -377,14 +517,21 @@ fn run_phase(
         (Some(a), Some(b)) => busy_cpus(a, b),
         _ => f64::NAN,
     };
-    let mut fn_out = ClientOut::default();
-    if let Some(mut child) = client {
-        std::fs::write(client_dir.join("stop"), "")?;
-        let status = child.wait()?;
-        let text = std::fs::read_to_string(client_dir.join("out.json"))
-            .with_context(|| format!("the function client ({status}) wrote no result"))?;
-        fn_out = serde_json::from_str(&text)?;
+    for (_, _, dir) in &clients {
+        std::fs::write(dir.join("stop"), "")?;
     }
+    let mut outs: Vec<(&str, ClientOut)> = Vec::new();
+    for (role, mut child, dir) in clients {
+        let status = child.wait()?;
+        let text = std::fs::read_to_string(dir.join("out.json"))
+            .with_context(|| format!("the {role} client ({status}) wrote no result"))?;
+        outs.push((role, serde_json::from_str(&text)?));
+    }
+    // The first client (the thrasher, or the no-op) is the phase's function client; the
+    // others are harmless.
+    let mut outs = outs.into_iter();
+    let fn_out = outs.next().map(|(_, o)| o).unwrap_or_default();
+    let harmless_outs: Vec<ClientOut> = outs.map(|(_, o)| o).collect();
     let text = std::fs::read_to_string(&job_out)
         .with_context(|| format!("reading the job's output {}", job_out.display()))?;
     let job: JobOut = text
@@ -392,12 +539,27 @@ fn run_phase(
         .find_map(|l| serde_json::from_str(l).ok())
         .with_context(|| format!("no result line in {}: {text}", job_out.display()))?;
     let _ = std::fs::remove_file(progress_dir.join(&job_id));
-    let inside = fn_out
-        .completions_unix_ms
-        .iter()
-        .filter(|&&t| t >= job.start_unix_ms && t <= job.end_unix_ms)
-        .count() as u64;
+    let inside_of = |o: &ClientOut| {
+        o.completions_unix_ms
+            .iter()
+            .filter(|&&t| t >= job.start_unix_ms && t <= job.end_unix_ms)
+            .count() as u64
+    };
+    let inside = inside_of(&fn_out);
     let window_s = (job.end_unix_ms - job.start_unix_ms) as f64 / 1000.0;
+    let harmless_ids: Vec<String> = harmless_outs
+        .iter()
+        .flat_map(|o| o.leases.iter().cloned())
+        .collect();
+    let (culprit_only_share, first_correct_verdict_s) = if phase == Phase::Controlled {
+        attribution_of(&samples, &fn_out.leases, &harmless_ids)
+    } else {
+        (f64::NAN, None)
+    };
+    let mut lease_errors = fn_out.errors.clone();
+    for o in &harmless_outs {
+        lease_errors.extend(o.errors.iter().map(|e| format!("harmless: {e}")));
+    }
     let order = ["-", "none", "weight", "quota", "freeze", "evict"];
     let max_level = levels
         .iter()
@@ -417,13 +579,19 @@ fn run_phase(
         levels,
         max_level,
         per_second: job.per_second,
-        lease_errors: fn_out.errors,
+        lease_errors,
         machine_busy_cpus,
         busy_before: f64::NAN,
         last_state,
         start_unix_ms: job.start_unix_ms,
         end_unix_ms: job.end_unix_ms,
         leases: fn_out.leases.len(),
+        harmless_per_s: harmless_outs
+            .iter()
+            .map(|o| inside_of(o) as f64 / window_s.max(1e-9))
+            .collect(),
+        culprit_only_share,
+        first_correct_verdict_s,
     })
 }
 
@@ -462,9 +630,28 @@ pub fn run_cmd(args: Args) -> Result<()> {
         work.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )?;
-    let (job_bin, lib) = build_kernels(work.path())?;
+    let libs = build_kernels(work.path())?;
     ensure_user(&args.user)?;
     let mut cl = Cluster::open()?;
+    // The node's CPUs: one for the job, one for the thrasher, the rest for harmless leases.
+    let cpus = cl.node_cpus()?;
+    let harmless = args.harmless.min(cpus.saturating_sub(2));
+    let harmless_note = (harmless < args.harmless).then(|| {
+        format!(
+            "node {} has {cpus} CPUs: one for the job and one for the thrasher leave room for \
+             {harmless} of the {} harmless leases asked for (run on a node with at least {} \
+             CPUs for all of them)",
+            cl.node,
+            args.harmless,
+            args.harmless + 2
+        )
+    });
+    if let Some(note) = &harmless_note {
+        eprintln!("interference: NOTE: {note}");
+    }
+    for i in 0..harmless {
+        ensure_user(&harmless_user(&args.user, i))?;
+    }
     eprintln!(
         "interference: node {} of the cluster in {}",
         cl.node,
@@ -477,6 +664,9 @@ pub fn run_cmd(args: Args) -> Result<()> {
         .transpose()
         .context("reading --agent-config")?;
     let mut others = vec![Phase::Uncontrolled, Phase::Controlled];
+    if !args.no_noop {
+        others.push(Phase::Noop);
+    }
     others.extend(quotas.iter().map(|&q| Phase::Static(q)));
     let plan: Vec<(usize, Phase)> = (0..rounds)
         .flat_map(|r| round_order(r, &others).into_iter().map(move |p| (r, p)))
@@ -507,7 +697,7 @@ pub fn run_cmd(args: Args) -> Result<()> {
                 &cl,
                 &args,
                 work.path(),
-                (&job_bin, &lib),
+                (&libs, harmless),
                 round,
                 phase,
                 seconds,
@@ -538,7 +728,7 @@ pub fn run_cmd(args: Args) -> Result<()> {
         eprintln!("interference: restarting harvestd with its defaults failed: {e:#}");
     }
     result?;
-    let summary = summarize(&runs, rounds, seconds);
+    let summary = summarize(&runs, rounds, seconds, harmless, harmless_note);
     for w in &summary.warnings {
         eprintln!("interference: WARNING: {w}");
     }
@@ -558,6 +748,7 @@ mod tests {
             Phase::Alone,
             Phase::Uncontrolled,
             Phase::Controlled,
+            Phase::Noop,
             Phase::Static(25),
         ] {
             assert_eq!(Phase::from_name(&p.name()), Some(p));
@@ -582,6 +773,62 @@ mod tests {
             ]
         );
         assert_eq!(round_order(3, &others), round_order(0, &others));
+    }
+
+    #[test]
+    fn attribution_counts_the_samples_where_only_the_thrasher_is_throttled() {
+        let sample = |t: f64, l: &[(&str, &str, &str)]| -> LeaseSample {
+            (
+                t,
+                l.iter()
+                    .map(|(a, b, c)| ((*a).to_owned(), (*b).to_owned(), (*c).to_owned()))
+                    .collect(),
+            )
+        };
+        let samples = [
+            sample(0.5, &[("T", "none", "pending"), ("H", "none", "pending")]),
+            sample(1.0, &[("T", "quota", "culprit"), ("H", "quota", "culprit")]),
+            sample(1.5, &[("T", "quota", "culprit"), ("H", "none", "harmless")]),
+            // The thrasher was evicted and came back as T2.
+            sample(
+                2.0,
+                &[("T2", "quota", "culprit"), ("H", "none", "harmless")],
+            ),
+        ];
+        let thrasher = ["T".to_owned(), "T2".to_owned()];
+        let (share, first) = attribution_of(&samples, &thrasher, &["H".to_owned()]);
+        assert!((share - 0.5).abs() < 1e-9, "{share}");
+        assert_eq!(first, Some(1.5));
+        let (share, first) = attribution_of(&[], &thrasher, &[]);
+        assert!(share.is_nan());
+        assert_eq!(first, None);
+    }
+
+    #[test]
+    fn phases_get_their_clients() {
+        let libs = Libs {
+            job: "job".into(),
+            thrash: "thrash.so".into(),
+            gentle: "gentle.so".into(),
+        };
+        assert!(clients_for(Phase::Alone, "u", &libs, 2).is_empty());
+        let noop = clients_for(Phase::Noop, "u", &libs, 2);
+        assert_eq!(noop.len(), 1);
+        assert_eq!(noop[0].function, "noop");
+        let c = clients_for(Phase::Controlled, "u", &libs, 3);
+        let got: Vec<(&str, &str, &str)> = c
+            .iter()
+            .map(|c| (c.role, c.user.as_str(), c.function))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("thrasher", "u", "thrash"),
+                ("harmless", "u2", "spin"),
+                ("harmless", "u3", "nap"),
+                ("harmless", "u4", "spin"),
+            ]
+        );
     }
 
     #[test]

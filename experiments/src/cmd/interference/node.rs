@@ -192,6 +192,22 @@ impl Cluster {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// How many CPUs the node has (its view's `cpus.total`).
+    pub(super) fn node_cpus(&self) -> Result<usize> {
+        let nodes = self.nodes_json()?;
+        let node = node_entry(&nodes, &self.node)
+            .with_context(|| format!("harvest nodes does not list node {}", self.node))?;
+        node["cpus"]["total"]
+            .as_array()
+            .map(Vec::len)
+            .with_context(|| {
+                format!(
+                    "node {} has no cpus.total in harvest nodes --json",
+                    self.node
+                )
+            })
+    }
+
     /// The node's interference state now (`null` when the agent reports none).
     pub(super) fn interference(&self) -> serde_json::Value {
         self.nodes_json()

@@ -70,7 +70,11 @@ fn spread(v: &[f64]) -> Spread {
 pub(super) struct FrontierPoint {
     phase: String,
     slowdown_pct: Spread,
+    /// The thrasher's throughput kept (the only function before harmless leases came).
     function_throughput_kept_pct: Spread,
+    /// The harmless leases' throughput kept (their mean per round; absent without them).
+    #[serde(default)]
+    harmless_throughput_kept_pct: Option<Spread>,
 }
 
 #[derive(Debug, Serialize)]
@@ -80,6 +84,26 @@ pub(super) struct Summary {
     function_throughput_kept_pct: f64,
     target: &'static str,
     target_met: bool,
+    /// The thrasher's throughput kept under control (the same as
+    /// `function_throughput_kept_pct`).
+    harmful_throughput_kept_pct: f64,
+    /// The harmless leases' throughput kept under control (`null`: no harmless lease ran).
+    harmless_throughput_kept_pct: Option<f64>,
+    /// The share of controlled time in which the thrasher, and only it, was throttled.
+    culprit_identified_pct: Option<f64>,
+    /// Seconds from a controlled job's start to the first right verdict (thrasher a culprit,
+    /// no harmless lease one), median over the rounds (`null`: never right).
+    first_correct_verdict_s: Option<f64>,
+    /// The attribution target: controlled slowdown <= 2% while the harmless leases keep >= 90%
+    /// of their throughput (`null`: no harmless lease ran).
+    attribution_target: &'static str,
+    attribution_target_met: Option<bool>,
+    /// The job beside a no-op function, control off: harvest's own cost (`null`: not run).
+    slowdown_noop_pct: Option<f64>,
+    slowdown_noop: Option<Spread>,
+    /// How many harmless leases ran beside the thrasher, and why fewer than asked.
+    harmless_leases: usize,
+    harmless_note: Option<String>,
     /// Whether any static quota met the target: whether this machine allows it at all with
     /// these workloads (`null`: no static quota was measured).
     static_quota_met_target: Option<bool>,
@@ -152,7 +176,19 @@ fn alone_in_time(runs: &[Run]) -> Vec<&Run> {
 /// Each round's slowdown (chunks per CPU-second and per wall-clock second) against `alone` and
 /// throughput kept (against the round's uncontrolled phase) for `phase`.
 fn measure(runs: &[Run], alone: &[&Run], phase: Phase) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (cpu, wall, kept, _) = measure_all(runs, alone, phase);
+    (cpu, wall, kept)
+}
+
+/// [`measure`], and the harmless leases' throughput kept (their mean per round, against the
+/// round's uncontrolled phase; empty without harmless leases).
+fn measure_all(
+    runs: &[Run],
+    alone: &[&Run],
+    phase: Phase,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
     let (mut cpu, mut wall, mut kept) = (Vec::new(), Vec::new(), Vec::new());
+    let mut harmless = Vec::new();
     for r in runs.iter().filter(|r| r.phase == phase) {
         cpu.push(slowdown_pct(
             reference(alone, r, |a| a.job_chunks_per_cpu_s),
@@ -166,8 +202,20 @@ fn measure(runs: &[Run], alone: &[&Run], phase: Phase) -> (Vec<f64>, Vec<f64>, V
             .iter()
             .find(|u| u.round == r.round && u.phase == Phase::Uncontrolled);
         kept.push(un.map_or(f64::NAN, |u| r.fn_per_s / u.fn_per_s.max(1e-9) * 100.0));
+        if let Some(u) = un
+            && !r.harmless_per_s.is_empty()
+            && r.harmless_per_s.len() == u.harmless_per_s.len()
+        {
+            let each: Vec<f64> = r
+                .harmless_per_s
+                .iter()
+                .zip(&u.harmless_per_s)
+                .map(|(c, u)| c / u.max(1e-9) * 100.0)
+                .collect();
+            harmless.push(each.iter().sum::<f64>() / each.len() as f64);
+        }
     }
-    (cpu, wall, kept)
+    (cpu, wall, kept, harmless)
 }
 
 /// The absolute change (%) of the job alone from each alone phase (in time order) to the next.
@@ -205,10 +253,16 @@ fn warnings(runs: &[Run]) -> Vec<String> {
     out
 }
 
-pub(super) fn summarize(runs: &[Run], rounds: usize, seconds: u64) -> Summary {
+pub(super) fn summarize(
+    runs: &[Run],
+    rounds: usize,
+    seconds: u64,
+    harmless_leases: usize,
+    harmless_note: Option<String>,
+) -> Summary {
     let mut phases: Vec<Phase> = Vec::new();
     for r in runs {
-        if r.phase != Phase::Alone && !phases.contains(&r.phase) {
+        if !matches!(r.phase, Phase::Alone | Phase::Noop) && !phases.contains(&r.phase) {
             phases.push(r.phase);
         }
     }
@@ -223,11 +277,12 @@ pub(super) fn summarize(runs: &[Run], rounds: usize, seconds: u64) -> Summary {
     let frontier: Vec<FrontierPoint> = phases
         .iter()
         .map(|&p| {
-            let (cpu, _, kept) = measure(runs, &alone, p);
+            let (cpu, _, kept, harmless) = measure_all(runs, &alone, p);
             FrontierPoint {
                 phase: p.name(),
                 slowdown_pct: spread(&cpu),
                 function_throughput_kept_pct: spread(&kept),
+                harmless_throughput_kept_pct: (!harmless.is_empty()).then(|| spread(&harmless)),
             }
         })
         .collect();
@@ -239,8 +294,29 @@ pub(super) fn summarize(runs: &[Run], rounds: usize, seconds: u64) -> Summary {
         .filter(|f| f.phase.starts_with("quota-"))
         .collect();
     let (sl_un, wall_un, _) = measure(runs, &alone, Phase::Uncontrolled);
-    let (sl_co, wall_co, kept) = measure(runs, &alone, Phase::Controlled);
+    let (sl_co, wall_co, kept, harmless_kept) = measure_all(runs, &alone, Phase::Controlled);
     let (sl_un, sl_co, kept) = (spread(&sl_un), spread(&sl_co), spread(&kept));
+    let harmless_kept = (!harmless_kept.is_empty()).then(|| spread(&harmless_kept).median);
+    let controlled: Vec<&Run> = runs
+        .iter()
+        .filter(|r| r.phase == Phase::Controlled)
+        .collect();
+    let shares: Vec<f64> = controlled
+        .iter()
+        .map(|r| r.culprit_only_share * 100.0)
+        .filter(|x| x.is_finite())
+        .collect();
+    let culprit_identified = (!shares.is_empty()).then(|| spread(&shares).median);
+    let firsts: Vec<f64> = controlled
+        .iter()
+        .filter_map(|r| r.first_correct_verdict_s)
+        .collect();
+    let first_correct =
+        (!firsts.is_empty() && firsts.len() == controlled.len()).then(|| spread(&firsts).median);
+    let noop = runs
+        .iter()
+        .any(|r| r.phase == Phase::Noop)
+        .then(|| spread(&measure(runs, &alone, Phase::Noop).0));
     let of = |p: Phase, f: fn(&Run) -> f64| -> Spread {
         spread(
             &runs
@@ -280,6 +356,16 @@ pub(super) fn summarize(runs: &[Run], rounds: usize, seconds: u64) -> Summary {
         function_throughput_kept_pct: kept.median,
         target: "slowdown_controlled_pct <= 2 and function_throughput_kept_pct >= 50",
         target_met: meets_target(sl_co.median, kept.median),
+        harmful_throughput_kept_pct: kept.median,
+        harmless_throughput_kept_pct: harmless_kept,
+        culprit_identified_pct: culprit_identified,
+        first_correct_verdict_s: first_correct,
+        attribution_target: "slowdown_controlled_pct <= 2 and harmless_throughput_kept_pct >= 90",
+        attribution_target_met: harmless_kept.map(|h| sl_co.median <= 2.0 && h >= 90.0),
+        slowdown_noop_pct: noop.as_ref().map(|s| s.median),
+        slowdown_noop: noop,
+        harmless_leases,
+        harmless_note,
         static_quota_met_target: (!statics.is_empty()).then(|| statics.iter().any(|f| meets(f))),
         frontier,
         rounds,
@@ -320,11 +406,12 @@ pub(super) fn write_results(
     font: &Path,
 ) -> Result<()> {
     let mut csv = String::from(
-        "round,phase,start_unix_ms,end_unix_ms,job_chunks_per_cpu_s,job_chunks_per_s,job_cpu_share,job_wait_share,fn_invocations,fn_per_s,max_level,leases,lease_errors,busy_before_cpus,machine_busy_cpus\n",
+        "round,phase,start_unix_ms,end_unix_ms,job_chunks_per_cpu_s,job_chunks_per_s,job_cpu_share,job_wait_share,fn_invocations,fn_per_s,max_level,leases,lease_errors,busy_before_cpus,machine_busy_cpus,harmless_per_s,culprit_only_share,first_correct_verdict_s\n",
     );
     for r in runs {
+        let harmless: Vec<String> = r.harmless_per_s.iter().map(|x| format!("{x:.2}")).collect();
         csv += &format!(
-            "{},{},{},{},{:.1},{:.1},{:.3},{:.3},{},{:.2},{},{},{},{:.2},{:.2}\n",
+            "{},{},{},{},{:.1},{:.1},{:.3},{:.3},{},{:.2},{},{},{},{:.2},{:.2},{},{:.3},{}\n",
             r.round + 1,
             r.phase.name(),
             r.start_unix_ms,
@@ -339,7 +426,11 @@ pub(super) fn write_results(
             r.leases,
             r.lease_errors.len(),
             r.busy_before,
-            r.machine_busy_cpus
+            r.machine_busy_cpus,
+            harmless.join(";"),
+            r.culprit_only_share,
+            r.first_correct_verdict_s
+                .map_or(String::new(), |t| format!("{t:.1}"))
         );
     }
     std::fs::write(dir.join("runs.csv"), csv)?;
@@ -411,10 +502,12 @@ pub(super) fn replot(dir: &Path, font: &Path) -> Result<()> {
     draw(&dir.join("interference.png"), &runs, &frontier)
 }
 
-/// Black alone, red uncontrolled, blue controlled; static quotas in greens, darker the looser.
+/// Black alone, red uncontrolled, blue controlled, orange no-op; static quotas in greens,
+/// darker the looser.
 fn phase_color(phase: &str) -> RGBColor {
     match Phase::from_name(phase) {
         Some(Phase::Alone) => BLACK,
+        Some(Phase::Noop) => RGBColor(0xe0, 0x80, 0x00),
         Some(Phase::Uncontrolled) => RED,
         Some(Phase::Controlled) => BLUE,
         Some(Phase::Static(q)) => {
@@ -495,7 +588,7 @@ fn draw(path: &Path, runs: &[Run], frontier: &[FrontierPoint]) -> Result<()> {
         .build_cartesian_2d(0.0..110.0, ybot..ytop)?;
     chart
         .configure_mesh()
-        .x_desc("function throughput kept (% of uncontrolled)")
+        .x_desc("throughput kept, % of uncontrolled (filled: thrasher, hollow: harmless)")
         .y_desc("batch job slowdown (%)")
         .draw()?;
     // The target: at most 2% slower while the functions keep at least half.
@@ -526,6 +619,21 @@ fn draw(path: &Path, runs: &[Run], frontier: &[FrontierPoint]) -> Result<()> {
             color.stroke_width(1),
         )))?;
         chart.draw_series(std::iter::once(Circle::new((x, y), 5, color.filled())))?;
+        // The harmless leases' throughput kept at the same slowdown: a hollow marker, joined
+        // to the thrasher's (filled) one.
+        if let Some(h) = &f.harmless_throughput_kept_pct
+            && h.median.is_finite()
+        {
+            chart.draw_series(std::iter::once(PathElement::new(
+                vec![(x, y), (h.median, y)],
+                color.mix(0.5).stroke_width(1),
+            )))?;
+            chart.draw_series(std::iter::once(Circle::new(
+                (h.median, y),
+                5,
+                color.stroke_width(2),
+            )))?;
+        }
         // Labels right of their point, or left of it near the right edge.
         let lx = if x > 85.0 { x - 22.0 } else { x + 1.5 };
         chart.draw_series(std::iter::once(Text::new(
@@ -578,7 +686,7 @@ mod tests {
             run(0, Phase::Static(25), 30_000, 1150.0 / 1.01, 25.0),
             run(1, Phase::Alone, 40_000, 1200.0, 0.0),
         ];
-        let s = summarize(&runs, 1, 10);
+        let s = summarize(&runs, 1, 10, 0, None);
         assert!((s.slowdown_uncontrolled_pct - 10.0).abs() < 1e-9, "{s:?}");
         assert!((s.slowdown_controlled_pct - 1.5).abs() < 1e-9, "{s:?}");
         assert!((s.function_throughput_kept_pct - 60.0).abs() < 1e-9);
@@ -604,7 +712,7 @@ mod tests {
             run(0, Phase::Uncontrolled, 10_000, 900.0, 100.0),
             dead,
         ];
-        let s = summarize(&runs, 1, 10);
+        let s = summarize(&runs, 1, 10, 0, None);
         assert!(
             s.warnings
                 .iter()
@@ -614,5 +722,69 @@ mod tests {
         );
         assert_eq!(s.function_throughput_kept_pct, 0.0);
         assert_eq!(s.static_quota_met_target, None);
+    }
+
+    #[test]
+    fn harmless_leases_and_attribution_are_summarized() {
+        let with = |mut r: Run, harmless: &[f64], share: f64, first: Option<f64>| {
+            r.harmless_per_s = harmless.to_vec();
+            r.culprit_only_share = share;
+            r.first_correct_verdict_s = first;
+            r
+        };
+        let runs = vec![
+            run(0, Phase::Alone, 0, 1000.0, 0.0),
+            with(
+                run(0, Phase::Uncontrolled, 10_000, 900.0, 100.0),
+                &[50.0, 200.0],
+                f64::NAN,
+                None,
+            ),
+            // Control keeps the job within 1%, the thrasher at 25%, the harmless at 96% and 99%.
+            with(
+                run(0, Phase::Controlled, 20_000, 990.0, 25.0),
+                &[48.0, 198.0],
+                0.8,
+                Some(4.5),
+            ),
+            // A fixed 25% cap on everyone costs the harmless leases three quarters.
+            with(
+                run(0, Phase::Static(25), 30_000, 990.0, 25.0),
+                &[12.5, 50.0],
+                f64::NAN,
+                None,
+            ),
+            run(0, Phase::Noop, 40_000, 1000.0 / 1.004, 5000.0),
+            run(1, Phase::Alone, 50_000, 1000.0, 0.0),
+        ];
+        let s = summarize(&runs, 1, 10, 2, None);
+        assert!((s.harmful_throughput_kept_pct - 25.0).abs() < 1e-9);
+        assert!(
+            (s.harmless_throughput_kept_pct.unwrap() - 97.5).abs() < 1e-9,
+            "{s:?}"
+        );
+        assert!((s.culprit_identified_pct.unwrap() - 80.0).abs() < 1e-9);
+        assert_eq!(s.first_correct_verdict_s, Some(4.5));
+        assert_eq!(s.attribution_target_met, Some(true));
+        assert!((s.slowdown_noop_pct.unwrap() - 0.4).abs() < 1e-9, "{s:?}");
+        let q = s.frontier.iter().find(|f| f.phase == "quota-25").unwrap();
+        let h = q.harmless_throughput_kept_pct.as_ref().unwrap();
+        assert!((h.median - 25.0).abs() < 1e-9);
+        // The no-op phase is a control, not a point of the frontier.
+        assert!(s.frontier.iter().all(|f| f.phase != "noop"));
+
+        // Without harmless leases (a 2-CPU node) there is no harmless figure, and no verdict
+        // on the attribution target, rather than a number that means nothing.
+        let runs: Vec<Run> = runs
+            .into_iter()
+            .map(|mut r| {
+                r.harmless_per_s.clear();
+                r
+            })
+            .collect();
+        let s = summarize(&runs, 1, 10, 0, Some("node n1 has 2 CPUs".into()));
+        assert_eq!(s.harmless_throughput_kept_pct, None);
+        assert_eq!(s.attribution_target_met, None);
+        assert_eq!(s.harmless_note.as_deref(), Some("node n1 has 2 CPUs"));
     }
 }
