@@ -12,25 +12,10 @@ use super::detector::{Detector, Finding, FreezeProbe, ProbeJob, ProbeResult};
 use super::monitor::{Monitor, Parts};
 use super::settings::InterferenceConfig;
 use super::signals::{Source, names};
-use super::testing::{FakeActuator, FakeEvictor, FakeTargets, ModelJob, ReadClock};
+use super::testing::{FakeActuator, FakeEvictor, FakeTargets, ModelJob, ReadClock, probe_cfg};
 use crate::stats::NodeStats;
 
 const PERIOD: Duration = Duration::from_secs(1);
-
-/// Short probes, a generous budget and short holds, so a scenario runs in a few seconds.
-fn cfg() -> InterferenceConfig {
-    InterferenceConfig {
-        detectors: vec!["freeze-probe".into()],
-        probe_duration: Duration::from_millis(15),
-        probe_settle: Duration::from_millis(5),
-        probe_budget_pct: 50,
-        probe_interval: Duration::from_secs(1),
-        settle: Duration::from_secs(1),
-        relax_after: Duration::from_secs(4),
-        max_hold: Duration::from_secs(64),
-        ..InterferenceConfig::default()
-    }
-}
 
 struct Rig {
     monitor: Monitor,
@@ -83,7 +68,7 @@ async fn the_thrasher_alone_is_throttled_and_the_harmless_leases_keep_full_speed
     // A bandwidth thrasher (15% harm at full speed) of one user, a compute-bound lease and a
     // sleeping one (no harm) of two others.
     let mut r = rig(
-        cfg(),
+        probe_cfg(),
         &[("T", 1001, 0.15), ("C", 1002, 0.0), ("S", 1003, 0.0)],
         Vec::new(),
     );
@@ -133,7 +118,7 @@ async fn the_thrasher_alone_is_throttled_and_the_harmless_leases_keep_full_speed
 #[tokio::test]
 async fn two_culprits_are_both_found_and_the_harmless_one_is_left_alone() {
     let mut r = rig(
-        cfg(),
+        probe_cfg(),
         &[("A", 1001, 0.12), ("B", 1002, 0.10), ("C", 1003, 0.0)],
         Vec::new(),
     );
@@ -158,7 +143,7 @@ async fn two_culprits_are_both_found_and_the_harmless_one_is_left_alone() {
 
 #[tokio::test]
 async fn the_level_that_held_is_remembered_for_the_same_owner_beside_the_same_job() {
-    let mut r = rig(cfg(), &[("T", 1001, 0.15)], Vec::new());
+    let mut r = rig(probe_cfg(), &[("T", 1001, 0.15)], Vec::new());
     let t0 = Instant::now();
     let mut i = 0u32;
     // Until the thrasher is held at a quota that its probes find harmless (quota 10%: 1.5%).
@@ -192,7 +177,7 @@ async fn the_level_that_held_is_remembered_for_the_same_owner_beside_the_same_jo
 async fn without_memory_a_new_lease_starts_at_full_speed() {
     let cfg = InterferenceConfig {
         memory_ttl: Duration::ZERO,
-        ..cfg()
+        ..probe_cfg()
     };
     let mut r = rig(cfg, &[("T", 1001, 0.15)], Vec::new());
     let t0 = Instant::now();
@@ -211,7 +196,7 @@ async fn the_probe_lets_a_thawed_lease_settle_before_its_last_window() {
     let clock = ReadClock::default();
     let cfg = InterferenceConfig {
         probe_settle: Duration::from_millis(60),
-        ..cfg()
+        ..probe_cfg()
     };
     let mut r = rig(cfg, &[("L", 1001, 0.0)], vec![Box::new(clock.clone())]);
     let t0 = Instant::now();

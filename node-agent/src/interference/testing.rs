@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use super::controller::{Actuator, ActuatorError, LeaseControl};
 use super::monitor::{Evictor, TargetFinder};
+use super::settings::InterferenceConfig;
 use super::signals::{Collector, JobTarget, Kind, LeaseTarget, Source, Target, Targets};
 
 /// One reading of a recorded tick.
@@ -102,6 +103,22 @@ impl FakeTargets {
 impl TargetFinder for FakeTargets {
     fn targets(&self) -> Targets {
         self.0.lock().unwrap().clone()
+    }
+}
+
+/// Short probes (15 ms, 5 ms settle), a generous budget and short holds, so a scenario of
+/// tens of periods runs in a few seconds of real time.
+pub fn probe_cfg() -> InterferenceConfig {
+    InterferenceConfig {
+        detectors: vec!["freeze-probe".into()],
+        probe_duration: std::time::Duration::from_millis(15),
+        probe_settle: std::time::Duration::from_millis(5),
+        probe_budget_pct: 50,
+        probe_interval: std::time::Duration::from_secs(1),
+        settle: std::time::Duration::from_secs(1),
+        relax_after: std::time::Duration::from_secs(4),
+        max_hold: std::time::Duration::from_secs(64),
+        ..InterferenceConfig::default()
     }
 }
 

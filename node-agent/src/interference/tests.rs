@@ -14,7 +14,7 @@ use super::monitor::{Monitor, Parts};
 use super::settings::{InterferenceConfig, Mode};
 use super::signals::{Kind, Snapshot, Source, Target, names};
 use super::testing::{
-    FakeActuator, FakeEvictor, FakeTargets, Missing, ModelJob, PerRead, Rec, Recorded,
+    FakeActuator, FakeEvictor, FakeTargets, Missing, ModelJob, PerRead, Rec, Recorded, probe_cfg,
 };
 use crate::stats::NodeStats;
 use harvest_proto::v1::InterferenceLevel;
@@ -534,19 +534,6 @@ async fn with_every_source_missing_nothing_is_done_and_the_node_says_why() {
     );
     assert_eq!(act.control("L1"), Some(LeaseControl::normal(1)));
     assert_eq!(stats.counters().interference_actions, 0);
-}
-
-fn probe_cfg() -> InterferenceConfig {
-    InterferenceConfig {
-        detectors: vec!["freeze-probe".into()],
-        probe_duration: Duration::from_millis(15),
-        probe_budget_pct: 50,
-        probe_interval: Duration::from_secs(1),
-        settle: Duration::from_secs(1),
-        relax_after: Duration::from_secs(4),
-        max_hold: Duration::from_secs(64),
-        ..InterferenceConfig::default()
-    }
 }
 
 #[tokio::test]
