@@ -63,6 +63,9 @@ pub struct Args {
     /// TrueType font for the plot.
     #[arg(long, default_value = crate::output::DEFAULT_FONT)]
     pub font: PathBuf,
+    /// Only redraw peers.png from the summary.json in --out (no cluster needed).
+    #[arg(long)]
+    pub replot: bool,
 }
 
 /// One workload of a plan, as the drivers read it.
@@ -101,7 +104,7 @@ pub struct DriverOutput {
 }
 
 /// A row of summary.json.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Row {
     system: String,
     workload: String,
@@ -119,7 +122,7 @@ struct Row {
     in_flight: usize,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct SystemInfo {
     system: String,
     version: String,
@@ -127,7 +130,7 @@ struct SystemInfo {
     idle_cpu_s_per_s: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Summary {
     quick: bool,
     workers: u32,
@@ -138,7 +141,7 @@ struct Summary {
     notes: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Ratio {
     what: String,
     value: f64,
@@ -229,6 +232,13 @@ fn plan(system: System, quick: bool, workers: u32) -> Vec<Workload> {
 
 /// Runs the comparison and writes its results.
 pub fn run_cmd(args: Args) -> Result<()> {
+    if args.replot {
+        let dir = args
+            .out
+            .clone()
+            .unwrap_or_else(|| repo_root().join("experiments/results/peers"));
+        return replot(&dir, &args.font);
+    }
     ensure!(
         (1..=64).contains(&args.workers),
         "--workers must be 1..=64, not {}",
@@ -796,6 +806,19 @@ fn human_us(us: f64) -> String {
     }
 }
 
+/// Redraws `peers.png` in `dir` from its `summary.json`.
+fn replot(dir: &Path, font: &Path) -> Result<()> {
+    let path = dir.join("summary.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let summary: Summary =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    load_font(font)?;
+    plot(&dir.join("peers.png"), &summary)?;
+    eprintln!("compare-peers: redrew {}", dir.join("peers.png").display());
+    Ok(())
+}
+
 /// p50 round trip per workload and system, log scale.
 fn plot(path: &Path, s: &Summary) -> Result<()> {
     let workloads: Vec<String> = {
@@ -811,7 +834,8 @@ fn plot(path: &Path, s: &Summary) -> Result<()> {
     if workloads.is_empty() || systems.is_empty() {
         bail!("nothing to plot");
     }
-    let ymax = s.rows.iter().map(|r| r.p50_us).fold(10.0, f64::max) * 3.0;
+    // Two decades above the tallest bar: the legend sits there, clear of every bar.
+    let ymax = s.rows.iter().map(|r| r.p50_us).fold(10.0, f64::max) * 100.0;
     let root = BitMapBackend::new(path, (1100, 520)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
@@ -872,6 +896,24 @@ fn plot(path: &Path, s: &Summary) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replot_redraws_the_png_from_a_committed_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        // The committed summary reads back (its fields have not drifted from the code's).
+        let committed = repo_root().join("experiments/results/peers/summary.json");
+        std::fs::copy(&committed, dir.path().join("summary.json")).unwrap();
+        replot(dir.path(), Path::new(crate::output::DEFAULT_FONT)).unwrap();
+        let png = std::fs::metadata(dir.path().join("peers.png")).unwrap();
+        assert!(png.len() > 1000, "{png:?}");
+        let e = replot(
+            Path::new("/nonexistent"),
+            Path::new(crate::output::DEFAULT_FONT),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("reading /nonexistent/summary.json"), "{e}");
+    }
 
     #[test]
     fn plans_are_the_same_work_for_every_system() {
