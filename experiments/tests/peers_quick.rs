@@ -26,7 +26,13 @@ fn compare_peers_quick_measures_every_system_and_workload() {
         serde_json::from_str(&std::fs::read_to_string(out.path().join("summary.json")).unwrap())
             .unwrap();
     let rows = v["rows"].as_array().unwrap();
-    let systems = ["harvest-rust", "harvest-python", "srun", "parsl-htex"];
+    let systems = [
+        "harvest-rust",
+        "harvest-rust-spin",
+        "harvest-python",
+        "srun",
+        "parsl-htex",
+    ];
     let workloads = [
         "noop",
         "kernel-10ms",

@@ -29,6 +29,10 @@ pub struct ClientArgs {
     /// Pids whose process trees count as the framework (comma-separated).
     #[arg(long, default_value = "")]
     pub cpu_roots: String,
+    /// The first connection (the sequential calls') busy-polls for its answers: rFaaS's hot
+    /// invocations, one core spent waiting; the others block.
+    #[arg(long)]
+    pub spin: bool,
 }
 
 /// Runs the plan and prints the result.
@@ -50,7 +54,13 @@ pub fn run_client(a: ClientArgs) -> Result<()> {
         .block_on(sched.acquire(&req))
         .context("acquiring a lease")?;
     let mut conns: Vec<ExecutorConnection> = (0..a.workers)
-        .map(|_| lease.connect(Polling::Block))
+        .map(|i| {
+            lease.connect(if a.spin && i == 0 {
+                Polling::Spin
+            } else {
+                Polling::Block
+            })
+        })
         .collect::<Result<_, _>>()?;
     let first = conns[0].invoke("echo", b"x", None)?;
     ensure!(first == b"x", "echo answered {first:?}");
@@ -102,7 +112,15 @@ pub fn run_client(a: ClientArgs) -> Result<()> {
     let out = DriverOutput {
         first_result_ms,
         workloads: rows,
-        version: format!("harvest Rust client {}", env!("CARGO_PKG_VERSION")),
+        version: format!(
+            "harvest Rust client {}{}",
+            env!("CARGO_PKG_VERSION"),
+            if a.spin {
+                " (sequential calls spin)"
+            } else {
+                ""
+            }
+        ),
     };
     println!("{}", serde_json::to_string(&out)?);
     Ok(())

@@ -152,6 +152,8 @@ struct Ratio {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum System {
     HarvestRust,
+    /// The Rust client whose sequential calls busy-poll (`Polling::Spin`).
+    HarvestRustSpin,
     HarvestPython,
     Srun,
     Parsl,
@@ -161,6 +163,7 @@ impl System {
     fn name(self) -> &'static str {
         match self {
             Self::HarvestRust => "harvest-rust",
+            Self::HarvestRustSpin => "harvest-rust-spin",
             Self::HarvestPython => "harvest-python",
             Self::Srun => "srun",
             Self::Parsl => "parsl-htex",
@@ -205,7 +208,7 @@ fn plan(system: System, quick: bool, workers: u32) -> Vec<Workload> {
         .iter()
         .map(|&(name, function, bytes, h, p, s)| {
             let [seq, tasks] = match system {
-                System::HarvestRust | System::HarvestPython => h,
+                System::HarvestRust | System::HarvestRustSpin | System::HarvestPython => h,
                 System::Parsl => p,
                 System::Srun => s,
             };
@@ -268,7 +271,12 @@ pub fn run_cmd(args: Args) -> Result<()> {
 
     let mut systems = Vec::new();
     let mut rows = Vec::new();
-    let mut order = vec![System::HarvestRust, System::HarvestPython, System::Srun];
+    let mut order = vec![
+        System::HarvestRust,
+        System::HarvestRustSpin,
+        System::HarvestPython,
+        System::Srun,
+    ];
     if !args.no_parsl {
         order.push(System::Parsl);
     } else {
@@ -285,10 +293,8 @@ pub fn run_cmd(args: Args) -> Result<()> {
             system.name()
         );
         let out = match system {
-            System::HarvestRust => run_as_user(
-                &cluster,
-                std::env::current_exe()?.as_os_str(),
-                &[
+            System::HarvestRust | System::HarvestRustSpin => {
+                let mut client_args: Vec<String> = vec![
                     "peers-client".into(),
                     "--scheduler".into(),
                     cluster.require("HARVEST_SCHEDULER")?.into(),
@@ -300,8 +306,12 @@ pub fn run_cmd(args: Args) -> Result<()> {
                     args.workers.to_string(),
                     "--cpu-roots".into(),
                     join_pids(&roots),
-                ],
-            )?,
+                ];
+                if system == System::HarvestRustSpin {
+                    client_args.push("--spin".into());
+                }
+                run_as_user(&cluster, std::env::current_exe()?.as_os_str(), &client_args)?
+            }
             System::HarvestPython => {
                 let venv = match &args.python_venv {
                     Some(v) => v.clone(),
@@ -731,6 +741,18 @@ fn ratios(rows: &[Row]) -> Vec<Ratio> {
             met: thr >= 20.0,
         });
     }
+    if let (Some(h), Some(p)) = (
+        row(rows, "harvest-rust-spin", "noop"),
+        row(rows, "parsl-htex", "noop"),
+    ) {
+        let lat = p.p50_us / h.p50_us.max(f64::MIN_POSITIVE);
+        out.push(Ratio {
+            what: "no-op p50: parsl-htex / harvest-rust-spin".into(),
+            value: round1(lat),
+            goal: ">= 100".into(),
+            met: lat >= 100.0,
+        });
+    }
     if let (Some(h), Some(s)) = (row(rows, "harvest-rust", "noop"), row(rows, "srun", "noop")) {
         out.push(Ratio {
             what: "no-op p50: srun / harvest-rust".into(),
@@ -966,13 +988,18 @@ mod tests {
         };
         let rows = vec![
             r("harvest-rust", "noop", 20.0, 40_000.0),
+            r("harvest-rust-spin", "noop", 12.5, 30_000.0),
             r("harvest-python", "noop", 50.0, 20_000.0),
             r("parsl-htex", "noop", 2500.0, 1000.0),
         ];
         let got = ratios(&rows);
         let find = |w: &str| got.iter().find(|x| x.what.starts_with(w)).unwrap();
-        assert_eq!(find("no-op p50: parsl").value, 125.0);
-        assert!(find("no-op p50: parsl").met);
+        assert_eq!(find("no-op p50: parsl-htex / harvest-rust").value, 125.0);
+        assert!(find("no-op p50: parsl-htex / harvest-rust").met);
+        assert_eq!(
+            find("no-op p50: parsl-htex / harvest-rust-spin").value,
+            200.0
+        );
         assert_eq!(find("no-op throughput").value, 40.0);
         assert_eq!(find("noop p50: harvest-python").value, 2.5);
         assert!(!find("noop p50: harvest-python").met);
