@@ -265,7 +265,14 @@ fn a_lease_group_denies_devices_it_was_not_lent_caps_its_tasks_and_cannot_swap()
     let lent = mknod(dev.path(), "nvidia0", NVIDIA_MAJOR, 0);
     let other = mknod(dev.path(), "nvidia1", NVIDIA_MAJOR, 1);
     // Lent GPU 0 only: its numbers come from the node.
-    let devices = lease_devices(dev.path(), &[0]).unwrap();
+    let gpu0 = harvest_agent::discover::GpuUnit {
+        id: 0,
+        gpu: 0,
+        uuid: String::new(),
+        memory_total_mib: 0,
+        mig: None,
+    };
+    let devices = lease_devices(dev.path(), std::path::Path::new("/nonexistent"), &[gpu0]).unwrap();
     assert_eq!(devices.len(), BASIC.len() + 1, "{devices:?}");
     let g = t.group("lease");
     let limit = 64u64 << 20;
