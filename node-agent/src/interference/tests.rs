@@ -41,6 +41,52 @@ fn ctx(leases: usize, active: bool) -> Context {
     }
 }
 
+/// A GPU job whose GPUs never slowed for power or heat alone starts to beside a lease: harm
+/// after `consecutive` samples. One whose GPUs throttle alone too is not hurt by the leases.
+#[test]
+fn threshold_flags_a_gpu_job_slowed_for_power_or_heat_only_beside_executors() {
+    let cfg = InterferenceConfig::default();
+    let t0 = Instant::now();
+    let at = |i: u64| t0 + PERIOD * i as u32;
+    let j = Target::Job(7);
+    let with = |slow: f64| {
+        snap(&[
+            (j.clone(), names::CPU, 1.0),
+            (j.clone(), names::GPU_SLOWDOWN, slow),
+        ])
+    };
+    let mut d = Threshold::new(&cfg);
+    for i in 0..3 {
+        assert_eq!(d.observe(at(i), &with(0.0), &ctx(0, false)), Finding::Quiet);
+    }
+    assert_eq!(d.observe(at(3), &with(0.0), &ctx(1, true)), Finding::Clear);
+    let mut found = None;
+    for i in 4..10 {
+        match d.observe(at(i), &with(1.0), &ctx(1, true)) {
+            Finding::Clear => {}
+            Finding::Harm { job, reason, .. } => {
+                found = Some((i, job, reason));
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let (i, job, reason) = found.expect("harm while the GPUs slow beside executors");
+    assert_eq!(job, 7);
+    assert!(reason.contains(names::GPU_SLOWDOWN), "{reason}");
+    // Not on the first slowed sample: the streak must reach `consecutive`.
+    assert!(i >= 3 + u64::from(cfg.consecutive), "harm at sample {i}");
+
+    // The same job throttling alone as much: never harm.
+    let mut d = Threshold::new(&cfg);
+    for i in 0..3 {
+        d.observe(at(i), &with(1.0), &ctx(0, false));
+    }
+    for i in 3..12 {
+        assert_eq!(d.observe(at(i), &with(1.0), &ctx(1, true)), Finding::Clear);
+    }
+}
+
 #[test]
 fn threshold_flags_a_progress_drop_against_the_baseline_and_clears_on_recovery() {
     let cfg = InterferenceConfig::default();
