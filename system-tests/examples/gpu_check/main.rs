@@ -253,11 +253,14 @@ async fn run(a: &Args, r: &mut Report) -> Result<bool> {
         )?)
         .client_ca_root(harvest_proto::tls::read_ca("ca", &pki.ca())?);
     let mut sched = FakeScheduler::start_tls("127.0.0.1:0".parse()?, Some(server_tls)).await?;
+    // allow_unconfined_gpus: on a cgroup v2 host harvestd would refuse the GPU lease; the check
+    // lends it anyway to record what v2 leaves open (verdict "unconfined").
     let config = dir.join("agent.toml");
     std::fs::write(
         &config,
         format!(
             "heartbeat_interval = \"200ms\"\nexecutor_path = {:?}\nlease_cgroup_parent = \"{PARENT}\"\n\
+             allow_unconfined_gpus = true\n\
              dev_root = {:?}\ngpu_source = \"{}\"\nexecutor_start_timeout = \"30s\"\ntls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n",
             path_str(&a.executor)?,
             path_str(&a.dev_root)?,
