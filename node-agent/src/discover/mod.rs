@@ -306,6 +306,20 @@ mod tests {
         );
         assert!(s.contains("4096 MiB"), "{s}");
         assert!(s.contains("gpu 1") && s.contains("GPU-fake-1"), "{s}");
+        let mig = discover(
+            &FakeTopology::uniform(1, 1, 1),
+            &FakeMemory(1),
+            &FakeGpus::with_mig(0, 2),
+        )
+        .unwrap();
+        let s = summary(&mig);
+        assert!(s.contains("MIG on"), "{s}");
+        assert!(
+            s.contains("mig gi 1 ci 0 10240 MiB MIG-fake-0-0")
+                && s.contains("mig gi 2 ci 0 10240 MiB MIG-fake-0-1"),
+            "{s}"
+        );
+        assert_eq!(mig.gpu_indices(), [0, 1], "one unit per instance");
         let none = discover(
             &FakeTopology::uniform(1, 1, 1),
             &FakeMemory(1),
