@@ -100,6 +100,21 @@ pub enum StartError {
     UnconfinedGpus { gpus: usize, why: String },
 }
 
+/// A lease lent `gpus` GPUs on a host whose lease groups cannot confine devices (cgroup v2)
+/// is refused unless `allow` (`allow_unconfined_gpus`).
+pub(crate) fn refuse_unconfined_gpus(
+    gpus: usize,
+    allow: bool,
+    cgroups: &dyn crate::cgroup::Cgroups,
+) -> Result<(), StartError> {
+    match cgroups.confinement().devices {
+        crate::cgroup::Support::Unavailable(why) if gpus > 0 && !allow => {
+            Err(StartError::UnconfinedGpus { gpus, why })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// How the lease ends.
 #[derive(Debug)]
 enum Ending {
@@ -351,15 +366,11 @@ impl Lease<'_> {
             len: order.secret.0.len(),
         })?;
         // And before anything is made: GPUs a function could open beside the lent ones.
-        if !lease.gpus.is_empty()
-            && !s.allow_unconfined_gpus
-            && let crate::cgroup::Support::Unavailable(why) = ctx.cgroups.confinement().devices
-        {
-            return Err(StartError::UnconfinedGpus {
-                gpus: lease.gpus.len(),
-                why,
-            });
-        }
+        refuse_unconfined_gpus(
+            lease.gpus.len(),
+            s.allow_unconfined_gpus,
+            ctx.cgroups.as_ref(),
+        )?;
         let prepared =
             launch::prepare(&s.state_dir, &self.id, lease.uid, lease.gid, &order.library)?;
         let library = prepared.library;

@@ -344,6 +344,32 @@ async fn gpu_leases_are_refused_where_devices_cannot_be_confined_unless_allowed(
     rig.stop().await;
 }
 
+/// The check on a fake v2 tree (the real v2 backend over plain files): a GPU lease is refused,
+/// naming the key; a lease without GPUs, or with the key set, is not.
+#[test]
+fn on_a_v2_tree_gpu_leases_are_refused_unless_allow_unconfined_gpus() {
+    use super::task::refuse_unconfined_gpus;
+    let tree = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tree.path().join("cgroup.controllers"),
+        "cpuset cpu memory pids\n",
+    )
+    .unwrap();
+    let v2 = crate::cgroup::v2::V2::new(tree.path().to_path_buf());
+    let err = refuse_unconfined_gpus(1, false, &v2)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("asks for 1 GPU") && err.contains("allow_unconfined_gpus = true"),
+        "{err}"
+    );
+    assert!(err.contains("BPF_CGROUP_DEVICE"), "v2's own reason: {err}");
+    refuse_unconfined_gpus(0, false, &v2).unwrap();
+    refuse_unconfined_gpus(2, true, &v2).unwrap();
+    // Where devices are confined (v1, here the fake), nothing is refused.
+    refuse_unconfined_gpus(1, false, &FakeCgroups::default()).unwrap();
+}
+
 /// A GPU in MIG mode lends its instances one by one: the lease gets an instance, its executor
 /// `CUDA_VISIBLE_DEVICES=MIG-<uuid>`, and its devices cgroup the parent GPU's node and that
 /// instance's access files only; the other instances stay idle.
