@@ -265,7 +265,7 @@ impl Monitor {
         let signals: Vec<String> = snap
             .named()
             .iter()
-            .filter(|(k, _)| !k.starts_with("gpu."))
+            .filter(|(k, _)| !k.starts_with("gpu.") && !k.starts_with("mig."))
             .map(|(k, v)| format!("{k}={v:.3}"))
             .collect();
         let escalation = d.to > d.from;

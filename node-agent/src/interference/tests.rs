@@ -791,3 +791,63 @@ async fn a_threshold_suspicion_is_confirmed_or_cleared_by_the_freeze_probe() {
     let (level, _) = foreign_cpu_load(false).await;
     assert!(matches!(level, Level::Quota(_)), "{level:?}");
 }
+
+/// The GPU source in the loop: a batch job on GPU 0 whose clocks are fine while it runs alone,
+/// then slowed for heat once a lease runs (on the node's other GPU): the threshold detector
+/// flags it and the controller lowers the leases; the node reports the reason and the signals.
+#[tokio::test]
+async fn a_gpu_job_slowed_for_heat_beside_a_lease_escalates_the_control_level() {
+    use super::sources::{FakeTelemetry, GpuSample, GpuSignals};
+    use crate::discover::FakeGpus;
+    let cfg = InterferenceConfig {
+        detectors: vec!["threshold".into()],
+        ..InterferenceConfig::default()
+    };
+    let targets = FakeTargets::with(&[7], &[]);
+    targets.0.lock().unwrap().jobs[0].gpus = vec![0];
+    let gpu = |index, slowed: bool| GpuSample {
+        index,
+        util_pct: Some(90.0),
+        memory_used_mib: Some(4096.0),
+        throttle: Some(if slowed {
+            vec!["hw_thermal_slowdown"]
+        } else {
+            vec![]
+        }),
+        mig: vec![],
+    };
+    let telemetry = FakeTelemetry::new(vec![gpu(0, false), gpu(1, false)]);
+    let sources: Vec<Box<dyn Source>> = vec![
+        Box::new(Recorded::new(series(&[(1.0, 0.0); 16]))),
+        Box::new(GpuSignals {
+            telemetry: Box::new(telemetry.clone()),
+            units: FakeGpus::count(2).0.units(),
+        }),
+    ];
+    let (mut m, act, _, stats) = monitor(cfg, &targets, sources);
+    let t0 = Instant::now();
+    for i in 0..5u32 {
+        m.tick_at(t0 + PERIOD * i).await;
+    }
+    assert_eq!(m.level(), Level::None);
+    targets.add_lease("L1");
+    // Beside the lease, clocks still fine: nothing to do.
+    for i in 5..8u32 {
+        m.tick_at(t0 + PERIOD * i).await;
+    }
+    assert_eq!(m.level(), Level::None);
+    telemetry.set(vec![gpu(0, true), gpu(1, false)]);
+    let mut escalated = false;
+    for i in 8..16u32 {
+        m.tick_at(t0 + PERIOD * i).await;
+        escalated |= m.level() != Level::None;
+    }
+    assert!(escalated, "the slowed GPU job never raised the level");
+    let state = stats.interference().unwrap();
+    assert_eq!(state.detector, "threshold");
+    assert!(state.reason.contains("gpu_slowdown"), "{}", state.reason);
+    assert_eq!(state.signals["gpu.0.throttle.hw_thermal_slowdown"], 1.0);
+    assert_eq!(state.signals["gpu.1.gpu_slowdown"], 0.0);
+    assert_eq!(state.signals["batch.7.gpu_slowdown"], 1.0);
+    assert_ne!(act.control("L1"), Some(LeaseControl::normal(1)));
+}
