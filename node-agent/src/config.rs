@@ -145,6 +145,13 @@ pub struct Config {
     /// Where device nodes are (a lent GPU N is `<dev_root>/nvidiaN`; its numbers are read from
     /// the node for the v1 devices controller).
     pub dev_root: PathBuf,
+    /// Where the driver lists the minors of MIG instances' access files
+    /// (`<dev_root>/nvidia-caps/nvidia-cap<M>`), which a lease lent a MIG instance is allowed.
+    pub nvidia_caps_mig_minors: PathBuf,
+    /// Lend GPUs even where lease groups cannot confine devices (cgroup v2: harvestd attaches no
+    /// BPF device program), so a function could open every GPU of the node. Off (the default):
+    /// GPU leases are refused on such nodes, with an error naming this key.
+    pub allow_unconfined_gpus: bool,
     /// Where the node's GPUs are found: `nvml` (the driver's library; the default) or
     /// `device-files` (the `nvidia<N>` character devices under `dev_root`: no UUIDs, no memory
     /// figures; for the local cluster's fake GPUs and nodes NVML does not see).
@@ -223,6 +230,8 @@ impl Default for Config {
             proc_root: PathBuf::from(DEFAULT_PROC_ROOT),
             lease_pids_max: DEFAULT_LEASE_PIDS_MAX,
             dev_root: PathBuf::from(crate::cgroup::devices::DEFAULT_DEV_ROOT),
+            nvidia_caps_mig_minors: PathBuf::from(crate::cgroup::devices::DEFAULT_MIG_MINORS),
+            allow_unconfined_gpus: false,
             gpu_source: GpuSourceKind::Nvml,
             slurm_constrains_gpus: false,
             executor_log_max_bytes: DEFAULT_EXECUTOR_LOG_MAX_BYTES,
@@ -364,6 +373,13 @@ impl Config {
                 key: "dev_root",
                 value: format!("{}", self.dev_root.display()),
                 hint: "give an absolute directory, e.g. \"/dev\"",
+            });
+        }
+        if !self.nvidia_caps_mig_minors.is_absolute() {
+            return Err(ConfigError::Invalid {
+                key: "nvidia_caps_mig_minors",
+                value: format!("{}", self.nvidia_caps_mig_minors.display()),
+                hint: "give an absolute path, e.g. \"/proc/driver/nvidia-caps/mig-minors\"",
             });
         }
         if let Some(parent) = &self.lease_cgroup_parent
@@ -533,6 +549,26 @@ mod tests {
     }
 
     #[test]
+    fn gpu_confinement_keys() {
+        let c = Config::default();
+        assert_eq!(
+            c.nvidia_caps_mig_minors,
+            Path::new("/proc/driver/nvidia-caps/mig-minors")
+        );
+        assert!(
+            !c.allow_unconfined_gpus,
+            "unconfined GPUs are refused by default"
+        );
+        let c = Config::parse(
+            "allow_unconfined_gpus = true\nnvidia_caps_mig_minors = \"/tmp/mig-minors\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert!(c.allow_unconfined_gpus);
+        assert_eq!(c.nvidia_caps_mig_minors, Path::new("/tmp/mig-minors"));
+    }
+
+    #[test]
     fn executor_identity_keys() {
         let c = Config::default();
         assert_eq!(c.min_executor_uid, 1000);
@@ -658,6 +694,10 @@ mod tests {
             ("lease_pids_max", "lease_pids_max = 5000000"),
             ("executor_log_max_bytes", "executor_log_max_bytes = 0"),
             ("dev_root", "dev_root = \"dev\""),
+            (
+                "nvidia_caps_mig_minors",
+                "nvidia_caps_mig_minors = \"mig-minors\"",
+            ),
         ] {
             let mut bad = Config::parse(bad, Path::new("x.toml")).unwrap();
             bad.node = "n1".into();

@@ -100,17 +100,27 @@ impl JobRecord {
         }
     }
 
-    pub(crate) fn gpus(&self) -> Box<dyn Iterator<Item = u32> + '_> {
-        let slurm = self.slurm.iter().flat_map(|s| s.gpus.iter().copied());
-        if self.gpus_from_slurm {
-            return Box::new(slurm);
+    /// The lendable GPU units ([`crate::discover::GpuUnit`]) the job holds: Slurm's GRES
+    /// indices are unit ids; a step's GPUs (from its devices cgroup) are GPU indices, each
+    /// holding every unit of its GPU (all MIG instances of a MIG GPU).
+    pub(crate) fn gpus(&self, hw: &Hardware) -> BTreeSet<u32> {
+        self.gpu_units(&hw.gpus.units())
+    }
+
+    /// [`JobRecord::gpus`] over the node's `units`.
+    pub fn gpu_units(&self, node_units: &[crate::discover::GpuUnit]) -> BTreeSet<u32> {
+        let mut units: BTreeSet<u32> = self
+            .slurm
+            .iter()
+            .flat_map(|s| s.gpus.iter().copied())
+            .collect();
+        if !self.gpus_from_slurm {
+            units.extend(crate::discover::units_of_gpus(
+                node_units,
+                self.steps.iter().flat_map(|s| s.gpus.iter().copied()),
+            ));
         }
-        Box::new(
-            self.steps
-                .iter()
-                .flat_map(|s| s.gpus.iter().copied())
-                .chain(slurm),
-        )
+        units
     }
 
     /// Whether a step reported GPUs that Slurm's record has not settled yet.
@@ -313,7 +323,7 @@ impl Ledger {
             .min(total_mem);
 
         let total_gpus = hw.gpu_indices();
-        let held_gpus: BTreeSet<u32> = self.jobs.values().flat_map(JobRecord::gpus).collect();
+        let held_gpus: BTreeSet<u32> = self.jobs.values().flat_map(|j| j.gpus(hw)).collect();
         let batch_gpus: Vec<u32> = total_gpus
             .iter()
             .copied()

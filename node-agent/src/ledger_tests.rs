@@ -203,6 +203,56 @@ fn slurms_record_settles_a_step_reported_holding_every_gpu_only_when_it_is_final
     assert!(l.gpus_unsettled().is_empty());
 }
 
+/// GPU 0 whole (unit 0) and GPU 1 in MIG mode with 3 instances (units 1, 2, 3).
+fn mig_hw() -> Hardware {
+    discover(
+        &FakeTopology::uniform(1, 4, 1),
+        &FakeMemory(8000),
+        &FakeGpus::with_mig(1, 3),
+    )
+    .unwrap()
+}
+
+#[test]
+fn each_mig_instance_is_a_unit_of_its_own_in_the_view() {
+    use crate::scontrol::SlurmAlloc;
+    let hw = mig_hw();
+    let v = Ledger::new("n1").view(&hw, NO_RESERVE);
+    assert_eq!(v.gpus.total, [0, 1, 2, 3]);
+    assert_eq!(v.gpus.idle, [0, 1, 2, 3]);
+    // A step whose devices cgroup has GPU 1's node may use any of its instances: all batch.
+    let mut l = Ledger::new("n1");
+    let mut s = step(7, StepId::BATCH, "0", Some(100));
+    s.gpus = vec![1];
+    l.step_start(&s, 0);
+    let v = l.view(&hw, NO_RESERVE);
+    assert_eq!(
+        (v.gpus.batch.clone(), v.gpus.idle.clone()),
+        (vec![1, 2, 3], vec![0])
+    );
+    // Slurm's GRES index (a MIG device's) settles it to the one instance.
+    l.set_slurm(
+        7,
+        SlurmAlloc {
+            memory_mib: Some(100),
+            gpus: vec![2],
+        },
+        true,
+    );
+    let v = l.view(&hw, NO_RESERVE);
+    assert_eq!(
+        (v.gpus.batch.clone(), v.gpus.idle.clone()),
+        (vec![2], vec![0, 1, 3])
+    );
+    // A lease on instance 3 is function; the others stay idle.
+    l.leases.insert("L".into(), lease("3", 100, vec![3], 1));
+    let v = l.view(&hw, NO_RESERVE);
+    assert_eq!(
+        (v.gpus.function.clone(), v.gpus.idle.clone()),
+        (vec![3], vec![0, 1])
+    );
+}
+
 #[test]
 fn cpus_outside_the_node_are_ignored() {
     let mut l = Ledger::new("n1");

@@ -149,13 +149,8 @@ pub async fn serve(
         }
     }
     let incarnation = now_ms(SystemTime::now());
-    let gpu_uuids = hardware
-        .gpus
-        .devices()
-        .iter()
-        .filter(|g| !g.uuid.is_empty())
-        .map(|g| (g.index, g.uuid.clone()))
-        .collect();
+    let units = hardware.gpus.units();
+    let gpu_units = units.iter().map(|u| (u.id, u.clone())).collect();
     let node_agent = agent::start(
         &config.node,
         hardware,
@@ -224,7 +219,9 @@ pub async fn serve(
             pids_max: config.lease_pids_max,
             dev_root: config.dev_root.clone(),
             log_max_bytes: config.executor_log_max_bytes,
-            gpu_uuids,
+            mig_minors: config.nvidia_caps_mig_minors.clone(),
+            gpu_units,
+            allow_unconfined_gpus: config.allow_unconfined_gpus,
         },
         sources.cgroups.clone(),
         sources.processes.clone(),
@@ -321,6 +318,7 @@ pub async fn serve(
             proc_root: config.proc_root.clone(),
             lease_weight: config.lease_cpu_weight,
             lease_parent,
+            gpu_units: units,
         },
         ledger.clone(),
         leases.clone(),

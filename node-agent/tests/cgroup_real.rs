@@ -265,7 +265,14 @@ fn a_lease_group_denies_devices_it_was_not_lent_caps_its_tasks_and_cannot_swap()
     let lent = mknod(dev.path(), "nvidia0", NVIDIA_MAJOR, 0);
     let other = mknod(dev.path(), "nvidia1", NVIDIA_MAJOR, 1);
     // Lent GPU 0 only: its numbers come from the node.
-    let devices = lease_devices(dev.path(), &[0]).unwrap();
+    let gpu0 = harvest_agent::discover::GpuUnit {
+        id: 0,
+        gpu: 0,
+        uuid: String::new(),
+        memory_total_mib: 0,
+        mig: None,
+    };
+    let devices = lease_devices(dev.path(), std::path::Path::new("/nonexistent"), &[gpu0]).unwrap();
     assert_eq!(devices.len(), BASIC.len() + 1, "{devices:?}");
     let g = t.group("lease");
     let limit = 64u64 << 20;
@@ -349,4 +356,77 @@ fn a_lease_group_denies_devices_it_was_not_lent_caps_its_tasks_and_cannot_swap()
         pids.len()
     );
     assert!(out.contains("fork"), "no fork failure reported: {out}");
+}
+
+/// A lease lent one MIG instance: its GPU's node and that instance's two access files pass the
+/// v1 devices cgroup (no driver behind them: ENXIO), a sibling instance's access file and
+/// another GPU are refused (EPERM). The access files' major (237) is one no driver has here.
+#[test]
+#[ignore = "needs root: drives the host's real cgroups (scripts/test-all runs it)"]
+fn a_lease_lent_a_mig_instance_opens_its_access_files_and_not_its_siblings() {
+    use harvest_agent::cgroup::devices::{NVIDIA_MAJOR, lease_devices};
+    use harvest_agent::discover::{GpuUnit, MigRef};
+    let t = TestBase::new("mig");
+    if t.cg.version() != CgroupVersion::V1 {
+        eprintln!("skipped: only v1 confines devices");
+        return;
+    }
+    let dev = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dev.path().join("nvidia-caps")).unwrap();
+    let parent = mknod(dev.path(), "nvidia0", NVIDIA_MAJOR, 0);
+    let other_gpu = mknod(dev.path(), "nvidia1", NVIDIA_MAJOR, 1);
+    let own_gi = mknod(dev.path(), "nvidia-caps/nvidia-cap11", 237, 11);
+    let own_ci = mknod(dev.path(), "nvidia-caps/nvidia-cap12", 237, 12);
+    let sibling_gi = mknod(dev.path(), "nvidia-caps/nvidia-cap21", 237, 21);
+    let minors = dev.path().join("mig-minors");
+    std::fs::write(
+        &minors,
+        "config 1\nmonitor 2\ngpu0/gi1/access 11\ngpu0/gi1/ci0/access 12\n\
+         gpu0/gi2/access 21\ngpu0/gi2/ci0/access 22\n",
+    )
+    .unwrap();
+    let unit = GpuUnit {
+        id: 0,
+        gpu: 0,
+        uuid: "MIG-test".into(),
+        memory_total_mib: 0,
+        mig: Some(MigRef {
+            gpu_instance_id: Some(1),
+            compute_instance_id: Some(0),
+        }),
+    };
+    let devices = lease_devices(dev.path(), &minors, &[unit]).unwrap();
+    let g = t.group("lease");
+    t.cg.create(
+        &g,
+        &GroupSpec {
+            devices: Some(devices),
+            ..GroupSpec::default()
+        },
+    )
+    .unwrap();
+    let out = run_in(
+        &t,
+        &g,
+        &format!(
+            "for f in {} {} {} {} {}; do cat $f </dev/null; done; echo end",
+            parent.display(),
+            own_gi.display(),
+            own_ci.display(),
+            sibling_gi.display(),
+            other_gpu.display()
+        ),
+    );
+    let says = |path: &std::path::Path, what: &str| {
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        out.lines()
+            .any(|l| l.contains(&format!("{name}:")) && l.contains(what))
+    };
+    for passes in [&parent, &own_gi, &own_ci] {
+        assert!(says(passes, "No such device or address"), "{out}");
+    }
+    for refused in [&sibling_gi, &other_gpu] {
+        assert!(says(refused, "Operation not permitted"), "{out}");
+    }
+    assert!(out.contains("end"), "{out}");
 }

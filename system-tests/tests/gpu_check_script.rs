@@ -156,6 +156,17 @@ fn a_rehearsal_lends_a_fake_gpu_to_an_executor_and_checks_its_device_isolation()
         serde_json::json!([])
     );
     assert!(lease["batch"]["slowdown"].is_f64(), "{md}");
+    // The GPU signals harvestd's monitor reported meanwhile: none without a driver, and it says
+    // why rather than reporting zeros.
+    let signals = &lease["gpu_signals"];
+    assert!(signals["reports"].as_u64().unwrap() > 0, "{signals}");
+    if !Path::new("/dev/nvidiactl").exists() {
+        assert_eq!(signals["max"], serde_json::json!({}), "{signals}");
+        assert!(
+            signals["unavailable"].to_string().contains("nvml"),
+            "{signals}"
+        );
+    }
     // v1: the devices cgroup refuses the node that was not lent; v2: harvestd says it cannot.
     let isolation = lease["device_checks"]["isolation"].as_str().unwrap();
     if lease["confinement"]["cgroup"] == "v1" {

@@ -22,6 +22,48 @@ pub struct GpuInfo {
     pub pci_bus_id: Option<String>,
     /// MIG mode, when the GPU supports MIG.
     pub mig: Option<MigMode>,
+    /// The GPU's MIG instances (MIG mode on): each is lent on its own, the GPU never whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mig_instances: Vec<MigInstance>,
+}
+
+/// One MIG instance (a MIG device in NVML's words: a compute instance inside a GPU instance).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MigInstance {
+    /// `MIG-<uuid>`: what `CUDA_VISIBLE_DEVICES` names it by.
+    pub uuid: String,
+    pub memory_total_mib: u64,
+    /// The GPU instance id and compute instance id: they name the instance's access files in
+    /// `/proc/driver/nvidia-caps/mig-minors` (`gpu<N>/gi<G>/access`, `.../ci<C>/access`).
+    /// `None` where NVML did not say; such an instance cannot be confined by device nodes.
+    pub gpu_instance_id: Option<u32>,
+    pub compute_instance_id: Option<u32>,
+}
+
+/// What a lease is lent: a whole GPU, or one MIG instance of a GPU in MIG mode.
+///
+/// Units carry the ids the ledger, the plan, placement and metrics count in. On a node without
+/// MIG instances a unit's id is its GPU's index (so it is the number Slurm's GRES and the
+/// devices cgroup use); on a node with MIG instances units are numbered in order, each GPU in
+/// index order and each MIG GPU's instances in NVML's order, which is how Slurm's `AutoDetect=nvml`
+/// numbers MIG devices as GRES.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GpuUnit {
+    pub id: u32,
+    /// The physical GPU's index (`/dev/nvidia<gpu>`).
+    pub gpu: u32,
+    /// The GPU's UUID, or the MIG instance's `MIG-...` UUID; empty when unknown (device files).
+    pub uuid: String,
+    pub memory_total_mib: u64,
+    /// The MIG instance, for a unit that is one.
+    pub mig: Option<MigRef>,
+}
+
+/// A MIG instance's ids inside its GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MigRef {
+    pub gpu_instance_id: Option<u32>,
+    pub compute_instance_id: Option<u32>,
 }
 
 /// A GPU's MIG mode.
@@ -50,6 +92,44 @@ impl GpuReport {
             Self::Available { devices, .. } => devices,
             Self::Unavailable { .. } => &[],
         }
+    }
+
+    /// What can be lent: each GPU without MIG instances whole, each MIG instance on its own
+    /// ([`GpuUnit`] says how they are numbered). A GPU in MIG mode without instances lends
+    /// nothing: a CUDA process cannot use it.
+    pub fn units(&self) -> Vec<GpuUnit> {
+        let devices = self.devices();
+        let by_position = devices.iter().any(|d| !d.mig_instances.is_empty());
+        let mut units = Vec::new();
+        for d in devices {
+            let in_mig_mode = d.mig.is_some_and(|m| m.enabled);
+            if d.mig_instances.is_empty() && !in_mig_mode {
+                units.push(GpuUnit {
+                    id: if by_position {
+                        units.len() as u32
+                    } else {
+                        d.index
+                    },
+                    gpu: d.index,
+                    uuid: d.uuid.clone(),
+                    memory_total_mib: d.memory_total_mib,
+                    mig: None,
+                });
+            }
+            for m in &d.mig_instances {
+                units.push(GpuUnit {
+                    id: units.len() as u32,
+                    gpu: d.index,
+                    uuid: m.uuid.clone(),
+                    memory_total_mib: m.memory_total_mib,
+                    mig: Some(MigRef {
+                        gpu_instance_id: m.gpu_instance_id,
+                        compute_instance_id: m.compute_instance_id,
+                    }),
+                });
+            }
+        }
+        units
     }
 }
 
@@ -99,6 +179,11 @@ fn probe() -> Result<GpuReport, NvmlError> {
                 None
             }
         };
+        let mig_instances = if mig.is_some_and(|m| m.enabled) {
+            mig_instances(&nvml, &dev, i)
+        } else {
+            Vec::new()
+        };
         devices.push(GpuInfo {
             index: dev.index().unwrap_or(i),
             uuid: dev.uuid()?,
@@ -106,12 +191,52 @@ fn probe() -> Result<GpuReport, NvmlError> {
             memory_total_mib: dev.memory_info()?.total / (1 << 20),
             pci_bus_id: dev.pci_info().ok().map(|p| p.bus_id),
             mig,
+            mig_instances,
         });
     }
     Ok(GpuReport::Available {
         driver_version,
         devices,
     })
+}
+
+/// The MIG instances of GPU `index` (in MIG mode). Slots NVML leaves empty answer `NotFound`;
+/// an instance that cannot be read is left out (logged): it is not lent.
+fn mig_instances(nvml: &Nvml, dev: &nvml_wrapper::Device<'_>, index: u32) -> Vec<MigInstance> {
+    let slots = match dev.mig_device_count() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(index, error = %e, "could not count the GPU's MIG devices; none lent");
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for slot in 0..slots {
+        let mig = match dev.mig_device_by_index(slot) {
+            Ok(m) => m,
+            Err(NvmlError::NotFound) => continue,
+            Err(e) => {
+                tracing::warn!(index, slot, error = %e, "could not open a MIG device; not lent");
+                continue;
+            }
+        };
+        let read = || -> Result<MigInstance, NvmlError> {
+            let (gi, ci) = super::nvml_ids::instance_ids(nvml, &mig);
+            Ok(MigInstance {
+                uuid: mig.uuid()?,
+                memory_total_mib: mig.memory_info()?.total / (1 << 20),
+                gpu_instance_id: gi,
+                compute_instance_id: ci,
+            })
+        };
+        match read() {
+            Ok(m) => out.push(m),
+            Err(e) => {
+                tracing::warn!(index, slot, error = %e, "could not read a MIG device; not lent")
+            }
+        }
+    }
+    out
 }
 
 /// GPUs as the `nvidia<N>` character devices under a directory (`gpu_source = "device-files"`):
@@ -162,6 +287,7 @@ impl GpuSource for DeviceFileGpus {
                         memory_total_mib: 0,
                         pci_bus_id: None,
                         mig: None,
+                        mig_instances: Vec::new(),
                     })
             })
             .collect();
@@ -204,9 +330,32 @@ impl FakeGpus {
                     memory_total_mib: 80 * 1024,
                     pci_bus_id: None,
                     mig: None,
+                    mig_instances: Vec::new(),
                 })
                 .collect(),
         })
+    }
+
+    /// `whole` GPUs without MIG, then one GPU in MIG mode with `instances` instances (GPU
+    /// instance ids 1, 2, ..., each with compute instance 0), as NVML reports them.
+    pub fn with_mig(whole: u32, instances: u32) -> Self {
+        let mut report = Self::count(whole + 1).0;
+        if let GpuReport::Available { devices, .. } = &mut report {
+            let mig_gpu = devices.last_mut().expect("at least one GPU");
+            mig_gpu.mig = Some(MigMode {
+                enabled: true,
+                pending_enabled: true,
+            });
+            mig_gpu.mig_instances = (0..instances)
+                .map(|i| MigInstance {
+                    uuid: format!("MIG-fake-{whole}-{i}"),
+                    memory_total_mib: 10 * 1024,
+                    gpu_instance_id: Some(i + 1),
+                    compute_instance_id: Some(0),
+                })
+                .collect();
+        }
+        Self(report)
     }
 }
 
@@ -279,6 +428,46 @@ mod tests {
             // nvidia5 has minor 4: not what its name says, not a GPU of ours.
             assert_eq!(found, [0, 2]);
         }
+    }
+
+    #[test]
+    fn a_mig_gpu_lends_its_instances_and_never_itself() {
+        let units = FakeGpus::with_mig(1, 3).0.units();
+        let ids: Vec<(u32, u32, &str)> = units
+            .iter()
+            .map(|u| (u.id, u.gpu, u.uuid.as_str()))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                (0, 0, "GPU-fake-0"),
+                (1, 1, "MIG-fake-1-0"),
+                (2, 1, "MIG-fake-1-1"),
+                (3, 1, "MIG-fake-1-2"),
+            ]
+        );
+        assert_eq!(units[0].mig, None);
+        assert_eq!(
+            units[2].mig,
+            Some(MigRef {
+                gpu_instance_id: Some(2),
+                compute_instance_id: Some(0)
+            })
+        );
+        assert_eq!(units[3].memory_total_mib, 10 * 1024);
+        // In MIG mode with no instance made, the GPU has nothing a CUDA process can use.
+        assert_eq!(FakeGpus::with_mig(2, 0).0.units().len(), 2);
+    }
+
+    #[test]
+    fn without_mig_units_are_the_gpus_by_index() {
+        let mut report = FakeGpus::count(3).0;
+        if let GpuReport::Available { devices, .. } = &mut report {
+            devices.remove(1);
+        }
+        let ids: Vec<(u32, u32)> = report.units().iter().map(|u| (u.id, u.gpu)).collect();
+        // Ids follow the indices, gaps included: Slurm and the devices cgroup number them so.
+        assert_eq!(ids, [(0, 0), (2, 2)]);
     }
 
     #[test]

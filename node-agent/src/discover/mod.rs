@@ -9,12 +9,17 @@
 //! - [`gpu`]: NVML through `nvml-wrapper`, loaded at run time (no link-time dependency).
 
 pub mod gpu;
+mod nvml_ids;
 pub mod topology;
+
+use std::collections::BTreeSet;
 
 use harvest_core::CpuSet;
 use serde::Serialize;
 
-pub use gpu::{DeviceFileGpus, FakeGpus, GpuInfo, GpuReport, GpuSource, NvmlGpus};
+pub use gpu::{
+    DeviceFileGpus, FakeGpus, GpuInfo, GpuReport, GpuSource, GpuUnit, MigInstance, MigRef, NvmlGpus,
+};
 pub use topology::{HwlocTopology, TopologySource};
 
 /// A hardware probe that failed.
@@ -62,9 +67,10 @@ pub struct Hardware {
 }
 
 impl Hardware {
-    /// The GPU indices (empty when NVML is unavailable).
+    /// The ids of what can be lent: whole GPUs and MIG instances ([`GpuUnit`]); empty when
+    /// NVML is unavailable.
     pub fn gpu_indices(&self) -> Vec<u32> {
-        self.gpus.devices().iter().map(|g| g.index).collect()
+        self.gpus.units().iter().map(|u| u.id).collect()
     }
 
     /// The PUs of the `n` lowest cores (by lowest PU), for the OS reserve. Fewer cores than `n`
@@ -78,6 +84,19 @@ impl Hardware {
             .fold(CpuSet::new(), |acc, c| acc.union(c))
             .intersection(&self.topology.cpus)
     }
+}
+
+/// The lendable units a step holds when Slurm's devices cgroup gave it the GPUs at these
+/// indices (`/dev/nvidia<N>`): every unit of each, since a step with a MIG GPU's node may use
+/// any of its instances whose access files it also has, which that list does not say.
+pub fn units_of_gpus(units: &[GpuUnit], gpus: impl IntoIterator<Item = u32>) -> BTreeSet<u32> {
+    gpus.into_iter()
+        .flat_map(|g| {
+            let of: Vec<u32> = units.iter().filter(|u| u.gpu == g).map(|u| u.id).collect();
+            // A GPU the node does not know stays as it was reported (it is ignored later).
+            if of.is_empty() { vec![g] } else { of }
+        })
+        .collect()
 }
 
 /// Total memory.
@@ -213,6 +232,16 @@ pub fn summary(hw: &Hardware) -> String {
                     "  gpu {}    {} {} MiB {} {}\n",
                     g.index, g.name, g.memory_total_mib, g.uuid, mig
                 ));
+                for m in &g.mig_instances {
+                    let id = |v: Option<u32>| v.map_or("?".to_owned(), |v| v.to_string());
+                    out.push_str(&format!(
+                        "    mig gi {} ci {} {} MiB {}\n",
+                        id(m.gpu_instance_id),
+                        id(m.compute_instance_id),
+                        m.memory_total_mib,
+                        m.uuid
+                    ));
+                }
             }
         }
     }
@@ -277,6 +306,20 @@ mod tests {
         );
         assert!(s.contains("4096 MiB"), "{s}");
         assert!(s.contains("gpu 1") && s.contains("GPU-fake-1"), "{s}");
+        let mig = discover(
+            &FakeTopology::uniform(1, 1, 1),
+            &FakeMemory(1),
+            &FakeGpus::with_mig(0, 2),
+        )
+        .unwrap();
+        let s = summary(&mig);
+        assert!(s.contains("MIG on"), "{s}");
+        assert!(
+            s.contains("mig gi 1 ci 0 10240 MiB MIG-fake-0-0")
+                && s.contains("mig gi 2 ci 0 10240 MiB MIG-fake-0-1"),
+            "{s}"
+        );
+        assert_eq!(mig.gpu_indices(), [0, 1], "one unit per instance");
         let none = discover(
             &FakeTopology::uniform(1, 1, 1),
             &FakeMemory(1),

@@ -164,6 +164,12 @@ pub struct Threshold {
 /// CPU time it lost waiting on a run queue (it wanted the CPU and did not get it).
 const STARVED_WAIT_SHARE: f64 = 0.1;
 
+/// A job's GPUs slowed for power or heat (a 0/1 signal) count as harm once the share of samples
+/// beside executors that show it is this much above the share while the job ran alone: a job
+/// that throttles on its own is not hurt by the leases, one that starts throttling beside a
+/// lease's busy GPU (shared power and cooling; a MIG sibling shares the very clocks) is.
+const GPU_SLOWDOWN_RISE: f64 = 0.5;
+
 /// How fast the baseline follows new samples of a job alone, and the current value follows
 /// samples beside executors.
 const BASELINE_ALPHA: f64 = 0.2;
@@ -179,6 +185,7 @@ impl Threshold {
                 (names::IPC, Bad::Drop(pct(cfg.ipc_drop_pct))),
                 (names::CPU, Bad::Drop(pct(cfg.cpu_drop_pct))),
                 (names::RUNQ_WAIT, Bad::Rise(pct(cfg.runq_wait_pct))),
+                (names::GPU_SLOWDOWN, Bad::Rise(GPU_SLOWDOWN_RISE)),
             ],
             baseline_samples: cfg.baseline_samples,
             consecutive: cfg.consecutive,

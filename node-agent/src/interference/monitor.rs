@@ -25,7 +25,9 @@ use super::signals::{
     JobTarget, LeaseTarget, MIN_CPU_FOR_EFFICIENCY, Sample, Snapshot, Source, Target, Targets,
     names,
 };
-use super::sources::{CgroupSignals, NvmlSignals, PerfSignals, PressureSignals, ProgressSignals};
+use super::sources::{
+    CgroupSignals, GpuSignals, NvmlTelemetry, PerfSignals, PressureSignals, ProgressSignals,
+};
 use crate::agent::now_ms;
 use crate::cgroup::Cgroups;
 use crate::leases::LeaseSupervisor;
@@ -65,14 +67,23 @@ pub struct AgentTargets {
     pub node: String,
     /// Where lease groups live (`<parent>/lease_<id>`).
     pub lease_parent: PathBuf,
+    /// The node's lendable GPU units (a job's steps name GPUs; its units are what it holds).
+    pub gpu_units: Vec<crate::discover::GpuUnit>,
 }
 
 impl TargetFinder for AgentTargets {
     fn targets(&self) -> Targets {
+        let snap = self.ledger.snapshot();
         let jobs = match SlurmView::new(self.cgroups.as_ref(), &self.node).jobs() {
             Ok(jobs) => jobs
                 .into_iter()
                 .map(|j| JobTarget {
+                    gpus: snap
+                        .ledger
+                        .jobs
+                        .get(&j.job_id)
+                        .map(|r| r.gpu_units(&self.gpu_units).into_iter().collect())
+                        .unwrap_or_default(),
                     job_id: j.job_id,
                     uid: j.uid,
                     group: j.group,
@@ -84,7 +95,6 @@ impl TargetFinder for AgentTargets {
                 Vec::new()
             }
         };
-        let snap = self.ledger.snapshot();
         let leases = snap
             .ledger
             .leases
@@ -434,7 +444,7 @@ impl Monitor {
         let signals: Vec<String> = snap
             .named()
             .iter()
-            .filter(|(k, _)| !k.starts_with("gpu."))
+            .filter(|(k, _)| !k.starts_with("gpu.") && !k.starts_with("mig."))
             .map(|(k, v)| format!("{k}={v:.3}"))
             .collect();
         let escalation = d.to.severity() > d.from.severity();
@@ -687,6 +697,8 @@ pub struct Setup {
     pub proc_root: PathBuf,
     pub lease_weight: u64,
     pub lease_parent: PathBuf,
+    /// The node's lendable GPU units (which physical GPU a job's unit is on).
+    pub gpu_units: Vec<crate::discover::GpuUnit>,
 }
 
 /// The monitor over the real sources, the ledger's jobs and leases, and the lease tasks (which
@@ -722,7 +734,10 @@ pub fn start(
         }),
         Box::new(progress),
         Box::new(PerfSignals::new(setup.cfg.sysfs_root.clone())),
-        Box::new(NvmlSignals::new()),
+        Box::new(GpuSignals {
+            telemetry: Box::new(NvmlTelemetry::new()),
+            units: setup.gpu_units.clone(),
+        }),
     ];
     let parts = Parts {
         sources,
@@ -731,6 +746,7 @@ pub fn start(
             cgroups,
             node: setup.node.clone(),
             lease_parent: setup.lease_parent,
+            gpu_units: setup.gpu_units,
         }),
         actuator: Box::new(LeaseActuator {
             leases: leases.clone(),

@@ -23,8 +23,10 @@ pub enum Target {
     Job(u32),
     /// A lease's executor group, by lease id.
     Lease(String),
-    /// A GPU, by NVML index.
+    /// A physical GPU, by NVML index.
     Gpu(u32),
+    /// A MIG instance, by its `MIG-...` UUID.
+    Mig(String),
 }
 
 impl fmt::Display for Target {
@@ -34,6 +36,7 @@ impl fmt::Display for Target {
             Self::Job(j) => write!(f, "batch.{j}"),
             Self::Lease(l) => write!(f, "lease.{l}"),
             Self::Gpu(g) => write!(f, "gpu.{g}"),
+            Self::Mig(uuid) => write!(f, "mig.{uuid}"),
         }
     }
 }
@@ -73,8 +76,15 @@ pub mod names {
     pub const PSI_MEMORY_SOME: &str = "psi.memory.some";
     pub const PSI_MEMORY_FULL: &str = "psi.memory.full";
     pub const PSI_IO_SOME: &str = "psi.io.some";
-    /// GPU utilization, percent (gauge), and GPU memory in use, MiB (gauge).
+    /// GPU utilization, percent (gauge), and GPU memory in use, MiB (gauge, `memory_mib`).
+    /// NVML has no utilization for a GPU in MIG mode nor for a MIG instance: those report
+    /// memory only.
     pub const GPU_UTIL_PCT: &str = "util_pct";
+    /// 1 while a GPU's clocks are lowered for power or heat (NVML's clock event reasons
+    /// `sw_power_cap`, `hw_slowdown`, `hw_thermal_slowdown`, `sw_thermal_slowdown`,
+    /// `hw_power_brake_slowdown`), else 0 (gauge). On a GPU it is the GPU's; on a batch job the
+    /// largest over the GPUs it holds (MIG instances share their GPU's clocks).
+    pub const GPU_SLOWDOWN: &str = "gpu_slowdown";
 }
 
 /// One value of one signal of one target.
@@ -95,6 +105,8 @@ pub struct JobTarget {
     /// The job's cgroup, relative to the hierarchy root.
     pub group: PathBuf,
     pub cpus: CpuSet,
+    /// The GPU units ([`crate::discover::GpuUnit`] ids) the job holds.
+    pub gpus: Vec<u32>,
 }
 
 /// A lease whose executor runs.

@@ -9,7 +9,9 @@
 //!   sits in a v2 tree.
 //! - [`ProgressSignals`]: the batch job's own progress counter, `<progress_dir>/<job id>`.
 //! - [`PerfSignals`]: hardware counters (instructions, cycles, LLC misses) need a PMU.
-//! - [`NvmlSignals`]: GPU utilization and memory through NVML.
+//! - [`GpuSignals`]: GPU utilization, memory and clock event (throttle) reasons, MIG instances'
+//!   memory, and each GPU job's slowdown, from a [`GpuTelemetry`] ([`NvmlTelemetry`], or
+//!   [`FakeTelemetry`] in tests).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -333,21 +335,56 @@ impl Source for PerfSignals {
     }
 }
 
-/// GPU utilization and memory through NVML, initialised once; without a driver, unavailable.
-pub struct NvmlSignals {
+/// One physical GPU's telemetry at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GpuSample {
+    /// NVML index.
+    pub index: u32,
+    /// Busy time, percent; `None` where NVML has none (a GPU in MIG mode).
+    pub util_pct: Option<f64>,
+    pub memory_used_mib: Option<f64>,
+    /// Why the clocks are lowered now (NVML's clock event reasons, by [`THROTTLE_REASONS`]'
+    /// names); `None` when NVML could not say.
+    pub throttle: Option<Vec<&'static str>>,
+    /// Each MIG instance's UUID and memory in use, MiB (NVML has no utilization for them).
+    pub mig: Vec<(String, Option<f64>)>,
+}
+
+/// NVML's clock event ("throttle") reasons by name, and whether each means the GPU is slowed
+/// for power or heat (what a neighbour's load can cause), as opposed to idling or settings.
+pub const THROTTLE_REASONS: &[(&str, bool)] = &[
+    ("gpu_idle", false),
+    ("applications_clocks_setting", false),
+    ("sw_power_cap", true),
+    ("hw_slowdown", true),
+    ("sync_boost", false),
+    ("sw_thermal_slowdown", true),
+    ("hw_thermal_slowdown", true),
+    ("hw_power_brake_slowdown", true),
+    ("display_clock_setting", false),
+];
+
+/// Where GPU telemetry comes from: NVML on a real node, a fake in tests.
+pub trait GpuTelemetry: Send + std::fmt::Debug {
+    /// Every GPU's sample, or why there are none.
+    fn sample(&mut self) -> Result<Vec<GpuSample>, String>;
+}
+
+/// GPU telemetry through NVML, initialised once; without a driver, unavailable.
+pub struct NvmlTelemetry {
     nvml: Result<Nvml, String>,
 }
 
-impl std::fmt::Debug for NvmlSignals {
+impl std::fmt::Debug for NvmlTelemetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.nvml {
-            Ok(_) => f.write_str("NvmlSignals(NVML)"),
-            Err(e) => write!(f, "NvmlSignals(unavailable: {e})"),
+            Ok(_) => f.write_str("NvmlTelemetry(NVML)"),
+            Err(e) => write!(f, "NvmlTelemetry(unavailable: {e})"),
         }
     }
 }
 
-impl NvmlSignals {
+impl NvmlTelemetry {
     pub fn new() -> Self {
         Self {
             nvml: Nvml::init().map_err(|e| format!("nvml: no GPU signals ({e})")),
@@ -355,43 +392,176 @@ impl NvmlSignals {
     }
 }
 
-impl Default for NvmlSignals {
+impl Default for NvmlTelemetry {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Source for NvmlSignals {
+/// NVML's reason bits as [`THROTTLE_REASONS`]' names.
+fn throttle_names(r: nvml_wrapper::bitmasks::device::ThrottleReasons) -> Vec<&'static str> {
+    use nvml_wrapper::bitmasks::device::ThrottleReasons as T;
+    [
+        (T::GPU_IDLE, "gpu_idle"),
+        (
+            T::APPLICATIONS_CLOCKS_SETTING,
+            "applications_clocks_setting",
+        ),
+        (T::SW_POWER_CAP, "sw_power_cap"),
+        (T::HW_SLOWDOWN, "hw_slowdown"),
+        (T::SYNC_BOOST, "sync_boost"),
+        (T::SW_THERMAL_SLOWDOWN, "sw_thermal_slowdown"),
+        (T::HW_THERMAL_SLOWDOWN, "hw_thermal_slowdown"),
+        (T::HW_POWER_BRAKE_SLOWDOWN, "hw_power_brake_slowdown"),
+        (T::DISPLAY_CLOCK_SETTING, "display_clock_setting"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| r.contains(*bit))
+    .map(|(_, name)| name)
+    .collect()
+}
+
+impl GpuTelemetry for NvmlTelemetry {
+    fn sample(&mut self) -> Result<Vec<GpuSample>, String> {
+        let nvml = self.nvml.as_ref().map_err(Clone::clone)?;
+        let count = nvml
+            .device_count()
+            .map_err(|e| format!("nvml: counting devices failed ({e})"))?;
+        let mib = |b: u64| b as f64 / f64::from(1 << 20);
+        let mut out = Vec::new();
+        for i in 0..count {
+            let Ok(dev) = nvml.device_by_index(i) else {
+                continue;
+            };
+            let mut mig = Vec::new();
+            if dev.mig_mode().is_ok_and(|m| m.current == 1) {
+                for slot in 0..dev.mig_device_count().unwrap_or(0) {
+                    if let Ok(m) = dev.mig_device_by_index(slot)
+                        && let Ok(uuid) = m.uuid()
+                    {
+                        mig.push((uuid, m.memory_info().ok().map(|m| mib(m.used))));
+                    }
+                }
+            }
+            out.push(GpuSample {
+                index: i,
+                util_pct: dev.utilization_rates().ok().map(|u| f64::from(u.gpu)),
+                memory_used_mib: dev.memory_info().ok().map(|m| mib(m.used)),
+                throttle: dev.current_throttle_reasons().ok().map(throttle_names),
+                mig,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// GPU signals: each GPU's utilization, memory in use and clock event reasons, each MIG
+/// instance's memory in use, and for each batch job holding GPUs whether they are slowed for
+/// power or heat ([`names::GPU_SLOWDOWN`], which the threshold detector compares with the job's
+/// own baseline).
+#[derive(Debug)]
+pub struct GpuSignals {
+    pub telemetry: Box<dyn GpuTelemetry>,
+    /// The node's lendable units: which physical GPU each job's unit is on.
+    pub units: Vec<crate::discover::GpuUnit>,
+}
+
+impl Source for GpuSignals {
     fn name(&self) -> &'static str {
         "nvml"
     }
 
-    fn read(&mut self, _targets: &Targets, out: &mut Collector) {
-        let nvml = match &self.nvml {
-            Ok(n) => n,
-            Err(e) => return out.unavailable(e.clone()),
+    fn read(&mut self, targets: &Targets, out: &mut Collector) {
+        let gpus = match self.telemetry.sample() {
+            Ok(g) => g,
+            Err(e) => return out.unavailable(e),
         };
-        let count = match nvml.device_count() {
-            Ok(c) => c,
-            Err(e) => return out.unavailable(format!("nvml: counting devices failed ({e})")),
-        };
-        for i in 0..count {
-            let Ok(dev) = nvml.device_by_index(i) else {
-                out.unavailable(format!("nvml: GPU {i} unreadable"));
+        let mut slowed = std::collections::BTreeMap::new();
+        for g in &gpus {
+            let t = Target::Gpu(g.index);
+            match g.util_pct {
+                Some(u) => out.gauge(t.clone(), names::GPU_UTIL_PCT, u),
+                None if g.mig.is_empty() => {
+                    out.unavailable(format!("nvml: GPU {} utilization", g.index))
+                }
+                // MIG mode: NVML keeps no utilization, for the GPU or its instances.
+                None => {}
+            }
+            if let Some(m) = g.memory_used_mib {
+                out.gauge(t.clone(), names::MEMORY_MIB, m);
+            }
+            for (uuid, m) in &g.mig {
+                if let Some(m) = m {
+                    out.gauge(Target::Mig(uuid.clone()), names::MEMORY_MIB, *m);
+                }
+            }
+            let Some(reasons) = &g.throttle else {
+                out.unavailable(format!("nvml: GPU {} clock event reasons", g.index));
                 continue;
             };
-            match dev.utilization_rates() {
-                Ok(u) => out.gauge(Target::Gpu(i), names::GPU_UTIL_PCT, f64::from(u.gpu)),
-                Err(e) => out.unavailable(format!("nvml: GPU {i} utilization ({e})")),
+            let mut slow = false;
+            for &(name, harmful) in THROTTLE_REASONS {
+                let on = reasons.contains(&name);
+                slow |= on && harmful;
+                out.gauge(t.clone(), throttle_signal(name), f64::from(u8::from(on)));
             }
-            if let Ok(m) = dev.memory_info() {
+            out.gauge(t, names::GPU_SLOWDOWN, f64::from(u8::from(slow)));
+            slowed.insert(g.index, slow);
+        }
+        for job in &targets.jobs {
+            let on_gpus: Vec<bool> = job
+                .gpus
+                .iter()
+                .filter_map(|id| self.units.iter().find(|u| u.id == *id))
+                .filter_map(|u| slowed.get(&u.gpu).copied())
+                .collect();
+            if !on_gpus.is_empty() {
+                let slow = on_gpus.iter().any(|s| *s);
                 out.gauge(
-                    Target::Gpu(i),
-                    names::MEMORY_MIB,
-                    m.used as f64 / f64::from(1 << 20),
+                    Target::Job(job.job_id),
+                    names::GPU_SLOWDOWN,
+                    f64::from(u8::from(slow)),
                 );
             }
         }
+    }
+}
+
+/// The per-reason signal name (`throttle.<reason>`), static as signal names are.
+fn throttle_signal(reason: &str) -> &'static str {
+    match reason {
+        "gpu_idle" => "throttle.gpu_idle",
+        "applications_clocks_setting" => "throttle.applications_clocks_setting",
+        "sw_power_cap" => "throttle.sw_power_cap",
+        "hw_slowdown" => "throttle.hw_slowdown",
+        "sync_boost" => "throttle.sync_boost",
+        "sw_thermal_slowdown" => "throttle.sw_thermal_slowdown",
+        "hw_thermal_slowdown" => "throttle.hw_thermal_slowdown",
+        "hw_power_brake_slowdown" => "throttle.hw_power_brake_slowdown",
+        _ => "throttle.display_clock_setting",
+    }
+}
+
+/// Fixed GPU telemetry, for tests: answers whatever `samples` holds now.
+#[derive(Debug, Clone)]
+pub struct FakeTelemetry {
+    pub samples: Arc<std::sync::Mutex<Result<Vec<GpuSample>, String>>>,
+}
+
+impl FakeTelemetry {
+    pub fn new(samples: Vec<GpuSample>) -> Self {
+        Self {
+            samples: Arc::new(std::sync::Mutex::new(Ok(samples))),
+        }
+    }
+    pub fn set(&self, samples: Vec<GpuSample>) {
+        *self.samples.lock().unwrap() = Ok(samples);
+    }
+}
+
+impl GpuTelemetry for FakeTelemetry {
+    fn sample(&mut self) -> Result<Vec<GpuSample>, String> {
+        self.samples.lock().unwrap().clone()
     }
 }
 
@@ -409,6 +579,7 @@ mod tests {
                 uid: Some(1000),
                 group: PathBuf::from("slurm_n1/uid_1000/job_7"),
                 cpus: [0].into_iter().collect(),
+                gpus: Vec::new(),
             }],
             leases: vec![LeaseTarget {
                 id: "L1".into(),
@@ -566,5 +737,118 @@ mod tests {
             ]
         );
         assert!(out.readings.iter().all(|r| r.target == Target::Node));
+    }
+
+    fn reading(out: &Collector, target: &Target, signal: &str) -> Option<f64> {
+        out.readings
+            .iter()
+            .find(|r| &r.target == target && r.signal == signal)
+            .map(|r| r.value)
+    }
+
+    /// GPU 0 whole and slowed for heat, GPU 1 in MIG mode (no utilization) with 3 instances:
+    /// the GPUs' signals, the instances' memory, and each GPU job's slowdown by its units.
+    #[test]
+    fn gpu_signals_carry_throttle_reasons_mig_memory_and_each_jobs_slowdown() {
+        use crate::discover::{FakeGpus, GpuReport};
+        let units = FakeGpus::with_mig(1, 3).0.units();
+        assert!(matches!(FakeGpus::none().0, GpuReport::Unavailable { .. }));
+        let fake = FakeTelemetry::new(vec![
+            GpuSample {
+                index: 0,
+                util_pct: Some(97.0),
+                memory_used_mib: Some(1024.0),
+                throttle: Some(vec!["hw_thermal_slowdown", "sw_power_cap"]),
+                mig: vec![],
+            },
+            GpuSample {
+                index: 1,
+                util_pct: None,
+                memory_used_mib: Some(3000.0),
+                throttle: Some(vec!["gpu_idle"]),
+                mig: vec![
+                    ("MIG-fake-1-0".into(), Some(100.0)),
+                    ("MIG-fake-1-1".into(), Some(2900.0)),
+                    ("MIG-fake-1-2".into(), None),
+                ],
+            },
+        ]);
+        let mut gpu = GpuSignals {
+            telemetry: Box::new(fake.clone()),
+            units,
+        };
+        let mut t = targets();
+        t.jobs[0].gpus = vec![2]; // job 7: an instance of GPU 1
+        let mut j8 = t.jobs[0].clone();
+        j8.job_id = 8;
+        j8.gpus = vec![0]; // job 8: GPU 0
+        let mut j9 = t.jobs[0].clone();
+        j9.job_id = 9;
+        j9.gpus = vec![]; // job 9: no GPU, no GPU signal
+        t.jobs.extend([j8, j9]);
+        let mut out = Collector::default();
+        gpu.read(&t, &mut out);
+        let g0 = Target::Gpu(0);
+        let g1 = Target::Gpu(1);
+        assert_eq!(reading(&out, &g0, names::GPU_UTIL_PCT), Some(97.0));
+        assert_eq!(reading(&out, &g0, names::MEMORY_MIB), Some(1024.0));
+        assert_eq!(
+            reading(&out, &g0, "throttle.hw_thermal_slowdown"),
+            Some(1.0)
+        );
+        assert_eq!(reading(&out, &g0, "throttle.sw_power_cap"), Some(1.0));
+        assert_eq!(reading(&out, &g0, "throttle.gpu_idle"), Some(0.0));
+        assert_eq!(reading(&out, &g0, names::GPU_SLOWDOWN), Some(1.0));
+        // Idle is a clock event reason, not a slowdown.
+        assert_eq!(reading(&out, &g1, "throttle.gpu_idle"), Some(1.0));
+        assert_eq!(reading(&out, &g1, names::GPU_SLOWDOWN), Some(0.0));
+        // MIG mode: no utilization anywhere, and that is not reported as a failure.
+        assert_eq!(reading(&out, &g1, names::GPU_UTIL_PCT), None);
+        assert!(out.unavailable.is_empty(), "{:?}", out.unavailable);
+        let mig = |u: &str| reading(&out, &Target::Mig(u.into()), names::MEMORY_MIB);
+        assert_eq!(
+            (
+                mig("MIG-fake-1-0"),
+                mig("MIG-fake-1-1"),
+                mig("MIG-fake-1-2")
+            ),
+            (Some(100.0), Some(2900.0), None)
+        );
+        assert_eq!(
+            reading(&out, &Target::Job(7), names::GPU_SLOWDOWN),
+            Some(0.0)
+        );
+        assert_eq!(
+            reading(&out, &Target::Job(8), names::GPU_SLOWDOWN),
+            Some(1.0)
+        );
+        assert_eq!(reading(&out, &Target::Job(9), names::GPU_SLOWDOWN), None);
+
+        // A GPU whose reasons NVML cannot give, and one without utilization outside MIG mode.
+        fake.set(vec![GpuSample {
+            index: 0,
+            util_pct: None,
+            memory_used_mib: None,
+            throttle: None,
+            mig: vec![],
+        }]);
+        let mut out = Collector::default();
+        gpu.read(&t, &mut out);
+        assert_eq!(out.unavailable.len(), 2, "{:?}", out.unavailable);
+        assert_eq!(reading(&out, &Target::Job(8), names::GPU_SLOWDOWN), None);
+        *fake.samples.lock().unwrap() = Err("nvml: no GPU signals (test)".into());
+        let mut out = Collector::default();
+        gpu.read(&t, &mut out);
+        assert!(out.readings.is_empty());
+        assert_eq!(out.unavailable, ["nvml: no GPU signals (test)"]);
+    }
+
+    /// Without a driver the real telemetry says why, every time; never zeros.
+    #[test]
+    fn real_telemetry_without_a_driver_is_unavailable() {
+        let mut t = NvmlTelemetry::new();
+        if let Err(e) = t.sample() {
+            assert!(e.starts_with("nvml"), "{e}");
+        }
     }
 }

@@ -81,6 +81,7 @@ impl FakeTargets {
             uid: Some(1000),
             group: PathBuf::from(format!("slurm_n1/uid_1000/job_{job}")),
             cpus: [0].into_iter().collect(),
+            gpus: Vec::new(),
         });
     }
     pub fn add_lease(&self, id: &str) {

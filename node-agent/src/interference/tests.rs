@@ -41,6 +41,52 @@ fn ctx(leases: usize, active: bool) -> Context {
     }
 }
 
+/// A GPU job whose GPUs never slowed for power or heat alone starts to beside a lease: harm
+/// after `consecutive` samples. One whose GPUs throttle alone too is not hurt by the leases.
+#[test]
+fn threshold_flags_a_gpu_job_slowed_for_power_or_heat_only_beside_executors() {
+    let cfg = InterferenceConfig::default();
+    let t0 = Instant::now();
+    let at = |i: u64| t0 + PERIOD * i as u32;
+    let j = Target::Job(7);
+    let with = |slow: f64| {
+        snap(&[
+            (j.clone(), names::CPU, 1.0),
+            (j.clone(), names::GPU_SLOWDOWN, slow),
+        ])
+    };
+    let mut d = Threshold::new(&cfg);
+    for i in 0..3 {
+        assert_eq!(d.observe(at(i), &with(0.0), &ctx(0, false)), Finding::Quiet);
+    }
+    assert_eq!(d.observe(at(3), &with(0.0), &ctx(1, true)), Finding::Clear);
+    let mut found = None;
+    for i in 4..10 {
+        match d.observe(at(i), &with(1.0), &ctx(1, true)) {
+            Finding::Clear => {}
+            Finding::Harm { job, reason, .. } => {
+                found = Some((i, job, reason));
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let (i, job, reason) = found.expect("harm while the GPUs slow beside executors");
+    assert_eq!(job, 7);
+    assert!(reason.contains(names::GPU_SLOWDOWN), "{reason}");
+    // Not on the first slowed sample: the streak must reach `consecutive`.
+    assert!(i >= 3 + u64::from(cfg.consecutive), "harm at sample {i}");
+
+    // The same job throttling alone as much: never harm.
+    let mut d = Threshold::new(&cfg);
+    for i in 0..3 {
+        d.observe(at(i), &with(1.0), &ctx(0, false));
+    }
+    for i in 3..12 {
+        assert_eq!(d.observe(at(i), &with(1.0), &ctx(1, true)), Finding::Clear);
+    }
+}
+
 #[test]
 fn threshold_flags_a_progress_drop_against_the_baseline_and_clears_on_recovery() {
     let cfg = InterferenceConfig::default();
@@ -715,4 +761,64 @@ async fn a_threshold_suspicion_is_confirmed_or_cleared_by_the_freeze_probe() {
     // Without the probe's confirmation the same series throttles the innocent executor.
     let (level, _) = foreign_cpu_load(false).await;
     assert!(matches!(level, Level::Quota(_)), "{level:?}");
+}
+
+/// The GPU source in the loop: a batch job on GPU 0 whose clocks are fine while it runs alone,
+/// then slowed for heat once a lease runs (on the node's other GPU): the threshold detector
+/// flags it and the controller lowers the leases; the node reports the reason and the signals.
+#[tokio::test]
+async fn a_gpu_job_slowed_for_heat_beside_a_lease_escalates_the_control_level() {
+    use super::sources::{FakeTelemetry, GpuSample, GpuSignals};
+    use crate::discover::FakeGpus;
+    let cfg = InterferenceConfig {
+        detectors: vec!["threshold".into()],
+        ..InterferenceConfig::default()
+    };
+    let targets = FakeTargets::with(&[7], &[]);
+    targets.0.lock().unwrap().jobs[0].gpus = vec![0];
+    let gpu = |index, slowed: bool| GpuSample {
+        index,
+        util_pct: Some(90.0),
+        memory_used_mib: Some(4096.0),
+        throttle: Some(if slowed {
+            vec!["hw_thermal_slowdown"]
+        } else {
+            vec![]
+        }),
+        mig: vec![],
+    };
+    let telemetry = FakeTelemetry::new(vec![gpu(0, false), gpu(1, false)]);
+    let sources: Vec<Box<dyn Source>> = vec![
+        Box::new(Recorded::new(series(&[(1.0, 0.0); 16]))),
+        Box::new(GpuSignals {
+            telemetry: Box::new(telemetry.clone()),
+            units: FakeGpus::count(2).0.units(),
+        }),
+    ];
+    let (mut m, act, _, stats) = monitor(cfg, &targets, sources);
+    let t0 = Instant::now();
+    for i in 0..5u32 {
+        m.tick_at(t0 + PERIOD * i).await;
+    }
+    assert_eq!(m.level(), Level::None);
+    targets.add_lease("L1");
+    // Beside the lease, clocks still fine: nothing to do.
+    for i in 5..8u32 {
+        m.tick_at(t0 + PERIOD * i).await;
+    }
+    assert_eq!(m.level(), Level::None);
+    telemetry.set(vec![gpu(0, true), gpu(1, false)]);
+    let mut escalated = false;
+    for i in 8..16u32 {
+        m.tick_at(t0 + PERIOD * i).await;
+        escalated |= m.level() != Level::None;
+    }
+    assert!(escalated, "the slowed GPU job never raised the level");
+    let state = stats.interference().unwrap();
+    assert_eq!(state.detector, "threshold");
+    assert!(state.reason.contains("gpu_slowdown"), "{}", state.reason);
+    assert_eq!(state.signals["gpu.0.throttle.hw_thermal_slowdown"], 1.0);
+    assert_eq!(state.signals["gpu.1.gpu_slowdown"], 0.0);
+    assert_eq!(state.signals["batch.7.gpu_slowdown"], 1.0);
+    assert_ne!(act.control("L1"), Some(LeaseControl::normal(1)));
 }

@@ -91,22 +91,48 @@ pub struct LeaseSettings {
     pub dev_root: PathBuf,
     /// The most bytes of an executor's output written to its log.
     pub log_max_bytes: u64,
-    /// The UUIDs of the node's GPUs by index (NVML's); an executor's `CUDA_VISIBLE_DEVICES`
-    /// names its GPUs by UUID where there is one (a UUID means the same GPU whatever the
-    /// order CUDA enumerates in), by index otherwise.
-    pub gpu_uuids: std::collections::BTreeMap<u32, String>,
+    /// Where the driver lists the minors of MIG access files
+    /// ([`crate::cgroup::devices::DEFAULT_MIG_MINORS`]).
+    pub mig_minors: PathBuf,
+    /// The node's lendable GPU units (whole GPUs and MIG instances) by id. An executor's
+    /// `CUDA_VISIBLE_DEVICES` names its units by UUID where there is one (a UUID means the same
+    /// GPU whatever the order CUDA enumerates in; a MIG instance can only be named so), by
+    /// index otherwise.
+    pub gpu_units: std::collections::BTreeMap<u32, crate::discover::GpuUnit>,
+    /// Lend GPUs on a host whose lease groups cannot confine devices (cgroup v2), where a
+    /// function could open every GPU of the node (`allow_unconfined_gpus`).
+    pub allow_unconfined_gpus: bool,
 }
 
 impl LeaseSettings {
-    /// `CUDA_VISIBLE_DEVICES` for GPUs `gpus` (indices).
+    /// `CUDA_VISIBLE_DEVICES` for GPU units `gpus`.
     pub fn cuda_visible_devices(&self, gpus: &[u32]) -> String {
         gpus.iter()
-            .map(|i| match self.gpu_uuids.get(i) {
-                Some(uuid) => uuid.clone(),
-                None => i.to_string(),
+            .map(|i| match self.gpu_units.get(i) {
+                Some(u) if !u.uuid.is_empty() => u.uuid.clone(),
+                _ => i.to_string(),
             })
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// The units `gpus` names; an id the node does not list (a lease from before a hardware
+    /// change) stands for the whole GPU of that index.
+    pub fn units(&self, gpus: &[u32]) -> Vec<crate::discover::GpuUnit> {
+        gpus.iter()
+            .map(|&id| {
+                self.gpu_units
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or(crate::discover::GpuUnit {
+                        id,
+                        gpu: id,
+                        uuid: String::new(),
+                        memory_total_mib: 0,
+                        mig: None,
+                    })
+            })
+            .collect()
     }
 }
 

@@ -91,6 +91,28 @@ pub enum StartError {
         launch::SECRET_BYTES
     )]
     NoSecret { len: usize },
+    #[error(
+        "the lease asks for {gpus} GPU(s) but this node's lease groups cannot confine devices \
+         ({why}); harvestd refuses GPU leases here so that a function cannot open GPUs it was \
+         not lent. Set allow_unconfined_gpus = true in harvestd's configuration to lend them \
+         anyway, named by CUDA_VISIBLE_DEVICES only"
+    )]
+    UnconfinedGpus { gpus: usize, why: String },
+}
+
+/// A lease lent `gpus` GPUs on a host whose lease groups cannot confine devices (cgroup v2)
+/// is refused unless `allow` (`allow_unconfined_gpus`).
+pub(crate) fn refuse_unconfined_gpus(
+    gpus: usize,
+    allow: bool,
+    cgroups: &dyn crate::cgroup::Cgroups,
+) -> Result<(), StartError> {
+    match cgroups.confinement().devices {
+        crate::cgroup::Support::Unavailable(why) if gpus > 0 && !allow => {
+            Err(StartError::UnconfinedGpus { gpus, why })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// How the lease ends.
@@ -343,6 +365,12 @@ impl Lease<'_> {
         let secret = order.secret.env_value().ok_or(StartError::NoSecret {
             len: order.secret.0.len(),
         })?;
+        // And before anything is made: GPUs a function could open beside the lent ones.
+        refuse_unconfined_gpus(
+            lease.gpus.len(),
+            s.allow_unconfined_gpus,
+            ctx.cgroups.as_ref(),
+        )?;
         let prepared =
             launch::prepare(&s.state_dir, &self.id, lease.uid, lease.gid, &order.library)?;
         let library = prepared.library;
@@ -379,7 +407,8 @@ impl Lease<'_> {
             no_swap: true,
             devices: Some(crate::cgroup::devices::lease_devices(
                 &s.dev_root,
-                &lease.gpus,
+                &s.mig_minors,
+                &s.units(&lease.gpus),
             )?),
         };
         ctx.parent.prepare();

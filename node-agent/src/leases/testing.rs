@@ -30,6 +30,8 @@ pub struct FakeCgroups {
     pub frozen: Mutex<Vec<PathBuf>>,
     /// What `cpu_stat` and `memory_usage` answer, per group (absent: nothing known, 0 bytes).
     pub cpu_stats: Mutex<BTreeMap<PathBuf, CpuStat>>,
+    /// Set: the host cannot confine devices, for this reason (as on cgroup v2).
+    pub devices_unconfined: Mutex<Option<String>>,
 }
 
 impl FakeCgroups {
@@ -158,7 +160,10 @@ impl Cgroups for FakeCgroups {
         Confinement {
             pids: Support::Enforced,
             no_swap: Support::Enforced,
-            devices: Support::Enforced,
+            devices: match self.devices_unconfined.lock().unwrap().clone() {
+                Some(why) => Support::Unavailable(why),
+                None => Support::Enforced,
+            },
         }
     }
 }

@@ -88,12 +88,35 @@ impl Rig {
 
     /// An agent (as if just started) over `state`, `cgroups` and `procs`.
     fn on(state: tempfile::TempDir, cgroups: Arc<FakeCgroups>, procs: Arc<FakeProcesses>) -> Self {
-        let hw = discover(
-            &FakeTopology::uniform(1, 4, 1),
-            &FakeMemory(8000),
-            &FakeGpus::none(),
-        )
-        .unwrap();
+        Self::with_gpus(state, cgroups, procs, &FakeGpus::none(), |_| {})
+    }
+
+    /// As [`Rig::on`], with `gpus` (their units' settings made as harvestd makes them) and the
+    /// lease settings changed by `tweak`.
+    fn with_gpus(
+        state: tempfile::TempDir,
+        cgroups: Arc<FakeCgroups>,
+        procs: Arc<FakeProcesses>,
+        gpus: &FakeGpus,
+        tweak: impl FnOnce(&mut LeaseSettings),
+    ) -> Self {
+        let hw = discover(&FakeTopology::uniform(1, 4, 1), &FakeMemory(8000), gpus).unwrap();
+        let mut gpu_units: std::collections::BTreeMap<u32, crate::discover::GpuUnit> =
+            hw.gpus.units().into_iter().map(|u| (u.id, u)).collect();
+        if gpu_units.is_empty() {
+            // No GPUs: GPU 1 by UUID for the CUDA_VISIBLE_DEVICES test, GPU 0 without one.
+            gpu_units.insert(
+                1,
+                crate::discover::GpuUnit {
+                    id: 1,
+                    gpu: 1,
+                    uuid: "GPU-uuid-1".to_owned(),
+                    memory_total_mib: 0,
+                    mig: None,
+                },
+            );
+        }
+
         let store = LedgerStore::open(state.path(), "n1").unwrap();
         let agent = crate::agent::start(
             "n1",
@@ -124,26 +147,30 @@ impl Rig {
             true,
         ));
         let (tx, events) = mpsc::unbounded_channel();
-        let exec = LeaseSupervisor::new(
-            LeaseSettings {
-                node: "n1".into(),
-                state_dir: state.path().to_path_buf(),
-                executor_path: "/opt/harvest/bin/harvest-executor".into(),
-                executor_bind: std::net::Ipv4Addr::new(127, 0, 0, 1).into(),
-                identity: identity::IdentityPolicy {
-                    min_uid: me().0.min(identity::DEFAULT_MIN_EXECUTOR_UID),
-                    allow_root: false,
-                    accounts: Arc::new(Users),
-                },
-                start_timeout: Duration::from_secs(2),
-                stop_grace: Duration::from_millis(100),
-                cpu_weight: 1,
-                check_interval: CHECK,
-                pids_max: 64,
-                dev_root: "/nonexistent-dev".into(),
-                log_max_bytes: 1 << 20,
-                gpu_uuids: [(1, "GPU-uuid-1".to_owned())].into_iter().collect(),
+        let mut settings = LeaseSettings {
+            node: "n1".into(),
+            state_dir: state.path().to_path_buf(),
+            executor_path: "/opt/harvest/bin/harvest-executor".into(),
+            executor_bind: std::net::Ipv4Addr::new(127, 0, 0, 1).into(),
+            identity: identity::IdentityPolicy {
+                min_uid: me().0.min(identity::DEFAULT_MIN_EXECUTOR_UID),
+                allow_root: false,
+                accounts: Arc::new(Users),
             },
+            start_timeout: Duration::from_secs(2),
+            stop_grace: Duration::from_millis(100),
+            cpu_weight: 1,
+            check_interval: CHECK,
+            pids_max: 64,
+            dev_root: "/nonexistent-dev".into(),
+            log_max_bytes: 1 << 20,
+            mig_minors: "/nonexistent-mig-minors".into(),
+            gpu_units,
+            allow_unconfined_gpus: false,
+        };
+        tweak(&mut settings);
+        let exec = LeaseSupervisor::new(
+            settings,
             cgroups.clone(),
             procs.clone(),
             ledger.clone(),
@@ -181,6 +208,12 @@ impl Rig {
             .await
             .expect("every task ends at shutdown");
         (self.state, self.cgroups)
+    }
+
+    fn gpu_order(&self, id: &str, gpus: u32) -> CreateOrder {
+        let mut order = self.order(id, 1, 100);
+        order.request.gpus = gpus;
+        order
     }
 
     fn order(&self, id: &str, cores: u32, memory_mib: u64) -> CreateOrder {
@@ -263,6 +296,163 @@ async fn cuda_visible_devices_names_gpus_by_uuid_where_there_is_one() {
     assert_eq!(s.cuda_visible_devices(&[0, 1]), "0,GPU-uuid-1");
     assert_eq!(s.cuda_visible_devices(&[1]), "GPU-uuid-1");
     assert_eq!(s.cuda_visible_devices(&[]), "");
+}
+
+/// On a host whose lease groups cannot confine devices (cgroup v2), a GPU lease is refused with
+/// an error naming the key that allows it, before anything is made; a lease without GPUs still
+/// starts. With the key set, the refusal is gone (here the next step fails: no device nodes).
+#[tokio::test]
+async fn gpu_leases_are_refused_where_devices_cannot_be_confined_unless_allowed() {
+    let cgroups = Arc::new(FakeCgroups::default());
+    *cgroups.devices_unconfined.lock().unwrap() = Some("cgroup v2 (test)".into());
+    let mut rig = Rig::with_gpus(
+        tempfile::tempdir().unwrap(),
+        cgroups.clone(),
+        Arc::new(FakeProcesses::default()),
+        &FakeGpus::count(2),
+        |_| {},
+    );
+    rig.exec.create(rig.gpu_order("G1", 1));
+    let LeaseEvent::Failed { reason, .. } = rig.next_event().await else {
+        panic!("a GPU lease started on an unconfined host")
+    };
+    assert!(
+        reason.contains("allow_unconfined_gpus = true") && reason.contains("cgroup v2 (test)"),
+        "{reason}"
+    );
+    assert!(rig.cgroups.spec(&lease_group("n1", "G1")).is_none());
+    assert!(rig.procs.launches().is_empty());
+    rig.exec.create(rig.order("C1", 1, 100));
+    assert!(matches!(rig.next_event().await, LeaseEvent::Ready(_)));
+    let (state, cgroups) = rig.stop().await;
+
+    let mut rig = Rig::with_gpus(
+        state,
+        cgroups,
+        Arc::new(FakeProcesses::default()),
+        &FakeGpus::count(2),
+        |s| s.allow_unconfined_gpus = true,
+    );
+    rig.exec.create(rig.gpu_order("G2", 1));
+    let LeaseEvent::Failed { reason, .. } = rig.next_event().await else {
+        panic!("the GPU lease started without its device node")
+    };
+    assert!(
+        !reason.contains("allow_unconfined_gpus") && reason.contains("nvidia"),
+        "{reason}"
+    );
+    rig.stop().await;
+}
+
+/// The check on a fake v2 tree (the real v2 backend over plain files): a GPU lease is refused,
+/// naming the key; a lease without GPUs, or with the key set, is not.
+#[test]
+fn on_a_v2_tree_gpu_leases_are_refused_unless_allow_unconfined_gpus() {
+    use super::task::refuse_unconfined_gpus;
+    let tree = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tree.path().join("cgroup.controllers"),
+        "cpuset cpu memory pids\n",
+    )
+    .unwrap();
+    let v2 = crate::cgroup::v2::V2::new(tree.path().to_path_buf());
+    let err = refuse_unconfined_gpus(1, false, &v2)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("asks for 1 GPU") && err.contains("allow_unconfined_gpus = true"),
+        "{err}"
+    );
+    assert!(err.contains("BPF_CGROUP_DEVICE"), "v2's own reason: {err}");
+    refuse_unconfined_gpus(0, false, &v2).unwrap();
+    refuse_unconfined_gpus(2, true, &v2).unwrap();
+    // Where devices are confined (v1, here the fake), nothing is refused.
+    refuse_unconfined_gpus(1, false, &FakeCgroups::default()).unwrap();
+}
+
+/// A GPU in MIG mode lends its instances one by one: the lease gets an instance, its executor
+/// `CUDA_VISIBLE_DEVICES=MIG-<uuid>`, and its devices cgroup the parent GPU's node and that
+/// instance's access files only; the other instances stay idle.
+#[tokio::test]
+async fn a_mig_instance_is_lent_by_its_mig_uuid_with_its_own_access_files() {
+    if !rustix::process::getuid().is_root() {
+        eprintln!("skipped: mknod needs root");
+        return;
+    }
+    let dev = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dev.path().join("nvidia-caps")).unwrap();
+    let mknod = |name: &str, major, minor| {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            dev.path().join(name),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::from_raw_mode(0o666),
+            rustix::fs::makedev(major, minor),
+        )
+        .unwrap();
+    };
+    mknod("nvidia0", 195, 0);
+    mknod("nvidia1", 195, 1);
+    for m in [11, 12, 21, 22, 31, 32] {
+        mknod(&format!("nvidia-caps/nvidia-cap{m}"), 237, m);
+    }
+    let minors = dev.path().join("mig-minors");
+    std::fs::write(
+        &minors,
+        "config 1\nmonitor 2\ngpu1/gi1/access 11\ngpu1/gi1/ci0/access 12\n\
+         gpu1/gi2/access 21\ngpu1/gi2/ci0/access 22\ngpu1/gi3/access 31\ngpu1/gi3/ci0/access 32\n",
+    )
+    .unwrap();
+    // GPU 0 whole (unit 0), GPU 1 in MIG mode with 3 instances (units 1-3, gi 1-3).
+    let mut rig = Rig::with_gpus(
+        tempfile::tempdir().unwrap(),
+        Arc::new(FakeCgroups::default()),
+        Arc::new(FakeProcesses::default()),
+        &FakeGpus::with_mig(1, 3),
+        |s| {
+            s.dev_root = dev.path().to_path_buf();
+            s.mig_minors = minors;
+        },
+    );
+    assert_eq!(rig.view().gpus.idle, [0, 1, 2, 3]);
+    // A batch step on the whole GPU 0: the lease gets an instance of GPU 1.
+    let msg = PluginMessage::StepStart(StepAllocation {
+        job_id: 8,
+        step_id: StepId::BATCH,
+        uid: 1000,
+        node: "n1".into(),
+        cpus: set("3"),
+        memory_mib: Some(100),
+        gpus: vec![0],
+        harvest: true,
+    });
+    rig.ledger.plugin(msg, SystemTime::now()).await.unwrap();
+    rig.exec.create(rig.gpu_order("M1", 1));
+    assert!(matches!(rig.next_event().await, LeaseEvent::Ready(_)));
+    let v = rig.view();
+    assert_eq!(
+        (
+            v.gpus.batch.clone(),
+            v.gpus.function.clone(),
+            v.gpus.idle.clone()
+        ),
+        (vec![0], vec![1], vec![2, 3])
+    );
+    let launch = &rig.procs.launches()[0];
+    let cuda = launch
+        .env
+        .iter()
+        .find(|(k, _)| k == "CUDA_VISIBLE_DEVICES")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(cuda, Some("MIG-fake-1-0"));
+    let spec = rig.cgroups.spec(&lease_group("n1", "M1")).unwrap();
+    let devices: Vec<String> = spec.devices.unwrap()[crate::cgroup::devices::BASIC.len()..]
+        .iter()
+        .map(|r| r.to_v1())
+        .collect();
+    // GPU 1's node and instance gi1's two access files; not GPU 0, not gi2's or gi3's.
+    assert_eq!(devices, ["c 195:1 rw", "c 237:11 rw", "c 237:12 rw"]);
+    rig.stop().await;
 }
 
 #[tokio::test]

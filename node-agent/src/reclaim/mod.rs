@@ -124,7 +124,7 @@ pub fn plan(
     let mut pool = ledger.view(hw, reserve).cpus.idle;
     let mut actions: Vec<Action> = Vec::new();
     for (id, lease) in &ordered {
-        let by_gpu = jobs(&|j| j.gpus().any(|g| lease.gpus.contains(&g)));
+        let by_gpu = jobs(&|j| j.gpus(hw).iter().any(|g| lease.gpus.contains(g)));
         let by_cpu = jobs(&|j| !j.cpus().is_disjoint(&lease.cpus));
         if by_gpu.is_empty() && by_cpu.is_empty() {
             continue;
@@ -367,6 +367,55 @@ mod tests {
                 reason: "reclaimed by job 5".into()
             }]
         );
+    }
+
+    /// A step on one MIG instance evicts the lease on that instance only; a step with the MIG
+    /// GPU's node (instances not known) evicts every lease on the GPU.
+    #[test]
+    fn a_step_on_a_mig_instance_takes_back_that_instance_only() {
+        use crate::scontrol::SlurmAlloc;
+        let hw = discover(
+            &FakeTopology::uniform(1, 4, 2),
+            &FakeMemory(16000),
+            &FakeGpus::with_mig(1, 3),
+        )
+        .unwrap();
+        let on = |unit: u32, cpu: &str| {
+            let mut l = lease(cpu, 100, 1);
+            l.gpus = vec![unit];
+            l
+        };
+        let mut settled = job("0", Some(100), vec![1]);
+        settled.slurm = Some(SlurmAlloc {
+            memory_mib: Some(100),
+            gpus: vec![2],
+        });
+        settled.gpus_from_slurm = true;
+        let l = ledger(
+            vec![("i1", on(1, "5")), ("i2", on(2, "6")), ("g0", on(0, "7"))],
+            vec![(5, settled)],
+        );
+        let evicted: Vec<String> = plan(&l, &hw, NO_RESERVE, ReclaimPolicy::default())
+            .into_iter()
+            .map(|a| match a {
+                Action::Evict { lease, .. } => lease,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(evicted, ["i2"]);
+        let l = ledger(
+            vec![("i1", on(1, "5")), ("i2", on(2, "6")), ("g0", on(0, "7"))],
+            vec![(5, job("0", Some(100), vec![1]))],
+        );
+        let mut evicted: Vec<String> = plan(&l, &hw, NO_RESERVE, ReclaimPolicy::default())
+            .into_iter()
+            .map(|a| match a {
+                Action::Evict { lease, .. } => lease,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        evicted.sort();
+        assert_eq!(evicted, ["i1", "i2"]);
     }
 
     #[test]

@@ -253,11 +253,14 @@ async fn run(a: &Args, r: &mut Report) -> Result<bool> {
         )?)
         .client_ca_root(harvest_proto::tls::read_ca("ca", &pki.ca())?);
     let mut sched = FakeScheduler::start_tls("127.0.0.1:0".parse()?, Some(server_tls)).await?;
+    // allow_unconfined_gpus: on a cgroup v2 host harvestd would refuse the GPU lease; the check
+    // lends it anyway to record what v2 leaves open (verdict "unconfined").
     let config = dir.join("agent.toml");
     std::fs::write(
         &config,
         format!(
             "heartbeat_interval = \"200ms\"\nexecutor_path = {:?}\nlease_cgroup_parent = \"{PARENT}\"\n\
+             allow_unconfined_gpus = true\n\
              dev_root = {:?}\ngpu_source = \"{}\"\nexecutor_start_timeout = \"30s\"\ntls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n",
             path_str(&a.executor)?,
             path_str(&a.dev_root)?,
@@ -344,6 +347,7 @@ async fn run(a: &Args, r: &mut Report) -> Result<bool> {
     r.set("confinement", confinement(&a.out, &agent.log()));
 
     let ran = tokio::task::block_in_place(|| measure::measure(a, r, addr, &info.gpus, &busy, &dir));
+    r.set("gpu_signals", gpu_signals(&mut sched).await);
 
     // Teardown: the lease ends, its cgroup goes, harvestd stops.
     let destroyed = sched
@@ -373,6 +377,43 @@ async fn run(a: &Args, r: &mut Report) -> Result<bool> {
     drop(agent);
     sched.stop().await;
     Ok(ran)
+}
+
+/// The GPU signals harvestd's interference monitor read while the function and the batch ran
+/// (NVML's utilization, memory in use and clock event reasons per GPU, memory per MIG
+/// instance), from the slot reports queued meanwhile: per signal its largest and latest value,
+/// the clock event reasons seen at least once, and what the monitor could not read.
+async fn gpu_signals(sched: &mut FakeScheduler) -> Value {
+    let mut max = std::collections::BTreeMap::<String, f64>::new();
+    let mut last = std::collections::BTreeMap::<String, f64>::new();
+    let mut unavailable = Vec::new();
+    let mut reports = 0;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    // Only what is queued already (a zero timeout still takes a ready message), for 2 s at most.
+    while Instant::now() < deadline {
+        let Some(state) = sched
+            .wait_for(Duration::ZERO, |m| slots(m)?.interference)
+            .await
+        else {
+            break;
+        };
+        reports += 1;
+        unavailable = state.unavailable;
+        for (k, v) in state.signals {
+            if k.starts_with("gpu.") || k.starts_with("mig.") {
+                let m = max.entry(k.clone()).or_insert(v);
+                *m = m.max(v);
+                last.insert(k, v);
+            }
+        }
+    }
+    let reasons: Vec<&str> = max
+        .iter()
+        .filter(|(k, v)| k.contains(".throttle.") && **v > 0.0)
+        .map(|(k, _)| k.as_str())
+        .collect();
+    json!({"reports": reports, "throttle_reasons_seen": reasons, "max": max, "last": last,
+           "unavailable": unavailable})
 }
 
 fn path_str(p: &Path) -> Result<&str> {

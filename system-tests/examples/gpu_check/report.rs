@@ -88,6 +88,23 @@ pub fn markdown(v: &Value) -> String {
         slow.as_f64()
             .map_or("not measured".to_owned(), |x| format!("{:.1}%", x * 100.0))
     );
+    let _ = writeln!(s, "\n## GPU signals (harvestd's interference monitor)\n");
+    let _ = writeln!(
+        s,
+        "- {} slot reports; clock event reasons seen: {}; unavailable: {}",
+        g("/gpu_signals/reports"),
+        g("/gpu_signals/throttle_reasons_seen"),
+        g("/gpu_signals/unavailable")
+    );
+    if let Some(max) = g("/gpu_signals/max").as_object() {
+        for (k, v) in max.iter().filter(|(k, _)| !k.contains(".throttle.")) {
+            let _ = writeln!(
+                s,
+                "- {k}: max {v}, last {}",
+                g(&format!("/gpu_signals/last/{k}"))
+            );
+        }
+    }
     if let Some(errors) = g("/errors").as_array().filter(|e| !e.is_empty()) {
         let _ = writeln!(s, "\n## Errors\n");
         for e in errors {
