@@ -71,6 +71,15 @@ fn interference_quick_writes_a_complete_summary() {
             .is_some_and(f64::is_finite),
         "{v}"
     );
+    // The node published a verdict for the thrasher's lease (attribution is wired end to end:
+    // harvestd's monitor, the scheduler's node view, harvest nodes --json).
+    assert!(
+        !v["thrasher_verdicts_controlled"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{v}"
+    );
     let harmless = v["harmless_leases"].as_u64().unwrap();
     if harmless == 0 {
         assert!(v["harmless_note"].as_str().unwrap().contains("CPUs"), "{v}");

@@ -206,6 +206,7 @@ impl Run {
             harmless_per_s: Vec::new(),
             culprit_only_share: f64::NAN,
             first_correct_verdict_s: None,
+            thrasher_verdicts: Vec::new(),
         }
     }
 }
@@ -264,6 +265,8 @@ pub(super) struct Run {
     /// Seconds from the job's start to the first sample whose verdicts were right: the
     /// thrasher a culprit, no harmless lease one.
     pub(super) first_correct_verdict_s: Option<f64>,
+    /// The verdicts the node published for the thrasher's leases while the job ran.
+    pub(super) thrasher_verdicts: Vec<String>,
 }
 
 /// One function client of a phase.
@@ -316,6 +319,19 @@ struct Libs {
 
 /// One 500 ms sample of the node's per-lease verdicts: (lease, level, verdict).
 type LeaseSample = (f64, Vec<(String, String, String)>);
+
+/// The verdicts the node published for the leases in `ids`, each once, in the order seen.
+fn verdicts_of(samples: &[LeaseSample], ids: &[String]) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    for (_, leases) in samples {
+        for (id, _, verdict) in leases {
+            if ids.contains(id) && !seen.contains(verdict) {
+                seen.push(verdict.clone());
+            }
+        }
+    }
+    seen
+}
 
 /// From the samples: the share in which the thrasher and only it was throttled, and when the
 /// verdicts first were right (the thrasher a culprit, no harmless lease one).
@@ -592,6 +608,7 @@ fn run_phase(
             .collect(),
         culprit_only_share,
         first_correct_verdict_s,
+        thrasher_verdicts: verdicts_of(&samples, &fn_out.leases),
     })
 }
 
@@ -799,6 +816,11 @@ mod tests {
         let (share, first) = attribution_of(&samples, &thrasher, &["H".to_owned()]);
         assert!((share - 0.5).abs() < 1e-9, "{share}");
         assert_eq!(first, Some(1.5));
+        assert_eq!(verdicts_of(&samples, &thrasher), ["pending", "culprit"]);
+        assert_eq!(
+            verdicts_of(&samples, &["H".to_owned()]),
+            ["pending", "culprit", "harmless"]
+        );
         let (share, first) = attribution_of(&[], &thrasher, &[]);
         assert!(share.is_nan());
         assert_eq!(first, None);

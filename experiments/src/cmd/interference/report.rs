@@ -101,6 +101,8 @@ pub(super) struct Summary {
     /// The job beside a no-op function, control off: harvest's own cost (`null`: not run).
     slowdown_noop_pct: Option<f64>,
     slowdown_noop: Option<Spread>,
+    /// The verdicts the node published for the thrasher in the controlled phases (each once).
+    thrasher_verdicts_controlled: Vec<String>,
     /// How many harmless leases ran beside the thrasher, and why fewer than asked.
     harmless_leases: usize,
     harmless_note: Option<String>,
@@ -364,6 +366,17 @@ pub(super) fn summarize(
         attribution_target_met: harmless_kept.map(|h| sl_co.median <= 2.0 && h >= 90.0),
         slowdown_noop_pct: noop.as_ref().map(|s| s.median),
         slowdown_noop: noop,
+        thrasher_verdicts_controlled: {
+            let mut v: Vec<String> = Vec::new();
+            for r in &controlled {
+                for x in &r.thrasher_verdicts {
+                    if !v.contains(x) {
+                        v.push(x.clone());
+                    }
+                }
+            }
+            v
+        },
         harmless_leases,
         harmless_note,
         static_quota_met_target: (!statics.is_empty()).then(|| statics.iter().any(|f| meets(f))),
