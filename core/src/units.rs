@@ -83,7 +83,7 @@ pub fn format_duration(d: Duration) -> String {
         ("s", 1_000_000),
         ("ms", 1_000),
     ] {
-        if us != 0 && us % per == 0 {
+        if us != 0 && us.is_multiple_of(per) {
             return format!("{}{unit}", us / per);
         }
     }
