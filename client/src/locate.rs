@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The environment variable naming the scheduler (`deploy/local-cluster env` exports it).
 pub const SCHEDULER_ENV: &str = "HARVEST_SCHEDULER";
@@ -19,7 +19,7 @@ pub const CONFIG_ENV: &str = "HARVEST_CONFIG";
 pub const SYSTEM_CONFIG: &str = "/etc/harvest/client.toml";
 
 /// The client configuration file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientConfig {
     /// The scheduler's address, `http://host:port` or `host:port`.

@@ -20,4 +20,4 @@ pub mod units;
 
 pub use cpuset::{CpuSet, CpuSetParseError};
 pub use node::{Counts, CpuBreakdown, GpuBreakdown, MemoryBreakdown, NodeView, STATES, Usage};
-pub use units::{UnitParseError, parse_duration, parse_memory_mib};
+pub use units::{UnitParseError, format_duration, parse_duration, parse_memory_mib};

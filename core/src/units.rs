@@ -72,6 +72,24 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitParseError> {
     Duration::try_from_secs_f64(value * secs_per_unit).map_err(|_| err())
 }
 
+/// Writes a duration in the notation [`parse_duration`] reads, with the largest unit that
+/// divides it exactly (`1h`, `5m`, `2s`, `50ms`, `250us`), so that a printed default reads back
+/// as the same value. Sub-microsecond parts are dropped.
+pub fn format_duration(d: Duration) -> String {
+    let us = d.as_micros();
+    for (unit, per) in [
+        ("h", 3_600_000_000u128),
+        ("m", 60_000_000),
+        ("s", 1_000_000),
+        ("ms", 1_000),
+    ] {
+        if us != 0 && us.is_multiple_of(per) {
+            return format!("{}{unit}", us / per);
+        }
+    }
+    format!("{us}us")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +123,21 @@ mod tests {
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         for bad in ["", "5", "ms", "5 parsecs", "-1s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should fail");
+        }
+    }
+
+    #[test]
+    fn formatted_durations_read_back() {
+        for (d, text) in [
+            (Duration::from_secs(3600), "1h"),
+            (Duration::from_secs(300), "5m"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::from_millis(50), "50ms"),
+            (Duration::from_micros(250), "250us"),
+            (Duration::ZERO, "0us"),
+        ] {
+            assert_eq!(format_duration(d), text);
+            assert_eq!(parse_duration(text).unwrap(), d, "{text} reads back");
         }
     }
 }

@@ -7,7 +7,7 @@ use crate::reclaim::ReclaimOrder;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ledger::Reserve;
 
@@ -75,7 +75,7 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// The agent's settings.
 /// Where harvestd finds the node's GPUs (`gpu_source`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum GpuSourceKind {
     #[default]
@@ -83,117 +83,148 @@ pub enum GpuSourceKind {
     DeviceFiles,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The Slurm node name this agent serves (from `--node`, not the file).
     #[serde(skip)]
     pub node: String,
+    /// Where the sockets go (`--run-dir`, `$HARVEST_RUN_DIR` override).
     pub run_dir: PathBuf,
+    /// Where `ledger-<node>.json` is kept (`--state-dir` overrides).
     pub state_dir: PathBuf,
+    /// The cgroup filesystem root (`--cgroup-root` overrides).
     pub cgroup_root: PathBuf,
+    /// Read once to detect the cgroup version.
     pub mountinfo: PathBuf,
+    /// Whole cores (the lowest-numbered, all their PUs) kept for the OS and daemons: never idle.
     pub reserve_cores: u32,
+    /// MiB kept for the OS, slurmd, slurmstepd, munged, harvestd and page-cache headroom.
     pub reserve_memory_mib: u64,
-    #[serde(deserialize_with = "duration")]
+    /// How often the ledger is compared with the cgroup tree.
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub reconcile_interval: Duration,
-    #[serde(deserialize_with = "duration")]
+    /// How long a reported job is held while its cgroup never appears.
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub unseen_job_grace: Duration,
-    #[serde(deserialize_with = "duration")]
+    /// How long a client has to send its one line (and to take the reply).
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub read_timeout: Duration,
+    /// Connections served at once per socket; more are answered "busy".
     pub max_connections: usize,
-    /// A group (name or gid) that may also write to the plugin socket (mode 0660 instead of 0600).
+    /// A group name or gid that may also write to the plugin socket (mode 0660).
     pub plugin_socket_group: Option<String>,
-    /// The group database used to resolve `plugin_socket_group`.
+    /// Where `plugin_socket_group` names are looked up.
     pub group_file: PathBuf,
-    /// The `scontrol` program asked about jobs recovered from the cgroup tree.
+    /// The program asked about recovered jobs.
     pub scontrol: PathBuf,
-    #[serde(deserialize_with = "duration")]
+    /// How long `scontrol` may take before it is killed.
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub scontrol_timeout: Duration,
-    /// The scheduler's URL (`https://host:port`), or several separated by commas (a primary and
-    /// its standbys, tried in turn); without one the agent runs standalone.
+    /// The scheduler's URL, `https://host:port`, or several separated by commas (a primary and its
+    /// standbys, tried in turn) (`--scheduler`, `$HARVEST_SCHEDULER` override); none: standalone.
     pub scheduler: Option<String>,
-    #[serde(deserialize_with = "duration")]
+    /// The longest time between two slot reports.
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub heartbeat_interval: Duration,
-    #[serde(deserialize_with = "duration")]
+    /// The longest wait between reconnection attempts.
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub reconnect_backoff_max: Duration,
-    /// The harvest-executor binary [default: beside harvestd, else on PATH].
+    /// The `harvest-executor` binary; harvestd with a scheduler refuses to start without one.
+    /// Unset: beside harvestd, else `PATH`.
     pub executor_path: Option<PathBuf>,
-    /// The address executors listen on and that clients are given: this node's address on the
-    /// network clients reach it by (the cluster interface on a multi-host site); 127.0.0.1 only
-    /// serves clients on this host. Not 0.0.0.0: the address is also what clients connect to.
+    /// The address executors listen on, which is also the address clients are given: on a
+    /// multi-host site this node's address on the network clients reach it by (its cluster
+    /// interface); 127.0.0.1 serves clients on this host only. `0.0.0.0`/`::` are refused (not an
+    /// address to connect to). Executors accept only connections that prove their lease's secret.
     pub executor_bind_address: std::net::IpAddr,
-    /// Whether a lease of uid 0 may run its executor (as root). Off: such leases fail.
+    /// Whether a lease of uid 0 may run (as root, group 0 only).
     pub allow_root_executors: bool,
-    /// The lowest uid an executor runs as (below it: system accounts); uid 0 only with
-    /// `allow_root_executors`.
+    /// The lowest uid an executor runs as (0 is refused: root is `allow_root_executors`'s).
     pub min_executor_uid: u32,
-    /// A passwd-format file to look users up in; none: the system's database (`getent passwd`,
-    /// NSS: local files, LDAP, SSSD).
+    /// A passwd-format file to look lease users up in (their primary group and shell). Unset:
+    /// `getent passwd` (NSS).
     pub passwd_file: Option<PathBuf>,
-    #[serde(deserialize_with = "duration")]
+    /// How long an executor has to write its address line to its ready pipe.
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub executor_start_timeout: Duration,
-    #[serde(deserialize_with = "duration")]
+    /// SIGTERM to SIGKILL, and how long an emptying cgroup is waited for.
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub executor_stop_grace: Duration,
+    /// Lease groups' CPU weight in v2 units, 1..=10000 (v1: converted to `cpu.shares`, 1 gives 2);
+    /// their parent `harvest_<node>` gets it too, so all functions together weigh that against
+    /// batch tasks.
     pub lease_cpu_weight: u64,
-    /// The cgroup (relative to each hierarchy's root) that lease groups go under
-    /// [default: harvest_<node>].
+    /// The group (relative to each hierarchy's root) lease groups go under. Unset:
+    /// `harvest_<node>`.
     pub lease_cgroup_parent: Option<PathBuf>,
+    /// Read to tell whether an executor still runs.
     pub proc_root: PathBuf,
-    /// The most tasks (processes and threads) a lease's cgroup may hold (`pids.max`).
+    /// The most tasks (processes and threads) one lease's cgroup may hold (`pids.max`),
+    /// 16..=4194304: an executor is one supervisor plus a worker per connection (at most 64), each
+    /// with a few threads (OpenMP, BLAS pools); 100 such leases stay under a 32768 `pid_max`, so a
+    /// thread or fork bomb stops at its lease and the next batch step can fork. Not `RLIMIT_NPROC`,
+    /// which counts the user's processes node-wide.
     pub lease_pids_max: u64,
-    /// Where device nodes are (a lent GPU N is `<dev_root>/nvidiaN`; its numbers are read from
-    /// the node for the v1 devices controller).
+    /// Where device nodes are looked up: a lent GPU N is `<dev_root>/nvidiaN`, and its major:minor
+    /// from `stat` is what the v1 devices controller allows.
     pub dev_root: PathBuf,
-    /// Where the driver lists the minors of MIG instances' access files
-    /// (`<dev_root>/nvidia-caps/nvidia-cap<M>`), which a lease lent a MIG instance is allowed.
+    /// Where the driver lists the minors of MIG instances' access files (`gpu<N>/gi<G>/access
+    /// <M>`, `gpu<N>/gi<G>/ci<C>/access <M>`); a lease lent a MIG instance is allowed
+    /// `<dev_root>/nvidia-caps/nvidia-cap<M>` of its two ([gpus.md](gpus.md#mig-instances)).
     pub nvidia_caps_mig_minors: PathBuf,
-    /// Lend GPUs even where lease groups cannot confine devices (cgroup v2: harvestd attaches no
-    /// BPF device program), so a function could open every GPU of the node. Off (the default):
-    /// GPU leases are refused on such nodes, with an error naming this key.
+    /// Lend GPUs on a node whose lease groups cannot confine devices (cgroup v2: harvestd attaches
+    /// no BPF device program), where a function could open every GPU of the node. Off: such a node
+    /// refuses GPU leases, with an error naming this key.
     pub allow_unconfined_gpus: bool,
-    /// Where the node's GPUs are found: `nvml` (the driver's library; the default) or
-    /// `device-files` (the `nvidia<N>` character devices under `dev_root`: no UUIDs, no memory
-    /// figures; for the local cluster's fake GPUs and nodes NVML does not see).
+    /// Where the node's GPUs come from: `"nvml"` (the driver: names, UUIDs, memory, MIG mode), or
+    /// `"device-files"` (the character devices `<dev_root>/nvidiaN` of major 195; no UUIDs, so
+    /// `CUDA_VISIBLE_DEVICES` carries indices; for nodes without the driver's library and the local
+    /// cluster's fake GPUs). A source that finds nothing reports the GPUs unavailable with its
+    /// reason.
     pub gpu_source: GpuSourceKind,
-    /// Slurm keeps every job off the GPUs it was not given (`ConstrainDevices=yes` in
-    /// cgroup.conf and every GPU in gres.conf): then Slurm's record of a job's GPUs
-    /// (`scontrol show job -d`, `GRES=gpu(IDX:...)`) settles a step that was reported holding
-    /// every GPU of the node (its devices cgroup could not say which: Slurm 22.05's v1 cgroups
-    /// show `a *:* rwm` however many GPUs they deny), and the GPUs it was not given can be
-    /// lent again within a reconcile interval. Off (the default): such a step holds every GPU.
+    /// Set where Slurm runs with `ConstrainDevices=yes`: a GPU job that the plugin reports as
+    /// holding every GPU (Slurm 22.05's v1 devices list cannot say which) is narrowed to the GRES
+    /// indices `scontrol show job -d` gives, asked off the step-start path and again every 30 s
+    /// until final. Off: such a job holds every GPU of the node while it runs.
     pub slurm_constrains_gpus: bool,
-    /// The most bytes of an executor's output written to its `executor.log`.
+    /// The most bytes of an executor's stdout and stderr written to its `executor.log`; the rest is
+    /// drained and dropped.
     pub executor_log_max_bytes: u64,
-    /// Where Prometheus scrapes `/metrics` (HTTP), e.g. "127.0.0.1:9201"; none: not served.
+    /// Address (`127.0.0.1:9201`) where Prometheus scrapes `/metrics`; none: not served. The
+    /// metrics are listed in [metrics.md](metrics.md).
     pub metrics_listen: Option<String>,
     /// Interference monitoring and control (the `[interference]` table; docs/interference.md).
     pub interference: crate::interference::InterferenceConfig,
-    #[serde(deserialize_with = "duration")]
+    /// How long a step start may wait for executors on its resources to be gone
+    /// ([reclaim.md](reclaim.md)).
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub reclaim_timeout: Duration,
-    #[serde(deserialize_with = "duration")]
+    /// How long an evicted lease's teardown waits after the step was let go.
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub reclaim_teardown_delay: Duration,
-    /// Run functions SCHED_IDLE (`cpu.idle` on the lease groups' parent, Linux 5.15+): any batch
-    /// task preempts them at once.
+    /// Run all lease groups SCHED_IDLE (`cpu.idle` on `harvest_<node>`, Linux 5.15+): any batch
+    /// task preempts a function at once.
     pub lease_cpu_idle: bool,
-    /// Which leases go first when a batch step needs their resources: "newest-first" (the
-    /// default: least work lost), "oldest-first" or "largest-first" (by memory).
+    /// Which leases go first: `newest-first`, `oldest-first`, `largest-first`.
     pub reclaim_order: ReclaimOrder,
-    /// Move an executor to other idle CPUs, when enough are idle, instead of evicting it.
+    /// Move an executor to other idle CPUs instead of evicting it, when enough are idle.
     pub reclaim_move: bool,
-    /// How often `scontrol show node` is asked whether Slurm drains the node (its leases are
-    /// then revoked and it gets no new ones).
-    #[serde(deserialize_with = "duration")]
+    /// How often Slurm is asked whether it drains the node (its leases are then revoked).
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub drain_check_interval: Duration,
-    /// The CA (PEM) that signs the scheduler's certificate: the agent takes orders only from a
-    /// scheduler that proves a certificate from it.
+    /// The CA (PEM) that signs the scheduler's certificate: orders come only from a scheduler that
+    /// proves one. Unset: required with `scheduler`.
     pub tls_ca: Option<PathBuf>,
-    /// This node's client certificate (PEM): its subject CN must be the node name.
+    /// This node's client certificate (PEM); its subject CN is the node name. Unset: required with
+    /// `scheduler`.
     pub tls_cert: Option<PathBuf>,
-    /// The private key of `tls_cert` (PEM).
+    /// The private key of `tls_cert` (PEM: PKCS#8, PKCS#1 or SEC1), readable by root only. Unset:
+    /// required with `scheduler`.
     pub tls_key: Option<PathBuf>,
-    /// Talk to the scheduler in plaintext, without certificates: whoever answers at the
-    /// scheduler's address can start executors. Tests on a trusted host only; logged loudly.
+    /// Talk to the scheduler without TLS (`--insecure-plaintext` sets it): anyone who answers at
+    /// the scheduler's address can start executors here. Tests on a trusted host only; warned at
+    /// every connection and every minute.
     pub insecure_plaintext: bool,
 }
 
@@ -252,7 +283,7 @@ impl Default for Config {
 }
 
 /// A configuration that cannot be used.
-pub use crate::config_error::{ConfigError, duration};
+pub use crate::config_error::{ConfigError, duration, write_duration};
 
 impl Config {
     /// Reads a TOML file; every key not in it keeps its default.

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serializer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -27,4 +27,10 @@ pub enum ConfigError {
 pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     harvest_core::parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// Writes a duration as [`duration`] reads it (`"1s"`, `"50ms"`): the configuration reference
+/// and the packaged configuration files print the defaults this way.
+pub fn write_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&harvest_core::format_duration(*d))
 }

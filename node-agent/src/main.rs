@@ -41,12 +41,12 @@ enum Command {
     /// Serves the plugin on <run-dir>/harvestd-<node>.sock (mode 0600) and status on
     /// <run-dir>/harvestd-<node>.query.sock, keeps its ledger in
     /// <state-dir>/ledger-<node>.json, and reconciles it with Slurm's cgroup tree every second.
-    /// Example: harvestd run --node n1 --config /etc/harvest/agent.toml
+    /// Example: harvestd run --node n1 --config /etc/harvest/harvestd.toml
     Run {
         /// The Slurm node name (as in slurm.conf's NodeName).
         #[arg(long)]
         node: String,
-        /// A TOML configuration file (keys in docs/node-agent.md); defaults apply without one.
+        /// A TOML configuration file (every key: docs/config.md); defaults apply without one.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Where the sockets go [default: $HARVEST_RUN_DIR, else the file's run_dir, else /run/harvest].

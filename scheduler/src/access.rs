@@ -19,29 +19,36 @@
 //! max_cores = 64
 //! ```
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::identity::Identity;
 
 /// Live leases one user may hold when the configuration says nothing.
 pub const DEFAULT_MAX_LEASES_PER_USER: u64 = 100;
 
-/// Caps on live (pending or active) leases; `None` is no cap.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+/// Caps on live (pending or active) leases; a key left out is no cap.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Caps {
+    /// The most live leases. Unset: no cap.
     pub max_leases: Option<u64>,
+    /// The most cores of live leases together. Unset: no cap.
     pub max_cores: Option<u64>,
+    /// The most MiB of memory of live leases together. Unset: no cap.
     pub max_memory_mib: Option<u64>,
 }
 
 /// Caps on one primary group's leases together.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupCaps {
+    /// The primary group (gid) whose users' live leases count together (like Slurm's GrpTRES).
     pub gid: u32,
+    /// The most live leases of the group. Unset: no cap.
     pub max_leases: Option<u64>,
+    /// The most cores of the group's live leases together. Unset: no cap.
     pub max_cores: Option<u64>,
+    /// The most MiB of memory of the group's live leases together. Unset: no cap.
     pub max_memory_mib: Option<u64>,
 }
 
@@ -56,14 +63,16 @@ impl GroupCaps {
 }
 
 /// The `[access]` table.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccessConfig {
     /// Operators by uid (root always is one).
     pub operator_uids: Vec<u32>,
     /// Operators by primary gid.
     pub operator_gids: Vec<u32>,
+    /// Caps on each user's live (pending or active) leases together (`[access.per_user]`).
     pub per_user: Caps,
+    /// Caps per primary group (`[[access.per_group]]`, one table per group).
     pub per_group: Vec<GroupCaps>,
 }
 

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Where the scheduler listens for clients and agents (one address, both services).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6820";
@@ -96,50 +96,79 @@ pub enum ConfigError {
 pub const MAX_DURATION_MS: u64 = 365 * 24 * 60 * 60 * 1000;
 
 /// The scheduler's configuration file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// Address of both services.
     pub listen: String,
+    /// Placement policy: one of harvest-policies' built-ins (`first-fit`, `best-fit`, `spread`,
+    /// `interference-aware`, `gpu-aware`, `lease-affinity`, `harvest`).
     pub policy: String,
+    /// Lifetime of a lease that asks for none.
     pub default_lifetime_ms: u64,
+    /// A lease with neither an invocation nor a `RenewLease` for this long ends (cause `idle`: its
+    /// client went away); 0: never.
     pub default_idle_timeout_ms: u64,
+    /// Longest lifetime accepted (longer: INVALID_ARGUMENT).
     pub max_lifetime_ms: u64,
+    /// Memory of a lease that asks for none, per core.
     pub default_memory_per_core_mib: u64,
+    /// A node is down after this many of its heartbeat intervals without a report.
     pub heartbeat_miss_limit: u32,
+    /// Heartbeat interval of an agent whose Register gives none.
     pub default_agent_heartbeat_ms: u64,
+    /// How long AcquireLease waits for the executor to be ready.
     pub executor_start_timeout_ms: u64,
+    /// How long AcquireLease retries placement (every 20 ms) when no node has room now, before
+    /// RESOURCE_EXHAUSTED; an ended lease's resources come back with its agent's next report. 0
+    /// refuses at once.
     pub placement_wait_ms: u64,
+    /// How often expiry and heartbeats are checked.
     pub tick_ms: u64,
+    /// The program that decodes credentials.
     pub unmunge: PathBuf,
-    /// munged's socket (`unmunge --socket`); `None` uses munge's default.
+    /// munged's socket (`unmunge --socket`). Unset: munge's default.
     pub munge_socket: Option<PathBuf>,
+    /// How long decoding one credential may take (waiting for a turn included).
     pub auth_timeout_ms: u64,
+    /// `unmunge` processes run at once; up to 16 times as many checks wait, more are UNAVAILABLE at
+    /// once (a flood of requests cannot fork without bound).
     pub auth_max_concurrent: usize,
+    /// Largest AcquireLease (a shipped library travels inside it) and largest order sent to an
+    /// agent.
     pub max_message_bytes: usize,
+    /// How many ended leases `ListLeases` still shows.
     pub ended_leases_kept: usize,
+    /// Where the user name of an adopted lease's uid is looked up.
     pub passwd: PathBuf,
-    /// The dashboard and metrics address (HTTP); `None`: not served.
+    /// The dashboard (`/`), its JSON (`/api/cluster`) and Prometheus metrics (`/metrics`), over
+    /// HTTP (`--http` overrides); none: not served. See [metrics.md](metrics.md).
     pub http_listen: Option<String>,
+    /// How often the dashboard's utilization timeline samples the cluster.
     pub timeline_sample_ms: u64,
+    /// How far back the timeline reaches (at least one sample).
     pub timeline_window_ms: u64,
+    /// Recent reclaim, interference and node events the dashboard keeps.
     pub events_kept: usize,
-    /// The scheduler's certificate chain (PEM), presented to agents and clients.
+    /// The scheduler's certificate chain (PEM), presented to agents and clients; it must name the
+    /// address they connect to (e.g. SAN `IP:127.0.0.1`, `DNS:scheduler.example`). Unset: required.
     pub tls_cert: Option<PathBuf>,
-    /// The private key of `tls_cert` (PEM).
+    /// The private key of `tls_cert` (PEM), readable by the scheduler's user only. Unset: required.
     pub tls_key: Option<PathBuf>,
-    /// The CA (PEM) that signs the agents' client certificates; a certificate's subject CN is
-    /// its node's name.
+    /// The CA (PEM) that signs the agents' client certificates; a certificate's subject CN is its
+    /// node's name. Unset: required.
     pub tls_client_ca: Option<PathBuf>,
-    /// Serve plaintext gRPC: anyone who reaches the port can act as any agent. For tests on a
-    /// trusted host only; logged loudly at start and every minute.
+    /// Serve plaintext gRPC without certificates (`--insecure-plaintext` sets it): anyone who
+    /// reaches the port can register as any node. Tests on a trusted host only; warned at start and
+    /// every minute.
     pub insecure_plaintext: bool,
     /// Operators, caps per user and group.
     pub access: crate::access::AccessConfig,
-    /// A file on storage every scheduler host shares (as Slurm's StateSaveLocation): the
-    /// scheduler that holds its lock serves; the others wait as standbys and take over when
-    /// the lock is released (the primary exited or died). `None`: serve at once, alone.
+    /// A file on storage every scheduler host shares (as Slurm's StateSaveLocation): the scheduler
+    /// that holds its lock serves, others wait as standbys and take over when it is released (see
+    /// [High availability](#high-availability)); none: serve at once, alone.
     pub primary_lock: Option<PathBuf>,
-    /// How often a standby tries to take the lock.
+    /// How often a standby tries to take `primary_lock`.
     pub standby_poll_ms: u64,
 }
 

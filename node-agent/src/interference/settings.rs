@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::config_error::{ConfigError, duration};
+use crate::config_error::{ConfigError, duration, write_duration};
 
 /// How often signals are sampled and decisions taken.
 pub const DEFAULT_PERIOD: Duration = Duration::from_secs(1);
@@ -68,7 +68,7 @@ pub const DEFAULT_EVICT_HOLD: Duration = Duration::from_secs(30);
 pub const DEFAULT_SYSFS_ROOT: &str = "/sys";
 
 /// Whether decisions are applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Detect, decide and act.
@@ -78,48 +78,77 @@ pub enum Mode {
 }
 
 /// Interference monitoring and control settings.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InterferenceConfig {
+    /// Run the monitor.
     pub enabled: bool,
+    /// `"enforce"` acts on what the detectors find; `"observe"` only logs what it would do.
     pub mode: Mode,
-    #[serde(deserialize_with = "duration")]
+    /// Sampling and decision period.
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub period: Duration,
+    /// Which detectors run.
     pub detectors: Vec<String>,
-    /// Where batch jobs write their progress counters (`<dir>/<job id>`) [default:
-    /// `<run_dir>/progress`].
+    /// Where batch jobs write their progress counters (`<dir>/<job id>`). Unset:
+    /// `<run_dir>/progress`.
     pub progress_dir: Option<PathBuf>,
+    /// Where the PMU is looked for.
     pub sysfs_root: PathBuf,
+    /// Samples alone before a baseline counts.
     pub baseline_samples: u32,
+    /// Samples over a threshold before harm.
     pub consecutive: u32,
+    /// Progress (per CPU-second) drop that is harm.
     pub progress_drop_pct: u32,
+    /// IPC drop that is harm.
     pub ipc_drop_pct: u32,
+    /// CPU-use drop that is harm.
     pub cpu_drop_pct: u32,
+    /// Run-queue wait rise (points) that is harm.
     pub runq_wait_pct: u32,
-    #[serde(deserialize_with = "duration")]
+    /// Frozen window (and each running window).
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub probe_duration: Duration,
-    #[serde(deserialize_with = "duration")]
+    /// Wait after a probe's thaw before its last window (a thawed function bursts).
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub probe_settle: Duration,
-    #[serde(deserialize_with = "duration")]
+    /// Probe period while nothing is wrong.
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub probe_interval: Duration,
+    /// Most of the executors' time probes may freeze.
     pub probe_budget_pct: u32,
+    /// Probe slowdown (%) that is harm (see the freeze-probe above).
     pub probe_slowdown_pct: u32,
+    /// Fewest probes (at one level) harm is declared on.
     pub probe_confirm: u32,
+    /// Most recent probes (at one level) judged together.
     pub probe_window: u32,
+    /// Confirmed slowdown (mean less its standard error) that is severe.
     pub probe_jump_pct: u32,
+    /// Threshold findings need the probe's confirmation.
     pub confirm_with_probe: bool,
+    /// CPU weight at the `weight` level.
     pub weight: u64,
+    /// Quota steps, % of the lease's CPUs, decreasing.
     pub quota_pct: Vec<u32>,
-    #[serde(deserialize_with = "duration")]
+    /// Findings ignored after a change.
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub settle: Duration,
-    #[serde(deserialize_with = "duration")]
+    /// Harm-free hold before relaxing.
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub relax_after: Duration,
-    #[serde(deserialize_with = "duration")]
+    /// Longest hold after failed relaxations.
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub max_hold: Duration,
+    /// Failed relaxations from freeze before eviction.
     pub evict_after_failed_relaxes: u32,
-    #[serde(deserialize_with = "duration")]
+    /// Time at `evict` before `none`.
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub evict_hold: Duration,
-    #[serde(deserialize_with = "duration")]
+    /// How long the level that held a culprit is remembered per (job, owner); `"0s"` remembers
+    /// nothing.
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub memory_ttl: Duration,
 }
 

@@ -19,14 +19,14 @@
 use std::collections::BTreeSet;
 
 use harvest_core::CpuSet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::discover::Hardware;
 use crate::lease::{LeaseRecord, choose_cpus};
 use crate::ledger::{JobRecord, Ledger, Reserve};
 
 /// Which leases go first.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ReclaimOrder {
     /// The most recently created lease first (least work lost).
