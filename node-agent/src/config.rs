@@ -195,6 +195,12 @@ pub struct Config {
     /// Talk to the scheduler in plaintext, without certificates: whoever answers at the
     /// scheduler's address can start executors. Tests on a trusted host only; logged loudly.
     pub insecure_plaintext: bool,
+    /// The log level, or directives such as "info,harvest_agent=debug" (`RUST_LOG` overrides
+    /// it at start); `SIGHUP` re-reads it from this file. Default "info".
+    pub log_level: Option<String>,
+    /// "text" (plain lines; under systemd without timestamps, with syslog priorities) or
+    /// "json" (one object per line). `--log-format` / `HARVEST_LOG_FORMAT` override it.
+    pub log_format: Option<harvest_logging::Format>,
 }
 
 impl Default for Config {
@@ -247,6 +253,8 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             insecure_plaintext: false,
+            log_level: None,
+            log_format: None,
         }
     }
 }
@@ -283,6 +291,16 @@ impl Config {
                 key: "--node",
                 value: format!("{:?}", self.node),
                 hint: "give the Slurm node name, e.g. --node n1 (letters, digits, '-', '_', '.')",
+            });
+        }
+        if let Some(level) = &self.log_level
+            && harvest_logging::filter(level).is_err()
+        {
+            return Err(ConfigError::Invalid {
+                key: "log_level",
+                value: format!("{level:?}"),
+                hint: "give a level (error, warn, info, debug, trace) or directives such as \
+                       \"info,harvest_agent=debug\"",
             });
         }
         if self.executor_bind_address.is_unspecified() {
