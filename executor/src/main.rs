@@ -21,6 +21,9 @@ fn main() -> anyhow::Result<()> {
     // Started by harvestd with a clean environment (RUST_LOG=info): plain lines into the
     // lease's executor.log. By hand, --log-format json and RUST_LOG apply.
     let env = |k: &str| std::env::var(k).ok();
-    harvest_logging::init(cli.log_format.unwrap_or_default(), &harvest_logging::start_level(&env, None))?;
+    harvest_logging::init(
+        cli.log_format.unwrap_or_default(),
+        &harvest_logging::start_level(&env, None),
+    )?;
     harvest_executor::cli::run(cli.args)
 }

@@ -334,16 +334,25 @@ mod tests {
         assert!(lines[0].contains(" INFO "), "{text}");
         assert!(lines[0].contains("agent ready node=\"n1\""), "{text}");
         // An RFC 3339 timestamp first.
-        assert!(lines[0].as_bytes()[4] == b'-' && lines[0].contains('T'), "{text}");
+        assert!(
+            lines[0].as_bytes()[4] == b'-' && lines[0].contains('T'),
+            "{text}"
+        );
     }
 
     #[test]
     fn under_the_journal_lines_carry_a_priority_and_no_timestamp() {
         let (text, _, _) = log_with(Format::Text, JOURNAL, "info");
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[0].starts_with("<6> INFO ") || lines[0].starts_with("<6>INFO "), "{text}");
+        assert!(
+            lines[0].starts_with("<6> INFO ") || lines[0].starts_with("<6>INFO "),
+            "{text}"
+        );
         assert!(lines[1].starts_with("<4>"), "{text}");
-        assert!(!lines[0].contains("T0") && !lines[0].contains('Z'), "{text}");
+        assert!(
+            !lines[0].contains("T0") && !lines[0].contains('Z'),
+            "{text}"
+        );
     }
 
     #[test]
@@ -397,6 +406,9 @@ mod tests {
         assert_eq!(start_level(&|_| None, Some("warn")), "warn");
         assert_eq!(start_level(&|_| None, None), "info");
         assert_eq!(pick_format(None, Some(Format::Json)), Format::Json);
-        assert_eq!(pick_format(Some(Format::Text), Some(Format::Json)), Format::Text);
+        assert_eq!(
+            pick_format(Some(Format::Text), Some(Format::Json)),
+            Format::Text
+        );
     }
 }

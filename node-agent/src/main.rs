@@ -148,10 +148,8 @@ fn main() -> ExitCode {
         _ => None,
     };
     let env = |k: &str| std::env::var(k).ok();
-    let level = harvest_logging::start_level(
-        &env,
-        file.as_ref().and_then(|c| c.log_level.as_deref()),
-    );
+    let level =
+        harvest_logging::start_level(&env, file.as_ref().and_then(|c| c.log_level.as_deref()));
     let format =
         harvest_logging::pick_format(args.log_format, file.as_ref().and_then(|c| c.log_format));
     let logging = match harvest_logging::init(format, &level) {

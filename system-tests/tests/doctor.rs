@@ -11,10 +11,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use harvest_core::step::{PluginMessage, StepAllocation, StepId, encode};
-use harvest_system_tests::fixtures::{ClusterRig, TEST_USER};
 use harvest_cluster_harness::wait_for;
+use harvest_core::step::{PluginMessage, StepAllocation, StepId, encode};
 use harvest_system_tests::LocalCluster;
+use harvest_system_tests::fixtures::{ClusterRig, TEST_USER};
 use serde_json::Value;
 
 /// A job id far above anything the local cluster hands out.
@@ -58,9 +58,10 @@ fn check<'a>(report: &'a Value, name: &str) -> Result<&'a Value> {
     report["checks"]
         .as_array()
         .and_then(|a| {
-            a.iter()
-                .find(|c| c["name"] == name)
-                .or_else(|| a.iter().find(|c| c["name"].as_str().is_some_and(|n| n.starts_with(name))))
+            a.iter().find(|c| c["name"] == name).or_else(|| {
+                a.iter()
+                    .find(|c| c["name"].as_str().is_some_and(|n| n.starts_with(name)))
+            })
         })
         .with_context(|| format!("no check {name} in {report:#}"))
 }
@@ -75,7 +76,10 @@ fn expect(code: i32, report: &Value, name: &str, verdict: &str, words: &str) -> 
     );
     if verdict == "fail" {
         ensure!(c["fix"].is_string(), "{name} failed without a fix: {c:#}");
-        ensure!(code == 20, "doctor exited with {code}, not 20, with {name} failing");
+        ensure!(
+            code == 20,
+            "doctor exited with {code}, not 20, with {name} failing"
+        );
         ensure!(report["verdict"] == "fail", "overall verdict: {report:#}");
     }
     Ok(())
@@ -105,7 +109,9 @@ fn alive(pid: i32) -> bool {
 }
 
 fn stop(pid: i32) -> Result<()> {
-    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
     ensure!(status.success(), "kill -TERM {pid} failed");
     ensure!(
         wait_for(
@@ -160,7 +166,10 @@ fn doctor_passes_on_the_running_cluster_with_a_job_and_a_lease() -> Result<()> {
     // The job is in both views (the ledger check saw it, not an empty node).
     let ledger = check(&report, &format!("ledger:{node}"))?;
     ensure!(
-        !ledger["summary"].as_str().unwrap_or_default().contains(" 0 job(s)"),
+        !ledger["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(" 0 job(s)"),
         "the ledger check did not see job {}: {ledger}",
         job.id
     );
@@ -203,10 +212,22 @@ fn doctor_names_an_agent_that_is_down() -> Result<()> {
     let _repair = Repair(&cluster);
     stop(cluster.recorded_pid(&format!("harvestd-{node}"))?)?;
     let (code, report) = doctor(&cluster, &node, &[])?;
-    expect(code, &report, &format!("agent:{node}"), "fail", "agent down")?;
+    expect(
+        code,
+        &report,
+        &format!("agent:{node}"),
+        "fail",
+        "agent down",
+    )?;
     cluster.repair()?;
     let (_, report) = doctor(&cluster, &node, &[])?;
-    expect(0, &report, &format!("agent:{node}"), "ok", "harvestd answers")?;
+    expect(
+        0,
+        &report,
+        &format!("agent:{node}"),
+        "ok",
+        "harvestd answers",
+    )?;
     Ok(())
 }
 
@@ -244,7 +265,11 @@ fn doctor_names_the_wrong_cgroup_mode() -> Result<()> {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let other = if actual.starts_with("cgroup v1") { "v2" } else { "v1" };
+    let other = if actual.starts_with("cgroup v1") {
+        "v2"
+    } else {
+        "v1"
+    };
     let (code, report) = doctor(&cluster, &node, &["--cgroup-mode", other])?;
     expect(code, &report, "cgroup", "fail", "wrong cgroup mode")?;
     // A node's mount table that lacks the memory controller (a fake mountinfo).
@@ -306,7 +331,10 @@ fn doctor_names_an_expired_certificate() -> Result<()> {
 /// A certificate for `node` signed by the cluster's CA, valid only during 2020.
 fn expired_certificate(tls: &Path, dir: &Path, node: &str) -> Result<PathBuf> {
     let run = |args: &[&str]| -> Result<()> {
-        let out = Command::new("openssl").args(args).current_dir(dir).output()?;
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()?;
         ensure!(
             out.status.success(),
             "openssl {} failed: {}",
@@ -323,15 +351,39 @@ fn expired_certificate(tls: &Path, dir: &Path, node: &str) -> Result<PathBuf> {
          serial = serial\ndefault_md = sha256\npolicy = p\n[p]\ncommonName = supplied\n",
     )?;
     run(&[
-        "req", "-new", "-nodes", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-        "-subj", &format!("/CN={node}"), "-keyout", "old.key", "-out", "old.csr",
+        "req",
+        "-new",
+        "-nodes",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-subj",
+        &format!("/CN={node}"),
+        "-keyout",
+        "old.key",
+        "-out",
+        "old.csr",
     ])?;
     let (ca, key) = (tls.join("ca.pem"), tls.join("ca.key"));
     run(&[
-        "ca", "-batch", "-notext", "-config", "ca.cnf",
-        "-cert", ca.to_str().unwrap(), "-keyfile", key.to_str().unwrap(),
-        "-startdate", "20200101000000Z", "-enddate", "20210101000000Z",
-        "-in", "old.csr", "-out", "old.pem",
+        "ca",
+        "-batch",
+        "-notext",
+        "-config",
+        "ca.cnf",
+        "-cert",
+        ca.to_str().unwrap(),
+        "-keyfile",
+        key.to_str().unwrap(),
+        "-startdate",
+        "20200101000000Z",
+        "-enddate",
+        "20210101000000Z",
+        "-in",
+        "old.csr",
+        "-out",
+        "old.pem",
     ])?;
     Ok(dir.join("old.pem"))
 }
@@ -375,7 +427,13 @@ fn doctor_names_a_ledger_that_disagrees_with_slurm() -> Result<()> {
         &format!("holds job(s) {FAKE_JOB} that Slurm does not have"),
     )?;
     let (_, report) = doctor(&cluster, &node, &[])?;
-    expect(0, &report, &format!("ledger:{node}"), "ok", "agrees with Slurm")?;
+    expect(
+        0,
+        &report,
+        &format!("ledger:{node}"),
+        "ok",
+        "agrees with Slurm",
+    )?;
     Ok(())
 }
 

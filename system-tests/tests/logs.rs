@@ -56,7 +56,9 @@ impl Drop for DebugLevel {
 }
 
 fn hup(pid: i32) -> Result<()> {
-    let status = Command::new("kill").args(["-HUP", &pid.to_string()]).status()?;
+    let status = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()?;
     ensure!(status.success(), "kill -HUP {pid} failed");
     Ok(())
 }
@@ -70,10 +72,11 @@ fn files(dir: &Path, suffixes: &[&str], out: &mut Vec<PathBuf>) {
         let p = e.path();
         if p.is_dir() {
             files(&p, suffixes, out);
-        } else if suffixes
-            .iter()
-            .any(|s| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(s)))
-        {
+        } else if suffixes.iter().any(|s| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(s))
+        }) {
             out.push(p);
         }
     }
@@ -83,7 +86,10 @@ fn base64(bytes: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut s = String::new();
     for c in bytes.chunks(3) {
-        let n = c.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        let n = c
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
         for i in 0..=c.len() {
             s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
         }
@@ -144,7 +150,11 @@ fn no_secret_is_logged_at_debug_level_and_sighup_changes_the_level() -> Result<(
     )?);
 
     let out = rig.cli.acquire(Some(TEST_USER), None, &rig.lib)?;
-    ensure!(out.status.success(), "acquire: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "acquire: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lease: Value = serde_json::from_slice(&out.stdout)?;
     let id = lease["id"].as_str().context("no id")?.to_owned();
     let node = lease["node"].as_str().context("no node")?.to_owned();
@@ -152,9 +162,21 @@ fn no_secret_is_logged_at_debug_level_and_sighup_changes_the_level() -> Result<(
     std::fs::write(&input, b"hello")?;
     let echoed = rig.cli.run(
         Some(TEST_USER),
-        &["invoke", "--lease", &id, "--fn", "echo", "--input", input.to_str().unwrap()],
+        &[
+            "invoke",
+            "--lease",
+            &id,
+            "--fn",
+            "echo",
+            "--input",
+            input.to_str().unwrap(),
+        ],
     )?;
-    ensure!(echoed.stdout == b"hello", "invoke: {}", String::from_utf8_lossy(&echoed.stderr));
+    ensure!(
+        echoed.stdout == b"hello",
+        "invoke: {}",
+        String::from_utf8_lossy(&echoed.stderr)
+    );
     let secret = secret_in_ledger(cluster, &node, &id)?;
     // The executor's log lives in the lease directory: read it before release removes it.
     let mut logs = Vec::new();
@@ -173,7 +195,12 @@ fn no_secret_is_logged_at_debug_level_and_sighup_changes_the_level() -> Result<(
     ensure!(!daemon_logs.is_empty(), "no logs under {}", log.display());
     let mut texts: Vec<(PathBuf, String)> = daemon_logs
         .iter()
-        .map(|p| (p.clone(), String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned()))
+        .map(|p| {
+            (
+                p.clone(),
+                String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned(),
+            )
+        })
         .collect();
     texts.extend(executor_logs);
     for (path, text) in &texts {
@@ -192,11 +219,22 @@ fn no_secret_is_logged_at_debug_level_and_sighup_changes_the_level() -> Result<(
         .find(|(p, _)| p.ends_with(format!("harvestd-{node}.out")))
         .context("no harvestd log")?
         .1;
-    ensure!(agent_log.contains(&id), "harvestd's log never names lease {id}");
-    ensure!(agent_log.contains(" DEBUG "), "no debug line in harvestd's log after SIGHUP");
+    ensure!(
+        agent_log.contains(&id),
+        "harvestd's log never names lease {id}"
+    );
+    ensure!(
+        agent_log.contains(" DEBUG "),
+        "no debug line in harvestd's log after SIGHUP"
+    );
     for (path, text) in &texts {
-        if path.extension().is_some_and(|e| e == "out") && !path.to_string_lossy().contains("slurm") {
-            ensure!(!text.contains('\u{1b}'), "ANSI escapes in {}", path.display());
+        if path.extension().is_some_and(|e| e == "out") && !path.to_string_lossy().contains("slurm")
+        {
+            ensure!(
+                !text.contains('\u{1b}'),
+                "ANSI escapes in {}",
+                path.display()
+            );
         }
     }
     Ok(())

@@ -55,7 +55,10 @@ pub fn read_plugstack(path: &Path) -> Result<Vec<PluginLine>, String> {
 
 fn read_plugstack_into(path: &Path, depth: usize, out: &mut Vec<PluginLine>) -> Result<(), String> {
     if depth > 8 {
-        return Err(format!("{}: includes nested more than 8 deep", path.display()));
+        return Err(format!(
+            "{}: includes nested more than 8 deep",
+            path.display()
+        ));
     }
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     for (i, raw) in text.lines().enumerate() {
@@ -186,7 +189,10 @@ pub fn plugstack(
     if ours.len() > 1 {
         return Check::fail(
             "plugstack",
-            format!("harvest's plugin is registered {} times (first at {at})", ours.len()),
+            format!(
+                "harvest's plugin is registered {} times (first at {at})",
+                ours.len()
+            ),
             "keep one plugin line: each registration reports every step again",
         );
     }
@@ -201,7 +207,11 @@ pub fn plugstack(
         "plugstack",
         format!(
             "{} {} at {at}{}",
-            if line.required { "required" } else { "optional" },
+            if line.required {
+                "required"
+            } else {
+                "optional"
+            },
             line.path.display(),
             if line.args.is_empty() {
                 String::new()
@@ -256,8 +266,20 @@ pub const WANTED_CONTROLLERS: &[&str] = &["cpu", "freezer", "devices", "pids"];
 /// The cgroup mounts under `root` in mountinfo text (other lines are ignored).
 pub fn parse_mountinfo(text: &str, root: &Path) -> Vec<CgroupMount> {
     const V1: &[&str] = &[
-        "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "net_cls",
-        "net_prio", "perf_event", "hugetlb", "rdma", "misc",
+        "cpu",
+        "cpuacct",
+        "cpuset",
+        "memory",
+        "devices",
+        "freezer",
+        "blkio",
+        "pids",
+        "net_cls",
+        "net_prio",
+        "perf_event",
+        "hugetlb",
+        "rdma",
+        "misc",
     ];
     text.lines()
         .filter_map(|line| {
@@ -408,12 +430,24 @@ pub fn munge(probe: &dyn MungeProbe) -> Check {
     let credential = match probe.encode() {
         Ok(c) => c,
         Err(e) => {
-            return Check::fail("munge", format!("munge down: cannot make a credential: {e}"), FIX);
+            return Check::fail(
+                "munge",
+                format!("munge down: cannot make a credential: {e}"),
+                FIX,
+            );
         }
     };
     match probe.decode(&credential) {
-        Err(e) => Check::fail("munge", format!("munge down: cannot decode a credential: {e}"), FIX),
-        Ok(report) if report.lines().any(|l| l.starts_with("STATUS:") && l.contains("Success")) => {
+        Err(e) => Check::fail(
+            "munge",
+            format!("munge down: cannot decode a credential: {e}"),
+            FIX,
+        ),
+        Ok(report)
+            if report
+                .lines()
+                .any(|l| l.starts_with("STATUS:") && l.contains("Success")) =>
+        {
             Check::ok("munge", "a credential was made and decoded")
         }
         Ok(report) => {
@@ -486,18 +520,15 @@ pub fn ledger(node: &str, samples: &[LedgerSample]) -> Check {
         samples
             .iter()
             .skip(1)
-            .fold(f(first), |acc, s| acc.intersection(&f(s)).copied().collect())
+            .fold(f(first), |acc, s| {
+                acc.intersection(&f(s)).copied().collect()
+            })
             .into_iter()
             .collect()
     };
     let extra = in_all(&|s| s.agent.difference(&s.slurm_any).copied().collect());
     let missing = in_all(&|s| s.slurm_running.difference(&s.agent).copied().collect());
-    let list = |v: &[u32]| {
-        v.iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
-    };
+    let list = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
     let mut wrong = Vec::new();
     if !extra.is_empty() {
         wrong.push(format!(

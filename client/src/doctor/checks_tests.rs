@@ -34,7 +34,10 @@ fn the_plugin_is_found_through_includes() {
     let conf = write(
         dir.path(),
         "plugstack.conf",
-        &format!("# comment\ninclude {}/plugstack.conf.d/*.conf\n", dir.path().display()),
+        &format!(
+            "# comment\ninclude {}/plugstack.conf.d/*.conf\n",
+            dir.path().display()
+        ),
     );
     write(
         dir.path(),
@@ -44,7 +47,10 @@ fn the_plugin_is_found_through_includes() {
     write(
         dir.path(),
         "plugstack.conf.d/harvest.conf",
-        &format!("optional {} socket=/run/x-%n.sock default=on\n", so.display()),
+        &format!(
+            "optional {} socket=/run/x-%n.sock default=on\n",
+            so.display()
+        ),
     );
     let lines = read_plugstack(&conf).unwrap();
     assert_eq!(lines.len(), 2);
@@ -61,13 +67,26 @@ fn a_plugstack_without_the_plugin_fails_and_says_what_to_add() {
     let c = plugstack(&conf, read_plugstack(&conf), "harvest_spank", Path::exists);
     assert_eq!(c.verdict, Verdict::Fail);
     assert!(c.summary.contains("not registered"), "{}", c.summary);
-    assert!(c.fix.unwrap().contains("optional /usr/lib/slurm/libharvest_spank.so"));
+    assert!(
+        c.fix
+            .unwrap()
+            .contains("optional /usr/lib/slurm/libharvest_spank.so")
+    );
     // A missing file, a missing library and a doubled line fail too.
     let missing = dir.path().join("nope.conf");
-    let c = plugstack(&missing, read_plugstack(&missing), "harvest_spank", Path::exists);
+    let c = plugstack(
+        &missing,
+        read_plugstack(&missing),
+        "harvest_spank",
+        Path::exists,
+    );
     assert_eq!(c.verdict, Verdict::Fail);
     assert!(c.summary.contains("cannot read"), "{}", c.summary);
-    let conf = write(dir.path(), "p2.conf", "optional /gone/libharvest_spank.so\n");
+    let conf = write(
+        dir.path(),
+        "p2.conf",
+        "optional /gone/libharvest_spank.so\n",
+    );
     let c = plugstack(&conf, read_plugstack(&conf), "harvest_spank", Path::exists);
     assert!(c.summary.contains("does not exist"), "{}", c.summary);
     let conf = write(
@@ -78,7 +97,11 @@ fn a_plugstack_without_the_plugin_fails_and_says_what_to_add() {
     let c = plugstack(&conf, read_plugstack(&conf), "harvest_spank", |_| true);
     assert!(c.summary.contains("2 times"), "{}", c.summary);
     let conf = write(dir.path(), "p4.conf", "bogus x\n");
-    assert!(read_plugstack(&conf).unwrap_err().contains("unknown directive"));
+    assert!(
+        read_plugstack(&conf)
+            .unwrap_err()
+            .contains("unknown directive")
+    );
 }
 
 #[test]
@@ -116,7 +139,12 @@ fn a_hybrid_host_is_v1_with_its_controllers() {
     assert_eq!(c.verdict, Verdict::Ok, "{c:?}");
     assert!(c.summary.starts_with("cgroup v1"), "{}", c.summary);
     // Slurm (or the flag) saying v1 agrees.
-    let c = cgroup(&m, root(), Some((CgroupMode::V1, "cgroup.conf".into())), None);
+    let c = cgroup(
+        &m,
+        root(),
+        Some((CgroupMode::V1, "cgroup.conf".into())),
+        None,
+    );
     assert_eq!(c.verdict, Verdict::Ok);
 }
 
@@ -126,7 +154,10 @@ fn a_v1_node_configured_for_v2_is_the_wrong_mode() {
     let c = cgroup(
         &m,
         root(),
-        Some((CgroupMode::V2, "/etc/slurm/cgroup.conf (CgroupPlugin)".into())),
+        Some((
+            CgroupMode::V2,
+            "/etc/slurm/cgroup.conf (CgroupPlugin)".into(),
+        )),
         None,
     );
     assert_eq!(c.verdict, Verdict::Fail);
@@ -137,18 +168,28 @@ fn a_v1_node_configured_for_v2_is_the_wrong_mode() {
 
 #[test]
 fn missing_controllers_fail_or_warn_by_need() {
-    let no_memory: String = HYBRID.lines().filter(|l| !l.contains("memory")).collect::<Vec<_>>().join("\n");
+    let no_memory: String = HYBRID
+        .lines()
+        .filter(|l| !l.contains("memory"))
+        .collect::<Vec<_>>()
+        .join("\n");
     let c = cgroup(&parse_mountinfo(&no_memory, root()), root(), None, None);
     assert_eq!(c.verdict, Verdict::Fail);
     assert!(c.summary.contains("missing memory"), "{}", c.summary);
-    let no_freezer: String = HYBRID.lines().filter(|l| !l.contains("freezer")).collect::<Vec<_>>().join("\n");
+    let no_freezer: String = HYBRID
+        .lines()
+        .filter(|l| !l.contains("freezer"))
+        .collect::<Vec<_>>()
+        .join("\n");
     let c = cgroup(&parse_mountinfo(&no_freezer, root()), root(), None, None);
     assert_eq!(c.verdict, Verdict::Warn);
     assert!(c.summary.contains("missing freezer"), "{}", c.summary);
     // v2 reads its controllers from cgroup.controllers.
     let m = parse_mountinfo(PURE_V2, root());
     assert_eq!(detect_mode(&m, root()), Some(CgroupMode::V2));
-    let all = Some(Ok("cpuset cpu io memory pids hugetlb freezer devices".to_owned()));
+    let all = Some(Ok(
+        "cpuset cpu io memory pids hugetlb freezer devices".to_owned()
+    ));
     assert_eq!(cgroup(&m, root(), None, all).verdict, Verdict::Ok);
     let c = cgroup(&m, root(), None, Some(Ok("cpu io memory pids".to_owned())));
     assert_eq!(c.verdict, Verdict::Fail);
@@ -160,8 +201,14 @@ fn missing_controllers_fail_or_warn_by_need() {
 
 #[test]
 fn slurm_plugin_names_map_to_modes() {
-    assert_eq!(CgroupMode::from_slurm_plugin("cgroup/v2"), Some(CgroupMode::V2));
-    assert_eq!(CgroupMode::from_slurm_plugin(" cgroup/v1"), Some(CgroupMode::V1));
+    assert_eq!(
+        CgroupMode::from_slurm_plugin("cgroup/v2"),
+        Some(CgroupMode::V2)
+    );
+    assert_eq!(
+        CgroupMode::from_slurm_plugin(" cgroup/v1"),
+        Some(CgroupMode::V1)
+    );
     assert_eq!(CgroupMode::from_slurm_plugin("autodetect"), None);
 }
 
@@ -220,7 +267,11 @@ fn agent_verdicts() {
     let sock = Path::new("/run/harvest/harvestd-n1.query.sock");
     let c = agent("n1", sock, Ok(view));
     assert_eq!((c.name.as_str(), c.verdict), ("agent:n1", Verdict::Ok));
-    assert!(c.summary.contains("4 CPUs (1 batch, 0 function, 3 idle)"), "{}", c.summary);
+    assert!(
+        c.summary.contains("4 CPUs (1 batch, 0 function, 3 idle)"),
+        "{}",
+        c.summary
+    );
     let c = agent("n1", sock, Err("connection refused".into()));
     assert_eq!(c.verdict, Verdict::Fail);
     assert!(c.summary.starts_with("agent down"), "{}", c.summary);
@@ -253,24 +304,30 @@ fn ledger_disagreements_are_named_both_ways() {
     assert!(s.disagrees());
     let c = ledger("n1", &[s]);
     assert_eq!((c.name.as_str(), c.verdict), ("ledger:n1", Verdict::Fail));
-    assert!(c.summary.starts_with("ledger disagrees with Slurm"), "{}", c.summary);
-    assert!(c.summary.contains("job(s) 999 that Slurm does not have"), "{}", c.summary);
-    assert!(c.summary.contains("Slurm runs job(s) 7 on n1"), "{}", c.summary);
+    assert!(
+        c.summary.starts_with("ledger disagrees with Slurm"),
+        "{}",
+        c.summary
+    );
+    assert!(
+        c.summary.contains("job(s) 999 that Slurm does not have"),
+        "{}",
+        c.summary
+    );
+    assert!(
+        c.summary.contains("Slurm runs job(s) 7 on n1"),
+        "{}",
+        c.summary
+    );
 }
 
 #[test]
 fn a_job_that_starts_between_two_samples_is_no_fault() {
     // First look: Slurm runs 7, the agent has not heard yet; second look: both know it.
-    let c = ledger(
-        "n1",
-        &[sample(&[], &[7], &[7]), sample(&[7], &[7], &[7])],
-    );
+    let c = ledger("n1", &[sample(&[], &[7], &[7]), sample(&[7], &[7], &[7])]);
     assert_eq!(c.verdict, Verdict::Ok, "{c:?}");
     // Seen in both looks: a fault.
-    let c = ledger(
-        "n1",
-        &[sample(&[999], &[], &[]), sample(&[999], &[], &[])],
-    );
+    let c = ledger("n1", &[sample(&[999], &[], &[]), sample(&[999], &[], &[])]);
     assert_eq!(c.verdict, Verdict::Fail);
 }
 
@@ -294,12 +351,21 @@ fn certificate_verdicts_by_date() {
     let c = certificate(p, Ok(pem((2025, 1, 1), (2027, 1, 1))), at(2026, 1, 1), warn);
     assert_eq!(c.verdict, Verdict::Ok, "{c:?}");
     assert_eq!(c.name, "cert:/etc/harvest/tls/node-n1.pem");
-    let c = certificate(p, Ok(pem((2025, 1, 1), (2026, 1, 20))), at(2026, 1, 1), warn);
+    let c = certificate(
+        p,
+        Ok(pem((2025, 1, 1), (2026, 1, 20))),
+        at(2026, 1, 1),
+        warn,
+    );
     assert_eq!(c.verdict, Verdict::Warn, "{c:?}");
     assert!(c.summary.contains("expires in 19 day(s)"), "{}", c.summary);
     let c = certificate(p, Ok(pem((2024, 1, 1), (2025, 1, 1))), at(2026, 1, 1), warn);
     assert_eq!(c.verdict, Verdict::Fail);
-    assert!(c.summary.starts_with("expired certificate"), "{}", c.summary);
+    assert!(
+        c.summary.starts_with("expired certificate"),
+        "{}",
+        c.summary
+    );
     assert!(c.summary.contains("365 day(s) ago"), "{}", c.summary);
     let c = certificate(p, Ok(pem((2027, 1, 1), (2028, 1, 1))), at(2026, 1, 1), warn);
     assert!(c.summary.contains("not valid yet"), "{}", c.summary);
@@ -323,7 +389,10 @@ fn clock_verdicts_by_skew() {
     let c = clock("s:1", Ok(400.0), 2.0, 60.0);
     assert_eq!(c.verdict, Verdict::Fail);
     assert!(c.summary.contains("400 s ahead of"), "{}", c.summary);
-    assert_eq!(clock("s:1", Err("refused".into()), 2.0, 60.0).verdict, Verdict::Warn);
+    assert_eq!(
+        clock("s:1", Err("refused".into()), 2.0, 60.0).verdict,
+        Verdict::Warn
+    );
 }
 
 #[test]
@@ -332,9 +401,21 @@ fn scheduler_and_executor_verdicts() {
     let c = scheduler("https://s:1", Err("connection refused".into()));
     assert_eq!(c.verdict, Verdict::Fail);
     assert!(c.summary.starts_with("scheduler unreachable"));
-    assert_eq!(executor("L1", "n1", "10.0.0.5:4000", Ok(())).verdict, Verdict::Ok);
-    let c = executor("L1", "n1", "127.0.0.1:4000", Err("connection refused".into()));
+    assert_eq!(
+        executor("L1", "n1", "10.0.0.5:4000", Ok(())).verdict,
+        Verdict::Ok
+    );
+    let c = executor(
+        "L1",
+        "n1",
+        "127.0.0.1:4000",
+        Err("connection refused".into()),
+    );
     assert_eq!(c.verdict, Verdict::Fail);
-    assert!(c.summary.contains("advertises 127.0.0.1:4000"), "{}", c.summary);
+    assert!(
+        c.summary.contains("advertises 127.0.0.1:4000"),
+        "{}",
+        c.summary
+    );
     assert!(c.fix.unwrap().contains("executor_bind_address"));
 }

@@ -177,9 +177,18 @@ mod tests {
         let t = r.text();
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("ok    munge "), "{t}");
-        assert!(lines[1].starts_with("FAIL  agent:n1  no harvestd answers"), "{t}");
-        assert!(lines[2].trim_start().starts_with("fix: start harvestd"), "{t}");
-        assert_eq!(lines[3], "problems found: 1 ok, 0 warn, 1 failed, 0 skipped");
+        assert!(
+            lines[1].starts_with("FAIL  agent:n1  no harvestd answers"),
+            "{t}"
+        );
+        assert!(
+            lines[2].trim_start().starts_with("fix: start harvestd"),
+            "{t}"
+        );
+        assert_eq!(
+            lines[3],
+            "problems found: 1 ok, 0 warn, 1 failed, 0 skipped"
+        );
     }
 
     #[test]

@@ -182,7 +182,8 @@ impl RealMunge {
 
 impl MungeProbe for RealMunge {
     fn encode(&self) -> Result<String, String> {
-        self.run(&self.munge, &["-n"], "").map(|s| s.trim().to_owned())
+        self.run(&self.munge, &["-n"], "")
+            .map(|s| s.trim().to_owned())
     }
     fn decode(&self, credential: &str) -> Result<String, String> {
         self.run(&self.unmunge, &[], credential)
@@ -233,7 +234,10 @@ fn squeue(node: &str, states: &str) -> Result<BTreeSet<u32>, String> {
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
-        .map(|l| l.parse::<u32>().map_err(|e| format!("squeue printed {l:?}: {e}")))
+        .map(|l| {
+            l.parse::<u32>()
+                .map_err(|e| format!("squeue printed {l:?}: {e}"))
+        })
         .collect()
 }
 
@@ -415,7 +419,10 @@ pub fn run(
 
     // munge.
     let munge = RealMunge {
-        munge: config.munge.clone().unwrap_or_else(|| Munge::default().program),
+        munge: config
+            .munge
+            .clone()
+            .unwrap_or_else(|| Munge::default().program),
         unmunge: args.unmunge.clone(),
         socket: args
             .munge_socket
@@ -570,7 +577,10 @@ fn scheduler_checks(
         Err(e) => return vec![checks::scheduler(&url, Err(e.to_string()))],
     };
     let munge = Munge {
-        program: config.munge.clone().unwrap_or_else(|| Munge::default().program),
+        program: config
+            .munge
+            .clone()
+            .unwrap_or_else(|| Munge::default().program),
         socket: args.munge_socket.clone().or(config.munge_socket.clone()),
         scheduler_uid: uid,
     };
@@ -579,7 +589,12 @@ fn scheduler_checks(
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => return vec![checks::scheduler(&url, Err(format!("no async runtime: {e}")))],
+        Err(e) => {
+            return vec![checks::scheduler(
+                &url,
+                Err(format!("no async runtime: {e}")),
+            )];
+        }
     };
     let connected = rt.block_on(async {
         let connect = async {
