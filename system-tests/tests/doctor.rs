@@ -157,6 +157,7 @@ fn doctor_passes_on_the_running_cluster_with_a_job_and_a_lease() -> Result<()> {
         (&format!("agent:{node}"), "harvestd answers"),
         (&format!("ledger:{node}"), "agrees with Slurm"),
         ("cert:", "valid for"),
+        ("addresses:", "scheduler on this host"),
         ("clock", "within"),
         ("scheduler", "answers"),
         (&format!("executor:{id}"), "accepts connections"),

@@ -674,6 +674,71 @@ pub fn clock(peer: &str, skew_s: Result<f64, String>, warn_s: f64, fail_s: f64) 
     }
 }
 
+/// Whether `host` (a name or an address, without port) is this host only.
+fn loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback())
+}
+
+/// The host of `host:port`, `[v6]:port` or a URL (`https://host:port`, the first of a list).
+fn host_of(address: &str) -> &str {
+    let first = address.split(',').next().unwrap_or_default().trim();
+    let rest = first.split_once("://").map_or(first, |(_, r)| r);
+    let hostport = rest.split('/').next().unwrap_or_default();
+    match hostport.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => hostport.rsplit_once(':').map_or(hostport, |(h, _)| h),
+    }
+}
+
+/// The addresses an agent's configuration binds and advertises, against where its scheduler
+/// is: a loopback executor or metrics address serves this host only, which is wrong once the
+/// scheduler (and so the clients and Prometheus) are elsewhere.
+pub fn addresses(
+    config: &Path,
+    scheduler: Option<&str>,
+    executor_bind_address: Option<&str>,
+    metrics_listen: Option<&str>,
+) -> Check {
+    let name = format!("addresses:{}", config.display());
+    let executor = executor_bind_address.unwrap_or("127.0.0.1");
+    let summary = format!(
+        "executors bind and advertise {executor}; metrics {}",
+        metrics_listen.map_or("not served".to_owned(), |m| format!("on {m}"))
+    );
+    let Some(scheduler) = scheduler else {
+        return Check::ok(name, format!("{summary} (no scheduler: standalone)"));
+    };
+    if loopback(host_of(scheduler)) {
+        return Check::ok(name, format!("{summary}; scheduler on this host"));
+    }
+    let mut local_only = Vec::new();
+    if loopback(executor) {
+        local_only.push(format!("executor_bind_address = {executor}"));
+    }
+    if let Some(m) = metrics_listen.filter(|m| loopback(host_of(m))) {
+        local_only.push(format!("metrics_listen = {m}"));
+    }
+    if local_only.is_empty() {
+        Check::ok(name, summary)
+    } else {
+        Check::warn(
+            name,
+            format!(
+                "{} serve(s) this host only, but the scheduler is at {}: clients and Prometheus \
+                 on other hosts cannot reach them",
+                local_only.join(" and "),
+                host_of(scheduler)
+            ),
+            "set them to this node's address on the cluster network (its cluster interface, \
+             not 0.0.0.0) in the agent's configuration",
+        )
+    }
+}
+
 /// Whether the scheduler answered (with the number of nodes it knows).
 pub fn scheduler(url: &str, answer: Result<usize, String>) -> Check {
     match answer {

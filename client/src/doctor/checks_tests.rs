@@ -419,3 +419,43 @@ fn scheduler_and_executor_verdicts() {
     );
     assert!(c.fix.unwrap().contains("executor_bind_address"));
 }
+
+#[test]
+fn loopback_addresses_warn_only_when_the_scheduler_is_elsewhere() {
+    let cfg = Path::new("/etc/harvest/agent.toml");
+    let c = addresses(
+        cfg,
+        Some("https://127.0.0.1:6820,https://127.0.0.1:6822"),
+        None,
+        None,
+    );
+    assert_eq!(c.verdict, Verdict::Ok, "{c:?}");
+    assert_eq!(c.name, "addresses:/etc/harvest/agent.toml");
+    assert_eq!(addresses(cfg, None, None, None).verdict, Verdict::Ok);
+    let c = addresses(
+        cfg,
+        Some("https://sched1.cluster:6820"),
+        None,
+        Some("127.0.0.1:9201"),
+    );
+    assert_eq!(c.verdict, Verdict::Warn, "{c:?}");
+    assert!(
+        c.summary.contains("executor_bind_address = 127.0.0.1"),
+        "{}",
+        c.summary
+    );
+    assert!(
+        c.summary.contains("metrics_listen = 127.0.0.1:9201"),
+        "{}",
+        c.summary
+    );
+    assert!(c.summary.contains("sched1.cluster"), "{}", c.summary);
+    let c = addresses(
+        cfg,
+        Some("https://[fd00::1]:6820"),
+        Some("10.1.0.7"),
+        Some("10.1.0.7:9201"),
+    );
+    assert_eq!(c.verdict, Verdict::Ok, "{c:?}");
+    assert!(loopback("[::1]") && loopback("localhost") && !loopback("10.0.0.1"));
+}

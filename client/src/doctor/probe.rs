@@ -118,9 +118,18 @@ fn output(program: &str, args: &[&str]) -> Result<String, String> {
             "`{program} {}` failed ({}): {}",
             args.join(" "),
             out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            one_line(&String::from_utf8_lossy(&out.stderr))
         ))
     }
+}
+
+/// A program's message on one line: its lines joined with "; ".
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// `KEY = value` lines of `scontrol show config`.
@@ -174,7 +183,7 @@ impl RealMunge {
                 "{} failed ({}): {}",
                 program.display(),
                 out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
+                one_line(&String::from_utf8_lossy(&out.stderr))
             ))
         }
     }
@@ -282,12 +291,15 @@ fn local_nodes() -> Result<Vec<String>, String> {
         .collect())
 }
 
+/// A configuration file as a TOML table (read leniently: doctor looks at a few keys only).
+fn read_table(path: &Path) -> Result<toml::Table, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    text.parse().map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// TLS file keys of a configuration (TOML), read leniently: only these keys matter here.
 fn tls_files(path: &Path, keys: &[&str]) -> Result<Vec<PathBuf>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let table = read_table(path)?;
     Ok(keys
         .iter()
         .filter_map(|k| table.get(*k).and_then(|v| v.as_str()).map(PathBuf::from))
@@ -517,6 +529,20 @@ pub fn run(
                 .iter()
                 .map(|p| (p, &["tls_cert", "tls_client_ca"][..])),
         );
+    // An agent given its scheduler on the command line has none in the file: then the one
+    // this client uses.
+    let our_scheduler = config.scheduler(scheduler_flag, env).ok();
+    for path in &agent_configs {
+        if let Ok(table) = read_table(path) {
+            let key = |k: &str| table.get(k).and_then(|v| v.as_str());
+            out.push(checks::addresses(
+                path,
+                key("scheduler").or(our_scheduler.as_deref()),
+                key("executor_bind_address"),
+                key("metrics_listen"),
+            ));
+        }
+    }
     for (path, keys) in configs {
         match tls_files(path, keys) {
             Ok(found) => found.into_iter().for_each(&mut add),
