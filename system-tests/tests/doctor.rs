@@ -210,7 +210,7 @@ fn doctor_names_a_plugin_that_is_not_registered() -> Result<()> {
 fn doctor_names_an_agent_that_is_down() -> Result<()> {
     let cluster = LocalCluster::from_env()?;
     let node = first_node(&cluster)?;
-    let _repair = Repair(&cluster);
+    let repair = Repair(&cluster);
     stop(cluster.recorded_pid(&format!("harvestd-{node}"))?)?;
     let (code, report) = doctor(&cluster, &node, &[])?;
     expect(
@@ -220,7 +220,7 @@ fn doctor_names_an_agent_that_is_down() -> Result<()> {
         "fail",
         "agent down",
     )?;
-    cluster.repair()?;
+    drop(repair);
     let (_, report) = doctor(&cluster, &node, &[])?;
     expect(
         0,

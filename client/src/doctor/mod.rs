@@ -118,15 +118,24 @@ impl Report {
 
     /// One line per check, then what to do for each that is not ok.
     pub fn text(&self) -> String {
-        let width = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+        // Names line up up to NAME_WIDTH; a longer one (a certificate's path) gets its own line.
+        const NAME_WIDTH: usize = 12;
+        let width = self
+            .checks
+            .iter()
+            .map(|c| c.name.len())
+            .filter(|l| *l <= NAME_WIDTH)
+            .max()
+            .unwrap_or(0);
         let mut out = String::new();
         for c in &self.checks {
-            out.push_str(&format!(
-                "{:<4}  {:<width$}  {}\n",
-                c.verdict.label(),
-                c.name,
-                c.summary
-            ));
+            let label = c.verdict.label();
+            if c.name.len() > width {
+                out.push_str(&format!("{label:<4}  {}\n", c.name));
+                out.push_str(&format!("      {:<width$}  {}\n", "", c.summary));
+            } else {
+                out.push_str(&format!("{label:<4}  {:<width$}  {}\n", c.name, c.summary));
+            }
             if let Some(fix) = &c.fix {
                 out.push_str(&format!("      {:<width$}  fix: {fix}\n", ""));
             }
