@@ -7,9 +7,11 @@
 //!   on a new lease ([`failover::invoke_with_failover`]).
 //! - [`identity`]: munge credentials (`munge -n`), one per request.
 //! - [`locate`]: where the scheduler is (`--scheduler`, `HARVEST_SCHEDULER`, config file).
+//! - [`doctor`]: `harvest doctor`, the checks of a node and of the scheduler.
 //! - [`cli`]: the `harvest` command line over all of the above.
 
 pub mod cli;
+pub mod doctor;
 pub mod failover;
 pub mod identity;
 pub mod invoke;

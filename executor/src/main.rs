@@ -8,17 +8,22 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    /// Log format on stderr: text or json [default: text]. The level comes from RUST_LOG
+    /// (default info).
+    #[arg(long, env = harvest_logging::FORMAT_ENV)]
+    log_format: Option<harvest_logging::Format>,
     #[command(flatten)]
     args: harvest_executor::cli::Args,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    // Started by harvestd with a clean environment (RUST_LOG=info): plain lines into the
+    // lease's executor.log. By hand, --log-format json and RUST_LOG apply.
+    let env = |k: &str| std::env::var(k).ok();
+    harvest_logging::init(
+        cli.log_format.unwrap_or_default(),
+        &harvest_logging::start_level(&env, None),
+    )?;
     harvest_executor::cli::run(cli.args)
 }

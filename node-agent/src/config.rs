@@ -226,6 +226,12 @@ pub struct Config {
     /// the scheduler's address can start executors here. Tests on a trusted host only; warned at
     /// every connection and every minute.
     pub insecure_plaintext: bool,
+    /// The log level, or directives such as "info,harvest_agent=debug" (`RUST_LOG` overrides
+    /// it at start); `SIGHUP` re-reads it from this file. Default "info".
+    pub log_level: Option<String>,
+    /// "text" (plain lines; under systemd without timestamps, with syslog priorities) or
+    /// "json" (one object per line). `--log-format` / `HARVEST_LOG_FORMAT` override it.
+    pub log_format: Option<harvest_logging::Format>,
 }
 
 impl Default for Config {
@@ -278,6 +284,8 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             insecure_plaintext: false,
+            log_level: None,
+            log_format: None,
         }
     }
 }
@@ -314,6 +322,16 @@ impl Config {
                 key: "--node",
                 value: format!("{:?}", self.node),
                 hint: "give the Slurm node name, e.g. --node n1 (letters, digits, '-', '_', '.')",
+            });
+        }
+        if let Some(level) = &self.log_level
+            && harvest_logging::filter(level).is_err()
+        {
+            return Err(ConfigError::Invalid {
+                key: "log_level",
+                value: format!("{level:?}"),
+                hint: "give a level (error, warn, info, debug, trace) or directives such as \
+                       \"info,harvest_agent=debug\"",
             });
         }
         if self.executor_bind_address.is_unspecified() {

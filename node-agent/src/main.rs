@@ -1,6 +1,5 @@
 //! The `harvestd` binary: parses arguments, installs logging, and calls the library.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -18,10 +17,16 @@ use harvest_agent::{discover, query, server};
 ///
 /// Start with `harvestd discover` to see what the node has, run the agent with
 /// `harvestd run --node n1`, and ask it with `harvestd status --node n1`.
-/// Logging: RUST_LOG=harvest_agent=debug (default info, on stderr).
+/// Logging (on stderr): the level from RUST_LOG, else the file's log_level, else info; SIGHUP
+/// re-reads log_level from the --config file. --log-format json (or the file's log_format)
+/// writes one JSON object per line; under systemd, text lines carry syslog priorities and no
+/// timestamps (journald adds them).
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Args {
+    /// Log format: text or json [default: the file's log_format, else text].
+    #[arg(long, global = true, env = harvest_logging::FORMAT_ENV)]
+    log_format: Option<harvest_logging::Format>,
     #[command(subcommand)]
     command: Command,
 }
@@ -129,15 +134,32 @@ fn main() -> ExitCode {
         eprintln!("harvestd exec-lease: {err}");
         return ExitCode::from(127);
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    match run(args.command) {
+    // The configuration file is read before logging starts: it may set the level and format.
+    let file = match &args.command {
+        Command::Run {
+            config: Some(path), ..
+        } => match Config::load(path) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("harvestd: error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    let env = |k: &str| std::env::var(k).ok();
+    let level =
+        harvest_logging::start_level(&env, file.as_ref().and_then(|c| c.log_level.as_deref()));
+    let format =
+        harvest_logging::pick_format(args.log_format, file.as_ref().and_then(|c| c.log_format));
+    let logging = match harvest_logging::init(format, &level) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("harvestd: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(args.command, file, logging, level) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("harvestd: error: {e:#}");
@@ -146,7 +168,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+fn run(
+    command: Command,
+    file: Option<Config>,
+    logging: harvest_logging::Logging,
+    start_level: String,
+) -> anyhow::Result<()> {
     match command {
         Command::Discover { json } => {
             let hw = discover::discover_real().context("hardware discovery failed")?;
@@ -165,10 +192,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             scheduler,
             insecure_plaintext,
         } => {
-            let mut cfg = match &config {
-                Some(path) => Config::load(path)?,
-                None => Config::default(),
-            };
+            let mut cfg = file.unwrap_or_default();
             cfg.node = node;
             cfg.run_dir = run_dir.unwrap_or(cfg.run_dir);
             cfg.state_dir = state_dir.unwrap_or(cfg.state_dir);
@@ -180,7 +204,19 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            runtime.block_on(server::run(cfg, shutdown_signal()))?;
+            // SIGHUP re-reads log_level from the file (without one: back to the start level).
+            let read_level = move || match &config {
+                Some(path) => Config::load(path)
+                    .map(|c| c.log_level)
+                    .map_err(|e| format!("{e:#}")),
+                None => Ok(Some(start_level.clone())),
+            };
+            runtime.block_on(async {
+                tokio::select! {
+                    r = server::run(cfg, shutdown_signal()) => r,
+                    () = harvest_logging::reload_on_sighup(logging, read_level) => Ok(()),
+                }
+            })?;
         }
         Command::Status {
             node,

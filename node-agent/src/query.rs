@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use harvest_core::step::{FrameError, MAX_MESSAGE_BYTES, decode, encode};
 use harvest_core::{CpuSet, NodeView};
-use serde::{Deserialize, Serialize};
 
 /// The plugin's socket for `node`: `<run_dir>/harvestd-<node>.sock`.
 pub fn plugin_socket(run_dir: &Path, node: &str) -> PathBuf {
@@ -24,21 +23,7 @@ pub fn query_socket(run_dir: &Path, node: &str) -> PathBuf {
     run_dir.join(format!("harvestd-{node}.query.sock"))
 }
 
-/// What a client may ask.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum QueryRequest {
-    Status,
-}
-
-/// The agent's answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QueryReply {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub view: Option<NodeView>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
+pub use harvest_core::query::{LedgerJob, QueryReply, QueryRequest};
 
 /// A status query that failed.
 #[derive(Debug, thiserror::Error)]

@@ -177,6 +177,39 @@ async fn step_start_and_end_over_the_socket_show_in_status() {
     h.stop().await.unwrap();
 }
 
+/// The query socket's `jobs` request lists the ledger's jobs (what `harvest doctor` compares
+/// with Slurm), as the plugin reported them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_query_socket_lists_the_ledgers_jobs() {
+    let mut h = Harness::start().await;
+    h.tree.add_job("n1", 1000, 7, "1", Some(500));
+    assert_eq!(h.send(&start_msg(7, "1", true)).await, AgentReply::ok());
+    let path = h.query_path();
+    let ask = move || {
+        use std::io::{BufRead, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        s.write_all(&encode(&query::QueryRequest::Jobs).unwrap())
+            .unwrap();
+        let mut line = Vec::new();
+        std::io::BufReader::new(s)
+            .read_until(b'\n', &mut line)
+            .unwrap();
+        decode::<query::QueryReply>(&line).unwrap()
+    };
+    let reply = tokio::task::spawn_blocking(ask).await.unwrap();
+    assert_eq!(reply.error, None);
+    assert_eq!(reply.view, None);
+    // `recovered` depends on whether a reconcile pass saw the cgroup first: not compared.
+    let jobs: Vec<_> = reply
+        .jobs
+        .unwrap()
+        .into_iter()
+        .map(|j| (j.job_id, j.uid, j.steps))
+        .collect();
+    assert_eq!(jobs, vec![(7, Some(1000), vec![StepId::BATCH.0])]);
+    h.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sockets_have_the_documented_modes_and_go_away_at_shutdown() {
     let mut h = Harness::start().await;

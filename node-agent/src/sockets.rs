@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::ledger_task::LedgerHandle;
-use crate::query::{QueryReply, QueryRequest};
+use crate::query::{LedgerJob, QueryReply, QueryRequest};
 use crate::reclaimer::Reclaimer;
 
 /// A socket that could not be bound.
@@ -218,20 +218,34 @@ pub async fn handle_plugin(s: &Served, msg: PluginMessage) -> AgentReply {
 
 async fn serve_query(mut stream: UnixStream, s: Served) {
     let answer = match read_line(&mut stream, s.read_timeout).await {
-        Err(e) => QueryReply {
-            view: None,
-            error: Some(e),
-        },
+        Err(e) => QueryReply::error(e),
         Ok(line) => match decode::<QueryRequest>(&line) {
             Ok(QueryRequest::Status) => QueryReply {
                 view: Some(s.ledger.snapshot().view.clone()),
+                jobs: None,
                 error: None,
             },
-            Err(e) => QueryReply {
+            Ok(QueryRequest::Jobs) => QueryReply {
                 view: None,
-                error: Some(e.to_string()),
+                jobs: Some(ledger_jobs(&s.ledger.snapshot().ledger)),
+                error: None,
             },
+            Err(e) => QueryReply::error(e.to_string()),
         },
     };
     reply(&mut stream, &answer, s.read_timeout).await;
+}
+
+/// The ledger's batch jobs as the query protocol lists them.
+pub fn ledger_jobs(ledger: &crate::ledger::Ledger) -> Vec<LedgerJob> {
+    ledger
+        .jobs
+        .iter()
+        .map(|(id, job)| LedgerJob {
+            job_id: *id,
+            uid: job.uid,
+            steps: job.steps.iter().map(|s| s.step_id.0).collect(),
+            recovered: job.recovered,
+        })
+        .collect()
 }

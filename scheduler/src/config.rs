@@ -89,6 +89,8 @@ pub enum ConfigError {
          says how). Only for a test on a trusted host: insecure_plaintext = true"
     )]
     TlsMissing { key: &'static str },
+    #[error("log_level: {0}")]
+    LogLevel(harvest_logging::LogError),
 }
 
 /// The longest time any `*_ms` key may give: a lease's expiry is its start plus its lifetime, in
@@ -170,6 +172,12 @@ pub struct Config {
     pub primary_lock: Option<PathBuf>,
     /// How often a standby tries to take `primary_lock`.
     pub standby_poll_ms: u64,
+    /// The log level, or directives such as "info,harvest_scheduler=debug" (`RUST_LOG`
+    /// overrides it at start); `SIGHUP` re-reads it from this file. Default "info".
+    pub log_level: Option<String>,
+    /// "text" (plain lines; under systemd without timestamps, with syslog priorities) or
+    /// "json" (one object per line). `--log-format` / `HARVEST_LOG_FORMAT` override it.
+    pub log_format: Option<harvest_logging::Format>,
 }
 
 impl Default for Config {
@@ -204,6 +212,8 @@ impl Default for Config {
             access: crate::access::AccessConfig::default(),
             primary_lock: None,
             standby_poll_ms: DEFAULT_STANDBY_POLL_MS,
+            log_level: None,
+            log_format: None,
         }
     }
 }
@@ -233,6 +243,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         harvest_policies::PolicyConfig::builtin(&self.policy)?;
+        if let Some(level) = &self.log_level {
+            harvest_logging::filter(level).map_err(ConfigError::LogLevel)?;
+        }
         let positive = [
             ("default_lifetime_ms", self.default_lifetime_ms),
             ("max_lifetime_ms", self.max_lifetime_ms),

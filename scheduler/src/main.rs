@@ -31,22 +31,25 @@ struct Args {
     /// anyone who reaches the port can act as any agent. For tests on a trusted host only.
     #[arg(long)]
     insecure_plaintext: bool,
+    /// Log format: text or json [default: the file's log_format, else text]. The level comes
+    /// from RUST_LOG, else the file's log_level, else info; SIGHUP re-reads log_level.
+    #[arg(long, env = harvest_logging::FORMAT_ENV)]
+    log_format: Option<harvest_logging::Format>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
     let mut config = match &args.config {
         Some(path) => Config::read(path)?,
         None => Config::default(),
     };
+    let env = |k: &str| std::env::var(k).ok();
+    let start_level = harvest_logging::start_level(&env, config.log_level.as_deref());
+    let logging = harvest_logging::init(
+        harvest_logging::pick_format(args.log_format, config.log_format),
+        &start_level,
+    )?;
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
@@ -66,6 +69,17 @@ async fn main() -> anyhow::Result<()> {
             _ = term.recv() => {}
         }
     };
-    harvest_scheduler::run(config, shutdown).await?;
+    // SIGHUP re-reads log_level from the file (without one: back to the start level).
+    let file = args.config.clone();
+    let read_level = move || match &file {
+        Some(path) => Config::read(path)
+            .map(|c| c.log_level)
+            .map_err(|e| e.to_string()),
+        None => Ok(Some(start_level.clone())),
+    };
+    tokio::select! {
+        r = harvest_scheduler::run(config, shutdown) => r?,
+        () = harvest_logging::reload_on_sighup(logging, read_level) => {}
+    }
     Ok(())
 }

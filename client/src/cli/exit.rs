@@ -42,6 +42,10 @@ pub mod code {
     pub const REVOKED: u8 = 15;
     /// Any other error the executor reported.
     pub const REMOTE_OTHER: u8 = 16;
+    /// `harvest doctor`: at least one check failed.
+    pub const DOCTOR_FAILED: u8 = 20;
+    /// `harvest doctor`: no check failed, but at least one warned.
+    pub const DOCTOR_WARNED: u8 = 21;
 }
 
 /// A failed command.
@@ -60,6 +64,8 @@ pub enum CliError {
         revocation: crate::failover::Revocation,
         failover: Option<String>,
     },
+    #[error("doctor: {failed} check(s) failed, {warned} warned")]
+    Doctor { failed: usize, warned: usize },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -90,6 +96,8 @@ impl CliError {
             Self::Locate(_) | Self::Io { .. } => code::LOCAL,
             Self::Credential(_) => code::AUTH,
             Self::Revoked { .. } => code::REVOKED,
+            Self::Doctor { failed, .. } if *failed > 0 => code::DOCTOR_FAILED,
+            Self::Doctor { .. } => code::DOCTOR_WARNED,
             Self::Lease(e) => match e {
                 LeaseError::Unreachable { .. } => code::UNREACHABLE,
                 LeaseError::Address { .. }
@@ -163,6 +171,22 @@ mod tests {
         assert_eq!(
             CliError::Locate(LocateError::NoScheduler).exit_code(),
             code::UNREACHABLE
+        );
+        assert_eq!(
+            CliError::Doctor {
+                failed: 1,
+                warned: 3
+            }
+            .exit_code(),
+            code::DOCTOR_FAILED
+        );
+        assert_eq!(
+            CliError::Doctor {
+                failed: 0,
+                warned: 1
+            }
+            .exit_code(),
+            code::DOCTOR_WARNED
         );
         // The remote error's message names its kind.
         assert!(remote(ErrorCode::Crashed).to_string().contains("crashed"));

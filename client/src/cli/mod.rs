@@ -93,6 +93,20 @@ pub enum Command {
     /// root always): drain a node from harvesting, revoke any lease.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Check this node (or, from anywhere, the scheduler) and say what is wrong and how to fix
+    /// it: Slurm and harvest's plugin in plugstack.conf, the cgroup mode and controllers,
+    /// munge, each local harvestd and its ledger against Slurm's jobs, certificates and their
+    /// expiry, clock skew with the scheduler, and whether the scheduler and every live lease's
+    /// executor can be reached. Run it as root on a node for every check.
+    /// Exit code 0 when every check is ok (skipped ones do not count), 20 when one failed, 21
+    /// when one only warned.
+    ///
+    /// Examples:
+    ///   harvest doctor
+    ///   harvest doctor --node n1 --agent-config /etc/harvest/harvestd.toml --json
+    ///   harvest doctor --scheduler-http sched1:6821
+    #[command(verbatim_doc_comment)]
+    Doctor(crate::doctor::probe::DoctorArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -264,6 +278,9 @@ fn request(
 /// Runs a parsed command; `env` reads environment variables (a parameter for tests).
 pub fn run(args: Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliError> {
     let config = ClientConfig::find(args.config.as_deref(), env)?;
+    if let Command::Doctor(a) = &args.command {
+        return doctor(a, &config, args.scheduler.as_deref(), env);
+    }
     let url = config.scheduler(args.scheduler.as_deref(), env)?;
     let munge = Munge {
         program: config
@@ -367,6 +384,7 @@ pub fn run(args: Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliEr
                 .write_all(show::lease(&lease).as_bytes())
                 .map_err(io("cannot write to stdout"))?;
         }
+        Command::Doctor(_) => unreachable!("doctor runs before connecting"),
         Command::Invoke(a) => {
             let input = read_input(a.input.as_ref())?;
             let output = if let Some(id) = &a.lease {
@@ -440,6 +458,33 @@ pub fn run(args: Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliEr
         }
     }
     Ok(())
+}
+
+/// `harvest doctor`: prints the report; fails (with exit code 20 or 21) unless all is well.
+fn doctor(
+    a: &crate::doctor::probe::DoctorArgs,
+    config: &ClientConfig,
+    scheduler: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), CliError> {
+    use crate::doctor::Verdict;
+    let report = crate::doctor::probe::run(a, config, scheduler, env);
+    let text = if a.json {
+        to_json(&report)
+    } else {
+        report.text()
+    };
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .map_err(io("cannot write to stdout"))?;
+    match report.verdict {
+        Verdict::Ok | Verdict::Skip => Ok(()),
+        Verdict::Warn | Verdict::Fail => Err(CliError::Doctor {
+            failed: report.count(Verdict::Fail),
+            warned: report.count(Verdict::Warn),
+        }),
+    }
 }
 
 fn read_input(input: Option<&PathBuf>) -> Result<Vec<u8>, CliError> {
