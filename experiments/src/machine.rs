@@ -84,9 +84,7 @@ pub enum MachineError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error(
-        "{path}:{line}: expected `id name nodes cores ? memory-KiB` (Alea's .machines format)"
-    )]
+    #[error("{path}:{line}: expected `id name nodes cores ? memory-KiB` (Alea's .machines format)")]
     Format { path: PathBuf, line: usize },
 }
 

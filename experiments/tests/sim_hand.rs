@@ -287,11 +287,7 @@ fn the_indexed_pass_schedules_a_deep_queue_as_the_textbook_pass() {
             "a deep queue: {}",
             fast.queued_jobs_max
         );
-        assert!(
-            fast.jobs_started > 50,
-            "{} jobs started",
-            fast.jobs_started
-        );
+        assert!(fast.jobs_started > 50, "{} jobs started", fast.jobs_started);
         assert_eq!(
             fast.start_error_mean_s, slow.start_error_mean_s,
             "{order:?}"
