@@ -2,8 +2,9 @@
 //!
 //! Worked out from what the trace itself says, never from its file name:
 //! 1. a machine file (`--machine-file`, or `<trace>.machines` beside the trace, Alea's format:
-//!    `id name nodes cores-per-node ? memory-bytes-per-node` per line), which may describe
-//!    several node shapes (MetaCentrum's zewura and zegox);
+//!    `id name nodes cores-per-node ? memory-KiB-per-node` per line), which may describe
+//!    several node shapes (MetaCentrum's zewura and zegox: 529,426,432 KiB = 505 GiB and
+//!    94,035,968 KiB = 90 GiB, as the trace's documentation gives them);
 //! 2. otherwise the SWF header's `MaxNodes` and `MaxProcs` (`MaxProcs / MaxNodes` cores a node);
 //! 3. otherwise `--node-cores` with `--trace-nodes`.
 //!
@@ -83,9 +84,7 @@ pub enum MachineError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error(
-        "{path}:{line}: expected `id name nodes cores ? memory-bytes` (Alea's .machines format)"
-    )]
+    #[error("{path}:{line}: expected `id name nodes cores ? memory-KiB` (Alea's .machines format)")]
     Format { path: PathBuf, line: usize },
 }
 
@@ -121,7 +120,7 @@ pub fn read_machine_file(path: &Path) -> Result<Vec<Shape>, MachineError> {
             name: f[1].to_owned(),
             nodes: f[2].parse().map_err(|_| bad())?,
             cores: f[3].parse().map_err(|_| bad())?,
-            mem_mib: f[5].parse::<u64>().map_err(|_| bad())? >> 20,
+            mem_mib: f[5].parse::<u64>().map_err(|_| bad())? >> 10,
         });
     }
     Ok(shapes)
@@ -252,13 +251,15 @@ mod tests {
         let trace = dir.path().join("t.swf.gz");
         std::fs::write(
             dir.path().join("t.swf.machines"),
-            "0\tbig\t2\t80\t1\t1073741824\n1\tsmall\t3\t12\t1\t2147483648\n",
+            "0\tbig\t2\t80\t1\t529426432\n1\tsmall\t3\t12\t1\t94035968\n",
         )
         .unwrap();
         let m = machine_for(&trace, &SwfHeader::default(), &MachineFlags::default()).unwrap();
         assert_eq!(m.nodes, 5);
         assert_eq!(m.total_cores(), 2 * 80 + 3 * 12);
-        assert_eq!(m.shapes[1].mem_mib, 2048);
+        // KiB: MetaCentrum's zewura has 505 GiB a node, zegox 90 GiB.
+        assert_eq!(m.shapes[0].mem_mib, 517_018);
+        assert_eq!(m.shapes[1].mem_mib, 91_832);
         assert!(!m.homogeneous());
     }
 }

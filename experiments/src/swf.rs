@@ -2,7 +2,7 @@
 //!
 //! One job per line, 18 whitespace-separated fields, `-1` for unknown; header comments start with
 //! `;` and describe the machine (`MaxNodes`, `MaxProcs`). Alea's extended SWF (MetaCentrum) adds
-//! fields after the 18th, which are ignored. Gzip is detected by the file's magic bytes. Jobs are
+//! fields after the 18th, of which the queue's name (field 20) is read. Gzip is detected by the file's magic bytes. Jobs are
 //! yielded one at a time, so a trace of any length is read in constant memory.
 
 use std::fs::File;
@@ -19,6 +19,9 @@ pub const MAX_LINE_BYTES: usize = 64 * 1024;
 /// The largest time accepted, in seconds either side of the trace's zero (about 31,700 years):
 /// the simulator adds and subtracts times, which must not overflow.
 pub const MAX_TIME_S: i64 = 1_000_000_000_000;
+
+/// The field of Alea's extended SWF that names the job's queue (e.g. `q_2d`).
+pub const ALEA_QUEUE_FIELD: usize = 20;
 
 /// An SWF file that could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +84,9 @@ pub struct SwfJob {
     pub user: Option<u32>,
     /// SWF field 13: the group's number.
     pub group: Option<u32>,
+    /// The job's queue: an index into [`SwfReader::queues`] (SWF field 15's number, or the
+    /// queue name in field 20 of Alea's extended SWF); `None` when unknown.
+    pub queue: Option<u32>,
     /// Alea's extended SWF (more than 18 fields, as MetaCentrum's): field 10 is requested memory
     /// in bytes per node, and field 7 is not per-processor memory.
     pub extended: bool,
@@ -119,6 +125,9 @@ pub struct SwfReader {
     header: SwfHeader,
     /// The first job line, read while parsing the header.
     pending: Option<String>,
+    /// Queue names in the order first seen, and their indices.
+    queues: Vec<String>,
+    queue_ids: std::collections::HashMap<String, u32>,
 }
 
 impl std::fmt::Debug for SwfReader {
@@ -160,6 +169,8 @@ impl SwfReader {
             line_no: 0,
             header: SwfHeader::default(),
             pending: None,
+            queues: Vec::new(),
+            queue_ids: std::collections::HashMap::new(),
         };
         while let Some(line) = r.next_line()? {
             let t = line.trim();
@@ -186,6 +197,21 @@ impl SwfReader {
 
     pub fn header(&self) -> &SwfHeader {
         &self.header
+    }
+
+    /// The queue names seen so far (all of them once the jobs are read), by [`SwfJob::queue`].
+    pub fn queues(&self) -> &[String] {
+        &self.queues
+    }
+
+    fn queue_id(&mut self, name: &str) -> u32 {
+        if let Some(&q) = self.queue_ids.get(name) {
+            return q;
+        }
+        let q = self.queues.len() as u32;
+        self.queues.push(name.to_owned());
+        self.queue_ids.insert(name.to_owned(), q);
+        q
     }
 
     /// The next line without its `\n` (or `\r\n`), at most [`MAX_LINE_BYTES`] long.
@@ -224,7 +250,7 @@ impl SwfReader {
         })
     }
 
-    fn parse(&self, line: &str) -> Result<SwfJob, SwfError> {
+    fn parse(&mut self, line: &str) -> Result<SwfJob, SwfError> {
         const NAMES: [&str; 16] = [
             "job id",
             "submit time",
@@ -245,8 +271,12 @@ impl SwfReader {
         ];
         let mut f = [0i64; 16];
         let mut count = 0;
+        let mut queue_name = None;
         for (i, tok) in line.split_ascii_whitespace().enumerate() {
             count = i + 1;
+            if i == ALEA_QUEUE_FIELD - 1 {
+                queue_name = Some(tok);
+            }
             if i < NAMES.len() {
                 f[i] = tok
                     .parse::<i64>()
@@ -282,6 +312,11 @@ impl SwfReader {
         }
         let known = |v: i64| (v >= 0).then_some(v);
         let known_u = |v: i64| (v >= 0).then_some(v as u64);
+        let queue = match (queue_name, known_u(f[14])) {
+            (Some(name), _) if count > 18 => Some(self.queue_id(name)),
+            (_, Some(n)) => Some(self.queue_id(&n.to_string())),
+            _ => None,
+        };
         Ok(SwfJob {
             id: f[0].max(0) as u64,
             submit: f[1],
@@ -295,6 +330,7 @@ impl SwfReader {
             user: known_u(f[11]).map(|v| v.min(u64::from(u32::MAX - 1)) as u32),
             group: known_u(f[12]).map(|v| v.min(u64::from(u32::MAX - 1)) as u32),
             extended: count > 18,
+            queue,
         })
     }
 }
@@ -405,6 +441,19 @@ mod tests {
         assert_eq!(r.header().max_procs, Some(4));
         assert_eq!(r.next().unwrap().unwrap().id, 1);
         assert!(r.next().is_none());
+    }
+
+    #[test]
+    fn queues_are_named_by_number_or_by_alea_name() {
+        let mut r = reader(
+            "1 0 5 100 8 -1 -1 8 200 -1 1 1 1 -1 2 -1 -1 -1\n\
+             2 0 5 100 8 -1 -1 8 200 -1 1 1 1 -1 -1 -1 -1 -1\n\
+             3 0 5 100 8 -1 -1 8 200 -1 1 1 1 -1 -1 1 1 1 {4,4} q_2d 1:ppn=8\n\
+             4 0 5 100 8 -1 -1 8 200 -1 1 1 1 -1 2 -1 -1 -1\n",
+        );
+        let q: Vec<Option<u32>> = r.by_ref().map(|j| j.unwrap().queue).collect();
+        assert_eq!(q, [Some(0), None, Some(1), Some(0)]);
+        assert_eq!(r.queues(), ["2", "q_2d"]);
     }
 
     #[test]

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use harvest_experiments::machine::MachineFlags;
 use harvest_experiments::sim::{
-    AllocationMode, BatchMode, DEFAULT_PRIORITY, QueueOrder, SimConfig, Summary, run,
+    AllocationMode, BatchMode, DEFAULT_PRIORITY, Limits, QueueLimit, QueueOrder, SimConfig,
+    Summary, run,
 };
 
 fn data_dir() -> PathBuf {
@@ -26,7 +27,8 @@ fn cfg(trace: &Path, batch: BatchMode, allocation: AllocationMode, window_s: u64
         backfill_depth: 100,
         queue_order: QueueOrder::Fcfs,
         priority: DEFAULT_PRIORITY,
-        max_running_per_user: None,
+        limits: Limits::default(),
+        straightforward_pass: false,
         start_s: 0,
         warmup_s: 0,
         duration_s: window_s,
@@ -199,15 +201,123 @@ fn a_running_jobs_limit_per_user_holds_the_users_jobs_as_by_hand() {
         assert_eq!(s.wait_mean_s, 0.0);
         // One running job per user: user 1's jobs at 0, 100 and 200 and user 2's at 0 (it
         // passes user 1's held jobs). Window [0, 100): 2 of 4 cores; waits 0, 100, 200, 0.
-        c.max_running_per_user = Some(1);
+        c.limits.max_running_per_user = Some(1);
         let s = run(&c, |_| {}).unwrap().summary;
         assert_eq!(s.util_cores_batch_only, 0.5, "{order:?}");
         assert_eq!(s.wait_mean_s, 75.0, "{order:?}");
         assert_eq!(s.max_running_per_user, Some(1));
         // Two per user: user 1's third job at 100: waits 0, 0, 100, 0; 3 of 4 cores.
-        c.max_running_per_user = Some(2);
+        c.limits.max_running_per_user = Some(2);
         let s = run(&c, |_| {}).unwrap().summary;
         assert_eq!(s.util_cores_batch_only, 0.75, "{order:?}");
         assert_eq!(s.wait_mean_s, 25.0, "{order:?}");
+    }
+}
+
+/// 1 node x 8 cores. User 1: jobs of 4, 4 and 2 cores in queue 1; user 2: 2 cores in queue 2;
+/// all 100 s, submitted at 0.
+const CORE_LIMITS: &str = "; MaxNodes: 1\n; MaxProcs: 8\n\
+    1 0 0 100 4 -1 -1 4 100 -1 1 1 1 -1 1 -1 -1 -1\n\
+    2 0 0 100 4 -1 -1 4 100 -1 1 1 1 -1 1 -1 -1 -1\n\
+    3 0 0 100 2 -1 -1 2 100 -1 1 1 1 -1 1 -1 -1 -1\n\
+    4 0 0 100 2 -1 -1 2 100 -1 1 2 2 -1 2 -1 -1 -1\n";
+
+#[test]
+fn core_limits_per_user_and_per_queue_hold_jobs_as_by_hand() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.swf");
+    std::fs::write(&trace, CORE_LIMITS).unwrap();
+    for order in [QueueOrder::Fcfs, QueueOrder::Priority] {
+        let mut c = cfg(&trace, BatchMode::Easy, AllocationMode::Shared, 100);
+        c.queue_order = order;
+        // No limit: jobs 1 and 2 fill the node at 0; 3 and 4 at 100. Waits 0, 0, 100, 100.
+        let s = run(&c, |_| {}).unwrap().summary;
+        assert_eq!(s.wait_mean_s, 50.0, "{order:?}");
+        // 6 cores per user: job 2 would make user 1's 8 > 6, so it is held and blocks no one:
+        // jobs 1, 3 (user 1: 6) and 4 start at 0; job 2 at 100 (job 1 ended). Waits 0, 100,
+        // 0, 0; window [0, 100): 8 of 8 cores.
+        c.limits.max_cores_per_user = Some(6);
+        let s = run(&c, |_| {}).unwrap().summary;
+        assert_eq!(s.wait_mean_s, 25.0, "{order:?}");
+        assert_eq!(s.util_cores_batch_only, 1.0, "{order:?}");
+        assert_eq!(s.max_cores_per_user, Some(6));
+        // Queue "1" may run 4 cores: job 1 at 0, job 2 at 100, job 3 at 200; job 4 (queue
+        // "2") at 0. Waits 0, 100, 200, 0; window [0, 100): 6 of 8 cores.
+        c.limits.max_cores_per_user = None;
+        c.limits.queues = vec![QueueLimit::parse("1:cores=4").unwrap()];
+        let s = run(&c, |_| {}).unwrap().summary;
+        assert_eq!(s.wait_mean_s, 75.0, "{order:?}");
+        assert_eq!(s.util_cores_batch_only, 0.75, "{order:?}");
+        // A user in queue "1" may run 6 cores: as the user limit above (user 2 is in "2").
+        c.limits.queues = vec![QueueLimit::parse("1:user-cores=6").unwrap()];
+        let s = run(&c, |_| {}).unwrap().summary;
+        assert_eq!(s.wait_mean_s, 25.0, "{order:?}");
+        // A queue the trace does not have is an error that lists its queues.
+        c.limits.queues = vec![QueueLimit::parse("q_2d:cores=4").unwrap()];
+        let e = run(&c, |_| {}).unwrap_err().to_string();
+        assert!(
+            e.contains("'q_2d' is not in the trace (its queues: 1, 2)"),
+            "{e}"
+        );
+    }
+}
+
+/// The indexed EASY pass and the textbook one give the same schedule, start for start, on an
+/// over-loaded synthetic trace (a queue hundreds of jobs deep, several users, jobs of 1 to 256
+/// cores), under both queue orders.
+#[test]
+fn the_indexed_pass_schedules_a_deep_queue_as_the_textbook_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.swf");
+    std::fs::write(
+        &trace,
+        harvest_experiments::sim::synthetic::swf(16, 4.0, 24 * 3600),
+    )
+    .unwrap();
+    for order in [QueueOrder::Fcfs, QueueOrder::Priority] {
+        let mut c = cfg(&trace, BatchMode::Easy, AllocationMode::Shared, 12 * 3600);
+        c.queue_order = order;
+        c.warmup_s = 6 * 3600;
+        c.drain_s = 6 * 3600;
+        let fast = run(&c, |_| {}).unwrap().summary;
+        c.straightforward_pass = true;
+        let slow = run(&c, |_| {}).unwrap().summary;
+        assert!(
+            fast.queued_jobs_max > 100,
+            "a deep queue: {}",
+            fast.queued_jobs_max
+        );
+        assert!(fast.jobs_started > 50, "{} jobs started", fast.jobs_started);
+        assert_eq!(
+            fast.start_error_mean_s, slow.start_error_mean_s,
+            "{order:?}"
+        );
+        for (what, a, b) in [
+            ("events", fast.events as f64, slow.events as f64),
+            (
+                "jobs started",
+                fast.jobs_started as f64,
+                slow.jobs_started as f64,
+            ),
+            (
+                "queued at most",
+                fast.queued_jobs_max as f64,
+                slow.queued_jobs_max as f64,
+            ),
+            (
+                "util",
+                fast.util_cores_batch_only,
+                slow.util_cores_batch_only,
+            ),
+            ("wait mean", fast.wait_mean_s, slow.wait_mean_s),
+            ("wait p90", fast.wait_p90_s, slow.wait_p90_s),
+            (
+                "slowdown",
+                fast.bounded_slowdown_mean,
+                slow.bounded_slowdown_mean,
+            ),
+        ] {
+            assert_eq!(a, b, "{what}, {order:?}");
+        }
     }
 }

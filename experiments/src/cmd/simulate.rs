@@ -13,7 +13,7 @@ use crate::sim::study_output::write_study;
 use crate::sim::{
     AllocationMode, BatchMode, DEFAULT_BACKFILL_DEPTH, DEFAULT_COPY_SHIFT_S, DEFAULT_DRAIN_S,
     DEFAULT_GROUP_SIZE, DEFAULT_PRIORITY, DEFAULT_SAMPLES, DEFAULT_SENSITIVE_FRACTION,
-    DEFAULT_UNKNOWN_MEM_FRACTION, PriorityParams, QueueOrder, SimConfig,
+    DEFAULT_UNKNOWN_MEM_FRACTION, Limits, PriorityParams, QueueLimit, QueueOrder, SimConfig,
 };
 use crate::swf::SwfReader;
 
@@ -111,6 +111,21 @@ pub struct Workload {
     /// the user's other jobs wait without blocking anyone. Default: no limit.
     #[arg(long)]
     pub max_running_per_user: Option<u32>,
+    /// At most N cores (the jobs' processors) per user at once, as a QOS's
+    /// MaxTRESPerUser=cpu=N: a job that would take its user past N waits without blocking
+    /// anyone (a smaller job of the same user may still start). Default: no limit.
+    #[arg(long)]
+    pub max_cores_per_user: Option<u64>,
+    /// Limits of one queue, by the trace's queue name (SWF field 15's number, or the name in
+    /// field 20 of Alea's extended SWF, e.g. q_2d): `NAME:cores=N` caps the cores of all the
+    /// queue's running jobs (a partition QOS's GrpTRES=cpu=N), `NAME:user-cores=M` one user's
+    /// in it (MaxTRESPerUser=cpu=M); both: `NAME:cores=N,user-cores=M`. Repeat for more queues.
+    #[arg(long = "queue-limit", value_parser = QueueLimit::parse)]
+    pub queue_limits: Vec<QueueLimit>,
+    /// Check the indexed EASY pass: run the textbook one instead (every waiting job's
+    /// priority and a full sort each pass; the same schedule, much slower on deep queues).
+    #[arg(long)]
+    pub straightforward_pass: bool,
     /// Share of batch jobs marked sensitive to co-location.
     #[arg(long, default_value_t = DEFAULT_SENSITIVE_FRACTION)]
     pub sensitive_fraction: f64,
@@ -190,6 +205,10 @@ impl Workload {
             self.max_running_per_user != Some(0),
             "--max-running-per-user 0 would hold every job: give 1 or more, or leave it out"
         );
+        anyhow::ensure!(
+            self.max_cores_per_user != Some(0),
+            "--max-cores-per-user 0 would hold every job: give 1 or more, or leave it out"
+        );
         for (w, flag) in [
             (self.weight_fairshare, "--weight-fairshare"),
             (self.weight_age, "--weight-age"),
@@ -222,7 +241,12 @@ impl Workload {
             backfill_depth: self.backfill_depth,
             queue_order: self.queue_order,
             priority,
-            max_running_per_user: self.max_running_per_user,
+            limits: Limits {
+                max_running_per_user: self.max_running_per_user,
+                max_cores_per_user: self.max_cores_per_user,
+                queues: self.queue_limits.clone(),
+            },
+            straightforward_pass: self.straightforward_pass,
             start_s: secs(&self.start, "start")?,
             warmup_s: secs(self.warmup.as_deref().unwrap_or(warmup), "warmup")?,
             duration_s: secs(self.duration.as_deref().unwrap_or(duration), "duration")?,

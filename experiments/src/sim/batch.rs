@@ -8,18 +8,21 @@
 //! free; otherwise it gets a reservation at the earliest time the running jobs' requested time
 //! limits free enough units (the shadow time), and later jobs (at most `depth` of them, like
 //! `bf_max_job_test`) start now if they fit and either end before the shadow time or use only
-//! units the head job will not need. With a limit of running jobs per account (Slurm's
-//! `MaxJobs` of an association, `MaxJobsPerUser` of a QOS), an account at its limit is held:
-//! none of its jobs is considered, as head or for backfill, until one of its jobs ends, and
-//! it blocks no one. In replay mode a job enters the queue at the trace's own
+//! units the head job will not need. Per-user and per-queue limits ([`super::limits`]) hold
+//! jobs: a job held as things stand at the pass's start is left out of the order (neither head
+//! nor counted against `depth`; an account at its running-jobs limit is left out whole), and a
+//! job that the jobs this pass already started would take past a limit is skipped; a held job
+//! blocks no one. In replay mode a job enters the queue at the trace's own
 //! start time and starts as soon as it fits (at once, when the trace fits the model).
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 
 use harvest_policies::hash::IdMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::fairshare::FairShare;
+use super::limits::{Resolved, Use};
 use super::trace::TraceJob;
 
 /// How batch jobs are placed in time.
@@ -57,6 +60,8 @@ pub struct BatchJob {
     /// Fair-share account: the trace's (below 2^34, [`super::trace::account`]), distinct per
     /// copy (the copy in the bits above).
     pub account: u64,
+    /// The trace's queue (an index into [`super::trace::Trace::queues`]), if it names one.
+    pub queue: Option<u32>,
 }
 
 impl BatchJob {
@@ -75,6 +80,7 @@ impl BatchJob {
             trace_start_ms: None,
             prestarted: false,
             account: (u64::from(copy) << 34) | j.account,
+            queue: j.queue,
         }
     }
 }
@@ -123,91 +129,6 @@ pub const DEFAULT_PRIORITY: PriorityParams = PriorityParams {
     half_life_ms: 7 * 86_400_000,
     calc_period_ms: 5 * 60_000,
 };
-
-/// One account's usage: core-milliseconds, decayed, as of `since`, and the cores its
-/// running jobs hold since then.
-#[derive(Debug, Clone, Copy, Default)]
-struct Usage {
-    core_ms: f64,
-    cores: i64,
-    since: u64,
-}
-
-impl Usage {
-    /// Usage at `now`: the decayed past plus the running cores' integral, exactly
-    /// (`dU/dt = cores - lambda U`).
-    fn at(&self, now: u64, lambda: f64) -> f64 {
-        let dt = now.saturating_sub(self.since) as f64;
-        let cores = self.cores as f64;
-        if lambda == 0.0 {
-            return self.core_ms + cores * dt;
-        }
-        let d = (-lambda * dt).exp();
-        self.core_ms * d + cores / lambda * (1.0 - d)
-    }
-
-    fn add(&mut self, now: u64, lambda: f64, cores: i64) {
-        self.core_ms = self.at(now, lambda);
-        self.since = now;
-        self.cores += cores;
-    }
-}
-
-/// Decayed usage by account, for the fair-share factor.
-#[derive(Debug, Clone, Default)]
-pub struct FairShare {
-    lambda: f64,
-    accounts: IdMap<u64, Usage>,
-    total: Usage,
-}
-
-impl FairShare {
-    pub fn new(half_life_ms: u64) -> Self {
-        Self {
-            lambda: if half_life_ms == 0 {
-                0.0
-            } else {
-                std::f64::consts::LN_2 / half_life_ms as f64
-            },
-            ..Self::default()
-        }
-    }
-
-    /// An account exists from its first job's submission (it has a share from then).
-    pub fn open(&mut self, account: u64) {
-        self.accounts.entry(account).or_default();
-    }
-
-    /// `cores` (negative: released) start or stop being used by `account` at `now`.
-    pub fn charge(&mut self, account: u64, cores: i64, now: u64) {
-        self.accounts
-            .entry(account)
-            .or_default()
-            .add(now, self.lambda, cores);
-        self.total.add(now, self.lambda, cores);
-    }
-
-    /// The account's decayed usage at `now`, core-seconds.
-    pub fn usage_core_s(&self, account: u64, now: u64) -> f64 {
-        self.accounts
-            .get(&account)
-            .map_or(0.0, |u| u.at(now, self.lambda) / 1000.0)
-    }
-
-    /// Slurm's classic fair-share factor `2^(-(U_a / U) / S_a)`, `S_a = 1 / accounts`.
-    pub fn factor(&self, account: u64, now: u64) -> f64 {
-        let total = self.total.at(now, self.lambda);
-        if total <= 0.0 {
-            return 1.0;
-        }
-        let used = self
-            .accounts
-            .get(&account)
-            .map_or(0.0, |u| u.at(now, self.lambda));
-        let share = 1.0 / self.accounts.len().max(1) as f64;
-        (-(used / total).max(0.0) / share).exp2()
-    }
-}
 
 /// A waiting job as the priority merge compares them: its account's slot and its index in
 /// that account's queue.
@@ -270,9 +191,13 @@ struct Account {
 /// Waiting jobs are kept per account in submit order (one account under FCFS and replay), each
 /// account in a slot of a dense table. Within an account the oldest job always has the
 /// highest priority (same fair share, the largest age), so the queue's priority order is a
-/// merge of the accounts' queues, led by the set of their first jobs: the first `depth + 1`
-/// jobs cost `O(depth log accounts)` a pass at most (a run of one account's jobs that beat
-/// every other account's next costs no heap operation), with no global re-sort.
+/// merge of the accounts' queues, led by the set of their first jobs ([`Order`]). A pass asks
+/// the merge for jobs one at a time and stops as soon as nothing more can start (no free unit
+/// left, or `depth` jobs looked at): a pass that starts a job or two behind a blocked head costs
+/// a few heap operations, not `depth`, with no global re-sort; the shadow time is worked out only
+/// when a job that fits is found. [`BatchQueue::straightforward`] is the textbook pass (every
+/// waiting job's priority, a full sort, the first `depth + 1` jobs, the shadow time up front),
+/// which tests check the indexed pass against, schedule for schedule.
 #[derive(Debug)]
 pub struct BatchQueue {
     pub mode: BatchMode,
@@ -292,9 +217,123 @@ pub struct BatchQueue {
     stale: Vec<u32>,
     /// `(planned end, running slot, units)`.
     planned_ends: BTreeSet<(u64, u32, u32)>,
-    /// The most jobs one account may run at once (`None`: no limit), and its running jobs.
-    max_running: Option<u32>,
-    running: IdMap<u64, u32>,
+    /// Per-user and per-queue limits (`limited`: any at all), what runs, and what the current
+    /// pass chose.
+    limits: Resolved,
+    limited: bool,
+    running: Use,
+    pass: Use,
+    /// The textbook pass instead of the indexed one (same schedule, slower).
+    reference: bool,
+    /// The merge's heap, kept between passes (no allocation a pass).
+    heap_buf: Vec<Head>,
+    /// What the last backfill scan looked at, when it started nothing (see [`Window`]), and a
+    /// buffer for the next one.
+    window: Option<Window>,
+    spare: Window,
+}
+
+/// The jobs a backfill scan looked at (the head and the `depth` after it) when it started
+/// none of them. Until a job leaves the queue or priorities are recalculated, the next scans look at these jobs again, or at fewer of them and at jobs
+/// submitted since that rank among them (added here, so this stays a superset of what a scan
+/// would look at; a job that beats the head becomes the head, the old head one of the jobs);
+/// only the free units, the shadow time and the spare units differ.
+/// [`Window::may_start`] tells from these alone that a scan would start nothing, so passes
+/// that cannot start a job (most of them on a full machine with a deep queue) skip the scan.
+/// Kept only without limits (a limit's hold changes as jobs start and end).
+#[derive(Debug, Default)]
+struct Window {
+    /// The head's units (what the shadow time is worked out for), its time limit, and its
+    /// entry (a job that beats it is the new head).
+    need: u32,
+    head_req_ms: u64,
+    head: Option<Head>,
+    /// `(units, time limit)` of the jobs after the head, and the fewest units among them.
+    jobs: Vec<(u32, u64)>,
+    least_units: u32,
+    /// The scan looked at `depth` jobs after the head (otherwise at every waiting job).
+    full: bool,
+    /// The last job looked at (priority order): a new job that does not beat it is not
+    /// looked at.
+    last: Option<Head>,
+}
+
+impl Window {
+    /// Whether a scan over these jobs with `free` units free could start one: some job fits
+    /// in `free` and either ends by the shadow time or fits in the spare units (`shadow`
+    /// works both out for the head's need).
+    fn may_start(&self, now: u64, free: u32, shadow: impl FnOnce(u32) -> (u64, u32)) -> bool {
+        if self.least_units > free {
+            return false;
+        }
+        let (shadow, extra) = shadow(self.need);
+        let by = shadow.saturating_sub(now);
+        self.jobs
+            .iter()
+            .any(|&(units, req)| units <= free && (units <= extra || req <= by))
+    }
+
+    fn add(&mut self, units: u32, req_ms: u64) {
+        self.jobs.push((units, req_ms));
+        self.least_units = self.least_units.min(units);
+    }
+}
+
+/// The waiting jobs in the order the scheduler considers them, one at a time: under FCFS the
+/// one queue in submit order; under the priority order a merge of the accounts' queues (an
+/// account at its running-jobs limit is skipped whole). A run of one account's jobs that beat
+/// every other account's next costs no heap operation.
+struct Order<'a> {
+    q: &'a BatchQueue,
+    /// FCFS: the queue's slot and the next index.
+    fcfs: Option<(u32, usize)>,
+    firsts: std::collections::btree_set::Iter<'a, std::cmp::Reverse<Head>>,
+    heap: BinaryHeap<Head>,
+    /// The next job of the account whose jobs are being taken, when it beats the heap's top.
+    run: Option<Head>,
+}
+
+impl Iterator for Order<'_> {
+    type Item = At;
+
+    fn next(&mut self) -> Option<At> {
+        if let Some((slot, i)) = &mut self.fcfs {
+            if *i >= self.q.accounts[*slot as usize].jobs.len() {
+                return None;
+            }
+            *i += 1;
+            return Some((*slot, *i - 1));
+        }
+        loop {
+            let h = match self.run.take() {
+                Some(h) => h,
+                None => {
+                    let h = self.heap.pop()?;
+                    if self.q.account_full(h.key) {
+                        // Held at its limit: none of its jobs (only its first was pushed).
+                        if let Some(std::cmp::Reverse(f)) = self.firsts.next() {
+                            self.heap.push(*f);
+                        }
+                        continue;
+                    }
+                    h
+                }
+            };
+            if h.idx == 0
+                && let Some(std::cmp::Reverse(f)) = self.firsts.next()
+            {
+                self.heap.push(*f);
+            }
+            if let Some(next) = self.q.head(h.slot, h.idx + 1) {
+                if self.heap.peek().is_some_and(|top| *top > next) {
+                    self.heap.push(next);
+                } else {
+                    self.run = Some(next);
+                }
+            }
+            return Some(h.at());
+        }
+    }
 }
 
 impl BatchQueue {
@@ -317,21 +356,48 @@ impl BatchQueue {
             heads: BTreeSet::new(),
             stale: Vec::new(),
             planned_ends: BTreeSet::new(),
-            max_running: None,
-            running: IdMap::default(),
+            limits: Resolved::default(),
+            limited: false,
+            running: Use::default(),
+            pass: Use::default(),
+            reference: false,
+            heap_buf: Vec::new(),
+            window: None,
+            spare: Window::default(),
         }
     }
 
-    /// At most `max` running jobs per account (`None`: no limit). Replay ignores it.
-    pub fn with_max_running(mut self, max: Option<u32>) -> Self {
-        self.max_running = max;
+    /// Per-user and per-queue limits (queue names resolved against the trace's). Replay
+    /// ignores them.
+    pub fn with_limits(mut self, limits: Resolved) -> Self {
+        self.limited = !limits.is_empty();
+        self.limits = limits;
         self
     }
 
-    /// The account runs as many jobs as its limit allows (plus `more` started this pass).
-    fn at_limit(&self, account: u64, more: u32) -> bool {
-        self.max_running
-            .is_some_and(|m| self.running.get(&account).copied().unwrap_or(0) + more >= m)
+    /// The textbook pass: every waiting job's priority, a full sort, the first `depth + 1`
+    /// jobs and the shadow time worked out up front, each pass. The same schedule as the
+    /// indexed pass (tested), `O(queue log queue)` a pass; for checking, not for studies.
+    pub fn straightforward(mut self) -> Self {
+        self.reference = true;
+        self
+    }
+
+    /// The order's head or first jobs changed: the next backfill scans.
+    fn forget_window(&mut self) {
+        if let Some(w) = self.window.take() {
+            self.spare = w;
+        }
+    }
+
+    /// The account runs as many jobs as its limit allows: none of its jobs is considered.
+    fn account_full(&self, account: u64) -> bool {
+        self.limited && self.limits.account_full(account, &self.running, None)
+    }
+
+    /// The job is held by a limit with what runs counted (and what this pass chose, if given).
+    fn held(&self, job: &BatchJob, pass: Option<&Use>) -> bool {
+        self.limited && self.limits.holds(job, &self.running, pass)
     }
 
     pub fn submit(&mut self, job: BatchJob) {
@@ -348,11 +414,51 @@ impl BatchQueue {
             (self.accounts.len() - 1) as u32
         });
         let q = &mut self.accounts[slot as usize].jobs;
-        if q.is_empty() && priority {
+        let first = q.is_empty();
+        if first && priority {
             self.stale.push(slot);
         }
         q.push_back(job);
+        let idx = q.len() - 1;
         self.len += 1;
+        if self.window.is_some() {
+            self.window_admit(slot, idx, first);
+        }
+    }
+
+    /// A job was submitted at `(slot, idx)` (`first`: its account was not waiting) while a
+    /// window is kept: added to it when a scan would look at it, the window dropped when it
+    /// would be the head.
+    fn window_admit(&mut self, slot: u32, idx: usize, first: bool) {
+        let Some(w) = &self.window else { return };
+        let job = self.accounts[slot as usize].jobs[idx];
+        let looked_at = match self.order {
+            // Last in the queue.
+            QueueOrder::Fcfs => !w.full,
+            QueueOrder::Priority => {
+                let a = &self.accounts[slot as usize];
+                // An account that was not waiting gets its factor at the next refresh, at this
+                // same instant (a recalculation then drops the window anyway).
+                let fairshare = if !first || a.epoch == self.epoch {
+                    a.fairshare
+                } else {
+                    self.share.factor(a.key, job.submit_ms)
+                };
+                let h = self.head_with(slot, idx, fairshare);
+                if w.head.is_none_or(|head| h > head) {
+                    // The new head: the old one is looked at after it.
+                    if let Some(w) = &mut self.window {
+                        w.add(w.need, w.head_req_ms);
+                        (w.need, w.head_req_ms, w.head) = (job.units, job.req_ms, Some(h));
+                    }
+                    return;
+                }
+                !w.full || w.last.is_none_or(|last| h > last)
+            }
+        };
+        if looked_at && let Some(w) = &mut self.window {
+            w.add(job.units, job.req_ms);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -371,19 +477,25 @@ impl BatchQueue {
         self.planned_ends.remove(&(planned_end_ms, slot, units));
     }
 
-    /// A job starts (`procs` > 0) or ends (< 0): its account's usage rate and its count of
-    /// running jobs change.
-    pub fn charge(&mut self, account: u64, procs: i64, now: u64) {
-        if self.max_running.is_some() {
-            let n = self.running.entry(account).or_insert(0);
-            *n = if procs > 0 {
-                *n + 1
-            } else {
-                n.saturating_sub(1)
-            };
+    /// A job starts: its account's usage rate, its running jobs and cores change.
+    pub fn started(&mut self, job: &BatchJob, now: u64) {
+        self.charge(job, true, now);
+    }
+
+    /// A job ends.
+    pub fn ended(&mut self, job: &BatchJob, now: u64) {
+        self.charge(job, false, now);
+    }
+
+    fn charge(&mut self, job: &BatchJob, up: bool, now: u64) {
+        if self.limited {
+            self.running.add(job, up);
+            self.forget_window();
         }
         if self.order == QueueOrder::Priority {
-            self.share.charge(account, procs, now);
+            let procs = i64::from(job.procs);
+            self.share
+                .charge(job.account, if up { procs } else { -procs }, now);
         }
     }
 
@@ -410,13 +522,20 @@ impl BatchQueue {
     /// The entry of the job at `idx` in `slot`'s queue, as of the last recalculation.
     fn head(&self, slot: u32, idx: usize) -> Option<Head> {
         let a = &self.accounts[slot as usize];
-        let j = a.jobs.get(idx)?;
+        a.jobs.get(idx)?;
         let fairshare = if a.epoch == self.epoch {
             a.fairshare
         } else {
             1.0
         };
-        Some(Head {
+        Some(self.head_with(slot, idx, fairshare))
+    }
+
+    /// The entry of the job at `idx` in `slot`'s queue with its account's fair-share factor.
+    fn head_with(&self, slot: u32, idx: usize, fairshare: f64) -> Head {
+        let a = &self.accounts[slot as usize];
+        let j = &a.jobs[idx];
+        Head {
             priority: self.priority_with(j, self.calc_ms.unwrap_or(0), fairshare),
             submit_ms: j.submit_ms,
             copy: j.copy,
@@ -424,7 +543,7 @@ impl BatchQueue {
             key: a.key,
             slot,
             idx,
-        })
+        }
     }
 
     /// Priorities recalculated when the period has passed; accounts whose first job changed
@@ -439,6 +558,7 @@ impl BatchQueue {
         if due {
             self.calc_ms = Some(now);
             self.epoch += 1;
+            self.forget_window();
             let mut heads = BTreeSet::new();
             for slot in 0..self.accounts.len() {
                 let a = &self.accounts[slot];
@@ -471,60 +591,70 @@ impl BatchQueue {
         }
     }
 
-    /// The first `limit` waiting jobs in the order the scheduler considers them: a merge of
-    /// the accounts' queues, led by the set of their first jobs.
-    fn ordered(&mut self, now: u64, limit: usize) -> Vec<At> {
+    /// The merge over the waiting jobs (after [`BatchQueue::refresh`]), on the heap `buf`.
+    fn merge(&self, buf: Vec<Head>) -> Order<'_> {
+        let mut heap = BinaryHeap::from(buf);
+        heap.clear();
         if self.order == QueueOrder::Fcfs {
-            return match self.slots.get(&0) {
-                Some(&slot) => {
-                    let q = &self.accounts[slot as usize].jobs;
-                    (0..q.len())
-                        .filter(|&i| !self.at_limit(q[i].account, 0))
-                        .take(limit)
-                        .map(|i| (slot, i))
-                        .collect()
-                }
-                None => Vec::new(),
+            return Order {
+                q: self,
+                fcfs: Some((self.slots.get(&0).copied().unwrap_or(0), 0)).filter(|_| self.len > 0),
+                firsts: self.heads.iter(),
+                heap,
+                run: None,
             };
         }
-        self.refresh(now);
         let mut firsts = self.heads.iter();
-        let mut heap = std::collections::BinaryHeap::new();
         if let Some(std::cmp::Reverse(h)) = firsts.next() {
             heap.push(*h);
         }
-        let mut out = Vec::with_capacity(limit.min(self.len));
-        while out.len() < limit {
-            let Some(mut h) = heap.pop() else { break };
-            if self.at_limit(h.key, 0) {
-                // Held at its limit: none of its jobs this pass (only its first was pushed).
-                if let Some(std::cmp::Reverse(f)) = firsts.next() {
-                    heap.push(*f);
-                }
-                continue;
-            }
-            // Take this account's jobs while its next one beats every other candidate.
-            loop {
-                out.push(h.at());
-                if out.len() == limit {
-                    break;
-                }
-                if h.idx == 0
-                    && let Some(std::cmp::Reverse(f)) = firsts.next()
-                {
-                    heap.push(*f);
-                }
-                let Some(next) = self.head(h.slot, h.idx + 1) else {
-                    break;
-                };
-                if heap.peek().is_some_and(|top| *top > next) {
-                    heap.push(next);
-                    break;
-                }
-                h = next;
-            }
+        Order {
+            q: self,
+            fcfs: None,
+            firsts,
+            heap,
+            run: None,
         }
-        out
+    }
+
+    /// Every waiting job in priority order by a full sort (the textbook pass).
+    fn sorted(&self) -> Vec<At> {
+        let mut all: Vec<Head> = (0..self.accounts.len() as u32)
+            .flat_map(|slot| {
+                (0..self.accounts[slot as usize].jobs.len()).filter_map(move |i| self.head(slot, i))
+            })
+            .collect();
+        if self.order == QueueOrder::Fcfs {
+            all.sort_unstable_by_key(|h| (h.slot, h.idx));
+        } else {
+            all.sort_unstable_by(|a, b| b.cmp(a));
+        }
+        all.iter().map(Head::at).collect()
+    }
+
+    /// Runs `f` over the waiting jobs in order (the merge, or the full sort of the textbook
+    /// pass); jobs held by a limit as things stand are left out of the order.
+    fn with_order<R>(&mut self, f: impl FnOnce(&Self, &mut dyn Iterator<Item = At>) -> R) -> R {
+        if self.reference {
+            let all = self.sorted();
+            let mut it = all.into_iter().filter(|&at| !self.held(self.get(at), None));
+            return f(self, &mut it);
+        }
+        let buf = std::mem::take(&mut self.heap_buf);
+        let mut order = self.merge(buf);
+        let r = f(
+            self,
+            &mut order.by_ref().filter(|&at| !self.held(self.get(at), None)),
+        );
+        self.heap_buf = order.heap.into_vec();
+        r
+    }
+
+    /// The first `limit` jobs of the order.
+    #[cfg(test)]
+    fn ordered(&mut self, now: u64, limit: usize) -> Vec<At> {
+        self.refresh(now);
+        self.with_order(|_, o| o.take(limit).collect())
     }
 
     fn get(&self, (slot, idx): At) -> &BatchJob {
@@ -534,6 +664,10 @@ impl BatchQueue {
     /// Removes the given jobs (each account's indices in any order); returns them in the
     /// order given.
     fn take(&mut self, at: Vec<At>) -> Vec<BatchJob> {
+        self.forget_window();
+        if let [one] = at[..] {
+            return vec![self.take_one(one)];
+        }
         let mut by_index: Vec<(u32, usize, usize)> = at
             .iter()
             .enumerate()
@@ -570,17 +704,38 @@ impl BatchQueue {
         out.into_iter().map(|(_, j)| j).collect()
     }
 
-    /// The head job (the highest priority), removed, if it may start now on `free` units.
+    /// Removes one job.
+    fn take_one(&mut self, (slot, idx): At) -> BatchJob {
+        self.forget_window();
+        let first = self.order == QueueOrder::Priority && idx == 0;
+        if first && let Some(h) = self.head(slot, 0) {
+            self.heads.remove(&std::cmp::Reverse(h));
+        }
+        let job = self.accounts[slot as usize]
+            .jobs
+            .remove(idx)
+            .expect("index in range");
+        self.len -= 1;
+        if first && let Some(h) = self.head(slot, 0) {
+            self.heads.insert(std::cmp::Reverse(h));
+        }
+        job
+    }
+
+    /// The head job (the highest priority not held by a limit), removed, if it may start now
+    /// on `free` units.
     pub fn pop_head(&mut self, now: u64, free: u32) -> Option<BatchJob> {
-        let first = *self.ordered(now, 1).first()?;
+        self.refresh(now);
+        let first = self.with_order(|_, order| order.next())?;
         if self.get(first).units > free {
             return None;
         }
-        self.take(vec![first]).pop()
+        Some(self.take_one(first))
     }
 
     /// Every waiting job, removed (the end of a run).
     pub fn take_all(&mut self) -> Vec<BatchJob> {
+        self.forget_window();
         self.len = 0;
         self.heads.clear();
         self.stale.clear();
@@ -595,6 +750,7 @@ impl BatchQueue {
 
     /// Replay: every queued job that fits in `free`, in queue order, removed.
     pub fn replay_ready(&mut self, mut free: u32) -> Vec<BatchJob> {
+        self.forget_window();
         let Some(&slot) = self.slots.get(&0) else {
             return Vec::new();
         };
@@ -613,48 +769,97 @@ impl BatchQueue {
         out
     }
 
-    /// Jobs behind a blocked head that EASY backfill starts now, removed from the queue (in
-    /// priority order).
-    pub fn backfill(&mut self, now: u64, mut free: u32) -> Vec<BatchJob> {
-        if self.mode != BatchMode::Easy || self.len < 2 || free == 0 {
-            return Vec::new();
-        }
-        let order = self.ordered(now, self.depth.saturating_add(1));
-        let Some(&head) = order.first() else {
-            return Vec::new();
-        };
-        let need = self.get(head).units;
+    /// The shadow time (when the planned ends free `need` units, with `free` free now; never:
+    /// `u64::MAX`) and the units spare then.
+    fn shadow(&self, now: u64, free: u32, need: u32) -> (u64, u32) {
         let mut avail = free;
-        let mut shadow = u64::MAX;
         for &(end, _, units) in &self.planned_ends {
             avail += units;
             if avail >= need {
-                shadow = end.max(now);
-                break;
+                return (end.max(now), avail - need);
             }
         }
-        let mut extra = avail.saturating_sub(need);
-        let mut chosen = Vec::new();
-        // Jobs chosen this pass per account, against its running-jobs limit.
-        let mut more: IdMap<u64, u32> = IdMap::default();
-        for &at in &order[1..] {
-            if free == 0 {
-                break;
-            }
-            let j = self.get(at);
-            let ends_in_time = now + j.req_ms <= shadow;
-            let held = self.max_running.is_some()
-                && self.at_limit(j.account, more.get(&j.account).copied().unwrap_or(0));
-            if j.units <= free && (ends_in_time || j.units <= extra) && !held {
-                if !ends_in_time {
-                    extra -= j.units;
+        (u64::MAX, avail.saturating_sub(need))
+    }
+
+    /// Jobs behind a blocked head that EASY backfill starts now, removed from the queue (in
+    /// priority order): at most `depth` jobs after the head are looked at, each started if it
+    /// fits in the free units, its user and queue are within their limits (with what this pass
+    /// started), and it ends before the shadow time or uses only units the head will not need.
+    pub fn backfill(&mut self, now: u64, free: u32) -> Vec<BatchJob> {
+        if self.mode != BatchMode::Easy || self.len < 2 || free == 0 {
+            return Vec::new();
+        }
+        self.refresh(now);
+        if let Some(w) = &self.window
+            && !w.may_start(now, free, |need| self.shadow(now, free, need))
+        {
+            return Vec::new();
+        }
+        let mut pass = std::mem::take(&mut self.pass);
+        pass.clear();
+        let depth = self.depth;
+        let reference = self.reference;
+        // Whether to keep what the scan looks at, should it start nothing.
+        let keep = !self.reference && !self.limited;
+        let mut seen = std::mem::take(&mut self.spare);
+        seen.jobs.clear();
+        seen.least_units = u32::MAX;
+        let (chosen, window) = self.with_order(|q, order| {
+            let mut chosen = Vec::new();
+            let Some(head) = order.next() else {
+                return (chosen, false);
+            };
+            let need = q.get(head).units;
+            let mut left = free;
+            // The textbook pass works the shadow time out up front; the indexed one when a job
+            // that fits is found.
+            let mut plan = reference.then(|| q.shadow(now, free, need));
+            let mut looked = 0;
+            let mut last = None;
+            while left > 0 && looked < depth {
+                let Some(at) = order.next() else { break };
+                looked += 1;
+                let j = q.get(at);
+                if keep {
+                    seen.add(j.units, j.req_ms);
+                    last = Some(at);
                 }
-                free -= j.units;
-                if self.max_running.is_some() {
-                    *more.entry(j.account).or_insert(0) += 1;
+                if j.units > left || q.held(j, Some(&pass)) {
+                    continue;
+                }
+                let (shadow, extra) = plan.get_or_insert_with(|| q.shadow(now, free, need));
+                let ends_in_time = now + j.req_ms <= *shadow;
+                if !ends_in_time && j.units > *extra {
+                    continue;
+                }
+                if !ends_in_time {
+                    *extra -= j.units;
+                }
+                left -= j.units;
+                if q.limited {
+                    pass.add(j, true);
                 }
                 chosen.push(at);
             }
+            let window = keep && chosen.is_empty();
+            if window {
+                seen.need = need;
+                seen.head_req_ms = q.get(head).req_ms;
+                seen.head = q.head(head.0, head.1);
+                seen.full = looked == depth;
+                seen.last = last.and_then(|(slot, idx)| q.head(slot, idx));
+            }
+            (chosen, window)
+        });
+        self.pass = pass;
+        if window {
+            self.window = Some(seen);
+        } else {
+            self.spare = seen;
+        }
+        if chosen.is_empty() {
+            return Vec::new();
         }
         self.take(chosen)
     }
@@ -663,6 +868,7 @@ impl BatchQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::limits::{Limits, QueueLimit};
 
     fn job(id: u64, units: u32, req_s: u64) -> BatchJob {
         BatchJob {
@@ -679,7 +885,29 @@ mod tests {
             trace_start_ms: None,
             prestarted: false,
             account: 0,
+            queue: None,
         }
+    }
+
+    /// A job of `account` holding `procs` starts (> 0) or ends (< 0) at `now`.
+    fn charge(q: &mut BatchQueue, account: u64, procs: i64, now: u64) {
+        let j = of(account, u64::MAX, procs.unsigned_abs() as u32, 1);
+        if procs > 0 {
+            q.started(&j, now);
+        } else {
+            q.ended(&j, now);
+        }
+    }
+
+    fn limits(l: Limits) -> Resolved {
+        l.resolve(&["q1".into(), "q2".into()]).unwrap()
+    }
+
+    fn max_jobs(n: u32) -> Resolved {
+        limits(Limits {
+            max_running_per_user: Some(n),
+            ..Limits::default()
+        })
     }
 
     fn fcfs(mode: BatchMode, depth: usize) -> BatchQueue {
@@ -699,11 +927,11 @@ mod tests {
         let mut started = Vec::new();
         while let Some(j) = q.pop_head(now, free) {
             free -= j.units;
-            q.charge(j.account, i64::from(j.procs), now);
+            q.started(&j, now);
             started.push(j.id);
         }
         for j in q.backfill(now, free) {
-            q.charge(j.account, i64::from(j.procs), now);
+            q.started(&j, now);
             started.push(j.id);
         }
         started
@@ -715,7 +943,7 @@ mod tests {
             // 10 free units, one running job per account: account 1's first job starts,
             // its next two are held, account 2's job (submitted after them) starts.
             let mut q = BatchQueue::new(BatchMode::Easy, 100, order, DEFAULT_PRIORITY)
-                .with_max_running(Some(1));
+                .with_limits(max_jobs(1));
             q.submit(of(1, 1, 2, 100));
             q.submit(of(1, 2, 2, 100));
             q.submit(of(2, 3, 2, 100));
@@ -727,7 +955,7 @@ mod tests {
             // Nothing else may start while job 1 runs, however many units are free.
             assert!(pass(&mut q, 10_000, 6).is_empty(), "{order:?}");
             // Job 1 ends: account 1's next (job 2) starts, job 4 still waits.
-            q.charge(1, -2, 100_000);
+            charge(&mut q, 1, -2, 100_000);
             assert_eq!(pass(&mut q, 100_000, 8), [2], "{order:?}");
             assert_eq!(q.len(), 1);
         }
@@ -738,8 +966,8 @@ mod tests {
         // Limit 2; account 1 runs one job. The head (account 2, 8 units) waits for a job
         // that holds 6 of 10 units until 100 s; account 1's three 1-unit short jobs would
         // all backfill into the 4 free units, but only one more may run.
-        let mut q = fcfs(BatchMode::Easy, 100).with_max_running(Some(2));
-        q.charge(1, 1, 0);
+        let mut q = fcfs(BatchMode::Easy, 100).with_limits(max_jobs(2));
+        charge(&mut q, 1, 1, 0);
         q.track_start(100_000, 0, 6);
         q.submit(of(2, 10, 8, 50));
         q.submit(of(1, 11, 1, 50));
@@ -805,55 +1033,6 @@ mod tests {
     const HALF_LIFE_MS: u64 = 100_000;
 
     #[test]
-    fn usage_decays_with_the_half_life_exactly() {
-        // 2 cores from 0 to 100 s with a 100 s half-life: U = 2/l (1 - 2^-1) = 100/ln 2
-        // core-s at 100 s (l = ln 2 / 100 s), half of it 100 s later; without decay 200.
-        let mut f = FairShare::new(HALF_LIFE_MS);
-        f.charge(1, 2, 0);
-        f.charge(1, -2, 100_000);
-        let at100 = 100.0 / std::f64::consts::LN_2;
-        assert!((f.usage_core_s(1, 100_000) - at100).abs() < 1e-6);
-        assert!((f.usage_core_s(1, 200_000) - at100 / 2.0).abs() < 1e-6);
-        let mut n = FairShare::new(0);
-        n.charge(1, 2, 0);
-        n.charge(1, -2, 100_000);
-        assert_eq!(n.usage_core_s(1, 300_000), 200.0);
-    }
-
-    #[test]
-    fn fair_share_factor_is_slurms_classic_one_and_it_decays() {
-        // A used 2 cores 0-100 s, B 2 cores 100-200 s. At 200 s, U_A = U_B / 2 (one more
-        // half-life), so U_A / U = 1/3 and U_B / U = 2/3; two accounts, S = 1/2:
-        // F_A = 2^(-2/3), F_B = 2^(-4/3). The account that used the machine earlier has
-        // decayed below the recent one.
-        let mut f = FairShare::new(HALF_LIFE_MS);
-        f.open(1);
-        f.open(2);
-        assert_eq!(f.factor(1, 0), 1.0, "nothing used: every account at 1");
-        f.charge(1, 2, 0);
-        f.charge(1, -2, 100_000);
-        assert!(
-            (f.factor(1, 100_000) - 0.25).abs() < 1e-12,
-            "A: U_A/U = 1, S = 1/2"
-        );
-        assert_eq!(f.factor(2, 100_000), 1.0);
-        f.charge(2, 2, 100_000);
-        f.charge(2, -2, 200_000);
-        assert!((f.factor(1, 200_000) - (-2.0f64 / 3.0).exp2()).abs() < 1e-9);
-        assert!((f.factor(2, 200_000) - (-4.0f64 / 3.0).exp2()).abs() < 1e-9);
-        // Without decay both used 200 core-s: F = 2^-1 each.
-        let mut n = FairShare::new(0);
-        n.open(1);
-        n.open(2);
-        n.charge(1, 2, 0);
-        n.charge(1, -2, 100_000);
-        n.charge(2, 2, 100_000);
-        n.charge(2, -2, 200_000);
-        assert!((n.factor(1, 200_000) - 0.5).abs() < 1e-12);
-        assert!((n.factor(2, 200_000) - 0.5).abs() < 1e-12);
-    }
-
-    #[test]
     fn a_light_users_job_passes_a_heavy_users_and_age_orders_within_a_user() {
         let params = PriorityParams {
             half_life_ms: HALF_LIFE_MS,
@@ -870,7 +1049,7 @@ mod tests {
         q.submit(at(1, 1, 0, 4));
         q.submit(at(2, 1, 10, 4));
         q.submit(at(3, 2, 50, 4));
-        q.charge(1, 4, 0);
+        charge(&mut q, 1, 4, 0);
         // At 100 s: F_1 = 2^(-1/(1/2)) = 1/4, F_2 = 1. Priorities: job 3 = 10,000 + 1,000 x
         // 50 s / 7 d; job 1 = 2,500 + 1,000 x 100 s / 7 d; job 2 = 2,500 + 1,000 x 90 s / 7 d.
         let week = 7.0 * 86_400.0;
@@ -896,7 +1075,7 @@ mod tests {
         for j in [at(1, 1, 0, 4), at(2, 1, 10, 4), at(3, 2, 50, 4)] {
             f.submit(j);
         }
-        f.charge(1, 4, 0);
+        charge(&mut f, 1, 4, 0);
         let order: Vec<u64> = std::iter::from_fn(|| f.pop_head(100_000, 4))
             .map(|j| j.id)
             .collect();
@@ -928,7 +1107,7 @@ mod tests {
             jobs.push(j);
         }
         for a in 0..7u64 {
-            q.charge(a, (a * a) as i64, 0);
+            charge(&mut q, a, (a * a) as i64, 0);
         }
         let now = 600_000;
         let got: Vec<u64> = q
@@ -953,7 +1132,7 @@ mod tests {
         // two short jobs fits (free 4): the light user's goes first.
         let mut q = BatchQueue::new(BatchMode::Easy, 100, QueueOrder::Priority, DEFAULT_PRIORITY);
         q.track_start(100_000, 0, 6);
-        q.charge(1, 6, 0);
+        charge(&mut q, 1, 6, 0);
         let at = |id, account, submit_s: u64, units, req_s| BatchJob {
             account,
             submit_ms: submit_s * 1000,
@@ -970,5 +1149,160 @@ mod tests {
         let rest: Vec<u64> = q.take_all().iter().map(|j| j.id).collect();
         assert_eq!(rest, [1, 2]);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_users_core_limit_holds_the_job_that_would_pass_it_and_not_a_smaller_one() {
+        // Cores per user at most 6; 16 units free. Account 1: jobs of 4, 4 and 2 cores; account
+        // 2: 6 cores. Job 1 starts (4), job 2 would make 8 > 6: held, blocks no one; job 3 (2)
+        // makes 6: starts; account 2's job is its own user's 6 and starts (6 <= 16 - 6).
+        for order in [QueueOrder::Fcfs, QueueOrder::Priority] {
+            let l = limits(Limits {
+                max_cores_per_user: Some(6),
+                ..Limits::default()
+            });
+            let mut q =
+                BatchQueue::new(BatchMode::Easy, 100, order, DEFAULT_PRIORITY).with_limits(l);
+            q.submit(of(1, 1, 4, 100));
+            q.submit(of(1, 2, 4, 100));
+            q.submit(of(1, 3, 2, 100));
+            q.submit(of(2, 4, 6, 100));
+            let mut started = pass(&mut q, 0, 16);
+            started.sort_unstable();
+            assert_eq!(started, [1, 3, 4], "{order:?}");
+            // Job 1 ends: account 1 holds 2 cores, job 2 (4) makes 6: it starts.
+            q.ended(&of(1, 1, 4, 100), 100_000);
+            assert_eq!(pass(&mut q, 100_000, 4), [2], "{order:?}");
+            assert!(q.is_empty());
+        }
+    }
+
+    #[test]
+    fn backfill_counts_the_cores_it_starts_against_user_and_queue_limits() {
+        // 20 units, 12 held by a running job until 100 s; 8 free. The head (account 9, 16
+        // units) waits for it. Behind it, short 2-core jobs: accounts 1 and 1 in q1, account
+        // 2 in q1, account 3 in q2. Queue q1 may run 4 cores, a user 2 cores in q2... in q1:
+        // job 11 (acct 1, q1) starts (q1: 2), job 12 (acct 1, q1) would make acct 1's q1 cores
+        // 4 > 2: skipped, job 13 (acct 2, q1) makes q1 4: starts, job 14 (acct 3, q2) has no
+        // q2 limit: starts.
+        let l = limits(Limits {
+            queues: vec![QueueLimit::parse("q1:cores=4,user-cores=2").unwrap()],
+            ..Limits::default()
+        });
+        let mut q = fcfs(BatchMode::Easy, 100).with_limits(l);
+        q.track_start(100_000, 0, 12);
+        let inq = |account, id, queue| BatchJob {
+            queue: Some(queue),
+            ..of(account, id, 2, 50)
+        };
+        q.submit(of(9, 10, 16, 50));
+        q.submit(inq(1, 11, 0));
+        q.submit(inq(1, 12, 0));
+        q.submit(inq(2, 13, 0));
+        q.submit(inq(3, 14, 1));
+        assert!(q.pop_head(0, 8).is_none());
+        let started: Vec<u64> = q.backfill(0, 8).iter().map(|j| j.id).collect();
+        assert_eq!(started, [11, 13, 14]);
+        // They run: q1 is full (4 cores), so job 12 is held whatever is free, and a new q1
+        // job of another user too; a queue-less job is not.
+        for j in [inq(1, 11, 0), inq(2, 13, 0), inq(3, 14, 1)] {
+            q.started(&j, 0);
+        }
+        q.submit(inq(4, 15, 0));
+        q.submit(of(5, 16, 2, 50));
+        let started: Vec<u64> = q.backfill(1_000, 2).iter().map(|j| j.id).collect();
+        assert_eq!(started, [16]);
+    }
+
+    /// A small deterministic generator for the random tests.
+    fn lcg(x: &mut u64) -> u64 {
+        *x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *x >> 33
+    }
+
+    /// Random submissions, passes and ends on a `units`-unit machine; returns every start as
+    /// `(now, id)` in order.
+    fn random_schedule(mut q: BatchQueue, seed: u64, units: u32) -> Vec<(u64, u64)> {
+        let mut x = seed;
+        let mut free = units;
+        // (end, planned end, job), latest end first.
+        let mut running: Vec<(u64, u64, BatchJob)> = Vec::new();
+        let mut starts = Vec::new();
+        let mut next_id = 0u64;
+        for step in 0..1_200u64 {
+            let now = step * 7_000;
+            running.sort_by_key(|r| std::cmp::Reverse(r.0));
+            while running.last().is_some_and(|r| r.0 <= now) {
+                let (_, planned, j) = running.pop().expect("checked");
+                q.track_end(planned, j.id as u32, j.units);
+                q.ended(&j, now);
+                free += j.units;
+            }
+            for _ in 0..lcg(&mut x) % 3 {
+                let units = [1, 1, 1, 2, 4, 8, 16, 40][(lcg(&mut x) % 8) as usize];
+                let j = BatchJob {
+                    account: lcg(&mut x) % 9,
+                    submit_ms: now,
+                    queue: Some((lcg(&mut x) % 2) as u32),
+                    ..job(next_id, units, 10 + lcg(&mut x) % 400)
+                };
+                next_id += 1;
+                q.submit(j);
+            }
+            let mut go = Vec::new();
+            while let Some(j) = q.pop_head(now, free) {
+                free -= j.units;
+                q.started(&j, now);
+                go.push(j);
+            }
+            for j in q.backfill(now, free) {
+                free -= j.units;
+                q.started(&j, now);
+                go.push(j);
+            }
+            for j in go {
+                // Jobs run 30-100% of their time limit; the scheduler plans with the limit.
+                let end = now + j.req_ms * (3 + lcg(&mut x) % 8) / 10;
+                q.track_start(now + j.req_ms, j.id as u32, j.units);
+                running.push((end, now + j.req_ms, j));
+                starts.push((now, j.id));
+            }
+        }
+        starts
+    }
+
+    #[test]
+    fn the_indexed_pass_starts_exactly_what_the_textbook_pass_does() {
+        let mut checked = 0;
+        for seed in 1..=3u64 {
+            for order in [QueueOrder::Fcfs, QueueOrder::Priority] {
+                for l in [
+                    Limits::default(),
+                    Limits {
+                        max_running_per_user: Some(3),
+                        max_cores_per_user: Some(24),
+                        queues: vec![QueueLimit::parse("q2:cores=30,user-cores=10").unwrap()],
+                    },
+                ] {
+                    let params = PriorityParams {
+                        calc_period_ms: [0, 60_000][(seed % 2) as usize],
+                        half_life_ms: 3_600_000,
+                        ..DEFAULT_PRIORITY
+                    };
+                    let q = || {
+                        BatchQueue::new(BatchMode::Easy, 5 + seed as usize * 3, order, params)
+                            .with_limits(limits(l.clone()))
+                    };
+                    let fast = random_schedule(q(), seed, 64);
+                    let slow = random_schedule(q().straightforward(), seed, 64);
+                    assert!(fast.len() > 300, "{} starts", fast.len());
+                    assert_eq!(fast, slow, "seed {seed}, {order:?}, {l:?}");
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 12);
     }
 }

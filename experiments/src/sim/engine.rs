@@ -26,6 +26,7 @@ use super::accounting::{Accounts, JobStats};
 use super::alloc::Allocator;
 use super::batch::{BatchJob, BatchQueue};
 use super::demand::{Demand, FnRequest};
+use super::limits::Resolved;
 use super::metrics::{Gauges, LatencyHistogram, Recorder, Sample};
 use super::{RETRY_PER_RELEASE, SimConfig};
 use crate::cost::{CostModel, FunctionClass};
@@ -132,6 +133,7 @@ impl<'a> Sim<'a> {
         cost: &'a CostModel,
         alloc: Allocator,
         streams: usize,
+        limits: Resolved,
     ) -> Self {
         let n = cluster.len();
         let start = cfg.warmup_s * 1000;
@@ -146,8 +148,16 @@ impl<'a> Sim<'a> {
             rec: Recorder::new(start, end, cfg.samples),
             g: Gauges::default(),
             heap: BinaryHeap::new(),
-            queue: BatchQueue::new(cfg.batch, cfg.backfill_depth, cfg.queue_order, cfg.priority)
-                .with_max_running(cfg.max_running_per_user),
+            queue: {
+                let q =
+                    BatchQueue::new(cfg.batch, cfg.backfill_depth, cfg.queue_order, cfg.priority)
+                        .with_limits(limits);
+                if cfg.straightforward_pass {
+                    q.straightforward()
+                } else {
+                    q
+                }
+            },
             running: Vec::new(),
             free_slots: Vec::new(),
             node_jobs: vec![Vec::new(); n],
@@ -374,7 +384,7 @@ impl<'a> Sim<'a> {
             slowed: false,
         });
         self.queue.track_start(now + job.req_ms, slot, job.units);
-        self.queue.charge(job.account, i64::from(job.procs), now);
+        self.queue.started(&job, now);
         self.queue_end(slot);
         self.rerate(slot, now);
     }
@@ -390,8 +400,7 @@ impl<'a> Sim<'a> {
             r.start_ms
         );
         self.queue.track_end(r.planned_end_ms, slot, r.job.units);
-        self.queue
-            .charge(r.job.account, -i64::from(r.job.procs), now);
+        self.queue.ended(&r.job, now);
         for &(node, cores, mem) in &r.nodes {
             let list = &mut self.node_jobs[node as usize];
             list.retain(|&s| s != slot);

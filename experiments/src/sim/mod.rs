@@ -4,6 +4,7 @@
 //! - [`trace`]: the trace in memory, its own utilization, copies and warm starts;
 //! - [`alloc`]: core-granular or node-exclusive batch allocation;
 //! - [`batch`]: jobs and the queue (EASY backfill over a fair-share priority or FCFS order, or the trace's own start times);
+//!   [`fairshare`]: the decayed usage behind the priority; [`limits`]: per-user and per-queue limits;
 //! - [`demand`]: function requests from the Azure trace (scaled) and Poisson streams;
 //! - [`engine`]: the event loop, with interference fed back into the jobs' run times;
 //! - [`accounting`]: offered / served / refused / lost function work, batch job statistics;
@@ -17,6 +18,8 @@ pub mod alloc;
 pub mod batch;
 pub mod demand;
 pub mod engine;
+pub mod fairshare;
+pub mod limits;
 pub mod metrics;
 pub mod run;
 pub mod stats;
@@ -33,6 +36,7 @@ use crate::cost::CostModel;
 use crate::daint::DaintStats;
 pub use accounting::StreamAccount;
 pub use batch::{BatchMode, DEFAULT_PRIORITY, PriorityParams, QueueOrder};
+pub use limits::{Limits, QueueLimit};
 pub use run::{Outcome, Progress, SimError, run, run_with};
 pub use trace::{AllocationMode, TraceCounts};
 
@@ -75,8 +79,11 @@ pub struct SimConfig {
     /// FCFS or the multifactor priority (fair share by the trace's user, plus age).
     pub queue_order: QueueOrder,
     pub priority: PriorityParams,
-    /// At most this many running jobs per account (Slurm's `MaxJobs`); `None`: no limit.
-    pub max_running_per_user: Option<u32>,
+    /// Per-user and per-queue limits (running jobs, cores); none by default.
+    pub limits: Limits,
+    /// Run the textbook EASY pass instead of the indexed one (the same schedule, slower; for
+    /// checking the indexed pass).
+    pub straightforward_pass: bool,
     /// Where in the trace simulated time 0 is: seconds after its first submission.
     pub start_s: u64,
     /// Simulated time before measurement starts, seconds.
@@ -116,6 +123,10 @@ pub struct Summary {
     pub priority: PriorityParams,
     /// The running-jobs limit per account (`None`: none).
     pub max_running_per_user: Option<u32>,
+    /// The cores limit per account (`None`: none).
+    pub max_cores_per_user: Option<u64>,
+    /// Per-queue core limits, by the trace's queue names.
+    pub queue_limits: Vec<QueueLimit>,
     /// Fair-share accounts (the trace's users x copies) seen in the run.
     pub accounts: u64,
     pub allocation: AllocationMode,
@@ -198,6 +209,10 @@ pub struct Summary {
     pub superseded_ends: u64,
     pub events_per_s: f64,
     pub wall_s: f64,
+    /// The loop's time on a CPU (Linux), and events per CPU second: what the simulator costs
+    /// when other work shares the machine (wall time then counts the waits for a CPU too).
+    pub cpu_s: Option<f64>,
+    pub events_per_cpu_s: Option<f64>,
     pub overcommit_violations: u64,
     pub daint_comparison: DaintComparison,
     pub cost_model: CostModel,

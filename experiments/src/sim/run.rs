@@ -38,6 +38,8 @@ pub enum SimError {
         "node-exclusive allocation needs one node shape; this machine has {0}: use --allocation shared"
     )]
     ExclusiveShapes(usize),
+    #[error("--queue-limit: {0}")]
+    Limits(String),
 }
 
 /// Progress of a run.
@@ -100,6 +102,18 @@ impl Inputs {
         }
         Ok(())
     }
+}
+
+/// Where Linux keeps the calling thread's time on a CPU (nanoseconds, the first field).
+const THREAD_SCHEDSTAT: &str = "/proc/thread-self/schedstat";
+
+/// The calling thread's time on a CPU so far, seconds (`None` where the kernel does not say).
+/// On a machine shared with other work the loop's wall time counts the time it waited for a
+/// CPU; this does not.
+pub fn thread_cpu_s() -> Option<f64> {
+    let text = std::fs::read_to_string(THREAD_SCHEDSTAT).ok()?;
+    let ns: u64 = text.split_whitespace().next()?.parse().ok()?;
+    Some(ns as f64 / 1e9)
 }
 
 /// Runs one simulation, reading its inputs.
@@ -203,8 +217,13 @@ pub fn run_with(
         cfg.seed,
     );
     let alloc = Allocator::new(granularity, &node_cores(&cluster));
-    let mut sim = Sim::new(cfg, cluster, fw, &inputs.cost, alloc, n_streams);
+    let limits = cfg
+        .limits
+        .resolve(&trace.queues)
+        .map_err(SimError::Limits)?;
+    let mut sim = Sim::new(cfg, cluster, fw, &inputs.cost, alloc, n_streams, limits);
     let wall = Instant::now();
+    let cpu0 = thread_cpu_s();
     let stop = sim.run_loop(
         &jobs,
         &mut demand,
@@ -224,10 +243,13 @@ pub fn run_with(
     sim.advance(end_ms.min(stop.max(start_ms)), total_cores, total_mem);
     sim.advance(end_ms, total_cores, total_mem);
     let wall_s = wall.elapsed().as_secs_f64();
+    let cpu_s = thread_cpu_s().zip(cpu0).map(|(b, a)| b - a);
     sim.settle(stop);
     sim.acct.hours();
     let mut summary = summarize(&mut sim, cfg, inputs, nodes, copies, wall_s);
     summary.allocation = mode;
+    summary.cpu_s = cpu_s;
+    summary.events_per_cpu_s = cpu_s.map(|c| sim.events as f64 / c.max(1e-9));
     summary.accounts = accounts;
     summary.allocation_reason = reason;
     summary.util_cores_trace = util_trace;
@@ -310,7 +332,9 @@ fn summarize(
         batch_mode: cfg.batch,
         queue_order: sim.queue.order,
         priority: cfg.priority,
-        max_running_per_user: cfg.max_running_per_user,
+        max_running_per_user: cfg.limits.max_running_per_user,
+        max_cores_per_user: cfg.limits.max_cores_per_user,
+        queue_limits: cfg.limits.queues.clone(),
         accounts: 0,
         allocation: cfg.allocation,
         allocation_reason: String::new(),
@@ -391,6 +415,8 @@ fn summarize(
         superseded_ends: sim.superseded_ends,
         events_per_s: sim.events as f64 / wall_s.max(1e-9),
         wall_s,
+        cpu_s: None,
+        events_per_cpu_s: None,
         overcommit_violations: sim.overcommit,
         daint_comparison: DaintComparison {
             daint: inputs.daint.clone(),

@@ -150,6 +150,10 @@ pub struct StudySummary {
     pub trace_queued_jobs_window_end: u64,
     /// FCFS or the multifactor priority, and the fair-share accounts (users x copies).
     pub queue_order: super::QueueOrder,
+    /// Per-user and per-queue limits the batch runs applied (none by default).
+    pub max_running_per_user: Option<u32>,
+    pub max_cores_per_user: Option<u64>,
+    pub queue_limits: Vec<super::QueueLimit>,
     pub accounts: u64,
     /// The queued jobs per window, simulated and the trace's own ([`QueueWindow`]).
     pub queue_by_window: Vec<QueueWindow>,
@@ -370,6 +374,9 @@ pub fn run_study(
         trace_queued_jobs_window_start: b.trace_queued_jobs_window_start,
         trace_queued_jobs_window_end: b.trace_queued_jobs_window_end,
         queue_order: b.queue_order,
+        max_running_per_user: b.max_running_per_user,
+        max_cores_per_user: b.max_cores_per_user,
+        queue_limits: b.queue_limits.clone(),
         accounts: b.accounts,
         queue_stable: queues.iter().all(|q| q.stable),
         queue_by_window: queues,

@@ -28,6 +28,8 @@ pub struct TraceJob {
     pub mem_node_mib: Option<u32>,
     /// The fair-share account: [`account`] of the SWF user and group.
     pub account: u64,
+    /// The job's queue, an index into [`Trace::queues`].
+    pub queue: Option<u32>,
 }
 
 /// The account of jobs whose trace gives neither user nor group (they share one account).
@@ -58,7 +60,10 @@ pub struct TraceCounts {
     pub skipped_no_runtime: u64,
     pub skipped_no_procs: u64,
     pub without_wait: u64,
+    /// Jobs with memory (used, else requested), and of them those whose record gives the
+    /// memory used (SWF field 7; Alea's extended SWF gives only requested memory).
     pub with_memory: u64,
+    pub with_used_memory: u64,
 }
 
 /// How batch jobs get cores.
@@ -84,6 +89,8 @@ pub struct Trace {
     /// Sorted by submit time.
     pub jobs: Vec<TraceJob>,
     pub counts: TraceCounts,
+    /// The trace's queue names (SWF field 15's numbers, or Alea's names), by [`TraceJob::queue`].
+    pub queues: Vec<String>,
 }
 
 impl Trace {
@@ -91,11 +98,11 @@ impl Trace {
         Self::from_reader(SwfReader::open(path)?)
     }
 
-    pub fn from_reader(reader: SwfReader) -> Result<Self, SwfError> {
+    pub fn from_reader(mut reader: SwfReader) -> Result<Self, SwfError> {
         let header = reader.header().clone();
         let mut jobs = Vec::new();
         let mut counts = TraceCounts::default();
-        for rec in reader {
+        for rec in reader.by_ref() {
             let j = rec?;
             counts.records += 1;
             let Some(run) = j.run.filter(|&r| r > 0) else {
@@ -111,6 +118,8 @@ impl Trace {
             let mem_proc = j.mem_per_proc_kib().map(|k| k.div_ceil(1024) as u32);
             let mem_node = j.mem_per_node_mib().map(|m| m as u32);
             counts.with_memory += u64::from(mem_proc.is_some() || mem_node.is_some());
+            counts.with_used_memory +=
+                u64::from(!j.extended && j.used_mem_kib.is_some_and(|m| m > 0));
             jobs.push(TraceJob {
                 id: j.id,
                 submit: j.submit,
@@ -121,6 +130,7 @@ impl Trace {
                 mem_proc_mib: mem_proc,
                 mem_node_mib: mem_node,
                 account: account(j.user, j.group),
+                queue: j.queue,
             });
         }
         jobs.sort_by_key(|j| j.submit);
@@ -128,6 +138,7 @@ impl Trace {
             header,
             jobs,
             counts,
+            queues: reader.queues().to_vec(),
         })
     }
 
@@ -267,6 +278,10 @@ mod tests {
         assert_eq!(peak, 12, "the trace over-fills 8 cores at t=60");
         assert_eq!(t.counts.without_wait, 1);
         assert_eq!(t.counts.with_memory, 1);
+        assert_eq!(
+            t.counts.with_used_memory, 1,
+            "job 2 used 1024 KiB a processor"
+        );
         // At 55 job 2 (submitted 50, started 60) waits; at 60 it has started.
         assert_eq!((t.own_queue_at(55), t.own_queue_at(60)), (1, 0));
     }
