@@ -106,6 +106,9 @@ async fn the_thrasher_alone_is_throttled_and_the_harmless_leases_keep_full_speed
     let by_id = |id: &str| state.leases.iter().find(|l| l.lease_id == id).unwrap();
     assert_eq!(by_id("C").verdict, "harmless");
     assert_eq!(by_id("S").verdict, "harmless");
+    // The thrasher, held back at a quota, is published as the culprit it was found to be.
+    assert!(matches!(r.monitor.lease_level("T"), Some(Level::Quota(_))));
+    assert_eq!(by_id("T").verdict, "culprit");
     assert!(by_id("T").reason.contains("job 7"), "{:?}", by_id("T"));
     assert!(state.reason.contains("job 7"), "{}", state.reason);
     // Each probe froze one lease only, and thawed it.

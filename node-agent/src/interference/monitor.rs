@@ -17,7 +17,7 @@ use harvest_proto::v1::{self, EndCause};
 use tokio::time::Instant;
 
 use super::Level;
-use super::attribution::{JobMemory, Judgement};
+use super::attribution::{JobMemory, Judgement, Verdict};
 use super::controller::{Actuator, Controller, Decision, LeaseActuator, LeaseControl};
 use super::detector::{self, Context, Detector, Finding, FreezeProbe, ProbeJob, ProbeResult};
 use super::settings::{InterferenceConfig, Mode};
@@ -660,7 +660,14 @@ impl Monitor {
                         (Level::Freeze | Level::Evict, Some(p)) => p,
                         _ => 0,
                     },
-                    verdict: j.verdict.name().to_owned(),
+                    // A lease held back for harm is a culprit, whatever its probes read at
+                    // the level that holds it (harmless there, as a rule): the figures below
+                    // are that level's.
+                    verdict: if l > Level::None {
+                        Verdict::Culprit.name().to_owned()
+                    } else {
+                        j.verdict.name().to_owned()
+                    },
                     job_id: j.job.unwrap_or(0),
                     harm_pct: j.mean_pct,
                     harm_se_pct: j.se_pct,
