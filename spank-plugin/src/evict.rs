@@ -107,12 +107,39 @@ impl Evictor {
                     }
                 }
             }
+            // A frozen task takes its SIGKILL only once thawed, and a harvestd killed in the
+            // middle of a freeze-probe leaves its lease frozen: thaw every lease group.
+            self.thaw_all();
             if busy.is_empty() || Instant::now() >= until {
                 done.killed = signalled.len();
                 done.left = busy;
                 return done;
             }
             std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Thaws every lease group under the parent: v1's `freezer.state`, v2's `cgroup.freeze`
+    /// (only files that exist are written; cgroupfs holds no links).
+    fn thaw_all(&self) {
+        let trees = [
+            (
+                self.cgroup_root.join("freezer").join(&self.parent),
+                "freezer.state",
+                "THAWED",
+            ),
+            (self.cgroup_root.join(&self.parent), "cgroup.freeze", "0"),
+        ];
+        for (parent, file, value) in trees {
+            let Ok(entries) = fs::read_dir(&parent) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let path = e.path().join(file);
+                if e.file_name().to_string_lossy().starts_with("lease_") && path.is_file() {
+                    let _ = fs::write(&path, value);
+                }
+            }
         }
     }
 
@@ -233,6 +260,29 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         false
+    }
+
+    #[test]
+    fn frozen_lease_groups_are_thawed_so_that_their_sigkill_lands() {
+        let tree = Tree::new();
+        let mut a = sleeper();
+        let g = tree.group("lease_a", &[a.id()]);
+        tree.proc_says(a.id(), "/harvest_n1/lease_a");
+        let _ = g;
+        let v1 = tree.tmp.path().join("cg/freezer/harvest_n1/lease_a");
+        fs::create_dir_all(&v1).unwrap();
+        fs::write(v1.join("freezer.state"), "FROZEN\n").unwrap();
+        let v2 = tree.tmp.path().join("cg/harvest_n1/lease_b");
+        fs::create_dir_all(&v2).unwrap();
+        fs::write(v2.join("cgroup.freeze"), "1\n").unwrap();
+        fs::write(v2.join("cgroup.procs"), "").unwrap();
+        tree.evictor().evict_all();
+        assert_eq!(
+            fs::read_to_string(v1.join("freezer.state")).unwrap(),
+            "THAWED"
+        );
+        assert_eq!(fs::read_to_string(v2.join("cgroup.freeze")).unwrap(), "0");
+        assert!(killed(&mut a));
     }
 
     #[test]
