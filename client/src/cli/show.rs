@@ -135,6 +135,7 @@ mod tests {
             end_cause: String::new(),
             idle_timeout_ms: 0,
             last_active_unix_ms: 0,
+            memory: None,
             secret: None,
         };
         let t = leases(std::slice::from_ref(&l));

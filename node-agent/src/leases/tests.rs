@@ -167,6 +167,7 @@ impl Rig {
             mig_minors: "/nonexistent-mig-minors".into(),
             gpu_units,
             allow_unconfined_gpus: false,
+            shared_cpus: harvest_core::CpuSet::parse_list("0-7").unwrap(),
         };
         tweak(&mut settings);
         let exec = LeaseSupervisor::new(
@@ -228,6 +229,7 @@ impl Rig {
                 gpus: 0,
                 expires_unix_ms: 0,
                 recovery: Default::default(),
+                memory: None,
             },
             library: LibrarySource::Content(b"\x7fELF fake".to_vec()),
             options: ServeOptions {
