@@ -10,8 +10,8 @@
 use serde::{Deserialize, Serialize};
 
 /// MiB a memory lease's cgroup holds beyond its region: the executor, its workers and their
-/// transfer buffers (a few MiB each).
-pub const OVERHEAD_MIB: u64 = 64;
+/// transfer buffers (up to about 8 MiB per busy connection: its 4 MiB input and output buffers).
+pub const OVERHEAD_MIB: u64 = 128;
 /// The CPU share a memory lease gets unless it asks: a tenth of one CPU.
 pub const DEFAULT_CPU_MILLIS: u32 = 100;
 /// The least CPU share a memory lease may ask for (a CFS quota of 1 ms every 100 ms).
