@@ -3,7 +3,8 @@
 //!
 //! `MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE`: shared across `fork`; no swap reserved up front
 //! (a 1 TiB region costs nothing until used); a page is charged to the memory cgroup of the
-//! process that first touches it, a worker in the lease's cgroup, so the lease's memory limit
+//! process that first touches it (a read too: shared anonymous memory is shmem, which allocates
+//! on any fault), a worker in the lease's cgroup, so the lease's memory limit
 //! bounds what the region can hold. The region is never read or written through a Rust
 //! reference: other workers change it at any time (there is no ordering between connections,
 //! as with RDMA), so every access is a raw copy between it and a worker's own buffer.
