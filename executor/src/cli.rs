@@ -25,7 +25,7 @@ pub struct Args {
     lib: Option<PathBuf>,
     /// Serve a memory region of this size (a memory lease): bytes or with a binary suffix (64M,
     /// 4G, 1T), from 4K to 1T. Its pages are allocated (and charged to this process's memory
-    /// cgroup) when first written.
+    /// cgroup) when first read or written.
     #[arg(long, value_parser = parse_region_size)]
     region: Option<u64>,
     /// Address to listen on; port 0 picks a free one.
