@@ -89,8 +89,21 @@ fn readv_and_writev_scatter_and_gather() {
     // The most ranges one call carries, and one more (refused before sending).
     let many: Vec<(u64, u32)> = (0..1024).map(|i| (i * 8, 8)).collect();
     assert_eq!(c.readv(&many).unwrap().len(), 1024);
+    // As many pieces as one writev carries: more buffers than one sendmsg takes (IOV_MAX).
+    let data = pattern(7, 1024 * 8);
+    let pieces: Vec<(u64, &[u8])> = data
+        .chunks(8)
+        .enumerate()
+        .map(|(i, d)| (32_768 + (1023 - i as u64) * 16, d))
+        .collect();
+    c.writev(&pieces).unwrap();
+    let back: Vec<(u64, u32)> = (0..1024).map(|i| (32_768 + (1023 - i) * 16, 8)).collect();
+    assert_eq!(c.readv(&back).unwrap().concat(), data);
     let too_many: Vec<(u64, u32)> = (0..1025).map(|i| (i, 1)).collect();
     assert!(matches!(c.readv(&too_many), Err(InvokeError::Request(_))));
+    let one = [0u8; 1];
+    let too_many: Vec<(u64, &[u8])> = (0..1025).map(|i| (i, &one[..])).collect();
+    assert!(matches!(c.writev(&too_many), Err(InvokeError::Request(_))));
     // Pipelined reads and writes on one connection are answered in order.
     let w = c.submit_write(100, b"pipelined").unwrap();
     let r = c.submit_read(100, 9).unwrap();
