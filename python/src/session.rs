@@ -25,6 +25,7 @@ use harvest_client::failover::{self, Revocation};
 use harvest_client::identity::Munge;
 use harvest_client::locate::ClientConfig;
 use harvest_client::{ExecutorConnection, InvokeError, Lease, LeaseExt, LeaseRequest, Polling};
+use harvest_core::invoke::ErrorCode;
 
 /// The executor's default invocation timeout (docs/executor.md): how long an answer may take when
 /// the caller gives no timeout, before the grace below.
@@ -433,9 +434,15 @@ impl Session {
                 self.checkin(c);
                 Ok(v)
             }
-            // An error the executor answered leaves the connection in step (a refused range,
-            // say): keep it. Anything else leaves it in doubt.
-            Err(e @ InvokeError::Remote { .. }) if !failover::may_be_revoked(&e) => {
+            // A refused request (a range outside the region, say) leaves the connection in
+            // step: keep it. Anything else (an OOM-killed worker closes its connection) leaves it
+            // gone or in doubt.
+            Err(
+                e @ InvokeError::Remote {
+                    code: ErrorCode::BadRequest | ErrorCode::NoSuchFunction,
+                    ..
+                },
+            ) => {
                 self.checkin(c);
                 Err(e.into())
             }
