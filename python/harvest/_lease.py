@@ -49,7 +49,23 @@ def _bytes(data: Data) -> bytes:
         return data
     if isinstance(data, (bytearray, memoryview)):
         return bytes(data)
-    raise TypeError(f"function input must be bytes, bytearray or memoryview, not {type(data).__name__}")
+    raise TypeError(f"data must be bytes, bytearray or memoryview, not {type(data).__name__}")
+
+
+def _offset(offset: int) -> int:
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise TypeError(f"an offset is an int, not {type(offset).__name__}")
+    if not 0 <= offset < 1 << 64:
+        raise ValueError(f"an offset is 0 or more (and below 2**64), not {offset}")
+    return offset
+
+
+def _length(n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"a length is an int, not {type(n).__name__}")
+    if not 0 <= n < 1 << 32:
+        raise ValueError(f"a length is 0 to 2**32 - 1 bytes, not {n}")
+    return n
 
 
 class Lease:
@@ -200,6 +216,38 @@ class Lease:
                     yield r
 
         return generate()
+
+    # -- a memory region ---------------------------------------------------------------------
+    # A memory lease's executor serves a region that its owner reads and writes by offset (the
+    # harvest.mem.* operations, docs/executor.md). On a lease without one these raise
+    # NoSuchFunction. They never fail over: a revoked lease's region is gone, which raises
+    # LeaseRevoked. Each call is one round trip with the GIL released; calls from several
+    # threads run at once on the lease's connections, with no ordering between them.
+    def region_size(self) -> int:
+        """The size in bytes of the lease's memory region."""
+        self._check_open()
+        return self._session.region_size()
+
+    def read(self, offset: int, n: int) -> bytes:
+        """``n`` bytes at ``offset`` of the lease's memory region (at most the executor's
+        output limit, 4 MiB and 64 bytes by default, per call)."""
+        self._check_open()
+        return self._session.read(_offset(offset), _length(n))
+
+    def write(self, offset: int, data: Data) -> None:
+        """Writes ``data`` at ``offset`` of the lease's memory region."""
+        self._check_open()
+        self._session.write(_offset(offset), _bytes(data))
+
+    def readv(self, ranges: Iterable[Tuple[int, int]]) -> list[bytes]:
+        """The bytes of each ``(offset, n)`` range, in one round trip (at most 1024 ranges)."""
+        self._check_open()
+        return self._session.readv([(_offset(o), _length(n)) for o, n in ranges])
+
+    def writev(self, pieces: Iterable[Tuple[int, Data]]) -> None:
+        """Writes each ``(offset, data)`` piece, in one round trip (at most 1024 pieces)."""
+        self._check_open()
+        self._session.writev([(_offset(o), _bytes(d)) for o, d in pieces])
 
     def _dispatch(self) -> None:
         """Sends what submit() queued, in batches, and completes the futures."""

@@ -159,6 +159,50 @@ impl PySession {
         Ok(list)
     }
 
+    /// The size in bytes of the lease's memory region. The GIL is released meanwhile.
+    fn region_size(&self, py: Python<'_>) -> PyResult<u64> {
+        py.detach(|| self.inner.region_size())
+            .map_err(|e| raise(py, e))
+    }
+
+    /// `n` bytes at `offset` of the lease's memory region.
+    fn read<'py>(&self, py: Python<'py>, offset: u64, n: u32) -> PyResult<Bound<'py, PyBytes>> {
+        let out = py
+            .detach(|| self.inner.read(offset, n))
+            .map_err(|e| raise(py, e))?;
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// Writes `data` at `offset` of the lease's memory region.
+    fn write(&self, py: Python<'_>, offset: u64, data: &[u8]) -> PyResult<()> {
+        py.detach(|| self.inner.write(offset, data))
+            .map_err(|e| raise(py, e))
+    }
+
+    /// The bytes of each `(offset, n)` range, in one round trip.
+    fn readv<'py>(&self, py: Python<'py>, ranges: Vec<(u64, u32)>) -> PyResult<Bound<'py, PyList>> {
+        let parts = py
+            .detach(|| self.inner.readv(&ranges))
+            .map_err(|e| raise(py, e))?;
+        let list = PyList::empty(py);
+        for p in parts {
+            list.append(PyBytes::new(py, &p))?;
+        }
+        Ok(list)
+    }
+
+    /// Writes each `(offset, data)` piece, in one round trip.
+    fn writev<'py>(
+        &self,
+        py: Python<'py>,
+        pieces: Vec<(u64, Bound<'py, PyBytes>)>,
+    ) -> PyResult<()> {
+        // Borrowed, not copied: the bytes objects stay alive (and immutable) in `pieces`.
+        let borrowed: Vec<(u64, &[u8])> = pieces.iter().map(|(o, b)| (*o, b.as_bytes())).collect();
+        py.detach(|| self.inner.writev(&borrowed))
+            .map_err(|e| raise(py, e))
+    }
+
     /// Releases the lease (its executor stops). Safe to repeat.
     fn release(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| self.inner.release()).map_err(|e| raise(py, e))

@@ -72,6 +72,35 @@ class FakeSession:
     def release(self) -> None:
         self.released += 1
 
+    # A memory region of 64 bytes, as a memory lease's executor would hold.
+    region = bytearray(64)
+
+    def _check(self, offset: int, n: int) -> None:
+        assert type(offset) is int and type(n) is int, "the extension takes ints"
+        if offset + n > len(self.region):
+            raise errors.FunctionError(f"{n} bytes at offset {offset} do not fit in the region")
+
+    def region_size(self) -> int:
+        return len(self.region)
+
+    def read(self, offset: int, n: int) -> bytes:
+        self._check(offset, n)
+        return bytes(self.region[offset : offset + n])
+
+    def write(self, offset: int, data: bytes) -> None:
+        assert type(data) is bytes, "the extension takes bytes only"
+        self._check(offset, len(data))
+        self.region[offset : offset + len(data)] = data
+
+    def readv(self, ranges: list) -> list:
+        return [self.read(o, n) for o, n in ranges]
+
+    def writev(self, pieces: list) -> None:
+        for o, d in pieces:
+            self._check(o, len(d))
+        for o, d in pieces:
+            self.write(o, d)
+
     def info(self) -> dict:
         return {"id": "L1", "node": "n1", "cpus": [0], "state": "active"}
 
@@ -291,3 +320,52 @@ def test_a_lease_left_open_is_released_when_dropped_or_at_exit(tmp_path) -> None
     # One release for the closed lease, one for the dropped one, one at exit for the open one;
     # none twice.
     assert marker.read_text() == "released\n" * 3
+
+
+def test_region_methods_pass_offsets_and_bytes_through(fake) -> None:
+    fake.region = bytearray(64)
+    with harvest.Lease(lib="/x.so") as lease:
+        assert lease.region_size() == 64
+        lease.write(3, b"abc")
+        lease.write(10, bytearray(b"xy"))
+        lease.write(20, memoryview(b"mv"))
+        assert lease.read(3, 3) == b"abc"
+        lease.writev([(40, b"one"), (50, bytearray(b"two"))])
+        assert lease.readv([(3, 3), (10, 2), (20, 2), (40, 3), (50, 3)]) == [
+            b"abc", b"xy", b"mv", b"one", b"two"
+        ]
+        assert lease.readv(iter([(0, 0)])) == [b""]
+        with pytest.raises(errors.FunctionError, match="do not fit"):
+            lease.read(60, 5)
+
+
+@pytest.mark.parametrize(
+    "call, error, words",
+    [
+        (lambda l: l.read(-1, 1), ValueError, "offset"),
+        (lambda l: l.read(1 << 64, 1), ValueError, "offset"),
+        (lambda l: l.read(0, -1), ValueError, "length"),
+        (lambda l: l.read(0, 1 << 32), ValueError, "length"),
+        (lambda l: l.read(1.0, 1), TypeError, "offset"),
+        (lambda l: l.read(True, 1), TypeError, "offset"),
+        (lambda l: l.write(0, "text"), TypeError, "bytes"),
+        (lambda l: l.readv([(0, "1")]), TypeError, "length"),
+        (lambda l: l.writev([(-2, b"x")]), ValueError, "offset"),
+        (lambda l: l.writev([(0, None)]), TypeError, "bytes"),
+    ],
+)
+def test_bad_region_arguments_are_refused_before_anything_is_sent(fake, call, error, words) -> None:
+    fake.region = bytearray(64)
+    with harvest.Lease(lib="/x.so") as lease:
+        with pytest.raises(error, match=words):
+            call(lease)
+    assert fake.region == bytearray(64), "something was written despite a bad argument"
+
+
+def test_region_methods_refuse_a_closed_lease(fake) -> None:
+    lease = harvest.Lease(lib="/x.so")
+    lease.close()
+    with pytest.raises(errors.LocalError, match="closed"):
+        lease.read(0, 1)
+    with pytest.raises(errors.LocalError, match="closed"):
+        lease.write(0, b"x")
