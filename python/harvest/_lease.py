@@ -113,23 +113,30 @@ class Lease:
             raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
         deadline = _seconds(failover_deadline, "failover_deadline")
         assert deadline is not None
-        self._session = _native.Session(
-            lib_path=lib_path,
-            lib_bytes=lib_bytes,
-            lib_on_node=lib_on_node,
-            cores=cores,
-            mem_mib=_mib(mem),
-            gpus=gpus,
-            lifetime_s=_seconds(lifetime, "lifetime"),
-            idle_timeout_s=_seconds(idle_timeout, "idle_timeout"),
-            default_timeout_s=_seconds(timeout, "timeout"),
-            scheduler=scheduler,
-            failover=failover,
-            failover_deadline_s=deadline,
-            connections=connections or 0,
-            pipeline_depth=PIPELINE_DEPTH,
-            spin=spin,
+        self._adopt(
+            _native.Session(
+                lib_path=lib_path,
+                lib_bytes=lib_bytes,
+                lib_on_node=lib_on_node,
+                cores=cores,
+                mem_mib=_mib(mem),
+                gpus=gpus,
+                lifetime_s=_seconds(lifetime, "lifetime"),
+                idle_timeout_s=_seconds(idle_timeout, "idle_timeout"),
+                default_timeout_s=_seconds(timeout, "timeout"),
+                scheduler=scheduler,
+                failover=failover,
+                failover_deadline_s=deadline,
+                connections=connections or 0,
+                pipeline_depth=PIPELINE_DEPTH,
+                spin=spin,
+            ),
+            max_in_flight,
         )
+
+    def _adopt(self, session: Any, max_in_flight: Optional[int]) -> None:
+        """Takes over an open session (its lease acquired)."""
+        self._session = session
         #: Most invocations submit() and map() keep in flight; submit() blocks beyond.
         self.max_in_flight: int = max_in_flight or self._session.connections * PIPELINE_DEPTH
         self._slots = threading.BoundedSemaphore(self.max_in_flight)
@@ -313,3 +320,57 @@ class Lease:
             return f"<harvest.Lease {i['id']} on {i['node']} cpus={i['cpus']} {i['state']}>"
         except HarvestError:
             return "<harvest.Lease>"
+
+
+class MemoryLease(Lease):
+    """A region of a node's idle memory, lent to you: read and write it by offset.
+
+    ``MemoryLease(size="1G", lifetime="10m")`` acquires a memory lease (its size as the CLI takes
+    it, or MiB): a node whose batch jobs leave that much memory free lends it, and the lease's
+    executor serves :meth:`read`, :meth:`write`, :meth:`readv` and :meth:`writev` over the same
+    authenticated transport as invocations. It holds no core: the executor shares the node's
+    CPUs at the lowest weight, capped at ``cpu_millis`` thousandths of one CPU (default 100).
+
+    A batch job that needs the memory revokes the lease before its tasks start, and the region's
+    contents are lost: a memory lease is never failed over (:class:`harvest.LeaseRevoked`). Keep
+    a copy of what matters (for example a second MemoryLease on another node, at your cost).
+    ``connections`` (default 1) is how many calls from different threads run at once.
+    """
+
+    def __init__(
+        self,
+        size: Size,
+        lifetime: Optional[Seconds] = None,
+        *,
+        cpu_millis: Optional[int] = None,
+        idle_timeout: Optional[Seconds] = None,
+        timeout: Optional[Seconds] = None,
+        scheduler: Optional[str] = None,
+        connections: Optional[int] = None,
+    ) -> None:
+        if connections is not None and connections < 1:
+            raise ValueError(f"connections must be at least 1, not {connections}")
+        if cpu_millis is not None and (isinstance(cpu_millis, bool) or not 10 <= cpu_millis <= 1000):
+            raise ValueError(f"cpu_millis is 10 to 1000 thousandths of one CPU, not {cpu_millis!r}")
+        self._adopt(
+            _native.Session(
+                cores=0,
+                region_mib=_mib(size),
+                cpu_millis=cpu_millis or 0,
+                lifetime_s=_seconds(lifetime, "lifetime"),
+                idle_timeout_s=_seconds(idle_timeout, "idle_timeout"),
+                default_timeout_s=_seconds(timeout, "timeout"),
+                scheduler=scheduler,
+                failover=False,
+                connections=connections or 0,
+                pipeline_depth=PIPELINE_DEPTH,
+            ),
+            None,
+        )
+
+    def __repr__(self) -> str:
+        try:
+            i = self.info()
+            return f"<harvest.MemoryLease {i['id']} on {i['node']} {i['memory']['region_mib']} MiB {i['state']}>"
+        except HarvestError:
+            return "<harvest.MemoryLease>"

@@ -21,6 +21,8 @@ class Session:
         connections: int = 0,
         pipeline_depth: int = 8,
         spin: bool = False,
+        region_mib: int = 0,
+        cpu_millis: int = 0,
     ) -> None: ...
     def invoke(self, function: str, data: bytes, timeout_s: Optional[float] = None) -> bytes: ...
     def invoke_many(

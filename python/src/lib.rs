@@ -61,7 +61,8 @@ impl PySession {
     #[pyo3(signature = (
         *, lib_path=None, lib_bytes=None, lib_on_node=None, cores=1, mem_mib=0, gpus=0,
         lifetime_s=None, idle_timeout_s=None, default_timeout_s=None, scheduler=None,
-        failover=true, failover_deadline_s=30.0, connections=0, pipeline_depth=8, spin=false
+        failover=true, failover_deadline_s=30.0, connections=0, pipeline_depth=8, spin=false,
+        region_mib=0, cpu_millis=0
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -81,8 +82,18 @@ impl PySession {
         connections: usize,
         pipeline_depth: usize,
         spin: bool,
+        region_mib: u64,
+        cpu_millis: u32,
     ) -> PyResult<Self> {
+        let memory = match region_mib {
+            0 => None,
+            mib => Some(
+                harvest_core::region::MemorySpec::new(mib, cpu_millis)
+                    .map_err(|e| PyValueError::new_err(e.to_string()))?,
+            ),
+        };
         let library = match (lib_path, lib_bytes, lib_on_node) {
+            (None, None, None) if memory.is_some() => Library::Content(Vec::new()),
             (Some(p), None, None) => Library::read(&p).map_err(|e| raise(py, e.into()))?,
             (None, Some(b), None) => Library::Content(b),
             (None, None, Some(p)) => Library::Path(p),
@@ -92,10 +103,13 @@ impl PySession {
                 ));
             }
         };
-        if cores == 0 {
+        if cores == 0 && memory.is_none() {
             return Err(PyValueError::new_err("cores must be at least 1"));
         }
-        let mut request = LeaseRequest::new(cores, library);
+        let mut request = match memory {
+            Some(spec) => LeaseRequest::memory(spec),
+            None => LeaseRequest::new(cores, library),
+        };
         request.memory_mib = mem_mib;
         request.gpus = gpus;
         request.lifetime = seconds(lifetime_s, "lifetime")?;
@@ -228,6 +242,12 @@ impl PySession {
                 .unwrap_or_default(),
         )?;
         d.set_item("expires_unix_ms", lease.expires_unix_ms)?;
+        if let Some(m) = lease.memory {
+            let md = PyDict::new(py);
+            md.set_item("region_mib", m.region_mib)?;
+            md.set_item("cpu_millis", m.cpu_millis)?;
+            d.set_item("memory", md)?;
+        }
         Ok(d)
     }
 

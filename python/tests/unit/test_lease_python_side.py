@@ -36,7 +36,7 @@ class FakeSession:
 
     @property
     def connections(self) -> int:
-        return self.kwargs["connections"] or self.kwargs["cores"]
+        return self.kwargs["connections"] or max(self.kwargs["cores"], 1)
 
     def _one(self, fn: str, data: bytes) -> Any:
         if fn == "upper":
@@ -369,3 +369,32 @@ def test_region_methods_refuse_a_closed_lease(fake) -> None:
         lease.read(0, 1)
     with pytest.raises(errors.LocalError, match="closed"):
         lease.write(0, b"x")
+
+
+def test_a_memory_lease_asks_for_a_region_and_no_core_and_never_fails_over(fake) -> None:
+    fake.region = bytearray(64)
+    with harvest.MemoryLease(size="2G", lifetime="10m", cpu_millis=250) as region:
+        region.write(8, b"abc")
+        assert region.read(8, 3) == b"abc"
+    kw = fake.instances[0].kwargs
+    assert (kw["cores"], kw["region_mib"], kw["cpu_millis"]) == (0, 2048, 250)
+    assert kw["failover"] is False, "a region's contents cannot follow a failover"
+    assert "lib_path" not in kw and "lib_bytes" not in kw
+    assert kw["lifetime_s"] == 600.0
+    harvest.MemoryLease(size=64).close()
+    assert fake.instances[1].kwargs["region_mib"] == 64
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(size=0), ValueError, "MiB"),
+        (dict(size="1G", cpu_millis=5), ValueError, "cpu_millis"),
+        (dict(size="1G", cpu_millis=True), ValueError, "cpu_millis"),
+        (dict(size="1G", connections=0), ValueError, "connections"),
+    ],
+)
+def test_bad_memory_lease_arguments_say_what_is_wrong(fake, kwargs, error, words) -> None:
+    with pytest.raises(error, match=words):
+        harvest.MemoryLease(**kwargs)
+    assert fake.instances == [], "nothing is acquired for a bad request"
