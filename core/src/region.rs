@@ -81,7 +81,10 @@ mod tests {
         assert_eq!(s.region_bytes(), 1 << 30);
         assert_eq!(MemorySpec::new(0, 0), Err(MemorySpecError::EmptyRegion));
         assert_eq!(MemorySpec::new(1, 5), Err(MemorySpecError::CpuMillis(5)));
-        assert_eq!(MemorySpec::new(1, 1001), Err(MemorySpecError::CpuMillis(1001)));
+        assert_eq!(
+            MemorySpec::new(1, 1001),
+            Err(MemorySpecError::CpuMillis(1001))
+        );
         assert_eq!(MemorySpec::new(1, 1000).unwrap().cpu_millis, 1000);
         assert_eq!(MemorySpec::new(u64::MAX, 10).unwrap().held_mib(), u64::MAX);
     }

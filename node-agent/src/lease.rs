@@ -502,10 +502,21 @@ mod tests {
         let p = place(&topo, &v, &memory(0, spec.held_mib(), 0)).unwrap();
         assert_eq!(
             (p.cpus, p.memory_mib, p.gpus),
-            (CpuSet::new(), 1024 + harvest_core::region::OVERHEAD_MIB, vec![])
+            (
+                CpuSet::new(),
+                1024 + harvest_core::region::OVERHEAD_MIB,
+                vec![]
+            )
         );
-        let e = place(&topo, &view("", 1000, vec![]), &memory(0, spec.held_mib(), 0));
-        assert!(matches!(e, Err(LeaseError::Memory { idle: 1000, .. })), "{e:?}");
+        let e = place(
+            &topo,
+            &view("", 1000, vec![]),
+            &memory(0, spec.held_mib(), 0),
+        );
+        assert!(
+            matches!(e, Err(LeaseError::Memory { idle: 1000, .. })),
+            "{e:?}"
+        );
         assert!(matches!(
             place(&topo, &v, &memory(1, spec.held_mib(), 0)),
             Err(LeaseError::MemoryLeaseShape { cores: 1, .. })

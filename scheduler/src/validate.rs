@@ -191,7 +191,10 @@ mod tests {
         let cases: Vec<(v1::AcquireLeaseRequest, &str)> = vec![
             (memory(0, 0), "a region of at least 1 MiB"),
             (memory(1, 5), "cpu_millis 5 is outside 10..=1000"),
-            (memory(u64::MAX, 0), "memory.region_mib: 18446744073709551615 is more"),
+            (
+                memory(u64::MAX, 0),
+                "memory.region_mib: 18446744073709551615 is more",
+            ),
             (
                 v1::AcquireLeaseRequest {
                     cores: 1,

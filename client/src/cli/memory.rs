@@ -203,6 +203,10 @@ mod tests {
         assert_eq!(parse_len("1m"), Ok(1 << 20));
         assert_eq!(parse_len("2G"), Ok(2 << 30));
         assert!(parse_len("x").unwrap_err().contains("not a length"));
-        assert!(parse_len("99999999999999G").unwrap_err().contains("too long"));
+        assert!(
+            parse_len("99999999999999G")
+                .unwrap_err()
+                .contains("too long")
+        );
     }
 }

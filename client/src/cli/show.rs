@@ -104,13 +104,7 @@ pub fn lease(l: &Lease) -> String {
     match &l.memory {
         Some(m) => format!(
             "memory lease {} on {}: region {} MiB (holds {} MiB), CPU cap {} thousandths of a CPU, {}\nexecutor {}\n",
-            l.id,
-            l.node,
-            m.region_mib,
-            l.memory_mib,
-            m.cpu_millis,
-            l.state,
-            l.executor_address
+            l.id, l.node, m.region_mib, l.memory_mib, m.cpu_millis, l.state, l.executor_address
         ),
         None => format!(
             "lease {} on {}: cpus {}, {} MiB, {} GPU(s), {}\nexecutor {}\n",

@@ -110,9 +110,9 @@ pub const MEMORY_LEASE_CPU_WEIGHT: u64 = 1;
 fn share(record: &LeaseRecord) -> super::control::CpuShare {
     match record.memory {
         Some(spec) => super::control::CpuShare::Capped(spec.cpu_millis),
-        None => super::control::CpuShare::Cores(
-            u32::try_from(record.cpus.len()).unwrap_or(u32::MAX),
-        ),
+        None => {
+            super::control::CpuShare::Cores(u32::try_from(record.cpus.len()).unwrap_or(u32::MAX))
+        }
     }
 }
 
@@ -464,7 +464,13 @@ impl Lease<'_> {
         }
         let launch = Launch {
             program: s.executor_path.clone(),
-            args: launch::executor_args(&workload, &self.dir, &order.options, &oom, s.executor_bind),
+            args: launch::executor_args(
+                &workload,
+                &self.dir,
+                &order.options,
+                &oom,
+                s.executor_bind,
+            ),
             uid: lease.uid,
             gid: lease.gid,
             procs_files,
