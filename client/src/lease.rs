@@ -129,6 +129,8 @@ pub struct LeaseRequest {
     /// A memory lease of this region (see [`LeaseRequest::memory`]): `cores`, `gpus` and
     /// `library` are then not sent.
     pub memory: Option<harvest_core::region::MemorySpec>,
+    /// Nodes the lease must not go to, by name (a replica away from its primary).
+    pub avoid_nodes: Vec<String>,
 }
 
 impl LeaseRequest {
@@ -143,6 +145,7 @@ impl LeaseRequest {
             hot_window: None,
             default_timeout: None,
             memory: None,
+            avoid_nodes: Vec::new(),
         }
     }
 
@@ -470,6 +473,7 @@ impl SchedulerClient {
             executor,
             request_id: new_request_id()?,
             memory,
+            avoid_nodes: req.avoid_nodes.clone(),
         };
         self.call("acquire lease", msg, |mut rpc, m| {
             Box::pin(async move { rpc.acquire_lease(m).await })

@@ -10,7 +10,7 @@ from concurrent.futures import Future
 from typing import Any, Deque, Iterable, Iterator, Optional, Tuple, Union
 
 from . import _native
-from .errors import HarvestError, LocalError
+from .errors import HarvestError, LeaseRevoked, LocalError
 
 Size = Union[int, str]
 Seconds = Union[int, float, str]
@@ -332,9 +332,13 @@ class MemoryLease(Lease):
     CPUs at the lowest weight, capped at ``cpu_millis`` thousandths of one CPU (default 100).
 
     A batch job that needs the memory revokes the lease before its tasks start, and the region's
-    contents are lost: a memory lease is never failed over (:class:`harvest.LeaseRevoked`). Keep
-    a copy of what matters (for example a second MemoryLease on another node, at your cost).
-    ``connections`` (default 1) is how many calls from different threads run at once.
+    contents are lost: a memory lease is never failed over to a fresh region
+    (:class:`harvest.LeaseRevoked`). With ``replica=True`` a second memory lease of the same size
+    is taken on another node (your choice and your cost: twice the memory, every write sent
+    twice); writes go to both, reads to the primary, and when one of the two is revoked the
+    other serves on alone: :attr:`replica_events` says which lease was lost, on which node, why,
+    and which one serves now. ``connections`` (default 1) is how many calls from different
+    threads run at once.
     """
 
     def __init__(
@@ -342,6 +346,7 @@ class MemoryLease(Lease):
         size: Size,
         lifetime: Optional[Seconds] = None,
         *,
+        replica: bool = False,
         cpu_millis: Optional[int] = None,
         idle_timeout: Optional[Seconds] = None,
         timeout: Optional[Seconds] = None,
@@ -352,25 +357,114 @@ class MemoryLease(Lease):
             raise ValueError(f"connections must be at least 1, not {connections}")
         if cpu_millis is not None and (isinstance(cpu_millis, bool) or not 10 <= cpu_millis <= 1000):
             raise ValueError(f"cpu_millis is 10 to 1000 thousandths of one CPU, not {cpu_millis!r}")
-        self._adopt(
-            _native.Session(
-                cores=0,
-                region_mib=_mib(size),
-                cpu_millis=cpu_millis or 0,
-                lifetime_s=_seconds(lifetime, "lifetime"),
-                idle_timeout_s=_seconds(idle_timeout, "idle_timeout"),
-                default_timeout_s=_seconds(timeout, "timeout"),
-                scheduler=scheduler,
-                failover=False,
-                connections=connections or 0,
-                pipeline_depth=PIPELINE_DEPTH,
-            ),
-            None,
+        opts = dict(
+            cores=0,
+            region_mib=_mib(size),
+            cpu_millis=cpu_millis or 0,
+            lifetime_s=_seconds(lifetime, "lifetime"),
+            idle_timeout_s=_seconds(idle_timeout, "idle_timeout"),
+            default_timeout_s=_seconds(timeout, "timeout"),
+            scheduler=scheduler,
+            failover=False,
+            connections=connections or 0,
+            pipeline_depth=PIPELINE_DEPTH,
         )
+        self._adopt(_native.Session(**opts), None)
+        self._switch = threading.Lock()
+        self._replica: Any = None
+        self._release_replica: Any = None
+        #: What happened to the primary or the replica: dicts with lost, lost_node, reason and
+        #: serving (the lease that serves now; "" when none is left).
+        self.replica_events: list[dict[str, str]] = []
+        if replica:
+            try:
+                self._replica = _native.Session(avoid_nodes=[self._session.info()["node"]], **opts)
+            except BaseException:
+                self.close()
+                raise
+            self._release_replica = weakref.finalize(self, self._replica.release)
+
+    def replica_info(self) -> Optional[dict[str, Any]]:
+        """The replica lease (a dict as :meth:`info`), or None without one (or after it was lost)."""
+        replica = self._replica
+        return None if replica is None else replica.info()
+
+    def _lost(self, which: Any, error: BaseException) -> None:
+        """Records that `which` (the primary or the replica session) was revoked; the other one
+        serves on alone. Raises `error` when no copy is left."""
+        with self._switch:
+            if which is self._session and self._replica is not None:
+                lost, self._session, self._replica = self._session, self._replica, None
+            elif which is self._replica:
+                lost, self._replica = self._replica, None
+            else:
+                lost = None
+            if lost is not None:
+                info = lost.info()
+                self.replica_events.append(
+                    {
+                        "lost": info["id"],
+                        "lost_node": info["node"],
+                        "reason": str(error),
+                        "serving": self._session.info()["id"],
+                    }
+                )
+                return
+        raise error
+
+    def _both(self, call: Any) -> None:
+        """Runs `call(session)` on the primary and, while there is one, the replica."""
+        for session in (self._session, self._replica):
+            if session is None:
+                continue
+            try:
+                call(session)
+            except LeaseRevoked as e:
+                self._lost(session, e)
+
+    def _primary(self, call: Any) -> Any:
+        """Runs `call(session)` on the primary; on its revocation, on the replica instead."""
+        while True:
+            session = self._session
+            try:
+                return call(session)
+            except LeaseRevoked as e:
+                self._lost(session, e)
+
+    def read(self, offset: int, n: int) -> bytes:
+        self._check_open()
+        off, length = _offset(offset), _length(n)
+        return self._primary(lambda s: s.read(off, length))
+
+    def readv(self, ranges: Iterable[Tuple[int, int]]) -> list[bytes]:
+        self._check_open()
+        checked = [(_offset(o), _length(n)) for o, n in ranges]
+        return self._primary(lambda s: s.readv(checked))
+
+    def write(self, offset: int, data: Data) -> None:
+        self._check_open()
+        off, raw = _offset(offset), _bytes(data)
+        self._both(lambda s: s.write(off, raw))
+
+    def writev(self, pieces: Iterable[Tuple[int, Data]]) -> None:
+        self._check_open()
+        checked = [(_offset(o), _bytes(d)) for o, d in pieces]
+        self._both(lambda s: s.writev(checked))
+
+    def region_size(self) -> int:
+        self._check_open()
+        return self._primary(lambda s: s.region_size())
+
+    def close(self) -> None:
+        """Releases the lease and its replica. Safe to repeat."""
+        super().close()
+        if self._release_replica is not None:
+            self._release_replica()
 
     def __repr__(self) -> str:
         try:
             i = self.info()
-            return f"<harvest.MemoryLease {i['id']} on {i['node']} {i['memory']['region_mib']} MiB {i['state']}>"
+            copies = " +replica" if self._replica is not None else ""
+            return f"<harvest.MemoryLease {i['id']} on {i['node']} {i['memory']['region_mib']} MiB{copies} {i['state']}>"
         except HarvestError:
             return "<harvest.MemoryLease>"

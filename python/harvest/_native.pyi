@@ -23,6 +23,7 @@ class Session:
         spin: bool = False,
         region_mib: int = 0,
         cpu_millis: int = 0,
+        avoid_nodes: list[str] = ...,
     ) -> None: ...
     def invoke(self, function: str, data: bytes, timeout_s: Optional[float] = None) -> bytes: ...
     def invoke_many(

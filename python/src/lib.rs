@@ -62,7 +62,7 @@ impl PySession {
         *, lib_path=None, lib_bytes=None, lib_on_node=None, cores=1, mem_mib=0, gpus=0,
         lifetime_s=None, idle_timeout_s=None, default_timeout_s=None, scheduler=None,
         failover=true, failover_deadline_s=30.0, connections=0, pipeline_depth=8, spin=false,
-        region_mib=0, cpu_millis=0
+        region_mib=0, cpu_millis=0, avoid_nodes=Vec::new()
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -84,6 +84,7 @@ impl PySession {
         spin: bool,
         region_mib: u64,
         cpu_millis: u32,
+        avoid_nodes: Vec<String>,
     ) -> PyResult<Self> {
         let memory = match region_mib {
             0 => None,
@@ -111,6 +112,7 @@ impl PySession {
             None => LeaseRequest::new(cores, library),
         };
         request.memory_mib = mem_mib;
+        request.avoid_nodes = avoid_nodes;
         request.gpus = gpus;
         request.lifetime = seconds(lifetime_s, "lifetime")?;
         request.idle_timeout = seconds(idle_timeout_s, "idle_timeout")?;

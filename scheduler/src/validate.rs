@@ -14,6 +14,8 @@ pub const MAX_MEMORY_MIB: u64 = 1 << 32;
 /// The longest lease id, node name, library path and reason accepted.
 pub const MAX_ID_BYTES: usize = 128;
 pub const MAX_NODE_BYTES: usize = 64;
+/// The most nodes one request may ask to avoid.
+pub const MAX_AVOID_NODES: usize = 64;
 pub const MAX_PATH_BYTES: usize = 4096;
 pub const MAX_REASON_BYTES: usize = 256;
 /// The longest request id (the client's idempotency key; empty is allowed: none).
@@ -93,6 +95,10 @@ pub fn acquire(r: &v1::AcquireLeaseRequest) -> Result<(), BookError> {
     }
     if !r.request_id.is_empty() {
         name("request_id", &r.request_id, MAX_REQUEST_ID_BYTES)?;
+    }
+    at_most("avoid_nodes (count)", r.avoid_nodes.len(), MAX_AVOID_NODES)?;
+    for node in &r.avoid_nodes {
+        name("avoid_nodes", node, MAX_NODE_BYTES)?;
     }
     if let Some(o) = &r.executor {
         executor_options(o)?;

@@ -40,6 +40,10 @@ pub enum MemoryCommand {
         /// (5 min).
         #[arg(long, value_parser = parse_duration)]
         idle_timeout: Option<Duration>,
+        /// Not on this node (repeat for several): a replica of another memory lease goes
+        /// elsewhere with `--not-on` that lease's node.
+        #[arg(long, value_name = "NODE")]
+        not_on: Vec<String>,
         /// JSON: the lease (id, node, memory.region_mib, executor_address, ...).
         #[arg(long)]
         json: bool,
@@ -108,6 +112,7 @@ pub fn run(
             cpu_millis,
             lifetime,
             idle_timeout,
+            not_on,
             json,
         } => {
             let spec = MemorySpec::new(size, cpu_millis).map_err(|e| CliError::Io {
@@ -117,6 +122,7 @@ pub fn run(
             let mut req = LeaseRequest::memory(spec);
             req.lifetime = lifetime;
             req.idle_timeout = idle_timeout;
+            req.avoid_nodes = not_on;
             let lease = rt.block_on(client.acquire(&req))?;
             let text = if json {
                 to_json(&lease)

@@ -398,3 +398,77 @@ def test_bad_memory_lease_arguments_say_what_is_wrong(fake, kwargs, error, words
     with pytest.raises(error, match=words):
         harvest.MemoryLease(**kwargs)
     assert fake.instances == [], "nothing is acquired for a bad request"
+
+
+class RegionSession(FakeSession):
+    """A memory lease of its own: its own region, node and id; `revoked` makes every call raise
+    LeaseRevoked as the extension does for a revoked memory lease."""
+
+    count = 0
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        RegionSession.count += 1
+        self.region = bytearray(64)
+        self.id = f"M{RegionSession.count}"
+        avoid = kwargs.get("avoid_nodes") or []
+        self.node = next(n for n in ("n1", "n2", "n3") if n not in avoid)
+        self.revoked = False
+
+    def _check(self, offset: int, n: int) -> None:
+        if self.revoked:
+            raise errors.LeaseRevoked(f"lease {self.id} on {self.node} revoked: reclaimed")
+        super()._check(offset, n)
+
+    def info(self) -> dict:
+        return {"id": self.id, "node": self.node, "cpus": [], "state": "active",
+                "memory": {"region_mib": 1, "cpu_millis": 100}}
+
+
+def test_a_replica_goes_to_another_node_takes_every_write_and_serves_when_the_primary_goes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    FakeSession.instances = []
+    monkeypatch.setattr(_lease._native, "Session", RegionSession)
+    region = harvest.MemoryLease(size=1, replica=True)
+    primary, replica = FakeSession.instances
+    assert replica.kwargs["avoid_nodes"] == [primary.node]
+    assert region.replica_info()["node"] != region.info()["node"]
+    region.write(0, b"abc")
+    region.writev([(10, b"xy")])
+    assert primary.region[:3] == replica.region[:3] == b"abc"
+    assert primary.region[10:12] == replica.region[10:12] == b"xy"
+    # The primary is reclaimed: reads go to the replica, and the lease says which was lost.
+    primary.revoked = True
+    assert region.read(0, 3) == b"abc"
+    assert region.readv([(10, 2)]) == [b"xy"]
+    assert region.info()["id"] == replica.id
+    assert region.replica_info() is None
+    [event] = region.replica_events
+    assert event["lost"] == primary.id and event["lost_node"] == primary.node
+    assert event["serving"] == replica.id and "reclaimed" in event["reason"]
+    # The last copy gone: the caller is told, nothing is read from elsewhere.
+    replica.revoked = True
+    with pytest.raises(errors.LeaseRevoked):
+        region.read(0, 3)
+    region.close()
+    assert primary.released == 1 and replica.released == 1
+
+
+def test_a_lost_replica_is_dropped_and_writes_go_on_to_the_primary(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    FakeSession.instances = []
+    monkeypatch.setattr(_lease._native, "Session", RegionSession)
+    with harvest.MemoryLease(size=1, replica=True) as region:
+        primary, replica = FakeSession.instances
+        replica.revoked = True
+        region.write(5, b"q")
+        assert primary.region[5:6] == b"q"
+        assert region.replica_info() is None
+        assert region.replica_events[0]["lost"] == replica.id
+        assert region.replica_events[0]["serving"] == primary.id
+    # Without replica=True nothing is asked to avoid any node.
+    FakeSession.instances = []
+    harvest.MemoryLease(size=1).close()
+    assert "avoid_nodes" not in FakeSession.instances[0].kwargs

@@ -83,6 +83,12 @@ impl LeaseBook {
         };
         let memory_mib = held_memory_mib(req, self.limits.default_memory_per_core_mib);
         let res = Resources::new(req.cores, memory_mib, req.gpus);
+        let avoid: Vec<u32> = req
+            .avoid_nodes
+            .iter()
+            .filter_map(|name| self.nodes.iter().position(|n| &n.name == name))
+            .map(|i| i as u32)
+            .collect();
         let key = self.next_key;
         self.next_key += 1;
         let decision = self
@@ -94,6 +100,7 @@ impl LeaseBook {
                     client: u64::from(who.uid),
                     res,
                     data_nodes: &[],
+                    avoid_nodes: &avoid,
                 },
             )
             .map_err(|e| BookError::Placement(e.to_string()))?;

@@ -165,6 +165,34 @@ fn a_memory_lease_needs_idle_memory_and_no_core_and_counts_as_held() {
 }
 
 #[test]
+fn a_replica_avoids_the_nodes_it_names_and_says_so_when_none_is_left() {
+    let now = Now::current();
+    let mut b = book("first-fit");
+    up(&mut b, "n1", &view("n1", 4, 0, 4000, 0), now);
+    up(&mut b, "n2", &view("n2", 4, 0, 4000, 0), now);
+    let req = v1::AcquireLeaseRequest {
+        memory: Some(v1::MemorySpec {
+            region_mib: 512,
+            cpu_millis: 0,
+        }),
+        ..Default::default()
+    };
+    let (primary, _) = b.place(&req, &user(1000), now).unwrap();
+    let replica = v1::AcquireLeaseRequest {
+        avoid_nodes: vec![primary.node.clone(), "no-such-node".into()],
+        ..req.clone()
+    };
+    let (second, _) = b.place(&replica, &user(1000), now).unwrap();
+    assert_ne!(second.node, primary.node);
+    let both = v1::AcquireLeaseRequest {
+        avoid_nodes: vec!["n1".into(), "n2".into()],
+        ..req
+    };
+    let e = b.place(&both, &user(1000), now).unwrap_err();
+    assert!(e.to_string().contains("asked for another node"), "{e}");
+}
+
+#[test]
 fn the_agents_own_report_of_a_lease_is_not_counted_twice() {
     let now = Now::current();
     let mut b = book("best-fit");
