@@ -136,6 +136,8 @@ pub const DEFAULT_PRIORITY: PriorityParams = PriorityParams {
 struct Head {
     priority: f64,
     submit_ms: u64,
+    /// Running at a warm start's instant 0 per the trace: first among equal submit times.
+    prestarted: bool,
     copy: u32,
     id: u64,
     key: u64,
@@ -144,8 +146,17 @@ struct Head {
 }
 
 impl Head {
-    fn rank(&self) -> (u64, u32, u64, u64) {
-        (self.submit_ms, self.copy, self.id, self.key)
+    /// Ties in priority: submit time, then a warm start's running jobs before its queued ones
+    /// (both enter at instant 0), then copy and id. Within an account the queue is kept in this
+    /// order ([`BatchQueue::submit`]), which the merge relies on.
+    fn rank(&self) -> (u64, bool, u32, u64, u64) {
+        (
+            self.submit_ms,
+            !self.prestarted,
+            self.copy,
+            self.id,
+            self.key,
+        )
     }
 
     fn at(&self) -> At {
@@ -165,7 +176,7 @@ impl PartialOrd for Head {
     }
 }
 impl Ord for Head {
-    /// Higher priority first; ties by submit time, copy and id (earlier first).
+    /// Higher priority first; ties by [`Head::rank`] (lower first).
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.priority
             .total_cmp(&other.priority)
@@ -418,11 +429,38 @@ impl BatchQueue {
         if first && priority {
             self.stale.push(slot);
         }
+        // Within an account the queue is in priority order (the merge takes its jobs front to
+        // back): the same fair share, so by age and then the tie-break. Submissions come in
+        // time order, but jobs of one instant need not come in the tie-break's (a warm start's
+        // queued job before a running one, ids out of order): such a job is inserted in place.
+        let tie = |j: &BatchJob| (j.submit_ms, !j.prestarted, j.copy, j.id);
+        if priority && q.back().is_some_and(|last| tie(last) > tie(&job)) {
+            let idx = q.partition_point(|j| tie(j) <= tie(&job));
+            self.insert_within(slot, idx, job);
+            return;
+        }
         q.push_back(job);
         let idx = q.len() - 1;
         self.len += 1;
         if self.window.is_some() {
             self.window_admit(slot, idx, first);
+        }
+    }
+
+    /// Inserts `job` at `idx` of `slot`'s queue (before its last job): the account's first
+    /// job may change, and a kept window no longer describes the order.
+    fn insert_within(&mut self, slot: u32, idx: usize, job: BatchJob) {
+        self.forget_window();
+        // An account in `stale` gets its entry at the next refresh; otherwise its entry is
+        // its first job's, which may be replaced.
+        let entry = idx == 0 && !self.stale.contains(&slot);
+        if entry && let Some(h) = self.head(slot, 0) {
+            self.heads.remove(&std::cmp::Reverse(h));
+        }
+        self.accounts[slot as usize].jobs.insert(idx, job);
+        self.len += 1;
+        if entry && let Some(h) = self.head(slot, 0) {
+            self.heads.insert(std::cmp::Reverse(h));
         }
     }
 
@@ -538,6 +576,7 @@ impl BatchQueue {
         Head {
             priority: self.priority_with(j, self.calc_ms.unwrap_or(0), fairshare),
             submit_ms: j.submit_ms,
+            prestarted: j.prestarted,
             copy: j.copy,
             id: j.id,
             key: a.key,
