@@ -25,7 +25,7 @@ use serde::Serialize;
 use super::simulate::Workload;
 use crate::sim::run::{Inputs, run_with};
 use crate::sim::stats::quantile;
-use crate::sim::study::azure_scale;
+use crate::sim::study::{azure_demand, azure_scale};
 use crate::sim::{BatchMode, SimConfig, Summary, synthetic};
 
 /// The simulator's target at 10,000 nodes (issue 17): events a second, at least.
@@ -73,6 +73,16 @@ pub struct Args {
     /// Where to write the JSON. Default: results/bench-sim/<workload>-<nodes>n[-quick].json.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Only the batch-only run, `--repeat` times: its events, loop seconds and events per CPU
+    /// second printed, no baseline, nothing written. For profiling the EASY pass alone (e.g.
+    /// `valgrind --tool=callgrind --toggle-collect='*batch_pass*'`) and comparing two builds
+    /// run alternately; the figures to report come from the full bench.
+    #[arg(long)]
+    pub batch_only: bool,
+    /// With --batch-only: the textbook EASY pass instead of the indexed one (the same schedule,
+    /// slower), to compare the two.
+    #[arg(long, requires = "batch_only")]
+    pub straightforward_pass: bool,
 }
 
 /// One configuration's figures over the repeats.
@@ -175,7 +185,33 @@ pub fn row(
     }
 }
 
-pub fn run_cmd(args: Args) -> anyhow::Result<BenchSim> {
+/// `--batch-only`: the batch-only run `repeat` times, a line each.
+fn batch_only(cfg: &SimConfig, inputs: &Inputs, repeat: u32) -> anyhow::Result<()> {
+    for r in 0..repeat {
+        let s = run_with(cfg, inputs, |_| {})?.summary;
+        println!(
+            "batch only{} {}/{repeat}: {} events, {} jobs started, loop {:.3} s wall, {} CPU; {:.3} M events/s, {} per CPU second",
+            if cfg.straightforward_pass {
+                " (textbook pass)"
+            } else {
+                ""
+            },
+            r + 1,
+            s.events,
+            s.jobs_started,
+            s.wall_s,
+            s.cpu_s
+                .map_or("unknown".to_owned(), |c| format!("{c:.3} s")),
+            s.events_per_s / 1e6,
+            s.events_per_cpu_s
+                .map_or("unknown".to_owned(), |e| format!("{:.3} M", e / 1e6)),
+        );
+    }
+    Ok(())
+}
+
+/// The bench; `None` with `--batch-only` (nothing written).
+pub fn run_cmd(args: Args) -> anyhow::Result<Option<BenchSim>> {
     anyhow::ensure!(args.repeat >= 1, "--repeat must be at least 1");
     anyhow::ensure!(
         args.synthetic_load.is_finite() && args.synthetic_load > 0.0,
@@ -234,6 +270,13 @@ pub fn run_cmd(args: Args) -> anyhow::Result<BenchSim> {
         demand_text: demand.to_owned(),
         ..base.clone()
     };
+    if args.batch_only {
+        let cfg = SimConfig {
+            straightforward_pass: args.straightforward_pass,
+            ..with(BatchMode::Easy, "none")
+        };
+        return batch_only(&cfg, &inputs, args.repeat).map(|()| None);
+    }
     let before = load_avg();
     let (mut replay, mut batch, mut harvest) = (Vec::new(), Vec::new(), Vec::new());
     let mut demand = String::new();
@@ -243,7 +286,7 @@ pub fn run_cmd(args: Args) -> anyhow::Result<BenchSim> {
         let b = run_with(&with(BatchMode::Easy, "none"), &inputs, |_| {})?.summary;
         if demand.is_empty() {
             let k = azure_scale(args.load, b.idle_core_hours_batch_only, rate, b.window_h);
-            demand = format!("azure:scale={k:.4}");
+            demand = azure_demand(k);
         }
         batch.push(b);
         harvest.push(run_with(&with(BatchMode::Easy, &demand), &inputs, |_| {})?.summary);
@@ -318,7 +361,7 @@ pub fn run_cmd(args: Args) -> anyhow::Result<BenchSim> {
     }
     std::fs::write(&path, serde_json::to_string_pretty(&out)? + "\n")?;
     println!("wrote {}", path.display());
-    Ok(out)
+    Ok(Some(out))
 }
 
 fn print_table(b: &BenchSim) {

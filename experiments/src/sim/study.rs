@@ -192,6 +192,19 @@ pub fn azure_scale(load: f64, harvestable: f64, rate: f64, window_h: f64) -> f64
     load * harvestable / (rate * window_h).max(1e-12)
 }
 
+/// The demand text for the Azure sample at `scale`: four decimals, more significant digits
+/// where that would round a small scale to 0, and `none` where the batch-only run left no idle
+/// core-hours to offer (scale 0: no demand, not an invalid stream).
+pub fn azure_demand(scale: f64) -> String {
+    if !(scale.is_finite() && scale > 0.0) {
+        "none".to_owned()
+    } else if scale >= 1e-4 {
+        format!("azure:scale={scale:.4}")
+    } else {
+        format!("azure:scale={scale:.4e}")
+    }
+}
+
 /// The with-harvest demand that offers `load` of the idle core-hours a batch-only run of
 /// `base` leaves (what `simulate` runs without `--functions`), and that run's summary.
 pub fn demand_for_load(
@@ -211,7 +224,7 @@ pub fn demand_for_load(
     };
     let b = run_with(&cfg, &inputs, &mut progress)?.summary;
     let scale = azure_scale(load, b.idle_core_hours_batch_only, rate, b.window_h);
-    Ok((format!("azure:scale={scale:.4}"), b))
+    Ok((azure_demand(scale), b))
 }
 
 /// Runs the study; returns it and the first window's batch-only and with-harvest runs.
@@ -259,7 +272,7 @@ pub fn run_study(
     let demand = sc
         .demand
         .clone()
-        .unwrap_or_else(|| format!("azure:scale={:.4}", scale_for(sc.load)));
+        .unwrap_or_else(|| azure_demand(scale_for(sc.load)));
     let mut harvest = Vec::new();
     let mut first = None;
     for r in 0..sc.windows.max(1) {
@@ -270,7 +283,7 @@ pub fn run_study(
     let mut sweep = Vec::new();
     for &f in &sc.sweep {
         let k = scale_for(f);
-        let s = run(&with(&w0, format!("azure:scale={k:.4}")), "sweep")?.summary;
+        let s = run(&with(&w0, azure_demand(k)), "sweep")?.summary;
         sweep.push(SweepRow {
             load_fraction: f,
             azure_scale: k,
@@ -406,7 +419,21 @@ pub fn run_study(
 
 #[cfg(test)]
 mod tests {
-    use super::queue_stable;
+    use super::{azure_demand, queue_stable};
+    use crate::sim::demand::parse_demand;
+
+    #[test]
+    fn the_demand_for_a_full_machine_is_none_and_a_tiny_scale_is_not_rounded_to_zero() {
+        // RICC's window from 720 h under the textbook pass left no idle core-hours: the study
+        // failed on "azure:scale=0.0000".
+        assert_eq!(azure_demand(0.0), "none");
+        assert_eq!(azure_demand(1.547), "azure:scale=1.5470");
+        let tiny = azure_demand(3.2e-6);
+        assert_eq!(tiny, "azure:scale=3.2000e-6");
+        for text in [azure_demand(0.0), tiny] {
+            parse_demand(&text).unwrap();
+        }
+    }
 
     #[test]
     fn a_queue_may_drain_or_fill_to_the_traces_but_not_grow_past_both() {
