@@ -250,61 +250,23 @@ impl CgroupMode {
     }
 }
 
-/// One cgroup mount from mountinfo.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CgroupMount {
-    pub mount_point: PathBuf,
-    pub unified: bool,
-    /// A v1 hierarchy's controllers (its super options that name one).
-    pub controllers: Vec<String>,
-}
+pub use harvest_core::mountinfo::{CgroupMount, MalformedLine};
 
 /// The controllers harvest's agent needs (cpuset, memory) and uses when present (the rest).
 pub const NEEDED_CONTROLLERS: &[&str] = &["cpuset", "memory"];
 pub const WANTED_CONTROLLERS: &[&str] = &["cpu", "freezer", "devices", "pids"];
 
-/// The cgroup mounts under `root` in mountinfo text (other lines are ignored).
-pub fn parse_mountinfo(text: &str, root: &Path) -> Vec<CgroupMount> {
-    const V1: &[&str] = &[
-        "cpu",
-        "cpuacct",
-        "cpuset",
-        "memory",
-        "devices",
-        "freezer",
-        "blkio",
-        "pids",
-        "net_cls",
-        "net_prio",
-        "perf_event",
-        "hugetlb",
-        "rdma",
-        "misc",
-    ];
-    text.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mut right = right.split_whitespace();
-            let fstype = right.next()?;
-            let super_opts = right.nth(1).unwrap_or_default();
-            if fstype != "cgroup" && fstype != "cgroup2" {
-                return None;
-            }
-            let mount_point = PathBuf::from(left.split_whitespace().nth(4)?);
-            if !mount_point.starts_with(root) {
-                return None;
-            }
-            Some(CgroupMount {
-                mount_point,
-                unified: fstype == "cgroup2",
-                controllers: super_opts
-                    .split(',')
-                    .filter(|o| V1.contains(o))
-                    .map(str::to_owned)
-                    .collect(),
-            })
+/// The cgroup mounts under `root` in mountinfo text, read by the agent's own parser
+/// (harvest-core's); v1 named hierarchies (`name=systemd`) are no controllers here.
+pub fn parse_mountinfo(text: &str, root: &Path) -> Result<Vec<CgroupMount>, MalformedLine> {
+    Ok(harvest_core::mountinfo::parse(text)?
+        .into_iter()
+        .filter(|m| m.mount_point.starts_with(root))
+        .map(|mut m| {
+            m.controllers.retain(|c| !c.starts_with("name="));
+            m
         })
-        .collect()
+        .collect())
 }
 
 /// The mode of a host, as harvest's agent detects it: v2 when the root itself is a `cgroup2`

@@ -132,7 +132,7 @@ fn root() -> &'static Path {
 
 #[test]
 fn a_hybrid_host_is_v1_with_its_controllers() {
-    let m = parse_mountinfo(HYBRID, root());
+    let m = parse_mountinfo(HYBRID, root()).unwrap();
     assert_eq!(m.len(), 7);
     assert_eq!(detect_mode(&m, root()), Some(CgroupMode::V1));
     let c = cgroup(&m, root(), None, None);
@@ -150,7 +150,7 @@ fn a_hybrid_host_is_v1_with_its_controllers() {
 
 #[test]
 fn a_v1_node_configured_for_v2_is_the_wrong_mode() {
-    let m = parse_mountinfo(HYBRID, root());
+    let m = parse_mountinfo(HYBRID, root()).unwrap();
     let c = cgroup(
         &m,
         root(),
@@ -173,7 +173,12 @@ fn missing_controllers_fail_or_warn_by_need() {
         .filter(|l| !l.contains("memory"))
         .collect::<Vec<_>>()
         .join("\n");
-    let c = cgroup(&parse_mountinfo(&no_memory, root()), root(), None, None);
+    let c = cgroup(
+        &parse_mountinfo(&no_memory, root()).unwrap(),
+        root(),
+        None,
+        None,
+    );
     assert_eq!(c.verdict, Verdict::Fail);
     assert!(c.summary.contains("missing memory"), "{}", c.summary);
     let no_freezer: String = HYBRID
@@ -181,11 +186,16 @@ fn missing_controllers_fail_or_warn_by_need() {
         .filter(|l| !l.contains("freezer"))
         .collect::<Vec<_>>()
         .join("\n");
-    let c = cgroup(&parse_mountinfo(&no_freezer, root()), root(), None, None);
+    let c = cgroup(
+        &parse_mountinfo(&no_freezer, root()).unwrap(),
+        root(),
+        None,
+        None,
+    );
     assert_eq!(c.verdict, Verdict::Warn);
     assert!(c.summary.contains("missing freezer"), "{}", c.summary);
     // v2 reads its controllers from cgroup.controllers.
-    let m = parse_mountinfo(PURE_V2, root());
+    let m = parse_mountinfo(PURE_V2, root()).unwrap();
     assert_eq!(detect_mode(&m, root()), Some(CgroupMode::V2));
     let all = Some(Ok(
         "cpuset cpu io memory pids hugetlb freezer devices".to_owned()
@@ -196,7 +206,20 @@ fn missing_controllers_fail_or_warn_by_need() {
     assert!(c.summary.contains("missing cpuset"), "{}", c.summary);
     assert_eq!(cgroup(&[], root(), None, None).verdict, Verdict::Fail);
     // Mounts outside the root do not count.
-    assert!(parse_mountinfo(HYBRID, Path::new("/elsewhere")).is_empty());
+    assert!(
+        parse_mountinfo(HYBRID, Path::new("/elsewhere"))
+            .unwrap()
+            .is_empty()
+    );
+    // The agent's parser: a line it would refuse is refused here too, and named.
+    let e = parse_mountinfo("not mountinfo\n", root()).unwrap_err();
+    assert!(e.to_string().contains("not mountinfo"), "{e}");
+    // name=systemd is a v1 hierarchy (the mode) but no controller (the list).
+    let named = "40 30 0:37 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd\n";
+    let m = parse_mountinfo(named, root()).unwrap();
+    assert_eq!(m.len(), 1);
+    assert!(m[0].controllers.is_empty(), "{m:?}");
+    assert_eq!(detect_mode(&m, root()), Some(CgroupMode::V1));
 }
 
 #[test]
