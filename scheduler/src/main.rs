@@ -17,9 +17,15 @@ struct Args {
     /// Configuration file (TOML); every key is described in docs/scheduler.md.
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// Address to serve on (overrides the file's `listen`; default 127.0.0.1:6820).
+    /// Address to serve on (overrides the file's `listen`; default 0.0.0.0:6820, every
+    /// interface).
     #[arg(long)]
     listen: Option<String>,
+    /// host:port agents and clients reach this scheduler at (overrides the file's `advertise`;
+    /// default: the listen address if a specific one, else this host's name's address). Must be
+    /// an address of this host, or a name resolving to one.
+    #[arg(long)]
+    advertise: Option<String>,
     /// Placement policy (overrides the file's `policy`): first-fit, best-fit, spread, ...
     #[arg(long)]
     policy: Option<String>,
@@ -52,6 +58,9 @@ async fn main() -> anyhow::Result<()> {
     )?;
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    if let Some(advertise) = args.advertise {
+        config.advertise = Some(advertise);
     }
     if let Some(policy) = args.policy {
         config.policy = policy;

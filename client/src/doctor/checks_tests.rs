@@ -449,34 +449,57 @@ fn loopback_addresses_warn_only_when_the_scheduler_is_elsewhere() {
     let c = addresses(
         cfg,
         Some("https://127.0.0.1:6820,https://127.0.0.1:6822"),
+        Some("127.0.0.1"),
         None,
         None,
     );
     assert_eq!(c.verdict, Verdict::Ok, "{c:?}");
     assert_eq!(c.name, "addresses:/etc/harvest/harvestd.toml");
-    assert_eq!(addresses(cfg, None, None, None).verdict, Verdict::Ok);
+    assert_eq!(addresses(cfg, None, None, None, None).verdict, Verdict::Ok);
     let c = addresses(
         cfg,
         Some("https://sched1.cluster:6820"),
+        Some("127.0.0.1"),
         None,
         Some("127.0.0.1:9201"),
     );
     assert_eq!(c.verdict, Verdict::Warn, "{c:?}");
+    for part in [
+        "executor_bind_address = 127.0.0.1",
+        "metrics_listen = 127.0.0.1:9201",
+        "sched1.cluster",
+    ] {
+        assert!(c.summary.contains(part), "{part}: {}", c.summary);
+    }
+    // The defaults: every interface bound, the host name's address advertised.
+    let c = addresses(cfg, Some("https://sched1.cluster:6820"), None, None, None);
+    assert_eq!(c.verdict, Verdict::Ok, "{c:?}");
     assert!(
-        c.summary.contains("executor_bind_address = 127.0.0.1"),
+        c.summary
+            .contains("bind 0.0.0.0 and are advertised as this host name's address"),
         "{}",
         c.summary
     );
+    // A loopback advertised address is as wrong as a loopback bind.
+    let c = addresses(
+        cfg,
+        Some("https://sched1.cluster:6820"),
+        Some("0.0.0.0"),
+        Some("127.0.0.1"),
+        None,
+    );
+    assert_eq!(c.verdict, Verdict::Warn, "{c:?}");
     assert!(
-        c.summary.contains("metrics_listen = 127.0.0.1:9201"),
+        c.summary.contains("executor_advertise_address = 127.0.0.1")
+            && !c.summary.contains("executor_bind_address"),
         "{}",
         c.summary
     );
-    assert!(c.summary.contains("sched1.cluster"), "{}", c.summary);
     let c = addresses(
         cfg,
         Some("https://[fd00::1]:6820"),
         Some("10.1.0.7"),
+        None,
         Some("10.1.0.7:9201"),
     );
     assert_eq!(c.verdict, Verdict::Ok, "{c:?}");

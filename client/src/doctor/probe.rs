@@ -545,6 +545,7 @@ pub fn run(
                 path,
                 key("scheduler").or(our_scheduler.as_deref()),
                 key("executor_bind_address"),
+                key("executor_advertise_address"),
                 key("metrics_listen"),
             ));
         }
