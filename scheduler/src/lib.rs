@@ -5,7 +5,8 @@
 //! After a restart the agents re-register with their running executors and the leases are
 //! adopted, so nothing a client holds is lost.
 //!
-//! - [`config`]: the TOML configuration and its named defaults.
+//! - [`config`]: the TOML configuration and its named defaults; [`cli`]: the binary's command
+//!   line (the man page is made from it).
 //! - [`identity`]: munge credentials (`unmunge`) behind the [`identity::Authenticator`] trait.
 //! - [`book`]: the pure lease and node logic (placement, states, expiry, heartbeats, adoption).
 //! - [`state`]: what the services share (the book, the agents' order channels, waiters).
@@ -18,6 +19,7 @@
 
 pub mod access;
 pub mod book;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod gateway;
