@@ -315,6 +315,7 @@ mod tests {
             end_cause: String::new(),
             idle_timeout_ms: 0,
             last_active_unix_ms: 0,
+            memory: None,
             secret: None,
         };
         let r = revocation(&l);

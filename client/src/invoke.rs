@@ -8,6 +8,12 @@
 //! [`Polling::Spin`] busy-polls for the answer (pairs with the executor's hot mode, lowest latency);
 //! [`Polling::Block`] sleeps in the kernel.
 //!
+//! A memory lease's executor serves a region instead of (or beside) functions:
+//! [`read`](ExecutorConnection::read), [`write`](ExecutorConnection::write),
+//! [`readv`](ExecutorConnection::readv), [`writev`](ExecutorConnection::writev) and
+//! [`region_size`](ExecutorConnection::region_size) are thin wrappers over the same invocations
+//! (the reserved names of `harvest_core::invoke::memory`), with the same errors.
+//!
 //! [`invoke`]: ExecutorConnection::invoke
 //! [`submit`]: ExecutorConnection::submit
 //! [`wait`]: ExecutorConnection::wait
@@ -17,6 +23,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use harvest_core::invoke::auth::{self, LeaseSecret};
+use harvest_core::invoke::memory;
 use harvest_core::invoke::{self, ErrorCode, Frame};
 
 /// How long `connect` waits for the executor's challenge.
@@ -170,34 +177,51 @@ impl ExecutorConnection {
         input: &[u8],
         timeout: Option<Duration>,
     ) -> Result<u64, InvokeError> {
+        self.submit_parts(function, &[], &[input], timeout)
+    }
+
+    /// Sends an invocation whose input is `head` then every part, without copying the parts.
+    fn submit_parts(
+        &mut self,
+        function: &str,
+        head: &[u8],
+        parts: &[&[u8]],
+        timeout: Option<Duration>,
+    ) -> Result<u64, InvokeError> {
+        let input_len = parts
+            .iter()
+            .try_fold(head.len(), |n, p| n.checked_add(p.len()))
+            .unwrap_or(usize::MAX);
         if function.is_empty() || function.len() > 255 {
             return Err(InvokeError::Request(format!(
                 "function name {function:?} must be 1 to 255 bytes"
             )));
         }
-        if input.len() > u32::MAX as usize - 1024 {
+        if input_len > u32::MAX as usize - 1024 {
             return Err(InvokeError::Request(format!(
-                "input of {} bytes is too large",
-                input.len()
+                "input of {input_len} bytes is too large"
             )));
         }
         let timeout_ms = timeout.map_or(0, |t| t.as_millis().clamp(1, u32::MAX as u128) as u32);
         let id = self.next_id;
         self.next_id += 1;
         self.frame.clear();
-        // Pad so the input sits in the stream in phase with its buffer: the kernel's copies
-        // then run at full speed (see harvest_core::invoke).
-        let pad = invoke::invoke_pad(function, input.as_ptr() as usize % invoke::ALIGN);
+        // Pad so the (first part of the) input sits in the stream in phase with its buffer: the
+        // kernel's copies then run at full speed (see harvest_core::invoke).
+        let first = parts.first().map_or(0, |p| p.as_ptr() as usize);
+        let phase = first.wrapping_sub(head.len()) % invoke::ALIGN;
+        let pad = invoke::invoke_pad(function, phase);
         invoke::encode_invoke_header_padded(
             &mut self.frame,
             id,
             timeout_ms,
             function,
-            input.len(),
+            input_len,
             pad,
         );
+        self.frame.extend_from_slice(head);
         let addr = self.addr;
-        write_all(&mut self.stream, &self.frame, input)
+        write_all(&mut self.stream, &self.frame, parts)
             .map_err(|source| InvokeError::Io { addr, source })?;
         self.in_flight += 1;
         Ok(id)
@@ -289,6 +313,111 @@ impl ExecutorConnection {
             )));
         }
         Ok(())
+    }
+
+    /// The size in bytes of the executor's memory region (`harvest.mem.size`).
+    pub fn region_size(&mut self) -> Result<u64, InvokeError> {
+        let out = self.invoke(memory::SIZE, &[], None)?;
+        memory::decode_size(&out).ok_or_else(|| {
+            InvokeError::Request(format!(
+                "the executor answered harvest.mem.size with {} bytes, not 8",
+                out.len()
+            ))
+        })
+    }
+
+    /// Reads `len` bytes at `offset` of the executor's memory region.
+    pub fn read(&mut self, offset: u64, len: u32) -> Result<Vec<u8>, InvokeError> {
+        let mut out = Vec::new();
+        self.read_into(offset, len, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`read`](Self::read), into `out` (cleared first), so a caller can reuse one buffer.
+    pub fn read_into(
+        &mut self,
+        offset: u64,
+        len: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<(), InvokeError> {
+        self.invoke_into(memory::READ, &memory::encode_read(offset, len), None, out)?;
+        expect_len(memory::READ, u64::from(len), out.len())
+    }
+
+    /// Writes `data` at `offset` of the executor's memory region.
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), InvokeError> {
+        let id = self.submit_write(offset, data)?;
+        self.wait_empty(memory::WRITE, id)
+    }
+
+    /// Reads several ranges `(offset, len)` in one round trip (at most 1024, in total at most
+    /// the executor's output limit); their bytes in order.
+    pub fn readv(&mut self, ranges: &[(u64, u32)]) -> Result<Vec<Vec<u8>>, InvokeError> {
+        let mut all = Vec::new();
+        self.readv_into(ranges, &mut all)?;
+        let mut at = 0;
+        Ok(ranges
+            .iter()
+            .map(|&(_, len)| {
+                let part = all[at..at + len as usize].to_vec();
+                at += len as usize;
+                part
+            })
+            .collect())
+    }
+
+    /// Like [`readv`](Self::readv), the ranges' bytes concatenated into `out` (cleared first).
+    pub fn readv_into(
+        &mut self,
+        ranges: &[(u64, u32)],
+        out: &mut Vec<u8>,
+    ) -> Result<(), InvokeError> {
+        let mut list = Vec::new();
+        memory::encode_ranges(&mut list, ranges.iter().map(|&(o, l)| (o, l as usize)))
+            .map_err(|e| InvokeError::Request(e.to_string()))?;
+        self.invoke_into(memory::READV, &list, None, out)?;
+        let total = ranges.iter().map(|&(_, l)| u64::from(l)).sum();
+        expect_len(memory::READV, total, out.len())
+    }
+
+    /// Writes several `(offset, data)` pieces in one round trip (at most 1024), without copying
+    /// the data.
+    pub fn writev(&mut self, pieces: &[(u64, &[u8])]) -> Result<(), InvokeError> {
+        let mut list = Vec::new();
+        memory::encode_ranges(&mut list, pieces.iter().map(|&(o, d)| (o, d.len())))
+            .map_err(|e| InvokeError::Request(e.to_string()))?;
+        let parts: Vec<&[u8]> = pieces.iter().map(|&(_, d)| d).collect();
+        let id = self.submit_parts(memory::WRITEV, &list, &parts, None)?;
+        self.wait_empty(memory::WRITEV, id)
+    }
+
+    /// Sends a read without waiting (pipelining, as [`submit`](Self::submit)); its answer, from
+    /// [`wait_into`](Self::wait_into), is the bytes.
+    pub fn submit_read(&mut self, offset: u64, len: u32) -> Result<u64, InvokeError> {
+        self.submit(memory::READ, &memory::encode_read(offset, len), None)
+    }
+
+    /// Sends a write without waiting (pipelining, as [`submit`](Self::submit)); its answer, from
+    /// [`wait_into`](Self::wait_into), is empty.
+    pub fn submit_write(&mut self, offset: u64, data: &[u8]) -> Result<u64, InvokeError> {
+        self.submit_parts(
+            memory::WRITE,
+            &memory::encode_write_head(offset),
+            &[data],
+            None,
+        )
+    }
+
+    /// Waits for the answer to `id`, which carries no output.
+    fn wait_empty(&mut self, op: &str, id: u64) -> Result<(), InvokeError> {
+        let mut out = Vec::new();
+        let got = self.wait_into(&mut out, None)?;
+        if got != id {
+            return Err(InvokeError::Request(format!(
+                "answer for invocation {got} while waiting for {id}: use submit/wait to pipeline"
+            )));
+        }
+        expect_len(op, 0, out.len())
     }
 
     /// Moves buffered bytes into `buf`; returns how many.
@@ -387,6 +516,17 @@ impl ExecutorConnection {
     }
 }
 
+/// A memory operation's output must be exactly as long as asked for.
+fn expect_len(op: &str, want: u64, got: usize) -> Result<(), InvokeError> {
+    if got as u64 == want {
+        Ok(())
+    } else {
+        Err(InvokeError::Request(format!(
+            "the executor answered {op} with {got} bytes instead of {want}"
+        )))
+    }
+}
+
 /// Reads the executor's CHALLENGE and answers it with the proof of `secret`. The stream is
 /// still blocking.
 fn handshake(
@@ -440,18 +580,31 @@ fn handshake(
     stream.set_read_timeout(None).map_err(io_err)
 }
 
-/// Writes `a` then `b` (one `writev` when the kernel takes both), spinning on a full socket.
-fn write_all(stream: &mut TcpStream, a: &[u8], b: &[u8]) -> io::Result<()> {
-    let (mut a, mut b) = (a, b);
-    while !a.is_empty() || !b.is_empty() {
-        match stream.write_vectored(&[io::IoSlice::new(a), io::IoSlice::new(b)]) {
+/// The most buffers one `writev` takes (Linux's IOV_MAX).
+const IOV_MAX: usize = 1024;
+
+/// Writes `head` then every part (one `writev` when the kernel takes them all), spinning on a
+/// full socket.
+fn write_all(stream: &mut TcpStream, head: &[u8], parts: &[&[u8]]) -> io::Result<()> {
+    // One input (an invocation, a read or write) needs no allocation.
+    let mut few = [io::IoSlice::new(&[]); 4];
+    let mut many = Vec::new();
+    let bufs: &mut [io::IoSlice<'_>] = if parts.len() < few.len() {
+        few[0] = io::IoSlice::new(head);
+        for (slot, p) in few[1..].iter_mut().zip(parts) {
+            *slot = io::IoSlice::new(p);
+        }
+        &mut few
+    } else {
+        many.push(io::IoSlice::new(head));
+        many.extend(parts.iter().map(|p| io::IoSlice::new(p)));
+        &mut many
+    };
+    let mut bufs = bufs;
+    while bufs.iter().any(|b| !b.is_empty()) {
+        match stream.write_vectored(&bufs[..bufs.len().min(IOV_MAX)]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(mut n) => {
-                let from_a = n.min(a.len());
-                a = &a[from_a..];
-                n -= from_a;
-                b = &b[n..];
-            }
+            Ok(n) => io::IoSlice::advance_slices(&mut bufs, n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::hint::spin_loop(),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),

@@ -126,6 +126,11 @@ pub struct LeaseRequest {
     pub hot_window: Option<Option<Duration>>,
     /// Timeout of invocations that ask for none (`None`: the executor's default).
     pub default_timeout: Option<Duration>,
+    /// A memory lease of this region (see [`LeaseRequest::memory`]): `cores`, `gpus` and
+    /// `library` are then not sent.
+    pub memory: Option<harvest_core::region::MemorySpec>,
+    /// Nodes the lease must not go to, by name (a replica away from its primary).
+    pub avoid_nodes: Vec<String>,
 }
 
 impl LeaseRequest {
@@ -139,6 +144,18 @@ impl LeaseRequest {
             library,
             hot_window: None,
             default_timeout: None,
+            memory: None,
+            avoid_nodes: Vec::new(),
+        }
+    }
+
+    /// A memory lease: a region of `spec.region_mib` MiB of a node's idle memory, read and
+    /// written through its executor (`ExecutorConnection::read`/`write`), served with at most
+    /// `spec.cpu_millis` thousandths of one CPU.
+    pub fn memory(spec: harvest_core::region::MemorySpec) -> Self {
+        Self {
+            memory: Some(spec),
+            ..Self::new(0, Library::Content(Vec::new()))
         }
     }
 }
@@ -442,18 +459,21 @@ impl SchedulerClient {
                 max_output_bytes: 0,
             }
         });
+        let memory = req.memory.map(v1::MemorySpec::from);
         let msg = v1::AcquireLeaseRequest {
             credential: None,
-            cores: req.cores,
+            cores: if memory.is_some() { 0 } else { req.cores },
             memory_mib: req.memory_mib,
-            gpus: req.gpus,
+            gpus: if memory.is_some() { 0 } else { req.gpus },
             lifetime_ms: req.lifetime.map_or(0, |d| d.as_millis() as u64),
             idle_timeout_ms: req.idle_timeout.map_or(0, |d| d.as_millis() as u64),
-            library: Some(v1::FunctionLibrary {
+            library: memory.is_none().then_some(v1::FunctionLibrary {
                 source: Some(library),
             }),
             executor,
             request_id: new_request_id()?,
+            memory,
+            avoid_nodes: req.avoid_nodes.clone(),
         };
         self.call("acquire lease", msg, |mut rpc, m| {
             Box::pin(async move { rpc.acquire_lease(m).await })

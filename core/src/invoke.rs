@@ -26,6 +26,9 @@
 //! supervisor, before it forks a worker for the connection, so an unauthenticated peer never
 //! costs a process.
 //!
+//! **Memory operations.** An executor with a memory region (a memory lease) serves the reserved
+//! names `harvest.mem.*` over these same frames; [`memory`] encodes and checks their inputs.
+//!
 //! An ERROR with id 0 concerns the whole connection (for example the executor is shutting down).
 //! This module only encodes and decodes byte slices; reading and writing streams is the caller's.
 //!
@@ -38,6 +41,7 @@
 //! into [`ALIGN`]-aligned buffers. A decoder just skips the pad; any pad is valid.
 
 pub mod auth;
+pub mod memory;
 
 use std::fmt;
 

@@ -74,6 +74,13 @@ impl GuardedBuffer {
         unsafe { self.base.as_ptr().add(OUTPUT_PHASE) }
     }
 
+    /// The whole buffer, writable (for the executor's own outputs, such as a region's bytes).
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `capacity` bytes from OUTPUT_PHASE are mapped writable for the life of `self`,
+        // and `&mut self` makes this the only reference to them.
+        unsafe { std::slice::from_raw_parts_mut(self.as_mut_ptr(), self.capacity) }
+    }
+
     /// The first `len` bytes (clamped to the capacity).
     pub fn as_slice(&self, len: usize) -> &[u8] {
         // SAFETY: `capacity` bytes from OUTPUT_PHASE are mapped readable for the life of `self`.

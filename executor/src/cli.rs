@@ -11,14 +11,23 @@ use harvest_core::invoke::auth::{LeaseSecret, SecretError};
 
 /// Runs C-ABI functions (`uint32_t fn(void *in, uint32_t in_len, void *out)`) from a shared
 /// library and serves invocations from clients over TCP, one worker process per connection.
+/// With --region it also (or, without --lib, only) serves a memory region that the lease's owner
+/// reads and writes by offset (the harvest.mem.* operations, docs/executor.md).
 ///
 /// The lease secret comes from the environment variable HARVEST_LEASE_SECRET (64 hex digits),
 /// never from the command line (which every user on the node can read).
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("serves").required(true).multiple(true).args(["lib", "region"])))]
 pub struct Args {
-    /// The function library (a .so exporting the functions by name).
+    /// The function library (a .so exporting the functions by name). Optional with --region (a
+    /// memory lease); one of the two is needed.
     #[arg(long)]
-    lib: PathBuf,
+    lib: Option<PathBuf>,
+    /// Serve a memory region of this size (a memory lease): bytes or with a binary suffix (64M,
+    /// 4G, 1T), from 4K to 1T. Its pages are allocated (and charged to this process's memory
+    /// cgroup) when first read or written.
+    #[arg(long, value_parser = parse_region_size)]
+    region: Option<u64>,
     /// Address to listen on; port 0 picks a free one.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -29,13 +38,15 @@ pub struct Args {
     /// Timeout of an invocation that asks for none, e.g. 500ms or 10s.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     timeout: Duration,
-    /// Size of each worker's output buffer: bytes (1048576) or with a binary suffix (64K, 1M,
-    /// 1G); 1 byte to 1G.
-    #[arg(long, default_value = "1M", value_parser = parse_output_size)]
-    max_output: usize,
-    /// Largest accepted input: bytes or with a suffix (K, M, G); at most 1G.
-    #[arg(long, default_value = "64M", value_parser = parse_input_size)]
-    max_input: usize,
+    /// Size of each worker's output buffer, and so the largest read of a region: bytes (1048576)
+    /// or with a binary suffix (64K, 1M, 1G); 1 byte to 1G. Default: 1M, or 4M + 64 bytes with
+    /// --region.
+    #[arg(long, value_parser = parse_output_size)]
+    max_output: Option<usize>,
+    /// Largest accepted input: bytes or with a suffix (K, M, G); at most 1G. Default: 64M, or
+    /// 4M + 16K with --region (a 4 MiB write and the longest range list of a writev).
+    #[arg(long, value_parser = parse_input_size)]
+    max_input: Option<usize>,
     /// Most authenticated connections served at once (each is a worker process).
     #[arg(long, default_value_t = config::DEFAULT_MAX_CONNECTIONS as u16, value_parser = clap::value_parser!(u16).range(1..))]
     max_connections: u16,
@@ -81,20 +92,21 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
 /// A size on the command line that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SizeError {
-    #[error("invalid size {0:?}: use bytes (1048576) or a number with K, M or G (64K, 1M)")]
+    #[error("invalid size {0:?}: use bytes (1048576) or a number with K, M, G or T (64K, 1M)")]
     Syntax(String),
-    #[error("size {text:?} is {bytes} bytes, outside {min} to {max} bytes (1G)")]
+    #[error("size {text:?} is {bytes} bytes, outside {min} to {max} bytes ({max_text})")]
     Range {
         text: String,
         bytes: u64,
-        min: usize,
-        max: usize,
+        min: u64,
+        max: u64,
+        max_text: &'static str,
     },
 }
 
-/// A byte count: plain bytes, or a number with a binary suffix K, M or G (either case,
-/// optionally followed by `B` or `iB`), within `min..=MAX_PAYLOAD_BYTES`.
-pub fn parse_size(text: &str, min: usize) -> Result<usize, SizeError> {
+/// A byte count: plain bytes, or a number with a binary suffix K, M, G or T (either case,
+/// optionally followed by `B` or `iB`). Too large for `u64`: `u64::MAX`.
+pub fn parse_bytes(text: &str) -> Result<u64, SizeError> {
     let t = text.trim();
     let syntax = || SizeError::Syntax(text.to_owned());
     let t = t
@@ -105,24 +117,46 @@ pub fn parse_size(text: &str, min: usize) -> Result<usize, SizeError> {
         Some((i, 'K' | 'k')) => (&t[..i], 10),
         Some((i, 'M' | 'm')) => (&t[..i], 20),
         Some((i, 'G' | 'g')) => (&t[..i], 30),
+        Some((i, 'T' | 't')) => (&t[..i], 40),
         _ => (t, 0),
     };
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(syntax());
     }
     let n: u64 = digits.parse().map_err(|_| syntax())?;
-    let bytes = n
-        .checked_shl(shift)
+    Ok(n.checked_shl(shift)
         .filter(|b| b >> shift == n)
-        .unwrap_or(u64::MAX);
+        .unwrap_or(u64::MAX))
+}
+
+/// A byte count ([`parse_bytes`]) within `min..=MAX_PAYLOAD_BYTES`.
+pub fn parse_size(text: &str, min: usize) -> Result<usize, SizeError> {
+    let bytes = parse_bytes(text)?;
     match usize::try_from(bytes) {
         Ok(b) if (min..=MAX_PAYLOAD_BYTES).contains(&b) => Ok(b),
         _ => Err(SizeError::Range {
             text: text.to_owned(),
             bytes,
-            min,
-            max: MAX_PAYLOAD_BYTES,
+            min: min as u64,
+            max: MAX_PAYLOAD_BYTES as u64,
+            max_text: "1G",
         }),
+    }
+}
+
+/// A memory region's size ([`parse_bytes`]) within 4K..=1T.
+pub fn parse_region_size(text: &str) -> Result<u64, SizeError> {
+    let bytes = parse_bytes(text)?;
+    if (config::MIN_REGION_BYTES..=config::MAX_REGION_BYTES).contains(&bytes) {
+        Ok(bytes)
+    } else {
+        Err(SizeError::Range {
+            text: text.to_owned(),
+            bytes,
+            min: config::MIN_REGION_BYTES,
+            max: config::MAX_REGION_BYTES,
+            max_text: "1T",
+        })
     }
 }
 
@@ -170,12 +204,23 @@ pub fn take_secret_from_env() -> Result<LeaseSecret, SecretEnvError> {
 /// ([`take_secret_from_env`]) first.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let secret = take_secret_from_env()?;
-    let mut cfg = ExecutorConfig::new(args.lib, secret);
+    let mut cfg = ExecutorConfig::new(PathBuf::new(), secret);
+    cfg.library = args.lib;
+    cfg.region_bytes = args.region;
     cfg.listen = args.listen;
     cfg.hot_window = args.hot;
     cfg.default_timeout = args.timeout;
-    cfg.max_output_bytes = args.max_output;
-    cfg.max_input_bytes = args.max_input;
+    let memory = args.region.is_some();
+    cfg.max_output_bytes = args.max_output.unwrap_or(if memory {
+        config::DEFAULT_REGION_MAX_OUTPUT_BYTES
+    } else {
+        config::DEFAULT_MAX_OUTPUT_BYTES
+    });
+    cfg.max_input_bytes = args.max_input.unwrap_or(if memory {
+        config::DEFAULT_REGION_MAX_INPUT_BYTES
+    } else {
+        config::DEFAULT_MAX_INPUT_BYTES
+    });
     cfg.max_connections = usize::from(args.max_connections);
     cfg.max_pending = usize::from(args.max_pending);
     cfg.handshake_timeout = args.handshake_timeout;
@@ -229,7 +274,7 @@ mod tests {
 
     #[test]
     fn sizes_out_of_bounds_or_malformed_are_refused_with_the_rule() {
-        for bad in ["", "M", "1.5M", "-1", "12X", "1T", "K1", "0x10"] {
+        for bad in ["", "M", "1.5M", "-1", "12X", "1P", "K1", "0x10"] {
             let e = parse_size(bad, 1).unwrap_err();
             assert!(
                 matches!(e, SizeError::Syntax(_)),
@@ -244,6 +289,7 @@ mod tests {
         );
         assert!(e.to_string().contains("1073741824"), "{e}");
         assert!(matches!(parse_size("0", 1), Err(SizeError::Range { .. })));
+        assert!(matches!(parse_size("1T", 1), Err(SizeError::Range { .. })));
         // Overflow saturates into a range error, never wraps.
         assert!(matches!(
             parse_size("18446744073709551615G", 1),
@@ -251,6 +297,28 @@ mod tests {
         ));
         assert!(matches!(
             parse_size("99999999999999999999999", 1),
+            Err(SizeError::Syntax(_))
+        ));
+    }
+
+    #[test]
+    fn region_sizes_run_from_a_page_to_a_tebibyte() {
+        assert_eq!(parse_region_size("4K"), Ok(4096));
+        assert_eq!(parse_region_size("4096"), Ok(4096));
+        assert_eq!(parse_region_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_region_size("16G"), Ok(16 << 30));
+        assert_eq!(parse_region_size("1T"), Ok(1 << 40));
+        assert_eq!(parse_region_size("1TiB"), Ok(1 << 40));
+        for bad in ["4095", "1025G", "2T", "0", "99999999999T"] {
+            let e = parse_region_size(bad).unwrap_err();
+            assert!(matches!(e, SizeError::Range { .. }), "{bad}: {e}");
+            assert!(
+                e.to_string().contains("4096 to 1099511627776 bytes (1T)"),
+                "{e}"
+            );
+        }
+        assert!(matches!(
+            parse_region_size("lots"),
             Err(SizeError::Syntax(_))
         ));
     }

@@ -15,6 +15,12 @@ pub const DEFAULT_MAX_INPUT_BYTES: usize = 64 << 20;
 /// The largest output buffer and input accepted (1 GiB): far below the 4 GiB a frame's `u32`
 /// length can describe, and more than a function should move through one invocation.
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 30;
+/// Default output limit of an executor with a memory region: a 4 MiB read and some room.
+pub const DEFAULT_REGION_MAX_OUTPUT_BYTES: usize = (4 << 20) + 64;
+/// Default input limit of an executor with a memory region: a 4 MiB write, with room for a
+/// `writev`'s longest range list ([`harvest_core::invoke::memory::MAX_LIST_BYTES`]).
+pub const DEFAULT_REGION_MAX_INPUT_BYTES: usize = (4 << 20) + (16 << 10);
+pub use harvest_core::invoke::memory::{MAX_REGION_BYTES, MIN_REGION_BYTES};
 /// Default number of concurrent authenticated connections (each one a worker process).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 /// Default number of connections that have not yet proved the lease secret; past it the oldest
@@ -60,8 +66,12 @@ impl HotWindow {
 pub struct ExecutorConfig {
     /// Where to accept clients (`127.0.0.1:0` picks a free port).
     pub listen: SocketAddr,
-    /// The function library (a shared object with C-ABI functions).
-    pub library: PathBuf,
+    /// The function library (a shared object with C-ABI functions); `None` for a memory lease's
+    /// executor, which serves only its region.
+    pub library: Option<PathBuf>,
+    /// A memory lease's region size in bytes ([`MIN_REGION_BYTES`] to [`MAX_REGION_BYTES`]): the
+    /// supervisor maps it before forking workers, which serve `harvest.mem.*` from it.
+    pub region_bytes: Option<u64>,
     pub hot_window: HotWindow,
     /// Used when an invocation asks for no timeout of its own.
     pub default_timeout: Duration,
@@ -92,11 +102,13 @@ pub struct ExecutorConfig {
 pub const ACTIVITY_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl ExecutorConfig {
-    /// A configuration with the defaults for everything but the library and the lease secret.
+    /// A configuration with the defaults for everything but the library and the lease secret
+    /// (and no memory region).
     pub fn new(library: PathBuf, secret: LeaseSecret) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            library,
+            library: Some(library),
+            region_bytes: None,
             hot_window: HotWindow::For(Duration::from_millis(1)),
             default_timeout: DEFAULT_TIMEOUT,
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,

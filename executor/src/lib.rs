@@ -13,6 +13,7 @@
 //! - [`handshake`]: the lease-secret challenge every connection answers before it gets a worker.
 //! - [`library`]: the loaded function library and symbol lookup.
 //! - [`ready`]: `--ready-fd`, the address line on an inherited pipe.
+//! - [`region`]: a memory lease's region, mapped shared before any worker forks.
 //! - [`buffer`]: output buffers with a guard page, so an overflowing function crashes cleanly.
 //! - [`slot`]: a shared-memory slot per worker saying which invocation runs and until when.
 //! - [`worker`]: serves one connection: read, run, answer; busy-polls in the hot window.
@@ -22,6 +23,10 @@
 //! Isolation model: a function runs in a forked worker, never in the supervisor, so a crash takes
 //! down one connection's worker; the supervisor keeps the connection's socket, tells the caller
 //! what happened, and closes it. The client reconnects for its next invocation.
+//!
+//! Memory leases: with `--region SIZE` the executor maps a region and its workers serve the
+//! reserved names `harvest.mem.*` (read, write, scatter/gather by offset; see
+//! [`harvest_core::invoke::memory`]) from it; `--lib` is then optional.
 //!
 //! Access: only the lease's owner may invoke. The executor takes the lease secret from
 //! `HARVEST_LEASE_SECRET` at start (and removes it from its environment), and the supervisor
@@ -34,6 +39,7 @@ pub mod handshake;
 pub mod harden;
 pub mod library;
 pub mod ready;
+pub mod region;
 pub mod slot;
 pub mod supervisor;
 pub mod worker;

@@ -25,6 +25,7 @@ use harvest_core::invoke::{self, CONNECTION_ID, ErrorCode};
 use crate::config::ExecutorConfig;
 use crate::handshake::Handshakes;
 use crate::library::FunctionLibrary;
+use crate::region::{MemoryRegion, RegionError};
 use crate::slot::{Durations, Slot, monotonic_ns};
 use crate::worker::{Worker, write_all_until};
 
@@ -38,6 +39,12 @@ pub enum SupervisorError {
     Library(#[from] crate::library::LibraryError),
     #[error(transparent)]
     Harden(#[from] crate::harden::HardenError),
+    #[error(transparent)]
+    Region(#[from] RegionError),
+    #[error(
+        "nothing to serve: give a function library (--lib) or a memory region (--region), or both"
+    )]
+    NothingToServe,
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: io::Error },
     #[error("{what}: {source}")]
@@ -118,7 +125,16 @@ impl Activity<'_> {
 /// rlimits ([`crate::harden`]), which hold for good.
 pub fn run(config: &ExecutorConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), SupervisorError> {
     crate::harden::harden_process()?;
-    let mut library = FunctionLibrary::load(&config.library)?;
+    if config.library.is_none() && config.region_bytes.is_none() {
+        return Err(SupervisorError::NothingToServe);
+    }
+    // Mapped once, before any worker forks: every worker shares the same pages.
+    let region = config.region_bytes.map(MemoryRegion::map).transpose()?;
+    let mut library = config
+        .library
+        .as_deref()
+        .map(FunctionLibrary::load)
+        .transpose()?;
     let listener = TcpListener::bind(config.listen).map_err(|source| SupervisorError::Listen {
         addr: config.listen,
         source,
@@ -130,7 +146,12 @@ pub fn run(config: &ExecutorConfig, ready: impl FnOnce(SocketAddr)) -> Result<()
         .local_addr()
         .map_err(os("reading the bound address"))?;
     let signals = block_signals_fd().map_err(os("creating a signalfd"))?;
-    tracing::info!(%addr, library = %config.library.display(), "executor listening");
+    tracing::info!(
+        %addr,
+        library = %config.library.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+        region_bytes = config.region_bytes.unwrap_or(0),
+        "executor listening"
+    );
     ready(addr);
 
     let mut children: Vec<Child> = Vec::new();
@@ -240,7 +261,11 @@ pub fn run(config: &ExecutorConfig, ready: impl FnOnce(SocketAddr)) -> Result<()
                 inherited.push(c.conn.as_raw_fd());
                 inherited.push(c.pidfd.as_raw_fd());
             }
-            admit_worker(conn, &inherited, &mut children, &mut library, config);
+            let serves = Serves {
+                library: library.as_mut(),
+                region: region.as_ref(),
+            };
+            admit_worker(conn, &inherited, &mut children, serves, config);
             activity.note();
         }
         if fds[0].revents != 0 {
@@ -278,13 +303,20 @@ fn accept_all(listener: &TcpListener, handshakes: &mut Handshakes) {
     }
 }
 
+/// What a worker serves: functions, a memory region, or both.
+#[derive(Debug)]
+pub struct Serves<'a> {
+    pub library: Option<&'a mut FunctionLibrary>,
+    pub region: Option<&'a MemoryRegion>,
+}
+
 /// Forks a worker for a connection that proved the lease secret, if a slot is free.
 /// `inherited` are the supervisor's descriptors, which the worker closes.
 fn admit_worker(
     conn: TcpStream,
     inherited: &[RawFd],
     children: &mut Vec<Child>,
-    library: &mut FunctionLibrary,
+    serves: Serves<'_>,
     config: &ExecutorConfig,
 ) {
     if children.len() >= config.max_connections {
@@ -292,7 +324,7 @@ fn admit_worker(
         tell(&conn, CONNECTION_ID, ErrorCode::Internal, &msg);
         return;
     }
-    match spawn_worker(conn, inherited, library, config) {
+    match spawn_worker(conn, inherited, serves, config) {
         Ok(child) => children.push(child),
         Err(e) => tracing::error!(error = %e, "cannot start a worker"),
     }
@@ -303,7 +335,7 @@ fn admit_worker(
 fn spawn_worker(
     conn: TcpStream,
     inherited: &[RawFd],
-    library: &mut FunctionLibrary,
+    serves: Serves<'_>,
     config: &ExecutorConfig,
 ) -> io::Result<Child> {
     let slot = Slot::new()?;
@@ -315,7 +347,7 @@ fn spawn_worker(
     }
     if pid == 0 {
         // The worker: drop what belongs to the supervisor, then serve this one connection.
-        let code = worker_main(conn, inherited, library, &slot, config);
+        let code = worker_main(conn, inherited, serves, &slot, config);
         // SAFETY: leave without running the supervisor's destructors or atexit handlers.
         unsafe { libc::_exit(code) };
     }
@@ -344,7 +376,7 @@ fn spawn_worker(
 fn worker_main(
     conn: TcpStream,
     inherited: &[RawFd],
-    library: &mut FunctionLibrary,
+    serves: Serves<'_>,
     slot: &Slot,
     config: &ExecutorConfig,
 ) -> i32 {
@@ -357,7 +389,7 @@ fn worker_main(
     default_signals();
     // Under memory pressure the kernel should pick a worker, never the supervisor.
     let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
-    match Worker::new(conn, library, slot, config).and_then(|mut w| w.serve()) {
+    match Worker::new(conn, serves, slot, config).and_then(|mut w| w.serve()) {
         Ok(()) => 0,
         Err(e) => {
             tracing::debug!(error = %e, "worker connection ended");

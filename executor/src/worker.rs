@@ -18,12 +18,20 @@ use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use harvest_core::invoke::memory::{self, Limits, MemOp};
 use harvest_core::invoke::{self, CONNECTION_ID, ErrorCode, Frame};
 
 use crate::buffer::GuardedBuffer;
 use crate::config::{ExecutorConfig, HotWindow};
 use crate::library::{FunctionLibrary, LibraryError};
+use crate::region::MemoryRegion;
 use crate::slot::{Slot, monotonic_ns};
+use crate::supervisor::Serves;
+
+/// The answer to `harvest.mem.*` on an executor without a region.
+pub const NO_REGION: &str = "this lease has no memory region (it is a function lease)";
+/// The answer to a function name on an executor with a region and no library.
+pub const NO_FUNCTIONS: &str = "this is a memory lease: it has no functions";
 
 /// Bytes a request may carry beyond its input (header, timeout, name, pad).
 const REQUEST_OVERHEAD: usize = invoke::HEADER_BYTES + 4 + 2 + 1 + 256 + 255;
@@ -32,7 +40,8 @@ const REQUEST_OVERHEAD: usize = invoke::HEADER_BYTES + 4 + 2 + 1 + 256 + 255;
 #[derive(Debug)]
 pub struct Worker<'a> {
     stream: TcpStream,
-    library: &'a mut FunctionLibrary,
+    library: Option<&'a mut FunctionLibrary>,
+    region: Option<&'a MemoryRegion>,
     slot: &'a Slot,
     config: &'a ExecutorConfig,
     output: GuardedBuffer,
@@ -43,7 +52,7 @@ pub struct Worker<'a> {
 impl<'a> Worker<'a> {
     pub fn new(
         stream: TcpStream,
-        library: &'a mut FunctionLibrary,
+        serves: Serves<'a>,
         slot: &'a Slot,
         config: &'a ExecutorConfig,
     ) -> io::Result<Self> {
@@ -51,7 +60,8 @@ impl<'a> Worker<'a> {
         stream.set_nodelay(true)?;
         Ok(Self {
             stream,
-            library,
+            library: serves.library,
+            region: serves.region,
             slot,
             config,
             output: GuardedBuffer::new(config.max_output_bytes)?,
@@ -109,20 +119,21 @@ impl<'a> Worker<'a> {
             }
             Err(e) => return self.send_error(CONNECTION_ID, ErrorCode::BadRequest, &e.to_string()),
         };
-        let function = match self.library.get(&name) {
+        let input = &mut body[input_at..];
+        if memory::is_memory_op(&name) {
+            return self.memory_op(id, timeout_ms, &name, input);
+        }
+        let Some(library) = self.library.as_deref_mut() else {
+            return self.send_error(id, ErrorCode::NoSuchFunction, NO_FUNCTIONS);
+        };
+        let function = match library.get(&name) {
             Ok(f) => f,
             Err(e @ (LibraryError::NotFound(_) | LibraryError::BadName(_))) => {
                 return self.send_error(id, ErrorCode::NoSuchFunction, &e.to_string());
             }
             Err(e) => return self.send_error(id, ErrorCode::Internal, &e.to_string()),
         };
-        let input = &mut body[input_at..];
-        let timeout = match timeout_ms {
-            0 => self.config.default_timeout,
-            ms => Duration::from_millis(ms.into()),
-        };
-        let deadline = monotonic_ns().saturating_add(timeout.as_nanos() as u64);
-        self.slot.begin(id, deadline);
+        self.slot.begin(id, self.deadline(timeout_ms));
         // SAFETY: this is the rFaaS function ABI. `input` is valid for `len` bytes and writable;
         // the output buffer is valid for its capacity and ends at a guard page, so an overflow is
         // a SIGSEGV (reported by the supervisor as a crash), not silent corruption. The input
@@ -141,6 +152,74 @@ impl<'a> Worker<'a> {
                 self.output.capacity()
             );
             return self.send_error(id, ErrorCode::OutputTooLarge, &msg);
+        }
+        let header = match invoke::result_header(id, written) {
+            Ok(h) => h,
+            Err(e) => return self.send_error(id, ErrorCode::OutputTooLarge, &e.to_string()),
+        };
+        let output = self.output.as_slice(written);
+        write_all_vectored(&self.stream, &header, output, self.spins())
+    }
+
+    /// The monotonic deadline of an invocation that asked for `timeout_ms` (0: the default).
+    fn deadline(&self, timeout_ms: u32) -> u64 {
+        let timeout = match timeout_ms {
+            0 => self.config.default_timeout,
+            ms => Duration::from_millis(ms.into()),
+        };
+        monotonic_ns().saturating_add(timeout.as_nanos() as u64)
+    }
+
+    /// Serves a `harvest.mem.*` operation from the region. It counts as an invocation (the
+    /// slot's begin and end: activity, durations, the deadline), and answers on the normal
+    /// RESULT path: a read is copied into the output buffer first.
+    fn memory_op(&mut self, id: u64, timeout_ms: u32, name: &str, input: &[u8]) -> io::Result<()> {
+        let Some(region) = self.region else {
+            return self.send_error(id, ErrorCode::NoSuchFunction, NO_REGION);
+        };
+        let limits = Limits {
+            region: region.len(),
+            max_read: self.config.max_output_bytes.min(self.output.capacity()) as u64,
+        };
+        let op = match MemOp::decode(name, input, limits) {
+            Ok(op) => op,
+            Err(e) => return self.send_error(id, e.code(), &e.to_string()),
+        };
+        self.slot.begin(id, self.deadline(timeout_ms));
+        let out = self.output.as_mut_slice();
+        // Every range was checked against the region and the output limit by `decode`; the
+        // region checks again (a false here is a bug, answered as such, never a wild copy).
+        let (ok, written) = match op {
+            MemOp::Size => {
+                out[..8].copy_from_slice(&region.len().to_le_bytes());
+                (true, 8)
+            }
+            MemOp::Read(r) => (region.read(r, out), r.len as usize),
+            MemOp::Write { offset, data } => (region.write(offset, data), 0),
+            MemOp::ReadV(ranges) => {
+                let mut at = 0;
+                let mut ok = true;
+                for r in ranges.iter() {
+                    ok &= region.read(r, &mut out[at..]);
+                    at += r.len as usize;
+                }
+                (ok, at)
+            }
+            MemOp::WriteV { ranges, data } => {
+                let mut at = 0;
+                let mut ok = true;
+                for r in ranges.iter() {
+                    let len = r.len as usize;
+                    ok &= region.write(r.offset, &data[at..at + len]);
+                    at += len;
+                }
+                (ok, 0)
+            }
+        };
+        self.slot.end();
+        if !ok {
+            let msg = format!("{name}: a checked range fell outside the region (a bug)");
+            return self.send_error(id, ErrorCode::Internal, &msg);
         }
         let header = match invoke::result_header(id, written) {
             Ok(h) => h,

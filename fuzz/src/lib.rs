@@ -11,11 +11,13 @@
 //!   few thousand deterministic mutations of them as a plain `cargo test` (the test suite's short
 //!   stage).
 //!
-//! Modules: [`frames`] (invocation frames, plugin-agent messages), [`trace`] (SWF), [`configs`]
+//! Modules: [`frames`] (invocation frames, plugin-agent messages), [`memory`] (memory
+//! leases' `harvest.mem.*` inputs), [`trace`] (SWF), [`configs`]
 //! (harvestd, scheduler and policy TOML, the SPANK plugin's `plugstack.conf` arguments).
 
 pub mod configs;
 pub mod frames;
+pub mod memory;
 pub mod trace;
 
 /// The SPANK plugin's argument parser, compiled from its own source: the plugin crate builds only
@@ -26,14 +28,16 @@ pub mod spank;
 
 pub use configs::{agent_config, policy_config, scheduler_config, spank_args};
 pub use frames::{invoke_frame, plugin_message};
+pub use memory::memory_op;
 pub use trace::swf_trace;
 
 /// A target's body: any bytes in, a panic when a bug is found.
 pub type Body = fn(&[u8]);
 
 /// Every target, by the name `cargo fuzz` and `corpus/` use, with its body.
-pub const TARGETS: [(&str, Body); 7] = [
+pub const TARGETS: [(&str, Body); 8] = [
     ("invoke_frame", invoke_frame),
+    ("memory_op", memory_op),
     ("plugin_message", plugin_message),
     ("swf_trace", swf_trace),
     ("agent_config", agent_config),

@@ -166,6 +166,11 @@ fn invoke_frame() {
 }
 
 #[test]
+fn memory_op() {
+    run("memory_op");
+}
+
+#[test]
 fn plugin_message() {
     run("plugin_message");
 }

@@ -178,6 +178,7 @@ impl NodeAgent {
             created_ms: now_ms(now),
             executor: None,
             recovery: req.recovery.clone(),
+            memory: req.memory,
         };
         self.ledger.leases.insert(req.id.clone(), record.clone());
         Ok(record)

@@ -5,6 +5,7 @@
 //! in the ledger (so the view's `function` columns show it and `idle` shrinks), and runs its
 //! executor. The records here are plain data, persisted with the rest of the ledger.
 
+use harvest_core::region::MemorySpec;
 use harvest_core::{CpuSet, NodeView};
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +27,9 @@ pub struct LeaseRequest {
     pub expires_unix_ms: i64,
     /// What a scheduler needs to rebuild the lease from this agent (kept, never used here).
     pub recovery: Recovery,
+    /// A memory lease: no CPUs of its own (`cores` 0), a region served by its executor;
+    /// `memory_mib` is what it holds (the region and the overhead).
+    pub memory: Option<MemorySpec>,
 }
 
 /// What the agent keeps of a lease only so that a scheduler that restarts or takes over can
@@ -98,6 +102,9 @@ pub struct LeaseRecord {
     /// Absent in ledgers written before it existed.
     #[serde(default, skip_serializing_if = "is_default")]
     pub recovery: Recovery,
+    /// A memory lease (absent: a function lease, and in ledgers written before they existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemorySpec>,
 }
 
 fn is_default(r: &Recovery) -> bool {
@@ -114,6 +121,7 @@ pub struct ExecutorInfo {
     pub gpus: Vec<u32>,
     pub address: String,
     pub expires_unix_ms: i64,
+    pub memory: Option<MemorySpec>,
 }
 
 impl LeaseRecord {
@@ -128,6 +136,7 @@ impl LeaseRecord {
             gpus: self.gpus.clone(),
             address,
             expires_unix_ms: self.expires_unix_ms,
+            memory: self.memory,
         })
     }
 }
@@ -193,6 +202,16 @@ pub enum LeaseError {
         wanted: u32,
         idle: usize,
     },
+    #[error("lease {id}: a memory lease holds no cores or GPUs of its own, not {cores} and {gpus}")]
+    MemoryLeaseShape { id: String, cores: u32, gpus: u32 },
+    #[error(
+        "lease {id}: {memory_mib} MiB cannot hold its region and the executor's overhead ({held_mib} MiB)"
+    )]
+    MemoryBelowRegion {
+        id: String,
+        memory_mib: u64,
+        held_mib: u64,
+    },
     #[error("no lease {0} on this node")]
     Unknown(String),
     #[error("harvestd is shutting down: no lease starts now; the scheduler places it elsewhere")]
@@ -229,6 +248,9 @@ pub fn place(
     req: &LeaseRequest,
 ) -> Result<Placement, LeaseError> {
     let id = || req.id.clone();
+    if let Some(spec) = req.memory {
+        return place_memory(view, req, spec);
+    }
     if req.cores == 0 {
         return Err(LeaseError::Zero {
             id: id(),
@@ -272,6 +294,42 @@ pub fn place(
             .copied()
             .take(req.gpus as usize)
             .collect(),
+    })
+}
+
+/// A memory lease: no CPU or GPU of its own (its executor shares the node's CPUs at the lowest
+/// weight under a cap), `memory_mib` (the region and the overhead) from idle memory.
+fn place_memory(
+    view: &NodeView,
+    req: &LeaseRequest,
+    spec: MemorySpec,
+) -> Result<Placement, LeaseError> {
+    let id = || req.id.clone();
+    if req.cores != 0 || req.gpus != 0 {
+        return Err(LeaseError::MemoryLeaseShape {
+            id: id(),
+            cores: req.cores,
+            gpus: req.gpus,
+        });
+    }
+    if req.memory_mib < spec.held_mib() {
+        return Err(LeaseError::MemoryBelowRegion {
+            id: id(),
+            memory_mib: req.memory_mib,
+            held_mib: spec.held_mib(),
+        });
+    }
+    if req.memory_mib > view.memory_mib.idle {
+        return Err(LeaseError::Memory {
+            id: id(),
+            wanted: req.memory_mib,
+            idle: view.memory_mib.idle,
+        });
+    }
+    Ok(Placement {
+        cpus: CpuSet::new(),
+        memory_mib: req.memory_mib,
+        gpus: Vec::new(),
     })
 }
 
@@ -382,6 +440,7 @@ mod tests {
             gpus,
             expires_unix_ms: 0,
             recovery: Default::default(),
+            memory: None,
         }
     }
 
@@ -427,6 +486,49 @@ mod tests {
                 what: "memory_mib",
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn a_memory_lease_takes_idle_memory_and_no_cpu() {
+        let topo = FakeTopology::uniform(1, 4, 1).topology().unwrap();
+        // No idle CPU at all: a memory lease still fits (it holds none).
+        let v = view("", 2000, vec![]);
+        let spec = MemorySpec::new(1024, 0).unwrap();
+        let memory = |cores, memory_mib, gpus| LeaseRequest {
+            memory: Some(spec),
+            ..req(cores, memory_mib, gpus)
+        };
+        let p = place(&topo, &v, &memory(0, spec.held_mib(), 0)).unwrap();
+        assert_eq!(
+            (p.cpus, p.memory_mib, p.gpus),
+            (
+                CpuSet::new(),
+                1024 + harvest_core::region::OVERHEAD_MIB,
+                vec![]
+            )
+        );
+        let e = place(
+            &topo,
+            &view("", 1000, vec![]),
+            &memory(0, spec.held_mib(), 0),
+        );
+        assert!(
+            matches!(e, Err(LeaseError::Memory { idle: 1000, .. })),
+            "{e:?}"
+        );
+        assert!(matches!(
+            place(&topo, &v, &memory(1, spec.held_mib(), 0)),
+            Err(LeaseError::MemoryLeaseShape { cores: 1, .. })
+        ));
+        assert!(matches!(
+            place(&topo, &v, &memory(0, spec.held_mib(), 1)),
+            Err(LeaseError::MemoryLeaseShape { gpus: 1, .. })
+        ));
+        // The order must cover the region and the overhead.
+        assert!(matches!(
+            place(&topo, &v, &memory(0, 1024, 0)),
+            Err(LeaseError::MemoryBelowRegion { .. })
         ));
     }
 

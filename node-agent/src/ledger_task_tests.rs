@@ -121,6 +121,7 @@ async fn plugin_messages_are_answered_while_a_save_hangs_and_reservations_wait_f
         gpus: 0,
         expires_unix_ms: 0,
         recovery: Default::default(),
+        memory: None,
     };
     let reserve = tokio::spawn({
         let ledger = ledger.clone();

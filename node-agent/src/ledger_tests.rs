@@ -351,6 +351,7 @@ fn lease(cpu_list: &str, mem: u64, gpus: Vec<u32>, created_ms: u64) -> LeaseReco
         created_ms,
         executor: None,
         recovery: Default::default(),
+        memory: None,
     }
 }
 

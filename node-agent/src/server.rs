@@ -206,6 +206,7 @@ pub async fn serve(
     }
     let incarnation = now_ms(SystemTime::now());
     let units = hardware.gpus.units();
+    let shared_cpus = hardware.topology.cpus.clone();
     let gpu_units = units.iter().map(|u| (u.id, u.clone())).collect();
     let node_agent = agent::start(
         &config.node,
@@ -279,6 +280,7 @@ pub async fn serve(
             mig_minors: config.nvidia_caps_mig_minors.clone(),
             gpu_units,
             allow_unconfined_gpus: config.allow_unconfined_gpus,
+            shared_cpus,
         },
         sources.cgroups.clone(),
         sources.processes.clone(),

@@ -317,6 +317,12 @@ pub fn create_from_wire(c: v1::CreateExecutor) -> CreateOrder {
             default_timeout_ms: o.default_timeout_ms,
             max_output_bytes: o.max_output_bytes,
         });
+    // A spec the scheduler should not have sent (a region of 0 MiB, a CPU share out of bounds)
+    // keeps its words for the executor's start, which then fails with them.
+    let memory = c.memory.map(|m| harvest_core::region::MemorySpec {
+        region_mib: m.region_mib,
+        cpu_millis: m.cpu_millis,
+    });
     let recovery = Recovery {
         secret: harvest_core::invoke::auth::LeaseSecret::from_bytes(&c.secret)
             .ok()
@@ -334,6 +340,7 @@ pub fn create_from_wire(c: v1::CreateExecutor) -> CreateOrder {
             gpus: c.gpus,
             expires_unix_ms: c.expires_unix_ms,
             recovery,
+            memory,
         },
         library,
         options,
@@ -350,6 +357,7 @@ pub fn info_to_wire(i: &ExecutorInfo) -> v1::ExecutorInfo {
         gpus: i.gpus.clone(),
         address: i.address.clone(),
         expires_unix_ms: i.expires_unix_ms,
+        memory: i.memory.map(Into::into),
         ..Default::default()
     }
 }

@@ -222,6 +222,10 @@ mod tests {
                     idle_timeout_ms: 5000,
                     request_id: "r1".into(),
                 },
+                memory: Some(harvest_core::region::MemorySpec {
+                    region_mib: 16,
+                    cpu_millis: 100,
+                }),
             },
         );
         store.save(&l).unwrap();
@@ -240,16 +244,19 @@ mod tests {
             (kept.idle_timeout_ms, kept.request_id.as_str()),
             (5000, "r1")
         );
+        assert_eq!(back.leases["L1"].memory, l.leases["L1"].memory);
         // Debug output (logs) never shows it.
         assert!(!format!("{back:?}").contains(&secret.to_hex()));
-        // A ledger written before leases kept anything for recovery.
+        // A ledger written before leases kept anything for recovery, or before memory leases.
         let mut old: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(store.path()).unwrap()).unwrap();
         let lease = old["leases"]["L1"].as_object_mut().unwrap();
         assert!(lease.remove("recovery").is_some());
+        assert!(lease.remove("memory").is_some());
         std::fs::write(store.path(), old.to_string()).unwrap();
         let back = store.load().unwrap().unwrap();
         assert_eq!(back.leases["L1"].recovery, Recovery::default());
+        assert_eq!(back.leases["L1"].memory, None);
     }
 
     #[test]

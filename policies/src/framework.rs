@@ -30,6 +30,8 @@ pub struct Request<'a> {
     pub res: Resources,
     /// Nodes that hold the client's data, for affinity.
     pub data_nodes: &'a [NodeId],
+    /// Nodes the lease must not go to (a replica is placed away from its primary).
+    pub avoid_nodes: &'a [NodeId],
 }
 
 /// A plugin's verdict code.
@@ -264,6 +266,7 @@ impl Framework {
         s.hinted.retain(|&id| (id as usize) < cluster.len());
 
         let mut examined = 0u32;
+        let mut avoided = 0u32;
         let mut failure: Option<FrameworkError> = None;
         let sample = self.sample;
         let max_examined = self.max_examined;
@@ -274,6 +277,10 @@ impl Framework {
                     return ControlFlow::Break(());
                 }
                 examined += 1;
+                if req.avoid_nodes.contains(&id) {
+                    avoided += 1;
+                    return ControlFlow::Continue(());
+                }
                 let node = &cluster.nodes()[id as usize];
                 for (i, f) in filters.iter().enumerate() {
                     let status = f.filter(req, node, cluster);
@@ -325,7 +332,7 @@ impl Framework {
             return Err(e);
         }
         if s.feasible.is_empty() {
-            let rejections = self
+            let mut rejections: Vec<Rejection> = self
                 .filters
                 .iter()
                 .zip(&s.rejected)
@@ -336,6 +343,13 @@ impl Framework {
                     reason: st.reason.clone(),
                 })
                 .collect();
+            if avoided > 0 {
+                rejections.push(Rejection {
+                    plugin: "avoid-nodes",
+                    nodes: avoided,
+                    reason: "the request asked for another node".into(),
+                });
+            }
             return Ok(Decision::Unschedulable {
                 examined,
                 rejections,

@@ -19,6 +19,7 @@ fn req(lease: u64) -> Request<'static> {
         client: 1,
         res: Resources::new(2, 100, 0),
         data_nodes: &[],
+        avoid_nodes: &[],
     }
 }
 
@@ -250,4 +251,32 @@ fn examine_at_most_bounds_a_decision() {
         unbounded.schedule(&c, &req(1)).unwrap(),
         Decision::Placed(6)
     );
+}
+
+#[test]
+fn avoided_nodes_are_never_chosen_and_say_so_when_nothing_else_fits() {
+    let mut fw = builtin_framework("first-fit").unwrap();
+    let mut c = cluster(3);
+    let avoid = [0, 1];
+    let r = Request {
+        avoid_nodes: &avoid,
+        ..req(1)
+    };
+    assert_eq!(fw.schedule(&c, &r).unwrap(), Decision::Placed(2));
+    // With node 2 full, nothing is left: the answer names the avoided nodes.
+    c.reserve(harvest_policies::Lease {
+        id: 99,
+        client: 2,
+        node: 2,
+        res: Resources::new(8, 8000, 0),
+    })
+    .unwrap();
+    let Decision::Unschedulable { rejections, .. } = fw.schedule(&c, &r).unwrap() else {
+        panic!("placed on an avoided node")
+    };
+    let avoided = rejections
+        .iter()
+        .find(|x| x.plugin == "avoid-nodes")
+        .expect("a rejection for the avoided nodes");
+    assert_eq!(avoided.nodes, 2);
 }

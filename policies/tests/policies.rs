@@ -21,6 +21,7 @@ fn one_core(lease: u64, client: u64) -> Request<'static> {
         client,
         res: Resources::new(1, 500, 0),
         data_nodes: &[],
+        avoid_nodes: &[],
     }
 }
 
@@ -94,6 +95,7 @@ fn lease_affinity_follows_the_clients_leases_and_data() {
     assert_eq!(place("lease-affinity", &mut c, &one_core(1, 9)), 5);
     let with_data = Request {
         data_nodes: &[3],
+        avoid_nodes: &[],
         ..one_core(2, 10)
     };
     assert_eq!(place("lease-affinity", &mut c, &with_data), 3);

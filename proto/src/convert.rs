@@ -4,6 +4,24 @@ use harvest_core::{CpuBreakdown, CpuSet, GpuBreakdown, MemoryBreakdown, NodeView
 
 use crate::v1;
 
+impl From<harvest_core::region::MemorySpec> for v1::MemorySpec {
+    fn from(m: harvest_core::region::MemorySpec) -> Self {
+        Self {
+            region_mib: m.region_mib,
+            cpu_millis: m.cpu_millis,
+        }
+    }
+}
+
+impl v1::MemorySpec {
+    /// The spec as a request states it (cpu_millis 0: the default), checked.
+    pub fn to_core(
+        &self,
+    ) -> Result<harvest_core::region::MemorySpec, harvest_core::region::MemorySpecError> {
+        harvest_core::region::MemorySpec::new(self.region_mib, self.cpu_millis)
+    }
+}
+
 impl From<&NodeView> for v1::NodeView {
     fn from(v: &NodeView) -> Self {
         let ids = |s: &CpuSet| s.iter().collect::<Vec<u32>>();

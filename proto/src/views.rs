@@ -183,6 +183,8 @@ pub struct LeaseView {
     pub end_cause: String,
     pub idle_timeout_ms: u64,
     pub last_active_unix_ms: i64,
+    /// A memory lease's region and CPU cap (`null` for a function lease).
+    pub memory: Option<harvest_core::region::MemorySpec>,
     /// The lease secret that opens its executor: only in the owner's answers (AcquireLease,
     /// GetLease), never printed or serialized.
     #[serde(skip)]
@@ -230,6 +232,10 @@ impl From<v1::Lease> for LeaseView {
             end_cause: cause_name(l.end_cause),
             idle_timeout_ms: l.idle_timeout_ms,
             last_active_unix_ms: l.last_active_unix_ms,
+            memory: l.memory.map(|m| harvest_core::region::MemorySpec {
+                region_mib: m.region_mib,
+                cpu_millis: m.cpu_millis,
+            }),
             secret: harvest_core::invoke::auth::LeaseSecret::from_bytes(&l.secret).ok(),
         }
     }

@@ -7,10 +7,14 @@
         futures = [lease.submit("square", bytes([i])) for i in range(100)]
         outputs = list(lease.map("square", (bytes([i]) for i in range(1000))))
 
+    with harvest.MemoryLease(size="1G", lifetime="10m") as region:
+        region.write(0, b"hello")
+        assert region.read(0, 5) == b"hello"
+
 See docs/python.md.
 """
 
-from ._lease import Lease
+from ._lease import Lease, MemoryLease
 from .errors import (
     AuthError,
     ExecutorUnreachable,
@@ -30,6 +34,7 @@ from .errors import (
 
 __all__ = [
     "Lease",
+    "MemoryLease",
     "HarvestError",
     "LocalError",
     "SchedulerUnreachable",

@@ -10,7 +10,7 @@ from concurrent.futures import Future
 from typing import Any, Deque, Iterable, Iterator, Optional, Tuple, Union
 
 from . import _native
-from .errors import HarvestError, LocalError
+from .errors import HarvestError, LeaseRevoked, LocalError
 
 Size = Union[int, str]
 Seconds = Union[int, float, str]
@@ -49,7 +49,23 @@ def _bytes(data: Data) -> bytes:
         return data
     if isinstance(data, (bytearray, memoryview)):
         return bytes(data)
-    raise TypeError(f"function input must be bytes, bytearray or memoryview, not {type(data).__name__}")
+    raise TypeError(f"data must be bytes, bytearray or memoryview, not {type(data).__name__}")
+
+
+def _offset(offset: int) -> int:
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise TypeError(f"an offset is an int, not {type(offset).__name__}")
+    if not 0 <= offset < 1 << 64:
+        raise ValueError(f"an offset is 0 or more (and below 2**64), not {offset}")
+    return offset
+
+
+def _length(n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"a length is an int, not {type(n).__name__}")
+    if not 0 <= n < 1 << 32:
+        raise ValueError(f"a length is 0 to 2**32 - 1 bytes, not {n}")
+    return n
 
 
 class Lease:
@@ -97,23 +113,30 @@ class Lease:
             raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
         deadline = _seconds(failover_deadline, "failover_deadline")
         assert deadline is not None
-        self._session = _native.Session(
-            lib_path=lib_path,
-            lib_bytes=lib_bytes,
-            lib_on_node=lib_on_node,
-            cores=cores,
-            mem_mib=_mib(mem),
-            gpus=gpus,
-            lifetime_s=_seconds(lifetime, "lifetime"),
-            idle_timeout_s=_seconds(idle_timeout, "idle_timeout"),
-            default_timeout_s=_seconds(timeout, "timeout"),
-            scheduler=scheduler,
-            failover=failover,
-            failover_deadline_s=deadline,
-            connections=connections or 0,
-            pipeline_depth=PIPELINE_DEPTH,
-            spin=spin,
+        self._adopt(
+            _native.Session(
+                lib_path=lib_path,
+                lib_bytes=lib_bytes,
+                lib_on_node=lib_on_node,
+                cores=cores,
+                mem_mib=_mib(mem),
+                gpus=gpus,
+                lifetime_s=_seconds(lifetime, "lifetime"),
+                idle_timeout_s=_seconds(idle_timeout, "idle_timeout"),
+                default_timeout_s=_seconds(timeout, "timeout"),
+                scheduler=scheduler,
+                failover=failover,
+                failover_deadline_s=deadline,
+                connections=connections or 0,
+                pipeline_depth=PIPELINE_DEPTH,
+                spin=spin,
+            ),
+            max_in_flight,
         )
+
+    def _adopt(self, session: Any, max_in_flight: Optional[int]) -> None:
+        """Takes over an open session (its lease acquired)."""
+        self._session = session
         #: Most invocations submit() and map() keep in flight; submit() blocks beyond.
         self.max_in_flight: int = max_in_flight or self._session.connections * PIPELINE_DEPTH
         self._slots = threading.BoundedSemaphore(self.max_in_flight)
@@ -201,6 +224,38 @@ class Lease:
 
         return generate()
 
+    # -- a memory region ---------------------------------------------------------------------
+    # A memory lease's executor serves a region that its owner reads and writes by offset (the
+    # harvest.mem.* operations, docs/executor.md). On a lease without one these raise
+    # NoSuchFunction. They never fail over: a revoked lease's region is gone, which raises
+    # LeaseRevoked. Each call is one round trip with the GIL released; calls from several
+    # threads run at once on the lease's connections, with no ordering between them.
+    def region_size(self) -> int:
+        """The size in bytes of the lease's memory region."""
+        self._check_open()
+        return self._session.region_size()
+
+    def read(self, offset: int, n: int) -> bytes:
+        """``n`` bytes at ``offset`` of the lease's memory region (at most the executor's
+        output limit, 4 MiB and 64 bytes by default, per call)."""
+        self._check_open()
+        return self._session.read(_offset(offset), _length(n))
+
+    def write(self, offset: int, data: Data) -> None:
+        """Writes ``data`` at ``offset`` of the lease's memory region."""
+        self._check_open()
+        self._session.write(_offset(offset), _bytes(data))
+
+    def readv(self, ranges: Iterable[Tuple[int, int]]) -> list[bytes]:
+        """The bytes of each ``(offset, n)`` range, in one round trip (at most 1024 ranges)."""
+        self._check_open()
+        return self._session.readv([(_offset(o), _length(n)) for o, n in ranges])
+
+    def writev(self, pieces: Iterable[Tuple[int, Data]]) -> None:
+        """Writes each ``(offset, data)`` piece, in one round trip (at most 1024 pieces)."""
+        self._check_open()
+        self._session.writev([(_offset(o), _bytes(d)) for o, d in pieces])
+
     def _dispatch(self) -> None:
         """Sends what submit() queued, in batches, and completes the futures."""
         while True:
@@ -265,3 +320,151 @@ class Lease:
             return f"<harvest.Lease {i['id']} on {i['node']} cpus={i['cpus']} {i['state']}>"
         except HarvestError:
             return "<harvest.Lease>"
+
+
+class MemoryLease(Lease):
+    """A region of a node's idle memory, lent to you: read and write it by offset.
+
+    ``MemoryLease(size="1G", lifetime="10m")`` acquires a memory lease (its size as the CLI takes
+    it, or MiB): a node whose batch jobs leave that much memory free lends it, and the lease's
+    executor serves :meth:`read`, :meth:`write`, :meth:`readv` and :meth:`writev` over the same
+    authenticated transport as invocations. It holds no core: the executor shares the node's
+    CPUs at the lowest weight, capped at ``cpu_millis`` thousandths of one CPU (default 100).
+
+    A batch job that needs the memory revokes the lease before its tasks start, and the region's
+    contents are lost: a memory lease is never failed over to a fresh region
+    (:class:`harvest.LeaseRevoked`). With ``replica=True`` a second memory lease of the same size
+    is taken on another node (your choice and your cost: twice the memory, every write sent
+    twice); writes go to both, reads to the primary, and when one of the two is revoked the
+    other serves on alone: :attr:`replica_events` says which lease was lost, on which node, why,
+    and which one serves now. ``connections`` (default 1) is how many calls from different
+    threads run at once.
+    """
+
+    def __init__(
+        self,
+        size: Size,
+        lifetime: Optional[Seconds] = None,
+        *,
+        replica: bool = False,
+        cpu_millis: Optional[int] = None,
+        idle_timeout: Optional[Seconds] = None,
+        timeout: Optional[Seconds] = None,
+        scheduler: Optional[str] = None,
+        connections: Optional[int] = None,
+    ) -> None:
+        if connections is not None and connections < 1:
+            raise ValueError(f"connections must be at least 1, not {connections}")
+        if cpu_millis is not None and (isinstance(cpu_millis, bool) or not 10 <= cpu_millis <= 1000):
+            raise ValueError(f"cpu_millis is 10 to 1000 thousandths of one CPU, not {cpu_millis!r}")
+        opts = dict(
+            cores=0,
+            region_mib=_mib(size),
+            cpu_millis=cpu_millis or 0,
+            lifetime_s=_seconds(lifetime, "lifetime"),
+            idle_timeout_s=_seconds(idle_timeout, "idle_timeout"),
+            default_timeout_s=_seconds(timeout, "timeout"),
+            scheduler=scheduler,
+            failover=False,
+            connections=connections or 0,
+            pipeline_depth=PIPELINE_DEPTH,
+        )
+        self._adopt(_native.Session(**opts), None)
+        self._switch = threading.Lock()
+        self._replica: Any = None
+        self._release_replica: Any = None
+        #: What happened to the primary or the replica: dicts with lost, lost_node, reason and
+        #: serving (the lease that serves now; "" when none is left).
+        self.replica_events: list[dict[str, str]] = []
+        if replica:
+            try:
+                self._replica = _native.Session(avoid_nodes=[self._session.info()["node"]], **opts)
+            except BaseException:
+                self.close()
+                raise
+            self._release_replica = weakref.finalize(self, self._replica.release)
+
+    def replica_info(self) -> Optional[dict[str, Any]]:
+        """The replica lease (a dict as :meth:`info`), or None without one (or after it was lost)."""
+        replica = self._replica
+        return None if replica is None else replica.info()
+
+    def _lost(self, which: Any, error: BaseException) -> None:
+        """Records that `which` (the primary or the replica session) was revoked; the other one
+        serves on alone. Raises `error` when no copy is left."""
+        with self._switch:
+            if which is self._session and self._replica is not None:
+                lost, self._session, self._replica = self._session, self._replica, None
+            elif which is self._replica:
+                lost, self._replica = self._replica, None
+            else:
+                lost = None
+            if lost is not None:
+                info = lost.info()
+                self.replica_events.append(
+                    {
+                        "lost": info["id"],
+                        "lost_node": info["node"],
+                        "reason": str(error),
+                        "serving": self._session.info()["id"],
+                    }
+                )
+                return
+        raise error
+
+    def _both(self, call: Any) -> None:
+        """Runs `call(session)` on the primary and, while there is one, the replica."""
+        for session in (self._session, self._replica):
+            if session is None:
+                continue
+            try:
+                call(session)
+            except LeaseRevoked as e:
+                self._lost(session, e)
+
+    def _primary(self, call: Any) -> Any:
+        """Runs `call(session)` on the primary; on its revocation, on the replica instead."""
+        while True:
+            session = self._session
+            try:
+                return call(session)
+            except LeaseRevoked as e:
+                self._lost(session, e)
+
+    def read(self, offset: int, n: int) -> bytes:
+        self._check_open()
+        off, length = _offset(offset), _length(n)
+        return self._primary(lambda s: s.read(off, length))
+
+    def readv(self, ranges: Iterable[Tuple[int, int]]) -> list[bytes]:
+        self._check_open()
+        checked = [(_offset(o), _length(n)) for o, n in ranges]
+        return self._primary(lambda s: s.readv(checked))
+
+    def write(self, offset: int, data: Data) -> None:
+        self._check_open()
+        off, raw = _offset(offset), _bytes(data)
+        self._both(lambda s: s.write(off, raw))
+
+    def writev(self, pieces: Iterable[Tuple[int, Data]]) -> None:
+        self._check_open()
+        checked = [(_offset(o), _bytes(d)) for o, d in pieces]
+        self._both(lambda s: s.writev(checked))
+
+    def region_size(self) -> int:
+        self._check_open()
+        return self._primary(lambda s: s.region_size())
+
+    def close(self) -> None:
+        """Releases the lease and its replica. Safe to repeat."""
+        super().close()
+        if self._release_replica is not None:
+            self._release_replica()
+
+    def __repr__(self) -> str:
+        try:
+            i = self.info()
+            copies = " +replica" if self._replica is not None else ""
+            return f"<harvest.MemoryLease {i['id']} on {i['node']} {i['memory']['region_mib']} MiB{copies} {i['state']}>"
+        except HarvestError:
+            return "<harvest.MemoryLease>"

@@ -61,7 +61,8 @@ impl PySession {
     #[pyo3(signature = (
         *, lib_path=None, lib_bytes=None, lib_on_node=None, cores=1, mem_mib=0, gpus=0,
         lifetime_s=None, idle_timeout_s=None, default_timeout_s=None, scheduler=None,
-        failover=true, failover_deadline_s=30.0, connections=0, pipeline_depth=8, spin=false
+        failover=true, failover_deadline_s=30.0, connections=0, pipeline_depth=8, spin=false,
+        region_mib=0, cpu_millis=0, avoid_nodes=Vec::new()
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -81,8 +82,19 @@ impl PySession {
         connections: usize,
         pipeline_depth: usize,
         spin: bool,
+        region_mib: u64,
+        cpu_millis: u32,
+        avoid_nodes: Vec<String>,
     ) -> PyResult<Self> {
+        let memory = match region_mib {
+            0 => None,
+            mib => Some(
+                harvest_core::region::MemorySpec::new(mib, cpu_millis)
+                    .map_err(|e| PyValueError::new_err(e.to_string()))?,
+            ),
+        };
         let library = match (lib_path, lib_bytes, lib_on_node) {
+            (None, None, None) if memory.is_some() => Library::Content(Vec::new()),
             (Some(p), None, None) => Library::read(&p).map_err(|e| raise(py, e.into()))?,
             (None, Some(b), None) => Library::Content(b),
             (None, None, Some(p)) => Library::Path(p),
@@ -92,11 +104,15 @@ impl PySession {
                 ));
             }
         };
-        if cores == 0 {
+        if cores == 0 && memory.is_none() {
             return Err(PyValueError::new_err("cores must be at least 1"));
         }
-        let mut request = LeaseRequest::new(cores, library);
+        let mut request = match memory {
+            Some(spec) => LeaseRequest::memory(spec),
+            None => LeaseRequest::new(cores, library),
+        };
         request.memory_mib = mem_mib;
+        request.avoid_nodes = avoid_nodes;
         request.gpus = gpus;
         request.lifetime = seconds(lifetime_s, "lifetime")?;
         request.idle_timeout = seconds(idle_timeout_s, "idle_timeout")?;
@@ -159,6 +175,50 @@ impl PySession {
         Ok(list)
     }
 
+    /// The size in bytes of the lease's memory region. The GIL is released meanwhile.
+    fn region_size(&self, py: Python<'_>) -> PyResult<u64> {
+        py.detach(|| self.inner.region_size())
+            .map_err(|e| raise(py, e))
+    }
+
+    /// `n` bytes at `offset` of the lease's memory region.
+    fn read<'py>(&self, py: Python<'py>, offset: u64, n: u32) -> PyResult<Bound<'py, PyBytes>> {
+        let out = py
+            .detach(|| self.inner.read(offset, n))
+            .map_err(|e| raise(py, e))?;
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// Writes `data` at `offset` of the lease's memory region.
+    fn write(&self, py: Python<'_>, offset: u64, data: &[u8]) -> PyResult<()> {
+        py.detach(|| self.inner.write(offset, data))
+            .map_err(|e| raise(py, e))
+    }
+
+    /// The bytes of each `(offset, n)` range, in one round trip.
+    fn readv<'py>(&self, py: Python<'py>, ranges: Vec<(u64, u32)>) -> PyResult<Bound<'py, PyList>> {
+        let parts = py
+            .detach(|| self.inner.readv(&ranges))
+            .map_err(|e| raise(py, e))?;
+        let list = PyList::empty(py);
+        for p in parts {
+            list.append(PyBytes::new(py, &p))?;
+        }
+        Ok(list)
+    }
+
+    /// Writes each `(offset, data)` piece, in one round trip.
+    fn writev<'py>(
+        &self,
+        py: Python<'py>,
+        pieces: Vec<(u64, Bound<'py, PyBytes>)>,
+    ) -> PyResult<()> {
+        // Borrowed, not copied: the bytes objects stay alive (and immutable) in `pieces`.
+        let borrowed: Vec<(u64, &[u8])> = pieces.iter().map(|(o, b)| (*o, b.as_bytes())).collect();
+        py.detach(|| self.inner.writev(&borrowed))
+            .map_err(|e| raise(py, e))
+    }
+
     /// Releases the lease (its executor stops). Safe to repeat.
     fn release(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| self.inner.release()).map_err(|e| raise(py, e))
@@ -184,6 +244,12 @@ impl PySession {
                 .unwrap_or_default(),
         )?;
         d.set_item("expires_unix_ms", lease.expires_unix_ms)?;
+        if let Some(m) = lease.memory {
+            let md = PyDict::new(py);
+            md.set_item("region_mib", m.region_mib)?;
+            md.set_item("cpu_millis", m.cpu_millis)?;
+            d.set_item("memory", md)?;
+        }
         Ok(d)
     }
 

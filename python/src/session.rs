@@ -9,6 +9,10 @@
 //! lease is replaced by a new one for the same request (once, by whichever thread sees it first:
 //! the lease's generation tells the others it already happened) and the invocation is retried
 //! there, until the failover deadline, exactly as `harvest invoke` does.
+//!
+//! Memory operations ([`Session::read`], [`write`](Session::write), ...) use the same pool but
+//! never fail over: a region's contents go with its lease, so a revocation is reported
+//! (`LeaseRevoked`), never hidden behind a fresh, empty region elsewhere.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,6 +25,7 @@ use harvest_client::failover::{self, Revocation};
 use harvest_client::identity::Munge;
 use harvest_client::locate::ClientConfig;
 use harvest_client::{ExecutorConnection, InvokeError, Lease, LeaseExt, LeaseRequest, Polling};
+use harvest_core::invoke::ErrorCode;
 
 /// The executor's default invocation timeout (docs/executor.md): how long an answer may take when
 /// the caller gives no timeout, before the grace below.
@@ -235,7 +240,7 @@ impl Session {
         timeout: Option<Duration>,
     ) -> Result<Vec<u8>, Failure> {
         loop {
-            let mut c = self.checkout()?;
+            let mut c = self.checkout(true)?;
             match c.conn.invoke(function, input, timeout) {
                 Ok(out) => {
                     self.checkin(c);
@@ -300,7 +305,7 @@ impl Session {
             * u32::try_from(depth).unwrap_or(u32::MAX);
         let mut out = Vec::new();
         'connections: loop {
-            let mut c = match self.checkout() {
+            let mut c = match self.checkout(true) {
                 Ok(c) => c,
                 Err(e) => {
                     // No connection (the lease is closed, or no new one could be had): every
@@ -392,9 +397,99 @@ impl Session {
         }
     }
 
+    /// The size in bytes of the lease's memory region.
+    pub fn region_size(&self) -> Result<u64, Failure> {
+        self.on_region(|c| c.region_size())
+    }
+
+    /// `len` bytes at `offset` of the lease's memory region.
+    pub fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, Failure> {
+        self.on_region(|c| c.read(offset, len))
+    }
+
+    /// Writes `data` at `offset` of the lease's memory region.
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), Failure> {
+        self.on_region(|c| c.write(offset, data))
+    }
+
+    /// Several ranges `(offset, len)` of the region in one round trip, each range's bytes.
+    pub fn readv(&self, ranges: &[(u64, u32)]) -> Result<Vec<Vec<u8>>, Failure> {
+        self.on_region(|c| c.readv(ranges))
+    }
+
+    /// Writes several `(offset, data)` pieces in one round trip.
+    pub fn writev(&self, pieces: &[(u64, &[u8])]) -> Result<(), Failure> {
+        self.on_region(|c| c.writev(pieces))
+    }
+
+    /// Runs a memory operation on a pooled connection, without failover (see the module's
+    /// header).
+    fn on_region<T>(
+        &self,
+        op: impl FnOnce(&mut ExecutorConnection) -> Result<T, InvokeError>,
+    ) -> Result<T, Failure> {
+        let mut c = self.checkout(false)?;
+        match op(&mut c.conn) {
+            Ok(v) => {
+                self.checkin(c);
+                Ok(v)
+            }
+            // A refused request (a range outside the region, say) leaves the connection in
+            // step: keep it. Anything else (an OOM-killed worker closes its connection) leaves it
+            // gone or in doubt.
+            Err(
+                e @ InvokeError::Remote {
+                    code: ErrorCode::BadRequest | ErrorCode::NoSuchFunction,
+                    ..
+                },
+            ) => {
+                self.checkin(c);
+                Err(e.into())
+            }
+            Err(e) => {
+                self.discard(c.generation);
+                Err(self.region_failure(e, c.generation, &c.lease))
+            }
+        }
+    }
+
+    /// What a memory operation that failed with `err` on lease `lease_id` reports: a revoked
+    /// lease as `LeaseRevoked` (recorded in [`revocations`](Self::revocations)), never retried.
+    fn region_failure(&self, err: InvokeError, generation: u64, lease_id: &str) -> Failure {
+        if !failover::may_be_revoked(&err) {
+            return err.into();
+        }
+        let mut client = lock(&self.client).clone();
+        let why = self.rt.block_on(failover::explain(
+            &mut client,
+            lease_id,
+            failover::EXPLAIN_WAIT,
+        ));
+        let revocation = match why {
+            Ok(Some(r)) => r,
+            Ok(None) => return err.into(),
+            Err(e) => return e.into(),
+        };
+        let mut cur = lock(&self.current);
+        if cur.generation == generation && !cur.revocations.iter().any(|r| r.lease == lease_id) {
+            cur.first_revoked.get_or_insert_with(Instant::now);
+            cur.revocations.push(revocation.clone());
+        }
+        CliError::Revoked {
+            revocation,
+            failover: Some(
+                "a memory region is never failed over: its contents were lost with the lease"
+                    .to_owned(),
+            ),
+        }
+        .into()
+    }
+
     /// A connection of the current lease: an idle one, a new one while fewer than
-    /// `max_connections` are open, else waits for one to come back.
-    fn checkout(&self) -> Result<Checkout, Failure> {
+    /// `max_connections` are open, else waits for one to come back. When the executor cannot
+    /// be reached and `failover` is on, a revoked lease is replaced first; with it off, the
+    /// revocation is the error.
+    fn checkout(&self, failover: bool) -> Result<Checkout, Failure> {
         let (lease, generation) = {
             let cur = lock(&self.current);
             if cur.closed {
@@ -411,7 +506,7 @@ impl Session {
                 // A newer lease than ours replaced the pool: start over with it.
                 if pool.generation > generation {
                     drop(pool);
-                    return self.checkout();
+                    return self.checkout(failover);
                 }
                 pool.generation = generation;
                 pool.idle.clear();
@@ -435,9 +530,12 @@ impl Session {
                     }),
                     Err(e) => {
                         self.discard(generation);
+                        if !failover {
+                            return Err(self.region_failure(e, generation, &lease.id));
+                        }
                         // A lease whose executor cannot be reached may have been revoked.
                         self.after_failure(e, generation, &lease.id)?;
-                        self.checkout()
+                        self.checkout(true)
                     }
                 };
             }

@@ -99,10 +99,10 @@ impl SchedulerService {
                 let access = &self.shared.config.access;
                 let (cores, memory_mib) = (
                     u64::from(req.cores),
-                    match req.memory_mib {
-                        0 => u64::from(req.cores) * self.shared.config.default_memory_per_core_mib,
-                        m => m,
-                    },
+                    crate::book::held_memory_mib(
+                        req,
+                        self.shared.config.default_memory_per_core_mib,
+                    ),
                 );
                 let (user, group) = (
                     inner.book.usage(who.uid, false),

@@ -14,6 +14,8 @@ pub const MAX_MEMORY_MIB: u64 = 1 << 32;
 /// The longest lease id, node name, library path and reason accepted.
 pub const MAX_ID_BYTES: usize = 128;
 pub const MAX_NODE_BYTES: usize = 64;
+/// The most nodes one request may ask to avoid.
+pub const MAX_AVOID_NODES: usize = 64;
 pub const MAX_PATH_BYTES: usize = 4096;
 pub const MAX_REASON_BYTES: usize = 256;
 /// The longest request id (the client's idempotency key; empty is allowed: none).
@@ -63,11 +65,49 @@ fn at_most<T: PartialOrd + std::fmt::Display>(
     Ok(())
 }
 
+/// A memory lease: a region and a CPU cap, nothing else of a function lease's.
+fn memory_lease(r: &v1::AcquireLeaseRequest, m: &v1::MemorySpec) -> Result<(), BookError> {
+    if r.cores != 0 {
+        return Err(bad(
+            "cores",
+            "must be 0 for a memory lease (its executor holds no core of its own)",
+        ));
+    }
+    if r.gpus != 0 {
+        return Err(bad("gpus", "must be 0 for a memory lease"));
+    }
+    if r.library.is_some() {
+        return Err(bad("library", "must be absent for a memory lease"));
+    }
+    at_most("memory.region_mib", m.region_mib, MAX_MEMORY_MIB)?;
+    m.to_core().map_err(|e| bad("memory", e))?;
+    Ok(())
+}
+
 fn reason(value: &str) -> Result<(), BookError> {
     at_most("reason (bytes)", value.len(), MAX_REASON_BYTES)
 }
 
 pub fn acquire(r: &v1::AcquireLeaseRequest) -> Result<(), BookError> {
+    match &r.memory {
+        Some(m) => memory_lease(r, m)?,
+        None => function_lease(r)?,
+    }
+    if !r.request_id.is_empty() {
+        name("request_id", &r.request_id, MAX_REQUEST_ID_BYTES)?;
+    }
+    at_most("avoid_nodes (count)", r.avoid_nodes.len(), MAX_AVOID_NODES)?;
+    for node in &r.avoid_nodes {
+        name("avoid_nodes", node, MAX_NODE_BYTES)?;
+    }
+    if let Some(o) = &r.executor {
+        executor_options(o)?;
+    }
+    Ok(())
+}
+
+/// A function lease: at least a core, a library.
+fn function_lease(r: &v1::AcquireLeaseRequest) -> Result<(), BookError> {
     if r.cores == 0 {
         return Err(bad(
             "cores",
@@ -77,9 +117,6 @@ pub fn acquire(r: &v1::AcquireLeaseRequest) -> Result<(), BookError> {
     at_most("cores", r.cores, MAX_CORES)?;
     at_most("gpus", r.gpus, MAX_GPUS)?;
     at_most("memory_mib", r.memory_mib, MAX_MEMORY_MIB)?;
-    if !r.request_id.is_empty() {
-        name("request_id", &r.request_id, MAX_REQUEST_ID_BYTES)?;
-    }
     match r.library.as_ref().and_then(|l| l.source.as_ref()) {
         None => return Err(bad("library", "missing: send its content or a path")),
         Some(v1::function_library::Source::Content(c)) if c.is_empty() => {
@@ -96,21 +133,22 @@ pub fn acquire(r: &v1::AcquireLeaseRequest) -> Result<(), BookError> {
             at_most("library.path (bytes)", p.len(), MAX_PATH_BYTES)?;
         }
     }
-    if let Some(o) = &r.executor {
-        if o.hot_window_us < -1 {
-            return Err(bad(
-                "executor.hot_window_us",
-                format_args!("{} (-1 is always hot, 0 warm, else µs)", o.hot_window_us),
-            ));
-        }
-        at_most("executor.hot_window_us", o.hot_window_us, MAX_HOT_WINDOW_US)?;
-        at_most(
-            "executor.max_output_bytes",
-            o.max_output_bytes,
-            MAX_OUTPUT_BYTES,
-        )?;
-    }
     Ok(())
+}
+
+fn executor_options(o: &v1::ExecutorOptions) -> Result<(), BookError> {
+    if o.hot_window_us < -1 {
+        return Err(bad(
+            "executor.hot_window_us",
+            format_args!("{} (-1 is always hot, 0 warm, else µs)", o.hot_window_us),
+        ));
+    }
+    at_most("executor.hot_window_us", o.hot_window_us, MAX_HOT_WINDOW_US)?;
+    at_most(
+        "executor.max_output_bytes",
+        o.max_output_bytes,
+        MAX_OUTPUT_BYTES,
+    )
 }
 
 pub fn lease_id(id: &str) -> Result<(), BookError> {
@@ -143,6 +181,62 @@ mod tests {
 
     fn refused(r: Result<(), BookError>) -> String {
         r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_memory_lease_has_a_region_and_nothing_of_a_function_lease() {
+        let memory = |region_mib, cpu_millis| v1::AcquireLeaseRequest {
+            memory: Some(v1::MemorySpec {
+                region_mib,
+                cpu_millis,
+            }),
+            ..Default::default()
+        };
+        acquire(&memory(1024, 0)).unwrap();
+        acquire(&memory(1, 1000)).unwrap();
+        let cases: Vec<(v1::AcquireLeaseRequest, &str)> = vec![
+            (memory(0, 0), "a region of at least 1 MiB"),
+            (memory(1, 5), "cpu_millis 5 is outside 10..=1000"),
+            (
+                memory(u64::MAX, 0),
+                "memory.region_mib: 18446744073709551615 is more",
+            ),
+            (
+                v1::AcquireLeaseRequest {
+                    cores: 1,
+                    ..memory(1, 0)
+                },
+                "cores: must be 0 for a memory lease",
+            ),
+            (
+                v1::AcquireLeaseRequest {
+                    gpus: 1,
+                    ..memory(1, 0)
+                },
+                "gpus: must be 0",
+            ),
+            (
+                v1::AcquireLeaseRequest {
+                    library: acq().library,
+                    ..memory(1, 0)
+                },
+                "library: must be absent",
+            ),
+            (
+                v1::AcquireLeaseRequest {
+                    executor: Some(v1::ExecutorOptions {
+                        hot_window_us: -2,
+                        ..Default::default()
+                    }),
+                    ..memory(1, 0)
+                },
+                "executor.hot_window_us",
+            ),
+        ];
+        for (r, want) in cases {
+            let got = refused(acquire(&r));
+            assert!(got.contains(want), "{got:?} lacks {want:?}");
+        }
     }
 
     #[test]

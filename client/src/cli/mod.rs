@@ -1,10 +1,12 @@
 //! The `harvest` command line: argument definitions and the commands, over the client library.
 //!
 //! - [`exit`]: failures and their exit codes.
+//! - [`memory`]: `harvest memory`, memory leases.
 //! - [`show`]: the tables printed without `--json`.
 //! - [`top`]: `harvest top`, the cluster's picture refreshed in a terminal.
 
 pub mod exit;
+pub mod memory;
 pub mod show;
 pub mod top;
 
@@ -35,6 +37,9 @@ use exit::CliError;
 ///   harvest lease acquire --lib ./libf.so --cores 2 --lifetime 10m --json
 ///   harvest invoke --lease ID --fn square --input -
 ///   harvest lease release ID
+///   harvest memory acquire --size 1G --json
+///   harvest memory write ID --offset 0 --input data.bin
+///   harvest memory read ID --offset 0 --len 1M > data.bin
 ///
 /// The scheduler's address comes from --scheduler, else $HARVEST_SCHEDULER
 /// (`eval "$(deploy/local-cluster env)"` sets it), else `scheduler = "host:port"` in the client
@@ -78,6 +83,10 @@ pub enum Command {
     /// Acquire or release a lease.
     #[command(subcommand)]
     Lease(LeaseCommand),
+    /// Memory leases: borrow a region of a node's idle memory, write and read it by offset
+    /// (docs/memory.md). A batch job that needs the memory takes it back, contents and all.
+    #[command(subcommand)]
+    Memory(memory::MemoryCommand),
     /// Invoke a function once and print its output bytes to stdout. Without --lease, acquires
     /// a lease for the call and releases it afterwards (also when the call fails). When a batch
     /// job takes the lease back (or its node goes down) during the call, retries it on a new
@@ -359,6 +368,7 @@ pub fn run(args: Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliEr
                 .write_all(text.as_bytes())
                 .map_err(io("cannot write to stdout"))?;
         }
+        Command::Memory(cmd) => memory::run(&rt, &mut client, cmd, &mut stdout)?,
         Command::Top(a) => top::run(&rt, &mut client, &url, &a, env)?,
         Command::Admin(AdminCommand::Drain {
             node,

@@ -101,16 +101,22 @@ pub fn others(t: &harvest_proto::v1::LeaseTotals) -> String {
 
 /// A lease in a few lines.
 pub fn lease(l: &Lease) -> String {
-    format!(
-        "lease {} on {}: cpus {}, {} MiB, {} GPU(s), {}\nexecutor {}\n",
-        l.id,
-        l.node,
-        cpus(&l.cpus),
-        l.memory_mib,
-        l.gpus.len(),
-        l.state,
-        l.executor_address
-    )
+    match &l.memory {
+        Some(m) => format!(
+            "memory lease {} on {}: region {} MiB (holds {} MiB), CPU cap {} thousandths of a CPU, {}\nexecutor {}\n",
+            l.id, l.node, m.region_mib, l.memory_mib, m.cpu_millis, l.state, l.executor_address
+        ),
+        None => format!(
+            "lease {} on {}: cpus {}, {} MiB, {} GPU(s), {}\nexecutor {}\n",
+            l.id,
+            l.node,
+            cpus(&l.cpus),
+            l.memory_mib,
+            l.gpus.len(),
+            l.state,
+            l.executor_address
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -135,6 +141,7 @@ mod tests {
             end_cause: String::new(),
             idle_timeout_ms: 0,
             last_active_unix_ms: 0,
+            memory: None,
             secret: None,
         };
         let t = leases(std::slice::from_ref(&l));
@@ -153,5 +160,20 @@ mod tests {
         let row = t.lines().nth(1).unwrap();
         assert!(row.starts_with("n2") && row.contains("down"), "{row}");
         assert!(row.contains(" 4 "), "reclaims shown: {row}");
+        let m = Lease {
+            cpus: vec![],
+            memory_mib: 1024 + harvest_core::region::OVERHEAD_MIB,
+            memory: Some(harvest_core::region::MemorySpec {
+                region_mib: 1024,
+                cpu_millis: 100,
+            }),
+            ..l
+        };
+        let text = lease(&m);
+        assert!(
+            text.starts_with("memory lease abc-1 on n1: region 1024 MiB")
+                && text.contains("CPU cap 100"),
+            "{text}"
+        );
     }
 }

@@ -482,6 +482,7 @@ mod tests {
             end_cause: cause.into(),
             idle_timeout_ms: 0,
             last_active_unix_ms: 0,
+            memory: None,
             secret: None,
         }
     }

@@ -40,12 +40,19 @@ pub struct Executor {
 
 impl Executor {
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_serving(Some(&library()), extra)
+    }
+
+    /// An executor with `lib` (or none: then `extra` must give `--region`).
+    pub fn start_serving(lib: Option<&Path>, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ready = dir.path().join("ready");
         let secret = LeaseSecret::random().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_harvest-executor"))
-            .arg("--lib")
-            .arg(library())
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_harvest-executor"));
+        if let Some(lib) = lib {
+            cmd.arg("--lib").arg(lib);
+        }
+        let child = cmd
             .arg("--ready-file")
             .arg(&ready)
             .args(extra)

@@ -81,6 +81,7 @@ fn measure(
             client: rng.below(500),
             res: Resources::new(1 + rng.below(4) as u32, (1 + rng.below(8)) << 10, 0),
             data_nodes: &[],
+            avoid_nodes: &[],
         };
         let t0 = Instant::now();
         let d = fw.place(&mut c, &req)?;

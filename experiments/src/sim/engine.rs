@@ -477,6 +477,7 @@ impl<'a> Sim<'a> {
             client: u64::from(w.req.client),
             res: w.req.res,
             data_nodes: &[],
+            avoid_nodes: &[],
         };
         let t0 = Instant::now();
         let decision = self.fw.place(&mut self.cluster, &req);

@@ -211,6 +211,18 @@ fn char_device(path: &Path) -> Result<(u32, u32), Option<std::io::Error>> {
 mod tests {
     use super::*;
 
+    /// A character device node `dir/name` (root only: the tests that call it check).
+    fn mknod_char(dir: &Path, name: &str, major: u32, minor: u32) {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            dir.join(name),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::from_raw_mode(0o666),
+            rustix::fs::makedev(major, minor),
+        )
+        .unwrap();
+    }
+
     #[test]
     fn rules_read_as_devices_allow_lines() {
         assert_eq!(DeviceRule::char(1, 3).to_v1(), "c 1:3 rw");
@@ -254,16 +266,7 @@ mod tests {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
-        let mknod = |name: &str, major, minor| {
-            rustix::fs::mknodat(
-                rustix::fs::CWD,
-                tmp.path().join(name),
-                rustix::fs::FileType::CharacterDevice,
-                rustix::fs::Mode::from_raw_mode(0o666),
-                rustix::fs::makedev(major, minor),
-            )
-            .unwrap();
-        };
+        let mknod = |name: &str, major, minor| mknod_char(tmp.path(), name, major, minor);
         mknod("nvidia0", NVIDIA_MAJOR, 0);
         mknod("nvidia1", NVIDIA_MAJOR, 7);
         mknod("nvidiactl", NVIDIA_MAJOR, 255);
@@ -353,16 +356,7 @@ mod tests {
         }
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir(tmp.path().join("nvidia-caps")).unwrap();
-        let mknod = |name: &str, major, minor| {
-            rustix::fs::mknodat(
-                rustix::fs::CWD,
-                tmp.path().join(name),
-                rustix::fs::FileType::CharacterDevice,
-                rustix::fs::Mode::from_raw_mode(0o666),
-                rustix::fs::makedev(major, minor),
-            )
-            .unwrap();
-        };
+        let mknod = |name: &str, major, minor| mknod_char(tmp.path(), name, major, minor);
         mknod("nvidia0", NVIDIA_MAJOR, 0);
         mknod("nvidiactl", NVIDIA_MAJOR, 255);
         for m in [12, 13, 21, 22] {

@@ -78,10 +78,20 @@ pub enum LaunchError {
     NoLibrary,
 }
 
-/// A prepared lease directory: the library the executor loads and its log, open.
+/// What an executor serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Workload {
+    /// The functions of this library.
+    Library(PathBuf),
+    /// A memory region of this many bytes (a memory lease).
+    Region { bytes: u64 },
+}
+
+/// A prepared lease directory: the library the executor loads (none for a memory lease) and
+/// its log, open.
 #[derive(Debug)]
 pub struct Prepared {
-    pub library: PathBuf,
+    pub library: Option<PathBuf>,
     /// `executor.log`, created by root before the directory was handed over and left root's
     /// (0644 in the user's 0700 directory: the user reads it, only root writes it, through this
     /// fd, never by name): the executor's output goes there through [`super::log`], bounded.
@@ -103,12 +113,13 @@ pub fn lease_dir(state_dir: &Path, lease_id: &str) -> PathBuf {
 /// library (0500) and the log (0644, root's). Every file is created relative to the directory's fd with
 /// `O_EXCL|O_NOFOLLOW` while the directory is still root's; only then is it chowned to
 /// `uid:gid`, so no name root creates can be planted by the user (see [`super::safefs`]).
+/// `library` is `None` for a memory lease.
 pub fn prepare(
     state_dir: &Path,
     lease_id: &str,
     uid: u32,
     gid: u32,
-    library: &LibrarySource,
+    library: Option<&LibrarySource>,
 ) -> Result<Prepared, LaunchError> {
     // Checked before any path is built: `Path::join` drops a `.` component, so "." would name
     // `leases/` itself.
@@ -132,9 +143,12 @@ pub fn prepare(
     rustix::fs::fchmod(&dir_fd, Mode::from_raw_mode(0o700)).map_err(|e| dir_err(e.into()))?;
     let owner = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
     let library = match library {
-        LibrarySource::Path(p) => p.clone(),
-        LibrarySource::Content(bytes) if bytes.is_empty() => return Err(LaunchError::NoLibrary),
-        LibrarySource::Content(bytes) => {
+        None => None,
+        Some(LibrarySource::Path(p)) => Some(p.clone()),
+        Some(LibrarySource::Content(bytes)) if bytes.is_empty() => {
+            return Err(LaunchError::NoLibrary);
+        }
+        Some(LibrarySource::Content(bytes)) => {
             let path = dir.join(LIBRARY_FILE);
             let lib_err = |source| LaunchError::Library {
                 path: path.clone(),
@@ -143,7 +157,7 @@ pub fn prepare(
             let mut f = safefs::create_new(&dir_fd, LIBRARY_FILE, 0o500).map_err(lib_err)?;
             f.write_all(bytes).map_err(lib_err)?;
             rustix::fs::fchown(&f, owner.0, owner.1).map_err(|e| lib_err(e.into()))?;
-            path
+            Some(path)
         }
     };
     let log_path = dir.join(LOG_FILE);
@@ -159,15 +173,17 @@ pub fn prepare(
 
 /// harvest-executor's arguments for a lease.
 pub fn executor_args(
-    library: &Path,
+    workload: &Workload,
     dir: &Path,
     options: &ServeOptions,
     oom_events: &Path,
     bind: std::net::IpAddr,
 ) -> Vec<OsString> {
-    let mut args: Vec<OsString> = vec![
-        "--lib".into(),
-        library.into(),
+    let mut args: Vec<OsString> = match workload {
+        Workload::Library(path) => vec!["--lib".into(), path.into()],
+        Workload::Region { bytes } => vec!["--region".into(), bytes.to_string().into()],
+    };
+    args.extend::<[OsString; _]>([
         "--listen".into(),
         std::net::SocketAddr::new(bind, 0).to_string().into(),
         "--oom-events".into(),
@@ -180,7 +196,7 @@ pub fn executor_args(
             0 => "warm".into(),
             w => format!("{w}us").into(),
         },
-    ];
+    ]);
     if options.default_timeout_ms > 0 {
         args.push("--timeout".into());
         args.push(format!("{}ms", options.default_timeout_ms).into());
@@ -327,7 +343,7 @@ mod tests {
         let dir = Path::new("/s/leases/L1");
         let args = |o: ServeOptions| -> Vec<String> {
             executor_args(
-                Path::new("/lib.so"),
+                &Workload::Library("/lib.so".into()),
                 dir,
                 &o,
                 Path::new("/cg/memory.oom_control"),
@@ -375,6 +391,19 @@ mod tests {
             })
             .contains(&"250us".to_string())
         );
+        // A memory lease's executor serves its region and loads no library.
+        let region: Vec<String> = executor_args(
+            &Workload::Region { bytes: 1 << 30 },
+            dir,
+            &ServeOptions::default(),
+            Path::new("/cg/memory.oom_control"),
+            std::net::Ipv4Addr::LOCALHOST.into(),
+        )
+        .into_iter()
+        .map(|a| a.into_string().unwrap())
+        .collect();
+        assert_eq!(region[..3], ["--region", "1073741824", "--listen"]);
+        assert!(!region.contains(&"--lib".to_string()));
     }
 
     #[test]
@@ -389,10 +418,10 @@ mod tests {
             "L1",
             uid,
             gid,
-            &LibrarySource::Content(b"\x7fELF".to_vec()),
+            Some(&LibrarySource::Content(b"\x7fELF".to_vec())),
         )
         .unwrap();
-        let lib = prepared.library;
+        let lib = prepared.library.unwrap();
         assert_eq!(lib, dir.join(LIBRARY_FILE));
         assert_eq!(mode(&dir.join(LOG_FILE)), 0o644);
         // Root's: the user cannot write to it, only unlink the name.
@@ -411,10 +440,10 @@ mod tests {
             "L1",
             uid,
             gid,
-            &LibrarySource::Path("/shared/f.so".into()),
+            Some(&LibrarySource::Path("/shared/f.so".into())),
         )
         .unwrap();
-        assert_eq!(named.library, Path::new("/shared/f.so"));
+        assert_eq!(named.library.as_deref(), Some(Path::new("/shared/f.so")));
         assert!(!dir.join(LIBRARY_FILE).exists());
         assert!(matches!(
             prepare(
@@ -422,10 +451,15 @@ mod tests {
                 "L1",
                 uid,
                 gid,
-                &LibrarySource::Content(Vec::new())
+                Some(&LibrarySource::Content(Vec::new()))
             ),
             Err(LaunchError::NoLibrary)
         ));
+        // A memory lease's directory has its log and no library.
+        let memory = prepare(tmp.path(), "L1", uid, gid, None).unwrap();
+        assert_eq!(memory.library, None);
+        assert!(!dir.join(LIBRARY_FILE).exists());
+        assert!(dir.join(LOG_FILE).exists());
     }
 }
 
@@ -451,7 +485,7 @@ mod planted {
             "L1",
             uid,
             gid,
-            &LibrarySource::Content(b"lib".to_vec()),
+            Some(&LibrarySource::Content(b"lib".to_vec())),
         )
         .unwrap();
         assert_eq!(std::fs::read_to_string(&canary).unwrap(), "secret");
@@ -473,7 +507,7 @@ mod planted {
         for id in ["..", ".", "", "a/b", "../leases"] {
             assert!(
                 matches!(
-                    prepare(tmp.path(), id, 0, 0, &lib),
+                    prepare(tmp.path(), id, 0, 0, Some(&lib)),
                     Err(LaunchError::BadId(_))
                 ),
                 "{id}"

@@ -104,6 +104,9 @@ pub struct LeaseSettings {
     /// Lend GPUs on a host whose lease groups cannot confine devices (cgroup v2), where a
     /// function could open every GPU of the node (`allow_unconfined_gpus`).
     pub allow_unconfined_gpus: bool,
+    /// The CPUs a memory lease's executor shares (it holds none of its own): every CPU this
+    /// harvestd manages, at the lowest weight and under the lease's CPU cap.
+    pub shared_cpus: harvest_core::CpuSet,
 }
 
 impl LeaseSettings {

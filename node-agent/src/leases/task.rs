@@ -98,6 +98,22 @@ pub enum StartError {
          anyway, named by CUDA_VISIBLE_DEVICES only"
     )]
     UnconfinedGpus { gpus: usize, why: String },
+    #[error("the order's memory lease is malformed: {0}")]
+    MemorySpec(#[from] harvest_core::region::MemorySpecError),
+}
+
+/// The CPU weight of a memory lease's group (v2 units, the lowest): it shares the node's CPUs,
+/// batch jobs' included, and must lose every contest for them.
+pub const MEMORY_LEASE_CPU_WEIGHT: u64 = 1;
+
+/// What a lease's CPU quota is a percentage of: its own CPUs, or a memory lease's cap.
+fn share(record: &LeaseRecord) -> super::control::CpuShare {
+    match record.memory {
+        Some(spec) => super::control::CpuShare::Capped(spec.cpu_millis),
+        None => {
+            super::control::CpuShare::Cores(u32::try_from(record.cpus.len()).unwrap_or(u32::MAX))
+        }
+    }
 }
 
 /// A lease lent `gpus` GPUs on a host whose lease groups cannot confine devices (cgroup v2)
@@ -370,15 +386,24 @@ impl Lease<'_> {
         let secret = order.secret.env_value().ok_or(StartError::NoSecret {
             len: order.secret.0.len(),
         })?;
+        if let Some(spec) = lease.memory {
+            harvest_core::region::MemorySpec::new(spec.region_mib, spec.cpu_millis)?;
+        }
         // And before anything is made: GPUs a function could open beside the lent ones.
         refuse_unconfined_gpus(
             lease.gpus.len(),
             s.allow_unconfined_gpus,
             ctx.cgroups.as_ref(),
         )?;
-        let prepared =
-            launch::prepare(&s.state_dir, &self.id, lease.uid, lease.gid, &order.library)?;
-        let library = prepared.library;
+        let library = lease.memory.is_none().then_some(&order.library);
+        let prepared = launch::prepare(&s.state_dir, &self.id, lease.uid, lease.gid, library)?;
+        let workload = match (lease.memory, prepared.library) {
+            (Some(spec), _) => launch::Workload::Region {
+                bytes: spec.region_bytes(),
+            },
+            (None, Some(path)) => launch::Workload::Library(path),
+            (None, None) => return Err(launch::LaunchError::NoLibrary.into()),
+        };
         let output = output_pipe(
             prepared.log,
             s.log_max_bytes,
@@ -403,11 +428,16 @@ impl Lease<'_> {
                     source,
                 }
             })?;
+        // A memory lease holds no CPU: it shares the node's at the lowest weight, capped.
+        let (cpus, weight) = match lease.memory {
+            Some(_) => (s.shared_cpus.clone(), MEMORY_LEASE_CPU_WEIGHT),
+            None => (lease.cpus.clone(), s.cpu_weight),
+        };
         let spec = GroupSpec {
-            cpus: Some(lease.cpus.clone()),
+            cpus: Some(cpus),
             mems: None,
             memory_limit_bytes: Some(lease.memory_mib << 20),
-            cpu_weight: Some(s.cpu_weight),
+            cpu_weight: Some(weight),
             pids_max: Some(s.pids_max),
             no_swap: true,
             devices: Some(crate::cgroup::devices::lease_devices(
@@ -419,6 +449,10 @@ impl Lease<'_> {
         ctx.parent.prepare();
         let cg = &ctx.cgroups;
         cg.create(&self.group, &spec).map_err(StartError::Cgroup)?;
+        if lease.memory.is_some() {
+            cg.set_cpu_quota(&self.group, share(lease).quota(None))
+                .map_err(StartError::Cgroup)?;
+        }
         let procs_files = cg.procs_files(&self.group).map_err(StartError::Cgroup)?;
         let oom = cg
             .oom_events_file(&self.group)
@@ -435,7 +469,13 @@ impl Lease<'_> {
         }
         let launch = Launch {
             program: s.executor_path.clone(),
-            args: launch::executor_args(&library, &self.dir, &order.options, &oom, s.executor_bind),
+            args: launch::executor_args(
+                &workload,
+                &self.dir,
+                &order.options,
+                &oom,
+                s.executor_bind,
+            ),
             uid: lease.uid,
             gid: lease.gid,
             procs_files,
@@ -667,9 +707,10 @@ impl Lease<'_> {
 
     fn control(&self, c: Control) {
         let cg = self.ctx.cgroups.as_ref();
-        let cores = u32::try_from(self.record.cpus.len()).unwrap_or(u32::MAX);
         let result = match c {
-            Control::Set { from, to } => super::control::apply(cg, &self.group, cores, from, to),
+            Control::Set { from, to } => {
+                super::control::apply(cg, &self.group, share(&self.record), from, to)
+            }
             Control::Freeze => cg.freeze(&self.group),
             Control::Thaw => cg.thaw(&self.group),
         };

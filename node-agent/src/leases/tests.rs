@@ -168,6 +168,7 @@ impl Rig {
             mig_minors: "/nonexistent-mig-minors".into(),
             gpu_units,
             allow_unconfined_gpus: false,
+            shared_cpus: harvest_core::CpuSet::parse_list("0-7").unwrap(),
         };
         tweak(&mut settings);
         let exec = LeaseSupervisor::new(
@@ -229,6 +230,7 @@ impl Rig {
                 gpus: 0,
                 expires_unix_ms: 0,
                 recovery: Default::default(),
+                memory: None,
             },
             library: LibrarySource::Content(b"\x7fELF fake".to_vec()),
             options: ServeOptions {
@@ -551,6 +553,65 @@ async fn a_lease_gets_idle_cpus_its_own_cgroup_and_an_executor_as_its_user() {
         panic!()
     };
     assert_eq!(reason, "lease L1 already exists on this node");
+}
+
+#[tokio::test]
+async fn a_memory_lease_shares_every_cpu_capped_and_serves_its_region_without_a_library() {
+    let mut rig = Rig::new();
+    // A job on every CPU: nothing is idle, and a memory lease still starts beside it.
+    rig.batch_job("0-7").await;
+    let spec = harvest_core::region::MemorySpec::new(256, 200).unwrap();
+    let mut order = rig.order("M1", 0, spec.held_mib());
+    order.request.memory = Some(spec);
+    order.library = LibrarySource::Content(Vec::new());
+    rig.exec.create(order);
+    let LeaseEvent::Ready(info) = rig.next_event().await else {
+        panic!("not ready")
+    };
+    assert!(info.cpus.is_empty(), "holds no CPU: {}", info.cpus);
+    assert_eq!(info.memory, Some(spec));
+    let v = rig.view();
+    assert_eq!(v.memory_mib.function, spec.held_mib());
+    assert!(v.cpus.function.is_empty());
+    let group = lease_group("n1", "M1");
+    let cg = rig.cgroups.spec(&group).unwrap();
+    // Every CPU, at the lowest weight, capped at 200 thousandths of one CPU.
+    assert_eq!(cg.cpus, Some(set("0-7")));
+    assert_eq!(cg.cpu_weight, Some(super::task::MEMORY_LEASE_CPU_WEIGHT));
+    assert_eq!(cg.memory_limit_bytes, Some(spec.held_mib() << 20));
+    let quota = rig.cgroups.quotas.lock().unwrap().get(&group).copied();
+    assert_eq!(quota.flatten().map(|q| q.quota_us), Some(20_000));
+    let launch = &rig.procs.launches()[0];
+    let args: Vec<String> = launch
+        .args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let after = |flag: &str| args[args.iter().position(|a| a == flag).unwrap() + 1].clone();
+    assert_eq!(after("--region"), (256u64 << 20).to_string());
+    assert!(!args.contains(&"--lib".to_string()), "{args:?}");
+    assert!(!rig.state.path().join("leases/M1/functions.so").exists());
+    // An interference quota level is a percent of the cap, and level none restores the cap
+    // (it never lifts it).
+    for (quota_pct, want_us) in [(Some(50), 10_000), (None, 20_000)] {
+        let to = LeaseControl {
+            weight: 1,
+            quota_pct,
+            frozen: false,
+        };
+        rig.exec
+            .try_send("M1", LeaseMessage::Control(Control::Set { from: None, to }))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let q = rig.cgroups.quotas.lock().unwrap().get(&group).copied();
+            if q.flatten().map(|q| q.quota_us) == Some(want_us) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "quota never {want_us}: {q:?}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
 }
 
 #[tokio::test]

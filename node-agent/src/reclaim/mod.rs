@@ -222,6 +222,7 @@ mod tests {
             created_ms,
             executor: None,
             recovery: Default::default(),
+            memory: None,
         }
     }
 
@@ -279,6 +280,38 @@ mod tests {
         assert!(to.contains(3), "keeps its CPU the job did not take: {to}");
         assert!(to.is_disjoint(&set("0-2")), "{to}");
         assert_eq!(reason, "moved off the CPUs of job 7");
+    }
+
+    #[test]
+    fn a_memory_lease_stays_beside_a_job_on_every_cpu_and_goes_when_its_memory_is_needed() {
+        let memory = |mib: u64, created_ms| LeaseRecord {
+            memory: Some(harvest_core::region::MemorySpec {
+                region_mib: mib - harvest_core::region::OVERHEAD_MIB,
+                cpu_millis: 100,
+            }),
+            ..lease("", mib, created_ms)
+        };
+        // A job on every CPU, with room beside it for the region: nothing to do.
+        let l = ledger(
+            vec![("m", memory(6000, 1))],
+            vec![(7, job("0-7", Some(10_000), vec![]))],
+        );
+        assert!(plan(&l, &hw(), NO_RESERVE, ReclaimPolicy::default()).is_empty());
+        // A new step needs the memory: the lease is evicted before its tasks start.
+        let l = ledger(
+            vec![("m", memory(6000, 1))],
+            vec![
+                (7, job("0-3", Some(5_000), vec![])),
+                (8, job("4-7", Some(6_000), vec![])),
+            ],
+        );
+        assert_eq!(
+            plan(&l, &hw(), NO_RESERVE, ReclaimPolicy::default()),
+            [Action::Evict {
+                lease: "m".into(),
+                reason: "reclaimed: batch jobs need the node's memory".into(),
+            }]
+        );
     }
 
     #[test]

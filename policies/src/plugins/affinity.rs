@@ -77,6 +77,7 @@ mod tests {
             client: 7,
             res: Resources::new(1, 10, 0),
             data_nodes: &[5],
+            avoid_nodes: &[],
         };
         let score = |id| {
             LeaseAffinity
@@ -94,6 +95,7 @@ mod tests {
         let stranger = Request {
             client: 8,
             data_nodes: &[],
+            avoid_nodes: &[],
             ..req
         };
         hints.clear();

@@ -41,6 +41,7 @@ mod tests {
             client: 1,
             res,
             data_nodes: &[],
+            avoid_nodes: &[],
         }
     }
 

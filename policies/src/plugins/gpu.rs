@@ -36,6 +36,7 @@ mod tests {
             client: 1,
             res: Resources::new(1, 1, gpus),
             data_nodes: &[],
+            avoid_nodes: &[],
         }
     }
 

@@ -51,6 +51,7 @@ mod tests {
             client: 1,
             res: Resources::new(1, 1, 0),
             data_nodes: &[],
+            avoid_nodes: &[],
         };
         let mut n = NodeState::new(0, 0, Resources::new(4, 100, 0));
         assert!(FilterPlugin::filter(&Interference, &req, &n, &c).is_success());

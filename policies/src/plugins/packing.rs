@@ -84,6 +84,7 @@ mod tests {
         client: 1,
         res: Resources::new(1, 100, 0),
         data_nodes: &[],
+        avoid_nodes: &[],
     };
 
     fn node(id: u32, batch_cores: u32) -> NodeState {

@@ -233,6 +233,63 @@ def test_without_failover_a_revocation_is_lease_revoked(library: str) -> None:
     assert "reclaimed by job" in message
 
 
+# -- memory leases ----------------------------------------------------------------------------
+
+
+def _memory_replica(lib: str) -> dict:
+    import json
+
+    env = dict(os.environ)
+    nodes = json.loads(
+        subprocess.run(["harvest", "nodes", "--json"], capture_output=True, text=True,
+                       env=env, check=True).stdout
+    )
+    total = {n["name"]: n["memory_mib"]["total"] for n in nodes}
+    with harvest.MemoryLease(size="2G", lifetime="3m", replica=True) as region:
+        first, replica = region.info(), region.replica_info()
+        data = os.urandom(3 << 20)
+        region.write(4096, data)
+        same = region.read(4096, len(data)) == data
+        # A job on the primary's node that needs the memory the region holds.
+        need = total[first["node"]] - first["memory_mib"] + 1024
+        job = subprocess.run(
+            ["sbatch", "--parsable", "-w", first["node"], f"--mem={need}M", "--output=/dev/null",
+             "--chdir=/tmp", "--wrap", "sleep 1"],
+            capture_output=True, text=True, env=env,
+        )
+        assert job.returncode == 0, job.stderr
+        deadline = time.monotonic() + 60
+        back = None
+        while time.monotonic() < deadline:
+            back = region.read(4096, len(data))
+            if region.replica_events:
+                break
+            time.sleep(0.5)
+        return {
+            "first": first,
+            "replica": replica,
+            "same": same,
+            "after_reclaim_same": back == data,
+            "events": region.replica_events,
+            "serving": region.info(),
+        }
+
+
+def test_a_memory_lease_with_a_replica_survives_a_job_that_takes_the_primarys_memory(
+    library: str,
+) -> None:
+    r = run_as(USER, _memory_replica, library, timeout=240)
+    assert r["first"]["memory"]["region_mib"] == 2048, r["first"]
+    assert r["replica"]["node"] != r["first"]["node"], r
+    assert r["same"], "the region did not read back what was written"
+    assert r["events"], f"the primary was never revoked: {r}"
+    event = r["events"][0]
+    assert event["lost"] == r["first"]["id"] and event["lost_node"] == r["first"]["node"], event
+    assert "memory" in event["reason"], event
+    assert event["serving"] == r["replica"]["id"] == r["serving"]["id"], r
+    assert r["after_reclaim_same"], "the replica does not hold what was written"
+
+
 # -- two users ---------------------------------------------------------------------------------
 
 

@@ -36,7 +36,7 @@ class FakeSession:
 
     @property
     def connections(self) -> int:
-        return self.kwargs["connections"] or self.kwargs["cores"]
+        return self.kwargs["connections"] or max(self.kwargs["cores"], 1)
 
     def _one(self, fn: str, data: bytes) -> Any:
         if fn == "upper":
@@ -71,6 +71,35 @@ class FakeSession:
 
     def release(self) -> None:
         self.released += 1
+
+    # A memory region of 64 bytes, as a memory lease's executor would hold.
+    region = bytearray(64)
+
+    def _check(self, offset: int, n: int) -> None:
+        assert type(offset) is int and type(n) is int, "the extension takes ints"
+        if offset + n > len(self.region):
+            raise errors.FunctionError(f"{n} bytes at offset {offset} do not fit in the region")
+
+    def region_size(self) -> int:
+        return len(self.region)
+
+    def read(self, offset: int, n: int) -> bytes:
+        self._check(offset, n)
+        return bytes(self.region[offset : offset + n])
+
+    def write(self, offset: int, data: bytes) -> None:
+        assert type(data) is bytes, "the extension takes bytes only"
+        self._check(offset, len(data))
+        self.region[offset : offset + len(data)] = data
+
+    def readv(self, ranges: list) -> list:
+        return [self.read(o, n) for o, n in ranges]
+
+    def writev(self, pieces: list) -> None:
+        for o, d in pieces:
+            self._check(o, len(d))
+        for o, d in pieces:
+            self.write(o, d)
 
     def info(self) -> dict:
         return {"id": "L1", "node": "n1", "cpus": [0], "state": "active"}
@@ -291,3 +320,155 @@ def test_a_lease_left_open_is_released_when_dropped_or_at_exit(tmp_path) -> None
     # One release for the closed lease, one for the dropped one, one at exit for the open one;
     # none twice.
     assert marker.read_text() == "released\n" * 3
+
+
+def test_region_methods_pass_offsets_and_bytes_through(fake) -> None:
+    fake.region = bytearray(64)
+    with harvest.Lease(lib="/x.so") as lease:
+        assert lease.region_size() == 64
+        lease.write(3, b"abc")
+        lease.write(10, bytearray(b"xy"))
+        lease.write(20, memoryview(b"mv"))
+        assert lease.read(3, 3) == b"abc"
+        lease.writev([(40, b"one"), (50, bytearray(b"two"))])
+        assert lease.readv([(3, 3), (10, 2), (20, 2), (40, 3), (50, 3)]) == [
+            b"abc", b"xy", b"mv", b"one", b"two"
+        ]
+        assert lease.readv(iter([(0, 0)])) == [b""]
+        with pytest.raises(errors.FunctionError, match="do not fit"):
+            lease.read(60, 5)
+
+
+@pytest.mark.parametrize(
+    "call, error, words",
+    [
+        (lambda l: l.read(-1, 1), ValueError, "offset"),
+        (lambda l: l.read(1 << 64, 1), ValueError, "offset"),
+        (lambda l: l.read(0, -1), ValueError, "length"),
+        (lambda l: l.read(0, 1 << 32), ValueError, "length"),
+        (lambda l: l.read(1.0, 1), TypeError, "offset"),
+        (lambda l: l.read(True, 1), TypeError, "offset"),
+        (lambda l: l.write(0, "text"), TypeError, "bytes"),
+        (lambda l: l.readv([(0, "1")]), TypeError, "length"),
+        (lambda l: l.writev([(-2, b"x")]), ValueError, "offset"),
+        (lambda l: l.writev([(0, None)]), TypeError, "bytes"),
+    ],
+)
+def test_bad_region_arguments_are_refused_before_anything_is_sent(fake, call, error, words) -> None:
+    fake.region = bytearray(64)
+    with harvest.Lease(lib="/x.so") as lease:
+        with pytest.raises(error, match=words):
+            call(lease)
+    assert fake.region == bytearray(64), "something was written despite a bad argument"
+
+
+def test_region_methods_refuse_a_closed_lease(fake) -> None:
+    lease = harvest.Lease(lib="/x.so")
+    lease.close()
+    with pytest.raises(errors.LocalError, match="closed"):
+        lease.read(0, 1)
+    with pytest.raises(errors.LocalError, match="closed"):
+        lease.write(0, b"x")
+
+
+def test_a_memory_lease_asks_for_a_region_and_no_core_and_never_fails_over(fake) -> None:
+    fake.region = bytearray(64)
+    with harvest.MemoryLease(size="2G", lifetime="10m", cpu_millis=250) as region:
+        region.write(8, b"abc")
+        assert region.read(8, 3) == b"abc"
+    kw = fake.instances[0].kwargs
+    assert (kw["cores"], kw["region_mib"], kw["cpu_millis"]) == (0, 2048, 250)
+    assert kw["failover"] is False, "a region's contents cannot follow a failover"
+    assert "lib_path" not in kw and "lib_bytes" not in kw
+    assert kw["lifetime_s"] == 600.0
+    harvest.MemoryLease(size=64).close()
+    assert fake.instances[1].kwargs["region_mib"] == 64
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(size=0), ValueError, "MiB"),
+        (dict(size="1G", cpu_millis=5), ValueError, "cpu_millis"),
+        (dict(size="1G", cpu_millis=True), ValueError, "cpu_millis"),
+        (dict(size="1G", connections=0), ValueError, "connections"),
+    ],
+)
+def test_bad_memory_lease_arguments_say_what_is_wrong(fake, kwargs, error, words) -> None:
+    with pytest.raises(error, match=words):
+        harvest.MemoryLease(**kwargs)
+    assert fake.instances == [], "nothing is acquired for a bad request"
+
+
+class RegionSession(FakeSession):
+    """A memory lease of its own: its own region, node and id; `revoked` makes every call raise
+    LeaseRevoked as the extension does for a revoked memory lease."""
+
+    count = 0
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        RegionSession.count += 1
+        self.region = bytearray(64)
+        self.id = f"M{RegionSession.count}"
+        avoid = kwargs.get("avoid_nodes") or []
+        self.node = next(n for n in ("n1", "n2", "n3") if n not in avoid)
+        self.revoked = False
+
+    def _check(self, offset: int, n: int) -> None:
+        if self.revoked:
+            raise errors.LeaseRevoked(f"lease {self.id} on {self.node} revoked: reclaimed")
+        super()._check(offset, n)
+
+    def info(self) -> dict:
+        return {"id": self.id, "node": self.node, "cpus": [], "state": "active",
+                "memory": {"region_mib": 1, "cpu_millis": 100}}
+
+
+def test_a_replica_goes_to_another_node_takes_every_write_and_serves_when_the_primary_goes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    FakeSession.instances = []
+    monkeypatch.setattr(_lease._native, "Session", RegionSession)
+    region = harvest.MemoryLease(size=1, replica=True)
+    primary, replica = FakeSession.instances
+    assert replica.kwargs["avoid_nodes"] == [primary.node]
+    assert region.replica_info()["node"] != region.info()["node"]
+    region.write(0, b"abc")
+    region.writev([(10, b"xy")])
+    assert primary.region[:3] == replica.region[:3] == b"abc"
+    assert primary.region[10:12] == replica.region[10:12] == b"xy"
+    # The primary is reclaimed: reads go to the replica, and the lease says which was lost.
+    primary.revoked = True
+    assert region.read(0, 3) == b"abc"
+    assert region.readv([(10, 2)]) == [b"xy"]
+    assert region.info()["id"] == replica.id
+    assert region.replica_info() is None
+    [event] = region.replica_events
+    assert event["lost"] == primary.id and event["lost_node"] == primary.node
+    assert event["serving"] == replica.id and "reclaimed" in event["reason"]
+    # The last copy gone: the caller is told, nothing is read from elsewhere.
+    replica.revoked = True
+    with pytest.raises(errors.LeaseRevoked):
+        region.read(0, 3)
+    region.close()
+    assert primary.released == 1 and replica.released == 1
+
+
+def test_a_lost_replica_is_dropped_and_writes_go_on_to_the_primary(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    FakeSession.instances = []
+    monkeypatch.setattr(_lease._native, "Session", RegionSession)
+    with harvest.MemoryLease(size=1, replica=True) as region:
+        primary, replica = FakeSession.instances
+        replica.revoked = True
+        region.write(5, b"q")
+        assert primary.region[5:6] == b"q"
+        assert region.replica_info() is None
+        assert region.replica_events[0]["lost"] == replica.id
+        assert region.replica_events[0]["serving"] == primary.id
+    # Without replica=True nothing is asked to avoid any node.
+    FakeSession.instances = []
+    harvest.MemoryLease(size=1).close()
+    assert "avoid_nodes" not in FakeSession.instances[0].kwargs

@@ -39,6 +39,8 @@ mod nodes;
 mod placement;
 mod recovery;
 
+pub use placement::held_memory_mib;
+
 pub use lifecycle::{Event, Phase, state_for};
 use nodes::NodeEntry;
 pub use nodes::{Health, ReportExtras, ReportOutcome};
@@ -182,6 +184,8 @@ struct LeaseRecord {
     last_active: Instant,
     /// The client's request id (empty: none): a retried acquisition finds the lease by it.
     request_id: String,
+    /// A memory lease's region and CPU cap.
+    memory: Option<harvest_core::region::MemorySpec>,
 }
 
 impl LeaseRecord {
@@ -204,6 +208,7 @@ impl LeaseRecord {
             idle_timeout_ms: self.idle_timeout.as_millis() as u64,
             last_active_unix_ms: self.last_active_unix_ms,
             secret: Vec::new(),
+            memory: self.memory.map(Into::into),
         }
     }
 

@@ -14,6 +14,20 @@ use super::{
 };
 use crate::identity::Identity;
 
+/// What a request will hold on its node, MiB: a memory lease's region and its executor's
+/// overhead; a function lease's memory, or `default_per_core` MiB per core when it asks none.
+pub fn held_memory_mib(req: &v1::AcquireLeaseRequest, default_per_core: u64) -> u64 {
+    match (&req.memory, req.memory_mib) {
+        (Some(m), _) => harvest_core::region::MemorySpec {
+            region_mib: m.region_mib,
+            cpu_millis: m.cpu_millis,
+        }
+        .held_mib(),
+        (None, 0) => u64::from(req.cores) * default_per_core,
+        (None, m) => m,
+    }
+}
+
 impl LeaseBook {
     /// Places a lease for `who` and returns the order that starts its executor. The lease is
     /// PENDING until [`executor_ready`](Self::executor_ready) or [`end`](Self::end).
@@ -23,10 +37,26 @@ impl LeaseBook {
         who: &Identity,
         now: Now,
     ) -> Result<(v1::Lease, Order), BookError> {
-        if req.cores == 0 {
-            return Err(BookError::BadRequest(
-                "cores must be at least 1 (the executor needs a core)".into(),
-            ));
+        let memory = match &req.memory {
+            Some(m) => Some(
+                m.to_core()
+                    .map_err(|e| BookError::BadRequest(format!("memory: {e}")))?,
+            ),
+            None => None,
+        };
+        match memory {
+            Some(_) if req.cores != 0 || req.gpus != 0 => {
+                return Err(BookError::BadRequest(
+                    "a memory lease holds no cores or GPUs of its own: send cores 0 and gpus 0"
+                        .into(),
+                ));
+            }
+            None if req.cores == 0 => {
+                return Err(BookError::BadRequest(
+                    "cores must be at least 1 (the executor needs a core)".into(),
+                ));
+            }
+            _ => {}
         }
         let lifetime = match req.lifetime_ms {
             0 => self.limits.default_lifetime,
@@ -38,18 +68,27 @@ impl LeaseBook {
                 self.limits.max_lifetime
             )));
         }
-        let library = req
-            .library
-            .as_ref()
-            .and_then(|l| l.source.as_ref())
-            .ok_or_else(|| {
-                BookError::BadRequest("no function library: send its content or a path".into())
-            })?;
-        let memory_mib = match req.memory_mib {
-            0 => u64::from(req.cores) * self.limits.default_memory_per_core_mib,
-            m => m,
+        let library = match memory {
+            Some(_) => None,
+            None => Some(
+                req.library
+                    .as_ref()
+                    .and_then(|l| l.source.as_ref())
+                    .ok_or_else(|| {
+                        BookError::BadRequest(
+                            "no function library: send its content or a path".into(),
+                        )
+                    })?,
+            ),
         };
+        let memory_mib = held_memory_mib(req, self.limits.default_memory_per_core_mib);
         let res = Resources::new(req.cores, memory_mib, req.gpus);
+        let avoid: Vec<u32> = req
+            .avoid_nodes
+            .iter()
+            .filter_map(|name| self.nodes.iter().position(|n| &n.name == name))
+            .map(|i| i as u32)
+            .collect();
         let key = self.next_key;
         self.next_key += 1;
         let decision = self
@@ -61,6 +100,7 @@ impl LeaseBook {
                     client: u64::from(who.uid),
                     res,
                     data_nodes: &[],
+                    avoid_nodes: &avoid,
                 },
             )
             .map_err(|e| BookError::Placement(e.to_string()))?;
@@ -127,6 +167,7 @@ impl LeaseBook {
             idle_timeout,
             last_active: now.instant,
             request_id: req.request_id.clone(),
+            memory,
         };
         let wire = record.wire();
         self.leases.insert(id.clone(), record);
@@ -138,14 +179,15 @@ impl LeaseBook {
             cores: res.cores,
             memory_mib,
             gpus: res.gpus,
-            library: Some(v1::FunctionLibrary {
-                source: Some(library.clone()),
+            library: library.map(|l| v1::FunctionLibrary {
+                source: Some(l.clone()),
             }),
             options: req.executor,
             expires_unix_ms,
             idle_timeout_ms: idle_timeout.as_millis() as u64,
             secret: secret.as_bytes().to_vec(),
             request_id: req.request_id.clone(),
+            memory: memory.map(Into::into),
         };
         let order = Order {
             node: node_name,

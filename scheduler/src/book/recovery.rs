@@ -94,6 +94,10 @@ impl LeaseBook {
                 idle_timeout,
                 last_active: now.instant,
                 request_id: info.request_id.clone(),
+                memory: info.memory.map(|m| harvest_core::region::MemorySpec {
+                    region_mib: m.region_mib,
+                    cpu_millis: m.cpu_millis,
+                }),
             },
         );
         None

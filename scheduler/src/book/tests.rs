@@ -116,6 +116,83 @@ fn a_lease_goes_to_a_node_with_idle_cores_and_is_ordered_there() {
 }
 
 #[test]
+fn a_memory_lease_needs_idle_memory_and_no_core_and_counts_as_held() {
+    let now = Now::current();
+    let mut b = book("first-fit");
+    // n1: every core and most memory held by batch; n2: every core held, 3000 MiB idle.
+    up(&mut b, "n1", &view("n1", 4, 4, 1000, 900), now);
+    up(&mut b, "n2", &view("n2", 4, 4, 4000, 1000), now);
+    let req = v1::AcquireLeaseRequest {
+        memory: Some(v1::MemorySpec {
+            region_mib: 2048,
+            cpu_millis: 0,
+        }),
+        ..Default::default()
+    };
+    let (lease, order) = b.place(&req, &user(1000), now).unwrap();
+    assert_eq!(lease.node, "n2");
+    let held = 2048 + harvest_core::region::OVERHEAD_MIB;
+    assert_eq!(lease.memory_mib, held);
+    assert_eq!(
+        lease.memory,
+        Some(v1::MemorySpec {
+            region_mib: 2048,
+            cpu_millis: harvest_core::region::DEFAULT_CPU_MILLIS,
+        })
+    );
+    let Msg::Create(create) = order.msg else {
+        panic!("expected CreateExecutor")
+    };
+    assert_eq!((create.cores, create.memory_mib), (0, held));
+    assert!(create.library.is_none());
+    assert_eq!(create.memory, lease.memory);
+    // The region is not idle while held: another one of the same size does not fit anywhere.
+    assert_eq!(b.free("n2").unwrap().mem_mib, 3000 - held);
+    let e = b.place(&req, &user(1001), now).unwrap_err();
+    assert!(matches!(e, BookError::Unschedulable { .. }), "{e}");
+    // A function lease is refused without cores; a memory lease with them.
+    let e = b
+        .place(
+            &v1::AcquireLeaseRequest {
+                cores: 1,
+                ..req.clone()
+            },
+            &user(1000),
+            now,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("no cores or GPUs"), "{e}");
+}
+
+#[test]
+fn a_replica_avoids_the_nodes_it_names_and_says_so_when_none_is_left() {
+    let now = Now::current();
+    let mut b = book("first-fit");
+    up(&mut b, "n1", &view("n1", 4, 0, 4000, 0), now);
+    up(&mut b, "n2", &view("n2", 4, 0, 4000, 0), now);
+    let req = v1::AcquireLeaseRequest {
+        memory: Some(v1::MemorySpec {
+            region_mib: 512,
+            cpu_millis: 0,
+        }),
+        ..Default::default()
+    };
+    let (primary, _) = b.place(&req, &user(1000), now).unwrap();
+    let replica = v1::AcquireLeaseRequest {
+        avoid_nodes: vec![primary.node.clone(), "no-such-node".into()],
+        ..req.clone()
+    };
+    let (second, _) = b.place(&replica, &user(1000), now).unwrap();
+    assert_ne!(second.node, primary.node);
+    let both = v1::AcquireLeaseRequest {
+        avoid_nodes: vec!["n1".into(), "n2".into()],
+        ..req
+    };
+    let e = b.place(&both, &user(1000), now).unwrap_err();
+    assert!(e.to_string().contains("asked for another node"), "{e}");
+}
+
+#[test]
 fn the_agents_own_report_of_a_lease_is_not_counted_twice() {
     let now = Now::current();
     let mut b = book("best-fit");
