@@ -10,12 +10,14 @@
 //! - [`node`]: a node's resources broken down by state (batch, function, idle).
 //! - [`invoke`]: the client-executor invocation frames; [`invoke::auth`]: lease secrets and the
 //!   proof of one that opens every connection.
+//! - [`mountinfo`]: the cgroup mounts in `/proc/self/mountinfo` text (agent and doctor).
 //! - [`region`]: memory leases (a region of idle memory lent to one owner).
 //! - [`query`]: the node agent's read-only status and ledger queries.
 //! - [`step`]: what the SPANK plugin tells the node agent about each job step, and the wire framing.
 
 pub mod cpuset;
 pub mod invoke;
+pub mod mountinfo;
 pub mod node;
 pub mod query;
 pub mod region;

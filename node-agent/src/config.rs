@@ -133,11 +133,16 @@ pub struct Config {
     /// The `harvest-executor` binary; harvestd with a scheduler refuses to start without one.
     /// Unset: beside harvestd, else `PATH`.
     pub executor_path: Option<PathBuf>,
-    /// The address executors listen on, which is also the address clients are given: on a
-    /// multi-host site this node's address on the network clients reach it by (its cluster
-    /// interface); 127.0.0.1 serves clients on this host only. `0.0.0.0`/`::` are refused (not an
-    /// address to connect to). Executors accept only connections that prove their lease's secret.
+    /// The address executors listen on. The default, `0.0.0.0`, is every interface of the node;
+    /// `127.0.0.1` serves clients on this host only. Clients are given
+    /// `executor_advertise_address`, not this.
     pub executor_bind_address: std::net::IpAddr,
+    /// The address clients are given to reach this node's executors (with each executor's port):
+    /// this node's address on the network clients connect from. Unset: `executor_bind_address`
+    /// when that is a specific address, else the first non-loopback address this node's host name
+    /// resolves to. harvestd refuses to start when it is `0.0.0.0`/`::`, not one of this node's
+    /// addresses, or (unset) when the host name resolves to loopback only.
+    pub executor_advertise_address: Option<std::net::IpAddr>,
     /// Whether a lease of uid 0 may run (as root, group 0 only).
     pub allow_root_executors: bool,
     /// The lowest uid an executor runs as (0 is refused: root is `allow_root_executors`'s).
@@ -256,7 +261,8 @@ impl Default for Config {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             reconnect_backoff_max: DEFAULT_RECONNECT_BACKOFF_MAX,
             executor_path: None,
-            executor_bind_address: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            executor_bind_address: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            executor_advertise_address: None,
             allow_root_executors: false,
             min_executor_uid: crate::leases::identity::DEFAULT_MIN_EXECUTOR_UID,
             passwd_file: None,
@@ -334,12 +340,15 @@ impl Config {
                        \"info,harvest_agent=debug\"",
             });
         }
-        if self.executor_bind_address.is_unspecified() {
+        if let Some(addr) = self.executor_advertise_address
+            && addr.is_unspecified()
+        {
             return Err(ConfigError::Invalid {
-                key: "executor_bind_address",
-                value: self.executor_bind_address.to_string(),
-                hint: "clients connect to the address executors bind: give this node's address \
-                       on the cluster network (or 127.0.0.1 for clients on this host only)",
+                key: "executor_advertise_address",
+                value: addr.to_string(),
+                hint: "clients connect to the advertised address: give this node's address on \
+                       the cluster network (or 127.0.0.1 for clients on this host only), or leave \
+                       it unset for the address of this node's host name",
             });
         }
         for (key, d) in [

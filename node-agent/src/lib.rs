@@ -40,10 +40,12 @@
 //! [`config_error`] its error type and duration format).
 //! [`fake_scheduler`]: a recording `AgentGateway` server for tests (never run by harvestd).
 //!
-//! The binary (`src/main.rs`) parses arguments, installs logging and calls [`server::run`].
+//! The binary (`src/main.rs`) parses arguments ([`cli`], which the man page is made from too),
+//! installs logging and calls [`server::run`].
 
 pub mod agent;
 pub mod cgroup;
+pub mod cli;
 pub mod config;
 pub mod config_error;
 pub mod discover;

@@ -80,6 +80,8 @@ pub enum ServerError {
     NoExecutor { beside: String },
     #[error(transparent)]
     Tls(#[from] harvest_proto::tls::TlsFileError),
+    #[error(transparent)]
+    Advertise(#[from] harvest_proto::advertise::AdvertiseError),
     #[error("cannot serve metrics on metrics_listen = {addr}: {source}")]
     MetricsBind {
         addr: String,
@@ -90,6 +92,17 @@ pub enum ServerError {
 /// Discovers the real hardware and cgroups, then serves until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     config.validate()?;
+    // With a scheduler, the executors' bind and advertised addresses, proven to be this node's
+    // before anything else (a lease would otherwise fail only when its executor starts, or hand clients an
+    // address nobody answers at).
+    // A standalone agent (no scheduler) starts no executors.
+    let mut config = config;
+    if config.scheduler.is_some() {
+        config.executor_advertise_address = Some(executor_addresses(
+            &config,
+            &harvest_proto::advertise::SystemHost::default(),
+        )?);
+    }
     let hardware = match config.gpu_source {
         crate::config::GpuSourceKind::Nvml => discover_real()?,
         crate::config::GpuSourceKind::DeviceFiles => {
@@ -112,7 +125,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             proc_root: config.proc_root.clone(),
         }),
     };
-    let mut config = config;
     if config.executor_path.is_none() {
         let path = std::env::var("PATH").ok();
         config.executor_path = find_executor(None, own_exe.as_deref(), path.as_deref());
@@ -124,6 +136,50 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     let store = LedgerStore::open(&config.state_dir, &config.node)?;
     serve(config, hardware, sources, Arc::new(store), shutdown).await
+}
+
+/// Checks that `executor_bind_address` (when a specific one) and the advertised address are this
+/// node's, and returns the address clients are to be given ([`harvest_proto::advertise`]).
+pub fn executor_addresses(
+    config: &Config,
+    host: &dyn harvest_proto::advertise::HostLookup,
+) -> Result<std::net::IpAddr, ServerError> {
+    use harvest_proto::advertise;
+    let bind = config.executor_bind_address;
+    if !bind.is_unspecified() {
+        advertise::check_local("executor_bind_address", bind)?;
+    }
+    let advertised = advertise::resolve(
+        "executor_advertise_address",
+        "executor_bind_address",
+        bind,
+        config.executor_advertise_address,
+        host,
+    )?;
+    if !bind.is_unspecified() && advertised != bind {
+        tracing::warn!(%bind, %advertised,
+            "executors listen on executor_bind_address but clients are given \
+             executor_advertise_address: only a forwarding address (NAT) between them works");
+    }
+    tracing::info!(%bind, %advertised, "executor addresses");
+    Ok(advertised)
+}
+
+/// The address clients are given for executors: `executor_advertise_address` (as [`run`]
+/// resolved it), else a specific `executor_bind_address`.
+/// A standalone agent starts no executors: any address will do.
+fn advertised_executor_address(config: &Config) -> Result<std::net::IpAddr, ServerError> {
+    let addr = config
+        .executor_advertise_address
+        .unwrap_or(config.executor_bind_address);
+    if addr.is_unspecified() && config.scheduler.is_some() {
+        return Err(harvest_proto::advertise::AdvertiseError::Unspecified {
+            key: "executor_advertise_address",
+            addr,
+        }
+        .into());
+    }
+    Ok(addr)
 }
 
 /// Serves `hardware` and the jobs `sources` show, as configured, with the ledger in `store`,
@@ -205,6 +261,7 @@ pub async fn serve(
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("harvest-executor")),
             executor_bind: config.executor_bind_address,
+            executor_advertise: advertised_executor_address(&config)?,
             identity: crate::leases::identity::IdentityPolicy {
                 min_uid: config.min_executor_uid,
                 allow_root: config.allow_root_executors,

@@ -34,6 +34,7 @@ impl Harness {
             reserve_memory_mib: 1000,
             reconcile_interval: Duration::from_millis(50),
             read_timeout: Duration::from_millis(300),
+            executor_bind_address: std::net::Ipv4Addr::LOCALHOST.into(),
             ..Config::default()
         }
     }
@@ -552,5 +553,71 @@ async fn after_a_kill_at_any_point_the_restarted_ledger_equals_slurms_view() {
             .iter()
             .fold(CpuSet::new(), |a, j| a.union(&j.cpus));
         assert_eq!(batch, tree_cpus, "killed after {kill_after} messages");
+    }
+}
+
+/// A host whose name resolves to the given addresses (nothing is looked up for real).
+struct NamedHost(Vec<std::net::IpAddr>);
+impl harvest_proto::advertise::HostLookup for NamedHost {
+    fn host_name(&self) -> Result<String, String> {
+        Ok("n1.example".into())
+    }
+    fn resolve(&self, _: &str) -> Result<Vec<std::net::IpAddr>, String> {
+        Ok(self.0.clone())
+    }
+}
+
+/// harvestd's start-up check of the executors' addresses: bound and advertised apart, an
+/// advertised address refused when unspecified or not this host's, and the host name's address
+/// when the executors bind every interface. Only 127.0.0.0/8 is bound; nothing is sent.
+#[test]
+fn executor_addresses_are_checked_at_start() {
+    let ip = |s: &str| -> std::net::IpAddr { s.parse().unwrap() };
+    let cfg = |bind: &str, adv: Option<&str>| Config {
+        node: "n1".into(),
+        executor_bind_address: ip(bind),
+        executor_advertise_address: adv.map(ip),
+        ..Config::default()
+    };
+    let nowhere = NamedHost(vec![]);
+    let got = executor_addresses(&cfg("127.0.0.2", Some("127.0.0.3")), &nowhere).unwrap();
+    assert_eq!(got, ip("127.0.0.3"));
+    assert_eq!(
+        executor_addresses(&cfg("127.0.0.2", None), &nowhere).unwrap(),
+        ip("127.0.0.2")
+    );
+    // Every interface bound, nothing advertised: the host name's address.
+    let host = NamedHost(vec![ip("127.0.1.1"), ip("127.0.0.4")]);
+    let e = executor_addresses(&cfg("0.0.0.0", None), &host).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("\"n1.example\"")
+            && msg.contains("127.0.1.1")
+            && msg.contains("set executor_advertise_address"),
+        "{msg}"
+    );
+    // Refused: 0.0.0.0 advertised (also by validate), and an address that is no host's
+    // (192.0.2.1, TEST-NET-1: the bind fails locally) as either address.
+    let e = executor_addresses(&cfg("127.0.0.2", Some("0.0.0.0")), &nowhere).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("executor_advertise_address = 0.0.0.0"),
+        "{e}"
+    );
+    assert!(cfg("127.0.0.2", Some("0.0.0.0")).validate().is_err());
+    let nonlocal_bind_allowed = std::fs::read_to_string("/proc/sys/net/ipv4/ip_nonlocal_bind")
+        .is_ok_and(|v| v.trim() == "1");
+    if !nonlocal_bind_allowed {
+        let e = executor_addresses(&cfg("127.0.0.2", Some("192.0.2.1")), &nowhere).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("executor_advertise_address = 192.0.2.1 is not an address of this host"),
+            "{msg}"
+        );
+        let e = executor_addresses(&cfg("192.0.2.1", None), &nowhere).unwrap_err();
+        assert!(
+            e.to_string().contains("executor_bind_address = 192.0.2.1"),
+            "{e}"
+        );
     }
 }

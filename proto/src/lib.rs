@@ -6,10 +6,12 @@
 //! a separate framed TCP protocol (`harvest_core::invoke`) and never goes through gRPC.
 //!
 //! [`tls`] reads the control plane's certificates and keys (PEM files named in the scheduler's,
-//! the agents' and the client's configurations), checked once at start.
+//! the agents' and the client's configurations), checked once at start. [`advertise`] picks and
+//! checks the addresses a daemon gives others to reach it (apart from those it binds).
 
 #![allow(missing_debug_implementations)]
 
+pub mod advertise;
 pub mod binding;
 pub mod convert;
 pub mod tls;

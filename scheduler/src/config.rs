@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// Where the scheduler listens for clients and agents (one address, both services).
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:6820";
+/// Where the scheduler listens for clients and agents (one address, both services): every
+/// interface, so that agents and clients on other hosts reach it.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:6820";
 /// Lifetime of a lease that asks for none.
 pub const DEFAULT_LIFETIME_MS: u64 = 10 * 60 * 1000;
 /// A lease with neither an invocation nor a RenewLease for this long ends (the client went
@@ -101,8 +102,16 @@ pub const MAX_DURATION_MS: u64 = 365 * 24 * 60 * 60 * 1000;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Address of both services.
+    /// Address of both services (`--listen` overrides); `0.0.0.0` binds every interface.
     pub listen: String,
+    /// `host:port` agents and clients reach this scheduler at: what their `scheduler` URLs and
+    /// this scheduler's certificate name (`--advertise` overrides). It is logged at start and
+    /// written to `primary_lock`, and checked once: a name must resolve to an address of this
+    /// host, an address must be one (never `0.0.0.0`). Unset: `listen` when that is a specific
+    /// address, else the first non-loopback address of this host's name, with `listen`'s port. A
+    /// file that a primary and its standby share leaves it unset or each host passes
+    /// `--advertise`.
+    pub advertise: Option<String>,
     /// Placement policy: one of harvest-policies' built-ins (`first-fit`, `best-fit`, `spread`,
     /// `interference-aware`, `gpu-aware`, `lease-affinity`, `harvest`).
     pub policy: String,
@@ -184,6 +193,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: DEFAULT_LISTEN.to_owned(),
+            advertise: None,
             policy: DEFAULT_POLICY.to_owned(),
             default_lifetime_ms: DEFAULT_LIFETIME_MS,
             max_lifetime_ms: DEFAULT_MAX_LIFETIME_MS,

@@ -5,7 +5,8 @@
 //! After a restart the agents re-register with their running executors and the leases are
 //! adopted, so nothing a client holds is lost.
 //!
-//! - [`config`]: the TOML configuration and its named defaults.
+//! - [`config`]: the TOML configuration and its named defaults; [`cli`]: the binary's command
+//!   line (the man page is made from it).
 //! - [`identity`]: munge credentials (`unmunge`) behind the [`identity::Authenticator`] trait.
 //! - [`book`]: the pure lease and node logic (placement, states, expiry, heartbeats, adoption).
 //! - [`state`]: what the services share (the book, the agents' order channels, waiters).
@@ -18,6 +19,7 @@
 
 pub mod access;
 pub mod book;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod gateway;
@@ -67,6 +69,8 @@ pub enum ServeError {
     Tls(#[from] harvest_proto::tls::TlsFileError),
     #[error(transparent)]
     Lock(#[from] primary::LockError),
+    #[error(transparent)]
+    Advertise(#[from] harvest_proto::advertise::AdvertiseError),
 }
 
 /// The lease book a configuration describes.
@@ -90,7 +94,17 @@ pub fn book_for(config: &Config) -> Result<LeaseBook, ServeError> {
 /// Binds `config.listen` and serves with munge authentication until `shutdown` completes.
 /// With `primary_lock`, first waits as a standby until this scheduler holds the lock
 /// ([`primary`]); a standby binds nothing, so clients and agents find the primary.
+/// Checks first that `advertise` (or, unset, the address it defaults to) is this host's.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    config.validate()?;
+    let mut config = config;
+    config.advertise = Some(harvest_proto::advertise::resolve_host_port(
+        "advertise",
+        "listen",
+        config.listen_addr()?,
+        config.advertise.as_deref(),
+        &harvest_proto::advertise::SystemHost::default(),
+    )?);
     let auth = Arc::new(Unmunge::new(
         config.unmunge.clone(),
         config.munge_socket.clone(),
@@ -112,8 +126,9 @@ pub async fn run_with(
     let _primary = match &config.primary_lock {
         Some(path) => {
             let whoami = format!(
-                "pid {} listen {addr} since_unix_ms {}",
+                "pid {} listen {addr} advertise {} since_unix_ms {}",
                 std::process::id(),
+                config.advertise.as_deref().unwrap_or("-"),
                 Now::current().unix_ms
             );
             let poll = Duration::from_millis(config.standby_poll_ms);
@@ -163,8 +178,8 @@ pub async fn serve_with(
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;
     }
-    tracing::info!(addr = ?listener.local_addr().ok(), policy = book.policy(),
-        tls = !config.insecure_plaintext, "harvest-scheduler serving");
+    tracing::info!(addr = ?listener.local_addr().ok(), advertise = config.advertise.as_deref(),
+        policy = book.policy(), tls = !config.insecure_plaintext, "harvest-scheduler serving");
     let max = config.max_message_bytes;
     let tick = config.tick();
     let recorder = Arc::new(timeline::Recorder::new(

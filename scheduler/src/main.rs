@@ -1,41 +1,9 @@
 //! The `harvest-scheduler` binary: parses arguments, installs logging, runs the library.
 
-use std::path::PathBuf;
-
 use anyhow::Context;
 use clap::Parser;
+use harvest_scheduler::cli::Args;
 use harvest_scheduler::config::Config;
-
-/// harvest's cluster scheduler: leases idle cores, memory and GPUs on Slurm nodes to functions.
-///
-/// Serves the `Scheduler` service (clients: `harvest nodes`, `harvest lease acquire`, ...) and
-/// the `AgentGateway` service (one harvestd per node) on one address. Clients authenticate with
-/// munge credentials, so munged must run on this host with the cluster's key.
-#[derive(Debug, Parser)]
-#[command(version, about)]
-struct Args {
-    /// Configuration file (TOML); every key is described in docs/scheduler.md.
-    #[arg(long, short)]
-    config: Option<PathBuf>,
-    /// Address to serve on (overrides the file's `listen`; default 127.0.0.1:6820).
-    #[arg(long)]
-    listen: Option<String>,
-    /// Placement policy (overrides the file's `policy`): first-fit, best-fit, spread, ...
-    #[arg(long)]
-    policy: Option<String>,
-    /// Serve the dashboard (/), its JSON (/api/cluster) and Prometheus metrics (/metrics) over
-    /// HTTP on this address, e.g. 127.0.0.1:6821 (overrides the file's `http_listen`).
-    #[arg(long)]
-    http: Option<String>,
-    /// Serve plaintext gRPC without certificates (sets the file's `insecure_plaintext`):
-    /// anyone who reaches the port can act as any agent. For tests on a trusted host only.
-    #[arg(long)]
-    insecure_plaintext: bool,
-    /// Log format: text or json [default: the file's log_format, else text]. The level comes
-    /// from RUST_LOG, else the file's log_level, else info; SIGHUP re-reads log_level.
-    #[arg(long, env = harvest_logging::FORMAT_ENV)]
-    log_format: Option<harvest_logging::Format>,
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -52,6 +20,9 @@ async fn main() -> anyhow::Result<()> {
     )?;
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    if let Some(advertise) = args.advertise {
+        config.advertise = Some(advertise);
     }
     if let Some(policy) = args.policy {
         config.policy = policy;

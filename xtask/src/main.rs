@@ -28,8 +28,15 @@ enum Command {
     /// Write harvestd.toml, harvest-scheduler.toml and client.toml, every key commented out at
     /// its default, into DIR (the packages' /etc/harvest).
     ConfigFiles { dir: PathBuf },
-    /// Write the harvest CLI's man pages (harvest.1, harvest-lease-acquire.1, ...) into DIR.
-    Man { dir: PathBuf },
+    /// Write the harvest CLI's man pages (harvest.1, harvest-lease-acquire.1, ...) into DIR, or
+    /// with --package those of the package's daemons (section 8: harvestd.8, harvestd-run.8,
+    /// harvest-executor.8 for harvest-agent; harvest-scheduler.8 for harvest-scheduler).
+    Man {
+        dir: PathBuf,
+        /// harvest-agent or harvest-scheduler: that package's daemons' pages.
+        #[arg(long)]
+        package: Option<String>,
+    },
     /// Write the harvest CLI's bash, zsh and fish completions below PREFIX (e.g. ROOT/usr).
     Completions { prefix: PathBuf },
 }
@@ -57,8 +64,14 @@ fn main() -> Result<()> {
                     .with_context(|| format!("writing {}", path.display()))?;
             }
         }
-        Command::Man { dir } => {
+        Command::Man { dir, package: None } => {
             man::write_man_pages(&dir)?;
+        }
+        Command::Man {
+            dir,
+            package: Some(package),
+        } => {
+            man::write_daemon_pages(&package, &dir)?;
         }
         Command::Completions { prefix } => {
             man::write_completions(&prefix)?;

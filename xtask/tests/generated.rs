@@ -107,3 +107,51 @@ fn man_pages_and_completions_cover_every_subcommand() {
         );
     }
 }
+
+/// Every daemon has a section-8 page per (visible) subcommand, and each page lists every option
+/// its command takes, in roff (`\-\-advertise`).
+#[test]
+fn daemon_man_pages_cover_every_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut names = Vec::new();
+    for package in ["harvest-agent", "harvest-scheduler"] {
+        for p in man::write_daemon_pages(package, dir.path()).unwrap() {
+            names.push(p.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "harvest-executor.8",
+            "harvest-scheduler.8",
+            "harvestd-discover.8",
+            "harvestd-run.8",
+            "harvestd-status.8",
+            "harvestd.8",
+        ],
+        "exec-lease is hidden: no page"
+    );
+    assert!(man::write_daemon_pages("harvest", dir.path()).is_err());
+    let mut checked = 0;
+    for (_, name, cmd) in man::daemons() {
+        let mut cmds = vec![(name.to_owned(), cmd.clone())];
+        cmds.extend(
+            cmd.get_subcommands()
+                .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+                .map(|s| (format!("{name}-{}", s.get_name()), s.clone())),
+        );
+        for (page, cmd) in cmds {
+            let text = std::fs::read_to_string(dir.path().join(format!("{page}.8"))).unwrap();
+            assert!(text.contains(&format!(".TH {page} 8")), "{page}: {text}");
+            for arg in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+                if let Some(long) = arg.get_long() {
+                    let roff = format!("\\-\\-{}", long.replace('-', "\\-"));
+                    assert!(text.contains(&roff), "{page}.8 lacks --{long}");
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 20, "only {checked} options checked");
+}

@@ -250,61 +250,23 @@ impl CgroupMode {
     }
 }
 
-/// One cgroup mount from mountinfo.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CgroupMount {
-    pub mount_point: PathBuf,
-    pub unified: bool,
-    /// A v1 hierarchy's controllers (its super options that name one).
-    pub controllers: Vec<String>,
-}
+pub use harvest_core::mountinfo::{CgroupMount, MalformedLine};
 
 /// The controllers harvest's agent needs (cpuset, memory) and uses when present (the rest).
 pub const NEEDED_CONTROLLERS: &[&str] = &["cpuset", "memory"];
 pub const WANTED_CONTROLLERS: &[&str] = &["cpu", "freezer", "devices", "pids"];
 
-/// The cgroup mounts under `root` in mountinfo text (other lines are ignored).
-pub fn parse_mountinfo(text: &str, root: &Path) -> Vec<CgroupMount> {
-    const V1: &[&str] = &[
-        "cpu",
-        "cpuacct",
-        "cpuset",
-        "memory",
-        "devices",
-        "freezer",
-        "blkio",
-        "pids",
-        "net_cls",
-        "net_prio",
-        "perf_event",
-        "hugetlb",
-        "rdma",
-        "misc",
-    ];
-    text.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mut right = right.split_whitespace();
-            let fstype = right.next()?;
-            let super_opts = right.nth(1).unwrap_or_default();
-            if fstype != "cgroup" && fstype != "cgroup2" {
-                return None;
-            }
-            let mount_point = PathBuf::from(left.split_whitespace().nth(4)?);
-            if !mount_point.starts_with(root) {
-                return None;
-            }
-            Some(CgroupMount {
-                mount_point,
-                unified: fstype == "cgroup2",
-                controllers: super_opts
-                    .split(',')
-                    .filter(|o| V1.contains(o))
-                    .map(str::to_owned)
-                    .collect(),
-            })
+/// The cgroup mounts under `root` in mountinfo text, read by the agent's own parser
+/// (harvest-core's); v1 named hierarchies (`name=systemd`) are no controllers here.
+pub fn parse_mountinfo(text: &str, root: &Path) -> Result<Vec<CgroupMount>, MalformedLine> {
+    Ok(harvest_core::mountinfo::parse(text)?
+        .into_iter()
+        .filter(|m| m.mount_point.starts_with(root))
+        .map(|mut m| {
+            m.controllers.retain(|c| !c.starts_with("name="));
+            m
         })
-        .collect()
+        .collect())
 }
 
 /// The mode of a host, as harvest's agent detects it: v2 when the root itself is a `cgroup2`
@@ -701,12 +663,24 @@ pub fn addresses(
     config: &Path,
     scheduler: Option<&str>,
     executor_bind_address: Option<&str>,
+    executor_advertise_address: Option<&str>,
     metrics_listen: Option<&str>,
 ) -> Check {
     let name = format!("addresses:{}", config.display());
-    let executor = executor_bind_address.unwrap_or("127.0.0.1");
+    // harvestd's defaults: bind every interface, advertise the bound address when it is a
+    // specific one, else the host name's address.
+    let bind = executor_bind_address.unwrap_or("0.0.0.0");
+    let unspecified = |a: &str| {
+        a.parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_unspecified())
+    };
+    let advertised = match executor_advertise_address {
+        Some(a) => a.to_owned(),
+        None if unspecified(bind) => "this host name's address".to_owned(),
+        None => bind.to_owned(),
+    };
     let summary = format!(
-        "executors bind and advertise {executor}; metrics {}",
+        "executors bind {bind} and are advertised as {advertised}; metrics {}",
         metrics_listen.map_or("not served".to_owned(), |m| format!("on {m}"))
     );
     let Some(scheduler) = scheduler else {
@@ -716,8 +690,11 @@ pub fn addresses(
         return Check::ok(name, format!("{summary}; scheduler on this host"));
     }
     let mut local_only = Vec::new();
-    if loopback(executor) {
-        local_only.push(format!("executor_bind_address = {executor}"));
+    if loopback(bind) {
+        local_only.push(format!("executor_bind_address = {bind}"));
+    }
+    if let Some(a) = executor_advertise_address.filter(|a| loopback(a)) {
+        local_only.push(format!("executor_advertise_address = {a}"));
     }
     if let Some(m) = metrics_listen.filter(|m| loopback(host_of(m))) {
         local_only.push(format!("metrics_listen = {m}"));
@@ -733,8 +710,8 @@ pub fn addresses(
                 local_only.join(" and "),
                 host_of(scheduler)
             ),
-            "set them to this node's address on the cluster network (its cluster interface, \
-             not 0.0.0.0) in the agent's configuration",
+            "set them to this node's address on the cluster network (its cluster interface; \
+             executor_bind_address may also be 0.0.0.0) in the agent's configuration",
         )
     }
 }
@@ -761,8 +738,9 @@ pub fn executor(lease: &str, node: &str, address: &str, connect: Result<(), Stri
             name,
             format!("executor unreachable: lease {lease} on {node} advertises {address}: {e}"),
             format!(
-                "set executor_bind_address in {node}'s harvestd configuration to an address \
-                 clients can reach, and open the executor port range"
+                "set executor_advertise_address in {node}'s harvestd configuration to an \
+                 address clients can reach (and executor_bind_address to it or 0.0.0.0), and \
+                 open the executor port range"
             ),
         ),
     }

@@ -132,7 +132,7 @@ fn root() -> &'static Path {
 
 #[test]
 fn a_hybrid_host_is_v1_with_its_controllers() {
-    let m = parse_mountinfo(HYBRID, root());
+    let m = parse_mountinfo(HYBRID, root()).unwrap();
     assert_eq!(m.len(), 7);
     assert_eq!(detect_mode(&m, root()), Some(CgroupMode::V1));
     let c = cgroup(&m, root(), None, None);
@@ -150,7 +150,7 @@ fn a_hybrid_host_is_v1_with_its_controllers() {
 
 #[test]
 fn a_v1_node_configured_for_v2_is_the_wrong_mode() {
-    let m = parse_mountinfo(HYBRID, root());
+    let m = parse_mountinfo(HYBRID, root()).unwrap();
     let c = cgroup(
         &m,
         root(),
@@ -173,7 +173,12 @@ fn missing_controllers_fail_or_warn_by_need() {
         .filter(|l| !l.contains("memory"))
         .collect::<Vec<_>>()
         .join("\n");
-    let c = cgroup(&parse_mountinfo(&no_memory, root()), root(), None, None);
+    let c = cgroup(
+        &parse_mountinfo(&no_memory, root()).unwrap(),
+        root(),
+        None,
+        None,
+    );
     assert_eq!(c.verdict, Verdict::Fail);
     assert!(c.summary.contains("missing memory"), "{}", c.summary);
     let no_freezer: String = HYBRID
@@ -181,11 +186,16 @@ fn missing_controllers_fail_or_warn_by_need() {
         .filter(|l| !l.contains("freezer"))
         .collect::<Vec<_>>()
         .join("\n");
-    let c = cgroup(&parse_mountinfo(&no_freezer, root()), root(), None, None);
+    let c = cgroup(
+        &parse_mountinfo(&no_freezer, root()).unwrap(),
+        root(),
+        None,
+        None,
+    );
     assert_eq!(c.verdict, Verdict::Warn);
     assert!(c.summary.contains("missing freezer"), "{}", c.summary);
     // v2 reads its controllers from cgroup.controllers.
-    let m = parse_mountinfo(PURE_V2, root());
+    let m = parse_mountinfo(PURE_V2, root()).unwrap();
     assert_eq!(detect_mode(&m, root()), Some(CgroupMode::V2));
     let all = Some(Ok(
         "cpuset cpu io memory pids hugetlb freezer devices".to_owned()
@@ -196,7 +206,20 @@ fn missing_controllers_fail_or_warn_by_need() {
     assert!(c.summary.contains("missing cpuset"), "{}", c.summary);
     assert_eq!(cgroup(&[], root(), None, None).verdict, Verdict::Fail);
     // Mounts outside the root do not count.
-    assert!(parse_mountinfo(HYBRID, Path::new("/elsewhere")).is_empty());
+    assert!(
+        parse_mountinfo(HYBRID, Path::new("/elsewhere"))
+            .unwrap()
+            .is_empty()
+    );
+    // The agent's parser: a line it would refuse is refused here too, and named.
+    let e = parse_mountinfo("not mountinfo\n", root()).unwrap_err();
+    assert!(e.to_string().contains("not mountinfo"), "{e}");
+    // name=systemd is a v1 hierarchy (the mode) but no controller (the list).
+    let named = "40 30 0:37 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd\n";
+    let m = parse_mountinfo(named, root()).unwrap();
+    assert_eq!(m.len(), 1);
+    assert!(m[0].controllers.is_empty(), "{m:?}");
+    assert_eq!(detect_mode(&m, root()), Some(CgroupMode::V1));
 }
 
 #[test]
@@ -426,34 +449,57 @@ fn loopback_addresses_warn_only_when_the_scheduler_is_elsewhere() {
     let c = addresses(
         cfg,
         Some("https://127.0.0.1:6820,https://127.0.0.1:6822"),
+        Some("127.0.0.1"),
         None,
         None,
     );
     assert_eq!(c.verdict, Verdict::Ok, "{c:?}");
     assert_eq!(c.name, "addresses:/etc/harvest/harvestd.toml");
-    assert_eq!(addresses(cfg, None, None, None).verdict, Verdict::Ok);
+    assert_eq!(addresses(cfg, None, None, None, None).verdict, Verdict::Ok);
     let c = addresses(
         cfg,
         Some("https://sched1.cluster:6820"),
+        Some("127.0.0.1"),
         None,
         Some("127.0.0.1:9201"),
     );
     assert_eq!(c.verdict, Verdict::Warn, "{c:?}");
+    for part in [
+        "executor_bind_address = 127.0.0.1",
+        "metrics_listen = 127.0.0.1:9201",
+        "sched1.cluster",
+    ] {
+        assert!(c.summary.contains(part), "{part}: {}", c.summary);
+    }
+    // The defaults: every interface bound, the host name's address advertised.
+    let c = addresses(cfg, Some("https://sched1.cluster:6820"), None, None, None);
+    assert_eq!(c.verdict, Verdict::Ok, "{c:?}");
     assert!(
-        c.summary.contains("executor_bind_address = 127.0.0.1"),
+        c.summary
+            .contains("bind 0.0.0.0 and are advertised as this host name's address"),
         "{}",
         c.summary
     );
+    // A loopback advertised address is as wrong as a loopback bind.
+    let c = addresses(
+        cfg,
+        Some("https://sched1.cluster:6820"),
+        Some("0.0.0.0"),
+        Some("127.0.0.1"),
+        None,
+    );
+    assert_eq!(c.verdict, Verdict::Warn, "{c:?}");
     assert!(
-        c.summary.contains("metrics_listen = 127.0.0.1:9201"),
+        c.summary.contains("executor_advertise_address = 127.0.0.1")
+            && !c.summary.contains("executor_bind_address"),
         "{}",
         c.summary
     );
-    assert!(c.summary.contains("sched1.cluster"), "{}", c.summary);
     let c = addresses(
         cfg,
         Some("https://[fd00::1]:6820"),
         Some("10.1.0.7"),
+        None,
         Some("10.1.0.7:9201"),
     );
     assert_eq!(c.verdict, Verdict::Ok, "{c:?}");

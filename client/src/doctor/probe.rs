@@ -418,15 +418,21 @@ pub fn run(
             format!("cannot read {}: {e}", args.mountinfo.display()),
             "pass --mountinfo PATH",
         )),
-        Ok(text) => {
-            let mounts = checks::parse_mountinfo(&text, &args.cgroup_root);
-            let v2 = (checks::detect_mode(&mounts, &args.cgroup_root) == Some(CgroupMode::V2))
-                .then(|| {
-                    let p = args.cgroup_root.join("cgroup.controllers");
-                    std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))
-                });
-            out.push(checks::cgroup(&mounts, &args.cgroup_root, expected, v2));
-        }
+        Ok(text) => match checks::parse_mountinfo(&text, &args.cgroup_root) {
+            Err(e) => out.push(Check::fail(
+                "cgroup",
+                format!("{}: {e}", args.mountinfo.display()),
+                "pass --mountinfo PATH naming a mountinfo file (/proc/self/mountinfo)",
+            )),
+            Ok(mounts) => {
+                let v2 = (checks::detect_mode(&mounts, &args.cgroup_root) == Some(CgroupMode::V2))
+                    .then(|| {
+                        let p = args.cgroup_root.join("cgroup.controllers");
+                        std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))
+                    });
+                out.push(checks::cgroup(&mounts, &args.cgroup_root, expected, v2));
+            }
+        },
     }
 
     // munge.
@@ -539,6 +545,7 @@ pub fn run(
                 path,
                 key("scheduler").or(our_scheduler.as_deref()),
                 key("executor_bind_address"),
+                key("executor_advertise_address"),
                 key("metrics_listen"),
             ));
         }

@@ -10,15 +10,7 @@ use std::path::{Path, PathBuf};
 
 use super::CgroupError;
 
-/// One cgroup mount from mountinfo.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CgroupMount {
-    pub mount_point: PathBuf,
-    /// `true` for `cgroup2`, `false` for a v1 `cgroup` hierarchy.
-    pub unified: bool,
-    /// The v1 controllers of the hierarchy (`cpu`, `cpuset`, `name=systemd`, ...); empty for v2.
-    pub controllers: Vec<String>,
-}
+pub use harvest_core::mountinfo::CgroupMount;
 
 /// What was found under the cgroup root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,64 +27,13 @@ pub enum Layout {
 /// only for per-group PSI; no group is ever made there by the v1 backend itself).
 pub const UNIFIED: &str = "unified";
 
-/// The v1 controllers whose names appear as super options of a `cgroup` mount.
-const V1_CONTROLLERS: &[&str] = &[
-    "cpu",
-    "cpuacct",
-    "cpuset",
-    "memory",
-    "devices",
-    "freezer",
-    "blkio",
-    "pids",
-    "net_cls",
-    "net_prio",
-    "perf_event",
-    "hugetlb",
-    "rdma",
-    "misc",
-];
-
-/// Parses mountinfo text into its cgroup mounts. Lines that are not cgroup mounts are skipped;
-/// a cgroup line without the ` - ` separator is an error naming the line.
+/// Parses mountinfo text into its cgroup mounts (harvest-core's parser, shared with `harvest
+/// doctor`); a malformed line is an error naming the file and the line.
 pub fn parse(text: &str, source: &Path) -> Result<Vec<CgroupMount>, CgroupError> {
-    let mut mounts = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let Some((left, right)) = line.split_once(" - ") else {
-            return Err(CgroupError::Mountinfo {
-                path: source.to_path_buf(),
-                line: line.to_owned(),
-            });
-        };
-        let mut right = right.split_whitespace();
-        let fstype = right.next().unwrap_or_default();
-        let _device = right.next();
-        let super_opts = right.next().unwrap_or_default();
-        if fstype != "cgroup" && fstype != "cgroup2" {
-            continue;
-        }
-        let Some(mount_point) = left.split_whitespace().nth(4) else {
-            return Err(CgroupError::Mountinfo {
-                path: source.to_path_buf(),
-                line: line.to_owned(),
-            });
-        };
-        let controllers = super_opts
-            .split(',')
-            .filter(|o| V1_CONTROLLERS.contains(o) || o.starts_with("name="))
-            .map(str::to_owned)
-            .collect();
-        mounts.push(CgroupMount {
-            mount_point: PathBuf::from(unescape(mount_point)),
-            unified: fstype == "cgroup2",
-            controllers: if fstype == "cgroup2" {
-                Vec::new()
-            } else {
-                controllers
-            },
-        });
-    }
-    Ok(mounts)
+    harvest_core::mountinfo::parse(text).map_err(|e| CgroupError::Mountinfo {
+        path: source.to_path_buf(),
+        line: e.line,
+    })
 }
 
 /// Decides the layout from the mounts under `root`.
@@ -122,28 +63,6 @@ pub fn layout(mounts: &[CgroupMount], root: &Path, source: &Path) -> Result<Layo
         root: root.to_path_buf(),
         mountinfo: source.to_path_buf(),
     })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
-fn unescape(field: &str) -> String {
-    let mut out = String::with_capacity(field.len());
-    let mut rest = field;
-    while let Some(i) = rest.find('\\') {
-        out.push_str(&rest[..i]);
-        let code = rest.get(i + 1..i + 4);
-        match code.and_then(|c| u8::from_str_radix(c, 8).ok()) {
-            Some(b) => {
-                out.push(char::from(b));
-                rest = &rest[i + 4..];
-            }
-            None => {
-                out.push('\\');
-                rest = &rest[i + 1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 #[cfg(test)]

@@ -75,8 +75,10 @@ pub struct LeaseSettings {
     /// Lease directories go in `<state_dir>/leases/<id>`.
     pub state_dir: PathBuf,
     pub executor_path: PathBuf,
-    /// The address executors listen on (and clients are given).
+    /// The address executors listen on.
     pub executor_bind: std::net::IpAddr,
+    /// The address clients are given, with each executor's port (`executor_advertise_address`).
+    pub executor_advertise: std::net::IpAddr,
     /// Whom executors may run as.
     pub identity: identity::IdentityPolicy,
     pub start_timeout: Duration,

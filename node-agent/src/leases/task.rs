@@ -209,6 +209,11 @@ pub async fn read_ready(
     parse_ready_line(&line)
 }
 
+/// What clients are given for an executor that bound `bound`: the advertised address, its port.
+pub fn advertised(bound: SocketAddr, advertise: std::net::IpAddr) -> SocketAddr {
+    SocketAddr::new(advertise, bound.port())
+}
+
 /// `ADDRESS:PORT` (surrounding whitespace allowed), nothing else.
 pub fn parse_ready_line(line: &[u8]) -> Result<SocketAddr, ReadyError> {
     if line.len() > READY_LINE_MAX {
@@ -606,7 +611,8 @@ impl Lease<'_> {
         else {
             return None;
         };
-        let address = address.to_string();
+        // The executor reports the address it bound; clients are given the advertised one.
+        let address = advertised(address, self.ctx.settings.executor_advertise).to_string();
         self.state = State::Ready {
             pid,
             start_time,

@@ -152,6 +152,7 @@ impl Rig {
             state_dir: state.path().to_path_buf(),
             executor_path: "/opt/harvest/bin/harvest-executor".into(),
             executor_bind: std::net::Ipv4Addr::new(127, 0, 0, 1).into(),
+            executor_advertise: std::net::Ipv4Addr::new(127, 0, 0, 1).into(),
             identity: identity::IdentityPolicy {
                 min_uid: me().0.min(identity::DEFAULT_MIN_EXECUTOR_UID),
                 allow_root: false,
@@ -1117,4 +1118,29 @@ fn ready_lines_are_socket_addresses_only() {
             "{bad:?}"
         );
     }
+}
+
+/// Executors bind `executor_bind` (here 127.0.0.2) and clients are given the advertised address
+/// (127.0.0.3) with the port the executor bound.
+#[tokio::test]
+async fn clients_are_given_the_advertised_address_not_the_bound_one() {
+    let mut rig = Rig::with_gpus(
+        tempfile::tempdir().unwrap(),
+        Arc::new(FakeCgroups::default()),
+        Arc::new(FakeProcesses::default()),
+        &FakeGpus::none(),
+        |s| {
+            s.executor_bind = std::net::Ipv4Addr::new(127, 0, 0, 2).into();
+            s.executor_advertise = std::net::Ipv4Addr::new(127, 0, 0, 3).into();
+        },
+    );
+    rig.exec.create(rig.order("A1", 1, 100));
+    let LeaseEvent::Ready(info) = rig.next_event().await else {
+        panic!("not ready")
+    };
+    let args = &rig.procs.launches()[0].args;
+    let listen = args.iter().position(|a| a == "--listen").unwrap();
+    assert_eq!(args[listen + 1], "127.0.0.2:0", "{args:?}");
+    assert_eq!(info.address, "127.0.0.3:41000");
+    rig.stop().await;
 }

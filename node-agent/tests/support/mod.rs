@@ -38,7 +38,13 @@ impl Harvestd {
     /// Starts harvestd for `node` with `config` (TOML) in `dir`, talking to `scheduler`.
     pub fn start(dir: &Path, node: &str, scheduler: &str, config: &str) -> Self {
         let conf = dir.join("agent.toml");
-        std::fs::write(&conf, config).unwrap();
+        // Executors on loopback: harvestd's defaults bind every interface and advertise the host
+        // name's address, which a test must never hand out.
+        std::fs::write(
+            &conf,
+            format!("executor_bind_address = \"127.0.0.1\"\n{config}"),
+        )
+        .unwrap();
         let log = std::fs::File::create(dir.join(format!("harvestd-{node}.log"))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_harvestd"))
             .args(["run", "--node", node, "--scheduler", scheduler])

@@ -259,7 +259,7 @@ async fn run(a: &Args, r: &mut Report) -> Result<bool> {
     std::fs::write(
         &config,
         format!(
-            "heartbeat_interval = \"200ms\"\nexecutor_path = {:?}\nlease_cgroup_parent = \"{PARENT}\"\n\
+            "heartbeat_interval = \"200ms\"\nexecutor_bind_address = \"127.0.0.1\"\nexecutor_path = {:?}\nlease_cgroup_parent = \"{PARENT}\"\n\
              allow_unconfined_gpus = true\n\
              dev_root = {:?}\ngpu_source = \"{}\"\nexecutor_start_timeout = \"30s\"\ntls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n",
             path_str(&a.executor)?,

@@ -51,7 +51,7 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "heartbeat_interval = \"200ms\"\nexecutor_path = \"{}\"\nlease_cgroup_parent = \"{parent}\"\n\
+                "heartbeat_interval = \"200ms\"\nexecutor_bind_address = \"127.0.0.1\"\nexecutor_path = \"{}\"\nlease_cgroup_parent = \"{parent}\"\n\
                  tls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n{extra_config}",
                 target_bin("harvest-executor")?.display(),
                 pki.ca().display().to_string(),
