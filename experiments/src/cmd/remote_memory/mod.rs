@@ -86,7 +86,7 @@ pub struct Args {
     #[arg(long, default_value = DEFAULT_FONT)]
     font: PathBuf,
     /// Before each phase, wait up to this many seconds for the machine to be quiet (other work
-    /// below 0.3 CPUs over 2 s); 0 does not wait. `--quick` waits at most 10 s.
+    /// below 0.3 CPUs over 2 s); 0 does not wait. `--quick` waits at most 4 s.
     #[arg(long, default_value_t = 180)]
     wait_quiet_s: u64,
 }
@@ -389,7 +389,7 @@ pub fn run_cmd(args: Args) -> Result<()> {
         parse_rates(&args.rates)?
     };
     let wait_quiet_s = if quick {
-        args.wait_quiet_s.min(10)
+        args.wait_quiet_s.min(4)
     } else {
         args.wait_quiet_s
     };
