@@ -6,6 +6,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -300,8 +301,12 @@ fn raw_tcp(round_trips: usize, depth: usize, secs: Duration) -> Result<(Vec<f64>
     Ok((lat, gbps))
 }
 
-/// Streams 4 MiB reads and writes (alternating) to a lease at the offered rate until the stop
-/// file appears; a lease that ends (evicted) is replaced, as a real client would.
+/// Streams 4 MiB reads and writes to a lease at the offered rate until the stop file appears;
+/// a lease that ends (evicted) is replaced, as a real client would. Reads and writes go over
+/// two connections, one thread each, at half the rate apiece: on one connection a pipelined
+/// 4 MiB write waits for the executor to read it while the executor waits for the client to read
+/// a 4 MiB answer, and neither moves. The main thread watches the stop file, so an operation
+/// stuck on a frozen executor does not hold the client past it.
 fn stream(
     a: &MemoryClientArgs,
     rt: &tokio::runtime::Runtime,
@@ -309,12 +314,12 @@ fn stream(
     spec: MemorySpec,
 ) -> Result<StreamOut> {
     let mut out = StreamOut::default();
-    let data = pattern(OP_BYTES, 11);
+    let completions = Arc::new(Mutex::new(Vec::new()));
+    let errors = Arc::new(Mutex::new(Vec::new()));
     let t0 = Instant::now();
     let max = Duration::from_secs(a.max_seconds);
-    let rate = (a.rate_gbps > 0.0).then_some(a.rate_gbps * GB);
-    let mut buf = Vec::new();
-    while !a.stop_file.exists() && t0.elapsed() < max {
+    let stopped = || a.stop_file.exists() || t0.elapsed() >= max;
+    while !stopped() {
         let lease = match rt.block_on(acquire_on(sched, spec, &a.node)) {
             Ok(l) => l,
             Err(e) => {
@@ -327,44 +332,93 @@ fn stream(
         if !a.ready_file.exists() {
             std::fs::write(&a.ready_file, &lease.id)?;
         }
-        let result = (|| -> Result<()> {
-            let mut conn = lease.connect(Polling::Block)?;
-            let ops = (conn.region_size()? / OP_BYTES as u64).max(1);
-            // The pace's clock starts with the lease: a replaced lease does not catch up.
-            let start = Instant::now();
-            let (mut sent, mut done) = (0u64, 0u64);
-            while !a.stop_file.exists() && t0.elapsed() < max {
-                let wait = rate.map_or(Duration::ZERO, |r| {
-                    pace_wait(start.elapsed(), sent * OP_BYTES as u64, r)
-                });
-                if sent - done < a.depth as u64 && wait.is_zero() {
-                    let off = (sent % ops) * OP_BYTES as u64;
-                    if sent % 2 == 0 {
-                        conn.submit_read(off, OP_BYTES as u32)?;
-                    } else {
-                        conn.submit_write(off, &data)?;
+        let rate = (a.rate_gbps > 0.0).then_some(a.rate_gbps * GB / 2.0);
+        let threads: Vec<_> = [false, true]
+            .into_iter()
+            .map(|write| {
+                let (lease, completions, errors) =
+                    (lease.clone(), completions.clone(), errors.clone());
+                let (stop, depth) = (a.stop_file.clone(), a.depth);
+                std::thread::spawn(move || {
+                    let r = paced(
+                        &lease,
+                        write,
+                        rate,
+                        depth,
+                        &stop,
+                        max - t0.elapsed().min(max),
+                        &completions,
+                    );
+                    if let Err(e) = r {
+                        errors
+                            .lock()
+                            .expect("errors")
+                            .push(format!("lease {}: {e:#}", lease.id));
                     }
-                    sent += 1;
-                } else if sent > done {
-                    conn.wait_into(&mut buf, Some(Duration::from_secs(60)))
-                        .context("waiting for an operation")?;
-                    done += 1;
-                    out.completions_unix_ms.push(now_ms());
-                } else {
-                    std::thread::sleep(wait.min(Duration::from_millis(20)));
-                }
-            }
-            while done < sent {
-                conn.wait_into(&mut buf, Some(Duration::from_secs(60)))?;
-                done += 1;
-                out.completions_unix_ms.push(now_ms());
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            out.errors.push(format!("lease {}: {e:#}", lease.id));
+                })
+            })
+            .collect();
+        // Until told to stop, or both streams ended (the lease is gone).
+        while !stopped() && !threads.iter().all(|t| t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(50));
         }
         let _ = rt.block_on(sched.release(&lease.id));
+        // Released, a stuck operation fails; wait a little for the threads, not forever.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && !threads.iter().all(|t| t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
+    out.completions_unix_ms = completions.lock().expect("completions").clone();
+    out.completions_unix_ms.sort_unstable();
+    out.errors
+        .extend(errors.lock().expect("errors").iter().cloned());
     Ok(out)
+}
+
+/// One stream of 4 MiB reads (or writes) over the region in turn, `depth` in flight, paced to
+/// `rate` bytes/s (`None`: as fast as it goes), until `stop` exists or `max` passes.
+fn paced(
+    lease: &Lease,
+    write: bool,
+    rate: Option<f64>,
+    depth: usize,
+    stop: &std::path::Path,
+    max: Duration,
+    completions: &Mutex<Vec<i64>>,
+) -> Result<()> {
+    let mut conn = lease.connect(Polling::Block)?;
+    let ops = (conn.region_size()? / OP_BYTES as u64).max(1);
+    let data = pattern(OP_BYTES, 11);
+    let mut buf = Vec::new();
+    // The pace's clock starts with the lease: a replaced lease does not catch up.
+    let start = Instant::now();
+    let (mut sent, mut done) = (0u64, 0u64);
+    while !stop.exists() && start.elapsed() < max {
+        let wait = rate.map_or(Duration::ZERO, |r| {
+            pace_wait(start.elapsed(), sent * OP_BYTES as u64, r)
+        });
+        if sent - done < depth as u64 && wait.is_zero() {
+            let off = (sent % ops) * OP_BYTES as u64;
+            if write {
+                conn.submit_write(off, &data)?;
+            } else {
+                conn.submit_read(off, OP_BYTES as u32)?;
+            }
+            sent += 1;
+        } else if sent > done {
+            conn.wait_into(&mut buf, Some(Duration::from_secs(60)))
+                .context("waiting for an operation")?;
+            done += 1;
+            completions.lock().expect("completions").push(now_ms());
+        } else {
+            std::thread::sleep(wait.min(Duration::from_millis(20)));
+        }
+    }
+    while done < sent {
+        conn.wait_into(&mut buf, Some(Duration::from_secs(60)))?;
+        done += 1;
+        completions.lock().expect("completions").push(now_ms());
+    }
+    Ok(())
 }

@@ -230,6 +230,14 @@ impl Client {
     /// Stops the client (if still running) and reads its result.
     fn finish<T: serde::de::DeserializeOwned>(mut self) -> Result<T> {
         std::fs::write(self.dir.join("stop"), "")?;
+        let exited = wait_for(Duration::from_secs(30), "the memory client to stop", || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+        if let Err(e) = exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            return Err(e);
+        }
         let status = self.child.wait()?;
         let text = std::fs::read_to_string(self.dir.join("out.json"))
             .with_context(|| format!("the memory client ({status}) wrote no result"))?;
