@@ -302,11 +302,9 @@ fn raw_tcp(round_trips: usize, depth: usize, secs: Duration) -> Result<(Vec<f64>
 }
 
 /// Streams 4 MiB reads and writes to a lease at the offered rate until the stop file appears;
-/// a lease that ends (evicted) is replaced, as a real client would. Reads and writes go over
-/// two connections, one thread each, at half the rate apiece: on one connection a pipelined
-/// 4 MiB write waits for the executor to read it while the executor waits for the client to read
-/// a 4 MiB answer, and neither moves. The main thread watches the stop file, so an operation
-/// stuck on a frozen executor does not hold the client past it.
+/// a lease that ends (evicted) is replaced, as a real client would. The operations run on a
+/// thread while the main one watches the stop file, so an operation stuck on a frozen executor
+/// does not hold the client past it.
 fn stream(
     a: &MemoryClientArgs,
     rt: &tokio::runtime::Runtime,
@@ -332,33 +330,22 @@ fn stream(
         if !a.ready_file.exists() {
             std::fs::write(&a.ready_file, &lease.id)?;
         }
-        let rate = (a.rate_gbps > 0.0).then_some(a.rate_gbps * GB / 2.0);
-        let threads: Vec<_> = [false, true]
-            .into_iter()
-            .map(|write| {
-                let (lease, completions, errors) =
-                    (lease.clone(), completions.clone(), errors.clone());
-                let (stop, depth) = (a.stop_file.clone(), a.depth);
-                std::thread::spawn(move || {
-                    let r = paced(
-                        &lease,
-                        write,
-                        rate,
-                        depth,
-                        &stop,
-                        max - t0.elapsed().min(max),
-                        &completions,
-                    );
-                    if let Err(e) = r {
-                        errors
-                            .lock()
-                            .expect("errors")
-                            .push(format!("lease {}: {e:#}", lease.id));
-                    }
-                })
-            })
-            .collect();
-        // Until told to stop, or both streams ended (the lease is gone).
+        let rate = (a.rate_gbps > 0.0).then_some(a.rate_gbps * GB);
+        let threads: Vec<_> = {
+            let (lease, completions, errors) = (lease.clone(), completions.clone(), errors.clone());
+            let (stop, depth) = (a.stop_file.clone(), a.depth);
+            let left = max - t0.elapsed().min(max);
+            vec![std::thread::spawn(move || {
+                let r = paced(&lease, rate, depth, &stop, left, &completions);
+                if let Err(e) = r {
+                    errors
+                        .lock()
+                        .expect("errors")
+                        .push(format!("lease {}: {e:#}", lease.id));
+                }
+            })]
+        };
+        // Until told to stop, or the stream ended (the lease is gone).
         while !stopped() && !threads.iter().all(|t| t.is_finished()) {
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -376,11 +363,13 @@ fn stream(
     Ok(out)
 }
 
-/// One stream of 4 MiB reads (or writes) over the region in turn, `depth` in flight, paced to
-/// `rate` bytes/s (`None`: as fast as it goes), until `stop` exists or `max` passes.
+/// 4 MiB reads and writes over the region in turn, `depth` in flight, paced to `rate` bytes/s
+/// (`None`: as fast as it goes), until `stop` exists or `max` passes. They go in batches of
+/// `depth` reads then `depth` writes, a batch's operations all answered before the next batch
+/// starts: a 4 MiB write sent while a 4 MiB read's answer is on its way back would wait for the
+/// executor to read it while the executor waits for the client to read the answer.
 fn paced(
     lease: &Lease,
-    write: bool,
     rate: Option<f64>,
     depth: usize,
     stop: &std::path::Path,
@@ -398,7 +387,9 @@ fn paced(
         let wait = rate.map_or(Duration::ZERO, |r| {
             pace_wait(start.elapsed(), sent * OP_BYTES as u64, r)
         });
-        if sent - done < depth as u64 && wait.is_zero() {
+        let write = (sent / depth as u64) % 2 == 1;
+        let same_batch = sent == done || (sent - 1) / depth as u64 == sent / depth as u64;
+        if sent - done < depth as u64 && wait.is_zero() && same_batch {
             let off = (sent % ops) * OP_BYTES as u64;
             if write {
                 conn.submit_write(off, &data)?;
