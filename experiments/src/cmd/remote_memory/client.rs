@@ -349,12 +349,17 @@ fn stream(
         while !stopped() && !threads.iter().all(|t| t.is_finished()) {
             std::thread::sleep(Duration::from_millis(50));
         }
+        // The stream answers what it has in flight and ends, unless stuck (frozen executor):
+        // then releasing the lease ends it. Wait a little for it either way, not forever.
+        let finished = |wait: u64| {
+            let deadline = Instant::now() + Duration::from_secs(wait);
+            while Instant::now() < deadline && !threads.iter().all(|t| t.is_finished()) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+        finished(5);
         let _ = rt.block_on(sched.release(&lease.id));
-        // Released, a stuck operation fails; wait a little for the threads, not forever.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && !threads.iter().all(|t| t.is_finished()) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        finished(5);
     }
     out.completions_unix_ms = completions.lock().expect("completions").clone();
     out.completions_unix_ms.sort_unstable();

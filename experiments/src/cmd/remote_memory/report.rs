@@ -239,7 +239,7 @@ pub(crate) fn summarize(t: &TransportOut, runs: &[Run], s: &Setup) -> Summary {
                 r.errors
             ));
         }
-        if !(r.achieved_gbps > 0.0) {
+        if r.achieved_gbps.is_nan() || r.achieved_gbps <= 0.0 {
             warnings.push(format!(
                 "{} at {}: no remote operation completed while the job ran",
                 r.phase,
