@@ -4,7 +4,7 @@
 //! figure, each sane.
 //!
 //! Needs `deploy/local-cluster up` (one node or more) with harvestd and harvest-scheduler, a
-//! debug build of the workspace, `cc`, root and munged (see leases.rs). About two minutes.
+//! debug build of the workspace, `cc`, root and munged (see leases.rs). About 80 s.
 
 use anyhow::{Result, ensure};
 use harvest_system_tests::LocalCluster;
