@@ -44,7 +44,7 @@ use crate::output::DEFAULT_FONT;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A short run (256 MiB transport region, 8 s phases, one paced rate and the maximum) to
-    /// check that everything works, in about two minutes.
+    /// check that everything works, in about 80 s.
     #[arg(long)]
     quick: bool,
     /// How long each phase's batch job runs, in seconds.
