@@ -33,6 +33,10 @@ enum Command {
     /// Reclaim latency and the step-start delay it adds, on the real local cluster: steps
     /// started onto CPUs that spinning functions hold, beside steps on idle CPUs.
     Reclaim(cmd::reclaim::Args),
+    /// Memory leases on the real local cluster: 4 KiB read latency and streaming GB/s beside
+    /// raw TCP, and a batch job's slowdown beside a remote client streaming to its node's memory
+    /// at increasing rates, without and with interference control.
+    RemoteMemory(cmd::remote_memory::Args),
     /// N concurrent clients acquiring leases and invoking, while batch jobs start and end at
     /// random, on the real local cluster; every invocation's outcome recorded.
     Load(cmd::faults::LoadArgs),
@@ -58,6 +62,9 @@ enum Command {
     /// (internal) The function client of the interference experiment.
     #[command(hide = true)]
     InterferenceClient(cmd::interference::ClientArgs),
+    /// (internal) The remote-memory experiment's memory client, run as an ordinary user.
+    #[command(hide = true)]
+    RemoteMemoryClient(cmd::remote_memory::MemoryClientArgs),
     /// (internal) A harvest-executor, for the latency benchmark.
     #[command(hide = true)]
     ServeExecutor(harvest_executor::cli::Args),
@@ -81,6 +88,8 @@ fn main() -> anyhow::Result<()> {
         Command::Latency(a) => cmd::latency::run_cmd(a),
         Command::Interference(a) => cmd::interference::run_cmd(a),
         Command::Reclaim(a) => cmd::reclaim::run_cmd(a),
+        Command::RemoteMemory(a) => cmd::remote_memory::run_cmd(a),
+        Command::RemoteMemoryClient(a) => cmd::remote_memory::run_memory_client(a),
         Command::Load(a) => cmd::faults::run_load(a),
         Command::Faults(a) => cmd::faults::run_cmd(a),
         Command::ComparePeers(a) => cmd::peers::run_cmd(a),

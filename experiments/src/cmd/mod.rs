@@ -12,6 +12,7 @@ pub mod offload;
 pub mod peers;
 pub mod reclaim;
 pub mod reclaim_load;
+pub mod remote_memory;
 pub mod simulate;
 
 use std::io::IsTerminal;

@@ -94,7 +94,7 @@ pub fn run_client(a: ClientArgs) -> Result<()> {
 
 /// Pins every thread of this process to `cpus` (`taskset`, as the workspace has no `unsafe` for
 /// `sched_setaffinity`).
-fn pin_to(cpus: &[u32]) -> Result<()> {
+pub(crate) fn pin_to(cpus: &[u32]) -> Result<()> {
     anyhow::ensure!(!cpus.is_empty(), "the lease names no CPU");
     let list = cpus.iter().copied().collect::<CpuSet>().to_list();
     let out = std::process::Command::new("taskset")
@@ -110,7 +110,7 @@ fn pin_to(cpus: &[u32]) -> Result<()> {
 }
 
 /// Milliseconds since the Unix epoch.
-pub(super) fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

@@ -22,8 +22,8 @@
 //! - [`client`]: the function client, run as the ordinary user.
 //! - [`report`]: the summary, the CSVs and the plot.
 
-mod client;
-mod node;
+pub(crate) mod client;
+pub(crate) mod node;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -35,7 +35,8 @@ use serde::{Deserialize, Serialize};
 
 use client::ClientOut;
 pub use client::{ClientArgs, run_client};
-use node::{Cluster, busy_cpus, cap_lease, cpu_ticks, wait_for, wait_quiet};
+pub(crate) use node::Cluster;
+use node::{busy_cpus, cap_lease, cpu_ticks, wait_for, wait_quiet};
 use report::{summarize, write_results};
 
 use crate::cluster::ensure_user;
@@ -213,15 +214,15 @@ impl Run {
 
 /// The kernel's JSON line.
 #[derive(Debug, Clone, Deserialize)]
-struct JobOut {
-    chunks: f64,
-    seconds: f64,
-    cpu_s: f64,
-    wait_s: f64,
-    chunks_per_s: f64,
-    start_unix_ms: i64,
-    end_unix_ms: i64,
-    pub(super) per_second: Vec<f64>,
+pub(crate) struct JobOut {
+    pub(crate) chunks: f64,
+    pub(crate) seconds: f64,
+    pub(crate) cpu_s: f64,
+    pub(crate) wait_s: f64,
+    pub(crate) chunks_per_s: f64,
+    pub(crate) start_unix_ms: i64,
+    pub(crate) end_unix_ms: i64,
+    pub(crate) per_second: Vec<f64>,
 }
 
 /// One phase's measurements.
@@ -311,8 +312,8 @@ fn harmless_user(user: &str, i: usize) -> String {
 
 /// The compiled kernels.
 #[derive(Debug, Clone)]
-struct Libs {
-    job: PathBuf,
+pub(crate) struct Libs {
+    pub(crate) job: PathBuf,
     thrash: PathBuf,
     gentle: PathBuf,
 }
@@ -370,7 +371,7 @@ fn attribution_of(
 }
 
 /// Compiles the kernel and the functions into `dir`.
-fn build_kernels(dir: &Path) -> Result<Libs> {
+pub(crate) fn build_kernels(dir: &Path) -> Result<Libs> {
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kernels");
     let libs = Libs {
         job: dir.join("stream_job"),
@@ -432,24 +433,21 @@ fn spawn_client(
     Ok((child, dir.to_owned(), lease))
 }
 
-/// Runs one phase and measures it.
-fn run_phase(
+/// Submits the STREAM-triad batch job (one CPU, `array_mib` per array, `seconds` long) to the
+/// cluster's node and waits until it runs; returns its id and the file its result line goes to.
+pub(crate) fn submit_stream_job(
     cl: &Cluster,
-    args: &Args,
+    job_bin: &Path,
     work: &Path,
-    (libs, harmless): (&Libs, usize),
-    round: usize,
-    phase: Phase,
+    tag: &str,
     seconds: u64,
-) -> Result<Run> {
-    let job_bin = &libs.job;
-    let tag = format!("r{round}-{}", phase.name());
+    array_mib: u64,
+) -> Result<(String, PathBuf)> {
     let job_out = work.join(format!("job-{tag}.out"));
     let progress_dir = cl.run_dir.join("progress");
     let wrap = format!(
-        "exec {} {seconds} {} {}",
+        "exec {} {seconds} {array_mib} {}",
         job_bin.display(),
-        args.array_mib,
         progress_dir.display()
     );
     let out = cl
@@ -461,7 +459,7 @@ fn run_phase(
             "-c1",
             "--mem=512M",
             "-J",
-            &tag,
+            tag,
             "-w",
             &cl.node,
             "-o",
@@ -475,17 +473,45 @@ fn run_phase(
         String::from_utf8_lossy(&out.stderr)
     );
     let job_id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let state = || {
-        cl.command("squeue")
-            .args(["-h", "-j", &job_id, "-o", "%T"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_default()
-    };
     wait_for(Duration::from_secs(60), "the batch job to start", || {
-        let s = state();
+        let s = job_state(cl, &job_id);
         s == "RUNNING" || s.is_empty()
     })?;
+    Ok((job_id, job_out))
+}
+
+/// A job's state in `squeue` (empty once it has left the queue).
+pub(crate) fn job_state(cl: &Cluster, job_id: &str) -> String {
+    cl.command("squeue")
+        .args(["-h", "-j", job_id, "-o", "%T"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The job's result line (the kernel's JSON) from its output file.
+pub(crate) fn read_job_out(job_out: &Path) -> Result<JobOut> {
+    let text = std::fs::read_to_string(job_out)
+        .with_context(|| format!("reading the job's output {}", job_out.display()))?;
+    text.lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .with_context(|| format!("no result line in {}: {text}", job_out.display()))
+}
+
+/// Runs one phase and measures it.
+fn run_phase(
+    cl: &Cluster,
+    args: &Args,
+    work: &Path,
+    (libs, harmless): (&Libs, usize),
+    round: usize,
+    phase: Phase,
+    seconds: u64,
+) -> Result<Run> {
+    let tag = format!("r{round}-{}", phase.name());
+    let (job_id, job_out) = submit_stream_job(cl, &libs.job, work, &tag, seconds, args.array_mib)?;
+    let progress_dir = cl.run_dir.join("progress");
+    let state = || job_state(cl, &job_id);
     let mut clients = Vec::new();
     for (i, spec) in clients_for(phase, &args.user, libs, harmless)
         .iter()
@@ -548,12 +574,7 @@ fn run_phase(
     let mut outs = outs.into_iter();
     let fn_out = outs.next().map(|(_, o)| o).unwrap_or_default();
     let harmless_outs: Vec<ClientOut> = outs.map(|(_, o)| o).collect();
-    let text = std::fs::read_to_string(&job_out)
-        .with_context(|| format!("reading the job's output {}", job_out.display()))?;
-    let job: JobOut = text
-        .lines()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .with_context(|| format!("no result line in {}: {text}", job_out.display()))?;
+    let job = read_job_out(&job_out)?;
     let _ = std::fs::remove_file(progress_dir.join(&job_id));
     let inside_of = |o: &ClientOut| {
         o.completions_unix_ms

@@ -11,7 +11,7 @@ use super::client::now_ms;
 use crate::cluster::Cluster as LocalCluster;
 
 /// Busy and total CPU time of the whole machine so far (`/proc/stat`, in ticks).
-pub(super) fn cpu_ticks() -> Option<(u64, u64)> {
+pub(crate) fn cpu_ticks() -> Option<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/stat").ok()?;
     let v: Vec<u64> = text
         .lines()
@@ -26,7 +26,7 @@ pub(super) fn cpu_ticks() -> Option<(u64, u64)> {
 }
 
 /// CPUs busy on the whole machine between two `cpu_ticks`.
-pub(super) fn busy_cpus(a: (u64, u64), b: (u64, u64)) -> f64 {
+pub(crate) fn busy_cpus(a: (u64, u64), b: (u64, u64)) -> f64 {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let total = b.1.saturating_sub(a.1) as f64;
     if total == 0.0 {
@@ -37,7 +37,7 @@ pub(super) fn busy_cpus(a: (u64, u64), b: (u64, u64)) -> f64 {
 
 /// Waits until the machine runs less than 0.3 CPUs of other work, up to `max`; returns the
 /// load seen last.
-pub(super) fn wait_quiet(max: Duration) -> f64 {
+pub(crate) fn wait_quiet(max: Duration) -> f64 {
     let deadline = Instant::now() + max;
     loop {
         let Some(a) = cpu_ticks() else {
@@ -56,20 +56,20 @@ pub(super) fn wait_quiet(max: Duration) -> f64 {
 
 /// The local cluster, and the node the experiment runs on.
 #[derive(Debug)]
-pub(super) struct Cluster {
-    pub(super) local: LocalCluster,
-    pub(super) dir: PathBuf,
-    pub(super) run_dir: PathBuf,
-    pub(super) scheduler: String,
-    pub(super) node: String,
+pub(crate) struct Cluster {
+    pub(crate) local: LocalCluster,
+    pub(crate) dir: PathBuf,
+    pub(crate) run_dir: PathBuf,
+    pub(crate) scheduler: String,
+    pub(crate) node: String,
     /// The harvestd this experiment started (to stop and reap it).
-    pub(super) agent: Option<Child>,
+    pub(crate) agent: Option<Child>,
 }
 
 impl Cluster {
     /// The cluster that is up (the environment's `HARVEST_CLUSTER_DIR`, else the default; as
     /// scripts/test-all's), or a one-node one brought up now.
-    pub(super) fn open() -> Result<Self> {
+    pub(crate) fn open() -> Result<Self> {
         let local = match LocalCluster::open() {
             Ok(c) => {
                 eprintln!(
@@ -97,7 +97,7 @@ impl Cluster {
         })
     }
 
-    pub(super) fn command(&self, program: &str) -> Command {
+    pub(crate) fn command(&self, program: &str) -> Command {
         self.local.command(program)
     }
 
@@ -107,7 +107,7 @@ impl Cluster {
 
     /// Restarts the node's harvestd as the cluster runs it (its `etc/harvestd-<node>.toml`, if
     /// the cluster writes one), with `extra` TOML appended (none: exactly the cluster's).
-    pub(super) fn restart_agent(&mut self, extra: Option<&str>) -> Result<()> {
+    pub(crate) fn restart_agent(&mut self, extra: Option<&str>) -> Result<()> {
         let base = self
             .dir
             .join("etc")
@@ -182,7 +182,7 @@ impl Cluster {
         Ok(())
     }
 
-    pub(super) fn nodes_json(&self) -> Result<serde_json::Value> {
+    pub(crate) fn nodes_json(&self) -> Result<serde_json::Value> {
         let out = self.command("harvest").args(["nodes", "--json"]).output()?;
         ensure!(
             out.status.success(),
@@ -193,7 +193,7 @@ impl Cluster {
     }
 
     /// How many CPUs the node has (its view's `cpus.total`).
-    pub(super) fn node_cpus(&self) -> Result<usize> {
+    pub(crate) fn node_cpus(&self) -> Result<usize> {
         let nodes = self.nodes_json()?;
         let node = node_entry(&nodes, &self.node)
             .with_context(|| format!("harvest nodes does not list node {}", self.node))?;
@@ -209,7 +209,7 @@ impl Cluster {
     }
 
     /// The node's interference state now (`null` when the agent reports none).
-    pub(super) fn interference(&self) -> serde_json::Value {
+    pub(crate) fn interference(&self) -> serde_json::Value {
         self.nodes_json()
             .ok()
             .and_then(|v| node_entry(&v, &self.node))
@@ -229,7 +229,7 @@ fn kill_term(pid: u32) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn wait_for(
+pub(crate) fn wait_for(
     timeout: Duration,
     what: &str,
     mut done: impl FnMut() -> bool,
@@ -241,7 +241,7 @@ pub(super) fn wait_for(
 /// `quota` level would, but fixed: the experiment's static points of the frontier. The lease's
 /// group is found by its name (`lease_<id>`) under `/sys/fs/cgroup` (v1's `cpu` hierarchy or the
 /// v2 tree), wherever the cluster's configuration put it.
-pub(super) fn cap_lease(lease_id: &str, pct: u32) -> Result<()> {
+pub(crate) fn cap_lease(lease_id: &str, pct: u32) -> Result<()> {
     let name = format!("lease_{lease_id}");
     let root = Path::new("/sys/fs/cgroup");
     let mut found = Vec::new();
