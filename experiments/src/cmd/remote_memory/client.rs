@@ -111,32 +111,31 @@ pub fn run_memory_client(a: MemoryClientArgs) -> Result<()> {
     Ok(())
 }
 
-/// A memory lease on `node` (any when empty): leases the scheduler places elsewhere are held
-/// while asking again (so it places the next one where there is still room), then released.
+/// A memory lease on `node` (any when empty): the request names every other node the scheduler
+/// knows in `avoid_nodes`, so it is placed on `node` or refused.
 async fn acquire_on(sched: &mut SchedulerClient, spec: MemorySpec, node: &str) -> Result<Lease> {
     let mut req = LeaseRequest::memory(spec);
     req.lifetime = Some(Duration::from_secs(1800));
-    let mut elsewhere = Vec::new();
-    let result = loop {
-        let lease = match sched.acquire(&req).await {
-            Ok(l) => l,
-            Err(e) => break Err(anyhow::Error::new(e).context("acquiring a memory lease")),
-        };
-        if node.is_empty() || lease.node == node {
-            break Ok(lease);
-        }
-        elsewhere.push(lease);
-        if elsewhere.len() >= 8 {
-            break Err(anyhow::anyhow!(
-                "8 memory leases in a row were placed on other nodes than {node} ({:?})",
-                elsewhere.iter().map(|l| &l.node).collect::<Vec<_>>()
-            ));
-        }
-    };
-    for l in elsewhere {
-        let _ = sched.release(&l.id).await;
+    if !node.is_empty() {
+        req.avoid_nodes = sched
+            .nodes()
+            .await
+            .context("listing the cluster's nodes")?
+            .into_iter()
+            .map(|n| n.view.name)
+            .filter(|name| name != node)
+            .collect();
     }
-    result
+    let lease = sched
+        .acquire(&req)
+        .await
+        .with_context(|| format!("acquiring a memory lease on {node}"))?;
+    ensure!(
+        node.is_empty() || lease.node == node,
+        "the memory lease went to {}, not {node}, although every other node was avoided",
+        lease.node
+    );
+    Ok(lease)
 }
 
 /// Bytes that differ from one offset to the next, so a misplaced piece is seen.
