@@ -33,12 +33,13 @@ pub struct ClientArgs {
     max_seconds: u64,
 }
 
-/// The client's result.
+/// A function or memory client's result (interference's and remote-memory's clients).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(super) struct ClientOut {
-    pub(super) completions_unix_ms: Vec<i64>,
-    pub(super) leases: Vec<String>,
-    pub(super) errors: Vec<String>,
+pub(crate) struct ClientOut {
+    /// When each invocation or operation completed (Unix ms).
+    pub(crate) completions_unix_ms: Vec<i64>,
+    pub(crate) leases: Vec<String>,
+    pub(crate) errors: Vec<String>,
 }
 
 /// The hidden client: leases one core, invokes the function until told to stop; after a lease

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use serde::{Deserialize, Serialize};
 
-use client::ClientOut;
+pub(crate) use client::ClientOut;
 pub use client::{ClientArgs, run_client};
 pub(crate) use node::Cluster;
 use node::{busy_cpus, cap_lease, cpu_ticks, wait_for, wait_quiet};
@@ -370,6 +370,30 @@ fn attribution_of(
     (share, first)
 }
 
+/// What an experiment on the cluster starts from: its results directory (`out`, else
+/// `experiments/results/NAME`), a work directory the functions' users can read, the kernels
+/// compiled there, the experiment's ordinary user, and the cluster.
+pub(crate) fn prepare(
+    name: &str,
+    out: Option<&PathBuf>,
+    user: &str,
+) -> Result<(PathBuf, tempfile::TempDir, Libs, Cluster)> {
+    let out_dir = out
+        .cloned()
+        .unwrap_or_else(|| super::results_root().join(name));
+    std::fs::create_dir_all(&out_dir)?;
+    let work = tempfile::Builder::new()
+        .prefix(&format!("harvest-{name}-"))
+        .tempdir()?;
+    std::fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let libs = build_kernels(work.path())?;
+    ensure_user(user)?;
+    Ok((out_dir, work, libs, Cluster::open()?))
+}
+
 /// Compiles the kernel and the functions into `dir`.
 pub(crate) fn build_kernels(dir: &Path) -> Result<Libs> {
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kernels");
@@ -656,21 +680,7 @@ pub fn run_cmd(args: Args) -> Result<()> {
     } else {
         parse_quotas(&args.static_quotas)?
     };
-    let out_dir = args
-        .out
-        .clone()
-        .unwrap_or_else(|| super::results_root().join("interference"));
-    std::fs::create_dir_all(&out_dir)?;
-    let work = tempfile::Builder::new()
-        .prefix("harvest-interference-")
-        .tempdir()?;
-    std::fs::set_permissions(
-        work.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )?;
-    let libs = build_kernels(work.path())?;
-    ensure_user(&args.user)?;
-    let mut cl = Cluster::open()?;
+    let (out_dir, work, libs, mut cl) = prepare("interference", args.out.as_ref(), &args.user)?;
     // The node's CPUs: one for the job, one for the thrasher, the rest for harmless leases.
     let cpus = cl.node_cpus()?;
     let harmless = args.harmless.min(cpus.saturating_sub(2));

@@ -78,14 +78,8 @@ pub(crate) struct TransportOut {
     pub(crate) verified: bool,
 }
 
-/// The streaming client's record.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(crate) struct StreamOut {
-    /// When each 4 MiB operation completed (Unix ms).
-    pub(crate) completions_unix_ms: Vec<i64>,
-    pub(crate) leases: Vec<String>,
-    pub(crate) errors: Vec<String>,
-}
+/// The streaming client's record: when each 4 MiB operation completed, its leases, its errors.
+pub(crate) use crate::cmd::interference::ClientOut as StreamOut;
 
 /// Runs the client.
 pub fn run_memory_client(a: MemoryClientArgs) -> Result<()> {

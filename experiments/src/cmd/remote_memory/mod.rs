@@ -36,8 +36,7 @@ use client::{OP_BYTES, StreamOut, TransportOut};
 use report::{Run, Setup, achieved_gbps, summarize, write_results};
 
 use super::interference::node::{busy_cpus, cpu_ticks, wait_for, wait_quiet};
-use super::interference::{Cluster, build_kernels, job_state, read_job_out, submit_stream_job};
-use crate::cluster::ensure_user;
+use super::interference::{Cluster, job_state, read_job_out, submit_stream_job};
 use crate::output::DEFAULT_FONT;
 
 /// Arguments of `harvest-experiments remote-memory`.
@@ -401,21 +400,8 @@ pub fn run_cmd(args: Args) -> Result<()> {
     } else {
         args.wait_quiet_s
     };
-    let out_dir = args
-        .out
-        .clone()
-        .unwrap_or_else(|| super::results_root().join("remote-memory"));
-    std::fs::create_dir_all(&out_dir)?;
-    let work = tempfile::Builder::new()
-        .prefix("harvest-remote-memory-")
-        .tempdir()?;
-    std::fs::set_permissions(
-        work.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )?;
-    let libs = build_kernels(work.path())?;
-    ensure_user(&args.user)?;
-    let mut cl = Cluster::open()?;
+    let (out_dir, work, libs, mut cl) =
+        super::interference::prepare("remote-memory", args.out.as_ref(), &args.user)?;
     eprintln!(
         "remote-memory: node {} of the cluster in {}",
         cl.node,
