@@ -9,7 +9,7 @@ use clap::Subcommand;
 use harvest_core::region::MemorySpec;
 
 use super::exit::CliError;
-use super::{io, parse_duration, parse_mem, read_input, show, to_json};
+use super::{io, parse_duration, parse_mem, print_lease, read_input};
 use crate::invoke::{ExecutorConnection, Polling};
 use crate::lease::{LeaseExt, LeaseRequest, SchedulerClient};
 
@@ -124,14 +124,7 @@ pub fn run(
             req.idle_timeout = idle_timeout;
             req.avoid_nodes = not_on;
             let lease = rt.block_on(client.acquire(&req))?;
-            let text = if json {
-                to_json(&lease)
-            } else {
-                show::lease(&lease)
-            };
-            stdout
-                .write_all(text.as_bytes())
-                .map_err(io("cannot write to stdout"))?;
+            print_lease(stdout, &lease, json)?;
         }
         MemoryCommand::Write { id, offset, input } => {
             let data = read_input(Some(&input))?;

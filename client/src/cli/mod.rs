@@ -345,28 +345,14 @@ pub fn run(args: Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliEr
                 res.lifetime,
             )?;
             let lease = rt.block_on(client.acquire(&req))?;
-            let text = if as_json {
-                to_json(&lease)
-            } else {
-                show::lease(&lease)
-            };
-            stdout
-                .write_all(text.as_bytes())
-                .map_err(io("cannot write to stdout"))?;
+            print_lease(&mut stdout, &lease, as_json)?;
         }
         Command::Lease(LeaseCommand::Release { id }) => {
             rt.block_on(client.release(&id))?;
         }
         Command::Lease(LeaseCommand::Renew { id, json: as_json }) => {
             let lease = rt.block_on(client.renew(&id))?;
-            let text = if as_json {
-                to_json(&lease)
-            } else {
-                show::lease(&lease)
-            };
-            stdout
-                .write_all(text.as_bytes())
-                .map_err(io("cannot write to stdout"))?;
+            print_lease(&mut stdout, &lease, as_json)?;
         }
         Command::Memory(cmd) => memory::run(&rt, &mut client, cmd, &mut stdout)?,
         Command::Top(a) => top::run(&rt, &mut client, &url, &a, env)?,
@@ -521,6 +507,17 @@ fn invoke_once(
 ) -> Result<Vec<u8>, CliError> {
     let mut conn = lease.connect(Polling::Block)?;
     Ok(conn.invoke(function, input, timeout)?)
+}
+
+/// A lease as `--json` (pretty JSON) or as the one-line summary people read.
+fn print_lease(out: &mut dyn Write, lease: &Lease, json: bool) -> Result<(), CliError> {
+    let text = if json {
+        to_json(lease)
+    } else {
+        show::lease(lease)
+    };
+    out.write_all(text.as_bytes())
+        .map_err(io("cannot write to stdout"))
 }
 
 /// Pretty JSON with a final newline.
