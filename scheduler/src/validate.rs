@@ -246,6 +246,14 @@ mod tests {
         let cases: Vec<(Change, &str)> = vec![
             (Box::new(|r| r.cores = 0), "cores: must be at least 1"),
             (
+                Box::new(|r| r.avoid_nodes = vec!["n".into(); MAX_AVOID_NODES + 1]),
+                "avoid_nodes (count): 65 is more than the limit 64",
+            ),
+            (
+                Box::new(|r| r.avoid_nodes = vec!["x".repeat(MAX_NODE_BYTES + 1)]),
+                "avoid_nodes",
+            ),
+            (
                 Box::new(|r| r.cores = u32::MAX),
                 "cores: 4294967295 is more than the limit 65536",
             ),
