@@ -215,6 +215,61 @@ fn attach_freeze_thaw_kill_and_remove_a_real_process() {
     }
 }
 
+/// CPU time `pid` has run, from `/proc/<pid>/schedstat` (nanoseconds; both cgroup versions).
+fn cpu_ns(pid: u32) -> u64 {
+    read(PathBuf::from(format!("/proc/{pid}/schedstat")))
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("schedstat's first field")
+}
+
+#[test]
+#[ignore = "needs root: drives the host's real cgroups (scripts/test-all runs it)"]
+fn a_probe_pause_holds_a_spinning_task_near_the_floor_but_never_stops_it() {
+    let mut t = TestBase::new("pause");
+    let g = t.group("lease");
+    t.cg.create(
+        &g,
+        &GroupSpec {
+            cpus: Some([0].into_iter().collect()),
+            mems: Some([0].into_iter().collect()),
+            ..GroupSpec::default()
+        },
+    )
+    .unwrap();
+    let child = Command::new("sh")
+        .args(["-c", "while :; do :; done"])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    t.children.push(child);
+    t.cg.attach(&g, pid).unwrap();
+    let ran = |over: Duration| {
+        let before = cpu_ns(pid);
+        std::thread::sleep(over);
+        Duration::from_nanos(cpu_ns(pid) - before)
+    };
+    t.cg.set_cpu_quota(&g, Some(harvest_agent::leases::control::PROBE_QUOTA))
+        .unwrap();
+    // Let the quota take hold (the current period may still hold its old budget).
+    std::thread::sleep(Duration::from_millis(200));
+    let paused = ran(Duration::from_secs(1));
+    // 1 ms every 100 ms: about 10 ms a second. It still runs, so an executor whose agent never
+    // ends the pause still answers; and it is held near the floor (a busy shared CPU gives less).
+    assert!(paused > Duration::ZERO, "a paused task must still run");
+    assert!(
+        paused < Duration::from_millis(40),
+        "paused, it ran {paused:?} in 1 s"
+    );
+    // The freezer, by contrast, stops it outright until someone thaws it.
+    t.cg.set_cpu_quota(&g, None).unwrap();
+    t.cg.freeze(&g).unwrap();
+    let frozen = ran(Duration::from_millis(500));
+    t.cg.thaw(&g).unwrap();
+    assert_eq!(frozen, Duration::ZERO, "a frozen task ran {frozen:?}");
+}
+
 #[test]
 #[ignore = "needs root: drives the host's real cgroups (scripts/test-all runs it)"]
 fn group_names_outside_the_hierarchy_are_refused() {

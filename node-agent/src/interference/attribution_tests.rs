@@ -113,7 +113,7 @@ async fn the_thrasher_alone_is_throttled_and_the_harmless_leases_keep_full_speed
     assert!(state.reason.contains("job 7"), "{}", state.reason);
     // Each probe froze one lease only, and thawed it.
     let log = r.act.0.lock().unwrap().log.clone();
-    let freezes = log.iter().filter(|l| l.starts_with("probe-freeze")).count();
+    let freezes = log.iter().filter(|l| l.starts_with("probe-pause")).count();
     assert_eq!(freezes as u64, state.actions["probes"]);
     assert!(r.act.running("C") && r.act.running("S"));
 }
@@ -203,18 +203,18 @@ async fn the_probe_lets_a_thawed_lease_settle_before_its_last_window() {
     };
     let mut r = rig(cfg, &[("L", 1001, 0.0)], vec![Box::new(clock.clone())]);
     let t0 = Instant::now();
-    // The first tick reads once, then probes: six reads (on window | frozen window | settle |
+    // The first tick reads once, then probes: six reads (on window | paused window | settle |
     // on window).
     r.monitor.tick_at(t0).await;
     let reads = clock.0.lock().unwrap().clone();
     assert_eq!(reads.len(), 7, "one tick read and six probe reads");
     let gap = |a: usize| reads[a + 1].duration_since(reads[a]);
-    // The frozen window is probe_duration; after the thaw the probe waits probe_settle.
+    // The paused window is probe_duration; after the pause the probe waits probe_settle.
     assert!(gap(4) >= Duration::from_millis(60), "{:?}", gap(4));
     assert!(gap(3) >= Duration::from_millis(15), "{:?}", gap(3));
     let log = r.act.0.lock().unwrap().log.clone();
-    assert!(log.iter().any(|l| l == "probe-freeze L"), "{log:?}");
-    assert!(log.iter().any(|l| l == "thaw L"), "{log:?}");
+    assert!(log.iter().any(|l| l == "probe-pause L"), "{log:?}");
+    assert!(log.iter().any(|l| l == "probe-resume L"), "{log:?}");
 }
 
 /// Feeds a fresh freeze-probe recorded slowdowns (%), one per budget gap.

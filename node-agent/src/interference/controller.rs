@@ -296,8 +296,11 @@ pub trait Actuator: Send + fmt::Debug {
         from: Option<LeaseControl>,
         to: LeaseControl,
     ) -> Result<(), ActuatorError>;
-    /// Freezes (probe) and thaws a lease group.
-    fn freeze(&mut self, lease: &LeaseTarget) -> Result<(), ActuatorError>;
+    /// Pauses a lease for a probe (its CPU quota at the floor, see
+    /// [`crate::leases::control::PROBE_QUOTA`]), and ends that pause.
+    fn pause(&mut self, lease: &LeaseTarget) -> Result<(), ActuatorError>;
+    fn resume(&mut self, lease: &LeaseTarget) -> Result<(), ActuatorError>;
+    /// Thaws a lease group (a lease frozen by its level, before it is evicted).
     fn thaw(&mut self, lease: &LeaseTarget) -> Result<(), ActuatorError>;
 }
 
@@ -324,8 +327,12 @@ impl Actuator for LeaseActuator {
         self.send(lease, Control::Set { from, to })
     }
 
-    fn freeze(&mut self, lease: &LeaseTarget) -> Result<(), ActuatorError> {
-        self.send(lease, Control::Freeze)
+    fn pause(&mut self, lease: &LeaseTarget) -> Result<(), ActuatorError> {
+        self.send(lease, Control::ProbePause)
+    }
+
+    fn resume(&mut self, lease: &LeaseTarget) -> Result<(), ActuatorError> {
+        self.send(lease, Control::ProbeResume)
     }
 
     fn thaw(&mut self, lease: &LeaseTarget) -> Result<(), ActuatorError> {

@@ -507,8 +507,9 @@ impl Monitor {
         }
     }
 
-    /// Freezes lease `id` alone for `probe_duration`, between two windows of the same length
-    /// with it running (the last one `probe_settle` after the thaw: a thawed function bursts),
+    /// Pauses lease `id` alone for `probe_duration` (its CPU quota at the floor), between two
+    /// windows of the same length with it running (the last one `probe_settle` after the pause
+    /// ends: a paused function bursts),
     /// and compares each job's rates. Also says whether no other lease ran meanwhile.
     async fn probe(&mut self, targets: &Targets, id: &str) -> (ProbeResult, bool) {
         let d = self.cfg.probe_duration;
@@ -535,10 +536,10 @@ impl Monitor {
         if let Some(lease) = lease
             && !already
         {
-            match self.parts.actuator.freeze(lease) {
+            match self.parts.actuator.pause(lease) {
                 Ok(()) => frozen = Some(lease),
                 Err(e) => {
-                    tracing::warn!(lease = %lease.id, error = %e, "probe could not freeze a lease")
+                    tracing::warn!(lease = %lease.id, error = %e, "probe could not pause a lease")
                 }
             }
         }
@@ -547,9 +548,9 @@ impl Monitor {
         tokio::time::sleep(d).await;
         let s3 = (Instant::now(), Sample::take(sources, targets));
         if let Some(lease) = frozen
-            && let Err(e) = self.parts.actuator.thaw(lease)
+            && let Err(e) = self.parts.actuator.resume(lease)
         {
-            tracing::warn!(lease = %lease.id, error = %e, "probe could not thaw a lease");
+            tracing::warn!(lease = %lease.id, error = %e, "probe could not end a lease's pause");
         }
         let frozen_for = t_frozen.elapsed();
         if !settle.is_zero() {
@@ -599,13 +600,14 @@ impl Monitor {
                 tracing::info!(node = %self.node, lease = id, job = job.job_id, signal,
                     rate_on = p.rate_on, rate_off = p.rate_off,
                     slowdown_pct = p.slowdown_pct().unwrap_or(f64::NAN),
-                    frozen_ms = frozen_for.as_millis() as u64, others_running = !alone,
+                    paused_ms = frozen_for.as_millis() as u64, others_running = !alone,
                     "freeze-probe");
                 jobs.push(p);
                 break;
             }
         }
         *self.actions.entry("probes".into()).or_default() += 1;
+        // The key predates the pause by quota (probes used the freezer): kept for dashboards.
         *self.actions.entry("probe_frozen_ms".into()).or_default() +=
             u64::try_from(frozen_for.as_millis()).unwrap_or(u64::MAX);
         (

@@ -26,9 +26,10 @@ pub const DEFAULT_IPC_DROP_PCT: u32 = 5;
 pub const DEFAULT_CPU_DROP_PCT: u32 = 10;
 /// A job's tasks waiting for a CPU this many percentage points more than in its baseline is harm.
 pub const DEFAULT_RUNQ_WAIT_PCT: u32 = 10;
-/// How long a freeze-probe keeps the executors frozen (and each of its two unfrozen windows).
+/// How long a freeze-probe keeps a lease paused (and each of its two running windows). The
+/// detector keeps its name; the pause is a CPU quota at the kernel's floor, not the freezer.
 pub const DEFAULT_PROBE_DURATION: Duration = Duration::from_millis(300);
-/// After a probe thaws the executors, this long passes before its last window: a thawed
+/// After a probe's pause ends, this long passes before its last window: a paused
 /// function bursts (it catches up), which read as harm in that window.
 pub const DEFAULT_PROBE_SETTLE: Duration = Duration::from_millis(300);
 /// How long the level that held a culprit beside a job is remembered for the next lease of the
@@ -36,7 +37,7 @@ pub const DEFAULT_PROBE_SETTLE: Duration = Duration::from_millis(300);
 pub const DEFAULT_MEMORY_TTL: Duration = Duration::from_secs(600);
 /// How often the freeze-probe runs while executors run beside a batch job and nothing is wrong.
 pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(10);
-/// The most of the executors' time that probes may freeze them.
+/// The most of the executors' time that probes may pause them.
 pub const DEFAULT_PROBE_BUDGET_PCT: u32 = 10;
 /// A probe that shows the job this much faster without executors found harm.
 pub const DEFAULT_PROBE_SLOWDOWN_PCT: u32 = 2;
@@ -110,13 +111,13 @@ pub struct InterferenceConfig {
     /// Frozen window (and each running window).
     #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub probe_duration: Duration,
-    /// Wait after a probe's thaw before its last window (a thawed function bursts).
+    /// Wait after a probe's pause before its last window (a paused function bursts).
     #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub probe_settle: Duration,
     /// Probe period while nothing is wrong.
     #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub probe_interval: Duration,
-    /// Most of the executors' time probes may freeze.
+    /// Most of the executors' time probes may pause.
     pub probe_budget_pct: u32,
     /// Probe slowdown (%) that is harm (see the freeze-probe above).
     pub probe_slowdown_pct: u32,
@@ -251,7 +252,7 @@ impl InterferenceConfig {
             return bad(
                 "interference.probe_budget_pct",
                 self.probe_budget_pct.to_string(),
-                "use 1..=50 (percent of the executors' time a probe may freeze them)",
+                "use 1..=50 (percent of the executors' time a probe may pause them)",
             );
         }
         for (key, n) in [

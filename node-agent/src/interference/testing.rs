@@ -126,9 +126,10 @@ pub fn probe_cfg() -> InterferenceConfig {
 /// What the fake actuator did.
 #[derive(Debug, Default)]
 pub struct ActState {
-    /// The control of each lease now (probe freezes included).
+    /// The control of each lease now (set by its level).
     pub controls: BTreeMap<String, LeaseControl>,
-    pub probe_frozen: BTreeMap<String, bool>,
+    /// Whether a probe holds each lease paused now.
+    pub probe_paused: BTreeMap<String, bool>,
     pub log: Vec<String>,
 }
 
@@ -140,11 +141,11 @@ impl FakeActuator {
     pub fn control(&self, id: &str) -> Option<LeaseControl> {
         self.0.lock().unwrap().controls.get(id).copied()
     }
-    /// Whether `id` runs now (not frozen by the level nor by a probe).
+    /// Whether `id` runs now (not frozen by the level nor paused by a probe).
     pub fn running(&self, id: &str) -> bool {
         let st = self.0.lock().unwrap();
         !st.controls.get(id).is_some_and(|c| c.frozen)
-            && !st.probe_frozen.get(id).copied().unwrap_or(false)
+            && !st.probe_paused.get(id).copied().unwrap_or(false)
     }
 }
 
@@ -160,16 +161,21 @@ impl Actuator for FakeActuator {
         st.controls.insert(lease.id.clone(), to);
         Ok(())
     }
-    fn freeze(&mut self, lease: &LeaseTarget) -> Result<(), ActuatorError> {
+    fn pause(&mut self, lease: &LeaseTarget) -> Result<(), ActuatorError> {
         let mut st = self.0.lock().unwrap();
-        st.log.push(format!("probe-freeze {}", lease.id));
-        st.probe_frozen.insert(lease.id.clone(), true);
+        st.log.push(format!("probe-pause {}", lease.id));
+        st.probe_paused.insert(lease.id.clone(), true);
+        Ok(())
+    }
+    fn resume(&mut self, lease: &LeaseTarget) -> Result<(), ActuatorError> {
+        let mut st = self.0.lock().unwrap();
+        st.log.push(format!("probe-resume {}", lease.id));
+        st.probe_paused.insert(lease.id.clone(), false);
         Ok(())
     }
     fn thaw(&mut self, lease: &LeaseTarget) -> Result<(), ActuatorError> {
         let mut st = self.0.lock().unwrap();
         st.log.push(format!("thaw {}", lease.id));
-        st.probe_frozen.insert(lease.id.clone(), false);
         if let Some(c) = st.controls.get_mut(&lease.id) {
             c.frozen = false;
         }
@@ -239,7 +245,7 @@ impl ModelJob {
                 continue;
             }
             let frozen = st.controls.get(lease).is_some_and(|c| c.frozen)
-                || st.probe_frozen.get(lease).copied().unwrap_or(false);
+                || st.probe_paused.get(lease).copied().unwrap_or(false);
             let share = match st.controls.get(lease).and_then(|c| c.quota_pct) {
                 _ if frozen => 0.0,
                 Some(p) => f64::from(p) / 100.0,

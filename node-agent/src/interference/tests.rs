@@ -615,19 +615,20 @@ async fn the_freeze_probe_finds_the_quota_that_keeps_the_job_within_the_threshol
         state.reason
     );
     assert!(state.actions["probes"] >= 4, "{:?}", state.actions);
-    // Probe cost is counted: each froze the lease about 15 ms.
+    // Probe cost is counted: each paused the lease about 15 ms.
     let frozen = state.actions["probe_frozen_ms"];
     assert!(
         frozen >= 15 * state.actions["probes"],
         "{:?}",
         state.actions
     );
-    // Every probe froze and then thawed the lease.
+    // Every probe paused the lease and then ended the pause; none used the freezer.
     let log = act.0.lock().unwrap().log.clone();
-    let freezes = log.iter().filter(|l| l.starts_with("probe-freeze")).count();
-    let thaws = log.iter().filter(|l| l.starts_with("thaw")).count();
-    assert_eq!(freezes as u64, state.actions["probes"]);
-    assert_eq!(thaws, freezes);
+    let pauses = log.iter().filter(|l| l.starts_with("probe-pause")).count();
+    let resumes = log.iter().filter(|l| l.starts_with("probe-resume")).count();
+    assert_eq!(pauses as u64, state.actions["probes"]);
+    assert_eq!(resumes, pauses);
+    assert!(!log.iter().any(|l| l.starts_with("thaw")), "{log:?}");
     assert!(act.running("L1"));
 }
 

@@ -9,6 +9,16 @@ use crate::cgroup::{CgroupError, Cgroups, CpuQuota};
 /// The CFS period quotas are expressed in.
 pub const QUOTA_PERIOD_US: u64 = 100_000;
 
+/// A probe's pause: 1 ms of CPU time every 100 ms period for the whole group, the kernel's
+/// floor. Not the freezer: a frozen group stays frozen until someone thaws it, so an agent stopped
+/// or killed in the middle of a probe would leave the lease's invocations unanswered. At the
+/// floor the lease's interference is at most 1% of one CPU, and an executor still answers
+/// (a no-op invocation needs microseconds) until the agent is back to end the pause.
+pub const PROBE_QUOTA: CpuQuota = CpuQuota {
+    quota_us: 1000,
+    period_us: QUOTA_PERIOD_US,
+};
+
 /// What one level of the interference ladder means for one lease group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseControl {

@@ -187,8 +187,13 @@ pub enum Control {
         from: Option<LeaseControl>,
         to: LeaseControl,
     },
-    /// Freeze for a probe, and thaw after it.
-    Freeze,
+    /// Pause for a probe: the group's CPU quota at the kernel's floor
+    /// ([`control::PROBE_QUOTA`]), not the freezer, so a pause the agent cannot end (stopped,
+    /// killed mid-probe) still lets the executor answer.
+    ProbePause,
+    /// End a probe's pause: back to the quota of the control last set.
+    ProbeResume,
+    /// Thaw the group (before an eviction's SIGTERM).
     Thaw,
 }
 

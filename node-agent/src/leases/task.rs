@@ -29,6 +29,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep, sleep_until};
 
+use super::control::LeaseControl;
 use super::launch::{self, LOG_FILE};
 use super::log::{Tail, output_pipe};
 use super::process::{ExitFuture, Launch, LaunchIo, Signal};
@@ -158,6 +159,9 @@ struct Lease<'a> {
     /// The end of the executor's output, kept in memory by its log drain (a new lease's only):
     /// it explains a failed start.
     tail: Option<Tail>,
+    /// The interference control last applied (`None`: as started), which a probe's pause
+    /// returns to.
+    applied: Option<LeaseControl>,
 }
 
 /// The longest ready line accepted (an IPv6 address with scope and port is under 64 bytes).
@@ -272,6 +276,7 @@ pub async fn run_new(ctx: &Context, order: CreateOrder, mut rx: mpsc::Receiver<L
         record,
         state: State::Reserved,
         tail: None,
+        applied: None,
     };
     if ctx.cancel.is_cancelled() && pending.is_none() {
         pending = Some(Ending::Stop {
@@ -320,6 +325,7 @@ pub async fn run_adopted(
         group: ctx.group(id),
         dir: launch::lease_dir(&ctx.settings.state_dir, id),
         tail: None,
+        applied: None,
     };
     let ending = lease.serve(&mut rx, None, None).await;
     lease.end(ending, &mut rx).await;
@@ -346,6 +352,7 @@ pub async fn run_gone(ctx: &Context, id: &str, record: LeaseRecord, reason: Stri
         group: ctx.group(id),
         dir: launch::lease_dir(&ctx.settings.state_dir, id),
         tail: None,
+        applied: None,
     };
     let (_tx, mut rx) = mpsc::channel(1);
     let ending = Ending::Stop {
@@ -705,13 +712,22 @@ impl Lease<'_> {
         true
     }
 
-    fn control(&self, c: Control) {
+    fn control(&mut self, c: Control) {
         let cg = self.ctx.cgroups.as_ref();
+        let share = share(&self.record);
         let result = match c {
             Control::Set { from, to } => {
-                super::control::apply(cg, &self.group, share(&self.record), from, to)
+                let r = super::control::apply(cg, &self.group, share, from, to);
+                if r.is_ok() {
+                    self.applied = Some(to);
+                }
+                r
             }
-            Control::Freeze => cg.freeze(&self.group),
+            Control::ProbePause => cg.set_cpu_quota(&self.group, Some(super::control::PROBE_QUOTA)),
+            Control::ProbeResume => cg.set_cpu_quota(
+                &self.group,
+                share.quota(self.applied.and_then(|c| c.quota_pct)),
+            ),
             Control::Thaw => cg.thaw(&self.group),
         };
         if let Err(e) = result {

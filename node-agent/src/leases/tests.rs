@@ -1024,26 +1024,77 @@ async fn interference_controls_reach_the_lease_group_through_its_task() {
     let mut rig = Rig::new();
     rig.exec.create(rig.order("L1", 2, 100));
     assert!(matches!(rig.next_event().await, LeaseEvent::Ready(_)));
-    let to = LeaseControl {
+    let group = lease_group("n1", "L1");
+    let quota_us = |rig: &Rig| {
+        let quotas = rig.cgroups.quotas.lock().unwrap();
+        quotas.get(&group).copied().flatten().map(|q| q.quota_us)
+    };
+    let send = |rig: &Rig, c: Control| rig.exec.try_send("L1", LeaseMessage::Control(c)).unwrap();
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(Instant::now() < deadline, "never {what}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let quarter = LeaseControl {
         weight: 1,
         quota_pct: Some(25),
         frozen: false,
     };
-    rig.exec
-        .try_send("L1", LeaseMessage::Control(Control::Set { from: None, to }))
-        .unwrap();
-    rig.exec
-        .try_send("L1", LeaseMessage::Control(Control::Freeze))
-        .unwrap();
-    let group = lease_group("n1", "L1");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !rig.cgroups.frozen.lock().unwrap().contains(&group) {
-        assert!(Instant::now() < deadline, "never frozen");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let quota = rig.cgroups.quotas.lock().unwrap().get(&group).copied();
+    send(
+        &rig,
+        Control::Set {
+            from: None,
+            to: quarter,
+        },
+    );
     // 25% of 2 CPUs.
-    assert_eq!(quota.flatten().map(|q| q.quota_us), Some(50_000));
+    until("capped", || quota_us(&rig) == Some(50_000)).await;
+    // A probe pauses by quota, never by the freezer: if the agent stops before the pause ends,
+    // the executor still runs (1 ms every 100 ms) and answers.
+    send(&rig, Control::ProbePause);
+    until("paused", || quota_us(&rig) == Some(1000)).await;
+    assert!(!rig.cgroups.frozen.lock().unwrap().contains(&group));
+    send(&rig, Control::ProbeResume);
+    until("resumed to the level's cap", || {
+        quota_us(&rig) == Some(50_000)
+    })
+    .await;
+    // The freeze level freezes, and the eviction's thaw thaws.
+    let frozen = LeaseControl {
+        frozen: true,
+        ..quarter
+    };
+    send(
+        &rig,
+        Control::Set {
+            from: Some(quarter),
+            to: frozen,
+        },
+    );
+    until("frozen", || {
+        rig.cgroups.frozen.lock().unwrap().contains(&group)
+    })
+    .await;
+    send(&rig, Control::Thaw);
+    until("thawed", || {
+        !rig.cgroups.frozen.lock().unwrap().contains(&group)
+    })
+    .await;
+    // With no level set since it started, a pause ends uncapped (a function lease).
+    rig.exec.create(rig.order("L2", 1, 100));
+    assert!(matches!(rig.next_event().await, LeaseEvent::Ready(_)));
+    let g2 = lease_group("n1", "L2");
+    rig.exec
+        .try_send("L2", LeaseMessage::Control(Control::ProbePause))
+        .unwrap();
+    let q2 = |rig: &Rig| rig.cgroups.quotas.lock().unwrap().get(&g2).copied();
+    until("L2 paused", || q2(&rig).flatten().is_some()).await;
+    rig.exec
+        .try_send("L2", LeaseMessage::Control(Control::ProbeResume))
+        .unwrap();
+    until("L2 uncapped", || q2(&rig) == Some(None)).await;
     assert_eq!(
         rig.exec
             .try_send("nope", LeaseMessage::Control(Control::Thaw)),
