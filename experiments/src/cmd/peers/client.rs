@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use harvest_client::{ExecutorConnection, LeaseExt, LeaseRequest, Library, Polling};
+use harvest_core::CpuSet;
 
 use super::cpu::tree_cpu_s;
 use super::{DriverOutput, Workload, WorkloadResult, percentile};
@@ -33,6 +34,26 @@ pub struct ClientArgs {
     /// invocations, one core spent waiting; the others block.
     #[arg(long)]
     pub spin: bool,
+    /// Pin this client to the host's CPUs outside its lease (as a client on another node would
+    /// be): a spinning client on the lease's CPUs takes them from the executor, whose group runs
+    /// at the lowest weight. Fails when the lease holds every CPU.
+    #[arg(long)]
+    pub pin_outside_lease: bool,
+}
+
+/// The host's online CPUs (`/sys/devices/system/cpu/online`) that `lease` does not hold.
+fn cpus_outside(lease: &[u32]) -> Result<Vec<u32>> {
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .context("reading /sys/devices/system/cpu/online")?;
+    let online = CpuSet::parse_list(online.trim())
+        .with_context(|| format!("parsing the online CPUs {online:?}"))?;
+    let outside: Vec<u32> = online.iter().filter(|c| !lease.contains(c)).collect();
+    ensure!(
+        !outside.is_empty(),
+        "the lease holds every online CPU ({}): no CPU is left to pin the client to; use fewer --workers",
+        online.to_list()
+    );
+    Ok(outside)
 }
 
 /// Runs the plan and prints the result.
@@ -53,6 +74,13 @@ pub fn run_client(a: ClientArgs) -> Result<()> {
     let lease = rt
         .block_on(sched.acquire(&req))
         .context("acquiring a lease")?;
+    let pinned = if a.pin_outside_lease {
+        let cpus = cpus_outside(&lease.cpus)?;
+        crate::cmd::interference::client::pin_to(&cpus)?;
+        Some(cpus.iter().copied().collect::<CpuSet>().to_list())
+    } else {
+        None
+    };
     let mut conns: Vec<ExecutorConnection> = (0..a.workers)
         .map(|i| {
             lease.connect(if a.spin && i == 0 {
@@ -113,12 +141,20 @@ pub fn run_client(a: ClientArgs) -> Result<()> {
         first_result_ms,
         workloads: rows,
         version: format!(
-            "harvest Rust client {}{}",
+            "harvest Rust client {}{}{}",
             env!("CARGO_PKG_VERSION"),
             if a.spin {
                 " (sequential calls spin)"
             } else {
                 ""
+            },
+            match &pinned {
+                Some(cpus) => format!(
+                    ", {}-core lease on CPUs {}, client pinned to CPUs {cpus}",
+                    a.workers,
+                    lease.cpus.iter().copied().collect::<CpuSet>().to_list()
+                ),
+                None => String::new(),
             }
         ),
     };

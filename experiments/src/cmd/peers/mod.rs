@@ -283,7 +283,15 @@ pub fn run_cmd(args: Args) -> Result<()> {
         notes.push("Parsl left out (--no-parsl)".into());
     }
     for system in order {
-        let plan = plan(system, args.quick, args.workers);
+        // The spinning client's sequential calls measure rFaaS's hot path: the client spins on
+        // a core of its own and the executor polls on its lease's one core. On a machine with
+        // no CPU beyond `--workers`, a lease of `--workers` cores would leave the spinning
+        // client nowhere but on the executor's CPUs (which run at the lowest weight).
+        let workers = match system {
+            System::HarvestRustSpin => 1,
+            _ => args.workers,
+        };
+        let plan = plan(system, args.quick, workers);
         let plan_file = work.path().join(format!("plan-{}.json", system.name()));
         std::fs::write(&plan_file, serde_json::to_vec(&plan)?)?;
         set_mode(&plan_file, 0o644)?;
@@ -303,12 +311,13 @@ pub fn run_cmd(args: Args) -> Result<()> {
                     "--plan".into(),
                     plan_file.display().to_string(),
                     "--workers".into(),
-                    args.workers.to_string(),
+                    workers.to_string(),
                     "--cpu-roots".into(),
                     join_pids(&roots),
                 ];
                 if system == System::HarvestRustSpin {
                     client_args.push("--spin".into());
+                    client_args.push("--pin-outside-lease".into());
                 }
                 run_as_user(&cluster, std::env::current_exe()?.as_os_str(), &client_args)?
             }
