@@ -143,6 +143,9 @@ struct Head {
     key: u64,
     slot: u32,
     idx: usize,
+    /// The job's units and time limit (what a backfill scan reads; not part of the order).
+    units: u32,
+    req_ms: u64,
 }
 
 impl Head {
@@ -184,8 +187,21 @@ impl Ord for Head {
     }
 }
 
+/// `(planned end, running slot, units)` as one integer that sorts as the tuple does.
+fn planned_end_key(end_ms: u64, slot: u32, units: u32) -> u128 {
+    (u128::from(end_ms) << 64) | (u128::from(slot) << 32) | u128::from(units)
+}
+
 /// A waiting job's place: its account's slot and its index in that account's queue.
 type At = (u32, usize);
+
+/// A job as a backfill scan reads it: its place, units and time limit.
+#[derive(Debug, Clone, Copy)]
+struct Cand {
+    at: At,
+    units: u32,
+    req_ms: u64,
+}
 
 /// One account's waiting jobs (submit order) and its fair-share factor as of the
 /// recalculation `epoch` (stale when that is not the current one).
@@ -193,6 +209,9 @@ type At = (u32, usize);
 struct Account {
     key: u64,
     jobs: VecDeque<BatchJob>,
+    /// Jobs taken from the front of `jobs` so far: the prefix counts its entries' indices from
+    /// the first job ever queued ([`Prefix::jobs`]).
+    popped: usize,
     fairshare: f64,
     epoch: u64,
 }
@@ -226,8 +245,9 @@ pub struct BatchQueue {
     epoch: u64,
     heads: BTreeSet<std::cmp::Reverse<Head>>,
     stale: Vec<u32>,
-    /// `(planned end, running slot, units)`.
-    planned_ends: BTreeSet<(u64, u32, u32)>,
+    /// `(planned end, running slot, units)`, packed into one integer in that order
+    /// ([`planned_end_key`]: one comparison a step instead of a tuple's three).
+    planned_ends: BTreeSet<u128>,
     /// Per-user and per-queue limits (`limited`: any at all), what runs, and what the current
     /// pass chose.
     limits: Resolved,
@@ -238,6 +258,8 @@ pub struct BatchQueue {
     reference: bool,
     /// The merge's heap, kept between passes (no allocation a pass).
     heap_buf: Vec<Head>,
+    /// The jobs a backfill scan chose, kept between passes (no allocation a pass).
+    chosen_buf: Vec<At>,
     /// The first jobs of the priority order, highest first ([`Prefix`]).
     prefix: Prefix,
     /// What the last backfill scan looked at, when it started nothing (see [`Window`]), and a
@@ -305,7 +327,10 @@ struct Prefix {
     ok: bool,
     /// Holds every waiting job.
     complete: bool,
-    /// Lowest first (the head last: starting it moves nothing).
+    /// Lowest first (the head last: starting it moves nothing). Each entry's `idx` counts from
+    /// its account's first job ever queued, not from its first job now ([`Account::popped`]
+    /// jobs before it): a job leaving the front of its account's queue, as the head does,
+    /// moves no entry, only one leaving from further back shifts those behind it.
     jobs: Vec<Head>,
     /// The length merged; past half as much again the lowest are dropped (what is kept is
     /// still a prefix).
@@ -332,23 +357,27 @@ impl Prefix {
         true
     }
 
-    /// The job at `(slot, idx)` left its account's queue (the later ones moved up).
-    fn remove(&mut self, (slot, idx): At) {
+    /// The job at `(slot, abs)` (`abs` counted as the entries' `idx` are) left its account's
+    /// queue, from its front (`front`: the account's [`Account::popped`] grew by one, which
+    /// moves the later ones up) or from further back (the later ones' entries shift here).
+    fn remove(&mut self, slot: u32, abs: usize, front: bool) {
         if !self.ok {
             return;
         }
         if let Some(pos) = self
             .jobs
             .iter()
-            .rposition(|h| h.slot == slot && h.idx == idx)
+            .rposition(|h| h.slot == slot && h.idx == abs)
         {
             self.jobs.remove(pos);
         } else {
             debug_assert!(!self.complete, "a job left that the complete prefix lacks");
         }
-        for h in &mut self.jobs {
-            if h.slot == slot && h.idx > idx {
-                h.idx -= 1;
+        if !front {
+            for h in &mut self.jobs {
+                if h.slot == slot && h.idx > abs {
+                    h.idx -= 1;
+                }
             }
         }
     }
@@ -444,6 +473,7 @@ impl BatchQueue {
             pass: Use::default(),
             reference: false,
             heap_buf: Vec::new(),
+            chosen_buf: Vec::new(),
             prefix: Prefix::default(),
             window: None,
             spare: Window::default(),
@@ -469,6 +499,13 @@ impl BatchQueue {
     /// The order's head or first jobs changed: the next backfill scans.
     fn forget_window(&mut self) {
         if let Some(w) = self.window.take() {
+            self.keep_spare(w);
+        }
+    }
+
+    /// Keeps the larger of `w`'s and the spare's buffers for the next scan.
+    fn keep_spare(&mut self, w: Window) {
+        if w.jobs.capacity() > self.spare.jobs.capacity() {
             self.spare = w;
         }
     }
@@ -521,7 +558,7 @@ impl BatchQueue {
         // in the prefix, at the next one.
         if self.prefix.ok && !first && !self.stale.contains(&slot) {
             let h = self.head(slot, idx).expect("just queued");
-            self.prefix.admit(h);
+            self.prefix.admit(self.counted_from_first(h));
         }
     }
 
@@ -587,11 +624,13 @@ impl BatchQueue {
     }
 
     pub fn track_start(&mut self, planned_end_ms: u64, slot: u32, units: u32) {
-        self.planned_ends.insert((planned_end_ms, slot, units));
+        self.planned_ends
+            .insert(planned_end_key(planned_end_ms, slot, units));
     }
 
     pub fn track_end(&mut self, planned_end_ms: u64, slot: u32, units: u32) {
-        self.planned_ends.remove(&(planned_end_ms, slot, units));
+        self.planned_ends
+            .remove(&planned_end_key(planned_end_ms, slot, units));
     }
 
     /// A job starts: its account's usage rate, its running jobs and cores change.
@@ -661,6 +700,8 @@ impl BatchQueue {
             key: a.key,
             slot,
             idx,
+            units: j.units,
+            req_ms: j.req_ms,
         }
     }
 
@@ -678,7 +719,8 @@ impl BatchQueue {
             self.epoch += 1;
             self.forget_window();
             self.prefix.drop_all();
-            let mut heads = BTreeSet::new();
+            // Collected, then built at once (a sorted bulk build, not an insert each).
+            let mut heads = Vec::with_capacity(self.heads.len() + self.stale.len());
             for slot in 0..self.accounts.len() {
                 let a = &self.accounts[slot];
                 if a.jobs.is_empty() {
@@ -689,10 +731,10 @@ impl BatchQueue {
                 a.fairshare = f;
                 a.epoch = self.epoch;
                 if let Some(h) = self.head(slot as u32, 0) {
-                    heads.insert(std::cmp::Reverse(h));
+                    heads.push(std::cmp::Reverse(h));
                 }
             }
-            self.heads = heads;
+            self.heads = BTreeSet::from_iter(heads);
             self.stale.clear();
             return;
         }
@@ -711,7 +753,7 @@ impl BatchQueue {
                 // The account's jobs in its order: once one is left out, so are the rest.
                 for idx in 0..self.accounts[slot as usize].jobs.len() {
                     let h = self.head(slot, idx).expect("in range");
-                    if !self.prefix.admit(h) {
+                    if !self.prefix.admit(self.counted_from_first(h)) {
                         break;
                     }
                 }
@@ -768,14 +810,19 @@ impl BatchQueue {
             let mut it = all.into_iter().filter(|&at| !self.held(self.get(at), None));
             return f(self, &mut it);
         }
-        if !self.limited && self.order == QueueOrder::Priority {
-            // A pass looks at the head and at most `depth` jobs after it.
-            let need = self.depth.saturating_add(1);
-            if !self.prefix.ok || (!self.prefix.complete && self.prefix.jobs.len() < need) {
-                self.merge_prefix(need.saturating_mul(2));
-            }
+        if self.uses_prefix() {
+            self.ensure_prefix();
             let this = &*self;
-            return f(this, &mut this.prefix.jobs.iter().rev().map(Head::at));
+            let popped = |slot: u32| this.accounts[slot as usize].popped;
+            return f(
+                this,
+                &mut this
+                    .prefix
+                    .jobs
+                    .iter()
+                    .rev()
+                    .map(|h| (h.slot, h.idx - popped(h.slot))),
+            );
         }
         let buf = std::mem::take(&mut self.heap_buf);
         let mut order = self.merge(buf);
@@ -787,6 +834,40 @@ impl BatchQueue {
         r
     }
 
+    /// Whether passes read the kept prefix ([`Prefix`]): the indexed pass under the priority
+    /// order without limits.
+    fn uses_prefix(&self) -> bool {
+        !self.reference && !self.limited && self.order == QueueOrder::Priority
+    }
+
+    /// The prefix merged anew if a recalculation dropped it or starts shortened it below what
+    /// a pass looks at (the head and at most `depth` jobs after it).
+    fn ensure_prefix(&mut self) {
+        let need = self.depth.saturating_add(1);
+        if !self.prefix.ok || (!self.prefix.complete && self.prefix.jobs.len() < need) {
+            self.merge_prefix(need.saturating_mul(2));
+        }
+    }
+
+    /// `h` with its index counted from its account's first job ever queued, as the prefix
+    /// keeps it.
+    fn counted_from_first(&self, h: Head) -> Head {
+        Head {
+            idx: h.idx + self.accounts[h.slot as usize].popped,
+            ..h
+        }
+    }
+
+    /// The job at `(slot, idx)` has just left its account's queue: the prefix follows.
+    fn prefix_remove(&mut self, (slot, idx): At) {
+        let popped = &mut self.accounts[slot as usize].popped;
+        let abs = *popped + idx;
+        if idx == 0 {
+            *popped += 1;
+        }
+        self.prefix.remove(slot, abs, idx == 0);
+    }
+
     /// The prefix merged anew: the order's first `len` jobs.
     fn merge_prefix(&mut self, len: usize) {
         let mut jobs = std::mem::take(&mut self.prefix.jobs);
@@ -796,7 +877,7 @@ impl BatchQueue {
         while jobs.len() < len
             && let Some(h) = order.next_head()
         {
-            jobs.push(h);
+            jobs.push(self.counted_from_first(h));
         }
         jobs.reverse();
         self.heap_buf = order.heap.into_vec();
@@ -821,7 +902,7 @@ impl BatchQueue {
 
     /// Removes the given jobs (each account's indices in any order); returns them in the
     /// order given.
-    fn take(&mut self, at: Vec<At>) -> Vec<BatchJob> {
+    fn take(&mut self, at: &[At]) -> Vec<BatchJob> {
         self.forget_window();
         if let [one] = at[..] {
             return vec![self.take_one(one)];
@@ -852,7 +933,7 @@ impl BatchQueue {
             let q = &mut self.accounts[slot as usize].jobs;
             out.push((pos, q.remove(idx).expect("index in range")));
             self.len -= 1;
-            self.prefix.remove((slot, idx));
+            self.prefix_remove((slot, idx));
         }
         for slot in touched {
             if let Some(h) = self.head(slot, 0) {
@@ -875,7 +956,7 @@ impl BatchQueue {
             .remove(idx)
             .expect("index in range");
         self.len -= 1;
-        self.prefix.remove((slot, idx));
+        self.prefix_remove((slot, idx));
         if first && let Some(h) = self.head(slot, 0) {
             self.heads.insert(std::cmp::Reverse(h));
         }
@@ -935,13 +1016,72 @@ impl BatchQueue {
     /// `u64::MAX`) and the units spare then.
     fn shadow(&self, now: u64, free: u32, need: u32) -> (u64, u32) {
         let mut avail = free;
-        for &(end, _, units) in &self.planned_ends {
+        for &key in &self.planned_ends {
+            let (end, units) = ((key >> 64) as u64, key as u32);
             avail += units;
             if avail >= need {
                 return (end.max(now), avail - need);
             }
         }
         (u64::MAX, avail.saturating_sub(need))
+    }
+
+    /// One backfill scan over `order` (the head first): the jobs it starts pushed to `chosen`
+    /// (what they add counted in `pass` under limits), and what it looked at recorded in
+    /// `seen`; whether `seen` is a window to keep (it started nothing; see [`Window`]).
+    fn scan(
+        &self,
+        mut order: impl Iterator<Item = Cand>,
+        now: u64,
+        free: u32,
+        pass: &mut Use,
+        seen: &mut Window,
+        chosen: &mut Vec<At>,
+    ) -> bool {
+        let Some(head) = order.next() else {
+            return false;
+        };
+        let need = head.units;
+        let keep = !self.reference && !self.limited;
+        let mut left = free;
+        // The textbook pass works the shadow time out up front; the indexed one when a job
+        // that fits is found.
+        let mut plan = self.reference.then(|| self.shadow(now, free, need));
+        let mut looked = 0;
+        let mut last = None;
+        while left > 0 && looked < self.depth {
+            let Some(c) = order.next() else { break };
+            looked += 1;
+            if keep {
+                seen.add(c.units, c.req_ms);
+                last = Some(c.at);
+            }
+            if c.units > left || (self.limited && self.held(self.get(c.at), Some(pass))) {
+                continue;
+            }
+            let (shadow, extra) = plan.get_or_insert_with(|| self.shadow(now, free, need));
+            let ends_in_time = now + c.req_ms <= *shadow;
+            if !ends_in_time && c.units > *extra {
+                continue;
+            }
+            if !ends_in_time {
+                *extra -= c.units;
+            }
+            left -= c.units;
+            if self.limited {
+                pass.add(self.get(c.at), true);
+            }
+            chosen.push(c.at);
+        }
+        let window = keep && chosen.is_empty();
+        if window {
+            seen.need = need;
+            seen.head_req_ms = head.req_ms;
+            seen.head = self.head(head.at.0, head.at.1);
+            seen.full = looked == self.depth;
+            seen.last = last.and_then(|(slot, idx)| self.head(slot, idx));
+        }
+        window
     }
 
     /// Jobs behind a blocked head that EASY backfill starts now, removed from the queue (in
@@ -960,70 +1100,52 @@ impl BatchQueue {
         }
         let mut pass = std::mem::take(&mut self.pass);
         pass.clear();
-        let depth = self.depth;
-        let reference = self.reference;
-        // Whether to keep what the scan looks at, should it start nothing.
-        let keep = !self.reference && !self.limited;
-        let mut seen = std::mem::take(&mut self.spare);
+        // A window that may let a job start is replaced by what this scan looks at: its
+        // buffer is reused.
+        let mut seen = match self.window.take() {
+            Some(w) => w,
+            None => std::mem::take(&mut self.spare),
+        };
         seen.jobs.clear();
         seen.least_units = u32::MAX;
-        let (chosen, window) = self.with_order(|q, order| {
-            let mut chosen = Vec::new();
-            let Some(head) = order.next() else {
-                return (chosen, false);
-            };
-            let need = q.get(head).units;
-            let mut left = free;
-            // The textbook pass works the shadow time out up front; the indexed one when a job
-            // that fits is found.
-            let mut plan = reference.then(|| q.shadow(now, free, need));
-            let mut looked = 0;
-            let mut last = None;
-            while left > 0 && looked < depth {
-                let Some(at) = order.next() else { break };
-                looked += 1;
-                let j = q.get(at);
-                if keep {
-                    seen.add(j.units, j.req_ms);
-                    last = Some(at);
-                }
-                if j.units > left || q.held(j, Some(&pass)) {
-                    continue;
-                }
-                let (shadow, extra) = plan.get_or_insert_with(|| q.shadow(now, free, need));
-                let ends_in_time = now + j.req_ms <= *shadow;
-                if !ends_in_time && j.units > *extra {
-                    continue;
-                }
-                if !ends_in_time {
-                    *extra -= j.units;
-                }
-                left -= j.units;
-                if q.limited {
-                    pass.add(j, true);
-                }
-                chosen.push(at);
-            }
-            let window = keep && chosen.is_empty();
-            if window {
-                seen.need = need;
-                seen.head_req_ms = q.get(head).req_ms;
-                seen.head = q.head(head.0, head.1);
-                seen.full = looked == depth;
-                seen.last = last.and_then(|(slot, idx)| q.head(slot, idx));
-            }
-            (chosen, window)
-        });
+        let mut chosen = std::mem::take(&mut self.chosen_buf);
+        chosen.clear();
+        let window = if self.uses_prefix() {
+            // The kept prefix read directly: its entries carry what the scan reads.
+            self.ensure_prefix();
+            let this = &*self;
+            let order = this.prefix.jobs.iter().rev().map(|h| Cand {
+                at: (h.slot, h.idx - this.accounts[h.slot as usize].popped),
+                units: h.units,
+                req_ms: h.req_ms,
+            });
+            this.scan(order, now, free, &mut pass, &mut seen, &mut chosen)
+        } else {
+            self.with_order(|q, order| {
+                let order = order.map(|at| {
+                    let j = q.get(at);
+                    Cand {
+                        at,
+                        units: j.units,
+                        req_ms: j.req_ms,
+                    }
+                });
+                q.scan(order, now, free, &mut pass, &mut seen, &mut chosen)
+            })
+        };
         self.pass = pass;
         if window {
             self.window = Some(seen);
         } else {
-            self.spare = seen;
+            self.keep_spare(seen);
         }
-        if chosen.is_empty() {
-            return Vec::new();
-        }
-        self.take(chosen)
+        let started = if chosen.is_empty() {
+            Vec::new()
+        } else {
+            self.take(&chosen)
+        };
+        self.chosen_buf = chosen;
+        started
     }
 }
 

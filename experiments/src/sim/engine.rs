@@ -123,6 +123,8 @@ pub(super) struct Sim<'a> {
     pub overcommit: u64,
     /// The next end entry's generation (see [`Running::generation`]).
     next_generation: u32,
+    /// The allocator's answer for the job starting (kept, so a start allocates nothing).
+    parts: Vec<(NodeId, u32)>,
 }
 
 impl<'a> Sim<'a> {
@@ -178,6 +180,7 @@ impl<'a> Sim<'a> {
             superseded_ends: 0,
             overcommit: 0,
             next_generation: 0,
+            parts: Vec::new(),
         }
     }
 
@@ -327,9 +330,10 @@ impl<'a> Sim<'a> {
     }
 
     pub fn start_job(&mut self, job: BatchJob, now: u64) {
-        let Some(parts) = self.alloc.take(job.procs) else {
+        let mut parts = std::mem::take(&mut self.parts);
+        if !self.alloc.take_into(job.procs, &mut parts) {
             unreachable!("the queue checked that {} units are free", job.units)
-        };
+        }
         let slot = self.free_slots.pop().unwrap_or_else(|| {
             self.running.push(None);
             (self.running.len() - 1) as u32
@@ -366,6 +370,7 @@ impl<'a> Sim<'a> {
             self.flags(node);
             nodes.push((node, cores, mem));
         }
+        self.parts = parts;
         let job = BatchJob { sensitive, ..job };
         self.jobs.started(&job, now);
         self.running[slot as usize] = Some(Running {
