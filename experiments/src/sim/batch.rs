@@ -212,6 +212,9 @@ struct Account {
     /// Jobs taken from the front of `jobs` so far: the prefix counts its entries' indices from
     /// the first job ever queued ([`Prefix::jobs`]).
     popped: usize,
+    /// This account's entry in [`BatchQueue::heads`], as it was put there (its first job may
+    /// have changed since: then the slot is in [`BatchQueue::moved`]).
+    entry: Option<Head>,
     fairshare: f64,
     epoch: u64,
 }
@@ -239,12 +242,16 @@ pub struct BatchQueue {
     accounts: Vec<Account>,
     len: usize,
     /// Priority order: the last recalculation (its time and number), the accounts' first
-    /// jobs (highest first), and the slots whose first job changed since the set was last
-    /// brought up to date.
+    /// jobs (highest first), the slots whose account started waiting since the last
+    /// recalculation (`stale`: no factor yet), and those whose first job changed since
+    /// `heads` was last brought up to date (`moved`). `heads` is read only by the merge,
+    /// which brings it up to date first ([`BatchQueue::sync_heads`]): with the kept prefix
+    /// that is once a recalculation, not at every start.
     calc_ms: Option<u64>,
     epoch: u64,
     heads: BTreeSet<std::cmp::Reverse<Head>>,
     stale: Vec<u32>,
+    moved: Vec<u32>,
     /// `(planned end, running slot, units)`, packed into one integer in that order
     /// ([`planned_end_key`]: one comparison a step instead of a tuple's three).
     planned_ends: BTreeSet<u128>,
@@ -465,6 +472,7 @@ impl BatchQueue {
             calc_ms: None,
             epoch: 0,
             heads: BTreeSet::new(),
+            moved: Vec::new(),
             stale: Vec::new(),
             planned_ends: BTreeSet::new(),
             limits: Resolved::default(),
@@ -569,15 +577,11 @@ impl BatchQueue {
         self.prefix.drop_all();
         // An account in `stale` gets its entry at the next refresh; otherwise its entry is
         // its first job's, which may be replaced.
-        let entry = idx == 0 && !self.stale.contains(&slot);
-        if entry && let Some(h) = self.head(slot, 0) {
-            self.heads.remove(&std::cmp::Reverse(h));
+        if idx == 0 && !self.stale.contains(&slot) {
+            self.first_changed(slot);
         }
         self.accounts[slot as usize].jobs.insert(idx, job);
         self.len += 1;
-        if entry && let Some(h) = self.head(slot, 0) {
-            self.heads.insert(std::cmp::Reverse(h));
-        }
     }
 
     /// A job was submitted at `(slot, idx)` (`first`: its account was not waiting) while a
@@ -720,20 +724,28 @@ impl BatchQueue {
             self.forget_window();
             self.prefix.drop_all();
             // Collected, then built at once (a sorted bulk build, not an insert each).
+            let keeps_heads = self.keeps_heads();
             let mut heads = Vec::with_capacity(self.heads.len() + self.stale.len());
+            let total = self.share.total_at(now);
             for slot in 0..self.accounts.len() {
                 let a = &self.accounts[slot];
                 if a.jobs.is_empty() {
+                    self.accounts[slot].entry = None;
                     continue;
                 }
-                let f = self.share.factor(a.key, now);
+                let f = self.share.factor_given(a.key, now, total);
                 let a = &mut self.accounts[slot];
                 a.fairshare = f;
                 a.epoch = self.epoch;
-                if let Some(h) = self.head(slot as u32, 0) {
-                    heads.push(std::cmp::Reverse(h));
+                if keeps_heads {
+                    let h = self.head(slot as u32, 0);
+                    self.accounts[slot].entry = h;
+                    if let Some(h) = h {
+                        heads.push(std::cmp::Reverse(h));
+                    }
                 }
             }
+            self.moved.clear();
             self.heads = BTreeSet::from_iter(heads);
             self.stale.clear();
             return;
@@ -746,9 +758,7 @@ impl BatchQueue {
                 a.fairshare = f;
                 a.epoch = self.epoch;
             }
-            if let Some(h) = self.head(slot, 0) {
-                self.heads.insert(std::cmp::Reverse(h));
-            }
+            self.first_changed(slot);
             if self.prefix.ok {
                 // The account's jobs in its order: once one is left out, so are the rest.
                 for idx in 0..self.accounts[slot as usize].jobs.len() {
@@ -761,7 +771,38 @@ impl BatchQueue {
         }
     }
 
-    /// The merge over the waiting jobs (after [`BatchQueue::refresh`]), on the heap `buf`.
+    /// Whether the merge reads `heads` (the priority order under limits, where every pass
+    /// merges; without limits the kept prefix is merged anew once a recalculation or so, from
+    /// every waiting account's first job, and `heads` is left empty).
+    fn keeps_heads(&self) -> bool {
+        self.order == QueueOrder::Priority && self.limited && !self.reference
+    }
+
+    /// The first job of the account in `slot` changed (or it started or stopped waiting).
+    fn first_changed(&mut self, slot: u32) {
+        if self.keeps_heads() {
+            self.moved.push(slot);
+        }
+    }
+
+    /// `heads` brought up to date for the accounts whose first job changed (after
+    /// [`BatchQueue::refresh`], which gives the accounts that started waiting their factor).
+    fn sync_heads(&mut self) {
+        debug_assert!(self.stale.is_empty(), "a refresh comes first");
+        for slot in std::mem::take(&mut self.moved) {
+            if let Some(old) = self.accounts[slot as usize].entry.take() {
+                self.heads.remove(&std::cmp::Reverse(old));
+            }
+            let h = self.head(slot, 0);
+            if let Some(h) = h {
+                self.heads.insert(std::cmp::Reverse(h));
+            }
+            self.accounts[slot as usize].entry = h;
+        }
+    }
+
+    /// The merge over the waiting jobs (after [`BatchQueue::refresh`] and
+    /// [`BatchQueue::sync_heads`]), on the heap `buf`.
     fn merge(&self, buf: Vec<Head>) -> Order<'_> {
         let mut heap = BinaryHeap::from(buf);
         heap.clear();
@@ -775,8 +816,16 @@ impl BatchQueue {
             };
         }
         let mut firsts = self.heads.iter();
-        if let Some(std::cmp::Reverse(h)) = firsts.next() {
-            heap.push(*h);
+        if self.keeps_heads() {
+            if let Some(std::cmp::Reverse(h)) = firsts.next() {
+                heap.push(*h);
+            }
+        } else {
+            // No `heads` (empty: `firsts` yields nothing): every waiting account's first job
+            // enters the heap at once.
+            let mut all = heap.into_vec();
+            all.extend((0..self.accounts.len() as u32).filter_map(|slot| self.head(slot, 0)));
+            heap = BinaryHeap::from(all);
         }
         Order {
             q: self,
@@ -824,6 +873,7 @@ impl BatchQueue {
                     .map(|h| (h.slot, h.idx - popped(h.slot))),
             );
         }
+        self.sync_heads();
         let buf = std::mem::take(&mut self.heap_buf);
         let mut order = self.merge(buf);
         let r = f(
@@ -832,6 +882,16 @@ impl BatchQueue {
         );
         self.heap_buf = order.heap.into_vec();
         r
+    }
+
+    /// The place `at` names: counted from its account's first job ever (`from_first`, as
+    /// the prefix keeps them) or from its first job now.
+    fn place(&self, (slot, idx): At, from_first: bool) -> At {
+        if from_first {
+            (slot, idx - self.accounts[slot as usize].popped)
+        } else {
+            (slot, idx)
+        }
     }
 
     /// Whether passes read the kept prefix ([`Prefix`]): the indexed pass under the priority
@@ -872,6 +932,7 @@ impl BatchQueue {
     fn merge_prefix(&mut self, len: usize) {
         let mut jobs = std::mem::take(&mut self.prefix.jobs);
         jobs.clear();
+        self.sync_heads();
         let buf = std::mem::take(&mut self.heap_buf);
         let mut order = self.merge(buf);
         while jobs.len() < len
@@ -914,18 +975,9 @@ impl BatchQueue {
             .collect();
         // Highest index first within an account, so earlier indices stay valid.
         by_index.sort_unstable_by(|a, b| (a.0, b.1).cmp(&(b.0, a.1)));
-        let priority = self.order == QueueOrder::Priority;
-        let mut touched: Vec<u32> = Vec::new();
-        if priority {
-            touched = by_index
-                .iter()
-                .filter(|&&(_, idx, _)| idx == 0)
-                .map(|&(slot, _, _)| slot)
-                .collect();
-            for &slot in &touched {
-                if let Some(h) = self.head(slot, 0) {
-                    self.heads.remove(&std::cmp::Reverse(h));
-                }
+        for &(slot, idx, _) in &by_index {
+            if idx == 0 {
+                self.first_changed(slot);
             }
         }
         let mut out: Vec<(usize, BatchJob)> = Vec::with_capacity(at.len());
@@ -935,11 +987,6 @@ impl BatchQueue {
             self.len -= 1;
             self.prefix_remove((slot, idx));
         }
-        for slot in touched {
-            if let Some(h) = self.head(slot, 0) {
-                self.heads.insert(std::cmp::Reverse(h));
-            }
-        }
         out.sort_unstable_by_key(|&(pos, _)| pos);
         out.into_iter().map(|(_, j)| j).collect()
     }
@@ -947,9 +994,8 @@ impl BatchQueue {
     /// Removes one job.
     fn take_one(&mut self, (slot, idx): At) -> BatchJob {
         self.forget_window();
-        let first = self.order == QueueOrder::Priority && idx == 0;
-        if first && let Some(h) = self.head(slot, 0) {
-            self.heads.remove(&std::cmp::Reverse(h));
+        if idx == 0 {
+            self.first_changed(slot);
         }
         let job = self.accounts[slot as usize]
             .jobs
@@ -957,9 +1003,6 @@ impl BatchQueue {
             .expect("index in range");
         self.len -= 1;
         self.prefix_remove((slot, idx));
-        if first && let Some(h) = self.head(slot, 0) {
-            self.heads.insert(std::cmp::Reverse(h));
-        }
         job
     }
 
@@ -981,6 +1024,10 @@ impl BatchQueue {
         self.len = 0;
         self.heads.clear();
         self.stale.clear();
+        self.moved.clear();
+        for a in &mut self.accounts {
+            a.entry = None;
+        }
         let mut all: Vec<BatchJob> = self
             .accounts
             .iter_mut()
@@ -1026,12 +1073,15 @@ impl BatchQueue {
         (u64::MAX, avail.saturating_sub(need))
     }
 
-    /// One backfill scan over `order` (the head first): the jobs it starts pushed to `chosen`
+    /// One backfill scan over `order` (the head first; `from_first`: `order` is the kept
+    /// prefix, highest first, whose places count from each account's first job ever): the
+    /// jobs it starts pushed to `chosen`
     /// (what they add counted in `pass` under limits), and what it looked at recorded in
     /// `seen`; whether `seen` is a window to keep (it started nothing; see [`Window`]).
     fn scan(
         &self,
         mut order: impl Iterator<Item = Cand>,
+        from_first: bool,
         now: u64,
         free: u32,
         pass: &mut Use,
@@ -1052,11 +1102,14 @@ impl BatchQueue {
         while left > 0 && looked < self.depth {
             let Some(c) = order.next() else { break };
             looked += 1;
-            if keep {
+            // The prefix's jobs are recorded after the scan, only if it keeps a window.
+            if keep && !from_first {
                 seen.add(c.units, c.req_ms);
-                last = Some(c.at);
             }
-            if c.units > left || (self.limited && self.held(self.get(c.at), Some(pass))) {
+            last = Some(c.at);
+            if c.units > left
+                || (self.limited && self.held(self.get(self.place(c.at, from_first)), Some(pass)))
+            {
                 continue;
             }
             let (shadow, extra) = plan.get_or_insert_with(|| self.shadow(now, free, need));
@@ -1069,17 +1122,27 @@ impl BatchQueue {
             }
             left -= c.units;
             if self.limited {
-                pass.add(self.get(c.at), true);
+                pass.add(self.get(self.place(c.at, from_first)), true);
             }
-            chosen.push(c.at);
+            chosen.push(self.place(c.at, from_first));
         }
         let window = keep && chosen.is_empty();
         if window {
+            if from_first {
+                // The jobs looked at after the head: the prefix's next `looked`.
+                for h in self.prefix.jobs.iter().rev().skip(1).take(looked) {
+                    seen.add(h.units, h.req_ms);
+                }
+            }
             seen.need = need;
             seen.head_req_ms = head.req_ms;
-            seen.head = self.head(head.at.0, head.at.1);
+            let (slot, idx) = self.place(head.at, from_first);
+            seen.head = self.head(slot, idx);
             seen.full = looked == self.depth;
-            seen.last = last.and_then(|(slot, idx)| self.head(slot, idx));
+            seen.last = last.and_then(|at| {
+                let (slot, idx) = self.place(at, from_first);
+                self.head(slot, idx)
+            });
         }
         window
     }
@@ -1115,11 +1178,11 @@ impl BatchQueue {
             self.ensure_prefix();
             let this = &*self;
             let order = this.prefix.jobs.iter().rev().map(|h| Cand {
-                at: (h.slot, h.idx - this.accounts[h.slot as usize].popped),
+                at: (h.slot, h.idx),
                 units: h.units,
                 req_ms: h.req_ms,
             });
-            this.scan(order, now, free, &mut pass, &mut seen, &mut chosen)
+            this.scan(order, true, now, free, &mut pass, &mut seen, &mut chosen)
         } else {
             self.with_order(|q, order| {
                 let order = order.map(|at| {
@@ -1130,7 +1193,7 @@ impl BatchQueue {
                         req_ms: j.req_ms,
                     }
                 });
-                q.scan(order, now, free, &mut pass, &mut seen, &mut chosen)
+                q.scan(order, false, now, free, &mut pass, &mut seen, &mut chosen)
             })
         };
         self.pass = pass;
