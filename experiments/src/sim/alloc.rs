@@ -128,6 +128,15 @@ impl Allocator {
             Granularity::Shared => {
                 let mut left = procs;
                 let max = self.buckets.len() - 1;
+                // Whole free nodes while at least a node's worth is left (what the search
+                // below picks then: the largest chunk), without the search.
+                while left as usize >= max
+                    && let Some(&node) = self.buckets[max].as_slice().last()
+                {
+                    self.set_free(node, 0);
+                    out.push((node, max as u32));
+                    left -= max as u32;
+                }
                 while left > 0 {
                     let fit = (left as usize..=max).find(|&k| !self.buckets[k].is_empty());
                     let k = match fit {
