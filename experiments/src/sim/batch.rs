@@ -18,6 +18,7 @@
 use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 
 use harvest_policies::hash::IdMap;
+use harvest_policies::index::IndexedSet;
 
 use serde::{Deserialize, Serialize};
 
@@ -195,6 +196,14 @@ fn planned_end_key(end_ms: u64, slot: u32, units: u32) -> u128 {
 /// A waiting job's place: its account's slot and its index in that account's queue.
 type At = (u32, usize);
 
+/// Where a backfill scan writes: what the jobs it chose add under limits, what it looked at,
+/// and the jobs it chose.
+struct ScanInto<'a> {
+    pass: &'a mut Use,
+    seen: &'a mut Window,
+    chosen: &'a mut Vec<At>,
+}
+
 /// A job as a backfill scan reads it: its place, units and time limit.
 #[derive(Debug, Clone, Copy)]
 struct Cand {
@@ -240,6 +249,9 @@ pub struct BatchQueue {
     pub share: FairShare,
     slots: IdMap<u64, u32>,
     accounts: Vec<Account>,
+    /// The slots of the accounts with a job waiting (a recalculation and the prefix's merge
+    /// visit these, not every account ever seen).
+    waiting: IndexedSet,
     len: usize,
     /// Priority order: the last recalculation (its time and number), the accounts' first
     /// jobs (highest first), the slots whose account started waiting since the last
@@ -468,6 +480,7 @@ impl BatchQueue {
             share: FairShare::new(params.half_life_ms),
             slots: IdMap::default(),
             accounts: Vec::new(),
+            waiting: IndexedSet::default(),
             len: 0,
             calc_ms: None,
             epoch: 0,
@@ -543,6 +556,9 @@ impl BatchQueue {
         });
         let q = &mut self.accounts[slot as usize].jobs;
         let first = q.is_empty();
+        if first {
+            self.waiting.insert(slot);
+        }
         if first && priority {
             self.stale.push(slot);
         }
@@ -727,7 +743,15 @@ impl BatchQueue {
             let keeps_heads = self.keeps_heads();
             let mut heads = Vec::with_capacity(self.heads.len() + self.stale.len());
             let total = self.share.total_at(now);
-            for slot in 0..self.accounts.len() {
+            // Every account under limits (an account not waiting loses its entry), else the
+            // waiting ones.
+            let slots: Vec<u32> = if keeps_heads {
+                (0..self.accounts.len() as u32).collect()
+            } else {
+                self.waiting.as_slice().to_vec()
+            };
+            for slot in slots {
+                let slot = slot as usize;
                 let a = &self.accounts[slot];
                 if a.jobs.is_empty() {
                     self.accounts[slot].entry = None;
@@ -824,7 +848,12 @@ impl BatchQueue {
             // No `heads` (empty: `firsts` yields nothing): every waiting account's first job
             // enters the heap at once.
             let mut all = heap.into_vec();
-            all.extend((0..self.accounts.len() as u32).filter_map(|slot| self.head(slot, 0)));
+            all.extend(
+                self.waiting
+                    .as_slice()
+                    .iter()
+                    .filter_map(|&slot| self.head(slot, 0)),
+            );
             heap = BinaryHeap::from(all);
         }
         Order {
@@ -984,6 +1013,9 @@ impl BatchQueue {
         for (slot, idx, pos) in by_index {
             let q = &mut self.accounts[slot as usize].jobs;
             out.push((pos, q.remove(idx).expect("index in range")));
+            if q.is_empty() {
+                self.waiting.remove(slot);
+            }
             self.len -= 1;
             self.prefix_remove((slot, idx));
         }
@@ -997,10 +1029,11 @@ impl BatchQueue {
         if idx == 0 {
             self.first_changed(slot);
         }
-        let job = self.accounts[slot as usize]
-            .jobs
-            .remove(idx)
-            .expect("index in range");
+        let q = &mut self.accounts[slot as usize].jobs;
+        let job = q.remove(idx).expect("index in range");
+        if q.is_empty() {
+            self.waiting.remove(slot);
+        }
         self.len -= 1;
         self.prefix_remove((slot, idx));
         job
@@ -1022,6 +1055,7 @@ impl BatchQueue {
         self.forget_window();
         self.prefix.drop_all();
         self.len = 0;
+        self.waiting = IndexedSet::default();
         self.heads.clear();
         self.stale.clear();
         self.moved.clear();
@@ -1055,6 +1089,9 @@ impl BatchQueue {
                 i += 1;
             }
         }
+        if q.is_empty() {
+            self.waiting.remove(slot);
+        }
         self.len -= out.len();
         out
     }
@@ -1084,10 +1121,9 @@ impl BatchQueue {
         from_first: bool,
         now: u64,
         free: u32,
-        pass: &mut Use,
-        seen: &mut Window,
-        chosen: &mut Vec<At>,
+        out: ScanInto<'_>,
     ) -> bool {
+        let ScanInto { pass, seen, chosen } = out;
         let Some(head) = order.next() else {
             return false;
         };
@@ -1182,7 +1218,12 @@ impl BatchQueue {
                 units: h.units,
                 req_ms: h.req_ms,
             });
-            this.scan(order, true, now, free, &mut pass, &mut seen, &mut chosen)
+            let out = ScanInto {
+                pass: &mut pass,
+                seen: &mut seen,
+                chosen: &mut chosen,
+            };
+            this.scan(order, true, now, free, out)
         } else {
             self.with_order(|q, order| {
                 let order = order.map(|at| {
@@ -1193,7 +1234,12 @@ impl BatchQueue {
                         req_ms: j.req_ms,
                     }
                 });
-                q.scan(order, false, now, free, &mut pass, &mut seen, &mut chosen)
+                let out = ScanInto {
+                    pass: &mut pass,
+                    seen: &mut seen,
+                    chosen: &mut chosen,
+                };
+                q.scan(order, false, now, free, out)
             })
         };
         self.pass = pass;
