@@ -218,9 +218,11 @@ struct Cand {
 struct Account {
     key: u64,
     jobs: VecDeque<BatchJob>,
-    /// Jobs taken from the front of `jobs` so far: the prefix counts its entries' indices from
-    /// the first job ever queued ([`Prefix::jobs`]).
-    popped: usize,
+    /// Each waiting job's number (beside `jobs`, increasing along it): the prefix names its
+    /// jobs by these ([`Prefix::jobs`]), which no other job's leaving changes; the next to
+    /// give.
+    seqs: VecDeque<u64>,
+    next_seq: u64,
     /// This account's entry in [`BatchQueue::heads`], as it was put there (its first job may
     /// have changed since: then the slot is in [`BatchQueue::moved`]).
     entry: Option<Head>,
@@ -346,10 +348,9 @@ struct Prefix {
     ok: bool,
     /// Holds every waiting job.
     complete: bool,
-    /// Lowest first (the head last: starting it moves nothing). Each entry's `idx` counts from
-    /// its account's first job ever queued, not from its first job now ([`Account::popped`]
-    /// jobs before it): a job leaving the front of its account's queue, as the head does,
-    /// moves no entry, only one leaving from further back shifts those behind it.
+    /// Lowest first (the head last: starting it moves nothing). Each entry's `idx` is its
+    /// job's number in its account ([`Account::seqs`]), not its index: a job leaving its
+    /// account's queue moves no other entry.
     jobs: Vec<Head>,
     /// The length merged; past half as much again the lowest are dropped (what is kept is
     /// still a prefix).
@@ -376,28 +377,19 @@ impl Prefix {
         true
     }
 
-    /// The job at `(slot, abs)` (`abs` counted as the entries' `idx` are) left its account's
-    /// queue, from its front (`front`: the account's [`Account::popped`] grew by one, which
-    /// moves the later ones up) or from further back (the later ones' entries shift here).
-    fn remove(&mut self, slot: u32, abs: usize, front: bool) {
+    /// The job numbered `seq` in `slot`'s account left its queue.
+    fn remove(&mut self, slot: u32, seq: usize) {
         if !self.ok {
             return;
         }
         if let Some(pos) = self
             .jobs
             .iter()
-            .rposition(|h| h.slot == slot && h.idx == abs)
+            .rposition(|h| h.slot == slot && h.idx == seq)
         {
             self.jobs.remove(pos);
         } else {
             debug_assert!(!self.complete, "a job left that the complete prefix lacks");
-        }
-        if !front {
-            for h in &mut self.jobs {
-                if h.slot == slot && h.idx > abs {
-                    h.idx -= 1;
-                }
-            }
         }
     }
 }
@@ -573,7 +565,10 @@ impl BatchQueue {
             return;
         }
         q.push_back(job);
-        let idx = q.len() - 1;
+        let a = &mut self.accounts[slot as usize];
+        a.seqs.push_back(a.next_seq);
+        a.next_seq += 1;
+        let idx = a.jobs.len() - 1;
         self.len += 1;
         if self.window.is_some() {
             self.window_admit(slot, idx, first);
@@ -582,7 +577,7 @@ impl BatchQueue {
         // in the prefix, at the next one.
         if self.prefix.ok && !first && !self.stale.contains(&slot) {
             let h = self.head(slot, idx).expect("just queued");
-            self.prefix.admit(self.counted_from_first(h));
+            self.prefix.admit(self.numbered(h));
         }
     }
 
@@ -596,7 +591,12 @@ impl BatchQueue {
         if idx == 0 && !self.stale.contains(&slot) {
             self.first_changed(slot);
         }
-        self.accounts[slot as usize].jobs.insert(idx, job);
+        let a = &mut self.accounts[slot as usize];
+        a.jobs.insert(idx, job);
+        // Numbered anew (the prefix, which names jobs by number, was dropped).
+        a.seqs.clear();
+        a.seqs.extend(a.next_seq..a.next_seq + a.jobs.len() as u64);
+        a.next_seq += a.jobs.len() as u64;
         self.len += 1;
     }
 
@@ -787,7 +787,7 @@ impl BatchQueue {
                 // The account's jobs in its order: once one is left out, so are the rest.
                 for idx in 0..self.accounts[slot as usize].jobs.len() {
                     let h = self.head(slot, idx).expect("in range");
-                    if !self.prefix.admit(self.counted_from_first(h)) {
+                    if !self.prefix.admit(self.numbered(h)) {
                         break;
                     }
                 }
@@ -891,7 +891,7 @@ impl BatchQueue {
         if self.uses_prefix() {
             self.ensure_prefix();
             let this = &*self;
-            let popped = |slot: u32| this.accounts[slot as usize].popped;
+
             return f(
                 this,
                 &mut this
@@ -899,7 +899,7 @@ impl BatchQueue {
                     .jobs
                     .iter()
                     .rev()
-                    .map(|h| (h.slot, h.idx - popped(h.slot))),
+                    .map(|h| this.place((h.slot, h.idx), true)),
             );
         }
         self.sync_heads();
@@ -913,11 +913,20 @@ impl BatchQueue {
         r
     }
 
-    /// The place `at` names: counted from its account's first job ever (`from_first`, as
-    /// the prefix keeps them) or from its first job now.
-    fn place(&self, (slot, idx): At, from_first: bool) -> At {
-        if from_first {
-            (slot, idx - self.accounts[slot as usize].popped)
+    /// The place `at` names: `(slot, number)` as the prefix keeps them (`numbered`, see
+    /// [`Account::seqs`]), or `(slot, index)`.
+    fn place(&self, (slot, idx): At, numbered: bool) -> At {
+        if numbered {
+            let seq = idx as u64;
+            let seqs = &self.accounts[slot as usize].seqs;
+            // Mostly the account's first job (the head always is).
+            if seqs.front() == Some(&seq) {
+                return (slot, 0);
+            }
+            let i = seqs
+                .binary_search(&seq)
+                .expect("a prefix entry's job is waiting");
+            (slot, i)
         } else {
             (slot, idx)
         }
@@ -938,23 +947,25 @@ impl BatchQueue {
         }
     }
 
-    /// `h` with its index counted from its account's first job ever queued, as the prefix
-    /// keeps it.
-    fn counted_from_first(&self, h: Head) -> Head {
+    /// `h` with its job's number in place of its index, as the prefix keeps it.
+    fn numbered(&self, h: Head) -> Head {
         Head {
-            idx: h.idx + self.accounts[h.slot as usize].popped,
+            idx: self.accounts[h.slot as usize].seqs[h.idx] as usize,
             ..h
         }
     }
 
-    /// The job at `(slot, idx)` has just left its account's queue: the prefix follows.
-    fn prefix_remove(&mut self, (slot, idx): At) {
-        let popped = &mut self.accounts[slot as usize].popped;
-        let abs = *popped + idx;
-        if idx == 0 {
-            *popped += 1;
+    /// Removes the job at `(slot, idx)` from its account's queue (and the prefix).
+    fn remove_job(&mut self, (slot, idx): At) -> BatchJob {
+        let a = &mut self.accounts[slot as usize];
+        let job = a.jobs.remove(idx).expect("index in range");
+        let seq = a.seqs.remove(idx).expect("index in range");
+        if a.jobs.is_empty() {
+            self.waiting.remove(slot);
         }
-        self.prefix.remove(slot, abs, idx == 0);
+        self.len -= 1;
+        self.prefix.remove(slot, seq as usize);
+        job
     }
 
     /// The prefix merged anew: the order's first `len` jobs.
@@ -967,7 +978,7 @@ impl BatchQueue {
         while jobs.len() < len
             && let Some(h) = order.next_head()
         {
-            jobs.push(self.counted_from_first(h));
+            jobs.push(self.numbered(h));
         }
         jobs.reverse();
         self.heap_buf = order.heap.into_vec();
@@ -1011,13 +1022,7 @@ impl BatchQueue {
         }
         let mut out: Vec<(usize, BatchJob)> = Vec::with_capacity(at.len());
         for (slot, idx, pos) in by_index {
-            let q = &mut self.accounts[slot as usize].jobs;
-            out.push((pos, q.remove(idx).expect("index in range")));
-            if q.is_empty() {
-                self.waiting.remove(slot);
-            }
-            self.len -= 1;
-            self.prefix_remove((slot, idx));
+            out.push((pos, self.remove_job((slot, idx))));
         }
         out.sort_unstable_by_key(|&(pos, _)| pos);
         out.into_iter().map(|(_, j)| j).collect()
@@ -1029,14 +1034,7 @@ impl BatchQueue {
         if idx == 0 {
             self.first_changed(slot);
         }
-        let q = &mut self.accounts[slot as usize].jobs;
-        let job = q.remove(idx).expect("index in range");
-        if q.is_empty() {
-            self.waiting.remove(slot);
-        }
-        self.len -= 1;
-        self.prefix_remove((slot, idx));
-        job
+        self.remove_job((slot, idx))
     }
 
     /// The head job (the highest priority not held by a limit), removed, if it may start now
@@ -1065,7 +1063,10 @@ impl BatchQueue {
         let mut all: Vec<BatchJob> = self
             .accounts
             .iter_mut()
-            .flat_map(|a| a.jobs.drain(..))
+            .flat_map(|a| {
+                a.seqs.clear();
+                a.jobs.drain(..)
+            })
             .collect();
         all.sort_by_key(|j| (j.submit_ms, j.copy, j.id));
         all
@@ -1078,18 +1079,19 @@ impl BatchQueue {
         let Some(&slot) = self.slots.get(&0) else {
             return Vec::new();
         };
-        let q = &mut self.accounts[slot as usize].jobs;
+        let a = &mut self.accounts[slot as usize];
         let mut out = Vec::new();
         let mut i = 0;
-        while i < q.len() && free > 0 {
-            if q[i].units <= free {
-                free -= q[i].units;
-                out.push(q.remove(i).expect("index in range"));
+        while i < a.jobs.len() && free > 0 {
+            if a.jobs[i].units <= free {
+                free -= a.jobs[i].units;
+                out.push(a.jobs.remove(i).expect("index in range"));
+                a.seqs.remove(i);
             } else {
                 i += 1;
             }
         }
-        if q.is_empty() {
+        if a.jobs.is_empty() {
             self.waiting.remove(slot);
         }
         self.len -= out.len();
@@ -1110,15 +1112,15 @@ impl BatchQueue {
         (u64::MAX, avail.saturating_sub(need))
     }
 
-    /// One backfill scan over `order` (the head first; `from_first`: `order` is the kept
-    /// prefix, highest first, whose places count from each account's first job ever): the
+    /// One backfill scan over `order` (the head first; `numbered`: `order` is the kept
+    /// prefix, highest first, whose places hold job numbers, not indices): the
     /// jobs it starts pushed to `chosen`
     /// (what they add counted in `pass` under limits), and what it looked at recorded in
     /// `seen`; whether `seen` is a window to keep (it started nothing; see [`Window`]).
     fn scan(
         &self,
         mut order: impl Iterator<Item = Cand>,
-        from_first: bool,
+        numbered: bool,
         now: u64,
         free: u32,
         out: ScanInto<'_>,
@@ -1139,12 +1141,12 @@ impl BatchQueue {
             let Some(c) = order.next() else { break };
             looked += 1;
             // The prefix's jobs are recorded after the scan, only if it keeps a window.
-            if keep && !from_first {
+            if keep && !numbered {
                 seen.add(c.units, c.req_ms);
             }
             last = Some(c.at);
             if c.units > left
-                || (self.limited && self.held(self.get(self.place(c.at, from_first)), Some(pass)))
+                || (self.limited && self.held(self.get(self.place(c.at, numbered)), Some(pass)))
             {
                 continue;
             }
@@ -1158,13 +1160,13 @@ impl BatchQueue {
             }
             left -= c.units;
             if self.limited {
-                pass.add(self.get(self.place(c.at, from_first)), true);
+                pass.add(self.get(self.place(c.at, numbered)), true);
             }
-            chosen.push(self.place(c.at, from_first));
+            chosen.push(self.place(c.at, numbered));
         }
         let window = keep && chosen.is_empty();
         if window {
-            if from_first {
+            if numbered {
                 // The jobs looked at after the head: the prefix's next `looked`.
                 for h in self.prefix.jobs.iter().rev().skip(1).take(looked) {
                     seen.add(h.units, h.req_ms);
@@ -1172,11 +1174,11 @@ impl BatchQueue {
             }
             seen.need = need;
             seen.head_req_ms = head.req_ms;
-            let (slot, idx) = self.place(head.at, from_first);
+            let (slot, idx) = self.place(head.at, numbered);
             seen.head = self.head(slot, idx);
             seen.full = looked == self.depth;
             seen.last = last.and_then(|at| {
-                let (slot, idx) = self.place(at, from_first);
+                let (slot, idx) = self.place(at, numbered);
                 self.head(slot, idx)
             });
         }
