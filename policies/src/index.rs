@@ -26,6 +26,7 @@ pub struct IndexedSet {
 const NONE: u32 = u32::MAX;
 
 impl IndexedSet {
+    #[inline]
     pub fn insert(&mut self, id: NodeId) {
         let i = id as usize;
         if self.pos.len() <= i {
@@ -37,6 +38,7 @@ impl IndexedSet {
         }
     }
 
+    #[inline]
     pub fn remove(&mut self, id: NodeId) {
         let Some(&p) = self.pos.get(id as usize) else {
             return;
@@ -52,18 +54,22 @@ impl IndexedSet {
         self.pos[id as usize] = NONE;
     }
 
+    #[inline]
     pub fn contains(&self, id: NodeId) -> bool {
         self.pos.get(id as usize).is_some_and(|&p| p != NONE)
     }
 
+    #[inline]
     pub fn len(&self) -> usize {
         self.members.len()
     }
 
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
     }
 
+    #[inline]
     pub fn as_slice(&self) -> &[NodeId] {
         &self.members
     }

@@ -20,7 +20,7 @@ pub enum Granularity {
     Exclusive,
 }
 
-/// The batch view of the nodes.
+/// The batch view of the nodes (`buckets[k]`: the nodes with `k > 0` cores free).
 #[derive(Debug)]
 pub struct Allocator {
     pub granularity: Granularity,
@@ -35,7 +35,9 @@ impl Allocator {
         let max = node_cores.iter().copied().max().unwrap_or(1) as usize;
         let mut buckets = vec![IndexedSet::default(); max + 1];
         for (i, &c) in node_cores.iter().enumerate() {
-            buckets[c as usize].insert(i as NodeId);
+            if c > 0 {
+                buckets[c as usize].insert(i as NodeId);
+            }
         }
         let free_units = match granularity {
             Granularity::Shared => node_cores.iter().map(|&c| u64::from(c)).sum(),
@@ -73,8 +75,13 @@ impl Allocator {
 
     fn set_free(&mut self, node: NodeId, to: u32) {
         let from = self.free[node as usize];
-        self.buckets[from as usize].remove(node);
-        self.buckets[to as usize].insert(node);
+        // Bucket 0 (nodes with nothing free) is never searched: not kept.
+        if from > 0 {
+            self.buckets[from as usize].remove(node);
+        }
+        if to > 0 {
+            self.buckets[to as usize].insert(node);
+        }
         self.free[node as usize] = to;
         match self.granularity {
             Granularity::Shared => {
@@ -94,16 +101,25 @@ impl Allocator {
     /// Takes cores for `procs` processors; `(node, cores)` pairs, or `None` (nothing taken)
     /// when they are not free.
     pub fn take(&mut self, procs: u32) -> Option<Vec<(NodeId, u32)>> {
-        if self.units_for(procs) > self.free_units() {
-            return None;
-        }
         let mut out = Vec::new();
+        self.take_into(procs, &mut out).then_some(out)
+    }
+
+    /// [`Allocator::take`] into `out` (cleared first; the engine's buffer, so a start
+    /// allocates nothing); false (nothing taken, `out` empty) when the cores are not free.
+    pub fn take_into(&mut self, procs: u32, out: &mut Vec<(NodeId, u32)>) -> bool {
+        out.clear();
+        if self.units_for(procs) > self.free_units() {
+            return false;
+        }
         match self.granularity {
             Granularity::Exclusive => {
                 let full = self.cores[0] as usize;
                 let n = self.units_for(procs);
                 for i in 0..n {
-                    let node = *self.buckets[full].as_slice().last()?;
+                    let Some(&node) = self.buckets[full].as_slice().last() else {
+                        unreachable!("{n} wholly free nodes were counted")
+                    };
                     let cores = procs / n + u32::from(i < procs % n);
                     self.set_free(node, 0);
                     out.push((node, cores));
@@ -111,16 +127,31 @@ impl Allocator {
             }
             Granularity::Shared => {
                 let mut left = procs;
+                let max = self.buckets.len() - 1;
+                // Whole free nodes while at least a node's worth is left (what the search
+                // below picks then: the largest chunk), without the search.
+                while left as usize >= max
+                    && let Some(&node) = self.buckets[max].as_slice().last()
+                {
+                    self.set_free(node, 0);
+                    out.push((node, max as u32));
+                    left -= max as u32;
+                }
                 while left > 0 {
-                    let max = self.buckets.len() - 1;
                     let fit = (left as usize..=max).find(|&k| !self.buckets[k].is_empty());
                     let k = match fit {
                         Some(k) => k,
-                        None => (1..(left as usize).min(max + 1))
-                            .rev()
-                            .find(|&k| !self.buckets[k].is_empty())?,
+                        None => {
+                            let Some(k) = (1..(left as usize).min(max + 1))
+                                .rev()
+                                .find(|&k| !self.buckets[k].is_empty())
+                            else {
+                                unreachable!("{left} more free cores were counted")
+                            };
+                            k
+                        }
                     };
-                    let node = *self.buckets[k].as_slice().last()?;
+                    let node = *self.buckets[k].as_slice().last().expect("not empty");
                     let take = left.min(k as u32);
                     self.set_free(node, k as u32 - take);
                     out.push((node, take));
@@ -128,7 +159,7 @@ impl Allocator {
                 }
             }
         }
-        Some(out)
+        true
     }
 
     /// Gives back what [`Allocator::take`] gave for one node.

@@ -18,6 +18,7 @@
 use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 
 use harvest_policies::hash::IdMap;
+use harvest_policies::index::IndexedSet;
 
 use serde::{Deserialize, Serialize};
 
@@ -143,6 +144,9 @@ struct Head {
     key: u64,
     slot: u32,
     idx: usize,
+    /// The job's units and time limit (what a backfill scan reads; not part of the order).
+    units: u32,
+    req_ms: u64,
 }
 
 impl Head {
@@ -184,8 +188,29 @@ impl Ord for Head {
     }
 }
 
+/// `(planned end, running slot, units)` as one integer that sorts as the tuple does.
+fn planned_end_key(end_ms: u64, slot: u32, units: u32) -> u128 {
+    (u128::from(end_ms) << 64) | (u128::from(slot) << 32) | u128::from(units)
+}
+
 /// A waiting job's place: its account's slot and its index in that account's queue.
 type At = (u32, usize);
+
+/// Where a backfill scan writes: what the jobs it chose add under limits, what it looked at,
+/// and the jobs it chose.
+struct ScanInto<'a> {
+    pass: &'a mut Use,
+    seen: &'a mut Window,
+    chosen: &'a mut Vec<At>,
+}
+
+/// A job as a backfill scan reads it: its place, units and time limit.
+#[derive(Debug, Clone, Copy)]
+struct Cand {
+    at: At,
+    units: u32,
+    req_ms: u64,
+}
 
 /// One account's waiting jobs (submit order) and its fair-share factor as of the
 /// recalculation `epoch` (stale when that is not the current one).
@@ -193,6 +218,14 @@ type At = (u32, usize);
 struct Account {
     key: u64,
     jobs: VecDeque<BatchJob>,
+    /// Each waiting job's number (beside `jobs`, increasing along it): the prefix names its
+    /// jobs by these ([`Prefix::jobs`]), which no other job's leaving changes; the next to
+    /// give.
+    seqs: VecDeque<u64>,
+    next_seq: u64,
+    /// This account's entry in [`BatchQueue::heads`], as it was put there (its first job may
+    /// have changed since: then the slot is in [`BatchQueue::moved`]).
+    entry: Option<Head>,
     fairshare: f64,
     epoch: u64,
 }
@@ -218,16 +251,24 @@ pub struct BatchQueue {
     pub share: FairShare,
     slots: IdMap<u64, u32>,
     accounts: Vec<Account>,
+    /// The slots of the accounts with a job waiting (a recalculation and the prefix's merge
+    /// visit these, not every account ever seen).
+    waiting: IndexedSet,
     len: usize,
     /// Priority order: the last recalculation (its time and number), the accounts' first
-    /// jobs (highest first), and the slots whose first job changed since the set was last
-    /// brought up to date.
+    /// jobs (highest first), the slots whose account started waiting since the last
+    /// recalculation (`stale`: no factor yet), and those whose first job changed since
+    /// `heads` was last brought up to date (`moved`). `heads` is read only by the merge,
+    /// which brings it up to date first ([`BatchQueue::sync_heads`]): with the kept prefix
+    /// that is once a recalculation, not at every start.
     calc_ms: Option<u64>,
     epoch: u64,
     heads: BTreeSet<std::cmp::Reverse<Head>>,
     stale: Vec<u32>,
-    /// `(planned end, running slot, units)`.
-    planned_ends: BTreeSet<(u64, u32, u32)>,
+    moved: Vec<u32>,
+    /// `(planned end, running slot, units)`, packed into one integer in that order
+    /// ([`planned_end_key`]: one comparison a step instead of a tuple's three).
+    planned_ends: BTreeSet<u128>,
     /// Per-user and per-queue limits (`limited`: any at all), what runs, and what the current
     /// pass chose.
     limits: Resolved,
@@ -238,6 +279,8 @@ pub struct BatchQueue {
     reference: bool,
     /// The merge's heap, kept between passes (no allocation a pass).
     heap_buf: Vec<Head>,
+    /// The jobs a backfill scan chose, kept between passes (no allocation a pass).
+    chosen_buf: Vec<At>,
     /// The first jobs of the priority order, highest first ([`Prefix`]).
     prefix: Prefix,
     /// What the last backfill scan looked at, when it started nothing (see [`Window`]), and a
@@ -305,7 +348,9 @@ struct Prefix {
     ok: bool,
     /// Holds every waiting job.
     complete: bool,
-    /// Lowest first (the head last: starting it moves nothing).
+    /// Lowest first (the head last: starting it moves nothing). Each entry's `idx` is its
+    /// job's number in its account ([`Account::seqs`]), not its index: a job leaving its
+    /// account's queue moves no other entry.
     jobs: Vec<Head>,
     /// The length merged; past half as much again the lowest are dropped (what is kept is
     /// still a prefix).
@@ -332,24 +377,19 @@ impl Prefix {
         true
     }
 
-    /// The job at `(slot, idx)` left its account's queue (the later ones moved up).
-    fn remove(&mut self, (slot, idx): At) {
+    /// The job numbered `seq` in `slot`'s account left its queue.
+    fn remove(&mut self, slot: u32, seq: usize) {
         if !self.ok {
             return;
         }
         if let Some(pos) = self
             .jobs
             .iter()
-            .rposition(|h| h.slot == slot && h.idx == idx)
+            .rposition(|h| h.slot == slot && h.idx == seq)
         {
             self.jobs.remove(pos);
         } else {
             debug_assert!(!self.complete, "a job left that the complete prefix lacks");
-        }
-        for h in &mut self.jobs {
-            if h.slot == slot && h.idx > idx {
-                h.idx -= 1;
-            }
         }
     }
 }
@@ -432,10 +472,12 @@ impl BatchQueue {
             share: FairShare::new(params.half_life_ms),
             slots: IdMap::default(),
             accounts: Vec::new(),
+            waiting: IndexedSet::default(),
             len: 0,
             calc_ms: None,
             epoch: 0,
             heads: BTreeSet::new(),
+            moved: Vec::new(),
             stale: Vec::new(),
             planned_ends: BTreeSet::new(),
             limits: Resolved::default(),
@@ -444,6 +486,7 @@ impl BatchQueue {
             pass: Use::default(),
             reference: false,
             heap_buf: Vec::new(),
+            chosen_buf: Vec::new(),
             prefix: Prefix::default(),
             window: None,
             spare: Window::default(),
@@ -469,6 +512,13 @@ impl BatchQueue {
     /// The order's head or first jobs changed: the next backfill scans.
     fn forget_window(&mut self) {
         if let Some(w) = self.window.take() {
+            self.keep_spare(w);
+        }
+    }
+
+    /// Keeps the larger of `w`'s and the spare's buffers for the next scan.
+    fn keep_spare(&mut self, w: Window) {
+        if w.jobs.capacity() > self.spare.jobs.capacity() {
             self.spare = w;
         }
     }
@@ -498,6 +548,9 @@ impl BatchQueue {
         });
         let q = &mut self.accounts[slot as usize].jobs;
         let first = q.is_empty();
+        if first {
+            self.waiting.insert(slot);
+        }
         if first && priority {
             self.stale.push(slot);
         }
@@ -512,7 +565,10 @@ impl BatchQueue {
             return;
         }
         q.push_back(job);
-        let idx = q.len() - 1;
+        let a = &mut self.accounts[slot as usize];
+        a.seqs.push_back(a.next_seq);
+        a.next_seq += 1;
+        let idx = a.jobs.len() - 1;
         self.len += 1;
         if self.window.is_some() {
             self.window_admit(slot, idx, first);
@@ -521,7 +577,7 @@ impl BatchQueue {
         // in the prefix, at the next one.
         if self.prefix.ok && !first && !self.stale.contains(&slot) {
             let h = self.head(slot, idx).expect("just queued");
-            self.prefix.admit(h);
+            self.prefix.admit(self.numbered(h));
         }
     }
 
@@ -532,15 +588,16 @@ impl BatchQueue {
         self.prefix.drop_all();
         // An account in `stale` gets its entry at the next refresh; otherwise its entry is
         // its first job's, which may be replaced.
-        let entry = idx == 0 && !self.stale.contains(&slot);
-        if entry && let Some(h) = self.head(slot, 0) {
-            self.heads.remove(&std::cmp::Reverse(h));
+        if idx == 0 && !self.stale.contains(&slot) {
+            self.first_changed(slot);
         }
-        self.accounts[slot as usize].jobs.insert(idx, job);
+        let a = &mut self.accounts[slot as usize];
+        a.jobs.insert(idx, job);
+        // Numbered anew (the prefix, which names jobs by number, was dropped).
+        a.seqs.clear();
+        a.seqs.extend(a.next_seq..a.next_seq + a.jobs.len() as u64);
+        a.next_seq += a.jobs.len() as u64;
         self.len += 1;
-        if entry && let Some(h) = self.head(slot, 0) {
-            self.heads.insert(std::cmp::Reverse(h));
-        }
     }
 
     /// A job was submitted at `(slot, idx)` (`first`: its account was not waiting) while a
@@ -587,11 +644,13 @@ impl BatchQueue {
     }
 
     pub fn track_start(&mut self, planned_end_ms: u64, slot: u32, units: u32) {
-        self.planned_ends.insert((planned_end_ms, slot, units));
+        self.planned_ends
+            .insert(planned_end_key(planned_end_ms, slot, units));
     }
 
     pub fn track_end(&mut self, planned_end_ms: u64, slot: u32, units: u32) {
-        self.planned_ends.remove(&(planned_end_ms, slot, units));
+        self.planned_ends
+            .remove(&planned_end_key(planned_end_ms, slot, units));
     }
 
     /// A job starts: its account's usage rate, its running jobs and cores change.
@@ -661,6 +720,8 @@ impl BatchQueue {
             key: a.key,
             slot,
             idx,
+            units: j.units,
+            req_ms: j.req_ms,
         }
     }
 
@@ -678,21 +739,38 @@ impl BatchQueue {
             self.epoch += 1;
             self.forget_window();
             self.prefix.drop_all();
-            let mut heads = BTreeSet::new();
-            for slot in 0..self.accounts.len() {
+            // Collected, then built at once (a sorted bulk build, not an insert each).
+            let keeps_heads = self.keeps_heads();
+            let mut heads = Vec::with_capacity(self.heads.len() + self.stale.len());
+            let total = self.share.total_at(now);
+            // Every account under limits (an account not waiting loses its entry), else the
+            // waiting ones.
+            let slots: Vec<u32> = if keeps_heads {
+                (0..self.accounts.len() as u32).collect()
+            } else {
+                self.waiting.as_slice().to_vec()
+            };
+            for slot in slots {
+                let slot = slot as usize;
                 let a = &self.accounts[slot];
                 if a.jobs.is_empty() {
+                    self.accounts[slot].entry = None;
                     continue;
                 }
-                let f = self.share.factor(a.key, now);
+                let f = self.share.factor_given(a.key, now, total);
                 let a = &mut self.accounts[slot];
                 a.fairshare = f;
                 a.epoch = self.epoch;
-                if let Some(h) = self.head(slot as u32, 0) {
-                    heads.insert(std::cmp::Reverse(h));
+                if keeps_heads {
+                    let h = self.head(slot as u32, 0);
+                    self.accounts[slot].entry = h;
+                    if let Some(h) = h {
+                        heads.push(std::cmp::Reverse(h));
+                    }
                 }
             }
-            self.heads = heads;
+            self.moved.clear();
+            self.heads = BTreeSet::from_iter(heads);
             self.stale.clear();
             return;
         }
@@ -704,14 +782,12 @@ impl BatchQueue {
                 a.fairshare = f;
                 a.epoch = self.epoch;
             }
-            if let Some(h) = self.head(slot, 0) {
-                self.heads.insert(std::cmp::Reverse(h));
-            }
+            self.first_changed(slot);
             if self.prefix.ok {
                 // The account's jobs in its order: once one is left out, so are the rest.
                 for idx in 0..self.accounts[slot as usize].jobs.len() {
                     let h = self.head(slot, idx).expect("in range");
-                    if !self.prefix.admit(h) {
+                    if !self.prefix.admit(self.numbered(h)) {
                         break;
                     }
                 }
@@ -719,7 +795,38 @@ impl BatchQueue {
         }
     }
 
-    /// The merge over the waiting jobs (after [`BatchQueue::refresh`]), on the heap `buf`.
+    /// Whether the merge reads `heads` (the priority order under limits, where every pass
+    /// merges; without limits the kept prefix is merged anew once a recalculation or so, from
+    /// every waiting account's first job, and `heads` is left empty).
+    fn keeps_heads(&self) -> bool {
+        self.order == QueueOrder::Priority && self.limited && !self.reference
+    }
+
+    /// The first job of the account in `slot` changed (or it started or stopped waiting).
+    fn first_changed(&mut self, slot: u32) {
+        if self.keeps_heads() {
+            self.moved.push(slot);
+        }
+    }
+
+    /// `heads` brought up to date for the accounts whose first job changed (after
+    /// [`BatchQueue::refresh`], which gives the accounts that started waiting their factor).
+    fn sync_heads(&mut self) {
+        debug_assert!(self.stale.is_empty(), "a refresh comes first");
+        for slot in std::mem::take(&mut self.moved) {
+            if let Some(old) = self.accounts[slot as usize].entry.take() {
+                self.heads.remove(&std::cmp::Reverse(old));
+            }
+            let h = self.head(slot, 0);
+            if let Some(h) = h {
+                self.heads.insert(std::cmp::Reverse(h));
+            }
+            self.accounts[slot as usize].entry = h;
+        }
+    }
+
+    /// The merge over the waiting jobs (after [`BatchQueue::refresh`] and
+    /// [`BatchQueue::sync_heads`]), on the heap `buf`.
     fn merge(&self, buf: Vec<Head>) -> Order<'_> {
         let mut heap = BinaryHeap::from(buf);
         heap.clear();
@@ -733,8 +840,21 @@ impl BatchQueue {
             };
         }
         let mut firsts = self.heads.iter();
-        if let Some(std::cmp::Reverse(h)) = firsts.next() {
-            heap.push(*h);
+        if self.keeps_heads() {
+            if let Some(std::cmp::Reverse(h)) = firsts.next() {
+                heap.push(*h);
+            }
+        } else {
+            // No `heads` (empty: `firsts` yields nothing): every waiting account's first job
+            // enters the heap at once.
+            let mut all = heap.into_vec();
+            all.extend(
+                self.waiting
+                    .as_slice()
+                    .iter()
+                    .filter_map(|&slot| self.head(slot, 0)),
+            );
+            heap = BinaryHeap::from(all);
         }
         Order {
             q: self,
@@ -768,15 +888,21 @@ impl BatchQueue {
             let mut it = all.into_iter().filter(|&at| !self.held(self.get(at), None));
             return f(self, &mut it);
         }
-        if !self.limited && self.order == QueueOrder::Priority {
-            // A pass looks at the head and at most `depth` jobs after it.
-            let need = self.depth.saturating_add(1);
-            if !self.prefix.ok || (!self.prefix.complete && self.prefix.jobs.len() < need) {
-                self.merge_prefix(need.saturating_mul(2));
-            }
+        if self.uses_prefix() {
+            self.ensure_prefix();
             let this = &*self;
-            return f(this, &mut this.prefix.jobs.iter().rev().map(Head::at));
+
+            return f(
+                this,
+                &mut this
+                    .prefix
+                    .jobs
+                    .iter()
+                    .rev()
+                    .map(|h| this.place((h.slot, h.idx), true)),
+            );
         }
+        self.sync_heads();
         let buf = std::mem::take(&mut self.heap_buf);
         let mut order = self.merge(buf);
         let r = f(
@@ -787,16 +913,72 @@ impl BatchQueue {
         r
     }
 
+    /// The place `at` names: `(slot, number)` as the prefix keeps them (`numbered`, see
+    /// [`Account::seqs`]), or `(slot, index)`.
+    fn place(&self, (slot, idx): At, numbered: bool) -> At {
+        if numbered {
+            let seq = idx as u64;
+            let seqs = &self.accounts[slot as usize].seqs;
+            // Mostly the account's first job (the head always is).
+            if seqs.front() == Some(&seq) {
+                return (slot, 0);
+            }
+            let i = seqs
+                .binary_search(&seq)
+                .expect("a prefix entry's job is waiting");
+            (slot, i)
+        } else {
+            (slot, idx)
+        }
+    }
+
+    /// Whether passes read the kept prefix ([`Prefix`]): the indexed pass under the priority
+    /// order without limits.
+    fn uses_prefix(&self) -> bool {
+        !self.reference && !self.limited && self.order == QueueOrder::Priority
+    }
+
+    /// The prefix merged anew if a recalculation dropped it or starts shortened it below what
+    /// a pass looks at (the head and at most `depth` jobs after it).
+    fn ensure_prefix(&mut self) {
+        let need = self.depth.saturating_add(1);
+        if !self.prefix.ok || (!self.prefix.complete && self.prefix.jobs.len() < need) {
+            self.merge_prefix(need.saturating_mul(2));
+        }
+    }
+
+    /// `h` with its job's number in place of its index, as the prefix keeps it.
+    fn numbered(&self, h: Head) -> Head {
+        Head {
+            idx: self.accounts[h.slot as usize].seqs[h.idx] as usize,
+            ..h
+        }
+    }
+
+    /// Removes the job at `(slot, idx)` from its account's queue (and the prefix).
+    fn remove_job(&mut self, (slot, idx): At) -> BatchJob {
+        let a = &mut self.accounts[slot as usize];
+        let job = a.jobs.remove(idx).expect("index in range");
+        let seq = a.seqs.remove(idx).expect("index in range");
+        if a.jobs.is_empty() {
+            self.waiting.remove(slot);
+        }
+        self.len -= 1;
+        self.prefix.remove(slot, seq as usize);
+        job
+    }
+
     /// The prefix merged anew: the order's first `len` jobs.
     fn merge_prefix(&mut self, len: usize) {
         let mut jobs = std::mem::take(&mut self.prefix.jobs);
         jobs.clear();
+        self.sync_heads();
         let buf = std::mem::take(&mut self.heap_buf);
         let mut order = self.merge(buf);
         while jobs.len() < len
             && let Some(h) = order.next_head()
         {
-            jobs.push(h);
+            jobs.push(self.numbered(h));
         }
         jobs.reverse();
         self.heap_buf = order.heap.into_vec();
@@ -821,7 +1003,7 @@ impl BatchQueue {
 
     /// Removes the given jobs (each account's indices in any order); returns them in the
     /// order given.
-    fn take(&mut self, at: Vec<At>) -> Vec<BatchJob> {
+    fn take(&mut self, at: &[At]) -> Vec<BatchJob> {
         self.forget_window();
         if let [one] = at[..] {
             return vec![self.take_one(one)];
@@ -833,31 +1015,14 @@ impl BatchQueue {
             .collect();
         // Highest index first within an account, so earlier indices stay valid.
         by_index.sort_unstable_by(|a, b| (a.0, b.1).cmp(&(b.0, a.1)));
-        let priority = self.order == QueueOrder::Priority;
-        let mut touched: Vec<u32> = Vec::new();
-        if priority {
-            touched = by_index
-                .iter()
-                .filter(|&&(_, idx, _)| idx == 0)
-                .map(|&(slot, _, _)| slot)
-                .collect();
-            for &slot in &touched {
-                if let Some(h) = self.head(slot, 0) {
-                    self.heads.remove(&std::cmp::Reverse(h));
-                }
+        for &(slot, idx, _) in &by_index {
+            if idx == 0 {
+                self.first_changed(slot);
             }
         }
         let mut out: Vec<(usize, BatchJob)> = Vec::with_capacity(at.len());
         for (slot, idx, pos) in by_index {
-            let q = &mut self.accounts[slot as usize].jobs;
-            out.push((pos, q.remove(idx).expect("index in range")));
-            self.len -= 1;
-            self.prefix.remove((slot, idx));
-        }
-        for slot in touched {
-            if let Some(h) = self.head(slot, 0) {
-                self.heads.insert(std::cmp::Reverse(h));
-            }
+            out.push((pos, self.remove_job((slot, idx))));
         }
         out.sort_unstable_by_key(|&(pos, _)| pos);
         out.into_iter().map(|(_, j)| j).collect()
@@ -866,20 +1031,10 @@ impl BatchQueue {
     /// Removes one job.
     fn take_one(&mut self, (slot, idx): At) -> BatchJob {
         self.forget_window();
-        let first = self.order == QueueOrder::Priority && idx == 0;
-        if first && let Some(h) = self.head(slot, 0) {
-            self.heads.remove(&std::cmp::Reverse(h));
+        if idx == 0 {
+            self.first_changed(slot);
         }
-        let job = self.accounts[slot as usize]
-            .jobs
-            .remove(idx)
-            .expect("index in range");
-        self.len -= 1;
-        self.prefix.remove((slot, idx));
-        if first && let Some(h) = self.head(slot, 0) {
-            self.heads.insert(std::cmp::Reverse(h));
-        }
-        job
+        self.remove_job((slot, idx))
     }
 
     /// The head job (the highest priority not held by a limit), removed, if it may start now
@@ -898,12 +1053,20 @@ impl BatchQueue {
         self.forget_window();
         self.prefix.drop_all();
         self.len = 0;
+        self.waiting = IndexedSet::default();
         self.heads.clear();
         self.stale.clear();
+        self.moved.clear();
+        for a in &mut self.accounts {
+            a.entry = None;
+        }
         let mut all: Vec<BatchJob> = self
             .accounts
             .iter_mut()
-            .flat_map(|a| a.jobs.drain(..))
+            .flat_map(|a| {
+                a.seqs.clear();
+                a.jobs.drain(..)
+            })
             .collect();
         all.sort_by_key(|j| (j.submit_ms, j.copy, j.id));
         all
@@ -916,16 +1079,20 @@ impl BatchQueue {
         let Some(&slot) = self.slots.get(&0) else {
             return Vec::new();
         };
-        let q = &mut self.accounts[slot as usize].jobs;
+        let a = &mut self.accounts[slot as usize];
         let mut out = Vec::new();
         let mut i = 0;
-        while i < q.len() && free > 0 {
-            if q[i].units <= free {
-                free -= q[i].units;
-                out.push(q.remove(i).expect("index in range"));
+        while i < a.jobs.len() && free > 0 {
+            if a.jobs[i].units <= free {
+                free -= a.jobs[i].units;
+                out.push(a.jobs.remove(i).expect("index in range"));
+                a.seqs.remove(i);
             } else {
                 i += 1;
             }
+        }
+        if a.jobs.is_empty() {
+            self.waiting.remove(slot);
         }
         self.len -= out.len();
         out
@@ -935,13 +1102,87 @@ impl BatchQueue {
     /// `u64::MAX`) and the units spare then.
     fn shadow(&self, now: u64, free: u32, need: u32) -> (u64, u32) {
         let mut avail = free;
-        for &(end, _, units) in &self.planned_ends {
+        for &key in &self.planned_ends {
+            let (end, units) = ((key >> 64) as u64, key as u32);
             avail += units;
             if avail >= need {
                 return (end.max(now), avail - need);
             }
         }
         (u64::MAX, avail.saturating_sub(need))
+    }
+
+    /// One backfill scan over `order` (the head first; `numbered`: `order` is the kept
+    /// prefix, highest first, whose places hold job numbers, not indices): the
+    /// jobs it starts pushed to `chosen`
+    /// (what they add counted in `pass` under limits), and what it looked at recorded in
+    /// `seen`; whether `seen` is a window to keep (it started nothing; see [`Window`]).
+    fn scan(
+        &self,
+        mut order: impl Iterator<Item = Cand>,
+        numbered: bool,
+        now: u64,
+        free: u32,
+        out: ScanInto<'_>,
+    ) -> bool {
+        let ScanInto { pass, seen, chosen } = out;
+        let Some(head) = order.next() else {
+            return false;
+        };
+        let need = head.units;
+        let keep = !self.reference && !self.limited;
+        let mut left = free;
+        // The textbook pass works the shadow time out up front; the indexed one when a job
+        // that fits is found.
+        let mut plan = self.reference.then(|| self.shadow(now, free, need));
+        let mut looked = 0;
+        let mut last = None;
+        while left > 0 && looked < self.depth {
+            let Some(c) = order.next() else { break };
+            looked += 1;
+            // The prefix's jobs are recorded after the scan, only if it keeps a window.
+            if keep && !numbered {
+                seen.add(c.units, c.req_ms);
+            }
+            last = Some(c.at);
+            if c.units > left
+                || (self.limited && self.held(self.get(self.place(c.at, numbered)), Some(pass)))
+            {
+                continue;
+            }
+            let (shadow, extra) = plan.get_or_insert_with(|| self.shadow(now, free, need));
+            let ends_in_time = now + c.req_ms <= *shadow;
+            if !ends_in_time && c.units > *extra {
+                continue;
+            }
+            if !ends_in_time {
+                *extra -= c.units;
+            }
+            left -= c.units;
+            if self.limited {
+                pass.add(self.get(self.place(c.at, numbered)), true);
+            }
+            chosen.push(self.place(c.at, numbered));
+        }
+        let window = keep && chosen.is_empty();
+        if window {
+            if numbered {
+                // The jobs looked at after the head: the prefix's next `looked`.
+                for h in self.prefix.jobs.iter().rev().skip(1).take(looked) {
+                    seen.add(h.units, h.req_ms);
+                }
+            }
+            seen.need = need;
+            seen.head_req_ms = head.req_ms;
+            let (slot, idx) = self.place(head.at, numbered);
+            seen.head = self.head(slot, idx);
+            seen.full = looked == self.depth;
+            seen.last = last.and_then(|at| {
+                let (slot, idx) = self.place(at, numbered);
+                self.head(slot, idx)
+            });
+        }
+        window
     }
 
     /// Jobs behind a blocked head that EASY backfill starts now, removed from the queue (in
@@ -960,70 +1201,62 @@ impl BatchQueue {
         }
         let mut pass = std::mem::take(&mut self.pass);
         pass.clear();
-        let depth = self.depth;
-        let reference = self.reference;
-        // Whether to keep what the scan looks at, should it start nothing.
-        let keep = !self.reference && !self.limited;
-        let mut seen = std::mem::take(&mut self.spare);
+        // A window that may let a job start is replaced by what this scan looks at: its
+        // buffer is reused.
+        let mut seen = match self.window.take() {
+            Some(w) => w,
+            None => std::mem::take(&mut self.spare),
+        };
         seen.jobs.clear();
         seen.least_units = u32::MAX;
-        let (chosen, window) = self.with_order(|q, order| {
-            let mut chosen = Vec::new();
-            let Some(head) = order.next() else {
-                return (chosen, false);
+        let mut chosen = std::mem::take(&mut self.chosen_buf);
+        chosen.clear();
+        let window = if self.uses_prefix() {
+            // The kept prefix read directly: its entries carry what the scan reads.
+            self.ensure_prefix();
+            let this = &*self;
+            let order = this.prefix.jobs.iter().rev().map(|h| Cand {
+                at: (h.slot, h.idx),
+                units: h.units,
+                req_ms: h.req_ms,
+            });
+            let out = ScanInto {
+                pass: &mut pass,
+                seen: &mut seen,
+                chosen: &mut chosen,
             };
-            let need = q.get(head).units;
-            let mut left = free;
-            // The textbook pass works the shadow time out up front; the indexed one when a job
-            // that fits is found.
-            let mut plan = reference.then(|| q.shadow(now, free, need));
-            let mut looked = 0;
-            let mut last = None;
-            while left > 0 && looked < depth {
-                let Some(at) = order.next() else { break };
-                looked += 1;
-                let j = q.get(at);
-                if keep {
-                    seen.add(j.units, j.req_ms);
-                    last = Some(at);
-                }
-                if j.units > left || q.held(j, Some(&pass)) {
-                    continue;
-                }
-                let (shadow, extra) = plan.get_or_insert_with(|| q.shadow(now, free, need));
-                let ends_in_time = now + j.req_ms <= *shadow;
-                if !ends_in_time && j.units > *extra {
-                    continue;
-                }
-                if !ends_in_time {
-                    *extra -= j.units;
-                }
-                left -= j.units;
-                if q.limited {
-                    pass.add(j, true);
-                }
-                chosen.push(at);
-            }
-            let window = keep && chosen.is_empty();
-            if window {
-                seen.need = need;
-                seen.head_req_ms = q.get(head).req_ms;
-                seen.head = q.head(head.0, head.1);
-                seen.full = looked == depth;
-                seen.last = last.and_then(|(slot, idx)| q.head(slot, idx));
-            }
-            (chosen, window)
-        });
+            this.scan(order, true, now, free, out)
+        } else {
+            self.with_order(|q, order| {
+                let order = order.map(|at| {
+                    let j = q.get(at);
+                    Cand {
+                        at,
+                        units: j.units,
+                        req_ms: j.req_ms,
+                    }
+                });
+                let out = ScanInto {
+                    pass: &mut pass,
+                    seen: &mut seen,
+                    chosen: &mut chosen,
+                };
+                q.scan(order, false, now, free, out)
+            })
+        };
         self.pass = pass;
         if window {
             self.window = Some(seen);
         } else {
-            self.spare = seen;
+            self.keep_spare(seen);
         }
-        if chosen.is_empty() {
-            return Vec::new();
-        }
-        self.take(chosen)
+        let started = if chosen.is_empty() {
+            Vec::new()
+        } else {
+            self.take(&chosen)
+        };
+        self.chosen_buf = chosen;
+        started
     }
 }
 

@@ -123,6 +123,10 @@ pub(super) struct Sim<'a> {
     pub overcommit: u64,
     /// The next end entry's generation (see [`Running::generation`]).
     next_generation: u32,
+    /// The allocator's answer for the job starting, and the node lists of jobs that ended
+    /// (kept, so a start allocates nothing).
+    parts: Vec<(NodeId, u32)>,
+    node_lists: Vec<Vec<(NodeId, u32, u64)>>,
 }
 
 impl<'a> Sim<'a> {
@@ -178,6 +182,8 @@ impl<'a> Sim<'a> {
             superseded_ends: 0,
             overcommit: 0,
             next_generation: 0,
+            parts: Vec::new(),
+            node_lists: Vec::new(),
         }
     }
 
@@ -327,9 +333,10 @@ impl<'a> Sim<'a> {
     }
 
     pub fn start_job(&mut self, job: BatchJob, now: u64) {
-        let Some(parts) = self.alloc.take(job.procs) else {
+        let mut parts = std::mem::take(&mut self.parts);
+        if !self.alloc.take_into(job.procs, &mut parts) {
             unreachable!("the queue checked that {} units are free", job.units)
-        };
+        }
         let slot = self.free_slots.pop().unwrap_or_else(|| {
             self.running.push(None);
             (self.running.len() - 1) as u32
@@ -339,7 +346,8 @@ impl<'a> Sim<'a> {
             *d = self.cost.draw(CLASSES[c], &mut self.rng);
         }
         let sensitive = self.rng.unit() < self.cfg.sensitive_fraction;
-        let mut nodes = Vec::with_capacity(parts.len());
+        let mut nodes = self.node_lists.pop().unwrap_or_default();
+        nodes.reserve(parts.len());
         let mut coloc = [0u32; 3];
         for &(node, cores) in &parts {
             let total = self.cluster.node(node).expect("node exists").total;
@@ -366,6 +374,7 @@ impl<'a> Sim<'a> {
             self.flags(node);
             nodes.push((node, cores, mem));
         }
+        self.parts = parts;
         let job = BatchJob { sensitive, ..job };
         self.jobs.started(&job, now);
         self.running[slot as usize] = Some(Running {
@@ -418,6 +427,9 @@ impl<'a> Sim<'a> {
         }
         self.free_slots.push(slot);
         self.jobs.ended(&r, now);
+        let mut nodes = r.nodes;
+        nodes.clear();
+        self.node_lists.push(nodes);
     }
 
     pub fn batch_pass(&mut self, now: u64) {

@@ -75,7 +75,17 @@ impl FairShare {
 
     /// Slurm's classic fair-share factor `2^(-(U_a / U) / S_a)`, `S_a = 1 / accounts`.
     pub fn factor(&self, account: u64, now: u64) -> f64 {
-        let total = self.total.at(now, self.lambda);
+        self.factor_given(account, now, self.total_at(now))
+    }
+
+    /// Every account's decayed usage at `now` (`U`, core-milliseconds), for
+    /// [`FairShare::factor_given`]: a recalculation works it out once, not once an account.
+    pub fn total_at(&self, now: u64) -> f64 {
+        self.total.at(now, self.lambda)
+    }
+
+    /// [`FairShare::factor`] with `total` = [`FairShare::total_at`]`(now)`.
+    pub fn factor_given(&self, account: u64, now: u64, total: f64) -> f64 {
         if total <= 0.0 {
             return 1.0;
         }
