@@ -116,6 +116,18 @@ pub fn thread_cpu_s() -> Option<f64> {
     Some(ns as f64 / 1e9)
 }
 
+/// The least CPU time a rate is computed from: a loop shorter than this reads as 0 or a few
+/// microseconds of CPU (the kernel charges a running thread at ticks and switches), and its
+/// rate would be noise, or billions of events a second.
+const MIN_TIMED_CPU_S: f64 = 1e-3;
+
+/// Events per CPU second, `None` where the CPU time is unknown or too short to time.
+fn events_per_cpu_s(events: u64, cpu_s: Option<f64>) -> Option<f64> {
+    cpu_s
+        .filter(|&c| c >= MIN_TIMED_CPU_S)
+        .map(|c| events as f64 / c)
+}
+
 /// Runs one simulation, reading its inputs.
 pub fn run(cfg: &SimConfig, progress: impl FnMut(Progress)) -> Result<Outcome, SimError> {
     let mut inputs = Inputs::load(cfg)?;
@@ -249,7 +261,7 @@ pub fn run_with(
     let mut summary = summarize(&mut sim, cfg, inputs, nodes, copies, wall_s);
     summary.allocation = mode;
     summary.cpu_s = cpu_s;
-    summary.events_per_cpu_s = cpu_s.map(|c| sim.events as f64 / c.max(1e-9));
+    summary.events_per_cpu_s = events_per_cpu_s(sim.events, cpu_s);
     summary.accounts = accounts;
     summary.allocation_reason = reason;
     summary.util_cores_trace = util_trace;
@@ -433,5 +445,19 @@ fn summarize(
         },
         cost_model: inputs.cost.clone(),
         warnings: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::events_per_cpu_s;
+
+    #[test]
+    fn a_rate_needs_cpu_time_long_enough_to_read() {
+        assert_eq!(events_per_cpu_s(1000, None), None);
+        // A loop the kernel charged nothing (or microseconds) gives no rate, not billions.
+        assert_eq!(events_per_cpu_s(399, Some(0.0)), None);
+        assert_eq!(events_per_cpu_s(399, Some(2e-6)), None);
+        assert_eq!(events_per_cpu_s(3000, Some(0.002)), Some(1_500_000.0));
     }
 }
