@@ -22,8 +22,8 @@ use super::controller::{Actuator, Controller, Decision, LeaseActuator, LeaseCont
 use super::detector::{self, Context, Detector, Finding, FreezeProbe, ProbeJob, ProbeResult};
 use super::settings::{InterferenceConfig, Mode};
 use super::signals::{
-    JobTarget, LeaseTarget, MIN_CPU_FOR_EFFICIENCY, Sample, Snapshot, Source, Target, Targets,
-    names,
+    JobTarget, LeaseTarget, MIN_CPU_FOR_EFFICIENCY, MIN_CPU_FOR_PROBE, Sample, Snapshot, Source,
+    Target, Targets, names,
 };
 use super::sources::{
     CgroupSignals, GpuSignals, NvmlTelemetry, PerfSignals, PressureSignals, ProgressSignals,
@@ -578,12 +578,20 @@ impl Monitor {
         let mut jobs = Vec::new();
         for job in &targets.jobs {
             let t = Target::Job(job.job_id);
+            // A job that used next to no CPU in every window was idle (asleep, on I/O): its CPU
+            // time and instructions are noise, which read as harm as easily as not.
+            let idle = [(&s0, &s1), (&s2, &s3), (&s3b, &s4)]
+                .iter()
+                .all(|(a, b)| rate(a, b, &t, names::CPU).is_some_and(|c| c < MIN_CPU_FOR_PROBE));
             for signal in [
                 names::EFFICIENCY,
                 names::PROGRESS,
                 names::INSTRUCTIONS,
                 names::CPU,
             ] {
+                if idle && (signal == names::CPU || signal == names::INSTRUCTIONS) {
+                    continue;
+                }
                 let (Some(on1), Some(off), Some(on2)) = (
                     rate(&s0, &s1, &t, signal),
                     rate(&s2, &s3, &t, signal),

@@ -202,6 +202,11 @@ impl Sample {
 /// Below this many cores in use a job's progress per CPU-second is too noisy to derive.
 pub const MIN_CPU_FOR_EFFICIENCY: f64 = 0.05;
 
+/// Below this many cores in use in every window of a probe, a job is idle (asleep, waiting on
+/// I/O): its CPU time and instructions read as noise (0 against 0.0002 cores is "100% slower"),
+/// so a probe takes no reading of those from it.
+pub const MIN_CPU_FOR_PROBE: f64 = 0.05;
+
 /// Rates and gauges over one interval.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {

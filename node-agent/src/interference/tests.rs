@@ -823,3 +823,58 @@ async fn a_gpu_job_slowed_for_heat_beside_a_lease_escalates_the_control_level() 
     assert_eq!(state.signals["batch.7.gpu_slowdown"], 1.0);
     assert_ne!(act.control("L1"), Some(LeaseControl::normal(1)));
 }
+
+/// A sleeping job's CPU time: nothing while the lease runs, a trace (0.0002 cores, a shell
+/// waking) while a probe pauses it. Before the idle floor a probe read that as "100% slower"
+/// and throttled the lease as a culprit (seen on the local cluster beside `sleep` jobs).
+#[derive(Debug)]
+struct IdleJob {
+    act: FakeActuator,
+    cpu: f64,
+    last: Option<std::time::Instant>,
+}
+
+impl Source for IdleJob {
+    fn name(&self) -> &'static str {
+        "idle-job"
+    }
+    fn read(&mut self, _targets: &super::signals::Targets, out: &mut super::signals::Collector) {
+        let now = std::time::Instant::now();
+        if let Some(last) = self.last
+            && !self.act.running("L1")
+        {
+            self.cpu += 0.0002 * now.duration_since(last).as_secs_f64();
+        }
+        self.last = Some(now);
+        out.counter(Target::Job(7), names::CPU, self.cpu);
+    }
+}
+
+#[tokio::test]
+async fn a_probe_beside_an_idle_job_reads_no_harm_from_its_cpu_noise() {
+    let targets = FakeTargets::with(&[7], &["L1"]);
+    let act = FakeActuator::default();
+    let stats = Arc::new(NodeStats::default());
+    let parts = Parts {
+        sources: vec![Box::new(IdleJob {
+            act: act.clone(),
+            cpu: 0.0,
+            last: None,
+        })],
+        targets: Box::new(targets.clone()),
+        actuator: Box::new(act.clone()),
+        evictor: Arc::new(FakeEvictor::default()),
+        stats: stats.clone(),
+    };
+    let mut m = Monitor::new(probe_cfg(), "n1", 1, parts);
+    let t0 = Instant::now();
+    for i in 0..20u32 {
+        m.tick_at(t0 + PERIOD * i).await;
+    }
+    let state = stats.interference().unwrap();
+    // The probes ran (and paused the lease, so the job's noise was there to misread) ...
+    assert!(state.actions["probes"] >= 2, "{:?}", state.actions);
+    // ... and found nothing to act on: the lease stays at none, never a culprit.
+    assert_eq!(m.level(), Level::None, "{:?}", state.actions);
+    assert_eq!(act.control("L1"), Some(LeaseControl::normal(1)));
+}
