@@ -427,9 +427,10 @@ fn read_full(
 /// The raw TCP echo server: length-prefixed messages back as they came.
 pub fn raw_echo_server(args: RawEchoArgs) -> Result<()> {
     let l = TcpListener::bind("127.0.0.1:0")?;
-    let tmp = args.ready_file.with_extension("tmp");
-    std::fs::write(&tmp, l.local_addr()?.to_string())?;
-    std::fs::rename(&tmp, &args.ready_file)?;
+    crate::cmd::interference::write_whole(
+        &args.ready_file,
+        l.local_addr()?.to_string().as_bytes(),
+    )?;
     let (mut s, _) = l.accept()?;
     s.set_nodelay(true)?;
     s.set_nonblocking(args.spin)?;

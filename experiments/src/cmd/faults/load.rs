@@ -5,7 +5,6 @@
 //! an explicit error with its category, a result later than its deadline, or nothing at all
 //! (still in flight past its deadline when the client stopped: a silent loss).
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -200,9 +199,7 @@ pub fn run_client(a: ClientArgs) -> Result<()> {
         }
     }
     let events = std::mem::take(&mut *shared.events.lock().expect("events"));
-    let tmp = a.out.with_extension("tmp");
-    std::fs::File::create(&tmp)?.write_all(serde_json::to_string(&events)?.as_bytes())?;
-    std::fs::rename(&tmp, &a.out)?;
+    crate::cmd::interference::write_whole(&a.out, serde_json::to_string(&events)?.as_bytes())?;
     // Threads stuck in a call are abandoned: the process exits.
     std::process::exit(0)
 }

@@ -21,16 +21,61 @@ pub struct ClientArgs {
     lib: PathBuf,
     #[arg(long, default_value = "thrash")]
     function: String,
-    /// Written once the first lease is ready.
+    #[command(flatten)]
+    files: ClientFiles,
+}
+
+/// What an experiment and its hidden client agree on (interference's and remote-memory's):
+/// where the client says its first lease is ready, the file whose appearance stops it, where its
+/// result goes, and the most it runs.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ClientFiles {
+    /// Written once the first lease is ready: its id.
     #[arg(long)]
-    ready_file: PathBuf,
+    pub(crate) ready_file: PathBuf,
     /// The client stops when this file appears.
     #[arg(long)]
-    stop_file: PathBuf,
+    pub(crate) stop_file: PathBuf,
+    /// The client's result (JSON), written whole when it ends.
     #[arg(long)]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
+    /// The most the client runs (seconds).
     #[arg(long, default_value_t = 900)]
-    max_seconds: u64,
+    pub(crate) max_seconds: u64,
+}
+
+impl ClientFiles {
+    /// The most the client runs.
+    pub(crate) fn max(&self) -> Duration {
+        Duration::from_secs(self.max_seconds)
+    }
+
+    /// Whether the client is to stop: the stop file appeared, or `max` has passed since `t0`.
+    pub(crate) fn stopped(&self, t0: Instant) -> bool {
+        self.stop_file.exists() || t0.elapsed() >= self.max()
+    }
+
+    /// Says the first lease, `lease`, is ready (later leases leave the file as it is).
+    pub(crate) fn ready(&self, lease: &str) -> std::io::Result<()> {
+        if self.ready_file.exists() {
+            return Ok(());
+        }
+        std::fs::write(&self.ready_file, lease)
+    }
+
+    /// Writes the result to `out` whole (beside it, then renamed): the experiment reads a
+    /// complete file or none.
+    pub(crate) fn write_out(&self, text: &str) -> std::io::Result<()> {
+        write_whole(&self.out, text.as_bytes())
+    }
+}
+
+/// Writes `bytes` to `path` whole: to `<path>.tmp`, then renamed over `path`, so a reader sees
+/// all of it or nothing.
+pub(crate) fn write_whole(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::File::create(&tmp)?.write_all(bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// A function or memory client's result (interference's and remote-memory's clients).
@@ -53,11 +98,11 @@ pub fn run_client(a: ClientArgs) -> Result<()> {
     let mut sched = rt.block_on(crate::cluster::connect_scheduler(&a.scheduler))?;
     let mut out = ClientOut::default();
     let t0 = Instant::now();
-    let max = Duration::from_secs(a.max_seconds);
-    while !a.stop_file.exists() && t0.elapsed() < max {
+    let files = &a.files;
+    while !files.stopped(t0) {
         let mut req = LeaseRequest::new(1, library.clone());
         req.memory_mib = 256;
-        req.lifetime = Some(max);
+        req.lifetime = Some(files.max());
         let lease = match rt.block_on(sched.acquire(&req)) {
             Ok(l) => l,
             Err(e) => {
@@ -71,12 +116,10 @@ pub fn run_client(a: ClientArgs) -> Result<()> {
             out.errors
                 .push(format!("lease {}: pinning the client: {e:#}", lease.id));
         }
-        if !a.ready_file.exists() {
-            std::fs::write(&a.ready_file, &lease.id)?;
-        }
+        files.ready(&lease.id)?;
         let mut conn = lease.connect(Polling::Block)?;
         let mut buf = Vec::new();
-        while !a.stop_file.exists() && t0.elapsed() < max {
+        while !files.stopped(t0) {
             match conn.invoke_into(&a.function, &[], Some(Duration::from_secs(30)), &mut buf) {
                 Ok(()) => out.completions_unix_ms.push(now_ms()),
                 Err(e) => {
@@ -87,9 +130,7 @@ pub fn run_client(a: ClientArgs) -> Result<()> {
         }
         let _ = rt.block_on(sched.release(&lease.id));
     }
-    let tmp = a.out.with_extension("tmp");
-    std::fs::File::create(&tmp)?.write_all(serde_json::to_string(&out)?.as_bytes())?;
-    std::fs::rename(&tmp, &a.out)?;
+    files.write_out(&serde_json::to_string(&out)?)?;
     Ok(())
 }
 

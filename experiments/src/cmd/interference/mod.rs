@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use serde::{Deserialize, Serialize};
 
-pub(crate) use client::ClientOut;
 pub use client::{ClientArgs, run_client};
+pub(crate) use client::{ClientFiles, ClientOut, write_whole};
 pub(crate) use node::Cluster;
 use node::{busy_cpus, cap_lease, cpu_ticks, wait_for, wait_quiet};
 use report::{summarize, write_results};

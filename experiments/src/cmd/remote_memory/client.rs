@@ -5,7 +5,6 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +14,7 @@ use harvest_core::region::MemorySpec;
 use serde::{Deserialize, Serialize};
 
 use super::report::{GB, pace_wait, percentile};
+use crate::cmd::interference::ClientFiles;
 use crate::cmd::interference::client::now_ms;
 
 /// One large operation: the executor's default maximum transfer.
@@ -50,15 +50,8 @@ pub struct MemoryClientArgs {
     /// stream: offered rate, GB/s (reads and writes together); 0: as fast as it goes.
     #[arg(long, default_value_t = 0.0)]
     rate_gbps: f64,
-    /// Written once the lease is ready: its id.
-    #[arg(long)]
-    ready_file: PathBuf,
-    #[arg(long)]
-    stop_file: PathBuf,
-    #[arg(long)]
-    out: PathBuf,
-    #[arg(long, default_value_t = 900)]
-    max_seconds: u64,
+    #[command(flatten)]
+    files: ClientFiles,
 }
 
 /// The transport figures.
@@ -91,7 +84,7 @@ pub fn run_memory_client(a: MemoryClientArgs) -> Result<()> {
     let text = match a.mode.as_str() {
         "transport" => {
             let lease = rt.block_on(acquire_on(&mut sched, spec, &a.node))?;
-            std::fs::write(&a.ready_file, &lease.id)?;
+            a.files.ready(&lease.id)?;
             let result = transport(&a, &lease);
             let _ = rt.block_on(sched.release(&lease.id));
             serde_json::to_string(&result?)?
@@ -99,9 +92,7 @@ pub fn run_memory_client(a: MemoryClientArgs) -> Result<()> {
         "stream" => serde_json::to_string(&stream(&a, &rt, &mut sched, spec)?)?,
         m => bail!("--mode {m:?}: use transport or stream"),
     };
-    let tmp = a.out.with_extension("tmp");
-    std::fs::File::create(&tmp)?.write_all(text.as_bytes())?;
-    std::fs::rename(&tmp, &a.out)?;
+    a.files.write_out(&text)?;
     Ok(())
 }
 
@@ -308,8 +299,8 @@ fn stream(
     let completions = Arc::new(Mutex::new(Vec::new()));
     let errors = Arc::new(Mutex::new(Vec::new()));
     let t0 = Instant::now();
-    let max = Duration::from_secs(a.max_seconds);
-    let stopped = || a.stop_file.exists() || t0.elapsed() >= max;
+    let max = a.files.max();
+    let stopped = || a.files.stopped(t0);
     while !stopped() {
         let lease = match rt.block_on(acquire_on(sched, spec, &a.node)) {
             Ok(l) => l,
@@ -320,13 +311,11 @@ fn stream(
             }
         };
         out.leases.push(lease.id.clone());
-        if !a.ready_file.exists() {
-            std::fs::write(&a.ready_file, &lease.id)?;
-        }
+        a.files.ready(&lease.id)?;
         let rate = (a.rate_gbps > 0.0).then_some(a.rate_gbps * GB);
         let threads: Vec<_> = {
             let (lease, completions, errors) = (lease.clone(), completions.clone(), errors.clone());
-            let (stop, depth) = (a.stop_file.clone(), a.depth);
+            let (stop, depth) = (a.files.stop_file.clone(), a.depth);
             let left = max - t0.elapsed().min(max);
             vec![std::thread::spawn(move || {
                 let r = paced(&lease, rate, depth, &stop, left, &completions);
