@@ -80,7 +80,7 @@ impl ProbeJob {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProbeResult {
     pub jobs: Vec<ProbeJob>,
-    /// How long the executors were frozen.
+    /// How long the lease was paused (the field keeps the freezer's name).
     pub frozen: Duration,
 }
 

@@ -463,6 +463,18 @@ fn monitor(
     sources: Vec<Box<dyn Source>>,
 ) -> (Monitor, FakeActuator, FakeEvictor, Arc<NodeStats>) {
     let actuator = FakeActuator::default();
+    let (m, evictor, stats) = monitor_acting(cfg, targets, &actuator, sources);
+    (m, actuator, evictor, stats)
+}
+
+/// [`monitor`] with `actuator`, which sources that model the job (and see what is paused)
+/// share.
+fn monitor_acting(
+    cfg: InterferenceConfig,
+    targets: &FakeTargets,
+    actuator: &FakeActuator,
+    sources: Vec<Box<dyn Source>>,
+) -> (Monitor, FakeEvictor, Arc<NodeStats>) {
     let evictor = FakeEvictor {
         targets: targets.clone(),
         ..FakeEvictor::default()
@@ -475,7 +487,7 @@ fn monitor(
         evictor: Arc::new(evictor.clone()),
         stats: stats.clone(),
     };
-    (Monitor::new(cfg, "n1", 1, parts), actuator, evictor, stats)
+    (Monitor::new(cfg, "n1", 1, parts), evictor, stats)
 }
 
 /// A recorded series for job 7: `cpu` and `runq_wait` counters growing by the given rates.
@@ -588,15 +600,7 @@ async fn the_freeze_probe_finds_the_quota_that_keeps_the_job_within_the_threshol
     let act = FakeActuator::default();
     // 15% slower beside the lease, proportionally less under a quota: 1.5% at 10%.
     let model = ModelJob::new(7, 1000.0, &[("L1", 0.15)], &act);
-    let stats = Arc::new(NodeStats::default());
-    let parts = Parts {
-        sources: vec![Box::new(model)],
-        targets: Box::new(targets.clone()),
-        actuator: Box::new(act.clone()),
-        evictor: Arc::new(FakeEvictor::default()),
-        stats: stats.clone(),
-    };
-    let mut m = Monitor::new(probe_cfg(), "n1", 1, parts);
+    let (mut m, _, stats) = monitor_acting(probe_cfg(), &targets, &act, vec![Box::new(model)]);
     let t0 = Instant::now();
     let mut levels = Vec::new();
     for i in 0..30u32 {
@@ -637,24 +641,12 @@ async fn harm_that_survives_every_quota_freezes_then_evicts_with_the_reason() {
     let targets = FakeTargets::with(&[7], &["L1"]);
     let act = FakeActuator::default();
     let model = ModelJob::new(7, 1000.0, &[("L1", 0.5)], &act);
-    let stats = Arc::new(NodeStats::default());
-    let evictor = FakeEvictor {
-        targets: targets.clone(),
-        ..FakeEvictor::default()
-    };
     let cfg = InterferenceConfig {
         evict_after_failed_relaxes: 2,
         evict_hold: Duration::from_secs(5),
         ..probe_cfg()
     };
-    let parts = Parts {
-        sources: vec![Box::new(model)],
-        targets: Box::new(targets.clone()),
-        actuator: Box::new(act.clone()),
-        evictor: Arc::new(evictor.clone()),
-        stats: stats.clone(),
-    };
-    let mut m = Monitor::new(cfg, "n1", 1, parts);
+    let (mut m, evictor, stats) = monitor_acting(cfg, &targets, &act, vec![Box::new(model)]);
     let t0 = Instant::now();
     let mut levels = Vec::new();
     for i in 0..60u32 {
@@ -854,19 +846,12 @@ impl Source for IdleJob {
 async fn a_probe_beside_an_idle_job_reads_no_harm_from_its_cpu_noise() {
     let targets = FakeTargets::with(&[7], &["L1"]);
     let act = FakeActuator::default();
-    let stats = Arc::new(NodeStats::default());
-    let parts = Parts {
-        sources: vec![Box::new(IdleJob {
-            act: act.clone(),
-            cpu: 0.0,
-            last: None,
-        })],
-        targets: Box::new(targets.clone()),
-        actuator: Box::new(act.clone()),
-        evictor: Arc::new(FakeEvictor::default()),
-        stats: stats.clone(),
+    let idle = IdleJob {
+        act: act.clone(),
+        cpu: 0.0,
+        last: None,
     };
-    let mut m = Monitor::new(probe_cfg(), "n1", 1, parts);
+    let (mut m, _, stats) = monitor_acting(probe_cfg(), &targets, &act, vec![Box::new(idle)]);
     let t0 = Instant::now();
     for i in 0..20u32 {
         m.tick_at(t0 + PERIOD * i).await;
