@@ -121,9 +121,10 @@ pub struct LeaseRequest {
     /// default).
     pub idle_timeout: Option<Duration>,
     pub library: Library,
-    /// Busy-poll window after each invocation: `None` the executor's default, `Some(None)`
-    /// always hot, `Some(Some(d))` that long.
-    pub hot_window: Option<Option<Duration>>,
+    /// How long the executor's workers busy-poll for the next request after each answer
+    /// (rFaaS's hot mode: lower latency, the leased cores burnt while waiting). `None` is warm,
+    /// a lease's default: workers sleep in `poll`.
+    pub hot_window: Option<harvest_core::HotWindow>,
     /// Timeout of invocations that ask for none (`None`: the executor's default).
     pub default_timeout: Option<Duration>,
     /// A memory lease of this region (see [`LeaseRequest::memory`]): `cores`, `gpus` and
@@ -448,11 +449,10 @@ impl SchedulerClient {
         };
         let executor = (req.hot_window.is_some() || req.default_timeout.is_some()).then(|| {
             v1::ExecutorOptions {
-                hot_window_us: match req.hot_window {
-                    None => 0,
-                    Some(None) => -1,
-                    Some(Some(d)) => d.as_micros().min(i64::MAX as u128) as i64,
-                },
+                hot_window_us: req
+                    .hot_window
+                    .unwrap_or(harvest_core::HotWindow::WARM)
+                    .to_wire_us(),
                 default_timeout_ms: req
                     .default_timeout
                     .map_or(0, |d| d.as_millis().clamp(1, u32::MAX as u128) as u32),

@@ -16,6 +16,7 @@
 //! - [`step`]: what the SPANK plugin tells the node agent about each job step, and the wire framing.
 
 pub mod cpuset;
+pub mod hot;
 pub mod invoke;
 pub mod mountinfo;
 pub mod node;
@@ -25,5 +26,6 @@ pub mod step;
 pub mod units;
 
 pub use cpuset::{CpuSet, CpuSetParseError};
+pub use hot::HotWindow;
 pub use node::{Counts, CpuBreakdown, GpuBreakdown, MemoryBreakdown, NodeView, STATES, Usage};
 pub use units::{UnitParseError, format_duration, parse_duration, parse_memory_mib};

@@ -36,30 +36,7 @@ pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 /// inherit it.
 pub const SECRET_ENV: &str = "HARVEST_LEASE_SECRET";
 
-/// How long a worker busy-polls for the next request after finishing one (rFaaS's hot mode).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HotWindow {
-    /// Never block: lowest latency, burns the leased core.
-    Always,
-    /// Busy-poll this long, then block. Zero is warm mode.
-    For(Duration),
-}
-
-impl HotWindow {
-    /// Warm mode: always block.
-    pub const WARM: HotWindow = HotWindow::For(Duration::ZERO);
-
-    /// Parses `always`, `warm`/`0`, or a duration (`100us`, `5ms`).
-    pub fn parse(text: &str) -> Result<Self, String> {
-        match text.trim() {
-            "always" | "-1" => Ok(Self::Always),
-            "warm" | "0" => Ok(Self::WARM),
-            d => harvest_core::parse_duration(d)
-                .map(Self::For)
-                .map_err(|e| format!("{e}; or 'always' (hot) or 'warm'")),
-        }
-    }
-}
+pub use harvest_core::HotWindow;
 
 /// Everything an executor needs to run.
 #[derive(Debug, Clone)]
@@ -121,23 +98,5 @@ impl ExecutorConfig {
             oom_events: None,
             activity_file: None,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hot_windows() {
-        assert_eq!(HotWindow::parse("always").unwrap(), HotWindow::Always);
-        assert_eq!(HotWindow::parse("-1").unwrap(), HotWindow::Always);
-        assert_eq!(HotWindow::parse("warm").unwrap(), HotWindow::WARM);
-        assert_eq!(
-            HotWindow::parse("100us").unwrap(),
-            HotWindow::For(Duration::from_micros(100))
-        );
-        let err = HotWindow::parse("soon").unwrap_err();
-        assert!(err.contains("always"), "{err}");
     }
 }

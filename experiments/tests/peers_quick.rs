@@ -28,7 +28,7 @@ fn compare_peers_quick_measures_every_system_and_workload() {
     let rows = v["rows"].as_array().unwrap();
     let systems = [
         "harvest-rust",
-        "harvest-rust-spin",
+        "harvest-rust-hot",
         "harvest-python",
         "srun",
         "parsl-htex",

@@ -44,6 +44,18 @@ def _seconds(value: Optional[Seconds], what: str) -> Optional[float]:
     return float(value)
 
 
+def _hot(value: Union[str, float, None]) -> Optional[str]:
+    """``hot=``: ``"always"``, ``"warm"``, a duration (``"250us"``) or seconds, as the executor's
+    ``--hot`` reads it (its words and durations are checked there)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"hot must be 'always', 'warm', a duration such as '250us' or seconds, not {value!r}")
+    if not 0 <= value < 1e9:
+        raise ValueError(f"hot must be 0 (warm) or more seconds, not {value}")
+    return f"{round(value * 1e6)}us"
+
+
 def _bytes(data: Data) -> bytes:
     if isinstance(data, bytes):
         return data
@@ -82,6 +94,11 @@ class Lease:
     ``failover=False``), as ``harvest invoke`` does; :attr:`revocations` lists what happened.
     Failures raise :class:`harvest.HarvestError` subclasses named after the CLI's exit-code
     categories. Invocations release the GIL.
+
+    ``hot="always"`` asks for rFaaS's hot invocations: the executor's workers busy-poll for the
+    next request (the leased cores burnt while the lease waits); pair it with ``spin=True``, which
+    busy-polls here for the answers. A window (``hot="250us"``) stays hot through bursts and
+    sleeps between them. The default is warm: both sides sleep, and a call costs a wake-up.
     """
 
     def __init__(
@@ -101,6 +118,7 @@ class Lease:
         connections: Optional[int] = None,
         max_in_flight: Optional[int] = None,
         spin: bool = False,
+        hot: Union[str, float, None] = None,
     ) -> None:
         lib_path = lib_bytes = None
         if isinstance(lib, (bytes, bytearray)):
@@ -130,6 +148,7 @@ class Lease:
                 connections=connections or 0,
                 pipeline_depth=PIPELINE_DEPTH,
                 spin=spin,
+                hot=_hot(hot),
             ),
             max_in_flight,
         )

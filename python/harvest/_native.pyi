@@ -21,6 +21,7 @@ class Session:
         connections: int = 0,
         pipeline_depth: int = 8,
         spin: bool = False,
+        hot: Optional[str] = None,
         region_mib: int = 0,
         cpu_millis: int = 0,
         avoid_nodes: list[str] = ...,

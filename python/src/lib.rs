@@ -62,7 +62,7 @@ impl PySession {
         *, lib_path=None, lib_bytes=None, lib_on_node=None, cores=1, mem_mib=0, gpus=0,
         lifetime_s=None, idle_timeout_s=None, default_timeout_s=None, scheduler=None,
         failover=true, failover_deadline_s=30.0, connections=0, pipeline_depth=8, spin=false,
-        region_mib=0, cpu_millis=0, avoid_nodes=Vec::new()
+        hot=None, region_mib=0, cpu_millis=0, avoid_nodes=Vec::new()
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -82,6 +82,7 @@ impl PySession {
         connections: usize,
         pipeline_depth: usize,
         spin: bool,
+        hot: Option<String>,
         region_mib: u64,
         cpu_millis: u32,
         avoid_nodes: Vec<String>,
@@ -117,6 +118,12 @@ impl PySession {
         request.lifetime = seconds(lifetime_s, "lifetime")?;
         request.idle_timeout = seconds(idle_timeout_s, "idle_timeout")?;
         request.default_timeout = seconds(default_timeout_s, "timeout")?;
+        request.hot_window = hot
+            .map(|h| {
+                harvest_core::HotWindow::parse(&h)
+                    .map_err(|e| PyValueError::new_err(format!("hot: {e}")))
+            })
+            .transpose()?;
         let failover_deadline =
             seconds(Some(failover_deadline_s), "failover_deadline")?.expect("a number was given");
         let options = Options {

@@ -227,3 +227,85 @@ fn invoke_runs_in_the_idle_slot_as_the_user_and_failures_are_clear() -> Result<(
     drop((job, filler));
     Ok(())
 }
+
+/// The harvest-executor process among `pids` and its arguments.
+fn executor_args(pids: &[u32]) -> Option<Vec<String>> {
+    pids.iter().find_map(|pid| {
+        let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<String> = raw
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        args.first()?.ends_with("harvest-executor").then_some(args)
+    })
+}
+
+#[test]
+#[ignore = "needs the local cluster: deploy/local-cluster up --nodes 2 (with harvest-scheduler), root, cc"]
+fn lease_acquire_hot_sets_how_the_executor_waits_for_requests() -> Result<()> {
+    let cluster = LocalCluster::from_env()?;
+    let scheduler = scheduler_url(&cluster)?;
+    let scratch = Scratch::new("harvest-hot-test")?;
+    let cli = Cli::install(&scratch.0, scheduler, &cluster)?;
+    let lib = build_library(&scratch.0)?;
+    let lib = lib.to_str().context("utf-8 path")?;
+    test_user()?;
+
+    // (the flag given, the executor's --hot): no flag is warm, a lease's default.
+    let cases: [(Option<&str>, &str); 4] = [
+        (None, "warm"),
+        (Some("always"), "always"),
+        (Some("250us"), "250us"),
+        (Some("warm"), "warm"),
+    ];
+    for (flag, want) in cases {
+        let mut args = vec![
+            "lease", "acquire", "--lib", lib, "--cores", "1", "--mem", "64M", "--json",
+        ];
+        if let Some(f) = flag {
+            args.extend(["--hot", f]);
+        }
+        let lease: serde_json::Value = serde_json::from_str(&cli.ok(Some(USER), &args)?)?;
+        let id = lease["id"].as_str().context("lease id")?.to_owned();
+        let node = lease["node"].as_str().context("lease node")?.to_owned();
+        let found = poll(Duration::from_secs(10), || {
+            Ok(executor_args(&cluster.lease_pids(&node, &id)?))
+        });
+        cli.ok(Some(USER), &["lease", "release", &id])?;
+        let args =
+            found?.with_context(|| format!("lease {id}'s cgroup never held its executor"))?;
+        let hot = args
+            .iter()
+            .position(|a| a == "--hot")
+            .and_then(|i| args.get(i + 1));
+        ensure!(
+            hot.map(String::as_str) == Some(want),
+            "lease acquire --hot {flag:?}: the executor runs with --hot {hot:?}, want {want}: {args:?}"
+        );
+    }
+
+    // A word it does not know: refused before anything is asked, naming what it takes.
+    let out = cli.run(
+        Some(USER),
+        &["lease", "acquire", "--lib", lib, "--hot", "soon", "--json"],
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(2) && stderr.contains("always") && stderr.contains("soon"),
+        "--hot soon: exit {:?}, {stderr}",
+        out.status.code()
+    );
+    // Past the scheduler's bound (60 s): refused with the field and its bound.
+    let out = cli.run(
+        Some(USER),
+        &["lease", "acquire", "--lib", lib, "--hot", "2m", "--json"],
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("hot_window_us"),
+        "--hot 2m: exit {:?}, {stderr}",
+        out.status.code()
+    );
+    Ok(())
+}

@@ -192,6 +192,14 @@ pub struct ResourceArgs {
     /// How long the lease lives (e.g. 30s, 10m); default: the scheduler's.
     #[arg(long, value_parser = parse_duration)]
     pub lifetime: Option<Duration>,
+    /// How long the executor's workers busy-poll for the next request after each answer:
+    /// `always` (rFaaS's hot invocations: the lowest latency, each leased core burnt while the
+    /// lease waits), a window such as 250us or 1ms (hot through bursts, asleep between them), or
+    /// `warm` (the default: workers sleep in poll; a call costs a wake-up, about 10 µs more).
+    /// Pair `always` with a client that busy-polls too (Rust `Polling::Spin`, Python
+    /// `spin=True`).
+    #[arg(long, value_name = "always|warm|DURATION", value_parser = harvest_core::HotWindow::parse)]
+    pub hot: Option<harvest_core::HotWindow>,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -336,7 +344,7 @@ pub fn run(args: Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliEr
                 .map_err(io("cannot write to stdout"))?;
         }
         Command::Lease(LeaseCommand::Acquire { res, json: as_json }) => {
-            let req = request(
+            let mut req = request(
                 res.lib.as_ref(),
                 res.lib_on_node.as_ref(),
                 res.cores,
@@ -344,6 +352,7 @@ pub fn run(args: Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliEr
                 res.gpus,
                 res.lifetime,
             )?;
+            req.hot_window = res.hot;
             let lease = rt.block_on(client.acquire(&req))?;
             print_lease(&mut stdout, &lease, as_json)?;
         }

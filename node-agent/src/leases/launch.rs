@@ -191,11 +191,9 @@ pub fn executor_args(
         "--activity-file".into(),
         dir.join(ACTIVITY_FILE).into(),
         "--hot".into(),
-        match options.hot_window_us {
-            w if w < 0 => "always".into(),
-            0 => "warm".into(),
-            w => format!("{w}us").into(),
-        },
+        harvest_core::HotWindow::from_wire_us(options.hot_window_us)
+            .to_string()
+            .into(),
     ]);
     if options.default_timeout_ms > 0 {
         args.push("--timeout".into());

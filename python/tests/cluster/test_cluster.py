@@ -45,6 +45,41 @@ def test_invoke_runs_the_function_as_the_caller_on_the_leased_cpus(library: str)
     assert cpus <= set(r["info"]["cpus"]), (cpus, r["info"])
 
 
+def _executor_hot(lease_id: str) -> list:
+    """The --hot of the harvest-executor processes whose arguments name the lease (its activity
+    file): the supervisor and its workers, forked with the same arguments."""
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = [a.decode() for a in f.read().split(b"\0") if a]
+        except OSError:
+            continue
+        if args and args[0].endswith("harvest-executor") and any(lease_id in a for a in args):
+            found.add(args[args.index("--hot") + 1] if "--hot" in args else None)
+    return sorted(found, key=str)
+
+
+def _hot_and_warm(lib: str) -> dict:
+    out = {}
+    for hot, spin in (("always", True), (None, False)):
+        with harvest.Lease(lib=lib, cores=1, mem="128M", lifetime="2m", hot=hot, spin=spin) as lease:
+            answers = [lease.invoke("echo", b"%d" % i) for i in range(200)]
+            out[str(hot)] = {
+                "answers_ok": answers == [b"%d" % i for i in range(200)],
+                "executor_hot": _executor_hot(lease.id),
+            }
+    return out
+
+
+def test_hot_asks_for_a_busy_polling_executor_and_spinning_calls_are_answered(library: str) -> None:
+    r = run_as(USER, _hot_and_warm, library)
+    assert r["always"]["answers_ok"] and r["None"]["answers_ok"], r
+    # The lease's own executor (one per lease) runs as asked; the default is warm.
+    assert r["always"]["executor_hot"] == ["always"], r
+    assert r["None"]["executor_hot"] == ["warm"], r
+
+
 def _released_lease_refuses(lib: str) -> str:
     lease = harvest.Lease(lib=lib, cores=1, mem="128M")
     lease.close()

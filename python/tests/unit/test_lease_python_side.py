@@ -131,6 +131,13 @@ def test_sizes_and_durations_are_read_as_the_cli_reads_them(fake) -> None:
     assert harvest.Lease(lib="/x.so").max_in_flight == _lease.PIPELINE_DEPTH  # 1 core, 1 connection
 
 
+def test_hot_is_passed_on_as_the_executors_hot_reads_it(fake) -> None:
+    for given, sent in [(None, None), ("always", "always"), ("250us", "250us"), (0.00025, "250us"),
+                        (0, "0us"), (2, "2000000us")]:
+        harvest.Lease(lib="/x.so", hot=given).close()
+        assert fake.instances[-1].kwargs["hot"] == sent, given
+
+
 @pytest.mark.parametrize(
     "kwargs, error, words",
     [
@@ -144,6 +151,10 @@ def test_sizes_and_durations_are_read_as_the_cli_reads_them(fake) -> None:
         ({"timeout": [1]}, TypeError, "timeout"),
         ({"connections": 0}, ValueError, "connections"),
         ({"max_in_flight": 0}, ValueError, "max_in_flight"),
+        ({"hot": True}, TypeError, "hot"),
+        ({"hot": -1}, ValueError, "hot"),
+        ({"hot": float("nan")}, ValueError, "hot"),
+        ({"hot": float("inf")}, ValueError, "hot"),
     ],
 )
 def test_bad_arguments_are_refused_before_anything_is_asked(fake, kwargs, error, words) -> None:
@@ -160,6 +171,8 @@ def test_the_extension_checks_what_it_is_given() -> None:
         harvest.Lease(lib="/x.so", lib_on_node="/y.so")
     with pytest.raises(ValueError, match="cores"):
         harvest.Lease(lib=b"x", cores=0)
+    with pytest.raises(ValueError, match="hot: .*soon.*always"):
+        harvest.Lease(lib=b"x", hot="soon")
     assert harvest._native.parse_mem("256M") == 256
     assert harvest._native.parse_mem("4G") == 4096
     assert harvest._native.parse_duration("10m") == 600.0

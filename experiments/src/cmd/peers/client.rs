@@ -30,8 +30,10 @@ pub struct ClientArgs {
     /// Pids whose process trees count as the framework (comma-separated).
     #[arg(long, default_value = "")]
     pub cpu_roots: String,
-    /// The first connection (the sequential calls') busy-polls for its answers: rFaaS's hot
-    /// invocations, one core spent waiting; the others block.
+    /// rFaaS's hot invocations: the lease's executor is always hot (its workers busy-poll for
+    /// requests, `--hot always`) and the first connection (the sequential calls') busy-polls for
+    /// its answers, a core spent waiting on each side; the other connections block. Without it
+    /// the lease is warm (the default: workers sleep in `poll`) and every connection blocks.
     #[arg(long)]
     pub spin: bool,
     /// Pin this client to the host's CPUs outside its lease (as a client on another node would
@@ -71,6 +73,9 @@ pub fn run_client(a: ClientArgs) -> Result<()> {
     let mut req = LeaseRequest::new(a.workers, Library::read(&a.lib)?);
     req.memory_mib = 256;
     req.lifetime = Some(Duration::from_secs(1800));
+    if a.spin {
+        req.hot_window = Some(harvest_core::HotWindow::Always);
+    }
     let lease = rt
         .block_on(sched.acquire(&req))
         .context("acquiring a lease")?;
@@ -144,7 +149,7 @@ pub fn run_client(a: ClientArgs) -> Result<()> {
             "harvest Rust client {}{}{}",
             env!("CARGO_PKG_VERSION"),
             if a.spin {
-                " (sequential calls spin)"
+                " (hot: the executor and the sequential calls spin)"
             } else {
                 ""
             },

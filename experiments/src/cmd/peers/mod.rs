@@ -153,7 +153,7 @@ struct Ratio {
 enum System {
     HarvestRust,
     /// The Rust client whose sequential calls busy-poll (`Polling::Spin`).
-    HarvestRustSpin,
+    HarvestRustHot,
     HarvestPython,
     Srun,
     Parsl,
@@ -163,7 +163,7 @@ impl System {
     fn name(self) -> &'static str {
         match self {
             Self::HarvestRust => "harvest-rust",
-            Self::HarvestRustSpin => "harvest-rust-spin",
+            Self::HarvestRustHot => "harvest-rust-hot",
             Self::HarvestPython => "harvest-python",
             Self::Srun => "srun",
             Self::Parsl => "parsl-htex",
@@ -208,7 +208,7 @@ fn plan(system: System, quick: bool, workers: u32) -> Vec<Workload> {
         .iter()
         .map(|&(name, function, bytes, h, p, s)| {
             let [seq, tasks] = match system {
-                System::HarvestRust | System::HarvestRustSpin | System::HarvestPython => h,
+                System::HarvestRust | System::HarvestRustHot | System::HarvestPython => h,
                 System::Parsl => p,
                 System::Srun => s,
             };
@@ -273,7 +273,7 @@ pub fn run_cmd(args: Args) -> Result<()> {
     let mut rows = Vec::new();
     let mut order = vec![
         System::HarvestRust,
-        System::HarvestRustSpin,
+        System::HarvestRustHot,
         System::HarvestPython,
         System::Srun,
     ];
@@ -283,12 +283,12 @@ pub fn run_cmd(args: Args) -> Result<()> {
         notes.push("Parsl left out (--no-parsl)".into());
     }
     for system in order {
-        // The spinning client's sequential calls measure rFaaS's hot path: the client spins on
-        // a core of its own and the executor polls on its lease's one core. On a machine with
+        // The hot client's sequential calls measure rFaaS's hot path: the client spins on a
+        // core of its own and the always-hot executor polls on its lease's one core. On a machine with
         // no CPU beyond `--workers`, a lease of `--workers` cores would leave the spinning
         // client nowhere but on the executor's CPUs (which run at the lowest weight).
         let workers = match system {
-            System::HarvestRustSpin => 1,
+            System::HarvestRustHot => 1,
             _ => args.workers,
         };
         let plan = plan(system, args.quick, workers);
@@ -301,7 +301,7 @@ pub fn run_cmd(args: Args) -> Result<()> {
             system.name()
         );
         let out = match system {
-            System::HarvestRust | System::HarvestRustSpin => {
+            System::HarvestRust | System::HarvestRustHot => {
                 let mut client_args: Vec<String> = vec![
                     "peers-client".into(),
                     "--scheduler".into(),
@@ -315,7 +315,7 @@ pub fn run_cmd(args: Args) -> Result<()> {
                     "--cpu-roots".into(),
                     join_pids(&roots),
                 ];
-                if system == System::HarvestRustSpin {
+                if system == System::HarvestRustHot {
                     client_args.push("--spin".into());
                     client_args.push("--pin-outside-lease".into());
                 }
@@ -732,9 +732,9 @@ fn row<'a>(rows: &'a [Row], system: &str, workload: &str) -> Option<&'a Row> {
 fn ratios(rows: &[Row]) -> Vec<Ratio> {
     let mut out = Vec::new();
     let parsl = row(rows, "parsl-htex", "noop");
-    // The latency goal for each Rust client (blocking, then busy-polling); throughput for the
-    // blocking one (the spinning one takes a CPU its lease's workers would use).
-    for (system, with_throughput) in [("harvest-rust", true), ("harvest-rust-spin", false)] {
+    // The latency goal for each Rust client (warm, then hot); throughput for the warm one (the
+    // hot one's lease has one core, the other CPU being the spinning client's).
+    for (system, with_throughput) in [("harvest-rust", true), ("harvest-rust-hot", false)] {
         let (Some(h), Some(p)) = (row(rows, system, "noop"), parsl) else {
             continue;
         };
@@ -990,7 +990,7 @@ mod tests {
         };
         let rows = vec![
             r("harvest-rust", "noop", 20.0, 40_000.0),
-            r("harvest-rust-spin", "noop", 12.5, 30_000.0),
+            r("harvest-rust-hot", "noop", 12.5, 30_000.0),
             r("harvest-python", "noop", 50.0, 20_000.0),
             r("parsl-htex", "noop", 2500.0, 1000.0),
         ];
@@ -999,7 +999,7 @@ mod tests {
         assert_eq!(find("no-op p50: parsl-htex / harvest-rust").value, 125.0);
         assert!(find("no-op p50: parsl-htex / harvest-rust").met);
         assert_eq!(
-            find("no-op p50: parsl-htex / harvest-rust-spin").value,
+            find("no-op p50: parsl-htex / harvest-rust-hot").value,
             200.0
         );
         assert_eq!(find("no-op throughput").value, 40.0);
