@@ -20,6 +20,31 @@ pub fn tree_cpu_s(roots: &[u32]) -> Result<f64> {
 
 /// [`tree_cpu_s`], with every `slurmstepd` as a root too or not.
 fn cpu_s(roots: &[u32], with_stepds: bool) -> Result<f64> {
+    Ok(tree_ticks(roots, with_stepds)?.values().sum::<u64>() as f64 / ticks_per_s())
+}
+
+/// Each process of the trees [`tree_cpu_s`] counts, with its ticks: two of these give
+/// [`used_between`].
+pub fn tree_snapshot(roots: &[u32]) -> Result<HashMap<u32, u64>> {
+    tree_ticks(roots, true)
+}
+
+/// CPU seconds the trees used from `before` to `after`, process by process: what each process
+/// alive in `after` gained (all of it for one born since). A process gone by `after` counts
+/// nothing, where a difference of [`tree_cpu_s`] sums would take its whole life off (an `srun`
+/// step's slurmstepd that ends, reaped by init, made the idle use of the next system's window
+/// negative, and so charged that system for it). Pids are not reused within a window here
+/// (`pid_max` is far above the processes a run starts).
+pub fn used_between(before: &HashMap<u32, u64>, after: &HashMap<u32, u64>) -> f64 {
+    let ticks: u64 = after
+        .iter()
+        .map(|(pid, &t)| t.saturating_sub(before.get(pid).copied().unwrap_or(0)))
+        .sum();
+    ticks as f64 / ticks_per_s()
+}
+
+/// The ticks of every process in the trees (see [`tree_cpu_s`]).
+fn tree_ticks(roots: &[u32], with_stepds: bool) -> Result<HashMap<u32, u64>> {
     let mut procs: HashMap<u32, (u32, u64)> = HashMap::new();
     let mut roots = roots.to_vec();
     for entry in std::fs::read_dir("/proc").context("reading /proc")? {
@@ -42,7 +67,10 @@ fn cpu_s(roots: &[u32], with_stepds: bool) -> Result<f64> {
             procs.insert(pid, parsed);
         }
     }
-    Ok(sum_trees(&procs, &roots) as f64 / ticks_per_s())
+    Ok(tree_members(&procs, &roots)
+        .into_iter()
+        .map(|p| (p, procs[&p].1))
+        .collect())
 }
 
 /// (ppid, utime + stime + cutime + cstime) from a /proc/<pid>/stat line; the command name may
@@ -62,6 +90,14 @@ pub fn parse_stat(stat: &[u8]) -> Option<(u32, u64)> {
 
 /// The summed ticks of `roots` and all their descendants.
 pub fn sum_trees(procs: &HashMap<u32, (u32, u64)>, roots: &[u32]) -> u64 {
+    tree_members(procs, roots)
+        .into_iter()
+        .map(|p| procs[&p].1)
+        .sum()
+}
+
+/// `roots` that exist in `procs` and all their descendants, each once.
+fn tree_members(procs: &HashMap<u32, (u32, u64)>, roots: &[u32]) -> HashSet<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     for (&pid, &(ppid, _)) in procs {
         children.entry(ppid).or_default().push(pid);
@@ -72,15 +108,12 @@ pub fn sum_trees(procs: &HashMap<u32, (u32, u64)>, roots: &[u32]) -> u64 {
         .copied()
         .filter(|r| procs.contains_key(r))
         .collect();
-    let mut total = 0;
     while let Some(p) = stack.pop() {
-        if !seen.insert(p) {
-            continue;
+        if seen.insert(p) {
+            stack.extend(children.get(&p).into_iter().flatten());
         }
-        total += procs[&p].1;
-        stack.extend(children.get(&p).into_iter().flatten());
     }
-    total
+    seen
 }
 
 /// USER_HZ, the unit of /proc's times: 100 on Linux for x86-64, aarch64 and ppc64le (it is
@@ -117,6 +150,17 @@ mod tests {
         // Overlapping roots count a process once; a missing root is skipped.
         assert_eq!(sum_trees(&procs, &[1, 2, 99]), 100);
         assert_eq!(sum_trees(&procs, &[2, 5]), 590);
+    }
+
+    #[test]
+    fn use_between_snapshots_counts_gains_and_births_and_no_deaths() {
+        let before: HashMap<u32, u64> = [(1, 100), (2, 50), (3, 900)].into_iter().collect();
+        // 1 gained 10, 2 nothing, 3 ended (its 900 ticks are not taken off), 4 was born with 7.
+        let after: HashMap<u32, u64> = [(1, 110), (2, 50), (4, 7)].into_iter().collect();
+        assert_eq!(used_between(&before, &after), 0.17);
+        // The sums' difference would read -8.33 s: the ended process's whole life.
+        let sums = |m: &HashMap<u32, u64>| m.values().sum::<u64>() as f64 / ticks_per_s();
+        assert!(sums(&after) - sums(&before) < -8.0);
     }
 
     #[test]

@@ -505,13 +505,15 @@ fn daemon_pids(cluster: &Cluster) -> Result<Vec<u32>> {
     Ok(pids)
 }
 
-/// The framework's idle CPU use (s per s) over `seconds`.
+/// The framework's idle CPU use (s per s) over `seconds`, process by process
+/// ([`cpu::used_between`]): processes of the system before that end in the window (srun's step
+/// daemons) take nothing off, so it is never negative.
 fn idle_rate(roots: &[u32], seconds: f64) -> Result<f64> {
     let me = [roots, &[std::process::id()]].concat();
-    let c0 = cpu::tree_cpu_s(&me)?;
+    let before = cpu::tree_snapshot(&me)?;
     let t = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(seconds));
-    Ok((cpu::tree_cpu_s(&me)? - c0) / t.elapsed().as_secs_f64())
+    Ok(cpu::used_between(&before, &cpu::tree_snapshot(&me)?) / t.elapsed().as_secs_f64())
 }
 
 fn run_as_user(
