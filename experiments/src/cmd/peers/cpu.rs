@@ -20,21 +20,26 @@ pub fn tree_cpu_s(roots: &[u32]) -> Result<f64> {
 
 /// [`tree_cpu_s`], with every `slurmstepd` as a root too or not.
 fn cpu_s(roots: &[u32], with_stepds: bool) -> Result<f64> {
-    Ok(tree_ticks(roots, with_stepds)?.values().sum::<u64>() as f64 / ticks_per_s())
+    Ok(tree_ticks(roots, with_stepds, Count::WithReaped)?
+        .values()
+        .sum::<u64>() as f64
+        / ticks_per_s())
 }
 
-/// Each process of the trees [`tree_cpu_s`] counts, with its ticks: two of these give
-/// [`used_between`].
+/// Each process of the trees [`tree_cpu_s`] counts, with its own ticks (utime + stime, not its
+/// reaped children's): two of these give [`used_between`].
 pub fn tree_snapshot(roots: &[u32]) -> Result<HashMap<u32, u64>> {
-    tree_ticks(roots, true)
+    tree_ticks(roots, true, Count::Own)
 }
 
-/// CPU seconds the trees used from `before` to `after`, process by process: what each process
-/// alive in `after` gained (all of it for one born since). A process gone by `after` counts
-/// nothing, where a difference of [`tree_cpu_s`] sums would take its whole life off (an `srun`
-/// step's slurmstepd that ends, reaped by init, made the idle use of the next system's window
-/// negative, and so charged that system for it). Pids are not reused within a window here
-/// (`pid_max` is far above the processes a run starts).
+/// CPU seconds the trees' processes used themselves from `before` to `after`: what each process
+/// alive in `after` gained (all of it for one born since). A difference of [`tree_cpu_s`] sums
+/// is wrong both ways over a window where processes end: one reaped outside the trees (an
+/// `srun` step's slurmstepd, by init) takes its whole life off, which made the idle use before
+/// Parsl's turn -0.3 s/s; one reaped inside (a released lease's executor, by harvestd) is
+/// counted again in its parent's cutime. Counting own time only, neither happens; what a process
+/// that ends in the window used there is missed (none of an idle window's work). Pids are not
+/// reused within a window here (`pid_max` is far above the processes a run starts).
 pub fn used_between(before: &HashMap<u32, u64>, after: &HashMap<u32, u64>) -> f64 {
     let ticks: u64 = after
         .iter()
@@ -43,8 +48,17 @@ pub fn used_between(before: &HashMap<u32, u64>, after: &HashMap<u32, u64>) -> f6
     ticks as f64 / ticks_per_s()
 }
 
+/// Which of a process's times count.
+#[derive(Clone, Copy)]
+enum Count {
+    /// utime + stime + cutime + cstime: its own and its reaped children's.
+    WithReaped,
+    /// utime + stime.
+    Own,
+}
+
 /// The ticks of every process in the trees (see [`tree_cpu_s`]).
-fn tree_ticks(roots: &[u32], with_stepds: bool) -> Result<HashMap<u32, u64>> {
+fn tree_ticks(roots: &[u32], with_stepds: bool, count: Count) -> Result<HashMap<u32, u64>> {
     let mut procs: HashMap<u32, (u32, u64)> = HashMap::new();
     let mut roots = roots.to_vec();
     for entry in std::fs::read_dir("/proc").context("reading /proc")? {
@@ -63,7 +77,11 @@ fn tree_ticks(roots: &[u32], with_stepds: bool) -> Result<HashMap<u32, u64>> {
         if with_stepds && stat.windows(12).any(|w| w == b"(slurmstepd)") {
             roots.push(pid);
         }
-        if let Some(parsed) = parse_stat(&stat) {
+        let parsed = match count {
+            Count::WithReaped => parse_stat(&stat),
+            Count::Own => parse_stat_fields(&stat, 11..13),
+        };
+        if let Some(parsed) = parsed {
             procs.insert(pid, parsed);
         }
     }
@@ -76,13 +94,18 @@ fn tree_ticks(roots: &[u32], with_stepds: bool) -> Result<HashMap<u32, u64>> {
 /// (ppid, utime + stime + cutime + cstime) from a /proc/<pid>/stat line; the command name may
 /// hold spaces and parentheses, so fields are counted after its last ')'.
 pub fn parse_stat(stat: &[u8]) -> Option<(u32, u64)> {
+    parse_stat_fields(stat, 11..15)
+}
+
+/// (ppid, the sum of `times`), `times` counted as in [`parse_stat`] (11..13: utime and stime).
+fn parse_stat_fields(stat: &[u8], times: std::ops::Range<usize>) -> Option<(u32, u64)> {
     let end = stat.iter().rposition(|&b| b == b')')?;
     let rest = std::str::from_utf8(stat.get(end + 2..)?).ok()?;
     let f: Vec<&str> = rest.split_ascii_whitespace().collect();
     // f[0] is field 3 (state): ppid is field 4, utime..cstime fields 14..17.
     let ppid = f.get(1)?.parse().ok()?;
     let mut sum = 0u64;
-    for x in f.get(11..15)? {
+    for x in f.get(times)? {
         sum += x.parse::<u64>().ok()?;
     }
     Some((ppid, sum))
@@ -131,6 +154,7 @@ mod tests {
         let line = b"42 (a) b (c) S 7 42 42 0 -1 4194560 1 0 0 0 11 22 33 44 20 0 1 0 5 0 0";
         assert_eq!(parse_stat(line), Some((7, 11 + 22 + 33 + 44)));
         assert_eq!(parse_stat(b"42 (x) S 7"), None);
+        assert_eq!(parse_stat_fields(line, 11..13), Some((7, 11 + 22)));
     }
 
     #[test]
@@ -155,7 +179,8 @@ mod tests {
     #[test]
     fn use_between_snapshots_counts_gains_and_births_and_no_deaths() {
         let before: HashMap<u32, u64> = [(1, 100), (2, 50), (3, 900)].into_iter().collect();
-        // 1 gained 10, 2 nothing, 3 ended (its 900 ticks are not taken off), 4 was born with 7.
+        // 1 gained 10, 2 nothing, 3 ended (its 900 ticks are not taken off, and were it reaped
+        // by 1 they would not reach 1's own time), 4 was born with 7.
         let after: HashMap<u32, u64> = [(1, 110), (2, 50), (4, 7)].into_iter().collect();
         assert_eq!(used_between(&before, &after), 0.17);
         // The sums' difference would read -8.33 s: the ended process's whole life.
