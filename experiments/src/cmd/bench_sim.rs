@@ -228,9 +228,12 @@ fn harvest_only(
     inputs: &Inputs,
     repeat: u32,
     summary_out: Option<&std::path::Path>,
+    workload: &str,
 ) -> anyhow::Result<()> {
     for r in 0..repeat {
-        let out = run_with(cfg, inputs, |_| {})?;
+        let mut out = run_with(cfg, inputs, |_| {})?;
+        // The synthetic trace's file is temporary: name the workload instead.
+        out.summary.trace = workload.to_owned();
         let s = &out.summary;
         println!(
             "with harvest {}/{repeat}: {} events ({} superseded ends), {} placements, loop {:.3} s wall, {} CPU; {:.3} M events/s, {} per CPU second; placement p99 {:.2} µs",
@@ -326,8 +329,14 @@ pub fn run_cmd(args: Args) -> anyhow::Result<Option<BenchSim>> {
         let b = run_with(&with(BatchMode::Easy, "none"), &inputs, |_| {})?.summary;
         let k = azure_scale(args.load, b.idle_core_hours_batch_only, rate, b.window_h);
         let cfg = with(BatchMode::Easy, &azure_demand(k));
-        return harvest_only(&cfg, &inputs, args.repeat, args.summary_out.as_deref())
-            .map(|()| None);
+        return harvest_only(
+            &cfg,
+            &inputs,
+            args.repeat,
+            args.summary_out.as_deref(),
+            &workload,
+        )
+        .map(|()| None);
     }
     let before = load_avg();
     let (mut replay, mut batch, mut harvest) = (Vec::new(), Vec::new(), Vec::new());
