@@ -15,8 +15,7 @@
 //! it progresses at `1 / slowdown` (the slowest class present), so its end moves later and the
 //! queue behind it feels it.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use harvest_policies::hash::IdMap;
@@ -28,6 +27,7 @@ use super::batch::{BatchJob, BatchQueue};
 use super::demand::{Demand, FnRequest};
 use super::limits::Resolved;
 use super::metrics::{Gauges, LatencyHistogram, Recorder, Sample};
+use super::radix::RadixQueue;
 use super::{RETRY_PER_RELEASE, SimConfig};
 use crate::cost::{CostModel, FunctionClass};
 use crate::rng::Rng;
@@ -94,7 +94,8 @@ pub(super) struct Sim<'a> {
     pub alloc: Allocator,
     pub rec: Recorder,
     pub g: Gauges,
-    heap: BinaryHeap<Reverse<(u64, Kind, u64, u32)>>,
+    /// The ends due: (time, kind, job slot or lease, generation), least first.
+    heap: RadixQueue<(Kind, u64, u32)>,
     pub queue: BatchQueue,
     pub running: Vec<Option<Running>>,
     free_slots: Vec<u32>,
@@ -151,7 +152,7 @@ impl<'a> Sim<'a> {
             alloc,
             rec: Recorder::new(start, end, cfg.samples),
             g: Gauges::default(),
-            heap: BinaryHeap::new(),
+            heap: RadixQueue::new(),
             queue: {
                 let q =
                     BatchQueue::new(cfg.batch, cfg.backfill_depth, cfg.queue_order, cfg.priority)
@@ -267,12 +268,8 @@ impl<'a> Sim<'a> {
         let r = self.running[slot as usize].as_mut().expect("running");
         r.generation = generation;
         r.queued_ms = r.end_ms;
-        self.heap.push(Reverse((
-            r.end_ms,
-            Kind::JobEnd,
-            u64::from(slot),
-            generation,
-        )));
+        self.heap
+            .push(r.end_ms, (Kind::JobEnd, u64::from(slot), generation));
     }
 
     /// Lease `class` appears (`+1`) or goes (`-1`) on `node`: the jobs there are re-rated.
@@ -515,12 +512,8 @@ impl<'a> Sim<'a> {
                 class,
             },
         );
-        self.heap.push(Reverse((
-            now + w.req.duration_ms,
-            Kind::FunctionEnd,
-            lease,
-            0,
-        )));
+        self.heap
+            .push(now + w.req.duration_ms, (Kind::FunctionEnd, lease, 0));
         self.coloc_change(node, class, true, now);
         self.flags(node);
         true
@@ -607,7 +600,7 @@ impl<'a> Sim<'a> {
         let mut next_job = 0;
         let mut now;
         loop {
-            let t_ev = self.heap.peek().map_or(u64::MAX, |Reverse(e)| e.0);
+            let t_ev = self.heap.peek_time().unwrap_or(u64::MAX);
             let t_job = jobs.get(next_job).map_or(u64::MAX, &entry);
             let t_fn = demand.peek_ms().unwrap_or(u64::MAX);
             now = t_ev.min(t_job).min(t_fn);
@@ -616,11 +609,8 @@ impl<'a> Sim<'a> {
             }
             self.advance(now, cores, mem);
             let mut dirty = false;
-            while let Some(&Reverse((t, kind, id, generation))) = self.heap.peek() {
-                if t != now {
-                    break;
-                }
-                self.heap.pop();
+            while self.heap.peek_time() == Some(now) {
+                let (_, (kind, id, generation)) = self.heap.pop().expect("peeked");
                 match kind {
                     Kind::JobEnd => {
                         let live = self.running[id as usize]
