@@ -18,13 +18,13 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use harvest_policies::hash::IdMap;
 use harvest_policies::{Cluster, Decision, Framework, LeaseId, NodeId, Request, Resources};
 
 use super::accounting::{Accounts, JobStats};
 use super::alloc::Allocator;
 use super::batch::{BatchJob, BatchQueue};
 use super::demand::{Demand, FnRequest};
+use super::idwindow::IdWindow;
 use super::limits::Resolved;
 use super::metrics::{Gauges, LatencyHistogram, Recorder, Sample};
 use super::radix::RadixQueue;
@@ -111,7 +111,7 @@ pub(super) struct Sim<'a> {
     waiting: VecDeque<Waiting>,
     retry: Vec<Waiting>,
     freed: Vec<NodeId>,
-    leases: IdMap<LeaseId, LeaseInfo>,
+    leases: IdWindow<LeaseInfo>,
     next_lease: LeaseId,
     pub latency: LatencyHistogram,
     pub acct: Accounts,
@@ -174,7 +174,7 @@ impl<'a> Sim<'a> {
             waiting: VecDeque::new(),
             retry: Vec::new(),
             freed: Vec::new(),
-            leases: IdMap::default(),
+            leases: IdWindow::new(),
             next_lease: 1,
             latency: LatencyHistogram::default(),
             acct: Accounts::new(streams),
@@ -188,27 +188,11 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn sample(&self, t: u64, g: &Gauges, cores: u64, mem: u64) -> Sample {
-        let gib = |m: u64| m as f64 / 1024.0;
-        Sample {
-            time_h: t as f64 / 3.6e6,
-            batch_cores: g.batch_cores,
-            function_cores: g.fn_cores,
-            idle_cores: cores.saturating_sub(g.batch_cores + g.fn_cores),
-            batch_mem_gib: gib(g.batch_mem_mib),
-            function_mem_gib: gib(g.fn_mem_mib),
-            idle_mem_gib: gib(mem.saturating_sub(g.batch_mem_mib + g.fn_mem_mib)),
-            allocated_nodes: g.alloc_nodes,
-            queued_jobs: self.queue.len() as u64,
-            queued_functions: self.waiting.len() as u64,
-        }
-    }
-
     pub fn advance(&mut self, now: u64, cores: u64, mem: u64) {
-        let g = self.g;
-        let mut rec = std::mem::replace(&mut self.rec, Recorder::new(0, 1, 1));
-        rec.advance(now, &g, |t, g| self.sample(t, g, cores, mem));
-        self.rec = rec;
+        let (queue, waiting) = (&self.queue, &self.waiting);
+        self.rec.advance(now, &self.g, |t, g| {
+            sample(t, g, cores, mem, queue.len(), waiting.len())
+        });
     }
 
     fn class_of(&self, res: &Resources, node: NodeId) -> usize {
@@ -451,7 +435,7 @@ impl<'a> Sim<'a> {
         let Some(l) = self.fw.release(&mut self.cluster, lease) else {
             return;
         };
-        let info = self.leases.remove(&lease).expect("lease tracked");
+        let info = self.leases.remove(lease).expect("lease tracked");
         self.g.fn_cores -= u64::from(l.res.cores);
         self.g.fn_mem_mib -= l.res.mem_mib;
         self.coloc_change(l.node, info.class, false, now);
@@ -631,7 +615,7 @@ impl<'a> Sim<'a> {
                             None => self.superseded_ends += 1,
                         }
                     }
-                    Kind::FunctionEnd if self.leases.contains_key(&id) => {
+                    Kind::FunctionEnd if self.leases.contains(id) => {
                         self.events += 1;
                         self.end_lease(id, now, false);
                     }
@@ -682,6 +666,23 @@ impl<'a> Sim<'a> {
         for j in self.queue.take_all() {
             self.jobs.unfinished(&j, None, stop);
         }
+    }
+}
+
+/// The time series' row at `t`.
+fn sample(t: u64, g: &Gauges, cores: u64, mem: u64, queued: usize, waiting: usize) -> Sample {
+    let gib = |m: u64| m as f64 / 1024.0;
+    Sample {
+        time_h: t as f64 / 3.6e6,
+        batch_cores: g.batch_cores,
+        function_cores: g.fn_cores,
+        idle_cores: cores.saturating_sub(g.batch_cores + g.fn_cores),
+        batch_mem_gib: gib(g.batch_mem_mib),
+        function_mem_gib: gib(g.fn_mem_mib),
+        idle_mem_gib: gib(mem.saturating_sub(g.batch_mem_mib + g.fn_mem_mib)),
+        allocated_nodes: g.alloc_nodes,
+        queued_jobs: queued as u64,
+        queued_functions: waiting as u64,
     }
 }
 
