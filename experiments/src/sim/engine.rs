@@ -195,8 +195,9 @@ impl<'a> Sim<'a> {
         });
     }
 
-    fn class_of(&self, res: &Resources, node: NodeId) -> usize {
-        let total = self.cluster.node(node).expect("node exists").total;
+    /// The class of a lease of `res` on a node of `total`: GPU, memory (more memory a core
+    /// than the node has), or CPU.
+    fn class_of(res: &Resources, total: &Resources) -> usize {
         if res.gpus > 0 {
             2
         } else if res.mem_mib * u64::from(total.cores) > u64::from(res.cores) * total.mem_mib {
@@ -212,6 +213,11 @@ impl<'a> Sim<'a> {
         }
         let sensitive = self.node_sensitive[node as usize] > 0;
         let shared = sensitive && !self.cluster.leases_on(node).is_empty();
+        let n = self.cluster.node(node).expect("node exists");
+        if n.batch_sensitive == sensitive && n.interference == shared {
+            // Nothing to change (`update` would find the same and re-index nothing).
+            return;
+        }
         self.cluster
             .update(node, |n| {
                 n.batch_sensitive = sensitive;
@@ -266,12 +272,18 @@ impl<'a> Sim<'a> {
         for i in 0..self.node_jobs[node as usize].len() {
             let slot = self.node_jobs[node as usize][i];
             let r = self.running[slot as usize].as_mut().expect("running");
-            if up {
+            // The rate depends only on which classes are present: only a count that leaves
+            // or reaches 0 can change it (`rerate` would find the same factor otherwise).
+            let crossed = if up {
                 r.coloc[class] += 1;
+                r.coloc[class] == 1
             } else {
                 r.coloc[class] -= 1;
+                r.coloc[class] == 0
+            };
+            if crossed {
+                self.rerate(slot, now);
             }
-            self.rerate(slot, now);
         }
     }
 
@@ -480,12 +492,13 @@ impl<'a> Sim<'a> {
         };
         self.next_lease += 1;
         self.acct.started(&w.req);
-        if self.cluster.node(node).expect("placed").overcommitted() {
+        let n = self.cluster.node(node).expect("placed");
+        if n.overcommitted() {
             self.overcommit += 1;
         }
+        let class = Self::class_of(&w.req.res, &n.total);
         self.g.fn_cores += u64::from(w.req.res.cores);
         self.g.fn_mem_mib += w.req.res.mem_mib;
-        let class = self.class_of(&w.req.res, node);
         self.leases.insert(
             lease,
             LeaseInfo {
