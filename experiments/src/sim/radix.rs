@@ -23,6 +23,8 @@ pub struct RadixQueue<T> {
     /// `buckets[0]`: the entries at `last`, sorted with the least at the back; `buckets[b]`
     /// for `b >= 1`: the entries whose time differs from `last` first in bit `b - 1`.
     buckets: Vec<Vec<(u64, T)>>,
+    /// A bit per non-empty bucket.
+    occupied: u128,
     /// The least time held, when known (`None`: to be found in the first non-empty bucket).
     min: Option<u64>,
     len: usize,
@@ -39,6 +41,7 @@ impl<T: Ord + Copy> RadixQueue<T> {
         Self {
             last: 0,
             buckets: (0..BUCKETS).map(|_| Vec::new()).collect(),
+            occupied: 0,
             min: None,
             len: 0,
         }
@@ -74,6 +77,7 @@ impl<T: Ord + Copy> RadixQueue<T> {
         } else {
             self.buckets[b].push((t, item));
         }
+        self.occupied |= 1 << b;
         self.len += 1;
         if self.min.is_some_and(|m| t < m) || self.len == 1 {
             self.min = Some(t);
@@ -93,11 +97,13 @@ impl<T: Ord + Copy> RadixQueue<T> {
         self.min
     }
 
+    #[inline]
     fn first_bucket(&self) -> usize {
-        self.buckets
-            .iter()
-            .position(|v| !v.is_empty())
-            .expect("a non-empty queue has a non-empty bucket")
+        debug_assert!(
+            self.occupied != 0,
+            "a non-empty queue has a non-empty bucket"
+        );
+        self.occupied.trailing_zeros() as usize
     }
 
     /// Removes and returns the least `(time, item)`.
@@ -114,14 +120,19 @@ impl<T: Ord + Copy> RadixQueue<T> {
                 let to = self.bucket(t);
                 debug_assert!(to < b, "an entry moves to a lower bucket");
                 self.buckets[to].push((t, item));
+                self.occupied |= 1 << to;
             }
             moving.clear();
             self.buckets[b] = moving;
+            self.occupied &= !(1 << b);
             self.buckets[0].sort_unstable_by(|a, b| b.1.cmp(&a.1));
         }
-        let e = self.buckets[0].pop().expect("the bucket of the last time has entries");
+        let e = self.buckets[0]
+            .pop()
+            .expect("the bucket of the last time has entries");
         self.len -= 1;
         self.min = if self.buckets[0].is_empty() {
+            self.occupied &= !1;
             None
         } else {
             Some(self.last)
