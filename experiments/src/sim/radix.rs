@@ -125,7 +125,7 @@ impl<T: Ord + Copy> RadixQueue<T> {
             moving.clear();
             self.buckets[b] = moving;
             self.occupied &= !(1 << b);
-            self.buckets[0].sort_unstable_by(|a, b| b.1.cmp(&a.1));
+            self.buckets[0].sort_unstable_by_key(|e| std::cmp::Reverse(e.1));
         }
         let e = self.buckets[0]
             .pop()
@@ -148,14 +148,17 @@ mod tests {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
 
+    /// An end as the engine's: (kind, id, generation) at a time.
+    type Item = (u8, u64, u32);
+
     /// Random pushes (never before the last time popped, often at it, with ties in time)
     /// and pops, against a binary heap: the same entries come out in the same order.
     #[test]
     fn pops_what_a_binary_heap_pops() {
         for seed in 0..200 {
             let mut rng = Rng::new(seed);
-            let mut q: RadixQueue<(u8, u64, u32)> = RadixQueue::new();
-            let mut h: BinaryHeap<Reverse<(u64, (u8, u64, u32))>> = BinaryHeap::new();
+            let mut q: RadixQueue<Item> = RadixQueue::new();
+            let mut h: BinaryHeap<Reverse<(u64, Item)>> = BinaryHeap::new();
             let mut now = rng.below(1 << 40);
             // Spreads from ties only to times far apart (high bits differ).
             let spread = [1, 3, 60_000, 1 << 20, 1 << 45][rng.below(5) as usize];
