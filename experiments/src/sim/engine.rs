@@ -55,7 +55,6 @@ pub(super) struct Running {
     /// `end_ms` when it comes due; only an earlier end pushes a new entry).
     end_ms: u64,
     queued_ms: u64,
-    coloc: [u32; 3],
     draws: [f64; 3],
     planned_end_ms: u64,
     pub slowed: bool,
@@ -98,6 +97,9 @@ pub(super) struct Sim<'a> {
     heap: RadixQueue<(Kind, u64, u32)>,
     pub queue: BatchQueue,
     pub running: Vec<Option<Running>>,
+    /// Per running job's slot, the leases of each class on its nodes (apart from `running`:
+    /// every lease placed or ended counts on the jobs of its node, and this stays in cache).
+    coloc: Vec<[u32; 3]>,
     free_slots: Vec<u32>,
     node_jobs: Vec<Vec<u32>>,
     node_sensitive: Vec<u16>,
@@ -164,6 +166,7 @@ impl<'a> Sim<'a> {
                 }
             },
             running: Vec::new(),
+            coloc: Vec::new(),
             free_slots: Vec::new(),
             node_jobs: vec![Vec::new(); n],
             node_sensitive: vec![0; n],
@@ -234,9 +237,10 @@ impl<'a> Sim<'a> {
     /// A job's progress rate changes: what is left is re-timed; an earlier end is scheduled
     /// at once, a later one when the entry already in the heap comes due.
     fn rerate(&mut self, slot: u32, now: u64) {
+        let coloc = self.coloc[slot as usize];
         let r = self.running[slot as usize].as_mut().expect("running");
         let f = (0..3)
-            .filter(|&c| r.coloc[c] > 0)
+            .filter(|&c| coloc[c] > 0)
             .map(|c| r.draws[c])
             .fold(1.0, f64::max);
         if f == r.factor {
@@ -271,15 +275,15 @@ impl<'a> Sim<'a> {
         }
         for i in 0..self.node_jobs[node as usize].len() {
             let slot = self.node_jobs[node as usize][i];
-            let r = self.running[slot as usize].as_mut().expect("running");
+            let n = &mut self.coloc[slot as usize][class];
             // The rate depends only on which classes are present: only a count that leaves
             // or reaches 0 can change it (`rerate` would find the same factor otherwise).
             let crossed = if up {
-                r.coloc[class] += 1;
-                r.coloc[class] == 1
+                *n += 1;
+                *n == 1
             } else {
-                r.coloc[class] -= 1;
-                r.coloc[class] == 0
+                *n -= 1;
+                *n == 0
             };
             if crossed {
                 self.rerate(slot, now);
@@ -332,6 +336,7 @@ impl<'a> Sim<'a> {
         }
         let slot = self.free_slots.pop().unwrap_or_else(|| {
             self.running.push(None);
+            self.coloc.push([0; 3]);
             (self.running.len() - 1) as u32
         });
         let mut draws = [1.0; 3];
@@ -380,11 +385,11 @@ impl<'a> Sim<'a> {
             generation: 0,
             end_ms: now + job.run_ms,
             queued_ms: u64::MAX,
-            coloc: if self.cfg.feedback { coloc } else { [0; 3] },
             draws,
             planned_end_ms: now + job.req_ms,
             slowed: false,
         });
+        self.coloc[slot as usize] = if self.cfg.feedback { coloc } else { [0; 3] };
         self.queue.track_start(now + job.req_ms, slot, job.units);
         self.queue.started(&job, now);
         self.queue_end(slot);
@@ -551,6 +556,11 @@ impl<'a> Sim<'a> {
     /// other node when it came and after every earlier release), at most
     /// [`RETRY_PER_RELEASE`] looked at per node.
     fn retry_freed(&mut self, now: u64) {
+        if self.retry.is_empty() && self.waiting.is_empty() {
+            // Nothing to try again, nothing waiting to expire or to place on the freed nodes.
+            self.freed.clear();
+            return;
+        }
         for w in std::mem::take(&mut self.retry) {
             self.submit_fn(w, now);
         }
