@@ -90,3 +90,44 @@ fn quick_bench_runs_replay_batch_and_harvest_on_one_workload() {
         f(&rows[2], "placement_p99_us") <= f(&b, "target_placement_p99_us")
     );
 }
+
+/// `--harvest-only` runs the with-harvest configuration of the full bench (the same demand,
+/// so the same events as its with-harvest row), and its `--summary-out` names the workload.
+#[test]
+fn harvest_only_runs_the_benchs_with_harvest_configuration() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bench, summary) = (tmp.path().join("bench.json"), tmp.path().join("s.json"));
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_harvest-experiments"))
+            .args(["bench-sim", "--quick", "--nodes", "100", "--repeat", "1"])
+            .args(["--synthetic-load", "0.3"])
+            .arg("--data")
+            .arg(data_dir())
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "bench-sim {extra:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&["--out", bench.to_str().unwrap()]);
+    let text = run(&["--harvest-only", "--summary-out", summary.to_str().unwrap()]);
+    let b: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&bench).unwrap()).unwrap();
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let row = &b["rows"][2];
+    assert_eq!(row["run"], "with-harvest");
+    assert_eq!(s["summary"]["events"], row["events"], "{text}");
+    assert_eq!(s["summary"]["placements"], row["placements"]);
+    assert_eq!(s["summary"]["functions_spec"], b["demand"]);
+    assert_eq!(s["summary"]["trace"], b["workload"]);
+    assert!(!s["samples"].as_array().unwrap().is_empty());
+    assert!(
+        text.contains(&format!("{} events", row["events"])),
+        "the line printed: {text}"
+    );
+}

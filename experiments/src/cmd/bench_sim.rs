@@ -83,6 +83,17 @@ pub struct Args {
     /// slower), to compare the two.
     #[arg(long, requires = "batch_only")]
     pub straightforward_pass: bool,
+    /// Only the with-harvest run, `--repeat` times (one batch-only run first, untimed, sets the
+    /// demand's scale as the full bench does): its events, loop seconds and events per CPU
+    /// second printed, no baseline. For profiling the function side of the loop (e.g.
+    /// `valgrind --tool=callgrind`) and comparing two builds run alternately; the figures to
+    /// report come from the full bench.
+    #[arg(long, conflicts_with = "batch_only")]
+    pub harvest_only: bool,
+    /// With --harvest-only: write the first repeat's summary and time series here (JSON), to
+    /// check that two builds simulate the same thing (all but the timing fields).
+    #[arg(long, requires = "harvest_only")]
+    pub summary_out: Option<PathBuf>,
 }
 
 /// One configuration's figures over the repeats.
@@ -210,7 +221,44 @@ fn batch_only(cfg: &SimConfig, inputs: &Inputs, repeat: u32) -> anyhow::Result<(
     Ok(())
 }
 
-/// The bench; `None` with `--batch-only` (nothing written).
+/// `--harvest-only`: the with-harvest run `repeat` times, a line each; the first repeat's
+/// summary and samples written to `summary_out` when given.
+fn harvest_only(
+    cfg: &SimConfig,
+    inputs: &Inputs,
+    repeat: u32,
+    summary_out: Option<&std::path::Path>,
+    workload: &str,
+) -> anyhow::Result<()> {
+    for r in 0..repeat {
+        let mut out = run_with(cfg, inputs, |_| {})?;
+        // The synthetic trace's file is temporary: name the workload instead.
+        out.summary.trace = workload.to_owned();
+        let s = &out.summary;
+        println!(
+            "with harvest {}/{repeat}: {} events ({} superseded ends), {} placements, loop {:.3} s wall, {} CPU; {:.3} M events/s, {} per CPU second; placement p99 {:.2} µs",
+            r + 1,
+            s.events,
+            s.superseded_ends,
+            s.placements,
+            s.wall_s,
+            s.cpu_s
+                .map_or("unknown".to_owned(), |c| format!("{c:.3} s")),
+            s.events_per_s / 1e6,
+            s.events_per_cpu_s
+                .map_or("unknown".to_owned(), |e| format!("{:.3} M", e / 1e6)),
+            s.placement_p99_us,
+        );
+        if let (0, Some(path)) = (r, summary_out) {
+            let v = serde_json::json!({ "summary": s, "samples": out.samples });
+            std::fs::write(path, serde_json::to_string_pretty(&v)? + "\n")
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The bench; `None` with `--batch-only` or `--harvest-only` (nothing written).
 pub fn run_cmd(args: Args) -> anyhow::Result<Option<BenchSim>> {
     anyhow::ensure!(args.repeat >= 1, "--repeat must be at least 1");
     anyhow::ensure!(
@@ -276,6 +324,19 @@ pub fn run_cmd(args: Args) -> anyhow::Result<Option<BenchSim>> {
             ..with(BatchMode::Easy, "none")
         };
         return batch_only(&cfg, &inputs, args.repeat).map(|()| None);
+    }
+    if args.harvest_only {
+        let b = run_with(&with(BatchMode::Easy, "none"), &inputs, |_| {})?.summary;
+        let k = azure_scale(args.load, b.idle_core_hours_batch_only, rate, b.window_h);
+        let cfg = with(BatchMode::Easy, &azure_demand(k));
+        return harvest_only(
+            &cfg,
+            &inputs,
+            args.repeat,
+            args.summary_out.as_deref(),
+            &workload,
+        )
+        .map(|()| None);
     }
     let before = load_avg();
     let (mut replay, mut batch, mut harvest) = (Vec::new(), Vec::new(), Vec::new());

@@ -15,19 +15,19 @@
 //! it progresses at `1 / slowdown` (the slowest class present), so its end moves later and the
 //! queue behind it feels it.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Instant;
 
-use harvest_policies::hash::IdMap;
 use harvest_policies::{Cluster, Decision, Framework, LeaseId, NodeId, Request, Resources};
 
 use super::accounting::{Accounts, JobStats};
 use super::alloc::Allocator;
 use super::batch::{BatchJob, BatchQueue};
 use super::demand::{Demand, FnRequest};
+use super::idwindow::IdWindow;
 use super::limits::Resolved;
 use super::metrics::{Gauges, LatencyHistogram, Recorder, Sample};
+use super::radix::RadixQueue;
 use super::{RETRY_PER_RELEASE, SimConfig};
 use crate::cost::{CostModel, FunctionClass};
 use crate::rng::Rng;
@@ -55,7 +55,6 @@ pub(super) struct Running {
     /// `end_ms` when it comes due; only an earlier end pushes a new entry).
     end_ms: u64,
     queued_ms: u64,
-    coloc: [u32; 3],
     draws: [f64; 3],
     planned_end_ms: u64,
     pub slowed: bool,
@@ -94,9 +93,13 @@ pub(super) struct Sim<'a> {
     pub alloc: Allocator,
     pub rec: Recorder,
     pub g: Gauges,
-    heap: BinaryHeap<Reverse<(u64, Kind, u64, u32)>>,
+    /// The ends due: (time, kind, job slot or lease, generation), least first.
+    heap: RadixQueue<(Kind, u64, u32)>,
     pub queue: BatchQueue,
     pub running: Vec<Option<Running>>,
+    /// Per running job's slot, the leases of each class on its nodes (apart from `running`:
+    /// every lease placed or ended counts on the jobs of its node, and this stays in cache).
+    coloc: Vec<[u32; 3]>,
     free_slots: Vec<u32>,
     node_jobs: Vec<Vec<u32>>,
     node_sensitive: Vec<u16>,
@@ -110,7 +113,7 @@ pub(super) struct Sim<'a> {
     waiting: VecDeque<Waiting>,
     retry: Vec<Waiting>,
     freed: Vec<NodeId>,
-    leases: IdMap<LeaseId, LeaseInfo>,
+    leases: IdWindow<LeaseInfo>,
     next_lease: LeaseId,
     pub latency: LatencyHistogram,
     pub acct: Accounts,
@@ -151,7 +154,7 @@ impl<'a> Sim<'a> {
             alloc,
             rec: Recorder::new(start, end, cfg.samples),
             g: Gauges::default(),
-            heap: BinaryHeap::new(),
+            heap: RadixQueue::new(),
             queue: {
                 let q =
                     BatchQueue::new(cfg.batch, cfg.backfill_depth, cfg.queue_order, cfg.priority)
@@ -163,6 +166,7 @@ impl<'a> Sim<'a> {
                 }
             },
             running: Vec::new(),
+            coloc: Vec::new(),
             free_slots: Vec::new(),
             node_jobs: vec![Vec::new(); n],
             node_sensitive: vec![0; n],
@@ -173,7 +177,7 @@ impl<'a> Sim<'a> {
             waiting: VecDeque::new(),
             retry: Vec::new(),
             freed: Vec::new(),
-            leases: IdMap::default(),
+            leases: IdWindow::new(),
             next_lease: 1,
             latency: LatencyHistogram::default(),
             acct: Accounts::new(streams),
@@ -187,31 +191,16 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn sample(&self, t: u64, g: &Gauges, cores: u64, mem: u64) -> Sample {
-        let gib = |m: u64| m as f64 / 1024.0;
-        Sample {
-            time_h: t as f64 / 3.6e6,
-            batch_cores: g.batch_cores,
-            function_cores: g.fn_cores,
-            idle_cores: cores.saturating_sub(g.batch_cores + g.fn_cores),
-            batch_mem_gib: gib(g.batch_mem_mib),
-            function_mem_gib: gib(g.fn_mem_mib),
-            idle_mem_gib: gib(mem.saturating_sub(g.batch_mem_mib + g.fn_mem_mib)),
-            allocated_nodes: g.alloc_nodes,
-            queued_jobs: self.queue.len() as u64,
-            queued_functions: self.waiting.len() as u64,
-        }
-    }
-
     pub fn advance(&mut self, now: u64, cores: u64, mem: u64) {
-        let g = self.g;
-        let mut rec = std::mem::replace(&mut self.rec, Recorder::new(0, 1, 1));
-        rec.advance(now, &g, |t, g| self.sample(t, g, cores, mem));
-        self.rec = rec;
+        let (queue, waiting) = (&self.queue, &self.waiting);
+        self.rec.advance(now, &self.g, |t, g| {
+            sample(t, g, cores, mem, queue.len(), waiting.len())
+        });
     }
 
-    fn class_of(&self, res: &Resources, node: NodeId) -> usize {
-        let total = self.cluster.node(node).expect("node exists").total;
+    /// The class of a lease of `res` on a node of `total`: GPU, memory (more memory a core
+    /// than the node has), or CPU.
+    fn class_of(res: &Resources, total: &Resources) -> usize {
         if res.gpus > 0 {
             2
         } else if res.mem_mib * u64::from(total.cores) > u64::from(res.cores) * total.mem_mib {
@@ -227,6 +216,11 @@ impl<'a> Sim<'a> {
         }
         let sensitive = self.node_sensitive[node as usize] > 0;
         let shared = sensitive && !self.cluster.leases_on(node).is_empty();
+        let n = self.cluster.node(node).expect("node exists");
+        if n.batch_sensitive == sensitive && n.interference == shared {
+            // Nothing to change (`update` would find the same and re-index nothing).
+            return;
+        }
         self.cluster
             .update(node, |n| {
                 n.batch_sensitive = sensitive;
@@ -243,9 +237,10 @@ impl<'a> Sim<'a> {
     /// A job's progress rate changes: what is left is re-timed; an earlier end is scheduled
     /// at once, a later one when the entry already in the heap comes due.
     fn rerate(&mut self, slot: u32, now: u64) {
+        let coloc = self.coloc[slot as usize];
         let r = self.running[slot as usize].as_mut().expect("running");
         let f = (0..3)
-            .filter(|&c| r.coloc[c] > 0)
+            .filter(|&c| coloc[c] > 0)
             .map(|c| r.draws[c])
             .fold(1.0, f64::max);
         if f == r.factor {
@@ -267,12 +262,8 @@ impl<'a> Sim<'a> {
         let r = self.running[slot as usize].as_mut().expect("running");
         r.generation = generation;
         r.queued_ms = r.end_ms;
-        self.heap.push(Reverse((
-            r.end_ms,
-            Kind::JobEnd,
-            u64::from(slot),
-            generation,
-        )));
+        self.heap
+            .push(r.end_ms, (Kind::JobEnd, u64::from(slot), generation));
     }
 
     /// Lease `class` appears (`+1`) or goes (`-1`) on `node`: the jobs there are re-rated.
@@ -284,13 +275,19 @@ impl<'a> Sim<'a> {
         }
         for i in 0..self.node_jobs[node as usize].len() {
             let slot = self.node_jobs[node as usize][i];
-            let r = self.running[slot as usize].as_mut().expect("running");
-            if up {
-                r.coloc[class] += 1;
+            let n = &mut self.coloc[slot as usize][class];
+            // The rate depends only on which classes are present: only a count that leaves
+            // or reaches 0 can change it (`rerate` would find the same factor otherwise).
+            let crossed = if up {
+                *n += 1;
+                *n == 1
             } else {
-                r.coloc[class] -= 1;
+                *n -= 1;
+                *n == 0
+            };
+            if crossed {
+                self.rerate(slot, now);
             }
-            self.rerate(slot, now);
         }
     }
 
@@ -339,6 +336,7 @@ impl<'a> Sim<'a> {
         }
         let slot = self.free_slots.pop().unwrap_or_else(|| {
             self.running.push(None);
+            self.coloc.push([0; 3]);
             (self.running.len() - 1) as u32
         });
         let mut draws = [1.0; 3];
@@ -387,11 +385,11 @@ impl<'a> Sim<'a> {
             generation: 0,
             end_ms: now + job.run_ms,
             queued_ms: u64::MAX,
-            coloc: if self.cfg.feedback { coloc } else { [0; 3] },
             draws,
             planned_end_ms: now + job.req_ms,
             slowed: false,
         });
+        self.coloc[slot as usize] = if self.cfg.feedback { coloc } else { [0; 3] };
         self.queue.track_start(now + job.req_ms, slot, job.units);
         self.queue.started(&job, now);
         self.queue_end(slot);
@@ -454,7 +452,7 @@ impl<'a> Sim<'a> {
         let Some(l) = self.fw.release(&mut self.cluster, lease) else {
             return;
         };
-        let info = self.leases.remove(&lease).expect("lease tracked");
+        let info = self.leases.remove(lease).expect("lease tracked");
         self.g.fn_cores -= u64::from(l.res.cores);
         self.g.fn_mem_mib -= l.res.mem_mib;
         self.coloc_change(l.node, info.class, false, now);
@@ -499,12 +497,13 @@ impl<'a> Sim<'a> {
         };
         self.next_lease += 1;
         self.acct.started(&w.req);
-        if self.cluster.node(node).expect("placed").overcommitted() {
+        let n = self.cluster.node(node).expect("placed");
+        if n.overcommitted() {
             self.overcommit += 1;
         }
+        let class = Self::class_of(&w.req.res, &n.total);
         self.g.fn_cores += u64::from(w.req.res.cores);
         self.g.fn_mem_mib += w.req.res.mem_mib;
-        let class = self.class_of(&w.req.res, node);
         self.leases.insert(
             lease,
             LeaseInfo {
@@ -515,12 +514,8 @@ impl<'a> Sim<'a> {
                 class,
             },
         );
-        self.heap.push(Reverse((
-            now + w.req.duration_ms,
-            Kind::FunctionEnd,
-            lease,
-            0,
-        )));
+        self.heap
+            .push(now + w.req.duration_ms, (Kind::FunctionEnd, lease, 0));
         self.coloc_change(node, class, true, now);
         self.flags(node);
         true
@@ -561,6 +556,11 @@ impl<'a> Sim<'a> {
     /// other node when it came and after every earlier release), at most
     /// [`RETRY_PER_RELEASE`] looked at per node.
     fn retry_freed(&mut self, now: u64) {
+        if self.retry.is_empty() && self.waiting.is_empty() {
+            // Nothing to try again, nothing waiting to expire or to place on the freed nodes.
+            self.freed.clear();
+            return;
+        }
         for w in std::mem::take(&mut self.retry) {
             self.submit_fn(w, now);
         }
@@ -607,7 +607,7 @@ impl<'a> Sim<'a> {
         let mut next_job = 0;
         let mut now;
         loop {
-            let t_ev = self.heap.peek().map_or(u64::MAX, |Reverse(e)| e.0);
+            let t_ev = self.heap.peek_time().unwrap_or(u64::MAX);
             let t_job = jobs.get(next_job).map_or(u64::MAX, &entry);
             let t_fn = demand.peek_ms().unwrap_or(u64::MAX);
             now = t_ev.min(t_job).min(t_fn);
@@ -616,11 +616,8 @@ impl<'a> Sim<'a> {
             }
             self.advance(now, cores, mem);
             let mut dirty = false;
-            while let Some(&Reverse((t, kind, id, generation))) = self.heap.peek() {
-                if t != now {
-                    break;
-                }
-                self.heap.pop();
+            while self.heap.peek_time() == Some(now) {
+                let (_, (kind, id, generation)) = self.heap.pop().expect("peeked");
                 match kind {
                     Kind::JobEnd => {
                         let live = self.running[id as usize]
@@ -641,7 +638,7 @@ impl<'a> Sim<'a> {
                             None => self.superseded_ends += 1,
                         }
                     }
-                    Kind::FunctionEnd if self.leases.contains_key(&id) => {
+                    Kind::FunctionEnd if self.leases.contains(id) => {
                         self.events += 1;
                         self.end_lease(id, now, false);
                     }
@@ -692,6 +689,23 @@ impl<'a> Sim<'a> {
         for j in self.queue.take_all() {
             self.jobs.unfinished(&j, None, stop);
         }
+    }
+}
+
+/// The time series' row at `t`.
+fn sample(t: u64, g: &Gauges, cores: u64, mem: u64, queued: usize, waiting: usize) -> Sample {
+    let gib = |m: u64| m as f64 / 1024.0;
+    Sample {
+        time_h: t as f64 / 3.6e6,
+        batch_cores: g.batch_cores,
+        function_cores: g.fn_cores,
+        idle_cores: cores.saturating_sub(g.batch_cores + g.fn_cores),
+        batch_mem_gib: gib(g.batch_mem_mib),
+        function_mem_gib: gib(g.fn_mem_mib),
+        idle_mem_gib: gib(mem.saturating_sub(g.batch_mem_mib + g.fn_mem_mib)),
+        allocated_nodes: g.alloc_nodes,
+        queued_jobs: queued as u64,
+        queued_functions: waiting as u64,
     }
 }
 

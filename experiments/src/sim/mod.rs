@@ -10,6 +10,7 @@
 //! - [`accounting`]: offered / served / refused / lost function work, batch job statistics;
 //! - [`run`](mod@run): one simulation to a [`Summary`]; [`study`]: the validated comparison
 //!   (trace vs batch-only vs with-harvest over windows, and the offered-load sweep);
+//! - [`radix`]: the monotone queue of the loop's ends; [`idwindow`]: its leases by id;
 //! - [`stats`]: quantiles and confidence intervals; [`metrics`]: integrals and time series;
 //! - [`synthetic`]: a synthetic trace of known size and load, for benchmarks.
 
@@ -19,8 +20,10 @@ pub mod batch;
 pub mod demand;
 pub mod engine;
 pub mod fairshare;
+pub mod idwindow;
 pub mod limits;
 pub mod metrics;
+pub mod radix;
 pub mod run;
 pub mod stats;
 pub mod study;
