@@ -195,7 +195,7 @@ pub struct ResourceArgs {
     /// How long the executor's workers busy-poll for the next request after each answer:
     /// `always` (rFaaS's hot invocations: the lowest latency, each leased core burnt while the
     /// lease waits), a window such as 250us or 1ms (hot through bursts, asleep between them), or
-    /// `warm` (the default: workers sleep in poll; a call costs a wake-up, about 10 µs more).
+    /// `warm` (the default: workers sleep in poll; a call costs a wake-up, 5-10 µs more here).
     /// Pair `always` with a client that busy-polls too (Rust `Polling::Spin`, Python
     /// `spin=True`).
     #[arg(long, value_name = "always|warm|DURATION", value_parser = harvest_core::HotWindow::parse)]
