@@ -4,7 +4,8 @@
 //! ```text
 //! lease_attacker guess ADDR FN                 B: a connection with a made-up secret
 //! lease_attacker bare ADDR FN                  B: an INVOKE frame without any handshake
-//! lease_attacker hold ADDR N SECONDS           B: opens up to N connections and holds them
+//! lease_attacker hold ADDR N SECONDS           B: opens up to N connections and holds them until
+//!                                                 its stdin closes (at most SECONDS)
 //! lease_attacker replay URL CA CREDENTIAL ID   B: ReleaseLease ID with a credential made for
 //!                                                 another request
 //! lease_attacker owner URL CA ID FN            A: GetLease (its secret), then one call, timed
@@ -83,7 +84,15 @@ fn hold(addr: SocketAddr, n: usize, seconds: u64) -> Result<String> {
     }
     println!("opened={}", held.len());
     std::io::stdout().flush()?;
-    std::thread::sleep(Duration::from_secs(seconds));
+    // Until the test closes our stdin: killing the `runuser` it started would leave this
+    // process holding the connections into the next tests.
+    let (closed, stdin_closed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut byte = [0u8; 1];
+        while matches!(std::io::stdin().read(&mut byte), Ok(n) if n > 0) {}
+        let _ = closed.send(());
+    });
+    let _ = stdin_closed.recv_timeout(Duration::from_secs(seconds));
     Ok(format!("held={}", held.len()))
 }
 

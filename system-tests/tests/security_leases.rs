@@ -223,6 +223,7 @@ fn another_user_can_neither_see_nor_use_a_lease() -> Result<()> {
         // B holds every connection it can open; A's call still answers within 1 s.
         let mut hold = rig
             .attacker_cmd(OTHER, &["hold", &address, "1000", "20"])
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;
         let mut first = String::new();
@@ -235,8 +236,13 @@ fn another_user_can_neither_see_nor_use_a_lease() -> Result<()> {
             let url = rig.cli.scheduler.clone();
             rig.attacker(OWNER, &["owner", &url, rig.ca()?, &id, "count"])
         })();
-        let _ = hold.kill();
-        let _ = hold.wait();
+        // Closing its stdin ends the holder (killing `runuser` would leave it running).
+        drop(hold.stdin.take());
+        let held = hold.wait_with_output()?;
+        ensure!(
+            String::from_utf8_lossy(&held.stdout).contains("held="),
+            "the holder did not end cleanly: {held:?}"
+        );
         let owner = owner?;
         eprintln!("B {} ; A: {owner}", first.trim());
         ensure!(
