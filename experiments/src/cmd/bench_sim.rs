@@ -201,7 +201,7 @@ fn batch_only(cfg: &SimConfig, inputs: &Inputs, repeat: u32) -> anyhow::Result<(
     for r in 0..repeat {
         let s = run_with(cfg, inputs, |_| {})?.summary;
         println!(
-            "batch only{} {}/{repeat}: {} events, {} jobs started, loop {:.3} s wall, {} CPU; {:.3} M events/s, {} per CPU second",
+            "batch only{} {}/{repeat}: {} events, {} jobs started, {}",
             if cfg.straightforward_pass {
                 " (textbook pass)"
             } else {
@@ -210,15 +210,24 @@ fn batch_only(cfg: &SimConfig, inputs: &Inputs, repeat: u32) -> anyhow::Result<(
             r + 1,
             s.events,
             s.jobs_started,
-            s.wall_s,
-            s.cpu_s
-                .map_or("unknown".to_owned(), |c| format!("{c:.3} s")),
-            s.events_per_s / 1e6,
-            s.events_per_cpu_s
-                .map_or("unknown".to_owned(), |e| format!("{:.3} M", e / 1e6)),
+            loop_figures(&s),
         );
     }
     Ok(())
+}
+
+/// The loop's time and speed as `--batch-only` and `--harvest-only` print them: `loop W s wall,
+/// C CPU; E M events/s, P per CPU second`.
+fn loop_figures(s: &Summary) -> String {
+    format!(
+        "loop {:.3} s wall, {} CPU; {:.3} M events/s, {} per CPU second",
+        s.wall_s,
+        s.cpu_s
+            .map_or("unknown".to_owned(), |c| format!("{c:.3} s")),
+        s.events_per_s / 1e6,
+        s.events_per_cpu_s
+            .map_or("unknown".to_owned(), |e| format!("{:.3} M", e / 1e6)),
+    )
 }
 
 /// `--harvest-only`: the with-harvest run `repeat` times, a line each; the first repeat's
@@ -236,17 +245,12 @@ fn harvest_only(
         out.summary.trace = workload.to_owned();
         let s = &out.summary;
         println!(
-            "with harvest {}/{repeat}: {} events ({} superseded ends), {} placements, loop {:.3} s wall, {} CPU; {:.3} M events/s, {} per CPU second; placement p99 {:.2} µs",
+            "with harvest {}/{repeat}: {} events ({} superseded ends), {} placements, {}; placement p99 {:.2} µs",
             r + 1,
             s.events,
             s.superseded_ends,
             s.placements,
-            s.wall_s,
-            s.cpu_s
-                .map_or("unknown".to_owned(), |c| format!("{c:.3} s")),
-            s.events_per_s / 1e6,
-            s.events_per_cpu_s
-                .map_or("unknown".to_owned(), |e| format!("{:.3} M", e / 1e6)),
+            loop_figures(s),
             s.placement_p99_us,
         );
         if let (0, Some(path)) = (r, summary_out) {
@@ -325,10 +329,19 @@ pub fn run_cmd(args: Args) -> anyhow::Result<Option<BenchSim>> {
         };
         return batch_only(&cfg, &inputs, args.repeat).map(|()| None);
     }
+    // The with-harvest demand: the Azure sample scaled to offer `--load` of the idle core-hours
+    // a batch-only run leaves.
+    let demand_for = |b: &Summary| {
+        azure_demand(azure_scale(
+            args.load,
+            b.idle_core_hours_batch_only,
+            rate,
+            b.window_h,
+        ))
+    };
     if args.harvest_only {
         let b = run_with(&with(BatchMode::Easy, "none"), &inputs, |_| {})?.summary;
-        let k = azure_scale(args.load, b.idle_core_hours_batch_only, rate, b.window_h);
-        let cfg = with(BatchMode::Easy, &azure_demand(k));
+        let cfg = with(BatchMode::Easy, &demand_for(&b));
         return harvest_only(
             &cfg,
             &inputs,
@@ -346,8 +359,7 @@ pub fn run_cmd(args: Args) -> anyhow::Result<Option<BenchSim>> {
         replay.push(run_with(&with(BatchMode::Replay, "none"), &inputs, |_| {})?.summary);
         let b = run_with(&with(BatchMode::Easy, "none"), &inputs, |_| {})?.summary;
         if demand.is_empty() {
-            let k = azure_scale(args.load, b.idle_core_hours_batch_only, rate, b.window_h);
-            demand = azure_demand(k);
+            demand = demand_for(&b);
         }
         batch.push(b);
         harvest.push(run_with(&with(BatchMode::Easy, &demand), &inputs, |_| {})?.summary);
