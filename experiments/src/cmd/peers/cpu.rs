@@ -111,14 +111,6 @@ fn parse_stat_fields(stat: &[u8], times: std::ops::Range<usize>) -> Option<(u32,
     Some((ppid, sum))
 }
 
-/// The summed ticks of `roots` and all their descendants.
-pub fn sum_trees(procs: &HashMap<u32, (u32, u64)>, roots: &[u32]) -> u64 {
-    tree_members(procs, roots)
-        .into_iter()
-        .map(|p| procs[&p].1)
-        .sum()
-}
-
 /// `roots` that exist in `procs` and all their descendants, each once.
 fn tree_members(procs: &HashMap<u32, (u32, u64)>, roots: &[u32]) -> HashSet<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
@@ -155,6 +147,14 @@ mod tests {
         assert_eq!(parse_stat(line), Some((7, 11 + 22 + 33 + 44)));
         assert_eq!(parse_stat(b"42 (x) S 7"), None);
         assert_eq!(parse_stat_fields(line, 11..13), Some((7, 11 + 22)));
+    }
+
+    /// The summed ticks of `roots` and all their descendants.
+    fn sum_trees(procs: &HashMap<u32, (u32, u64)>, roots: &[u32]) -> u64 {
+        tree_members(procs, roots)
+            .into_iter()
+            .map(|p| procs[&p].1)
+            .sum()
     }
 
     #[test]
